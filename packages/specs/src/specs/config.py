@@ -1,0 +1,258 @@
+"""Component configs, one small frozen dataclass each, composed in :class:`RunConfig`.
+
+``ModelConfig(d_model=512, n_heads=8, n_layers=8, d_ff=2048, vocab_size=32000, attn_impl="flash")`` works as in
+the seed. Field ranges are in the types, cross-field rules in ``check()``; every failure is a ConfigError that
+names the field path. Serialisation, schema versions and overrides live in :mod:`specs.io`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from specs.schema import ConfigBase
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RopeScaling(ConfigBase):
+    """RoPE frequency scaling (Hugging Face ``rope_scaling`` semantics)."""
+
+    kind: ClassVar[str] = "RopeScaling"
+    type: Literal["linear", "dynamic_ntk", "llama3"]
+    factor: Annotated[float, Field(ge=1)]
+    original_max_seq_len: PosInt | None = None
+    low_freq_factor: PosFloat = 1.0
+    high_freq_factor: PosFloat = 4.0
+
+    def check(self) -> None:
+        if self.type in ("llama3", "dynamic_ntk") and self.original_max_seq_len is None:
+            self.fail("original_max_seq_len", f"required for rope scaling type {self.type!r}")
+        if self.high_freq_factor <= self.low_freq_factor and self.type == "llama3":
+            self.fail("high_freq_factor", "must be greater than low_freq_factor")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ConfigBase):
+    """A decoder-only (or encoder) transformer. Llama and GPT-2 are both spelled with these fields."""
+
+    kind: ClassVar[str] = "ModelConfig"
+    d_model: PosInt
+    n_heads: PosInt
+    n_layers: PosInt
+    d_ff: PosInt
+    vocab_size: PosInt
+    n_kv_heads: PosInt | None = None  # None: same as n_heads (MHA); 1: MQA; else GQA
+    max_seq_len: PosInt = 2048
+    arch: str = "transformer"  # plugin name in the lmstack.models entry-point group
+    causal: bool = True  # False builds the bidirectional encoder
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: PosFloat = 1e-5
+    norm_position: Literal["pre", "post"] = "pre"
+    mlp: Literal["swiglu", "mlp"] = "swiglu"  # gated (Llama) or two-layer (GPT-2)
+    activation: Literal["silu", "gelu", "gelu_tanh", "relu"] = "silu"
+    pos_encoding: Literal["rope", "alibi", "learned", "none"] = "rope"
+    rope_theta: PosFloat = 10000.0
+    rope_scaling: RopeScaling | None = None
+    sliding_window: PosInt | None = None
+    tie_embeddings: bool = False
+    bias: bool = False  # biases on every linear layer (GPT-2) or none (Llama)
+    dropout: Fraction = 0.0
+    init: Literal["normal", "small", "mup"] = "normal"
+    init_std: PosFloat = 0.02
+    attn_impl: str = "auto"  # kernel registry name: auto | reference | sdpa | flash | triton | ...
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    def check(self) -> None:
+        if self.d_model % self.n_heads:
+            self.fail("n_heads", f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            self.fail("n_kv_heads", f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.kv_heads}")
+        if self.pos_encoding == "rope" and self.head_dim % 2:
+            self.fail("d_model", f"rope needs an even head_dim, got d_model/n_heads={self.head_dim}")
+        if self.rope_scaling is not None and self.pos_encoding != "rope":
+            self.fail("rope_scaling", f"only applies when pos_encoding='rope', not {self.pos_encoding!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(ConfigBase):
+    """Where tokens come from and how they are batched. ``path='embedded'`` builds from local stdlib text."""
+
+    kind: ClassVar[str] = "DataConfig"
+    path: str = "embedded"
+    dataset: str = "shards"  # plugin name in lmstack.datasets
+    tokenizer: str = "byte"  # 'byte', 'bpe:<vocab>', a tokenizer.json / .model path, or a name in the HF cache
+    seq_len: PosInt = 256
+    batch_size: PosInt = 8
+    num_workers: NonNegInt = 0
+    shuffle: bool = True
+    seed: int = 0
+    pack: bool = True
+    doc_mask: bool = False  # no attention across packed documents
+    val_fraction: Fraction = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(ConfigBase):
+    """Optimisation, schedule, precision and checkpointing for one run."""
+
+    kind: ClassVar[str] = "TrainConfig"
+    steps: PosInt = 1000
+    lr: PosFloat = 3e-4
+    min_lr_ratio: Fraction = 0.1
+    optimizer: Literal["adamw", "sgd", "lion"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: PosFloat = 1e-8
+    weight_decay: NonNegFloat = 0.1
+    momentum: NonNegFloat = 0.9
+    schedule: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    warmup_steps: NonNegInt = 100  # clamped to steps by the schedule
+    decay_fraction: Fraction = 0.2  # WSD: share of steps spent decaying
+    grad_accum: PosInt = 1
+    grad_clip: NonNegFloat = 1.0  # 0 disables clipping
+    precision: Precision = "fp32"
+    compile: bool = False
+    grad_ckpt: bool = False
+    device: str = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    nan_policy: Literal["stop", "skip"] = "stop"
+    log_every: PosInt = 10
+    eval_every: NonNegInt = 0
+    eval_steps: PosInt = 20
+    ckpt_every: NonNegInt = 0  # 0: only at the end
+    keep_last: PosInt = 3
+    out_dir: str = "runs/default"
+    resume: str | None = None  # 'auto' or a checkpoint path
+    # Trainer callbacks by name from the lmstack.callbacks entry-point group (e.g. 'governance', 'viz').
+    # None: every installed one; (): none; names that are not installed fail with the list of valid ones.
+    callbacks: tuple[str, ...] | None = None
+
+    def check(self) -> None:
+        if not all(0 <= b < 1 for b in self.betas):
+            self.fail("betas", f"each beta must be in [0, 1), got {self.betas}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistConfig(ConfigBase):
+    """How training is spread over processes: applied from outside the model by ``dist.apply``."""
+
+    kind: ClassVar[str] = "DistConfig"
+    strategy: Literal["none", "DDP", "FSDP", "ZeRO1"] = "none"
+    precision: Precision = "fp32"
+    grad_ckpt: bool = False
+    cpu_offload: bool = False
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    reshard_after_forward: bool = True
+
+    def check(self) -> None:
+        if self.cpu_offload and self.strategy != "FSDP":
+            self.fail("cpu_offload", f"needs strategy 'FSDP', got {self.strategy!r}")
+
+
+VizBackend = Literal["csv", "jsonl", "tensorboard", "wandb"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VizConfig(ConfigBase):
+    """Logging backends (several at once), activation probes and profiler cadence."""
+
+    kind: ClassVar[str] = "VizConfig"
+    backend: tuple[VizBackend, ...] = ("csv",)
+    log_dir: str | None = None  # None: <train.out_dir>/logs
+    log_every: PosInt = 10
+    profile_every_n_steps: NonNegInt = 0  # 0 disables profiling
+    profile_steps: PosInt = 3
+    probes: tuple[str, ...] = ()  # module-name glob patterns for activation probes
+    histogram_every: NonNegInt = 0
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "lmstack"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(ConfigBase):
+    """A deployable artifact: ONNX (with KV cache), torch.export, TorchScript or TensorRT."""
+
+    kind: ClassVar[str] = "ExportConfig"
+    target: Literal["onnx", "torch_export", "torchscript", "tensorrt"] = "onnx"
+    opset: Annotated[int, Field(ge=14, le=23)] = 19
+    quantize: Literal["none", "int8", "fp8"] = "none"
+    dynamic_axes: bool = True
+    outdir: str = "artifacts"
+    with_cache: bool = True
+    validate: bool = True
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    # Post-export hooks by name from the lmstack.export_hooks group (e.g. 'governance' writes SBOM, checksums,
+    # model card). None: every installed one; (): none.
+    hooks: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(ConfigBase):
+    """Evaluation tasks and batching."""
+
+    kind: ClassVar[str] = "EvalConfig"
+    tasks: tuple[str, ...] = ()
+    batch_size: PosInt = 8
+    max_length: PosInt | None = None
+    limit: PosInt | None = None
+    out: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig(ConfigBase):
+    """The OpenAI-compatible server and its continuous-batching engine."""
+
+    kind: ClassVar[str] = "ServeConfig"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    api_key: str | None = None
+    model_name: str | None = None
+    max_batch_size: PosInt = 64
+    block_size: PosInt = 16
+    num_blocks: PosInt | None = None  # None: sized from max_batch_size * max_seq_len
+    max_seq_len: PosInt | None = None  # None: the model's
+    prefix_caching: bool = True
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    device: str = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(ConfigBase):
+    """Everything one ``train.run`` needs. YAML sections are the field names."""
+
+    kind: ClassVar[str] = "RunConfig"
+    model: ModelConfig
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def check(self) -> None:
+        if self.data.seq_len > self.model.max_seq_len:
+            self.fail("data.seq_len", f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+
+
+CONFIG_CLASSES: dict[str, type[ConfigBase]] = {
+    c.kind: c for c in (ModelConfig, DataConfig, TrainConfig, DistConfig, VizConfig, ExportConfig,
+                        EvalConfig, ServeConfig, RunConfig)
+}
