@@ -1,0 +1,162 @@
+import json
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specs import ConfigError, ModelConfig, RunConfig, config_from_dict, dump_config, dumps_config, load_config
+from specs.config import CONFIG_CLASSES, ExportConfig, VizConfig
+from specs.presets import PRESETS, preset
+
+TINY = {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128, "vocab_size": 256}
+
+
+def test_seed_model_config():
+    cfg = ModelConfig(d_model=512, n_heads=8, n_layers=8, d_ff=2048, vocab_size=32000, attn_impl="flash")
+    assert cfg.head_dim == 64 and cfg.kv_heads == 8 and cfg.attn_impl == "flash"
+    with pytest.raises(Exception):
+        cfg.d_model = 3  # frozen
+    with pytest.raises(TypeError):
+        ModelConfig(512, 8, 8, 2048, 32000)  # keyword-only
+
+
+@pytest.mark.parametrize(
+    "kw, path, words",
+    [
+        ({"d_model": 65}, "ModelConfig.n_heads", "divisible"),
+        ({"n_kv_heads": 3}, "ModelConfig.n_kv_heads", "divisible"),
+        ({"d_model": 0}, "ModelConfig.d_model", "greater than 0"),
+        ({"dropout": 1.5}, "ModelConfig.dropout", "less than or equal to 1"),
+        ({"norm": "batchnorm"}, "ModelConfig.norm", "'rmsnorm' or 'layernorm'"),
+        ({"d_model": "64"}, "ModelConfig.d_model", "valid integer"),
+        ({"pos_encoding": "alibi", "rope_scaling": {"type": "linear", "factor": 2.0}}, "ModelConfig.rope_scaling", "rope"),
+    ],
+)
+def test_model_config_errors_name_the_field(kw, path, words):
+    with pytest.raises(ConfigError) as e:
+        ModelConfig(**{**TINY, **kw})
+    assert e.value.path == path and words in str(e.value)
+
+
+def test_nested_rope_scaling_from_dict_and_error_path():
+    r = config_from_dict({"model": {**TINY, "rope_scaling": {"type": "llama3", "factor": 8.0, "original_max_seq_len": 8192}}})
+    assert r.model.rope_scaling.factor == 8.0
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": {**TINY, "rope_scaling": {"type": "llama3", "factor": 8.0}}})
+    assert e.value.path == "model.rope_scaling.original_max_seq_len"
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": {**TINY, "n_layer": 3}})
+    assert e.value.path == "model.n_layer" and "did you mean 'n_layers'" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": TINY, "trian": {}})
+    assert "did you mean 'train'" in str(e.value)
+
+
+def test_missing_required_field():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": {k: v for k, v in TINY.items() if k != "vocab_size"}})
+    assert e.value.path == "model.vocab_size" and "required" in str(e.value)
+
+
+def test_overrides_are_typed_by_schema():
+    r = config_from_dict({"model": TINY}, overrides=[
+        "--dist.strategy", "FSDP", "--dist.precision", "bf16", "--dist.grad_ckpt", "true",
+        "--viz.backend", "csv", "--viz.profile_every_n_steps", "500", "--train.lr=1e-3", "--train.out_dir", "runs/x",
+        "--model.n_kv_heads", "2", "--train.compile"])
+    assert r.dist.strategy == "FSDP" and r.dist.precision == "bf16" and r.dist.grad_ckpt is True
+    assert r.viz.backend == ("csv",) and r.viz.profile_every_n_steps == 500
+    assert r.train.lr == 1e-3 and isinstance(r.train.lr, float) and r.train.out_dir == "runs/x"
+    assert r.model.n_kv_heads == 2 and r.train.compile is True
+
+
+@pytest.mark.parametrize("args, path", [
+    (["--dist.strategi", "FSDP"], "dist.strategi"),
+    (["--dist.strategy", "FSD"], "dist.strategy"),
+    (["--train.steps", "ten"], "train.steps"),
+    (["--model.d_model.x", "1"], "model.d_model"),
+    (["train.steps", "1"], ""),
+])
+def test_bad_overrides(args, path):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": TINY}, overrides=args)
+    assert e.value.path == path
+
+
+def test_yaml_json_round_trip_and_schema_version(tmp_path):
+    r = config_from_dict({"model": TINY, "viz": {"backend": ["csv", "tensorboard"]}})
+    for name in ("run.yaml", "run.json"):
+        dump_config(r, tmp_path / name)
+        assert load_config(tmp_path / name) == r
+    doc = yaml.safe_load(dumps_config(r))
+    assert doc["schema_version"] == 2 and list(doc)[0] == "schema_version"
+    assert json.loads(dumps_config(r, "json"))["viz"]["backend"] == ["csv", "tensorboard"]
+
+
+def test_bad_documents(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    p.write_text("model: {d_model: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    p.write_text(yaml.safe_dump({"schema_version": 99, "model": TINY}))
+    with pytest.raises(ConfigError, match="version 99") as e:
+        load_config(p)
+    assert e.value.path == "schema_version"
+
+
+def test_cross_section_check():
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"model": {**TINY, "max_seq_len": 128}, "data": {"seq_len": 256}})
+    assert e.value.path == "data.seq_len"
+
+
+def test_presets_build_and_unknown_lists_choices():
+    for name in PRESETS:
+        assert isinstance(preset(name), ModelConfig)
+    assert preset("llama-1b").kv_heads == 4
+    with pytest.raises(ConfigError, match="valid: "):
+        preset("gpt3")
+
+
+def test_seed_export_config():
+    from specs.export import ExportConfig as EC
+    c = EC(target="onnx", opset=19, quantize="int8", dynamic_axes=True, outdir="artifacts/")
+    assert c is not None and EC is ExportConfig
+    with pytest.raises(ConfigError):
+        EC(opset=7)
+
+
+# --- property tests -----------------------------------------------------------------------------
+model_configs = st.builds(
+    lambda h, kv_div, hd, layers, ff, vocab, norm, pos, tie, drop: ModelConfig(
+        d_model=h * hd, n_heads=h, n_kv_heads=max(1, h // kv_div) if h % max(1, h // kv_div) == 0 else h,
+        n_layers=layers, d_ff=ff, vocab_size=vocab, norm=norm, pos_encoding=pos, tie_embeddings=tie, dropout=drop),
+    st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4]), st.sampled_from([2, 8, 16, 64]),
+    st.integers(1, 48), st.integers(1, 10000), st.integers(1, 200000), st.sampled_from(["rmsnorm", "layernorm"]),
+    st.sampled_from(["rope", "alibi", "learned", "none"]), st.booleans(), st.floats(0, 1),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(model_configs, st.sampled_from(["none", "DDP", "FSDP", "ZeRO1"]), st.lists(st.sampled_from(["csv", "jsonl", "tensorboard", "wandb"]), min_size=1, max_size=4, unique=True))
+def test_round_trip_property(model, strategy, backends):
+    r = RunConfig(model=model, dist={"strategy": strategy}, viz=VizConfig(backend=tuple(backends)),
+                  data={"seq_len": min(256, model.max_seq_len)})
+    assert config_from_dict(yaml.safe_load(dumps_config(r))) == r
+    assert config_from_dict(json.loads(dumps_config(r, "json"))) == r
+
+
+@settings(max_examples=40, deadline=None)
+@given(model_configs)
+def test_every_component_round_trips_alone(model):
+    for cls in CONFIG_CLASSES.values():
+        cfg = model if cls is ModelConfig else (RunConfig(model=model, data={"seq_len": 16}) if cls is RunConfig else cls())
+        assert config_from_dict(json.loads(dumps_config(cfg, "json")), cls) == cfg
