@@ -1,0 +1,14 @@
+"""lmstack kernel: the KernelRegistry mapping symbolic ops to implementations.
+
+``from kernel import resolve; attn = resolve("attention", "auto", device="cuda", dtype=torch.bfloat16,
+head_dim=128, causal=True)``. Ops: attention, rmsnorm, layernorm, rope, swiglu, cross_entropy,
+linear_cross_entropy; every op has a pure-torch "reference". Importing this package imports no optional back end.
+"""
+
+from kernel.implementation import OPS, Implementation, Request
+from kernel.registry import ENTRY_POINT_GROUP, KernelRegistry, default_registry, make_request, resolve
+
+__version__ = "0.1.0"
+
+__all__ = ["ENTRY_POINT_GROUP", "OPS", "Implementation", "KernelRegistry", "Request", "default_registry",
+           "make_request", "resolve"]

@@ -1,0 +1,115 @@
+"""Pure-torch reference implementations of every kernel op: the fallback and the yardstick for fast kernels.
+
+They favour clarity and accuracy over speed: attention and cross-entropy compute in float32 and cast back.
+RMSNorm follows Hugging Face's LlamaRMSNorm (normalise in fp32, cast, then scale) and ``rope`` is
+``tensor.rope.apply_rope``, so models built on these references match transformers to fp32 round-off.
+
+Attention semantics shared by every implementation (the conformance suite in ``kernel.testing`` checks them):
+  - q (B, H, T, Dh); k, v (B, KVH, S, Dh) with KVH dividing H; query head h reads KV head h // (H // KVH).
+  - ``causal=True`` is bottom-right aligned: query t sits at position S - T + t (prefill T == S, decode T < S).
+  - ``mask`` is bool, True = may attend, broadcastable to (B, H, T, S); ``bias`` is a finite float additive score
+    bias broadcastable to (B, H, T, S) (ALiBi); ``scale`` defaults to Dh ** -0.5.
+  - a query row that may attend to nothing returns zeros (and zero gradients), never NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernel.linear_ce import chunked_linear_cross_entropy
+from specs.errors import ShapeError
+from specs.tensor_spec import KEY_VALUE, QUERY, TensorSpec
+from tensor.masks import causal_mask
+from tensor.rope import apply_rope
+
+_LOGITS = TensorSpec("N", "V")
+_LABELS = TensorSpec("N")
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int, int]:
+    """Validate shapes; returns (B, H, KVH, T, S, Dh)."""
+    env = QUERY.check(q, "q_BHTDh")
+    kv = KEY_VALUE.check(k, "k_BKSDh", B=env["B"], Dh=env["Dh"])
+    KEY_VALUE.check(v, "v_BKSDh", bound=kv)
+    H, KVH = env["H"], kv["KVH"]
+    if H % KVH:
+        raise ShapeError(f"attention: query heads H={H} must be a multiple of KV heads KVH={KVH}")
+    return env["B"], H, KVH, env["T"], kv["S"], env["Dh"]
+
+
+def allowed_mask(mask: torch.Tensor | None, causal: bool, T: int, S: int, device: torch.device) -> torch.Tensor | None:
+    """The bool 'may attend' mask combining ``mask`` and bottom-right causal masking (None when nothing masks)."""
+    if mask is not None and mask.dtype != torch.bool:
+        raise ShapeError(f"attention: mask must be bool (True = may attend), got {mask.dtype}; "
+                         "pass additive float scores as bias=")
+    if causal:
+        if T > S:
+            raise ShapeError(f"attention: causal needs T <= S (queries are the last T keys), got T={T}, S={S}")
+        cm = causal_mask(T, S, device=device)
+        return cm if mask is None else (mask.to(device) & cm)
+    return mask
+
+
+def repeat_kv(x_BKSDh: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, KVH, S, Dh) -> (B, KVH * n_rep, S, Dh), each KV head repeated for its group of query heads."""
+    return x_BKSDh if n_rep == 1 else x_BKSDh.repeat_interleave(n_rep, dim=1)
+
+
+def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tensor, *, mask: torch.Tensor | None = None,
+              causal: bool = False, scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention in float32 (matmul + softmax); returns (B, H, T, Dh) in q's dtype."""
+    _, H, KVH, T, S, Dh = check_attention_inputs(q_BHTDh, k_BKSDh, v_BKSDh)
+    scale = Dh**-0.5 if scale is None else scale
+    k = repeat_kv(k_BKSDh, H // KVH).float()
+    v = repeat_kv(v_BKSDh, H // KVH).float()
+    scores_BHTS = (q_BHTDh.float() @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores_BHTS = scores_BHTS + bias.float()
+    allowed = allowed_mask(mask, causal, T, S, q_BHTDh.device)
+    if allowed is None:
+        probs = torch.softmax(scores_BHTS, dim=-1)
+    else:
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        # Empty rows attend (harmlessly) to everything, then are zeroed: finite forward and zero gradients.
+        probs = torch.softmax(scores_BHTS.masked_fill(~(allowed | empty), float("-inf")), dim=-1)
+        probs = probs.masked_fill(empty, 0.0)
+    return (probs @ v).to(q_BHTDh.dtype)
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm (Zhang & Sennrich 2019) over the last dim, normalised in fp32 as Hugging Face's LlamaRMSNorm."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = h.to(x.dtype)
+    return h if weight is None else weight * h
+
+
+def layernorm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+              eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm (Ba et al. 2016) over the last dim."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def rope(x_BHTDh: torch.Tensor, cos_BTDh: torch.Tensor, sin_BTDh: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the rotate-half layout (``tensor.rope.apply_rope``)."""
+    return apply_rope(x_BHTDh, cos_BTDh, sin_BTDh)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` (Shazeer 2020, "GLU Variants Improve Transformer")."""
+    return F.silu(gate) * up
+
+
+def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean token cross-entropy in fp32 over labels != ignore_index (0.0 when every label is ignored)."""
+    _LOGITS.check(logits_NV, "logits_NV")
+    _LABELS.check(labels_N, "labels_N", N=logits_NV.shape[0])
+    total = F.cross_entropy(logits_NV.float(), labels_N, ignore_index=ignore_index, reduction="sum")
+    return total / (labels_N != ignore_index).sum().clamp_min(1)
+
+
+def linear_cross_entropy(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
+                         ignore_index: int = -100, *, chunk_size: int = 1024) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` without materialising the (N, V) logits (chunked over N)."""
+    return chunked_linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index, chunk_size)

@@ -1,0 +1,41 @@
+"""Attention through ``torch.nn.functional.scaled_dot_product_attention`` (SDPA).
+
+PyTorch picks among its flash, memory-efficient, cuDNN and math back ends per call; this adapter keeps the inputs
+in the shapes that let it use the fast ones:
+  - no mask and no bias: ``is_causal`` (when T == S) and native GQA (``enable_gqa``), the flash back end's path;
+  - bottom-right causal with T != S (decode), boolean masks or a bias: an explicit mask, KV heads repeated
+    (the memory-efficient back end takes masks but not GQA);
+  - rows that may attend to nothing get a dummy all-True row and a zero output, as in ``kernel.reference``.
+Semantics are those documented in :mod:`kernel.reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernel.reference import allowed_mask, check_attention_inputs, repeat_kv
+
+
+def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tensor, *, mask: torch.Tensor | None = None,
+              causal: bool = False, scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA attention; returns (B, H, T, Dh) in q's dtype."""
+    _, H, KVH, T, S, _ = check_attention_inputs(q_BHTDh, k_BKSDh, v_BKSDh)
+    if mask is None and bias is None and (not causal or T == S):
+        return F.scaled_dot_product_attention(q_BHTDh, k_BKSDh, v_BKSDh, is_causal=causal, scale=scale,
+                                              enable_gqa=H != KVH)
+    k = repeat_kv(k_BKSDh, H // KVH)
+    v = repeat_kv(v_BKSDh, H // KVH)
+    allowed = allowed_mask(mask, causal, T, S, q_BHTDh.device)
+    empty = None
+    if allowed is not None:
+        empty = ~allowed.any(dim=-1, keepdim=True)
+        allowed = allowed | empty
+    if bias is None:
+        attn_mask = allowed
+    else:
+        attn_mask = bias.to(q_BHTDh.dtype)
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+    out = F.scaled_dot_product_attention(q_BHTDh, k, v, attn_mask=attn_mask, scale=scale)
+    return out if empty is None else out.masked_fill(empty, 0.0)
