@@ -1,0 +1,61 @@
+"""Multi-head attention with any number of key/value heads: MHA (KVH = H), GQA (1 < KVH < H), MQA (KVH = 1).
+
+GQA: Ainslie et al. 2023 (arXiv:2305.13245); MQA: Shazeer 2019 (arXiv:1911.02150). Projections are named as in
+Hugging Face's LlamaAttention (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``) so Llama checkpoints load by name.
+The attention op itself comes from the kernel registry (``kernel.resolve("attention", cfg.attn_impl, ...)``), RoPE
+from the registry's ``rope`` op; masks, positions and ALiBi arrive precomputed in an
+:class:`~attn.context.AttentionContext`, and new keys/values go through the context's KV cache.
+
+Shape legend: B batch, T new tokens, S key slots, D model width, H query heads, KVH key/value heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attn.context import AttentionContext
+from kernel import resolve
+from specs.config import ModelConfig
+from specs.tensor_spec import HIDDEN
+
+
+class Attention(nn.Module):
+    """Self-attention of layer ``layer_idx`` (the index it uses in a KV cache)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads
+        self.head_dim = cfg.head_dim
+        self.attn_impl = cfg.attn_impl
+        D, H, KVH, Dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(D, H * Dh, bias=cfg.bias)
+        self.k_proj = nn.Linear(D, KVH * Dh, bias=cfg.bias)
+        self.v_proj = nn.Linear(D, KVH * Dh, bias=cfg.bias)
+        self.o_proj = nn.Linear(H * Dh, D, bias=cfg.bias)
+
+    def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        B, T, _ = x_BTD.shape
+        HIDDEN.check(x_BTD, "x_BTD", D=self.q_proj.in_features)
+        q_BHTDh = self.q_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BKTDh = self.k_proj(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BKTDh = self.v_proj(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        request = dict(device=x_BTD.device, dtype=q_BHTDh.dtype, head_dim=self.head_dim,
+                       backward=torch.is_grad_enabled() and x_BTD.requires_grad)
+        if ctx.cos_BTDh is not None:
+            rope = resolve("rope", "auto", **request)
+            q_BHTDh = rope(q_BHTDh, ctx.cos_BTDh, ctx.sin_BTDh)
+            k_BKTDh = rope(k_BKTDh, ctx.cos_BTDh, ctx.sin_BTDh)
+        if ctx.cache is not None:
+            k_BKTDh, v_BKTDh = ctx.cache.append(self.layer_idx, k_BKTDh, v_BKTDh)  # now (B, KVH, S, Dh)
+        attend = resolve("attention", self.attn_impl, causal=ctx.causal, gqa=self.n_kv_heads != self.n_heads,
+                         mask=ctx.mask_B1TS is not None, bias=ctx.bias_BHTS is not None, **request)
+        o_BHTDh = attend(q_BHTDh, k_BKTDh, v_BKTDh, mask=ctx.mask_B1TS, causal=ctx.causal, bias=ctx.bias_BHTS)
+        return self.o_proj(o_BHTDh.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def extra_repr(self) -> str:
+        return (f"layer_idx={self.layer_idx}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+                f"head_dim={self.head_dim}, attn_impl={self.attn_impl!r}")

@@ -1,0 +1,124 @@
+"""Everything attention needs for one forward, computed once and shared by every layer.
+
+``build_context`` turns the model-level arguments (positions, KV cache, HF-style ``attn_mask``, packed
+``document_ids``) into token positions, RoPE angles, an ALiBi bias and one boolean mask built with
+:func:`tensor.masks.attention_mask`. Masks are in *slot* coordinates: key slot j of row b is the j-th token held
+for that row (cached or new) and the row's new tokens sit at slots ``seq_lens[b] .. seq_lens[b] + T - 1``, so rows
+of different lengths (paged or evicted rows), left padding and chunked prefill all use one rule. Token positions
+(RoPE, ALiBi, learned embeddings) skip padding, exactly as transformers' ``generate()`` computes them.
+
+When every row has the same length and nothing else masks (plain causal training, prefill, decode of an unpadded
+batch) the mask is None and the kernel is told ``causal=True`` (bottom-right aligned) instead, so SDPA and flash
+kernels take their fast paths.
+
+Shape legend: B batch rows, T new tokens, S key slots (cached + new), H heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from attn.positions import ALiBi, RotaryEmbedding
+from specs.config import ModelConfig
+from specs.errors import ConfigError, ShapeError
+from specs.protocols import KVCache
+from specs.tensor_spec import TensorSpec
+from tensor.alibi import alibi_bias
+from tensor.masks import attention_mask, positions_from_padding
+
+_BT = TensorSpec("B", "T")
+_BS = TensorSpec("B", "S")
+
+
+@dataclass(frozen=True)
+class AttentionContext:
+    """Per-forward inputs of every attention layer (see the module docstring for the coordinates)."""
+
+    positions_BT: torch.Tensor  # token positions of the new tokens (B, T) int64
+    cos_BTDh: torch.Tensor | None  # RoPE angles, or None without RoPE
+    sin_BTDh: torch.Tensor | None
+    mask_B1TS: torch.Tensor | None  # bool, True = may attend; None: ``causal`` alone describes the pattern
+    causal: bool  # tell the kernel to apply its own (bottom-right aligned) causal mask
+    bias_BHTS: torch.Tensor | None  # additive score bias (ALiBi), fp32
+    cache: KVCache | None
+
+
+def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: torch.Tensor | None = None,
+                  cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                  document_ids: torch.Tensor | None = None, rotary: RotaryEmbedding | None = None,
+                  alibi: ALiBi | None = None, dtype: torch.dtype = torch.float32) -> AttentionContext:
+    """Positions, RoPE angles, ALiBi bias and mask for a forward over ``input_ids_BT`` (B, T).
+
+    ``attn_mask`` is (B, S) with S = max(seq_lens) + T (HF style: 1 = real token, 0 = padding; column j is key slot
+    j). ``positions`` (B, T) default to the slots of the new tokens minus the padding before them.
+    ``document_ids`` (B, T) restrict attention to tokens of the same packed document (no cached tokens allowed).
+    """
+    env = _BT.check(input_ids_BT, "input_ids")
+    B, T = env["B"], env["T"]
+    device = input_ids_BT.device
+    lens = [0] * B
+    if cache is not None:
+        lens = cache.seq_lens.tolist()
+        if len(lens) != B:
+            raise ShapeError(f"input_ids has B={B} rows but the cache has {len(lens)} active rows")
+    S = max(lens, default=0) + T
+    uniform = all(n == lens[0] for n in lens)
+    lens_B = torch.tensor(lens, device=device)
+    q_slot_BT = lens_B[:, None] + torch.arange(T, device=device)
+
+    valid_BS = tok_pos_BS = None
+    if attn_mask is not None:
+        _BS.check(attn_mask, f"attn_mask (B, S+T) = ({B}, {S})", B=B, S=S)
+        valid_BS = attn_mask.to(device=device, dtype=torch.bool)
+        tok_pos_BS = positions_from_padding(valid_BS)
+    if positions is None:
+        positions = q_slot_BT if tok_pos_BS is None else tok_pos_BS.gather(1, q_slot_BT)
+    else:
+        _BT.check(positions, "positions", B=B, T=T)
+        positions = positions.to(device=device, dtype=torch.int64)
+    if document_ids is not None:
+        _BT.check(document_ids, "document_ids", B=B, T=T)
+        if S != T:
+            raise ConfigError("document_ids", "packed-document masks need an empty cache (training or a first "
+                              f"prefill), but the cache already holds {S - T} tokens")
+        document_ids = document_ids.to(device)
+
+    k_valid_BS = None
+    if not uniform:
+        k_valid_BS = torch.arange(S, device=device)[None, :] < (lens_B + T)[:, None]
+    if valid_BS is not None:
+        k_valid_BS = valid_BS if k_valid_BS is None else k_valid_BS & valid_BS
+    window = cfg.sliding_window if cfg.sliding_window is not None and cfg.sliding_window < S else None
+    mask, causal = None, False
+    if k_valid_BS is None and document_ids is None and window is None:
+        causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
+    else:
+        k_slot_BS = torch.arange(S, device=device).expand(B, S)
+        mask = attention_mask(q_slot_BT, k_slot_BS, causal=cfg.causal, k_valid_BS=k_valid_BS, window=window,
+                              q_doc_BT=document_ids, k_doc_BS=document_ids)
+
+    cos = sin = None
+    if cfg.pos_encoding == "rope":
+        if rotary is None:
+            raise ConfigError("pos_encoding", "'rope' needs a RotaryEmbedding; pass rotary=")
+        cos, sin = rotary(positions, dtype)
+    bias = None
+    if cfg.pos_encoding == "alibi":
+        if alibi is None:
+            raise ConfigError("pos_encoding", "'alibi' needs ALiBi slopes; pass alibi=")
+        base_BS = tok_pos_BS if tok_pos_BS is not None else torch.arange(S, device=device).expand(B, S)
+        k_pos_BS = base_BS.scatter(1, q_slot_BT, positions)  # new keys carry the queries' positions
+        bias = alibi_bias(alibi.slopes(device), positions, k_pos_BS)
+        if not cfg.causal:  # bidirectional: penalise distance both ways, -m|j - i|
+            bias = -bias.abs()
+    return AttentionContext(positions_BT=positions, cos_BTDh=cos, sin_BTDh=sin, mask_B1TS=mask, causal=causal,
+                            bias_BHTS=bias, cache=cache)
+
+
+def describe(ctx: AttentionContext) -> dict[str, Any]:
+    """A small summary for logs and tests: which masking path the forward takes."""
+    return {"mask": None if ctx.mask_B1TS is None else tuple(ctx.mask_B1TS.shape), "causal": ctx.causal,
+            "bias": ctx.bias_BHTS is not None, "rope": ctx.cos_BTDh is not None, "cache": ctx.cache is not None}

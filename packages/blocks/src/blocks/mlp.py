@@ -1,0 +1,73 @@
+"""Feed-forward sublayers: the two-layer MLP (GPT-2) and the gated SwiGLU (Llama).
+
+MLP: ``down_proj(act(up_proj(x)))`` with GELU (Hendrycks & Gimpel 2016, arXiv:1606.08415), its tanh approximation
+(GPT-2's ``gelu_new``) or ReLU. SwiGLU: ``down_proj(silu(gate_proj(x)) * up_proj(x))`` (Shazeer 2020, "GLU Variants
+Improve Transformer", arXiv:2002.05202) through the kernel registry's ``swiglu`` op; other activations give the
+matching GLU variant (GeGLU, ReGLU). Names follow Hugging Face Llama (``gate_proj``, ``up_proj``, ``down_proj``).
+
+Shape legend: B batch, T tokens, D model width, F hidden width (cfg.d_ff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernel import resolve
+from specs.config import ModelConfig
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+class MLP(nn.Module):
+    """(B, T, D) -> (B, T, D) through a hidden width F with one activation."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "gelu_tanh", bias: bool = True):
+        super().__init__()
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.up_proj(x_BTD)))
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
+
+class SwiGLU(nn.Module):
+    """(B, T, D) -> (B, T, D): ``down_proj(act(gate_proj(x)) * up_proj(x))``, act = silu for SwiGLU proper."""
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "silu", bias: bool = False):
+        super().__init__()
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)
+        if self.activation == "silu":
+            op = resolve("swiglu", "auto", device=x_BTD.device, dtype=gate_BTF.dtype,
+                         backward=torch.is_grad_enabled() and gate_BTF.requires_grad)
+            return self.down_proj(op(gate_BTF, up_BTF))
+        return self.down_proj(self.act(gate_BTF) * up_BTF)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"
+
+
+def make_mlp(cfg: ModelConfig) -> MLP | SwiGLU:
+    """The feed-forward sublayer ``cfg.mlp`` names, width ``cfg.d_ff``, activation ``cfg.activation``."""
+    cls = SwiGLU if cfg.mlp == "swiglu" else MLP
+    return cls(cfg.d_model, cfg.d_ff, activation=cfg.activation, bias=cfg.bias)

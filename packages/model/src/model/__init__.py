@@ -1,0 +1,6 @@
+"""lmstack model: TransformerLM, the bidirectional encoder, heads, checkpoint I/O and Hugging Face interop.
+
+Import the submodules (``from model.lm import TransformerLM``); nothing heavy happens at import.
+"""
+
+__version__ = "0.1.0"

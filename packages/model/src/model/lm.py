@@ -1,0 +1,132 @@
+"""TransformerLM: the decoder-only language model (Llama- or GPT-style from one ModelConfig).
+
+``TransformerLM(cfg)`` is a :class:`~model.stack.TransformerStack` (``self.model``) plus an LM head
+(``self.lm_head``, tied to the token embedding when ``cfg.tie_embeddings``), named as Hugging Face's
+LlamaForCausalLM. It implements the specs LanguageModel Protocol: ``forward`` -> logits, ``loss`` through the
+kernel registry's fused ``linear_cross_entropy`` (the (B, T, V) logits are never materialised), ``new_cache``
+(static or paged KV caches from :mod:`attn.cache`), ``save_pretrained`` / ``from_pretrained`` (lmstack or Hugging
+Face Llama / GPT-2 directories). References: GPT-2 (Radford et al. 2019), Llama (Touvron et al. 2023,
+arXiv:2302.13971), nanoGPT and gpt-fast's model.py.
+
+Shape legend: B batch, T new tokens, S cached tokens, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attn.cache import PagedKVCache, StaticKVCache
+from kernel import resolve
+from model import pretrained
+from model.stack import TransformerStack
+from specs.batch import IGNORE_INDEX
+from specs.config import ModelConfig
+from specs.errors import ConfigError
+from specs.modelcard import LineageEntry
+from specs.protocols import KVCache
+from specs.tensor_spec import TensorSpec
+from tensor.init import init_weights
+
+CACHE_KINDS = ("static", "paged")
+_LABELS = TensorSpec("B", "T", dtypes=("int64", "int32"))
+
+
+class TransformerLM(nn.Module):
+    """Decoder-only LM: ``logits_BTV = model(input_ids_BT, positions=None, cache=None, attn_mask=None,
+    document_ids=None)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = TransformerStack(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        init_weights(self, cfg)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                attn_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V) for ``input_ids`` (B, T) int64.
+
+        ``cache``: a KV cache from :meth:`new_cache`; the T tokens are appended and ``seq_lens`` advance.
+        ``attn_mask``: (B, S+T), 1 = real token, 0 = padding (left padding for batched generation).
+        ``positions``: (B, T); default ``seq_lens[b] + arange(T)`` minus the padding before each token.
+        ``document_ids``: (B, T) packed-document ids -> block-diagonal causal attention.
+        """
+        h_BTD = self.model(input_ids, positions=positions, cache=cache, attn_mask=attn_mask,
+                           document_ids=document_ids)
+        return self.lm_head(h_BTD)
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None,
+             attn_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy (fp32 scalar) over ``labels`` (B, T) != -100; ``labels[t]`` is the target of
+        ``input_ids[t]`` (already shifted by the data loader)."""
+        _LABELS.check(labels, "labels", B=input_ids.shape[0], T=input_ids.shape[1])
+        h_BTD = self.model(input_ids, positions=positions, attn_mask=attn_mask, document_ids=document_ids)
+        weight_VD = self.lm_head.weight
+        ce = resolve("linear_cross_entropy", "auto", device=h_BTD.device, dtype=h_BTD.dtype,
+                     backward=torch.is_grad_enabled() and h_BTD.requires_grad)
+        return ce(h_BTD.reshape(-1, h_BTD.shape[-1]), weight_VD, labels.reshape(-1).long(), IGNORE_INDEX)
+
+    def new_cache(self, batch_size: int, max_seq_len: int | None = None, *, kind: str = "static",
+                  dtype: torch.dtype | None = None, device: str | torch.device | None = None, block_size: int = 16,
+                  num_blocks: int | None = None, prefix_caching: bool = True) -> KVCache:
+        """An empty KV cache for this model.
+
+        ``kind="static"``: (batch_size, KVH, max_seq_len, Dh) per layer. ``kind="paged"``: ``num_blocks`` blocks of
+        ``block_size`` tokens (default: enough for ``batch_size`` full sequences); ``batch_size > 0`` pre-registers
+        sequences 0..batch_size-1 as the active rows. ``max_seq_len`` defaults to ``config.max_seq_len``.
+        """
+        cfg = self.config
+        p = next(self.parameters())
+        dtype = p.dtype if dtype is None else dtype
+        device = p.device if device is None else device
+        max_seq_len = cfg.max_seq_len if max_seq_len is None else max_seq_len
+        dims = dict(n_layers=cfg.n_layers, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, dtype=dtype, device=device)
+        if kind == "static":
+            return StaticKVCache(batch_size=batch_size, max_seq_len=max_seq_len, **dims)
+        if kind == "paged":
+            if num_blocks is None:
+                if batch_size <= 0:
+                    raise ConfigError("num_blocks", "a paged cache needs num_blocks, or batch_size > 0 to size it")
+                num_blocks = batch_size * -(-max_seq_len // block_size)
+            return PagedKVCache(num_blocks=num_blocks, block_size=block_size, batch_size=batch_size,
+                                max_seq_len=max_seq_len, prefix_caching=prefix_caching, **dims)
+        raise ConfigError("kind", f"unknown KV cache kind {kind!r}; valid: {', '.join(CACHE_KINDS)}")
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Distinct parameters (a tied head counts once); ``exclude_embeddings`` drops token and position tables."""
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            for emb in (self.model.embed_tokens, self.model.embed_positions):
+                if emb is not None:
+                    params.pop(id(emb.weight), None)
+        return sum(p.numel() for p in params.values())
+
+    def save_pretrained(self, directory: str | os.PathLike[str], *, format: str = "lmstack",
+                        max_shard_size: int | str = "5GB", name: str | None = None,
+                        lineage: tuple[LineageEntry, ...] = (), metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write safetensors (sharded past ``max_shard_size``), config.json and modelcard.json, atomically.
+
+        ``format="hf"`` writes a Hugging Face Llama / Mistral / GPT-2 directory that transformers loads.
+        """
+        return pretrained.save(self, self.config, directory, format=format, max_shard_size=max_shard_size, name=name,
+                               lineage=lineage, metadata=metadata)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], dtype: torch.dtype | None = None,
+                        device: str | torch.device = "cpu", *, verify: bool = True) -> TransformerLM:
+        """Load an lmstack checkpoint or a Hugging Face Llama / Mistral / GPT-2 directory (safetensors only).
+
+        ``verify`` checks the model card's sha256 of every file (required for lmstack directories).
+        """
+        return pretrained.load(lambda cfg, _meta: cls(cfg), directory, dtype=dtype, device=device, verify=verify)
+
+    def extra_repr(self) -> str:
+        return f"params={self.num_params():,}"

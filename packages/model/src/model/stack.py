@@ -1,0 +1,64 @@
+"""The transformer body shared by the decoder LM and the encoder: embeddings, blocks, final norm.
+
+Named as Hugging Face's LlamaModel (``embed_tokens``, ``layers.{i}``, ``norm``) plus ``embed_positions`` for learned
+positions (GPT-2's ``wpe``), so a Llama checkpoint maps onto it by name. It builds one
+:class:`~attn.context.AttentionContext` per forward (positions, RoPE angles, ALiBi, masks) that every block shares,
+and commits the KV cache (``cache.advance(T)``) after the last block. Post-norm stacks have no final norm (each
+block already ends in one).
+
+Shape legend: B batch, T new tokens, D model width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attn.context import build_context
+from attn.positions import ALiBi, RotaryEmbedding
+from blocks.block import make_block
+from blocks.norms import make_norm
+from specs.config import ModelConfig
+from specs.errors import ShapeError
+from specs.protocols import KVCache
+from specs.tensor_spec import TOKENS
+
+
+class TransformerStack(nn.Module):
+    """``stack(input_ids_BT, ...) -> hidden_BTD`` for any ``ModelConfig`` (decoder when ``cfg.causal``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
+        self.rotary = RotaryEmbedding(cfg) if cfg.pos_encoding == "rope" else None
+        self.alibi = ALiBi(cfg.n_heads) if cfg.pos_encoding == "alibi" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(make_block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = make_norm(cfg) if cfg.norm_position == "pre" else None
+
+    def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
+                cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, D) final hidden states (see ``TransformerLM.forward`` for the arguments)."""
+        env = TOKENS.check(input_ids, "input_ids")
+        if cache is not None and cache.n_layers != len(self.layers):
+            raise ShapeError(f"the cache has {cache.n_layers} layers but the model has {len(self.layers)}")
+        ctx = build_context(self.config, input_ids, positions=positions, cache=cache, attn_mask=attn_mask,
+                            document_ids=document_ids, rotary=self.rotary, alibi=self.alibi,
+                            dtype=self.embed_tokens.weight.dtype)
+        h_BTD = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            held = cache.seq_lens.tolist() if cache is not None else []
+            reach = max(held, default=0) + env["T"]  # slots used; token positions never exceed them
+            if reach > self.config.max_seq_len:
+                raise ShapeError(f"learned positions stop at max_seq_len={self.config.max_seq_len}, but this "
+                                 f"forward reaches slot {reach - 1} ({max(held, default=0)} cached + T={env['T']})")
+            h_BTD = h_BTD + self.embed_positions(ctx.positions_BT)
+        h_BTD = self.dropout(h_BTD)
+        for layer in self.layers:
+            h_BTD = layer(h_BTD, ctx)
+        if cache is not None:
+            cache.advance(env["T"])
+        return h_BTD if self.norm is None else self.norm(h_BTD)
