@@ -39,6 +39,11 @@ def metadata() -> dict:
     return metadata_doc()
 
 
+@pytest.fixture(scope="module")
+def module_metadata() -> dict:
+    return metadata_doc()
+
+
 @pytest.fixture
 def metadata_file(tmp_path: Path, metadata: dict) -> Path:
     import json

@@ -1,0 +1,42 @@
+"""CLI surface: help that explains, usage errors without tracebacks, atomic writes that never leave half a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from governance._io import write_atomic
+
+
+def test_help_lists_every_command(run_module) -> None:
+    r = run_module("--help")
+    assert r.returncode == 0
+    for cmd in ("sbom", "sign", "keygen", "receipt", "lineage", "card", "verify"):
+        assert cmd in r.stdout
+    assert "python -m governance sign --files" in r.stdout
+    r = run_module("sbom", "--help")
+    assert r.returncode == 0 and "SOURCE_DATE_EPOCH" in r.stdout and "--artifacts" in r.stdout
+
+
+def test_usage_errors_exit_2(run_module) -> None:
+    r = run_module("sbom", "--out", "x.json")
+    assert r.returncode == 2 and "--name" in r.stderr and "Traceback" not in r.stderr
+    r = run_module("frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "CHECKSUMS.sha256"
+    write_atomic(target, "old\n")
+    assert oct(target.stat().st_mode & 0o777) == oct(0o644)
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, "new content that never lands\n")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CHECKSUMS.sha256"]  # temp file cleaned up
