@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Distributions whose import name differs from the distribution name.
 EXTERNAL_MODULE_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn", "prometheus-client": "prometheus_client",
                          "pillow": "PIL", "lm-eval": "lm_eval", "spdx-tools": "spdx_tools",
-                         "onnxruntime": "onnxruntime", "sentencepiece": "sentencepiece"}
+                         "onnxruntime": "onnxruntime", "sentencepiece": "sentencepiece",
+                         "license-expression": "license_expression"}
 
 
 def main() -> int:
