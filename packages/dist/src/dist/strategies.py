@@ -1,0 +1,136 @@
+"""Data-parallel strategies applied from outside the model: ``apply(model, dist_cfg, device)``.
+
+- ``DDP``: ``torch.nn.parallel.DistributedDataParallel`` (Li et al. 2020, "PyTorch Distributed").
+- ``FSDP``: FSDP2, ``torch.distributed.fsdp.fully_shard`` on every block and then the root (Zhao et al. 2023,
+  "PyTorch FSDP"; torchtitan's ``apply_fsdp``), with a ``MixedPrecisionPolicy`` (params cast to bf16/fp16 for
+  compute, gradients reduced in fp32) and ``CPUOffloadPolicy`` when ``dist.cpu_offload``.
+- ``ZeRO1``: DDP for gradients plus ``torch.distributed.optim.ZeroRedundancyOptimizer``, which shards optimizer
+  state across ranks (Rajbhandari et al. 2020, "ZeRO", stage 1); see :func:`build_optimizer`.
+
+The order is torchtitan's: activation checkpointing, then compile, then the parallel wrapper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from dist.blocks import apply_activation_checkpointing, compile_blocks, find_blocks
+from dist.precision import dtype_of
+from specs.config import DistConfig
+from specs.errors import ConfigError
+
+
+def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad_ckpt: bool | None = None,
+          compile: bool = False, precision: str | None = None) -> nn.Module:
+    """Prepare ``model`` for training on ``device`` under ``cfg.strategy``; returns the module to call.
+
+    ``grad_ckpt`` (default ``cfg.grad_ckpt``) wraps blocks for activation checkpointing; ``compile`` compiles
+    each block; ``precision`` (default ``cfg.precision``) sets FSDP's mixed-precision policy. DDP/FSDP/ZeRO1
+    need an initialised process group (``dist.init``). FSDP shards in place and returns ``model`` itself.
+    """
+    device = torch.device(device)
+    strategy = cfg.strategy
+    if strategy != "none" and not (tdist.is_available() and tdist.is_initialized()):
+        raise ConfigError("dist.strategy", f"{strategy!r} needs an initialised process group: launch with "
+                                           "torchrun -m train.run, or call dist.init() first")
+    if grad_ckpt if grad_ckpt is not None else cfg.grad_ckpt:
+        try:
+            apply_activation_checkpointing(model)
+        except ValueError as exc:
+            raise ConfigError("dist.grad_ckpt", str(exc)) from None
+    if compile:
+        compile_blocks(model)
+    if strategy == "FSDP":
+        return _apply_fsdp(model, cfg, device, precision or cfg.precision)
+    if cfg.cpu_offload:
+        raise ConfigError("dist.cpu_offload", f"needs strategy 'FSDP', got {strategy!r}")
+    model.to(device)
+    if strategy in ("DDP", "ZeRO1"):
+        ids = [device.index] if device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    return model
+
+
+def _apply_fsdp(model: nn.Module, cfg: DistConfig, device: torch.device, precision: str) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (tdist.get_world_size(),))
+    kw: dict[str, Any] = {"mesh": mesh}
+    if precision != "fp32":
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype_of(precision), reduce_dtype=torch.float32)
+    if cfg.cpu_offload:
+        kw["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+    else:
+        model.to(device)
+    blocks = find_blocks(model)
+    for i, block in enumerate(blocks):
+        # The last block's params are needed again at the start of backward: keep them gathered.
+        reshard = cfg.reshard_after_forward and i < len(blocks) - 1
+        fully_shard(block, reshard_after_forward=reshard, **kw)
+    fully_shard(model, reshard_after_forward=cfg.reshard_after_forward, **kw)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under a DDP wrapper (FSDP2 shards in place, so it is its own module)."""
+    return model.module if isinstance(model, DDP) else model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return isinstance(model, FSDPModule) or any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce/reduce-scatter inside this block when ``enabled`` is False (accumulation)."""
+    if enabled:
+        yield
+    elif isinstance(model, DDP):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def build_optimizer(cfg: DistConfig, optimizer_class: type[torch.optim.Optimizer], param_groups: list[dict[str, Any]],
+                    **defaults: Any) -> torch.optim.Optimizer:
+    """``optimizer_class(param_groups, **defaults)``, sharded across ranks (ZeRO-1) when ``cfg.strategy='ZeRO1'``."""
+    if cfg.strategy != "ZeRO1":
+        return optimizer_class(param_groups, **defaults)
+    return ZeroRedundancyOptimizer(param_groups, optimizer_class=optimizer_class, **defaults)
+
+
+def grad_total_norm(params: Iterable[nn.Parameter], norm_type: float = 2.0) -> torch.Tensor:
+    """The global gradient norm as a plain tensor on the params' device (sharded grads are reduced over ranks)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=True)
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """Scale gradients so their global norm is at most ``max_norm``; return the norm before clipping.
+
+    Works for plain, DDP and FSDP2 (DTensor) gradients without a host sync (torchtitan's ``clip_grad_norm_``).
+    """
+    params = list(params)
+    norm = grad_total_norm(params, norm_type)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return norm

@@ -1,0 +1,417 @@
+"""The Trainer: one optimizer step per ``step(batch)``, ``fit()`` for the whole run, checkpoints and callbacks.
+
+``Trainer(model, cfg, dataloader)`` as in the seed. ``cfg`` may be a ``RunConfig`` (everything: train, dist, data
+and viz sections), a ``TrainConfig`` (single process, no parallel strategy) or a ``ModelConfig`` (the seed passes
+one: then the default ``TrainConfig()`` applies). The model is any ``nn.Module``: its ``loss(input_ids, labels,
+...)`` is used when it has one (``model.lm.TransformerLM`` does, so fused linear+CE kernels apply), else
+cross-entropy on ``model(input_ids)``'s logits. Strategies (DDP, FSDP2, ZeRO-1), activation checkpointing and
+``torch.compile`` are applied from outside through ``dist.apply``.
+
+Gradient accumulation: ``step(batch)`` is one optimizer step. The batch (this rank's share of the global batch) is
+split along B into ``train.grad_accum`` micro-batches; each runs forward and backward (gradient sync only on the
+last), weighted by its share of the batch's target tokens, so the update equals one step on the whole batch.
+
+Host syncs: none per step in ``fit()``; losses, grad norms and NaN flags stay on the device and are read (``.item()``)
+only on log steps. ``step()`` itself returns a Python float (one sync, as the seed's loop expects); ``step(batch,
+sync=False)`` returns the 0-dim loss tensor instead. ``nan_policy='skip'`` needs one flag read per step to skip;
+``'stop'`` records the first bad step on the device and raises at the next log step or checkpoint, before
+anything non-finite is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+from torch import nn
+
+import dist
+from specs.batch import IGNORE_INDEX, Batch
+from specs.config import DataConfig, DistConfig, ModelConfig, RunConfig, TrainConfig
+from specs.errors import ConfigError
+from train import checkpoint
+from train.callbacks import CallbackList, plugin_callbacks
+from train.errors import TrainingError, TrainingInterrupted
+from train.flops import flops_per_token, matmul_params, mfu, peak_flops
+from train.metadata import RunInfo
+from train.optim import build_optimizer
+from train.progress import Progress
+from train.schedule import build_scheduler
+from train.signals import StopSignals
+
+logger = logging.getLogger("train")
+
+
+class LossModule(nn.Module):
+    """Routes ``forward`` to ``model.loss`` so DDP/FSDP hooks (which run on ``forward``) see the loss computation."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._has_loss = callable(getattr(model, "loss", None))
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
+        if self._has_loss:
+            return self.model.loss(input_ids, labels, **kw)
+        logits = self.model(input_ids, **kw)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+
+
+def _split_config(cfg: Any) -> tuple[RunConfig | None, TrainConfig, DistConfig, DataConfig]:
+    if isinstance(cfg, RunConfig):
+        return cfg, cfg.train, cfg.dist, cfg.data
+    if isinstance(cfg, TrainConfig):
+        return None, cfg, DistConfig(), DataConfig()
+    if isinstance(cfg, ModelConfig):
+        return None, TrainConfig(), DistConfig(), DataConfig()
+    raise ConfigError("cfg", f"expected a RunConfig, TrainConfig or ModelConfig, got {type(cfg).__name__}")
+
+
+def resolve_precision(train: TrainConfig, dist_cfg: DistConfig) -> tuple[str, str]:
+    """(precision, the field that chose it): ``dist.precision`` wins when set; both set differently is an error."""
+    if dist_cfg.precision != "fp32" and train.precision not in ("fp32", dist_cfg.precision):
+        raise ConfigError("dist.precision",
+                          f"{dist_cfg.precision!r} conflicts with train.precision={train.precision!r}; set one of them")
+    if dist_cfg.precision != "fp32":
+        return dist_cfg.precision, "dist.precision"
+    return train.precision, "train.precision"
+
+
+def as_batch(batch: Any) -> Batch:
+    """A specs Batch from a Batch, a mapping with ``input_ids`` (and ``labels``...), a tuple or a tensor."""
+    if isinstance(batch, Batch):
+        b = batch
+    elif isinstance(batch, Mapping):
+        b = Batch(**{k: v for k, v in batch.items() if k in ("input_ids", "labels", "attention_mask", "positions",
+                                                              "document_ids")})
+    elif isinstance(batch, (tuple, list)):
+        b = Batch(*batch)
+    elif isinstance(batch, torch.Tensor):
+        b = Batch(input_ids=batch)
+    else:
+        raise TypeError(f"cannot train on a {type(batch).__name__}; expected a specs.batch.Batch")
+    if b.labels is None:  # next-token targets of the ids themselves; the last position has none
+        ignore = torch.full_like(b.input_ids[:, :1], IGNORE_INDEX)
+        b = Batch(**{**b.as_dict(), "labels": torch.cat([b.input_ids[:, 1:], ignore], dim=1)})
+    return b
+
+
+class Trainer:
+    """See the module docstring. ``callbacks`` are objects added after the ``train.callbacks`` plugins."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig | TrainConfig | ModelConfig,
+                 dataloader: Iterable[Any] | None = None, *, callbacks: Iterable[Any] = (),
+                 eval_dataloader: Iterable[Any] | None = None, tokenizer: Any = None,
+                 env: dist.DistEnv | None = None, manifest_dir: Any = None, command: list[str] | None = None):
+        self.run_config, self.cfg, self.dist_cfg, data_cfg = _split_config(cfg)
+        self.env = env or dist.current(self.cfg.device)
+        device = self.env.device
+        self.precision, field = resolve_precision(self.cfg, self.dist_cfg)
+        self.dtype = dist.check_precision(self.precision, device, field)
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.module = model
+        self.dataloader, self.eval_dataloader, self.tokenizer = dataloader, eval_dataloader, tokenizer
+        self._fields = ("positions",) + (() if data_cfg.pack else ("attention_mask",)) + \
+            (("document_ids",) if data_cfg.doc_mask else ())
+        self._matmul_params = matmul_params(model)
+        self._peak = peak_flops(device)
+        self.model = dist.apply(LossModule(model), self.dist_cfg, device,
+                                grad_ckpt=self.cfg.grad_ckpt or self.dist_cfg.grad_ckpt, compile=self.cfg.compile,
+                                precision=self.precision)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(model, self.cfg, device, self.dist_cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg)
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
+        # FSDP's mixed-precision policy already computes in the low dtype; elsewhere autocast does it.
+        self._autocast = self.precision != "fp32" and self.dist_cfg.strategy != "FSDP"
+        names = self.cfg.callbacks
+        self.callbacks = CallbackList([*plugin_callbacks(names), *callbacks], enabled=self.env.is_main)
+        self.out_dir = self.cfg.out_dir
+        self.run_name = self.run_config.name if self.run_config else "run"
+        self.run_info = RunInfo.collect(run=self.run_name, config=self.config_dict(), model=self._model_info(),
+                                        manifest_dir=manifest_dir, tokenizer=tokenizer,
+                                        tokenizer_spec=data_cfg.tokenizer, command=command)
+        self.global_step = self.tokens_seen = self.skipped_steps = 0
+        self.last_metrics: dict[str, Any] = {}
+        self.resumed_from: str | None = None
+        self._last_saved = -1
+        self._metric_every = {self.cfg.log_every} | ({self.run_config.viz.log_every} if self.run_config else set())
+        self._reset_window()
+        self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self._progress: Progress | None = None
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return (self.run_config or self.cfg).to_dict()
+
+    def _model_info(self) -> dict[str, Any]:
+        cfg = getattr(self.module, "config", None)
+        info: dict[str, Any] = {"class": type(self.module).__name__,
+                                "params": sum(p.numel() for p in self.module.parameters())}
+        if isinstance(cfg, ModelConfig):
+            info.update(arch=cfg.arch, config=cfg.to_dict())
+        return info
+
+    def _reset_window(self) -> None:
+        self._t0 = time.perf_counter()
+        self._window_steps = self._window_tokens = 0
+        self._loss_sum = None
+        self._grad_norm: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    def _amp(self) -> contextlib.AbstractContextManager[Any]:
+        if not self._autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    # ---- one step ------------------------------------------------------------------------------------------------
+    def step(self, batch: Any, *, sync: bool = True) -> float | torch.Tensor:
+        """One optimizer step on ``batch`` (see the module docstring); returns the token-mean loss."""
+        loss = self._advance(batch)
+        if not sync:
+            return loss
+        value = self._reduce_mean(loss).item()
+        if not math.isfinite(value) and self.cfg.nan_policy == "stop":
+            self._raise_nonfinite(self.global_step, value)
+        return value
+
+    def _advance(self, batch: Any) -> torch.Tensor:
+        b = as_batch(batch).to(self.device, non_blocking=True)
+        loss = self._forward_backward(b)
+        log_now = any((self.global_step + 1) % k == 0 for k in self._metric_every)
+        self._optimizer_step(loss, log_now)
+        self.global_step += 1
+        tokens = b.num_tokens() * self.env.world_size
+        self.tokens_seen += tokens
+        self._window_steps += 1
+        self._window_tokens += tokens
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        metrics = self._collect_metrics(b.shape[1]) if log_now else {}
+        self.callbacks.on_step(self, self.global_step, {k: v for k, v in metrics.items() if v is not None})
+        if self._progress is not None:
+            self._progress.update(self.global_step, metrics)
+        if self.eval_dataloader is not None and self.cfg.eval_every and self.global_step % self.cfg.eval_every == 0:
+            self.evaluate()
+        if self.cfg.ckpt_every and self.global_step % self.cfg.ckpt_every == 0:
+            self.save_checkpoint()
+        return loss
+
+    def _forward_backward(self, b: Batch) -> torch.Tensor:
+        accum = self.cfg.grad_accum
+        rows = b.shape[0]
+        if rows % accum:
+            raise ConfigError("train.grad_accum", f"a batch of {rows} rows does not split into {accum} micro-batches")
+        self.model.train()
+        n_target = (b.labels != IGNORE_INDEX).sum()
+        total = n_target.clamp(min=1).to(torch.float32)
+        loss_sum = torch.zeros((), device=self.device)
+        chunks = {k: v.chunk(accum) for k, v in self._inputs(b, ("input_ids", "labels", *self._fields)).items()}
+        for i in range(accum):
+            mb = {k: v[i] for k, v in chunks.items()}
+            with dist.gradient_sync(self.model, i == accum - 1):
+                with self._amp():
+                    loss = self.model(**mb)
+                weight = (mb["labels"] != IGNORE_INDEX).sum() / total
+                scaled = loss.float() * weight
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_sum += scaled.detach()
+        return loss_sum
+
+    @staticmethod
+    def _inputs(b: Batch, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """The batch fields the model takes, under the model API's names (``attention_mask`` is ``attn_mask``)."""
+        return {("attn_mask" if k == "attention_mask" else k): getattr(b, k)
+                for k in names if getattr(b, k) is not None}
+
+    def _optimizer_step(self, loss: torch.Tensor, log_now: bool) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = dist.clip_grad_norm_(self._params, self.cfg.grad_clip) if self.cfg.grad_clip > 0 else None
+        if norm is None and log_now:
+            norm = dist.grad_total_norm(self._params)
+        self._grad_norm = norm
+        bad = ~torch.isfinite(loss)
+        if self.cfg.nan_policy == "skip":
+            if norm is not None:
+                bad = bad | ~torch.isfinite(norm)
+            if self.env.initialized and self.env.world_size > 1:
+                flag = bad.to(torch.int32)
+                tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+                bad = flag.bool()
+            if bool(bad.item()):  # the one sync 'skip' needs: the update must not run
+                self.skipped_steps += 1
+                logger.warning("step %d: non-finite loss or gradient, update skipped (%d so far)",
+                               self.global_step + 1, self.skipped_steps)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.update()
+                self.scheduler.step()
+                return
+        else:
+            self._bad_step = torch.where((self._bad_step < 0) & bad, self.global_step + 1, self._bad_step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- metrics ---------------------------------------------------------------------------------------------------
+    def _reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.env.initialized and self.env.world_size > 1:
+            t = t.detach().clone()
+            tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+            t = t / self.env.world_size
+        return t
+
+    def _check_finite(self) -> None:
+        bad = int(self._bad_step.item())
+        if bad >= 0:
+            self._raise_nonfinite(bad, float("nan"))
+
+    def _raise_nonfinite(self, step: int, value: float) -> None:
+        raise TrainingError(f"loss became non-finite ({value}) at step {step}; stopping (train.nan_policy='stop'). "
+                            "Lower train.lr, enable train.grad_clip, prefer bf16 over fp16, or set "
+                            "train.nan_policy=skip to skip such steps")
+
+    def _collect_metrics(self, seq_len: int) -> dict[str, Any]:
+        loss = self._reduce_mean(self._loss_sum / self._window_steps).item()  # the sync of a log step
+        if not math.isfinite(loss) and self.cfg.nan_policy == "stop":
+            self._check_finite()
+        dt = max(time.perf_counter() - self._t0, 1e-9)
+        tokens_per_s = self._window_tokens / dt
+        fpt = flops_per_token(self._matmul_params, *self._shape(), seq_len)
+        metrics = {
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(self._grad_norm.item()) if self._grad_norm is not None else None,
+            "tokens_per_s": tokens_per_s,
+            "step_time_s": dt / self._window_steps,
+            "mfu": mfu(fpt, tokens_per_s, self._peak, self.env.world_size),
+            "tokens_seen": float(self.tokens_seen),
+        }
+        if self.scaler is not None:
+            metrics["loss_scale"] = float(self.scaler.get_scale())
+        if self.skipped_steps:
+            metrics["skipped_steps"] = float(self.skipped_steps)
+        self.last_metrics = metrics
+        self._reset_window()
+        return metrics
+
+    def _shape(self) -> tuple[int, int]:
+        cfg = getattr(self.module, "config", None)
+        if isinstance(cfg, ModelConfig):
+            return cfg.n_layers, cfg.d_model
+        return 0, 0  # unknown architecture: the attention term is left out
+
+    # ---- evaluation ------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, dataloader: Iterable[Any] | None = None, max_batches: int | None = None) -> dict[str, float]:
+        """Token-mean loss and perplexity over ``max_batches`` (default ``train.eval_steps``) batches of the
+        eval loader, averaged over ranks; calls ``on_eval``."""
+        loader = dataloader if dataloader is not None else self.eval_dataloader
+        if loader is None:
+            raise ConfigError("data.val_fraction",
+                              "no evaluation data: set data.val_fraction > 0 or pass eval_dataloader")
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        for i, batch in enumerate(loader):
+            if i >= (max_batches or self.cfg.eval_steps):
+                break
+            b = as_batch(batch).to(self.device, non_blocking=True)
+            with self._amp():
+                loss = self.model(**self._inputs(b, ("input_ids", "labels", *self._fields)))
+            n = (b.labels != IGNORE_INDEX).sum()
+            loss_sum += loss.double() * n
+            count += n
+        if self.env.initialized and self.env.world_size > 1:
+            both = torch.stack([loss_sum, count])
+            tdist.all_reduce(both)
+            loss_sum, count = both[0], both[1]
+        value = (loss_sum / count.clamp(min=1)).item()
+        metrics = {"loss": value, "ppl": math.exp(min(value, 700.0))}
+        self.callbacks.on_eval(self, self.global_step, metrics)
+        self.model.train()
+        return metrics
+
+    # ---- checkpoints -----------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> str:
+        """Write a checkpoint of the current step (every rank must call); keeps the last ``train.keep_last``."""
+        self._check_finite()
+        path = checkpoint.save(self, self.out_dir)
+        if self.env.is_main:
+            checkpoint.prune(self.out_dir, self.cfg.keep_last)
+            self.callbacks.on_checkpoint(self, str(path))
+        self._last_saved = self.global_step
+        return str(path)
+
+    def resume(self, spec: str = "auto") -> str | None:
+        """Continue from ``spec`` ('auto': the newest checkpoint of ``train.out_dir``; or a path). Returns the path."""
+        path = checkpoint.resolve_resume(spec, self.out_dir)
+        if path is None:
+            if self.env.is_main:
+                logger.info("resume=auto: no checkpoint in %s yet, starting from step 0", self.out_dir)
+            return None
+        state = checkpoint.load(self, path)
+        self.global_step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.resumed_from = str(path)
+        self._last_saved = self.global_step
+        if self.env.is_main:
+            logger.info("resumed from %s at step %d", path, self.global_step)
+        return str(path)
+
+    # ---- the loop ----------------------------------------------------------------------------------------------------
+    def fit(self, steps: int | None = None, *, progress_bar: bool | None = None) -> dict[str, Any]:
+        """Train until step ``steps`` (default ``train.steps``), resuming first when ``train.resume`` is set;
+        checkpoint at the end. SIGTERM/Ctrl-C checkpoint and raise TrainingInterrupted. Returns the last metrics."""
+        if self.dataloader is None:
+            raise ConfigError("dataloader", "Trainer.fit needs a dataloader")
+        if self.cfg.resume is not None and self.resumed_from is None:
+            self.resume(self.cfg.resume)
+        total = steps or self.cfg.steps
+        self._progress = Progress(total, self.global_step, enabled=self.env.is_main, bar=progress_bar)
+        self._reset_window()
+        try:
+            with StopSignals() as stop:
+                batches = self._batches()
+                while self.global_step < total:
+                    self._advance(next(batches))
+                    if dist.any_rank(self.env, stop.requested is not None):
+                        path = self.save_checkpoint()
+                        raise TrainingInterrupted(stop.requested or 15, self.global_step, path)
+                if self._last_saved != self.global_step:
+                    self.save_checkpoint()
+                self._check_finite()
+        finally:
+            self._progress.close()
+            self._progress = None
+        self.callbacks.on_end(self)
+        return self.last_metrics
+
+    def _batches(self) -> Iterator[Any]:
+        """The dataloader's batches, starting a new pass when a finite loader runs out."""
+        while True:
+            empty = True
+            for batch in self.dataloader:
+                empty = False
+                yield batch
+            if empty:
+                raise ConfigError("data", "the dataloader yielded no batches")
+
+    def close(self) -> None:
+        """Call ``on_end`` for loops that drive ``step()`` themselves instead of ``fit()``."""
+        self.callbacks.on_end(self)

@@ -1,0 +1,211 @@
+"""Trainer unit tests on the tiny stand-in model: steps, accumulation, precision, NaN policy, metrics, callbacks."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from conftest import Recorder, TinyLM, TokenLoader
+
+from specs.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from specs.errors import ConfigError, PluginError
+from train import Trainer, TrainingError
+from train.trainer import as_batch
+
+
+def tcfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(steps=6, lr=1e-2, warmup_steps=0, log_every=1, callbacks=(), out_dir=str(tmp_path / "run"),
+                device="cpu", schedule="constant")
+    return TrainConfig(**{**base, **kw})
+
+
+def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_step_returns_float_and_loss_decreases(tiny, tmp_path):
+    trainer = Trainer(tiny, tcfg(tmp_path, steps=30), TokenLoader())
+    batch = TokenLoader().batch(0)
+    losses = [trainer.step(batch) for _ in range(30)]
+    assert all(isinstance(x, float) for x in losses)
+    assert losses[-1] < 0.5 * losses[0]  # overfits one batch
+    assert trainer.global_step == 30 and trainer.tokens_seen == 30 * 8 * 16
+
+
+def test_seed_signature_accepts_model_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = TinyLM()
+    trainer = Trainer(model, model.config, TokenLoader())
+    assert trainer.cfg == TrainConfig() and trainer.dist_cfg.strategy == "none"
+    assert isinstance(trainer.step(TokenLoader().batch(0)), float)
+    with pytest.raises(ConfigError, match="RunConfig, TrainConfig or ModelConfig"):
+        Trainer(model, {"steps": 3}, TokenLoader())
+
+
+def test_grad_accumulation_equals_one_big_step(tmp_path):
+    batch = TokenLoader().batch(0)
+    # mask some targets unevenly so token weighting matters
+    labels = batch.labels.clone()
+    labels[0, :10] = -100
+    batch = as_batch({"input_ids": batch.input_ids, "labels": labels})
+    results = []
+    for accum in (1, 2, 4):
+        torch.manual_seed(0)
+        model = TinyLM()
+        trainer = Trainer(model, tcfg(tmp_path, grad_accum=accum, optimizer="sgd", momentum=0.0), None)
+        loss = trainer.step(batch)
+        results.append((loss, params_of(model)))
+    for loss, params in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        for k in params:
+            torch.testing.assert_close(params[k], results[0][1][k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="train.grad_accum"):
+        Trainer(TinyLM(), tcfg(tmp_path, grad_accum=3), None).step(batch)
+
+
+def test_model_without_loss_method_uses_logits_and_cross_entropy(tmp_path):
+    torch.manual_seed(0)
+    a = TinyLM()
+    b = copy.deepcopy(a)
+    b.loss = None
+    batch = TokenLoader().batch(0)
+    la = Trainer(a, tcfg(tmp_path), None).step(batch)
+    lb = Trainer(b, tcfg(tmp_path), None).step(batch)
+    assert la == pytest.approx(lb, rel=1e-6)
+    assert la == pytest.approx(math.log(64), rel=0.2)  # untrained: near uniform over the vocabulary
+
+
+def test_batch_forms_and_default_labels():
+    ids = torch.arange(12).view(2, 6)
+    b = as_batch(ids)
+    assert b.labels[:, :-1].tolist() == ids[:, 1:].tolist() and (b.labels[:, -1] == -100).all()
+    assert as_batch((ids, ids)).labels is ids
+    with pytest.raises(TypeError, match="specs.batch.Batch"):
+        as_batch("text")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_on_cpu(tmp_path, precision):
+    torch.manual_seed(0)
+    trainer = Trainer(TinyLM(), tcfg(tmp_path, precision=precision, steps=8), TokenLoader())
+    batch = TokenLoader().batch(0)
+    losses = [trainer.step(batch) for _ in range(8)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    if precision == "fp16":
+        trainer.fit(steps=9)
+        assert trainer.last_metrics["loss_scale"] > 0
+
+
+def test_activation_checkpointing_gives_identical_gradients(tmp_path):
+    batch = TokenLoader().batch(0)
+    out = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = TinyLM()
+        trainer = Trainer(model, tcfg(tmp_path, grad_ckpt=ckpt, optimizer="sgd", momentum=0.0), None)
+        out.append((trainer.step(batch), params_of(model)))
+        wrapped = any("CheckpointWrapper" in type(m).__name__ for m in model.modules())
+        assert wrapped == ckpt
+    assert out[0][0] == out[1][0]
+    for k in out[0][1]:
+        assert torch.equal(out[0][1][k], out[1][1][k]), k
+
+
+def test_compile_option_compiles_blocks(tmp_path, monkeypatch):
+    # aot_eager traces forward and backward through dynamo/AOTAutograd like inductor does, without the minutes of
+    # cold C++ compilation inductor needs on this machine.
+    import functools
+
+    import dist.strategies
+
+    monkeypatch.setattr(dist.strategies, "compile_blocks",
+                        functools.partial(dist.strategies.compile_blocks, backend="aot_eager"))
+    torch.manual_seed(0)
+    model = TinyLM(n_layers=1)
+    trainer = Trainer(model, tcfg(tmp_path, compile=True), None)
+    assert all(getattr(b, "_compiled_call_impl", None) is not None for b in model.layers)
+    assert math.isfinite(trainer.step(TokenLoader().batch(0)))
+
+
+def test_nan_stop_names_the_step(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM()
+    trainer = Trainer(model, tcfg(tmp_path, log_every=2), TokenLoader())
+    trainer.step(TokenLoader().batch(0))
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="step 2"):
+        trainer.step(TokenLoader().batch(1))
+    # fit(): the flag stays on the device until the next log step, then stops before any checkpoint is written
+    torch.manual_seed(0)
+    model = TinyLM()
+    trainer = Trainer(model, tcfg(tmp_path / "b", log_every=4, steps=8), TokenLoader())
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("inf") * 0
+    with pytest.raises(TrainingError, match="non-finite .* step 1"):
+        trainer.fit()
+    ckpts = tmp_path / "b" / "run" / "checkpoints"
+    assert not ckpts.exists() or not any(ckpts.iterdir())
+
+
+def test_nan_skip_leaves_weights_untouched(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM()
+    trainer = Trainer(model, tcfg(tmp_path, nan_policy="skip"), None)
+    good = TokenLoader().batch(0)
+    trainer.step(good)
+    before = params_of(model)
+    bad_ids = good.input_ids.clone()
+    hook = model.emb.register_forward_hook(lambda m, i, o: o * float("nan"))
+    loss = trainer.step(bad_ids)
+    hook.remove()
+    assert math.isnan(loss) and trainer.skipped_steps == 1 and trainer.global_step == 2
+    after = params_of(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert math.isfinite(trainer.step(good))
+
+
+def test_metrics_and_callbacks(tmp_path):
+    rec = Recorder()
+    torch.manual_seed(0)
+    run = RunConfig(model=TinyLM().config, train=tcfg(tmp_path, steps=6, log_every=2, eval_every=3, eval_steps=2,
+                                                      ckpt_every=4),
+                    data=DataConfig(batch_size=8, seq_len=16))
+    trainer = Trainer(TinyLM(), run, TokenLoader(), callbacks=[rec], eval_dataloader=TokenLoader(seed=7))
+    metrics = trainer.fit()
+    assert [s for s, _ in rec.steps] == [1, 2, 3, 4, 5, 6]  # on_step every step ...
+    logged = {s: m for s, m in rec.steps if m}
+    assert sorted(logged) == [2, 4, 6]  # ... with numbers on log steps (log_every=2; viz.log_every=10)
+    for m in logged.values():
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"} <= set(m)
+        assert m["tokens_per_s"] > 0 and m["grad_norm"] > 0 and "mfu" not in m  # CPU: MFU unknown
+    assert metrics["mfu"] is None and metrics["lr"] == pytest.approx(1e-2)
+    assert [s for s, _ in rec.evals] == [3, 6]
+    assert rec.evals[0][1]["ppl"] == pytest.approx(math.exp(rec.evals[0][1]["loss"]))
+    assert [p.rsplit("_", 1)[1] for p in rec.checkpoints] == ["00000004", "00000006"] and rec.ended == 1
+
+
+def test_mfu_with_a_known_peak(tmp_path, monkeypatch):
+    monkeypatch.setattr("train.trainer.peak_flops", lambda device: 1e9)
+    torch.manual_seed(0)
+    trainer = Trainer(TinyLM(), tcfg(tmp_path, steps=2), TokenLoader())
+    m = trainer.fit()
+    from train.flops import flops_per_token, matmul_params
+
+    expected = flops_per_token(matmul_params(trainer.module), 2, 32, 16) * m["tokens_per_s"] / 1e9
+    assert m["mfu"] == pytest.approx(expected)
+
+
+def test_unknown_callback_plugin_lists_valid_names(tmp_path):
+    with pytest.raises(PluginError, match="valid names"):
+        Trainer(TinyLM(), tcfg(tmp_path, callbacks=("no-such-callback",)), None)
+
+
+def test_cpu_offload_needs_fsdp():
+    with pytest.raises(ConfigError, match="cpu_offload"):
+        RunConfig(model=ModelConfig(d_model=8, n_heads=2, n_layers=1, d_ff=8, vocab_size=8),
+                  dist={"cpu_offload": True})
