@@ -1,0 +1,72 @@
+"""Language-modelling metrics: perplexity, token accuracy, bits per byte, and log-likelihood scoring.
+
+``perplexity(loss)`` is ``exp(mean cross-entropy in nats)``; ``bits_per_byte`` converts a summed negative
+log-likelihood to bits and divides by the UTF-8 byte count of the text (the tokenizer-independent measure of
+Gao et al. 2020, The Pile, and lm-evaluation-harness's ``bits_per_byte``). Log-likelihood of (context,
+continuation) pairs and rolling log-likelihood live in :mod:`eval.loglik` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from eval.loglik import loglikelihood, loglikelihood_rolling, rolling_windows
+from specs.batch import IGNORE_INDEX
+from specs.errors import ConfigError
+
+__all__ = ["perplexity", "token_accuracy", "bits_per_byte", "loglikelihood", "loglikelihood_rolling",
+           "rolling_windows"]
+
+
+def perplexity(loss: float | torch.Tensor) -> float | torch.Tensor:
+    """exp(loss) for a mean cross-entropy in nats. A Python number or 0-d tensor gives a float (inf on overflow);
+    a tensor with several elements gives a tensor of perplexities."""
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            return loss.detach().float().exp()
+        loss = float(loss.detach())
+    if math.isnan(loss):
+        raise ConfigError("loss", "is NaN; perplexity is undefined")
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def token_accuracy(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
+    """Share of labelled positions whose argmax prediction equals the label (labels already shifted, as in Batch)."""
+    if logits_BTV.shape[:-1] != labels_BT.shape:
+        raise ConfigError("labels", f"shape {tuple(labels_BT.shape)} does not match logits {tuple(logits_BTV.shape)}"
+                                    " without the vocab dim")
+    keep = labels_BT != ignore_index
+    n = int(keep.sum())
+    if n == 0:
+        raise ConfigError("labels", f"every label is {ignore_index}; nothing to score")
+    return float(((logits_BTV.argmax(-1) == labels_BT) & keep).sum()) / n
+
+
+def bits_per_byte(nll: float, n_bytes: int) -> float:
+    """Summed negative log-likelihood in nats over a text of ``n_bytes`` UTF-8 bytes -> bits per byte."""
+    if n_bytes <= 0:
+        raise ConfigError("n_bytes", f"must be positive, got {n_bytes}")
+    return float(nll) / (n_bytes * math.log(2))
+
+
+def bits_per_byte_from_loss(loss: float, n_tokens: int, n_bytes: int) -> float:
+    """Mean token loss (nats) over ``n_tokens`` tokens that encode ``n_bytes`` bytes -> bits per byte."""
+    return bits_per_byte(float(loss) * n_tokens, n_bytes)
+
+
+def text_bits_per_byte(model: Any, tokenizer: Any, text: str, *, max_length: int | None = None,
+                       batch_size: int = 8) -> float:
+    """Bits per byte of ``text`` under ``model``: rolling log-likelihood with the tokenizer's EOS (or BOS) as the
+    first token's context."""
+    prefix = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+    if prefix is None:
+        raise ConfigError("tokenizer", "needs an EOS or BOS token to condition the first token on")
+    ll = loglikelihood_rolling(model, tokenizer.encode(text), prefix_token=prefix, max_length=max_length,
+                               batch_size=batch_size)
+    return bits_per_byte(-ll, len(text.encode("utf-8")))

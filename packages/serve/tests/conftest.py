@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random-weight Hugging Face models imported into TransformerLM, and a small BPE tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Naïve café déjà vu — 東京 ✓. " * 3 +
+        "Serving language models means decoding tokens fast and freeing memory early. ") * 20
+
+
+def hf_llama(tmp_path_factory, vocab_size: int = 300, seed: int = 0, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model.lm import TransformerLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.2, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = LlamaForCausalLM(cfg).eval()
+    d = tmp_path_factory.mktemp("llama")
+    hf.save_pretrained(d)
+    return hf, TransformerLM.from_pretrained(d).eval(), d
+
+
+@pytest.fixture(scope="session")
+def llama_pair(tmp_path_factory):
+    """(transformers LlamaForCausalLM, the same weights as TransformerLM, its directory)."""
+    return hf_llama(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def gpt2_pair(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from model.lm import TransformerLM
+
+    torch.manual_seed(1)
+    cfg = GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.2,
+                     bos_token_id=None, eos_token_id=None)
+    hf = GPT2LMHeadModel(cfg).eval()
+    d = tmp_path_factory.mktemp("gpt2")
+    hf.save_pretrained(d)
+    return hf, TransformerLM.from_pretrained(d).eval(), d
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from data.tokenizer import train_bpe
+
+    return train_bpe([TEXT], vocab_size=300, min_frequency=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A llama-debug TransformerLM built through the resolver path's class (vocab 512)."""
+    from model.lm import TransformerLM
+    from specs.presets import preset
+
+    torch.manual_seed(0)
+    return TransformerLM(preset("llama-debug", vocab_size=300, init_std=0.2)).eval()
