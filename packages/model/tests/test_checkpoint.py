@@ -44,7 +44,8 @@ def test_config_and_card_contents(lm, saved):
     card = ModelCard.load(saved / "modelcard.json")
     assert set(card.files) == {"model.safetensors", "config.json"}
     f = card.files["model.safetensors"]
-    assert f.sha256 == sha256_file(saved / "model.safetensors") and f.bytes == (saved / "model.safetensors").stat().st_size
+    w = saved / "model.safetensors"
+    assert f.sha256 == sha256_file(w) and f.bytes == w.stat().st_size
     assert card.config["d_model"] == 64 and card.metadata["num_params"] == lm.num_params()
 
 
@@ -150,7 +151,8 @@ def test_missing_and_unexpected_tensors_are_listed(saved):
     del state["model.norm.weight"]
     state["extra.weight"] = torch.zeros(2)
     save_file(state, w)
-    with pytest.raises(CheckpointError, match=r"missing tensors 'model.norm.weight'; unexpected tensors 'extra.weight'"):
+    with pytest.raises(CheckpointError,
+                       match=r"missing tensors 'model.norm.weight'; unexpected tensors 'extra.weight'"):
         TransformerLM.from_pretrained(saved, verify=False)
 
 
