@@ -18,7 +18,7 @@ from viz.readers import RunLog, load_scalars
 
 # (title, y label, [(tag, label suffix)], log-scale y)
 PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...], bool], ...] = (
-    ("Loss", "cross-entropy (nats/token)", (("loss", "train"), ("eval/loss", "eval")), False),
+    ("Loss", "loss (nats/token)", (("loss", "train"), ("eval/loss", "eval")), False),
     ("Learning rate", "lr", (("lr", ""),), False),
     ("Throughput", "tokens / s", (("tokens_per_s", ""),), False),
     ("Gradient norm", "global L2 norm", (("grad_norm", ""),), True),

@@ -72,6 +72,7 @@ class ActivationProbes:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._acc: dict[str, tuple[torch.Tensor, int]] = {}  # name -> ((mean, std, absmax, zero_frac) sums, calls)
         self._step: int | None = None
+        self.last: dict[str, float] = {}  # the figures of the latest collect()
 
     @property
     def armed(self) -> bool:
@@ -123,6 +124,7 @@ class ActivationProbes:
         at = self._step if step is None else step
         self.remove()
         if not acc:
+            self.last = {}
             return {}
         names = list(acc)
         table = torch.stack([acc[n][0].cpu() for n in names]).tolist()  # one device sync for every module
@@ -133,6 +135,7 @@ class ActivationProbes:
                 out[f"{self.prefix}/{name}/{stat}"] = v if stat == "absmax" else v / calls
         if self.session is not None and at is not None:
             self.session.log_scalars(at, out)
+        self.last = out
         return out
 
     @contextlib.contextmanager

@@ -3,7 +3,8 @@
 A backend class is registered under a name in the ``lmstack.viz_backends`` entry-point group and built by
 :class:`viz.session.VizSession` as ``cls(log_dir, cfg, flush_every=..., flush_secs=..., config=...)``. The session
 has already validated tags and turned values into floats, and stamps every record with one ``wall_time`` (Unix
-seconds), so backends only format and write.
+seconds), so backends only format and write. ``config`` is the run's config for a backend that wants it when it
+opens (the session also logs it, flattened to dotted keys, through ``log_hparams`` right after).
 """
 
 from __future__ import annotations

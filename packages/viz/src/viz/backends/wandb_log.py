@@ -3,7 +3,8 @@ touches the network unless the config says ``online``.
 
 ``wandb`` is imported only when this backend is built; without it the error says how to install it. The run lives
 under ``<log_dir>/wandb/offline-run-*`` and ``wandb sync <that dir>`` uploads it later. Console capture is off
-(wandb would otherwise wrap ``sys.stdout`` for the whole process).
+(wandb would otherwise wrap ``sys.stdout`` for the whole process). The run config arrives through
+``log_hparams`` with dotted keys (``train.lr``), the same names every backend uses.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class WandbBackend:
         self._wandb = wandb
         log_dir.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(project=cfg.project, mode=cfg.wandb_mode, dir=str(log_dir),
-                               config=dict(config or {}), reinit="create_new",
+                               reinit="create_new",
                                settings=wandb.Settings(console="off", silent=True))
 
     @property
