@@ -1,7 +1,14 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run on CPU through Triton's interpreter when there is no GPU. It is chosen when a kernel is
+# decorated, so this must happen before any kernel.triton module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))  # the fake_plugin package
 

@@ -7,6 +7,17 @@ import torch
 from kernel.implementation import OPS, Implementation
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+# Triton kernels: CUDA only (the CPU tests run them under TRITON_INTERPRET=1 by calling them directly).
+TRITON_TARGETS = {
+    "attention": "kernel.triton.attention:attention",
+    "rmsnorm": "kernel.triton.rmsnorm:rmsnorm",
+    "rope": "kernel.triton.rope:rope",
+    "swiglu": "kernel.triton.swiglu:swiglu",
+    "cross_entropy": "kernel.triton.linear_ce:cross_entropy",
+    "linear_cross_entropy": "kernel.triton.linear_ce:linear_cross_entropy",
+}
 
 
 def reference_implementations() -> list[Implementation]:
@@ -15,8 +26,18 @@ def reference_implementations() -> list[Implementation]:
                            description="pure torch, float32 math") for op in OPS]
 
 
+def triton_implementations() -> list[Implementation]:
+    """The Triton kernels in ``kernel.triton``; sm80+ so bf16 tensor cores exist (fp16/fp32 run on older cards too,
+    but they are untested there)."""
+    return [Implementation(op=op, name="triton", target=target, priority=20, devices=("cuda",), dtypes=FLOATS,
+                           requires=("triton",), min_capability=(8, 0),
+                           max_head_dim=256 if op == "attention" else None,
+                           description=f"Triton {op} kernel (kernel/triton)") for op, target in TRITON_TARGETS.items()]
+
+
 def builtin_implementations() -> list[Implementation]:
     return [
+        *triton_implementations(),
         *reference_implementations(),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),

@@ -23,6 +23,15 @@ _WEIGHT = TensorSpec("V", "D")
 _LABELS = TensorSpec("N")
 
 
+def default_chunk_size(N: int, V: int, D: int) -> int:
+    """Rows per chunk so that one (chunk, V) logits block is about the size of the (N, D) hidden states (Liger)."""
+    return max(1, min(N, _next_power_of_2(-(-N // max(1, -(-V // D))))))
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
@@ -66,14 +75,21 @@ class _ChunkedLinearCE(torch.autograd.Function):
         return grad_h, grad_w, None, None, None
 
 
-def chunked_linear_cross_entropy(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
-                                 ignore_index: int = -100, chunk_size: int = 1024) -> torch.Tensor:
-    """Mean cross-entropy over labels != ignore_index (0.0 when all are ignored); a float32 (or float64) scalar."""
+def check_linear_ce_inputs(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
+                           chunk_size: int | None) -> int:
+    """Validate shapes and dtypes; returns the chunk size to use."""
     env = _HIDDEN.check(hidden_ND, "hidden_ND")
     _WEIGHT.check(weight_VD, "weight_VD", D=env["D"])
     _LABELS.check(labels_N, "labels_N", N=env["N"])
-    if chunk_size <= 0:
+    if chunk_size is not None and chunk_size <= 0:
         raise ShapeError(f"linear_cross_entropy: chunk_size must be > 0, got {chunk_size}")
     if hidden_ND.dtype != weight_VD.dtype:
         raise ShapeError(f"linear_cross_entropy: hidden dtype {hidden_ND.dtype} != weight dtype {weight_VD.dtype}")
-    return _ChunkedLinearCE.apply(hidden_ND, weight_VD, labels_N, ignore_index, chunk_size)
+    return chunk_size or default_chunk_size(env["N"], weight_VD.shape[0], env["D"])
+
+
+def chunked_linear_cross_entropy(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
+                                 ignore_index: int = -100, chunk_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy over labels != ignore_index (0.0 when all are ignored); a float32 (or float64) scalar."""
+    chunk = check_linear_ce_inputs(hidden_ND, weight_VD, labels_N, chunk_size)
+    return _ChunkedLinearCE.apply(hidden_ND, weight_VD, labels_N, ignore_index, chunk)

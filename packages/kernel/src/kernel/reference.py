@@ -110,6 +110,9 @@ def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index:
 
 
 def linear_cross_entropy(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
-                         ignore_index: int = -100, *, chunk_size: int = 1024) -> torch.Tensor:
-    """Mean cross-entropy of ``hidden @ weight.T`` without materialising the (N, V) logits (chunked over N)."""
+                         ignore_index: int = -100, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` without materialising the (N, V) logits (chunked over N).
+
+    ``chunk_size`` None picks rows per chunk so one logits chunk is about the size of the hidden states.
+    """
     return chunked_linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index, chunk_size)

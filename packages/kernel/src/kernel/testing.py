@@ -63,6 +63,7 @@ class AttentionConformance:
     dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.bfloat16)
     fp32_atol: ClassVar[float] = 1e-5
     lowp_factor: ClassVar[float] = 2.0
+    lowp_factor_overrides: ClassVar[dict[torch.dtype, float]] = {}  # e.g. an interpreter that rounds differently
     seed: ClassVar[int] = 0
 
     def registry(self) -> KernelRegistry:
@@ -119,8 +120,9 @@ class AttentionConformance:
                 assert err <= self.fp32_atol, f"{self.impl} {c}: max error {err:.2e} > {self.fp32_atol:.0e}"
             else:
                 base = (lowp_attention(q, k, v, **kw).float() - ref).abs().max().item()
-                assert err <= self.lowp_factor * base + 1e-6, \
-                    f"{self.impl} {c} {dtype}: error {err:.2e} > {self.lowp_factor} x torch low-precision {base:.2e}"
+                factor = self.lowp_factor_overrides.get(dtype, self.lowp_factor)
+                assert err <= factor * base + 1e-6, \
+                    f"{self.impl} {c} {dtype}: error {err:.2e} > {factor} x torch low-precision {base:.2e}"
             if mask is not None:
                 allowed = allowed_mask(mask, c.causal, c.T, c.S, out.device)
                 empty = ~allowed.any(-1, keepdim=True).expand_as(out[..., :1])

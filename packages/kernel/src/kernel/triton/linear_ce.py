@@ -1,0 +1,122 @@
+"""Fused linear + cross-entropy in Triton: chunked over tokens, never materialising the full (N, V) logits.
+
+Per chunk of rows: the logits block ``hidden_c @ weight.T`` comes from cuBLAS (a torch matmul), then one Triton
+program per row makes two passes over the vocabulary, an online max/sum-exp for the log-sum-exp and the loss, then
+overwrites the logits in place with ``d loss / d logits = (softmax - onehot) / n_valid``. The chunk's gradients
+for the hidden states and the weight are two more matmuls; like ``kernel.linear_ce`` (the reference), all gradients
+are computed in the forward and only they are kept. This is Liger Kernel's FusedLinearCrossEntropy (Hsu et al.
+2024, arXiv:2410.10989). ``n_valid`` stays on the device, so there is no host sync.
+
+Shape legend: N tokens, D hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from kernel.linear_ce import check_linear_ce_inputs
+
+
+@triton.jit
+def _ce_rows(logits_ptr, stride, labels_ptr, loss_ptr, inv_n_ptr, V, ignore_index, WRITE_GRAD: tl.constexpr,
+             BLOCK_V: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    ptr = logits_ptr + row * stride
+    y = tl.load(labels_ptr + row)
+    m = float("-inf")
+    l = 0.0
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        x = tl.load(ptr + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, 0))
+        l = l * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
+        m = m_new
+    lse = m + tl.log(l)
+    valid = y != ignore_index
+    y_safe = tl.where(valid, y, 0)
+    target = tl.load(ptr + y_safe).to(tl.float32)
+    tl.store(loss_ptr + row, tl.where(valid, lse - target, 0.0))
+    if WRITE_GRAD:
+        scale = tl.where(valid, tl.load(inv_n_ptr), 0.0)
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            x = tl.load(ptr + cols, mask=cols < V, other=0.0).to(tl.float32)
+            g = tl.exp(x - lse) - tl.where(cols == y_safe, 1.0, 0.0)
+            tl.store(ptr + cols, (g * scale).to(logits_ptr.dtype.element_ty), mask=cols < V)
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
+                ignore_index: int, chunk_size: int) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        N, V = hidden_ND.shape[0], weight_VD.shape[0]
+        labels_N = labels_N.contiguous()
+        inv_n = 1.0 / (labels_N != ignore_index).sum().clamp_min(1).to(torch.float32)
+        inv_n = inv_n.reshape(1)
+        loss_N = torch.empty(N, dtype=torch.float32, device=hidden_ND.device)
+        grad_h = torch.empty_like(hidden_ND) if need_h else None
+        grad_w = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device) if need_w else None
+        block_v = min(4096, triton.next_power_of_2(V))
+        for start in range(0, N, chunk_size):
+            h_cD = hidden_ND[start:start + chunk_size]
+            # fp32 logits per chunk: the loss and gradients keep fp32 accuracy; one (chunk, V) block at a time
+            logits_cV = (h_cD @ weight_VD.T).float()
+            c = logits_cV.shape[0]
+            _ce_rows[(c,)](logits_cV, logits_cV.stride(0), labels_N[start:start + c], loss_N[start:start + c], inv_n,
+                           V, ignore_index, WRITE_GRAD=need_h or need_w, BLOCK_V=block_v)
+            if need_h or need_w:
+                g_cV = logits_cV.to(hidden_ND.dtype)  # now the gradient, in the matmul dtype (tensor cores)
+                if grad_h is not None:
+                    grad_h[start:start + c] = g_cV @ weight_VD
+                if grad_w is not None:
+                    grad_w += (g_cV.T @ h_cD).float()
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
+        ctx.has = (need_h, need_w)
+        ctx.w_dtype = weight_VD.dtype
+        return loss_N.sum() * inv_n[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = list(ctx.saved_tensors)
+        need_h, need_w = ctx.has
+        grad_h = saved.pop(0) * grad_out.to(saved[0].dtype) if need_h else None
+        grad_w = (saved.pop(0) * grad_out).to(ctx.w_dtype) if need_w else None
+        return grad_h, grad_w, None, None, None
+
+
+def linear_cross_entropy(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
+                         ignore_index: int = -100, *, chunk_size: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T`` over labels != ignore_index (0.0 when all are ignored)."""
+    chunk = check_linear_ce_inputs(hidden_ND, weight_VD, labels_N, chunk_size)
+    return _FusedLinearCE.apply(hidden_ND, weight_VD, labels_N, ignore_index, chunk)
+
+
+def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of given logits (N, V): the same row kernel, gradient written into a copy of the logits."""
+    return _CE.apply(logits_NV, labels_N, ignore_index)
+
+
+class _CE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        N, V = logits_NV.shape
+        work = logits_NV.float().contiguous()
+        if work.data_ptr() == logits_NV.data_ptr():
+            work = work.clone()  # never overwrite the caller's logits
+        inv_n = (1.0 / (labels_N != ignore_index).sum().clamp_min(1).to(torch.float32)).reshape(1)
+        loss_N = torch.empty(N, dtype=torch.float32, device=logits_NV.device)
+        _ce_rows[(N,)](work, work.stride(0), labels_N.contiguous(), loss_N, inv_n, V, ignore_index,
+                       WRITE_GRAD=ctx.needs_input_grad[0], BLOCK_V=min(4096, triton.next_power_of_2(V)))
+        ctx.save_for_backward(work)
+        ctx.dtype = logits_NV.dtype
+        return loss_N.sum() * inv_n[0]
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_out).to(ctx.dtype), None, None
