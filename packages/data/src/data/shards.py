@@ -130,6 +130,10 @@ class ShardWriter:
     def num_tokens(self) -> int:
         return sum(s["num_tokens"] for s in self._shards) + self._offsets[-1]
 
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards) + (self._fh is not None)
+
     def _start_shard(self) -> None:
         name = f"shard_{len(self._shards):05d}.bin"
         self._fh = open(self.staging / name, "wb")  # noqa: SIM115 - closed in _finish_shard
