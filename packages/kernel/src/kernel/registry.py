@@ -30,15 +30,33 @@ ENTRY_POINT_GROUP = "lmstack.kernels"
 AUTO = "auto"
 
 
+@functools.lru_cache(maxsize=64)
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def _device_key(device: str | torch.device | None,
+                capability: tuple[int, int] | None) -> tuple[str, tuple[int, int] | None]:
+    """(device type, compute capability) without building a torch.device on the hot path."""
+    if device is None:
+        return "cpu", capability
+    if isinstance(device, torch.device):
+        dev_type, index = device.type, device.index
+    else:
+        dev_type, _, idx = device.partition(":")
+        index = int(idx) if idx else None
+    if capability is None and dev_type == "cuda" and torch.cuda.is_available():
+        capability = _cuda_capability(torch.cuda.current_device() if index is None else index)
+    return dev_type, capability
+
+
 def make_request(op: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  head_dim: int | None = None, causal: bool = False, window: int | None = None, gqa: bool = False,
                  mask: bool = False, bias: bool = False, backward: bool = False,
                  capability: tuple[int, int] | None = None) -> Request:
     """Normalise call-site arguments into the hashable :class:`Request` key (device -> device type, capability)."""
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if capability is None and dev.type == "cuda" and torch.cuda.is_available():
-        capability = torch.cuda.get_device_capability(dev)
-    return Request(op=op, device=dev.type, dtype=dtype, head_dim=head_dim, causal=causal, window=window, gqa=gqa,
+    dev_type, capability = _device_key(device, capability)
+    return Request(op=op, device=dev_type, dtype=dtype, head_dim=head_dim, causal=causal, window=window, gqa=gqa,
                    mask=mask, bias=bias, backward=backward, capability=capability)
 
 
@@ -49,6 +67,7 @@ class KernelRegistry:
         self._impls: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
         self._loaded_entry_points: set[str] = set()
         self._select = functools.lru_cache(maxsize=4096)(self._select_uncached)
+        self._resolve = functools.lru_cache(maxsize=4096)(self._resolve_uncached)
         for impl in implementations:
             self.register(impl)
 
@@ -61,7 +80,7 @@ class KernelRegistry:
         if existing is not None and existing != impl and not replace:
             raise PluginError(f"{impl.op} implementation {impl.name!r} is already registered; pass replace=True")
         self._impls[impl.op][impl.name] = impl
-        self._select.cache_clear()
+        self.cache_clear()
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP,
                           eps: Iterable[EntryPoint] | None = None) -> list[str]:
@@ -116,9 +135,24 @@ class KernelRegistry:
         """The implementation that will serve ``op`` for this request (see :func:`make_request` for fields)."""
         return self._select(impl, make_request(op, **request))
 
-    def resolve(self, op: str, impl: str = AUTO, **request: Any) -> Callable[..., Any]:
-        """The callable chosen for ``op`` under preference ``impl`` ('auto' or a registered name)."""
-        return self.select(op, impl, **request).load()
+    def resolve(self, op: str, impl: str = AUTO, *, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None, head_dim: int | None = None, causal: bool = False,
+                window: int | None = None, gqa: bool = False, mask: bool = False, bias: bool = False,
+                backward: bool = False, capability: tuple[int, int] | None = None) -> Callable[..., Any]:
+        """The callable chosen for ``op`` under preference ``impl`` ('auto' or a registered name).
+
+        Called on every forward by model code, so the whole lookup is one cache hit keyed by the arguments.
+        """
+        dev_type, capability = _device_key(device, capability)
+        return self._resolve(op, impl, dev_type, dtype, head_dim, causal, window, gqa, mask, bias, backward,
+                             capability)
+
+    def _resolve_uncached(self, op: str, impl: str, device: str, dtype: torch.dtype | None, head_dim: int | None,
+                          causal: bool, window: int | None, gqa: bool, mask: bool, bias: bool, backward: bool,
+                          capability: tuple[int, int] | None) -> Callable[..., Any]:
+        request = Request(op=op, device=device, dtype=dtype, head_dim=head_dim, causal=causal, window=window,
+                          gqa=gqa, mask=mask, bias=bias, backward=backward, capability=capability)
+        return self._select(impl, request).load()
 
     def why_not(self, op: str, impl: str, **request: Any) -> str | None:
         """Why ``impl`` cannot serve this request (None when it can)."""
@@ -126,6 +160,7 @@ class KernelRegistry:
 
     def cache_clear(self) -> None:
         self._select.cache_clear()
+        self._resolve.cache_clear()
 
     def _select_uncached(self, impl: str, request: Request) -> Implementation:
         impls = self._op(request.op)
