@@ -13,13 +13,14 @@ import argparse
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from attn.cache import StaticKVCache
 from attn.context import build_context
 from attn.positions import RotaryEmbedding
 from blocks import GPTBlock, LlamaBlock, make_norm
 from specs.config import ModelConfig
 from tensor.init import init_weights
-from torch import nn
 
 
 class TinyLM(nn.Module):

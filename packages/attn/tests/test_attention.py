@@ -1,0 +1,87 @@
+"""The Attention module against a naive loop-free implementation written here, for MHA, GQA and MQA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attn.attention import Attention
+from attn.cache import PagedKVCache, StaticKVCache
+from attn.context import build_context
+from attn.positions import RotaryEmbedding
+from specs.errors import ShapeError
+from specs.presets import preset
+from tensor.rope import apply_rope
+
+
+def naive(att: Attention, x_BTD: torch.Tensor, rotary: RotaryEmbedding, valid_BT: torch.Tensor) -> torch.Tensor:
+    """Per-head softmax attention with explicit head sharing; valid_BT marks real (non-padding) tokens."""
+    B, T, _ = x_BTD.shape
+    H, KVH, Dh = att.n_heads, att.n_kv_heads, att.head_dim
+    pos_BT = (valid_BT.long().cumsum(1) - 1).clamp_min(0)
+    cos, sin = rotary(pos_BT, x_BTD.dtype)
+    q = apply_rope((x_BTD @ att.q_proj.weight.T).view(B, T, H, Dh).transpose(1, 2), cos, sin)
+    k = apply_rope((x_BTD @ att.k_proj.weight.T).view(B, T, KVH, Dh).transpose(1, 2), cos, sin)
+    v = (x_BTD @ att.v_proj.weight.T).view(B, T, KVH, Dh).transpose(1, 2)
+    out = torch.zeros(B, H, T, Dh)
+    for h in range(H):
+        g = h // (H // KVH)  # the KV head this query head shares
+        scores = q[:, h] @ k[:, g].transpose(-1, -2) / math.sqrt(Dh)  # (B, T, T)
+        allowed = torch.ones(T, T, dtype=torch.bool).tril()[None] & valid_BT[:, None, :]
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1).nan_to_num(0.0)
+        out[:, h] = probs @ v[:, g]
+    return out.transpose(1, 2).reshape(B, T, H * Dh) @ att.o_proj.weight.T
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("impl", ["reference", "sdpa"])
+@torch.no_grad()
+def test_attention_matches_naive(n_kv_heads, impl):
+    torch.manual_seed(0)
+    cfg = preset("llama-debug", n_kv_heads=n_kv_heads, attn_impl=impl)
+    att, rotary = Attention(cfg), RotaryEmbedding(cfg)
+    x = torch.randn(2, 7, cfg.d_model)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    ctx = build_context(cfg, torch.zeros(2, 7, dtype=torch.long), attn_mask=mask, rotary=rotary)
+    got = att(x, ctx)
+    want = naive(att, x, rotary, mask.bool())
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1, 3:], want[1, 3:], atol=1e-5, rtol=0)  # padding queries: don't care
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("cache_kind", ["static", "paged"])
+@torch.no_grad()
+def test_cached_attention_equals_uncached(cache_kind):
+    torch.manual_seed(1)
+    cfg = preset("llama-debug", n_kv_heads=1)
+    att, rotary = Attention(cfg), RotaryEmbedding(cfg)
+    dims = dict(n_layers=1, n_kv_heads=1, head_dim=cfg.head_dim)
+    cache = (StaticKVCache(batch_size=2, max_seq_len=16, **dims) if cache_kind == "static"
+             else PagedKVCache(num_blocks=8, block_size=3, batch_size=2, **dims))
+    x = torch.randn(2, 9, cfg.d_model)
+    ids = torch.zeros(2, 9, dtype=torch.long)
+    full = att(x, build_context(cfg, ids, rotary=rotary))
+    steps = []
+    for a, b in ((0, 5), (5, 6), (6, 9)):
+        steps.append(att(x[:, a:b], build_context(cfg, ids[:, a:b], cache=cache, rotary=rotary)))
+        cache.advance(b - a)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+
+
+def test_input_width_is_checked():
+    cfg = preset("llama-debug")
+    att = Attention(cfg)
+    ctx = build_context(cfg, torch.zeros(1, 2, dtype=torch.long), rotary=RotaryEmbedding(cfg))
+    with pytest.raises(ShapeError, match="D"):
+        att(torch.zeros(1, 2, cfg.d_model + 1), ctx)
+
+
+def test_parameter_names_follow_llama():
+    names = [n for n, _ in Attention(preset("llama-debug")).named_parameters()]
+    assert names == ["q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"]
+    gpt_names = [n for n, _ in Attention(preset("gpt2-debug")).named_parameters()]
+    assert "q_proj.bias" in gpt_names
