@@ -70,7 +70,7 @@ def tokenizer_section(tokenizer: Any, spec: str | None) -> dict[str, Any] | None
     if tokenizer is None:
         return {"spec": spec} if spec else None
     fp = tokenizer.fingerprint() if hasattr(tokenizer, "fingerprint") else None
-    return {"spec": getattr(tokenizer, "spec", spec), "sha256": fp,
+    return {"spec": spec or getattr(tokenizer, "spec", None), "sha256": fp,
             "vocab_size": getattr(tokenizer, "vocab_size", None)}
 
 

@@ -343,6 +343,8 @@ class Trainer:
             loss_sum, count = both[0], both[1]
         value = (loss_sum / count.clamp(min=1)).item()
         metrics = {"loss": value, "ppl": math.exp(min(value, 700.0))}
+        if self._progress is not None:
+            self._progress.write(f"eval at step {self.global_step}: loss {value:.4f} | ppl {metrics['ppl']:.2f}")
         self.callbacks.on_eval(self, self.global_step, metrics)
         self.model.train()
         return metrics
@@ -354,6 +356,8 @@ class Trainer:
         path = checkpoint.save(self, self.out_dir)
         if self.env.is_main:
             checkpoint.prune(self.out_dir, self.cfg.keep_last)
+            if self._progress is not None:
+                self._progress.write(f"checkpoint at step {self.global_step}: {path}")
             self.callbacks.on_checkpoint(self, str(path))
         self._last_saved = self.global_step
         return str(path)
