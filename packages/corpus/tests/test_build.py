@@ -66,6 +66,7 @@ def test_build_reports_everything(raw: Path, tmp_path: Path) -> None:
     assert rep["errors"]["count"] == 4 and rep["files"]["unsupported"] == ["image.png"]
     assert rep["documents"]["removed"] == {"exact_duplicate": 1, "near_duplicate": 1}
     assert rep["documents"]["read"] == 9 and rep["documents"]["kept"] == 7
+    assert rep["sources"]["web"] == 1 and rep["sources"]["a.txt"] == 1
     assert rep["pii"]["counts"] == {"card": 1, "email": 1, "ipv4": 1, "phone": 1}
     lic = rep["licenses"]
     assert lic["MIT"]["documents"] == 1 and lic["Apache-2.0"]["documents"] == 1

@@ -90,3 +90,17 @@ def test_license_detection_yields_valid_spdx() -> None:
     licensing = get_spdx_licensing()  # independent check: every id we emit is a known SPDX key
     for spdx in found + ["PSF-2.0", "GPL-3.0-or-later", "CC-BY-4.0", "Unlicense"]:
         assert not licensing.validate(spdx).errors, spdx
+
+
+def test_shingle_hashes_match_string_shingles() -> None:
+    from corpus.dedup import shingle_hashes
+
+    rng = random.Random(5)
+    for n_words in (0, 3, 5, 6, 200):
+        text = " ".join(rng.choice(WORDS[:50]) for _ in range(n_words))
+        assert len(shingle_hashes(text)) == len(shingles(text))  # one hash per distinct 5-gram, no collisions
+    a = " ".join(_doc(rng, 300))
+    b = a.replace(a.split()[150], "zzz", 1)
+    ea = len(shingles(a) & shingles(b)) / len(shingles(a) | shingles(b))
+    ha, hb = set(shingle_hashes(a).tolist()), set(shingle_hashes(b).tolist())
+    assert len(ha & hb) / len(ha | hb) == pytest.approx(ea)

@@ -1,1 +1,3 @@
-"""lmstack corpus curation."""
+"""lmstack corpus curation: ``python -m corpus.cli build`` (see corpus.pipeline for the stages)."""
+
+__version__ = "0.1.0"

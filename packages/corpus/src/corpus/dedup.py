@@ -18,6 +18,8 @@ import numpy as np
 
 _WORD = re.compile(r"\w+")
 _BATCH = 4096
+_PRIME = (1 << 31) - 1  # Mersenne prime: acc < 2**31 and base < 2**20, so acc * base + h < 2**64, no overflow
+_BASE = 1_000_003
 SCHEME = "affine32"  # shingles per update_batch: bounds the (n, num_perm) uint64 temporary
 
 
@@ -29,12 +31,32 @@ def shingles(text: str, n: int = 5) -> set[bytes]:
     return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
 
 
-def minhash(shingle_set: Iterable[bytes], num_perm: int = 128, seed: int = 1) -> np.ndarray:
-    """(num_perm,) MinHash signature: datasketch's ``affine32`` scheme over crc32 as the base 32-bit hash."""
+def shingle_hashes(text: str, n: int = 5) -> np.ndarray:
+    """Distinct 32-bit hashes of the word n-grams of :func:`shingles`, computed without building the strings.
+
+    Each word is hashed once (crc32); an n-gram's hash is a polynomial of its words' hashes modulo 2**31-1
+    (Karp-Rabin). Equal n-grams get equal hashes; distinct ones collide with probability ~2**-31.
+    """
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return np.array([zlib.crc32(" ".join(words).encode())], dtype=np.uint64) if words else np.zeros(0, np.uint64)
+    h = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+    acc = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    for k in range(n):  # Horner's rule; every intermediate stays below 2**64
+        acc = (acc * np.uint64(_BASE) + h[k:len(h) - n + 1 + k]) % np.uint64(_PRIME)
+    return np.unique(acc)
+
+
+def minhash(items: Iterable[bytes] | np.ndarray, num_perm: int = 128, seed: int = 1) -> np.ndarray:
+    """(num_perm,) MinHash signature with datasketch's ``affine32`` scheme.
+
+    ``items`` are shingles (bytes, hashed with crc32) or an array of 32-bit shingle hashes (:func:`shingle_hashes`).
+    """
     from datasketch import MinHash
 
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32, scheme=SCHEME)
-    items = list(shingle_set)
+    hashfunc = int if isinstance(items, np.ndarray) else zlib.crc32
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=hashfunc, scheme=SCHEME)
+    items = list(items)
     for i in range(0, len(items), _BATCH):
         m.update_batch(items[i:i + _BATCH])
     return m.hashvalues

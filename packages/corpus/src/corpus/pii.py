@@ -103,7 +103,7 @@ class PiiRedactor:
         lines = text.split("\n")
         for i, line in enumerate(lines):
             has_digit = _DIGIT.search(line) is not None
-            if not (has_digit or "@" in line or "::" in line):
+            if not (has_digit or "@" in line or ":" in line):
                 continue
             new = line
             for kind, pattern, ok in self._steps:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from corpus.dedup import NearDuplicateIndex, exact_key, minhash, shingles
+from corpus.dedup import NearDuplicateIndex, exact_key, minhash, shingle_hashes
 from corpus.licenses import NOASSERTION, header_license
 from corpus.normalize import normalize
 from corpus.pii import PiiRedactor
@@ -97,7 +97,7 @@ class _Worker:
         rejected = check_quality(text, cfg.quality)
         sig = None
         if cfg.dedup and rejected is None:
-            sig = minhash(shingles(text, cfg.shingle_size), cfg.num_perm)
+            sig = minhash(shingle_hashes(text, cfg.shingle_size), cfg.num_perm)
         pii: dict[str, int] = {}
         if cfg.redact_pii and rejected is None:
             if self._redactor is None:
@@ -117,6 +117,7 @@ class BuildStats:
     pii: Counter[str] = field(default_factory=Counter)
     licenses: dict[str, dict[str, int]] = field(default_factory=dict)
     per_file: dict[str, Counter[str]] = field(default_factory=dict)  # file -> license -> kept documents
+    by_source: Counter[str] = field(default_factory=Counter)  # record 'source' (Dolma) or file -> kept documents
     issues: list[InputIssue] = field(default_factory=list)
     near_duplicates: list[dict[str, str]] = field(default_factory=list)
 
@@ -225,6 +226,7 @@ def _decide(cfg: BuildConfig, raw: RawDocument, res: _Processed, inv: InputInven
     entry["documents"] += 1
     entry["bytes"] += nbytes
     stats.per_file[raw.file][lic] += 1
+    stats.by_source[raw.source] += 1
     fh.write(json.dumps(res.text, ensure_ascii=False) + "\n")
 
 

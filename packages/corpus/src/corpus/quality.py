@@ -94,7 +94,7 @@ def _dup_fraction(items: list[str]) -> tuple[float, float]:
 def _top_ngram_frac(words: list[str], n: int) -> float:
     if len(words) < n:
         return 0.0
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(zip(*(words[i:] for i in range(n))))  # zip of shifted lists: n-grams without a Python loop
     gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0
@@ -105,7 +105,7 @@ def _dup_ngram_frac(words: list[str], n: int) -> float:
     """Share of word characters covered by n-grams that occur more than once (each word counted once)."""
     if len(words) < n:
         return 0.0
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = list(zip(*(words[i:] for i in range(n))))
     counts = Counter(grams)
     covered = bytearray(len(words))
     for i, g in enumerate(grams):

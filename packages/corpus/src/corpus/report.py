@@ -25,6 +25,7 @@ def write_reports(writer: Any, *, cfg: Any, inv: Any, stats: Any, tokenizer: Any
                       "removed": dict(sorted(stats.removed.items())),
                       "removed_total": sum(stats.removed.values())},
         "bytes": {"read": stats.bytes_read, "kept": stats.bytes_kept},
+        "sources": dict(sorted(stats.by_source.items())),
         "errors": {"count": len(stats.issues), "policy": cfg.on_error,
                    "items": [{"file": i.file, "line": i.line, "error": i.error} for i in stats.issues]},
         "pii": {"redacted": cfg.redact_pii, "counts": dict(sorted(stats.pii.items())),
