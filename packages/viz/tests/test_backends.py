@@ -188,3 +188,19 @@ def test_default_log_dir(monkeypatch, tmp_path, viz_cfg):
     assert (tmp_path / "runs/viz/scalars.csv").exists()
     with VizSession(viz_cfg(backend=("csv",), log_dir=str(tmp_path / "cfgdir"))) as viz:
         assert viz.log_dir == tmp_path / "cfgdir"
+
+
+def test_histogram_matches_numpy():
+    np = pytest.importorskip("numpy")
+    from viz.backends.base import Histogram
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10_000, generator=g, dtype=torch.float64)
+    x[:3] = torch.tensor([float("nan"), float("inf"), -float("inf")], dtype=torch.float64)
+    h = Histogram.of(x, bins=20)
+    finite = x.numpy()[np.isfinite(x.numpy())]
+    counts, edges = np.histogram(finite, bins=20, range=(finite.min(), finite.max()))
+    assert h.counts == tuple(counts.astype(float)) and h.edges == pytest.approx(tuple(edges))
+    assert (h.n, h.nonfinite) == (9997, 3)
+    assert h.mean == pytest.approx(finite.mean()) and h.std == pytest.approx(finite.std())
+    assert h.sum_squares == pytest.approx(float(finite @ finite))

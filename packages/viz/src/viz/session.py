@@ -186,6 +186,9 @@ class VizSession:
         parameter/gradient histograms every ``cfg.histogram_every`` steps. ``next_step`` is the number the
         trainer will pass to the first ``on_step``, so that step can be probed too."""
         self._model = model
+        if self.probes is not None:
+            self.probes.remove()
+            self.probes = None
         if self.enabled and self.cfg.probes:
             self.probes = ActivationProbes(model, self.cfg.probes, every=self.cfg.log_every, session=self,
                                            grad_only=True)

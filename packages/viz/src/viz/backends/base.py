@@ -42,19 +42,28 @@ class Histogram:
 
     @classmethod
     def of(cls, values: Any, bins: int = 64, *, tag: str = "values") -> Histogram:
-        x = torch.as_tensor(values).detach().reshape(-1).to("cpu", torch.float64)
-        finite = x[torch.isfinite(x)]
+        """Summarise ``values`` (tensor or sequence, any shape) where it lives (GPU tensors stay on the GPU:
+        only the figures and counts are copied back, in one sync)."""
+        if bins < 1:
+            raise VizError(f"histogram {tag!r}: bins must be >= 1, got {bins}")
+        x = torch.as_tensor(values).detach().reshape(-1)
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        mask = torch.isfinite(x)
+        finite = x if bool(mask.all()) else x[mask]
         if finite.numel() == 0:
             raise VizError(f"histogram {tag!r}: no finite values among {x.numel()}")
-        lo, hi = finite.min().item(), finite.max().item()
-        if lo == hi:  # one bucket of zero width is not drawable: widen it symmetrically
-            lo, hi = lo - 0.5, hi + 0.5
-        counts = torch.histc(finite, bins=bins, min=lo, max=hi)
-        edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
-        return cls(n=finite.numel(), min=finite.min().item(), max=finite.max().item(), mean=finite.mean().item(),
-                   std=finite.std(unbiased=False).item(), sum=finite.sum().item(),
-                   sum_squares=finite.square().sum().item(), nonfinite=x.numel() - finite.numel(),
-                   edges=tuple(edges.tolist()), counts=tuple(counts.tolist()))
+        lo_t, hi_t = torch.aminmax(finite)
+        lo, hi = lo_t.item(), hi_t.item()
+        mean = finite.mean(dtype=torch.float64)
+        moments = torch.stack([mean, finite.std(correction=0).double(), finite.sum(dtype=torch.float64),
+                               torch.linalg.vector_norm(finite, dtype=torch.float64).square()]).tolist()
+        # One bucket of zero width is not drawable: widen it symmetrically.
+        edge_lo, edge_hi = (lo - 0.5, hi + 0.5) if lo == hi else (lo, hi)
+        counts = torch.histc(finite, bins=bins, min=edge_lo, max=edge_hi).tolist()
+        edges = torch.linspace(edge_lo, edge_hi, bins + 1, dtype=torch.float64).tolist()
+        return cls(n=finite.numel(), min=lo, max=hi, mean=moments[0], std=moments[1], sum=moments[2],
+                   sum_squares=moments[3], nonfinite=x.numel() - finite.numel(), edges=tuple(edges),
+                   counts=tuple(counts))
 
     def stats(self) -> dict[str, float]:
         """The scalar figures, for line-oriented logs."""
