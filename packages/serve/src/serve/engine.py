@@ -19,6 +19,7 @@ Legend: B running rows, V vocabulary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -163,6 +164,10 @@ class Engine:
         with self._lock:
             self._aborts.add(request_id)
         self._wake.set()
+
+    def is_running(self) -> bool:
+        """Whether the background thread is stepping."""
+        return self._thread is not None and self._thread.is_alive()
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self._inbox or self._aborts)
@@ -347,7 +352,7 @@ class Engine:
     def _emit(self, req: _Request, out: RequestOutput) -> None:
         if req.prompt_logprobs is not None and not req.sent_prompt_logprobs:
             req.sent_prompt_logprobs = True
-            out = RequestOutput(**{**out.__dict__, "prompt_logprobs": req.prompt_logprobs})
+            out = dataclasses.replace(out, prompt_logprobs=req.prompt_logprobs)
         try:
             req.on_output(out)
         except Exception:  # a consumer that went away must not stop the engine

@@ -1,0 +1,79 @@
+"""``python -m serve --model DIR [--host 127.0.0.1 --port 8000 --api-key KEY]``: the OpenAI-compatible server.
+
+Loads the checkpoint in DIR (lmstack or Hugging Face Llama/GPT-2) and the tokenizer saved beside it (or
+``--tokenizer SPEC``), starts the continuous-batching engine and serves /v1/completions, /v1/chat/completions,
+/v1/models, /tokenize, /health and /metrics with uvicorn. Binds 127.0.0.1 unless told otherwise. The API key may
+also come from the LMSTACK_API_KEY environment variable (keeps it out of the process list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from specs.cli import run_cli
+from specs.config import ServeConfig
+from specs.errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServeConfig()
+    p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory (lmstack or Hugging Face Llama/GPT-2)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer spec or path (default: the one saved in --model)")
+    p.add_argument("--host", default=d.host, help="interface to bind; 0.0.0.0 exposes the server to the network")
+    p.add_argument("--port", type=int, default=d.port, help="TCP port (0 picks a free one)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set LMSTACK_API_KEY)")
+    p.add_argument("--model-name", default=None, help="name clients use in 'model' (default: the directory name)")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="requests decoded together")
+    p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
+    p.add_argument("--num-blocks", type=int, default=None,
+                   help="KV-cache blocks (default: max-batch-size full-length sequences)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="context limit (default: the model's)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="do not share cached prompt prefixes")
+    p.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "fp16", "bf16"])
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMSTACK_API_KEY"),
+                      model_name=args.model_name, max_batch_size=args.max_batch_size, block_size=args.block_size,
+                      num_blocks=args.num_blocks, max_seq_len=args.max_seq_len,
+                      prefix_caching=not args.no_prefix_caching, dtype=args.dtype, device=args.device)
+    import uvicorn
+
+    from serve.engine import Engine
+    from serve.loading import load_model, load_tokenizer
+    from serve.server import build_app
+
+    model = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+    except ConfigError as exc:
+        raise ConfigError("tokenizer", f"no tokenizer for {args.model} ({exc}); pass --tokenizer SPEC "
+                                       "(e.g. 'byte' or a tokenizer.json path)") from None
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ConfigError("tokenizer", f"vocab_size {tokenizer.vocab_size} exceeds the model's "
+                                       f"{model.config.vocab_size}")
+    engine = Engine(model, tokenizer, cfg)
+    name = cfg.model_name or Path(args.model).resolve().name
+    app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key)
+    print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})",
+          file=sys.stderr)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

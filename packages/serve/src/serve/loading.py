@@ -1,0 +1,62 @@
+"""Load a model and its tokenizer by name through the plugin resolver (serve never imports model or data).
+
+The model class comes from the ``lmstack.models`` entry point named by the checkpoint's ``arch`` (``transformer``);
+the tokenizer from ``lmstack.tokenizers``' ``auto`` loader, which reads the tokenizer saved in the checkpoint
+directory (or any spec it accepts: ``byte``, a tokenizer.json path, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specs.errors import ConfigError
+from specs.plugins import resolve
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(device: str) -> str:
+    """'auto' -> 'cuda' when available, else 'cpu'; anything else as given (checked by torch)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("serve.device", f"{device!r} was asked for but CUDA is not available on this machine")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype | None:
+    """'auto' -> bf16 on a GPU that supports it, else the checkpoint's dtype (None)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else None
+    return _DTYPES[dtype]
+
+
+def model_arch(directory: Path) -> str:
+    """The ``arch`` recorded in an lmstack checkpoint's config.json ('transformer' for Hugging Face directories)."""
+    cfg_file = directory / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError("model", f"{directory} has no config.json; expected an lmstack or Hugging Face checkpoint")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError("model", f"{cfg_file} is not valid JSON: {exc}") from None
+    return cfg.get("arch", "transformer") if isinstance(cfg, dict) else "transformer"
+
+
+def load_model(directory: str | Path, *, device: str = "auto", dtype: str = "auto") -> Any:
+    """``resolve("lmstack.models", arch).from_pretrained(directory)`` on the chosen device, in eval mode."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise ConfigError("model", f"{directory} is not a directory (expected a checkpoint directory)")
+    dev = pick_device(device)
+    cls = resolve("lmstack.models", model_arch(path))
+    return cls.from_pretrained(path, dtype=pick_dtype(dtype, dev), device=dev).eval()
+
+
+def load_tokenizer(spec: str | Path) -> Any:
+    """``resolve("lmstack.tokenizers", "auto")(spec)``: the tokenizer in a checkpoint directory, or any spec."""
+    return resolve("lmstack.tokenizers", "auto")(str(spec))

@@ -1,0 +1,356 @@
+"""The OpenAI-compatible HTTP server (FastAPI + uvicorn) over the continuous-batching engine.
+
+Routes: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with SSE streaming that
+ends with ``data: [DONE]``), ``GET /health``, ``GET /metrics`` (Prometheus text), ``POST /tokenize``,
+``POST /detokenize`` and ``GET /tokenizer_info`` (vLLM's tokenizer endpoints, which lm-eval's ``local-completions``
+uses as a remote tokenizer). With an API key every route but /health and /metrics needs
+``Authorization: Bearer KEY``. Every error is OpenAI-style JSON (:mod:`serve.http_errors`). A client that goes away
+mid-request has its request aborted, which frees its KV blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from serve.async_engine import AsyncEngine, RequestStream, merge
+from serve.engine import Engine, RequestOutput
+from serve.errors import ModelNotFoundError
+from serve.http_errors import APIError, from_lmstack, install_handlers, parse_json
+from serve.metrics import ServerMetrics
+from serve.openai_format import (
+    TokenText,
+    chat_body,
+    chat_logprobs,
+    completion_body,
+    completion_logprobs,
+    new_id,
+    now,
+    sse,
+    usage,
+)
+from serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serve.sampling import SamplingParams
+from serve.tokens import PromptEncoder
+
+OPEN_PATHS = ("/health", "/metrics")
+ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/tokenizer_info",
+          *OPEN_PATHS)
+
+
+class _Gate:
+    """Pure-ASGI middleware: bearer-key check and request counting (works with streaming and disconnects)."""
+
+    def __init__(self, app: Any, api_key: str | None, metrics: ServerMetrics):
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in ROUTES or path.startswith("/v1/models/") else "other"
+        endpoint = "/v1/models" if endpoint.startswith("/v1/models/") else endpoint
+
+        async def counted(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        if self.api_key and path not in OPEN_PATHS:
+            auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                msg = ("You didn't provide an API key. Pass it as 'Authorization: Bearer KEY'." if not auth
+                       else "Incorrect API key provided.")
+                await APIError(401, msg, code="invalid_api_key").response()(scope, receive, counted)
+                return
+        await self.app(scope, receive, counted)
+
+
+class _Choice:
+    """What one choice has accumulated (non-streaming responses)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.logprobs: list[Any] = []
+        self.finish_reason: str | None = None
+        self.prompt_logprobs: list[Any] | None = None
+        self.n_out = 0
+        self.cached = 0
+
+    def add(self, out: RequestOutput) -> None:
+        self.text += out.text
+        self.logprobs.extend(out.logprobs)
+        self.n_out = out.num_output_tokens or self.n_out
+        self.cached = out.num_cached_tokens
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
+        if out.finished:
+            self.finish_reason = out.finish_reason
+
+
+def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The ASGI app serving ``engine`` (started with the app, stopped at shutdown) under ``model_name``."""
+    aengine = AsyncEngine(engine)
+    metrics = ServerMetrics(engine, model_name)
+    encoder = PromptEncoder(tokenizer)
+    tok_text = TokenText(tokenizer)
+    created = now()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        aengine.start()
+        try:
+            yield
+        finally:
+            aengine.shutdown()
+
+    app = FastAPI(title="lmstack serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    install_handlers(app)
+    app.add_middleware(_Gate, api_key=api_key, metrics=metrics)
+    app.state.engine, app.state.metrics = engine, metrics
+
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves '{model_name}'")
+
+    def submit_all(plans: list[tuple[list[int], SamplingParams]]) -> list[RequestStream]:
+        for ids, params in plans:  # reject the whole request before any part of it starts
+            engine.check_request(ids, params)
+        streams: list[RequestStream] = []
+        try:
+            for ids, params in plans:
+                streams.append(aengine.submit(ids, params))
+        except BaseException:
+            for s in streams:
+                s.abort()
+            raise
+        return streams
+
+    def observe(out: RequestOutput, clock: dict[int, float], i: int, start: float) -> None:
+        t = time.monotonic()
+        if out.token_ids:
+            if i not in clock:
+                metrics.ttft.observe(t - start)
+            else:
+                metrics.itl.observe(t - clock[i])
+            clock[i] = t
+        if out.finished:
+            metrics.e2e.observe(t - start)
+
+    def raise_failed(out: RequestOutput) -> None:
+        if out.finish_reason == "error":
+            raise from_lmstack(out.error) if out.error is not None else APIError(500, "generation failed",
+                                                                                type="server_error")
+
+    async def run_all(request: Request, streams: list[RequestStream]) -> list[_Choice]:
+        choices = [_Choice() for _ in streams]
+        clock: dict[int, float] = {}
+        start = time.monotonic()
+        gens = [s.outputs(is_disconnected=request.is_disconnected) for s in streams]
+        async with contextlib.aclosing(merge(gens)) as merged:
+            async for i, out in merged:
+                raise_failed(out)
+                observe(out, clock, i, start)
+                choices[i].add(out)
+        if any(c.finish_reason is None for c in choices):
+            raise APIError(499, "client closed the request", code="client_closed")
+        return choices
+
+    def stream(gen: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(gen, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- completions --------------------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req = CompletionRequest.model_validate(await parse_json(request))
+        check_model(req.model)
+        prompts = [encoder.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in req.prompts()]
+        prompt_lp = req.logprobs if req.echo and req.logprobs is not None else None
+        plans = []
+        for ids in prompts:
+            max_new = req.max_tokens if req.max_tokens is not None else max(engine.max_seq_len - len(ids), 0)
+            for j in range(req.n):
+                plans.append((ids, req.sampling_params(max_new, seed_offset=j, logprobs=req.logprobs,
+                                                       prompt_logprobs=prompt_lp)))
+        streams = submit_all(plans)
+        rid, t0 = new_id("cmpl"), now()
+        prompt_of = [ids for ids in prompts for _ in range(req.n)]
+        n_prompt = sum(len(p) for p in prompts)
+
+        def lp_body(i: int, echo_ids: list[int] | None, prompt_lps: Any, out_lps: Any) -> Any:
+            if req.logprobs is None:
+                return None
+            return completion_logprobs(tok_text, echo_ids, prompt_lps, out_lps)
+
+        if not req.stream:
+            results = await run_all(request, streams)
+            choices = []
+            for i, c in enumerate(results):
+                echo_ids = prompt_of[i] if req.echo else None
+                text = (tokenizer.decode(prompt_of[i]) if req.echo else "") + c.text
+                choices.append({"index": i, "text": text, "logprobs": lp_body(i, echo_ids, c.prompt_logprobs,
+                                                                               c.logprobs),
+                                "finish_reason": c.finish_reason})
+            use = usage(n_prompt, sum(c.n_out for c in results), sum(c.cached for c in results[::req.n]))
+            return JSONResponse(completion_body(rid, model_name, t0, choices, use))
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[str]:
+            clock: dict[int, float] = {}
+            start = time.monotonic()
+            n_out = [0] * len(streams)
+            echoed: set[int] = set()
+            try:
+                async with contextlib.aclosing(merge([s.outputs() for s in streams])) as merged:
+                    async for i, out in merged:
+                        if out.finish_reason == "error":
+                            err = from_lmstack(out.error) if out.error else APIError(500, "generation failed")
+                            yield sse({"error": {"message": err.message, "type": err.type, "param": err.param,
+                                                 "code": err.code}})
+                            break
+                        observe(out, clock, i, start)
+                        n_out[i] = out.num_output_tokens or n_out[i]
+                        text = out.text
+                        echo_ids = None
+                        if req.echo and i not in echoed:
+                            echoed.add(i)
+                            text = tokenizer.decode(prompt_of[i]) + text
+                            echo_ids = prompt_of[i]
+                        lps = lp_body(i, echo_ids, out.prompt_logprobs, out.logprobs)
+                        if text or lps or out.finished:
+                            choice = {"index": i, "text": text, "logprobs": lps,
+                                      "finish_reason": out.finish_reason if out.finished else None}
+                            yield sse(completion_body(rid, model_name, t0, [choice], None, chunk=True))
+                if include_usage:
+                    yield sse(completion_body(rid, model_name, t0, [], usage(n_prompt, sum(n_out)), chunk=True))
+                yield sse("[DONE]")
+            finally:
+                for s in streams:
+                    s.abort()
+
+        return stream(events())
+
+    # --- chat completions ---------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req = ChatCompletionRequest.model_validate(await parse_json(request))
+        check_model(req.model)
+        ids = encoder.chat([m.as_template_dict() for m in req.messages],
+                           add_generation_prompt=req.add_generation_prompt)
+        max_new = req.max_completion_tokens or req.max_tokens or max(engine.max_seq_len - len(ids), 0)
+        top_n = (req.top_logprobs or 0) if req.logprobs else None
+        streams = submit_all([(ids, req.sampling_params(max_new, seed_offset=j, logprobs=top_n))
+                              for j in range(req.n)])
+        rid, t0 = new_id("chatcmpl"), now()
+
+        if not req.stream:
+            results = await run_all(request, streams)
+            choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                        "logprobs": chat_logprobs(tok_text, c.logprobs, top_n) if top_n is not None else None,
+                        "finish_reason": c.finish_reason} for i, c in enumerate(results)]
+            use = usage(len(ids), sum(c.n_out for c in results), results[0].cached)
+            return JSONResponse(chat_body(rid, model_name, t0, choices, use))
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(choices: list[dict[str, Any]], use: dict[str, Any] | None = None) -> str:
+            return sse(chat_body(rid, model_name, t0, choices, use, chunk=True, include_usage=include_usage))
+
+        async def events() -> AsyncIterator[str]:
+            clock: dict[int, float] = {}
+            start = time.monotonic()
+            n_out = [0] * len(streams)
+            try:
+                for i in range(len(streams)):
+                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                  "finish_reason": None}])
+                async with contextlib.aclosing(merge([s.outputs() for s in streams])) as merged:
+                    async for i, out in merged:
+                        if out.finish_reason == "error":
+                            err = from_lmstack(out.error) if out.error else APIError(500, "generation failed")
+                            yield sse({"error": {"message": err.message, "type": err.type, "param": err.param,
+                                                 "code": err.code}})
+                            break
+                        observe(out, clock, i, start)
+                        n_out[i] = out.num_output_tokens or n_out[i]
+                        lps = chat_logprobs(tok_text, out.logprobs, top_n) if top_n is not None and out.logprobs \
+                            else None
+                        if out.text or lps or out.finished:
+                            delta = {"content": out.text} if out.text else {}
+                            yield chunk([{"index": i, "delta": delta, "logprobs": lps,
+                                          "finish_reason": out.finish_reason if out.finished else None}])
+                if include_usage:
+                    yield chunk([], usage(len(ids), sum(n_out)))
+                yield sse("[DONE]")
+            finally:
+                for s in streams:
+                    s.abort()
+
+        return stream(events())
+
+    # --- models, tokenizer, health, metrics -----------------------------------------------------------------
+    def model_card() -> dict[str, Any]:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "lmstack",
+                "max_model_len": engine.max_seq_len}
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str) -> Any:
+        check_model(name)
+        return model_card()
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        req = TokenizeRequest.model_validate(await parse_json(request))
+        if req.model is not None:
+            check_model(req.model)
+        if req.messages is not None:
+            ids = encoder.chat([m.as_template_dict() for m in req.messages],
+                               add_generation_prompt=req.add_generation_prompt)
+        else:
+            ids = encoder.encode(req.prompt or "", add_bos=req.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": engine.max_seq_len}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Any:
+        req = DetokenizeRequest.model_validate(await parse_json(request))
+        bad = [t for t in req.tokens if not 0 <= t < engine.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {engine.vocab_size})",
+                           param="tokens", code="invalid_value")
+        return {"prompt": tokenizer.decode(req.tokens)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> Any:
+        def text(tid: int | None) -> str | None:
+            return None if tid is None else encoder.token_text(tid)
+
+        return {"tokenizer_class": type(tokenizer).__name__, "eos_token": text(tokenizer.eos_id),
+                "bos_token": text(tokenizer.bos_id), "pad_token": text(tokenizer.pad_id),
+                "chat_template": getattr(tokenizer, "chat_template", None), "model_max_length": engine.max_seq_len,
+                "vocab_size": tokenizer.vocab_size}
+
+    @app.get("/health")
+    async def health() -> Any:
+        alive = engine.is_running()
+        return JSONResponse({"status": "ok" if alive else "engine stopped"}, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
