@@ -165,7 +165,9 @@ class DistConfig(ConfigBase):
             self.fail("cpu_offload", f"needs strategy 'FSDP', got {self.strategy!r}")
 
 
-VizBackend = Literal["csv", "jsonl", "tensorboard", "wandb"]
+# Backends are plugins (lmstack.viz_backends: csv, jsonl, tensorboard, wandb, or third-party); VizSession rejects
+# unknown names with the list of installed ones.
+VizBackend = Annotated[str, Field(min_length=1)]
 
 
 @dataclass(frozen=True, kw_only=True)
