@@ -177,3 +177,18 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_resolve_traces_under_torch_compile_fullgraph():
+    w = torch.ones(16)
+
+    def f(x):
+        norm = resolve("rmsnorm", "auto", device=x.device, dtype=x.dtype)
+        attn = resolve("attention", "auto", device=x.device, dtype=x.dtype, causal=True)
+        q = x.view(1, 1, 4, 16)
+        return norm(x, w, 1e-5) + attn(q, q, q, causal=True).view(4, 16)
+
+    x = torch.randn(4, 16)
+    expect = f(x)  # resolve eagerly first; afterwards the lookup is a traced constant
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    assert torch.allclose(compiled(x), expect)

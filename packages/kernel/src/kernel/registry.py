@@ -7,7 +7,7 @@ reference), logging the reason once. Unknown op or implementation names raise ``
 ones. Third-party kernels arrive through the ``lmstack.kernels`` entry-point group; each entry point loads to an
 :class:`Implementation`, a list of them, or a zero-argument callable returning either.
 
-There is no module-level mutable registry: ``default_registry()`` is an ``lru_cache``'d factory (reset it with
+There is no module-level mutable registry: ``default_registry()`` is a lazily built, resettable factory (reset it with
 ``default_registry.cache_clear()``), and tests build their own ``KernelRegistry``.
 """
 
@@ -67,7 +67,8 @@ class KernelRegistry:
         self._impls: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
         self._loaded_entry_points: set[str] = set()
         self._select = functools.lru_cache(maxsize=4096)(self._select_uncached)
-        self._resolve = functools.lru_cache(maxsize=4096)(self._resolve_uncached)
+        # resolve()'s cache is a plain dict, not lru_cache, so torch.compile (dynamo) can trace the lookup
+        self._resolved: dict[tuple[Any, ...], Callable[..., Any]] = {}
         for impl in implementations:
             self.register(impl)
 
@@ -141,18 +142,22 @@ class KernelRegistry:
                 backward: bool = False, capability: tuple[int, int] | None = None) -> Callable[..., Any]:
         """The callable chosen for ``op`` under preference ``impl`` ('auto' or a registered name).
 
-        Called on every forward by model code, so the whole lookup is one cache hit keyed by the arguments.
+        Called on every forward by model code, so the whole lookup is one dict hit keyed by the arguments, which
+        torch.compile traces as a constant (``fullgraph=True`` works once the key has been resolved eagerly; a
+        first resolution inside a compiled region is a graph break).
         """
         dev_type, capability = _device_key(device, capability)
-        return self._resolve(op, impl, dev_type, dtype, head_dim, causal, window, gqa, mask, bias, backward,
-                             capability)
+        key = (op, impl, dev_type, dtype, head_dim, causal, window, gqa, mask, bias, backward, capability)
+        fn = self._resolved.get(key)
+        return fn if fn is not None else self._resolve_miss(key)
 
-    def _resolve_uncached(self, op: str, impl: str, device: str, dtype: torch.dtype | None, head_dim: int | None,
-                          causal: bool, window: int | None, gqa: bool, mask: bool, bias: bool, backward: bool,
-                          capability: tuple[int, int] | None) -> Callable[..., Any]:
-        request = Request(op=op, device=device, dtype=dtype, head_dim=head_dim, causal=causal, window=window,
+    @torch.compiler.disable
+    def _resolve_miss(self, key: tuple[Any, ...]) -> Callable[..., Any]:
+        op, impl, dev_type, dtype, head_dim, causal, window, gqa, mask, bias, backward, capability = key
+        request = Request(op=op, device=dev_type, dtype=dtype, head_dim=head_dim, causal=causal, window=window,
                           gqa=gqa, mask=mask, bias=bias, backward=backward, capability=capability)
-        return self._select(impl, request).load()
+        fn = self._resolved[key] = self._select(impl, request).load()
+        return fn
 
     def why_not(self, op: str, impl: str, **request: Any) -> str | None:
         """Why ``impl`` cannot serve this request (None when it can)."""
@@ -160,7 +165,7 @@ class KernelRegistry:
 
     def cache_clear(self) -> None:
         self._select.cache_clear()
-        self._resolve.cache_clear()
+        self._resolved.clear()
 
     def _select_uncached(self, impl: str, request: Request) -> Implementation:
         impls = self._op(request.op)
@@ -189,17 +194,32 @@ class KernelRegistry:
                         request.describe())
         return chosen
 
-@functools.lru_cache(maxsize=1)
-def default_registry() -> KernelRegistry:
-    """The registry with lmstack's built-in implementations plus installed ``lmstack.kernels`` entry points.
+class _DefaultRegistry:
+    """A lazily built, resettable registry: ``default_registry()``, ``default_registry.cache_clear()``.
 
-    Built once per process on first use; ``default_registry.cache_clear()`` rebuilds it (tests).
+    Not ``functools.lru_cache``: dynamo (torch.compile) traces through an lru_cache'd function and would build a
+    fresh registry inside the compiled graph; plain attribute access it traces as a constant.
     """
-    from kernel.builtin import builtin_implementations
 
-    registry = KernelRegistry(builtin_implementations())
-    registry.load_entry_points()
-    return registry
+    def __init__(self) -> None:
+        self._registry: KernelRegistry | None = None
+
+    def __call__(self) -> KernelRegistry:
+        """The registry with lmstack's built-in implementations plus installed ``lmstack.kernels`` entry points."""
+        if self._registry is None:
+            from kernel.builtin import builtin_implementations
+
+            registry = KernelRegistry(builtin_implementations())
+            registry.load_entry_points()
+            self._registry = registry
+        return self._registry
+
+    def cache_clear(self) -> None:
+        """Forget the registry; the next call rebuilds it (tests)."""
+        self._registry = None
+
+
+default_registry = _DefaultRegistry()
 
 
 def resolve(op: str, impl: str = AUTO, **request: Any) -> Callable[..., Any]:
