@@ -12,10 +12,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Distributions whose import name differs from the distribution name.
-EXTERNAL_MODULE_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn", "prometheus-client": "prometheus_client",
-                         "pillow": "PIL", "lm-eval": "lm_eval", "spdx-tools": "spdx_tools",
-                         "onnxruntime": "onnxruntime", "sentencepiece": "sentencepiece",
-                         "license-expression": "license_expression"}
+EXTERNAL_MODULE_NAMES = {
+    "pyyaml": "yaml",
+    "scikit-learn": "sklearn",
+    "prometheus-client": "prometheus_client",
+    "pillow": "PIL",
+    "lm-eval": "lm_eval",
+    "spdx-tools": "spdx_tools",
+    "onnxruntime": "onnxruntime",
+    "sentencepiece": "sentencepiece",
+    "license-expression": "license_expression",
+}
 
 
 def main() -> int:
@@ -25,8 +32,20 @@ def main() -> int:
     exe = Path(sys.executable).with_name("deptry")
     failed = []
     for p in pkgs:
-        cmd = [str(exe), ".", "--known-first-party", p.name, "--package-module-name-map", mapping,
-               "--extend-exclude", "tests", "--extend-exclude", "benchmarks", "--extend-exclude", "examples"]
+        cmd = [
+            str(exe),
+            ".",
+            "--known-first-party",
+            p.name,
+            "--package-module-name-map",
+            mapping,
+            "--extend-exclude",
+            "tests",
+            "--extend-exclude",
+            "benchmarks",
+            "--extend-exclude",
+            "examples",
+        ]
         r = subprocess.run(cmd, cwd=p, capture_output=True, text=True)
         if r.returncode != 0:
             failed.append(p.name)

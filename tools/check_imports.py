@@ -12,14 +12,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from import_rules import EXCEPTIONS, FORBIDDEN_EXTERNAL, allowed  # noqa: E402
+from import_rules import EXCEPTIONS, FORBIDDEN_EXTERNAL, allowed
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def packages() -> list[str]:
-    return sorted(p.name for p in (ROOT / "packages").iterdir()
-                  if (p / "pyproject.toml").is_file() and (p / "src" / p.name).is_dir())
+    return sorted(
+        p.name
+        for p in (ROOT / "packages").iterdir()
+        if (p / "pyproject.toml").is_file() and (p / "src" / p.name).is_dir()
+    )
 
 
 def contracts(pkgs: list[str]) -> str:
@@ -30,11 +33,16 @@ def contracts(pkgs: list[str]) -> str:
         if not forbidden:
             continue
         why = EXCEPTIONS.get(p, ((), ""))[1]
-        lines += [f"[importlinter:contract:{p}]",
-                  f"name = {p} imports only {', '.join(allowed(p, pkgs)) or 'nothing in lmstack'}"
-                  + (f" (exception: {why})" if why else ""),
-                  "type = forbidden", f"source_modules = {p}", "forbidden_modules =",
-                  *[f"    {q}" for q in forbidden], ""]
+        lines += [
+            f"[importlinter:contract:{p}]",
+            f"name = {p} imports only {', '.join(allowed(p, pkgs)) or 'nothing in lmstack'}"
+            + (f" (exception: {why})" if why else ""),
+            "type = forbidden",
+            f"source_modules = {p}",
+            "forbidden_modules =",
+            *[f"    {q}" for q in forbidden],
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -21,9 +21,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".isolation"
@@ -122,8 +123,12 @@ def modules(pkg: Path) -> list[str]:
 def check(name: str, pkgs: dict[str, Path], wheels: dict[str, Path], force: bool) -> tuple[str, bool, str]:
     pkg = pkgs[name]
     sib = siblings(pkg, pkgs)
-    digest = tree_hash([pkg / "src", pkg / "pyproject.toml"] + [pkgs[s] / "src" for s in sib]
-                       + [pkgs[s] / "pyproject.toml" for s in sib] + [Path(__file__)])
+    digest = tree_hash(
+        [pkg / "src", pkg / "pyproject.toml"]
+        + [pkgs[s] / "src" for s in sib]
+        + [pkgs[s] / "pyproject.toml" for s in sib]
+        + [Path(__file__)]
+    )
     env = WORK / "envs" / name
     ok_file = env / ".ok"
     if not force and ok_file.exists() and ok_file.read_text() == digest:
@@ -135,7 +140,9 @@ def check(name: str, pkgs: dict[str, Path], wheels: dict[str, Path], force: bool
     envpy = str(env / "bin" / "python")
     site = Path(run([envpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     meta = pyproject(pkg)
-    needs_torch = any(re.match(r"torch\b", d) for s in [name, *sib] for d in pyproject(pkgs[s])["project"].get("dependencies", []))
+    needs_torch = any(
+        re.match(r"torch\b", d) for s in [name, *sib] for d in pyproject(pkgs[s])["project"].get("dependencies", [])
+    )
     if needs_torch:
         (site / "lmstack-torch-base.pth").write_text(str(torch_base()) + "\n")
     target = f"{wheels[name]}[test]" if name == "specs" else str(wheels[name])
@@ -145,14 +152,20 @@ def check(name: str, pkgs: dict[str, Path], wheels: dict[str, Path], force: bool
         return name, False, f"pip install failed:\n{r.stdout}{r.stderr}"
     skip = meta.get("tool", {}).get("lmstack", {}).get("isolation", {}).get("skip_modules", [])
     mods = [m for m in modules(pkg) if not any(fnmatch.fnmatch(m, pat) for pat in skip)]
-    code = ("import importlib, sys\nbad = []\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
-            "    except Exception as e:\n        bad.append(f'{m}: {type(e).__name__}: {e}')\n"
-            "if sys.argv[1] == 'specs' and 'torch' in sys.modules:\n    bad.append('specs imported torch')\n"
-            "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n")
+    code = (
+        "import importlib, sys\nbad = []\nfor m in sys.argv[1:]:\n    try:\n        importlib.import_module(m)\n"
+        "    except Exception as e:\n        bad.append(f'{m}: {type(e).__name__}: {e}')\n"
+        "if sys.argv[1] == 'specs' and 'torch' in sys.modules:\n    bad.append('specs imported torch')\n"
+        "print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n"
+    )
     r = run([envpy, "-c", code, *mods], cwd=str(WORK))
     if r.returncode:
         return name, False, f"imports failed:\n{r.stdout}{r.stderr}"
-    note = f"{len(mods)} modules" + (f", skipped {skip}" if skip else "") + (", with torch" if needs_torch else ", no torch")
+    note = (
+        f"{len(mods)} modules"
+        + (f", skipped {skip}" if skip else "")
+        + (", with torch" if needs_torch else ", no torch")
+    )
     if name == "specs":
         t = run([envpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(pkg / "tests")], cwd=str(WORK))
         if t.returncode:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -15,8 +16,8 @@ TINY = {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128, "vocab_size": 2
 def test_seed_model_config():
     cfg = ModelConfig(d_model=512, n_heads=8, n_layers=8, d_ff=2048, vocab_size=32000, attn_impl="flash")
     assert cfg.head_dim == 64 and cfg.kv_heads == 8 and cfg.attn_impl == "flash"
-    with pytest.raises(Exception):
-        cfg.d_model = 3  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.d_model = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         ModelConfig(512, 8, 8, 2048, 32000)  # keyword-only
 
@@ -30,7 +31,11 @@ def test_seed_model_config():
         ({"dropout": 1.5}, "ModelConfig.dropout", "less than or equal to 1"),
         ({"norm": "batchnorm"}, "ModelConfig.norm", "'rmsnorm' or 'layernorm'"),
         ({"d_model": "64"}, "ModelConfig.d_model", "valid integer"),
-        ({"pos_encoding": "alibi", "rope_scaling": {"type": "linear", "factor": 2.0}}, "ModelConfig.rope_scaling", "rope"),
+        (
+            {"pos_encoding": "alibi", "rope_scaling": {"type": "linear", "factor": 2.0}},
+            "ModelConfig.rope_scaling",
+            "rope",
+        ),
     ],
 )
 def test_model_config_errors_name_the_field(kw, path, words):
@@ -40,7 +45,9 @@ def test_model_config_errors_name_the_field(kw, path, words):
 
 
 def test_nested_rope_scaling_from_dict_and_error_path():
-    r = config_from_dict({"model": {**TINY, "rope_scaling": {"type": "llama3", "factor": 8.0, "original_max_seq_len": 8192}}})
+    r = config_from_dict(
+        {"model": {**TINY, "rope_scaling": {"type": "llama3", "factor": 8.0, "original_max_seq_len": 8192}}}
+    )
     assert r.model.rope_scaling.factor == 8.0
     with pytest.raises(ConfigError) as e:
         config_from_dict({"model": {**TINY, "rope_scaling": {"type": "llama3", "factor": 8.0}}})
@@ -63,23 +70,43 @@ def test_missing_required_field():
 
 
 def test_overrides_are_typed_by_schema():
-    r = config_from_dict({"model": TINY}, overrides=[
-        "--dist.strategy", "FSDP", "--dist.precision", "bf16", "--dist.grad_ckpt", "true",
-        "--viz.backend", "csv", "--viz.profile_every_n_steps", "500", "--train.lr=1e-3", "--train.out_dir", "runs/x",
-        "--model.n_kv_heads", "2", "--train.compile"])
+    r = config_from_dict(
+        {"model": TINY},
+        overrides=[
+            "--dist.strategy",
+            "FSDP",
+            "--dist.precision",
+            "bf16",
+            "--dist.grad_ckpt",
+            "true",
+            "--viz.backend",
+            "csv",
+            "--viz.profile_every_n_steps",
+            "500",
+            "--train.lr=1e-3",
+            "--train.out_dir",
+            "runs/x",
+            "--model.n_kv_heads",
+            "2",
+            "--train.compile",
+        ],
+    )
     assert r.dist.strategy == "FSDP" and r.dist.precision == "bf16" and r.dist.grad_ckpt is True
     assert r.viz.backend == ("csv",) and r.viz.profile_every_n_steps == 500
     assert r.train.lr == 1e-3 and isinstance(r.train.lr, float) and r.train.out_dir == "runs/x"
     assert r.model.n_kv_heads == 2 and r.train.compile is True
 
 
-@pytest.mark.parametrize("args, path", [
-    (["--dist.strategi", "FSDP"], "dist.strategi"),
-    (["--dist.strategy", "FSD"], "dist.strategy"),
-    (["--train.steps", "ten"], "train.steps"),
-    (["--model.d_model.x", "1"], "model.d_model"),
-    (["train.steps", "1"], ""),
-])
+@pytest.mark.parametrize(
+    "args, path",
+    [
+        (["--dist.strategi", "FSDP"], "dist.strategi"),
+        (["--dist.strategy", "FSD"], "dist.strategy"),
+        (["--train.steps", "ten"], "train.steps"),
+        (["--model.d_model.x", "1"], "model.d_model"),
+        (["train.steps", "1"], ""),
+    ],
+)
 def test_bad_overrides(args, path):
     with pytest.raises(ConfigError) as e:
         config_from_dict({"model": TINY}, overrides=args)
@@ -128,6 +155,7 @@ def test_presets_build_and_unknown_lists_choices():
 
 def test_seed_export_config():
     from specs.export import ExportConfig as EC
+
     c = EC(target="onnx", opset=19, quantize="int8", dynamic_axes=True, outdir="artifacts/")
     assert c is not None and EC is ExportConfig
     with pytest.raises(ConfigError):
@@ -137,19 +165,43 @@ def test_seed_export_config():
 # --- property tests -----------------------------------------------------------------------------
 model_configs = st.builds(
     lambda h, kv_div, hd, layers, ff, vocab, norm, pos, tie, drop: ModelConfig(
-        d_model=h * hd, n_heads=h, n_kv_heads=max(1, h // kv_div) if h % max(1, h // kv_div) == 0 else h,
-        n_layers=layers, d_ff=ff, vocab_size=vocab, norm=norm, pos_encoding=pos, tie_embeddings=tie, dropout=drop),
-    st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4]), st.sampled_from([2, 8, 16, 64]),
-    st.integers(1, 48), st.integers(1, 10000), st.integers(1, 200000), st.sampled_from(["rmsnorm", "layernorm"]),
-    st.sampled_from(["rope", "alibi", "learned", "none"]), st.booleans(), st.floats(0, 1),
+        d_model=h * hd,
+        n_heads=h,
+        n_kv_heads=max(1, h // kv_div) if h % max(1, h // kv_div) == 0 else h,
+        n_layers=layers,
+        d_ff=ff,
+        vocab_size=vocab,
+        norm=norm,
+        pos_encoding=pos,
+        tie_embeddings=tie,
+        dropout=drop,
+    ),
+    st.sampled_from([1, 2, 4, 8]),
+    st.sampled_from([1, 2, 4]),
+    st.sampled_from([2, 8, 16, 64]),
+    st.integers(1, 48),
+    st.integers(1, 10000),
+    st.integers(1, 200000),
+    st.sampled_from(["rmsnorm", "layernorm"]),
+    st.sampled_from(["rope", "alibi", "learned", "none"]),
+    st.booleans(),
+    st.floats(0, 1),
 )
 
 
 @settings(max_examples=60, deadline=None)
-@given(model_configs, st.sampled_from(["none", "DDP", "FSDP", "ZeRO1"]), st.lists(st.sampled_from(["csv", "jsonl", "tensorboard", "wandb"]), min_size=1, max_size=4, unique=True))
+@given(
+    model_configs,
+    st.sampled_from(["none", "DDP", "FSDP", "ZeRO1"]),
+    st.lists(st.sampled_from(["csv", "jsonl", "tensorboard", "wandb"]), min_size=1, max_size=4, unique=True),
+)
 def test_round_trip_property(model, strategy, backends):
-    r = RunConfig(model=model, dist={"strategy": strategy}, viz=VizConfig(backend=tuple(backends)),
-                  data={"seq_len": min(256, model.max_seq_len)})
+    r = RunConfig(
+        model=model,
+        dist={"strategy": strategy},
+        viz=VizConfig(backend=tuple(backends)),
+        data={"seq_len": min(256, model.max_seq_len)},
+    )
     assert config_from_dict(yaml.safe_load(dumps_config(r))) == r
     assert config_from_dict(json.loads(dumps_config(r, "json"))) == r
 
@@ -158,5 +210,9 @@ def test_round_trip_property(model, strategy, backends):
 @given(model_configs)
 def test_every_component_round_trips_alone(model):
     for cls in CONFIG_CLASSES.values():
-        cfg = model if cls is ModelConfig else (RunConfig(model=model, data={"seq_len": 16}) if cls is RunConfig else cls())
+        cfg = (
+            model
+            if cls is ModelConfig
+            else (RunConfig(model=model, data={"seq_len": 16}) if cls is RunConfig else cls())
+        )
         assert config_from_dict(json.loads(dumps_config(cfg, "json")), cls) == cfg

@@ -113,10 +113,17 @@ def test_protocols_are_runtime_checkable():
     class Tok:
         vocab_size, bos_id, eos_id, pad_id = 3, None, None, None
 
-        def encode(self, text, *, add_bos=False, add_eos=False): return []
-        def decode(self, ids, *, skip_special_tokens=True): return ""
-        def encode_batch(self, texts, *, add_bos=False, add_eos=False): return []
-        def fingerprint(self): return ""
+        def encode(self, text, *, add_bos=False, add_eos=False):
+            return []
+
+        def decode(self, ids, *, skip_special_tokens=True):
+            return ""
+
+        def encode_batch(self, texts, *, add_bos=False, add_eos=False):
+            return []
+
+        def fingerprint(self):
+            return ""
 
     assert isinstance(Tok(), Tokenizer) and not isinstance(Tok(), KVCache) and not isinstance(Tok(), LanguageModel)
 
@@ -124,11 +131,13 @@ def test_protocols_are_runtime_checkable():
 def test_cli_check_prints_and_errors_exit_2(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("model: {d_model: 64, n_heads: 4, n_layers: 2, d_ff: 128, vocab_size: 256}\n")
-    out = subprocess.run([sys.executable, "-m", "specs", "check", str(p), "--dist.strategy", "DDP"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "specs", "check", str(p), "--dist.strategy", "DDP"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "strategy: DDP" in out.stdout and "schema_version: 2" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "specs", "check", str(p), "--dist.strategy", "XYZ"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "specs", "check", str(p), "--dist.strategy", "XYZ"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "dist.strategy" in bad.stderr and "Traceback" not in bad.stderr
 
 

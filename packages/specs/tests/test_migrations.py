@@ -5,10 +5,19 @@ from hypothesis import strategies as st
 from specs import SCHEMA_VERSION, ConfigError, ModelConfig, config_from_dict, dumps_config
 from specs.migrations import migrate, model_v1_to_v2, run_v1_to_v2
 
-V1 = {"schema_version": 1,
-      "model": {"d_model": 64, "n_heads": 4, "n_layers": 2, "ffn_dim": 128, "vocab_size": 256, "rope_base": 5e5,
-                "attn_impl": "flash_attn"},
-      "train": {"lr_schedule": "wsd", "max_steps": 50}}
+V1 = {
+    "schema_version": 1,
+    "model": {
+        "d_model": 64,
+        "n_heads": 4,
+        "n_layers": 2,
+        "ffn_dim": 128,
+        "vocab_size": 256,
+        "rope_base": 5e5,
+        "attn_impl": "flash_attn",
+    },
+    "train": {"lr_schedule": "wsd", "max_steps": 50},
+}
 
 
 def test_v1_document_upgrades():
@@ -45,12 +54,32 @@ def test_migrations_are_pure():
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 64), st.sampled_from([1, 2, 4]), st.floats(1e3, 1e6), st.integers(1, 10_000))
 def test_v1_and_v2_spellings_give_the_same_config(d_ff, heads, theta, steps):
-    v1 = {"schema_version": 1, "model": {"d_model": 8 * heads, "n_heads": heads, "n_layers": 1, "ffn_dim": d_ff,
-                                         "vocab_size": 10, "rope_base": theta}, "train": {"max_steps": steps}}
-    v2 = {"model": {"d_model": 8 * heads, "n_heads": heads, "n_layers": 1, "d_ff": d_ff, "vocab_size": 10,
-                    "rope_theta": theta}, "train": {"steps": steps}}
+    v1 = {
+        "schema_version": 1,
+        "model": {
+            "d_model": 8 * heads,
+            "n_heads": heads,
+            "n_layers": 1,
+            "ffn_dim": d_ff,
+            "vocab_size": 10,
+            "rope_base": theta,
+        },
+        "train": {"max_steps": steps},
+    }
+    v2 = {
+        "model": {
+            "d_model": 8 * heads,
+            "n_heads": heads,
+            "n_layers": 1,
+            "d_ff": d_ff,
+            "vocab_size": 10,
+            "rope_theta": theta,
+        },
+        "train": {"steps": steps},
+    }
     a, b = config_from_dict(v1), config_from_dict(v2)
     assert a == b
     # a no-op migration of a current document changes nothing
     import yaml
+
     assert config_from_dict(yaml.safe_load(dumps_config(a))) == a

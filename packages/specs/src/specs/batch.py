@@ -42,8 +42,14 @@ class Batch:
 
     def to(self, *args: Any, **kwargs: Any) -> Batch:
         """Move every tensor (``.to(device, non_blocking=True)`` style)."""
-        return replace(self, **{f.name: getattr(self, f.name).to(*args, **kwargs)
-                                for f in fields(self) if getattr(self, f.name) is not None})
+        return replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).to(*args, **kwargs)
+                for f in fields(self)
+                if getattr(self, f.name) is not None
+            },
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

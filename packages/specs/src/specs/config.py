@@ -255,6 +255,16 @@ class RunConfig(ConfigBase):
 
 
 CONFIG_CLASSES: dict[str, type[ConfigBase]] = {
-    c.kind: c for c in (ModelConfig, DataConfig, TrainConfig, DistConfig, VizConfig, ExportConfig,
-                        EvalConfig, ServeConfig, RunConfig)
+    c.kind: c
+    for c in (
+        ModelConfig,
+        DataConfig,
+        TrainConfig,
+        DistConfig,
+        VizConfig,
+        ExportConfig,
+        EvalConfig,
+        ServeConfig,
+        RunConfig,
+    )
 }

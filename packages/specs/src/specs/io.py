@@ -41,8 +41,11 @@ def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(data)
 
 
-def config_from_dict(data: Mapping[str, Any], cls: type[C] = RunConfig,  # type: ignore[assignment]
-                     overrides: Sequence[str] | Sequence[tuple[str, str]] = ()) -> C:
+def config_from_dict(
+    data: Mapping[str, Any],
+    cls: type[C] = RunConfig,  # type: ignore[assignment]
+    overrides: Sequence[str] | Sequence[tuple[str, str]] = (),
+) -> C:
     """Migrate ``data`` to the current schema, apply overrides, build ``cls``."""
     doc = migrate(cls.kind, data)
     pairs = parse_override_args(overrides) if overrides and isinstance(overrides[0], str) else list(overrides)
@@ -50,8 +53,11 @@ def config_from_dict(data: Mapping[str, Any], cls: type[C] = RunConfig,  # type:
     return cls.from_dict(doc)
 
 
-def load_config(path: str | os.PathLike[str], cls: type[C] = RunConfig,  # type: ignore[assignment]
-                overrides: Sequence[str] | Sequence[tuple[str, str]] = ()) -> C:
+def load_config(
+    path: str | os.PathLike[str],
+    cls: type[C] = RunConfig,  # type: ignore[assignment]
+    overrides: Sequence[str] | Sequence[tuple[str, str]] = (),
+) -> C:
     """Read a YAML/JSON config file; see :func:`config_from_dict`."""
     return config_from_dict(read_document(path), cls, overrides)
 

@@ -38,8 +38,19 @@ from specs.errors import ConfigError
 METADATA_VERSION = 1
 
 _SECTIONS: dict[str, type | tuple[type, ...]] = {
-    "run": str, "created": str, "step": int, "config": dict, "model": dict, "data": dict, "tokenizer": dict,
-    "checkpoint": dict, "parents": list, "artifacts": list, "metrics": dict, "git": dict, "environment": dict,
+    "run": str,
+    "created": str,
+    "step": int,
+    "config": dict,
+    "model": dict,
+    "data": dict,
+    "tokenizer": dict,
+    "checkpoint": dict,
+    "parents": list,
+    "artifacts": list,
+    "metrics": dict,
+    "git": dict,
+    "environment": dict,
     "command": list,
 }
 _LIST_ITEMS = {"parents": ("kind", "path"), "artifacts": ("path",)}

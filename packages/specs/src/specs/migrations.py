@@ -58,8 +58,13 @@ MIGRATIONS: Mapping[tuple[str, int], Migration] = {
 }
 
 
-def migrate(kind: str, data: Mapping[str, Any], *, current: int = SCHEMA_VERSION,
-            migrations: Mapping[tuple[str, int], Migration] = MIGRATIONS) -> dict[str, Any]:
+def migrate(
+    kind: str,
+    data: Mapping[str, Any],
+    *,
+    current: int = SCHEMA_VERSION,
+    migrations: Mapping[tuple[str, int], Migration] = MIGRATIONS,
+) -> dict[str, Any]:
     """Upgrade ``data`` (which may carry ``schema_version``; absent means current) to ``current``.
 
     Documents newer than the code, or with no migration path, fail with a ConfigError.
@@ -69,8 +74,10 @@ def migrate(kind: str, data: Mapping[str, Any], *, current: int = SCHEMA_VERSION
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ConfigError("schema_version", f"must be a positive integer, got {version!r}")
     if version > current:
-        raise ConfigError("schema_version", f"document is version {version} but this code knows up to {current}; "
-                          "upgrade lmstack-specs to read it")
+        raise ConfigError(
+            "schema_version",
+            f"document is version {version} but this code knows up to {current}; upgrade lmstack-specs to read it",
+        )
     while version < current:
         step = migrations.get((kind, version))
         if step is not None:

@@ -68,9 +68,14 @@ class ModelCard:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:
         d = migrate_card(data)
         try:
-            return cls(name=d["name"], version=d["version"], config=d.get("config", {}), metadata=d.get("metadata", {}),
-                       files={k: FileHash(**v) for k, v in d.get("files", {}).items()},
-                       lineage=tuple(LineageEntry(**e) for e in d.get("lineage", [])))
+            return cls(
+                name=d["name"],
+                version=d["version"],
+                config=d.get("config", {}),
+                metadata=d.get("metadata", {}),
+                files={k: FileHash(**v) for k, v in d.get("files", {}).items()},
+                lineage=tuple(LineageEntry(**e) for e in d.get("lineage", [])),
+            )
         except (KeyError, TypeError) as exc:
             raise ConfigError("modelcard", f"malformed model card: {exc}") from None
 
@@ -93,7 +98,9 @@ class ModelCard:
                 raise IntegrityError(f"{p}: size {size} bytes, model card says {expect.bytes} (truncated or replaced)")
             got = sha256_file(p)
             if got != expect.sha256:
-                raise IntegrityError(f"{p}: sha256 {got[:16]}... does not match the model card's {expect.sha256[:16]}...")
+                raise IntegrityError(
+                    f"{p}: sha256 {got[:16]}... does not match the model card's {expect.sha256[:16]}..."
+                )
 
 
 class IntegrityError(LmstackError):

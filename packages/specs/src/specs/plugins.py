@@ -18,8 +18,16 @@ from typing import Any
 
 from specs.errors import PluginError, suggest
 
-GROUPS = ("lmstack.models", "lmstack.tokenizers", "lmstack.datasets", "lmstack.kernels", "lmstack.viz_backends",
-          "lmstack.exporters", "lmstack.callbacks", "lmstack.export_hooks")
+GROUPS = (
+    "lmstack.models",
+    "lmstack.tokenizers",
+    "lmstack.datasets",
+    "lmstack.kernels",
+    "lmstack.viz_backends",
+    "lmstack.exporters",
+    "lmstack.callbacks",
+    "lmstack.export_hooks",
+)
 
 
 def selected(group: str, names: tuple[str, ...] | None) -> list[tuple[str, Any]]:
@@ -43,8 +51,10 @@ def _load(group: str, name: str) -> Any:
     eps = _entry_points(group)
     if name not in eps:
         names = sorted(eps)
-        raise PluginError(f"unknown {group.removeprefix('lmstack.')} {name!r}{suggest(name, names)}; "
-                          f"valid names: {', '.join(names) or '(none installed)'}")
+        raise PluginError(
+            f"unknown {group.removeprefix('lmstack.')} {name!r}{suggest(name, names)}; "
+            f"valid names: {', '.join(names) or '(none installed)'}"
+        )
     try:
         return eps[name].load()
     except Exception as exc:  # an installed plugin that fails to import: say which one
@@ -60,8 +70,10 @@ def resolve(group: str, name: str, extra: Mapping[str, Any] | None = None) -> An
     except PluginError as exc:
         if extra:
             names = sorted({*available(group), *extra})
-            raise PluginError(f"unknown {group.removeprefix('lmstack.')} {name!r}{suggest(name, names)}; "
-                              f"valid names: {', '.join(names)}") from None
+            raise PluginError(
+                f"unknown {group.removeprefix('lmstack.')} {name!r}{suggest(name, names)}; "
+                f"valid names: {', '.join(names)}"
+            ) from None
         raise exc
 
 

@@ -17,6 +17,12 @@ class KVCache(Protocol):
 
     A forward pass over T new tokens calls ``append(layer, k, v)`` once per layer, then the model calls
     ``advance(T)`` once. Row b's new tokens occupy positions ``seq_lens[b] .. seq_lens[b]+T-1``.
+
+    Optional capability (not a Protocol member, so existing caches still conform): a cache whose active rows all
+    hold the same number of tokens may expose ``uniform_len``, that number as an int (a SymInt or traced size while
+    torch.export / torch.jit.trace record the graph), or None when rows differ. Models should use it, when present
+    and not None, instead of reading ``seq_lens`` values into Python (``.tolist()``), which no tracer can follow
+    with a dynamic batch axis. ``export.cache.PastKVCache`` (past key/value graph inputs) always provides it.
     """
 
     n_layers: int
@@ -84,11 +90,18 @@ class LanguageModel(Protocol):
 
     config: Any
 
-    def __call__(self, input_ids: Any, positions: Any = None, cache: KVCache | None = None,
-                 attn_mask: Any = None, document_ids: Any = None) -> Any: ...
+    def __call__(
+        self,
+        input_ids: Any,
+        positions: Any = None,
+        cache: KVCache | None = None,
+        attn_mask: Any = None,
+        document_ids: Any = None,
+    ) -> Any: ...
 
-    def new_cache(self, batch_size: int, max_seq_len: int | None = None, *, kind: str = "static",
-                  **kwargs: Any) -> KVCache: ...
+    def new_cache(
+        self, batch_size: int, max_seq_len: int | None = None, *, kind: str = "static", **kwargs: Any
+    ) -> KVCache: ...
 
 
 @runtime_checkable
@@ -104,7 +117,9 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str: ...
 
-    def encode_batch(self, texts: Sequence[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]: ...
+    def encode_batch(
+        self, texts: Sequence[str], *, add_bos: bool = False, add_eos: bool = False
+    ) -> list[list[int]]: ...
 
     def fingerprint(self) -> str:
         """sha256 hex of the tokenizer's serialised definition (recorded in shard manifests)."""

@@ -121,9 +121,14 @@ class ConfigBase:
         for key in data:
             if key not in names:
                 where = f"{path}.{key}" if path else str(key)
-                raise ConfigError(where, f"unknown key for {cls.__name__}{suggest(str(key), names)}; valid keys: {', '.join(names)}")
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+                raise ConfigError(
+                    where, f"unknown key for {cls.__name__}{suggest(str(key), names)}; valid keys: {', '.join(names)}"
+                )
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             where = f"{path}.{missing[0]}" if path else missing[0]
             raise ConfigError(where, f"required field missing from {cls.__name__}")
@@ -139,7 +144,6 @@ class ConfigBase:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
-
 
 
 def _plain(obj: Any) -> Any:
@@ -188,7 +192,10 @@ def field_type(cls: type[ConfigBase], dotted: str) -> Any:
             raise ConfigError(".".join(walked), f"is a {_describe(tp)}, not a section; cannot set {dotted!r}")
         names = base.field_names()
         if part not in names:
-            raise ConfigError(".".join([*walked, part]), f"unknown field of {base.__name__}{suggest(part, names)}; valid: {', '.join(names)}")
+            raise ConfigError(
+                ".".join([*walked, part]),
+                f"unknown field of {base.__name__}{suggest(part, names)}; valid: {', '.join(names)}",
+            )
         tp = _hints(base)[part]
         walked.append(part)
     return tp
@@ -213,7 +220,9 @@ def parse_value(raw: str, tp: Any) -> Any:
     return val
 
 
-def apply_overrides(data: dict[str, Any], cls: type[ConfigBase], overrides: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], cls: type[ConfigBase], overrides: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
     """Return a copy of ``data`` with each (dotted path, raw string) applied, typed by ``cls``'s schema."""
     out = _deepcopy(data)
     for dotted, raw in overrides:

@@ -31,7 +31,9 @@ class TensorSpec:
     def __str__(self) -> str:
         return "(" + ", ".join(str(d) for d in self.dims) + ")"
 
-    def check(self, x: Any, name: str = "tensor", bound: Mapping[str, int] | None = None, **sizes: int) -> dict[str, int]:
+    def check(
+        self, x: Any, name: str = "tensor", bound: Mapping[str, int] | None = None, **sizes: int
+    ) -> dict[str, int]:
         """Check ``x`` and return the dim bindings (``bound`` and ``sizes`` pre-bind names)."""
         shape = tuple(getattr(x, "shape", ()))
         if not hasattr(x, "shape"):
@@ -40,13 +42,16 @@ class TensorSpec:
             raise ShapeError(f"{name}: expected {len(self.dims)} dims {self}, got {len(shape)} dims {tuple(shape)}")
         env: dict[str, int] = {**(bound or {}), **sizes}
         for i, (dim, size) in enumerate(zip(self.dims, shape)):
-            size = int(size)
+            # Sizes are compared as given, never int()-ed: under torch.export they are SymInts and under
+            # torch.jit.trace 0-dim tensors, and int() would bake a dynamic axis into the graph as a constant.
             if isinstance(dim, int):
                 if size != dim:
                     raise ShapeError(f"{name}: dim {i} must be {dim}, got {size} (shape {tuple(shape)}, spec {self})")
             elif dim in env and env[dim] != size:
-                raise ShapeError(f"{name}: dim {i} ({dim}) is {size} but {dim}={env[dim]} elsewhere "
-                                 f"(shape {tuple(shape)}, spec {self})")
+                raise ShapeError(
+                    f"{name}: dim {i} ({dim}) is {size} but {dim}={env[dim]} elsewhere "
+                    f"(shape {tuple(shape)}, spec {self})"
+                )
             else:
                 env[dim] = size
         if self.dtypes:
