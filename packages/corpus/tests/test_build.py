@@ -98,9 +98,10 @@ def test_byte_identical_and_workers(raw: Path, tmp_path: Path) -> None:
     assert next(iter(dl)).input_ids.shape == (2, 32)
 
 
-def test_on_error_fail(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_on_error_fail(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: str) -> None:
     out = tmp_path / "out"
-    assert _build(raw, out, "--on-error", "fail") == 2
+    assert _build(raw, out, "--on-error", "fail", "--workers", workers) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "bad.txt:3" in err and "Traceback" not in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["raw"]

@@ -48,6 +48,7 @@ def test_near_duplicate_index() -> None:
     assert idx.seen("a", sig(base)) is None
     assert idx.seen("b", sig(other)) is None
     assert idx.seen("c", sig(edited)) == "a"
+    assert idx.seen("a", sig(_doc(rng, 600))) is None  # a repeated key is allowed
 
 
 PROSE = ("The history of the city is long and full of change. It was founded by traders who came to the river "

@@ -13,6 +13,7 @@ import hashlib
 import re
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -67,15 +68,20 @@ def exact_key(text: str) -> str:
 
 
 class NearDuplicateIndex:
-    """``seen(key, signature)``: True when an earlier document is a near-duplicate, else remember this one."""
+    """``seen(key, signature)``: the key of an earlier near-duplicate, else None (and this one is remembered).
+
+    Keys are only reported back; documents are indexed by arrival number, so repeated keys are fine.
+    """
 
     def __init__(self, *, threshold: float = 0.8, num_perm: int = 128, seed: int = 1) -> None:
         from datasketch import MinHashLSH
 
         self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._sigs: list[Any] = []
+        self._keys: list[str] = []
 
-    def _wrap(self, signature: np.ndarray):
+    def _wrap(self, signature: np.ndarray) -> Any:  # a datasketch LeanMinHash
         from datasketch import LeanMinHash
 
         return LeanMinHash(seed=self.seed, hashvalues=signature, scheme=SCHEME)
@@ -83,15 +89,10 @@ class NearDuplicateIndex:
     def seen(self, key: str, signature: np.ndarray) -> str | None:
         """The key of an earlier near-duplicate, or None (and then this document is indexed)."""
         m = self._wrap(signature)
-        for other in sorted(self._lsh.query(m)):
+        for other in sorted(self._lsh.query(m)):  # candidates share a band; confirm with the estimate
             if m.jaccard(self._sigs[other]) >= self.threshold:
-                return other
-        self._lsh.insert(key, m)
-        self._sigs[key] = m
+                return self._keys[other]
+        self._lsh.insert(len(self._sigs), m)
+        self._sigs.append(m)
+        self._keys.append(key)
         return None
-
-    @property
-    def _sigs(self) -> dict:
-        if not hasattr(self, "_sig_store"):
-            self._sig_store: dict = {}
-        return self._sig_store

@@ -174,13 +174,15 @@ def _processed(cfg: BuildConfig, items: Iterator[RawDocument | InputIssue],
                stats: BuildStats) -> Iterator[tuple[RawDocument, _Processed]]:
     """(document, processed) in input order; issues are recorded (or fatal with --on-error fail)."""
     pending: collections.deque[RawDocument] = collections.deque()
+    fatal: list[InputIssue] = []
 
     def texts() -> Iterator[str]:
+        # Runs in the pool's feeder thread when workers > 1: it must not raise, so a fatal issue ends the input.
         for it in items:
             if isinstance(it, InputIssue):
                 if cfg.on_error == "fail":
-                    raise ConfigError("--input", f"{it.where()}: {it.error} (--on-error skip records bad input "
-                                      "in the report and continues)")
+                    fatal.append(it)
+                    return
                 stats.issues.append(it)
                 continue
             pending.append(it)
@@ -190,12 +192,15 @@ def _processed(cfg: BuildConfig, items: Iterator[RawDocument | InputIssue],
     if cfg.workers == 1:
         for res in map(worker, texts()):
             yield pending.popleft(), res
-        return
-    import multiprocessing as mp
+    else:
+        import multiprocessing as mp
 
-    with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(cfg.workers) as pool:
-        for res in pool.imap(worker, texts(), chunksize=8):
-            yield pending.popleft(), res
+        with mp.get_context("fork" if hasattr(os, "fork") else "spawn").Pool(cfg.workers) as pool:
+            for res in pool.imap(worker, texts(), chunksize=8):
+                yield pending.popleft(), res
+    if fatal:
+        raise ConfigError("--input", f"{fatal[0].where()}: {fatal[0].error} (--on-error skip records bad input "
+                          "in the report and continues)")
 
 
 def _decide(cfg: BuildConfig, raw: RawDocument, res: _Processed, inv: InputInventory, stats: BuildStats,
@@ -279,13 +284,8 @@ def _write(cfg: BuildConfig, inv: InputInventory, stats: BuildStats, spool: Path
                    "documents_kept": stats.documents_kept, "removed": dict(sorted(stats.removed.items())),
                    "input_errors": len(stats.issues), "pii": dict(sorted(stats.pii.items())),
                    "licenses": dict(sorted(stats.licenses.items()))}
-        writer.extra = {"corpus": json.loads(json.dumps(summary, default=_jsonable))}
+        writer.extra = {"corpus": json.loads(json.dumps(summary))}
         report = write_reports(writer, cfg=cfg, inv=inv, stats=stats, tokenizer=tok,
                                seconds=time.perf_counter() - t0)
     return report
 
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, tuple):
-        return list(x)
-    return str(x)
