@@ -37,6 +37,7 @@ class Case:
     mask: str | None = None  # None | "random" | "padding" (left padding, incl. fully-masked rows)
     bias: bool = False
     scale: float | None = None
+    strided: bool = False  # q as a (B, T, H, Dh) transpose, k/v as the first S slots of a longer cache buffer
 
 
 def lowp_attention(q, k, v, *, mask=None, causal=False, scale=None, bias=None):
@@ -92,7 +93,14 @@ class AttentionConformance:
             dist = torch.arange(c.S)[None, :] - torch.arange(c.S - c.T, c.S)[:, None]
             bias = (slopes[:, None, None] * dist)[None].float()
         dev = torch.device(self.device)
-        ts = [t.to(dev, dtype).requires_grad_(requires_grad) for t in (q, k, v)]
+        ts = [t.to(dev, dtype) for t in (q, k, v)]
+        if c.strided:
+            ts[0] = ts[0].transpose(1, 2).contiguous().transpose(1, 2)  # (B, T, H, Dh) memory, (B, H, T, Dh) view
+            for i in (1, 2):
+                buf = torch.zeros(c.B, c.KVH, c.S + 5, c.Dh, device=dev, dtype=dtype)
+                buf[:, :, : c.S] = ts[i]
+                ts[i] = buf[:, :, : c.S]
+        ts = [t.requires_grad_(requires_grad) if requires_grad else t for t in ts]
         return (*ts, None if mask is None else mask.to(dev), None if bias is None else bias.to(dev))
 
     def _reason(self, c: Case, dtype: torch.dtype, backward: bool = False) -> str | None:
@@ -161,6 +169,10 @@ class AttentionConformance:
         self.check(Case(scale=0.3))
         for dh in (32, 64, 128):
             self.check(Case(Dh=dh, T=5, S=5, causal=True))
+
+    def test_non_contiguous_inputs(self):
+        self.check(Case(strided=True, causal=True, KVH=2))
+        self.check(Case(strided=True, T=3, S=11, causal=True, mask="random"))
 
     def test_backward_matches_reference(self):
         c = Case(H=4, KVH=2, causal=True, T=7, S=7)
