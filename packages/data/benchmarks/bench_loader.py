@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -36,13 +37,16 @@ def _write(directory: Path, n_tokens: int) -> Path:
 
 
 def _time(fn, seconds: float, tokens_per_call: int) -> dict[str, float]:
+    """Wall-clock tokens/s, and tokens per CPU-second of this process (robust on a shared, loaded machine)."""
     for _ in range(20):  # warm the page cache and allocator
         fn()
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - t0) < seconds:
         fn()
         n += 1
-    return {"tokens_per_s": n * tokens_per_call / elapsed, "batches": n, "seconds": elapsed}
+    cpu = time.process_time() - c0
+    return {"tokens_per_s": round(n * tokens_per_call / elapsed), "tokens_per_cpu_s": round(n * tokens_per_call / cpu),
+            "batches": n, "seconds": round(elapsed, 3)}
 
 
 def main() -> None:
@@ -56,7 +60,8 @@ def main() -> None:
     B, T = args.batch_size, args.seq_len
     results: dict[str, object] = {"benchmark": "data.loader", "batch_size": B, "seq_len": T, "tokens": args.tokens,
                                   "threads": 1, "machine": platform.machine(), "python": platform.python_version(),
-                                  "torch": torch.__version__, "numpy": np.__version__}
+                                  "torch": torch.__version__, "numpy": np.__version__,
+                                  "load_avg_1m": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         d = _write(Path(tmp) / "shards", args.tokens)
         for name, kw in {"packed": {}, "packed_doc_mask": {"doc_mask": True}, "unpacked": {"pack": False}}.items():

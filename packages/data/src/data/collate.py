@@ -26,7 +26,7 @@ def packed_batch(shards: Sequence[Shard], shard_ids: np.ndarray, starts: np.ndar
                  doc_mask: bool) -> Batch:
     T, B = seq_len, len(starts)
     rows = np.empty((B, T + 1), dtype=np.int64)  # (B, T+1)
-    mark = np.zeros((B, T + 1), dtype=np.int64)  # 1 where a new document starts inside the row
+    mark = np.zeros((B, T + 1), dtype=bool)  # True where a new document starts inside the row
     any_boundary = False
     for b in range(B):
         shard = shards[int(shard_ids[b])]
@@ -36,15 +36,15 @@ def packed_batch(shards: Sequence[Shard], shard_ids: np.ndarray, starts: np.ndar
         lo = int(np.searchsorted(off, np.uint64(st), side="right"))
         hi = int(np.searchsorted(off, np.uint64(st + T + 1), side="left"))
         if hi > lo:
-            mark[b, (off[lo:hi] - np.uint64(st)).astype(np.int64)] = 1
+            mark[b, (off[lo:hi] - np.uint64(st)).astype(np.int64)] = True
             any_boundary = True
-    doc = np.cumsum(mark, axis=1)  # (B, T+1) document number inside the row
+    doc = np.cumsum(mark, axis=1, dtype=np.int64)  # (B, T+1) document number inside the row
     input_ids = torch.from_numpy(rows[:, :-1].copy())
     labels_np = rows[:, 1:].copy()
     t = np.arange(T, dtype=np.int64)
     if doc_mask and any_boundary:
-        labels_np[mark[:, 1:] == 1] = IGNORE_INDEX
-        last_start = np.maximum.accumulate(np.where(mark[:, :T] == 1, t, 0), axis=1)
+        labels_np[mark[:, 1:]] = IGNORE_INDEX
+        last_start = np.maximum.accumulate(np.where(mark[:, :T], t, 0), axis=1)
         positions = torch.from_numpy(t - last_start)
     else:
         positions = torch.from_numpy(t).expand(B, T).contiguous()
