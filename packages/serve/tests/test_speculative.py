@@ -49,7 +49,7 @@ def test_speculative_respects_eos_and_logprobs(tiny_lm, draft):
 def test_accept_draft_samples_the_target_distribution():
     """Vectorised check of the rejection rule: the emitted token at each position is distributed as p."""
     torch.manual_seed(0)
-    V, K, N = 5, 2, 20000
+    V, K, N = 5, 2, 6000
     p = torch.softmax(torch.randn(K + 1, V) * 1.5, -1)
     q = torch.softmax(torch.randn(K, V) * 1.5, -1)
     g = torch.Generator().manual_seed(1)
@@ -60,7 +60,8 @@ def test_accept_draft_samples_the_target_distribution():
         tok = int(drafts[0]) if n >= 1 else nxt
         first[tok] += 1
     emp = first / N
-    assert torch.allclose(emp, p[0], atol=0.015), (emp, p[0])
+    assert torch.allclose(emp, p[0], atol=0.025), (emp, p[0])  # ~4 standard errors
+    assert not torch.allclose(q[0], p[0], atol=0.1)  # the draft law alone would fail
 
 
 def test_speculative_sampling_matches_target_distribution():

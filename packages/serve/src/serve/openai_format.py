@@ -9,6 +9,7 @@ is echoed; chat completions carry ``logprobs.content`` items with ``token``, ``l
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -65,8 +66,12 @@ def completion_logprobs(tok_text: TokenText, prompt_ids: Sequence[int] | None,
             top.append(None)
             return
         token_logprobs.append(lp.logprob)
-        table = {tok_text(t): v for t, v in lp.top}
-        table.setdefault(s, lp.logprob)  # OpenAI and vLLM list the chosen token too
+        # Keys are token strings, and distinct ids can decode alike (pieces of one UTF-8 character): keep the
+        # larger logprob, so max(values) is always the true top-1 (lm-eval's is_greedy relies on it).
+        table: dict[str, float] = {}
+        for t, v in [*lp.top, (token_id, lp.logprob)]:  # OpenAI and vLLM list the chosen token too
+            key = tok_text(t)
+            table[key] = max(v, table.get(key, -math.inf))
         top.append(table)
 
     if prompt_ids is not None:

@@ -1,0 +1,286 @@
+"""The OpenAI-compatible server on a real uvicorn socket: the official openai client (streaming included), httpx
+for the error cases, Prometheus metrics, the tokenizer endpoints and disconnect handling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+
+from serve.engine import Engine
+from serve.generate import generate
+from serve.loading import load_model, load_tokenizer
+from serve.server import build_app
+from specs.config import ServeConfig
+
+KEY = "sk-test-123"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_lm, tokenizer):
+    root = tmp_path_factory.mktemp("ckpt")
+    tiny_lm.save_pretrained(root / "tiny")
+    tokenizer.save(root / "tok")
+    for f in (root / "tok").iterdir():
+        shutil.copy(f, root / "tiny" / f.name)
+    return root / "tiny"
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    """(base URL, engine, model, tokenizer) of a live server with an API key, loaded through the resolver."""
+    model = load_model(checkpoint, device="cpu", dtype="fp32")
+    tok = load_tokenizer(checkpoint)
+    engine = Engine(model, tok, ServeConfig(max_batch_size=8, block_size=8, num_blocks=128))
+    app = build_app(engine, tok, model_name="tiny", api_key=KEY)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    yield f"http://127.0.0.1:{port}", engine, model, tok
+    srv.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+    assert not engine.is_running()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture()
+def http(server):
+    with httpx.Client(base_url=server[0], headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        yield c
+
+
+def _ref_text(model, tok, ids, n, **kw):
+    return generate(model, [ids], max_new_tokens=n, tokenizer=tok, return_dict=True, **kw)
+
+
+def test_models_and_greedy_completion(server, client):
+    _, _, model, tok = server
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    r = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=12, temperature=0)
+    ref = _ref_text(model, tok, tok.encode("The quick brown"), 12)
+    assert r.choices[0].text == ref.texts[0] and r.choices[0].finish_reason == ref.finish_reasons[0]
+    assert r.usage.prompt_tokens == len(tok.encode("The quick brown"))
+    assert r.usage.completion_tokens == len(ref.tokens[0])
+
+
+def test_echo_prompt_logprobs_from_token_ids(server, client):
+    _, _, model, tok = server
+    ids = tok.encode("Serving language models")
+    r = client.completions.create(model="tiny", prompt=ids, max_tokens=3, temperature=0, echo=True, logprobs=2)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + 3 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    seq = torch.tensor([ids + _ref_text(model, tok, ids, 3).tokens[0]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(seq).float(), -1)[0]
+    for t in range(1, seq.shape[1]):
+        assert math.isclose(lp.token_logprobs[t], float(logp[t - 1, seq[0, t]]), abs_tol=1e-4)
+        assert math.isclose(max(lp.top_logprobs[t].values()), float(logp[t - 1].max()), abs_tol=1e-4)
+    assert r.choices[0].text.startswith(tok.decode(ids))
+
+
+def test_n_seed_and_stop(server, client):
+    a = client.completions.create(model="tiny", prompt="The", max_tokens=8, temperature=1.0, n=2, seed=7)
+    b = client.completions.create(model="tiny", prompt="The", max_tokens=8, temperature=1.0, n=2, seed=7)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1] and a.usage.completion_tokens == 16
+    full = client.completions.create(model="tiny", prompt="The", max_tokens=16, temperature=0).choices[0].text
+    stop = full[3:5]
+    cut = client.completions.create(model="tiny", prompt="The", max_tokens=16, temperature=0, stop=[stop])
+    assert cut.choices[0].text == full[: full.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+def test_streaming_completion_and_usage(server, client):
+    whole = client.completions.create(model="tiny", prompt="lazy dog", max_tokens=10, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt="lazy dog", max_tokens=10, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_chat_completion_and_streaming(server, client):
+    _, _, model, tok = server
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello fox"}]
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=9, temperature=0, logprobs=True,
+                                       top_logprobs=2)
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    ref = _ref_text(model, tok, ids, 9)
+    assert r.choices[0].message.content == ref.texts[0] and r.choices[0].message.role == "assistant"
+    assert r.usage.prompt_tokens == len(ids)
+    assert len(r.choices[0].logprobs.content) == len(ref.tokens[0])
+    assert len(r.choices[0].logprobs.content[0].top_logprobs) == 2
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=9, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.texts[0]
+    assert chunks[-1].usage.total_tokens == len(ids) + len(ref.tokens[0])
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_concurrent_clients_share_the_engine(server, client):
+    _, _, model, tok = server
+    prompts = ["The quick", "brown fox", "Naïve café", "東京 ✓", "decoding tokens", "memory early"]
+
+    def ask(p):
+        return client.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0).choices[0].text
+
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(ask, prompts))
+    assert got == [_ref_text(model, tok, tok.encode(p), 10).texts[0] for p in prompts]
+
+
+def test_tokenizer_endpoints(http, server):
+    tok = server[3]
+    r = http.post("/tokenize", json={"prompt": "The quick<|eos|>", "add_special_tokens": False}).json()
+    assert r["tokens"] == tok.encode("The quick") + [tok.eos_id] and r["count"] == len(r["tokens"])
+    assert http.post("/detokenize", json={"tokens": tok.encode("brown fox")}).json() == {"prompt": "brown fox"}
+    info = http.get("/tokenizer_info").json()
+    assert info["eos_token"] == "<|eos|>" and "im_start" in info["chat_template"]
+
+
+def test_health_and_prometheus_metrics(server):
+    base = server[0]
+    assert httpx.get(base + "/health").json() == {"status": "ok"}  # no key needed
+    text = httpx.get(base + "/metrics").text
+    for name in ("lmstack:generation_tokens_total", "lmstack:kv_cache_usage_perc",
+                 "lmstack:time_to_first_token_seconds_bucket", "lmstack:http_requests_total",
+                 'lmstack:request_success_total{finished_reason="length",model_name="tiny"}'):
+        assert name in text, name
+
+
+def _err(resp, status, code=None, param=None):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+def test_errors_are_openai_json_and_never_kill_the_server(server, http):
+    base = server[0]
+    _err(httpx.post(base + "/v1/completions", json={"model": "tiny", "prompt": "x"}), 401, "invalid_api_key")
+    _err(httpx.post(base + "/v1/completions", json={}, headers={"Authorization": "Bearer nope"}), 401)
+    _err(http.post("/v1/completions", content=b"{not json", headers={"Content-Type": "application/json"}), 400,
+         "invalid_json")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "temprature": 1}), 400,
+         "unknown_parameter", "temprature")
+    _err(http.post("/v1/completions", json={"prompt": "x"}), 400, "missing_required_parameter", "model")
+    _err(http.post("/v1/completions", json={"model": "gpt-9", "prompt": "x"}), 404, "model_not_found")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "temperature": 5}), 400, None,
+         "temperature")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": -1}), 400, None,
+         "max_tokens")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": [1] * 300}), 400, "context_length_exceeded")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1000}), 400,
+         "context_length_exceeded")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": [5, 100000]}), 400, None, "prompt")
+    _err(http.post("/v1/chat/completions", json={"model": "tiny", "messages": []}), 400, None, "messages")
+    _err(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}),
+         400)
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "stream_options": {}}), 400)
+    _err(http.post("/v1/completions", json=["not", "an", "object"]), 400)
+    _err(http.get("/v1/nothing"), 404)
+    _err(http.get("/v1/completions"), 405)
+    assert http.get("/health").status_code == 200
+    ok = http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2, "temperature": 0})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_openai_client_sees_typed_errors(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=1)
+    with pytest.raises(openai.BadRequestError, match="context length"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=5000)
+
+
+def test_busy_engine_answers_429(tiny_lm, tokenizer):
+    engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=16), max_waiting=0)
+    app = build_app(engine, tokenizer, model_name="tiny")
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+
+    _err(asyncio.run(go()), 429, "rate_limit_exceeded")
+
+
+def test_disconnect_mid_stream_frees_blocks(server, http):
+    engine = server[1]
+    body = {"model": "tiny", "prompt": "The quick", "max_tokens": 200, "temperature": 0, "stream": True,
+            "ignore_eos": True}
+    free = engine.num_blocks
+    with http.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        data = [line for line in (next(lines) for _ in range(6)) if line.startswith("data: ")]
+        assert json.loads(data[0][6:])["object"] == "text_completion"
+        assert engine.cache.num_free_blocks() < free
+    deadline = time.monotonic() + 20
+    while (engine.cache.num_free_blocks() < free or engine.running) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.cache.num_free_blocks() == free and not engine.running
+    assert engine.stats.finished.get("abort", 0) >= 1
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    from serve.__main__ import main
+
+    assert main(["--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model:") and "not a directory" in err
+
+
+def test_cli_serves_a_checkpoint(checkpoint):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", str(checkpoint), "--port", str(port),
+                             "--model-name", "cli", "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.2)
+        r = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0).completions.create(
+            model="cli", prompt="The", max_tokens=3, temperature=0)
+        assert r.choices[0].finish_reason in ("stop", "length") and r.model == "cli"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
