@@ -144,3 +144,10 @@ def test_cli_check_prints_and_errors_exit_2(tmp_path):
 def test_specs_imports_without_torch():
     code = "import sys, specs, specs.io, specs.cli, specs.metadata; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_config_error_pickles():
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ConfigError("a.b", "bad")))
+    assert isinstance(e, ConfigError) and e.path == "a.b" and str(e) == "a.b: bad"

@@ -23,6 +23,9 @@ class ConfigError(LmstackError, ValueError):
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across process pools
+        return (type(self), (self.path, self.message))
+
 
 class ShapeError(LmstackError, ValueError):
     """A tensor whose shape or dtype disagrees with its TensorSpec."""
