@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import REPO, subprocess_env
 
 import dist
@@ -75,12 +76,13 @@ def test_config_errors_stop_before_any_work(tmp_path, capsys):
 
 
 def test_missing_dataset_and_unwritable_output(tmp_path, capsys):
-    assert cli(["--config", DEBUG, "--data.path", str(tmp_path / "no-shards"), "--train.out_dir", str(tmp_path / "o")]) == 2
+    o = str(tmp_path / "o")
+    assert cli(["--config", DEBUG, "--data.path", str(tmp_path / "no-shards"), "--train.out_dir", o]) == 2
     assert "data.path" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     assert cli(["--config", DEBUG, "--train.out_dir", str(tmp_path / "file" / "run")]) == 2
     assert "train.out_dir" in capsys.readouterr().err
-    assert cli(["--config", DEBUG, "--train.resume", str(tmp_path / "nope"), "--train.out_dir", str(tmp_path / "o")]) == 2
+    assert cli(["--config", DEBUG, "--train.resume", str(tmp_path / "nope"), "--train.out_dir", o]) == 2
     assert "train.resume" in capsys.readouterr().err
 
 
@@ -91,6 +93,17 @@ def test_world_size_must_divide_the_global_batch(tmp_path):
     with pytest.raises(ConfigError, match="train.grad_accum"):
         preflight(cfg.replace(train=cfg.train.replace(grad_accum=3)), dist.DistEnv(world_size=2))
     preflight(cfg, dist.DistEnv(world_size=4))
+
+
+def test_bf16_where_it_cannot_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    cfg = load_config(DEBUG, overrides=["--dist.precision", "bf16", "--train.out_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="dist.precision: bf16 needs .*Tesla T4 is 7.5.*fp16"):
+        preflight(cfg, dist.DistEnv(device=torch.device("cuda", 0)))
+    with pytest.raises(ConfigError, match="conflicts with train.precision"):
+        preflight(cfg.replace(train=cfg.train.replace(precision="fp16")), dist.DistEnv())
 
 
 def test_model_vocabulary_must_cover_the_tokenizer(tmp_path, capsys):

@@ -30,7 +30,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint import CheckpointException, HuggingFaceStorageReader, HuggingFaceStorageWriter
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -123,9 +123,9 @@ def _load(state: dict[str, torch.Tensor], directory: Path, what: str) -> None:
     try:
         with _single_process_ok():
             dcp.load(state, storage_reader=reader)
-    except Exception as exc:  # DCP wraps per-rank failures in CheckpointException; keep the first line
-        first = str(exc).strip().splitlines()
-        raise CheckpointError(f"{directory}: cannot load {what}: {first[-1] if first else type(exc).__name__}") from exc
+    except (Exception, CheckpointException) as exc:  # DCP's CheckpointException (a BaseException) wraps each rank's
+        lines = str(exc).strip().splitlines()  # traceback; its last line is the underlying error
+        raise CheckpointError(f"{directory}: cannot load {what}: {lines[-1] if lines else type(exc).__name__}") from exc
 
 
 # ---- optimizer ------------------------------------------------------------------------------------------------

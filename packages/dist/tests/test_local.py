@@ -1,0 +1,150 @@
+"""In-process tests: block discovery, activation checkpointing, devices, precision checks, clipping, DCP state."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import Net, batches, groups, loss_fn
+
+import dist
+from dist.blocks import find_block_list, has_activation_checkpointing
+from specs.config import DistConfig
+from specs.errors import ConfigError
+
+ONE = dist.DistEnv()
+
+
+def test_find_blocks_picks_the_repeated_block_list():
+    net = Net()
+    assert find_block_list(net) is net.layers
+    assert dist.find_blocks(torch.nn.Linear(2, 2)) == []
+
+
+def test_activation_checkpointing_keeps_keys_outputs_and_grads():
+    torch.manual_seed(0)
+    a = Net()
+    b = copy.deepcopy(a)
+    assert dist.apply_activation_checkpointing(b) == 3 and has_activation_checkpointing(b)
+    assert list(a.state_dict()) == list(b.state_dict())
+    rows = batches(1)[0]
+    la, lb = loss_fn(a, rows), loss_fn(b, rows)
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    with pytest.raises(ValueError, match="no nn.ModuleList"):
+        dist.apply_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_apply_without_process_group_and_plain():
+    with pytest.raises(ConfigError, match="dist.strategy.*torchrun"):
+        dist.apply(Net(), DistConfig(strategy="DDP"), "cpu")
+    net = Net()
+    out = dist.apply(net, DistConfig(grad_ckpt=True), "cpu", compile=False)
+    assert out is net and has_activation_checkpointing(net)
+    with pytest.raises(ConfigError, match="dist.grad_ckpt"):
+        dist.apply(torch.nn.Linear(2, 2), DistConfig(grad_ckpt=True), "cpu")
+
+
+def test_devices_and_backends(monkeypatch):
+    assert dist.select_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist.select_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device.*CUDA is not available"):
+        dist.select_device("cuda")
+    with pytest.raises(ConfigError, match="train.device.*not a torch device"):
+        dist.select_device("gpu0")
+    env = dist.init(DistConfig(), "cpu")  # no torchrun, no strategy: one process, no group
+    assert env == dist.DistEnv() and not env.initialized and env.is_main
+    assert dist.any_rank(env, True) and not dist.any_rank(env, False)
+    assert dist.broadcast_json(env, {"a": [1]}) == {"a": [1]}
+    with pytest.raises(ConfigError, match="dist.backend.*nccl"):
+        dist.env._backend(DistConfig(backend="nccl"), torch.device("cpu"))
+
+
+def test_precision_checks(monkeypatch):
+    assert dist.check_precision("bf16", torch.device("cpu")) is torch.bfloat16
+    assert dist.check_precision("fp16", torch.device("cpu")) is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    with pytest.raises(ConfigError, match=r"dist.precision: bf16 needs .* Tesla V100-SXM2-16GB is 7.0"):
+        dist.check_precision("bf16", torch.device("cuda", 0), "dist.precision")
+    assert dist.why_unsupported("fp16", torch.device("cuda", 0)) is None
+    with pytest.raises(ConfigError, match="unknown precision"):
+        dist.dtype_of("fp8")
+
+
+def test_clip_grad_norm_matches_torch():
+    torch.manual_seed(0)
+    a = Net()
+    b = copy.deepcopy(a)
+    rows = batches(1)[0]
+    loss_fn(a, rows).backward()
+    loss_fn(b, rows).backward()
+    got = dist.clip_grad_norm_(list(a.parameters()), 0.5)
+    want = torch.nn.utils.clip_grad_norm_(list(b.parameters()), 0.5)
+    torch.testing.assert_close(got, want)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert float(dist.grad_total_norm(a.parameters())) == pytest.approx(0.5, rel=1e-4)
+
+
+def test_gradient_sync_is_a_no_op_for_plain_modules():
+    net = Net()
+    with dist.gradient_sync(net, False):
+        pass
+    opt = dist.build_optimizer(DistConfig(), torch.optim.AdamW, groups(net), lr=1e-3)
+    assert type(opt) is torch.optim.AdamW and len(opt.param_groups) == 2
+
+
+def train_steps(model, opt, rows_list):
+    out = []
+    for rows in rows_list:
+        loss = loss_fn(model, rows)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        out.append(loss.item())
+    return out
+
+
+def test_state_round_trip_continues_exactly(tmp_path):
+    data = batches(6)
+    torch.manual_seed(0)
+    ref = Net()
+    ref_opt = torch.optim.AdamW(groups(ref), lr=1e-2)
+    ref_losses = train_steps(ref, ref_opt, data)
+
+    torch.manual_seed(0)
+    a = Net()
+    dist.apply_activation_checkpointing(a)  # wrapped modules still save plain names
+    opt = torch.optim.AdamW(groups(a), lr=1e-2)
+    train_steps(a, opt, data[:3])
+    path = dist.save_model(a, tmp_path, ONE)
+    rest = dist.save_optimizer(a, opt, tmp_path, ONE)
+    assert path.name == "model.safetensors" and not (tmp_path / ".model-dcp").exists()
+    assert rest["param_groups.layers.0.up.weight.lr"] == 1e-2
+    assert not list(tmp_path.rglob(".metadata"))  # no pickled DCP metadata anywhere
+
+    torch.manual_seed(1)
+    b = Net()
+    opt_b = torch.optim.AdamW(groups(b), lr=1e-2)
+    dist.load_model(b, tmp_path)
+    dist.load_optimizer(b, opt_b, tmp_path, rest)
+    assert train_steps(b, opt_b, data[3:]) == ref_losses[3:]
+
+
+def test_state_errors(tmp_path):
+    net = Net()
+    with pytest.raises(dist.CheckpointError, match="no \\*.safetensors"):
+        dist.load_model(net, tmp_path)
+    dist.save_model(net, tmp_path, ONE)
+    with pytest.raises(dist.CheckpointError, match="cannot load model weights"):
+        dist.load_model(Net(n_layers=4), tmp_path)  # a block the checkpoint does not have
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(dist.CheckpointError, match="not a readable safetensors file"):
+        dist.load_model(net, tmp_path)

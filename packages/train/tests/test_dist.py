@@ -1,0 +1,80 @@
+"""Two gloo processes (torchrun): DDP, FSDP2 and ZeRO-1 training matches one process on the same global batches,
+and checkpoints move between world sizes (2 ranks -> 1 process and 1 process -> 2 ranks under FSDP).
+The seed's torchrun command runs on the debug config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from common import make_trainer
+from conftest import HERE, REPO, Recorder, subprocess_env
+
+import dist
+
+pytestmark = pytest.mark.dist
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=subprocess_env(), cwd=REPO)
+
+
+def close(a: dict, b: dict, steps) -> None:
+    for s in steps:
+        assert a[s] == pytest.approx(b[s], rel=2e-4, abs=1e-5), (s, a, b)
+
+
+def test_strategies_match_one_process_and_checkpoints_cross_world_sizes(tmp_path):
+    one = dist.DistEnv()
+    rec = Recorder()
+    make_trainer(tmp_path / "single", "none", one, rec).fit()
+    ref = rec.losses()
+    part = make_trainer(tmp_path / "single_part", "none", one)
+    part.fit(steps=3)
+    single_ckpt = tmp_path / "single_part" / "checkpoints" / "step_00000003"
+
+    proc = torchrun(str(HERE / "dist_worker.py"), str(tmp_path), str(single_ckpt))
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    raw = json.loads((tmp_path / "result.json").read_text())
+    result = {k: {int(s): v for s, v in d.items()} for k, d in raw.items()}
+    for strategy in ("DDP", "FSDP", "ZeRO1"):
+        assert sorted(result[strategy]) == [1, 2, 3, 4, 5, 6]
+        close(result[strategy], ref, range(1, 7))
+    close(result["FSDP_from_single"], ref, range(4, 7))  # 1 process -> 2 ranks
+
+    fsdp_ckpt = tmp_path / "FSDP" / "checkpoints" / "step_00000003"
+    shards = sorted(p.name for p in (fsdp_ckpt / "optimizer").glob("*.safetensors"))
+    assert len(shards) == 2  # each rank wrote its own optimizer shard
+    for strategy in ("FSDP", "ZeRO1"):  # 2 ranks -> 1 process, also across strategies
+        rec = Recorder()
+        trainer = make_trainer(tmp_path / f"from_{strategy}", "none", one, rec)
+        trainer.resume(str(tmp_path / strategy / "checkpoints" / "step_00000003"))
+        trainer.fit()
+        close(rec.losses(), ref, range(4, 7))
+
+
+def test_seed_command_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun("-m", "train.run", "--config", "cfgs/debug.yaml",
+                    "--dist.strategy", "FSDP", "--dist.precision", "bf16", "--dist.grad_ckpt", "true",
+                    "--viz.backend", "csv", "--viz.profile_every_n_steps", "500",
+                    "--train.steps", "3", "--train.out_dir", str(out), "--data.seq_len", "32",
+                    "--train.eval_every", "0", "--train.log_every", "1", "--train.callbacks", "")
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "2 rank(s)" in proc.stderr and "strategy FSDP, precision bf16" in proc.stderr
+    ckpt = out / "checkpoints" / "step_00000003"
+    assert len(list((ckpt / "optimizer").glob("*.safetensors"))) == 2
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["strategy"] == "FSDP"
+    # resume it in one process without FSDP
+    from train.run import cli
+
+    rc = cli(["--config", str(REPO / "cfgs" / "debug.yaml"), "--train.steps", "4", "--train.out_dir", str(out),
+              "--data.seq_len", "32", "--train.eval_every", "0", "--train.callbacks", "", "--resume", "auto"])
+    assert rc == 0
+    assert (out / "checkpoints" / "step_00000004" / "model.safetensors").is_file()
+    assert Path(out / "logs" / "scalars.csv").is_file()
