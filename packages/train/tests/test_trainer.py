@@ -185,6 +185,7 @@ def test_metrics_and_callbacks(tmp_path):
         assert m["tokens_per_s"] > 0 and m["grad_norm"] > 0 and "mfu" not in m  # CPU: MFU unknown
     assert metrics["mfu"] is None and metrics["lr"] == pytest.approx(1e-2)
     assert [s for s, _ in rec.evals] == [3, 6]
+    assert trainer.evaluate() == trainer.evaluate()  # the same batches each time (the loader is rewound)
     assert rec.evals[0][1]["ppl"] == pytest.approx(math.exp(rec.evals[0][1]["loss"]))
     assert [p.rsplit("_", 1)[1] for p in rec.checkpoints] == ["00000004", "00000006"] and rec.ended == 1
 

@@ -147,6 +147,7 @@ class Trainer:
         self._reset_window()
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self._progress: Progress | None = None
+        self._eval_start: dict[int, Any] = {}
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -325,6 +326,10 @@ class Trainer:
         if loader is None:
             raise ConfigError("data.val_fraction",
                               "no evaluation data: set data.val_fraction > 0 or pass eval_dataloader")
+        if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict"):
+            # Every evaluation reads the same batches: rewind a resumable loader to where the first one started.
+            start = self._eval_start.setdefault(id(loader), loader.state_dict())
+            loader.load_state_dict(start)
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -341,7 +346,9 @@ class Trainer:
             both = torch.stack([loss_sum, count])
             tdist.all_reduce(both)
             loss_sum, count = both[0], both[1]
-        value = (loss_sum / count.clamp(min=1)).item()
+        if count.item() == 0:
+            raise ConfigError("data.val_fraction", "the evaluation data has no target tokens; raise data.val_fraction")
+        value = (loss_sum / count).item()
         metrics = {"loss": value, "ppl": math.exp(min(value, 700.0))}
         if self._progress is not None:
             self._progress.write(f"eval at step {self.global_step}: loss {value:.4f} | ppl {metrics['ppl']:.2f}")
