@@ -148,3 +148,23 @@ def test_state_errors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(dist.CheckpointError, match="not a readable safetensors file"):
         dist.load_model(net, tmp_path)
+
+
+def test_tied_weights_are_stored_once(tmp_path):
+    from safetensors.torch import load_file
+
+    def tied():
+        net = Net()
+        net.head = torch.nn.Linear(16, 32, bias=False)
+        net.head.weight = net.emb.weight  # (32, 16) shared, as in GPT-2
+        return net
+
+    torch.manual_seed(0)
+    a = tied()
+    assert dist.state.tied_aliases(a) == {"head.weight": "emb.weight"}
+    dist.save_model(a, tmp_path, ONE)
+    assert "head.weight" not in load_file(tmp_path / "model.safetensors")  # one copy, as HF checkpoints hold
+    torch.manual_seed(1)
+    b = tied()
+    dist.load_model(b, tmp_path)
+    assert torch.equal(b.emb.weight, a.emb.weight) and b.head.weight is b.emb.weight

@@ -12,7 +12,7 @@ from conftest import Recorder, TinyLM, TokenLoader
 from specs.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError, PluginError
 from train import Trainer, TrainingError
-from train.trainer import as_batch
+from train.loss import as_batch
 
 
 def tcfg(tmp_path, **kw) -> TrainConfig:

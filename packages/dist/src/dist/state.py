@@ -75,10 +75,25 @@ def _tensors_only(sd: dict[str, Any], what: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """``{alias: name}`` for parameters registered under several names (tied embeddings: ``lm_head.weight`` ->
+    ``model.embed_tokens.weight``). Only the first name is stored, as Hugging Face checkpoints do."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        name = clean_fqn(name)
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
 def save_model(model: nn.Module, directory: str | os.PathLike[str], env: DistEnv) -> Path:
     """Write ``directory/model.safetensors`` (full weights) from every rank's shards. All ranks must call."""
     directory = Path(directory)
-    sd = _tensors_only(get_model_state_dict(model), "model")
+    aliases = tied_aliases(model)
+    sd = {k: v for k, v in _tensors_only(get_model_state_dict(model), "model").items() if k not in aliases}
     work = directory / ".model-dcp"
     if env.is_main:
         shutil.rmtree(work, ignore_errors=True)
@@ -100,9 +115,11 @@ def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> None:
     """Fill ``model`` (plain, DDP or FSDP-sharded) from the ``*.safetensors`` weights in ``directory``."""
     directory = Path(directory)
     _check_safetensors(directory, "model weights")
-    sd = _tensors_only(get_model_state_dict(model), "model")
+    aliases = tied_aliases(model)
+    full = _tensors_only(get_model_state_dict(model), "model")
+    sd = {k: v for k, v in full.items() if k not in aliases}
     _load(sd, directory, "model weights")
-    set_model_state_dict(model, sd)
+    set_model_state_dict(model, {**sd, **{alias: sd[name] for alias, name in aliases.items() if alias in full}})
 
 
 def _check_safetensors(directory: Path, what: str) -> list[Path]:

@@ -20,7 +20,8 @@ from specs.config import RunConfig
 from specs.errors import ConfigError
 from specs.plugins import resolve
 from train import checkpoint
-from train.trainer import as_batch, resolve_precision
+from train.loss import as_batch
+from train.trainer import resolve_precision
 
 
 class RankSlice:

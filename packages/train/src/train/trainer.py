@@ -24,12 +24,11 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as tdist
-import torch.nn.functional as F
 from torch import nn
 
 import dist
@@ -40,6 +39,7 @@ from train import checkpoint
 from train.callbacks import CallbackList, plugin_callbacks
 from train.errors import TrainingError, TrainingInterrupted
 from train.flops import flops_per_token, matmul_params, mfu, peak_flops
+from train.loss import LossModule, as_batch
 from train.metadata import RunInfo
 from train.optim import build_optimizer
 from train.progress import Progress
@@ -47,21 +47,6 @@ from train.schedule import build_scheduler
 from train.signals import StopSignals
 
 logger = logging.getLogger("train")
-
-
-class LossModule(nn.Module):
-    """Routes ``forward`` to ``model.loss`` so DDP/FSDP hooks (which run on ``forward``) see the loss computation."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self._has_loss = callable(getattr(model, "loss", None))
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, **kw: torch.Tensor) -> torch.Tensor:
-        if self._has_loss:
-            return self.model.loss(input_ids, labels, **kw)
-        logits = self.model(input_ids, **kw)  # (B, T, V)
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
 
 
 def _split_config(cfg: Any) -> tuple[RunConfig | None, TrainConfig, DistConfig, DataConfig]:
@@ -82,25 +67,6 @@ def resolve_precision(train: TrainConfig, dist_cfg: DistConfig) -> tuple[str, st
     if dist_cfg.precision != "fp32":
         return dist_cfg.precision, "dist.precision"
     return train.precision, "train.precision"
-
-
-def as_batch(batch: Any) -> Batch:
-    """A specs Batch from a Batch, a mapping with ``input_ids`` (and ``labels``...), a tuple or a tensor."""
-    if isinstance(batch, Batch):
-        b = batch
-    elif isinstance(batch, Mapping):
-        b = Batch(**{k: v for k, v in batch.items() if k in ("input_ids", "labels", "attention_mask", "positions",
-                                                              "document_ids")})
-    elif isinstance(batch, (tuple, list)):
-        b = Batch(*batch)
-    elif isinstance(batch, torch.Tensor):
-        b = Batch(input_ids=batch)
-    else:
-        raise TypeError(f"cannot train on a {type(batch).__name__}; expected a specs.batch.Batch")
-    if b.labels is None:  # next-token targets of the ids themselves; the last position has none
-        ignore = torch.full_like(b.input_ids[:, :1], IGNORE_INDEX)
-        b = Batch(**{**b.as_dict(), "labels": torch.cat([b.input_ids[:, 1:], ignore], dim=1)})
-    return b
 
 
 class Trainer:
