@@ -62,9 +62,9 @@ def bits_per_byte_from_loss(loss: float, n_tokens: int, n_bytes: int) -> float:
 
 def text_bits_per_byte(model: Any, tokenizer: Any, text: str, *, max_length: int | None = None,
                        batch_size: int = 8) -> float:
-    """Bits per byte of ``text`` under ``model``: rolling log-likelihood with the tokenizer's EOS (or BOS) as the
-    first token's context."""
-    prefix = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.bos_id
+    """Bits per byte of ``text`` under ``model``: rolling log-likelihood with the tokenizer's BOS (else EOS) as the
+    first token's context, as lm-eval's HFLM does."""
+    prefix = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if prefix is None:
         raise ConfigError("tokenizer", "needs an EOS or BOS token to condition the first token on")
     ll = loglikelihood_rolling(model, tokenizer.encode(text), prefix_token=prefix, max_length=max_length,
