@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import Net, batches, groups, loss_fn
+from dist_testing import Net, batches, groups, loss_fn
 
 import dist
 from dist.blocks import find_block_list, has_activation_checkpointing

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from conftest import HERE, Net, batches, groups, subprocess_env
-from worker import ACCUM
+from dist_testing import HERE, Net, batches, groups, subprocess_env
+from mp_worker import ACCUM
 
 import dist
 
@@ -50,7 +50,7 @@ def reference(tmp_path):
 def test_strategies_and_state_across_world_sizes(tmp_path):
     ref = reference(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "worker.py"), str(tmp_path)]
+           str(HERE / "mp_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-6000:]
     res = json.loads((tmp_path / "result.json").read_text())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Recorder, TinyLM, TokenLoader
 from safetensors.torch import load_file
+from train_testing import Recorder, TinyLM, TokenLoader
 
 import dist
 from specs.config import DataConfig, RunConfig, TrainConfig

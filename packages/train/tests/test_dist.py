@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from common import make_trainer
-from conftest import HERE, REPO, Recorder, subprocess_env
+from train_common import make_trainer
+from train_testing import HERE, REPO, Recorder, subprocess_env
 
 import dist
 
@@ -37,7 +37,7 @@ def test_strategies_match_one_process_and_checkpoints_cross_world_sizes(tmp_path
     part.fit(steps=3)
     single_ckpt = tmp_path / "single_part" / "checkpoints" / "step_00000003"
 
-    proc = torchrun(str(HERE / "dist_worker.py"), str(tmp_path), str(single_ckpt))
+    proc = torchrun(str(HERE / "trainer_worker.py"), str(tmp_path), str(single_ckpt))
     assert proc.returncode == 0, proc.stderr[-6000:]
     raw = json.loads((tmp_path / "result.json").read_text())
     result = {k: {int(s): v for s, v in d.items()} for k, d in raw.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyLM
+from train_testing import TinyLM
 
 from specs.config import TrainConfig
 from train.optim import Lion, build_optimizer, param_groups

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, subprocess_env
+from train_testing import REPO, subprocess_env
 
 import dist
 from specs.config import ModelConfig, RunConfig
@@ -88,11 +88,14 @@ def test_missing_dataset_and_unwritable_output(tmp_path, capsys):
 
 def test_world_size_must_divide_the_global_batch(tmp_path):
     cfg = load_config(DEBUG, overrides=["--data.batch_size", "8", "--train.out_dir", str(tmp_path)])
+    ddp = cfg.replace(dist=cfg.dist.replace(strategy="DDP"))
     with pytest.raises(ConfigError, match="data.batch_size.*world size 3"):
-        preflight(cfg, dist.DistEnv(world_size=3))
+        preflight(ddp, dist.DistEnv(world_size=3))
     with pytest.raises(ConfigError, match="train.grad_accum"):
-        preflight(cfg.replace(train=cfg.train.replace(grad_accum=3)), dist.DistEnv(world_size=2))
-    preflight(cfg, dist.DistEnv(world_size=4))
+        preflight(ddp.replace(train=cfg.train.replace(grad_accum=3)), dist.DistEnv(world_size=2))
+    with pytest.raises(ConfigError, match="dist.strategy.*unsynchronised"):
+        preflight(cfg, dist.DistEnv(world_size=4))
+    preflight(cfg.replace(dist=cfg.dist.replace(strategy="DDP")), dist.DistEnv(world_size=4))
 
 
 def test_bf16_where_it_cannot_run(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import Recorder, TinyLM, TokenLoader
+from train_testing import Recorder, TinyLM, TokenLoader
 
 from specs.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError, PluginError

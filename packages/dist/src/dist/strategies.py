@@ -52,8 +52,6 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
         compile_blocks(model)
     if strategy == "FSDP":
         return _apply_fsdp(model, cfg, device, precision or cfg.precision)
-    if cfg.cpu_offload:
-        raise ConfigError("dist.cpu_offload", f"needs strategy 'FSDP', got {strategy!r}")
     model.to(device)
     if strategy in ("DDP", "ZeRO1"):
         ids = [device.index] if device.type == "cuda" else None

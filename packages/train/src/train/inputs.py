@@ -73,6 +73,9 @@ def check_writable(out_dir: str) -> None:
 def preflight(cfg: RunConfig, env: dist.DistEnv) -> None:
     """Every check that needs no data or model, so a bad run stops before doing work."""
     rows, world, accum = cfg.data.batch_size, env.world_size, cfg.train.grad_accum
+    if world > 1 and cfg.dist.strategy == "none":
+        raise ConfigError("dist.strategy", f"'none' with {world} processes would train {world} unsynchronised copies; "
+                                           "choose DDP, FSDP or ZeRO1")
     if rows % world:
         raise ConfigError("data.batch_size",
                           f"the global batch of {rows} rows does not divide over world size {world}; "

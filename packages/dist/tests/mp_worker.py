@@ -1,5 +1,5 @@
 """Run by test_multiprocess.py under ``torchrun --nproc_per_node=2`` (gloo): a plain training loop under each
-strategy, and DCP state moving between one process and two ranks. Usage: worker.py OUT_DIR"""
+strategy, and DCP state moving between one process and two ranks. Usage: mp_worker.py OUT_DIR"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as tdist
-from conftest import Net, batches, groups, loss_fn
+from dist_testing import Net, batches, groups, loss_fn
 
 import dist
 from specs.config import DistConfig

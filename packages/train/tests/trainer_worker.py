@@ -1,6 +1,6 @@
 """Run by test_dist.py under ``torchrun --nproc_per_node=2``: the Trainer under DDP, FSDP and ZeRO-1 on gloo.
 
-Usage: dist_worker.py OUT_DIR SINGLE_CKPT. Writes OUT_DIR/result.json on rank 0 with the per-step losses of each
+Usage: trainer_worker.py OUT_DIR SINGLE_CKPT. Writes OUT_DIR/result.json on rank 0 with the per-step losses of each
 strategy (every strategy sees the same global batches), and OUT_DIR/<strategy>/checkpoints from 2 ranks.
 """
 
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
-from common import make_trainer
-from conftest import Recorder
+from train_common import make_trainer
+from train_testing import Recorder
 
 import dist
 from specs.config import DistConfig

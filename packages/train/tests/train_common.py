@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from conftest import TokenLoader
+from train_testing import TokenLoader
 
 import dist
 from specs.config import DataConfig, DistConfig, RunConfig, TrainConfig
