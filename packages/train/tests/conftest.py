@@ -10,9 +10,12 @@ from train_testing import TinyLM
 
 
 @pytest.fixture(autouse=True)
-def _quiet_and_threads(caplog: pytest.LogCaptureFixture) -> None:
+def _quiet_and_threads(caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, logger="train")
     torch.set_num_threads(1)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield  # train.deterministic flips a process-wide torch switch; give the next test the state it had
+    torch.use_deterministic_algorithms(deterministic)
 
 
 @pytest.fixture

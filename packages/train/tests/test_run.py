@@ -50,6 +50,8 @@ def test_debug_run_writes_loadable_checkpoints_and_logs(tmp_path):
     md = json.loads((last / "metadata.json").read_text())
     assert md["data"]["manifest_sha256"] and md["data"]["shards"] and md["tokenizer"]["spec"] == "byte"
     assert md["command"][:3] == ["python", "-m", "train.run"]
+    assert len(md["git"]["commit"]) == 40 and md["environment"]["torch"]  # run from inside the lmstack repository
+    assert md["tokenizer"]["sha256"] == load_tokenizer("byte").fingerprint()
     assert sorted(losses(out)) == [1, 2, 3, 4]
     assert (out / "config.yaml").is_file()
 
