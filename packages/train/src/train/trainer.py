@@ -114,6 +114,7 @@ class Trainer:
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self._progress: Progress | None = None
         self._eval_start: dict[int, Any] = {}
+        self.model.train()  # evaluate() switches back after itself
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -179,7 +180,6 @@ class Trainer:
         rows = b.shape[0]
         if rows % accum:
             raise ConfigError("train.grad_accum", f"a batch of {rows} rows does not split into {accum} micro-batches")
-        self.model.train()
         n_target = (b.labels != IGNORE_INDEX).sum()
         total = n_target.clamp(min=1).to(torch.float32)
         loss_sum = torch.zeros((), device=self.device)
