@@ -48,7 +48,12 @@ class TransformerLM(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        init_weights(self, cfg)
+        self.init_weights()
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """(Re)initialise every parameter by ``config.init`` (:func:`tensor.init.init_weights`); for meta-device
+        construction (``to_empty`` after FSDP sharding) too."""
+        init_weights(self, self.config, generator=generator)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 attn_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
