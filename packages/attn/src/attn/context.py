@@ -7,6 +7,10 @@ for that row (cached or new) and the row's new tokens sit at slots ``seq_lens[b]
 of different lengths (paged or evicted rows), left padding and chunked prefill all use one rule. Token positions
 (RoPE, ALiBi, learned embeddings) skip padding, exactly as transformers' ``generate()`` computes them.
 
+A fixed-shape cache (``cache.fixed_shape``, :class:`~attn.cache.fixed.FixedKVCache`) keeps its lengths on the device
+and hands every layer its whole buffer, so S is its ``max_seq_len`` and the mask always carries the lengths: the
+context is then built without reading anything back to the host, and a decode step can be graph-captured.
+
 When every row has the same length and nothing else masks (plain causal training, prefill, decode of an unpadded
 batch) the mask is None and the kernel is told ``causal=True`` (bottom-right aligned) instead, so SDPA and flash
 kernels take their fast paths.
@@ -59,14 +63,21 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
     env = _BT.check(input_ids_BT, "input_ids")
     B, T = env["B"], env["T"]
     device = input_ids_BT.device
-    lens = [0] * B
-    if cache is not None:
-        lens = cache.seq_lens.tolist()
-        if len(lens) != B:
-            raise ShapeError(f"input_ids has B={B} rows but the cache has {len(lens)} active rows")
-    S = max(lens, default=0) + T
-    uniform = all(n == lens[0] for n in lens)
-    lens_B = torch.tensor(lens, device=device)
+    fixed = getattr(cache, "fixed_shape", False)
+    if fixed:  # device lengths, whole-buffer keys: no host sync, same shapes every step (CUDA graphs)
+        lens_B = cache.seq_lens
+        if lens_B.shape[0] != B:
+            raise ShapeError(f"input_ids has B={B} rows but the cache has {lens_B.shape[0]} rows")
+        S, uniform = cache.max_seq_len, False
+    else:
+        lens = [0] * B
+        if cache is not None:
+            lens = cache.seq_lens.tolist()
+            if len(lens) != B:
+                raise ShapeError(f"input_ids has B={B} rows but the cache has {len(lens)} active rows")
+        S = max(lens, default=0) + T
+        uniform = all(n == lens[0] for n in lens)
+        lens_B = torch.tensor(lens, device=device)
     q_slot_BT = lens_B[:, None] + torch.arange(T, device=device)
 
     valid_BS = tok_pos_BS = None
@@ -81,7 +92,7 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
         positions = positions.to(device=device, dtype=torch.int64)
     if document_ids is not None:
         _BT.check(document_ids, "document_ids", B=B, T=T)
-        if S != T:
+        if S != T or fixed:
             raise ConfigError("document_ids", "packed-document masks need an empty cache (training or a first "
                               f"prefill), but the cache already holds {S - T} tokens")
         document_ids = document_ids.to(device)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attn.cache import PagedKVCache, StaticKVCache
+from attn.cache import FixedKVCache, PagedKVCache, StaticKVCache
 from kernel import resolve
 from model import pretrained
 from model.stack import TransformerStack
@@ -33,7 +33,7 @@ from specs.protocols import KVCache
 from specs.tensor_spec import TensorSpec
 from tensor.init import init_weights
 
-CACHE_KINDS = ("static", "paged")
+CACHE_KINDS = ("static", "paged", "fixed")
 _LABELS = TensorSpec("B", "T", dtypes=("int64", "int32"))
 
 
@@ -84,9 +84,11 @@ class TransformerLM(nn.Module):
                   num_blocks: int | None = None, prefix_caching: bool = True) -> KVCache:
         """An empty KV cache for this model.
 
-        ``kind="static"``: (batch_size, KVH, max_seq_len, Dh) per layer. ``kind="paged"``: ``num_blocks`` blocks of
-        ``block_size`` tokens (default: enough for ``batch_size`` full sequences); ``batch_size > 0`` pre-registers
-        sequences 0..batch_size-1 as the active rows. ``max_seq_len`` defaults to ``config.max_seq_len``.
+        ``kind="static"``: (batch_size, KVH, max_seq_len, Dh) per layer. ``kind="fixed"``: the same buffers with
+        lengths on the device and whole-buffer attention, for CUDA-graph / torch.compile decode loops.
+        ``kind="paged"``: ``num_blocks`` blocks of ``block_size`` tokens (default: enough for ``batch_size`` full
+        sequences); ``batch_size > 0`` pre-registers sequences 0..batch_size-1 as the active rows. ``max_seq_len``
+        defaults to ``config.max_seq_len``.
         """
         cfg = self.config
         p = next(self.parameters())
@@ -96,6 +98,8 @@ class TransformerLM(nn.Module):
         dims = dict(n_layers=cfg.n_layers, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, dtype=dtype, device=device)
         if kind == "static":
             return StaticKVCache(batch_size=batch_size, max_seq_len=max_seq_len, **dims)
+        if kind == "fixed":
+            return FixedKVCache(batch_size=batch_size, max_seq_len=max_seq_len, **dims)
         if kind == "paged":
             if num_blocks is None:
                 if batch_size <= 0:

@@ -1,7 +1,9 @@
-"""KV caches behind the specs KVCache / PagedKVCache Protocols: a contiguous static cache and a paged one."""
+"""KV caches behind the specs KVCache / PagedKVCache Protocols: a contiguous static cache, a paged one, and a
+fixed-shape static cache for CUDA graphs / torch.compile."""
 
 from attn.cache.block_pool import BlockPool, block_hash
+from attn.cache.fixed import FixedKVCache
 from attn.cache.paged import PagedKVCache, SequenceError
 from attn.cache.static import StaticKVCache
 
-__all__ = ["BlockPool", "PagedKVCache", "SequenceError", "StaticKVCache", "block_hash"]
+__all__ = ["BlockPool", "FixedKVCache", "PagedKVCache", "SequenceError", "StaticKVCache", "block_hash"]

@@ -2,7 +2,7 @@
 
 gpt-fast's decode loop (``KVCache`` + ``input_pos``) in the shape of :class:`specs.protocols.KVCache`. Where
 :class:`~attn.cache.static.StaticKVCache` keeps row lengths on the host and returns just the filled slots, this
-cache keeps them in a device tensor and ``append`` writes with one ``index_put_`` and returns the *whole*
+cache keeps them in a device tensor and ``append`` writes with one indexed store and returns the *whole*
 (B, KVH, max_seq_len, Dh) buffers, so a decode step has the same shapes and no host synchronisation at every token:
 it can be captured once as a CUDA graph and replayed. The model masks slots at or past ``seq_lens[b] + T``
 (``fixed_shape = True`` tells it to). The price is attention over all ``max_seq_len`` slots, so size the cache to
@@ -58,9 +58,9 @@ class FixedKVCache:
         T = env["T"]
         slots_BT = self.lens[:, None] + torch.arange(T, device=self.device)
         rows_BT = self._rows[:, None].expand(-1, T)
-        # kc[rows, :, slots] addresses (B, T, KVH, Dh): the advanced indices come first.
-        self.k_cache[layer].index_put_((rows_BT, slice(None), slots_BT), k.transpose(1, 2).to(self.dtype))
-        self.v_cache[layer].index_put_((rows_BT, slice(None), slots_BT), v.transpose(1, 2).to(self.dtype))
+        # kc[rows, :, slots] addresses (B, T, KVH, Dh): the advanced indices come first (one index_put_).
+        self.k_cache[layer][rows_BT, :, slots_BT] = k.transpose(1, 2).to(self.dtype)
+        self.v_cache[layer][rows_BT, :, slots_BT] = v.transpose(1, 2).to(self.dtype)
         return self.k_cache[layer], self.v_cache[layer]
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
