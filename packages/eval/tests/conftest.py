@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -40,3 +43,31 @@ def checkpoint(tmp_path_factory, tiny_lm, tokenizer):
     for f in (root / "tok").iterdir():
         shutil.copy(f, root / "tiny" / f.name)
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def server(checkpoint):
+    """Base URL of a live lmstack server (uvicorn in a thread) serving ``checkpoint`` as model 'tiny'."""
+    import uvicorn
+
+    from serve.engine import Engine
+    from serve.loading import load_model, load_tokenizer
+    from serve.server import build_app
+    from specs.config import ServeConfig
+
+    model = load_model(checkpoint, device="cpu", dtype="fp32")
+    tok = load_tokenizer(checkpoint)
+    app = build_app(Engine(model, tok, ServeConfig(max_batch_size=8, block_size=8, num_blocks=128)), tok,
+                    model_name="tiny")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    srv.should_exit = True
+    thread.join(timeout=30)
+    sock.close()

@@ -3,19 +3,13 @@ through the adapter scores exactly as lm_eval's ``local-completions`` against lm
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import lm_eval
 import pytest
-import uvicorn
 from lm_eval.api.registry import get_model
 from lm_eval.tasks import TaskManager
 
 import eval.lm_eval_adapter as adapter
 from eval.tasks import TASK_NAMES, TASKS_DIR
-from specs.config import ServeConfig
 from specs.errors import ConfigError
 
 # The adapter reads at most MAX_LEN tokens per forward. local-completions keeps max_length - 1 tokens per request
@@ -26,7 +20,7 @@ EOS = 1  # the BPE tokenizer's <|eos|>, the prefix token on both sides (lm-eval'
 
 @pytest.fixture(scope="module")
 def tasks():
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)  # skip indexing ~10k built-in YAMLs
 
 
 def _scores(res):
@@ -84,30 +78,6 @@ def test_generate_until_is_serves_greedy_generate(tiny_lm, tokenizer):
     ref = generate(tiny_lm, [tokenizer.encode(ctx)], 12, tokenizer=tokenizer, eos_token_id=tokenizer.eos_id,
                    stop=["e", "<|eos|>"], return_dict=True)
     assert text == ref.texts[0] and "e" not in text
-
-
-@pytest.fixture(scope="module")
-def server(checkpoint):
-    from serve.engine import Engine
-    from serve.loading import load_model, load_tokenizer
-    from serve.server import build_app
-
-    model = load_model(checkpoint, device="cpu", dtype="fp32")
-    tok = load_tokenizer(checkpoint)
-    app = build_app(Engine(model, tok, ServeConfig(max_batch_size=8, block_size=8, num_blocks=128)), tok,
-                    model_name="tiny")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
 
 
 def test_adapter_scores_equal_local_completions_against_the_server(checkpoint, server, tasks):

@@ -1,0 +1,73 @@
+"""Shared pieces of the benchmarks: percentiles, timing, machine description and atomic JSON output."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
+    """mean and linear-interpolated percentiles (numpy's default) of ``values``; NaN when empty."""
+    if not values:
+        return {"mean": float("nan"), **{f"p{q}": float("nan") for q in qs}}
+    s = sorted(values)
+    out = {"mean": statistics.fmean(s)}
+    for q in qs:
+        pos = (len(s) - 1) * q / 100
+        lo = int(pos)
+        hi = min(lo + 1, len(s) - 1)
+        out[f"p{q}"] = s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    return out
+
+
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, device: str | torch.device) -> float:
+    """Seconds ``fn()`` takes, with the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def machine(device: str | None = None) -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads()}
+    if device and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def report(name: str, args: dict[str, Any], results: Any, device: str | None = None) -> dict[str, Any]:
+    return {"bench": name, "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(device), "args": args, "results": results}
+
+
+def write_json(path: str | os.PathLike[str], doc: Any) -> None:
+    """Write ``doc`` as JSON atomically (temp file in the same directory, then os.replace)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,72 @@
+"""python -m eval.bench: each subcommand runs on tiny sizes and reports sane JSON; adding one is one entry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from eval.bench import SUBCOMMANDS, Subcommand
+from eval.bench.__main__ import main
+from eval.bench.common import percentiles
+
+
+def _run(capsys, argv, commands=SUBCOMMANDS):
+    assert main(argv, commands) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_percentiles_match_numpy_linear():
+    import numpy as np
+
+    v = [5.0, 1.0, 9.0, 3.0, 7.5]
+    got = percentiles(v)
+    assert got["mean"] == pytest.approx(np.mean(v))
+    for q in (50, 90, 99):
+        assert got[f"p{q}"] == pytest.approx(np.percentile(v, q))
+
+
+def test_server_bench_against_a_live_server(server, capsys, tmp_path):
+    out = tmp_path / "bench.json"
+    doc = _run(capsys, ["server", "--url", server, "--concurrency", "3", "--requests", "6", "--prompt-tokens", "12",
+                        "--max-tokens", "5", "--out", str(out)])
+    r = doc["results"]
+    assert doc["bench"] == "server" and r["model"] == "tiny" and r["requests"] == 6
+    assert r["completion_tokens"] == 30 and r["prompt_tokens"] == 72  # ignore_eos: exactly 5 tokens each
+    assert r["ttft_ms"]["p50"] > 0 and r["itl_ms"]["p50"] > 0 and r["itl_ms"]["p50"] <= r["itl_ms"]["p99"]
+    assert r["output_tokens_per_s"] > 0 and r["decode_tokens_per_s"]["mean"] > 0
+    assert json.loads(out.read_text()) == doc
+
+
+def test_generate_bench_uses_the_generator_plugin(capsys):
+    doc = _run(capsys, ["generate", "--model", "llama-debug", "--batch-sizes", "1,2", "--prompt-tokens", "8",
+                        "--new-tokens", "4", "--repeat", "2", "--warmup", "1", "--device", "cpu"])
+    rows = doc["results"]["rows"]
+    assert [r["batch_size"] for r in rows] == [1, 2]
+    assert all(r["prefill_tokens_per_s"] > 0 and r["total_s"] > 0 for r in rows)
+    assert doc["results"]["params"] > 0 and doc["args"]["generator"] == "default"
+
+
+def test_train_step_bench_learns(capsys):
+    doc = _run(capsys, ["train-step", "--preset", "llama-debug", "--batch-size", "2", "--seq-len", "16",
+                        "--steps", "3", "--warmup", "1", "--lr", "0.01", "--device", "cpu"])
+    r = doc["results"]
+    assert r["tokens_per_step"] == 32 and r["tokens_per_s"] > 0
+    assert r["last_loss"] < r["first_loss"]  # AdamW steps on one batch reduce its loss
+
+
+def test_adding_a_subcommand_is_one_entry(capsys):
+    def add_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--n", type=int, default=2)
+
+    extra = {**SUBCOMMANDS, "square": Subcommand("n squared", add_args, lambda a: {"n2": a.n * a.n})}
+    assert _run(capsys, ["square", "--n", "7"], extra) == {"n2": 49}
+
+
+def test_errors_exit_2_without_traceback(capsys):
+    assert main(["generate", "--model", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model:") and "llama-debug" in err
+    assert main(["server", "--url", "http://127.0.0.1:9", "--vocab-size", "10"]) == 2
+    assert "cannot benchmark" in capsys.readouterr().err
