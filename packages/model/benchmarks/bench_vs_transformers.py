@@ -21,6 +21,8 @@ from datetime import datetime, timezone
 
 import torch
 import transformers
+
+from kernel import resolve
 from model.lm import TransformerLM
 from specs.presets import PRESETS, preset
 
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--iters", type=int, default=5, help="timed iterations per model (after one warm-up)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--loss", choices=["fused", "logits"], default="fused",
+                    help="ours: TransformerLM.loss (fused linear+CE op) or full logits + the cross_entropy op")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -67,9 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.no_grad():
             theirs(x)
 
+    ce = resolve("cross_entropy", "auto", device=args.device, dtype=torch.float32, backward=True)
+
     def step_ours():
         opt_ours.zero_grad(set_to_none=True)
-        ours.loss(x, x).backward()
+        loss = ours.loss(x, x) if args.loss == "fused" else ce(ours(x).flatten(0, 1), x.flatten())
+        loss.backward()
         opt_ours.step()
 
     def step_theirs():
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         theirs(x, labels=x).loss.backward()
         opt_theirs.step()
 
-    results: dict = {"preset": args.preset, "batch": args.batch, "seq": args.seq, "device": args.device,
+    results: dict = {"preset": args.preset, "loss": args.loss, "batch": args.batch, "seq": args.seq, "device": args.device,
                      "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "machine": platform.processor() or platform.machine(),
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
