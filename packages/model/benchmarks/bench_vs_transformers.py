@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
         theirs(x, labels=x).loss.backward()
         opt_theirs.step()
 
-    results: dict = {"preset": args.preset, "loss": args.loss, "batch": args.batch, "seq": args.seq, "device": args.device,
+    results: dict = {"preset": args.preset, "loss": args.loss, "batch": args.batch, "seq": args.seq,
+                     "device": args.device,
                      "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "machine": platform.processor() or platform.machine(),
                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
