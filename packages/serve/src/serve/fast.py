@@ -32,7 +32,8 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor"):
         if batch_size <= 0 or max_seq_len <= 0:
-            raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, {max_seq_len}")
+            raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
+                              f"{max_seq_len}")
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")

@@ -45,6 +45,10 @@ class FixedKVCache:
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.lens = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
         self._rows = torch.arange(batch_size, device=self.device)
+        # Mutated in place by a captured step: static addresses keep CUDA graphs (cudagraph trees) from copying
+        # them or refusing to capture.
+        for t in (*self.k_cache, *self.v_cache, self.lens):
+            torch._dynamo.mark_static_address(t)
 
     @property
     def seq_lens(self) -> torch.Tensor:

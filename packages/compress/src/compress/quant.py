@@ -1,0 +1,61 @@
+"""Weight-only int8 quantization, applied in place from outside the model (gpt-fast's WeightOnlyInt8Linear).
+
+Each ``nn.Linear`` becomes :class:`Int8WeightOnlyLinear`: int8 weights with one symmetric scale per output channel
+(absmax / 127). Forward computes ``linear(x, w_int8.to(x.dtype)) * scale``: the scale multiplies the *output*, so
+under ``torch.compile`` the int8 -> bf16 conversion fuses into the matrix-vector kernel and decode reads half the
+weight bytes of bf16 (decode at batch 1 is bound by those bytes). Embeddings stay in full precision; the LM head is
+quantized unless it shares its weight with the embedding (tied).
+
+References: gpt-fast quantize.py (PyTorch team, 2023); LLM.int8() (Dettmers et al. 2022) for weight-only schemes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specs.errors import ConfigError
+
+SCHEMES = ("int8_weight_only",)
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """``y = (x @ w_int8.T) * scale + b``; w_int8 (out, in) int8, scale (out,) in the weight's original dtype."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w_OI = linear.weight.detach().float()
+        scale_O = w_OI.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", torch.round(w_OI / scale_O[:, None]).clamp_(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale_O.to(linear.weight.dtype))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def int8_weight_only_(model: nn.Module) -> int:
+    """Replace every untied ``nn.Linear`` of ``model`` in place; return how many were replaced."""
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and id(child.weight) not in embedding_weights:
+                setattr(parent, name, Int8WeightOnlyLinear(child))
+                count += 1
+    if count == 0:
+        raise ConfigError("quantize", f"{type(model).__name__} has no nn.Linear layers to quantize")
+    return count
+
+
+def quantize_(model: nn.Module, scheme: str = "int8_weight_only") -> int:
+    """Quantize ``model`` in place with ``scheme``; returns the number of layers replaced."""
+    if scheme not in SCHEMES:
+        raise ConfigError("quantize", f"unknown scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
+    return int8_weight_only_(model)
