@@ -11,15 +11,15 @@ def _past(B=2, S=3, layers=2):
 
 
 def test_conforms_to_specs_protocol():
-    assert isinstance(PastKVCache(_past()), KVCache)
+    assert isinstance(PastKVCache(_past(), new_tokens=1), KVCache)
 
 
 @pytest.mark.parametrize("S", [0, 3])
 def test_append_concatenates_and_advance_commits(S):
     past = _past(S=S)
-    cache = PastKVCache(past)
+    cache = PastKVCache(past, new_tokens=5)
     assert cache.seq_lens.tolist() == [S, S]
-    assert cache.uniform_len == S
+    assert cache.max_seq_len == S + 5 and cache.fixed_shape
     k, v = torch.randn(2, 2, 5, 4), torch.randn(2, 2, 5, 4)
     for layer in range(2):
         k_all, v_all = cache.append(layer, k, v)
@@ -34,7 +34,7 @@ def test_append_concatenates_and_advance_commits(S):
 
 
 def test_model_that_skips_the_cache_is_caught():
-    cache = PastKVCache(_past())
+    cache = PastKVCache(_past(), new_tokens=1)
     with pytest.raises(ExportError, match="advance"):
         cache.presents()
     cache.append(0, torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
@@ -43,7 +43,7 @@ def test_model_that_skips_the_cache_is_caught():
 
 
 def test_evict_and_reset_are_refused():
-    cache = PastKVCache(_past())
+    cache = PastKVCache(_past(), new_tokens=1)
     with pytest.raises(ExportError):
         cache.evict([0])
     with pytest.raises(ExportError):

@@ -43,8 +43,8 @@ def test_bad_override_exits_2(tmp_path, capsys):
 @pytest.fixture
 def saved_llama(tmp_path):
     import torch
-    from model.lm import TransformerLM
 
+    from model.lm import TransformerLM
     from specs.presets import preset
 
     torch.manual_seed(0)

@@ -6,10 +6,11 @@ graph ops. This is the decoder-with-past convention of Hugging Face Optimum and 
 ``past_key_values.{i}.key/value`` (B, KVH, S, Dh) and returns ``present.{i}.key/value`` (B, KVH, S+T, Dh).
 
 Every row has the same past length S, so ``seq_lens`` is S for every row, derived from the past tensor itself
-(a sum over a ones tensor) so that it stays a graph value for every exporter, and ``uniform_len`` (the optional
-capability documented on the specs KVCache protocol) is ``past.shape[2]``: a SymInt under torch.export and a
-traced size under torch.jit.trace, so a model that reads it instead of ``seq_lens.tolist()`` keeps the batch and
-past axes dynamic. Left padding is expressed by the ``attention_mask`` input, as in Hugging Face decoders.
+(a sum over a ones tensor) so that it stays a graph value for every exporter. The cache declares the specs
+KVCache ``fixed_shape`` capability (``append`` returns ``max_seq_len`` slots, here exactly S + T, and the model
+masks by ``seq_lens`` with tensor ops instead of reading lengths on the host): ``max_seq_len`` is then a SymInt
+under torch.export and a traced size under torch.jit.trace, so the batch, sequence and past axes stay dynamic.
+Left padding is expressed by the ``attention_mask`` input, as in Hugging Face decoders.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from export.errors import ExportError
 
 
 class PastKVCache:
-    """KVCache over explicit per-layer (past_k, past_v) tensors, each (B, KVH, S, Dh); S may be 0."""
+    """KVCache over explicit per-layer (past_k, past_v) tensors, each (B, KVH, S, Dh); S may be 0.
 
-    def __init__(self, past: Sequence[tuple[torch.Tensor, torch.Tensor]]):
+    ``new_tokens`` is T, the number of tokens the coming forward appends (``input_ids.shape[1]``).
+    """
+
+    fixed_shape = True
+
+    def __init__(self, past: Sequence[tuple[torch.Tensor, torch.Tensor]], new_tokens: int):
         if not past:
             raise ExportError("PastKVCache needs at least one layer of past key/values")
+        self.new_tokens = new_tokens
         self.n_layers = len(past)
         self._past = list(past)
         self._present: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.n_layers
@@ -39,9 +46,9 @@ class PastKVCache:
         return torch.ones_like(k0[:, 0, :, 0], dtype=torch.long).sum(-1)
 
     @property
-    def uniform_len(self) -> int:
-        """S, shared by every row (symbolic while tracing)."""
-        return self._past[0][0].shape[2]
+    def max_seq_len(self) -> int:
+        """S + T: the key length every ``append`` of this forward returns."""
+        return self._past[0][0].shape[2] + self.new_tokens
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         past_k, past_v = self._past[layer]

@@ -119,6 +119,7 @@ class DecoderWithPast(nn.Module):
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.spec.with_cache:
             return (self.model(input_ids, positions=position_ids, attn_mask=attention_mask),)
-        cache = PastKVCache([(past[2 * i], past[2 * i + 1]) for i in range(self.spec.n_layers)])
+        cache = PastKVCache([(past[2 * i], past[2 * i + 1]) for i in range(self.spec.n_layers)],
+                            new_tokens=input_ids.shape[1])
         logits_BTV = self.model(input_ids, positions=position_ids, cache=cache, attn_mask=attention_mask)
         return (logits_BTV, *cache.presents())

@@ -64,8 +64,8 @@ def explain_trace_failure(kind: str, exc: BaseException) -> ExportError:
     hint = ""
     if "data-dependent" in text or "DataDependent" in text:
         hint = ("\nHint: the model's forward reads tensor values into Python (e.g. cache.seq_lens.tolist() or "
-                "int(x.max())), which no tracer can follow with dynamic axes. Models should read the cache's "
-                "`uniform_len` when it has one (specs KVCache protocol); export's PastKVCache provides it.")
+                "int(x.max())), which no tracer can follow with dynamic axes. Export's PastKVCache declares "
+                "`fixed_shape` (specs KVCache protocol): models should then mask with seq_lens as a tensor.")
     elif "Constraints violated" in text or "specialized" in text.lower():
         hint = ("\nHint: the model's forward turns a dynamic size into a Python int or branches on it (int(size), "
                 "`if T > 1`, a range check raised from Python), which fixes the batch/sequence/past axes.")

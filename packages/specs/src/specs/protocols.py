@@ -18,11 +18,11 @@ class KVCache(Protocol):
     A forward pass over T new tokens calls ``append(layer, k, v)`` once per layer, then the model calls
     ``advance(T)`` once. Row b's new tokens occupy positions ``seq_lens[b] .. seq_lens[b]+T-1``.
 
-    Optional capability (not a Protocol member, so existing caches still conform): a cache whose active rows all
-    hold the same number of tokens may expose ``uniform_len``, that number as an int (a SymInt or traced size while
-    torch.export / torch.jit.trace record the graph), or None when rows differ. Models should use it, when present
-    and not None, instead of reading ``seq_lens`` values into Python (``.tolist()``), which no tracer can follow
-    with a dynamic batch axis. ``export.cache.PastKVCache`` (past key/value graph inputs) always provides it.
+    Optional capability (not a Protocol member, so existing caches still conform): ``fixed_shape = True`` says that
+    ``append`` returns ``max_seq_len`` key slots per row and that the model must mask slots at or past
+    ``seq_lens[b] + T`` with tensor ops, never reading ``seq_lens`` back to the host (``.tolist()``). It serves CUDA
+    graphs (``attn.cache.FixedKVCache``) and tracing: under torch.export / torch.jit.trace ``max_seq_len`` may be a
+    SymInt or traced size (``export.cache.PastKVCache``: past length + T), and a host read would fix the batch axis.
     """
 
     n_layers: int
