@@ -135,3 +135,45 @@ def test_background_thread_cancellation_frees_blocks(tiny_lm):
         assert engine.cache.num_free_blocks() == 64 and not engine.running
     finally:
         engine.shutdown()
+
+
+class _Broken(torch.nn.Module):
+    """A model whose forward fails after a few calls (a device error, a bug)."""
+
+    def __init__(self, inner, fail_after):
+        super().__init__()
+        self.inner, self.config, self.calls, self.fail_after = inner, inner.config, 0, fail_after
+
+    def new_cache(self, *a, **kw):
+        return self.inner.new_cache(*a, **kw)
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        if self.calls > self.fail_after:
+            raise RuntimeError("device lost")
+        return self.inner(*a, **kw)
+
+
+def test_engine_failure_fails_requests_and_keeps_serving(tiny_lm):
+    broken = _Broken(tiny_lm, fail_after=3)
+    engine = Engine(broken, None, ServeConfig(block_size=4, num_blocks=32))
+    engine.start()
+    try:
+        got, done = [], threading.Event()
+
+        def on(out):
+            got.append(out)
+            if out.finished:
+                done.set()
+
+        engine.submit([1, 2, 3], SamplingParams(max_new_tokens=20), on_output=on)
+        assert done.wait(20)
+        assert got[-1].finish_reason == "error" and "device lost" in str(got[-1].error)
+        assert engine.cache.num_free_blocks() == 32 and engine.is_running()
+        broken.fail_after = 10**9  # recovered: the next request is served normally
+        done.clear()
+        got.clear()
+        engine.submit([1, 2, 3], SamplingParams(max_new_tokens=4), on_output=on)
+        assert done.wait(20) and got[-1].finish_reason == "length"
+    finally:
+        engine.shutdown()

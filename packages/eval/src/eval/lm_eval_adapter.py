@@ -2,7 +2,7 @@
 
     import eval.lm_eval_adapter                       # registers "lmstack" with lm_eval's model registry
     lm_eval.simple_evaluate(model="lmstack", model_args="pretrained=runs/x/step_1000,batch_size=8", tasks=[...])
-    python -m eval.lm_eval_adapter --model lmstack --model_args pretrained=DIR --tasks hellaswag   # lm_eval's CLI
+    python -m eval.harness run --model lmstack --model_args pretrained=DIR --tasks hellaswag --device cpu
 
 Semantics follow lm-eval's ``HFLM`` (Gao et al., "A framework for few-shot language model evaluation"): requests are
 tokenized by :class:`lm_eval.api.model.TemplateLM` (trailing context spaces move to the continuation, an empty
@@ -16,7 +16,6 @@ attention never reads it, and generation runs one request at a time.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +35,8 @@ class LmstackLM(TemplateLM):
     def __init__(self, pretrained: Any = None, tokenizer: Any = None, *, batch_size: int | str = 8,
                  max_length: int | None = None, device: str = "auto", dtype: str = "auto", max_gen_toks: int = 256,
                  add_bos_token: bool = False, prefix_token_id: int | None = None, generator_name: str = "default",
-                 **unused: Any):
+                 max_batch_size: int | None = None, **unused: Any):
+        # max_batch_size: lm_eval passes it to every model; batches here are exactly batch_size.
         super().__init__()
         if unused:
             raise ConfigError(next(iter(unused)), "unknown lmstack model argument; valid: pretrained, tokenizer, "
@@ -138,15 +138,3 @@ class LmstackLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", req.args, text)
         return out
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """lm_eval's own CLI with the ``lmstack`` model registered."""
-    from lm_eval.__main__ import cli_evaluate
-
-    sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
-    cli_evaluate()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,26 @@
+"""``python -m eval.harness ...``: lm-evaluation-harness's own CLI with the ``lmstack`` model registered.
+
+    python -m eval.harness run --model lmstack --model_args pretrained=runs/x/step_1000,batch_size=8 \
+        --tasks hellaswag --device cpu
+    python -m eval.harness run --model lmstack --model_args pretrained=DIR --tasks lmstack_tiny_mc \
+        --include_path "$(python -c 'import eval.tasks as t; print(t.TASKS_DIR)')"
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lm_eval.__main__ import cli_evaluate
+
+    import eval.lm_eval_adapter  # noqa: F401  (registers "lmstack")
+
+    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    cli_evaluate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
