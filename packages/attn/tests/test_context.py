@@ -114,3 +114,10 @@ def test_shapes_are_checked():
         build_context(cfg, torch.zeros(1, 2, dtype=torch.long), cache=FakeCache([5]), attn_mask=torch.ones(1, 2))
     with pytest.raises(ShapeError, match="positions"):
         build_context(cfg, torch.zeros(1, 2, dtype=torch.long), positions=torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_an_all_ones_attn_mask_keeps_the_fast_path():
+    cfg = preset("llama-debug")
+    ctx = build_context(cfg, torch.zeros(2, 6, dtype=torch.long), attn_mask=torch.ones(2, 6),
+                        rotary=RotaryEmbedding(cfg))
+    assert ctx.mask_B1TS is None and ctx.causal

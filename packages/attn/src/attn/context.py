@@ -84,7 +84,12 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
     if attn_mask is not None:
         _BS.check(attn_mask, f"attn_mask (B, S+T) = ({B}, {S})", B=B, S=S)
         valid_BS = attn_mask.to(device=device, dtype=torch.bool)
-        tok_pos_BS = positions_from_padding(valid_BS)
+        # An all-ones mask (loaders always send one) masks nothing: drop it so kernels keep their causal fast
+        # path. One host sync, skipped while compiling (as transformers does for SDPA).
+        if not torch.compiler.is_compiling() and bool(valid_BS.all()):
+            valid_BS = None
+        else:
+            tok_pos_BS = positions_from_padding(valid_BS)
     if positions is None:
         positions = q_slot_BT if tok_pos_BS is None else tok_pos_BS.gather(1, q_slot_BT)
     else:
