@@ -96,6 +96,30 @@ def test_cached_decode_matches_transformers_cached_decode(pair, kind):
     torch.testing.assert_close(torch.cat(got, 1), want, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["static", "paged"])
+@torch.no_grad()
+def test_left_padded_batch_decode_matches_transformers(pair, kind):
+    """Batched generation with left padding: transformers given generate()'s position ids and masks."""
+    hf, lm = pair
+    x = tokens(2, 12, seed=4)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :5] = 0
+    nxt = tokens(2, 3, seed=5)
+    key = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    pos = lambda m: (m.cumsum(-1) - 1).masked_fill(m == 0, 1)
+    out = hf(x, attention_mask=mask, position_ids=pos(mask), use_cache=True)
+    want = [out.logits[:, -1:]]
+    cache = lm.new_cache(2, 64, kind=kind, block_size=8)
+    got = [lm(x, cache=cache, attn_mask=mask)[:, -1:]]
+    for t in range(3):
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        out = hf(nxt[:, t:t + 1], attention_mask=mask, position_ids=pos(mask)[:, -1:], use_cache=True,
+                 **{key: getattr(out, key)})
+        want.append(out.logits)
+        got.append(lm(nxt[:, t:t + 1], cache=cache, attn_mask=mask))
+    torch.testing.assert_close(torch.cat(got, 1), torch.cat(want, 1), atol=ATOL, rtol=0)
+
+
 def test_llama3_scaling_and_gqa_are_read(tmp_path):
     hf = HF_MODELS["llama-gqa-llama3"]()
     hf.save_pretrained(tmp_path)
