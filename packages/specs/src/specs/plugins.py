@@ -27,6 +27,9 @@ GROUPS = (
     "lmstack.exporters",
     "lmstack.callbacks",
     "lmstack.export_hooks",
+    "lmstack.generators",
+    "lmstack.decoders",
+    "lmstack.quantizers",
 )
 
 

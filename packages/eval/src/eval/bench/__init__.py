@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from eval.bench import generate, server, train_step
+from eval.bench import decode, generate, server, train_compare, train_step
 
 
 @dataclass(frozen=True)
@@ -29,4 +29,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                            generate.add_args, generate.run),
     "train-step": Subcommand("tokens/s of forward + backward + AdamW for a preset", train_step.add_args,
                              train_step.run),
+    "decode": Subcommand("GPU decode tokens/s vs the HBM roofline and transformers' static-cache generate",
+                         decode.add_args, decode.run),
+    "train-compare": Subcommand("training-step tokens/s and MFU vs transformers under torch.compile",
+                                train_compare.add_args, train_compare.run),
 }

@@ -1,0 +1,184 @@
+"""``bench decode``: decode tokens/s against the HBM roofline and transformers' static-cache ``generate``.
+
+Batch-1 decode of a dense model reads every weight once per token, so its ceiling is (copy bandwidth) / (weight bytes
+per token). The bandwidth is measured here (a large device-to-device copy, bytes read + written), the weight bytes
+are counted from the model (every parameter except the token-embedding table, of which a step reads one row), and
+the result is ``fraction_of_roofline``. Variants, each in the same run on the same card:
+
+- ``lmstack``: the graph-captured loop (``lmstack.decoders`` / ``fast``: serve's FastGenerator over the fixed-shape
+  cache, ``torch.compile(mode="reduce-overhead")``), at every ``--batch-sizes`` entry;
+- ``lmstack-int8``: the same after ``lmstack.quantizers`` / ``int8_weight_only`` (weight-only int8);
+- ``transformers``: LlamaForCausalLM with the same shape and weights, ``generate(cache_implementation="static")``.
+
+Random weights: greedy decoding of a random model is still a fixed amount of work per token; EOS is disabled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from eval.bench.common import report, sync
+from specs.plugins import resolve
+from specs.presets import preset
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="llama-1b", help="specs preset (llama family for the transformers baseline)")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--batch-sizes", default="1,32")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--variants", default="lmstack,lmstack-int8,transformers")
+    p.add_argument("--compile", default="reduce-overhead",
+                   help="torch.compile mode for the lmstack loop ('none': eager)")
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def copy_bandwidth(device: str, nbytes: int = 1 << 30, repeat: int = 20) -> float:
+    """Bytes/s of a device-to-device copy, counting bytes read plus bytes written (median of ``repeat``)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(times)
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer a decode step reads in full (the embedding table excepted)."""
+    emb = model.model.embed_tokens.weight
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen or t is emb and model.lm_head.weight is not emb:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total
+
+
+def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
+    gen.generate(prompt, n)  # compile + capture
+    gen.generate(prompt, n)
+    t_one, t_all = [], []
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        gen.generate(prompt, 1)
+        sync(device)
+        t1 = time.perf_counter()
+        gen.generate(prompt, n)
+        sync(device)
+        t2 = time.perf_counter()
+        t_one.append(t1 - t0)
+        t_all.append(t2 - t1)
+    t1m, tnm = statistics.median(t_one), statistics.median(t_all)
+    B = prompt.shape[0]
+    return {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
+            "prefill_s": t1m, "total_s": tnm}
+
+
+def _hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                         num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_seq_len,
+                         rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = LlamaForCausalLM(hf_cfg).to(device=device, dtype=dtype).eval()
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
+    if [k for k in missing if "rotary" not in k] or unexpected:
+        raise RuntimeError(f"weights did not map onto LlamaForCausalLM: missing={missing} unexpected={unexpected}")
+    return hf
+
+
+def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
+    kw = dict(do_sample=False, cache_implementation="static", min_new_tokens=n, pad_token_id=0)
+    hf.generate(prompt, max_new_tokens=n, **kw)
+    t_one, t_all = [], []
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        hf.generate(prompt, max_new_tokens=1, **{**kw, "min_new_tokens": 1})
+        sync(device)
+        t1 = time.perf_counter()
+        out = hf.generate(prompt, max_new_tokens=n, **kw)
+        sync(device)
+        t2 = time.perf_counter()
+        assert out.shape[1] == prompt.shape[1] + n
+        t_one.append(t1 - t0)
+        t_all.append(t2 - t1)
+    t1m, tnm = statistics.median(t_one), statistics.median(t_all)
+    B = prompt.shape[0]
+    return {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
+            "prefill_s": t1m, "total_s": tnm}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device, dtype = args.device, DTYPES[args.dtype]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    cfg = preset(args.preset)
+    torch.manual_seed(0)
+    model = resolve("lmstack.models", cfg.arch)(cfg).to(device=device, dtype=dtype).eval()
+    Fast = resolve("lmstack.decoders", "fast")
+    mode = None if args.compile == "none" else args.compile
+    L = args.prompt_tokens + args.new_tokens
+    bw = copy_bandwidth(device)
+    wbytes = weight_bytes_per_token(model)
+    results: dict[str, Any] = {"copy_bandwidth_GBps": bw / 1e9, "weight_bytes_per_token": wbytes,
+                               "roofline_tokens_per_s_batch1": bw / wbytes, "variants": {}}
+    g = torch.Generator().manual_seed(1)
+    prompts = {B: torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), generator=g).to(device) for B in sizes}
+    if "transformers" in variants:
+        hf = _hf_llama(model, cfg, dtype, device)
+        results["variants"]["transformers"] = {"batch1": _time_hf(hf, prompts[sizes[0]][:1], args.new_tokens,
+                                                                  args.repeat, device)}
+        k = min(16, args.new_tokens)
+        with torch.no_grad():  # same weights, same greedy tokens (a short check of the mapping)
+            ours = Fast(model, 1, L, compile=None).generate(prompts[sizes[0]][:1], k)
+            theirs = hf.generate(prompts[sizes[0]][:1], max_new_tokens=k, do_sample=False, pad_token_id=0,
+                                 min_new_tokens=k)[:, args.prompt_tokens:]
+        results["variants"]["transformers"]["greedy_agreement"] = float((ours == theirs).float().mean())
+        del hf
+        torch.cuda.empty_cache() if device.startswith("cuda") else None
+    if "lmstack" in variants:
+        out = {}
+        for B in sizes:
+            out[f"batch{B}"] = _time_generate(Fast(model, B, L, compile=mode), prompts[B], args.new_tokens,
+                                              args.repeat, device)
+        results["variants"]["lmstack"] = out
+    if "lmstack-int8" in variants:
+        qmodel = copy.deepcopy(model)
+        resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
+        qbytes = weight_bytes_per_token(qmodel)
+        r = _time_generate(Fast(qmodel, 1, L, compile=mode), prompts[sizes[0]][:1], args.new_tokens, args.repeat,
+                           device)
+        results["variants"]["lmstack-int8"] = {"batch1": r, "weight_bytes_per_token": qbytes}
+        del qmodel
+    base = results["variants"].get("lmstack", {}).get("batch1")
+    if base:
+        results["fraction_of_roofline_batch1"] = base["decode_tokens_per_s"] / results["roofline_tokens_per_s_batch1"]
+        hf = results["variants"].get("transformers", {}).get("batch1")
+        if hf:
+            results["speedup_vs_transformers_batch1"] = base["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+        q = results["variants"].get("lmstack-int8", {}).get("batch1")
+        if q:
+            results["int8_speedup_batch1"] = q["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+    return report("decode", vars(args), results, device)
