@@ -79,6 +79,7 @@ def _ref_text(model, tok, ids, n, **kw):
 def test_models_and_greedy_completion(server, client):
     _, _, model, tok = server
     assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
     r = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=12, temperature=0)
     ref = _ref_text(model, tok, tok.encode("The quick brown"), 12)
     assert r.choices[0].text == ref.texts[0] and r.choices[0].finish_reason == ref.finish_reasons[0]

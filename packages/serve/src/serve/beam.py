@@ -50,7 +50,7 @@ def beam_search(model: Any, ids_BT: torch.Tensor, mask_BT: torch.Tensor | None, 
     eos = torch.tensor(sorted({*eos_ids, *sp.stop_token_ids}), dtype=torch.long)
     max_length = min(T + sp.max_new_tokens, int(model.config.max_seq_len))
     if max_length <= T:
-        return GenerateOutput(sequences=ids_BT.cpu(), tokens=[[] for _ in range(B)], finish_reasons=["length"] * B)
+        return GenerateOutput(sequences=ids_BT, tokens=[[] for _ in range(B)], finish_reasons=["length"] * B)
     flat_ids = ids_BT.repeat_interleave(NB, dim=0)  # (B*NB, T)
     flat_mask = mask_BT.repeat_interleave(NB, dim=0) if mask_BT is not None else None
     dec = BatchDecoder(model, flat_ids, flat_mask, max_length - T)
@@ -126,5 +126,5 @@ def beam_search(model: Any, ids_BT: torch.Tensor, mask_BT: torch.Tensor | None, 
     tokens = [best[b, T:T + n].tolist() for b, n in enumerate(lens)]
     reasons = ["stop" if t and t[-1] in set(eos.tolist()) else "length" for t in tokens]
     texts = [tokenizer.decode(t) for t in tokens] if tokenizer is not None else None
-    return GenerateOutput(sequences=best[:, :out_len].cpu(), tokens=tokens, finish_reasons=reasons, texts=texts,
-                          scores=finished_scores[:, 0].tolist())
+    return GenerateOutput(sequences=best[:, :out_len].to(ids_BT.device), tokens=tokens, finish_reasons=reasons,
+                          texts=texts, scores=finished_scores[:, 0].tolist())

@@ -144,7 +144,7 @@ def collect(ids_BT: torch.Tensor, states: Sequence[SequenceState], pad: int, tok
     for b, s in enumerate(states):
         new[b, : len(s.output_ids)] = torch.as_tensor(s.output_ids, dtype=torch.long)
     return GenerateOutput(
-        sequences=torch.cat([ids_BT.cpu(), new], dim=1),
+        sequences=torch.cat([ids_BT, new.to(ids_BT.device)], dim=1),  # on the caller's device, like HF
         tokens=[list(s.output_ids) for s in states],
         finish_reasons=[s.finish_reason or "length" for s in states],
         texts=[s.text for s in states] if tokenizer is not None else None,
@@ -228,7 +228,7 @@ def generate_instrumented(model: Any, input_ids: Any, *, viz: Any, max_new_token
     viz.log_scalars(step, metrics)
     if hasattr(viz, "log_text"):
         viz.log_text(step, f"{prefix}/token_latency_ms", json.dumps([round(g, 4) for g in gaps_ms]))
-    return torch.cat([ids_BT.cpu(), torch.tensor([tokens], dtype=torch.long)], dim=1)
+    return torch.cat([ids_BT, torch.tensor([tokens], dtype=torch.long, device=ids_BT.device)], dim=1)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -57,17 +57,27 @@ class SequenceState:
                 self.finish_reason, self.stop_reason = "stop", self._stops.stopped
         if not self.finished and len(self.output_ids) >= self.params.max_new_tokens:
             self.finish_reason = "length"
-        if self.finished and self._stops.stopped is None and self._detok is not None:
-            delta += self._stops.push(self._detok.flush())
-            delta += self._stops.flush()
+        if self.finished and self._stops.stopped is None:
+            delta += self._release()
         self.text += delta
         return delta
 
     def finish_length(self) -> str:
         """End early because the context is full; return any held-back text."""
-        delta = ""
-        if not self.finished and self._detok is not None:
-            delta = self._stops.push(self._detok.flush()) + self._stops.flush()
-        self.finish_reason = self.finish_reason or "length"
+        if self.finished:
+            return ""
+        self.finish_reason = "length"
+        delta = self._release()
         self.text += delta
         return delta
+
+    def _release(self) -> str:
+        """At the end: flush text held back for a partial character or a possible stop string. The flushed
+        characters can still complete a stop string, which then becomes the finish reason."""
+        if self._detok is None:
+            return ""
+        delta = self._stops.push(self._detok.flush())
+        if self._stops.stopped is not None:
+            self.finish_reason, self.stop_reason = "stop", self._stops.stopped
+            return delta
+        return delta + self._stops.flush()
