@@ -16,6 +16,23 @@ from typing import Any
 import torch
 
 
+def prefer_kernels(spec: str) -> dict[str, str]:
+    """Make ``auto`` pick named kernels: ``"attention=sdpa,linear_cross_entropy=reference"`` raises each one's
+    priority in the default registry (they still refuse requests they cannot serve). Returns the mapping."""
+    import dataclasses
+
+    from kernel import default_registry
+
+    chosen: dict[str, str] = {}
+    reg = default_registry()
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        op, _, name = item.partition("=")
+        impl = reg.get(op.strip(), name.strip())
+        reg.register(dataclasses.replace(impl, priority=1000), replace=True)
+        chosen[impl.op] = impl.name
+    return chosen
+
+
 def percentiles(values: Sequence[float], qs: Sequence[int] = (50, 90, 99)) -> dict[str, float]:
     """mean and linear-interpolated percentiles (numpy's default) of ``values``; NaN when empty."""
     if not values:

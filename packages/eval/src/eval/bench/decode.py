@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import report, sync
+from eval.bench.common import prefer_kernels, report, sync
 from specs.plugins import resolve
 from specs.presets import preset
 
@@ -37,6 +37,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--variants", default="lmstack,lmstack-int8,transformers")
+    p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
 
@@ -131,6 +132,7 @@ def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) ->
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    prefer_kernels(args.prefer)
     device, dtype = args.device, DTYPES[args.dtype]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     sizes = [int(b) for b in args.batch_sizes.split(",")]

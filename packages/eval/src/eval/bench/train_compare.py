@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import report, sync
+from eval.bench.common import prefer_kernels, report, sync
 from specs.plugins import resolve
 from specs.presets import preset
 
@@ -31,6 +31,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cuda")
     p.add_argument("--variants", default="lmstack,transformers")
+    p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="default", help="torch.compile mode ('none': eager)")
 
 
@@ -88,6 +89,7 @@ def _bench(loss_fn: Any, params: list[torch.nn.Parameter], x: torch.Tensor, y: t
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    prefer_kernels(args.prefer)
     device = args.device
     cfg = preset(args.preset, max_seq_len=max(args.seq, preset(args.preset).max_seq_len))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
