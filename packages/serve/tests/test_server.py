@@ -201,6 +201,10 @@ def test_errors_are_openai_json_and_never_kill_the_server(server, http):
     _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1000}), 400,
          "context_length_exceeded")
     _err(http.post("/v1/completions", json={"model": "tiny", "prompt": [5, 100000]}), 400, None, "prompt")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": [[]]}), 400, None, "prompt")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "seed": 2**70}), 400, None, "seed")
+    _err(http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), 400,
+         None, "stop")
     _err(http.post("/v1/chat/completions", json={"model": "tiny", "messages": []}), 400, None, "messages")
     _err(http.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}),
          400)

@@ -33,7 +33,7 @@ class _Sampling(_Strict):
     temperature: Temperature | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None  # int64; choice i of n uses seed + i
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     stream: bool = False

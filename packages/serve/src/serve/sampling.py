@@ -39,7 +39,7 @@ class SamplingParams(ConfigBase):
     repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # what torch.Generator.manual_seed takes
     stop: tuple[str, ...] = ()  # stop strings: excluded from the returned text
     stop_token_ids: tuple[int, ...] = ()  # stop tokens besides EOS: kept in the tokens, removed from the text
     ignore_eos: bool = False
