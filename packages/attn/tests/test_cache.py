@@ -1,4 +1,4 @@
-"""Both caches pass the one conformance suite; the paged cache's block accounting and prefix caching are checked."""
+"""Every cache passes the one conformance suite; the paged cache's block accounting and prefix caching are checked."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from cache_conformance import DH, KVH, N_LAYERS, KVCacheConformance, rand_kv
 
-from attn.cache import BlockPool, PagedKVCache, SequenceError, StaticKVCache
+from attn.cache import BlockPool, FixedKVCache, PagedKVCache, SequenceError, StaticKVCache
 from specs.errors import CacheFullError, ConfigError
 from specs.protocols import PagedKVCache as PagedProtocol
 
@@ -15,6 +15,14 @@ class TestStaticConformance(KVCacheConformance):
     def make_cache(self, batch_size, max_seq_len):
         return StaticKVCache(n_layers=N_LAYERS, batch_size=batch_size, n_kv_heads=KVH, head_dim=DH,
                              max_seq_len=max_seq_len)
+
+
+class TestFixedConformance(KVCacheConformance):
+    """Device lengths, whole buffers: the fixed_shape capability."""
+
+    def make_cache(self, batch_size, max_seq_len):
+        return FixedKVCache(n_layers=N_LAYERS, batch_size=batch_size, n_kv_heads=KVH, head_dim=DH,
+                            max_seq_len=max_seq_len)
 
 
 class TestPagedConformance(KVCacheConformance):

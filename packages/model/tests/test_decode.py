@@ -1,7 +1,7 @@
 """Cached decode equals full recomputation, for every cache kind and attention variant.
 
 Variants: MHA, GQA, MQA, sliding window, ALiBi, learned positions, no positions, llama3-scaled RoPE, post-norm.
-Cases: prefill + chunked + single-token decode; batched rows with left padding (attn_mask); paged rows of different
+Cases: prefill + chunked + single-token decode (also for the fixed-shape cache); batched rows with left padding (attn_mask); paged rows of different
 lengths decoding together; prefix-cache hits; packed documents (document_ids) equal separate forwards.
 """
 
@@ -43,7 +43,7 @@ def new_cache(lm: TransformerLM, kind: str, B: int):
     return lm.new_cache(B, 64, kind=kind, block_size=4)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "fixed"])
 @torch.no_grad()
 def test_prefill_chunks_and_steps_equal_full_forward(lm, kind):
     x = ids(2, 14)

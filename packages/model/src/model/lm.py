@@ -95,6 +95,8 @@ class TransformerLM(nn.Module):
         dtype = p.dtype if dtype is None else dtype
         device = p.device if device is None else device
         max_seq_len = cfg.max_seq_len if max_seq_len is None else max_seq_len
+        if cfg.pos_encoding == "learned" and max_seq_len > cfg.max_seq_len:
+            raise ConfigError("max_seq_len", f"{max_seq_len} exceeds the {cfg.max_seq_len} learned positions")
         dims = dict(n_layers=cfg.n_layers, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim, dtype=dtype, device=device)
         if kind == "static":
             return StaticKVCache(batch_size=batch_size, max_seq_len=max_seq_len, **dims)

@@ -50,11 +50,13 @@ class TransformerStack(nn.Module):
                             dtype=self.embed_tokens.weight.dtype)
         h_BTD = self.embed_tokens(input_ids)
         if self.embed_positions is not None:
-            held = cache.seq_lens.tolist() if cache is not None else []
-            reach = max(held, default=0) + env["T"]  # slots used; token positions never exceed them
-            if reach > self.config.max_seq_len:
-                raise ShapeError(f"learned positions stop at max_seq_len={self.config.max_seq_len}, but this "
-                                 f"forward reaches slot {reach - 1} ({max(held, default=0)} cached + T={env['T']})")
+            # Fixed-shape caches (CUDA graphs, export tracing) must not read lengths back to the host or branch on
+            # traced sizes; their capacity is checked against the position table in new_cache / by the caller.
+            if not getattr(cache, "fixed_shape", False):
+                held = max(cache.seq_lens.tolist(), default=0) if cache is not None else 0
+                if held + env["T"] > self.config.max_seq_len:  # slots used; token positions never exceed them
+                    raise ShapeError(f"learned positions stop at max_seq_len={self.config.max_seq_len}, but this "
+                                     f"forward reaches slot {held + env['T'] - 1} ({held} cached + T={env['T']})")
             h_BTD = h_BTD + self.embed_positions(ctx.positions_BT)
         h_BTD = self.dropout(h_BTD)
         for layer in self.layers:
