@@ -1,8 +1,8 @@
 """Cached decode equals full recomputation, for every cache kind and attention variant.
 
 Variants: MHA, GQA, MQA, sliding window, ALiBi, learned positions, no positions, llama3-scaled RoPE, post-norm.
-Cases: prefill + chunked + single-token decode (also for the fixed-shape cache); batched rows with left padding (attn_mask); paged rows of different
-lengths decoding together; prefix-cache hits; packed documents (document_ids) equal separate forwards.
+Cases: prefill + chunked + single-token decode (also for the fixed-shape cache); batched rows with left padding
+(attn_mask); paged rows of different lengths decoding together; prefix-cache hits; packed documents (document_ids) equal separate forwards.
 """
 
 from __future__ import annotations
