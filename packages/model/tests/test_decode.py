@@ -2,7 +2,8 @@
 
 Variants: MHA, GQA, MQA, sliding window, ALiBi, learned positions, no positions, llama3-scaled RoPE, post-norm.
 Cases: prefill + chunked + single-token decode (also for the fixed-shape cache); batched rows with left padding
-(attn_mask); paged rows of different lengths decoding together; prefix-cache hits; packed documents (document_ids) equal separate forwards.
+(attn_mask); paged rows of different lengths decoding together; prefix-cache hits; packed documents
+(document_ids) equal separate forwards.
 """
 
 from __future__ import annotations
