@@ -188,3 +188,12 @@ class KVCacheConformance:
             for b in range(B):
                 if lens[b]:
                     torch.testing.assert_close(k_read[b, :, :lens[b]], torch.cat(ref[layer][b], dim=1), rtol=0, atol=0)
+
+    def test_a_failed_forward_is_dropped_by_the_next_one(self):
+        cache = self.make_cache(1, 16)
+        self.step(cache, 1, 3, seed=20)
+        cache.append(0, *rand_kv(1, 2, 21))  # a forward that died after layer 0: never advanced
+        got = self.step(cache, 1, 4, seed=22)
+        assert cache.seq_lens.tolist() == [7]
+        k_all = self.filled(cache, got[1][2], 7)
+        torch.testing.assert_close(k_all[:, :, 3:], got[1][0], rtol=0, atol=0)

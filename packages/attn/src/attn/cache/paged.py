@@ -123,14 +123,14 @@ class PagedKVCache:
         self._plan = None
 
     def set_active(self, seq_ids: Sequence[Hashable]) -> None:
-        """These sequences, in this order, are the batch rows of the next forward."""
-        if self._plan is not None:
-            raise ShapeError("set_active: a forward is in progress (appended but not advanced)")
+        """These sequences, in this order, are the batch rows of the next forward (tokens appended but never
+        advanced, e.g. by a forward that failed, are dropped)."""
         for s in seq_ids:
             self._get(s)
         if len(set(seq_ids)) != len(seq_ids):
             raise SequenceError(f"set_active: duplicate sequence ids in {list(seq_ids)!r}")
         self._active = list(seq_ids)
+        self._plan = None
 
     @property
     def active(self) -> list[Hashable]:
@@ -162,7 +162,8 @@ class PagedKVCache:
         env = _KV.check(k, "k", B=len(self._active), KVH=self.n_kv_heads, Dh=self.head_dim)
         _KV.check(v, "v", bound=env)
         T = env["T"]
-        if self._plan is None:
+        if layer == 0 or self._plan is None:  # a forward starts at layer 0 (a failed one is simply dropped)
+            self._plan = None
             self._plan = self._make_plan(T)
         elif self._plan[0] != T:
             raise ShapeError(f"append: layer {layer} got T={T} but this forward appends T={self._plan[0]}")

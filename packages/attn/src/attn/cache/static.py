@@ -99,7 +99,7 @@ class StaticKVCache:
         env = _KV.check(k, "k", B=self.batch_size, KVH=self.n_kv_heads, Dh=self.head_dim)
         _KV.check(v, "v", bound=env)
         T = env["T"]
-        if self._pending is None:
+        if layer == 0 or self._pending is None:  # a forward starts at layer 0 (a failed one is simply dropped)
             if max(self._lens) + T > self.max_seq_len:
                 raise CacheFullError(f"cannot append {T} tokens: the longest row holds {max(self._lens)} of "
                                      f"max_seq_len={self.max_seq_len} slots")
