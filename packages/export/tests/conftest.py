@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny protocol-only LanguageModel (tiny_lm.TinyLM) and export helpers."""
+"""Shared fixtures: lmstack's TransformerLM (llama-debug), a protocol-only stand-in (tiny_lm.TinyLM), helpers."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ def tiny_model(tiny_cfg):
 
     torch.manual_seed(0)
     return TinyLM(tiny_cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def lm():
+    """model.lm.TransformerLM on the llama-debug preset (GQA, RoPE, SwiGLU): 2 layers, KVH 2, Dh 16, V 512."""
+    from model.lm import TransformerLM
+
+    torch.manual_seed(0)
+    return TransformerLM(preset("llama-debug")).eval()
 
 
 def ort_session(path):

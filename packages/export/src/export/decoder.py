@@ -118,8 +118,12 @@ class DecoderWithPast(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if not self.spec.with_cache:
-            return (self.model(input_ids, positions=position_ids, attn_mask=attention_mask),)
+            # An empty past rather than cache=None: the model then takes its fixed-shape cache path, which keeps
+            # the batch axis dynamic even in models whose cache-less path sizes Python lists by the batch.
+            B = input_ids.shape[0]
+            empty = input_ids.new_zeros((B, self.spec.kv_heads, 0, self.spec.head_dim), dtype=self.spec.dtype)
+            past = (empty,) * (2 * self.spec.n_layers)
         cache = PastKVCache([(past[2 * i], past[2 * i + 1]) for i in range(self.spec.n_layers)],
                             new_tokens=input_ids.shape[1])
         logits_BTV = self.model(input_ids, positions=position_ids, cache=cache, attn_mask=attention_mask)
-        return (logits_BTV, *cache.presents())
+        return (logits_BTV, *cache.presents()) if self.spec.with_cache else (logits_BTV,)
