@@ -22,6 +22,19 @@ case "${1:-}" in
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$_root"/.whl/*.whl || return 1
     fi
+    # Entry points (the plugin resolver reads them from installed metadata): a .dist-info per package in /tmp/site.
+    python3 - "$_root" <<'PY' || return 1
+import pathlib, sys, tomllib
+root, site = pathlib.Path(sys.argv[1]), pathlib.Path("/tmp/site")
+for pp in sorted(root.glob("packages/*/pyproject.toml")):
+    proj = tomllib.loads(pp.read_text())["project"]
+    info = site / f"{proj['name'].replace('-', '_')}-{proj['version']}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {proj['name']}\nVersion: {proj['version']}\n")
+    eps = proj.get("entry-points", {})
+    (info / "entry_points.txt").write_text("".join(
+        f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in m.items()) + "\n" for g, m in eps.items()))
+PY
     _pp=/tmp/site
     for d in "$_root"/packages/*/src; do _pp="$_pp:$d"; done
     export PYTHONPATH="$_pp${PYTHONPATH:+:$PYTHONPATH}"

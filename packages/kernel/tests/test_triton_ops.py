@@ -155,7 +155,9 @@ def test_registry_picks_triton_only_on_gpu():
     reg = default_registry()
     for op in ("attention", "rmsnorm", "rope", "swiglu", "cross_entropy", "linear_cross_entropy"):
         assert reg.select(op, "auto", device="cpu", dtype=torch.bfloat16).name != "triton"
-        assert reg.select(op, "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == "triton"
+        # attention: torch SDPA measured faster than the Triton kernel on Hopper, so it outranks it
+        best = "sdpa" if op == "attention" else "triton"
+        assert reg.select(op, "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == best
         assert reg.select(op, "auto", device="cuda", dtype=torch.bfloat16, capability=(7, 5)).name != "triton"
         assert "runs on cuda only" in reg.why_not(op, "triton", device="cpu")
 
