@@ -88,3 +88,13 @@ def test_torch_export_int8_stores_int8_weights(lm, tmp_path):
     q = out.card.metadata["quantization"]
     assert q["scheme"].startswith("int8 weight-only") and q["logit_mean_abs_change"] > 0
     assert not any(isinstance(m, Int8WeightOnlyLinear) for m in lm.modules())  # model left as it was
+
+
+def test_torchscript_fp16(lm, tmp_path):
+    out = export(lm, ExportConfig(target="torchscript", dtype="fp16", outdir=str(tmp_path / "a"), hooks=()))
+    meta = out.card.metadata
+    assert meta["inputs"][3]["dtype"] == "float16" and meta["outputs"][0]["dtype"] == "float16"
+    assert meta["parity"]["passed"] and meta["parity"]["atol"] == 2e-2  # vs the fp16 eager model
+    module = torch.jit.load(str(out.path))
+    assert {t.dtype for t in module.state_dict().values() if t.is_floating_point()} == {torch.float16}
+    assert next(lm.parameters()).dtype == torch.float32  # the caller's model is not converted
