@@ -155,4 +155,6 @@ def export(model: nn.Module, cfg: ExportConfig | Mapping[str, Any], *, vocab_siz
     finally:
         model.train(was_training)
     ran = run_hooks(hooks, outdir, published, hook_metadata(card, outdir, published, arch=arch, base=metadata))
-    return ExportResult(path=published[0], outdir=outdir, files=tuple(published), card=card, hooks=tuple(ran))
+    given = Path(cfg.outdir)  # report paths the way the caller spelled outdir ("artifacts/model.onnx")
+    return ExportResult(path=given / published[0].name, outdir=given, files=tuple(given / p.name for p in published),
+                        card=card, hooks=tuple(ran))

@@ -80,7 +80,10 @@ class TrtRunner:
         import tensorrt as trt
 
         self.trt, self.spec = trt, spec
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_bytes)
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
+        self.engine = self.runtime.deserialize_cuda_engine(engine_bytes)
+        if self.engine is None:
+            raise ExportError("TensorRT could not deserialize the engine it just built")
         self.context = self.engine.create_execution_context()
 
     def _dtype(self, name: str) -> torch.dtype:

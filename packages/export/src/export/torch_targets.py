@@ -58,6 +58,9 @@ def _quantized(job: ExportJob) -> tuple[nn.Module, dict[str, Any]]:
 def _build(job: ExportJob, filename: str, kind: str) -> TargetResult:
     model, scheme = _quantized(job)
     device = model_device(model)
+    if device.type != "cpu":  # lazily built tables for this device must exist before tracing (see exporter)
+        with torch.no_grad():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device))
     wrapper = DecoderWithPast(model, job.spec).eval()
     example = tuple(t.to(device) for t in job.spec.example_inputs())
     path = job.workdir / filename
