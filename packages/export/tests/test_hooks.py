@@ -13,7 +13,7 @@ from export.exporter import export
 from specs.errors import PluginError
 from specs.export import ExportConfig
 from specs.metadata import validate_metadata
-from specs.modelcard import ModelCard
+from specs.modelcard import ModelCard, sha256_file
 
 
 class Recorder:
@@ -39,6 +39,7 @@ def test_named_hook_called_after_publishing(tiny_model, tmp_path):
     assert metadata["run"] == "r1" and metadata["metrics"] == {"loss": 2.5}  # the caller's metadata is kept
     card = ModelCard.load(out.outdir / "modelcard.json")
     assert metadata["artifacts"][0] == {"path": artifacts[0], "sha256": card.files["model.pt"].sha256}
+    assert metadata["artifacts"][1]["sha256"] == sha256_file(out.outdir / "modelcard.json")
 
 
 def test_no_hooks_and_unknown_hooks(tiny_model, tmp_path):

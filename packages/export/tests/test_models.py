@@ -56,3 +56,12 @@ def test_any_protocol_model_exports_to_onnx(tiny_model, tmp_path):
     sess = ort_session(out.path)
     past0 = sess.get_inputs()[3]
     assert past0.name == "past_key_values.0.key" and past0.shape[1:] == [2, "past_sequence_length", 8]
+
+
+def test_tied_weights_count_once_towards_the_external_data_threshold():
+    from export.onnx_target import weight_bytes
+
+    m = _model("gpt2-debug")  # tied embedding and head
+    every = sum(t.numel() * t.element_size() for t in m.state_dict().values())
+    emb = m.config.vocab_size * m.config.d_model * 4
+    assert weight_bytes(m) == every - emb

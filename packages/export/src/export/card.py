@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from specs.metadata import METADATA_VERSION, validate_metadata
-from specs.modelcard import LineageEntry, ModelCard
+from specs.modelcard import LineageEntry, ModelCard, sha256_file
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def hook_metadata(card: ModelCard, outdir: Path, published: list[Path], *, arch:
     doc.setdefault("model", {"arch": arch, "params": card.metadata.get("model", {}).get("params"),
                              "config_sha256": config_sha})
     artifacts = [a for a in doc.get("artifacts") or [] if isinstance(a, Mapping)]
-    artifacts += [{"path": str(p), "sha256": card.files[p.name].sha256 if p.name in card.files else None}
+    artifacts += [{"path": str(p), "sha256": card.files[p.name].sha256 if p.name in card.files else sha256_file(p)}
                   for p in published]
     doc["artifacts"] = artifacts
     doc["export"] = {"outdir": str(outdir), "target": card.metadata.get("target"),

@@ -46,7 +46,11 @@ def check_opset(opset: int) -> None:
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    """Bytes of distinct tensors (a tied embedding/head counts once, as the ONNX file stores it once)."""
+    seen: dict[int, int] = {}
+    for t in model.state_dict().values():
+        seen[t.untyped_storage().data_ptr()] = t.numel() * t.element_size()
+    return sum(seen.values())
 
 
 def export_onnx(model: torch.nn.Module, spec: DecoderSpec, path: Path, *, opset: int,
