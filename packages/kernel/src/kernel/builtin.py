@@ -46,6 +46,8 @@ def builtin_implementations() -> list[Implementation]:
     return [
         *triton_implementations(),
         *reference_implementations(),
+        Implementation(op="linear_cross_entropy", name="logits", target="kernel.reference:linear_cross_entropy_logits",
+                       priority=-10, description="materialised logits + cross_entropy (chosen under torch.compile)"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
         Implementation(op="attention", name="flash", target="kernel.flash:attention", priority=30,

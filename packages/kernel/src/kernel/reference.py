@@ -116,3 +116,9 @@ def linear_cross_entropy(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, label
     ``chunk_size`` None picks rows per chunk so one logits chunk is about the size of the hidden states.
     """
     return chunked_linear_cross_entropy(hidden_ND, weight_VD, labels_N, ignore_index, chunk_size)
+
+
+def linear_cross_entropy_logits(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, labels_N: torch.Tensor,
+                                ignore_index: int = -100) -> torch.Tensor:
+    """The same loss through materialised (N, V) logits: one large matmul, the layout torch.compile fuses best."""
+    return cross_entropy(F.linear(hidden_ND, weight_VD), labels_N, ignore_index)

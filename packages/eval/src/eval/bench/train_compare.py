@@ -104,6 +104,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name == "lmstack":
             model = resolve("lmstack.models", cfg.arch)(cfg).to(device)
             n = model.num_params(exclude_embeddings=True) + (model.lm_head.weight.numel() if cfg.tie_embeddings else 0)
+            with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+                model.loss(x[:1, :16], y[:1, :16])  # eager first: kernel choices resolve outside the graph
             loss_fn = compile_fn(lambda a, b, m=model: m.loss(a, b))
         elif name == "transformers":
             model = _hf_model(cfg).to(device)
