@@ -1,0 +1,188 @@
+"""Every example in examples/ and the root example.py, run as a user runs them (a subprocess from the repo root)
+with tiny configs, asserting on what they really produce: files, exit codes, parsed HTTP responses, equal losses.
+
+Each runs with OMP_NUM_THREADS=1: the models are tiny, and on a shared 2-core machine one thread per process avoids
+OpenMP threads spinning against other processes (which can make a step 100x slower).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], *, timeout: float = 180, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1",
+                "PYTHON": sys.executable, "TORCHRUN": str(BIN / "torchrun"), "PYTHONUNBUFFERED": "1",
+                **(env or {})}
+    full_env.pop("LMSTACK_SIGNING_KEY", None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+                    f"--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def scalars(path: Path, tag: str) -> dict[int, float]:
+    with open(path, newline="") as f:
+        return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["tag"] == tag}
+
+
+@pytest.fixture(scope="module")
+def quick_example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("example")
+    return out, run([sys.executable, "example.py", "--quick", "--out", str(out)], timeout=120)
+
+
+def test_example_quick_trains_evaluates_generates_and_saves(quick_example):
+    out, proc = quick_example
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_loss"] < summary["first_loss"] - 0.5, summary["history"]  # the loss visibly falls
+    assert 1 < summary["val_ppl"] < 512  # better than a uniform guess over the bpe:512 vocabulary
+    assert summary["generated"].startswith(summary["prompt"]) and len(summary["generated"]) > len(summary["prompt"])
+    for line in ("held-out: loss", "generated from", "saved:", f"step   40/40 | loss {summary['final_loss']:.3f}"):
+        assert line in proc.stdout
+    from data.tokenizer import load_tokenizer
+    from model.lm import TransformerLM
+
+    model = TransformerLM.from_pretrained(out / "model")  # sha256 of every file checked against the model card
+    tok = load_tokenizer(str(out / "model"))
+    assert model.config.vocab_size >= tok.vocab_size == 512
+    assert scalars(out / "logs" / "scalars.csv", "loss")  # curves for python -m viz plot
+
+
+def test_example_rejects_bad_steps():
+    proc = run([sys.executable, "example.py", "--steps", "0"], check=False, timeout=60)
+    assert proc.returncode == 2 and "--steps must be a positive integer" in proc.stderr
+
+
+def test_train_eval_export_verify(tmp_path):
+    out = tmp_path / "release"
+    proc = run(["bash", "examples/train_eval_export_verify.sh", str(out)], env={"STEPS": "10"}, timeout=240)
+    assert "verify: all checks passed" in proc.stdout and "sha256sum -c: OK" in proc.stdout
+    # eval on the held-out split reproduces the trainer's own eval at the same step
+    ev = json.loads((out / "eval.json").read_text())
+    logged = scalars(out / "run" / "logs" / "scalars.csv", "eval/loss")
+    assert ev["step"] == 10 and ev["loss"] == pytest.approx(logged[10], abs=1e-5)
+    art = out / "artifacts"
+    for name in ("model.onnx", "modelcard.json", "SBOM.spdx.json", "RECEIPT.json", "MODEL_CARD.md", "MODEL_CARD.json",
+                 "CHECKSUMS.sha256", "CHECKSUMS.sha256.sig"):
+        assert (art / name).is_file(), name
+    card = json.loads((art / "modelcard.json").read_text())
+    assert card["metadata"]["quantization"]["perplexity_rel_change"] < 0.05
+    assert card["lineage"][0]["kind"] == "checkpoint"
+    pub = str(out / "keys" / "ed25519.pub.pem")
+    verify = [sys.executable, "-m", "governance", "verify", str(art / "model.onnx"), "--pubkey", pub]
+    assert run(verify, check=False).returncode == 0
+    data = bytearray((art / "model.onnx").read_bytes())  # the gate must catch a tampered artifact
+    data[len(data) // 2] ^= 0xFF
+    (art / "model.onnx").write_bytes(bytes(data))
+    bad = run(verify, check=False)
+    assert bad.returncode != 0 and "model.onnx" in bad.stdout + bad.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sse_events(text: str, marker: str) -> list[dict]:
+    """The JSON events of the SSE stream printed after ``marker``, up to its ``data: [DONE]``."""
+    events, started = [], False
+    for line in text[text.index(marker):].splitlines():
+        if line == "data: [DONE]":
+            return events
+        if line.startswith("data: "):
+            events.append(json.loads(line.removeprefix("data: ")))
+            started = True
+    raise AssertionError(f"no [DONE] after {marker!r} (started={started})")
+
+
+def test_serve_and_query_with_curl(quick_example, tmp_path):
+    model_dir, _ = quick_example
+    port = _free_port()
+    proc = run(["bash", "examples/serve_and_query.sh", str(model_dir / "model")],
+               env={"PORT": str(port), "OUT": str(tmp_path / "serve")}, timeout=180)
+    lines = proc.stdout.splitlines()
+    models = json.loads(lines[lines.index("==> GET /v1/models") + 1])
+    assert models["data"][0]["id"] == "tiny"
+    greedy = json.loads(lines[lines.index("==> POST /v1/completions (greedy)") + 1])
+    assert greedy["object"] == "text_completion" and greedy["usage"]["completion_tokens"] == 16
+    assert greedy["choices"][0]["finish_reason"] == "length" and greedy["choices"][0]["text"]
+    completion = _sse_events(proc.stdout, "==> POST /v1/completions (streaming")
+    assert {e["object"] for e in completion} == {"text_completion"}
+    assert len(completion) == 8 and completion[-1]["choices"][0]["finish_reason"] == "length"
+    chat = _sse_events(proc.stdout, "==> POST /v1/chat/completions")
+    assert chat[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chat[-1]["choices"] == [] and chat[-1]["usage"]["completion_tokens"] == 8
+    assert "lmstack:num_requests_running" in proc.stdout
+    with socket.socket() as s:  # the script stopped its server
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_resume_continues_identically(tmp_path):
+    out = tmp_path / "resume"
+    proc = run(["bash", "examples/resume_from_checkpoint.sh", str(out)], env={"STEPS": "16"}, timeout=180)
+    assert "identical: losses after the resume and final weights" in proc.stdout
+    ref = scalars(out / "reference" / "logs" / "scalars.csv", "loss")
+    res = scalars(out / "resumed" / "logs" / "scalars.csv", "loss")
+    assert sorted(res) == list(range(9, 17))  # the resumed run did steps 9..16 only
+    assert all(res[s] == ref[s] for s in res)
+
+
+def test_hf_import_matches_transformers_greedy(tmp_path):
+    proc = run([sys.executable, "examples/hf_import_generate.py", "--out", str(tmp_path), "--new-tokens", "12"])
+    assert proc.stdout.count("greedy tokens identical") == 2
+    ours = [json.loads(line.split(":", 1)[1]) for line in proc.stdout.splitlines() if "lmstack      :" in line]
+    theirs = [json.loads(line.split(":", 1)[1]) for line in proc.stdout.splitlines() if "transformers :" in line]
+    assert len(ours) == len(theirs) == 2 and ours == theirs and all(len(t) == 12 for t in ours)
+    for kind in ("llama", "gpt2"):  # the hub layout, written by transformers itself
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / kind).iterdir()}
+
+
+@pytest.mark.dist
+def test_fsdp_two_cpu_ranks(tmp_path):
+    out = tmp_path / "fsdp"
+    proc = run(["bash", "examples/fsdp_torchrun.sh", str(out)], env={"STEPS": "10"}, timeout=240)
+    assert "FSDP matches the single-process run" in proc.stdout
+    assert "2 rank(s) on cpu, strategy FSDP" in proc.stdout
+    ckpt = out / "fsdp" / "checkpoints" / "step_00000010"
+    for rank in (0, 1):  # both ranks reached the final checkpoint and wrote their own state
+        assert (ckpt / "rng" / f"rank_{rank:05d}.json").is_file()
+        assert (ckpt / "data" / f"rank_{rank:05d}.json").is_file()
+    assert len(list((ckpt / "optimizer").glob("shard-*.safetensors"))) == 2
+    assert sorted(p.name for p in out.glob("torchrun/*/attempt_0/*")) == ["0", "1"]
+
+
+def test_export_snippet_onnxruntime_greedy_matches_pytorch(tmp_path):
+    proc = run([sys.executable, "examples/export_onnx_int8.py", "--outdir", str(tmp_path), "--quantize", "none"])
+    assert "artifact:" in proc.stdout and (tmp_path / "model.onnx").is_file()
+    line = {ln.split(":")[0].strip(): ln.split(":", 1)[1] for ln in proc.stdout.splitlines() if "greedy:" in ln}
+    assert json.loads(line["onnxruntime greedy"]) == json.loads(line["pytorch greedy"])
+    assert run([sys.executable, "-m", "governance", "verify", str(tmp_path / "model.onnx")],
+               check=False).returncode == 0
+
+
+def test_instrumented_generation_logs_serving_metrics(quick_example, tmp_path):
+    model_dir, _ = quick_example
+    logs = tmp_path / "logs"
+    run([sys.executable, "examples/instrument_generate.py", str(model_dir / "model"), "--out", str(logs),
+         "--max-new-tokens", "16"])
+    csv_path = logs / "scalars.csv"
+    assert sorted(scalars(csv_path, "serve/ttft_ms")) == [1, 2, 3, 4]
+    assert set(scalars(csv_path, "serve/new_tokens").values()) == {16.0}
+    records = [json.loads(x) for x in (logs / "metrics.jsonl").read_text().splitlines()[1:]]
+    latencies = [json.loads(r["text"]) for r in records if r.get("type") == "text"]
+    assert len(latencies) == 4 and all(len(x) == 16 for x in latencies)
