@@ -47,3 +47,15 @@ def test_bad_requests(tiny_lm):
         gen.generate(torch.zeros(2, 4, dtype=torch.long), 2)
     with pytest.raises(ConfigError):
         gen.generate(torch.zeros(1, 4, dtype=torch.long), 0)
+
+
+def test_generators_do_not_share_compiled_entries(tiny_lm):
+    torch._dynamo.reset()
+    p1 = torch.randint(0, tiny_lm.config.vocab_size, (1, 4))
+    p2 = torch.randint(0, tiny_lm.config.vocab_size, (3, 4))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        a = FastGenerator(tiny_lm, 1, 16, compile="default", backend="eager")
+        b = FastGenerator(tiny_lm, 3, 16, compile="default", backend="eager")
+        a.generate(p1, 5)
+        b.generate(p2, 5)  # a shared code object would recompile here and raise
+        a.generate(p1, 5)

@@ -14,6 +14,7 @@ Shape legend: B rows, T prompt tokens, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -52,7 +53,11 @@ class FastGenerator:
         kwargs: dict[str, Any] = {"fullgraph": True, "dynamic": False, "backend": self.backend}
         if self.backend == "inductor":
             kwargs["mode"] = self.compile_mode
-        self._step = torch.compile(self._decode_one, **kwargs)
+        # A private copy of the step's code object: dynamo caches compiled graphs per code object (8 by default),
+        # so generators of other batch sizes or models must not share, and evict, each other's entries.
+        fn = FastGenerator._decode_one.__wrapped__  # under torch.no_grad's wrapper
+        own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        self._step = torch.compile(types.MethodType(own, self), **kwargs)  # generate() runs under no_grad
         self._compiled = True
 
     @torch.no_grad()
