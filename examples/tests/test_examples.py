@@ -186,3 +186,15 @@ def test_instrumented_generation_logs_serving_metrics(quick_example, tmp_path):
     records = [json.loads(x) for x in (logs / "metrics.jsonl").read_text().splitlines()[1:]]
     latencies = [json.loads(r["text"]) for r in records if r.get("type") == "text"]
     assert len(latencies) == 4 and all(len(x) == 16 for x in latencies)
+
+
+def test_experiment_runner_writes_table_and_plot(tmp_path):
+    out = tmp_path / "pe"
+    run([sys.executable, "experiments/pos_encoding/run.py", "--steps", "4", "--variants", "rope", "alibi",
+         "--eval-windows", "4", "--out", str(out), "--corpus-dir", str(tmp_path / "corpus")], timeout=180)
+    rows = [ln for ln in (out / "results.md").read_text().splitlines() if ln.startswith("| rope") or
+            ln.startswith("| alibi")]
+    assert len(rows) == 2
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert [len(r["losses"]) for r in results] == [4, 4] and all(len(r["loss_by_position"]) == 256 for r in results)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
