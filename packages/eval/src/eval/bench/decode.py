@@ -73,25 +73,29 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     return total
 
 
-def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
-    gen.generate(prompt, n)  # compile + capture
-    gen.generate(prompt, n)
+def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str) -> dict[str, float]:
+    """``generate(k)`` makes k new tokens for B rows. t1 = one token (prefill + first pick), tN = n tokens;
+    decode tokens/s = B (n - 1) / (tN - t1). Medians of ``repeat`` after two warm-up calls (compile, capture)."""
+    generate(n)
+    generate(n)
     t_one, t_all = [], []
     for _ in range(repeat):
         sync(device)
         t0 = time.perf_counter()
-        gen.generate(prompt, 1)
+        generate(1)
         sync(device)
         t1 = time.perf_counter()
-        gen.generate(prompt, n)
+        generate(n)
         sync(device)
-        t2 = time.perf_counter()
         t_one.append(t1 - t0)
-        t_all.append(t2 - t1)
+        t_all.append(time.perf_counter() - t1)
     t1m, tnm = statistics.median(t_one), statistics.median(t_all)
-    B = prompt.shape[0]
     return {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
             "prefill_s": t1m, "total_s": tnm}
+
+
+def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
+    return _time_decode(lambda k: gen.generate(prompt, k), prompt.shape[0], n, repeat, device)
 
 
 def _hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str) -> Any:
@@ -110,25 +114,12 @@ def _hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str)
 
 
 def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
-    kw = dict(do_sample=False, cache_implementation="static", min_new_tokens=n, pad_token_id=0)
-    hf.generate(prompt, max_new_tokens=n, **kw)
-    t_one, t_all = [], []
-    for _ in range(repeat):
-        sync(device)
-        t0 = time.perf_counter()
-        hf.generate(prompt, max_new_tokens=1, **{**kw, "min_new_tokens": 1})
-        sync(device)
-        t1 = time.perf_counter()
-        out = hf.generate(prompt, max_new_tokens=n, **kw)
-        sync(device)
-        t2 = time.perf_counter()
-        assert out.shape[1] == prompt.shape[1] + n
-        t_one.append(t1 - t0)
-        t_all.append(t2 - t1)
-    t1m, tnm = statistics.median(t_one), statistics.median(t_all)
-    B = prompt.shape[0]
-    return {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
-            "prefill_s": t1m, "total_s": tnm}
+    def gen(k: int) -> None:
+        out = hf.generate(prompt, max_new_tokens=k, do_sample=False, cache_implementation="static",
+                          min_new_tokens=k, pad_token_id=0)
+        assert out.shape[1] == prompt.shape[1] + k
+
+    return _time_decode(gen, prompt.shape[0], n, repeat, device)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
