@@ -5,7 +5,8 @@
 #
 # 1. train:   python -m train.run --config cfgs/debug.yaml (the embedded stdlib corpus, byte tokenizer, 2 layers);
 #             every checkpoint gets RECEIPT.json + LINEAGE.dot from the governance trainer callback.
-# 2. eval:    held-out perplexity of the last checkpoint on the split the run held out (eval.metrics.perplexity).
+# 2. eval:    held-out perplexity of the last checkpoint on the split the run held out (eval.metrics.perplexity),
+#             then lm-evaluation-harness (python -m eval.harness) on eval's bundled lmstack_tiny_text task.
 # 3. keys:    an Ed25519 signing key (python -m governance keygen); LMSTACK_SIGNING_KEY makes the hooks sign.
 # 4. export:  export.exporter.export(...) to ONNX with a KV cache, int8 weights, validated with onnxruntime; the
 #             governance export hook writes SBOM.spdx.json, RECEIPT.json, LINEAGE.dot, MODEL_CARD.md/.json and a
@@ -27,6 +28,11 @@ echo "    last checkpoint: $CKPT ($(ls "$CKPT" | tr '\n' ' '))"
 
 echo "==> 2. eval"
 "$PY" examples/eval_perplexity.py "$CKPT" --out "$OUT/eval.json"
+# The same checkpoint through lm-evaluation-harness (the lmstack model adapter), on eval's bundled offline task.
+TASKS_DIR=$("$PY" -c 'import eval.tasks as t; print(t.TASKS_DIR)')
+"$PY" -m eval.harness run --model lmstack --model_args "pretrained=$CKPT" --tasks lmstack_tiny_text --device cpu \
+  --include_path "$TASKS_DIR" --output_path "$OUT/lm_eval" 2>"$OUT/lm_eval.log" | grep '|' || {
+  cat "$OUT/lm_eval.log"; exit 1; }
 
 echo "==> 3. signing key"
 "$PY" -m governance keygen --out "$OUT/keys" --force

@@ -75,6 +75,9 @@ def test_train_eval_export_verify(tmp_path):
     ev = json.loads((out / "eval.json").read_text())
     logged = scalars(out / "run" / "logs" / "scalars.csv", "eval/loss")
     assert ev["step"] == 10 and ev["loss"] == pytest.approx(logged[10], abs=1e-5)
+    harness = json.loads(next((out / "lm_eval").rglob("results_*.json")).read_text())["results"]
+    # byte tokenizer, 320 ids: a uniform guess scores log2(320) = 8.32 bits per byte; 10 steps already beat it
+    assert 0 < harness["lmstack_tiny_text"]["bits_per_byte,none"] < 8.3
     art = out / "artifacts"
     for name in ("model.onnx", "modelcard.json", "SBOM.spdx.json", "RECEIPT.json", "MODEL_CARD.md", "MODEL_CARD.json",
                  "CHECKSUMS.sha256", "CHECKSUMS.sha256.sig"):
