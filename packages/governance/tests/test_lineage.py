@@ -93,3 +93,14 @@ def test_malformed_metadata_is_an_error_and_writes_nothing(cli, metadata_file: P
 def test_write_lineage_without_png(metadata: dict, tmp_path: Path) -> None:
     dot, png, note = write_lineage(tmp_path / "L.dot", metadata, png=False)
     assert dot.is_file() and png is None and note is None
+
+
+def test_many_sources_collapse_into_a_summary_node():
+    from governance.lineage import MAX_SOURCES, build_dot
+
+    md = {"metadata_version": 1, "run": "r",
+          "data": {"sources": [{"name": f"f{i}.py", "license": "PSF-2.0" if i % 2 else "MIT"} for i in range(100)],
+                   "shards": [{"path": "s0.bin", "sha256": "ab" * 32}]}}
+    dot = build_dot(md)
+    assert dot.count("source: ") == MAX_SOURCES
+    assert f"+{100 - MAX_SOURCES} more sources" in dot and "MIT, PSF-2.0" in dot

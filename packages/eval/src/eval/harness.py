@@ -2,8 +2,9 @@
 
     python -m eval.harness run --model lmstack --model_args pretrained=runs/x/step_1000,batch_size=8 \
         --tasks hellaswag --device cpu
-    python -m eval.harness run --model lmstack --model_args pretrained=DIR --tasks lmstack_tiny_mc \
-        --include_path "$(python -c 'import eval.tasks as t; print(t.TASKS_DIR)')"
+    python -m eval.harness run --model lmstack --model_args pretrained=DIR --tasks lmstack_tiny_mc
+
+The bundled offline tasks (``eval.tasks.TASKS_DIR``) are on the include path unless ``--include_path`` is given.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     import eval.lm_eval_adapter  # noqa: F401  (registers "lmstack")
+    from eval.tasks import TASKS_DIR
 
-    sys.argv = ["lm-eval", *(sys.argv[1:] if argv is None else argv)]
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
+        args += ["--include_path", str(TASKS_DIR)]
+    sys.argv = ["lm-eval", *args]
     cli_evaluate()
     return 0
 

@@ -22,6 +22,7 @@ from specs.errors import LmstackError
 from specs.metadata import validate_metadata
 
 MAX_SHARDS = 64  # past this the rest collapse into one summary node; every hash is still in RECEIPT.json
+MAX_SOURCES = 32  # likewise for sources (a corpus of many files would otherwise draw one node per file)
 
 
 def _q(text: str) -> str:
@@ -59,9 +60,13 @@ def build_dot(metadata: Mapping[str, Any], artifacts: Sequence[str | os.PathLike
     src_ids, shard_ids = [], []
     if sources or shards or data.get("manifest"):
         g.lines.append('  subgraph cluster_data {\n    label="data"; style="rounded";')
-        for s in sources:
+        for s in sources[:MAX_SOURCES]:
             label = f"source: {s['name']}\nlicense: {s.get('license') or 'unknown'}\n{_short(s.get('sha256'))}"
             src_ids.append(g.node(label, "folder", "    "))
+        if len(sources) > MAX_SOURCES:
+            rest = sources[MAX_SOURCES:]
+            licenses = ", ".join(sorted({str(s.get("license") or "unknown") for s in rest}))
+            src_ids.append(g.node(f"+{len(rest)} more sources\nlicenses: {licenses}", "folder", "    ", style="dashed"))
         manifest = None
         if data.get("manifest"):
             manifest = g.node(f"manifest: {data['manifest']}\n{_short(data.get('manifest_sha256'))}", "note", "    ")
