@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from eval.bench.common import prefer_kernels, report, sync
+from specs.errors import LmstackError
 from specs.plugins import resolve
 from specs.presets import preset
 
@@ -126,7 +127,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefer_kernels(args.prefer)
     device, dtype = args.device, DTYPES[args.dtype]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise LmstackError(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
     cfg = preset(args.preset)
     torch.manual_seed(0)
     model = resolve("lmstack.models", cfg.arch)(cfg).to(device=device, dtype=dtype).eval()

@@ -34,7 +34,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
+    try:
+        sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
+    except ValueError:
+        raise LmstackError(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
     if not sizes or min(sizes) < 1 or args.new_tokens < 2 or args.prompt_tokens < 1 or args.repeat < 1:
         raise LmstackError("need batch sizes >= 1, --new-tokens >= 2, --prompt-tokens >= 1 and --repeat >= 1")
     model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
