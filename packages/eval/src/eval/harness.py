@@ -12,8 +12,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from specs.cli import run_cli
 
-def main(argv: Sequence[str] | None = None) -> int:
+
+def _main(argv: Sequence[str] | None) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     import eval.lm_eval_adapter  # noqa: F401  (registers "lmstack")
@@ -25,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.argv = ["lm-eval", *args]
     cli_evaluate()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """lm-eval's CLI; an lmstack error (bad checkpoint path, no CUDA, unknown tokenizer) prints ``error: ...``."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
