@@ -129,6 +129,8 @@ def test_tensorrt_missing_is_named(tiny_model, tmp_path):
 @pytest.mark.skipif(not fp8_requirements(), reason="FP8 prerequisites are present here")
 def test_fp8_missing_is_named(tiny_model, tmp_path):
     with pytest.raises(MissingDependencyError, match="quantize='fp8' needs"):
+        export(tiny_model, _cfg(tmp_path, target="torch_export", quantize="fp8", dtype="bf16"))
+    with pytest.raises(ConfigError, match="set dtype='bf16'"):
         export(tiny_model, _cfg(tmp_path, target="torch_export", quantize="fp8"))
     assert not (tmp_path / "artifacts").exists()
 

@@ -114,7 +114,8 @@ class TinyLM(nn.Module):
     def forward(self, input_ids, positions=None, cache=None, attn_mask=None, document_ids=None):
         B, T = input_ids.shape
         if positions is None:
-            start = cache.seq_lens[:, None] if cache is not None else torch.zeros(B, 1, dtype=torch.long)
+            zero = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
+            start = cache.seq_lens[:, None] if cache is not None else zero
             positions = start + torch.arange(T, device=input_ids.device)
         freqs = positions[..., None].float() * self.inv_freq  # (B, T, Dh/2)
         emb = torch.cat([freqs, freqs], dim=-1)

@@ -94,6 +94,9 @@ class TorchExportTarget:
     name = "torch_export"
 
     def check(self, cfg: Any) -> None:
+        if cfg.quantize == "fp8" and cfg.dtype != "bf16":
+            raise ConfigError("export.dtype", f"quantize='fp8' runs the model in bf16 (torchao float8 weights, bf16 "
+                              f"activations and KV cache); set dtype='bf16', got {cfg.dtype!r}")
         if cfg.quantize == "fp8" and (missing := fp8_requirements()):
             raise MissingDependencyError("quantize='fp8'", missing)
 
