@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from eval.bench.common import prefer_kernels, report, sync
+from eval.loading import pick_device
 from specs.errors import LmstackError
 from specs.plugins import resolve
 from specs.presets import preset
@@ -125,7 +126,7 @@ def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) ->
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     prefer_kernels(args.prefer)
-    device, dtype = args.device, DTYPES[args.dtype]
+    device, dtype = pick_device(args.device), DTYPES[args.dtype]  # ConfigError when CUDA is absent
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     try:
         sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]

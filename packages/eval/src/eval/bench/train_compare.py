@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from eval.bench.common import prefer_kernels, report, sync
+from eval.loading import pick_device
 from specs.plugins import resolve
 from specs.presets import preset
 
@@ -90,7 +91,7 @@ def _bench(loss_fn: Any, params: list[torch.nn.Parameter], x: torch.Tensor, y: t
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     prefer_kernels(args.prefer)
-    device = args.device
+    device = pick_device(args.device)  # ConfigError, not a torch traceback, when CUDA is absent
     cfg = preset(args.preset, max_seq_len=max(args.seq, preset(args.preset).max_seq_len))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     g = torch.Generator().manual_seed(0)
