@@ -6,6 +6,7 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from eval.bench import SUBCOMMANDS, Subcommand
 from eval.bench.__main__ import main
@@ -70,3 +71,9 @@ def test_errors_exit_2_without_traceback(capsys):
     assert err.startswith("error: model:") and "llama-debug" in err
     assert main(["server", "--url", "http://127.0.0.1:9", "--vocab-size", "10"]) == 2
     assert "cannot benchmark" in capsys.readouterr().err
+    assert main(["generate", "--batch-sizes", "1,x"]) == 2
+    assert capsys.readouterr().err.startswith("error: --batch-sizes:")
+    if not torch.cuda.is_available():
+        for cmd in ("decode", "train-compare"):
+            assert main([cmd, "--preset", "debug", "--device", "cuda"]) == 2
+            assert capsys.readouterr().err.startswith("error: device:")
