@@ -120,7 +120,8 @@ def load_scalars(run_dir: str | os.PathLike[str]) -> list[RunLog]:
     """Every log under ``run_dir``; VizError naming ``run_dir`` if it holds none."""
     root = Path(run_dir)
     if not root.is_dir():
-        raise VizError(f"run directory {str(root)!r} does not exist")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise VizError(f"run directory {str(root)!r} {what}")
     logs = find_logs(root)
     if not logs:
         raise VizError(f"no lmstack CSV or JSONL logs found under {str(root)!r} (looked for scalars.csv / "
