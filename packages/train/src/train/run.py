@@ -111,8 +111,9 @@ def _train(cfg: RunConfig, env: dist.DistEnv, argv: Sequence[str]) -> int:
                 logger.warning("%s", stop)
             return 128 + stop.signum
         if env.is_main:
-            logger.info("done: step %d, loss %.4f, checkpoints in %s", trainer.global_step,
-                        metrics.get("loss", float("nan")), Path(cfg.train.out_dir) / "checkpoints")
+            loss = metrics.get("loss")  # absent unless the last step was a log step (train.log_every)
+            logger.info("done: step %d%s, checkpoints in %s", trainer.global_step,
+                        "" if loss is None else f", loss {loss:.4f}", Path(cfg.train.out_dir) / "checkpoints")
         return 0
     finally:
         viz.close()
