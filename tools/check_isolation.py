@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,10 +64,19 @@ def tree_hash(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
+_TORCH_BASE_LOCK = threading.Lock()
+
+
 def torch_base() -> Path:
-    """A folder of links to torch and its runtime requirements from this interpreter's site-packages."""
+    """A folder of links to torch and its runtime requirements from this interpreter's site-packages (built once,
+    under a lock: the package checks run in parallel threads)."""
+    with _TORCH_BASE_LOCK:
+        return _torch_base()
+
+
+def _torch_base() -> Path:
     base = WORK / "torch-base"
-    version = md.version("torch")
+    version = f"{md.version('torch')} {md.distribution('torch').locate_file('')}"  # links point into that venv
     stamp = base / ".version"
     if stamp.exists() and stamp.read_text() == version:
         return base
