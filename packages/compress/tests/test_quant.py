@@ -46,3 +46,18 @@ def test_tied_head_is_left_alone_and_errors():
         quantize_(model, "int4")
     with pytest.raises(ConfigError, match="no nn.Linear"):
         quantize_(nn.Sequential(nn.ReLU()))
+
+
+def test_quantized_decode_step_traces_as_one_graph():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    quantize_(model)
+    cache = model.new_cache(1, 16, kind="fixed")
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)  # eager first: kernel choices resolve outside
+        step = torch.compile(lambda t: model(t, cache=cache), backend="eager", fullgraph=True)
+        eager_cache = model.new_cache(1, 16, kind="fixed")
+        model(torch.zeros(1, 3, dtype=torch.long), cache=eager_cache)
+        tok = torch.ones(1, 1, dtype=torch.long)
+        torch.testing.assert_close(step(tok), model(tok, cache=eager_cache))

@@ -176,3 +176,26 @@ def test_interpreter_bf16_conversion_truncates():
     cvt[(1,)](x, out, N=256)
     truncated = (x.view(torch.int32) & ~0xFFFF).view(torch.float32).to(torch.bfloat16)
     assert torch.equal(out, truncated) and not torch.equal(out, x.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, N, K, with_bias", [(1, 48, 300, False), (3, 33, 256, True), (20, 16, 64, False)])
+def test_int8_linear_matches_reference(dtype, M, N, K, with_bias):
+    g = torch.Generator().manual_seed(M * N + K)
+    x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
+    s = (torch.rand(N, generator=g) / 127).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype) if with_bias else None
+    got = triton_fn("int8_linear")(x, w, s, b)
+    assert got.shape == (M, N) and got.dtype == dtype
+    ref32 = ref.int8_linear(x.float(), w, s.float(), None if b is None else b.float())
+    check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b), dtype, fp32_atol=1e-4)
+    got3 = triton_fn("int8_linear")(x.reshape(M, 1, K), w, s, b)  # leading dims are kept
+    assert got3.shape == (M, 1, N)
+
+
+def test_int8_linear_is_picked_on_gpu_for_inference_only():
+    reg = default_registry()
+    assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == "triton"
+    assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0),
+                      backward=True).name == "reference"

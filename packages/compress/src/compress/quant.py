@@ -1,9 +1,10 @@
 """Weight-only int8 quantization, applied in place from outside the model (gpt-fast's WeightOnlyInt8Linear).
 
 Each ``nn.Linear`` becomes :class:`Int8WeightOnlyLinear`: int8 weights with one symmetric scale per output channel
-(absmax / 127). Forward computes ``linear(x, w_int8.to(x.dtype)) * scale``: the scale multiplies the *output*, so
-under ``torch.compile`` the int8 -> bf16 conversion fuses into the matrix-vector kernel and decode reads half the
-weight bytes of bf16 (decode at batch 1 is bound by those bytes). Embeddings stay in full precision; the LM head is
+(absmax / 127). Forward is the kernel registry's ``int8_linear`` op, ``(x @ w_int8.T) * scale + b``: on a GPU a
+Triton GEMV that dequantises tiles in registers, so decode reads half the weight bytes of bf16 (decode at batch 1 is
+bound by those bytes); elsewhere the pure-torch reference. (Leaving the conversion to inductor ran at 0.79x of bf16
+on an H200: it materialised a bf16 copy of every weight each step.) Embeddings stay in full precision; the LM head is
 quantized unless it shares its weight with the embedding (tied).
 
 References: gpt-fast quantize.py (PyTorch team, 2023); LLM.int8() (Dettmers et al. 2022) for weight-only schemes.
@@ -12,9 +13,9 @@ References: gpt-fast quantize.py (PyTorch team, 2023); LLM.int8() (Dettmers et a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kernel import resolve
 from specs.errors import ConfigError
 
 SCHEMES = ("int8_weight_only",)
@@ -33,8 +34,9 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
-        return y if self.bias is None else y + self.bias.to(x.dtype)
+        op = resolve("int8_linear", "auto", device=x.device, dtype=x.dtype,
+                     backward=torch.is_grad_enabled() and x.requires_grad)
+        return op(x, self.weight, self.scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

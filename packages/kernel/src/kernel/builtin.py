@@ -17,6 +17,7 @@ TRITON_TARGETS = {
     "swiglu": "kernel.triton.swiglu:swiglu",
     "cross_entropy": "kernel.triton.linear_ce:cross_entropy",
     "linear_cross_entropy": "kernel.triton.linear_ce:linear_cross_entropy",
+    "int8_linear": "kernel.triton.int8_linear:int8_linear",
 }
 
 
@@ -38,7 +39,7 @@ def triton_implementations() -> list[Implementation]:
     return [Implementation(op=op, name="triton", target=target, priority=TRITON_PRIORITY.get(op, 20),
                            devices=("cuda",), dtypes=FLOATS,
                            requires=("triton",), min_capability=(8, 0),
-                           max_head_dim=256 if op == "attention" else None,
+                           max_head_dim=256 if op == "attention" else None, backward=op != "int8_linear",
                            description=f"Triton {op} kernel (kernel/triton)") for op, target in TRITON_TARGETS.items()]
 
 

@@ -20,7 +20,8 @@ import torch
 
 from specs.errors import PluginError
 
-OPS: tuple[str, ...] = ("attention", "rmsnorm", "layernorm", "rope", "swiglu", "cross_entropy", "linear_cross_entropy")
+OPS: tuple[str, ...] = ("attention", "rmsnorm", "layernorm", "rope", "swiglu", "cross_entropy", "linear_cross_entropy",
+                        "int8_linear")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -122,3 +122,10 @@ def linear_cross_entropy_logits(hidden_ND: torch.Tensor, weight_VD: torch.Tensor
                                 ignore_index: int = -100) -> torch.Tensor:
     """The same loss through materialised (N, V) logits: one large matmul, the layout torch.compile fuses best."""
     return cross_entropy(F.linear(hidden_ND, weight_VD), labels_N, ignore_index)
+
+
+def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,)."""
+    y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)
+    return y if bias is None else y + bias.to(x.dtype)
