@@ -51,4 +51,6 @@ curl -sSN "$URL/v1/chat/completions" -H 'Content-Type: application/json' \
        "stream": true, "stream_options": {"include_usage": true}}'
 
 echo "==> GET /metrics (Prometheus, first lines)"
-curl -sS "$URL/metrics" | grep -v '^#' | head -n 5
+# Fetch first, then trim in one process: `... | head` can kill the writer with SIGPIPE (exit 141 under pipefail).
+metrics=$(curl -sS "$URL/metrics")
+awk '!/^#/ && n++ < 5' <<<"$metrics"
