@@ -58,3 +58,14 @@ def test_decode_step_is_one_graph_without_recompiles():
             for _ in range(4):
                 tok = step(tok)[:, -1].argmax(-1, keepdim=True)
     assert cache.seq_lens.tolist() == [9]
+
+
+def test_fixed_cache_rejects_bad_sizes_and_layers():
+    from attn.cache import FixedKVCache
+    from specs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cache.head_dim"):
+        FixedKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=0, max_seq_len=4)
+    cache = FixedKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, max_seq_len=4)
+    with pytest.raises(ConfigError, match="layer 1 out of range"):
+        cache.append(1, torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))

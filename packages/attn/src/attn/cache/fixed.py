@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from attn.cache._checks import check_layer, check_positive
 from specs.errors import ConfigError
 from specs.tensor_spec import TensorSpec
 
@@ -33,10 +34,8 @@ class FixedKVCache:
 
     def __init__(self, *, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
-                            ("head_dim", head_dim), ("max_seq_len", max_seq_len)):
-            if value <= 0:
-                raise ConfigError(f"cache.{name}", f"must be > 0, got {value}")
+        check_positive(n_layers=n_layers, batch_size=batch_size, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                       max_seq_len=max_seq_len)
         self.n_layers, self.batch_size, self.max_seq_len = n_layers, batch_size, max_seq_len
         self.n_kv_heads, self.head_dim, self.dtype = n_kv_heads, head_dim, dtype
         self.device = torch.device(device)
@@ -57,6 +56,7 @@ class FixedKVCache:
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, KVH, T, Dh) at slots ``lens[b] .. lens[b] + T - 1``; return the whole (B, KVH, L, Dh)."""
+        check_layer(layer, self.n_layers)
         env = _KV.check(k, "k", B=self.batch_size, KVH=self.n_kv_heads, Dh=self.head_dim)
         _KV.check(v, "v", bound=env)
         T = env["T"]
@@ -69,6 +69,7 @@ class FixedKVCache:
 
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole (B, KVH, L, Dh) buffers of ``layer``; slots at or past ``seq_lens`` hold stale values."""
+        check_layer(layer, self.n_layers)
         return self.k_cache[layer], self.v_cache[layer]
 
     def advance(self, n_tokens: int) -> None:

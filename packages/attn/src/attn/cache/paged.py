@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from attn.cache._checks import check_layer, check_positive
 from attn.cache.block_pool import ROOT_HASH, BlockPool, block_hash
 from specs.errors import CacheFullError, ConfigError, LmstackError, ShapeError
 from specs.tensor_spec import TensorSpec
@@ -53,10 +54,8 @@ class PagedKVCache:
     def __init__(self, *, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int, block_size: int = 16,
                  batch_size: int = 0, max_seq_len: int | None = None, prefix_caching: bool = True,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim),
-                            ("num_blocks", num_blocks), ("block_size", block_size)):
-            if value <= 0:
-                raise ConfigError(f"cache.{name}", f"must be > 0, got {value}")
+        check_positive(n_layers=n_layers, n_kv_heads=n_kv_heads, head_dim=head_dim, num_blocks=num_blocks,
+                       block_size=block_size)
         self.n_layers = n_layers
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
@@ -222,8 +221,7 @@ class PagedKVCache:
             raise SequenceError(f"unknown sequence {seq_id!r}; add_sequence() it first") from None
 
     def _check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.n_layers:
-            raise ConfigError("layer", f"layer {layer} out of range for a cache of {self.n_layers} layers")
+        check_layer(layer, self.n_layers)
 
     def _make_plan(self, T: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         for s in self._active:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from attn.cache._checks import check_layer, check_positive
 from specs.errors import CacheFullError, ConfigError, ShapeError
 from specs.tensor_spec import TensorSpec
 
@@ -25,10 +26,8 @@ class StaticKVCache:
 
     def __init__(self, *, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
-                            ("head_dim", head_dim), ("max_seq_len", max_seq_len)):
-            if value <= 0:
-                raise ConfigError(f"cache.{name}", f"must be > 0, got {value}")
+        check_positive(n_layers=n_layers, batch_size=batch_size, n_kv_heads=n_kv_heads, head_dim=head_dim,
+                       max_seq_len=max_seq_len)
         self.n_layers = n_layers
         self.batch_size = batch_size
         self.n_kv_heads = n_kv_heads
@@ -91,8 +90,7 @@ class StaticKVCache:
 
     # --- helpers ---------------------------------------------------------------------------------------
     def _check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.n_layers:
-            raise ConfigError("layer", f"layer {layer} out of range for a cache of {self.n_layers} layers")
+        check_layer(layer, self.n_layers)
 
     def _check(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> int:
         self._check_layer(layer)
