@@ -146,10 +146,19 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
         if out.finished:
             metrics.e2e.observe(t - start)
 
+    def failure(out: RequestOutput) -> APIError:
+        """The API error of a request that failed inside the engine."""
+        return from_lmstack(out.error) if out.error is not None else APIError(500, "generation failed",
+                                                                             type="server_error")
+
+    def error_event(out: RequestOutput) -> str:
+        """The SSE event that ends a stream whose request failed (the same error a non-streaming call gets)."""
+        err = failure(out)
+        return sse({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})
+
     def raise_failed(out: RequestOutput) -> None:
         if out.finish_reason == "error":
-            raise from_lmstack(out.error) if out.error is not None else APIError(500, "generation failed",
-                                                                                type="server_error")
+            raise failure(out)
 
     async def run_all(request: Request, streams: list[RequestStream]) -> list[_Choice]:
         choices = [_Choice() for _ in streams]
@@ -215,9 +224,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                 async with contextlib.aclosing(merge([s.outputs() for s in streams])) as merged:
                     async for i, out in merged:
                         if out.finish_reason == "error":
-                            err = from_lmstack(out.error) if out.error else APIError(500, "generation failed")
-                            yield sse({"error": {"message": err.message, "type": err.type, "param": err.param,
-                                                 "code": err.code}})
+                            yield error_event(out)
                             break
                         observe(out, clock, i, start)
                         n_out[i] = out.num_output_tokens or n_out[i]
@@ -278,9 +285,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                 async with contextlib.aclosing(merge([s.outputs() for s in streams])) as merged:
                     async for i, out in merged:
                         if out.finish_reason == "error":
-                            err = from_lmstack(out.error) if out.error else APIError(500, "generation failed")
-                            yield sse({"error": {"message": err.message, "type": err.type, "param": err.param,
-                                                 "code": err.code}})
+                            yield error_event(out)
                             break
                         observe(out, clock, i, start)
                         n_out[i] = out.num_output_tokens or n_out[i]
