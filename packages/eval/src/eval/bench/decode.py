@@ -42,6 +42,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -103,6 +105,37 @@ def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: 
     return _time_decode(lambda k: gen.generate(prompt, k), prompt.shape[0], n, repeat, device)
 
 
+def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -> dict[str, Any]:
+    """GPU kernels of ``n - 1`` decode steps: profile ``generate(n)`` and ``generate(1)`` (prefill + first pick)
+    and take the difference per kernel name, so what remains is the decode steps alone (CUDA-graph replays
+    included: CUPTI reports the kernels inside a graph)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(k: int) -> dict[str, list[float]]:
+        gen.generate(prompt, k)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            gen.generate(prompt, k)
+            torch.cuda.synchronize()
+        out: dict[str, list[float]] = {}
+        for e in prof.events():
+            if e.device_type.name == "CUDA":
+                c = out.setdefault(e.name, [0, 0.0])
+                c[0] += 1
+                c[1] += e.time_range.elapsed_us()
+        return out
+
+    one, many = kernels(1), kernels(n)
+    steps = n - 1
+    rows = []
+    for name, (cnt, us) in many.items():
+        c1, u1 = one.get(name, [0, 0.0])
+        if cnt - c1 > 0:
+            rows.append({"kernel": name[:120], "per_token": (cnt - c1) / steps, "us_per_token": (us - u1) / steps})
+    rows.sort(key=lambda r: -r["us_per_token"])
+    return {"kernels_per_token": sum(r["per_token"] for r in rows),
+            "kernel_us_per_token": sum(r["us_per_token"] for r in rows), "top": rows[:top]}
+
+
 def _hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -162,8 +195,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "lmstack" in variants:
         out = {}
         for B in sizes:
-            out[f"batch{B}"] = _time_generate(Fast(model, B, L, compile=mode), prompts[B], args.new_tokens,
-                                              args.repeat, device)
+            gen = Fast(model, B, L, compile=mode)
+            out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
+            if args.profile and sizes[0] == B and device.startswith("cuda"):
+                out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
         results["variants"]["lmstack"] = out
     if "lmstack-int8" in variants:
         qmodel = copy.deepcopy(model)
