@@ -30,6 +30,7 @@ GROUPS = (
     "lmstack.generators",
     "lmstack.decoders",
     "lmstack.quantizers",
+    "lmstack.engines",
 )
 
 
