@@ -100,6 +100,13 @@ def test_keep_last_and_every_n(tmp_path):
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "run")] == ["step_00000006", "step_00000007"]
 
 
+def test_no_final_checkpoint_when_ckpt_final_is_false(tmp_path):
+    trainer, rec = make(tmp_path, steps=5, ckpt_every=2, ckpt_final=False)
+    trainer.fit()
+    assert trainer.global_step == 5
+    assert [Path(p).name for p in rec.checkpoints] == ["step_00000002", "step_00000004"]  # none at step 5
+
+
 def test_failed_save_leaves_previous_checkpoints_intact(tmp_path, monkeypatch):
     trainer, rec = make(tmp_path, steps=4, ckpt_every=2)
     boom = RuntimeError("disk full")

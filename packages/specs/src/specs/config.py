@@ -136,6 +136,7 @@ class TrainConfig(ConfigBase):
     eval_every: NonNegInt = 0
     eval_steps: PosInt = 20
     ckpt_every: NonNegInt = 0  # 0: only at the end
+    ckpt_final: bool = True  # False: fit() ends without a checkpoint (benchmarks); SIGTERM still saves one
     keep_last: PosInt = 3
     out_dir: str = "runs/default"
     resume: str | None = None  # 'auto' or a checkpoint path

@@ -354,7 +354,8 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------------------------
     def fit(self, steps: int | None = None, *, progress_bar: bool | None = None) -> dict[str, Any]:
         """Train until step ``steps`` (default ``train.steps``), resuming first when ``train.resume`` is set;
-        checkpoint at the end. SIGTERM/Ctrl-C checkpoint and raise TrainingInterrupted. Returns the last metrics."""
+        checkpoint at the end (unless ``train.ckpt_final`` is false). SIGTERM/Ctrl-C checkpoint and raise
+        TrainingInterrupted. Returns the last metrics."""
         if self.dataloader is None:
             raise ConfigError("dataloader", "Trainer.fit needs a dataloader")
         if self.cfg.resume is not None and self.resumed_from is None:
@@ -370,7 +371,7 @@ class Trainer:
                     if dist.any_rank(self.env, stop.requested is not None):
                         path = self.save_checkpoint()
                         raise TrainingInterrupted(stop.requested or 15, self.global_step, path)
-                if self._last_saved != self.global_step:
+                if self.cfg.ckpt_final and self._last_saved != self.global_step:
                     self.save_checkpoint()
                 self._check_finite()
         finally:
