@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from eval.bench import decode, generate, server, train_compare, train_step
+from eval.bench import decode, engine, generate, server, train_compare, train_step
 
 
 @dataclass(frozen=True)
@@ -33,4 +33,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                          decode.add_args, decode.run),
     "train-compare": Subcommand("training-step tokens/s and MFU vs transformers under torch.compile",
                                 train_compare.add_args, train_compare.run),
+    "engine": Subcommand("continuous-batching engine tokens/s, TTFT and ITL under N requests vs transformers' batched "
+                         "generate", engine.add_args, engine.run),
 }
