@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from eval.bench import decode, engine, generate, server, train_compare, train_step
+from eval.bench import decode, engine, fsdp, generate, server, train_compare, train_step
 
 
 @dataclass(frozen=True)
@@ -35,4 +35,6 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                                 train_compare.add_args, train_compare.run),
     "engine": Subcommand("continuous-batching engine tokens/s, TTFT and ITL under N requests vs transformers' batched "
                          "generate", engine.add_args, engine.run),
+    "fsdp": Subcommand("data-parallel scaling of torchrun -m train.run: tokens/s per GPU on 1..N GPUs", fsdp.add_args,
+                       fsdp.run),
 }
