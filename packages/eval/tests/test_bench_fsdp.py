@@ -62,6 +62,13 @@ def test_a_failing_run_reports_its_error_and_keeps_its_log(capsys, private_tmp):
     assert "does not exist" in (kept / "gpus_1" / "output.log").read_text()
 
 
+@pytest.mark.dist
+def test_a_run_past_its_timeout_is_stopped(capsys, private_tmp):
+    assert main([*TINY, "--gpus", "2", "--steps", "100000", "--timeout", "2"]) == 2
+    assert capsys.readouterr().err.startswith("error: torchrun -m train.run on 2 process(es) did not finish in 2 s")
+    assert not list(private_tmp.glob("lmstack-bench-fsdp-*"))
+
+
 def test_bad_options_fail_before_launching(capsys, private_tmp):
     cases = [(["--gpus", "0"], "error: --gpus: expected comma-separated process counts >= 1"),
              (["--gpus", "1,x"], "error: --gpus:"),

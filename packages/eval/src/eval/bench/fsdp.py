@@ -62,7 +62,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                                     "train settings, overridden by the options below")
     p.add_argument("--gpus", default="1,2", help="comma-separated process counts, each run in turn, e.g. 1,2,4")
     p.add_argument("--strategy", default="FSDP", help="dist.strategy: FSDP (FSDP2), DDP or ZeRO1")
-    p.add_argument("--seq", type=int, default=None, help="sequence length (None: the model's max_seq_len)")
+    p.add_argument("--seq", type=int, default=None,
+                   help="sequence length (None: the config's data.seq_len, or the preset's max_seq_len)")
     p.add_argument("--micro-batch", type=int, default=8, help="rows per GPU per optimizer step (no accumulation)")
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     p.add_argument("--log-every", type=int, default=5, help="steps per logged window (train and viz log_every)")
@@ -159,7 +160,7 @@ def _base_config(args: argparse.Namespace, work: Path) -> tuple[Path, str, int]:
             model = model.replace(max_seq_len=args.seq)
         cfg = RunConfig(model=model, name=f"bench-{name}")
         path = dump_config(cfg, work / "config.yaml")
-    seq = args.seq or cfg.model.max_seq_len
+    seq = args.seq or (cfg.data.seq_len if args.config else cfg.model.max_seq_len)
     if seq > cfg.model.max_seq_len:
         raise ConfigError("--seq", f"{seq} exceeds model.max_seq_len {cfg.model.max_seq_len} of {args.config}")
     return path, name, seq
@@ -273,7 +274,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config, name, seq = _base_config(args, work)
         # Validate every override here, so a typo fails in a second rather than after torchrun starts N processes.
         load_config(config, RunConfig, _overrides(args, seq, max(gpus), work / "check"))
-        runs = [_one_run(args, config, seq, n, work) for n in gpus]
+        runs = []
+        for n in gpus:
+            r = _one_run(args, config, seq, n, work)
+            runs.append(r)
+            # A line per finished run on stderr: the figures survive a caller that kills the whole command.
+            print(f"bench fsdp: {n} process(es): {r['tokens_per_s']:,.0f} tokens/s, {r['tokens_per_s_per_gpu']:,.0f} "
+                  f"per GPU, step {r['step_time_s'] * 1e3:.1f} ms, run {r['wall_s']:.0f} s", file=sys.stderr,
+                  flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
