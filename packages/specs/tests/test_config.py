@@ -97,6 +97,14 @@ def test_overrides_are_typed_by_schema():
     assert r.model.n_kv_heads == 2 and r.train.compile is True
 
 
+def test_a_literal_choice_named_none_is_that_choice():
+    r = config_from_dict({"model": TINY, "dist": {"strategy": "FSDP"}, "export": {"quantize": "int8"}},
+                         overrides=["--dist.strategy", "none", "--export.quantize", "none"])
+    assert r.dist.strategy == "none" and r.export.quantize == "none"
+    r = config_from_dict({"model": TINY}, overrides=["--model.n_kv_heads", "null"])
+    assert r.model.n_kv_heads is None
+
+
 @pytest.mark.parametrize(
     "args, path",
     [

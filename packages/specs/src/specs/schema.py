@@ -206,6 +206,8 @@ def parse_value(raw: str, tp: Any) -> Any:
     base = _strip(tp)
     literal_strs = get_origin(base) is typing.Literal and all(isinstance(a, str) for a in get_args(base))
     if base is str or literal_strs:
+        if literal_strs and raw in get_args(base):  # a choice spelled 'none' (dist.strategy) is that choice
+            return raw
         return None if raw.lower() in ("null", "none") and base is not str else raw
     if get_origin(base) is tuple:
         return tuple(parse_value(v.strip(), get_args(base)[0]) for v in raw.split(",") if v.strip())
