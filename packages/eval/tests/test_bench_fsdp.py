@@ -38,6 +38,7 @@ def test_one_and_two_gloo_processes(capsys, private_tmp):
     assert r["params"] == sum(p.numel() for p in TransformerLM(preset("llama-debug")).parameters())
     for n, x in runs.items():
         assert x["params"] == r["params"] and x["device"] == "cpu" and x["global_batch_rows"] == 2 * n
+        assert x["strategy"] == "FSDP" and x["precision"] == "fp32"  # as train.run reported them
         assert x["tokens_per_s"] > 0 and x["step_time_s"] > 0 and x["mfu"] is None  # CPU: no peak FLOP/s
         assert x["tokens_per_s_per_gpu"] == pytest.approx(x["tokens_per_s"] / n)
         # tokens the trainer counted per optimizer step (tokens_seen / step): micro-batch x seq x world size
@@ -49,6 +50,14 @@ def test_one_and_two_gloo_processes(capsys, private_tmp):
     assert runs[2]["scaling_efficiency"] == pytest.approx(runs[2]["tokens_per_s_per_gpu"] /
                                                           runs[1]["tokens_per_s_per_gpu"])
     assert r["work_dir"] is None and not list(private_tmp.glob("lmstack-bench-fsdp-*"))  # temp runs removed
+
+
+@pytest.mark.dist
+def test_plain_one_process_baseline(capsys, private_tmp):
+    assert main([*TINY, "--gpus", "1", "--baseline-strategy", "none", "--precision", "bf16"]) == 0
+    (run,) = json.loads(capsys.readouterr().out)["results"]["runs"]
+    assert run["strategy"] == "none" and run["precision"] == "bf16" and run["tokens_per_step"] == 64
+    assert run["scaling_efficiency"] == 1.0
 
 
 @pytest.mark.dist

@@ -62,6 +62,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                                                     "train settings, overridden by the options below")
     p.add_argument("--gpus", default="1,2", help="comma-separated process counts, each run in turn, e.g. 1,2,4")
     p.add_argument("--strategy", default="FSDP", help="dist.strategy: FSDP (FSDP2), DDP or ZeRO1")
+    p.add_argument("--baseline-strategy", default=None,
+                   help="dist.strategy of the 1-process run (None: --strategy; 'none': plain one-GPU training)")
     p.add_argument("--seq", type=int, default=None,
                    help="sequence length (None: the config's data.seq_len, or the preset's max_seq_len)")
     p.add_argument("--micro-batch", type=int, default=8, help="rows per GPU per optimizer step (no accumulation)")
@@ -127,7 +129,7 @@ def _overrides(args: argparse.Namespace, seq: int, n: int, out_dir: Path) -> lis
         "train.steps": args.steps, "train.grad_accum": 1, "train.log_every": args.log_every,
         "train.eval_every": 0, "train.ckpt_every": 0, "train.ckpt_final": "false", "train.callbacks": "",
         "train.precision": args.precision, "train.compile": str(args.compile).lower(), "train.device": args.device,
-        "train.out_dir": out_dir, "dist.strategy": args.strategy, "dist.precision": args.precision,
+        "train.out_dir": out_dir, "dist.strategy": _strategy(args, n), "dist.precision": args.precision,
         "viz.backend": "jsonl", "viz.log_every": args.log_every, "viz.profile_every_n_steps": 0,
         "viz.histogram_every": 0, "viz.probes": "",
     }
@@ -143,6 +145,10 @@ def _overrides(args: argparse.Namespace, seq: int, n: int, out_dir: Path) -> lis
             raise ConfigError("--set", f"expected SECTION.FIELD=VALUE, got {item!r}")
         argv += [f"--{key.strip()}", value]
     return argv
+
+
+def _strategy(args: argparse.Namespace, n: int) -> str:
+    return args.baseline_strategy if n == 1 and args.baseline_strategy else args.strategy
 
 
 def _base_config(args: argparse.Namespace, work: Path) -> tuple[Path, str, int]:
@@ -258,7 +264,7 @@ def _one_run(args: argparse.Namespace, config: Path, seq: int, n: int, work: Pat
     if not metrics.is_file():
         raise BenchRunError(f"train.run wrote no {METRICS_FILE} under {run_dir}")
     out = {"gpus": n, "params": int(started.group(1).replace(",", "")), "device": started.group(3),
-           "precision": started.group(5), "global_batch_rows": args.micro_batch * n,
+           "strategy": started.group(4), "precision": started.group(5), "global_batch_rows": args.micro_batch * n,
            "expected_tokens_per_step": args.micro_batch * seq * n, "omp_threads": int(env["OMP_NUM_THREADS"]),
            "wall_s": wall, "command": shlex.join(["torchrun", *cmd[3:]])}
     out.update(summarize(read_scalars(metrics), n, log_every=args.log_every, warmup=args.warmup))
@@ -273,7 +279,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         config, name, seq = _base_config(args, work)
         # Validate every override here, so a typo fails in a second rather than after torchrun starts N processes.
-        load_config(config, RunConfig, _overrides(args, seq, max(gpus), work / "check"))
+        for n in {1, max(gpus)}:
+            load_config(config, RunConfig, _overrides(args, seq, n, work / "check"))
         runs = []
         for n in gpus:
             r = _one_run(args, config, seq, n, work)
