@@ -199,3 +199,54 @@ def test_int8_linear_is_picked_on_gpu_for_inference_only():
     assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == "triton"
     assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0),
                       backward=True).name == "reference"
+
+
+def _decode_case(dtype, B, H, KVH, Dh, L, lens, paged, block_size=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, Dh, generator=g).to(DEVICE, dtype)
+    lens_B = torch.tensor(lens, device=DEVICE)
+    if not paged:
+        k = torch.randn(B, KVH, L, Dh, generator=g).to(DEVICE, dtype)
+        v = torch.randn(B, KVH, L, Dh, generator=g).to(DEVICE, dtype)
+        return q, k, v, lens_B, {}
+    nb = -(-L // block_size)
+    num_blocks = B * nb + 3
+    k = torch.randn(num_blocks * block_size, KVH, Dh, generator=g).to(DEVICE, dtype)
+    v = torch.randn(num_blocks * block_size, KVH, Dh, generator=g).to(DEVICE, dtype)
+    table = torch.randperm(num_blocks, generator=g)[: B * nb].reshape(B, nb).to(DEVICE, torch.int32)
+    return q, k, v, lens_B, {"block_table": table, "block_size": block_size}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("B, H, KVH, Dh, L, lens", [(3, 8, 2, 32, 150, [150, 1, 77]), (2, 4, 4, 24, 20, [0, 13]),
+                                                    (1, 6, 1, 64, 9, [9])])
+def test_decode_attention_matches_reference(dtype, paged, B, H, KVH, Dh, L, lens):
+    q, k, v, lens_B, kw = _decode_case(dtype, B, H, KVH, Dh, L, lens, paged)
+    got = triton_fn("decode_attention")(q, k, v, lens_B, **kw)
+    assert got.shape == (B, H, Dh) and got.dtype == dtype
+    ref32 = ref.decode_attention(q.float(), k.float(), v.float(), lens_B, **kw)
+    check("decode_attention", got, ref32, ref.decode_attention(q, k, v, lens_B, **kw), dtype, fp32_atol=1e-4)
+    for b, n in enumerate(lens):
+        if n == 0:
+            assert got[b].abs().max().item() == 0.0  # an empty row attends to nothing: zeros, not NaN
+
+
+def test_decode_attention_reads_nothing_past_a_rows_length():
+    q, k, v, lens_B, _ = _decode_case(torch.float32, 2, 4, 2, 16, 40, [10, 33], paged=False)
+    fn = triton_fn("decode_attention")
+    before = fn(q, k, v, lens_B)
+    k2, v2 = k.clone(), v.clone()
+    k2[0, :, 10:] = float("nan")  # stale slots of a fixed-shape cache may hold anything
+    v2[1, :, 33:] = float("nan")
+    torch.testing.assert_close(fn(q, k2, v2, lens_B), before)
+
+
+def test_decode_attention_equals_full_attention_over_the_valid_slots():
+    """Independent of the decode reference: softmax over the first n keys is plain attention on a prefix."""
+    q, k, v, lens_B, _ = _decode_case(torch.float32, 1, 4, 2, 16, 50, [37], paged=False, seed=3)
+    got = triton_fn("decode_attention")(q, k, v, lens_B)
+    kk = k[:, :, :37].repeat_interleave(2, dim=1)
+    vv = v[:, :, :37].repeat_interleave(2, dim=1)
+    want = torch.softmax((q[:, :, None] @ kk.transpose(-1, -2)) / 16 ** 0.5, -1) @ vv
+    torch.testing.assert_close(got, want[:, :, 0], atol=1e-5, rtol=1e-5)

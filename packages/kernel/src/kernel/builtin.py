@@ -18,8 +18,11 @@ TRITON_TARGETS = {
     "cross_entropy": "kernel.triton.linear_ce:cross_entropy",
     "linear_cross_entropy": "kernel.triton.linear_ce:linear_cross_entropy",
     "int8_linear": "kernel.triton.int8_linear:int8_linear",
+    "decode_attention": "kernel.triton.decode_attention:decode_attention",
 }
 
+
+INFERENCE_ONLY = ("int8_linear", "decode_attention")  # kernels without a backward
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;
@@ -39,7 +42,7 @@ def triton_implementations() -> list[Implementation]:
     return [Implementation(op=op, name="triton", target=target, priority=TRITON_PRIORITY.get(op, 20),
                            devices=("cuda",), dtypes=FLOATS,
                            requires=("triton",), min_capability=(8, 0),
-                           max_head_dim=256 if op == "attention" else None, backward=op != "int8_linear",
+                           max_head_dim=256 if op == "attention" else None, backward=op not in INFERENCE_ONLY,
                            description=f"Triton {op} kernel (kernel/triton)") for op, target in TRITON_TARGETS.items()]
 
 

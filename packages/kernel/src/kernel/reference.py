@@ -24,6 +24,10 @@ from tensor.masks import causal_mask
 from tensor.rope import apply_rope
 
 _LOGITS = TensorSpec("N", "V")
+_DEC_Q = TensorSpec("B", "H", "Dh")
+_POOL = TensorSpec("N", "KVH", "Dh")
+_BN = TensorSpec("B", "NB")
+_B = TensorSpec("B")
 _LABELS = TensorSpec("N")
 
 
@@ -122,6 +126,54 @@ def linear_cross_entropy_logits(hidden_ND: torch.Tensor, weight_VD: torch.Tensor
                                 ignore_index: int = -100) -> torch.Tensor:
     """The same loss through materialised (N, V) logits: one large matmul, the layout torch.compile fuses best."""
     return cross_entropy(F.linear(hidden_ND, weight_VD), labels_N, ignore_index)
+
+
+def check_decode_inputs(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor,
+                        block_table: torch.Tensor | None, block_size: int | None) -> tuple[int, int, int, int]:
+    """Validate :func:`decode_attention`'s arguments; returns (B, H, KVH, Dh)."""
+    env = _DEC_Q.check(q_BHDh, "q_BHDh")
+    B, H, Dh = env["B"], env["H"], env["Dh"]
+    if block_table is None:
+        kv = KEY_VALUE.check(k, "k_BKLDh", B=B, Dh=Dh)
+        KEY_VALUE.check(v, "v_BKLDh", bound=kv)
+    else:
+        _BN.check(block_table, "block_table", B=B)
+        if block_size is None or block_size <= 0:
+            raise ShapeError(f"decode_attention: a block_table needs block_size > 0, got {block_size}")
+        if block_table.dtype not in (torch.int32, torch.int64):
+            raise ShapeError(f"decode_attention: block_table must be int32 or int64, got {block_table.dtype}")
+        kv = _POOL.check(k, "k_pool", Dh=Dh)
+        _POOL.check(v, "v_pool", bound=kv)
+        if kv["N"] % block_size:
+            raise ShapeError(f"decode_attention: the pool's {kv['N']} slots are not a whole number of "
+                             f"{block_size}-slot blocks")
+    _B.check(lens_B, "lens_B", B=B)
+    if lens_B.dtype not in (torch.int32, torch.int64):
+        raise ShapeError(f"decode_attention: lens_B must be int32 or int64, got {lens_B.dtype}")
+    KVH = kv["KVH"]
+    if H % KVH:
+        raise ShapeError(f"decode_attention: query heads H={H} must be a multiple of KV heads KVH={KVH}")
+    return B, H, KVH, Dh
+
+
+def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
+                     block_table: torch.Tensor | None = None, block_size: int | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """One query token per row against the first ``lens_B[b]`` key slots of its row; (B, H, Dh) out.
+
+    ``k``, ``v``: per-row buffers (B, KVH, L, Dh), or with ``block_table`` (B, NB) a paged pool (slots, KVH, Dh)
+    where slot s of row b is ``block_table[b, s // block_size] * block_size + s % block_size`` (vLLM's layout).
+    Slots at or past a row's length are never attended; a row of length 0 gives zeros.
+    """
+    B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
+    if block_table is not None:
+        j = torch.arange(block_table.shape[1] * block_size, device=k.device)
+        slots_BS = block_table.long()[:, j // block_size] * block_size + j % block_size
+        k = k[slots_BS].transpose(1, 2)  # (B, S, KVH, Dh) -> (B, KVH, S, Dh)
+        v = v[slots_BS].transpose(1, 2)
+    S = k.shape[2]
+    valid_B11S = (torch.arange(S, device=k.device)[None, :] < lens_B.to(k.device)[:, None])[:, None, None, :]
+    return attention(q_BHDh[:, :, None], k, v, mask=valid_B11S, scale=scale)[:, :, 0]
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
