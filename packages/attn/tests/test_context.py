@@ -121,3 +121,19 @@ def test_an_all_ones_attn_mask_keeps_the_fast_path():
     ctx = build_context(cfg, torch.zeros(2, 6, dtype=torch.long), attn_mask=torch.ones(2, 6),
                         rotary=RotaryEmbedding(cfg))
     assert ctx.mask_B1TS is None and ctx.causal
+
+
+def test_fixed_shape_decode_goes_mask_free_to_decode_attention():
+    from attn.cache.fixed import FixedKVCache
+
+    cfg = preset("llama-debug")
+    cache = FixedKVCache(n_layers=cfg.n_layers, batch_size=2, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                         max_seq_len=16)
+    cache.lens.copy_(torch.tensor([3, 7]))
+    ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
+    assert ctx.mask_B1TS is None and ctx.decode is not None and ctx.decode.kwargs == {}
+    assert ctx.decode.lens_B.tolist() == [4, 8] and ctx.positions_BT.tolist() == [[3], [7]]
+    # a prefill chunk, a sliding window shorter than the buffer, or an attn_impl outside DECODE_IMPLS: masked path
+    for c, t in ((cfg, 2), (preset("llama-debug", sliding_window=4), 1), (preset("llama-debug", attn_impl="sdpa"), 1)):
+        ctx = build_context(c, torch.zeros(2, t, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(c))
+        assert ctx.decode is None and ctx.mask_B1TS is not None

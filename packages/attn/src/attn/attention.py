@@ -11,6 +11,8 @@ Shape legend: B batch, T new tokens, S key slots, D model width, H query heads, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -18,6 +20,7 @@ from attn.context import AttentionContext
 from kernel import resolve
 from specs.config import ModelConfig
 from specs.tensor_spec import HIDDEN
+from tensor.fused import fuse_linears, is_fused, split_output
 
 
 class Attention(nn.Module):
@@ -30,6 +33,7 @@ class Attention(nn.Module):
         self.n_kv_heads = cfg.kv_heads
         self.head_dim = cfg.head_dim
         self.attn_impl = cfg.attn_impl
+        self.d_model = cfg.d_model
         D, H, KVH, Dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         self.q_proj = nn.Linear(D, H * Dh, bias=cfg.bias)
         self.k_proj = nn.Linear(D, KVH * Dh, bias=cfg.bias)
@@ -39,10 +43,14 @@ class Attention(nn.Module):
     def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
         B, T, _ = x_BTD.shape
-        HIDDEN.check(x_BTD, "x_BTD", D=self.q_proj.in_features)
-        q_BHTDh = self.q_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k_BKTDh = self.k_proj(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v_BKTDh = self.v_proj(x_BTD).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        HIDDEN.check(x_BTD, "x_BTD", D=self.d_model)
+        if is_fused(self, "qkv_proj"):
+            q_BTX, k_BTX, v_BTX = split_output(self, "qkv_proj", self.qkv_proj(x_BTD))
+        else:
+            q_BTX, k_BTX, v_BTX = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
+        q_BHTDh = q_BTX.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k_BKTDh = k_BTX.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v_BKTDh = v_BTX.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         request = dict(device=x_BTD.device, dtype=q_BHTDh.dtype, head_dim=self.head_dim,
                        backward=torch.is_grad_enabled() and x_BTD.requires_grad)
         if ctx.cos_BTDh is not None:
@@ -50,11 +58,26 @@ class Attention(nn.Module):
             q_BHTDh = rope(q_BHTDh, ctx.cos_BTDh, ctx.sin_BTDh)
             k_BKTDh = rope(k_BKTDh, ctx.cos_BTDh, ctx.sin_BTDh)
         if ctx.cache is not None:
-            k_BKTDh, v_BKTDh = ctx.cache.append(self.layer_idx, k_BKTDh, v_BKTDh)  # now (B, KVH, S, Dh)
+            k_BKTDh, v_BKTDh = ctx.cache.append(self.layer_idx, k_BKTDh, v_BKTDh)  # now (B, KVH, S, Dh) or a pool
+        if ctx.decode is not None:  # one token per row, no mask: read each row's slots up to its length
+            o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_BKTDh, v_BKTDh, ctx.decode.lens_B,
+                                              **ctx.decode.kwargs)
+            return self.o_proj(o_BHDh.reshape(B, 1, self.n_heads * self.head_dim))
+        if getattr(ctx.cache, "fixed_shape", False) and not torch.compiler.is_compiling():
+            self._decode_op(q_BHTDh)  # resolved now (eager prefill): compiled decode steps find it (fullgraph)
         attend = resolve("attention", self.attn_impl, causal=ctx.causal, gqa=self.n_kv_heads != self.n_heads,
                          mask=ctx.mask_B1TS is not None, bias=ctx.bias_BHTS is not None, **request)
         o_BHTDh = attend(q_BHTDh, k_BKTDh, v_BKTDh, mask=ctx.mask_B1TS, causal=ctx.causal, bias=ctx.bias_BHTS)
         return self.o_proj(o_BHTDh.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _decode_op(self, q: torch.Tensor) -> Callable[..., torch.Tensor]:
+        return resolve("decode_attention", self.attn_impl, device=q.device,
+                       dtype=q.dtype, head_dim=self.head_dim, gqa=self.n_kv_heads != self.n_heads)
+
+    def fuse_projections(self) -> None:
+        """One ``qkv_proj`` GEMM instead of q/k/v_proj (decode speed); outputs and state_dict keys unchanged."""
+        if not is_fused(self, "qkv_proj"):
+            fuse_linears(self, ("q_proj", "k_proj", "v_proj"), "qkv_proj")
 
     def extra_repr(self) -> str:
         return (f"layer_idx={self.layer_idx}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "

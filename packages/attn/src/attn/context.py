@@ -11,6 +11,10 @@ A fixed-shape cache (``cache.fixed_shape``, :class:`~attn.cache.fixed.FixedKVCac
 and hands every layer its whole buffer, so S is its ``max_seq_len`` and the mask always carries the lengths: the
 context is then built without reading anything back to the host, and a decode step can be graph-captured.
 
+A decode step over such a cache (one new token per row, causal, nothing else masking) carries no mask at all:
+``decode`` holds each row's length after the append (and a paged view's block table), and attention goes to the
+registry's ``decode_attention`` op, which reads each row's slots up to its length and no further.
+
 When every row has the same length and nothing else masks (plain causal training, prefill, decode of an unpadded
 batch) the mask is None and the kernel is told ``causal=True`` (bottom-right aligned) instead, so SDPA and flash
 kernels take their fast paths.
@@ -37,6 +41,32 @@ _BT = TensorSpec("B", "T")
 _BS = TensorSpec("B", "S")
 
 
+# attn_impl values whose decode steps use the registry's decode_attention op (others keep their own masked path)
+DECODE_IMPLS = ("auto", "triton", "reference")
+
+
+def mask_free_decode(cfg: ModelConfig, S: int) -> bool:
+    """Whether a one-token step over a fixed-shape cache of S slots needs no mask beyond each row's length (so it
+    goes to ``decode_attention``): causal, no ALiBi, no sliding window inside S, an attn_impl in DECODE_IMPLS."""
+    window = cfg.sliding_window is not None and cfg.sliding_window < S
+    return cfg.causal and cfg.pos_encoding != "alibi" and not window and cfg.attn_impl in DECODE_IMPLS
+
+
+@dataclass(frozen=True)
+class DecodeInfo:
+    """What ``decode_attention`` needs besides q, k, v: valid slots per row after this step's append, and for a
+    paged cache its (B, NB) block table and block size."""
+
+    lens_B: torch.Tensor
+    block_table_BN: torch.Tensor | None = None
+    block_size: int | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {} if self.block_table_BN is None else {"block_table": self.block_table_BN,
+                                                       "block_size": self.block_size}
+
+
 @dataclass(frozen=True)
 class AttentionContext:
     """Per-forward inputs of every attention layer (see the module docstring for the coordinates)."""
@@ -48,6 +78,7 @@ class AttentionContext:
     causal: bool  # tell the kernel to apply its own (bottom-right aligned) causal mask
     bias_BHTS: torch.Tensor | None  # additive score bias (ALiBi), fp32
     cache: KVCache | None
+    decode: DecodeInfo | None = None  # set: a mask-free decode step over a fixed-shape cache (see module docstring)
 
 
 def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: torch.Tensor | None = None,
@@ -108,8 +139,10 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
     if valid_BS is not None:
         k_valid_BS = valid_BS if k_valid_BS is None else k_valid_BS & valid_BS
     window = cfg.sliding_window if cfg.sliding_window is not None and cfg.sliding_window < S else None
-    mask, causal = None, False
-    if k_valid_BS is None and document_ids is None and window is None:
+    mask, causal, decode = None, False, None
+    if fixed and T == 1 and valid_BS is None and mask_free_decode(cfg, S):
+        decode = DecodeInfo(lens_B + 1, getattr(cache, "block_table", None), getattr(cache, "block_size", None))
+    elif k_valid_BS is None and document_ids is None and window is None:
         causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
     else:
         k_slot_BS = torch.arange(S, device=device).expand(B, S)
@@ -131,10 +164,11 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
         if not cfg.causal:  # bidirectional: penalise distance both ways, -m|j - i|
             bias = -bias.abs()
     return AttentionContext(positions_BT=positions, cos_BTDh=cos, sin_BTDh=sin, mask_B1TS=mask, causal=causal,
-                            bias_BHTS=bias, cache=cache)
+                            bias_BHTS=bias, cache=cache, decode=decode)
 
 
 def describe(ctx: AttentionContext) -> dict[str, Any]:
     """A small summary for logs and tests: which masking path the forward takes."""
     return {"mask": None if ctx.mask_B1TS is None else tuple(ctx.mask_B1TS.shape), "causal": ctx.causal,
+            "decode": ctx.decode is not None,
             "bias": ctx.bias_BHTS is not None, "rope": ctx.cos_BTDh is not None, "cache": ctx.cache is not None}

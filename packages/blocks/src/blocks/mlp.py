@@ -18,6 +18,7 @@ from torch import nn
 
 from kernel import resolve
 from specs.config import ModelConfig
+from tensor.fused import fuse_linears, is_fused, split_output
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -56,12 +57,20 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)
+        if is_fused(self, "gate_up_proj"):
+            gate_BTF, up_BTF = split_output(self, "gate_up_proj", self.gate_up_proj(x_BTD))
+        else:
+            gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)
         if self.activation == "silu":
             op = resolve("swiglu", "auto", device=x_BTD.device, dtype=gate_BTF.dtype,
                          backward=torch.is_grad_enabled() and gate_BTF.requires_grad)
             return self.down_proj(op(gate_BTF, up_BTF))
         return self.down_proj(self.act(gate_BTF) * up_BTF)
+
+    def fuse_projections(self) -> None:
+        """One ``gate_up_proj`` GEMM instead of gate/up_proj (decode speed); outputs and state_dict keys unchanged."""
+        if not is_fused(self, "gate_up_proj"):
+            fuse_linears(self, ("gate_proj", "up_proj"), "gate_up_proj")
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}"

@@ -111,6 +111,15 @@ class TransformerLM(nn.Module):
                                 max_seq_len=max_seq_len, prefix_caching=prefix_caching, **dims)
         raise ConfigError("kind", f"unknown KV cache kind {kind!r}; valid: {', '.join(CACHE_KINDS)}")
 
+    def fuse_projections(self) -> TransformerLM:
+        """Fuse each layer's q/k/v and gate/up projections into one GEMM each, in place (for inference: fewer,
+        larger matmuls per decode step). Outputs, parameter count and ``state_dict`` keys are unchanged, so
+        checkpoints and Hugging Face conversion work before and after. Returns self."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "fuse_projections"):
+                m.fuse_projections()
+        return self
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied head counts once); ``exclude_embeddings`` drops token and position tables."""
         params = {id(p): p for p in self.parameters()}

@@ -23,6 +23,9 @@ import torch
 
 from attn.cache._checks import check_layer, check_positive
 from attn.cache.block_pool import ROOT_HASH, BlockPool, block_hash
+from attn.cache.decode_view import PagedDecodeView
+from attn.context import DECODE_IMPLS, mask_free_decode
+from specs.config import ModelConfig
 from specs.errors import CacheFullError, ConfigError, LmstackError, ShapeError
 from specs.tensor_spec import TensorSpec
 
@@ -112,6 +115,32 @@ class PagedKVCache:
         need = -(-total // self.block_size) - len(seq.blocks)
         if need > 0:
             seq.blocks.extend(self.pool.allocate(need))
+
+    def extend(self, seq_id: Hashable, n_tokens: int) -> None:
+        """Count ``n_tokens`` written to ``seq_id``'s reserved slots outside ``append`` (a decode view's step)."""
+        seq = self._get(seq_id)
+        if n_tokens < 0 or seq.length + n_tokens > len(seq.blocks) * self.block_size:
+            raise ShapeError(f"extend({seq_id!r}, {n_tokens}): {seq.length} tokens held, room reserved for "
+                             f"{len(seq.blocks) * self.block_size}")
+        seq.length += n_tokens
+
+    def decode_view(self, rows: int, max_seq_len: int, cfg: ModelConfig) -> PagedDecodeView:
+        """A fixed-shape decode batch of ``rows`` rows over this cache's pools (CUDA-graph decode,
+        :mod:`attn.cache.decode_view`) for a model of config ``cfg``; ConfigError when its decode steps need a mask
+        beyond the row lengths (ALiBi, a sliding window, an attn_impl without ``decode_attention``). The first call
+        takes one block from the pool for the padding rows of every view (CacheFullError if none is free);
+        ``reset()`` returns it, and views made before a reset are stale."""
+        if not mask_free_decode(cfg, max_seq_len):
+            raise ConfigError("decode_view", f"this model's decode steps need a mask (causal={cfg.causal}, "
+                              f"pos_encoding={cfg.pos_encoding!r}, sliding_window={cfg.sliding_window}, "
+                              f"attn_impl={cfg.attn_impl!r}); a decode view serves causal models whose attn_impl "
+                              f"is one of {DECODE_IMPLS}, without ALiBi or a window shorter than {max_seq_len}")
+        if cfg.rope_scaling is not None and cfg.rope_scaling.type == "dynamic_ntk":
+            raise ConfigError("decode_view", "dynamic-NTK RoPE reads the largest position back to the host every "
+                              "step, so its decode steps cannot be captured")
+        if self._scratch is None:
+            self._scratch = self.pool.allocate(1)[0]
+        return PagedDecodeView(self, rows, max_seq_len, self._scratch)
 
     def free(self, seq_id: Hashable) -> None:
         """Release the sequence's blocks (shared prefix blocks stay while others use them) and forget it."""
@@ -209,6 +238,7 @@ class PagedKVCache:
     def reset(self) -> None:
         """Forget every sequence and cached prefix: back to the state right after construction."""
         self.pool.reset()
+        self._scratch: int | None = None
         self._seqs = {i: _Sequence() for i in range(self.batch_size)}
         self._active = list(range(self.batch_size))
         self._plan = None
