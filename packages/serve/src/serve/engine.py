@@ -35,6 +35,7 @@ import torch
 from serve.decoder import model_device
 from serve.errors import ContextLengthError, RequestTooLargeError, ServerBusyError
 from serve.generate import prompt_token_logprobs
+from serve.graphs import DecodeGraphs
 from serve.sampling import SamplingParams, TokenLogprobs, apply_penalties, make_generator, sample, token_counts
 from serve.sampling import token_logprobs as raw_logprobs
 from serve.state import SequenceState
@@ -96,7 +97,10 @@ class Engine:
     """Serve many requests at once on ``model`` (a specs LanguageModel with a paged cache)."""
 
     def __init__(self, model: Any, tokenizer: Any = None, config: ServeConfig | None = None, *,
-                 eos_ids: Collection[int] | None = None, max_waiting: int = 1024, max_prefill_tokens: int = 4096):
+                 eos_ids: Collection[int] | None = None, max_waiting: int = 1024, max_prefill_tokens: int = 4096,
+                 decode_graphs: bool | None = None):
+        """``decode_graphs``: decode through fixed-shape views of the paged cache, captured as CUDA graphs on a GPU
+        (:mod:`serve.graphs`); None = on wherever the model supports it. False: eager steps over the paged cache."""
         cfg = config or ServeConfig()
         self.model = model
         self.tokenizer = tokenizer
@@ -106,14 +110,23 @@ class Engine:
         self.max_batch_size = cfg.max_batch_size
         self.block_size = cfg.block_size
         num_blocks = cfg.num_blocks or cfg.max_batch_size * math.ceil(self.max_seq_len / cfg.block_size)
-        self.cache = model.new_cache(0, kind="paged", block_size=cfg.block_size, num_blocks=num_blocks,
+        scratch = decode_graphs is not False  # a decode view's padding rows take one block of their own
+        self.cache = model.new_cache(0, kind="paged", block_size=cfg.block_size, num_blocks=num_blocks + scratch,
                                      prefix_caching=cfg.prefix_caching)
-        self.num_blocks = num_blocks
         eos = getattr(tokenizer, "eos_id", None) if eos_ids is None else None
         self.eos_ids = frozenset(eos_ids if eos_ids is not None else (() if eos is None else (eos,)))
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
         self.device = model_device(model)
+        self.graphs = None
+        if decode_graphs is not False:
+            self.graphs = DecodeGraphs.try_build(model, self.cache, self.max_batch_size, self.max_seq_len,
+                                                 capture=self.device.type == "cuda")
+            if self.graphs is None and decode_graphs:
+                raise ConfigError("decode_graphs", "this model's decode steps need a mask, so they cannot run "
+                                  "through fixed-shape views (see the log); pass decode_graphs=None or False")
+        self.num_blocks = num_blocks + int(scratch and self.graphs is None)  # blocks requests can use
+        num_blocks = self.num_blocks
         self.stats = EngineStats(num_blocks=num_blocks, free_blocks=num_blocks)
         self._ids = itertools.count()
         self._lock = threading.Lock()
@@ -237,12 +250,14 @@ class Engine:
             self.cache.free(req.request_id)
 
     def _admit(self) -> set[_Request]:
-        prefilled: set[_Request] = set()
+        """Admit waiting requests (first come first served, within the prefill token budget and the KV pool), then
+        prefill them: requests with the same number of uncached tokens share one forward."""
+        admitted: list[tuple[_Request, list[int], int, bool]] = []
         budget = self.max_prefill_tokens
-        while self.waiting and len(self.running) < self.max_batch_size:
+        while self.waiting and len(self.running) + len(admitted) < self.max_batch_size:
             req = self.waiting[0]
             tokens = req.prompt_ids + req.state.output_ids
-            if prefilled and len(tokens) > budget:
+            if admitted and len(tokens) > budget:
                 break
             want_plp = req.params.prompt_logprobs is not None and req.prompt_logprobs is None
             # Prompt logprobs need logits for every prompt token, so such a request skips the prefix cache.
@@ -251,7 +266,7 @@ class Engine:
                 self.cache.reserve(req.request_id, len(tokens) - hit)
             except CacheFullError:
                 self.cache.free(req.request_id)
-                if not self.running:
+                if not self.running and not admitted:
                     self.waiting.popleft()
                     self._finish_stats("error")
                     self._emit(req, RequestOutput(req.request_id, finished=True, finish_reason="error",
@@ -265,20 +280,34 @@ class Engine:
                 req.num_cached_tokens = hit
                 self.stats.prompt_tokens += len(tokens)
                 self.stats.cached_prompt_tokens += hit
-            self.cache.set_active([req.request_id])
-            logits = self.model(torch.tensor([tokens[hit:]], dtype=torch.long, device=self.device), cache=self.cache)
+            admitted.append((req, tokens, hit, want_plp))
+        groups: dict[int, list[tuple[_Request, list[int], int, bool]]] = {}
+        for item in admitted:
+            groups.setdefault(len(item[1]) - item[2], []).append(item)
+        for group in groups.values():
+            self._prefill(group)
+        return {item[0] for item in admitted}
+
+    def _prefill(self, group: list[tuple[_Request, list[int], int, bool]]) -> None:
+        """One forward over requests with equal numbers of uncached tokens; each gets its first token."""
+        self.cache.set_active([req.request_id for req, *_ in group])
+        ids = torch.tensor([tokens[hit:] for _, tokens, hit, _ in group], dtype=torch.long, device=self.device)
+        logits = self.model(ids, cache=self.cache)  # (G, n, V)
+        sample_rows, sample_reqs = [], []
+        for i, (req, _, _, want_plp) in enumerate(group):
             if want_plp:
-                req.prompt_logprobs = prompt_token_logprobs(logits[0, : len(req.prompt_ids)].float(), req.prompt_ids,
+                req.prompt_logprobs = prompt_token_logprobs(logits[i, : len(req.prompt_ids)].float(), req.prompt_ids,
                                                             req.params.prompt_logprobs)
             self.running.append(req)
-            prefilled.add(req)
             if req.params.max_new_tokens == 0:
                 self._retire(req, RequestOutput(req.request_id, finished=True, finish_reason="length",
                                                 num_prompt_tokens=len(req.prompt_ids),
                                                 num_cached_tokens=req.num_cached_tokens))
                 continue
-            self._sample([req], logits[:, -1].float())
-        return prefilled
+            sample_rows.append(i)
+            sample_reqs.append(req)
+        if sample_reqs:
+            self._sample(sample_reqs, logits[sample_rows, -1].float())
 
     def _decode(self, batch: list[_Request]) -> None:
         ready: list[_Request] = []
@@ -299,9 +328,12 @@ class Engine:
                         ready.remove(victim)
         if not ready:
             return
-        self.cache.set_active([r.request_id for r in ready])
-        last = torch.tensor([[r.state.output_ids[-1]] for r in ready], dtype=torch.long, device=self.device)
-        logits = self.model(last, cache=self.cache)[:, -1].float()  # (B, V)
+        if self.graphs is not None:
+            logits = self.graphs.step([r.request_id for r in ready], [r.state.output_ids[-1] for r in ready]).float()
+        else:
+            self.cache.set_active([r.request_id for r in ready])
+            last = torch.tensor([[r.state.output_ids[-1]] for r in ready], dtype=torch.long, device=self.device)
+            logits = self.model(last, cache=self.cache)[:, -1].float()  # (B, V)
         self._sample(ready, logits)
 
     def _preempt(self, req: _Request) -> None:

@@ -28,13 +28,17 @@ class FastGenerator:
 
     ``compile``: a ``torch.compile`` mode ("reduce-overhead" captures CUDA graphs; "default"; or None for eager).
     ``backend``: the torch.compile backend ("inductor"; "eager" checks the graph without generating code).
+    ``fuse``: call ``model.fuse_projections()`` first (in place: one q/k/v and one gate/up GEMM per layer; outputs and
+    ``state_dict`` keys are unchanged), when the model has it.
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
-                 backend: str = "inductor"):
+                 backend: str = "inductor", fuse: bool = True):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
+        if fuse and hasattr(model, "fuse_projections"):
+            model.fuse_projections()
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")

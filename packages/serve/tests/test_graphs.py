@@ -1,0 +1,53 @@
+"""The engine's graph decode path (fixed-shape views over the paged cache), run eagerly on the CPU: same tokens as
+the plain paged path, padding rows harmless, fallback for models that need masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.lm import TransformerLM
+from serve.engine import Engine
+from serve.graphs import batch_sizes
+from serve.sampling import SamplingParams
+from specs.config import ServeConfig
+from specs.errors import ConfigError
+from specs.presets import preset
+
+
+def _run(model, prompts, n, **kw):
+    eng = Engine(model, config=ServeConfig(max_batch_size=kw.pop("max_batch_size", 8), block_size=4), **kw)
+    outs: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        outs[f"r{i}"] = []
+        eng.submit(p, SamplingParams(max_new_tokens=n, temperature=0.0), request_id=f"r{i}",
+                   on_output=lambda o: outs[o.request_id].extend(o.token_ids))
+    eng.run_until_done()
+    return eng, [outs[f"r{i}"] for i in range(len(prompts))]
+
+
+def test_batch_sizes_cover_every_count():
+    assert batch_sizes(1) == [1] and batch_sizes(6) == [1, 2, 4, 6] and batch_sizes(8) == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize("name", ["llama-debug", "gpt2-debug"])
+def test_view_decode_gives_the_plain_paged_tokens(name):
+    torch.manual_seed(0)
+    model = TransformerLM(preset(name)).eval()
+    g = torch.Generator().manual_seed(1)
+    # different lengths, more requests than rows (some wait and join later), a shared prefix (cached blocks)
+    prompts = [torch.randint(0, 500, (n,), generator=g).tolist() for n in (3, 9, 5, 12, 7)]
+    prompts.append(prompts[1][:8] + [4, 2])
+    eng, got = _run(model, prompts, 6, max_batch_size=3, decode_graphs=True)
+    assert eng.graphs is not None and eng.graphs.sizes == [1, 2, 3]
+    _, want = _run(model, prompts, 6, max_batch_size=3, decode_graphs=False)
+    assert got == want and all(len(t) == 6 for t in got)
+    assert eng.cache.num_free_blocks() == eng.num_blocks  # every block back; the scratch block is not counted
+
+
+def test_models_that_need_masks_decode_eagerly():
+    model = TransformerLM(preset("llama-debug", sliding_window=4)).eval()
+    eng, got = _run(model, [[1, 2, 3, 4, 5, 6]], 4)
+    assert eng.graphs is None and len(got[0]) == 4
+    with pytest.raises(ConfigError, match="need a mask"):
+        Engine(model, config=ServeConfig(max_batch_size=2, block_size=4), decode_graphs=True)
