@@ -51,3 +51,16 @@ def test_models_that_need_masks_decode_eagerly():
     assert eng.graphs is None and len(got[0]) == 4
     with pytest.raises(ConfigError, match="need a mask"):
         Engine(model, config=ServeConfig(max_batch_size=2, block_size=4), decode_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_captured_graph_decode_on_cuda_gives_the_eager_tokens():
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).to("cuda").eval()
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 500, (n,), generator=g).tolist() for n in (3, 9, 5, 12, 7)]
+    eng, got = _run(model, prompts, 8, max_batch_size=4, decode_graphs=True)
+    assert eng.graphs is not None and sorted(eng.graphs.graphs) == [1, 2, 4]  # captured
+    _, want = _run(model, prompts, 8, max_batch_size=4, decode_graphs=False)
+    assert got == want
