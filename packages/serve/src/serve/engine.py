@@ -98,10 +98,13 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any = None, config: ServeConfig | None = None, *,
                  eos_ids: Collection[int] | None = None, max_waiting: int = 1024, max_prefill_tokens: int = 4096,
-                 decode_graphs: bool | None = None):
+                 decode_graphs: bool | None = None, fuse: bool = True):
         """``decode_graphs``: decode through fixed-shape views of the paged cache, captured as CUDA graphs on a GPU
-        (:mod:`serve.graphs`); None = on wherever the model supports it. False: eager steps over the paged cache."""
+        (:mod:`serve.graphs`); None = on wherever the model supports it. False: eager steps over the paged cache.
+        ``fuse``: ``model.fuse_projections()`` first, when it has one (in place; same outputs and state_dict keys)."""
         cfg = config or ServeConfig()
+        if fuse and hasattr(model, "fuse_projections"):
+            model.fuse_projections()
         self.model = model
         self.tokenizer = tokenizer
         self.config = cfg
