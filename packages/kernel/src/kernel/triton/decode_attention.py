@@ -52,7 +52,8 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr,
             v_off = b * stride_vb + kvh * stride_vh + s.to(tl.int64) * stride_vs
         kv_ok = s_ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_ok, other=0.0)  # (BLOCK_S, BLOCK_D)
-        scores = _dot(q, tl.trans(k), DOT) * scale  # (BLOCK_G, BLOCK_S) fp32
+        # (BLOCK_G, BLOCK_S) fp32; inductor's launcher passes a Python float as fp64
+        scores = (_dot(q, tl.trans(k), DOT) * scale).to(tl.float32)
         scores = tl.where(s_ok[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         p = tl.exp(scores - m_new[:, None])
