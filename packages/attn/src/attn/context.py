@@ -141,7 +141,9 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
     window = cfg.sliding_window if cfg.sliding_window is not None and cfg.sliding_window < S else None
     mask, causal, decode = None, False, None
     if fixed and T == 1 and valid_BS is None and mask_free_decode(cfg, S):
-        decode = DecodeInfo(lens_B + 1, getattr(cache, "block_table", None), getattr(cache, "block_size", None))
+        table = getattr(cache, "block_table", None)  # a paged decode view's (B, NB) tensor
+        paged = isinstance(table, torch.Tensor)
+        decode = DecodeInfo(lens_B + 1, table if paged else None, cache.block_size if paged else None)
     elif k_valid_BS is None and document_ids is None and window is None:
         causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
     else:
