@@ -93,6 +93,37 @@ def test_clip_grad_norm_matches_torch():
     assert float(dist.grad_total_norm(a.parameters())) == pytest.approx(0.5, rel=1e-4)
 
 
+def test_eager_warmup_compiles_nothing_and_changes_nothing():
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    class Dropped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.drop = torch.nn.Linear(4, 4), torch.nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.lin(x)).relu()
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    net = Dropped()
+    net.compile(backend=backend)
+    x = torch.randn(3, 4)
+    before = [p.detach().clone() for p in net.parameters()]
+    rng = torch.get_rng_state()
+    dist.eager_warmup(net, x)
+    assert graphs == []  # ran eagerly
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout's draws came from a forked stream
+    assert all(p.grad is None for p in net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    net(x)
+    assert len(graphs) == 1  # the compiled call after it traces as before
+
+
 def test_gradient_sync_is_a_no_op_for_plain_modules():
     net = Net()
     with dist.gradient_sync(net, False):

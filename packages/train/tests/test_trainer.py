@@ -131,6 +131,37 @@ def test_compile_option_compiles_blocks(tmp_path, monkeypatch):
     assert math.isfinite(trainer.step(TokenLoader().batch(0)))
 
 
+def test_compiled_blocks_trace_as_one_graph(tmp_path, monkeypatch):
+    # The model picks kernels through kernel.resolve; a choice first made while dynamo traces is a graph break that
+    # stays in the compiled code (a GPT-2 block became 6 graphs). The trainer's eager warm-up call prevents that.
+    import functools
+
+    import dist.strategies
+    from kernel.registry import default_registry
+    from model.lm import TransformerLM
+    from specs.presets import preset
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(dist.strategies, "compile_blocks",
+                        functools.partial(dist.strategies.compile_blocks, backend=backend))
+    torch._dynamo.reset()
+    default_registry.cache_clear()  # no kernel choice made by an earlier test
+    torch.manual_seed(0)
+    model = TransformerLM(preset("gpt2-debug", vocab_size=64, max_seq_len=16))
+    trainer = Trainer(model, tcfg(tmp_path, compile=True), None)
+    batch = TokenLoader().batch(0)
+    losses = [trainer.step(batch) for _ in range(2)]
+    assert len(graphs) == 1, [len(g.graph.nodes) for g in graphs]  # every block: one graph, compiled once
+    torch.manual_seed(0)
+    eager = Trainer(TransformerLM(preset("gpt2-debug", vocab_size=64, max_seq_len=16)), tcfg(tmp_path), None)
+    assert losses == [eager.step(batch) for _ in range(2)]  # the warm-up changed nothing
+
+
 def test_nan_stop_names_the_step(tmp_path):
     torch.manual_seed(0)
     model = TinyLM()

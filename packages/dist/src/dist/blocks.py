@@ -6,10 +6,15 @@ and the model's blocks are the such list holding the most parameters (``layers``
 Activation checkpointing (Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost") recomputes each
 block's activations in backward: ``checkpoint_wrapper`` replaces the block in its list; state-dict keys are
 unchanged because the wrapper strips its own prefix.
+
+:func:`eager_warmup` runs a compiled model's first call eagerly, so the model's kernel choices
+(``kernel.resolve``) are made before dynamo traces the blocks: a first resolution inside a compiled region is a
+graph break that the compiled code then keeps (a GPT-2 block became 6 graphs instead of 1).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointImpl,
@@ -70,3 +75,18 @@ def compile_blocks(model: nn.Module, **compile_kwargs: object) -> None:
 
 def is_compiled(model: nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
+def eager_warmup(module: nn.Module, *args: object, device: torch.device | None = None, **kwargs: object) -> None:
+    """Call ``module(*args, **kwargs)`` once with every ``torch.compile`` region forced eager; discard the result.
+
+    Why: model code picks its kernels through ``kernel.resolve``, which caches each choice by its request; a
+    request first met while dynamo traces is a graph break that stays in the compiled code for good. One eager
+    call with the real inputs (same dtype, grad mode and batch fields) resolves the eager and the compiled choice
+    of every request, so the blocks then compile into one graph each. The RNG state (CPU and ``device``) is
+    restored, so dropout in the warm-up draws nothing from the run's stream; nothing else is changed (no backward
+    runs, so parameters, gradients and optimizer state are untouched).
+    """
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.compiler.set_stance("force_eager"):
+        module(*args, **kwargs)

@@ -114,6 +114,7 @@ class Trainer:
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self._progress: Progress | None = None
         self._eval_start: dict[int, Any] = {}
+        self._warmed: set[tuple[bool, tuple[str, ...]]] = set()
         self.model.train()  # evaluate() switches back after itself
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
@@ -188,12 +189,22 @@ class Trainer:
             mb = {k: v[i] for k, v in chunks.items()}
             with dist.gradient_sync(self.model, i == accum - 1):
                 with self._amp():
+                    self._warm_compiled(mb)
                     loss = self.model(**mb)
                 weight = (mb["labels"] != IGNORE_INDEX).sum() / total
                 scaled = loss.float() * weight
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += scaled.detach()
         return loss_sum
+
+    def _warm_compiled(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Under ``train.compile``, the first forward of each (grad mode, batch fields) runs once eagerly first,
+        so the blocks compile into one graph each (``dist.eager_warmup`` says why); free otherwise."""
+        key = (torch.is_grad_enabled(), tuple(inputs))
+        if self.cfg.compile and key not in self._warmed:
+            self._warmed.add(key)
+            # DDP's forward expects a backward before the next forward: warm the module inside it.
+            dist.eager_warmup(dist.unwrap(self.model), device=self.device, **inputs)
 
     @staticmethod
     def _inputs(b: Batch, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -303,8 +314,10 @@ class Trainer:
             if i >= (max_batches or self.cfg.eval_steps):
                 break
             b = as_batch(batch).to(self.device, non_blocking=True)
+            inputs = self._inputs(b, ("input_ids", "labels", *self._fields))
             with self._amp():
-                loss = self.model(**self._inputs(b, ("input_ids", "labels", *self._fields)))
+                self._warm_compiled(inputs)
+                loss = self.model(**inputs)
             n = (b.labels != IGNORE_INDEX).sum()
             loss_sum += loss.double() * n
             count += n
