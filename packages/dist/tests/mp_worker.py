@@ -15,9 +15,10 @@ import dist
 from specs.config import DistConfig
 
 ACCUM = 2
+CLIP = 0.5  # below the early steps' gradient norms, so clipping scales them
 
 
-def run_steps(env, net, model, opt, data):
+def run_steps(env, net, model, opt, data, norms=None):
     losses = []
     for rows in data:
         n = rows.shape[0] // env.world_size
@@ -28,7 +29,9 @@ def run_steps(env, net, model, opt, data):
                 loss = loss_fn(model, mb) / ACCUM
                 loss.backward()
             total += loss.detach().float()
-        dist.clip_grad_norm_(list(net.parameters()), 1.0)
+        norm = dist.clip_grad_norm_(list(net.parameters()), CLIP)
+        if norms is not None:
+            norms.append(float(norm))
         opt.step()
         opt.zero_grad()
         tdist.all_reduce(total)
@@ -55,7 +58,7 @@ def main() -> None:
              "FSDP_bf16": DistConfig(strategy="FSDP", precision="bf16"), "ZeRO1": DistConfig(strategy="ZeRO1")}
     for name, cfg in cases.items():
         net, model, opt = build(cfg, env)
-        results[name] = run_steps(env, net, model, opt, data[:2])
+        results[name] = run_steps(env, net, model, opt, data[:2], norms=results.setdefault(f"{name}_norms", []))
         if name in ("FSDP", "ZeRO1"):  # save after 2 steps from 2 ranks, for the single process to continue
             dist.save_model(net, out / name, env)
             rest = dist.save_optimizer(net, opt, out / name, env)

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from dist_testing import HERE, Net, batches, groups, subprocess_env
-from mp_worker import ACCUM
+from mp_worker import ACCUM, CLIP
 
 import dist
 
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.dist
 ONE = dist.DistEnv()
 
 
-def single_steps(net, opt, data):
-    """One process, the whole global batch per step, the same accumulation and clipping as the worker."""
+def single_steps(net, opt, data, norms=None):
+    """One process, the whole global batch per step, the same accumulation and clipping as the worker (by torch)."""
     losses = []
     for rows in data:
         total = 0.0
@@ -27,7 +27,9 @@ def single_steps(net, opt, data):
             loss = torch.nn.functional.cross_entropy(net(mb[:, :-1]).flatten(0, 1), mb[:, 1:].flatten()) / ACCUM
             loss.backward()
             total += loss.item()
-        dist.clip_grad_norm_(list(net.parameters()), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(list(net.parameters()), CLIP)  # torch's own, as the reference
+        if norms is not None:
+            norms.append(float(norm))
         opt.step()
         opt.zero_grad()
         losses.append(total)
@@ -40,15 +42,16 @@ def reference(tmp_path):
     net = Net()
     opt = torch.optim.AdamW(groups(net), lr=1e-2)
     data = batches(4)
-    losses = single_steps(net, opt, data[:2])
+    norms = []
+    losses = single_steps(net, opt, data[:2], norms)
     dist.save_model(net, tmp_path / "single", ONE)
     rest = dist.save_optimizer(net, opt, tmp_path / "single", ONE)
     (tmp_path / "single" / "rest.json").write_text(json.dumps(rest))
-    return losses + single_steps(net, opt, data[2:])
+    return losses + single_steps(net, opt, data[2:]), norms
 
 
 def test_strategies_and_state_across_world_sizes(tmp_path):
-    ref = reference(tmp_path)
+    ref, ref_norms = reference(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "mp_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
@@ -56,6 +59,9 @@ def test_strategies_and_state_across_world_sizes(tmp_path):
     res = json.loads((tmp_path / "result.json").read_text())
     for name in ("DDP", "FSDP", "FSDP_offload", "ZeRO1"):
         assert res[name] == pytest.approx(ref, rel=1e-5), name
+    for name in ("DDP", "FSDP", "FSDP_offload", "ZeRO1"):  # the global norm of sharded grads: local norms reduced
+        assert res[f"{name}_norms"] == pytest.approx(ref_norms, rel=1e-5), name
+    assert max(ref_norms) > CLIP  # ... and clipping really scaled the gradients
     assert res["FSDP_bf16"] == pytest.approx(ref, rel=3e-2)  # bf16 compute, fp32 master weights and reduction
     assert res["FSDP_bf16"] != pytest.approx(ref, rel=1e-6)  # ... and it really ran in bf16
     assert res["FSDP_from_single"] == pytest.approx(ref[2:], rel=1e-5)  # 1 process -> 2 ranks

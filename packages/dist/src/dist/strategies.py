@@ -13,6 +13,7 @@ The order is torchtitan's: activation checkpointing, then compile, then the para
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -119,8 +120,7 @@ def grad_total_norm(params: Iterable[nn.Parameter], norm_type: float = 2.0) -> t
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    norm = torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=True)
-    return norm.full_tensor() if isinstance(norm, DTensor) else norm
+    return _total_norm(grads, norm_type)[0]
 
 
 def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
@@ -128,7 +128,52 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float, norm_type: 
 
     Works for plain, DDP and FSDP2 (DTensor) gradients without a host sync (torchtitan's ``clip_grad_norm_``).
     """
-    params = list(params)
-    norm = grad_total_norm(params, norm_type)
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm, tensors = _total_norm(grads, norm_type)
+    # torch.nn.utils.clip_grads_with_norm_'s arithmetic, on the gradients themselves (it takes parameters).
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_device.setdefault(t.device, []).append(t)
+    with torch.no_grad():
+        for device, group in by_device.items():
+            torch._foreach_mul_(group, coef.to(device))
     return norm
+
+
+def _total_norm(grads: list[torch.Tensor], norm_type: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(global norm, the tensors to scale in place to clip). FSDP2's gradients are shards (``Shard`` DTensors on
+    one 1-D mesh): their local tensors are normed as plain tensors and the per-rank norms combined with one
+    all-reduce. That is what DTensor's own dispatch computes, without its per-op sharding bookkeeping, which cost
+    more host time than the arithmetic (about 1.3 ms per step on a 196-tensor model)."""
+    shards = _local_shards(grads)
+    if shards is None:  # plain tensors, or DTensors this fast path does not cover: DTensor dispatch does it
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=norm_type, foreach=True)
+        return (norm.full_tensor() if isinstance(norm, DTensor) else norm), grads
+    local, group = shards
+    norm = torch.nn.utils.get_total_norm(local, norm_type=norm_type, foreach=True)
+    if group is not None:
+        if math.isinf(norm_type):
+            tdist.all_reduce(norm, op=tdist.ReduceOp.MAX, group=group)
+        else:
+            norm = norm.pow(norm_type)
+            tdist.all_reduce(norm, op=tdist.ReduceOp.SUM, group=group)
+            norm = norm.pow(1.0 / norm_type)
+    return norm, local
+
+
+def _local_shards(grads: list[torch.Tensor]) -> tuple[list[torch.Tensor], Any] | None:
+    """(local tensors, the process group to reduce over or None for one rank) when every gradient is a DTensor
+    sharded on one 1-D mesh (FSDP2); None otherwise."""
+    first = grads[0]
+    if not isinstance(first, DTensor):
+        return None
+    mesh = first.device_mesh
+    if mesh.ndim != 1:
+        return None
+    for g in grads:
+        if not isinstance(g, DTensor) or g.device_mesh is not mesh or not g.placements[0].is_shard():
+            return None
+    return [g._local_tensor for g in grads], (mesh.get_group() if mesh.size() > 1 else None)
