@@ -32,7 +32,8 @@ def run_steps(env, net, model, opt, data, norms=None):
         norm = dist.clip_grad_norm_(list(net.parameters()), CLIP)
         if norms is not None:
             norms.append(float(norm))
-        opt.step()
+        with dist.local_shards(opt):  # FSDP: the step on local shards (a no-op for the other strategies)
+            opt.step()
         opt.zero_grad()
         tdist.all_reduce(total)
         losses.append(total.item() / env.world_size)

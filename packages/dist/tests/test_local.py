@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -122,6 +123,55 @@ def test_eager_warmup_compiles_nothing_and_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     net(x)
     assert len(graphs) == 1  # the compiled call after it traces as before
+
+
+def _assert_same_state(sa, sb):
+    from torch.distributed.tensor import DTensor
+
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys(), i
+        for k, v in sa[i].items():
+            w = sb[i][k]
+            assert type(v) is type(w), (i, k)  # moments stay DTensors sharded like their parameter
+            if isinstance(v, DTensor):
+                assert v.placements == w.placements and torch.equal(v.full_tensor(), w.full_tensor()), (i, k)
+            else:
+                assert torch.equal(v, w), (i, k)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda g: torch.optim.AdamW(g, lr=1e-2, fused=True), lambda g: torch.optim.AdamW(g, lr=1e-2, foreach=True),
+    lambda g: torch.optim.SGD(g, lr=1e-2, momentum=0.9)], ids=["adamw_fused", "adamw_foreach", "sgd_momentum"])
+def test_local_shards_step_equals_the_dtensor_step(tmp_path, make_opt):
+    from torch.distributed.tensor import DTensor
+
+    dist.init(DistConfig(strategy="FSDP"), "cpu")  # one rank, in process
+    try:
+        runs = []
+        for local in (False, True):
+            torch.manual_seed(0)
+            net = Net()
+            dist.apply(net, DistConfig(strategy="FSDP"), "cpu")
+            opt = make_opt(groups(net))
+            for rows in batches(3):
+                loss_fn(net, rows).backward()
+                with dist.local_shards(opt) if local else contextlib.nullcontext():
+                    opt.step()
+                opt.zero_grad()
+            runs.append((net, opt))
+        (a, opt_a), (b, opt_b) = runs
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert isinstance(q, DTensor) and torch.equal(p.full_tensor(), q.full_tensor()), n
+        sb = opt_b.state_dict()["state"]
+        _assert_same_state(opt_a.state_dict()["state"], sb)
+        assert len(sb) == len(list(a.parameters()))
+        rest = dist.save_optimizer(b, opt_b, tmp_path, ONE)  # DCP round trip of the state the local steps wrote
+        fresh = make_opt(groups(b))
+        dist.load_optimizer(b, fresh, tmp_path, rest)
+        _assert_same_state(fresh.state_dict()["state"], sb)
+    finally:
+        dist.destroy()
 
 
 def test_gradient_sync_is_a_no_op_for_plain_modules():

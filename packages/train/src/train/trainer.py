@@ -238,11 +238,12 @@ class Trainer:
                 return
         else:
             self._bad_step = torch.where((self._bad_step < 0) & bad, self.global_step + 1, self._bad_step)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        with dist.local_shards(self.optimizer):  # FSDP2: the step on local shards, without DTensor dispatch
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
