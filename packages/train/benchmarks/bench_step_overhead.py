@@ -4,6 +4,7 @@ Plain script::
 
     python packages/train/benchmarks/bench_step_overhead.py [--steps 40] [--precision bf16] [--compile]
                                                             [--strategies bare,none,FSDP] [--profile]
+    python packages/train/benchmarks/bench_step_overhead.py --device cuda --full --compile   # on a GPU
 
 The model has GPT-2 124M's *structure* (``specs.presets`` ``gpt2-124m``: 12 blocks, tied embeddings, learned
 positions, biases, 196 parameter tensors) with tiny widths (d_model 16, vocab 128, 2 x 16 tokens), so the arithmetic
@@ -20,6 +21,10 @@ Phases are timed by wrapping the callables the Trainer calls (root forward inclu
 ``other`` is the rest of the step (batch transfer, loss weighting, NaN bookkeeping, metrics, callbacks). Medians
 over ``--steps`` steps after ``--warmup``. ``aten_ops`` is the number of leaf aten ops per step (from
 ``torch.profiler``, views excluded): each is roughly one kernel launch on a GPU. Prints one JSON object.
+
+``--device cuda --full`` runs the real GPT-2 124M widths (16 x 1024 tokens by default) on a GPU: the phases are then
+the host's time (kernels are launched, not waited for), and ``gpu_synced_step`` the step until its kernels finish
+(a synchronize after each step): a step is host-bound when its host total is close to ``gpu_synced_step``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from specs.presets import preset
 from train import Trainer
 from train.optim import build_optimizer
 
-B, T = 2, 16
+TINY = dict(d_model=16, n_heads=2, d_ff=64, vocab_size=128)  # GPT-2 124M's structure, negligible arithmetic
 PHASES = ("forward", "backward", "clip", "optimizer", "zero_grad", "scheduler")
 VIEW_OPS = ("aten::view", "aten::as_strided", "aten::_reshape_alias", "aten::t", "aten::transpose", "aten::expand",
             "aten::detach", "aten::alias", "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice",
@@ -54,17 +59,21 @@ VIEW_OPS = ("aten::view", "aten::as_strided", "aten::_reshape_alias", "aten::t",
             "aten::lift_fresh", "aten::_local_scalar_dense", "aten::item", "aten::resolve_conj", "aten::resolve_neg")
 
 
-def make_model() -> torch.nn.Module:
+def model_config(args: argparse.Namespace) -> Any:
+    return preset("gpt2-124m", max_seq_len=args.seq, **({} if args.full else TINY))
+
+
+def make_model(args: argparse.Namespace) -> torch.nn.Module:
     from model.lm import TransformerLM  # lmstack-model: a test extra of lmstack-train
 
     torch.manual_seed(0)
-    return TransformerLM(preset("gpt2-124m", d_model=16, n_heads=2, d_ff=64, vocab_size=128, max_seq_len=T))
+    return TransformerLM(model_config(args))
 
 
-def make_batch() -> Batch:
+def make_batch(args: argparse.Namespace) -> Batch:
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 128, (B, T + 1), generator=g)
-    return Batch(input_ids=ids[:, :-1].contiguous(), labels=ids[:, 1:].contiguous())
+    ids = torch.randint(0, model_config(args).vocab_size, (args.rows, args.seq + 1), generator=g)
+    return Batch(input_ids=ids[:, :-1].contiguous(), labels=ids[:, 1:].contiguous()).to(torch.device(args.device))
 
 
 class PhaseTimer:
@@ -134,11 +143,12 @@ def leaf_aten_ops(step: Callable[[], Any], steps: int = 3) -> float:
 
 
 def run_bare(args: argparse.Namespace, timer: PhaseTimer) -> Callable[[], Any]:
-    model = make_model()
-    opt = build_optimizer(model, TrainConfig(device="cpu"), torch.device("cpu"))
-    b = make_batch()
+    device = torch.device(args.device)
+    model = make_model(args).to(device)
+    opt = build_optimizer(model, TrainConfig(device=args.device), device)
+    b = make_batch(args)
     dtype = dist.dtype_of(args.precision)
-    amp = (lambda: torch.autocast("cpu", dtype=dtype)) if args.precision != "fp32" else contextlib.nullcontext
+    amp = (lambda: torch.autocast(device.type, dtype=dtype)) if args.precision != "fp32" else contextlib.nullcontext
     # --compile: the whole loss function in one graph, as `python -m eval.bench train-compare` does, after one
     # eager call that resolves the model's kernels (a first resolution while tracing is a graph break).
     if args.compile:
@@ -160,17 +170,18 @@ def run_bare(args: argparse.Namespace, timer: PhaseTimer) -> Callable[[], Any]:
 
 def run_trainer(args: argparse.Namespace, strategy: str, timer: PhaseTimer, out: str) -> Callable[[], Any]:
     precision = args.precision
-    run = RunConfig(model=preset("gpt2-124m"), name=f"overhead-{strategy}", data=DataConfig(batch_size=B, seq_len=T),
-                    train=TrainConfig(steps=10_000, log_every=args.log_every, callbacks=(), device="cpu",
+    run = RunConfig(model=model_config(args), name=f"overhead-{strategy}",
+                    data=DataConfig(batch_size=args.rows, seq_len=args.seq),
+                    train=TrainConfig(steps=10_000, log_every=args.log_every, callbacks=(), device=args.device,
                                       precision=precision, compile=args.compile, out_dir=out, warmup_steps=10),
                     dist=DistConfig(strategy=strategy, precision=precision,
                                     reshard_after_forward=args.reshard_after_forward))
-    trainer = Trainer(make_model(), run, env=dist.current("cpu"))
+    trainer = Trainer(make_model(args), run, env=dist.current(args.device))
     timer.hook_forward(trainer.model)
     timer.hook_optimizer(trainer.optimizer)
     trainer.optimizer.zero_grad = timer.wrap("zero_grad", trainer.optimizer.zero_grad)
     trainer.scheduler.step = timer.wrap("scheduler", trainer.scheduler.step)
-    b = make_batch()
+    b = make_batch(args)
     return lambda: trainer.step(b, sync=False)
 
 
@@ -179,15 +190,23 @@ def measure(args: argparse.Namespace, name: str, build: Callable[[PhaseTimer], C
     default_registry.cache_clear()
     timer = PhaseTimer()
     step = build(timer)
+    cuda = args.device.startswith("cuda")
+    synced: list[float] = []
     backward = timer.wrap("backward", torch.Tensor.backward)
     clip = timer.wrap("clip", dist.clip_grad_norm_)
     with patched(torch.Tensor, "backward", backward), patched(dist, "clip_grad_norm_", clip):
         for _ in range(args.warmup + args.steps):
             t0 = time.perf_counter()
             step()
-            timer.end_step(time.perf_counter() - t0)
+            host = time.perf_counter() - t0
+            if cuda:  # the GPU's share: the step ends when its kernels do (the next step starts on an idle GPU)
+                torch.cuda.synchronize()
+                synced.append(time.perf_counter() - t0)
+            timer.end_step(host)
         ops = leaf_aten_ops(step) if args.profile else None
     res: dict[str, Any] = {"ms": timer.medians_ms(args.warmup)}
+    if cuda:
+        res["ms"]["gpu_synced_step"] = round(1e3 * statistics.median(synced[args.warmup:]), 3)
     if ops is not None:
         res["aten_ops"] = round(ops, 1)
     print(f"{name:>5}: " + " | ".join(f"{k} {v:.2f}" for k, v in res["ms"].items())
@@ -206,11 +225,19 @@ def main() -> None:
                    help="dist.reshard_after_forward (FSDP)")
     p.add_argument("--log-every", type=int, default=10, help="train.log_every (a log step reads the loss)")
     p.add_argument("--profile", action="store_true", help="also count leaf aten ops per step (torch.profiler)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the host time beside the synced GPU step")
+    p.add_argument("--full", action="store_true", help="GPT-2 124M's real widths (for a GPU; default: tiny widths)")
+    p.add_argument("--rows", type=int, default=None, help="batch rows (default 2, or 16 with --full)")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default 16, or 1024 with --full)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    args.rows = args.rows or (16 if args.full else 2)
+    args.seq = args.seq or (1024 if args.full else 16)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"benchmark": "train.step_overhead", "precision": args.precision,
-                               "compile": args.compile, "batch": [B, T], "steps": args.steps,
+                               "compile": args.compile, "device": args.device, "full_widths": args.full,
+                               "batch": [args.rows, args.seq], "steps": args.steps,
                                "machine": platform.machine(), "python": platform.python_version(),
                                "torch": torch.__version__, "load_avg_1m": os.getloadavg()[0]}
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -221,7 +248,7 @@ def main() -> None:
             elif name == "none":
                 results[name] = measure(args, name, lambda t: run_trainer(args, "none", t, out))
             elif name == "FSDP":
-                dist.init(DistConfig(strategy="FSDP"), "cpu")  # a one-rank gloo group, no torchrun
+                dist.init(DistConfig(strategy="FSDP"), args.device)  # a one-rank group (gloo/NCCL), no torchrun
                 try:
                     results[name] = measure(args, name, lambda t: run_trainer(args, "FSDP", t, out))
                 finally:
