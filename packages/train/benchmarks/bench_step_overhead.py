@@ -13,14 +13,16 @@ GPU cannot hide once it exceeds the kernels' own time. Compared on this model:
 
 - ``bare``: ``model.loss`` under autocast (``--compile``: all of it under one ``torch.compile``), ``backward``,
   the Trainer's own optimizer (``train.optim``), ``zero_grad``;
-- ``none``: ``Trainer.step(batch, sync=False)``, strategy none (the plain path of ``train.run``);
+- ``none``: ``Trainer.step(batch, sync=False)``, strategy none (the plain path of ``train.run``; ``--compile``:
+  the whole model as one graph, as ``dist.apply`` does without a wrapper);
 - ``FSDP``: the same under FSDP2 on a one-rank gloo group (``dist.init`` without torchrun).
 
-Phases are timed by wrapping the callables the Trainer calls (root forward including FSDP's hooks,
-``Tensor.backward``, ``dist.clip_grad_norm_``, ``optimizer.step``, ``optimizer.zero_grad``, ``scheduler.step``);
-``other`` is the rest of the step (batch transfer, loss weighting, NaN bookkeeping, metrics, callbacks). Medians
-over ``--steps`` steps after ``--warmup``. ``aten_ops`` is the number of leaf aten ops per step (from
-``torch.profiler``, views excluded): each is roughly one kernel launch on a GPU. Prints one JSON object.
+Phases are timed by wrapping the callables the Trainer calls (forward: ``_forward_backward`` less
+``Tensor.backward``, so FSDP's hooks and the loss weighting count as forward; ``dist.clip_grad_norm_``,
+``optimizer.step``, ``optimizer.zero_grad``, ``scheduler.step``); ``other`` is the rest of the step (batch
+transfer, NaN bookkeeping, metrics, callbacks). Medians over ``--steps`` steps after ``--warmup``. ``aten_ops`` is
+the number of leaf aten ops per step (from ``torch.profiler``, views excluded): each is roughly one kernel launch on
+a GPU. Prints one JSON object.
 
 ``--device cuda --full`` runs the real GPT-2 124M widths (16 x 1024 tokens by default) on a GPU: the phases are then
 the host's time (kernels are launched, not waited for), and ``gpu_synced_step`` the step until its kernels finish
@@ -92,15 +94,6 @@ class PhaseTimer:
                 self.now[name] += time.perf_counter() - t0
         return timed
 
-    def hook_forward(self, module: torch.nn.Module) -> None:
-        """Time ``module``'s call including other hooks: a pre-hook put first, a post-hook put last."""
-        start: list[float] = []
-        module.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()), prepend=True)
-
-        def post(*_: Any) -> None:
-            self.now["forward"] += time.perf_counter() - start.pop()
-        module.register_forward_hook(post)
-
     def hook_optimizer(self, opt: torch.optim.Optimizer) -> None:
         """Time ``opt.step`` through its hooks (replacing the method would hide it from the lr scheduler)."""
         start: list[float] = []
@@ -111,6 +104,7 @@ class PhaseTimer:
         opt.register_step_post_hook(post)
 
     def end_step(self, total: float) -> None:
+        self.now["forward"] -= self.now.get("backward", 0.0)  # wrapped around both (see run_trainer)
         for name in PHASES:
             self.history[name].append(self.now.get(name, 0.0))
         self.history["other"].append(total - sum(self.now.values()))
@@ -155,14 +149,17 @@ def run_bare(args: argparse.Namespace, timer: PhaseTimer) -> Callable[[], Any]:
         with amp():
             model.loss(b.input_ids, b.labels)
     loss_fn = torch.compile(model.loss) if args.compile else model.loss
-    forward = timer.wrap("forward", loss_fn)  # a method, not the module's __call__: no hooks would fire
     timer.hook_optimizer(opt)
     zero_grad = timer.wrap("zero_grad", opt.zero_grad)
 
-    def step() -> None:
+    def forward_backward() -> None:
         with amp():
-            loss = forward(b.input_ids, b.labels)
+            loss = loss_fn(b.input_ids, b.labels)
         loss.backward()
+    forward_backward = timer.wrap("forward", forward_backward)  # less backward, as for the Trainer
+
+    def step() -> None:
+        forward_backward()
         opt.step()
         zero_grad(set_to_none=True)
     return step
@@ -177,7 +174,9 @@ def run_trainer(args: argparse.Namespace, strategy: str, timer: PhaseTimer, out:
                     dist=DistConfig(strategy=strategy, precision=precision,
                                     reshard_after_forward=args.reshard_after_forward))
     trainer = Trainer(make_model(args), run, env=dist.current(args.device))
-    timer.hook_forward(trainer.model)
+    # Forward is timed as _forward_backward less backward: a hook on the model would run inside a whole-model
+    # compile (strategy none), where timing calls break the graph.
+    trainer._forward_backward = timer.wrap("forward", trainer._forward_backward)
     timer.hook_optimizer(trainer.optimizer)
     trainer.optimizer.zero_grad = timer.wrap("zero_grad", trainer.optimizer.zero_grad)
     trainer.scheduler.step = timer.wrap("scheduler", trainer.scheduler.step)
@@ -220,7 +219,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="timed steps per strategy")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile, lazy init)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile each block (as train.compile does)")
+    p.add_argument("--compile", action="store_true", help="train.compile (none: the whole model; FSDP: each block)")
     p.add_argument("--reshard-after-forward", action=argparse.BooleanOptionalAction, default=True,
                    help="dist.reshard_after_forward (FSDP)")
     p.add_argument("--log-every", type=int, default=10, help="train.log_every (a log step reads the loss)")

@@ -73,6 +73,13 @@ def compile_blocks(model: nn.Module, **compile_kwargs: object) -> None:
         block.compile(**compile_kwargs)
 
 
+def compile_whole(model: nn.Module, **compile_kwargs: object) -> None:
+    """``torch.compile`` the whole module in place: one graph from embedding to loss, so inductor fuses across the
+    block boundaries and the loss head and a step pays one compiled call instead of one per block. For a module
+    without per-block hooks (no DDP/FSDP wrapper); compile time grows with depth."""
+    model.compile(**compile_kwargs)
+
+
 def is_compiled(model: nn.Module) -> bool:
     return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
 

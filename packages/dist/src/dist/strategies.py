@@ -25,7 +25,7 @@ from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from dist.blocks import apply_activation_checkpointing, compile_blocks, find_blocks
+from dist.blocks import apply_activation_checkpointing, compile_blocks, compile_whole, find_blocks
 from dist.precision import dtype_of
 from specs.config import DistConfig
 from specs.errors import ConfigError
@@ -36,7 +36,7 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
     """Prepare ``model`` for training on ``device`` under ``cfg.strategy``; returns the module to call.
 
     ``grad_ckpt`` (default ``cfg.grad_ckpt``) wraps blocks for activation checkpointing; ``compile`` compiles
-    each block; ``precision`` (default ``cfg.precision``) sets FSDP's mixed-precision policy. DDP/FSDP/ZeRO1
+    the whole model (strategy none) or each block (DDP, FSDP, ZeRO1); ``precision`` (default ``cfg.precision``) sets FSDP's mixed-precision policy. DDP/FSDP/ZeRO1
     need an initialised process group (``dist.init``). FSDP shards in place and returns ``model`` itself.
     """
     device = torch.device(device)
@@ -50,7 +50,12 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
         except ValueError as exc:
             raise ConfigError("dist.grad_ckpt", str(exc)) from None
     if compile:
-        compile_blocks(model)
+        # Alone, the model compiles whole (the bare loop of `eval.bench train-compare`: one graph, the loss head
+        # fused); under DDP/FSDP each block compiles apart, which composes with their per-block hooks.
+        if strategy == "none":
+            compile_whole(model)
+        else:
+            compile_blocks(model)
     if strategy == "FSDP":
         return _apply_fsdp(model, cfg, device, precision or cfg.precision)
     model.to(device)

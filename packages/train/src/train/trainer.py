@@ -198,8 +198,8 @@ class Trainer:
         return loss_sum
 
     def _warm_compiled(self, inputs: dict[str, torch.Tensor]) -> None:
-        """Under ``train.compile``, the first forward of each (grad mode, batch fields) runs once eagerly first,
-        so the blocks compile into one graph each (``dist.eager_warmup`` says why); free otherwise."""
+        """Under ``train.compile``, the first forward of each (grad mode, batch fields) runs once eagerly first, so
+        the model (whole, or each block under DDP/FSDP) compiles into one graph (``dist.eager_warmup`` says why)."""
         key = (torch.is_grad_enabled(), tuple(inputs))
         if self.cfg.compile and key not in self._warmed:
             self._warmed.add(key)
