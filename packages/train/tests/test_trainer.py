@@ -131,11 +131,11 @@ def test_compile_option_compiles_the_model(tmp_path, monkeypatch):
     assert math.isfinite(trainer.step(TokenLoader().batch(0)))
 
 
-@pytest.mark.parametrize("strategy", ["none", "DDP"])
+@pytest.mark.parametrize("strategy", ["none", "DDP", "FSDP"])
 def test_compiled_model_traces_as_one_graph(tmp_path, monkeypatch, strategy):
     # The model picks kernels through kernel.resolve; a choice first made while dynamo traces is a graph break that
     # stays in the compiled code (a GPT-2 block became 6 graphs). The trainer's eager warm-up call prevents that.
-    # none compiles the whole model, DDP each block (one graph shared by the blocks, which run the same code).
+    # none compiles the whole model, DDP and FSDP each block (one graph shared by the blocks: they run the same code).
     import functools
 
     import dist.strategies
