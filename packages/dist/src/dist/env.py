@@ -63,10 +63,12 @@ def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError as exc:
-        raise ConfigError("train.device", f"not a torch device: {spec!r} ({exc}); expected auto, cpu, cuda, cuda:N, mps") from None
+        raise ConfigError("train.device", f"not a torch device: {spec!r} ({exc}); expected auto, cpu, cuda, cuda:N, "
+                          "mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device", f"{spec!r} asked for but CUDA is not available on this machine; use 'cpu' or 'auto'")
+            raise ConfigError("train.device", f"{spec!r} asked for but CUDA is not available on this machine; use "
+                              "'cpu' or 'auto'")
         index = local_rank if dev.index is None else dev.index
         if index >= torch.cuda.device_count():
             raise ConfigError("train.device", f"cuda:{index} does not exist ({torch.cuda.device_count()} visible GPUs)")
@@ -80,7 +82,8 @@ def _backend(cfg: DistConfig, device: torch.device) -> str:
     if cfg.backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if cfg.backend == "nccl" and device.type != "cuda":
-        raise ConfigError("dist.backend", f"'nccl' needs CUDA devices, but this rank runs on {device.type}; use 'gloo' or 'auto'")
+        raise ConfigError("dist.backend", f"'nccl' needs CUDA devices, but this rank runs on {device.type}; use "
+                          "'gloo' or 'auto'")
     return cfg.backend
 
 
@@ -93,8 +96,6 @@ def init(cfg: DistConfig | None = None, device: str = "auto", *, timeout_s: floa
     if tdist.is_available() and tdist.is_initialized():
         return current(device)
     torchrun = launched_by_torchrun()
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = select_device(device, local_rank)
     if not torchrun and cfg.strategy == "none":
@@ -157,6 +158,9 @@ def broadcast_json(env: DistEnv, obj: Any, src: int = 0) -> Any:
     payload = json.dumps(obj).encode() if env.rank == src else b""
     size = torch.tensor([len(payload)], dtype=torch.int64)
     tdist.broadcast(size, src=src, group=env.cpu_group)
-    buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8) if env.rank == src else torch.empty(int(size.item()), dtype=torch.uint8)
+    if env.rank == src:
+        buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+    else:
+        buf = torch.empty(int(size.item()), dtype=torch.uint8)
     tdist.broadcast(buf, src=src, group=env.cpu_group)
     return json.loads(bytes(buf.tolist()).decode()) if env.rank != src else obj

@@ -100,7 +100,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], env: DistEnv
     barrier(env)
     # Each rank writes its shard under work/sharded; rank 0 then consolidates them into one full file.
     with _single_process_ok():
-        dcp.save(sd, storage_writer=HuggingFaceStorageWriter(str(work), save_distributed=True, enable_consolidation=True))
+        writer = HuggingFaceStorageWriter(str(work), save_distributed=True, enable_consolidation=True)
+        dcp.save(sd, storage_writer=writer)
     if env.is_main:
         files = sorted(work.glob("*.safetensors"))
         if len(files) != 1:

@@ -36,8 +36,9 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
     """Prepare ``model`` for training on ``device`` under ``cfg.strategy``; returns the module to call.
 
     ``grad_ckpt`` (default ``cfg.grad_ckpt``) wraps blocks for activation checkpointing; ``compile`` compiles
-    the whole model (strategy none) or each block (DDP, FSDP, ZeRO1); ``precision`` (default ``cfg.precision``) sets FSDP's mixed-precision policy. DDP/FSDP/ZeRO1
-    need an initialised process group (``dist.init``). FSDP shards in place and returns ``model`` itself.
+    the whole model (strategy none) or each block (DDP, FSDP, ZeRO1); ``precision`` (default ``cfg.precision``)
+    sets FSDP's mixed-precision policy. DDP/FSDP/ZeRO1 need an initialised process group (``dist.init``). FSDP
+    shards in place and returns ``model`` itself.
     """
     device = torch.device(device)
     strategy = cfg.strategy
