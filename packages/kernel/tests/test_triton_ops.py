@@ -250,3 +250,43 @@ def test_decode_attention_equals_full_attention_over_the_valid_slots():
     vv = v[:, :, :37].repeat_interleave(2, dim=1)
     want = torch.softmax((q[:, :, None] @ kk.transpose(-1, -2)) / 16 ** 0.5, -1) @ vv
     torch.testing.assert_close(got, want[:, :, 0], atol=1e-5, rtol=1e-5)
+
+
+def skinny_fn(op):
+    return default_registry().get(op, "triton_skinny").load()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, N, K, with_bias", [(1, 48, 300, False), (3, 33, 1030, True), (16, 70, 64, False),
+                                                (20, 16, 64, True)])
+def test_skinny_linear_matches_reference(dtype, M, N, K, with_bias):
+    g = torch.Generator().manual_seed(M * N + K)
+    x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype) if with_bias else None
+    got = skinny_fn("linear")(x.reshape(M, 1, K), w, b)  # leading dims kept
+    assert got.shape == (M, 1, N) and got.dtype == dtype
+    ref32 = ref.linear(x.float(), w.float(), None if b is None else b.float())
+    check("linear", got.reshape(M, N), ref32, ref.linear(x, w, b), dtype, fp32_atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, N, K, with_bias", [(1, 48, 300, False), (3, 33, 2100, True)])
+def test_skinny_int8_linear_matches_reference(dtype, M, N, K, with_bias):
+    g = torch.Generator().manual_seed(M * N + K)
+    x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
+    s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype) if with_bias else None
+    got = skinny_fn("int8_linear")(x, w, s, b)
+    ref32 = ref.int8_linear(x.float(), w, s.float(), None if b is None else b.float())
+    check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b), dtype, fp32_atol=1e-4)
+
+
+def test_skinny_tiles_split_k_until_every_sm_has_work():
+    from kernel.triton.skinny import tiles
+
+    assert tiles(2048, 2048, 2, 132) == (32, 128, 8, 4)  # 64 column tiles x 8 splits of 2 K tiles: 512 programs
+    assert tiles(11264, 2048, 2, 132)[2] == 1  # 352 column tiles fill 132 SMs alone
+    assert tiles(48, 300, 2, 132)[2] == 1  # too little K to split
+    assert tiles(2048, 5632, 1, 132)[:2] == (32, 256)  # int8: 256-byte rows of K per stage as well

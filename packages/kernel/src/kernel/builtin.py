@@ -22,7 +22,7 @@ TRITON_TARGETS = {
 }
 
 
-INFERENCE_ONLY = ("int8_linear", "decode_attention")  # kernels without a backward
+INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear")  # kernels without a backward
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;
@@ -54,6 +54,12 @@ def builtin_implementations() -> list[Implementation]:
                        priority=-10, description="materialised logits + cross_entropy (chosen under torch.compile)"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
+        # Skinny (decode) matmuls with pipelined, split-K weight streaming: untuned on a GPU so far, so ranked below
+        # the reference (cuBLAS) and the measured int8 GEMV; `--prefer linear=triton_skinny` opts in.
+        *[Implementation(op=op, name="triton_skinny", target=f"kernel.triton.skinny:{op}", priority=-5,
+                         devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
+                         backward=False, description="Triton split-K skinny matmul for decode rows (kernel/triton)")
+          for op in ("linear", "int8_linear")],
         Implementation(op="attention", name="flash", target="kernel.flash:attention", priority=30,
                        devices=("cuda",), dtypes=LOW_PRECISION, max_head_dim=256, head_dim_multiple=8,
                        mask=False, bias=False, window=False, min_capability=(8, 0), requires=("flash_attn",),
