@@ -70,3 +70,24 @@ def test_fuse_linears_rejects_mismatched_layers():
     m.b = torch.nn.Identity()
     with pytest.raises(ConfigError, match="plain nn.Linear"):
         fuse_linears(m, ("a", "b"), "ab")
+
+
+class _Wrapped(torch.nn.Module):  # stands in for a quantized or adapted projection
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_fusing_leaves_projections_that_are_not_plain_linears():
+    plain, _ = _pair()
+    ids = torch.randint(0, plain.config.vocab_size, (1, 5))
+    want = plain(ids)
+    attn, mlp = plain.model.layers[0].self_attn, plain.model.layers[0].mlp
+    attn.k_proj, mlp.up_proj = _Wrapped(attn.k_proj), _Wrapped(mlp.up_proj)
+    plain.fuse_projections()
+    assert isinstance(attn.k_proj, _Wrapped) and not hasattr(attn, "qkv_proj") and not hasattr(mlp, "gate_up_proj")
+    assert hasattr(plain.model.layers[1].self_attn, "qkv_proj")  # the other layers still fuse
+    torch.testing.assert_close(plain(ids), want, rtol=1e-5, atol=1e-5)

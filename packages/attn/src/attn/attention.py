@@ -75,8 +75,10 @@ class Attention(nn.Module):
                        dtype=q.dtype, head_dim=self.head_dim, gqa=self.n_kv_heads != self.n_heads)
 
     def fuse_projections(self) -> None:
-        """One ``qkv_proj`` GEMM instead of q/k/v_proj (decode speed); outputs and state_dict keys unchanged."""
-        if not is_fused(self, "qkv_proj"):
+        """One ``qkv_proj`` GEMM instead of q/k/v_proj (decode speed); outputs and state_dict keys unchanged.
+        Projections that are no longer plain Linears (quantized, adapted) are left as they are."""
+        if not is_fused(self, "qkv_proj") and all(type(getattr(self, n)) is nn.Linear
+                                                   for n in ("q_proj", "k_proj", "v_proj")):
             fuse_linears(self, ("q_proj", "k_proj", "v_proj"), "qkv_proj")
 
     def extra_repr(self) -> str:

@@ -68,8 +68,10 @@ class SwiGLU(nn.Module):
         return self.down_proj(self.act(gate_BTF) * up_BTF)
 
     def fuse_projections(self) -> None:
-        """One ``gate_up_proj`` GEMM instead of gate/up_proj (decode speed); outputs and state_dict keys unchanged."""
-        if not is_fused(self, "gate_up_proj"):
+        """One ``gate_up_proj`` GEMM instead of gate/up_proj (decode speed); outputs and state_dict keys unchanged.
+        Projections that are no longer plain Linears (quantized, adapted) are left as they are."""
+        if not is_fused(self, "gate_up_proj") and all(type(getattr(self, n)) is nn.Linear
+                                                       for n in ("gate_proj", "up_proj")):
             fuse_linears(self, ("gate_proj", "up_proj"), "gate_up_proj")
 
     def extra_repr(self) -> str:
