@@ -64,3 +64,20 @@ def test_captured_graph_decode_on_cuda_gives_the_eager_tokens():
     assert eng.graphs is not None and sorted(eng.graphs.graphs) == [1, 2, 4]  # captured
     _, want = _run(model, prompts, 8, max_batch_size=4, decode_graphs=False)
     assert got == want
+
+
+def test_fast_generator_routes_linears_through_the_registry():
+    from serve.fast import FastGenerator, RegistryLinear
+    from specs.errors import PluginError
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    prompt = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(3))
+    want = FastGenerator(model, 2, 16, compile=None).generate(prompt, 6)
+    keys = sorted(model.state_dict())
+    routed = FastGenerator(model, 2, 16, compile=None, linear_impl="reference")
+    assert all(type(m) is not torch.nn.Linear for m in model.modules())
+    assert any(isinstance(m, RegistryLinear) for m in model.modules()) and sorted(model.state_dict()) == keys
+    assert torch.equal(routed.generate(prompt, 6), want)
+    with pytest.raises(PluginError, match="triton_skinny"):
+        FastGenerator(TransformerLM(preset("llama-debug")), 1, 8, compile=None, linear_impl="nope")

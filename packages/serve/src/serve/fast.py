@@ -18,7 +18,9 @@ import types
 from typing import Any
 
 import torch
+from torch import nn
 
+from kernel import default_registry, resolve
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
 
@@ -30,15 +32,19 @@ class FastGenerator:
     ``backend``: the torch.compile backend ("inductor"; "eager" checks the graph without generating code).
     ``fuse``: call ``model.fuse_projections()`` first (in place: one q/k/v and one gate/up GEMM per layer; outputs and
     ``state_dict`` keys are unchanged), when the model has it.
+    ``linear_impl``: route the model's ``nn.Linear`` layers through the kernel registry's ``linear`` op with this
+    implementation (e.g. "triton_skinny"), in place (:func:`route_linears`); None keeps ``F.linear``.
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
-                 backend: str = "inductor", fuse: bool = True):
+                 backend: str = "inductor", fuse: bool = True, linear_impl: str | None = None):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
+        if linear_impl is not None:
+            route_linears(model, linear_impl)
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")
@@ -101,6 +107,29 @@ class FastGenerator:
             tok_B1 = self._step(tok_B1, inv_temp, noise()).clone()
             out[:, i] = tok_B1[:, 0]
         return out
+
+
+class RegistryLinear(nn.Linear):
+    """An ``nn.Linear`` whose forward is the kernel registry's ``linear`` op under a named implementation."""
+
+    impl: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
+        return op(x, self.weight, self.bias)
+
+
+def route_linears(model: nn.Module, impl: str) -> int:
+    """Make every plain ``nn.Linear`` of ``model`` call the registry's ``linear`` op as ``impl`` (in place: the class
+    changes, parameters and state_dict keys do not); returns how many. Unknown names raise PluginError."""
+    default_registry().get("linear", impl)  # fail early, naming the valid implementations
+    n = 0
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = RegistryLinear
+            m.impl = impl
+            n += 1
+    return n
 
 
 def _pick(logits_BV: torch.Tensor, inv_temp: torch.Tensor, noise_BV: torch.Tensor | None) -> torch.Tensor:
