@@ -42,6 +42,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
+    p.add_argument("--linear-impl", default=None,
+                   help="route the lmstack model's Linear layers through the kernel registry's 'linear' op with this "
+                        "implementation (e.g. triton_skinny); default: F.linear")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -194,14 +197,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache() if device.startswith("cuda") else None
     if "lmstack" in variants:
         out = {}
+        # routing Linear layers changes their class: keep the shared model plain for the int8 variant
+        lm = copy.deepcopy(model) if args.linear_impl else model
         for B in sizes:
-            gen = Fast(model, B, L, compile=mode)
+            gen = Fast(lm, B, L, compile=mode, linear_impl=args.linear_impl)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
         results["variants"]["lmstack"] = out
     if "lmstack-int8" in variants:
         qmodel = copy.deepcopy(model)
+        if hasattr(qmodel, "fuse_projections"):
+            qmodel.fuse_projections()  # fused GEMVs for int8 too (a no-op when the lmstack variant already fused)
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
         r = _time_generate(Fast(qmodel, 1, L, compile=mode), prompts[sizes[0]][:1], args.new_tokens, args.repeat,
