@@ -15,6 +15,24 @@ from typing import Any
 
 import torch
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str) -> Any:
+    """transformers' LlamaForCausalLM of ``cfg``'s shape holding ``model``'s weights (the baselines' twin)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                         num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_seq_len,
+                         rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    hf = LlamaForCausalLM(hf_cfg).to(device=device, dtype=dtype).eval()
+    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
+    if [k for k in missing if "rotary" not in k] or unexpected:
+        raise RuntimeError(f"weights did not map onto LlamaForCausalLM: missing={missing} unexpected={unexpected}")
+    return hf
+
 
 def prefer_kernels(spec: str) -> dict[str, str]:
     """Make ``auto`` pick named kernels: ``"attention=sdpa,linear_cross_entropy=reference"`` raises each one's

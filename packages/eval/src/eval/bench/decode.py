@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import prefer_kernels, report, sync
+from eval.bench.common import DTYPES, hf_llama, prefer_kernels, report, sync
 from eval.loading import pick_device
 from specs.errors import LmstackError
 from specs.plugins import resolve
@@ -47,9 +47,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "implementation (e.g. triton_skinny); default: F.linear")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def copy_bandwidth(device: str, nbytes: int | None = None, repeat: int = 20) -> float:
@@ -139,21 +136,6 @@ def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -
             "kernel_us_per_token": sum(r["us_per_token"] for r in rows), "top": rows[:top]}
 
 
-def _hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    hf_cfg = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
-                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                         num_key_value_heads=cfg.kv_heads, max_position_embeddings=cfg.max_seq_len,
-                         rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    hf = LlamaForCausalLM(hf_cfg).to(device=device, dtype=dtype).eval()
-    missing, unexpected = hf.load_state_dict(model.state_dict(), strict=False)
-    if [k for k in missing if "rotary" not in k] or unexpected:
-        raise RuntimeError(f"weights did not map onto LlamaForCausalLM: missing={missing} unexpected={unexpected}")
-    return hf
-
-
 def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
     def gen(k: int) -> None:
         out = hf.generate(prompt, max_new_tokens=k, do_sample=False, cache_implementation="static",
@@ -184,7 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
     prompts = {B: torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), generator=g).to(device) for B in sizes}
     if "transformers" in variants:
-        hf = _hf_llama(model, cfg, dtype, device)
+        hf = hf_llama(model, cfg, dtype, device)
         results["variants"]["transformers"] = {"batch1": _time_hf(hf, prompts[sizes[0]][:1], args.new_tokens,
                                                                   args.repeat, device)}
         k = min(16, args.new_tokens)

@@ -26,8 +26,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import percentiles, prefer_kernels, report, sync
-from eval.bench.decode import DTYPES, _hf_llama
+from eval.bench.common import DTYPES, hf_llama, percentiles, prefer_kernels, report, sync
 from eval.loading import pick_device
 from specs.errors import ConfigError
 from specs.plugins import resolve
@@ -105,7 +104,7 @@ def _lmstack(model: Any, prompts: list[list[int]], args: argparse.Namespace, dev
 
 def _transformers(model: Any, cfg: Any, dtype: torch.dtype, prompts: list[list[int]], args: argparse.Namespace,
                   device: str) -> tuple[dict, torch.Tensor]:
-    hf = _hf_llama(model, cfg, dtype, device)
+    hf = hf_llama(model, cfg, dtype, device)
     prompt_BT = torch.tensor(prompts, dtype=torch.long, device=device)  # (B, T) equal lengths: no padding
     mask_BT = torch.ones_like(prompt_BT)  # explicit, or ids equal to pad_token_id would be masked out
 
