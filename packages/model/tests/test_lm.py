@@ -146,3 +146,18 @@ def test_attention_implementations_agree():
     torch.testing.assert_close(outs["reference"], outs["sdpa"], atol=1e-5, rtol=0)
     with pytest.raises(PluginError, match="unknown attention implementation 'flsh'.*valid names"):
         TransformerLM(preset("llama-debug", attn_impl="flsh"))(x)
+
+
+def test_loss_impl_picks_the_lm_head_kernel_and_all_agree():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 512, (2, 12))
+    losses = []
+    for impl in ("auto", "reference", "logits"):
+        torch.manual_seed(0)
+        m = TransformerLM(preset("llama-debug", loss_impl=impl))
+        losses.append(m.loss(ids, ids))
+    for other in losses[1:]:
+        torch.testing.assert_close(other, losses[0], rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    with pytest.raises(PluginError, match="logits"):
+        TransformerLM(preset("llama-debug", loss_impl="nope")).loss(ids, ids)

@@ -75,7 +75,7 @@ class TransformerLM(nn.Module):
         _LABELS.check(labels, "labels", B=input_ids.shape[0], T=input_ids.shape[1])
         h_BTD = self.model(input_ids, positions=positions, attn_mask=attn_mask, document_ids=document_ids)
         weight_VD = self.lm_head.weight
-        ce = resolve("linear_cross_entropy", "auto", device=h_BTD.device, dtype=h_BTD.dtype,
+        ce = resolve("linear_cross_entropy", self.config.loss_impl, device=h_BTD.device, dtype=h_BTD.dtype,
                      backward=torch.is_grad_enabled() and h_BTD.requires_grad)
         return ce(h_BTD.reshape(-1, h_BTD.shape[-1]), weight_VD, labels.reshape(-1).long(), IGNORE_INDEX)
 

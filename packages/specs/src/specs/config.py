@@ -69,6 +69,9 @@ class ModelConfig(ConfigBase):
     init: Literal["normal", "small", "mup"] = "normal"
     init_std: PosFloat = 0.02
     attn_impl: str = "auto"  # kernel registry name: auto | reference | sdpa | flash | triton | ...
+    # the LM head + cross-entropy (kernel op linear_cross_entropy): auto | triton (fused, never materialises the
+    # logits) | reference (chunked) | logits (materialised; what auto picks under torch.compile)
+    loss_impl: str = "auto"
 
     @property
     def head_dim(self) -> int:
