@@ -165,7 +165,16 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     where slot s of row b is ``block_table[b, s // block_size] * block_size + s % block_size`` (vLLM's layout).
     Slots at or past a row's length are never attended; a row of length 0 gives zeros.
     """
-    B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
+    k, v, valid_B11S = decode_keys(q_BHDh, k, v, lens_B, block_table, block_size)
+    return attention(q_BHDh[:, :, None], k, v, mask=valid_B11S, scale=scale)[:, :, 0]
+
+
+def decode_keys(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor,
+                block_table: torch.Tensor | None, block_size: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Checked decode inputs as plain attention inputs: (B, KVH, S, Dh) keys and values (gathered through the block
+    table when there is one) and the (B, 1, 1, S) bool mask of each row's first ``lens_B[b]`` slots."""
+    check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
     if block_table is not None:
         j = torch.arange(block_table.shape[1] * block_size, device=k.device)
         slots_BS = block_table.long()[:, j // block_size] * block_size + j % block_size
@@ -173,7 +182,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         v = v[slots_BS].transpose(1, 2)
     S = k.shape[2]
     valid_B11S = (torch.arange(S, device=k.device)[None, :] < lens_B.to(k.device)[:, None])[:, None, None, :]
-    return attention(q_BHDh[:, :, None], k, v, mask=valid_B11S, scale=scale)[:, :, 0]
+    return k, v, valid_B11S
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

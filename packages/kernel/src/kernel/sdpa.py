@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernel.reference import allowed_mask, check_attention_inputs, repeat_kv
+from kernel.reference import allowed_mask, check_attention_inputs, decode_keys, repeat_kv
 
 
 def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tensor, *, mask: torch.Tensor | None = None,
@@ -39,3 +39,12 @@ def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tenso
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
     out = F.scaled_dot_product_attention(q_BHTDh, k, v, attn_mask=attn_mask, scale=scale)
     return out if empty is None else out.masked_fill(empty, 0.0)
+
+
+def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
+                     block_table: torch.Tensor | None = None, block_size: int | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """The decode op through SDPA: keys gathered (paged) and masked by the row lengths, KV heads repeated; what the
+    model ran before the Triton decode kernel, kept as the baseline and the fast path where Triton is absent."""
+    k, v, valid_B11S = decode_keys(q_BHDh, k, v, lens_B, block_table, block_size)
+    return attention(q_BHDh[:, :, None], k, v, mask=valid_B11S, scale=scale)[:, :, 0]
