@@ -8,7 +8,9 @@ leave most of the GPU idle while one GEMV over the concatenated weight streams a
 order; :func:`split_output` cuts it back. The module's ``state_dict`` still holds the original keys (the fused
 weight and bias are split on save and concatenated on load), so checkpoints, Hugging Face conversion and
 ``load_state_dict`` of unfused weights are unaffected. Outputs are identical up to GEMM round-off (a wider matmul
-may pick another kernel).
+may pick another kernel). The split entries are copies, not views of the parameters: a loader that writes into a
+state dict in place (``torch.distributed.checkpoint.load``) must finish with ``load_state_dict`` (as
+``set_model_state_dict`` does). Fusing is meant for inference (FastGenerator and the serving engine do it).
 """
 
 from __future__ import annotations
