@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
 import statistics
 
 import torch
+from bench_kernels import check_device, write_results  # beside this script
 
 from kernel import default_registry
 
@@ -72,6 +71,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="*", default=[1, 8], help="activation rows of the matmuls")
     ap.add_argument("--out", default=None, help="write results as JSON here (atomically)")
     a = ap.parse_args()
+    check_device(a.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     reg = default_registry()
     bw = copy_bandwidth(a.device)
@@ -106,10 +106,7 @@ def main() -> None:
     fractions = [r["fraction_of_copy"] for r in results if "fraction_of_copy" in r]
     print(f"median fraction of copy bandwidth over {len(fractions)} timings: {statistics.median(fractions):.1%}")
     if a.out:
-        tmp = f"{a.out}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
-        os.replace(tmp, a.out)
+        write_results(a.out, meta, results)
 
 
 if __name__ == "__main__":

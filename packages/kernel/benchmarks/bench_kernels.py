@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     ap.add_argument("--out", default=None, help="write results as JSON here")
     a = ap.parse_args()
+    check_device(a.device)
     dtype, reg = DTYPES[a.dtype], default_registry()
     results = []
     for op, (req, make, kw) in make_cases(a.size, a.device, dtype).items():
@@ -111,10 +112,25 @@ def main() -> None:
             "shapes(B,T,H,KVH,Dh,D,F,V)": SIZES[a.size], "torch": torch.__version__, "host": platform.node(),
             "card": torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu"}
     if a.out:
-        tmp = f"{a.out}.tmp"
+        write_results(a.out, meta, results)
+
+
+def write_results(path: str, meta: dict, results: list) -> None:
+    """``{"meta": ..., "results": ...}`` as JSON, atomically (a temporary file, then os.replace; removed on error)."""
+    tmp = f"{path}.tmp"
+    try:
         with open(tmp, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)
-        os.replace(tmp, a.out)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_device(device: str) -> None:
+    """Stop with a one-line message (not a CUDA traceback) when ``device`` is cuda and none is present."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device}, but torch sees no CUDA device here; use --device cpu")
 
 
 if __name__ == "__main__":

@@ -79,5 +79,7 @@ def test_fast_generator_routes_linears_through_the_registry():
     assert all(type(m) is not torch.nn.Linear for m in model.modules())
     assert any(isinstance(m, RegistryLinear) for m in model.modules()) and sorted(model.state_dict()) == keys
     assert torch.equal(routed.generate(prompt, 6), want)
+    untouched = TransformerLM(preset("llama-debug"))
     with pytest.raises(PluginError, match="triton_skinny"):
-        FastGenerator(TransformerLM(preset("llama-debug")), 1, 8, compile=None, linear_impl="nope")
+        FastGenerator(untouched, 1, 8, compile=None, linear_impl="nope")
+    assert hasattr(untouched.model.layers[0].self_attn, "q_proj")  # a bad name changes nothing

@@ -41,6 +41,8 @@ class FastGenerator:
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
+        if linear_impl is not None:
+            default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
         if linear_impl is not None:
