@@ -158,15 +158,67 @@ def check_decode_inputs(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
-                     scale: float | None = None) -> torch.Tensor:
+                     scale: float | None = None, k_new: torch.Tensor | None = None,
+                     v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
+                     sin_BDh: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per row against the first ``lens_B[b]`` key slots of its row; (B, H, Dh) out.
 
     ``k``, ``v``: per-row buffers (B, KVH, L, Dh), or with ``block_table`` (B, NB) a paged pool (slots, KVH, Dh)
     where slot s of row b is ``block_table[b, s // block_size] * block_size + s % block_size`` (vLLM's layout).
     Slots at or past a row's length are never attended; a row of length 0 gives zeros.
+
+    With ``k_new``/``v_new`` (B, KVH, Dh) the op also does the step's cache write: the new token's key and value go
+    to slot ``lens_B[b] - 1`` of each row (``lens_B`` counts the new token; rows of length 0 write nothing), after
+    RoPE when ``cos_BDh``/``sin_BDh`` (B, Dh) are given, which then rotate q as well (``rope``'s rotate-half
+    layout). One kernel instead of rope, append and attention: a decode step's cache write belongs here.
     """
+    if k_new is not None or cos_BDh is not None:
+        q_BHDh = decode_new_token(q_BHDh, k, v, lens_B, block_table, block_size, k_new, v_new, cos_BDh, sin_BDh)
     k, v, valid_B11S = decode_keys(q_BHDh, k, v, lens_B, block_table, block_size)
     return attention(q_BHDh[:, :, None], k, v, mask=valid_B11S, scale=scale)[:, :, 0]
+
+
+def check_new_token(q_BHDh: torch.Tensor, k: torch.Tensor, k_new: torch.Tensor | None, v_new: torch.Tensor | None,
+                    cos_BDh: torch.Tensor | None, sin_BDh: torch.Tensor | None) -> None:
+    """Validate :func:`decode_attention`'s new-token arguments against q (B, H, Dh) and the cache ``k``."""
+    B, H, Dh = q_BHDh.shape
+    KVH = k.shape[-2] if k.dim() == 3 else k.shape[1]
+    if k_new is None or v_new is None:
+        raise ShapeError("decode_attention: k_new and v_new go together (and cos/sin need them): got "
+                         f"k_new={'set' if k_new is not None else None}, v_new={'set' if v_new is not None else None}")
+    for name, t in (("k_new", k_new), ("v_new", v_new)):
+        if tuple(t.shape) != (B, KVH, Dh):
+            raise ShapeError(f"decode_attention: {name} should be (B, KVH, Dh) = {(B, KVH, Dh)}, got {tuple(t.shape)}")
+    if (cos_BDh is None) != (sin_BDh is None):
+        raise ShapeError("decode_attention: cos_BDh and sin_BDh go together")
+    for name, t in (("cos_BDh", cos_BDh), ("sin_BDh", sin_BDh)):
+        if t is not None and tuple(t.shape) != (B, Dh):
+            raise ShapeError(f"decode_attention: {name} should be (B, Dh) = {(B, Dh)}, got {tuple(t.shape)}")
+
+
+def decode_new_token(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor,
+                     block_table: torch.Tensor | None, block_size: int | None, k_new: torch.Tensor | None,
+                     v_new: torch.Tensor | None, cos_BDh: torch.Tensor | None,
+                     sin_BDh: torch.Tensor | None) -> torch.Tensor:
+    """The new-token part of :func:`decode_attention` in torch: rotate q and k_new, write k_new/v_new at slot
+    ``lens_B - 1`` of each row (in place; rows of length 0 keep the slot's old contents); returns the rotated q."""
+    check_new_token(q_BHDh, k, k_new, v_new, cos_BDh, sin_BDh)
+    if cos_BDh is not None:
+        cos, sin = cos_BDh[:, None], sin_BDh[:, None]  # (B, T=1, Dh)
+        q_BHDh = apply_rope(q_BHDh[:, :, None], cos, sin)[:, :, 0]
+        k_new = apply_rope(k_new[:, :, None], cos, sin)[:, :, 0]
+    lens = lens_B.to(k.device).long()
+    pos_B = (lens - 1).clamp_min(0)
+    keep_B11 = (lens == 0)[:, None, None]
+    if block_table is None:
+        rows = torch.arange(k.shape[0], device=k.device)
+        for buf, new in ((k, k_new), (v, v_new)):  # buf[b, :, pos[b]] is (B, KVH, Dh)
+            buf[rows, :, pos_B] = torch.where(keep_B11, buf[rows, :, pos_B], new.to(buf.dtype))
+    else:
+        slot_B = block_table.long().gather(1, (pos_B // block_size)[:, None])[:, 0] * block_size + pos_B % block_size
+        for buf, new in ((k, k_new), (v, v_new)):  # pool (slots, KVH, Dh)
+            buf.index_copy_(0, slot_B, torch.where(keep_B11, buf[slot_B], new.to(buf.dtype)))
+    return q_BHDh
 
 
 def decode_keys(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor,

@@ -7,6 +7,13 @@ read on the device, so a CUDA graph replays it at any length) with the online so
 2022), and writes (H, Dh). With a block table the slots are found through it (vLLM's PagedAttention, Kwon et al.
 2023): slot s of row b is at ``block_table[b, s // block_size] * block_size + s % block_size`` of the pool.
 No mask is built and nothing past a row's length is read. Semantics: :func:`kernel.reference.decode_attention`.
+
+When (row, KV head) programs alone are too few to fill the GPU (a small batch), the slots are split as well
+(flash-decoding, Dao et al. 2023; vLLM's paged attention v2): :func:`num_splits` picks the split count from shapes
+that stay fixed between CUDA-graph replays (rows, KV heads, the rows' slot capacity, the SM count), never from the
+lengths. Split i of a row of n slots takes the i-th chunk of ``cdiv(cdiv(n, splits), BLOCK_S) * BLOCK_S`` slots
+(computed on the device; trailing splits may get none) and writes its unnormalised output with its running max and
+sum to fp32 buffers; a second kernel rescales the splits to a common max and normalises, in a fixed order.
 """
 
 from __future__ import annotations
@@ -15,33 +22,72 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import check_decode_inputs
+from kernel.reference import check_decode_inputs, check_new_token
 from kernel.triton.attention import _dot, _dot_mode
+from specs.errors import ShapeError
 
 BLOCK_S = 64
+MAX_SPLITS = 32
 
 
 @triton.jit
-def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr,
+def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-            stride_tb, stride_ob, stride_oh, scale, G, Dh,
-            PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr,
-            BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+            stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
+            scale, G, Dh, H, NS,
+            PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
+            ROPE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
     n = tl.load(lens_ptr + b)
+    if SPLIT:  # this program's chunk of the row: whole BLOCK_S blocks, so every loop step has a valid slot
+        split = tl.program_id(2)
+        chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
+        lo = split * chunk
+        hi = tl.minimum(n, lo + chunk)  # hi <= lo: an empty chunk, the loop does not run
+    else:
+        split = 0
+        lo = 0
+        hi = n
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     g_ok, d_ok = g < G, d < Dh
     h = kvh * G + g
     q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d[None, :], mask=g_ok[:, None] & d_ok[None, :],
                 other=0.0)  # (BLOCK_G, BLOCK_D)
+    if ROPE:  # rotate-half RoPE of q and the new key, in fp32: x * cos + rotate_half(x) * sin
+        half = Dh // 2
+        d_rot = tl.where(d < half, d + half, d - half)
+        sign = tl.where(d < half, -1.0, 1.0)
+        cos = tl.load(cos_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
+        sin = tl.load(sin_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
+        q_rot = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d_rot[None, :],
+                        mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_rot.to(tl.float32) * sin[None, :]).to(q.dtype)
+    if NEW:  # the step's own key/value: slot n - 1 is read from here, and written to the cache by one program
+        kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0)
+        vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0).to(v_ptr.dtype.element_ty)
+        if ROPE:
+            kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0)
+            kn = kn.to(tl.float32) * cos + sign * kn_rot.to(tl.float32) * sin
+        kn = kn.to(k_ptr.dtype.element_ty)
+        last = n - 1
+        if (split == 0) & (n > 0):
+            if PAGED:
+                blk = tl.load(table_ptr + b * stride_tb + last // PAGE).to(tl.int64)
+                k_w = (blk * PAGE + last % PAGE) * stride_ks + kvh * stride_kh
+                v_w = (blk * PAGE + last % PAGE) * stride_vs + kvh * stride_vh
+            else:
+                k_w = b * stride_kb + kvh * stride_kh + last * stride_ks
+                v_w = b * stride_vb + kvh * stride_vh + last * stride_vs
+            tl.store(k_ptr + k_w + d, kn, mask=d_ok)
+            tl.store(v_ptr + v_w + d, vn, mask=d_ok)
     m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-    for s0 in range(0, n, BLOCK_S):
+    for s0 in range(lo, hi, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        s_ok = s < n
+        s_ok = s < hi
         if PAGED:
             blk = tl.load(table_ptr + b * stride_tb + s // PAGE, mask=s_ok, other=0).to(tl.int64)
             slot = blk * PAGE + s % PAGE
@@ -52,6 +98,8 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr,
             v_off = b * stride_vb + kvh * stride_vh + s.to(tl.int64) * stride_vs
         kv_ok = s_ok[:, None] & d_ok[None, :]
         k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_ok, other=0.0)  # (BLOCK_S, BLOCK_D)
+        if NEW:  # slot n - 1 may still hold stale contents (its write above races with this read): use kn
+            k = tl.where((s == n - 1)[:, None], kn[None, :], k)
         # (BLOCK_G, BLOCK_S) fp32; inductor's launcher passes a Python float as fp64
         scores = (_dot(q, tl.trans(k), DOT) * scale).to(tl.float32)
         scores = tl.where(s_ok[None, :], scores, float("-inf"))
@@ -60,20 +108,85 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr,
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_ptr + v_off[:, None] + d[None, :], mask=kv_ok, other=0.0)
+        if NEW:
+            v = tl.where((s == n - 1)[:, None], vn[None, :], v)
         # p stays fp32 (tf32 on tensor cores, 10 mantissa bits, not bf16's 7): the FLOPs are free in a decode step
         acc = acc * alpha[:, None] + _dot(p, v.to(tl.float32), 1 if DOT == 1 else 0)
         m_i = m_new
-    out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i, 1e-30)[:, None], 0.0)  # an empty row gives zeros
-    tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=g_ok[:, None] & d_ok[None, :])
+    gd_ok = g_ok[:, None] & d_ok[None, :]
+    if SPLIT:  # unnormalised partials; an empty chunk leaves m = -inf, l = 0, acc = 0, which _combine ignores
+        part = (b * H + h) * NS + split  # (BLOCK_G,) rows of the (B, H, NS) buffers
+        tl.store(m_ptr + part, m_i, mask=g_ok)
+        tl.store(l_ptr + part, l_i, mask=g_ok)
+        tl.store(acc_ptr + part[:, None] * Dh + d[None, :], acc, mask=gd_ok)
+    else:
+        out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i, 1e-30)[:, None], 0.0)  # an empty row gives zeros
+        tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=gd_ok)
+
+
+@triton.jit
+def _combine(acc_ptr, m_ptr, l_ptr, o_ptr, stride_ob, stride_oh, H, NS, Dh,
+             BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    sp = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    sp_ok, d_ok = sp < NS, d < Dh
+    part = (b * H + h) * NS + sp  # (BLOCK_N,)
+    m = tl.load(m_ptr + part, mask=sp_ok, other=float("-inf"))
+    l_s = tl.load(l_ptr + part, mask=sp_ok, other=0.0)
+    acc = tl.load(acc_ptr + part[:, None] * Dh + d[None, :], mask=sp_ok[:, None] & d_ok[None, :], other=0.0)
+    m_max = tl.max(m, 0)
+    # every split empty (a row of length 0): m_max = -inf, and exp(-inf - -inf) would be NaN; 0 gives weights 0
+    w = tl.exp(m - tl.where(m_max > float("-inf"), m_max, 0.0))  # (BLOCK_N,), 0 for empty splits
+    den = tl.sum(w * l_s, 0)
+    num = tl.sum(w[:, None] * acc, 0)  # (BLOCK_D,)
+    out = tl.where(den > 0, num / tl.maximum(den, 1e-30), 0.0)  # an empty row gives zeros
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+
+
+@torch.compiler.assume_constant_result  # a constant to dynamo: no graph break in a compiled decode step
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_splits(B: int, KVH: int, capacity: int, sms: int) -> int:
+    """Programs per (row, KV head) over the slots: about two programs per SM in all, at most one per ``BLOCK_S``
+    slots of a row's ``capacity`` and at most ``MAX_SPLITS``; 1 (no split) once ``B * KVH`` alone fills the GPU."""
+    return max(1, min(triton.cdiv(capacity, BLOCK_S), 2 * sms // (B * KVH), MAX_SPLITS))
 
 
 def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
-                     scale: float | None = None) -> torch.Tensor:
+                     scale: float | None = None, k_new: torch.Tensor | None = None,
+                     v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
+                     sin_BDh: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, Dh) queries against per-row (B, KVH, L, Dh) buffers, or a (slots, KVH, Dh) pool with ``block_table``
-    (B, NB) and ``block_size``; ``lens_B`` valid slots per row. Returns (B, H, Dh) in q's dtype."""
+    (B, NB) and ``block_size``; ``lens_B`` valid slots per row. Returns (B, H, Dh) in q's dtype. ``k_new``/``v_new``
+    (B, KVH, Dh) and ``cos_BDh``/``sin_BDh`` (B, Dh): the step's new token, rotated and written to slot
+    ``lens_B - 1`` here (:func:`kernel.reference.decode_attention`)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
+    new = k_new is not None or cos_BDh is not None
+    if new:
+        check_new_token(q_BHDh, k, k_new, v_new, cos_BDh, sin_BDh)
+        kn = k_new if k_new.stride(-1) == 1 else k_new.contiguous()
+        vn = v_new if v_new.stride(-1) == 1 else v_new.contiguous()
+        knb, knh, vnb, vnh = kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1)
+    else:
+        kn = vn = q_BHDh  # unused
+        knb = knh = vnb = vnh = 0
+    rope = cos_BDh is not None
+    if rope:
+        if Dh % 2:
+            raise ShapeError(f"decode_attention: RoPE needs an even head dim, got {Dh}")
+        cos, sin = cos_BDh, sin_BDh  # (B, Dh), or a (1, Dh) row expanded over B (stride 0)
+        if cos.stride(-1) != 1 or sin.stride(-1) != 1 or cos.stride(0) != sin.stride(0):
+            cos, sin = cos.contiguous(), sin.contiguous()
+        cb = cos.stride(0)
+    else:
+        cos = sin = q_BHDh  # unused
+        cb = 0
     G = H // KVH
     q = q_BHDh if q_BHDh.stride(-1) == 1 else q_BHDh.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
@@ -84,12 +197,27 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         table = block_table if block_table.stride(-1) == 1 else block_table.contiguous()
         kb = vb = 0
         kh, ks, vh, vs, tb = k.stride(1), k.stride(0), v.stride(1), v.stride(0), table.stride(0)
+        capacity = table.shape[1] * block_size
     else:
         table = lens_B  # unused
         kb, kh, ks, vb, vh, vs, tb = k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), 0
-    _decode[(B, KVH)](q, k, v, lens_B, table, out, q.stride(0), q.stride(1), kb, kh, ks, vb, vh, vs, tb,
-                      out.stride(0), out.stride(1), Dh ** -0.5 if scale is None else scale, G, Dh,
-                      PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype),
-                      BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S,
-                      BLOCK_D=max(16, triton.next_power_of_2(Dh)))
+        capacity = k.shape[2]
+    # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
+    sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device()) if q.is_cuda else 8
+    ns = num_splits(B, KVH, capacity, sms)  # 8 SMs off CUDA: the interpreter exercises the split too
+    if ns > 1:
+        acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
+        m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
+        l_s = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
+    else:
+        acc = m = l_s = out  # unused
+    block_d = max(16, triton.next_power_of_2(Dh))
+    _decode[(B, KVH, ns)](q, k, v, lens_B, table, out, acc, m, l_s, kn, vn, cos, sin, q.stride(0), q.stride(1), kb,
+                          kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
+                          Dh ** -0.5 if scale is None else scale, G, Dh, H, ns,
+                          PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
+                          ROPE=rope, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S, BLOCK_D=block_d)
+    if ns > 1:
+        _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
+                         BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d)
     return out
