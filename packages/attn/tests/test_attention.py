@@ -72,6 +72,56 @@ def test_cached_attention_equals_uncached(cache_kind):
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("cache_kind", ["fixed", "paged_view"])
+@pytest.mark.parametrize("kernel_writes", [True, False])
+@torch.no_grad()
+def test_decode_steps_over_fixed_shape_caches_equal_uncached(cache_kind, kernel_writes, monkeypatch):
+    """Decode steps through decode_attention (the kernel tests check the Triton kernel's new-token arguments against
+    the reference used here): with ``kernel_writes`` the op ropes q/k and writes the new token itself; without,
+    rope + ``append`` + attention. Both equal the uncached forward, and the cache holds the rotated keys."""
+    from attn.cache.decode_view import PagedDecodeView
+    from attn.cache.fixed import FixedKVCache
+
+    torch.manual_seed(2)
+    cfg = preset("llama-debug", n_kv_heads=2)
+    att, rotary = Attention(cfg), RotaryEmbedding(cfg)
+    monkeypatch.setattr(FixedKVCache, "kernel_writes", kernel_writes)
+    monkeypatch.setattr(PagedDecodeView, "kernel_writes", kernel_writes)
+    B, T0, T = 2, 4, 7
+    x = torch.randn(B, T, cfg.d_model)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    full = att(x, build_context(cfg, ids, rotary=rotary))
+    dims = dict(n_layers=1, n_kv_heads=2, head_dim=cfg.head_dim)
+    if cache_kind == "fixed":
+        cache = FixedKVCache(batch_size=B, max_seq_len=12, **dims)
+        att(x[:, :T0], build_context(cfg, ids[:, :T0], cache=cache, rotary=rotary))  # prefill (masked path)
+        cache.advance(T0)
+        step_cache = cache
+    else:
+        cache = PagedKVCache(num_blocks=10, block_size=3, batch_size=B, **dims)  # sequences 0 and 1, active
+        att(x[:, :T0], build_context(cfg, ids[:, :T0], cache=cache, rotary=rotary))
+        cache.advance(T0)
+        step_cache = cache.decode_view(B, 12, cfg)
+    steps = []
+    for t in range(T0, T):
+        if cache_kind == "paged_view":
+            for s in (0, 1):
+                cache.reserve(s, 1)
+            step_cache.load([0, 1])
+        ctx = build_context(cfg, ids[:, t:t + 1], cache=step_cache, rotary=rotary)
+        assert ctx.decode is not None
+        steps.append(att(x[:, t:t + 1], ctx))
+        step_cache.advance(1)
+        if cache_kind == "paged_view":
+            step_cache.commit()
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, T0:], atol=1e-5, rtol=0)
+    if cache_kind == "fixed":  # every slot written, with rotated keys, as a cache-less rope of the keys gives
+        k_all = (x @ att.k_proj.weight.T).view(B, T, 2, cfg.head_dim).transpose(1, 2)
+        cos, sin = rotary(torch.arange(T).expand(B, T), x.dtype)
+        torch.testing.assert_close(cache.k_cache[0][:, :, :T], apply_rope(k_all, cos, sin), atol=1e-5, rtol=0)
+        assert cache.lens.tolist() == [T, T]
+
+
 def test_input_width_is_checked():
     cfg = preset("llama-debug")
     att = Attention(cfg)

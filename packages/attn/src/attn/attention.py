@@ -53,6 +53,16 @@ class Attention(nn.Module):
         v_BKTDh = v_BTX.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         request = dict(device=x_BTD.device, dtype=q_BHTDh.dtype, head_dim=self.head_dim,
                        backward=torch.is_grad_enabled() and x_BTD.requires_grad)
+        if ctx.decode is not None and getattr(ctx.cache, "kernel_writes", False):
+            # RoPE, the cache write and attention in one decode_attention call (one kernel instead of ~four)
+            k_pool, v_pool = ctx.cache.read(self.layer_idx)
+            cos = sin = None
+            if ctx.cos_BTDh is not None:
+                cos, sin = ctx.cos_BTDh[:, 0].expand(B, -1), ctx.sin_BTDh[:, 0].expand(B, -1)
+            o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_pool, v_pool, ctx.decode.lens_B,
+                                              k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], cos_BDh=cos,
+                                              sin_BDh=sin, **ctx.decode.kwargs)
+            return self.o_proj(o_BHDh.reshape(B, 1, self.n_heads * self.head_dim))
         if ctx.cos_BTDh is not None:
             rope = resolve("rope", "auto", **request)
             q_BHTDh = rope(q_BHTDh, ctx.cos_BTDh, ctx.sin_BTDh)

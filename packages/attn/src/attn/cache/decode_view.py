@@ -34,6 +34,9 @@ class PagedDecodeView:
     """``rows`` fixed decode rows over ``cache`` for sequences of up to ``max_seq_len`` tokens."""
 
     fixed_shape = True
+    # A decode step may leave the write of its new token to the attention kernel (``decode_attention(k_new=...)``
+    # writes slot ``seq_lens[b]`` of ``read(layer)``'s buffers, exactly what ``append`` would) instead of appending.
+    kernel_writes = True
 
     def __init__(self, cache: PagedKVCache, rows: int, max_seq_len: int, scratch_block: int):
         check_positive(rows=rows, max_seq_len=max_seq_len)

@@ -31,6 +31,9 @@ class FixedKVCache:
     """Per-layer (B, KVH, L, Dh) buffers and (B,) device lengths; every call keeps shapes and devices fixed."""
 
     fixed_shape = True
+    # A decode step may leave the write of its new token to the attention kernel (``decode_attention(k_new=...)``
+    # writes slot ``seq_lens[b]`` of ``read(layer)``'s buffers, exactly what ``append`` would) instead of appending.
+    kernel_writes = True
 
     def __init__(self, *, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_seq_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
