@@ -6,16 +6,27 @@
 A decode step is bound by bytes: every weight matrix is read once per step and every cached key/value row once per
 layer. For each op (``linear``, ``int8_linear``, ``decode_attention``) at the ~1.1B Llama decode shapes (the
 layer's fused q/k/v, o, fused gate/up and down projections and the LM head; attention over 384 and 2048 cached
-slots), every implementation the registry can serve here is timed with ``triton.testing.do_bench`` (CUDA events,
-the L2 cache flushed before every call, so weights come from HBM) and reported as GB/s of bytes it must read,
-beside the device-to-device copy bandwidth measured in the same run (bytes read + written). Max abs error against
-the fp32 reference is printed with each. A benchmark, not a test: figures go to docs/benchmarks.md.
+slots), every implementation the registry can serve here is timed the way a decode step runs it: many calls
+captured in one CUDA graph (no launch overhead, which a 5-20 us kernel would otherwise be dominated by), each call
+on its own copy of the inputs, with enough copies to exceed the L2 cache several times over so the bytes come from
+HBM. Results are GB/s of the bytes a call must read, beside the device-to-device copy bandwidth measured in the same
+run (bytes read + written); the max abs error against the fp32 reference is printed with each. A benchmark, not a
+test: figures go to docs/benchmarks.md.
+
+    python packages/kernel/benchmarks/bench_decode_kernels.py --tune-skinny tiles.json
+
+times every candidate tile configuration of the ``triton_skinny`` matmul (block sizes, split-K, pipeline stages)
+at each decode shape, bf16 and int8 weights, the same way, and writes the fastest per shape as a tile table for
+this card (the format of ``kernel/triton/skinny_tiles.json``; ``$LMSTACK_SKINNY_TILES`` points the kernel at it).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
+import json
+import os
 import statistics
 
 import torch
@@ -30,8 +41,11 @@ ATTENTION = [(1, 384), (1, 2048), (32, 384), (32, 2048)]  # (rows, cached slots)
 H, KVH, DH = 32, 4, 64
 
 
+ROTATE_BYTES = 512 << 20  # inputs rotated per timing: several times the L2 cache (50-60 MB on an H100/H200)
+
+
 def bench(fn, device: str) -> float:
-    """Median seconds of ``fn()``."""
+    """Median seconds of ``fn()`` (the copy bandwidth: one large call, nothing to hide)."""
     if device == "cuda":
         import triton.testing
 
@@ -39,6 +53,45 @@ def bench(fn, device: str) -> float:
     from torch.utils import benchmark
 
     return benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.3).median
+
+
+def bench_rotated(fn, arg_sets: list[tuple], device: str, replays: int = 10) -> float:
+    """Median seconds per call of ``fn(*args)`` over ``arg_sets``, as a decode step runs it: on CUDA every call is
+    captured once in one CUDA graph and the graph replayed (so no host launch time is counted), each call reading
+    its own inputs (so weights come from HBM, not L2). On CPU: the first set, timed plainly."""
+    if device != "cuda":
+        return bench(lambda: fn(*arg_sets[0]), device)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for args in arg_sets[:2]:  # compile/autotune outside the capture
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for args in arg_sets:
+            fn(*args)
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / len(arg_sets))
+    del graph
+    return statistics.median(times)
+
+
+def rotations(args: tuple, nbytes: int, device: str) -> list[tuple]:
+    """``args`` and copies of it, enough that one pass over them reads about ROTATE_BYTES (2..256 sets)."""
+    if device != "cuda":
+        return [args]
+    n = max(2, min(256, -(-ROTATE_BYTES // max(nbytes, 1))))
+    return [args] + [tuple(t.clone() for t in args) for _ in range(n - 1)]
 
 
 def copy_bandwidth(device: str) -> float:
@@ -64,15 +117,85 @@ def cases(rows: int, device: str, dtype: torch.dtype):
         yield "decode_attention", f"B={B} L={L}", (q, k, v, lens), 2 * k.numel() * k.element_size()
 
 
+# Candidate tiles: (BLOCK_N, bytes of K per weight row per stage, NUM_STAGES, num_warps) x SPLIT_K
+TUNE_BLOCK_N = (16, 32, 64)
+TUNE_K_BYTES = (128, 256, 512)
+TUNE_STAGES = (3, 5)
+TUNE_WARPS = (4,)
+TUNE_SPLITS = (1, 2, 4, 8)
+
+
+def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
+    """Time every tile candidate of ``kernel.triton.skinny`` per decode shape (bf16/fp16 and int8 weights, one
+    activation row) and write the fastest per shape as this card's table (atomically), with the timings under
+    ``_meta``."""
+    from kernel.triton.skinny import _device_info, skinny_mm, tile_key, tiles
+
+    g = torch.Generator().manual_seed(0)
+    sms, card = _device_info(torch.empty(0, device=device))
+    best: dict[str, list[int]] = {}
+    detail: dict[str, dict] = {}
+    for (name, N, K), int8 in itertools.product(MATRICES, (False, True)):
+        x = torch.randn(1, K, generator=g).to(device, dtype)
+        if int8:
+            w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
+            s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(device, dtype)
+            args, nbytes = (x, w, s), N * K + N * s.element_size()
+        else:
+            w = (torch.randn(N, K, generator=g) / K ** 0.5).to(device, dtype)
+            args, nbytes = (x, w), N * K * w.element_size()
+        sets = rotations(args, nbytes, device)
+        want = (x.float() @ w.float().T * (s.float() if int8 else 1)).float()
+        timings = {}
+        default = tiles(N, K, w.element_size(), sms)
+        candidates = [(block_n, k_bytes // w.element_size(), split, stages, warps)
+                      for block_n, k_bytes, stages, warps, split in itertools.product(
+                          TUNE_BLOCK_N, TUNE_K_BYTES, TUNE_STAGES, TUNE_WARPS, TUNE_SPLITS)
+                      if K // split >= k_bytes // w.element_size()]
+        for cfg in [default] + [c for c in candidates if c != default]:
+            try:
+                got = skinny_mm(*args, config=cfg).float()
+                if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
+                    raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
+                t = bench_rotated(lambda *xs, cfg=cfg: skinny_mm(*xs, config=cfg), sets, device, replays=5)
+            except Exception as e:  # a tile that does not compile or fit shared memory here is not a candidate
+                print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
+                continue
+            timings[str(list(cfg))] = t * 1e6
+        default = list(default)
+        key = tile_key(N, K, w.dtype)
+        winner = min(timings, key=timings.get)
+        best[key] = json.loads(winner)
+        t_best, t_default = timings[winner], timings.get(str(default))
+        detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "default": default,
+                       "default_us": None if t_default is None else round(t_default, 2), "candidates": len(timings)}
+        print(f"{key:18s} {name:8s} best {best[key]} {t_best:6.1f} us {nbytes / t_best / 1e3:7.0f} GB/s; default "
+              f"{default} {t_default if t_default is None else round(t_default, 1)} us ({len(timings)} candidates)")
+    table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                       "triton": __import__("triton").__version__, "how": "bench_decode_kernels.py --tune-skinny",
+                       "detail": {card: detail}},
+             card: best}
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(table, f, indent=2)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     ap.add_argument("--rows", type=int, nargs="*", default=[1, 8], help="activation rows of the matmuls")
     ap.add_argument("--out", default=None, help="write results as JSON here (atomically)")
+    ap.add_argument("--tune-skinny", metavar="TABLE.json", default=None,
+                    help="time the triton_skinny tile candidates at every shape and write this card's tile table")
     a = ap.parse_args()
     check_device(a.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    if a.tune_skinny:
+        tune_skinny(a.tune_skinny, a.device, dtype)
+        return
     reg = default_registry()
     bw = copy_bandwidth(a.device)
     print(f"copy bandwidth {bw / 1e9:,.0f} GB/s (read + write)")
@@ -87,7 +210,8 @@ def main() -> None:
             else:
                 rows_label = rows
             want = reg.get(op, "reference").load()(*(t.float() if t.is_floating_point() else t for t in args)).float()
-            for name in reg.names(op):
+            sets = rotations(args, nbytes, a.device)
+            for name in reg.names(op):  # every implementation, also those `auto` would not pick
                 reason = reg.why_not(op, name, device=a.device, dtype=dtype, head_dim=DH, gqa=True)
                 row = {"op": op, "shape": shape, "rows": rows_label, "impl": name}
                 if reason is not None:
@@ -95,7 +219,7 @@ def main() -> None:
                     continue
                 fn = reg.get(op, name).load()
                 err = (fn(*args).float() - want).abs().max().item()
-                t = bench(lambda fn=fn, args=args: fn(*args), a.device)
+                t = bench_rotated(fn, sets, a.device)
                 row.update(us=t * 1e6, GBps=nbytes / t / 1e9, fraction_of_copy=nbytes / t / bw, max_abs_err=err)
                 results.append(row)
                 print(f"{op:16s} {shape:18s} rows {rows_label!s:3s} {name:14s} {t * 1e6:8.1f} us "

@@ -15,6 +15,7 @@ import torch
 
 from kernel import default_registry
 from kernel import reference as ref
+from specs.errors import ConfigError, ShapeError
 from tensor.rope import rope_cos_sin, rope_inv_freq
 
 triton = pytest.importorskip("triton")
@@ -39,7 +40,9 @@ def check(name, got, ref32, lowp, dtype, fp32_atol=1e-5):
         assert err <= fp32_atol, f"{name}: {err:.2e}"
     else:
         base = (lowp.float() - ref32).abs().max().item()
-        assert err <= factor(dtype) * base + 1e-6, f"{name} {dtype}: {err:.2e} vs torch {base:.2e}"
+        # plus one unit in the last place of the largest output: below that, differences are rounding order
+        ulp = torch.finfo(dtype).eps * ref32.abs().max().item()
+        assert err <= factor(dtype) * base + ulp + 1e-6, f"{name} {dtype}: {err:.2e} vs torch {base:.2e}"
 
 
 def grads(fn, inputs, g):
@@ -196,7 +199,10 @@ def test_int8_linear_matches_reference(dtype, M, N, K, with_bias):
 
 def test_int8_linear_is_picked_on_gpu_for_inference_only():
     reg = default_registry()
-    assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == "triton"
+    assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16,
+                      capability=(9, 0)).name == "triton_skinny"
+    assert reg.select("linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == "triton_skinny"
+    assert reg.select("linear", "auto", device="cpu", dtype=torch.bfloat16).name == "reference"
     assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0),
                       backward=True).name == "reference"
 
@@ -219,8 +225,13 @@ def _decode_case(dtype, B, H, KVH, Dh, L, lens, paged, block_size=4, seed=0):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("paged", [False, True])
-@pytest.mark.parametrize("B, H, KVH, Dh, L, lens", [(3, 8, 2, 32, 150, [150, 1, 77]), (2, 4, 4, 24, 20, [0, 13]),
-                                                    (1, 6, 1, 64, 9, [9])])
+@pytest.mark.parametrize("B, H, KVH, Dh, L, lens", [
+    (3, 8, 2, 32, 150, [150, 1, 77]), (2, 4, 4, 24, 20, [0, 13]), (1, 6, 1, 64, 9, [9]),
+    (4, 8, 4, 16, 150, [150, 1, 77, 0]),  # rows x KV heads fill the interpreter's 8 SMs: one pass, several blocks
+    # split over the slots (num_splits > 1 at 8 SMs, the interpreter's, and at a GPU's count): 200 slots in three
+    # full splits and a short one; splits left empty by a short row (1 slot, 130 of 200); a row of length 0; chunks
+    # of two BLOCK_S blocks, the last short, the rest empty (1100 slots over the interpreter's 16 splits)
+    (2, 4, 2, 32, 200, [200, 130]), (1, 4, 2, 32, 300, [1]), (1, 2, 1, 16, 300, [0]), (1, 4, 1, 32, 1100, [1100])])
 def test_decode_attention_matches_reference(dtype, paged, B, H, KVH, Dh, L, lens):
     q, k, v, lens_B, kw = _decode_case(dtype, B, H, KVH, Dh, L, lens, paged)
     got = triton_fn("decode_attention")(q, k, v, lens_B, **kw)
@@ -240,6 +251,86 @@ def test_decode_attention_reads_nothing_past_a_rows_length():
     k2[0, :, 10:] = float("nan")  # stale slots of a fixed-shape cache may hold anything
     v2[1, :, 33:] = float("nan")
     torch.testing.assert_close(fn(q, k2, v2, lens_B), before)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_split_reads_nothing_past_a_rows_length(paged):
+    """Several splits per row, some of them empty: NaN in every slot past a row's length (and in a whole row of
+    length 0) changes nothing."""
+    lens = [130, 0]
+    q, k, v, lens_B, kw = _decode_case(torch.float32, 2, 4, 1, 16, 300, lens, paged)
+    fn = triton_fn("decode_attention")
+    before = fn(q, k, v, lens_B, **kw)
+    stale = torch.ones(k.shape[:-1], dtype=torch.bool, device=DEVICE)  # (B, KVH, L) or (slots, KVH)
+    for b, n in enumerate(lens):
+        if paged:
+            s = torch.arange(n, device=DEVICE)
+            stale[kw["block_table"][b, s // kw["block_size"]].long() * kw["block_size"] + s % kw["block_size"]] = False
+        else:
+            stale[b, :, :n] = False
+    k2, v2 = k.masked_fill(stale[..., None], float("nan")), v.masked_fill(stale[..., None], float("nan"))
+    torch.testing.assert_close(fn(q, k2, v2, lens_B, **kw), before)
+    assert before[1].abs().max().item() == 0.0
+
+
+def test_decode_attention_num_splits():
+    from kernel.triton.decode_attention import MAX_SPLITS, num_splits
+
+    # B=1, 4 KV heads on a 132-SM H200: one split per 64-slot block up to the cap
+    assert num_splits(1, 4, 384, 132) == 6 and num_splits(1, 4, 2048, 132) == MAX_SPLITS
+    assert num_splits(32, 4, 2048, 132) == 2  # 128 (row, head) programs: two each give about two per SM
+    assert num_splits(64, 4, 2048, 132) == 1  # rows and heads alone fill the GPU: the single-pass kernel
+    assert num_splits(1, 1, 65, 8) == 2 and num_splits(1, 1, 64, 8) == 1 and num_splits(1, 1, 0, 8) == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("B, H, KVH, Dh, L, lens", [(3, 4, 2, 16, 40, [40, 1, 0]), (1, 4, 1, 32, 300, [233])])
+def test_decode_attention_writes_and_rotates_the_new_token(dtype, paged, rope, B, H, KVH, Dh, L, lens):
+    """k_new/v_new (and cos/sin): the kernel writes the step's token to slot lens - 1 (rotated) and attends to it,
+    as the reference's rope + write + attention does; the second case splits the slots (the write is split 0's)."""
+    q, k, v, lens_B, kw = _decode_case(dtype, B, H, KVH, Dh, L, lens, paged, seed=5)
+    g = torch.Generator().manual_seed(6)
+    k_new = torch.randn(B, KVH, Dh, generator=g).to(DEVICE, dtype)
+    v_new = torch.randn(B, KVH, Dh, generator=g).to(DEVICE, dtype)
+    if rope:
+        ang = torch.rand(B, Dh // 2, generator=g) * 6.3
+        cos, sin = torch.cat([ang.cos()] * 2, -1).to(DEVICE, dtype), torch.cat([ang.sin()] * 2, -1).to(DEVICE, dtype)
+        kw = {**kw, "cos_BDh": cos, "sin_BDh": sin}
+    k_ref, v_ref = k.clone(), v.clone()
+    got = triton_fn("decode_attention")(q, k, v, lens_B, k_new=k_new, v_new=v_new, **kw)
+    assert got.shape == (B, H, Dh) and got.dtype == dtype
+    f32 = {n: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for n, t in kw.items()}
+    k32, v32 = k_ref.float(), v_ref.float()
+    ref32 = ref.decode_attention(q.float(), k32, v32, lens_B, k_new=k_new.float(), v_new=v_new.float(), **f32)
+    lowp = ref.decode_attention(q, k_ref, v_ref, lens_B, k_new=k_new, v_new=v_new, **kw)
+    check("decode_attention", got, ref32, lowp, dtype, fp32_atol=1e-4)
+    # the caches: the reference's writes (same slot, same rotation up to rounding), nothing else touched
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(k.float(), k32, **tol)
+    torch.testing.assert_close(v.float(), v32)
+
+
+def test_decode_attention_new_token_beats_stale_slot_contents():
+    """The step's own key is read from k_new, not from its slot, whatever the slot held before (NaN here)."""
+    q, k, v, lens_B, _ = _decode_case(torch.float32, 2, 4, 2, 16, 30, [7, 30], paged=False, seed=8)
+    g = torch.Generator().manual_seed(9)
+    k_new, v_new = torch.randn(2, 2, 16, generator=g).to(DEVICE), torch.randn(2, 2, 16, generator=g).to(DEVICE)
+    want = ref.decode_attention(q, k.clone(), v.clone(), lens_B, k_new=k_new, v_new=v_new)
+    k[0, :, 6], v[1, :, 29] = float("nan"), float("nan")
+    got = triton_fn("decode_attention")(q, k, v, lens_B, k_new=k_new, v_new=v_new)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(k[0, :, 6], k_new[0])  # and the slot now holds it
+
+
+def test_decode_attention_new_token_arguments_are_checked():
+    q, k, v, lens_B, _ = _decode_case(torch.float32, 1, 4, 2, 16, 10, [3], paged=False)
+    fn = triton_fn("decode_attention")
+    with pytest.raises(ShapeError, match="k_new and v_new go together"):
+        fn(q, k, v, lens_B, k_new=torch.zeros(1, 2, 16, device=DEVICE))
+    with pytest.raises(ShapeError, match=r"v_new should be \(B, KVH, Dh\)"):
+        fn(q, k, v, lens_B, k_new=torch.zeros(1, 2, 16, device=DEVICE), v_new=torch.zeros(1, 4, 16, device=DEVICE))
 
 
 def test_decode_attention_equals_full_attention_over_the_valid_slots():
@@ -283,10 +374,68 @@ def test_skinny_int8_linear_matches_reference(dtype, M, N, K, with_bias):
     check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b), dtype, fp32_atol=1e-4)
 
 
-def test_skinny_tiles_split_k_until_every_sm_has_work():
+def test_skinny_default_tiles_split_k_only_when_most_sms_would_idle():
     from kernel.triton.skinny import tiles
 
-    assert tiles(2048, 2048, 2, 132) == (32, 128, 8, 4)  # 64 column tiles x 8 splits of 2 K tiles: 512 programs
-    assert tiles(11264, 2048, 2, 132)[2] == 1  # 352 column tiles fill 132 SMs alone
+    assert tiles(2048, 2048, 2, 132) == (32, 128, 1, 5, 4)  # 64 column tiles: enough, no split-K
+    assert tiles(11264, 2048, 2, 132)[2] == 1
+    assert tiles(512, 4096, 2, 132)[2] == 8  # 16 column tiles x 8 splits: at least half the SMs busy
     assert tiles(48, 300, 2, 132)[2] == 1  # too little K to split
     assert tiles(2048, 5632, 1, 132)[:2] == (32, 256)  # int8: 256-byte rows of K per stage as well
+
+
+@pytest.mark.parametrize("config", [(16, 64, 1, 2, 4), (32, 32, 3, 3, 4), (64, 128, 2, 4, 8)])
+@pytest.mark.parametrize("int8", [False, True])
+def test_skinny_every_tile_config_gives_the_same_answer(config, int8):
+    """Unsplit tiles finish in the kernel (scale, bias, cast); split ones sum fp32 partials after: both exact."""
+    from kernel.triton.skinny import skinny_mm
+
+    g = torch.Generator().manual_seed(7)
+    M, N, K = 2, 70, 200
+    x = torch.randn(M, K, generator=g).to(DEVICE)
+    if int8:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
+        s = (torch.rand(N, generator=g) / 127).to(DEVICE)
+        want = ref.int8_linear(x, w, s, None)
+    else:
+        w = torch.randn(N, K, generator=g).to(DEVICE)
+        s = None
+        want = ref.linear(x, w, None)
+    b = torch.randn(N, generator=g).to(DEVICE)
+    got = skinny_mm(x, w, s, b, config=config)
+    torch.testing.assert_close(got, want + b, rtol=1e-5, atol=1e-4)
+    assert skinny_mm(x, w, s, config=config, out_dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_skinny_tile_table_is_read_and_checked(tmp_path, monkeypatch):
+    import json
+
+    from kernel.triton import skinny
+
+    table = tmp_path / "tiles.json"
+    table.write_text(json.dumps({"_meta": {}, "Test Card": {"bf16 2560x2048": [16, 64, 1, 3, 2]}}))
+    monkeypatch.setenv(skinny.TILES_ENV, str(table))
+    assert skinny.choose_tiles(2560, 2048, torch.bfloat16, 132, "Test Card") == (16, 64, 1, 3, 2)
+    # other shapes, dtypes and cards fall back to the heuristic
+    assert skinny.choose_tiles(2560, 2048, torch.int8, 132, "Test Card") == skinny.tiles(2560, 2048, 1, 132)
+    assert skinny.choose_tiles(2560, 2048, torch.bfloat16, 132, "Other") == skinny.tiles(2560, 2048, 2, 132)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"Test Card": {"bf16 8x8": [16, 64, 0]}}))
+    monkeypatch.setenv(skinny.TILES_ENV, str(bad))
+    with pytest.raises(ConfigError, match="five positive integers"):
+        skinny.load_tiles()
+    monkeypatch.setenv(skinny.TILES_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="cannot read a skinny tile table"):
+        skinny.load_tiles()
+
+
+def test_shipped_skinny_tile_table_is_well_formed(monkeypatch):
+    from kernel.triton import skinny
+
+    monkeypatch.delenv(skinny.TILES_ENV, raising=False)
+    for card, entries in skinny.load_tiles().items():
+        for key, cfg in entries.items():
+            dtype, shape = key.split(" ")
+            assert dtype in ("bf16", "fp16", "fp32", "int8") and len(shape.split("x")) == 2, (card, key)
+            block_n, block_k, split, stages, warps = cfg
+            assert block_n >= 16 and block_k >= 16 and warps in (1, 2, 4, 8, 16), (card, key, cfg)

@@ -54,12 +54,16 @@ def builtin_implementations() -> list[Implementation]:
                        priority=-10, description="materialised logits + cross_entropy (chosen under torch.compile)"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
-        # Skinny (decode) matmuls with pipelined, split-K weight streaming: untuned on a GPU so far, so ranked below
-        # the reference (cuBLAS) and the measured int8 GEMV; `--prefer linear=triton_skinny` opts in.
-        *[Implementation(op=op, name="triton_skinny", target=f"kernel.triton.skinny:{op}", priority=-5,
-                         devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
-                         backward=False, description="Triton split-K skinny matmul for decode rows (kernel/triton)")
-          for op in ("linear", "int8_linear")],
+        # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200
+        # (docs/benchmarks.md): int8 at 1.2-2x the Triton GEMV per shape, bf16 level with cuBLAS per call and +4% on a
+        # whole 1.1B decode step against inductor's GEMVs; so `auto` picks them for inference on CUDA.
+        Implementation(op="linear", name="triton_skinny", target="kernel.triton.skinny:linear", priority=5,
+                       devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0), backward=False,
+                       description="Triton skinny matmul for decode rows (kernel/triton; torch matmul past 16 rows)"),
+        Implementation(op="int8_linear", name="triton_skinny", target="kernel.triton.skinny:int8_linear",
+                       priority=25, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
+                       backward=False, description="Triton skinny int8 matmul for decode rows (kernel/triton; "
+                       "dequantise + torch matmul past 16 rows)"),
         Implementation(op="decode_attention", name="sdpa", target="kernel.sdpa:decode_attention", priority=10,
                        backward=False, description="masked torch SDPA over the gathered slots (the Triton kernel's "
                        "baseline: on an H200 a decode layer took ~10 us this way against 4.7 us)"),

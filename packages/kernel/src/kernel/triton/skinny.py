@@ -10,16 +10,21 @@ dimension is split over ``SPLIT_K`` programs when N alone gives too few programs
 to an fp32 buffer summed afterwards (deterministic, unlike atomics). Int8 weights are converted in registers after
 the load, so they cross the memory bus as one byte each; the per-channel scale is applied to the fp32 result.
 
-Rows past 16 are left to torch's matmul (compute-bound there). Tile sizes come from :func:`tiles` (enough
-programs for every SM, ~32 KB in flight per program); they have not been tuned on a GPU yet, which is why the
-registry ranks these implementations below the measured ones (opt in with ``--prefer``). Semantics:
+When K is not split, the per-channel scale, the bias and the cast to the output dtype happen in the same kernel.
+
+Rows past 16 are left to torch's matmul (compute-bound there). The tiles (BLOCK_N, BLOCK_K, SPLIT_K, stages,
+warps) of each weight shape come from a table measured per card (``skinny_tiles.json`` beside this module, written
+by ``benchmarks/bench_decode_kernels.py --tune-skinny``, which times every candidate inside a CUDA graph with the
+weights rotated past the L2 cache); ``$LMSTACK_SKINNY_TILES`` names a table of one's own in the same format. Shapes
+or cards not in it get :func:`tiles` (enough programs for every SM, ~32 KB in flight per program). Semantics:
 :func:`kernel.reference.linear` and :func:`kernel.reference.int8_linear`.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import os
+from pathlib import Path
 
 import torch
 import triton
@@ -27,14 +32,15 @@ import triton.language as tl
 
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
+from specs.errors import ConfigError
 
 MAX_ROWS = 16
 
 
 @triton.jit
-def _skinny(x_ptr, w_ptr, p_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_ps, stride_pm,
-            UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            NUM_STAGES: tl.constexpr):
+def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_os,
+            stride_om, UPCAST: tl.constexpr, FINAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.arange(0, BLOCK_M)
@@ -54,39 +60,128 @@ def _skinny(x_ptr, w_ptr, p_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, str
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
-    tl.store(p_ptr + split * stride_ps + m[:, None] * stride_pm + n[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    if FINAL:  # the whole of K in this program: scale, bias and the cast to the output dtype here, one kernel
+        if HAS_SCALE:
+            acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_BIAS:
+            acc = acc + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + m[:, None] * stride_om + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:  # fp32 partial sums of this split, summed afterwards in a fixed order
+        tl.store(out_ptr + split * stride_os + m[:, None] * stride_om + n[None, :], acc, mask=out_mask)
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+@torch.compiler.assume_constant_result  # a constant to dynamo: no graph break in a compiled decode step
+def _cuda_info(index: int) -> tuple[int, str]:
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, props.name
 
 
-def tiles(N: int, K: int, weight_bytes: int, num_sms: int) -> tuple[int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES): a 32 x 256-byte weight tile per stage, four stages, and K split
-    until there are about two programs per SM (each split keeping at least two K tiles)."""
+def _device_info(x: torch.Tensor) -> tuple[int, str]:
+    """(SM count, card name) of x's device; a small fixed pretend GPU when x is not on CUDA (the interpreter)."""
+    if not x.is_cuda:
+        return 8, "cpu"
+    return _cuda_info(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+def tiles(N: int, K: int, weight_bytes: int, num_sms: int) -> tuple[int, int, int, int, int]:
+    """The default (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) for shapes and cards the table lacks: a
+    32 x 256-byte weight tile per stage, five stages, four warps, and K split only when the column tiles alone
+    would leave most SMs idle (fewer than a quarter of them), then until at least half have a program. On the H200 the
+    tuner found the unsplit tile fastest at every 1.1B decode shape but one (a split-K's partial sums cost a kernel)."""
     block_n, block_k = 32, 256 // weight_bytes
     programs_n = triton.cdiv(N, block_n)
     split = 1
-    while programs_n * split < 2 * num_sms and K // (2 * split * block_k) >= 2:
-        split *= 2
-    return block_n, block_k, split, 4
+    if programs_n < num_sms // 4:
+        while programs_n * split < num_sms // 2 and K // (2 * split * block_k) >= 2:
+            split *= 2
+    return block_n, block_k, split, 5, 4
 
 
-def _skinny_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """fp32 (M, N) = x (M, K) @ w (N, K).T for M <= MAX_ROWS."""
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int8: "int8"}
+TILES_ENV = "LMSTACK_SKINNY_TILES"
+_tables: dict[str, dict] = {}
+
+
+def tile_key(N: int, K: int, weight_dtype: torch.dtype) -> str:
+    """The key of a (N, K) weight in a tile table, e.g. ``"bf16 2560x2048"``."""
+    return f"{_DTYPE_NAMES.get(weight_dtype, str(weight_dtype))} {N}x{K}"
+
+
+def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
+    """Measured tiles, ``{card name: {tile_key: [BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps]}}``: the table
+    shipped beside this module (written by ``benchmarks/bench_decode_kernels.py --tune-skinny``), updated by the
+    JSON file named in ``$LMSTACK_SKINNY_TILES`` (same format) when set, or by ``path``."""
+    path = path or os.environ.get(TILES_ENV)
+    cache_key = str(path)
+    if cache_key not in _tables:
+        table = _read_table(Path(__file__).with_name("skinny_tiles.json"))
+        if path:
+            for card, entries in _read_table(Path(path)).items():
+                table.setdefault(card, {}).update(entries)
+        _tables[cache_key] = table
+    return _tables[cache_key]
+
+
+def _read_table(path: Path) -> dict[str, dict[str, list[int]]]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(TILES_ENV, f"cannot read a skinny tile table from {path}: {e}") from e
+    table = {}
+    for card, entries in raw.items():
+        if card.startswith("_"):  # "_meta": how and when it was measured
+            continue
+        for key, cfg in entries.items():
+            if not (isinstance(cfg, list) and len(cfg) == 5 and all(isinstance(v, int) and v > 0 for v in cfg)):
+                raise ConfigError(TILES_ENV, f"{path}: {card!r} {key!r} should be five positive integers [BLOCK_N, "
+                                             f"BLOCK_K, SPLIT_K, NUM_STAGES, num_warps], got {cfg!r}")
+        table[card] = dict(entries)
+    return table
+
+
+@torch.compiler.assume_constant_result
+def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: str) -> tuple[int, ...]:
+    """The measured tiles of this (card, weight) when the table has them, else :func:`tiles`."""
+    cfg = load_tiles().get(card, {}).get(tile_key(N, K, weight_dtype))
+    if cfg is not None:
+        return tuple(cfg)
+    return tiles(N, K, torch.empty((), dtype=weight_dtype).element_size(), num_sms)
+
+
+def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
+              bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
+              config: tuple[int, ...] | None = None) -> torch.Tensor:
+    """(M, N) = (x (M, K) @ w (N, K).T) * scale + bias in ``out_dtype`` (default x's) for M <= MAX_ROWS.
+    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it)."""
     M, K = x.shape
     N = w.shape[0]
-    sms = _num_sms(x.device.index or 0) if x.is_cuda else 8
-    block_n, block_k, split, stages = tiles(N, K, w.element_size(), sms)
+    sms, card = _device_info(x)
+    block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
     k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     split = triton.cdiv(K, k_per_split)
-    part = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
     upcast = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
-    _skinny[(triton.cdiv(N, block_n), split)](x, w, part, M, N, K, k_per_split, x.stride(0), w.stride(0),
-                                              part.stride(0), part.stride(1), UPCAST=upcast, BLOCK_M=16,
-                                              BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages)
-    return part[0] if split == 1 else part.sum(0)
+    final = split == 1
+    out_dtype = out_dtype or x.dtype
+    if final:
+        out = torch.empty(M, N, dtype=out_dtype, device=x.device)
+        stride_os = 0
+    else:
+        out = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+        stride_os = out.stride(0)
+    _skinny[(triton.cdiv(N, block_n), split)](
+        x, w, out, scale if scale is not None else x, bias if bias is not None else x, M, N, K, k_per_split,
+        x.stride(0), w.stride(0), stride_os, out.stride(-2), UPCAST=upcast, FINAL=final,
+        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+        NUM_STAGES=stages, num_warps=warps)
+    if final:
+        return out
+    y = out.sum(0)
+    if scale is not None:
+        y = y * scale.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -99,10 +194,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
         return _reference(x, weight, bias)
-    y = _skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous())
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+    y = skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous(), bias=bias)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
@@ -111,7 +204,5 @@ def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS:
         return _int8_reference(x, weight_int8, scale, bias)
-    y = _skinny_mm(x2, weight_int8.contiguous()) * scale.float()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype).reshape(*x.shape[:-1], weight_int8.shape[0])
+    y = skinny_mm(x2, weight_int8.contiguous(), scale, bias)
+    return y.reshape(*x.shape[:-1], weight_int8.shape[0])
