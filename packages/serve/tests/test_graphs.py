@@ -83,3 +83,7 @@ def test_fast_generator_routes_linears_through_the_registry():
     with pytest.raises(PluginError, match="triton_skinny"):
         FastGenerator(untouched, 1, 8, compile=None, linear_impl="nope")
     assert hasattr(untouched.model.layers[0].self_attn, "q_proj")  # a bad name changes nothing
+    # the default "auto": routed only when the registry's choice is not F.linear (here, on CPU, it is)
+    plain = TransformerLM(preset("llama-debug"))
+    FastGenerator(plain, 1, 8, compile=None)
+    assert not any(isinstance(m, RegistryLinear) for m in plain.modules())

@@ -42,9 +42,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
-    p.add_argument("--linear-impl", default=None,
+    p.add_argument("--linear-impl", default="auto",
                    help="route the lmstack model's Linear layers through the kernel registry's 'linear' op with this "
-                        "implementation (e.g. triton_skinny); default: F.linear")
+                        "implementation (e.g. triton_skinny); 'none': F.linear; default 'auto': FastGenerator's "
+                        "default (the registry's choice when it is not F.linear)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -180,9 +181,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "lmstack" in variants:
         out = {}
         # routing Linear layers changes their class: keep the shared model plain for the int8 variant
-        lm = copy.deepcopy(model) if args.linear_impl else model
+        linear_impl = None if args.linear_impl == "none" else args.linear_impl
+        lm = copy.deepcopy(model) if linear_impl else model
         for B in sizes:
-            gen = Fast(lm, B, L, compile=mode, linear_impl=args.linear_impl)
+            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
