@@ -109,3 +109,27 @@ def test_example_lm_learns_and_decodes():
     spec.loader.exec_module(example)
     stats = example.main(["--steps", "25"])
     assert stats["last_loss"] < stats["first_loss"] / 3
+
+
+@torch.no_grad()
+def test_fused_swiglu_routed_through_the_registry_uses_swiglu_linear(monkeypatch):
+    """A fused gate/up projection that names a registry linear_impl gets its activation from the swiglu_linear
+    op of that name (one matmul with the activation in its epilogue); the output is unchanged."""
+    import blocks.mlp as mlp_mod
+    from blocks.mlp import SwiGLU
+
+    torch.manual_seed(0)
+    mlp = SwiGLU(16, 40, bias=True)
+    x = torch.randn(2, 3, 16)
+    want = mlp(x)
+    mlp.fuse_projections()
+    seen = []
+    real = mlp_mod.resolve
+    monkeypatch.setattr(mlp_mod, "resolve", lambda op, *a, **k: seen.append(op) or real(op, *a, **k))
+    torch.testing.assert_close(mlp(x), want)
+    assert "swiglu_linear" not in seen  # a plain fused Linear: split + swiglu as before
+    mlp.gate_up_proj.linear_impl = "reference"
+    torch.testing.assert_close(mlp(x), want, atol=1e-6, rtol=1e-6)
+    assert seen[-1] == "swiglu_linear"
+    mlp.gate_up_proj.linear_impl = "not-a-swiglu-linear-impl"  # e.g. a plugin's linear: the unfused activation
+    torch.testing.assert_close(mlp(x), want)
