@@ -133,3 +133,38 @@ def test_fused_swiglu_routed_through_the_registry_uses_swiglu_linear(monkeypatch
     assert seen[-1] == "swiglu_linear"
     mlp.gate_up_proj.linear_impl = "not-a-swiglu-linear-impl"  # e.g. a plugin's linear: the unfused activation
     torch.testing.assert_close(mlp(x), want)
+
+
+@torch.no_grad()
+def test_fused_swiglu_with_an_int8_gate_up_layer_passes_its_scale(monkeypatch):
+    """An int8 layer (weight, bias, scale buffers, linear_impl 'auto', as compress makes them): swiglu_linear gets
+    the scale and gives silu(gate) * up of the dequantised matmul."""
+    import blocks.mlp as mlp_mod
+    from blocks.mlp import SwiGLU
+    from kernel import reference as ref
+
+    seen = []
+    real = mlp_mod.resolve
+    monkeypatch.setattr(mlp_mod, "resolve", lambda op, *a, **k: seen.append(op) or real(op, *a, **k))
+
+    class Int8Like(torch.nn.Module):
+        linear_impl = "auto"
+
+        def __init__(self, w, s):
+            super().__init__()
+            self.weight, self.scale, self.bias = w, s, None
+
+        def forward(self, x):
+            return ref.int8_linear(x, self.weight, self.scale)
+
+    torch.manual_seed(1)
+    mlp = SwiGLU(8, 6)
+    mlp.fuse_projections()
+    w = torch.randint(-127, 128, (12, 8), dtype=torch.int8)
+    s = torch.rand(12) / 127
+    mlp.gate_up_proj = Int8Like(w, s)
+    x = torch.randn(2, 8)
+    y = x @ (w.float() * s[:, None]).T
+    want = mlp.down_proj(F.silu(y[:, :6]) * y[:, 6:])
+    torch.testing.assert_close(mlp(x), want, atol=1e-5, rtol=1e-5)
+    assert seen == ["swiglu_linear"]
