@@ -77,3 +77,25 @@ def test_errors_exit_2_without_traceback(capsys):
         for cmd in ("decode", "train-compare"):
             assert main([cmd, "--preset", "debug", "--device", "cuda"]) == 2
             assert capsys.readouterr().err.startswith("error: device:")
+
+
+def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_path, monkeypatch):
+    """bench decode on a tiny model: the lmstack and int8 loops run; a variant that raises (here transformers,
+    made to fail) is recorded under ``errors``, the JSON is still written, and the command exits 1."""
+    import eval.bench.decode as decode
+
+    def broken(*a, **k):
+        raise RuntimeError("no transformers here")
+
+    monkeypatch.setattr(decode, "hf_llama", broken)
+    out = tmp_path / "decode.json"
+    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
+            "--variants", "transformers,lmstack,lmstack-int8", "--batch-sizes", "1", "--prompt-tokens", "4",
+            "--new-tokens", "4", "--repeat", "1", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "variant 'transformers' failed: RuntimeError: no transformers here" in err
+    r = json.loads(out.read_text())["results"]
+    assert r["errors"] == {"transformers": "RuntimeError: no transformers here"}
+    assert r["variants"]["lmstack"]["batch1"]["decode_tokens_per_s"] > 0
+    assert r["variants"]["lmstack-int8"]["batch1"]["decode_tokens_per_s"] > 0 and r["int8_speedup_batch1"] > 0

@@ -31,6 +31,11 @@ def _main(argv: Sequence[str] | None, commands: Mapping[str, Subcommand] = SUBCO
     print(text)
     if args.out:
         write_json(args.out, doc)
+    errors = doc.get("results", {}).get("errors") if isinstance(doc.get("results"), dict) else None
+    if errors:  # the variants that ran are in the JSON; say which failed and exit non-zero
+        for name, err in errors.items():
+            print(f"error: {args.command} variant {name!r} failed: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

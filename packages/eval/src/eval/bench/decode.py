@@ -166,19 +166,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "roofline_tokens_per_s_batch1": bw / wbytes, "variants": {}}
     g = torch.Generator().manual_seed(1)
     prompts = {B: torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), generator=g).to(device) for B in sizes}
-    if "transformers" in variants:
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, fn: Any) -> None:
+        """Run one variant; a failure is recorded (and the command exits non-zero) without losing the others."""
+        if name not in variants:
+            return
+        try:
+            fn()
+        except Exception as e:  # the JSON keeps every variant that ran
+            errors[name] = f"{type(e).__name__}: {e}"
+            results["variants"][name] = {"error": errors[name]}
+            torch.cuda.empty_cache() if device.startswith("cuda") else None
+
+    def transformers_variant() -> None:
         hf = hf_llama(model, cfg, dtype, device)
         results["variants"]["transformers"] = {"batch1": _time_hf(hf, prompts[sizes[0]][:1], args.new_tokens,
                                                                   args.repeat, device)}
         k = min(16, args.new_tokens)
-        with torch.no_grad():  # same weights, same greedy tokens (a short check of the mapping)
-            ours = Fast(model, 1, L, compile=None).generate(prompts[sizes[0]][:1], k)
+        with torch.no_grad():  # same weights, same greedy tokens (a short check of the mapping); on a copy, as
+            # FastGenerator fuses and may route the layers of the model it is given
+            ours = Fast(copy.deepcopy(model), 1, L, compile=None).generate(prompts[sizes[0]][:1], k)
             theirs = hf.generate(prompts[sizes[0]][:1], max_new_tokens=k, do_sample=False, pad_token_id=0,
                                  min_new_tokens=k)[:, args.prompt_tokens:]
         results["variants"]["transformers"]["greedy_agreement"] = float((ours == theirs).float().mean())
         del hf
         torch.cuda.empty_cache() if device.startswith("cuda") else None
-    if "lmstack" in variants:
+
+    def lmstack_variant() -> None:
         out = {}
         # routing Linear layers changes their class: keep the shared model plain for the int8 variant
         linear_impl = None if args.linear_impl == "none" else args.linear_impl
@@ -189,7 +204,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
         results["variants"]["lmstack"] = out
-    if "lmstack-int8" in variants:
+
+    def int8_variant() -> None:
         qmodel = copy.deepcopy(model)
         if hasattr(qmodel, "fuse_projections"):
             qmodel.fuse_projections()  # fused GEMVs for int8 too (a no-op when the lmstack variant already fused)
@@ -198,7 +214,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = _time_generate(Fast(qmodel, 1, L, compile=mode), prompts[sizes[0]][:1], args.new_tokens, args.repeat,
                            device)
         results["variants"]["lmstack-int8"] = {"batch1": r, "weight_bytes_per_token": qbytes}
-        del qmodel
+
+    attempt("transformers", transformers_variant)
+    attempt("lmstack", lmstack_variant)
+    attempt("lmstack-int8", int8_variant)
+    if errors:
+        results["errors"] = errors
     base = results["variants"].get("lmstack", {}).get("batch1")
     if base:
         results["fraction_of_roofline_batch1"] = base["decode_tokens_per_s"] / results["roofline_tokens_per_s_batch1"]
