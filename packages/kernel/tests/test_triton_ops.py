@@ -374,37 +374,6 @@ def test_skinny_int8_linear_matches_reference(dtype, M, N, K, with_bias):
     check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b), dtype, fp32_atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("M, F, K, with_bias", [(1, 40, 300, False), (3, 17, 130, True), (20, 16, 64, True)])
-def test_skinny_swiglu_linear_matches_reference(dtype, int8, M, F, K, with_bias):
-    """silu(gate) * up in the matmul's epilogue, against the reference's linear + chunk + swiglu."""
-    g = torch.Generator().manual_seed(M * F + K)
-    x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
-    if int8:
-        w = torch.randint(-127, 128, (2 * F, K), generator=g, dtype=torch.int8).to(DEVICE)
-        s = (torch.rand(2 * F, generator=g) / 127 / K ** 0.5 * 3).to(DEVICE, dtype)
-    else:
-        w, s = (torch.randn(2 * F, K, generator=g) * 3 / K ** 0.5).to(DEVICE, dtype), None
-    b = torch.randn(2 * F, generator=g).to(DEVICE, dtype) if with_bias else None
-    got = skinny_fn("swiglu_linear")(x.reshape(M, 1, K), w, b, s)
-    assert got.shape == (M, 1, F) and got.dtype == dtype
-    f32 = (lambda t: None if t is None else t.float())
-    ref32 = ref.swiglu_linear(x.float(), w if int8 else w.float(), f32(b), f32(s))
-    check("swiglu_linear", got.reshape(M, F), ref32, ref.swiglu_linear(x, w, b, s), dtype, fp32_atol=1e-4)
-
-
-def test_swiglu_linear_reference_is_linear_then_swiglu_and_checks_its_weight():
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(2, 8, generator=g), torch.randn(6, 8, generator=g)
-    y = x @ w.T
-    torch.testing.assert_close(ref.swiglu_linear(x, w), torch.nn.functional.silu(y[:, :3]) * y[:, 3:])
-    with pytest.raises(ShapeError, match="gate and up halves"):
-        ref.swiglu_linear(x, w[:5])
-    with pytest.raises(ShapeError, match="per-row scale"):
-        ref.swiglu_linear(x, w.to(torch.int8))
-
-
 def test_skinny_default_tiles_split_k_only_when_most_sms_would_idle():
     from kernel.triton.skinny import tiles
 

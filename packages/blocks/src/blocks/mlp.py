@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernel import default_registry, resolve
+from kernel import resolve
 from specs.config import ModelConfig
 from tensor.fused import fuse_linears, is_fused, split_output
 
@@ -46,12 +46,7 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """(B, T, D) -> (B, T, D): ``down_proj(act(gate_proj(x)) * up_proj(x))``, act = silu for SwiGLU proper.
-
-    When the projections are fused and the fused ``gate_up_proj`` names a kernel-registry ``linear_impl`` (a Linear
-    routed through the registry, e.g. by ``serve.fast.route_linears``, or an int8 layer from ``compress``, which
-    also carries its ``scale``), silu SwiGLU calls the registry's ``swiglu_linear`` op of that name ('auto': the
-    registry's choice): the matmul applies the activation in its epilogue."""
+    """(B, T, D) -> (B, T, D): ``down_proj(act(gate_proj(x)) * up_proj(x))``, act = silu for SwiGLU proper."""
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "silu", bias: bool = False):
         super().__init__()
@@ -63,14 +58,6 @@ class SwiGLU(nn.Module):
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         if is_fused(self, "gate_up_proj"):
-            proj = self.gate_up_proj
-            impl = getattr(proj, "linear_impl", None)  # registry-routed Linears (serve) and int8 ones (compress)
-            if self.activation == "silu" and impl is not None and (
-                    impl == "auto" or impl in default_registry().names("swiglu_linear")):
-                # the activation in the gate/up matmul's epilogue: one kernel, no (B, T, 2F) intermediate
-                op = resolve("swiglu_linear", impl, device=x_BTD.device, dtype=x_BTD.dtype,
-                             backward=torch.is_grad_enabled() and x_BTD.requires_grad)
-                return self.down_proj(op(x_BTD, proj.weight, proj.bias, getattr(proj, "scale", None)))
             gate_BTF, up_BTF = split_output(self, "gate_up_proj", self.gate_up_proj(x_BTD))
         else:
             gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)

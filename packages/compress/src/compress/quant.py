@@ -24,10 +24,6 @@ SCHEMES = ("int8_weight_only",)
 class Int8WeightOnlyLinear(nn.Module):
     """``y = (x @ w_int8.T) * scale + b``; w_int8 (out, in) int8, scale (out,) in the weight's original dtype."""
 
-    # The registry choice this layer runs under; a fused SwiGLU (blocks) reads it to apply its activation in the
-    # int8 gate/up matmul (the registry's swiglu_linear op, given ``weight``, ``bias`` and ``scale``).
-    linear_impl = "auto"
-
     def __init__(self, linear: nn.Linear):
         super().__init__()
         w_OI = linear.weight.detach().float()

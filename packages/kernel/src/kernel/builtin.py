@@ -22,7 +22,7 @@ TRITON_TARGETS = {
 }
 
 
-INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "swiglu_linear")  # kernels without a backward
+INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear")  # kernels without a backward
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;
@@ -64,10 +64,6 @@ def builtin_implementations() -> list[Implementation]:
                        priority=25, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
                        backward=False, description="Triton skinny int8 matmul for decode rows (kernel/triton; "
                        "dequantise + torch matmul past 16 rows)"),
-        Implementation(op="swiglu_linear", name="triton_skinny", target="kernel.triton.skinny:swiglu_linear",
-                       priority=5, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
-                       backward=False, description="Triton skinny gate/up matmul with silu(gate) * up in its epilogue "
-                       "(kernel/triton; torch past 16 rows)"),
         Implementation(op="decode_attention", name="sdpa", target="kernel.sdpa:decode_attention", priority=10,
                        backward=False, description="masked torch SDPA over the gathered slots (the Triton kernel's "
                        "baseline: on an H200 a decode layer took ~10 us this way against 4.7 us)"),

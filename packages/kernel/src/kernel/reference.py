@@ -242,22 +242,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def swiglu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``silu(gate) * up`` of one fused gate/up projection: ``weight`` (2F, K) holds the gate rows then the up rows
-    (``bias``, ``scale`` (2F,) likewise); int8 weights take per-row ``scale`` as :func:`int8_linear`. (..., F) out."""
-    if weight.shape[0] % 2:
-        raise ShapeError(f"swiglu_linear: the fused weight needs gate and up halves, got {weight.shape[0]} rows")
-    if weight.dtype == torch.int8:
-        if scale is None:
-            raise ShapeError("swiglu_linear: int8 weights need their per-row scale")
-        y = int8_linear(x, weight, scale, bias)
-    else:
-        y = linear(x, weight, bias)
-    gate, up = y.chunk(2, dim=-1)
-    return swiglu(gate, up)
-
-
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,)."""

@@ -120,11 +120,6 @@ class RegistryLinear(nn.Linear):
 
     impl: str = "auto"
 
-    @property
-    def linear_impl(self) -> str:
-        """The registry implementation this layer runs (blocks' fused SwiGLU reads it to fuse its activation)."""
-        return self.impl
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
         return op(x, self.weight, self.bias)

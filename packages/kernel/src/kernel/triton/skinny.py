@@ -32,7 +32,6 @@ import triton.language as tl
 
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
-from kernel.reference import swiglu_linear as _swiglu_reference
 from specs.errors import ConfigError
 
 MAX_ROWS = 16
@@ -41,8 +40,7 @@ MAX_ROWS = 16
 @triton.jit
 def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_os,
             stride_om, UPCAST: tl.constexpr, FINAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-            GLU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            NUM_STAGES: tl.constexpr):
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.arange(0, BLOCK_M)
@@ -51,7 +49,6 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, st
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)  # GLU: the up half (weight rows N + n); unused otherwise
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < k_hi
@@ -63,25 +60,12 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, st
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
-        if GLU:
-            w_u = tl.load(w_ptr + (n + N)[:, None].to(tl.int64) * stride_wn + k[None, :],
-                          mask=n_ok[:, None] & k_ok[None, :], other=0)
-            if UPCAST:
-                acc_u += tl.dot(x.to(tl.float32), tl.trans(w_u.to(tl.float32)), input_precision="ieee")
-            else:
-                acc_u += tl.dot(x, tl.trans(w_u.to(x.dtype)))
     out_mask = m_ok[:, None] & n_ok[None, :]
     if FINAL:  # the whole of K in this program: scale, bias and the cast to the output dtype here, one kernel
         if HAS_SCALE:
             acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-            if GLU:
-                acc_u = acc_u * tl.load(scale_ptr + N + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-            if GLU:
-                acc_u = acc_u + tl.load(bias_ptr + N + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if GLU:  # silu(gate) * up
-            acc = acc * tl.sigmoid(acc) * acc_u
         tl.store(out_ptr + m[:, None] * stride_om + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:  # fp32 partial sums of this split, summed afterwards in a fixed order
         tl.store(out_ptr + split * stride_os + m[:, None] * stride_om + n[None, :], acc, mask=out_mask)
@@ -167,17 +151,13 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: 
 
 def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
-              config: tuple[int, ...] | None = None, glu: bool = False) -> torch.Tensor:
+              config: tuple[int, ...] | None = None) -> torch.Tensor:
     """(M, N) = (x (M, K) @ w (N, K).T) * scale + bias in ``out_dtype`` (default x's) for M <= MAX_ROWS.
-    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it).
-    ``glu``: w holds 2N rows (gate, then up) and the result is ``silu(gate) * up`` (M, N), computed unsplit with
-    each program streaming matching gate and up tiles (half the table's BLOCK_N each, so as many bytes)."""
+    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it)."""
     M, K = x.shape
-    N = w.shape[0] // 2 if glu else w.shape[0]
+    N = w.shape[0]
     sms, card = _device_info(x)
-    block_n, block_k, split, stages, warps = config or choose_tiles(w.shape[0], K, w.dtype, sms, card)
-    if glu:
-        block_n, split = max(16, block_n // 2), 1
+    block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
     k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     split = triton.cdiv(K, k_per_split)
     upcast = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
@@ -192,7 +172,7 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
     _skinny[(triton.cdiv(N, block_n), split)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, M, N, K, k_per_split,
         x.stride(0), w.stride(0), stride_os, out.stride(-2), UPCAST=upcast, FINAL=final,
-        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, GLU=glu, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
         NUM_STAGES=stages, num_warps=warps)
     if final:
         return out
@@ -226,15 +206,3 @@ def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
         return _int8_reference(x, weight_int8, scale, bias)
     y = skinny_mm(x2, weight_int8.contiguous(), scale, bias)
     return y.reshape(*x.shape[:-1], weight_int8.shape[0])
-
-
-def swiglu_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                  scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``silu(gate) * up`` of a fused (2F, K) gate/up weight, float or int8 (with ``scale``): (..., K) -> (..., F),
-    the activation applied in the matmul's epilogue (no (..., 2F) intermediate, no separate kernel)."""
-    x2 = _rows(x)
-    if x2.shape[0] > MAX_ROWS or weight.shape[0] % 2 or (weight.dtype != torch.int8 and weight.dtype != x.dtype) \
-            or (weight.dtype == torch.int8 and scale is None):
-        return _swiglu_reference(x, weight, bias, scale)
-    y = skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous(), scale, bias, glu=True)
-    return y.reshape(*x.shape[:-1], weight.shape[0] // 2)
