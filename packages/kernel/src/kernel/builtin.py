@@ -55,7 +55,7 @@ def builtin_implementations() -> list[Implementation]:
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
         # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200
-        # (docs/benchmarks.md): int8 at 1.2-2x the Triton GEMV per shape, bf16 level with cuBLAS per call and +4% on a
+        # (docs/benchmarks.md): int8 at 1.1-2.1x the Triton GEMV per shape, bf16 level with cuBLAS per call and +4% on a
         # whole 1.1B decode step against inductor's GEMVs; so `auto` picks them for inference on CUDA.
         Implementation(op="linear", name="triton_skinny", target="kernel.triton.skinny:linear", priority=5,
                        devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0), backward=False,
