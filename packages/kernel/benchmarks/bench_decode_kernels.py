@@ -129,10 +129,11 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
     """Time every tile candidate of ``kernel.triton.skinny`` per decode shape (bf16/fp16 and int8 weights, one
     activation row) and write the fastest per shape as this card's table (atomically), with the timings under
     ``_meta``."""
-    from kernel.triton.skinny import _device_info, skinny_mm, tile_key, tiles
+    from kernel.triton._device import device_info
+    from kernel.triton.skinny import skinny_mm, tile_key, tiles
 
     g = torch.Generator().manual_seed(0)
-    sms, card = _device_info(torch.empty(0, device=device))
+    sms, card = device_info(torch.empty(0, device=device))
     best: dict[str, list[int]] = {}
     detail: dict[str, dict] = {}
     for (name, N, K), int8 in itertools.product(MATRICES, (False, True)):

@@ -14,6 +14,11 @@ that stay fixed between CUDA-graph replays (rows, KV heads, the rows' slot capac
 lengths. Split i of a row of n slots takes the i-th chunk of ``cdiv(cdiv(n, splits), BLOCK_S) * BLOCK_S`` slots
 (computed on the device; trailing splits may get none) and writes its unnormalised output with its running max and
 sum to fp32 buffers; a second kernel rescales the splits to a common max and normalises, in a fixed order.
+
+Given the step's new key and value (``k_new``, ``v_new``) and RoPE angles, the kernel also does what would otherwise
+be three or four kernels before it: it rotates q and the new key, the first split of each (row, KV head) writes the
+key and value to slot ``lens - 1``, and every program reads that slot's key and value from the arguments rather
+than from the cache (whose write it may race), so no program depends on another.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import triton
 import triton.language as tl
 
 from kernel.reference import check_decode_inputs, check_new_token
+from kernel.triton._device import device_info
 from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ShapeError
 
@@ -71,7 +77,7 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
             kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0)
             kn = kn.to(tl.float32) * cos + sign * kn_rot.to(tl.float32) * sin
         kn = kn.to(k_ptr.dtype.element_ty)
-        last = n - 1
+        last = (n - 1).to(tl.int64)
         if (split == 0) & (n > 0):
             if PAGED:
                 blk = tl.load(table_ptr + b * stride_tb + last // PAGE).to(tl.int64)
@@ -146,11 +152,6 @@ def _combine(acc_ptr, m_ptr, l_ptr, o_ptr, stride_ob, stride_oh, H, NS, Dh,
     tl.store(o_ptr + b * stride_ob + h * stride_oh + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
 
 
-@torch.compiler.assume_constant_result  # a constant to dynamo: no graph break in a compiled decode step
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def num_splits(B: int, KVH: int, capacity: int, sms: int) -> int:
     """Programs per (row, KV head) over the slots: about two programs per SM in all, at most one per ``BLOCK_S``
     slots of a row's ``capacity`` and at most ``MAX_SPLITS``; 1 (no split) once ``B * KVH`` alone fills the GPU."""
@@ -203,8 +204,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         kb, kh, ks, vb, vh, vs, tb = k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), 0
         capacity = k.shape[2]
     # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
-    sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device()) if q.is_cuda else 8
-    ns = num_splits(B, KVH, capacity, sms)  # 8 SMs off CUDA: the interpreter exercises the split too
+    ns = num_splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
     if ns > 1:
         acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
         m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)

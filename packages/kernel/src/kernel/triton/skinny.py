@@ -32,6 +32,7 @@ import triton.language as tl
 
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
+from kernel.triton._device import device_info
 from specs.errors import ConfigError
 
 MAX_ROWS = 16
@@ -69,19 +70,6 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, st
         tl.store(out_ptr + m[:, None] * stride_om + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:  # fp32 partial sums of this split, summed afterwards in a fixed order
         tl.store(out_ptr + split * stride_os + m[:, None] * stride_om + n[None, :], acc, mask=out_mask)
-
-
-@torch.compiler.assume_constant_result  # a constant to dynamo: no graph break in a compiled decode step
-def _cuda_info(index: int) -> tuple[int, str]:
-    props = torch.cuda.get_device_properties(index)
-    return props.multi_processor_count, props.name
-
-
-def _device_info(x: torch.Tensor) -> tuple[int, str]:
-    """(SM count, card name) of x's device; a small fixed pretend GPU when x is not on CUDA (the interpreter)."""
-    if not x.is_cuda:
-        return 8, "cpu"
-    return _cuda_info(x.device.index if x.device.index is not None else torch.cuda.current_device())
 
 
 def tiles(N: int, K: int, weight_bytes: int, num_sms: int) -> tuple[int, int, int, int, int]:
@@ -156,7 +144,7 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
     ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it)."""
     M, K = x.shape
     N = w.shape[0]
-    sms, card = _device_info(x)
+    sms, card = device_info(x)
     block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
     k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     split = triton.cdiv(K, k_per_split)
