@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# One device call (about 9 minutes on one H200) for issue 10's decode figures:
+# What issue 10 should measure next, in one device call (about 9 minutes on one H200):
 #   device run: command "bash tools/gpu_pending.sh", carry [".whl"], timeout 600
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
-# 1. the decode kernels on this card: skinny/GLU matmuls, split + fused new-token decode attention; graph replay
-step kernels 100 python -m pytest packages/kernel/tests/test_triton_ops.py -q -p no:cacheprovider \
-  -k "skinny or decode or swiglu_linear"
-tail -n 3 "$OUT/kernels.log"
-step graphs 90 python -m pytest packages/serve/tests/test_graphs.py -q -p no:cacheprovider -m gpu
-tail -n 3 "$OUT/graphs.log"
-# 2. decode at batch 1 and 32, bf16 and int8, against transformers' static-cache generate, same machine
-export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-step decode 330 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8,transformers \
-  --batch-sizes 1,32 --repeat 2 --profile --out "$OUT/decode.json"
-grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|kernels_per_token\|kernel_us_per_token\|agreement' \
-  "$OUT"/decode.json
-tail -n 5 "$OUT/decode.log"
+# 1. where the Trainer's FSDP2 step spends its host time at 124M (host time = step time there: a wait or
+#    per-parameter work); the top host functions by self time, CUDA runtime calls included
+step step_overhead 150 python packages/train/benchmarks/bench_step_overhead.py --device cuda --full --compile \
+  --strategies none,FSDP --steps 20 --host-top 25
+grep -v '^ *["{}\[\],]' "$OUT/step_overhead.log" | tail -n 60
+# 2. the GPT-2 124M training step against transformers (target 1.5x, 45% MFU)
+step train_compare 200 python -m eval.bench train-compare --preset gpt2-124m --out "$OUT/train_compare.json"
+grep -h 'tokens_per_s"\|mfu\|ratio\|speedup' "$OUT/train_compare.json" | head -n 12
+# 3. serving with the fused decode attention (RoPE + cache write + split-K attention in one kernel)
+step engine 200 python -m eval.bench engine --preset llama-1b --out "$OUT/engine.json"
+grep -h 'tokens_per_s"\|speedup\|p50\|p99' "$OUT/engine.json" | head -n 16

@@ -4,6 +4,7 @@ Plain script::
 
     python packages/train/benchmarks/bench_step_overhead.py [--steps 40] [--precision bf16] [--compile]
                                                             [--strategies bare,none,FSDP] [--profile]
+                                                            [--host-top N]
     python packages/train/benchmarks/bench_step_overhead.py --device cuda --full --compile   # on a GPU
 
 The model has GPT-2 124M's *structure* (``specs.presets`` ``gpt2-124m``: 12 blocks, tied embeddings, learned
@@ -136,6 +137,20 @@ def leaf_aten_ops(step: Callable[[], Any], steps: int = 3) -> float:
     return n / steps
 
 
+def host_profile(step: Callable[[], Any], top: int, cuda: bool, steps: int = 3) -> list[dict[str, Any]]:
+    """The ``top`` host-side functions by self time per step (torch.profiler; with CUDA, the runtime calls too, so
+    a synchronisation, e.g. ``cudaStreamSynchronize`` or ``cudaEventSynchronize``, shows up by name and time)."""
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    return [{"name": e.key[:100], "self_host_ms": round(e.self_cpu_time_total / 1e3 / steps, 3),
+             "calls": round(e.count / steps, 1)} for e in rows]
+
+
 def run_bare(args: argparse.Namespace, timer: PhaseTimer) -> Callable[[], Any]:
     device = torch.device(args.device)
     model = make_model(args).to(device)
@@ -203,7 +218,12 @@ def measure(args: argparse.Namespace, name: str, build: Callable[[PhaseTimer], C
                 synced.append(time.perf_counter() - t0)
             timer.end_step(host)
         ops = leaf_aten_ops(step) if args.profile else None
+        hot = host_profile(step, args.host_top, cuda) if args.host_top else None
     res: dict[str, Any] = {"ms": timer.medians_ms(args.warmup)}
+    if hot is not None:
+        res["host_top"] = hot
+        for r in hot:
+            print(f"       {r['self_host_ms']:8.3f} ms {r['calls']:7.1f}x  {r['name']}")
     if cuda:
         res["ms"]["gpu_synced_step"] = round(1e3 * statistics.median(synced[args.warmup:]), 3)
     if ops is not None:
@@ -224,6 +244,8 @@ def main() -> None:
                    help="dist.reshard_after_forward (FSDP)")
     p.add_argument("--log-every", type=int, default=10, help="train.log_every (a log step reads the loss)")
     p.add_argument("--profile", action="store_true", help="also count leaf aten ops per step (torch.profiler)")
+    p.add_argument("--host-top", type=int, default=0, metavar="N",
+                   help="also list the N host functions with the most self time per step (torch.profiler)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the host time beside the synced GPU step")
     p.add_argument("--full", action="store_true", help="GPT-2 124M's real widths (for a GPU; default: tiny widths)")
     p.add_argument("--rows", type=int, default=None, help="batch rows (default 2, or 16 with --full)")
