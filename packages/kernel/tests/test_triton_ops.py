@@ -203,6 +203,7 @@ def test_int8_linear_is_picked_on_gpu_for_inference_only():
                       capability=(9, 0)).name == "triton_skinny"
     assert reg.select("linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0)).name == "triton_skinny"
     assert reg.select("linear", "auto", device="cpu", dtype=torch.bfloat16).name == "reference"
+    assert reg.select("linear", "auto", device="cuda", dtype=torch.float32, capability=(9, 0)).name == "reference"
     assert reg.select("int8_linear", "auto", device="cuda", dtype=torch.bfloat16, capability=(9, 0),
                       backward=True).name == "reference"
 

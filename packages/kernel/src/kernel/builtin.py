@@ -57,8 +57,10 @@ def builtin_implementations() -> list[Implementation]:
         # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200
         # (docs/benchmarks.md): int8 at 1.1-2.1x the Triton GEMV per shape, bf16 level with cuBLAS per call and +4% on a
         # whole 1.1B decode step against inductor's GEMVs; so `auto` picks them for inference on CUDA.
+        # (bf16/fp16 only: fp32 decode matmuls were never timed, and cuBLAS is the safe choice there)
         Implementation(op="linear", name="triton_skinny", target="kernel.triton.skinny:linear", priority=5,
-                       devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0), backward=False,
+                       devices=("cuda",), dtypes=LOW_PRECISION, requires=("triton",), min_capability=(8, 0),
+                       backward=False,
                        description="Triton skinny matmul for decode rows (kernel/triton; torch matmul past 16 rows)"),
         Implementation(op="int8_linear", name="triton_skinny", target="kernel.triton.skinny:int8_linear",
                        priority=25, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
