@@ -56,7 +56,8 @@ def main() -> None:
     results = {}
     cases = {"DDP": DistConfig(strategy="DDP"), "FSDP": DistConfig(strategy="FSDP"),
              "FSDP_offload": DistConfig(strategy="FSDP", cpu_offload=True, reshard_after_forward=False),
-             "FSDP_bf16": DistConfig(strategy="FSDP", precision="bf16"), "ZeRO1": DistConfig(strategy="ZeRO1")}
+             "FSDP_bf16": DistConfig(strategy="FSDP", precision="bf16"), "ZeRO1": DistConfig(strategy="ZeRO1"),
+             "FSDP_units": DistConfig(strategy="FSDP", fsdp_unit_blocks=2)}  # blocks 0-1 one unit, block 2 another
     for name, cfg in cases.items():
         net, model, opt = build(cfg, env)
         results[name] = run_steps(env, net, model, opt, data[:2], norms=results.setdefault(f"{name}_norms", []))

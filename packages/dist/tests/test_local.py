@@ -249,3 +249,28 @@ def test_tied_weights_are_stored_once(tmp_path):
     b = tied()
     dist.load_model(b, tmp_path)
     assert torch.equal(b.emb.weight, a.emb.weight) and b.head.weight is b.emb.weight
+
+
+@pytest.mark.parametrize("unit", [1, 2, 3, 5])
+def test_fsdp_units_group_consecutive_blocks(unit):
+    """dist.fsdp_unit_blocks: N consecutive blocks share one FSDP parameter group (one all-gather and one set of
+    hooks per step), the rest of the model stays with the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init(DistConfig(strategy="FSDP"), "cpu")  # one rank, in process
+    try:
+        net = Net(n_layers=3)
+        dist.apply(net, DistConfig(strategy="FSDP", fsdp_unit_blocks=unit), "cpu")
+        groups_of = [fully_shard.state(b)._fsdp_param_group for b in net.layers]
+        distinct = []
+        for g in groups_of:
+            if not any(g is d for d in distinct):
+                distinct.append(g)
+        assert len(distinct) == -(-3 // unit)
+        per_block = len(list(net.layers[0].parameters()))
+        assert all(len(g.fsdp_params) == per_block * min(unit, 3) or g is distinct[-1] for g in distinct)
+        assert sum(len(g.fsdp_params) for g in distinct) == 3 * per_block
+        loss_fn(net, batches(1)[0]).backward()  # and it trains
+        assert all(p.grad is not None for p in net.parameters())
+    finally:
+        dist.destroy()

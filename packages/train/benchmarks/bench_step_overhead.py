@@ -187,7 +187,8 @@ def run_trainer(args: argparse.Namespace, strategy: str, timer: PhaseTimer, out:
                     train=TrainConfig(steps=10_000, log_every=args.log_every, callbacks=(), device=args.device,
                                       precision=precision, compile=args.compile, out_dir=out, warmup_steps=10),
                     dist=DistConfig(strategy=strategy, precision=precision,
-                                    reshard_after_forward=args.reshard_after_forward))
+                                    reshard_after_forward=args.reshard_after_forward,
+                                    fsdp_unit_blocks=args.fsdp_unit_blocks))
     trainer = Trainer(make_model(args), run, env=dist.current(args.device))
     # Forward is timed as _forward_backward less backward: a hook on the model would run inside a whole-model
     # compile (strategy none), where timing calls break the graph.
@@ -242,6 +243,8 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="train.compile (none: the whole model; FSDP: each block)")
     p.add_argument("--reshard-after-forward", action=argparse.BooleanOptionalAction, default=True,
                    help="dist.reshard_after_forward (FSDP)")
+    p.add_argument("--fsdp-unit-blocks", type=int, default=1,
+                   help="dist.fsdp_unit_blocks (FSDP): consecutive blocks sharded as one unit")
     p.add_argument("--log-every", type=int, default=10, help="train.log_every (a log step reads the loss)")
     p.add_argument("--profile", action="store_true", help="also count leaf aten ops per step (torch.profiler)")
     p.add_argument("--host-top", type=int, default=0, metavar="N",

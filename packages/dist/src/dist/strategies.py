@@ -1,8 +1,9 @@
 """Data-parallel strategies applied from outside the model: ``apply(model, dist_cfg, device)``.
 
 - ``DDP``: ``torch.nn.parallel.DistributedDataParallel`` (Li et al. 2020, "PyTorch Distributed").
-- ``FSDP``: FSDP2, ``torch.distributed.fsdp.fully_shard`` on every block and then the root (Zhao et al. 2023,
-  "PyTorch FSDP"; torchtitan's ``apply_fsdp``), with a ``MixedPrecisionPolicy`` (params cast to bf16/fp16 for
+- ``FSDP``: FSDP2, ``torch.distributed.fsdp.fully_shard`` on every block (or every ``dist.fsdp_unit_blocks``
+  consecutive blocks as one unit) and then the root (Zhao et al. 2023, "PyTorch FSDP"; torchtitan's
+  ``apply_fsdp``), with a ``MixedPrecisionPolicy`` (params cast to bf16/fp16 for
   compute, gradients reduced in fp32) and ``CPUOffloadPolicy`` when ``dist.cpu_offload``.
 - ``ZeRO1``: DDP for gradients plus ``torch.distributed.optim.ZeroRedundancyOptimizer``, which shards optimizer
   state across ranks (Rajbhandari et al. 2020, "ZeRO", stage 1); see :func:`build_optimizer`.
@@ -78,10 +79,12 @@ def _apply_fsdp(model: nn.Module, cfg: DistConfig, device: torch.device, precisi
     else:
         model.to(device)
     blocks = find_blocks(model)
-    for i, block in enumerate(blocks):
-        # The last block's params are needed again at the start of backward: keep them gathered.
-        reshard = cfg.reshard_after_forward and i < len(blocks) - 1
-        fully_shard(block, reshard_after_forward=reshard, **kw)
+    n = cfg.fsdp_unit_blocks
+    units = [blocks[i:i + n] for i in range(0, len(blocks), n)]
+    for i, unit in enumerate(units):
+        # The last unit's params are needed again at the start of backward: keep them gathered.
+        reshard = cfg.reshard_after_forward and i < len(units) - 1
+        fully_shard(unit[0] if len(unit) == 1 else unit, reshard_after_forward=reshard, **kw)
     fully_shard(model, reshard_after_forward=cfg.reshard_after_forward, **kw)
     return model
 

@@ -163,6 +163,9 @@ class DistConfig(ConfigBase):
     cpu_offload: bool = False
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     reshard_after_forward: bool = True
+    # FSDP: consecutive blocks sharded as one unit (one all-gather / reduce-scatter and one set of FSDP hooks for
+    # all of them). FSDP2 spends host time per unit per step (pytorch#173680); small models can be host-bound.
+    fsdp_unit_blocks: PosInt = 1
 
     def check(self) -> None:
         if self.cpu_offload and self.strategy != "FSDP":
