@@ -17,7 +17,8 @@ step step_overhead_units 100 python packages/train/benchmarks/bench_step_overhea
 grep "FSDP:" "$OUT/step_overhead_units.log"
 # (then, on nvidia-h200-x2: python -m eval.bench fsdp --preset gpt2-124m --micro-batch 16 --set dist.fsdp_unit_blocks=4)
 # 2. the GPT-2 124M training step against transformers (target 1.5x, 45% MFU)
-step train_compare 200 python -m eval.bench train-compare --preset gpt2-124m --out "$OUT/train_compare.json"
+step train_compare 240 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack,lmstack-fused,transformers \
+  --out "$OUT/train_compare.json"
 grep -h 'tokens_per_s"\|mfu\|ratio\|speedup' "$OUT/train_compare.json" | head -n 12
 # 3. serving with the fused decode attention (RoPE + cache write + split-K attention in one kernel)
 step engine 200 python -m eval.bench engine --preset llama-1b --out "$OUT/engine.json"

@@ -99,3 +99,13 @@ def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_p
     assert r["errors"] == {"transformers": "RuntimeError: no transformers here"}
     assert r["variants"]["lmstack"]["batch1"]["decode_tokens_per_s"] > 0
     assert r["variants"]["lmstack-int8"]["batch1"]["decode_tokens_per_s"] > 0 and r["int8_speedup_batch1"] > 0
+
+
+def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
+    """lmstack-fused (one q/k/v GEMM) starts from the same weights as lmstack: the same losses, step for step."""
+    doc = _run(capsys, ["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--compile", "none",
+                        "--variants", "lmstack,lmstack-fused", "--seq", "16", "--batch", "2", "--steps", "2",
+                        "--warmup", "1"])
+    v = doc["results"]["variants"]
+    assert v["lmstack-fused"]["tokens_per_s"] > 0
+    assert v["lmstack-fused"]["loss"] == pytest.approx(v["lmstack"]["loss"], rel=2e-2)

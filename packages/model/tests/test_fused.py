@@ -56,6 +56,13 @@ def test_fused_model_trains_and_round_trips_a_checkpoint(tmp_path):
     ids = torch.randint(0, plain.config.vocab_size, (2, 8))
     fused.loss(ids, ids).backward()
     assert fused.model.layers[0].self_attn.qkv_proj.weight.grad.abs().sum() > 0
+    plain.train()
+    plain.loss(ids, ids).backward()  # the fused GEMM's gradient is the plain ones, stacked (training fused works)
+    for a, f in zip(plain.model.layers, fused.model.layers):
+        want = torch.cat([getattr(a.self_attn, n).weight.grad for n in ("q_proj", "k_proj", "v_proj")])
+        torch.testing.assert_close(f.self_attn.qkv_proj.weight.grad, want, rtol=1e-5, atol=1e-6)
+        want = torch.cat([a.mlp.gate_proj.weight.grad, a.mlp.up_proj.weight.grad])
+        torch.testing.assert_close(f.mlp.gate_up_proj.weight.grad, want, rtol=1e-5, atol=1e-6)
     fused.save_pretrained(tmp_path / "ckpt")
     back = TransformerLM.from_pretrained(tmp_path / "ckpt")
     assert hasattr(back.model.layers[0].self_attn, "q_proj")  # saved under the standard names

@@ -31,7 +31,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--variants", default="lmstack,transformers")
+    p.add_argument("--variants", default="lmstack,transformers",
+                   help="lmstack, lmstack-fused (fused q/k/v and gate/up projections), transformers")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="default", help="torch.compile mode ('none': eager)")
 
@@ -102,8 +103,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"peak_bf16_flops": peak, "variants": {}}
     for name in variants:
         torch.manual_seed(0)
-        if name == "lmstack":
+        if name in ("lmstack", "lmstack-fused"):
             model = resolve("lmstack.models", cfg.arch)(cfg).to(device)
+            if name == "lmstack-fused":  # one q/k/v GEMM (and one gate/up GEMM) in forward and backward
+                model.fuse_projections()
             n = model.num_params(exclude_embeddings=True) + (model.lm_head.weight.numel() if cfg.tie_embeddings else 0)
             with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
                 model.loss(x[:1, :16], y[:1, :16])  # eager first: kernel choices resolve outside the graph
@@ -115,7 +118,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cm = compile_fn(model)
             loss_fn = lambda a, b, m=cm: m(input_ids=a, labels=a).loss  # HF shifts the labels itself
         else:
-            raise ValueError(f"unknown variant {name!r}; valid: lmstack, transformers")
+            raise ValueError(f"unknown variant {name!r}; valid: lmstack, lmstack-fused, transformers")
         r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device)
         fpt = flops_per_token(cfg, n, args.seq)
         mfu = None if peak is None else r["tokens_per_s"] * fpt / peak
@@ -127,4 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     v = results["variants"]
     if "lmstack" in v and "transformers" in v:
         results["speedup_vs_transformers"] = v["lmstack"]["tokens_per_s"] / v["transformers"]["tokens_per_s"]
+    if "lmstack-fused" in v and "transformers" in v:
+        results["fused_speedup_vs_transformers"] = (v["lmstack-fused"]["tokens_per_s"]
+                                                    / v["transformers"]["tokens_per_s"])
     return report("train-compare", vars(args), results, device)
