@@ -375,6 +375,38 @@ def test_skinny_int8_linear_matches_reference(dtype, M, N, K, with_bias):
     check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b), dtype, fp32_atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rms, res", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("M, N, K, config", [(1, 40, 300, None), (3, 70, 200, (32, 32, 4, 3, 4)),
+                                             (20, 16, 64, None)])
+def test_skinny_linear_with_rms_prologue_and_residual_epilogue(dtype, rms, res, M, N, K, config):
+    """rms_eps: x RMS-normalised inside the matmul (never split, even when the tiles ask for it); residual: added
+    in the epilogue (after the split-K sum when split); both as the reference computes them."""
+    from kernel.triton.skinny import skinny_mm
+
+    g = torch.Generator().manual_seed(M + N + K)
+    x = (torch.randn(M, K, generator=g) * 3).to(DEVICE, dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
+    b = torch.randn(N, generator=g).to(DEVICE, dtype)
+    r = torch.randn(M, N, generator=g).to(DEVICE, dtype) if res else None
+    kw = {"rms_eps": 1e-5 if rms else None, "residual": r}
+    if config is None:
+        got = skinny_fn("linear")(x, w, b, **kw)
+    else:
+        got = skinny_mm(x, w, bias=b, config=config, **kw)
+    assert got.shape == (M, N) and got.dtype == dtype
+    f32 = {"rms_eps": kw["rms_eps"], "residual": None if r is None else r.float()}
+    ref32 = ref.linear(x.float(), w.float(), b.float(), **f32)
+    check("linear", got, ref32, ref.linear(x, w, b, **kw), dtype, fp32_atol=1e-4)
+
+
+def test_linear_reference_rms_and_residual_are_rmsnorm_then_linear_then_add():
+    g = torch.Generator().manual_seed(0)
+    x, w, r = torch.randn(2, 3, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(2, 3, 5, generator=g)
+    xn = x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(ref.linear(x, w, rms_eps=1e-6, residual=r), xn @ w.T + r)
+
+
 def test_skinny_default_tiles_split_k_only_when_most_sms_would_idle():
     from kernel.triton.skinny import tiles
 

@@ -98,3 +98,37 @@ def test_fusing_leaves_projections_that_are_not_plain_linears():
     assert isinstance(attn.k_proj, _Wrapped) and not hasattr(attn, "qkv_proj") and not hasattr(mlp, "gate_up_proj")
     assert hasattr(plain.model.layers[1].self_attn, "qkv_proj")  # the other layers still fuse
     torch.testing.assert_close(plain(ids), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse_first", [True, False])
+@torch.no_grad()
+def test_folded_norms_give_the_same_logits_in_prefill_and_decode(fuse_first):
+    """fold_norms: RMSNorm weights in the projections, rstd and the residual add done by them; the same logits as
+    the plain model for a forward and for decode steps over a fixed-shape cache (the decode_attention path)."""
+    torch.manual_seed(0)
+    plain = TransformerLM(preset("llama-debug")).eval()
+    with torch.no_grad():
+        for layer in plain.model.layers:  # norm weights away from 1, so a missing fold would show
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+    folded = TransformerLM(preset("llama-debug")).eval()
+    folded.load_state_dict(plain.state_dict())
+    if fuse_first:
+        folded.fuse_projections()
+    folded.fold_norms()
+    assert all(layer.norms_folded for layer in folded.model.layers)
+    ids = torch.randint(0, plain.config.vocab_size, (2, 7))
+    torch.testing.assert_close(folded(ids), plain(ids), rtol=1e-4, atol=1e-4)
+    c1, c2 = plain.new_cache(2, 16, kind="fixed"), folded.new_cache(2, 16, kind="fixed")
+    plain(ids, cache=c1)
+    folded(ids, cache=c2)
+    for t in range(3):
+        nxt = ids[:, t:t + 1]
+        torch.testing.assert_close(folded(nxt, cache=c2), plain(nxt, cache=c1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="save the model before folding"):
+        folded.state_dict()
+
+
+def test_fold_norms_needs_llama_layers():
+    with pytest.raises(ConfigError, match="RMSNorm and SwiGLU"):
+        TransformerLM(preset("gpt2-debug")).fold_norms()

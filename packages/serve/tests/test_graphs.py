@@ -87,3 +87,26 @@ def test_fast_generator_routes_linears_through_the_registry():
     plain = TransformerLM(preset("llama-debug"))
     FastGenerator(plain, 1, 8, compile=None)
     assert not any(isinstance(m, RegistryLinear) for m in plain.modules())
+
+
+@pytest.mark.parametrize("linear_impl", [None, "reference"])
+def test_fast_generator_with_folded_norms_decodes_the_same_tokens(linear_impl):
+    """fold_norms=True (norm weights in the projections; routed Linears take rms_eps/residual as op keywords,
+    plain ones get the same arithmetic around them): the greedy tokens of the plain model, in fp32."""
+    from model.lm import TransformerLM
+    from serve.fast import FastGenerator
+    from specs.presets import preset
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+    prompt = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(3))
+    want = FastGenerator(model, 2, 16, compile=None).generate(prompt, 8)
+    folded = TransformerLM(preset("llama-debug")).eval()
+    folded.load_state_dict(model.state_dict())
+    got = FastGenerator(folded, 2, 16, compile=None, linear_impl=linear_impl, fold_norms=True).generate(prompt, 8)
+    assert all(layer.norms_folded for layer in folded.model.layers)
+    assert torch.equal(got, want)

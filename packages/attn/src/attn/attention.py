@@ -20,6 +20,7 @@ from attn.context import AttentionContext
 from kernel import resolve
 from specs.config import ModelConfig
 from specs.tensor_spec import HIDDEN
+from tensor.folded import fold_norm_weight, linear_with
 from tensor.fused import fuse_linears, is_fused, split_output
 
 
@@ -39,15 +40,20 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(D, KVH * Dh, bias=cfg.bias)
         self.v_proj = nn.Linear(D, KVH * Dh, bias=cfg.bias)
         self.o_proj = nn.Linear(H * Dh, D, bias=cfg.bias)
+        self.input_rms_eps: float | None = None  # set by fold_input_norm
 
-    def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
+    def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); plus ``residual`` (B, T, D) when given (added by the output projection)."""
         B, T, _ = x_BTD.shape
         HIDDEN.check(x_BTD, "x_BTD", D=self.d_model)
+        eps = self.input_rms_eps
         if is_fused(self, "qkv_proj"):
-            q_BTX, k_BTX, v_BTX = split_output(self, "qkv_proj", self.qkv_proj(x_BTD))
+            q_BTX, k_BTX, v_BTX = split_output(self, "qkv_proj", linear_with(self.qkv_proj, x_BTD, rms_eps=eps))
         else:
-            q_BTX, k_BTX, v_BTX = self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD)
+            q_BTX, k_BTX, v_BTX = (linear_with(self.q_proj, x_BTD, rms_eps=eps),
+                                   linear_with(self.k_proj, x_BTD, rms_eps=eps),
+                                   linear_with(self.v_proj, x_BTD, rms_eps=eps))
         q_BHTDh = q_BTX.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k_BKTDh = k_BTX.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v_BKTDh = v_BTX.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -62,7 +68,7 @@ class Attention(nn.Module):
             o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_pool, v_pool, ctx.decode.lens_B,
                                               k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], cos_BDh=cos,
                                               sin_BDh=sin, **ctx.decode.kwargs)
-            return self.o_proj(o_BHDh.reshape(B, 1, self.n_heads * self.head_dim))
+            return linear_with(self.o_proj, o_BHDh.reshape(B, 1, self.n_heads * self.head_dim), residual=residual)
         if ctx.cos_BTDh is not None:
             rope = resolve("rope", "auto", **request)
             q_BHTDh = rope(q_BHTDh, ctx.cos_BTDh, ctx.sin_BTDh)
@@ -72,17 +78,25 @@ class Attention(nn.Module):
         if ctx.decode is not None:  # one token per row, no mask: read each row's slots up to its length
             o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_BKTDh, v_BKTDh, ctx.decode.lens_B,
                                               **ctx.decode.kwargs)
-            return self.o_proj(o_BHDh.reshape(B, 1, self.n_heads * self.head_dim))
+            return linear_with(self.o_proj, o_BHDh.reshape(B, 1, self.n_heads * self.head_dim), residual=residual)
         if getattr(ctx.cache, "fixed_shape", False) and not torch.compiler.is_compiling():
             self._decode_op(q_BHTDh)  # resolved now (eager prefill): compiled decode steps find it (fullgraph)
         attend = resolve("attention", self.attn_impl, causal=ctx.causal, gqa=self.n_kv_heads != self.n_heads,
                          mask=ctx.mask_B1TS is not None, bias=ctx.bias_BHTS is not None, **request)
         o_BHTDh = attend(q_BHTDh, k_BKTDh, v_BKTDh, mask=ctx.mask_B1TS, causal=ctx.causal, bias=ctx.bias_BHTS)
-        return self.o_proj(o_BHTDh.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return linear_with(self.o_proj, o_BHTDh.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim),
+                           residual=residual)
 
     def _decode_op(self, q: torch.Tensor) -> Callable[..., torch.Tensor]:
         return resolve("decode_attention", self.attn_impl, device=q.device,
                        dtype=q.dtype, head_dim=self.head_dim, gqa=self.n_kv_heads != self.n_heads)
+
+    def fold_input_norm(self, weight: torch.Tensor, eps: float) -> None:
+        """Fold the weight of the RMSNorm that feeds this layer into the q/k/v projections (in place, inference):
+        forward then takes the un-normalised input and the projections normalise it (``tensor.folded``)."""
+        names = ("qkv_proj",) if is_fused(self, "qkv_proj") else ("q_proj", "k_proj", "v_proj")
+        fold_norm_weight([getattr(self, n) for n in names], weight)
+        self.input_rms_eps = eps
 
     def fuse_projections(self) -> None:
         """One ``qkv_proj`` GEMM instead of q/k/v_proj (decode speed); outputs and state_dict keys unchanged.

@@ -17,9 +17,11 @@ from torch import nn
 
 from attn.attention import Attention
 from attn.context import AttentionContext
-from blocks.mlp import make_mlp
-from blocks.norms import make_norm
+from blocks.mlp import SwiGLU, make_mlp
+from blocks.norms import RMSNorm, make_norm
 from specs.config import ModelConfig
+from specs.errors import ConfigError
+from tensor.folded import refuse_state_dict
 from tensor.residual import residual
 
 
@@ -35,12 +37,33 @@ class TransformerBlock(nn.Module):
         self.post_attention_layernorm = make_norm(cfg)
         self.mlp = make_mlp(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.norms_folded = False
 
     def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
+        if self.norms_folded:  # the projections normalise their input and add the residual (fold_norms)
+            h_BTD = self.self_attn(x_BTD, ctx, residual=x_BTD)
+            return self.mlp(h_BTD, residual=h_BTD)
         x_BTD = residual(x_BTD, self.input_layernorm, lambda h: self.dropout(self.self_attn(h, ctx)),
                          self.norm_position)
         return residual(x_BTD, self.post_attention_layernorm, lambda h: self.dropout(self.mlp(h)), self.norm_position)
+
+    def fold_norms(self) -> None:
+        """Inference only, in place: fold both RMSNorm weights into the projections that read them and let those
+        projections normalise their input and add the residual stream (``tensor.folded``: a decode step then has
+        no norm or add kernels). Needs pre-norm RMSNorm and SwiGLU; the folded block cannot be saved."""
+        norms_ok = all(isinstance(n, RMSNorm) for n in (self.input_layernorm, self.post_attention_layernorm))
+        if self.norm_position != "pre" or not norms_ok or not isinstance(self.mlp, SwiGLU):
+            raise ConfigError("fold_norms", "needs a pre-norm block with RMSNorm and SwiGLU (Llama's), got "
+                                            f"norm_position={self.norm_position!r}, "
+                                            f"{type(self.input_layernorm).__name__}, {type(self.mlp).__name__}")
+        if self.norms_folded:
+            return
+        self.self_attn.fold_input_norm(self.input_layernorm.weight, self.input_layernorm.eps)
+        self.mlp.fold_input_norm(self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        self.norms_folded = True
+        refuse_state_dict(self, "this model's norm weights are folded into its projections (fold_norms, for "
+                                "inference); save the model before folding it")
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}, norm_position={self.norm_position!r}"

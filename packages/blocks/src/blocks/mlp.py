@@ -18,6 +18,7 @@ from torch import nn
 
 from kernel import resolve
 from specs.config import ModelConfig
+from tensor.folded import fold_norm_weight, linear_with
 from tensor.fused import fuse_linears, is_fused, split_output
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -55,17 +56,30 @@ class SwiGLU(nn.Module):
         self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.input_rms_eps: float | None = None  # set by fold_input_norm
 
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BTD: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); plus ``residual`` when given (added by ``down_proj``)."""
+        eps = self.input_rms_eps
         if is_fused(self, "gate_up_proj"):
-            gate_BTF, up_BTF = split_output(self, "gate_up_proj", self.gate_up_proj(x_BTD))
+            gate_BTF, up_BTF = split_output(self, "gate_up_proj", linear_with(self.gate_up_proj, x_BTD, rms_eps=eps))
         else:
-            gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)
+            gate_BTF, up_BTF = (linear_with(self.gate_proj, x_BTD, rms_eps=eps),
+                                linear_with(self.up_proj, x_BTD, rms_eps=eps))
         if self.activation == "silu":
             op = resolve("swiglu", "auto", device=x_BTD.device, dtype=gate_BTF.dtype,
                          backward=torch.is_grad_enabled() and gate_BTF.requires_grad)
-            return self.down_proj(op(gate_BTF, up_BTF))
-        return self.down_proj(self.act(gate_BTF) * up_BTF)
+            h_BTF = op(gate_BTF, up_BTF)
+        else:
+            h_BTF = self.act(gate_BTF) * up_BTF
+        return linear_with(self.down_proj, h_BTF, residual=residual)
+
+    def fold_input_norm(self, weight: torch.Tensor, eps: float) -> None:
+        """Fold the weight of the RMSNorm that feeds this layer into gate/up (in place, inference; see
+        ``tensor.folded``): forward then takes the un-normalised input."""
+        names = ("gate_up_proj",) if is_fused(self, "gate_up_proj") else ("gate_proj", "up_proj")
+        fold_norm_weight([getattr(self, n) for n in names], weight)
+        self.input_rms_eps = eps
 
     def fuse_projections(self) -> None:
         """One ``gate_up_proj`` GEMM instead of gate/up_proj (decode speed); outputs and state_dict keys unchanged.

@@ -237,9 +237,16 @@ def decode_keys(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: 
     return k, v, valid_B11S
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K)."""
-    return F.linear(x, weight, bias)
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K). ``rms_eps``: x is first RMS-normalised
+    without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
+    (..., N) is added to the result."""
+    if rms_eps is not None:
+        xf = x.float()
+        x = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + rms_eps)).to(x.dtype)
+    y = F.linear(x, weight, bias)
+    return y if residual is None else y + residual
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,

@@ -120,6 +120,15 @@ class TransformerLM(nn.Module):
                 m.fuse_projections()
         return self
 
+    def fold_norms(self) -> TransformerLM:
+        """Inference only, in place: each layer's RMSNorm weights are folded into the projections that read them,
+        which then normalise their input and add the residual stream themselves (``tensor.folded``; no norm or
+        add kernels between a decode step's matmuls). Llama-style layers only (ConfigError otherwise); the folded
+        model cannot be saved (its ``state_dict`` raises), so save first. Returns self."""
+        for layer in self.model.layers:
+            layer.fold_norms()
+        return self
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied head counts once); ``exclude_embeddings`` drops token and position tables."""
         params = {id(p): p for p in self.parameters()}

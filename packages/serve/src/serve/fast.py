@@ -36,10 +36,13 @@ class FastGenerator:
     implementation (e.g. "triton_skinny"), in place (:func:`route_linears`); None keeps ``F.linear``; "auto" (the
     default) routes them when the registry's choice for the model's device and dtype is not the ``F.linear``
     reference (on CUDA: the tuned skinny matmul, measured faster for a whole decode step than inductor's GEMVs).
+    ``fold_norms``: ``model.fold_norms()`` after fusing (in place, inference only: RMSNorm weights folded into the
+    projections, which then normalise and add the residual themselves; the model can no longer be saved).
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
-                 backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto"):
+                 backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
+                 fold_norms: bool = False):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -47,6 +50,8 @@ class FastGenerator:
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
+        if fold_norms:
+            model.fold_norms()
         if linear_impl == "auto":
             linear_impl = auto_linear_impl(model)
         if linear_impl is not None:
@@ -116,13 +121,18 @@ class FastGenerator:
 
 
 class RegistryLinear(nn.Linear):
-    """An ``nn.Linear`` whose forward is the kernel registry's ``linear`` op under a named implementation."""
+    """An ``nn.Linear`` whose forward is the kernel registry's ``linear`` op under a named implementation; it takes
+    a folded RMSNorm's ``rms_eps`` and a ``residual`` too (``tensor.folded``), which the op fuses."""
 
     impl: str = "auto"
+    accepts_prologue = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rms_eps: float | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
-        return op(x, self.weight, self.bias)
+        if rms_eps is None and residual is None:
+            return op(x, self.weight, self.bias)
+        return op(x, self.weight, self.bias, rms_eps=rms_eps, residual=residual)
 
 
 def auto_linear_impl(model: nn.Module) -> str | None:

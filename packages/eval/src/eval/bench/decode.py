@@ -46,6 +46,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="route the lmstack model's Linear layers through the kernel registry's 'linear' op with this "
                         "implementation (e.g. triton_skinny); 'none': F.linear; default 'auto': FastGenerator's "
                         "default (the registry's choice when it is not F.linear)")
+    p.add_argument("--fold-norms", action="store_true",
+                   help="lmstack variants: fold the RMSNorm weights into the projections, which then normalise their "
+                        "input and add the residual (FastGenerator(fold_norms=True); inference only)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -197,9 +200,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = {}
         # routing Linear layers changes their class: keep the shared model plain for the int8 variant
         linear_impl = None if args.linear_impl == "none" else args.linear_impl
-        lm = copy.deepcopy(model) if linear_impl else model
+        lm = copy.deepcopy(model) if linear_impl or args.fold_norms else model
         for B in sizes:
-            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl)
+            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=args.fold_norms)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
@@ -209,6 +212,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         qmodel = copy.deepcopy(model)
         if hasattr(qmodel, "fuse_projections"):
             qmodel.fuse_projections()  # fused GEMVs for int8 too (a no-op when the lmstack variant already fused)
+        if args.fold_norms:
+            qmodel.fold_norms()  # before quantizing: the folded weights are what gets quantized
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
         r = _time_generate(Fast(qmodel, 1, L, compile=mode), prompts[sizes[0]][:1], args.new_tokens, args.repeat,

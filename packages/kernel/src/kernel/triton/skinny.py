@@ -39,8 +39,9 @@ MAX_ROWS = 16
 
 
 @triton.jit
-def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn, stride_os,
-            stride_om, UPCAST: tl.constexpr, FINAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
+            stride_os, stride_om, stride_rm, rms_eps, UPCAST: tl.constexpr, FINAL: tl.constexpr,
+            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -50,11 +51,15 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, st
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    ss = tl.zeros((BLOCK_M,), tl.float32)  # RMS: sum of squares of each row of x, from the tiles the loop loads
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < k_hi
         x = tl.load(x_ptr + m[:, None].to(tl.int64) * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :],
                     other=0.0)  # (BLOCK_M, BLOCK_K)
+        if RMS:
+            xf = x.to(tl.float32)
+            ss += tl.sum(xf * xf, 1)
         w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
                     other=0)  # (BLOCK_N, BLOCK_K), int8 or float
         if UPCAST:  # fp32 activations, or the interpreter's bf16: exact fp32 products
@@ -63,10 +68,16 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, M, N, K, K_PER_SPLIT, st
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
     out_mask = m_ok[:, None] & n_ok[None, :]
     if FINAL:  # the whole of K in this program: scale, bias and the cast to the output dtype here, one kernel
+        if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
+            # (inductor's launcher passes a Python float as fp64: the cast keeps the rsqrt in fp32)
+            acc = acc * tl.rsqrt((ss / K + rms_eps).to(tl.float32))[:, None]
         if HAS_SCALE:
             acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS:
             acc = acc + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if HAS_RES:  # a residual stream added to the result
+            acc = acc + tl.load(res_ptr + m[:, None].to(tl.int64) * stride_rm + n[None, :], mask=out_mask,
+                                other=0.0).to(tl.float32)
         tl.store(out_ptr + m[:, None] * stride_om + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:  # fp32 partial sums of this split, summed afterwards in a fixed order
         tl.store(out_ptr + split * stride_os + m[:, None] * stride_om + n[None, :], acc, mask=out_mask)
@@ -139,13 +150,18 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: 
 
 def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
-              config: tuple[int, ...] | None = None) -> torch.Tensor:
+              config: tuple[int, ...] | None = None, rms_eps: float | None = None,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
     """(M, N) = (x (M, K) @ w (N, K).T) * scale + bias in ``out_dtype`` (default x's) for M <= MAX_ROWS.
-    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it)."""
+    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it).
+    ``rms_eps``: x is RMS-normalised first (no weight; K is then never split, each program sees whole rows);
+    ``residual`` (M, N): added to the result."""
     M, K = x.shape
     N = w.shape[0]
     sms, card = device_info(x)
     block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
+    if rms_eps is not None:
+        split = 1
     k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     split = triton.cdiv(K, k_per_split)
     upcast = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
@@ -157,11 +173,14 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
     else:
         out = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
         stride_os = out.stride(0)
+    res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     _skinny[(triton.cdiv(N, block_n), split)](
-        x, w, out, scale if scale is not None else x, bias if bias is not None else x, M, N, K, k_per_split,
-        x.stride(0), w.stride(0), stride_os, out.stride(-2), UPCAST=upcast, FINAL=final,
-        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-        NUM_STAGES=stages, num_warps=warps)
+        x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
+        M, N, K, k_per_split, x.stride(0), w.stride(0), stride_os, out.stride(-2),
+        res.stride(0) if res is not None else 0, float(rms_eps or 0.0), UPCAST=upcast, FINAL=final,
+        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, RMS=rms_eps is not None,
+        HAS_RES=res is not None and final, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
+        num_warps=warps)
     if final:
         return out
     y = out.sum(0)
@@ -169,6 +188,8 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
         y = y * scale.float()
     if bias is not None:
         y = y + bias.float()
+    if residual is not None:
+        y = y + residual.float()
     return y.to(out_dtype)
 
 
@@ -177,12 +198,17 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps`` and
+    ``residual`` as :func:`kernel.reference.linear` (the normalisation in the matmul's K loop, the add in its
+    epilogue)."""
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
-        return _reference(x, weight, bias)
-    y = skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous(), bias=bias)
+        return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
+    res = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
+    y = skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous(), bias=bias, rms_eps=rms_eps,
+                  residual=res)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
