@@ -26,11 +26,10 @@ import argparse
 import datetime
 import itertools
 import json
-import os
 import statistics
 
 import torch
-from bench_kernels import check_device, write_results  # beside this script
+from bench_kernels import check_device, write_json, write_results  # beside this script
 
 from kernel import default_registry
 
@@ -165,6 +164,8 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
             timings[str(list(cfg))] = t * 1e6
         default = list(default)
         key = tile_key(N, K, w.dtype)
+        if not timings:
+            raise SystemExit(f"error: no tile candidate ran for {key} (see the skip lines above); nothing written")
         winner = min(timings, key=timings.get)
         best[key] = json.loads(winner)
         t_best, t_default = timings[winner], timings.get(str(default))
@@ -176,10 +177,7 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
                        "triton": __import__("triton").__version__, "how": "bench_decode_kernels.py --tune-skinny",
                        "detail": {card: detail}},
              card: best}
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(table, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, table)
     print(f"wrote {path}")
 
 
@@ -195,6 +193,9 @@ def main() -> None:
     check_device(a.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tune_skinny:
+        if a.device != "cuda":
+            raise SystemExit("error: --tune-skinny times the kernels of a GPU; run it with --device cuda on the card "
+                             "the table is for")
         tune_skinny(a.tune_skinny, a.device, dtype)
         return
     reg = default_registry()

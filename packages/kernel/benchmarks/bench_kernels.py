@@ -115,16 +115,21 @@ def main() -> None:
         write_results(a.out, meta, results)
 
 
-def write_results(path: str, meta: dict, results: list) -> None:
-    """``{"meta": ..., "results": ...}`` as JSON, atomically (a temporary file, then os.replace; removed on error)."""
+def write_json(path: str, doc: object) -> None:
+    """``doc`` as JSON, atomically (a temporary file, then os.replace; removed on error)."""
     tmp = f"{path}.tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
+            json.dump(doc, f, indent=2)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_results(path: str, meta: dict, results: list) -> None:
+    """``{"meta": ..., "results": ...}``, atomically (:func:`write_json`)."""
+    write_json(path, {"meta": meta, "results": results})
 
 
 def check_device(device: str) -> None:

@@ -457,6 +457,12 @@ def test_skinny_tile_table_is_read_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv(skinny.TILES_ENV, str(bad))
     with pytest.raises(ConfigError, match="five positive integers"):
         skinny.load_tiles()
+    for doc, msg in (([1, 2], "expected a JSON object"), ({"Card": [16, 64, 1, 3, 2]}, "should map shape keys")):
+        bad.write_text(json.dumps(doc))
+        monkeypatch.setattr(skinny, "_tables", {})  # read afresh
+        monkeypatch.setenv(skinny.TILES_ENV, str(bad))
+        with pytest.raises(ConfigError, match=msg):
+            skinny.load_tiles()
     monkeypatch.setenv(skinny.TILES_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="cannot read a skinny tile table"):
         skinny.load_tiles()

@@ -110,3 +110,5 @@ def test_fast_generator_with_folded_norms_decodes_the_same_tokens(linear_impl):
     got = FastGenerator(folded, 2, 16, compile=None, linear_impl=linear_impl, fold_norms=True).generate(prompt, 8)
     assert all(layer.norms_folded for layer in folded.model.layers)
     assert torch.equal(got, want)
+    with pytest.raises(ConfigError, match="needs a model with fold_norms"):
+        FastGenerator(torch.nn.Linear(2, 2), 1, 8, compile=None, fold_norms=True)

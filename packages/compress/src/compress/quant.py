@@ -2,7 +2,7 @@
 
 Each ``nn.Linear`` becomes :class:`Int8WeightOnlyLinear`: int8 weights with one symmetric scale per output channel
 (absmax / 127). Forward is the kernel registry's ``int8_linear`` op, ``(x @ w_int8.T) * scale + b``: on a GPU a
-Triton GEMV that dequantises tiles in registers, so decode reads half the weight bytes of bf16 (decode at batch 1 is
+Triton matmul that dequantises tiles in registers, so decode reads half the weight bytes of bf16 (decode at batch 1 is
 bound by those bytes); elsewhere the pure-torch reference. (Leaving the conversion to inductor ran at 0.79x of bf16
 on an H200: it materialised a bf16 copy of every weight each step.) Embeddings stay in full precision; the LM head is
 quantized unless it shares its weight with the embedding (tied).

@@ -48,6 +48,9 @@ class FastGenerator:
                               f"{max_seq_len}")
         if linear_impl not in (None, "auto"):
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
+        if fold_norms and not hasattr(model, "fold_norms"):
+            raise ConfigError("FastGenerator", f"fold_norms=True needs a model with fold_norms() (TransformerLM), "
+                                               f"got {type(model).__name__}")
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
         if fold_norms:

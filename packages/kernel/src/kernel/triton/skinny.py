@@ -127,10 +127,16 @@ def _read_table(path: Path) -> dict[str, dict[str, list[int]]]:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ConfigError(TILES_ENV, f"cannot read a skinny tile table from {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(TILES_ENV, f"{path}: expected a JSON object {{card name: {{shape key: tiles}}}}, got "
+                                     f"{type(raw).__name__}")
     table = {}
     for card, entries in raw.items():
         if card.startswith("_"):  # "_meta": how and when it was measured
             continue
+        if not isinstance(entries, dict):
+            raise ConfigError(TILES_ENV, f"{path}: {card!r} should map shape keys such as 'bf16 2560x2048' to "
+                                         f"tiles, got {type(entries).__name__}")
         for key, cfg in entries.items():
             if not (isinstance(cfg, list) and len(cfg) == 5 and all(isinstance(v, int) and v > 0 for v in cfg)):
                 raise ConfigError(TILES_ENV, f"{path}: {card!r} {key!r} should be five positive integers [BLOCK_N, "
