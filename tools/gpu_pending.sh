@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh decode   folded norms vs the current decode path, bf16 and int8 (about 6 minutes)
+#   bash tools/gpu_pending.sh decode   decode with the GLU prologue and folded norms vs without, bf16, int8 (~8 min)
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
+#   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|train) ;; *) sed -n '2,4p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|train|fsdp) ;; *) sed -n '2,4p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
 case "${1:-}" in
 decode)
-  # the kernel tests of the fused prologue/epilogue on this card, then decode with and without folded norms
-  step kernels 90 python -m pytest packages/kernel/tests/test_triton_ops.py -q -p no:cacheprovider -k "skinny or rms"
+  # the skinny matmul's prologues (rms, glu) and epilogue on this card, then three decode paths in one call:
+  # run F's (separate norm and silu kernels), + silu(gate) * up in the down projection's prologue, + folded norms
+  step kernels 90 python -m pytest packages/kernel/tests/test_triton_ops.py -q -p no:cacheprovider -k "skinny or rms or glu"
   tail -n 2 "$OUT/kernels.log"
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step decode 180 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 --batch-sizes 1 \
-    --repeat 2 --profile --out "$OUT/decode.json"
-  step decode_folded 180 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 \
+  step decode 170 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 --batch-sizes 1 \
+    --repeat 2 --profile --no-glu-prologue --out "$OUT/decode.json"
+  step decode_glu 120 python -m eval.bench decode --preset llama-1b --variants lmstack --batch-sizes 1 \
+    --repeat 2 --profile --out "$OUT/decode_glu.json"
+  step decode_folded 170 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 \
     --batch-sizes 1 --repeat 2 --profile --fold-norms --out "$OUT/decode_folded.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|kernels_per_token\|kernel_us_per_token' \
     "$OUT"/decode*.json ;;
@@ -37,4 +41,11 @@ train)
   # 3. serving with the fused decode attention (RoPE + cache write + split-K attention in one kernel)
   step engine 150 python -m eval.bench engine --preset llama-1b --out "$OUT/engine.json"
   grep -h 'tokens_per_s"\|speedup\|p50\|p99' "$OUT/engine.json" | head -n 16 ;;
+fsdp)
+  # FSDP2's host time is per unit: the 124M model at 16 rows per GPU (82.8% scaling with one block per unit)
+  for u in 4 12; do
+    step "fsdp_units$u" 270 python -m eval.bench fsdp --preset gpt2-124m --micro-batch 16 --gpus 1,2 \
+      --set dist.fsdp_unit_blocks=$u --out "$OUT/fsdp_units$u.json"
+    grep -h 'scaling_efficiency\|tokens_per_s"\|tokens_per_s_per_gpu\|step_time_s"' "$OUT/fsdp_units$u.json" | head -n 12
+  done ;;
 esac
