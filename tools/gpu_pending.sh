@@ -1,25 +1,22 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh decode   decode with the GLU prologue and folded norms vs without, bf16, int8 (~8 min)
+#   bash tools/gpu_pending.sh decode   decode with and without folded norms, bf16 and int8 (about 6 minutes)
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|train|fsdp) ;; *) sed -n '2,4p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|train|fsdp) ;; *) sed -n '2,5p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
 case "${1:-}" in
 decode)
-  # the skinny matmul's prologues (rms, glu) and epilogue on this card, then three decode paths in one call:
-  # run F's (separate norm and silu kernels), + silu(gate) * up in the down projection's prologue, + folded norms
-  step kernels 90 python -m pytest packages/kernel/tests/test_triton_ops.py -q -p no:cacheprovider -k "skinny or rms or glu"
+  # the skinny matmul's kernel tests on this card, then decode with and without folded norms in one call
+  step kernels 90 python -m pytest packages/kernel/tests/test_triton_ops.py -q -p no:cacheprovider -k "skinny or rms"
   tail -n 2 "$OUT/kernels.log"
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
   step decode 170 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 --batch-sizes 1 \
-    --repeat 2 --profile --no-glu-prologue --out "$OUT/decode.json"
-  step decode_glu 120 python -m eval.bench decode --preset llama-1b --variants lmstack --batch-sizes 1 \
-    --repeat 2 --profile --out "$OUT/decode_glu.json"
+    --repeat 2 --profile --out "$OUT/decode.json"
   step decode_folded 170 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 \
     --batch-sizes 1 --repeat 2 --profile --fold-norms --out "$OUT/decode_folded.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|kernels_per_token\|kernel_us_per_token' \

@@ -51,37 +51,6 @@ def test_mlp_formula(act, fn):
     torch.testing.assert_close(mlp(x), mlp.down_proj(fn(mlp.up_proj(x))))
 
 
-class PrologueLinear(torch.nn.Linear):
-    """A Linear that takes the prologue keywords (as the registry's routed and int8 layers do) and logs them."""
-
-    accepts_prologue = True
-
-    def forward(self, x, rms_eps=None, residual=None, glu=False):
-        self.calls = getattr(self, "calls", []) + [(rms_eps, residual is not None, glu)]
-        if glu:
-            gate, up = x.chunk(2, dim=-1)
-            x = F.silu(gate) * up
-        y = super().forward(x)
-        return y if residual is None else y + residual
-
-
-@pytest.mark.parametrize("prologue", [True, False])
-def test_swiglu_leaves_silu_times_up_to_a_down_projection_that_accepts_it(prologue):
-    """Fused gate/up and a down_proj with accepts_prologue: down_proj gets [gate | up] and glu=True, so no
-    activation runs between the two matmuls; glu_prologue=False (or a plain down_proj) keeps the separate op."""
-    torch.manual_seed(0)
-    glu = randomise(SwiGLU(8, 32))
-    x, r = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
-    want = glu(x) + r
-    glu.fuse_projections()
-    down = PrologueLinear(32, 8, bias=False)
-    down.load_state_dict(glu.down_proj.state_dict())
-    glu.down_proj = down
-    glu.glu_prologue = prologue
-    torch.testing.assert_close(glu(x, residual=r), want)
-    assert down.calls == [(None, True, prologue)]
-
-
 @pytest.mark.parametrize("act,fn", [("silu", F.silu), ("gelu", F.gelu)])
 def test_gated_formula(act, fn):
     glu = SwiGLU(8, 32, activation=act)

@@ -38,32 +38,6 @@ def test_quantized_model_stays_close(name):
     assert remaining == ([] if not model.config.tie_embeddings else [model.lm_head])
 
 
-@torch.no_grad()
-def test_int8_layers_take_the_prologues_of_a_fused_folded_model():
-    """Int8 layers accept the fused prologues (tensor.folded): with fused gate/up, SwiGLU hands [gate | up] to the
-    int8 down projection (glu), and folded norms hand rms_eps and the residual to the int8 projections. The logits
-    are those of the same int8 model running each step as its own op."""
-    torch.manual_seed(0)
-    model = TransformerLM(preset("llama-debug")).eval()
-    model.fuse_projections()
-    model.fold_norms()
-    quantize_(model)
-    x = torch.randint(0, model.config.vocab_size, (2, 9))
-    seen = []
-    for m in model.modules():
-        if isinstance(m, Int8WeightOnlyLinear):
-            m.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(sorted(
-                k for k, v in kwargs.items() if v is not None and v is not False)), with_kwargs=True)
-    got = model(x)
-    assert ["glu", "residual"] in seen and ["rms_eps"] in seen
-    Int8WeightOnlyLinear.accepts_prologue = False  # the same arithmetic around the layers (linear_with)
-    try:
-        want = model(x)
-    finally:
-        Int8WeightOnlyLinear.accepts_prologue = True
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
 def test_tied_head_is_left_alone_and_errors():
     model = TransformerLM(preset("gpt2-debug"))
     quantize_(model)

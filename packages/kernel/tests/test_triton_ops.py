@@ -12,7 +12,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kernel import default_registry
 from kernel import reference as ref
@@ -399,65 +398,6 @@ def test_skinny_linear_with_rms_prologue_and_residual_epilogue(dtype, rms, res, 
     f32 = {"rms_eps": kw["rms_eps"], "residual": None if r is None else r.float()}
     ref32 = ref.linear(x.float(), w.float(), b.float(), **f32)
     check("linear", got, ref32, ref.linear(x, w, b, **kw), dtype, fp32_atol=1e-4)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("M, N, K, config, res", [(1, 40, 300, None, True), (3, 70, 200, (32, 32, 4, 3, 4), True),
-                                                  (2, 33, 96, (16, 32, 1, 2, 4), False), (20, 16, 64, None, True)])
-def test_skinny_linear_with_glu_prologue(dtype, int8, M, N, K, config, res):
-    """glu: x holds [gate | up] (2K wide) and the matmul reads silu(gate) * up, split or not, bf16 or int8 weights,
-    with the residual added after; 20 rows go to the reference."""
-    from kernel.triton.skinny import skinny_mm
-
-    g = torch.Generator().manual_seed(M + N + K)
-    x = (torch.randn(M, 2 * K, generator=g) * 2).to(DEVICE, dtype)
-    r = torch.randn(M, N, generator=g).to(DEVICE, dtype) if res else None
-    if int8:
-        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
-        s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(DEVICE, dtype)
-        ref32 = ref.int8_linear(x.float(), w, s.float(), residual=None if r is None else r.float(), glu=True)
-        want = ref.int8_linear(x, w, s, residual=r, glu=True)
-        got = (skinny_fn("int8_linear")(x, w, s, residual=r, glu=True) if config is None
-               else skinny_mm(x, w, s, config=config, residual=r, glu=True))
-    else:
-        w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
-        ref32 = ref.linear(x.float(), w.float(), residual=None if r is None else r.float(), glu=True)
-        want = ref.linear(x, w, residual=r, glu=True)
-        got = (skinny_fn("linear")(x, w, residual=r, glu=True) if config is None
-               else skinny_mm(x, w, config=config, residual=r, glu=True))
-    assert got.shape == (M, N) and got.dtype == dtype
-    check("linear glu", got, ref32, want, dtype, fp32_atol=1e-4)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rms, res", [(True, False), (True, True)])
-def test_skinny_int8_linear_with_rms_prologue(dtype, rms, res):
-    g = torch.Generator().manual_seed(3)
-    M, N, K = 2, 40, 300
-    x = (torch.randn(M, K, generator=g) * 3).to(DEVICE, dtype)
-    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
-    s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(DEVICE, dtype)
-    r = torch.randn(M, N, generator=g).to(DEVICE, dtype) if res else None
-    got = skinny_fn("int8_linear")(x, w, s, rms_eps=1e-5, residual=r)
-    ref32 = ref.int8_linear(x.float(), w, s.float(), rms_eps=1e-5, residual=None if r is None else r.float())
-    check("int8_linear rms", got, ref32, ref.int8_linear(x, w, s, rms_eps=1e-5, residual=r), dtype, fp32_atol=1e-4)
-
-
-def test_linear_glu_is_swiglu_then_linear_and_bad_shapes_are_named():
-    from kernel.triton.skinny import skinny_mm
-
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(2, 3, 16, generator=g), torch.randn(5, 8, generator=g)
-    torch.testing.assert_close(ref.linear(x, w, glu=True), (F.silu(x[..., :8]) * x[..., 8:]) @ w.T)
-    wq, s = torch.randint(-127, 128, (5, 8), generator=g, dtype=torch.int8), torch.rand(5, generator=g)
-    torch.testing.assert_close(ref.int8_linear(x, wq, s, glu=True), ref.linear(x, wq.float() * s[:, None], glu=True))
-    with pytest.raises(ShapeError, match=r"2K\) = \(\.\.\., 16\)"):
-        ref.linear(x[..., :8], w, glu=True)
-    with pytest.raises(ShapeError, match="cannot be combined"):
-        ref.linear(x, w, glu=True, rms_eps=1e-6)
-    with pytest.raises(ShapeError, match="glu takes x \\(M, 2K\\)"):
-        skinny_mm(x[0, :, :8].contiguous(), w, glu=True)
 
 
 def test_linear_reference_rms_and_residual_are_rmsnorm_then_linear_then_add():

@@ -32,22 +32,13 @@ def test_layers_that_accept_the_prologue_get_it_as_keywords():
     class Fused(nn.Linear):
         accepts_prologue = True
 
-        def forward(self, x, rms_eps=None, residual=None, **glu):
-            seen.update(rms_eps=rms_eps, residual=residual, **glu)
-            return super().forward(x[..., :4])
+        def forward(self, x, rms_eps=None, residual=None):
+            seen.update(rms_eps=rms_eps, residual=residual)
+            return super().forward(x)
 
     layer, r = Fused(4, 4), torch.zeros(2, 4)
     linear_with(layer, torch.randn(2, 4), rms_eps=1e-5, residual=r)
-    assert seen == {"rms_eps": 1e-5, "residual": r}  # no glu keyword unless asked (older layers lack it)
-    linear_with(layer, torch.randn(2, 8), glu=True)
-    assert seen["glu"] is True and seen["rms_eps"] is None
-
-
-def test_glu_around_a_plain_layer_is_silu_gate_times_up():
-    torch.manual_seed(0)
-    layer, x, r = nn.Linear(4, 3), torch.randn(2, 8), torch.randn(2, 3)
-    want = layer(torch.nn.functional.silu(x[:, :4]) * x[:, 4:]) + r
-    torch.testing.assert_close(linear_with(layer, x, residual=r, glu=True), want)
+    assert seen["rms_eps"] == 1e-5 and seen["residual"] is r
 
 
 def test_rms_normalize_computes_in_fp32_and_keeps_the_dtype():

@@ -47,13 +47,7 @@ class MLP(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """(B, T, D) -> (B, T, D): ``down_proj(act(gate_proj(x)) * up_proj(x))``, act = silu for SwiGLU proper.
-
-    With fused gate/up projections and a ``down_proj`` that ``accepts_prologue`` (``tensor.folded``: the kernel
-    registry's routed and int8 Linears), ``silu(gate) * up`` is left to the down projection's prologue when
-    ``glu_prologue`` is True (the default)."""
-
-    glu_prologue = True
+    """(B, T, D) -> (B, T, D): ``down_proj(act(gate_proj(x)) * up_proj(x))``, act = silu for SwiGLU proper."""
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "silu", bias: bool = False):
         super().__init__()
@@ -68,11 +62,7 @@ class SwiGLU(nn.Module):
         """(B, T, D) -> (B, T, D); plus ``residual`` when given (added by ``down_proj``)."""
         eps = self.input_rms_eps
         if is_fused(self, "gate_up_proj"):
-            gate_up_BT2F = linear_with(self.gate_up_proj, x_BTD, rms_eps=eps)
-            if self.glu_prologue and self.activation == "silu" and getattr(self.down_proj, "accepts_prologue", False):
-                # the down projection computes silu(gate) * up as it loads its input: no activation kernel
-                return linear_with(self.down_proj, gate_up_BT2F, residual=residual, glu=True)
-            gate_BTF, up_BTF = split_output(self, "gate_up_proj", gate_up_BT2F)
+            gate_BTF, up_BTF = split_output(self, "gate_up_proj", linear_with(self.gate_up_proj, x_BTD, rms_eps=eps))
         else:
             gate_BTF, up_BTF = (linear_with(self.gate_proj, x_BTD, rms_eps=eps),
                                 linear_with(self.up_proj, x_BTD, rms_eps=eps))

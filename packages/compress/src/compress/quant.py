@@ -22,11 +22,7 @@ SCHEMES = ("int8_weight_only",)
 
 
 class Int8WeightOnlyLinear(nn.Module):
-    """``y = (x @ w_int8.T) * scale + b``; w_int8 (out, in) int8, scale (out,) in the weight's original dtype.
-    Takes a folded RMSNorm's ``rms_eps``, SwiGLU's ``glu`` input and a ``residual`` too (``tensor.folded``), which
-    the ``int8_linear`` op fuses."""
-
-    accepts_prologue = True
+    """``y = (x @ w_int8.T) * scale + b``; w_int8 (out, in) int8, scale (out,) in the weight's original dtype."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -37,13 +33,10 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("scale", scale_O.to(linear.weight.dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
-    def forward(self, x: torch.Tensor, rms_eps: float | None = None, residual: torch.Tensor | None = None,
-                glu: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         op = resolve("int8_linear", "auto", device=x.device, dtype=x.dtype,
                      backward=torch.is_grad_enabled() and x.requires_grad)
-        if rms_eps is None and residual is None and not glu:
-            return op(x, self.weight, self.scale, self.bias)
-        return op(x, self.weight, self.scale, self.bias, rms_eps=rms_eps, residual=residual, glu=glu)
+        return op(x, self.weight, self.scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

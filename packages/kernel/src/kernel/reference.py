@@ -237,39 +237,20 @@ def decode_keys(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: 
     return k, v, valid_B11S
 
 
-def linear_prologue(x: torch.Tensor, K: int, rms_eps: float | None = None, glu: bool = False) -> torch.Tensor:
-    """What a ``linear``/``int8_linear`` with a prologue multiplies: ``glu``: x (..., 2K) holds a fused gate/up
-    projection's output, ``[gate | up]``, and becomes ``silu(gate) * up`` (SwiGLU's activation, :func:`swiglu`);
-    ``rms_eps``: x is RMS-normalised without a weight, in fp32 (an RMSNorm whose weight has been folded into the
-    weight's columns). Raises ShapeError for an x that does not fit."""
-    if glu:
-        if rms_eps is not None:
-            raise ShapeError("linear: glu and rms_eps cannot be combined (the gated activation's output is not "
-                             "normalised before the down projection)")
-        if x.shape[-1] != 2 * K:
-            raise ShapeError(f"linear: glu=True needs x (..., 2K) = (..., {2 * K}) holding [gate | up] for a weight "
-                             f"reading K={K} features, got {tuple(x.shape)}")
-        return swiglu(x[..., :K], x[..., K:])
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+           rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K). ``rms_eps``: x is first RMS-normalised
+    without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
+    (..., N) is added to the result."""
     if rms_eps is not None:
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + rms_eps)).to(x.dtype)
-    return x
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           rms_eps: float | None = None, residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K). ``rms_eps`` / ``glu``: the prologue of
-    :func:`linear_prologue` first; ``residual`` (..., N) is added to the result."""
-    y = F.linear(linear_prologue(x, weight.shape[1], rms_eps, glu), weight, bias)
+        x = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + rms_eps)).to(x.dtype)
+    y = F.linear(x, weight, bias)
     return y if residual is None else y + residual
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,).
-    ``rms_eps``, ``glu`` and ``residual`` as :func:`linear`."""
-    x = linear_prologue(x, weight_int8.shape[1], rms_eps, glu)
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,)."""
     y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)
-    y = y if bias is None else y + bias.to(x.dtype)
-    return y if residual is None else y + residual
+    return y if bias is None else y + bias.to(x.dtype)

@@ -125,18 +125,17 @@ class FastGenerator:
 
 class RegistryLinear(nn.Linear):
     """An ``nn.Linear`` whose forward is the kernel registry's ``linear`` op under a named implementation; it takes
-    a folded RMSNorm's ``rms_eps``, SwiGLU's ``glu`` input and a ``residual`` too (``tensor.folded``), which the op
-    fuses."""
+    a folded RMSNorm's ``rms_eps`` and a ``residual`` too (``tensor.folded``), which the op fuses."""
 
     impl: str = "auto"
     accepts_prologue = True
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
-        if rms_eps is None and residual is None and not glu:
+        if rms_eps is None and residual is None:
             return op(x, self.weight, self.bias)
-        return op(x, self.weight, self.bias, rms_eps=rms_eps, residual=residual, glu=glu)
+        return op(x, self.weight, self.bias, rms_eps=rms_eps, residual=residual)
 
 
 def auto_linear_impl(model: nn.Module) -> str | None:

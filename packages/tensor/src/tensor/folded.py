@@ -6,10 +6,8 @@ others fold LayerNorm weights the same way), and what is left is a per-row scala
 ``rstd = 1 / sqrt(mean(x^2) + eps)``. A matmul that streams x anyway can compute ``rstd`` in its K loop and apply
 it in its epilogue, and can add the residual stream there too, so a decode step needs no separate norm or add
 kernels. :func:`linear_with` asks a layer to do that when it can (``accepts_prologue``: the kernel registry's routed
-Linears and int8 layers do) and does the same arithmetic around any other layer. The same goes for SwiGLU's
-``silu(gate) * up``, which the down projection can compute from the fused gate/up output as it loads it (``glu``;
-no weights change for that). Folding changes the weights: a folded model is for inference, and
-:func:`refuse_state_dict` makes saving it an error instead of a silently wrong checkpoint.
+Linears do) and does the same arithmetic around any other layer. Folding changes the weights: a folded model is
+for inference, and :func:`refuse_state_dict` makes saving it an error instead of a silently wrong checkpoint.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specs.errors import ConfigError
@@ -31,17 +28,13 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def linear_with(layer: nn.Module, x: torch.Tensor, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """``layer(rms_normalize(x, rms_eps)) + residual`` (each part only when given); ``glu``: x (..., 2K) holds a
-    fused gate/up output ``[gate | up]`` and the layer reads ``silu(gate) * up``. Layers with
-    ``accepts_prologue = True`` get the keywords and fuse them; others run them around the layer."""
-    if rms_eps is None and residual is None and not glu:
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``layer(rms_normalize(x, rms_eps)) + residual`` (each part only when given). Layers with
+    ``accepts_prologue = True`` get both as keywords and fuse them; others run them around the layer."""
+    if rms_eps is None and residual is None:
         return layer(x)
-    if getattr(layer, "accepts_prologue", False):  # glu only when asked: layers written before it still work
-        return layer(x, rms_eps=rms_eps, residual=residual, **({"glu": True} if glu else {}))
-    if glu:
-        gate, up = x.chunk(2, dim=-1)
-        x = F.silu(gate) * up
+    if getattr(layer, "accepts_prologue", False):
+        return layer(x, rms_eps=rms_eps, residual=residual)
     y = layer(rms_normalize(x, rms_eps) if rms_eps is not None else x)
     return y if residual is None else y + residual
 

@@ -49,9 +49,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold-norms", action="store_true",
                    help="lmstack variants: fold the RMSNorm weights into the projections, which then normalise their "
                         "input and add the residual (FastGenerator(fold_norms=True); inference only)")
-    p.add_argument("--no-glu-prologue", action="store_true",
-                   help="lmstack variants: SwiGLU's silu(gate) * up as its own kernel instead of in the down "
-                        "projection's prologue (SwiGLU.glu_prologue = False; for comparing the two)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -163,10 +160,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = preset(args.preset)
     torch.manual_seed(0)
     model = resolve("lmstack.models", cfg.arch)(cfg).to(device=device, dtype=dtype).eval()
-    if args.no_glu_prologue:
-        for mod in model.modules():
-            if hasattr(mod, "glu_prologue"):
-                mod.glu_prologue = False
     Fast = resolve("lmstack.decoders", "fast")
     mode = None if args.compile == "none" else args.compile
     L = args.prompt_tokens + args.new_tokens

@@ -14,7 +14,6 @@ import triton
 import triton.language as tl
 
 from kernel.reference import int8_linear as _reference
-from kernel.reference import linear_prologue
 
 MAX_ROWS = 16
 BLOCK_N = 16
@@ -41,14 +40,8 @@ def _gemv(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype. The prologue and residual
-    keywords (:func:`kernel.reference.int8_linear`) are computed by the reference around this GEMV."""
-    if rms_eps is not None or glu:
-        x = linear_prologue(x, weight_int8.shape[1], rms_eps, glu)
-    if residual is not None:
-        return int8_linear(x, weight_int8, scale, bias) + residual
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype."""
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     M, N = x2.shape[0], weight_int8.shape[0]

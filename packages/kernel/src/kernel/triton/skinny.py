@@ -11,9 +11,6 @@ to an fp32 buffer summed afterwards (deterministic, unlike atomics). Int8 weight
 the load, so they cross the memory bus as one byte each; the per-channel scale is applied to the fp32 result.
 
 When K is not split, the per-channel scale, the bias and the cast to the output dtype happen in the same kernel.
-Prologues and an epilogue that spare a decode step its elementwise kernels: ``rms_eps`` (x RMS-normalised, its
-rstd summed from the tiles the K loop loads; K is then not split), ``glu`` (x holds a fused gate/up output and the
-loop multiplies ``silu(gate) * up`` as it loads it) and ``residual`` (added to the result).
 
 Rows past 16 are left to torch's matmul (compute-bound there). The tiles (BLOCK_N, BLOCK_K, SPLIT_K, stages,
 warps) of each weight shape come from a table measured per card (``skinny_tiles.json`` beside this module, written
@@ -36,7 +33,7 @@ import triton.language as tl
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
 from kernel.triton._device import device_info
-from specs.errors import ConfigError, ShapeError
+from specs.errors import ConfigError
 
 MAX_ROWS = 16
 
@@ -45,8 +42,7 @@ MAX_ROWS = 16
 def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
             stride_os, stride_om, stride_rm, rms_eps, UPCAST: tl.constexpr, FINAL: tl.constexpr,
             HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-            GLU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-            NUM_STAGES: tl.constexpr):
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.arange(0, BLOCK_M)
@@ -55,21 +51,15 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    # RMS: squares of x from the tiles the loop loads, summed per row after the loop (a reduction inside the loop
-    # would synchronise the warps every iteration and stall the weight pipeline: bf16 decode ran at half speed)
-    sq = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+    ss = tl.zeros((BLOCK_M,), tl.float32)  # RMS: sum of squares of each row of x, from the tiles the loop loads
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < k_hi
-        x_ptrs = x_ptr + m[:, None].to(tl.int64) * stride_xm + k[None, :]
-        x = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_K)
-        if GLU:  # x rows are [gate | up] (2K wide): multiply silu(gate) * up, rounded once to x's dtype
-            g = x.to(tl.float32)
-            u = tl.load(x_ptrs + K, mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            x = (g * tl.sigmoid(g) * u).to(x.dtype)
+        x = tl.load(x_ptr + m[:, None].to(tl.int64) * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                    other=0.0)  # (BLOCK_M, BLOCK_K)
         if RMS:
             xf = x.to(tl.float32)
-            sq += xf * xf
+            ss += tl.sum(xf * xf, 1)
         w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
                     other=0)  # (BLOCK_N, BLOCK_K), int8 or float
         if UPCAST:  # fp32 activations, or the interpreter's bf16: exact fp32 products
@@ -80,7 +70,6 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
     if FINAL:  # the whole of K in this program: scale, bias and the cast to the output dtype here, one kernel
         if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
             # (inductor's launcher passes a Python float as fp64: the cast keeps the rsqrt in fp32)
-            ss = tl.sum(sq, 1)
             acc = acc * tl.rsqrt((ss / K + rms_eps).to(tl.float32))[:, None]
         if HAS_SCALE:
             acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -168,17 +157,13 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: 
 def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
               config: tuple[int, ...] | None = None, rms_eps: float | None = None,
-              residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
+              residual: torch.Tensor | None = None) -> torch.Tensor:
     """(M, N) = (x (M, K) @ w (N, K).T) * scale + bias in ``out_dtype`` (default x's) for M <= MAX_ROWS.
     ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it).
     ``rms_eps``: x is RMS-normalised first (no weight; K is then never split, each program sees whole rows);
-    ``residual`` (M, N): added to the result; ``glu``: x is (M, 2K) ``[gate | up]`` and the matmul reads
-    ``silu(gate) * up`` (computed as the K loop loads it)."""
-    M = x.shape[0]
-    N, K = w.shape
-    if x.shape[1] != (2 * K if glu else K) or (glu and rms_eps is not None):
-        raise ShapeError(f"skinny_mm: x {tuple(x.shape)} does not fit a ({N}, {K}) weight with glu={glu}, "
-                         f"rms_eps={rms_eps} (glu takes x (M, 2K) and no rms_eps)")
+    ``residual`` (M, N): added to the result."""
+    M, K = x.shape
+    N = w.shape[0]
     sms, card = device_info(x)
     block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
     if rms_eps is not None:
@@ -200,7 +185,7 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
         M, N, K, k_per_split, x.stride(0), w.stride(0), stride_os, out.stride(-2),
         res.stride(0) if res is not None else 0, float(rms_eps or 0.0), UPCAST=upcast, FINAL=final,
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, RMS=rms_eps is not None,
-        HAS_RES=res is not None and final, GLU=glu, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
+        HAS_RES=res is not None and final, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
         num_warps=warps)
     if final:
         return out
@@ -220,27 +205,24 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           rms_eps: float | None = None, residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps``,
-    ``glu`` and ``residual`` as :func:`kernel.reference.linear` (the prologue in the matmul's K loop, the add in
-    its epilogue)."""
+           rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps`` and
+    ``residual`` as :func:`kernel.reference.linear` (the normalisation in the matmul's K loop, the add in its
+    epilogue)."""
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
-        return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual, glu=glu)
+        return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
     res = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
     y = skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous(), bias=bias, rms_eps=rms_eps,
-                  residual=res, glu=glu)
+                  residual=res)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: bool = False) -> torch.Tensor:
-    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; the keywords as
-    :func:`linear`."""
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype."""
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS:
-        return _int8_reference(x, weight_int8, scale, bias, rms_eps=rms_eps, residual=residual, glu=glu)
-    res = None if residual is None else residual.reshape(x2.shape[0], weight_int8.shape[0])
-    y = skinny_mm(x2, weight_int8.contiguous(), scale, bias, rms_eps=rms_eps, residual=res, glu=glu)
+        return _int8_reference(x, weight_int8, scale, bias)
+    y = skinny_mm(x2, weight_int8.contiguous(), scale, bias)
     return y.reshape(*x.shape[:-1], weight_int8.shape[0])
