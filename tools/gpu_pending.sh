@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh decode   decode with and without folded norms, bf16 and int8 (about 6 minutes)
+#   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it (about 9 minutes)
+# Recipes already run (session 4, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|train|fsdp) ;; *) sed -n '2,5p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|train|fsdp) ;; *) sed -n '2,6p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
 case "${1:-}" in
 decode)
-  # the skinny matmul's kernel tests on this card, then decode with and without folded norms in one call
-  step kernels 90 python -m pytest packages/kernel/tests/test_triton_ops.py -q -p no:cacheprovider -k "skinny or rms"
+  # programmatic dependent launch (PDL): first the race check (serve's GPU test: fp32 tokens with and without
+  # inductor's PDL, eager bf16 tokens with and without the skinny matmul's PDL twin) and the kernel tests on this
+  # card; then the plain loop against inductor's PDL (lmstack-pdl) in one call, and inductor's PDL with the twin
+  # (--linear-impl triton_skinny_pdl), all profiled
+  step race 150 python -m pytest packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k pdl
+  tail -n 3 "$OUT/race.log"
+  step kernels 90 python -m pytest packages/kernel/tests/test_pdl.py packages/kernel/tests/test_triton_ops.py -q \
+    -p no:cacheprovider -k "skinny or pdl"
   tail -n 2 "$OUT/kernels.log"
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step decode 170 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 --batch-sizes 1 \
-    --repeat 2 --profile --out "$OUT/decode.json"
-  step decode_folded 170 python -m eval.bench decode --preset llama-1b --variants lmstack,lmstack-int8 \
-    --batch-sizes 1 --repeat 2 --profile --fold-norms --out "$OUT/decode_folded.json"
-  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|kernels_per_token\|kernel_us_per_token' \
-    "$OUT"/decode*.json ;;
+  step decode 170 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack,lmstack-pdl --out "$OUT/decode.json"
+  step decode_twin 120 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack-pdl --linear-impl triton_skinny_pdl --out "$OUT/decode_twin.json"
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|agreement\|first_difference\|kernel_us\|kernels_per' \
+    "$OUT"/decode*.json | head -n 40 ;;
 train)
   # 1. where the Trainer's FSDP2 step spends its host time at 124M (host time = step time there), CUDA runtime
   #    calls included; then with four blocks per FSDP unit (FSDP2's hooks run per unit)

@@ -109,3 +109,17 @@ def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
     v = doc["results"]["variants"]
     assert v["lmstack-fused"]["tokens_per_s"] > 0
     assert v["lmstack-fused"]["loss"] == pytest.approx(v["lmstack"]["loss"], rel=2e-2)
+
+
+def test_decode_pdl_variant_reports_its_speedup_and_token_agreement(tmp_path):
+    """lmstack-pdl: the same loop compiled with inductor's PDL option (inert on a CPU), timed in the same run, and
+    its greedy tokens compared with lmstack's."""
+    out = tmp_path / "decode.json"
+    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "default",
+            "--variants", "lmstack,lmstack-pdl", "--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "6",
+            "--repeat", "1", "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())["results"]
+    assert r["lmstack_pdl_speedup_batch1"] > 0
+    assert r["lmstack_pdl_greedy_agreement"] == 1.0 and r["lmstack_pdl_first_difference"] is None
+    assert "lmstack-int8_pdl_speedup_batch1" not in r

@@ -59,3 +59,39 @@ def test_generators_do_not_share_compiled_entries(tiny_lm):
         a.generate(p1, 5)
         b.generate(p2, 5)  # a shared code object would recompile here and raise
         a.generate(p1, 5)
+
+
+def test_pdl_compiles_with_the_modes_options_plus_inductors_pdl(tiny_lm, monkeypatch):
+    """pdl=True: torch.compile gets the mode's inductor options plus triton.enable_pdl (torch takes a mode or
+    options, not both); the tokens are the plain loop's."""
+    seen = []
+
+    def recording_compile(fn, **kwargs):
+        seen.append(kwargs)
+        return fn
+
+    prompt = torch.randint(0, tiny_lm.config.vocab_size, (1, 5))
+    with monkeypatch.context() as m:
+        m.setattr(torch, "compile", recording_compile)
+        out = FastGenerator(tiny_lm, 1, 16, compile="reduce-overhead", pdl=True).generate(prompt, 6)
+        FastGenerator(tiny_lm, 1, 16, compile="reduce-overhead").generate(prompt, 2)
+    assert seen[0]["options"] == {"triton.cudagraphs": True, "triton.enable_pdl": True} and "mode" not in seen[0]
+    assert seen[1]["mode"] == "reduce-overhead" and "options" not in seen[1]
+    with torch.no_grad():
+        assert torch.equal(out, reference_greedy(tiny_lm, prompt, 6))
+
+
+def test_pdl_under_real_inductor_on_cpu_is_accepted_and_changes_nothing(tiny_lm):
+    torch._dynamo.reset()
+    prompt = torch.randint(0, tiny_lm.config.vocab_size, (1, 5))
+    out = FastGenerator(tiny_lm, 1, 16, compile="default", pdl=True).generate(prompt, 4)  # CPU: no PDL kernels
+    with torch.no_grad():
+        assert torch.equal(out, reference_greedy(tiny_lm, prompt, 4))
+
+
+def test_pdl_needs_inductor_and_a_mode(tiny_lm):
+    with pytest.raises(ConfigError, match="pdl=True is an inductor option"):
+        FastGenerator(tiny_lm, 1, 16, compile=None, pdl=True)
+    with pytest.raises(ConfigError, match="backend='eager'"):
+        FastGenerator(tiny_lm, 1, 16, compile="default", backend="eager", pdl=True)
+

@@ -3,6 +3,8 @@ the plain paged path, padding rows harmless, fallback for models that need masks
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -51,6 +53,32 @@ def test_models_that_need_masks_decode_eagerly():
     assert eng.graphs is None and len(got[0]) == 4
     with pytest.raises(ConfigError, match="need a mask"):
         Engine(model, config=ServeConfig(max_batch_size=2, block_size=4), decode_graphs=True)
+
+
+SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="programmatic dependent launch needs a CUDA device of compute capability 9.0+")
+def test_pdl_decode_gives_the_tokens_of_the_plain_loop():
+    """PDL changes when kernels start, not what they compute; a race (a kernel reading before its producer is done)
+    would show as different tokens. Inductor's PDL (pdl=True): the compiled CUDA-graph loop in fp32 (greedy ties
+    are rare there) against the same loop without it. The skinny matmul's PDL twin: eager bf16 decoding, where
+    every other kernel is the same, against the plain skinny matmul."""
+    from serve.fast import FastGenerator
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).to("cuda").eval()
+    prompt = torch.randint(0, 500, (2, 7), generator=torch.Generator().manual_seed(4)).to("cuda")
+    torch._dynamo.reset()
+    want = FastGenerator(copy.deepcopy(model), 2, 64).generate(prompt, 48)
+    torch._dynamo.reset()
+    got = FastGenerator(copy.deepcopy(model), 2, 64, pdl=True).generate(prompt, 48)
+    assert torch.equal(got, want)
+    half = model.to(torch.bfloat16)
+    want = FastGenerator(copy.deepcopy(half), 2, 64, compile=None, linear_impl="triton_skinny").generate(prompt, 48)
+    got = FastGenerator(copy.deepcopy(half), 2, 64, compile=None, linear_impl="triton_skinny_pdl").generate(prompt, 48)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.gpu

@@ -66,6 +66,16 @@ def builtin_implementations() -> list[Implementation]:
                        priority=25, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
                        backward=False, description="Triton skinny int8 matmul for decode rows (kernel/triton; "
                        "dequantise + torch matmul past 16 rows)"),
+        # The same kernels launched with programmatic dependent launch (Hopper+; an opaque op to torch.compile so
+        # Triton's launcher sets the launch attribute): never chosen by `auto` (priority below triton_skinny), asked
+        # for by name (FastGenerator(pdl=True)) until measured on a GPU.
+        Implementation(op="linear", name="triton_skinny_pdl", target="kernel.triton.skinny:linear_pdl", priority=4,
+                       devices=("cuda",), dtypes=LOW_PRECISION, requires=("triton",), min_capability=(9, 0),
+                       backward=False, description="triton_skinny launched with programmatic dependent launch, its "
+                       "weights prefetched to L2 while the kernel before it drains (sm90+)"),
+        Implementation(op="int8_linear", name="triton_skinny_pdl", target="kernel.triton.skinny:int8_linear_pdl",
+                       priority=24, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(9, 0),
+                       backward=False, description="int8 triton_skinny with programmatic dependent launch (sm90+)"),
         Implementation(op="decode_attention", name="sdpa", target="kernel.sdpa:decode_attention", priority=10,
                        backward=False, description="masked torch SDPA over the gathered slots (the Triton kernel's "
                        "baseline: on an H200 a decode layer took ~10 us this way against 4.7 us)"),

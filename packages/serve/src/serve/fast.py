@@ -38,16 +38,28 @@ class FastGenerator:
     reference (on CUDA: the tuned skinny matmul, measured faster for a whole decode step than inductor's GEMVs).
     ``fold_norms``: ``model.fold_norms()`` after fusing (in place, inference only: RMSNorm weights folded into the
     projections, which then normalise and add the residual themselves; the model can no longer be saved).
+    ``pdl``: compile with inductor's programmatic dependent launch (``triton.enable_pdl``; Hopper and later, CUDA
+    only, inert elsewhere): each of inductor's kernels is launched while the one before it drains and waits for its
+    results inside, which hides launch gaps between the short kernels of a decode step (+10% tokens/s at batch 1 in
+    one H200 run, docs/benchmarks.md; not yet the default). The registry's ``triton_skinny_pdl`` linear does the
+    same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``). Needs the inductor
+    backend and a ``compile`` mode.
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
-                 fold_norms: bool = False):
+                 fold_norms: bool = False, pdl: bool = False):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
         if linear_impl not in (None, "auto"):
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
+        if pdl and (compile is None or backend != "inductor"):
+            raise ConfigError("FastGenerator", f"pdl=True is an inductor option: it needs backend='inductor' and a "
+                                               f"compile mode, got backend={backend!r}, compile={compile!r}")
+        if pdl and not _inductor_has_pdl():
+            raise ConfigError("FastGenerator", f"pdl=True needs a torch whose inductor has triton.enable_pdl "
+                                               f"(2.10 or later), this is {torch.__version__}")
         if fold_norms and not hasattr(model, "fold_norms"):
             raise ConfigError("FastGenerator", f"fold_norms=True needs a model with fold_norms() (TransformerLM), "
                                                f"got {type(model).__name__}")
@@ -62,7 +74,7 @@ class FastGenerator:
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")
-        self.compile_mode, self.backend = compile, backend
+        self.compile_mode, self.backend, self.pdl = compile, backend, pdl
         self._step = self._decode_one
         self._compiled = False
 
@@ -75,7 +87,11 @@ class FastGenerator:
         if self._compiled or self.compile_mode is None:
             return
         kwargs: dict[str, Any] = {"fullgraph": True, "dynamic": False, "backend": self.backend}
-        if self.backend == "inductor":
+        if self.backend == "inductor" and self.pdl:  # a mode's options plus PDL (torch takes a mode or options)
+            from torch._inductor import list_mode_options
+
+            kwargs["options"] = {**list_mode_options(self.compile_mode), "triton.enable_pdl": True}
+        elif self.backend == "inductor":
             kwargs["mode"] = self.compile_mode
         # A private copy of the step's code object: dynamo caches compiled graphs per code object (8 by default),
         # so generators of other batch sizes or models must not share, and evict, each other's entries.
@@ -121,6 +137,12 @@ class FastGenerator:
             tok_B1 = self._step(tok_B1, inv_temp, noise()).clone()
             out[:, i] = tok_B1[:, 0]
         return out
+
+
+def _inductor_has_pdl() -> bool:
+    from torch._inductor import config
+
+    return hasattr(config.triton, "enable_pdl")
 
 
 class RegistryLinear(nn.Linear):

@@ -8,6 +8,10 @@ the result is ``fraction_of_roofline``. Variants, each in the same run on the sa
 - ``lmstack``: the graph-captured loop (``lmstack.decoders`` / ``fast``: serve's FastGenerator over the fixed-shape
   cache, ``torch.compile(mode="reduce-overhead")``), at every ``--batch-sizes`` entry;
 - ``lmstack-int8``: the same after ``lmstack.quantizers`` / ``int8_weight_only`` (weight-only int8);
+- ``lmstack-pdl`` / ``lmstack-int8-pdl``: the same compiled with inductor's programmatic dependent launch
+  (``FastGenerator(pdl=True)``; Hopper and later), with the share of its batch-1 greedy tokens equal to those of the
+  variant without PDL when both ran (a smoke check: separately compiled bf16 loops of a random model part at
+  near-ties; serve's GPU test compares tokens where ties are rare);
 - ``transformers``: LlamaForCausalLM with the same shape and weights, ``generate(cache_implementation="static")``.
 
 Random weights: greedy decoding of a random model is still a fixed amount of work per token; EOS is disabled.
@@ -38,7 +42,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--variants", default="lmstack,lmstack-int8,transformers")
+    p.add_argument("--variants", default="lmstack,lmstack-int8,transformers",
+                   help="any of lmstack, lmstack-int8, transformers, lmstack-pdl, lmstack-int8-pdl")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
@@ -196,19 +201,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del hf
         torch.cuda.empty_cache() if device.startswith("cuda") else None
 
-    def lmstack_variant() -> None:
+    tokens: dict[str, torch.Tensor] = {}  # batch-1 greedy tokens per variant (the PDL check)
+
+    def lmstack_variant(name: str = "lmstack", pdl: bool = False) -> None:
         out = {}
         # routing Linear layers changes their class: keep the shared model plain for the int8 variant
         linear_impl = None if args.linear_impl == "none" else args.linear_impl
-        lm = copy.deepcopy(model) if linear_impl or args.fold_norms else model
+        lm = copy.deepcopy(model) if linear_impl or args.fold_norms or pdl else model
         for B in sizes:
-            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=args.fold_norms)
+            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=args.fold_norms, pdl=pdl)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
+            if sizes[0] == B:
+                tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
-        results["variants"]["lmstack"] = out
+            del gen
+        results["variants"][name] = out
 
-    def int8_variant() -> None:
+    def int8_variant(name: str = "lmstack-int8", pdl: bool = False) -> None:
         qmodel = copy.deepcopy(model)
         if hasattr(qmodel, "fuse_projections"):
             qmodel.fuse_projections()  # fused GEMVs for int8 too (a no-op when the lmstack variant already fused)
@@ -216,13 +226,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             qmodel.fold_norms()  # before quantizing: the folded weights are what gets quantized
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
-        r = _time_generate(Fast(qmodel, 1, L, compile=mode), prompts[sizes[0]][:1], args.new_tokens, args.repeat,
-                           device)
-        results["variants"]["lmstack-int8"] = {"batch1": r, "weight_bytes_per_token": qbytes}
+        gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl)
+        r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
+        tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
+        results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)
+    attempt("lmstack-pdl", lambda: lmstack_variant("lmstack-pdl", pdl=True))
     attempt("lmstack-int8", int8_variant)
+    attempt("lmstack-int8-pdl", lambda: int8_variant("lmstack-int8-pdl", pdl=True))
+    for name in ("lmstack", "lmstack-int8"):
+        plain = results["variants"].get(name, {}).get("batch1")
+        fast = results["variants"].get(f"{name}-pdl", {}).get("batch1")
+        if plain and fast:
+            results[f"{name}_pdl_speedup_batch1"] = fast["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+            same = (tokens[name] == tokens[f"{name}-pdl"]).flatten()
+            results[f"{name}_pdl_greedy_agreement"] = float(same.float().mean())
+            results[f"{name}_pdl_first_difference"] = None if bool(same.all()) else int((~same).nonzero()[0])
     if errors:
         results["errors"] = errors
     base = results["variants"].get("lmstack", {}).get("batch1")

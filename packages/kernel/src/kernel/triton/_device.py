@@ -19,3 +19,15 @@ def device_info(x: torch.Tensor) -> tuple[int, str]:
     if not x.is_cuda:
         return INTERPRETER_SMS, "cpu"
     return _cuda_info(x.device.index if x.device.index is not None else torch.cuda.current_device())
+
+
+@torch.compiler.assume_constant_result
+def _cuda_major(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def pdl_capable(x: torch.Tensor) -> bool:
+    """Whether kernels on x's device can use programmatic dependent launch (CUDA, compute capability 9.0+)."""
+    if not x.is_cuda:
+        return False
+    return _cuda_major(x.device.index if x.device.index is not None else torch.cuda.current_device()) >= 9

@@ -32,17 +32,21 @@ import triton.language as tl
 
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
-from kernel.triton._device import device_info
+from kernel.triton._device import device_info, pdl_capable
 from specs.errors import ConfigError
 
 MAX_ROWS = 16
+# pdl=True: weights up to this size are prefetched to L2 before the kernel waits for its predecessor (the H100/H200
+# L2 holds 50 MB; larger weights would evict their own first lines before the loop reads them)
+PDL_PREFETCH_BYTES = 24 << 20
 
 
 @triton.jit
 def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
             stride_os, stride_om, stride_rm, rms_eps, UPCAST: tl.constexpr, FINAL: tl.constexpr,
             HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+            PDL: tl.constexpr, PREFETCH: tl.constexpr, W_LINE: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.arange(0, BLOCK_M)
@@ -50,6 +54,17 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
     m_ok, n_ok = m < M, n < N
     k_lo = split * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    if PDL:  # launched while the kernel before it drains (programmatic dependent launch, sm90+)
+        if PREFETCH:  # the weights do not depend on that kernel: pull this program's strip toward L2 meanwhile,
+            # one prefetch per 128-byte line (W_LINE elements); clamped addresses only repeat a line
+            nn = tl.minimum(n, N - 1)
+            for k0 in range(k_lo, k_hi, W_LINE * 8):
+                kk = tl.minimum(k0 + tl.arange(0, 8) * W_LINE, k_hi - 1)
+                tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l",
+                                          [w_ptr + nn[:, None].to(tl.int64) * stride_wn + kk[None, :]],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+        tl.extra.cuda.gdc_wait()  # x (and the output buffers) only after the kernel before has finished
+        tl.extra.cuda.gdc_launch_dependents()  # and let the next PDL kernel start its own prologue
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     ss = tl.zeros((BLOCK_M,), tl.float32)  # RMS: sum of squares of each row of x, from the tiles the loop loads
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
@@ -157,14 +172,17 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: 
 def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
               config: tuple[int, ...] | None = None, rms_eps: float | None = None,
-              residual: torch.Tensor | None = None) -> torch.Tensor:
+              residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """(M, N) = (x (M, K) @ w (N, K).T) * scale + bias in ``out_dtype`` (default x's) for M <= MAX_ROWS.
     ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it).
     ``rms_eps``: x is RMS-normalised first (no weight; K is then never split, each program sees whole rows);
-    ``residual`` (M, N): added to the result."""
+    ``residual`` (M, N): added to the result. ``pdl``: launch with programmatic dependent launch where the device
+    has it (sm90+; ignored elsewhere): the kernel starts while the one before it drains, prefetches its weights to
+    L2 when they fit (``PDL_PREFETCH_BYTES``), and waits for that kernel only before it reads x."""
     M, K = x.shape
     N = w.shape[0]
     sms, card = device_info(x)
+    pdl = pdl and pdl_capable(x)
     block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
     if rms_eps is not None:
         split = 1
@@ -186,7 +204,9 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
         res.stride(0) if res is not None else 0, float(rms_eps or 0.0), UPCAST=upcast, FINAL=final,
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, RMS=rms_eps is not None,
         HAS_RES=res is not None and final, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
-        num_warps=warps)
+        PDL=pdl,
+        PREFETCH=pdl and w.numel() * w.element_size() <= PDL_PREFETCH_BYTES, W_LINE=128 // w.element_size(),
+        num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     if final:
         return out
     y = out.sum(0)
@@ -209,20 +229,62 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps`` and
     ``residual`` as :func:`kernel.reference.linear` (the normalisation in the matmul's K loop, the add in its
     epilogue)."""
-    x2 = _rows(x)
-    if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
-        return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
-    res = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
-    y = skinny_mm(x2, weight if weight.stride(-1) == 1 else weight.contiguous(), bias=bias, rms_eps=rms_eps,
-                  residual=res)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+    return _linear(x, weight, bias, rms_eps, residual, pdl=False)
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype."""
+    return _int8_linear(x, weight_int8, scale, bias, pdl=False)
+
+
+def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+               rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`linear` launched with programmatic dependent launch (sm90+): an opaque op to torch.compile
+    (``torch.ops.lmstack.skinny_pdl``), so Triton's own launcher starts it while the kernel before it drains, with
+    its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``)."""
+    return _linear(x, weight, bias, rms_eps, residual, pdl=True)
+
+
+def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`int8_linear` launched with programmatic dependent launch (as :func:`linear_pdl`)."""
+    return _int8_linear(x, weight_int8, scale, bias, pdl=True)
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rms_eps: float | None,
+            residual: torch.Tensor | None, pdl: bool) -> torch.Tensor:
+    x2 = _rows(x)
+    if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
+        return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
+    res = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    if pdl:
+        y = torch.ops.lmstack.skinny_pdl(x2, w, None, bias, rms_eps, res)
+    else:
+        y = skinny_mm(x2, w, bias=bias, rms_eps=rms_eps, residual=res)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                 pdl: bool) -> torch.Tensor:
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS:
         return _int8_reference(x, weight_int8, scale, bias)
-    y = skinny_mm(x2, weight_int8.contiguous(), scale, bias)
+    w = weight_int8.contiguous()
+    y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, None, None) if pdl else skinny_mm(x2, w, scale, bias)
     return y.reshape(*x.shape[:-1], weight_int8.shape[0])
+
+
+@torch.library.custom_op("lmstack::skinny_pdl", mutates_args=())
+def _skinny_pdl(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+                rms_eps: float | None, residual: torch.Tensor | None) -> torch.Tensor:
+    """skinny_mm(pdl=True) as an op torch.compile does not trace into: a Triton launch option such as PDL only
+    survives when Triton's launcher, not inductor's, starts the kernel."""
+    return skinny_mm(x, w, scale, bias, rms_eps=rms_eps, residual=residual, pdl=True)
+
+
+@_skinny_pdl.register_fake
+def _skinny_pdl_shape(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+                      rms_eps: float | None, residual: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((x.shape[0], w.shape[0]))

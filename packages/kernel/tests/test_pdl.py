@@ -1,0 +1,115 @@
+"""The skinny matmul's programmatic-dependent-launch twin: same results, an op torch.compile keeps opaque, chosen
+only by name, and (compiled offline for sm90, no GPU needed) the wait, the trigger and the L2 prefetch in the code
+with the weight pipeline intact."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernel import default_registry
+from kernel import reference as ref
+
+triton = pytest.importorskip("triton")
+
+from kernel.triton import skinny  # noqa: E402  (needs triton)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on an sm90+ GPU the twins really launch with PDL
+
+
+def test_pdl_twins_match_the_plain_kernels_and_pass_opcheck():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(3, 200, generator=g).to(DEVICE), torch.randn(70, 200, generator=g).to(DEVICE),
+               torch.randn(70, generator=g).to(DEVICE))
+    r = torch.randn(3, 70, generator=g).to(DEVICE)
+    assert torch.equal(skinny.linear_pdl(x, w, b, residual=r), skinny.linear(x, w, b, residual=r))
+    assert torch.equal(skinny.linear_pdl(x, w, rms_eps=1e-5), skinny.linear(x, w, rms_eps=1e-5))
+    wq = torch.randint(-127, 128, (70, 200), generator=g, dtype=torch.int8).to(DEVICE)
+    s = (torch.rand(70, generator=g) / 127).to(DEVICE)
+    assert torch.equal(skinny.int8_linear_pdl(x, wq, s, b), skinny.int8_linear(x, wq, s, b))
+    torch.testing.assert_close(skinny.int8_linear_pdl(x, wq, s, b), ref.int8_linear(x, wq, s, b), rtol=1e-5,
+                               atol=1e-4)
+    torch.library.opcheck(torch.ops.lmstack.skinny_pdl.default, (x, w, None, b, None, r))
+    torch.library.opcheck(torch.ops.lmstack.skinny_pdl.default, (x, wq, s, None, None, None))
+
+
+def test_pdl_twin_is_one_opaque_op_under_torch_compile():
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 1, 64, generator=g).to(DEVICE), torch.randn(48, 64, generator=g).to(DEVICE)
+    seen = []
+
+    def backend(gm, inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    got = torch.compile(lambda t: skinny.linear_pdl(t, w), backend=backend, fullgraph=True)(x)
+    assert any("lmstack.skinny_pdl" in t for t in seen) and not any("triton" in t.lower() for t in seen), seen
+    torch.testing.assert_close(got, skinny.linear(x, w))
+
+
+def test_pdl_twins_are_never_auto_and_need_sm90():
+    reg = default_registry()
+    for op in ("linear", "int8_linear"):
+        h100, a100 = {"device": "cuda", "dtype": torch.bfloat16, "capability": (9, 0)}, {"capability": (8, 0)}
+        assert reg.select(op, "auto", **h100).name == "triton_skinny"
+        assert reg.why_not(op, "triton_skinny_pdl", **h100) is None
+        assert "9.0" in reg.why_not(op, "triton_skinny_pdl", **{**h100, **a100})
+        assert reg.why_not(op, "triton_skinny_pdl", device="cpu", dtype=torch.bfloat16) is not None
+
+
+_AOT = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from kernel.triton import skinny
+weight = sys.argv[1]
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "M", "N", "K", "K_PER_SPLIT",
+         "stride_xm", "stride_wn", "stride_os", "stride_om", "stride_rm", "rms_eps"]
+types = ["*bf16", "*i8" if weight == "int8" else "*bf16", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 9 + ["fp32"]
+sig = dict(zip(names, types))
+# the divisibility a real launch specialises on (16-byte aligned pointers, sizes and strides)
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("M", "stride_os", "rms_eps")}
+for pdl, prefetch in ((False, False), (True, True), (True, False)):
+    consts = dict(UPCAST=False, FINAL=True, HAS_SCALE=weight == "int8", HAS_BIAS=False, RMS=False, HAS_RES=True,
+                  BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, NUM_STAGES=5, PDL=pdl, PREFETCH=prefetch,
+                  W_LINE=128 if weight == "int8" else 64)
+    src = triton.compiler.ASTSource(fn=skinny._skinny, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                    constexprs=consts, attrs=attrs)
+    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
+    sys.stdout.write(kern.asm["ptx"] + "\\n=====\\n")
+"""
+
+
+def _ptx(weight: str) -> tuple[str, str, str]:
+    """The skinny kernel's PTX for an sm90 card, compiled offline (no GPU) in a process without Triton's
+    interpreter: plain, PDL with the L2 prefetch, PDL without it."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", _AOT, weight], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain, pdl, no_prefetch, _ = out.stdout.split("\n=====\n")
+    return plain, pdl, no_prefetch
+
+
+def _count(ptx: str, op: str) -> int:
+    return len(re.findall(rf"^\s*(?:@%p\d+\s+)?{re.escape(op)}\b", ptx, flags=re.M))
+
+
+@pytest.mark.parametrize("weight", ["bf16", "int8"])
+def test_pdl_kernel_waits_triggers_and_prefetches_with_the_pipeline_intact(weight):
+    plain, pdl, no_prefetch = _ptx(weight)
+    for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2"):
+        assert _count(plain, op) == 0 and _count(pdl, op) >= 1, op
+    # the weight tiles still stream through the asynchronous shared-memory pipeline, as many copies as without PDL
+    assert _count(pdl, "cp.async.cg.shared.global") == _count(plain, "cp.async.cg.shared.global") > 0
+    # the wait comes before the first read of x (and after the prefetches)
+    lines = pdl.splitlines()
+    first = {op: next(i for i, line in enumerate(lines) if op in line)
+             for op in ("prefetch.global.L2", "griddepcontrol.wait", "cp.async.cg.shared.global")}
+    assert first["prefetch.global.L2"] < first["griddepcontrol.wait"] < first["cp.async.cg.shared.global"]
+    assert _count(no_prefetch, "prefetch.global.L2") == 0 and _count(no_prefetch, "griddepcontrol.wait") == 1
