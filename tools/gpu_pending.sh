@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it (about 9 minutes)
+#   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M training step's GPU time goes, beside transformers' (~4 min)
 # Recipes already run (session 4, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|train|fsdp) ;; *) sed -n '2,6p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|gpt2|train|fsdp) ;; *) sed -n '2,7p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -28,6 +29,22 @@ decode)
     --variants lmstack-pdl --linear-impl triton_skinny_pdl --out "$OUT/decode_twin.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|agreement\|first_difference\|kernel_us\|kernels_per' \
     "$OUT"/decode*.json | head -n 40 ;;
+gpt2)
+  # the 1.5x / 45% MFU target: kernel time per class (matmul, attention, fused elementwise, optimizer, copies) and
+  # the top kernels of one step, ours (fused projections) and transformers', against the step time
+  step gpt2_profile 300 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused,transformers \
+    --profile --out "$OUT/gpt2_profile.json"
+  python - "$OUT/gpt2_profile.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+for name, v in r["variants"].items():
+    p = v["profile"]
+    print(name, f"{v['tokens_per_s']:,.0f} tok/s, MFU {v['mfu'] or 0:.3f}, step {p['step_us']:.0f} us, kernels "
+          f"{p['kernel_us_per_step']:.0f} us in {p['kernels_per_step']:.0f}", {k: round(u) for k, u in p["by_class"].items()})
+    for row in p["top"][:12]:
+        print(f"   {row['us_per_step']:9.0f} us x{row['per_step']:4.0f}  {row['kernel'][:90]}")
+PY
+  ;;
 train)
   # 1. where the Trainer's FSDP2 step spends its host time at 124M (host time = step time there), CUDA runtime
   #    calls included; then with four blocks per FSDP unit (FSDP2's hooks run per unit)

@@ -251,7 +251,28 @@ def test_tied_weights_are_stored_once(tmp_path):
     assert torch.equal(b.emb.weight, a.emb.weight) and b.head.weight is b.emb.weight
 
 
-@pytest.mark.parametrize("unit", [1, 2, 3, 5])
+def test_auto_unit_size_holds_about_30m_parameters_per_unit():
+    from torch import nn
+
+    from dist.strategies import FSDP_UNIT_PARAMS, unit_blocks
+
+    def blocks(n, width):
+        return [nn.Linear(width, width, bias=False) for _ in range(n)]
+
+    small, big = blocks(12, 768 * 3), blocks(22, 8192)  # ~5.3M and ~67M parameters per block
+    assert unit_blocks(small, "auto") == FSDP_UNIT_PARAMS // (768 * 3) ** 2 == 5
+    assert unit_blocks(big, "auto") == 1
+    assert unit_blocks(blocks(3, 16), "auto") == 3  # never more than all of them
+    assert unit_blocks(small, 2) == 2 and unit_blocks([], "auto") == 1
+    assert DistConfig().fsdp_unit_blocks == "auto"
+    assert DistConfig(fsdp_unit_blocks=4).fsdp_unit_blocks == 4
+    with pytest.raises(ConfigError, match="fsdp_unit_blocks"):
+        DistConfig(fsdp_unit_blocks=0)
+    with pytest.raises(ConfigError, match="fsdp_unit_blocks"):
+        DistConfig(fsdp_unit_blocks="many")
+
+
+@pytest.mark.parametrize("unit", [1, 2, 3, 5, "auto"])
 def test_fsdp_units_group_consecutive_blocks(unit):
     """dist.fsdp_unit_blocks: N consecutive blocks share one FSDP parameter group (one all-gather and one set of
     hooks per step), the rest of the model stays with the root."""
@@ -266,9 +287,10 @@ def test_fsdp_units_group_consecutive_blocks(unit):
         for g in groups_of:
             if not any(g is d for d in distinct):
                 distinct.append(g)
-        assert len(distinct) == -(-3 // unit)
+        n = 3 if unit == "auto" else unit  # auto: the test net's blocks are tiny, so one unit holds all three
+        assert len(distinct) == -(-3 // n)
         per_block = len(list(net.layers[0].parameters()))
-        assert all(len(g.fsdp_params) == per_block * min(unit, 3) or g is distinct[-1] for g in distinct)
+        assert all(len(g.fsdp_params) == per_block * min(n, 3) or g is distinct[-1] for g in distinct)
         assert sum(len(g.fsdp_params) for g in distinct) == 3 * per_block
         loss_fn(net, batches(1)[0]).backward()  # and it trains
         assert all(p.grad is not None for p in net.parameters())

@@ -123,3 +123,35 @@ def test_decode_pdl_variant_reports_its_speedup_and_token_agreement(tmp_path):
     assert r["lmstack_pdl_speedup_batch1"] > 0
     assert r["lmstack_pdl_greedy_agreement"] == 1.0 and r["lmstack_pdl_first_difference"] is None
     assert "lmstack-int8_pdl_speedup_batch1" not in r
+
+
+def test_train_compare_profile_splits_a_step_by_kernel_class(capsys):
+    """--profile on a CPU: aten operators by self time, the matmuls among the top ones, classes summing to the
+    whole, next to the step time they have to fit under."""
+    doc = _run(capsys, ["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--compile", "none",
+                        "--variants", "lmstack", "--seq", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
+                        "--profile"])
+    prof = doc["results"]["variants"]["lmstack"]["profile"]
+    assert prof["kernels_per_step"] > 10 and prof["kernel_us_per_step"] > 0
+    assert sum(prof["by_class"].values()) == pytest.approx(prof["kernel_us_per_step"])
+    assert prof["by_class"].get("matmul", 0) > 0  # (AdamW on a CPU is plain aten ops: no optimizer class)
+    assert any(r["kernel"] in ("aten::mm", "aten::addmm") for r in prof["top"])
+    assert prof["top"][0]["us_per_step"] >= prof["top"][-1]["us_per_step"]
+    assert prof["step_us"] > 0
+
+
+def test_kernel_classes_name_the_usual_gpu_kernels():
+    import re
+
+    from eval.bench.common import KERNEL_CLASSES
+
+    def cls(name):
+        return next((c for c, pat in KERNEL_CLASSES if re.search(pat, name, re.I)), "other")
+
+    assert cls("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert cls("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_NTN") == "matmul"
+    assert cls("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert cls("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert cls("triton_per_fused_native_layer_norm_0") == "fused elementwise/reduction (inductor, Triton)"
+    assert cls("triton_poi_fused__to_copy_add_1") == "fused elementwise/reduction (inductor, Triton)"
+    assert cls("Memcpy DtoD (Device -> Device)") == "copy/fill"

@@ -165,7 +165,9 @@ class DistConfig(ConfigBase):
     reshard_after_forward: bool = True
     # FSDP: consecutive blocks sharded as one unit (one all-gather / reduce-scatter and one set of FSDP hooks for
     # all of them). FSDP2 spends host time per unit per step (pytorch#173680); small models can be host-bound.
-    fsdp_unit_blocks: PosInt = 1
+    # "auto": as many blocks per unit as fit in about 30M parameters, at least one (GPT-2 124M: 4; blocks of 30M
+    # parameters or more, such as a 1B Llama's: one each).
+    fsdp_unit_blocks: PosInt | Literal["auto"] = "auto"
 
     def check(self) -> None:
         if self.cpu_offload and self.strategy != "FSDP":

@@ -70,6 +70,55 @@ def sync(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
+# Kernel classes by name (first match wins; names from cuBLAS/cuDNN/CUTLASS, inductor and Triton), for a profile's
+# summary; "other" is the rest. On a CPU the rows are aten operators by self time.
+KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
+    ("attention", r"flash|fmha|cudnn|attention|sdpa"),
+    ("matmul", r"gemm|cutlass|xmma|nvjet|cublas|sm90_|sm80_|aten::(mm|addmm|bmm|matmul|linear)$"),
+    ("optimizer", r"multi_tensor|adam|_foreach"),
+    ("fused elementwise/reduction (inductor, Triton)", r"^triton_|^_[a-z]"),
+    ("copy/fill", r"memcpy|memset|copy|fill|aten::(to|_to_copy|clone|zero_)$"),
+)
+
+
+def profile_kernels(fn: Any, steps: int, device: str | torch.device, top: int = 25) -> dict[str, Any]:
+    """Where ``fn``'s device time goes: ``fn()`` once to warm up, then ``steps`` calls under torch.profiler. On
+    CUDA every GPU kernel (CUDA-graph replays included) by name; on a CPU every aten operator by self time. Per call:
+    ``kernels_per_step``, ``kernel_us_per_step``, ``by_class`` (us per :data:`KERNEL_CLASSES` class) and the
+    ``top`` rows by time."""
+    import re
+
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+        sync(device)
+    rows: dict[str, list[float]] = {}
+    if cuda:
+        for e in prof.events():
+            if e.device_type.name == "CUDA":
+                r = rows.setdefault(e.name, [0, 0.0])
+                r[0] += 1
+                r[1] += e.time_range.elapsed_us()
+    else:
+        for a in prof.key_averages():
+            if a.key.startswith("aten::") and a.self_cpu_time_total > 0:
+                rows[a.key] = [a.count, a.self_cpu_time_total]
+    table = sorted(({"kernel": name[:120], "per_step": n / steps, "us_per_step": us / steps}
+                    for name, (n, us) in rows.items()), key=lambda r: -r["us_per_step"])
+    by_class: dict[str, float] = {}
+    for r in table:
+        cls = next((c for c, pat in KERNEL_CLASSES if re.search(pat, r["kernel"], re.I)), "other")
+        by_class[cls] = by_class.get(cls, 0.0) + r["us_per_step"]
+    return {"kernels_per_step": sum(r["per_step"] for r in table),
+            "kernel_us_per_step": sum(r["us_per_step"] for r in table),
+            "by_class": dict(sorted(by_class.items(), key=lambda kv: -kv[1])), "top": table[:top]}
+
+
 def timed(fn: Any, device: str | torch.device) -> float:
     """Seconds ``fn()`` takes, with the device synchronised before and after."""
     sync(device)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import prefer_kernels, report, sync
+from eval.bench.common import prefer_kernels, profile_kernels, report, sync
 from eval.loading import pick_device
 from specs.plugins import resolve
 from specs.presets import preset
@@ -35,6 +35,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack, lmstack-fused (fused q/k/v and gate/up projections), transformers")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="default", help="torch.compile mode ('none': eager)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile 3 steps of each variant: kernels per step, time per kernel class, top kernels")
 
 
 def peak_flops(device: str) -> float | None:
@@ -66,7 +68,7 @@ def _hf_model(cfg: Any) -> torch.nn.Module:
 
 
 def _bench(loss_fn: Any, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, steps: int,
-           warmup: int, device: str) -> dict[str, float]:
+           warmup: int, device: str, profile: bool = False) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=1e-4, fused=device.startswith("cuda"))
 
     def step() -> torch.Tensor:
@@ -87,7 +89,11 @@ def _bench(loss_fn: Any, params: list[torch.nn.Parameter], x: torch.Tensor, y: t
         sync(device)
         times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return {"step_s": t, "tokens_per_s": x.numel() / t, "loss": float(loss.detach())}
+    out: dict[str, Any] = {"step_s": t, "tokens_per_s": x.numel() / t, "loss": float(loss.detach())}
+    if profile:  # after the timing, so it cannot perturb it
+        out["profile"] = profile_kernels(step, 3, device)
+        out["profile"]["step_us"] = t * 1e6  # beside kernel_us_per_step: the gap is host or launch time
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             loss_fn = lambda a, b, m=cm: m(input_ids=a, labels=a).loss  # HF shifts the labels itself
         else:
             raise ValueError(f"unknown variant {name!r}; valid: lmstack, lmstack-fused, transformers")
-        r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device)
+        r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device, args.profile)
         fpt = flops_per_token(cfg, n, args.seq)
         mfu = None if peak is None else r["tokens_per_s"] * fpt / peak
         r.update(params_no_embedding=n, flops_per_token=fpt, mfu=mfu)
