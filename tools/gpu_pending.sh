@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it (about 9 minutes)
+#   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it (about 7 minutes)
+#   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin with and without its L2 prefetch (~5 min)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M training step's GPU time goes, beside transformers' (~4 min)
 # Recipes already run (session 4, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|gpt2|train|fsdp) ;; *) sed -n '2,7p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|pdl-twin|gpt2|train|fsdp) ;; *) sed -n '2,8p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -15,8 +16,8 @@ case "${1:-}" in
 decode)
   # programmatic dependent launch (PDL): first the race check (serve's GPU test: fp32 tokens with and without
   # inductor's PDL, eager bf16 tokens with and without the skinny matmul's PDL twin) and the kernel tests on this
-  # card; then the plain loop against inductor's PDL (lmstack-pdl) in one call, and inductor's PDL with the twin
-  # (--linear-impl triton_skinny_pdl), all profiled
+  # card; then the plain loop against inductor's PDL (lmstack-pdl) in one call, profiled. If the tokens agree and
+  # PDL wins again, make FastGenerator(pdl=...) default to True on sm90+.
   step race 150 python -m pytest packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k pdl
   tail -n 3 "$OUT/race.log"
   step kernels 90 python -m pytest packages/kernel/tests/test_pdl.py packages/kernel/tests/test_triton_ops.py -q \
@@ -25,10 +26,17 @@ decode)
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
   step decode 170 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
     --variants lmstack,lmstack-pdl --out "$OUT/decode.json"
-  step decode_twin 120 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
-    --variants lmstack-pdl --linear-impl triton_skinny_pdl --out "$OUT/decode_twin.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|agreement\|first_difference\|kernel_us\|kernels_per' \
     "$OUT"/decode*.json | head -n 40 ;;
+pdl-twin)
+  # why the skinny matmul's PDL twin lost (0.95x): with and without its L2 prefetch, inductor's PDL on, profiled
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step twin 130 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack-pdl --linear-impl triton_skinny_pdl --out "$OUT/twin.json"
+  step twin_no_prefetch 130 env LMSTACK_PDL_PREFETCH_BYTES=0 python -m eval.bench decode --preset llama-1b \
+    --batch-sizes 1 --repeat 2 --profile --variants lmstack-pdl --linear-impl triton_skinny_pdl \
+    --out "$OUT/twin_no_prefetch.json"
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|kernel_us\|kernels_per' "$OUT"/twin*.json ;;
 gpt2)
   # the 1.5x / 45% MFU target: kernel time per class (matmul, attention, fused elementwise, optimizer, copies) and
   # the top kernels of one step, ours (fused projections) and transformers', against the step time

@@ -113,3 +113,16 @@ def test_pdl_kernel_waits_triggers_and_prefetches_with_the_pipeline_intact(weigh
              for op in ("prefetch.global.L2", "griddepcontrol.wait", "cp.async.cg.shared.global")}
     assert first["prefetch.global.L2"] < first["griddepcontrol.wait"] < first["cp.async.cg.shared.global"]
     assert _count(no_prefetch, "prefetch.global.L2") == 0 and _count(no_prefetch, "griddepcontrol.wait") == 1
+
+
+def test_prefetch_size_comes_from_the_environment_and_bad_values_are_named(monkeypatch):
+    from specs.errors import ConfigError
+
+    monkeypatch.delenv(skinny.PREFETCH_ENV, raising=False)
+    assert skinny.pdl_prefetch_bytes() == skinny.PDL_PREFETCH_BYTES == 24 << 20
+    monkeypatch.setenv(skinny.PREFETCH_ENV, "0")
+    assert skinny.pdl_prefetch_bytes() == 0
+    for bad in ("-1", "lots"):
+        monkeypatch.setenv(skinny.PREFETCH_ENV, bad)
+        with pytest.raises(ConfigError, match="LMSTACK_PDL_PREFETCH_BYTES.*byte count >= 0"):
+            skinny.pdl_prefetch_bytes()

@@ -37,8 +37,24 @@ from specs.errors import ConfigError
 
 MAX_ROWS = 16
 # pdl=True: weights up to this size are prefetched to L2 before the kernel waits for its predecessor (the H100/H200
-# L2 holds 50 MB; larger weights would evict their own first lines before the loop reads them)
+# L2 holds 50 MB; larger weights would evict their own first lines before the loop reads them).
+# $LMSTACK_PDL_PREFETCH_BYTES overrides it per process (0: no prefetch, for comparing the two).
 PDL_PREFETCH_BYTES = 24 << 20
+PREFETCH_ENV = "LMSTACK_PDL_PREFETCH_BYTES"
+
+
+def pdl_prefetch_bytes() -> int:
+    """The largest weight the PDL kernel prefetches: ``$LMSTACK_PDL_PREFETCH_BYTES`` or PDL_PREFETCH_BYTES."""
+    raw = os.environ.get(PREFETCH_ENV)
+    if raw is None:
+        return PDL_PREFETCH_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(PREFETCH_ENV, f"expected a byte count >= 0, got {raw!r}")
+    return value
 
 
 @triton.jit
@@ -178,7 +194,7 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
     ``rms_eps``: x is RMS-normalised first (no weight; K is then never split, each program sees whole rows);
     ``residual`` (M, N): added to the result. ``pdl``: launch with programmatic dependent launch where the device
     has it (sm90+; ignored elsewhere): the kernel starts while the one before it drains, prefetches its weights to
-    L2 when they fit (``PDL_PREFETCH_BYTES``), and waits for that kernel only before it reads x."""
+    L2 when they fit (:func:`pdl_prefetch_bytes`), and waits for that kernel only before it reads x."""
     M, K = x.shape
     N = w.shape[0]
     sms, card = device_info(x)
@@ -205,7 +221,7 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
         HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, RMS=rms_eps is not None,
         HAS_RES=res is not None and final, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
         PDL=pdl,
-        PREFETCH=pdl and w.numel() * w.element_size() <= PDL_PREFETCH_BYTES, W_LINE=128 // w.element_size(),
+        PREFETCH=pdl and w.numel() * w.element_size() <= pdl_prefetch_bytes(), W_LINE=128 // w.element_size(),
         num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     if final:
         return out
