@@ -3,12 +3,13 @@
 #   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it (about 7 minutes)
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin with and without its L2 prefetch (~5 min)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M training step's GPU time goes, beside transformers' (~4 min)
+#   bash tools/gpu_pending.sh tune     the small decode matmuls' tiles with 2/4/8 warps, then decode with that table
 # Recipes already run (session 4, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|pdl-twin|gpt2|train|fsdp) ;; *) sed -n '2,8p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|pdl-twin|gpt2|tune|train|fsdp) ;; *) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -37,6 +38,18 @@ pdl-twin)
     --batch-sizes 1 --repeat 2 --profile --variants lmstack-pdl --linear-impl triton_skinny_pdl \
     --out "$OUT/twin_no_prefetch.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|kernel_us\|kernels_per' "$OUT"/twin*.json ;;
+tune)
+  # the ~6 us floor of the q/k/v and o matmuls: the shipped table only ever tried 4 warps (one program per SM at
+  # these sizes, so warps are what hides latency); retune them with 2, 4 and 8, then decode with and without it
+  step tune 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-skinny "$OUT/tiles.json" \
+    --tune-matrices qkv,o,down --tune-warps 2,4,8
+  grep -h "best" "$OUT/tune.log"
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_shipped 120 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack --out "$OUT/decode_shipped.json"
+  step decode_retuned 120 env LMSTACK_SKINNY_TILES="$OUT/tiles.json" python -m eval.bench decode \
+    --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/decode_retuned.json"
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline' "$OUT"/decode_*.json ;;
 gpt2)
   # the 1.5x / 45% MFU target: kernel time per class (matmul, attention, fused elementwise, optimizer, copies) and
   # the top kernels of one step, ours (fused projections) and transformers', against the step time

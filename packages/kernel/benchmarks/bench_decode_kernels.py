@@ -27,6 +27,7 @@ import datetime
 import itertools
 import json
 import statistics
+from typing import Any
 
 import torch
 from bench_kernels import check_device, write_json, write_results  # beside this script
@@ -124,10 +125,32 @@ TUNE_WARPS = (4,)
 TUNE_SPLITS = (1, 2, 4, 8)
 
 
-def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
+def parse_tune_space(warps: str, stages: str, matrices: str | None) -> dict[str, Any]:
+    """The tuner's candidate space from the command line, refusing what could not be a tile (SystemExit naming it)."""
+    def ints(flag: str, raw: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in raw.split(",") if v.strip())
+        except ValueError:
+            values = ()
+        if not values or any(v <= 0 for v in values):
+            raise SystemExit(f"error: {flag} expects comma-separated positive integers, got {raw!r}")
+        return values
+
+    names = [m[0] for m in MATRICES]
+    chosen = None
+    if matrices is not None:
+        chosen = tuple(m.strip() for m in matrices.split(",") if m.strip())
+        unknown = [m for m in chosen if m not in names]
+        if unknown or not chosen:
+            raise SystemExit(f"error: --tune-matrices: unknown {unknown or matrices!r}; valid: {', '.join(names)}")
+    return {"warps": ints("--tune-warps", warps), "stages": ints("--tune-stages", stages), "matrices": chosen}
+
+
+def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int, ...] = TUNE_WARPS,
+                stages: tuple[int, ...] = TUNE_STAGES, matrices: tuple[str, ...] | None = None) -> None:
     """Time every tile candidate of ``kernel.triton.skinny`` per decode shape (bf16/fp16 and int8 weights, one
     activation row) and write the fastest per shape as this card's table (atomically), with the timings under
-    ``_meta``."""
+    ``_meta``. ``warps``/``stages`` widen the candidate space; ``matrices`` (names in MATRICES) limits the shapes."""
     from kernel.triton._device import device_info
     from kernel.triton.skinny import skinny_mm, tile_key, tiles
 
@@ -135,7 +158,8 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
     sms, card = device_info(torch.empty(0, device=device))
     best: dict[str, list[int]] = {}
     detail: dict[str, dict] = {}
-    for (name, N, K), int8 in itertools.product(MATRICES, (False, True)):
+    shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
+    for (name, N, K), int8 in itertools.product(shapes, (False, True)):
         x = torch.randn(1, K, generator=g).to(device, dtype)
         if int8:
             w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
@@ -150,7 +174,7 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype) -> None:
         default = tiles(N, K, w.element_size(), sms)
         candidates = [(block_n, k_bytes // w.element_size(), split, stages, warps)
                       for block_n, k_bytes, stages, warps, split in itertools.product(
-                          TUNE_BLOCK_N, TUNE_K_BYTES, TUNE_STAGES, TUNE_WARPS, TUNE_SPLITS)
+                          TUNE_BLOCK_N, TUNE_K_BYTES, stages, warps, TUNE_SPLITS)
                       if K // split >= k_bytes // w.element_size()]
         for cfg in [default] + [c for c in candidates if c != default]:
             try:
@@ -189,14 +213,22 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write results as JSON here (atomically)")
     ap.add_argument("--tune-skinny", metavar="TABLE.json", default=None,
                     help="time the triton_skinny tile candidates at every shape and write this card's tile table")
+    ap.add_argument("--tune-warps", default=",".join(map(str, TUNE_WARPS)),
+                    help="--tune-skinny: num_warps candidates, comma-separated (default %(default)s)")
+    ap.add_argument("--tune-stages", default=",".join(map(str, TUNE_STAGES)),
+                    help="--tune-skinny: pipeline-stage candidates, comma-separated (default %(default)s)")
+    ap.add_argument("--tune-matrices", default=None,
+                    help="--tune-skinny: only these decode matrices, comma-separated, of "
+                         + ", ".join(m[0] for m in MATRICES))
     a = ap.parse_args()
     check_device(a.device)
+    tune_space = parse_tune_space(a.tune_warps, a.tune_stages, a.tune_matrices)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tune_skinny:
         if a.device != "cuda":
             raise SystemExit("error: --tune-skinny times the kernels of a GPU; run it with --device cuda on the card "
                              "the table is for")
-        tune_skinny(a.tune_skinny, a.device, dtype)
+        tune_skinny(a.tune_skinny, a.device, dtype, **tune_space)
         return
     reg = default_registry()
     bw = copy_bandwidth(a.device)

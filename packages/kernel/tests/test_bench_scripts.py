@@ -1,0 +1,41 @@
+"""The kernel benchmark scripts' command lines: what the tuner accepts, and what it refuses before it times anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the scripts import their neighbour bench_kernels as a top-level module
+
+bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
+
+
+def test_tune_space_from_the_command_line():
+    space = bench_decode_kernels.parse_tune_space("4,8", "3, 5,6", "qkv,o")
+    assert space == {"warps": (4, 8), "stages": (3, 5, 6), "matrices": ("qkv", "o")}
+    assert bench_decode_kernels.parse_tune_space("4", "5", None)["matrices"] is None
+    with pytest.raises(SystemExit, match="--tune-warps expects comma-separated positive integers"):
+        bench_decode_kernels.parse_tune_space("four", "5", None)
+    with pytest.raises(SystemExit, match="--tune-stages expects"):
+        bench_decode_kernels.parse_tune_space("4", "0", None)
+    with pytest.raises(SystemExit, match="unknown \\['qvk'\\]; valid: qkv, o, gate_up, down, lm_head"):
+        bench_decode_kernels.parse_tune_space("4", "5", "qvk")
+
+
+def test_tuning_refuses_a_cpu_and_writes_nothing(tmp_path):
+    table = tmp_path / "tiles.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(BENCH / "bench_decode_kernels.py"), "--device", "cpu",
+                          "--tune-skinny", str(table), "--tune-warps", "4,8"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0 and "--tune-skinny times the kernels of a GPU" in out.stderr
+    assert not table.exists()
+    bad = subprocess.run([sys.executable, str(BENCH / "bench_decode_kernels.py"), "--device", "cpu",
+                          "--tune-skinny", str(table), "--tune-matrices", "nope"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and "--tune-matrices: unknown" in bad.stderr and not table.exists()
