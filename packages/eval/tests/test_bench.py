@@ -155,3 +155,33 @@ def test_kernel_classes_name_the_usual_gpu_kernels():
     assert cls("triton_per_fused_native_layer_norm_0") == "fused elementwise/reduction (inductor, Triton)"
     assert cls("triton_poi_fused__to_copy_add_1") == "fused elementwise/reduction (inductor, Triton)"
     assert cls("Memcpy DtoD (Device -> Device)") == "copy/fill"
+
+
+def test_gpu_rows_split_a_kernel_by_launch_grid_and_skip_host_events():
+    """Kineto's Chrome-trace events: GPU kernels carry their grid, so the skinny matmul run at two shapes is two
+    rows; copies and fills count, host-side events do not."""
+    from eval.bench.common import gpu_rows
+
+    def kernel(name, dur, grid=None, cat="kernel"):
+        return {"ph": "X", "cat": cat, "name": name, "dur": dur, "args": {"grid": grid} if grid else {}}
+
+    events = [kernel("_skinny", 6.5, [80, 1, 1]), kernel("_skinny", 6.6, [80, 1, 1]),
+              kernel("_skinny", 13.8, [352, 1, 1]),
+              kernel("Memcpy DtoD (Device -> Device)", 1.0, cat="gpu_memcpy"),
+              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "dur": 50.0},
+              {"ph": "i", "cat": "kernel", "name": "marker"}]
+    rows = gpu_rows(events)
+    assert rows == {"_skinny grid=80x1x1": [2, pytest.approx(13.1)], "_skinny grid=352x1x1": [1, 13.8],
+                    "Memcpy DtoD (Device -> Device)": [1, 1.0]}
+
+
+def test_trace_events_reads_a_profile_back():
+    from torch.profiler import ProfilerActivity, profile
+
+    from eval.bench.common import profiled_gpu_rows, trace_events
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.randn(8, 8) @ torch.randn(8, 8)
+    events = trace_events(prof)
+    assert any(e.get("name") == "aten::mm" and e.get("ph") == "X" for e in events)
+    assert profiled_gpu_rows(prof) == {}  # host events only: no GPU rows either way

@@ -81,9 +81,55 @@ KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
 )
 
 
+GPU_EVENT_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_rows(events: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """``{name: [count, microseconds]}`` of the GPU kernels, copies and fills in a Chrome trace's events (torch
+    profiler's export). A kernel's launch grid joins its name (``_skinny grid=80x1x1``), so one Triton kernel run at
+    several shapes (the decode step's projections) shows as one row per shape."""
+    rows: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("ph") != "X" or e.get("cat") not in GPU_EVENT_CATEGORIES:
+            continue
+        grid = (e.get("args") or {}).get("grid")
+        name = e.get("name", "?") + (f" grid={'x'.join(str(g) for g in grid)}" if grid else "")
+        r = rows.setdefault(name, [0, 0.0])
+        r[0] += 1
+        r[1] += float(e.get("dur", 0.0))
+    return rows
+
+
+def profiled_gpu_rows(prof: Any) -> dict[str, list[float]]:
+    """:func:`gpu_rows` of a finished profile; by name alone (``prof.events()``) if its trace has no kernel events."""
+    rows = gpu_rows(trace_events(prof))
+    if rows:
+        return rows
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            r = rows.setdefault(e.name, [0, 0.0])
+            r[0] += 1
+            r[1] += e.time_range.elapsed_us()
+    return rows
+
+
+def trace_events(prof: Any) -> list[dict[str, Any]]:
+    """The events of a finished ``torch.profiler.profile`` as its Chrome-trace export has them (launch grids
+    included, which ``prof.events()`` lacks)."""
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            return json.load(f).get("traceEvents", [])
+    finally:
+        os.unlink(path)
+
+
 def profile_kernels(fn: Any, steps: int, device: str | torch.device, top: int = 25) -> dict[str, Any]:
     """Where ``fn``'s device time goes: ``fn()`` once to warm up, then ``steps`` calls under torch.profiler. On
-    CUDA every GPU kernel (CUDA-graph replays included) by name; on a CPU every aten operator by self time. Per call:
+    CUDA every GPU kernel (CUDA-graph replays included) by name and grid (:func:`gpu_rows`); on a CPU every aten
+    operator by self time. Per call:
     ``kernels_per_step``, ``kernel_us_per_step``, ``by_class`` (us per :data:`KERNEL_CLASSES` class) and the
     ``top`` rows by time."""
     import re
@@ -99,11 +145,7 @@ def profile_kernels(fn: Any, steps: int, device: str | torch.device, top: int = 
         sync(device)
     rows: dict[str, list[float]] = {}
     if cuda:
-        for e in prof.events():
-            if e.device_type.name == "CUDA":
-                r = rows.setdefault(e.name, [0, 0.0])
-                r[0] += 1
-                r[1] += e.time_range.elapsed_us()
+        rows = profiled_gpu_rows(prof)
     else:
         for a in prof.key_averages():
             if a.key.startswith("aten::") and a.self_cpu_time_total > 0:

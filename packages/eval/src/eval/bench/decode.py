@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import DTYPES, hf_llama, prefer_kernels, report, sync
+from eval.bench.common import DTYPES, hf_llama, prefer_kernels, profiled_gpu_rows, report, sync
 from eval.loading import pick_device
 from specs.errors import LmstackError
 from specs.plugins import resolve
@@ -116,7 +116,8 @@ def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: 
 
 def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -> dict[str, Any]:
     """GPU kernels of ``n - 1`` decode steps: profile ``generate(n)`` and ``generate(1)`` (prefill + first pick)
-    and take the difference per kernel name, so what remains is the decode steps alone (CUDA-graph replays
+    and take the difference per kernel name and launch grid (:func:`eval.bench.common.gpu_rows`: the skinny
+    matmul gets a row per projection shape), so what remains is the decode steps alone (CUDA-graph replays
     included: CUPTI reports the kernels inside a graph)."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -125,13 +126,7 @@ def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             gen.generate(prompt, k)
             torch.cuda.synchronize()
-        out: dict[str, list[float]] = {}
-        for e in prof.events():
-            if e.device_type.name == "CUDA":
-                c = out.setdefault(e.name, [0, 0.0])
-                c[0] += 1
-                c[1] += e.time_range.elapsed_us()
-        return out
+        return profiled_gpu_rows(prof)
 
     one, many = kernels(1), kernels(n)
     steps = n - 1
