@@ -180,8 +180,11 @@ def test_trace_events_reads_a_profile_back():
 
     from eval.bench.common import profiled_gpu_rows, trace_events
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        torch.randn(8, 8) @ torch.randn(8, 8)
-    events = trace_events(prof)
+    def profiled():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            torch.randn(8, 8) @ torch.randn(8, 8)
+        return prof
+
+    events = trace_events(profiled())  # (a profile exports its trace once)
     assert any(e.get("name") == "aten::mm" and e.get("ph") == "X" for e in events)
-    assert profiled_gpu_rows(prof) == {}  # host events only: no GPU rows either way
+    assert profiled_gpu_rows(profiled()) == {}  # host events only: no GPU rows either way
