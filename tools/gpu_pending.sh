@@ -4,12 +4,13 @@
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin with and without its L2 prefetch (~5 min)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M training step's GPU time goes, beside transformers' (~4 min)
 #   bash tools/gpu_pending.sh tune     the small decode matmuls' tiles with 2/4/8 warps, then decode with that table
+#   bash tools/gpu_pending.sh fold     which projection fold_norms slows down (profiles now split by launch grid)
 # Recipes already run (session 4, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|pdl-twin|gpt2|tune|train|fsdp) ;; *) sed -n '2,9p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -50,6 +51,23 @@ tune)
   step decode_retuned 120 env LMSTACK_SKINNY_TILES="$OUT/tiles.json" python -m eval.bench decode \
     --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/decode_retuned.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline' "$OUT"/decode_*.json ;;
+fold)
+  # fold_norms doubled the skinny matmuls' time (G2) with the same copy pipeline in the compiled code; the profile
+  # rows are per launch grid now, so the two runs show which projections lost
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step plain 150 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack --out "$OUT/plain.json"
+  step folded 150 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack --fold-norms --out "$OUT/folded.json"
+  python - "$OUT/plain.json" "$OUT/folded.json" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    p = json.load(open(f))["results"]["variants"]["lmstack"]["batch1"]
+    print(f, round(p["decode_tokens_per_s"]), "tok/s")
+    for row in p["profile"]["top"][:12]:
+        print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
+PY
+  ;;
 gpt2)
   # the 1.5x / 45% MFU target: kernel time per class (matmul, attention, fused elementwise, optimizer, copies) and
   # the top kernels of one step, ours (fused projections) and transformers', against the step time
