@@ -44,6 +44,19 @@ def test_model_config_errors_name_the_field(kw, path, words):
     assert e.value.path == path and words in str(e.value)
 
 
+@pytest.mark.parametrize("value", ["x", 0, 2.5])
+def test_a_union_field_error_names_every_accepted_form(value):
+    """fsdp_unit_blocks is a positive int or "auto": the message lists both, not one member's complaint, and the
+    path is the field's (no pydantic union tags)."""
+    from specs.config import DistConfig
+
+    with pytest.raises(ConfigError) as e:
+        DistConfig(fsdp_unit_blocks=value)
+    assert e.value.path == "DistConfig.fsdp_unit_blocks"
+    assert f"expected int > 0 | 'auto', got {value!r}" in str(e.value)
+    assert DistConfig(fsdp_unit_blocks="auto").fsdp_unit_blocks == "auto"
+
+
 def test_nested_rope_scaling_from_dict_and_error_path():
     r = config_from_dict(
         {"model": {**TINY, "rope_scaling": {"type": "llama3", "factor": 8.0, "original_max_seq_len": 8192}}}

@@ -52,11 +52,27 @@ def _is_config(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, ConfigBase)
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
 def _describe(tp: Any) -> str:
+    """The type as a reader would write it: ``int > 0 | 'auto'`` for ``Annotated[int, Field(gt=0)] | "auto"``."""
+    bounds = []
+    while get_origin(tp) is typing.Annotated:
+        tp, *meta = get_args(tp)
+        for m in meta:  # pydantic's Field(gt=0) and annotated_types' Gt(0) both end up as objects with .gt etc.
+            for item in getattr(m, "metadata", [m]):
+                bounds += [f"{sym} {getattr(item, k)}" for k, sym in _BOUNDS if getattr(item, k, None) is not None]
     tp = _strip(tp)
+    if tp is type(None):
+        return "None"
     if get_origin(tp) is typing.Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    return getattr(tp, "__name__", str(tp))
+        out = " | ".join(repr(a) for a in get_args(tp))
+    elif get_origin(tp) in (typing.Union, types.UnionType):
+        out = " | ".join(_describe(a) for a in get_args(tp))
+    else:
+        out = getattr(tp, "__name__", str(tp))
+    return " ".join([out, *bounds])
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -79,7 +95,11 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return _adapter(tp).validate_python(value, strict=True)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = "".join(f"[{p}]" for p in err["loc"])
+        loc = err["loc"]
+        if get_origin(_strip(tp)) in (typing.Union, types.UnionType):  # a union: no one member's complaint
+            raise ConfigError(path + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int)),
+                              f"expected {_describe(tp)}, got {value!r}") from None
+        where = "".join(f"[{p}]" for p in loc)
         raise ConfigError(path + where, f"{err['msg']} (expected {_describe(tp)}, got {value!r})") from None
 
 
