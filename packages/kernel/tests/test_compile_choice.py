@@ -39,3 +39,27 @@ def test_compiled_region_gets_the_fusable_choice_without_graph_breaks():
     assert explain.graph_break_count == 0
     assert seen[-1] is linear_cross_entropy_logits
     torch.testing.assert_close(torch.compile(loss, backend="eager", fullgraph=True)(h, w, y), eager(h, w, y))
+
+
+def test_compiled_choice_is_an_order_of_preference(monkeypatch):
+    """linear_cross_entropy under compile: the in-place Triton loss where it can run (CUDA with Triton), else the
+    materialised logits (a CPU); a one-name preference (as `eval.bench --prefer` sets) still works."""
+    import pytest
+
+    pytest.importorskip("triton")  # the Triton implementations need the package, even to be chosen
+    from kernel import registry as kreg
+    from kernel.triton.linear_ce import linear_cross_entropy_inplace
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    reg = default_registry()
+    reg.cache_clear()
+    try:
+        cuda = dict(device="cuda", dtype=torch.bfloat16, backward=True, capability=(9, 0))
+        assert resolve("linear_cross_entropy", "auto", **cuda) is linear_cross_entropy_inplace
+        assert resolve("linear_cross_entropy", "auto", device="cpu", dtype=torch.float32,
+                       backward=True) is linear_cross_entropy_logits
+        monkeypatch.setitem(kreg.COMPILE_PREFERENCE, "linear_cross_entropy", "logits")
+        reg.cache_clear()
+        assert resolve("linear_cross_entropy", "auto", **cuda) is linear_cross_entropy_logits
+    finally:
+        reg.cache_clear()

@@ -119,6 +119,48 @@ def test_linear_cross_entropy(dtype, chunk):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_linear_cross_entropy_inplace(dtype, chunk):
+    """Logits in the inputs' dtype, overwritten by their gradient: the loss and both gradients of the fp32
+    reference within the tolerance of torch's own low-precision path."""
+    from kernel.triton.linear_ce import linear_cross_entropy_inplace
+
+    N, D, V = 29, 24, 130
+    h, w = rand(N, D, dtype=dtype), (0.3 * rand(V, D, dtype=torch.float32, seed=1)).to(dtype)
+    y = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    y[::5] = -100
+    one = torch.ones((), device=DEVICE)
+    loss, gr = grads(lambda a, b: linear_cross_entropy_inplace(a, b, y, chunk_size=chunk), [h, w], one)
+    loss32, gr32 = grads(lambda a, b: ref.linear_cross_entropy(a, b, y), [h.float(), w.float()], one)
+    loss_lp, gr_lp = grads(lambda a, b: torch.nn.functional.cross_entropy(a @ b.T, y), [h, w], one)
+    check("linear_ce_inplace loss", loss, loss32, loss_lp, dtype)
+    for a, b, c in zip(gr, gr32, gr_lp):
+        assert a.dtype == dtype
+        check("linear_ce_inplace grad", a, b, c, dtype)
+    assert default_registry().get("linear_cross_entropy", "triton_inplace").target.endswith(
+        "linear_cross_entropy_inplace")
+
+
+def test_linear_cross_entropy_inplace_under_autocast_keeps_fp32_gradients():
+    """Under bf16 autocast (fp32 master weights, as in training) the logits are bf16; the gradients come back in
+    the parameters' fp32, scaled by the upstream gradient, close to torch's autocast path."""
+    from kernel.triton.linear_ce import linear_cross_entropy_inplace
+
+    N, D, V = 33, 32, 150
+    h, w = rand(N, D, dtype=torch.float32), 0.3 * rand(V, D, dtype=torch.float32, seed=1)
+    y = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    g = torch.full((), 2.5, device=DEVICE)
+    with torch.autocast(DEVICE if DEVICE == "cuda" else "cpu", dtype=torch.bfloat16):
+        loss, gr = grads(lambda a, b: linear_cross_entropy_inplace(a, b, y), [h, w], g)
+        loss_lp, gr_lp = grads(lambda a, b: torch.nn.functional.cross_entropy((a @ b.T).float(), y), [h, w], g)
+    loss32, gr32 = grads(lambda a, b: ref.linear_cross_entropy(a, b, y), [h, w], g)
+    check("autocast loss", loss, loss32, loss_lp, torch.bfloat16)
+    for a, b, c in zip(gr, gr32, gr_lp):
+        assert a.dtype == torch.float32
+        check("autocast grad", a, b, c, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy(dtype):
     logits = rand(19, 77, dtype=dtype)
     y = torch.randint(0, 77, (19,), generator=torch.Generator().manual_seed(0)).to(DEVICE)

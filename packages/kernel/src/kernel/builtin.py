@@ -52,6 +52,12 @@ def builtin_implementations() -> list[Implementation]:
         *reference_implementations(),
         Implementation(op="linear_cross_entropy", name="logits", target="kernel.reference:linear_cross_entropy_logits",
                        priority=-10, description="materialised logits + cross_entropy (chosen under torch.compile)"),
+        # Materialised logits in the matmul's dtype, turned into their gradient in place by one Triton pass, the
+        # gradient matmuls in the forward (kernel/triton/linear_ce.py); the whole batch as one chunk when it fits.
+        Implementation(op="linear_cross_entropy", name="triton_inplace",
+                       target="kernel.triton.linear_ce:linear_cross_entropy_inplace", priority=19, devices=("cuda",),
+                       dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
+                       description="logits (bf16 under autocast) overwritten by their gradient in one Triton pass"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
         # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200
@@ -68,7 +74,7 @@ def builtin_implementations() -> list[Implementation]:
                        "dequantise + torch matmul past 16 rows)"),
         # The same kernels launched with programmatic dependent launch (Hopper+; an opaque op to torch.compile so
         # Triton's launcher sets the launch attribute): never chosen by `auto` (priority below triton_skinny), asked
-        # for by name (FastGenerator(pdl=True)) until measured on a GPU.
+        # for by name (FastGenerator(linear_impl="triton_skinny_pdl")); a whole H200 decode step ran 0.95x with it.
         Implementation(op="linear", name="triton_skinny_pdl", target="kernel.triton.skinny:linear_pdl", priority=4,
                        devices=("cuda",), dtypes=LOW_PRECISION, requires=("triton",), min_capability=(9, 0),
                        backward=False, description="triton_skinny launched with programmatic dependent launch, its "
