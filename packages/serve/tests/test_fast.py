@@ -95,3 +95,24 @@ def test_pdl_needs_inductor_and_a_mode(tiny_lm):
     with pytest.raises(ConfigError, match="backend='eager'"):
         FastGenerator(tiny_lm, 1, 16, compile="default", backend="eager", pdl=True)
 
+
+
+def test_pdl_auto_turns_it_on_only_where_it_applies(tiny_lm, monkeypatch):
+    """The default pdl="auto": off on a CPU model, on for a Hopper-class device (faked here), and never an error
+    where it cannot apply (eager, another backend); a value other than True/False/"auto" is refused."""
+    import serve.fast as fast
+
+    assert FastGenerator(tiny_lm, 1, 16).pdl is False  # CPU parameters
+    assert fast._pdl_capable_device(tiny_lm) is False
+    seen = []
+    with monkeypatch.context() as m:
+        m.setattr(fast, "_pdl_capable_device", lambda model: True)
+        m.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+        assert FastGenerator(tiny_lm, 1, 16).pdl is True
+        FastGenerator(tiny_lm, 1, 16).generate(torch.randint(0, 50, (1, 3)), 2)
+        assert FastGenerator(tiny_lm, 1, 16, compile=None).pdl is False
+        assert FastGenerator(tiny_lm, 1, 16, compile="default", backend="eager").pdl is False
+        assert FastGenerator(tiny_lm, 1, 16, pdl=False).pdl is False
+    assert seen[0]["options"]["triton.enable_pdl"] is True
+    with pytest.raises(ConfigError, match="pdl must be True, False or 'auto', got 'yes'"):
+        FastGenerator(tiny_lm, 1, 16, pdl="yes")

@@ -71,10 +71,12 @@ def test_pdl_decode_gives_the_tokens_of_the_plain_loop():
     model = TransformerLM(preset("llama-debug")).to("cuda").eval()
     prompt = torch.randint(0, 500, (2, 7), generator=torch.Generator().manual_seed(4)).to("cuda")
     torch._dynamo.reset()
-    want = FastGenerator(copy.deepcopy(model), 2, 64).generate(prompt, 48)
+    want = FastGenerator(copy.deepcopy(model), 2, 64, pdl=False).generate(prompt, 48)
     torch._dynamo.reset()
     got = FastGenerator(copy.deepcopy(model), 2, 64, pdl=True).generate(prompt, 48)
     assert torch.equal(got, want)
+    hopper = torch.cuda.get_device_capability() >= (9, 0)
+    assert FastGenerator(copy.deepcopy(model), 2, 64).pdl is hopper  # the default, "auto"
     half = model.to(torch.bfloat16)
     want = FastGenerator(copy.deepcopy(half), 2, 64, compile=None, linear_impl="triton_skinny").generate(prompt, 48)
     got = FastGenerator(copy.deepcopy(half), 2, 64, compile=None, linear_impl="triton_skinny_pdl").generate(prompt, 48)

@@ -39,21 +39,27 @@ class FastGenerator:
     ``fold_norms``: ``model.fold_norms()`` after fusing (in place, inference only: RMSNorm weights folded into the
     projections, which then normalise and add the residual themselves; the model can no longer be saved).
     ``pdl``: compile with inductor's programmatic dependent launch (``triton.enable_pdl``; Hopper and later, CUDA
-    only, inert elsewhere): each of inductor's kernels is launched while the one before it drains and waits for its
-    results inside, which hides launch gaps between the short kernels of a decode step (+10% tokens/s at batch 1 in
-    one H200 run, docs/benchmarks.md; not yet the default). The registry's ``triton_skinny_pdl`` linear does the
-    same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``). Needs the inductor
-    backend and a ``compile`` mode.
+    only): each of inductor's kernels is launched while the one before it drains and waits for its results inside,
+    which hides the launch gaps between the short kernels of a decode step (+7.5-10% tokens/s at batch 1 in three
+    H200 runs, docs/benchmarks.md). "auto" (the default) turns it on when it can apply: the inductor backend, a compile
+    mode, a torch whose inductor has the option, and a model on a CUDA device of compute capability 9.0 or later;
+    True insists (ConfigError where it cannot apply); False turns it off. The registry's ``triton_skinny_pdl``
+    linear does the same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``).
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
-                 fold_norms: bool = False, pdl: bool = False):
+                 fold_norms: bool = False, pdl: bool | str = "auto"):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
         if linear_impl not in (None, "auto"):
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
+        if pdl not in (True, False, "auto"):
+            raise ConfigError("FastGenerator", f"pdl must be True, False or 'auto', got {pdl!r}")
+        if pdl == "auto":
+            pdl = (compile is not None and backend == "inductor" and _inductor_has_pdl()
+                   and _pdl_capable_device(model))
         if pdl and (compile is None or backend != "inductor"):
             raise ConfigError("FastGenerator", f"pdl=True is an inductor option: it needs backend='inductor' and a "
                                                f"compile mode, got backend={backend!r}, compile={compile!r}")
@@ -137,6 +143,14 @@ class FastGenerator:
             tok_B1 = self._step(tok_B1, inv_temp, noise()).clone()
             out[:, i] = tok_B1[:, 0]
         return out
+
+
+def _pdl_capable_device(model: Any) -> bool:
+    """True when the model's first parameter sits on a CUDA device of compute capability 9.0 (Hopper) or later."""
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if p is None or p.device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(p.device) >= (9, 0)
 
 
 def _inductor_has_pdl() -> bool:
