@@ -112,17 +112,41 @@ def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
 
 
 def test_decode_pdl_variant_reports_its_speedup_and_token_agreement(tmp_path):
-    """lmstack-pdl: the same loop compiled with inductor's PDL option (inert on a CPU), timed in the same run, and
-    its greedy tokens compared with lmstack's."""
+    """lmstack-pdl / lmstack-nopdl: the same loop compiled with inductor's PDL option forced on (inert on a CPU) and
+    off, timed in the same run, their greedy tokens compared and each token scored by the prefill path."""
     out = tmp_path / "decode.json"
     argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "default",
-            "--variants", "lmstack,lmstack-pdl", "--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "6",
-            "--repeat", "1", "--out", str(out)]
+            "--variants", "lmstack-nopdl,lmstack-pdl", "--batch-sizes", "1", "--prompt-tokens", "4",
+            "--new-tokens", "6", "--repeat", "1", "--out", str(out)]
     assert main(argv) == 0
     r = json.loads(out.read_text())["results"]
     assert r["lmstack_pdl_speedup_batch1"] > 0
     assert r["lmstack_pdl_greedy_agreement"] == 1.0 and r["lmstack_pdl_first_difference"] is None
     assert "lmstack-int8_pdl_speedup_batch1" not in r
+    for name in ("lmstack-nopdl", "lmstack-pdl"):  # fp32 greedy tokens are the prefill path's argmax
+        assert 0.0 <= r["variants"][name]["greedy_gap_max"] < 1e-3
+
+
+def test_greedy_gap_is_zero_for_argmax_tokens_and_grows_for_a_wrong_one():
+    from eval.bench.decode import greedy_gap
+    from specs.plugins import resolve
+    from specs.presets import preset
+
+    torch.manual_seed(0)
+    cfg = preset("llama-debug")
+    model = resolve("lmstack.models", cfg.arch)(cfg).eval()
+    prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(1))
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(4):  # greedy by full forwards
+            ids = torch.cat([ids, model(ids)[:, -1:].argmax(-1)], dim=1)
+    toks = ids[:, 5:]
+    assert greedy_gap(model, prompt, toks) == 0.0
+    bad = toks.clone()
+    with torch.no_grad():
+        worst = model(torch.cat([prompt, toks[:, :2]], 1))[0, -1].argmin()
+    bad[0, 2] = worst  # the least likely token at step 3
+    assert greedy_gap(model, prompt, bad) > 1.0
 
 
 def test_train_compare_profile_splits_a_step_by_kernel_class(capsys):
@@ -188,3 +212,28 @@ def test_trace_events_reads_a_profile_back():
     events = trace_events(profiled())  # (a profile exports its trace once)
     assert any(e.get("name") == "aten::mm" and e.get("ph") == "X" for e in events)
     assert profiled_gpu_rows(profiled()) == {}  # host events only: no GPU rows either way
+
+
+def test_prefer_kernels_also_wins_under_torch_compile(monkeypatch):
+    """--prefer op=name: the named kernel is auto's choice in eager code and in compiled code, where auto otherwise
+    keeps its fusable defaults (linear_cross_entropy: 'logits')."""
+    import dataclasses
+
+    from eval.bench.common import prefer_kernels
+    from kernel import default_registry
+    from kernel import registry as kreg
+
+    reg = default_registry()
+    before = reg.get("linear_cross_entropy", "reference")
+    monkeypatch.setattr(kreg, "COMPILE_PREFERENCE", dict(kreg.COMPILE_PREFERENCE))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    try:
+        reg.cache_clear()
+        assert reg.resolve("linear_cross_entropy", "auto", device="cpu", dtype=torch.float32) is \
+            reg.get("linear_cross_entropy", "logits").load()
+        assert prefer_kernels("linear_cross_entropy=reference") == {"linear_cross_entropy": "reference"}
+        assert reg.resolve("linear_cross_entropy", "auto", device="cpu", dtype=torch.float32) is \
+            reg.get("linear_cross_entropy", "reference").load()
+    finally:
+        reg.register(dataclasses.replace(before), replace=True)
+        reg.cache_clear()

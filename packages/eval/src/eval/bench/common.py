@@ -36,10 +36,12 @@ def hf_llama(model: torch.nn.Module, cfg: Any, dtype: torch.dtype, device: str) 
 
 def prefer_kernels(spec: str) -> dict[str, str]:
     """Make ``auto`` pick named kernels: ``"attention=sdpa,linear_cross_entropy=reference"`` raises each one's
-    priority in the default registry (they still refuse requests they cannot serve). Returns the mapping."""
+    priority in the default registry and makes it the choice under torch.compile too (they still refuse requests
+    they cannot serve). Returns the mapping."""
     import dataclasses
 
     from kernel import default_registry
+    from kernel.registry import COMPILE_PREFERENCE
 
     chosen: dict[str, str] = {}
     reg = default_registry()
@@ -47,6 +49,7 @@ def prefer_kernels(spec: str) -> dict[str, str]:
         op, _, name = item.partition("=")
         impl = reg.get(op.strip(), name.strip())
         reg.register(dataclasses.replace(impl, priority=1000), replace=True)
+        COMPILE_PREFERENCE[impl.op] = impl.name  # else compiled code keeps its fusable defaults
         chosen[impl.op] = impl.name
     return chosen
 

@@ -8,10 +8,15 @@ the result is ``fraction_of_roofline``. Variants, each in the same run on the sa
 - ``lmstack``: the graph-captured loop (``lmstack.decoders`` / ``fast``: serve's FastGenerator over the fixed-shape
   cache, ``torch.compile(mode="reduce-overhead")``), at every ``--batch-sizes`` entry;
 - ``lmstack-int8``: the same after ``lmstack.quantizers`` / ``int8_weight_only`` (weight-only int8);
-- ``lmstack-pdl`` / ``lmstack-int8-pdl``: the same compiled with inductor's programmatic dependent launch
-  (``FastGenerator(pdl=True)``; Hopper and later), with the share of its batch-1 greedy tokens equal to those of the
-  variant without PDL when both ran (a smoke check: separately compiled bf16 loops of a random model part at
-  near-ties; serve's GPU test compares tokens where ties are rare);
+- ``lmstack-pdl`` / ``lmstack-int8-pdl`` and ``lmstack-nopdl`` / ``lmstack-int8-nopdl``: the same with inductor's
+  programmatic dependent launch forced on or off (``FastGenerator(pdl=True/False)``; its default "auto" turns it on
+  for Hopper and later, so there the plain variants are the PDL ones). When a PDL variant runs beside one without,
+  the result has the speedup and the share of batch-1 greedy tokens they agree on (separately compiled bf16 loops of
+  a random model part at near-ties), and every variant whose tokens were kept gets ``greedy_gap_max``: each of its
+  tokens scored by one eager forward of the prompt and the tokens before it (the prefill path, other kernels), the
+  largest gap between the best logit and the chosen token's. A correct loop only ever picks a token within the
+  rounding of the two paths of the best; a kernel that read a buffer before its producer finished (a PDL race) picks
+  tokens far from it;
 - ``transformers``: LlamaForCausalLM with the same shape and weights, ``generate(cache_implementation="static")``.
 
 Random weights: greedy decoding of a random model is still a fixed amount of work per token; EOS is disabled.
@@ -43,7 +48,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--variants", default="lmstack,lmstack-int8,transformers",
-                   help="any of lmstack, lmstack-int8, transformers, lmstack-pdl, lmstack-int8-pdl")
+                   help="any of lmstack, lmstack-int8, transformers, lmstack-pdl, lmstack-int8-pdl, lmstack-nopdl, "
+                        "lmstack-int8-nopdl")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
@@ -140,6 +146,18 @@ def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -
             "kernel_us_per_token": sum(r["us_per_token"] for r in rows), "top": rows[:top]}
 
 
+@torch.no_grad()
+def greedy_gap(model: Any, prompt_1T: torch.Tensor, tokens_1N: torch.Tensor) -> float:
+    """Largest (best logit - chosen token's logit) over greedy ``tokens_1N``, scored by one forward of the prompt and
+    the tokens (no cache: the prefill path). Zero when every token is the argmax; small when a token differs only at
+    a near-tie the two paths round differently."""
+    ids = torch.cat([prompt_1T, tokens_1N.to(prompt_1T.device)[:, :-1]], dim=1)
+    T = prompt_1T.shape[1]
+    logits = model(ids)[:, T - 1:].float()  # the logits that picked each new token
+    chosen = logits.gather(-1, tokens_1N.to(logits.device)[..., None])[..., 0]
+    return float((logits.max(-1).values - chosen).max())
+
+
 def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
     def gen(k: int) -> None:
         out = hf.generate(prompt, max_new_tokens=k, do_sample=False, cache_implementation="static",
@@ -197,24 +215,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache() if device.startswith("cuda") else None
 
     tokens: dict[str, torch.Tensor] = {}  # batch-1 greedy tokens per variant (the PDL check)
-    compare_tokens = any(v.endswith("-pdl") for v in variants)
+    compare_tokens = any(v.endswith("pdl") for v in variants)
 
-    def lmstack_variant(name: str = "lmstack", pdl: bool = False) -> None:
+    def lmstack_variant(name: str = "lmstack", pdl: bool | str = "auto") -> None:
         out = {}
         # routing Linear layers changes their class: keep the shared model plain for the int8 variant
         linear_impl = None if args.linear_impl == "none" else args.linear_impl
-        lm = copy.deepcopy(model) if linear_impl or args.fold_norms or pdl else model
+        lm = copy.deepcopy(model) if linear_impl or args.fold_norms or pdl is not False else model
         for B in sizes:
             gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=args.fold_norms, pdl=pdl)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if compare_tokens and sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
+            out["pdl"] = gen.pdl  # what "auto" made of it on this card
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
             del gen
         results["variants"][name] = out
 
-    def int8_variant(name: str = "lmstack-int8", pdl: bool = False) -> None:
+    def int8_variant(name: str = "lmstack-int8", pdl: bool | str = "auto") -> None:
         qmodel = copy.deepcopy(model)
         if hasattr(qmodel, "fuse_projections"):
             qmodel.fuse_projections()  # fused GEMVs for int8 too (a no-op when the lmstack variant already fused)
@@ -226,21 +245,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         if compare_tokens:
             tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
-        results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes}
+        results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)
     attempt("lmstack-pdl", lambda: lmstack_variant("lmstack-pdl", pdl=True))
+    attempt("lmstack-nopdl", lambda: lmstack_variant("lmstack-nopdl", pdl=False))
     attempt("lmstack-int8", int8_variant)
     attempt("lmstack-int8-pdl", lambda: int8_variant("lmstack-int8-pdl", pdl=True))
-    for name in ("lmstack", "lmstack-int8"):
-        plain = results["variants"].get(name, {}).get("batch1")
-        fast = results["variants"].get(f"{name}-pdl", {}).get("batch1")
-        if plain and fast:
+    attempt("lmstack-int8-nopdl", lambda: int8_variant("lmstack-int8-nopdl", pdl=False))
+    for name in ("lmstack", "lmstack-int8"):  # a variant with PDL against one without (the default is either)
+        ran = [n for n in (f"{name}-pdl", name, f"{name}-nopdl") if n in tokens]
+        on = next((n for n in ran if results["variants"][n]["pdl"]), None)
+        off = next((n for n in ran if not results["variants"][n]["pdl"]), None)
+        if on and off:
+            fast, plain = results["variants"][on]["batch1"], results["variants"][off]["batch1"]
             results[f"{name}_pdl_speedup_batch1"] = fast["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
-            same = (tokens[name] == tokens[f"{name}-pdl"]).flatten()
+            same = (tokens[off] == tokens[on]).flatten()
             results[f"{name}_pdl_greedy_agreement"] = float(same.float().mean())
             results[f"{name}_pdl_first_difference"] = None if bool(same.all()) else int((~same).nonzero()[0])
+    for name, toks in tokens.items():  # scored by the shared unquantized model (int8 tokens too)
+        results["variants"][name]["greedy_gap_max"] = greedy_gap(model, prompts[sizes[0]][:1], toks)
     if errors:
         results["errors"] = errors
     base = results["variants"].get("lmstack", {}).get("batch1")
