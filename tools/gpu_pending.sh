@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh check    session 5: PDL on by default (race test, decode with and without it, greedy
+#                                      gaps) and the in-place linear + cross-entropy in the GPT-2 step (~7 min)
+#   bash tools/gpu_pending.sh norms    the one-program RMSNorm kernels (~2.9 us each, 44 per token): inductor's
+#                                      multi-kernel (persistent vs looped reduction, picked by timing) (~5 min)
 #   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it (about 7 minutes)
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin with and without its L2 prefetch (~5 min)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M training step's GPU time goes, beside transformers' (~4 min)
@@ -10,11 +14,48 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
 case "${1:-}" in
+norms)
+  # a 2,048-wide RMSNorm is one program and a looped reduction (inductor makes reductions persistent up to 1,024
+  # values): it reads its input twice. TORCHINDUCTOR_MULTI_KERNEL=1 also generates the persistent version and
+  # keeps whichever times faster; profiled, so the norm rows show what changed.
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step plain 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack --out "$OUT/plain.json"
+  step multi 200 env TORCHINDUCTOR_MULTI_KERNEL=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --profile --variants lmstack --out "$OUT/multi.json"
+  python - "$OUT/plain.json" "$OUT/multi.json" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    p = json.load(open(f))["results"]["variants"]["lmstack"]["batch1"]
+    print(f, round(p["decode_tokens_per_s"]), "tok/s")
+    for row in p["profile"]["top"][:16]:
+        print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
+PY
+  ;;
+check)
+  # 1. the GPU tests of what changed: serve's race test (now also: pdl="auto" is on here), the kernel's CE tests
+  step tests 120 python -m pytest packages/serve/tests/test_graphs.py packages/kernel/tests/test_triton_ops.py -q \
+    -p no:cacheprovider -k "pdl or cross_entropy"
+  tail -n 2 "$OUT/tests.log"
+  # 2. decode: the default (PDL on an H200) against PDL off, with every token scored by the prefill path
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack-nopdl,lmstack --out "$OUT/decode.json"
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|agreement\|first_difference\|greedy_gap\|"pdl"' \
+    "$OUT/decode.json"
+  unset TORCHINDUCTOR_COORDINATE_DESCENT_TUNING
+  # 3. GPT-2 124M step: the in-place linear + cross-entropy (logits overwritten by their gradient in one pass)
+  #    against the default under compile (materialised logits + inductor's cross-entropy), transformers beside
+  step gpt2 170 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused,transformers \
+    --out "$OUT/gpt2.json"
+  step gpt2_inplace 100 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused \
+    --prefer linear_cross_entropy=triton_inplace --out "$OUT/gpt2_inplace.json"
+  grep -h 'tokens_per_s"\|"mfu\|speedup\|"loss"\|error' "$OUT"/gpt2*.json ;;
 decode)
   # programmatic dependent launch (PDL): first the race check (serve's GPU test: fp32 tokens with and without
   # inductor's PDL, eager bf16 tokens with and without the skinny matmul's PDL twin) and the kernel tests on this
