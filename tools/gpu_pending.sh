@@ -4,7 +4,8 @@
 #                                      compile) and with the materialised logits, transformers beside (~5 min)
 #   bash tools/gpu_pending.sh norms    the one-program RMSNorm kernels (~2.9 us each, 44 per token): inductor's
 #                                      multi-kernel (persistent vs looped reduction, picked by timing) (~5 min)
-#   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin with and without its L2 prefetch (~5 min)
+#   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin (split-K sums now left to inductor) against the
+#                                      default, with and without its L2 prefetch (~6 min)
 #   bash tools/gpu_pending.sh fold     which projection fold_norms slows down (profiles now split by launch grid)
 # Recipes already run (sessions 4-5, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh check    PDL's race test, decode with and without PDL (greedy gaps), the GPT-2 step
@@ -16,7 +17,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -85,14 +86,20 @@ decode)
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|agreement\|first_difference\|kernel_us\|kernels_per' \
     "$OUT"/decode*.json | head -n 40 ;;
 pdl-twin)
-  # why the skinny matmul's PDL twin lost (0.95x): with and without its L2 prefetch, inductor's PDL on, profiled
+  # the skinny matmul's PDL twin (every matmul of the step launched with PDL too) against the default (inductor's
+  # PDL, the twin's plain kernel), then without its L2 prefetch; profiled (kernels per token). Since session 5 the
+  # twin's op returns split-K partials and leaves their sum to inductor; in J2 (0.95x) the down projection's sum and
+  # cast ran as two unfused eager kernels inside the op, 22 more kernels per token, without PDL.
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step plain 130 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack --out "$OUT/plain.json"
   step twin 130 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
-    --variants lmstack-pdl --linear-impl triton_skinny_pdl --out "$OUT/twin.json"
+    --variants lmstack --linear-impl triton_skinny_pdl --out "$OUT/twin.json"
   step twin_no_prefetch 130 env LMSTACK_PDL_PREFETCH_BYTES=0 python -m eval.bench decode --preset llama-1b \
-    --batch-sizes 1 --repeat 2 --profile --variants lmstack-pdl --linear-impl triton_skinny_pdl \
+    --batch-sizes 1 --repeat 2 --profile --variants lmstack --linear-impl triton_skinny_pdl \
     --out "$OUT/twin_no_prefetch.json"
-  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|kernel_us\|kernels_per' "$OUT"/twin*.json ;;
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|kernel_us\|kernels_per\|"pdl"' "$OUT"/plain.json "$OUT"/twin*.json
+  decode_top "$OUT/plain.json" "$OUT/twin.json" ;;
 tune)
   # the ~6 us floor of the q/k/v and o matmuls: the shipped table only ever tried 4 warps (one program per SM at
   # these sizes, so warps are what hides latency); retune them with 2, 4 and 8, then decode with and without it

@@ -53,6 +53,37 @@ def test_pdl_twin_is_one_opaque_op_under_torch_compile():
     torch.testing.assert_close(got, skinny.linear(x, w))
 
 
+def test_pdl_twin_returns_split_k_partials_and_leaves_their_sum_to_the_graph():
+    """When K is split the opaque op ends at the kernel: it returns the (SPLIT_K, M, N) fp32 partial sums (its fake
+    says the same shape, checked by opcheck), and the sum, bias, residual and cast are ordinary ops that
+    torch.compile sees (inductor fuses them with what follows and launches them with PDL)."""
+    g = torch.Generator().manual_seed(2)
+    x, w = torch.randn(2, 512, generator=g).to(DEVICE), torch.randn(24, 512, generator=g).to(DEVICE)
+    b, r = torch.randn(24, generator=g).to(DEVICE), torch.randn(2, 24, generator=g).to(DEVICE)
+    split = skinny.skinny_plan(x, w)[2]
+    if split == 1:
+        pytest.skip("this card's tiles do not split K for a 24 x 512 weight")
+    parts = torch.ops.lmstack.skinny_pdl(x, w, None, b, None, r)
+    assert parts.shape == (split, 2, 24) and parts.dtype == torch.float32
+    assert torch.equal(skinny.finish_partials(parts, None, b, r, x.dtype), skinny.linear(x, w, b, residual=r))
+    assert torch.equal(skinny.linear_pdl(x, w, b, residual=r), skinny.linear(x, w, b, residual=r))
+    wq = torch.randint(-127, 128, (24, 512), generator=g, dtype=torch.int8).to(DEVICE)
+    s = (torch.rand(24, generator=g) / 127).to(DEVICE)
+    assert torch.equal(skinny.int8_linear_pdl(x, wq, s, b), skinny.int8_linear(x, wq, s, b))
+    torch.library.opcheck(torch.ops.lmstack.skinny_pdl.default, (x, w, None, b, None, r))
+    torch.library.opcheck(torch.ops.lmstack.skinny_pdl.default, (x, wq, s, b, None, None))
+    seen = []
+
+    def backend(gm, inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method"))
+        return gm.forward
+
+    torch._dynamo.reset()
+    got = torch.compile(lambda t: skinny.linear_pdl(t, w, b, residual=r), backend=backend, fullgraph=True)(x)
+    assert any("lmstack.skinny_pdl" in t for t in seen) and "sum" in seen, seen
+    assert torch.equal(got, skinny.linear(x, w, b, residual=r))
+
+
 def test_pdl_twins_are_never_auto_and_need_sm90():
     reg = default_registry()
     for op in ("linear", "int8_linear"):

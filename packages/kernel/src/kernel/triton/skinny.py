@@ -185,6 +185,20 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: 
     return tiles(N, K, torch.empty((), dtype=weight_dtype).element_size(), num_sms)
 
 
+def skinny_plan(x: torch.Tensor, w: torch.Tensor, config: tuple[int, ...] | None = None,
+                rms_eps: float | None = None) -> tuple[int, int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps, K per split) for x (M, K) @ w (N, K).T: ``config`` or
+    the table's tiles (or the default rule), K never split with ``rms_eps``, the split rounded to whole K tiles.
+    A function of shapes, dtypes and the card alone, so a fake (shape-only) call plans the same launch."""
+    K, N = x.shape[1], w.shape[0]
+    sms, card = device_info(x)
+    block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
+    if rms_eps is not None:
+        split = 1
+    k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
+    return block_n, block_k, triton.cdiv(K, k_per_split), stages, warps, k_per_split
+
+
 def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
               config: tuple[int, ...] | None = None, rms_eps: float | None = None,
@@ -195,15 +209,23 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
     ``residual`` (M, N): added to the result. ``pdl``: launch with programmatic dependent launch where the device
     has it (sm90+; ignored elsewhere): the kernel starts while the one before it drains, prefetches its weights to
     L2 when they fit (:func:`pdl_prefetch_bytes`), and waits for that kernel only before it reads x."""
+    out = skinny_partials(x, w, scale, bias, out_dtype=out_dtype, config=config, rms_eps=rms_eps,
+                          residual=residual, pdl=pdl)
+    return out if out.dim() == 2 else finish_partials(out, scale, bias, residual, out_dtype or x.dtype)
+
+
+def skinny_partials(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
+                    bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
+                    config: tuple[int, ...] | None = None, rms_eps: float | None = None,
+                    residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
+    """The kernel launch of :func:`skinny_mm` alone: the finished (M, N) result when K is not split, else the
+    (SPLIT_K, M, N) fp32 partial sums, which :func:`finish_partials` turns into the result (scale, bias and residual
+    applied there). Kept apart so the PDL twin's opaque op ends at the kernel and torch.compile fuses the sum with
+    what follows."""
     M, K = x.shape
     N = w.shape[0]
-    sms, card = device_info(x)
     pdl = pdl and pdl_capable(x)
-    block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
-    if rms_eps is not None:
-        split = 1
-    k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
-    split = triton.cdiv(K, k_per_split)
+    block_n, block_k, split, stages, warps, k_per_split = skinny_plan(x, w, config, rms_eps)
     upcast = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     final = split == 1
     out_dtype = out_dtype or x.dtype
@@ -223,9 +245,14 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
         PDL=pdl,
         PREFETCH=pdl and w.numel() * w.element_size() <= pdl_prefetch_bytes(), W_LINE=128 // w.element_size(),
         num_warps=warps, **({"launch_pdl": True} if pdl else {}))
-    if final:
-        return out
-    y = out.sum(0)
+    return out
+
+
+def finish_partials(partials: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+                    residual: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """The split-K epilogue: the (SPLIT_K, M, N) fp32 partial sums summed in a fixed order, then scale, bias and
+    residual in fp32, then the cast."""
+    y = partials.sum(0)
     if scale is not None:
         y = y * scale.float()
     if bias is not None:
@@ -275,8 +302,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rm
         return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
     res = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    if pdl:
+    if pdl:  # the opaque op ends at the kernel: a split-K sum stays in the graph, where inductor fuses it
         y = torch.ops.lmstack.skinny_pdl(x2, w, None, bias, rms_eps, res)
+        y = y if y.dim() == 2 else finish_partials(y, None, bias, res, x.dtype)
     else:
         y = skinny_mm(x2, w, bias=bias, rms_eps=rms_eps, residual=res)
     return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -288,19 +316,27 @@ def _int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor
     if x2.shape[0] > MAX_ROWS:
         return _int8_reference(x, weight_int8, scale, bias)
     w = weight_int8.contiguous()
-    y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, None, None) if pdl else skinny_mm(x2, w, scale, bias)
+    if pdl:
+        y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, None, None)
+        y = y if y.dim() == 2 else finish_partials(y, scale, bias, None, x.dtype)
+    else:
+        y = skinny_mm(x2, w, scale, bias)
     return y.reshape(*x.shape[:-1], weight_int8.shape[0])
 
 
 @torch.library.custom_op("lmstack::skinny_pdl", mutates_args=())
 def _skinny_pdl(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
                 rms_eps: float | None, residual: torch.Tensor | None) -> torch.Tensor:
-    """skinny_mm(pdl=True) as an op torch.compile does not trace into: a Triton launch option such as PDL only
-    survives when Triton's launcher, not inductor's, starts the kernel."""
-    return skinny_mm(x, w, scale, bias, rms_eps=rms_eps, residual=residual, pdl=True)
+    """skinny_partials(pdl=True) as an op torch.compile does not trace into: a Triton launch option such as PDL
+    only survives when Triton's launcher, not inductor's, starts the kernel. (M, N) when K is not split, else the
+    (SPLIT_K, M, N) fp32 partial sums (:func:`finish_partials`, outside the op)."""
+    return skinny_partials(x, w, scale, bias, rms_eps=rms_eps, residual=residual, pdl=True)
 
 
 @_skinny_pdl.register_fake
 def _skinny_pdl_shape(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
                       rms_eps: float | None, residual: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty((x.shape[0], w.shape[0]))
+    split = skinny_plan(x, w, rms_eps=rms_eps)[2]
+    if split == 1:
+        return x.new_empty((x.shape[0], w.shape[0]))
+    return x.new_empty((split, x.shape[0], w.shape[0]), dtype=torch.float32)
