@@ -105,10 +105,10 @@ types = ["*bf16", "*i8" if weight == "int8" else "*bf16", "*bf16", "*bf16", "*bf
 sig = dict(zip(names, types))
 # the divisibility a real launch specialises on (16-byte aligned pointers, sizes and strides)
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("M", "stride_os", "rms_eps")}
-for pdl, prefetch in ((False, False), (True, True), (True, False)):
-    consts = dict(UPCAST=False, FINAL=True, HAS_SCALE=weight == "int8", HAS_BIAS=False, RMS=False, HAS_RES=True,
+for pdl, prefetch, rms in ((False, False, False), (True, True, False), (True, False, False), (False, False, True)):
+    consts = dict(UPCAST=False, FINAL=True, HAS_SCALE=weight == "int8", HAS_BIAS=False, RMS=rms, HAS_RES=True,
                   BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, NUM_STAGES=5, PDL=pdl, PREFETCH=prefetch,
-                  W_LINE=128 if weight == "int8" else 64)
+                  W_LINE=128 if weight == "int8" else 64, RMS_ROWS=1, RMS_K=2048)
     src = triton.compiler.ASTSource(fn=skinny._skinny, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -116,15 +116,15 @@ for pdl, prefetch in ((False, False), (True, True), (True, False)):
 """
 
 
-def _ptx(weight: str) -> tuple[str, str, str]:
+def _ptx(weight: str) -> tuple[str, str, str, str]:
     """The skinny kernel's PTX for an sm90 card, compiled offline (no GPU) in a process without Triton's
-    interpreter: plain, PDL with the L2 prefetch, PDL without it."""
+    interpreter: plain, PDL with the L2 prefetch, PDL without it, and with a folded RMSNorm (``rms_eps``)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT, weight], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain, pdl, no_prefetch, _ = out.stdout.split("\n=====\n")
-    return plain, pdl, no_prefetch
+    plain, pdl, no_prefetch, rms, _ = out.stdout.split("\n=====\n")
+    return plain, pdl, no_prefetch, rms
 
 
 def _count(ptx: str, op: str) -> int:
@@ -133,7 +133,7 @@ def _count(ptx: str, op: str) -> int:
 
 @pytest.mark.parametrize("weight", ["bf16", "int8"])
 def test_pdl_kernel_waits_triggers_and_prefetches_with_the_pipeline_intact(weight):
-    plain, pdl, no_prefetch = _ptx(weight)
+    plain, pdl, no_prefetch, rms = _ptx(weight)
     for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2"):
         assert _count(plain, op) == 0 and _count(pdl, op) >= 1, op
     # the weight tiles still stream through the asynchronous shared-memory pipeline, as many copies as without PDL
@@ -144,6 +144,17 @@ def test_pdl_kernel_waits_triggers_and_prefetches_with_the_pipeline_intact(weigh
              for op in ("prefetch.global.L2", "griddepcontrol.wait", "cp.async.cg.shared.global")}
     assert first["prefetch.global.L2"] < first["griddepcontrol.wait"] < first["cp.async.cg.shared.global"]
     assert _count(no_prefetch, "prefetch.global.L2") == 0 and _count(no_prefetch, "griddepcontrol.wait") == 1
+    # a folded RMSNorm leaves the weight loop alone (its x block is loaded before the loop, reduced after it): the
+    # same asynchronous copies as the plain kernel and a loop body of the same length (summing the squares inside
+    # the loop, as kernel 0.4 did, made it about 110 instructions longer)
+    assert _count(rms, "cp.async.cg.shared.global") == _count(plain, "cp.async.cg.shared.global")
+    assert abs(_loop_body_lines(rms) - _loop_body_lines(plain)) <= 4, (_loop_body_lines(rms), _loop_body_lines(plain))
+
+
+def _loop_body_lines(ptx: str) -> int:
+    """Lines of the largest basic block that issues weight copies: the K loop's body."""
+    blocks = re.findall(r"^\$L__BB0_\d+:.*?(?=^\$L__BB0_\d+:)", ptx, flags=re.M | re.S)
+    return max(b.count("\n") for b in blocks if "cp.async.cg.shared.global" in b)
 
 
 def test_prefetch_size_comes_from_the_environment_and_bad_values_are_named(monkeypatch):

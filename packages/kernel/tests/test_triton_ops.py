@@ -420,10 +420,12 @@ def test_skinny_int8_linear_matches_reference(dtype, M, N, K, with_bias):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rms, res", [(True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("M, N, K, config", [(1, 40, 300, None), (3, 70, 200, (32, 32, 4, 3, 4)),
-                                             (20, 16, 64, None)])
+                                             (20, 16, 64, None), (5, 24, 2500, None), (16, 8, 4100, None)])
 def test_skinny_linear_with_rms_prologue_and_residual_epilogue(dtype, rms, res, M, N, K, config):
     """rms_eps: x RMS-normalised inside the matmul (never split, even when the tiles ask for it); residual: added
-    in the epilogue (after the split-K sum when split); both as the reference computes them."""
+    in the epilogue (after the split-K sum when split); both as the reference computes them. The rows' sums of
+    squares come from a block of x loaded before the weight loop (RMS_BLOCK values) and, past it (K above 2048,
+    more rows than fit), from blocks loaded after it: the last two shapes take that path."""
     from kernel.triton.skinny import skinny_mm
 
     g = torch.Generator().manual_seed(M + N + K)

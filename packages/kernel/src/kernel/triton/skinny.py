@@ -36,6 +36,9 @@ from kernel.triton._device import device_info, pdl_capable
 from specs.errors import ConfigError
 
 MAX_ROWS = 16
+# rms_eps: how many values of x (rows x columns, a power of two) each program loads before its weight loop for the
+# rows' sums of squares (16 per thread at four warps); the rest, if any, is loaded after the loop
+RMS_BLOCK = 2048
 # pdl=True: weights up to this size are prefetched to L2 before the kernel waits for its predecessor (the H100/H200
 # L2 holds 50 MB; larger weights would evict their own first lines before the loop reads them).
 # $LMSTACK_PDL_PREFETCH_BYTES overrides it per process (0: no prefetch, for comparing the two).
@@ -62,7 +65,8 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
             stride_os, stride_om, stride_rm, rms_eps, UPCAST: tl.constexpr, FINAL: tl.constexpr,
             HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-            PDL: tl.constexpr, PREFETCH: tl.constexpr, W_LINE: tl.constexpr):
+            PDL: tl.constexpr, PREFETCH: tl.constexpr, W_LINE: tl.constexpr, RMS_ROWS: tl.constexpr,
+            RMS_K: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.arange(0, BLOCK_M)
@@ -81,16 +85,18 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
                                           dtype=tl.int32, is_pure=False, pack=1)
         tl.extra.cuda.gdc_wait()  # x (and the output buffers) only after the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # and let the next PDL kernel start its own prologue
+    if RMS:  # the rows' sums of squares, kept out of the weight loop: the first RMS_ROWS x RMS_K block of x is
+        # loaded here, before the loop, so its latency hides behind the weight stream; it is reduced after the loop
+        r = tl.arange(0, RMS_ROWS)
+        kr = tl.arange(0, RMS_K)
+        x_rms = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + kr[None, :],
+                        mask=(r < M)[:, None] & (kr < K)[None, :], other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    ss = tl.zeros((BLOCK_M,), tl.float32)  # RMS: sum of squares of each row of x, from the tiles the loop loads
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < k_hi
         x = tl.load(x_ptr + m[:, None].to(tl.int64) * stride_xm + k[None, :], mask=m_ok[:, None] & k_ok[None, :],
                     other=0.0)  # (BLOCK_M, BLOCK_K)
-        if RMS:
-            xf = x.to(tl.float32)
-            ss += tl.sum(xf * xf, 1)
         w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + k[None, :], mask=n_ok[:, None] & k_ok[None, :],
                     other=0)  # (BLOCK_N, BLOCK_K), int8 or float
         if UPCAST:  # fp32 activations, or the interpreter's bf16: exact fp32 products
@@ -100,6 +106,18 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
     out_mask = m_ok[:, None] & n_ok[None, :]
     if FINAL:  # the whole of K in this program: scale, bias and the cast to the output dtype here, one kernel
         if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
+            xf = x_rms.to(tl.float32)
+            sr = tl.sum(xf * xf, 1)  # (RMS_ROWS,), scattered to the output rows below
+            ss = tl.sum(tl.where(m[:, None] == r[None, :], sr[None, :], 0.0), 1)
+            for r0 in range(0, M, RMS_ROWS):  # the rest of x (more rows or a longer K): nothing at batch 1, K <= 2048
+                for kb in range(0, K, RMS_K):
+                    if r0 + kb > 0:
+                        rr = r0 + r
+                        kk = kb + kr
+                        xb = tl.load(x_ptr + rr[:, None].to(tl.int64) * stride_xm + kk[None, :],
+                                     mask=(rr < M)[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
+                        sb = tl.sum(xb * xb, 1)
+                        ss += tl.sum(tl.where(m[:, None] == rr[None, :], sb[None, :], 0.0), 1)
             # (inductor's launcher passes a Python float as fp64: the cast keeps the rsqrt in fp32)
             acc = acc * tl.rsqrt((ss / K + rms_eps).to(tl.float32))[:, None]
         if HAS_SCALE:
@@ -236,6 +254,9 @@ def skinny_partials(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None
         out = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
         stride_os = out.stride(0)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
+    # rms_eps: the block of x loaded before the weight loop for the sums of squares, at most RMS_BLOCK values
+    rms_k = min(triton.next_power_of_2(K), RMS_BLOCK)
+    rms_rows = min(triton.next_power_of_2(M), RMS_BLOCK // rms_k)
     _skinny[(triton.cdiv(N, block_n), split)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         M, N, K, k_per_split, x.stride(0), w.stride(0), stride_os, out.stride(-2),
@@ -244,7 +265,7 @@ def skinny_partials(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None
         HAS_RES=res is not None and final, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
         PDL=pdl,
         PREFETCH=pdl and w.numel() * w.element_size() <= pdl_prefetch_bytes(), W_LINE=128 // w.element_size(),
-        num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        RMS_ROWS=rms_rows, RMS_K=rms_k, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
