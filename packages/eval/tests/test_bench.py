@@ -127,6 +127,19 @@ def test_decode_pdl_variant_reports_its_speedup_and_token_agreement(tmp_path):
         assert 0.0 <= r["variants"][name]["greedy_gap_max"] < 1e-3
 
 
+def test_decode_pdl_comparison_without_batch_one_reports_gaps_but_no_batch1_speedup(tmp_path):
+    out = tmp_path / "decode.json"
+    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "default",
+            "--variants", "lmstack-nopdl,lmstack-pdl", "--batch-sizes", "2", "--prompt-tokens", "4",
+            "--new-tokens", "4", "--repeat", "1", "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads(out.read_text())["results"]
+    assert "lmstack_pdl_speedup_batch1" not in r and "batch2" in r["variants"]["lmstack-pdl"]
+    assert r["lmstack_pdl_greedy_agreement"] == 1.0
+    assert r["variants"]["lmstack-pdl"]["pdl"] is True and r["variants"]["lmstack-nopdl"]["pdl"] is False
+    assert all(0.0 <= r["variants"][v]["greedy_gap_max"] < 1e-3 for v in ("lmstack-pdl", "lmstack-nopdl"))
+
+
 def test_greedy_gap_is_zero_for_argmax_tokens_and_grows_for_a_wrong_one():
     from eval.bench.decode import greedy_gap
     from specs.plugins import resolve

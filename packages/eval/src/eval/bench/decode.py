@@ -259,8 +259,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         on = next((n for n in ran if results["variants"][n]["pdl"]), None)
         off = next((n for n in ran if not results["variants"][n]["pdl"]), None)
         if on and off:
-            fast, plain = results["variants"][on]["batch1"], results["variants"][off]["batch1"]
-            results[f"{name}_pdl_speedup_batch1"] = fast["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+            fast, plain = results["variants"][on].get("batch1"), results["variants"][off].get("batch1")
+            if fast and plain:  # (absent when batch 1 was not asked for)
+                results[f"{name}_pdl_speedup_batch1"] = fast["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
             same = (tokens[off] == tokens[on]).flatten()
             results[f"{name}_pdl_greedy_agreement"] = float(same.float().mean())
             results[f"{name}_pdl_first_difference"] = None if bool(same.all()) else int((~same).nonzero()[0])
