@@ -40,7 +40,11 @@ llama)
     --variants lmstack,transformers --out "$OUT/llama.json"
   step llama_logits 150 python -m eval.bench train-compare --preset llama-1b --seq 2048 --batch 8 --steps 8 \
     --warmup 3 --variants lmstack --prefer linear_cross_entropy=logits --out "$OUT/llama_logits.json"
-  grep -h 'tokens_per_s"\|"mfu\|speedup\|"loss"\|error' "$OUT"/llama*.json ;;
+  grep -h 'tokens_per_s"\|"mfu\|speedup\|"loss"\|error' "$OUT"/llama*.json
+  # and the loss kernels alone, eager, at the 1B shape (chunked triton, triton_inplace, logits, reference)
+  step ce_kernels 100 python packages/kernel/benchmarks/bench_kernels.py --device cuda --ops linear_cross_entropy \
+    cross_entropy --out "$OUT/ce_kernels.json"
+  grep -v "^ *$" "$OUT/ce_kernels.log" | tail -n 8 ;;
 norms)
   # a 2,048-wide RMSNorm is one program and a looped reduction (inductor makes reductions persistent up to 1,024
   # values): it reads its input twice. TORCHINDUCTOR_MULTI_KERNEL=1 also generates the persistent version and
