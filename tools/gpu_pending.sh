@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh candidates  the decode changes of session 5 in one call, each profiled: the default,
+#                                      the PDL twin (split-K sums left to inductor), the folded norms (sums of
+#                                      squares outside the weight loop), both (~9 min)
 #   bash tools/gpu_pending.sh llama    the 1B Llama training step with the in-place loss (now auto's choice under
 #                                      compile) and with the materialised logits, transformers beside (~5 min)
 #   bash tools/gpu_pending.sh norms    the one-program RMSNorm kernels (~2.9 us each, 44 per token): inductor's
@@ -17,7 +20,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -33,6 +36,17 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+candidates)
+  # every variant in its own process (the kernel choices are per process), all profiled, the same card
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1; shift; step "$name" 140 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --profile --variants lmstack --out "$OUT/$name.json" "$@"; }
+  dec plain
+  dec twin --linear-impl triton_skinny_pdl
+  dec fold --fold-norms
+  dec fold_twin --fold-norms --linear-impl triton_skinny_pdl
+  grep -H '"decode_tokens_per_s"\|kernel_us\|kernels_per' "$OUT"/plain.json "$OUT"/twin.json "$OUT"/fold*.json
+  decode_top "$OUT/plain.json" "$OUT/fold.json" ;;
 llama)
   # kernel 0.5 made the in-place linear + cross-entropy auto's choice under compile on CUDA from GPT-2 runs only;
   # the 1B target (1.2x, MFU above 52%) was met with the materialised logits: measure both
