@@ -1,5 +1,6 @@
 """Under torch.compile, 'auto' picks implementations the compiler can fuse, resolved without graph breaks."""
 
+import pytest
 import torch
 
 from kernel import default_registry, resolve
@@ -44,8 +45,6 @@ def test_compiled_region_gets_the_fusable_choice_without_graph_breaks():
 def test_compiled_choice_is_an_order_of_preference(monkeypatch):
     """linear_cross_entropy under compile: the in-place Triton loss where it can run (CUDA with Triton), else the
     materialised logits (a CPU); a one-name preference (as `eval.bench --prefer` sets) still works."""
-    import pytest
-
     pytest.importorskip("triton")  # the Triton implementations need the package, even to be chosen
     from kernel import registry as kreg
     from kernel.triton.linear_ce import linear_cross_entropy_inplace

@@ -96,7 +96,6 @@ def test_pdl_needs_inductor_and_a_mode(tiny_lm):
         FastGenerator(tiny_lm, 1, 16, compile="default", backend="eager", pdl=True)
 
 
-
 def test_pdl_auto_turns_it_on_only_where_it_applies(tiny_lm, monkeypatch):
     """The default pdl="auto": off on a CPU model, on for a Hopper-class device (faked here), and never an error
     where it cannot apply (eager, another backend); a value other than True/False/"auto" is refused."""
