@@ -111,15 +111,20 @@ def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
     assert v["lmstack-fused"]["loss"] == pytest.approx(v["lmstack"]["loss"], rel=2e-2)
 
 
+def _decode_pdl_pair(tmp_path, batch: int, new_tokens: int) -> dict:
+    """bench decode's lmstack-nopdl and lmstack-pdl variants on a CPU (fp32, inductor), the results as written."""
+    out = tmp_path / "decode.json"
+    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "default",
+            "--variants", "lmstack-nopdl,lmstack-pdl", "--batch-sizes", str(batch), "--prompt-tokens", "4",
+            "--new-tokens", str(new_tokens), "--repeat", "1", "--out", str(out)]
+    assert main(argv) == 0
+    return json.loads(out.read_text())["results"]
+
+
 def test_decode_pdl_variant_reports_its_speedup_and_token_agreement(tmp_path):
     """lmstack-pdl / lmstack-nopdl: the same loop compiled with inductor's PDL option forced on (inert on a CPU) and
     off, timed in the same run, their greedy tokens compared and each token scored by the prefill path."""
-    out = tmp_path / "decode.json"
-    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "default",
-            "--variants", "lmstack-nopdl,lmstack-pdl", "--batch-sizes", "1", "--prompt-tokens", "4",
-            "--new-tokens", "6", "--repeat", "1", "--out", str(out)]
-    assert main(argv) == 0
-    r = json.loads(out.read_text())["results"]
+    r = _decode_pdl_pair(tmp_path, batch=1, new_tokens=6)
     assert r["lmstack_pdl_speedup_batch1"] > 0
     assert r["lmstack_pdl_greedy_agreement"] == 1.0 and r["lmstack_pdl_first_difference"] is None
     assert "lmstack-int8_pdl_speedup_batch1" not in r
@@ -128,12 +133,7 @@ def test_decode_pdl_variant_reports_its_speedup_and_token_agreement(tmp_path):
 
 
 def test_decode_pdl_comparison_without_batch_one_reports_gaps_but_no_batch1_speedup(tmp_path):
-    out = tmp_path / "decode.json"
-    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "default",
-            "--variants", "lmstack-nopdl,lmstack-pdl", "--batch-sizes", "2", "--prompt-tokens", "4",
-            "--new-tokens", "4", "--repeat", "1", "--out", str(out)]
-    assert main(argv) == 0
-    r = json.loads(out.read_text())["results"]
+    r = _decode_pdl_pair(tmp_path, batch=2, new_tokens=4)
     assert "lmstack_pdl_speedup_batch1" not in r and "batch2" in r["variants"]["lmstack-pdl"]
     assert r["lmstack_pdl_greedy_agreement"] == 1.0
     assert r["variants"]["lmstack-pdl"]["pdl"] is True and r["variants"]["lmstack-nopdl"]["pdl"] is False
@@ -250,3 +250,11 @@ def test_prefer_kernels_also_wins_under_torch_compile(monkeypatch):
     finally:
         reg.register(dataclasses.replace(before), replace=True)
         reg.cache_clear()
+
+
+def test_train_compare_refuses_an_unknown_variant_before_building_anything(monkeypatch):
+    import eval.bench.train_compare as tc
+
+    monkeypatch.setattr(tc, "resolve", lambda *a, **k: pytest.fail("a model was built before the check"))
+    with pytest.raises(ValueError, match="unknown variant 'lmstak'; valid: lmstack, lmstack-fused, transformers"):
+        main(["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--variants", "lmstack,lmstak"])

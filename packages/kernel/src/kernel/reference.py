@@ -243,8 +243,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
     (..., N) is added to the result."""
     if rms_eps is not None:
-        xf = x.float()
-        x = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + rms_eps)).to(x.dtype)
+        x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight, bias)
     return y if residual is None else y + residual
 

@@ -3,11 +3,12 @@
 A pre-norm block reads ``y = linear(rmsnorm(x) * w)``. The norm's weight ``w`` scales the input columns of every
 projection that reads it, so it can be multiplied into their weights once (``W' = W diag(w)``, TensorRT-LLM and
 others fold LayerNorm weights the same way), and what is left is a per-row scalar: ``y = rstd(x) * (x @ W'.T)``,
-``rstd = 1 / sqrt(mean(x^2) + eps)``. A matmul that streams x anyway can compute ``rstd`` in its K loop and apply
-it in its epilogue, and can add the residual stream there too, so a decode step needs no separate norm or add
-kernels. :func:`linear_with` asks a layer to do that when it can (``accepts_prologue``: the kernel registry's routed
-Linears do) and does the same arithmetic around any other layer. Folding changes the weights: a folded model is
-for inference, and :func:`refuse_state_dict` makes saving it an error instead of a silently wrong checkpoint.
+``rstd = 1 / sqrt(mean(x^2) + eps)``. A matmul that reads x anyway can compute ``rstd`` from it and apply it in its
+epilogue (lmstack's skinny kernel sums the squares outside its weight loop), and can add the residual stream there
+too, so a decode step needs no separate norm or add kernels. :func:`linear_with` asks a layer to do that when it can
+(``accepts_prologue``: the kernel registry's routed Linears do) and does the same arithmetic around any other layer.
+Folding changes the weights: a folded model is for inference, and :func:`refuse_state_dict` makes saving it an error
+instead of a silently wrong checkpoint.
 """
 
 from __future__ import annotations

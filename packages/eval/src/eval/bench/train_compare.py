@@ -21,6 +21,7 @@ from eval.loading import pick_device
 from specs.plugins import resolve
 from specs.presets import preset
 
+VARIANTS = ("lmstack", "lmstack-fused", "transformers")
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
@@ -101,6 +102,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)  # ConfigError, not a torch traceback, when CUDA is absent
     cfg = preset(args.preset, max_seq_len=max(args.seq, preset(args.preset).max_seq_len))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:  # before any model is built or timed
+        raise ValueError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=g).to(device)
     y = torch.roll(x, -1, dims=1)
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cm = compile_fn(model)
             loss_fn = lambda a, b, m=cm: m(input_ids=a, labels=a).loss  # HF shifts the labels itself
         else:
-            raise ValueError(f"unknown variant {name!r}; valid: lmstack, lmstack-fused, transformers")
+            raise AssertionError(name)  # checked above
         r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device, args.profile)
         fpt = flops_per_token(cfg, n, args.seq)
         mfu = None if peak is None else r["tokens_per_s"] * fpt / peak
