@@ -6,8 +6,15 @@ the models here are too small to gain anything from threads. The previous settin
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on CPU through Triton's interpreter when there is no GPU (chosen when a kernel is decorated,
+# so before any kernel.triton module is imported)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True, scope="module")

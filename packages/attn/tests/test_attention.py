@@ -135,3 +135,40 @@ def test_parameter_names_follow_llama():
     assert names == ["q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"]
     gpt_names = [n for n, _ in Attention(preset("gpt2-debug")).named_parameters()]
     assert "q_proj.bias" in gpt_names
+
+
+def test_triton_decode_through_a_fixed_cache_combines_its_splits_in_the_kernel(monkeypatch):
+    """The cache's split_counters reach the Triton decode kernel (Triton's interpreter on CPU): with a 150-token
+    prefill its slots split over programs, the last of which combines them. The steps equal the reference op's,
+    and the counters come back zeroed after every step."""
+    triton_impl = pytest.importorskip("kernel.triton.decode_attention")
+    from attn.cache.fixed import FixedKVCache
+    from kernel import reference
+
+    torch.manual_seed(3)
+    cfg = preset("llama-debug", n_kv_heads=2)
+    att, rotary = Attention(cfg), RotaryEmbedding(cfg)
+    B, T0, T = 1, 150, 153
+    x = torch.randn(B, T, cfg.d_model)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    outs = {}
+    for name, op in (("reference", reference.decode_attention), ("triton", triton_impl.decode_attention)):
+        calls = []
+
+        def spy(q, k, v, lens, op=op, calls=calls, **kw):
+            calls.append(kw.get("split_counters"))
+            return op(q, k, v, lens, **kw)
+
+        monkeypatch.setattr(Attention, "_decode_op", lambda self, q, spy=spy: spy)
+        cache = FixedKVCache(n_layers=1, batch_size=B, n_kv_heads=2, head_dim=cfg.head_dim, max_seq_len=256)
+        att(x[:, :T0], build_context(cfg, ids[:, :T0], cache=cache, rotary=rotary))
+        cache.advance(T0)
+        steps = []
+        for t in range(T0, T):
+            steps.append(att(x[:, t:t + 1], build_context(cfg, ids[:, t:t + 1], cache=cache, rotary=rotary)))
+            cache.advance(1)
+            assert not cache.split_counters.any()
+        assert all(c is cache.split_counters for c in calls) and len(calls) == T - T0
+        outs[name] = torch.cat(steps, 1)
+    assert triton_impl.num_splits(B, 2, 256, 8) > 1  # the interpreter's pretend 8 SMs: the combine ran
+    torch.testing.assert_close(outs["triton"], outs["reference"], atol=1e-5, rtol=1e-5)

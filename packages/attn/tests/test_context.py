@@ -131,7 +131,10 @@ def test_fixed_shape_decode_goes_mask_free_to_decode_attention():
                          max_seq_len=16)
     cache.lens.copy_(torch.tensor([3, 7]))
     ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
-    assert ctx.mask_B1TS is None and ctx.decode is not None and ctx.decode.kwargs == {}
+    assert ctx.mask_B1TS is None and ctx.decode is not None
+    # the cache's workspace for the decode kernel's in-kernel split combine: one zeroed counter per (row, KV head)
+    assert list(ctx.decode.kwargs) == ["split_counters"] and ctx.decode.kwargs["split_counters"] is cache.split_counters
+    assert cache.split_counters.dtype == torch.int32 and cache.split_counters.tolist() == [0] * 2 * cfg.kv_heads
     assert ctx.decode.lens_B.tolist() == [4, 8] and ctx.positions_BT.tolist() == [[3], [7]]
     # a prefill chunk, a sliding window shorter than the buffer, or an attn_impl outside DECODE_IMPLS: masked path
     for c, t in ((cfg, 2), (preset("llama-debug", sliding_window=4), 1), (preset("llama-debug", attn_impl="sdpa"), 1)):

@@ -275,10 +275,17 @@ def _decode_case(dtype, B, H, KVH, Dh, L, lens, paged, block_size=4, seed=0):
     # full splits and a short one; splits left empty by a short row (1 slot, 130 of 200); a row of length 0; chunks
     # of two BLOCK_S blocks, the last short, the rest empty (1100 slots over the interpreter's 16 splits)
     (2, 4, 2, 32, 200, [200, 130]), (1, 4, 2, 32, 300, [1]), (1, 2, 1, 16, 300, [0]), (1, 4, 1, 32, 1100, [1100])])
-def test_decode_attention_matches_reference(dtype, paged, B, H, KVH, Dh, L, lens):
+@pytest.mark.parametrize("counters", [False, True])
+def test_decode_attention_matches_reference(dtype, paged, B, H, KVH, Dh, L, lens, counters):
+    """counters: split_counters given, so the last split of each (row, KV head) combines (no second kernel); the
+    buffer (one entry more than needed, which must stay untouched) comes back zeroed for the next call."""
     q, k, v, lens_B, kw = _decode_case(dtype, B, H, KVH, Dh, L, lens, paged)
-    got = triton_fn("decode_attention")(q, k, v, lens_B, **kw)
+    cnt = torch.zeros(B * KVH + 1, dtype=torch.int32, device=DEVICE) if counters else None
+    got = triton_fn("decode_attention")(q, k, v, lens_B, split_counters=cnt, **kw)
     assert got.shape == (B, H, Dh) and got.dtype == dtype
+    if counters:
+        assert not cnt.any()
+        torch.testing.assert_close(got, triton_fn("decode_attention")(q, k, v, lens_B, **kw), rtol=0, atol=0)
     ref32 = ref.decode_attention(q.float(), k.float(), v.float(), lens_B, **kw)
     check("decode_attention", got, ref32, ref.decode_attention(q, k, v, lens_B, **kw), dtype, fp32_atol=1e-4)
     for b, n in enumerate(lens):
@@ -314,6 +321,22 @@ def test_decode_attention_split_reads_nothing_past_a_rows_length(paged):
     k2, v2 = k.masked_fill(stale[..., None], float("nan")), v.masked_fill(stale[..., None], float("nan"))
     torch.testing.assert_close(fn(q, k2, v2, lens_B, **kw), before)
     assert before[1].abs().max().item() == 0.0
+
+
+def test_decode_attention_split_counters_are_checked_and_can_be_turned_off(monkeypatch):
+    """A counter buffer too small, of another dtype or device is refused by name; $LMSTACK_SPLIT_COMBINE=kernel
+    leaves it alone (the two-kernel path): the buffer then stays as it was, and the output is the same."""
+    q, k, v, lens_B, _ = _decode_case(torch.float32, 1, 4, 2, 16, 300, [250], paged=False)
+    fn = triton_fn("decode_attention")
+    for bad in (torch.zeros(1, dtype=torch.int32), torch.zeros(2, dtype=torch.int64)):
+        with pytest.raises(ShapeError, match="split_counters should be a contiguous int32 buffer of at least"):
+            fn(q, k, v, lens_B, split_counters=bad.to(DEVICE))
+    cnt = torch.zeros(2, dtype=torch.int32, device=DEVICE)
+    fused = fn(q, k, v, lens_B, split_counters=cnt)
+    monkeypatch.setenv("LMSTACK_SPLIT_COMBINE", "kernel")
+    cnt.fill_(5)  # would make the fused path skip its combine: ignored, so nothing reads or writes it
+    torch.testing.assert_close(fn(q, k, v, lens_B, split_counters=cnt), fused, rtol=0, atol=0)
+    assert cnt.tolist() == [5, 5]
 
 
 def test_decode_attention_num_splits():

@@ -130,5 +130,24 @@ def test_folded_norms_give_the_same_logits_in_prefill_and_decode(fuse_first):
 
 
 def test_fold_norms_needs_llama_layers():
+    gpt = TransformerLM(preset("gpt2-debug"))
+    assert not gpt.can_fold_norms()
     with pytest.raises(ConfigError, match="RMSNorm and SwiGLU"):
-        TransformerLM(preset("gpt2-debug")).fold_norms()
+        gpt.fold_norms()
+
+
+def test_can_fold_norms_until_a_projection_is_quantized():
+    """can_fold_norms: Llama layers with float projections, fused or not, and still True once folded; a projection
+    whose weight is no longer float (quantized) makes it False, and fold_norms then refuses."""
+    llama = TransformerLM(preset("llama-debug")).eval()
+    assert llama.can_fold_norms()
+    llama.fuse_projections()
+    assert llama.can_fold_norms()
+    mlp = llama.model.layers[1].mlp
+    mlp.gate_up_proj.weight = torch.nn.Parameter(mlp.gate_up_proj.weight.to(torch.int8), requires_grad=False)
+    assert not llama.model.layers[1].can_fold_norms() and llama.model.layers[0].can_fold_norms()
+    assert not llama.can_fold_norms()
+    with pytest.raises(ConfigError, match="fold before quantizing"):
+        llama.fold_norms()
+    folded = TransformerLM(preset("llama-debug")).eval().fold_norms()
+    assert folded.can_fold_norms()

@@ -105,7 +105,8 @@ def test_fast_generator_routes_linears_through_the_registry():
     prompt = torch.randint(0, 500, (2, 5), generator=torch.Generator().manual_seed(3))
     want = FastGenerator(model, 2, 16, compile=None).generate(prompt, 6)
     keys = sorted(model.state_dict())
-    routed = FastGenerator(model, 2, 16, compile=None, linear_impl="reference")
+    # routing alone keeps the model saveable (folding the norms, the default where routed, would not: below)
+    routed = FastGenerator(model, 2, 16, compile=None, linear_impl="reference", fold_norms=False)
     assert all(type(m) is not torch.nn.Linear for m in model.modules())
     assert any(isinstance(m, RegistryLinear) for m in model.modules()) and sorted(model.state_dict()) == keys
     assert torch.equal(routed.generate(prompt, 6), want)
@@ -142,3 +143,37 @@ def test_fast_generator_with_folded_norms_decodes_the_same_tokens(linear_impl):
     assert torch.equal(got, want)
     with pytest.raises(ConfigError, match="needs a model with fold_norms"):
         FastGenerator(torch.nn.Linear(2, 2), 1, 8, compile=None, fold_norms=True)
+
+
+def test_fast_generator_folds_norms_by_default_only_where_the_routed_matmul_takes_them():
+    """fold_norms="auto": folded when the Linears are routed through the registry (here its reference linear, which
+    takes rms_eps and the residual as the CUDA skinny matmul does) and the model can fold; left alone with plain
+    Linears (CPU's auto choice), a GPT-2 model, or quantized projections. The tokens are the plain model's."""
+    from model.lm import TransformerLM
+    from serve.fast import FastGenerator
+    from specs.presets import preset
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+    prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3))
+    plain = TransformerLM(preset("llama-debug")).eval()
+    plain.load_state_dict(model.state_dict())
+    gen = FastGenerator(plain, 1, 16, compile=None)  # CPU: F.linear, so nothing to fold into
+    assert gen.fold_norms is False and not any(layer.norms_folded for layer in plain.model.layers)
+    want = gen.generate(prompt, 6)
+    routed = TransformerLM(preset("llama-debug")).eval()
+    routed.load_state_dict(model.state_dict())
+    gen = FastGenerator(routed, 1, 16, compile=None, linear_impl="reference")
+    assert gen.fold_norms is True and all(layer.norms_folded for layer in routed.model.layers)
+    assert torch.equal(gen.generate(prompt, 6), want)
+    gpt = TransformerLM(preset("gpt2-debug")).eval()
+    assert FastGenerator(gpt, 1, 16, compile=None, linear_impl="reference").fold_norms is False
+    quant = TransformerLM(preset("llama-debug")).eval()
+    proj = quant.model.layers[0].self_attn.q_proj
+    proj.weight = torch.nn.Parameter(proj.weight.to(torch.int8), requires_grad=False)  # as a quantizer leaves it
+    assert FastGenerator(quant, 1, 16, compile=None, fuse=False, linear_impl="reference").fold_norms is False
+    with pytest.raises(ConfigError, match="fold_norms must be True, False or 'auto'"):
+        FastGenerator(TransformerLM(preset("llama-debug")), 1, 8, compile=None, fold_norms="yes")

@@ -94,9 +94,13 @@ class Attention(nn.Module):
     def fold_input_norm(self, weight: torch.Tensor, eps: float) -> None:
         """Fold the weight of the RMSNorm that feeds this layer into the q/k/v projections (in place, inference):
         forward then takes the un-normalised input and the projections normalise it (``tensor.folded``)."""
-        names = ("qkv_proj",) if is_fused(self, "qkv_proj") else ("q_proj", "k_proj", "v_proj")
-        fold_norm_weight([getattr(self, n) for n in names], weight)
+        fold_norm_weight(self.norm_readers(), weight)
         self.input_rms_eps = eps
+
+    def norm_readers(self) -> list[nn.Module]:
+        """The projections that read this layer's input norm: ``qkv_proj`` when fused, else q/k/v_proj."""
+        names = ("qkv_proj",) if is_fused(self, "qkv_proj") else ("q_proj", "k_proj", "v_proj")
+        return [getattr(self, n) for n in names]
 
     def fuse_projections(self) -> None:
         """One ``qkv_proj`` GEMM instead of q/k/v_proj (decode speed); outputs and state_dict keys unchanged.

@@ -54,17 +54,22 @@ def mask_free_decode(cfg: ModelConfig, S: int) -> bool:
 
 @dataclass(frozen=True)
 class DecodeInfo:
-    """What ``decode_attention`` needs besides q, k, v: valid slots per row after this step's append, and for a
-    paged cache its (B, NB) block table and block size."""
+    """What ``decode_attention`` needs besides q, k, v: valid slots per row after this step's append, for a paged
+    cache its (B, NB) block table and block size, and the cache's ``split_counters`` workspace when it has one."""
 
     lens_B: torch.Tensor
     block_table_BN: torch.Tensor | None = None
     block_size: int | None = None
+    split_counters: torch.Tensor | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return {} if self.block_table_BN is None else {"block_table": self.block_table_BN,
-                                                       "block_size": self.block_size}
+        kw: dict[str, Any] = {}
+        if self.block_table_BN is not None:
+            kw.update(block_table=self.block_table_BN, block_size=self.block_size)
+        if self.split_counters is not None:
+            kw["split_counters"] = self.split_counters
+        return kw
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,8 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
     if fixed and T == 1 and valid_BS is None and mask_free_decode(cfg, S):
         table = getattr(cache, "block_table", None)  # a paged decode view's (B, NB) tensor
         paged = isinstance(table, torch.Tensor)
-        decode = DecodeInfo(lens_B + 1, table if paged else None, cache.block_size if paged else None)
+        decode = DecodeInfo(lens_B + 1, table if paged else None, cache.block_size if paged else None,
+                            getattr(cache, "split_counters", None))
     elif k_valid_BS is None and document_ids is None and window is None:
         causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
     else:

@@ -52,8 +52,7 @@ class TransformerBlock(nn.Module):
         """Inference only, in place: fold both RMSNorm weights into the projections that read them and let those
         projections normalise their input and add the residual stream (``tensor.folded``: a decode step then has
         no norm or add kernels). Needs pre-norm RMSNorm and SwiGLU; the folded block cannot be saved."""
-        norms_ok = all(isinstance(n, RMSNorm) for n in (self.input_layernorm, self.post_attention_layernorm))
-        if self.norm_position != "pre" or not norms_ok or not isinstance(self.mlp, SwiGLU):
+        if not self._foldable_structure():
             raise ConfigError("fold_norms", "needs a pre-norm block with RMSNorm and SwiGLU (Llama's), got "
                                             f"norm_position={self.norm_position!r}, "
                                             f"{type(self.input_layernorm).__name__}, {type(self.mlp).__name__}")
@@ -64,6 +63,21 @@ class TransformerBlock(nn.Module):
         self.norms_folded = True
         refuse_state_dict(self, "this model's norm weights are folded into its projections (fold_norms, for "
                                 "inference); save the model before folding it")
+
+    def can_fold_norms(self) -> bool:
+        """True when :meth:`fold_norms` applies (or already has): a pre-norm block with RMSNorm and SwiGLU whose
+        projections that read the norms still have float weights (folding comes before quantizing)."""
+        if self.norms_folded:
+            return True
+        if not self._foldable_structure():
+            return False
+        readers = [*self.self_attn.norm_readers(), *self.mlp.norm_readers()]
+        return all(isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.is_floating_point()
+                   for m in readers)
+
+    def _foldable_structure(self) -> bool:
+        norms_ok = all(isinstance(n, RMSNorm) for n in (self.input_layernorm, self.post_attention_layernorm))
+        return self.norm_position == "pre" and norms_ok and isinstance(self.mlp, SwiGLU)
 
     def extra_repr(self) -> str:
         return f"layer_idx={self.layer_idx}, norm_position={self.norm_position!r}"

@@ -77,9 +77,13 @@ class SwiGLU(nn.Module):
     def fold_input_norm(self, weight: torch.Tensor, eps: float) -> None:
         """Fold the weight of the RMSNorm that feeds this layer into gate/up (in place, inference; see
         ``tensor.folded``): forward then takes the un-normalised input."""
-        names = ("gate_up_proj",) if is_fused(self, "gate_up_proj") else ("gate_proj", "up_proj")
-        fold_norm_weight([getattr(self, n) for n in names], weight)
+        fold_norm_weight(self.norm_readers(), weight)
         self.input_rms_eps = eps
+
+    def norm_readers(self) -> list[nn.Module]:
+        """The projections that read this layer's input norm: ``gate_up_proj`` when fused, else gate/up_proj."""
+        names = ("gate_up_proj",) if is_fused(self, "gate_up_proj") else ("gate_proj", "up_proj")
+        return [getattr(self, n) for n in names]
 
     def fuse_projections(self) -> None:
         """One ``gate_up_proj`` GEMM instead of gate/up_proj (decode speed); outputs and state_dict keys unchanged.

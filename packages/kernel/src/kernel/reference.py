@@ -156,11 +156,20 @@ def check_decode_inputs(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return B, H, KVH, Dh
 
 
+def check_split_counters(op: str, counters: torch.Tensor | None, n: int, what: str, device: torch.device) -> None:
+    """A kernel's split-combine workspace, when given: a contiguous int32 buffer of at least ``n`` (``what``)
+    entries on ``device``."""
+    if counters is not None and (counters.dtype != torch.int32 or counters.device != device
+                                 or not counters.is_contiguous() or counters.numel() < n):
+        raise ShapeError(f"{op}: split_counters should be a contiguous int32 buffer of at least {what} = {n} entries "
+                         f"on {device}, got {counters.dtype} {tuple(counters.shape)} on {counters.device}")
+
+
 def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
-                     sin_BDh: torch.Tensor | None = None) -> torch.Tensor:
+                     sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per row against the first ``lens_B[b]`` key slots of its row; (B, H, Dh) out.
 
     ``k``, ``v``: per-row buffers (B, KVH, L, Dh), or with ``block_table`` (B, NB) a paged pool (slots, KVH, Dh)
@@ -171,6 +180,9 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     to slot ``lens_B[b] - 1`` of each row (``lens_B`` counts the new token; rows of length 0 write nothing), after
     RoPE when ``cos_BDh``/``sin_BDh`` (B, Dh) are given, which then rotate q as well (``rope``'s rotate-half
     layout). One kernel instead of rope, append and attention: a decode step's cache write belongs here.
+
+    ``split_counters``: a zeroed int32 workspace of at least B x KVH entries that a kernel splitting the slots over
+    programs may use to combine them without a second kernel, and leaves zeroed (the Triton kernel's); unused here.
     """
     if k_new is not None or cos_BDh is not None:
         q_BHDh = decode_new_token(q_BHDh, k, v, lens_B, block_table, block_size, k_new, v_new, cos_BDh, sin_BDh)

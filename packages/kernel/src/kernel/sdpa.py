@@ -45,7 +45,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
-                     sin_BDh: torch.Tensor | None = None) -> torch.Tensor:
+                     sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """The decode op through SDPA: keys gathered (paged) and masked by the row lengths, KV heads repeated; what the
     model ran before the Triton decode kernel, kept as the baseline and the fast path where Triton is absent. The
     new-token arguments (rope, cache write) are :func:`kernel.reference.decode_new_token`."""

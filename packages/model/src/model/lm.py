@@ -129,6 +129,10 @@ class TransformerLM(nn.Module):
             layer.fold_norms()
         return self
 
+    def can_fold_norms(self) -> bool:
+        """True when :meth:`fold_norms` applies to every layer (Llama-style layers with float projections)."""
+        return all(getattr(layer, "can_fold_norms", lambda: False)() for layer in self.model.layers)
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied head counts once); ``exclude_embeddings`` drops token and position tables."""
         params = {id(p): p for p in self.parameters()}

@@ -37,7 +37,11 @@ class FastGenerator:
     default) routes them when the registry's choice for the model's device and dtype is not the ``F.linear``
     reference (on CUDA: the tuned skinny matmul, measured faster for a whole decode step than inductor's GEMVs).
     ``fold_norms``: ``model.fold_norms()`` after fusing (in place, inference only: RMSNorm weights folded into the
-    projections, which then normalise and add the residual themselves; the model can no longer be saved).
+    projections, which then normalise and add the residual themselves; the model can no longer be saved, so save it
+    first or pass False). "auto" (the default) folds when the Linears are routed through the registry (whose matmul
+    takes the norm and the residual in its prologue and epilogue: no norm or add kernels, +12% tokens/s at batch 1
+    on an H200, docs/benchmarks.md) and the model can fold (``model.can_fold_norms()``: Llama-style layers, float
+    projections); elsewhere it leaves the model as it is. True insists (ConfigError where it cannot fold).
     ``pdl``: compile with inductor's programmatic dependent launch (``triton.enable_pdl``; Hopper and later, CUDA
     only): each of inductor's kernels is launched while the one before it drains and waits for its results inside,
     which hides the launch gaps between the short kernels of a decode step (+7.5-10% tokens/s at batch 1 in three
@@ -49,7 +53,7 @@ class FastGenerator:
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
-                 fold_norms: bool = False, pdl: bool | str = "auto"):
+                 fold_norms: bool | str = "auto", pdl: bool | str = "auto"):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -66,15 +70,20 @@ class FastGenerator:
         if pdl and not _inductor_has_pdl():
             raise ConfigError("FastGenerator", f"pdl=True needs a torch whose inductor has triton.enable_pdl "
                                                f"(2.10 or later), this is {torch.__version__}")
-        if fold_norms and not hasattr(model, "fold_norms"):
+        if fold_norms not in (True, False, "auto"):
+            raise ConfigError("FastGenerator", f"fold_norms must be True, False or 'auto', got {fold_norms!r}")
+        if fold_norms is True and not hasattr(model, "fold_norms"):
             raise ConfigError("FastGenerator", f"fold_norms=True needs a model with fold_norms() (TransformerLM), "
                                                f"got {type(model).__name__}")
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
-        if fold_norms:
-            model.fold_norms()
         if linear_impl == "auto":
             linear_impl = auto_linear_impl(model)
+        if fold_norms == "auto":  # only where the routed matmul fuses the norm; plain Linears would gain nothing
+            fold_norms = linear_impl is not None and getattr(model, "can_fold_norms", lambda: False)()
+        if fold_norms:
+            model.fold_norms()
+        self.fold_norms = fold_norms
         if linear_impl is not None:
             route_linears(model, linear_impl)
         self.model = model

@@ -49,6 +49,8 @@ class PagedDecodeView:
         self.lens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.block_table = torch.zeros(rows, self.blocks_per_row, dtype=torch.int32, device=self.device)
         self.write_slots = torch.zeros(rows, dtype=torch.int64, device=self.device)
+        # the decode kernel's workspace: it combines its slot splits in one kernel with these (left zeroed)
+        self.split_counters = torch.zeros(rows * cache.n_kv_heads, dtype=torch.int32, device=self.device)
         self._live: list[Hashable] = []
         self.load([])
 

@@ -46,10 +46,12 @@ class FixedKVCache:
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.lens = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
+        # the decode kernel's workspace: it combines its slot splits in one kernel with these (left zeroed)
+        self.split_counters = torch.zeros(batch_size * n_kv_heads, dtype=torch.int32, device=self.device)
         self._rows = torch.arange(batch_size, device=self.device)
         # Mutated in place by a captured step: static addresses keep CUDA graphs (cudagraph trees) from copying
         # them or refusing to capture.
-        for t in (*self.k_cache, *self.v_cache, self.lens):
+        for t in (*self.k_cache, *self.v_cache, self.lens, self.split_counters):
             torch._dynamo.mark_static_address(t)
 
     @property

@@ -57,9 +57,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="route the lmstack model's Linear layers through the kernel registry's 'linear' op with this "
                         "implementation (e.g. triton_skinny); 'none': F.linear; default 'auto': FastGenerator's "
                         "default (the registry's choice when it is not F.linear)")
-    p.add_argument("--fold-norms", action="store_true",
+    p.add_argument("--fold-norms", action=argparse.BooleanOptionalAction, default=None,
                    help="lmstack variants: fold the RMSNorm weights into the projections, which then normalise their "
-                        "input and add the residual (FastGenerator(fold_norms=True); inference only)")
+                        "input and add the residual (FastGenerator(fold_norms=True); int8: folded before quantizing); "
+                        "--no-fold-norms: never; default: FastGenerator's 'auto' (folded where the Linears are "
+                        "routed through the registry; not the int8 variant)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -221,13 +223,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out = {}
         # routing Linear layers changes their class: keep the shared model plain for the int8 variant
         linear_impl = None if args.linear_impl == "none" else args.linear_impl
-        lm = copy.deepcopy(model) if linear_impl or args.fold_norms or pdl is not False else model
+        fold = "auto" if args.fold_norms is None else args.fold_norms
+        lm = copy.deepcopy(model) if linear_impl or fold or pdl is not False else model
         for B in sizes:
-            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=args.fold_norms, pdl=pdl)
+            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if compare_tokens and sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
-            out["pdl"] = gen.pdl  # what "auto" made of it on this card
+            out["pdl"], out["fold_norms"] = gen.pdl, gen.fold_norms  # what "auto" made of them here
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
             del gen
@@ -245,7 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         if compare_tokens:
             tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
-        results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl}
+        results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
+                                     "fold_norms": gen.fold_norms}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)

@@ -13,7 +13,11 @@ When (row, KV head) programs alone are too few to fill the GPU (a small batch), 
 that stay fixed between CUDA-graph replays (rows, KV heads, the rows' slot capacity, the SM count), never from the
 lengths. Split i of a row of n slots takes the i-th chunk of ``cdiv(cdiv(n, splits), BLOCK_S) * BLOCK_S`` slots
 (computed on the device; trailing splits may get none) and writes its unnormalised output with its running max and
-sum to fp32 buffers; a second kernel rescales the splits to a common max and normalises, in a fixed order.
+sum to fp32 buffers; a second kernel rescales the splits to a common max and normalises, in a fixed order. Given
+``split_counters`` (a zeroed int32 buffer of at least B x KVH entries that the caller keeps, e.g. the KV cache), the
+split programs combine without that kernel: each counts itself done with an atomic add on its (row, KV head)'s
+counter once its partials are written, and the last one to finish (the one that sees NS - 1) combines the group's
+partials, in the same fixed order, and sets the counter back to zero (CUTLASS's split-K "serial" reduction).
 
 Given the step's new key and value (``k_new``, ``v_new``) and RoPE angles, the kernel also does what would otherwise
 be three or four kernels before it: it rotates q and the new key, the first split of each (row, KV head) writes the
@@ -23,26 +27,30 @@ than from the cache (whose write it may race), so no program depends on another.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import check_decode_inputs, check_new_token
+from kernel.reference import check_decode_inputs, check_new_token, check_split_counters
 from kernel.triton._device import device_info
 from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ShapeError
 
 BLOCK_S = 64
 MAX_SPLITS = 32
+COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
 
 
 @triton.jit
 def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
-            stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+            cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-            scale, G, Dh, H, NS,
+            scale, G, Dh, H, NS, KVH,
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
-            ROPE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+            ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1).to(tl.int64)
     n = tl.load(lens_ptr + b)
@@ -125,6 +133,22 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         tl.store(m_ptr + part, m_i, mask=g_ok)
         tl.store(l_ptr + part, l_i, mask=g_ok)
         tl.store(acc_ptr + part[:, None] * Dh + d[None, :], acc, mask=gd_ok)
+        if COMBINE:  # the last split of this (row, KV head) to finish combines the group's partials
+            tl.debug_barrier()  # every thread's partial stores before the count that publishes them
+            done = tl.atomic_add(cnt_ptr + b * KVH + kvh, 1, sem="acq_rel", scope="gpu")
+            if done == NS - 1:
+                sp = tl.arange(0, BLOCK_N)
+                parts = (b * H + h)[:, None] * NS + sp[None, :]  # (BLOCK_G, BLOCK_N)
+                ok = g_ok[:, None] & (sp < NS)[None, :]
+                # .cg: from L2, where the other programs' stores are, never a stale L1 line
+                m_s = tl.load(m_ptr + parts, mask=ok, other=float("-inf"), cache_modifier=".cg")
+                l_s = tl.load(l_ptr + parts, mask=ok, other=0.0, cache_modifier=".cg")
+                a_s = tl.load(acc_ptr + parts[:, :, None] * Dh + d[None, None, :],
+                              mask=ok[:, :, None] & d_ok[None, None, :], other=0.0, cache_modifier=".cg")
+                out = _merge(m_s, l_s, a_s, 1)
+                tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :],
+                         out.to(o_ptr.dtype.element_ty), mask=gd_ok)
+                tl.atomic_xchg(cnt_ptr + b * KVH + kvh, 0, sem="relaxed", scope="gpu")  # ready for the next call
     else:
         out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i, 1e-30)[:, None], 0.0)  # an empty row gives zeros
         tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
@@ -143,13 +167,21 @@ def _combine(acc_ptr, m_ptr, l_ptr, o_ptr, stride_ob, stride_oh, H, NS, Dh,
     m = tl.load(m_ptr + part, mask=sp_ok, other=float("-inf"))
     l_s = tl.load(l_ptr + part, mask=sp_ok, other=0.0)
     acc = tl.load(acc_ptr + part[:, None] * Dh + d[None, :], mask=sp_ok[:, None] & d_ok[None, :], other=0.0)
-    m_max = tl.max(m, 0)
-    # every split empty (a row of length 0): m_max = -inf, and exp(-inf - -inf) would be NaN; 0 gives weights 0
-    w = tl.exp(m - tl.where(m_max > float("-inf"), m_max, 0.0))  # (BLOCK_N,), 0 for empty splits
-    den = tl.sum(w * l_s, 0)
-    num = tl.sum(w[:, None] * acc, 0)  # (BLOCK_D,)
-    out = tl.where(den > 0, num / tl.maximum(den, 1e-30), 0.0)  # an empty row gives zeros
+    out = _merge(m, l_s, acc, 0)
     tl.store(o_ptr + b * stride_ob + h * stride_oh + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
+
+
+@triton.jit
+def _merge(m, l_s, acc, AXIS: tl.constexpr):
+    """Splits' running max and sum ``m``, ``l_s`` (..., NS) and unnormalised outputs ``acc`` (..., NS, Dh), the
+    splits on ``AXIS`` (the last of m's), -> the normalised output (..., Dh)."""
+    m_max = tl.max(m, AXIS)
+    # every split empty (a row of length 0): m_max = -inf, and exp(-inf - -inf) would be NaN; 0 gives weights 0
+    w = tl.exp(m - tl.expand_dims(tl.where(m_max > float("-inf"), m_max, 0.0), AXIS))  # 0 for empty splits
+    den = tl.sum(w * l_s, AXIS)
+    num = tl.sum(tl.expand_dims(w, AXIS + 1) * acc, AXIS)  # (..., BLOCK_D)
+    den = tl.expand_dims(den, AXIS)
+    return tl.where(den > 0, num / tl.maximum(den, 1e-30), 0.0)  # an empty row gives zeros
 
 
 def num_splits(B: int, KVH: int, capacity: int, sms: int) -> int:
@@ -162,12 +194,19 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
-                     sin_BDh: torch.Tensor | None = None) -> torch.Tensor:
+                     sin_BDh: torch.Tensor | None = None,
+                     split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, Dh) queries against per-row (B, KVH, L, Dh) buffers, or a (slots, KVH, Dh) pool with ``block_table``
     (B, NB) and ``block_size``; ``lens_B`` valid slots per row. Returns (B, H, Dh) in q's dtype. ``k_new``/``v_new``
     (B, KVH, Dh) and ``cos_BDh``/``sin_BDh`` (B, Dh): the step's new token, rotated and written to slot
-    ``lens_B - 1`` here (:func:`kernel.reference.decode_attention`)."""
+    ``lens_B - 1`` here (:func:`kernel.reference.decode_attention`). ``split_counters``: a zeroed int32 buffer of
+    at least B x KVH entries on q's device, left zeroed; with it the slot splits combine in the attention kernel
+    itself (no second kernel). Calls that share one buffer must not run concurrently (one stream, as a model's
+    layers do); ``$LMSTACK_SPLIT_COMBINE=kernel`` ignores it (the two-kernel path, for comparing)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
+    if split_counters is not None and os.environ.get(COMBINE_ENV, "") == "kernel":
+        split_counters = None
+    check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
     new = k_new is not None or cos_BDh is not None
     if new:
         check_new_token(q_BHDh, k, k_new, v_new, cos_BDh, sin_BDh)
@@ -211,13 +250,16 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         l_s = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
     else:
         acc = m = l_s = out  # unused
+    combine = ns > 1 and split_counters is not None
     block_d = max(16, triton.next_power_of_2(Dh))
-    _decode[(B, KVH, ns)](q, k, v, lens_B, table, out, acc, m, l_s, kn, vn, cos, sin, q.stride(0), q.stride(1), kb,
+    _decode[(B, KVH, ns)](q, k, v, lens_B, table, out, acc, m, l_s, kn, vn, cos, sin,
+                          split_counters if combine else lens_B, q.stride(0), q.stride(1), kb,
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
-                          Dh ** -0.5 if scale is None else scale, G, Dh, H, ns,
+                          Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH,
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
-                          ROPE=rope, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S, BLOCK_D=block_d)
-    if ns > 1:
+                          ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S,
+                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns))
+    if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d)
     return out
