@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh serial   splits summed in the kernel (decode attention's slots, the skinny matmul's K):
+#                                      GPU tests, float tiles retuned with it, decode with the second pass / in the
+#                                      kernel with the shipped tiles / in the kernel retuned, profiled (~7.5 min)
 #   bash tools/gpu_pending.sh train2   the 1B Llama step with the in-place loss (auto's choice under compile since
 #                                      kernel 0.5), transformers beside; GPT-2 124M under the default compile and
 #                                      under max-autotune (Triton matmul templates with GELU/bias epilogues) (~9.5 min)
@@ -23,7 +26,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -39,6 +42,26 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+serial)
+  # 1. the changed kernels on the card: decode attention (its in-kernel combine), the skinny matmul (serial split-K),
+  #    the attention layer through a fixed cache, FastGenerator's folding and routing
+  step tests 80 python -m pytest packages/kernel/tests/test_triton_ops.py packages/attn/tests/test_attention.py \
+    packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k "decode_attention or skinny or triton_decode or fold or routes"
+  tail -n 3 "$OUT/tests.log"
+  # 2. the float tiles of the three shapes a split could help, timed with the split summed in the kernel
+  step tune 120 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-skinny "$OUT/tiles.json" \
+    --tune-weights float --tune-matrices qkv,o,down --tune-stages 5
+  grep -h "best" "$OUT/tune.log"
+  # 3. decode, profiled: the second pass (as before), in the kernel with the shipped tiles, in the kernel retuned
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1; shift; step "$name" 90 env "$@" python -m eval.bench decode --preset llama-1b \
+    --batch-sizes 1 --repeat 2 --profile --variants lmstack --out "$OUT/$name.json"; }
+  dec separate LMSTACK_SPLIT_COMBINE=kernel
+  dec inkernel LMSTACK_SPLIT_COMBINE=
+  dec retuned LMSTACK_SKINNY_TILES="$OUT/tiles.json"
+  grep -H '"decode_tokens_per_s"\|kernel_us\|kernels_per\|greedy_gap' "$OUT"/separate.json "$OUT"/inkernel.json \
+    "$OUT"/retuned.json
+  decode_top "$OUT/separate.json" "$OUT/inkernel.json" "$OUT/retuned.json" ;;
 train2)
   # 1. kernel 0.5 made the in-place linear + cross-entropy auto's choice under compile from GPT-2 runs only: the
   #    1B target (1.2x, MFU above 52%) was met with the materialised logits; is it still met?

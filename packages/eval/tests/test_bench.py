@@ -99,6 +99,10 @@ def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_p
     assert r["errors"] == {"transformers": "RuntimeError: no transformers here"}
     assert r["variants"]["lmstack"]["batch1"]["decode_tokens_per_s"] > 0
     assert r["variants"]["lmstack-int8"]["batch1"]["decode_tokens_per_s"] > 0 and r["int8_speedup_batch1"] > 0
+    # every lmstack variant's greedy tokens are scored by the prefill path (fp32 here: the best token each time;
+    # int8 ones by the unquantized model); on a CPU the Linears stay F.linear, so nothing is folded
+    assert r["variants"]["lmstack"]["greedy_gap_max"] < 1e-4 and r["variants"]["lmstack-int8"]["greedy_gap_max"] >= 0
+    assert r["variants"]["lmstack"]["fold_norms"] is False and r["variants"]["lmstack-int8"]["fold_norms"] is False
 
 
 def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):

@@ -125,7 +125,7 @@ TUNE_WARPS = (4,)
 TUNE_SPLITS = (1, 2, 4, 8)
 
 
-def parse_tune_space(warps: str, stages: str, matrices: str | None) -> dict[str, Any]:
+def parse_tune_space(warps: str, stages: str, matrices: str | None, weights: str = "float,int8") -> dict[str, Any]:
     """The tuner's candidate space from the command line, refusing what could not be a tile (SystemExit naming it)."""
     def ints(flag: str, raw: str) -> tuple[int, ...]:
         try:
@@ -143,14 +143,22 @@ def parse_tune_space(warps: str, stages: str, matrices: str | None) -> dict[str,
         unknown = [m for m in chosen if m not in names]
         if unknown or not chosen:
             raise SystemExit(f"error: --tune-matrices: unknown {unknown or matrices!r}; valid: {', '.join(names)}")
-    return {"warps": ints("--tune-warps", warps), "stages": ints("--tune-stages", stages), "matrices": chosen}
+    kinds = tuple(w.strip() for w in weights.split(",") if w.strip())
+    if not kinds or any(w not in ("float", "int8") for w in kinds):
+        raise SystemExit(f"error: --tune-weights expects float and/or int8, comma-separated, got {weights!r}")
+    return {"warps": ints("--tune-warps", warps), "stages": ints("--tune-stages", stages), "matrices": chosen,
+            "weights": kinds}
 
 
 def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int, ...] = TUNE_WARPS,
-                stages: tuple[int, ...] = TUNE_STAGES, matrices: tuple[str, ...] | None = None) -> None:
+                stages: tuple[int, ...] = TUNE_STAGES, matrices: tuple[str, ...] | None = None,
+                weights: tuple[str, ...] = ("float", "int8")) -> None:
     """Time every tile candidate of ``kernel.triton.skinny`` per decode shape (bf16/fp16 and int8 weights, one
     activation row) and write the fastest per shape as this card's table (atomically), with the timings under
-    ``_meta``. ``warps``/``stages`` widen the candidate space; ``matrices`` (names in MATRICES) limits the shapes."""
+    ``_meta``. ``warps``/``stages`` widen the candidate space; ``matrices`` (names in MATRICES) and ``weights``
+    limit the shapes. Float weights are timed as the decode step runs them, a split K summed in the kernel
+    (``split_counters``, which routed Linears keep); int8 with the second pass (the int8 op takes no counters)."""
+    from kernel.reference import linear_split_counters
     from kernel.triton._device import device_info
     from kernel.triton.skinny import skinny_mm, tile_key, tiles
 
@@ -159,7 +167,9 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
     best: dict[str, list[int]] = {}
     detail: dict[str, dict] = {}
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
-    for (name, N, K), int8 in itertools.product(shapes, (False, True)):
+    kinds = [w == "int8" for w in ("float", "int8") if w in weights]
+    for (name, N, K), int8 in itertools.product(shapes, kinds):
+        cnt = None if int8 else linear_split_counters(N, device)
         x = torch.randn(1, K, generator=g).to(device, dtype)
         if int8:
             w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
@@ -178,10 +188,11 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
                       if K // split >= k_bytes // w.element_size()]
         for cfg in [default] + [c for c in candidates if c != default]:
             try:
-                got = skinny_mm(*args, config=cfg).float()
+                got = skinny_mm(*args, config=cfg, split_counters=cnt).float()
                 if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
                     raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
-                t = bench_rotated(lambda *xs, cfg=cfg: skinny_mm(*xs, config=cfg), sets, device, replays=5)
+                t = bench_rotated(lambda *xs, cfg=cfg, cnt=cnt: skinny_mm(*xs, config=cfg, split_counters=cnt), sets,
+                                  device, replays=5)
             except Exception as e:  # a tile that does not compile or fit shared memory here is not a candidate
                 print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
                 continue
@@ -198,7 +209,8 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
         print(f"{key:18s} {name:8s} best {best[key]} {t_best:6.1f} us {nbytes / t_best / 1e3:7.0f} GB/s; default "
               f"{default} {t_default if t_default is None else round(t_default, 1)} us ({len(timings)} candidates)")
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-                       "triton": __import__("triton").__version__, "how": "bench_decode_kernels.py --tune-skinny",
+                       "triton": __import__("triton").__version__,
+                       "how": "bench_decode_kernels.py --tune-skinny (float weights: split K summed in the kernel)",
                        "detail": {card: detail}},
              card: best}
     write_json(path, table)
@@ -220,9 +232,11 @@ def main() -> None:
     ap.add_argument("--tune-matrices", default=None,
                     help="--tune-skinny: only these decode matrices, comma-separated, of "
                          + ", ".join(m[0] for m in MATRICES))
+    ap.add_argument("--tune-weights", default="float,int8",
+                    help="--tune-skinny: float (--dtype) and/or int8 weights, comma-separated (default %(default)s)")
     a = ap.parse_args()
     check_device(a.device)
-    tune_space = parse_tune_space(a.tune_warps, a.tune_stages, a.tune_matrices)
+    tune_space = parse_tune_space(a.tune_warps, a.tune_stages, a.tune_matrices, a.tune_weights)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
     if a.tune_skinny:
         if a.device != "cuda":

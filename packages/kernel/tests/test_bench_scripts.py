@@ -17,8 +17,11 @@ bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
 
 def test_tune_space_from_the_command_line():
     space = bench_decode_kernels.parse_tune_space("4,8", "3, 5,6", "qkv,o")
-    assert space == {"warps": (4, 8), "stages": (3, 5, 6), "matrices": ("qkv", "o")}
+    assert space == {"warps": (4, 8), "stages": (3, 5, 6), "matrices": ("qkv", "o"), "weights": ("float", "int8")}
     assert bench_decode_kernels.parse_tune_space("4", "5", None)["matrices"] is None
+    assert bench_decode_kernels.parse_tune_space("4", "5", None, "float")["weights"] == ("float",)
+    with pytest.raises(SystemExit, match="--tune-weights expects float and/or int8"):
+        bench_decode_kernels.parse_tune_space("4", "5", None, "bf16")
     with pytest.raises(SystemExit, match="--tune-warps expects comma-separated positive integers"):
         bench_decode_kernels.parse_tune_space("four", "5", None)
     with pytest.raises(SystemExit, match="--tune-stages expects"):

@@ -4,6 +4,7 @@ with the weight pipeline intact."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -99,16 +100,22 @@ import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import skinny
 weight = sys.argv[1]
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "M", "N", "K", "K_PER_SPLIT",
-         "stride_xm", "stride_wn", "stride_os", "stride_om", "stride_rm", "rms_eps"]
-types = ["*bf16", "*i8" if weight == "int8" else "*bf16", "*bf16", "*bf16", "*bf16", "*bf16"] + ["i32"] * 9 + ["fp32"]
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "ws_ptr", "ss_ptr", "cnt_ptr", "M", "N", "K",
+         "K_PER_SPLIT", "SPLIT", "stride_xm", "stride_wn", "stride_os", "stride_om", "stride_rm", "rms_eps"]
+types = (["*bf16", "*i8" if weight == "int8" else "*bf16", "*bf16", "*bf16", "*bf16", "*bf16", "*fp32", "*fp32", "*i32"]
+         + ["i32"] * 10 + ["fp32"])
 sig = dict(zip(names, types))
 # the divisibility a real launch specialises on (16-byte aligned pointers, sizes and strides)
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("M", "stride_os", "rms_eps")}
-for pdl, prefetch, rms in ((False, False, False), (True, True, False), (True, False, False), (False, False, True)):
-    consts = dict(UPCAST=False, FINAL=True, HAS_SCALE=weight == "int8", HAS_BIAS=False, RMS=rms, HAS_RES=True,
-                  BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, NUM_STAGES=5, PDL=pdl, PREFETCH=prefetch,
-                  W_LINE=128 if weight == "int8" else 64, RMS_ROWS=1, RMS_K=2048)
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+         if n not in ("M", "SPLIT", "stride_os", "rms_eps")}
+# plain, PDL with and without the prefetch, a folded RMSNorm, and a K split in 2 summed by its last split (SERIAL)
+for pdl, prefetch, rms, serial in ((False, False, False, False), (True, True, False, False),
+                                   (True, False, False, False), (False, False, True, False),
+                                   (False, False, True, True)):
+    consts = dict(UPCAST=False, FINAL=not serial, SERIAL=serial, HAS_SCALE=weight == "int8", HAS_BIAS=False,
+                  RMS=rms, HAS_RES=True, BLOCK_M=16, BLOCK_N=32, BLOCK_K=128, NUM_STAGES=5, PDL=pdl,
+                  PREFETCH=prefetch, W_LINE=128 if weight == "int8" else 64, RMS_ROWS=1,
+                  RMS_K=1024 if serial else 2048, SPLIT_P2=2 if serial else 1)
     src = triton.compiler.ASTSource(fn=skinny._skinny, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -116,15 +123,17 @@ for pdl, prefetch, rms in ((False, False, False), (True, True, False), (True, Fa
 """
 
 
-def _ptx(weight: str) -> tuple[str, str, str, str]:
+@functools.cache
+def _ptx(weight: str) -> tuple[str, str, str, str, str]:
     """The skinny kernel's PTX for an sm90 card, compiled offline (no GPU) in a process without Triton's
-    interpreter: plain, PDL with the L2 prefetch, PDL without it, and with a folded RMSNorm (``rms_eps``)."""
+    interpreter: plain, PDL with the L2 prefetch, PDL without it, with a folded RMSNorm (``rms_eps``), and that
+    with K split in two and summed by the last split (``split_counters``)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT, weight], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain, pdl, no_prefetch, rms, _ = out.stdout.split("\n=====\n")
-    return plain, pdl, no_prefetch, rms
+    plain, pdl, no_prefetch, rms, serial, _ = out.stdout.split("\n=====\n")
+    return plain, pdl, no_prefetch, rms, serial
 
 
 def _count(ptx: str, op: str) -> int:
@@ -133,7 +142,7 @@ def _count(ptx: str, op: str) -> int:
 
 @pytest.mark.parametrize("weight", ["bf16", "int8"])
 def test_pdl_kernel_waits_triggers_and_prefetches_with_the_pipeline_intact(weight):
-    plain, pdl, no_prefetch, rms = _ptx(weight)
+    plain, pdl, no_prefetch, rms, _ = _ptx(weight)
     for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "prefetch.global.L2"):
         assert _count(plain, op) == 0 and _count(pdl, op) >= 1, op
     # the weight tiles still stream through the asynchronous shared-memory pipeline, as many copies as without PDL
@@ -149,6 +158,24 @@ def test_pdl_kernel_waits_triggers_and_prefetches_with_the_pipeline_intact(weigh
     # the loop, as kernel 0.4 did, made it about 110 instructions longer)
     assert _count(rms, "cp.async.cg.shared.global") == _count(plain, "cp.async.cg.shared.global")
     assert abs(_loop_body_lines(rms) - _loop_body_lines(plain)) <= 4, (_loop_body_lines(rms), _loop_body_lines(plain))
+
+
+@pytest.mark.parametrize("weight", ["bf16", "int8"])
+def test_serial_split_k_counts_after_a_barrier_with_the_pipeline_intact(weight):
+    """A split K summed by the last split (``split_counters``): each program's partial stores, a CTA barrier, then
+    one acquire-release count at GPU scope (CUTLASS's split-K semaphore pattern); the last program reads the
+    partials from L2 (``.cg``) and sets the counter back to zero; the weight loop is the folded kernel's."""
+    _, _, _, rms, serial = _ptx(weight)
+    assert "atom." not in rms
+    lines = serial.splitlines()
+    count = [i for i, line in enumerate(lines) if re.search(r"atom\.global\.gpu\.acq_rel\.add", line)]
+    assert len(count) == 1
+    stores = [i for i, line in enumerate(lines[:count[0]]) if "st.global" in line]
+    assert stores and any("bar.sync" in line for line in lines[stores[-1]:count[0]])
+    assert sum("ld.global.cg" in line for line in lines[count[0]:]) >= 2
+    assert re.search(r"atom\.global\.gpu\.\w+\.exch", serial)
+    assert _count(serial, "cp.async.cg.shared.global") == _count(rms, "cp.async.cg.shared.global")
+    assert abs(_loop_body_lines(serial) - _loop_body_lines(rms)) <= 4, (_loop_body_lines(serial), _loop_body_lines(rms))
 
 
 def _loop_body_lines(ptx: str) -> int:

@@ -467,6 +467,59 @@ def test_skinny_linear_with_rms_prologue_and_residual_epilogue(dtype, rms, res, 
     check("linear", got, ref32, ref.linear(x, w, b, **kw), dtype, fp32_atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M, N, K, config", [(1, 40, 200, (32, 32, 4, 3, 4)), (3, 70, 200, (16, 64, 2, 2, 4)),
+                                             (2, 70, 300, (64, 128, 3, 4, 8)), (5, 24, 2500, (16, 64, 2, 3, 4)),
+                                             (16, 8, 4100, (16, 64, 2, 3, 4))])
+@pytest.mark.parametrize("int8", [False, True])
+def test_skinny_serial_split_k_sums_in_the_kernel(dtype, M, N, K, config, int8):
+    """split_counters: a split K is summed by the last split of each column tile to finish, with the rest of the
+    epilogue (rstd of a folded RMSNorm from the splits' sums of squares, scale, bias, residual): one kernel. The
+    result is the reference's; the counters come back zeroed, and the entry past the column tiles untouched. The
+    last two shapes take the after-loop path of the sums of squares."""
+    from kernel.triton.skinny import counters_needed, skinny_mm, skinny_plan
+
+    g = torch.Generator().manual_seed(M + N + K)
+    x = (torch.randn(M, K, generator=g) * 3).to(DEVICE, dtype)
+    if int8:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
+        s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(DEVICE, dtype)
+    else:
+        w, s = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype), None
+    b = torch.randn(N, generator=g).to(DEVICE, dtype)
+    r = torch.randn(M, N, generator=g).to(DEVICE, dtype)
+    kw = {"rms_eps": None if int8 else 1e-5, "residual": None if int8 else r}
+    assert skinny_plan(x, w, config, kw["rms_eps"], serial=True)[2] > 1
+    cnt = torch.zeros(counters_needed(N) + 1, dtype=torch.int32, device=DEVICE)
+    cnt[-1] = 7
+    got = skinny_mm(x, w, s, b, config=config, split_counters=cnt, **kw)
+    assert got.shape == (M, N) and got.dtype == dtype
+    assert not cnt[:-1].any() and cnt[-1].item() == 7
+    if int8:
+        ref32, lowp = ref.int8_linear(x.float(), w, s.float(), b.float()), ref.int8_linear(x, w, s, b)
+    else:
+        f32 = {"rms_eps": 1e-5, "residual": r.float()}
+        ref32, lowp = ref.linear(x.float(), w.float(), b.float(), **f32), ref.linear(x, w, b, **kw)
+    check("serial split-K linear", got, ref32, lowp, dtype, fp32_atol=1e-4)
+    with pytest.raises(ShapeError, match="split_counters should be a contiguous int32 buffer of at least one per"):
+        skinny_mm(x, w, s, b, config=config, split_counters=cnt[:0], **kw)
+
+
+def test_skinny_split_combine_env_restores_the_second_pass(monkeypatch):
+    """$LMSTACK_SPLIT_COMBINE=kernel: split_counters ignored (left as they were), the split summed after the kernel,
+    the same result."""
+    from kernel.triton.skinny import skinny_mm
+
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(2, 200, generator=g).to(DEVICE), torch.randn(40, 200, generator=g).to(DEVICE)
+    cnt = torch.zeros(3, dtype=torch.int32, device=DEVICE)
+    fused = skinny_mm(x, w, config=(16, 32, 4, 3, 4), split_counters=cnt)
+    monkeypatch.setenv("LMSTACK_SPLIT_COMBINE", "kernel")
+    cnt.fill_(5)
+    torch.testing.assert_close(skinny_mm(x, w, config=(16, 32, 4, 3, 4), split_counters=cnt), fused)
+    assert cnt.tolist() == [5, 5, 5]
+
+
 def test_linear_reference_rms_and_residual_are_rmsnorm_then_linear_then_add():
     g = torch.Generator().manual_seed(0)
     x, w, r = torch.randn(2, 3, 8, generator=g), torch.randn(5, 8, generator=g), torch.randn(2, 3, 5, generator=g)

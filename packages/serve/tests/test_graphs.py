@@ -109,6 +109,10 @@ def test_fast_generator_routes_linears_through_the_registry():
     routed = FastGenerator(model, 2, 16, compile=None, linear_impl="reference", fold_norms=False)
     assert all(type(m) is not torch.nn.Linear for m in model.modules())
     assert any(isinstance(m, RegistryLinear) for m in model.modules()) and sorted(model.state_dict()) == keys
+    for m in model.modules():  # the op's workspace for summing a split K in one kernel: one per 16 columns, zeroed
+        if isinstance(m, RegistryLinear):
+            assert m.split_counters.dtype == torch.int32 and m.split_counters.shape == (-(-m.out_features // 16),)
+            assert not m.split_counters.any()
     assert torch.equal(routed.generate(prompt, 6), want)
     untouched = TransformerLM(preset("llama-debug"))
     with pytest.raises(PluginError, match="triton_skinny"):

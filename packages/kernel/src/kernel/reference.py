@@ -249,11 +249,23 @@ def decode_keys(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: 
     return k, v, valid_B11S
 
 
+# ``linear``'s split_counters: one entry per this many output columns (the narrowest column tile of a kernel)
+SPLIT_COUNTER_COLUMNS = 16
+
+
+def linear_split_counters(n_out: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A zeroed ``split_counters`` workspace for ``linear`` calls of ``n_out`` output columns (a layer keeps one)."""
+    return torch.zeros(-(-n_out // SPLIT_COUNTER_COLUMNS), dtype=torch.int32, device=device)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+           rms_eps: float | None = None, residual: torch.Tensor | None = None,
+           split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K). ``rms_eps``: x is first RMS-normalised
     without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
-    (..., N) is added to the result."""
+    (..., N) is added to the result. ``split_counters``: a zeroed int32 workspace (:func:`linear_split_counters`),
+    with which a kernel that splits K over programs sums the splits in the same kernel, left zeroed (the Triton
+    skinny matmul's); unused here."""
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight, bias)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kernel import default_registry, resolve
+from kernel.reference import linear_split_counters
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
 
@@ -170,17 +171,18 @@ def _inductor_has_pdl() -> bool:
 
 class RegistryLinear(nn.Linear):
     """An ``nn.Linear`` whose forward is the kernel registry's ``linear`` op under a named implementation; it takes
-    a folded RMSNorm's ``rms_eps`` and a ``residual`` too (``tensor.folded``), which the op fuses."""
+    a folded RMSNorm's ``rms_eps`` and a ``residual`` too (``tensor.folded``), which the op fuses. Each keeps the
+    op's ``split_counters`` workspace (a non-persistent buffer: not in ``state_dict``), with which a split-K matmul
+    sums its splits in one kernel."""
 
     impl: str = "auto"
     accepts_prologue = True
+    split_counters: torch.Tensor
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
-        if rms_eps is None and residual is None:
-            return op(x, self.weight, self.bias)
-        return op(x, self.weight, self.bias, rms_eps=rms_eps, residual=residual)
+        return op(x, self.weight, self.bias, rms_eps=rms_eps, residual=residual, split_counters=self.split_counters)
 
 
 def auto_linear_impl(model: nn.Module) -> str | None:
@@ -202,6 +204,8 @@ def route_linears(model: nn.Module, impl: str) -> int:
         if type(m) is nn.Linear:
             m.__class__ = RegistryLinear
             m.impl = impl
+            m.register_buffer("split_counters", linear_split_counters(m.out_features, m.weight.device),
+                              persistent=False)
             n += 1
     return n
 

@@ -12,12 +12,14 @@ the result is ``fraction_of_roofline``. Variants, each in the same run on the sa
   programmatic dependent launch forced on or off (``FastGenerator(pdl=True/False)``; its default "auto" turns it on
   for Hopper and later, so there the plain variants are the PDL ones). When a PDL variant runs beside one without,
   the result has the speedup and the share of batch-1 greedy tokens they agree on (separately compiled bf16 loops of
-  a random model part at near-ties), and every variant whose tokens were kept gets ``greedy_gap_max``: each of its
-  tokens scored by one eager forward of the prompt and the tokens before it (the prefill path, other kernels), the
-  largest gap between the best logit and the chosen token's. A correct loop only ever picks a token within the
-  rounding of the two paths of the best; a kernel that read a buffer before its producer finished (a PDL race) picks
-  tokens far from it;
-- ``transformers``: LlamaForCausalLM with the same shape and weights, ``generate(cache_implementation="static")``.
+  a random model part at near-ties);
+- ``transformers`` (the baseline): LlamaForCausalLM with the same shape and weights,
+  ``generate(cache_implementation="static")``.
+
+Every lmstack variant gets ``greedy_gap_max``: each of its batch-1 greedy tokens scored by one eager forward of the
+prompt and the tokens before it (the prefill path, other kernels), the largest gap between the best logit and the
+chosen token's. A correct loop only ever picks a token within the rounding of the two paths of the best; a kernel
+that read a buffer before its producer finished (a PDL race, a split combined too early) picks tokens far from it.
 
 Random weights: greedy decoding of a random model is still a fixed amount of work per token; EOS is disabled.
 """
@@ -217,7 +219,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache() if device.startswith("cuda") else None
 
     tokens: dict[str, torch.Tensor] = {}  # batch-1 greedy tokens per variant (the PDL check)
-    compare_tokens = any(v.endswith("pdl") for v in variants)
 
     def lmstack_variant(name: str = "lmstack", pdl: bool | str = "auto") -> None:
         out = {}
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for B in sizes:
             gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
-            if compare_tokens and sizes[0] == B:
+            if sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
             out["pdl"], out["fold_norms"] = gen.pdl, gen.fold_norms  # what "auto" made of them here
             if args.profile and sizes[0] == B and device.startswith("cuda"):
@@ -246,8 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         qbytes = weight_bytes_per_token(qmodel)
         gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl)
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
-        if compare_tokens:
-            tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
+        tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
                                      "fold_norms": gen.fold_norms}
 

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernel.reference import SPLIT_COUNTER_COLUMNS, check_split_counters
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
 from kernel.triton._device import device_info, pdl_capable
@@ -44,6 +45,9 @@ RMS_BLOCK = 2048
 # $LMSTACK_PDL_PREFETCH_BYTES overrides it per process (0: no prefetch, for comparing the two).
 PDL_PREFETCH_BYTES = 24 << 20
 PREFETCH_ENV = "LMSTACK_PDL_PREFETCH_BYTES"
+# "kernel": ignore split_counters (a split K summed by a second pass, as before they existed), for comparing; the
+# decode attention kernel reads the same variable for its slot splits
+COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
 
 
 def pdl_prefetch_bytes() -> int:
@@ -61,12 +65,12 @@ def pdl_prefetch_bytes() -> int:
 
 
 @triton.jit
-def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_SPLIT, stride_xm, stride_wn,
-            stride_os, stride_om, stride_rm, rms_eps, UPCAST: tl.constexpr, FINAL: tl.constexpr,
-            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
-            PDL: tl.constexpr, PREFETCH: tl.constexpr, W_LINE: tl.constexpr, RMS_ROWS: tl.constexpr,
-            RMS_K: tl.constexpr):
+def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, ws_ptr, ss_ptr, cnt_ptr, M, N, K, K_PER_SPLIT,
+            SPLIT, stride_xm, stride_wn, stride_os, stride_om, stride_rm, rms_eps, UPCAST: tl.constexpr,
+            FINAL: tl.constexpr, SERIAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+            RMS: tl.constexpr, HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+            BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr,
+            W_LINE: tl.constexpr, RMS_ROWS: tl.constexpr, RMS_K: tl.constexpr, SPLIT_P2: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     m = tl.arange(0, BLOCK_M)
@@ -85,12 +89,13 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
                                           dtype=tl.int32, is_pure=False, pack=1)
         tl.extra.cuda.gdc_wait()  # x (and the output buffers) only after the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # and let the next PDL kernel start its own prologue
-    if RMS:  # the rows' sums of squares, kept out of the weight loop: the first RMS_ROWS x RMS_K block of x is
-        # loaded here, before the loop, so its latency hides behind the weight stream; it is reduced after the loop
+    if RMS:  # the rows' sums of squares over this program's share of K, kept out of the weight loop: the first
+        # RMS_ROWS x RMS_K block of x is loaded here, before the loop, so its latency hides behind the weight
+        # stream; it is reduced after the loop
         r = tl.arange(0, RMS_ROWS)
         kr = tl.arange(0, RMS_K)
-        x_rms = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + kr[None, :],
-                        mask=(r < M)[:, None] & (kr < K)[None, :], other=0.0)
+        x_rms = tl.load(x_ptr + r[:, None].to(tl.int64) * stride_xm + (k_lo + kr)[None, :],
+                        mask=(r < M)[:, None] & ((k_lo + kr) < k_hi)[None, :], other=0.0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
         k = k0 + tl.arange(0, BLOCK_K)
@@ -103,33 +108,63 @@ def _skinny(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, M, N, K, K_PER_
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
         else:
             acc += tl.dot(x, tl.trans(w.to(x.dtype)))
+    ss = tl.zeros((BLOCK_M,), tl.float32)
+    if RMS:  # this share's sums of squares per row (rstd = 1 / sqrt(sum over all of K / K + eps), applied last)
+        xf = x_rms.to(tl.float32)
+        sr = tl.sum(xf * xf, 1)  # (RMS_ROWS,), scattered to the output rows below
+        ss = tl.sum(tl.where(m[:, None] == r[None, :], sr[None, :], 0.0), 1)
+        for r0 in range(0, M, RMS_ROWS):  # the rest of x (more rows or a longer K): nothing at batch 1, K <= 2048
+            for kb in range(k_lo, k_hi, RMS_K):
+                if r0 + kb - k_lo > 0:
+                    rr = r0 + r
+                    kk = kb + kr
+                    xb = tl.load(x_ptr + rr[:, None].to(tl.int64) * stride_xm + kk[None, :],
+                                 mask=(rr < M)[:, None] & (kk < k_hi)[None, :], other=0.0).to(tl.float32)
+                    sb = tl.sum(xb * xb, 1)
+                    ss += tl.sum(tl.where(m[:, None] == rr[None, :], sb[None, :], 0.0), 1)
     out_mask = m_ok[:, None] & n_ok[None, :]
     if FINAL:  # the whole of K in this program: scale, bias and the cast to the output dtype here, one kernel
-        if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
-            xf = x_rms.to(tl.float32)
-            sr = tl.sum(xf * xf, 1)  # (RMS_ROWS,), scattered to the output rows below
-            ss = tl.sum(tl.where(m[:, None] == r[None, :], sr[None, :], 0.0), 1)
-            for r0 in range(0, M, RMS_ROWS):  # the rest of x (more rows or a longer K): nothing at batch 1, K <= 2048
-                for kb in range(0, K, RMS_K):
-                    if r0 + kb > 0:
-                        rr = r0 + r
-                        kk = kb + kr
-                        xb = tl.load(x_ptr + rr[:, None].to(tl.int64) * stride_xm + kk[None, :],
-                                     mask=(rr < M)[:, None] & (kk < K)[None, :], other=0.0).to(tl.float32)
-                        sb = tl.sum(xb * xb, 1)
-                        ss += tl.sum(tl.where(m[:, None] == rr[None, :], sb[None, :], 0.0), 1)
-            # (inductor's launcher passes a Python float as fp64: the cast keeps the rsqrt in fp32)
-            acc = acc * tl.rsqrt((ss / K + rms_eps).to(tl.float32))[:, None]
-        if HAS_SCALE:
-            acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if HAS_BIAS:
-            acc = acc + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if HAS_RES:  # a residual stream added to the result
-            acc = acc + tl.load(res_ptr + m[:, None].to(tl.int64) * stride_rm + n[None, :], mask=out_mask,
-                                other=0.0).to(tl.float32)
-        tl.store(out_ptr + m[:, None] * stride_om + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:  # fp32 partial sums of this split, summed afterwards in a fixed order
-        tl.store(out_ptr + split * stride_os + m[:, None] * stride_om + n[None, :], acc, mask=out_mask)
+        _finish(acc, ss, m, n, m_ok, n_ok, out_ptr, scale_ptr, bias_ptr, res_ptr, stride_om, stride_rm, K, rms_eps,
+                HAS_SCALE, HAS_BIAS, RMS, HAS_RES)
+    else:  # fp32 partial sums of this split, summed in a fixed order: afterwards, or by the last split (SERIAL)
+        tl.store(ws_ptr + split * stride_os + m[:, None] * stride_om + n[None, :], acc, mask=out_mask)
+        if SERIAL:
+            if RMS:
+                tl.store(ss_ptr + (pid_n * SPLIT + split) * BLOCK_M + m, ss)
+            tl.debug_barrier()  # every thread's stores before the count that publishes them
+            done = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            if done == SPLIT - 1:  # the last split of this column tile to finish: sum all, finish, reset
+                sp = tl.arange(0, SPLIT_P2)
+                sp_ok = sp < SPLIT
+                # .cg: from L2, where the other programs' stores are, never a stale L1 line
+                parts = tl.load(ws_ptr + sp[:, None, None] * stride_os + m[None, :, None] * stride_om
+                                + n[None, None, :], mask=sp_ok[:, None, None] & out_mask[None, :, :], other=0.0,
+                                cache_modifier=".cg")
+                total_ss = ss
+                if RMS:
+                    total_ss = tl.sum(tl.load(ss_ptr + (pid_n * SPLIT + sp[:, None]) * BLOCK_M + m[None, :],
+                                              mask=sp_ok[:, None], other=0.0, cache_modifier=".cg"), 0)
+                _finish(tl.sum(parts, 0), total_ss, m, n, m_ok, n_ok, out_ptr, scale_ptr, bias_ptr, res_ptr,
+                        stride_om, stride_rm, K, rms_eps, HAS_SCALE, HAS_BIAS, RMS, HAS_RES)
+                tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # ready for the next call
+
+
+@triton.jit
+def _finish(acc, ss, m, n, m_ok, n_ok, out_ptr, scale_ptr, bias_ptr, res_ptr, stride_om, stride_rm, K, rms_eps,
+            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr):
+    """The epilogue of the whole of K: rstd (a folded RMSNorm), scale, bias, residual, the cast and the store."""
+    if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
+        # (inductor's launcher passes a Python float as fp64: the cast keeps the rsqrt in fp32)
+        acc = acc * tl.rsqrt((ss / K + rms_eps).to(tl.float32))[:, None]
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_RES:  # a residual stream added to the result
+        acc = acc + tl.load(res_ptr + m[:, None].to(tl.int64) * stride_rm + n[None, :], mask=out_mask,
+                            other=0.0).to(tl.float32)
+    tl.store(out_ptr + m[:, None] * stride_om + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 def tiles(N: int, K: int, weight_bytes: int, num_sms: int) -> tuple[int, int, int, int, int]:
@@ -204,68 +239,93 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, num_sms: int, card: 
 
 
 def skinny_plan(x: torch.Tensor, w: torch.Tensor, config: tuple[int, ...] | None = None,
-                rms_eps: float | None = None) -> tuple[int, int, int, int, int, int]:
+                rms_eps: float | None = None, serial: bool = False) -> tuple[int, int, int, int, int, int]:
     """(BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps, K per split) for x (M, K) @ w (N, K).T: ``config`` or
-    the table's tiles (or the default rule), K never split with ``rms_eps``, the split rounded to whole K tiles.
-    A function of shapes, dtypes and the card alone, so a fake (shape-only) call plans the same launch."""
+    the table's tiles (or the default rule), the split rounded to whole K tiles. With ``rms_eps`` K is split only
+    when ``serial`` (the last split sums the rows' squares with the partials; otherwise a program must see all of
+    x). A function of shapes, dtypes and the card alone, so a fake (shape-only) call plans the same launch."""
     K, N = x.shape[1], w.shape[0]
     sms, card = device_info(x)
     block_n, block_k, split, stages, warps = config or choose_tiles(N, K, w.dtype, sms, card)
-    if rms_eps is not None:
+    if rms_eps is not None and not serial:
         split = 1
     k_per_split = triton.cdiv(triton.cdiv(K, split), block_k) * block_k
     return block_n, block_k, triton.cdiv(K, k_per_split), stages, warps, k_per_split
 
 
+def counters_needed(N: int) -> int:
+    """Entries of a ``split_counters`` buffer that serves any tile of at least 16 columns of an N-column weight
+    (one per column tile; :func:`kernel.reference.linear_split_counters` makes one)."""
+    return triton.cdiv(N, SPLIT_COUNTER_COLUMNS)
+
+
 def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
               bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
               config: tuple[int, ...] | None = None, rms_eps: float | None = None,
-              residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
-    """(M, N) = (x (M, K) @ w (N, K).T) * scale + bias in ``out_dtype`` (default x's) for M <= MAX_ROWS.
-    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table (the tuner uses it).
-    ``rms_eps``: x is RMS-normalised first (no weight; K is then never split, each program sees whole rows);
-    ``residual`` (M, N): added to the result. ``pdl``: launch with programmatic dependent launch where the device
-    has it (sm90+; ignored elsewhere): the kernel starts while the one before it drains, prefetches its weights to
-    L2 when they fit (:func:`pdl_prefetch_bytes`), and waits for that kernel only before it reads x."""
+              residual: torch.Tensor | None = None, pdl: bool = False,
+              split_counters: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) float @ w (N, K).T (float or int8) -> (M, N), times ``scale`` (N,) when given, plus ``bias``.
+    ``config`` (BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps) overrides the table's tiles (the tuner's knob).
+    ``rms_eps``: x is RMS-normalised (no weight) first, rstd from the rows' sums of squares (computed beside the
+    weight loop, applied in the epilogue). ``residual`` (M, N): added to the result. ``pdl``: launch with
+    programmatic dependent launch where the device has it (sm90+; ignored elsewhere): the kernel starts while the
+    one before it drains, prefetches its weights to L2 when they fit (:func:`pdl_prefetch_bytes`), and waits for
+    that kernel only before it reads x. ``split_counters``: a zeroed int32 buffer of at least
+    :func:`counters_needed` entries, left zeroed: with it a split K is summed by its last split to finish (one
+    kernel: the rest of the epilogue there too); without (or with ``$LMSTACK_SPLIT_COMBINE=kernel``), by a second
+    pass. Calls sharing a buffer must not run concurrently."""
     out = skinny_partials(x, w, scale, bias, out_dtype=out_dtype, config=config, rms_eps=rms_eps,
-                          residual=residual, pdl=pdl)
+                          residual=residual, pdl=pdl, split_counters=split_counters)
     return out if out.dim() == 2 else finish_partials(out, scale, bias, residual, out_dtype or x.dtype)
 
 
 def skinny_partials(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None,
                     bias: torch.Tensor | None = None, *, out_dtype: torch.dtype | None = None,
                     config: tuple[int, ...] | None = None, rms_eps: float | None = None,
-                    residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
-    """The kernel launch of :func:`skinny_mm` alone: the finished (M, N) result when K is not split, else the
-    (SPLIT_K, M, N) fp32 partial sums, which :func:`finish_partials` turns into the result (scale, bias and residual
-    applied there). Kept apart so the PDL twin's opaque op ends at the kernel and torch.compile fuses the sum with
-    what follows."""
+                    residual: torch.Tensor | None = None, pdl: bool = False,
+                    split_counters: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel launch of :func:`skinny_mm` alone: the finished (M, N) result when K is not split or the splits
+    are summed in the kernel (``split_counters``), else the (SPLIT_K, M, N) fp32 partial sums, which
+    :func:`finish_partials` turns into the result (scale, bias and residual applied there). Kept apart so the PDL
+    twin's opaque op ends at the kernel and torch.compile fuses the sum with what follows."""
     M, K = x.shape
     N = w.shape[0]
     pdl = pdl and pdl_capable(x)
-    block_n, block_k, split, stages, warps, k_per_split = skinny_plan(x, w, config, rms_eps)
+    if split_counters is not None and os.environ.get(COMBINE_ENV, "") == "kernel":
+        split_counters = None  # the two-pass sum, for comparing
+    block_n, block_k, split, stages, warps, k_per_split = skinny_plan(x, w, config, rms_eps,
+                                                                     serial=split_counters is not None)
+    serial = split > 1 and split_counters is not None
+    if serial:
+        check_split_counters("skinny_mm", split_counters, triton.cdiv(N, block_n), "one per column tile", x.device)
     upcast = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
     final = split == 1
     out_dtype = out_dtype or x.dtype
-    if final:
+    n_tiles = triton.cdiv(N, block_n)
+    if final or serial:
         out = torch.empty(M, N, dtype=out_dtype, device=x.device)
-        stride_os = 0
+    if final:
+        ws, stride_os = out, 0
     else:
-        out = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
-        stride_os = out.stride(0)
+        ws = torch.empty(split, M, N, dtype=torch.float32, device=x.device)
+        stride_os = ws.stride(0)
+        out = out if serial else ws
+    ss_ws = (torch.empty(n_tiles * split * 16, dtype=torch.float32, device=x.device) if serial and rms_eps is not None
+             else ws)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     # rms_eps: the block of x loaded before the weight loop for the sums of squares, at most RMS_BLOCK values
-    rms_k = min(triton.next_power_of_2(K), RMS_BLOCK)
+    rms_k = min(triton.next_power_of_2(k_per_split if serial else K), RMS_BLOCK)
     rms_rows = min(triton.next_power_of_2(M), RMS_BLOCK // rms_k)
-    _skinny[(triton.cdiv(N, block_n), split)](
+    _skinny[(n_tiles, split)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
-        M, N, K, k_per_split, x.stride(0), w.stride(0), stride_os, out.stride(-2),
-        res.stride(0) if res is not None else 0, float(rms_eps or 0.0), UPCAST=upcast, FINAL=final,
-        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, RMS=rms_eps is not None,
-        HAS_RES=res is not None and final, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, NUM_STAGES=stages,
-        PDL=pdl,
+        ws, ss_ws, split_counters if serial else ws, M, N, K, k_per_split, split, x.stride(0), w.stride(0),
+        stride_os, N, res.stride(0) if res is not None else 0, float(rms_eps or 0.0), UPCAST=upcast, FINAL=final,
+        SERIAL=serial, HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, RMS=rms_eps is not None,
+        HAS_RES=res is not None and (final or serial), BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
+        NUM_STAGES=stages, PDL=pdl,
         PREFETCH=pdl and w.numel() * w.element_size() <= pdl_prefetch_bytes(), W_LINE=128 // w.element_size(),
-        RMS_ROWS=rms_rows, RMS_K=rms_k, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        RMS_ROWS=rms_rows, RMS_K=rms_k, SPLIT_P2=triton.next_power_of_2(split), num_warps=warps,
+        **({"launch_pdl": True} if pdl else {}))
     return out
 
 
@@ -289,11 +349,12 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-           rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+           rms_eps: float | None = None, residual: torch.Tensor | None = None,
+           split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps`` and
-    ``residual`` as :func:`kernel.reference.linear` (the normalisation in the matmul's K loop, the add in its
-    epilogue)."""
-    return _linear(x, weight, bias, rms_eps, residual, pdl=False)
+    ``residual`` as :func:`kernel.reference.linear` (the rows' sums of squares beside the matmul's weight loop,
+    rstd and the add in its epilogue); ``split_counters`` as :func:`skinny_mm` (a split K summed in the kernel)."""
+    return _linear(x, weight, bias, rms_eps, residual, pdl=False, counters=split_counters)
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
@@ -303,11 +364,13 @@ def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
 
 
 def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
-               rms_eps: float | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+               rms_eps: float | None = None, residual: torch.Tensor | None = None,
+               split_counters: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`linear` launched with programmatic dependent launch (sm90+): an opaque op to torch.compile
     (``torch.ops.lmstack.skinny_pdl``), so Triton's own launcher starts it while the kernel before it drains, with
-    its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``)."""
-    return _linear(x, weight, bias, rms_eps, residual, pdl=True)
+    its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``). ``split_counters`` is not used: the op
+    declares no mutation, so a split K is summed after it, in the graph."""
+    return _linear(x, weight, bias, rms_eps, residual, pdl=True, counters=None)
 
 
 def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
@@ -317,7 +380,7 @@ def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Ten
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rms_eps: float | None,
-            residual: torch.Tensor | None, pdl: bool) -> torch.Tensor:
+            residual: torch.Tensor | None, pdl: bool, counters: torch.Tensor | None) -> torch.Tensor:
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
         return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
@@ -327,7 +390,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rm
         y = torch.ops.lmstack.skinny_pdl(x2, w, None, bias, rms_eps, res)
         y = y if y.dim() == 2 else finish_partials(y, None, bias, res, x.dtype)
     else:
-        y = skinny_mm(x2, w, bias=bias, rms_eps=rms_eps, residual=res)
+        y = skinny_mm(x2, w, bias=bias, rms_eps=rms_eps, residual=res, split_counters=counters)
     return y.reshape(*x.shape[:-1], weight.shape[0])
 
 
