@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh serial   splits summed in the kernel (decode attention's slots, the skinny matmul's K):
-#                                      GPU tests, float tiles retuned with it, decode with the second pass / in the
-#                                      kernel with the shipped tiles / in the kernel retuned, profiled (~7.5 min)
+#   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
+#                                      slots, the skinny matmul's K) against the second pass (the default): GPU
+#                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
+#                                      run once in session 6, without its baseline: docs/benchmarks.md)
 #   bash tools/gpu_pending.sh train2   the 1B Llama step with the in-place loss (auto's choice under compile since
 #                                      kernel 0.5), transformers beside; GPT-2 124M under the default compile and
 #                                      under max-autotune (Triton matmul templates with GELU/bias epilogues) (~9.5 min)
@@ -10,7 +11,7 @@
 #                                      the PDL twin (split-K sums left to inductor), the folded norms (sums of
 #                                      squares outside the weight loop), both (~9 min)
 #   bash tools/gpu_pending.sh llama    the 1B Llama training step with the in-place loss (now auto's choice under
-#                                      compile) and with the materialised logits, transformers beside (~5 min)
+#                                      compile), transformers beside (~5.5 min); then with the materialised logits
 #   bash tools/gpu_pending.sh norms    the one-program RMSNorm kernels (~2.9 us each, 44 per token): inductor's
 #                                      multi-kernel (persistent vs looped reduction, picked by timing) (~5 min)
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin (split-K sums now left to inductor) against the
@@ -49,16 +50,17 @@ serial)
     packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k "decode_attention or skinny or triton_decode or fold or routes"
   tail -n 3 "$OUT/tests.log"
   # 2. the float tiles of the three shapes a split could help, timed with the split summed in the kernel
-  step tune 120 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-skinny "$OUT/tiles.json" \
-    --tune-weights float --tune-matrices qkv,o,down --tune-stages 5
+  step tune 120 env LMSTACK_SPLIT_COMBINE=last python packages/kernel/benchmarks/bench_decode_kernels.py \
+    --tune-skinny "$OUT/tiles.json" --tune-weights float --tune-matrices qkv,o,down --tune-stages 5
   grep -h "best" "$OUT/tune.log"
-  # 3. decode, profiled: the second pass (as before), in the kernel with the shipped tiles, in the kernel retuned
+  # 3. decode, profiled: the second pass (the default), in the kernel with the shipped tiles, in the kernel retuned
+  #    (the first run of a process compiles every kernel: 90 s was not enough for it in session 6)
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  dec() { local name=$1; shift; step "$name" 90 env "$@" python -m eval.bench decode --preset llama-1b \
+  dec() { local name=$1; shift; step "$name" 110 env "$@" python -m eval.bench decode --preset llama-1b \
     --batch-sizes 1 --repeat 2 --profile --variants lmstack --out "$OUT/$name.json"; }
   dec separate LMSTACK_SPLIT_COMBINE=kernel
-  dec inkernel LMSTACK_SPLIT_COMBINE=
-  dec retuned LMSTACK_SKINNY_TILES="$OUT/tiles.json"
+  dec inkernel LMSTACK_SPLIT_COMBINE=last
+  dec retuned LMSTACK_SPLIT_COMBINE=last LMSTACK_SKINNY_TILES="$OUT/tiles.json"
   grep -H '"decode_tokens_per_s"\|kernel_us\|kernels_per\|greedy_gap' "$OUT"/separate.json "$OUT"/inkernel.json \
     "$OUT"/retuned.json
   decode_top "$OUT/separate.json" "$OUT/inkernel.json" "$OUT/retuned.json" ;;
@@ -90,11 +92,13 @@ candidates)
 llama)
   # kernel 0.5 made the in-place linear + cross-entropy auto's choice under compile on CUDA from GPT-2 runs only;
   # the 1B target (1.2x, MFU above 52%) was met with the materialised logits: measure both
-  step llama 240 python -m eval.bench train-compare --preset llama-1b --seq 2048 --batch 8 --steps 8 --warmup 3 \
+  # (session 6: 200 s was not enough for both compiles; the later steps run only if the call's limit allows)
+  step llama 320 python -m eval.bench train-compare --preset llama-1b --seq 2048 --batch 8 --steps 8 --warmup 3 \
     --variants lmstack,transformers --out "$OUT/llama.json"
   step llama_logits 150 python -m eval.bench train-compare --preset llama-1b --seq 2048 --batch 8 --steps 8 \
     --warmup 3 --variants lmstack --prefer linear_cross_entropy=logits --out "$OUT/llama_logits.json"
   grep -h 'tokens_per_s"\|"mfu\|speedup\|"loss"\|error' "$OUT"/llama*.json
+  tail -n 3 "$OUT"/llama.log
   # and the loss kernels alone, eager, at the 1B shape (chunked triton, triton_inplace, logits, reference)
   step ce_kernels 100 python packages/kernel/benchmarks/bench_kernels.py --device cuda --ops linear_cross_entropy \
     cross_entropy --out "$OUT/ce_kernels.json"

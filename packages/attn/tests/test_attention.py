@@ -138,15 +138,15 @@ def test_parameter_names_follow_llama():
 
 
 def test_triton_decode_through_a_fixed_cache_combines_its_splits_in_the_kernel(monkeypatch):
-    """The cache's split_counters reach the Triton decode kernel (Triton's interpreter on CPU): with a 150-token
-    prefill its slots split over programs, the last of which combines them. The steps equal the reference op's,
-    and the counters come back zeroed after every step."""
+    """$LMSTACK_SPLIT_COMBINE=last: the cache keeps split_counters and they reach the Triton decode kernel (Triton's
+    interpreter on CPU): with a 150-token prefill its slots split over programs, the last of which combines them.
+    The steps equal the reference op's, and the counters come back zeroed after every step."""
     triton_impl = pytest.importorskip("kernel.triton.decode_attention")
     from attn.cache.fixed import FixedKVCache
     from kernel import reference
-
     from kernel.triton._device import device_info
 
+    monkeypatch.setenv("LMSTACK_SPLIT_COMBINE", "last")
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # a real GPU where there is one
     torch.manual_seed(3)
     cfg = preset("llama-debug", n_kv_heads=2)

@@ -131,11 +131,26 @@ def test_fixed_shape_decode_goes_mask_free_to_decode_attention():
                          max_seq_len=16)
     cache.lens.copy_(torch.tensor([3, 7]))
     ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
-    assert ctx.mask_B1TS is None and ctx.decode is not None
-    # the cache's workspace for the decode kernel's in-kernel split combine: one zeroed counter per (row, KV head)
+    assert ctx.mask_B1TS is None and ctx.decode is not None and ctx.decode.kwargs == {}
+    assert ctx.decode.lens_B.tolist() == [4, 8] and ctx.positions_BT.tolist() == [[3], [7]]
+
+
+def test_split_counters_reach_decode_attention_when_asked_for(monkeypatch):
+    """$LMSTACK_SPLIT_COMBINE=last: the fixed cache keeps one zeroed counter per (row, KV head), and the decode
+    context passes them to decode_attention (its splits then combine in one kernel); a bad value is refused."""
+    from attn.cache.fixed import FixedKVCache
+    from specs.errors import ConfigError
+
+    cfg = preset("llama-debug")
+    monkeypatch.setenv("LMSTACK_SPLIT_COMBINE", "last")
+    cache = FixedKVCache(n_layers=cfg.n_layers, batch_size=2, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
+                         max_seq_len=16)
+    ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
     assert list(ctx.decode.kwargs) == ["split_counters"] and ctx.decode.kwargs["split_counters"] is cache.split_counters
     assert cache.split_counters.dtype == torch.int32 and cache.split_counters.tolist() == [0] * 2 * cfg.kv_heads
-    assert ctx.decode.lens_B.tolist() == [4, 8] and ctx.positions_BT.tolist() == [[3], [7]]
+    monkeypatch.setenv("LMSTACK_SPLIT_COMBINE", "first")
+    with pytest.raises(ConfigError, match="LMSTACK_SPLIT_COMBINE.*expected 'kernel'.*or 'last'"):
+        FixedKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=8, max_seq_len=4)
     # a prefill chunk, a sliding window shorter than the buffer, or an attn_impl outside DECODE_IMPLS: masked path
     for c, t in ((cfg, 2), (preset("llama-debug", sliding_window=4), 1), (preset("llama-debug", attn_impl="sdpa"), 1)):
         ctx = build_context(c, torch.zeros(2, t, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(c))

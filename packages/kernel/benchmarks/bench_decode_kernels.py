@@ -156,9 +156,10 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
     """Time every tile candidate of ``kernel.triton.skinny`` per decode shape (bf16/fp16 and int8 weights, one
     activation row) and write the fastest per shape as this card's table (atomically), with the timings under
     ``_meta``. ``warps``/``stages`` widen the candidate space; ``matrices`` (names in MATRICES) and ``weights``
-    limit the shapes. Float weights are timed as the decode step runs them, a split K summed in the kernel
-    (``split_counters``, which routed Linears keep); int8 with the second pass (the int8 op takes no counters)."""
-    from kernel.reference import linear_split_counters
+    limit the shapes. Float weights are timed as a decode step runs them: a split K summed by a second pass, or in
+    the kernel under ``$LMSTACK_SPLIT_COMBINE=last`` (routed Linears then keep ``split_counters``); int8 always
+    with the second pass (the int8 op takes no counters)."""
+    from kernel.reference import linear_split_counters, split_combine_in_kernel
     from kernel.triton._device import device_info
     from kernel.triton.skinny import skinny_mm, tile_key, tiles
 
@@ -168,8 +169,9 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
     detail: dict[str, dict] = {}
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
+    serial = split_combine_in_kernel()
     for (name, N, K), int8 in itertools.product(shapes, kinds):
-        cnt = None if int8 else linear_split_counters(N, device)
+        cnt = linear_split_counters(N, device) if serial and not int8 else None
         x = torch.randn(1, K, generator=g).to(device, dtype)
         if int8:
             w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
@@ -210,7 +212,9 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
               f"{default} {t_default if t_default is None else round(t_default, 1)} us ({len(timings)} candidates)")
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
                        "triton": __import__("triton").__version__,
-                       "how": "bench_decode_kernels.py --tune-skinny (float weights: split K summed in the kernel)",
+                       "how": "bench_decode_kernels.py --tune-skinny" + (" (LMSTACK_SPLIT_COMBINE=last: float "
+                                                                         "weights' split K summed in the kernel)"
+                                                                         if serial else ""),
                        "detail": {card: detail}},
              card: best}
     write_json(path, table)

@@ -97,7 +97,7 @@ def test_captured_graph_decode_on_cuda_gives_the_eager_tokens():
 
 
 def test_fast_generator_routes_linears_through_the_registry():
-    from serve.fast import FastGenerator, RegistryLinear
+    from serve.fast import FastGenerator, RegistryLinear, route_linears
     from specs.errors import PluginError
 
     torch.manual_seed(0)
@@ -109,15 +109,20 @@ def test_fast_generator_routes_linears_through_the_registry():
     routed = FastGenerator(model, 2, 16, compile=None, linear_impl="reference", fold_norms=False)
     assert all(type(m) is not torch.nn.Linear for m in model.modules())
     assert any(isinstance(m, RegistryLinear) for m in model.modules()) and sorted(model.state_dict()) == keys
-    for m in model.modules():  # the op's workspace for summing a split K in one kernel: one per 16 columns, zeroed
-        if isinstance(m, RegistryLinear):
-            assert m.split_counters.dtype == torch.int32 and m.split_counters.shape == (-(-m.out_features // 16),)
-            assert not m.split_counters.any()
+    # the op's workspace for summing a split K in one kernel only under $LMSTACK_SPLIT_COMBINE=last
+    assert all(m.split_counters is None for m in model.modules() if isinstance(m, RegistryLinear))
     assert torch.equal(routed.generate(prompt, 6), want)
     untouched = TransformerLM(preset("llama-debug"))
     with pytest.raises(PluginError, match="triton_skinny"):
         FastGenerator(untouched, 1, 8, compile=None, linear_impl="nope")
     assert hasattr(untouched.model.layers[0].self_attn, "q_proj")  # a bad name changes nothing
+    with pytest.MonkeyPatch.context() as mp:  # asked for: one zeroed counter per 16 output columns, not saved
+        mp.setenv("LMSTACK_SPLIT_COMBINE", "last")
+        route_linears(untouched, "reference")
+    layers = [m for m in untouched.modules() if isinstance(m, RegistryLinear)]
+    assert layers and all(m.split_counters.dtype == torch.int32 and not m.split_counters.any()
+                          and m.split_counters.shape == (-(-m.out_features // 16),) for m in layers)
+    assert not any("split_counters" in k for k in untouched.state_dict())
     # the default "auto": routed only when the registry's choice is not F.linear (here, on CPU, it is)
     plain = TransformerLM(preset("llama-debug"))
     FastGenerator(plain, 1, 8, compile=None)

@@ -14,11 +14,13 @@ Attention semantics shared by every implementation (the conformance suite in ``k
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from kernel.linear_ce import chunked_linear_cross_entropy
-from specs.errors import ShapeError
+from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import KEY_VALUE, QUERY, TensorSpec
 from tensor.masks import causal_mask
 from tensor.rope import apply_rope
@@ -251,6 +253,19 @@ def decode_keys(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: 
 
 # ``linear``'s split_counters: one entry per this many output columns (the narrowest column tile of a kernel)
 SPLIT_COUNTER_COLUMNS = 16
+SPLIT_COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
+
+
+def split_combine_in_kernel() -> bool:
+    """Whether layers and caches keep ``split_counters`` workspaces, so that kernels which split their work over
+    programs (the skinny matmul's K, decode attention's slots) combine the splits in the same kernel:
+    ``$LMSTACK_SPLIT_COMBINE=last`` (the last split to finish combines). Unset or ``kernel``: a second pass does
+    (the default; on an H200 a 1.1B decode step measured level either way, docs/benchmarks.md)."""
+    raw = os.environ.get(SPLIT_COMBINE_ENV, "kernel")
+    if raw not in ("kernel", "last"):
+        raise ConfigError(SPLIT_COMBINE_ENV, f"expected 'kernel' (a second pass, the default) or 'last' (the last "
+                                             f"split combines in the kernel), got {raw!r}")
+    return raw == "last"
 
 
 def linear_split_counters(n_out: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from kernel import default_registry, resolve
-from kernel.reference import linear_split_counters
+from kernel.reference import linear_split_counters, split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
 
@@ -171,13 +171,13 @@ def _inductor_has_pdl() -> bool:
 
 class RegistryLinear(nn.Linear):
     """An ``nn.Linear`` whose forward is the kernel registry's ``linear`` op under a named implementation; it takes
-    a folded RMSNorm's ``rms_eps`` and a ``residual`` too (``tensor.folded``), which the op fuses. Each keeps the
-    op's ``split_counters`` workspace (a non-persistent buffer: not in ``state_dict``), with which a split-K matmul
-    sums its splits in one kernel."""
+    a folded RMSNorm's ``rms_eps`` and a ``residual`` too (``tensor.folded``), which the op fuses. Under
+    ``$LMSTACK_SPLIT_COMBINE=last`` each keeps the op's ``split_counters`` workspace (a non-persistent buffer: not
+    in ``state_dict``), with which a split-K matmul sums its splits in one kernel; else None (a second pass)."""
 
     impl: str = "auto"
     accepts_prologue = True
-    split_counters: torch.Tensor
+    split_counters: torch.Tensor | None
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -204,8 +204,8 @@ def route_linears(model: nn.Module, impl: str) -> int:
         if type(m) is nn.Linear:
             m.__class__ = RegistryLinear
             m.impl = impl
-            m.register_buffer("split_counters", linear_split_counters(m.out_features, m.weight.device),
-                              persistent=False)
+            counters = linear_split_counters(m.out_features, m.weight.device) if split_combine_in_kernel() else None
+            m.register_buffer("split_counters", counters, persistent=False)
             n += 1
     return n
 

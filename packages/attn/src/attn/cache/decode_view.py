@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from attn.cache._checks import check_layer, check_positive
+from kernel.reference import split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 
 if TYPE_CHECKING:
@@ -49,8 +50,10 @@ class PagedDecodeView:
         self.lens = torch.zeros(rows, dtype=torch.int64, device=self.device)
         self.block_table = torch.zeros(rows, self.blocks_per_row, dtype=torch.int32, device=self.device)
         self.write_slots = torch.zeros(rows, dtype=torch.int64, device=self.device)
-        # the decode kernel's workspace: it combines its slot splits in one kernel with these (left zeroed)
-        self.split_counters = torch.zeros(rows * cache.n_kv_heads, dtype=torch.int32, device=self.device)
+        # the decode kernel's workspace under $LMSTACK_SPLIT_COMBINE=last: it then combines its slot splits in one
+        # kernel with these (left zeroed)
+        self.split_counters = (torch.zeros(rows * cache.n_kv_heads, dtype=torch.int32, device=self.device)
+                               if split_combine_in_kernel() else None)
         self._live: list[Hashable] = []
         self.load([])
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from attn.cache._checks import check_layer, check_positive
+from kernel.reference import split_combine_in_kernel
 from specs.errors import ConfigError
 from specs.tensor_spec import TensorSpec
 
@@ -46,12 +47,15 @@ class FixedKVCache:
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(n_layers)]
         self.lens = torch.zeros(batch_size, dtype=torch.int64, device=self.device)
-        # the decode kernel's workspace: it combines its slot splits in one kernel with these (left zeroed)
-        self.split_counters = torch.zeros(batch_size * n_kv_heads, dtype=torch.int32, device=self.device)
+        # the decode kernel's workspace under $LMSTACK_SPLIT_COMBINE=last: it then combines its slot splits in one
+        # kernel with these (left zeroed)
+        self.split_counters = (torch.zeros(batch_size * n_kv_heads, dtype=torch.int32, device=self.device)
+                               if split_combine_in_kernel() else None)
         self._rows = torch.arange(batch_size, device=self.device)
         # Mutated in place by a captured step: static addresses keep CUDA graphs (cudagraph trees) from copying
         # them or refusing to capture.
-        for t in (*self.k_cache, *self.v_cache, self.lens, self.split_counters):
+        for t in (*self.k_cache, *self.v_cache, self.lens, *([] if self.split_counters is None
+                                                              else [self.split_counters])):
             torch._dynamo.mark_static_address(t)
 
     @property

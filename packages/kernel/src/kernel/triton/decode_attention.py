@@ -27,8 +27,6 @@ than from the cache (whose write it may race), so no program depends on another.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -40,7 +38,6 @@ from specs.errors import ShapeError
 
 BLOCK_S = 64
 MAX_SPLITS = 32
-COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
 
 
 @triton.jit
@@ -202,10 +199,9 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     ``lens_B - 1`` here (:func:`kernel.reference.decode_attention`). ``split_counters``: a zeroed int32 buffer of
     at least B x KVH entries on q's device, left zeroed; with it the slot splits combine in the attention kernel
     itself (no second kernel). Calls that share one buffer must not run concurrently (one stream, as a model's
-    layers do); ``$LMSTACK_SPLIT_COMBINE=kernel`` ignores it (the two-kernel path, for comparing)."""
+    layers do); the caches keep one under ``$LMSTACK_SPLIT_COMBINE=last``
+    (:func:`kernel.reference.split_combine_in_kernel`)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
-    if split_counters is not None and os.environ.get(COMBINE_ENV, "") == "kernel":
-        split_counters = None
     check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
     new = k_new is not None or cos_BDh is not None
     if new:

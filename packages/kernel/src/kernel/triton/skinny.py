@@ -45,9 +45,6 @@ RMS_BLOCK = 2048
 # $LMSTACK_PDL_PREFETCH_BYTES overrides it per process (0: no prefetch, for comparing the two).
 PDL_PREFETCH_BYTES = 24 << 20
 PREFETCH_ENV = "LMSTACK_PDL_PREFETCH_BYTES"
-# "kernel": ignore split_counters (a split K summed by a second pass, as before they existed), for comparing; the
-# decode attention kernel reads the same variable for its slot splits
-COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
 
 
 def pdl_prefetch_bytes() -> int:
@@ -272,8 +269,8 @@ def skinny_mm(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = Non
     one before it drains, prefetches its weights to L2 when they fit (:func:`pdl_prefetch_bytes`), and waits for
     that kernel only before it reads x. ``split_counters``: a zeroed int32 buffer of at least
     :func:`counters_needed` entries, left zeroed: with it a split K is summed by its last split to finish (one
-    kernel: the rest of the epilogue there too); without (or with ``$LMSTACK_SPLIT_COMBINE=kernel``), by a second
-    pass. Calls sharing a buffer must not run concurrently."""
+    kernel: the rest of the epilogue there too); without, by a second pass (routed Linears keep a buffer under
+    ``$LMSTACK_SPLIT_COMBINE=last``). Calls sharing a buffer must not run concurrently."""
     out = skinny_partials(x, w, scale, bias, out_dtype=out_dtype, config=config, rms_eps=rms_eps,
                           residual=residual, pdl=pdl, split_counters=split_counters)
     return out if out.dim() == 2 else finish_partials(out, scale, bias, residual, out_dtype or x.dtype)
@@ -291,8 +288,6 @@ def skinny_partials(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None
     M, K = x.shape
     N = w.shape[0]
     pdl = pdl and pdl_capable(x)
-    if split_counters is not None and os.environ.get(COMBINE_ENV, "") == "kernel":
-        split_counters = None  # the two-pass sum, for comparing
     block_n, block_k, split, stages, warps, k_per_split = skinny_plan(x, w, config, rms_eps,
                                                                      serial=split_counters is not None)
     serial = split > 1 and split_counters is not None
