@@ -3,31 +3,27 @@
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
-#                                      run once in session 6, without its baseline: docs/benchmarks.md)
-#   bash tools/gpu_pending.sh train2   the 1B Llama step with the in-place loss (auto's choice under compile since
-#                                      kernel 0.5), transformers beside; GPT-2 124M under the default compile and
-#                                      under max-autotune (Triton matmul templates with GELU/bias epilogues) (~9.5 min)
-#   bash tools/gpu_pending.sh candidates  the decode changes of session 5 in one call, each profiled: the default,
-#                                      the PDL twin (split-K sums left to inductor), the folded norms (sums of
-#                                      squares outside the weight loop), both (~9 min)
-#   bash tools/gpu_pending.sh llama    the 1B Llama training step with the in-place loss (now auto's choice under
-#                                      compile), transformers beside (~5.5 min); then with the materialised logits
-#   bash tools/gpu_pending.sh norms    the one-program RMSNorm kernels (~2.9 us each, 44 per token): inductor's
-#                                      multi-kernel (persistent vs looped reduction, picked by timing) (~5 min)
-#   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin (split-K sums now left to inductor) against the
-#                                      default, with and without its L2 prefetch (~6 min)
-#   bash tools/gpu_pending.sh fold     which projection fold_norms slows down (profiles now split by launch grid)
-# Recipes already run (sessions 4-5, docs/benchmarks.md), kept to re-measure after changes:
+#                                      run once in session 6, its baseline cut off: docs/benchmarks.md run O)
+#   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin against the default (now with folded norms),
+#                                      with and without its L2 prefetch (~6 min; with it: run N2/N4, no gain)
+#   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
+# Recipes already run (sessions 4-6, docs/benchmarks.md), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh candidates  decode: the default, the PDL twin, the folded norms, both (~9 min; run N)
+#   bash tools/gpu_pending.sh llama    the 1B Llama step with the in-place loss, transformers beside, then with the
+#                                      materialised logits, then the loss kernels alone (~4.5 min; session 6)
+#   bash tools/gpu_pending.sh train2   the 1B Llama step (200 s was too short), GPT-2 under the default compile and
+#                                      max-autotune (its autotuning outlasted 250 s) (~9.5 min; session 6)
+#   bash tools/gpu_pending.sh norms    inductor's multi-kernel for the RMSNorm kernels (moot while folded by default)
+#   bash tools/gpu_pending.sh fold     which projection fold_norms slows down (profiles split by launch grid)
 #   bash tools/gpu_pending.sh check    PDL's race test, decode with and without PDL (greedy gaps), the GPT-2 step
 #                                      with and without the in-place loss (~7 min)
 #   bash tools/gpu_pending.sh decode   PDL: the race check, then decode with and without it, profiled (~7 min)
-#   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M training step's GPU time goes, beside transformers' (~4 min)
 #   bash tools/gpu_pending.sh tune     the small decode matmuls' tiles with 2/4/8 warps, then decode with that table
 #   bash tools/gpu_pending.sh train    FSDP host profile, GPT-2 train-compare with fused projections, engine (~9 min)
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,27p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
