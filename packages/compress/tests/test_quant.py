@@ -61,3 +61,43 @@ def test_quantized_decode_step_traces_as_one_graph():
         model(torch.zeros(1, 3, dtype=torch.long), cache=eager_cache)
         tok = torch.ones(1, 1, dtype=torch.long)
         torch.testing.assert_close(step(tok), model(tok, cache=eager_cache))
+
+
+def test_int8_layer_takes_a_folded_norm_and_a_residual():
+    """rms_eps / residual (tensor.folded's prologue keywords): RMS-normalise x first, add the residual last, as the
+    reference does around the dequantised weight."""
+    torch.manual_seed(1)
+    q = Int8WeightOnlyLinear(nn.Linear(64, 32, bias=True))
+    assert q.accepts_prologue
+    x, r = torch.randn(3, 64) * 4, torch.randn(3, 32)
+    deq = q.weight.float() * q.scale[:, None]
+    xn = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
+    torch.testing.assert_close(q(x, rms_eps=1e-5, residual=r), xn @ deq.T + q.bias + r, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_folded_then_quantized_model_decodes_its_own_greedy_tokens():
+    """Fold the norms, then quantize (the int8 layers normalise their input and add the residual): cached decode
+    through FastGenerator gives the tokens an uncached forward of the same model picks, and the logits stay close
+    to the float model's."""
+    from serve.fast import FastGenerator
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    for layer in model.model.layers:
+        layer.input_layernorm.weight.uniform_(0.5, 1.5)
+    ids = torch.randint(0, model.config.vocab_size, (1, 6))
+    want = model(ids)
+    model.fuse_projections()
+    model.fold_norms()
+    quantize_(model)
+    assert all(layer.norms_folded for layer in model.model.layers) and model.can_fold_norms()
+    got = model(ids)
+    assert (got - want).norm() / want.norm() < 0.02
+    gen = FastGenerator(model, 1, 16, compile=None, fold_norms=False)
+    toks = gen.generate(ids, 5)
+    seq = ids
+    for i in range(5):  # greedy, one uncached forward per token
+        nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
+        assert nxt.item() == toks[0, i].item()
+        seq = torch.cat([seq, nxt], 1)

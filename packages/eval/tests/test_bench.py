@@ -105,6 +105,20 @@ def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_p
     assert r["variants"]["lmstack"]["fold_norms"] is False and r["variants"]["lmstack-int8"]["fold_norms"] is False
 
 
+def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
+    """--fold-norms: the lmstack loop folds, and the int8 variant folds before quantizing (its int8 layers then
+    normalise their input and add the residual); both loops' greedy tokens are the prefill path's choices (int8 ones
+    scored by the unquantized model: within quantization error)."""
+    out = tmp_path / "decode.json"
+    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
+            "--variants", "lmstack,lmstack-int8", "--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "4",
+            "--repeat", "1", "--fold-norms", "--out", str(out)]
+    assert main(argv) == 0
+    v = json.loads(out.read_text())["results"]["variants"]
+    assert v["lmstack"]["fold_norms"] is True and v["lmstack-int8"]["fold_norms"] is True
+    assert v["lmstack"]["greedy_gap_max"] < 1e-4 and v["lmstack-int8"]["greedy_gap_max"] < 0.02  # logits' std ~0.16
+
+
 def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
     """lmstack-fused (one q/k/v GEMM) starts from the same weights as lmstack: the same losses, step for step."""
     doc = _run(capsys, ["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--compile", "none",

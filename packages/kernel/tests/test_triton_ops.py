@@ -422,15 +422,30 @@ def test_skinny_linear_matches_reference(dtype, M, N, K, with_bias):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M, N, K, with_bias", [(1, 48, 300, False), (3, 33, 2100, True)])
-def test_skinny_int8_linear_matches_reference(dtype, M, N, K, with_bias):
+@pytest.mark.parametrize("prologue", [False, True])
+@pytest.mark.parametrize("impl", ["triton_skinny", "triton"])
+def test_int8_linear_matches_reference(dtype, M, N, K, with_bias, prologue, impl):
+    """Both Triton int8 implementations, plain and with a folded RMSNorm (``rms_eps``) and a residual (the skinny
+    matmul fuses them; the GEMV leaves them to the reference)."""
     g = torch.Generator().manual_seed(M * N + K)
-    x = torch.randn(M, K, generator=g).to(DEVICE, dtype)
+    x = (torch.randn(M, K, generator=g) * 3).to(DEVICE, dtype)
     w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
     s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(DEVICE, dtype)
     b = torch.randn(N, generator=g).to(DEVICE, dtype) if with_bias else None
-    got = skinny_fn("int8_linear")(x, w, s, b)
-    ref32 = ref.int8_linear(x.float(), w, s.float(), None if b is None else b.float())
-    check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b), dtype, fp32_atol=1e-4)
+    r = torch.randn(M, N, generator=g).to(DEVICE, dtype) if prologue else None
+    kw = {"rms_eps": 1e-5, "residual": r} if prologue else {}
+    got = default_registry().get("int8_linear", impl).load()(x, w, s, b, **kw)
+    f32 = {"rms_eps": 1e-5, "residual": r.float()} if prologue else {}
+    ref32 = ref.int8_linear(x.float(), w, s.float(), None if b is None else b.float(), **f32)
+    check("int8_linear", got, ref32, ref.int8_linear(x, w, s, b, **kw), dtype, fp32_atol=1e-4)
+
+
+def test_int8_linear_reference_prologue_is_rmsnorm_then_int8_linear_then_add():
+    g = torch.Generator().manual_seed(0)
+    x, r = torch.randn(2, 8, generator=g), torch.randn(2, 5, generator=g)
+    w, s = torch.randint(-127, 128, (5, 8), generator=g, dtype=torch.int8), torch.rand(5, generator=g) / 100
+    xn = x / (x.pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(ref.int8_linear(x, w, s, rms_eps=1e-6, residual=r), (xn @ w.float().T) * s + r)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -33,10 +33,16 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("scale", scale_O.to(linear.weight.dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # a folded RMSNorm's rms_eps and a residual are op keywords (tensor.folded): fold before quantizing
+    accepts_prologue = True
+
+    def forward(self, x: torch.Tensor, rms_eps: float | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
         op = resolve("int8_linear", "auto", device=x.device, dtype=x.dtype,
                      backward=torch.is_grad_enabled() and x.requires_grad)
-        return op(x, self.weight, self.scale, self.bias)
+        if rms_eps is None and residual is None:
+            return op(x, self.weight, self.scale, self.bias)
+        return op(x, self.weight, self.scale, self.bias, rms_eps=rms_eps, residual=residual)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -288,7 +288,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,)."""
+                bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,).
+    ``rms_eps`` and ``residual`` as :func:`linear` (a folded RMSNorm of x first, the residual added last)."""
+    if rms_eps is not None:
+        x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)
-    return y if bias is None else y + bias.to(x.dtype)
+    y = y if bias is None else y + bias.to(x.dtype)
+    return y if residual is None else y + residual

@@ -81,7 +81,7 @@ class FastGenerator:
         if linear_impl == "auto":
             linear_impl = auto_linear_impl(model)
         if fold_norms == "auto":  # only where the routed matmul fuses the norm; plain Linears would gain nothing
-            fold_norms = linear_impl is not None and getattr(model, "can_fold_norms", lambda: False)()
+            fold_norms = FastGenerator.auto_fold_norms(model, linear_impl)
         if fold_norms:
             model.fold_norms()
         self.fold_norms = fold_norms
@@ -93,6 +93,15 @@ class FastGenerator:
         self.compile_mode, self.backend, self.pdl = compile, backend, pdl
         self._step = self._decode_one
         self._compiled = False
+
+    @staticmethod
+    def auto_fold_norms(model: Any, linear_impl: str | None = "auto") -> bool:
+        """What ``fold_norms="auto"`` decides for ``model``: True when its Linears are routed through the registry
+        (``linear_impl``, "auto" resolved as the constructor does) and ``model.can_fold_norms()``. For a model to be
+        quantized, ask before quantizing and fold then (the int8 layers take the folded norm too)."""
+        if linear_impl == "auto":
+            linear_impl = auto_linear_impl(model)
+        return linear_impl is not None and bool(getattr(model, "can_fold_norms", lambda: False)())
 
     @torch.no_grad()
     def _decode_one(self, tok_B1: torch.Tensor, inv_temp: torch.Tensor, noise_BV: torch.Tensor | None) -> torch.Tensor:

@@ -63,7 +63,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack variants: fold the RMSNorm weights into the projections, which then normalise their "
                         "input and add the residual (FastGenerator(fold_norms=True); int8: folded before quantizing); "
                         "--no-fold-norms: never; default: FastGenerator's 'auto' (folded where the Linears are "
-                        "routed through the registry; not the int8 variant)")
+                        "routed through the registry, int8 included)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -241,7 +241,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         qmodel = copy.deepcopy(model)
         if hasattr(qmodel, "fuse_projections"):
             qmodel.fuse_projections()  # fused GEMVs for int8 too (a no-op when the lmstack variant already fused)
-        if args.fold_norms:
+        fold = Fast.auto_fold_norms(qmodel) if args.fold_norms is None else args.fold_norms
+        if fold:
             qmodel.fold_norms()  # before quantizing: the folded weights are what gets quantized
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
@@ -249,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
-                                     "fold_norms": gen.fold_norms}
+                                     "fold_norms": bool(fold)}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)

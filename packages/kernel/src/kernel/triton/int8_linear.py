@@ -40,13 +40,15 @@ def _gemv(x_ptr, w_ptr, s_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype."""
+                bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; ``rms_eps`` and ``residual``
+    as :func:`kernel.reference.int8_linear`, done by torch around this kernel (the skinny matmul fuses them)."""
     K = x.shape[-1]
     x2 = x.reshape(-1, K)
     M, N = x2.shape[0], weight_int8.shape[0]
-    if M > MAX_ROWS:
-        return _reference(x, weight_int8, scale, bias)
+    if M > MAX_ROWS or rms_eps is not None or residual is not None:
+        return _reference(x, weight_int8, scale, bias, rms_eps=rms_eps, residual=residual)
     x2 = x2.contiguous()
     w = weight_int8.contiguous()
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)

@@ -353,9 +353,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype."""
-    return _int8_linear(x, weight_int8, scale, bias, pdl=False)
+                bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; ``rms_eps`` and ``residual``
+    as :func:`linear` (fused: rstd from the rows' sums of squares beside the weight loop, the add in the epilogue)."""
+    return _int8_linear(x, weight_int8, scale, bias, rms_eps, residual, pdl=False)
 
 
 def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -369,9 +371,10 @@ def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
 
 def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
+                    bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
+                    residual: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`int8_linear` launched with programmatic dependent launch (as :func:`linear_pdl`)."""
-    return _int8_linear(x, weight_int8, scale, bias, pdl=True)
+    return _int8_linear(x, weight_int8, scale, bias, rms_eps, residual, pdl=True)
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rms_eps: float | None,
@@ -390,16 +393,17 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rm
 
 
 def _int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                 pdl: bool) -> torch.Tensor:
+                 rms_eps: float | None, residual: torch.Tensor | None, pdl: bool) -> torch.Tensor:
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS:
-        return _int8_reference(x, weight_int8, scale, bias)
+        return _int8_reference(x, weight_int8, scale, bias, rms_eps=rms_eps, residual=residual)
+    res = None if residual is None else residual.reshape(x2.shape[0], weight_int8.shape[0])
     w = weight_int8.contiguous()
     if pdl:
-        y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, None, None)
-        y = y if y.dim() == 2 else finish_partials(y, scale, bias, None, x.dtype)
+        y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, rms_eps, res)
+        y = y if y.dim() == 2 else finish_partials(y, scale, bias, res, x.dtype)
     else:
-        y = skinny_mm(x2, w, scale, bias)
+        y = skinny_mm(x2, w, scale, bias, rms_eps=rms_eps, residual=res)
     return y.reshape(*x.shape[:-1], weight_int8.shape[0])
 
 
