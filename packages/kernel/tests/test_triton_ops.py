@@ -424,7 +424,7 @@ def test_skinny_linear_matches_reference(dtype, M, N, K, with_bias):
 @pytest.mark.parametrize("M, N, K, with_bias", [(1, 48, 300, False), (3, 33, 2100, True)])
 @pytest.mark.parametrize("prologue", [False, True])
 @pytest.mark.parametrize("impl", ["triton_skinny", "triton"])
-def test_int8_linear_matches_reference(dtype, M, N, K, with_bias, prologue, impl):
+def test_int8_linears_with_and_without_a_prologue_match_reference(dtype, M, N, K, with_bias, prologue, impl):
     """Both Triton int8 implementations, plain and with a folded RMSNorm (``rms_eps``) and a residual (the skinny
     matmul fuses them; the GEMV leaves them to the reference)."""
     g = torch.Generator().manual_seed(M * N + K)
