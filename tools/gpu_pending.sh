@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh final    decode as shipped (session 6: norms folded by default, int8 layers folded
+#                                      before quantizing): transformers, bf16 at batch 1 and 32, int8 (~5 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
@@ -23,7 +25,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -39,6 +41,14 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+final)
+  # the shipped defaults in one call: transformers' static-cache generate, lmstack at batch 1 (profiled) and 32,
+  # int8 (now folded before quantizing: its layers take the folded norm too); greedy gaps for every loop
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step final 330 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 2 --profile \
+    --variants transformers,lmstack,lmstack-int8 --out "$OUT/final.json"
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|greedy_gap\|"fold_norms"\|kernel_us\|kernels_per' \
+    "$OUT/final.json" ;;
 serial)
   # 1. the changed kernels on the card: decode attention (its in-kernel combine), the skinny matmul (serial split-K),
   #    the attention layer through a fixed cache, FastGenerator's folding and routing
