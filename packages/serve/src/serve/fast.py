@@ -191,7 +191,10 @@ class RegistryLinear(nn.Linear):
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
-        return op(x, self.weight, self.bias, rms_eps=rms_eps, residual=residual, split_counters=self.split_counters)
+        # keywords only when set: an implementation from a plugin may take fewer
+        kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("split_counters", self.split_counters))
+              if v is not None}
+        return op(x, self.weight, self.bias, **kw)
 
 
 def auto_linear_impl(model: nn.Module) -> str | None:

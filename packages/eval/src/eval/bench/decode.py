@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del hf
         torch.cuda.empty_cache() if device.startswith("cuda") else None
 
-    tokens: dict[str, torch.Tensor] = {}  # batch-1 greedy tokens per variant (the PDL check)
+    tokens: dict[str, torch.Tensor] = {}  # batch-1 greedy tokens per variant (greedy gaps, the PDL comparison)
 
     def lmstack_variant(name: str = "lmstack", pdl: bool | str = "auto") -> None:
         out = {}
