@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh final    decode as shipped (session 6: norms folded by default, int8 layers folded
-#                                      before quantizing): transformers, bf16 at batch 1 and 32, int8 (~5 min)
+#                                      before quantizing): transformers, bf16 at batch 1 and 32, int8 (~6 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
@@ -45,7 +45,7 @@ final)
   # the shipped defaults in one call: transformers' static-cache generate, lmstack at batch 1 (profiled) and 32,
   # int8 (now folded before quantizing: its layers take the folded norm too); greedy gaps for every loop
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step final 330 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 2 --profile \
+  step final 420 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 2 --profile \
     --variants transformers,lmstack,lmstack-int8 --out "$OUT/final.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|greedy_gap\|"fold_norms"\|kernel_us\|kernels_per' \
     "$OUT/final.json" ;;
