@@ -1,4 +1,5 @@
-"""Per-package dependency declarations are exact: deptry finds no missing, unused or transitive imports.
+"""Per-package dependency declarations are exact: deptry finds no missing, unused or transitive imports. And a
+package's ``__version__``, where it has one, is its pyproject version (a bump that forgot it went unnoticed twice).
 
 Each package is checked from its own directory against its own pyproject.toml, with src/ as the code and tests,
 benchmarks and examples excluded (their needs go in the `test` extra, which each pyproject marks as a dev group).
@@ -6,9 +7,12 @@ benchmarks and examples excluded (their needs go in the `test` extra, which each
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 # Distributions whose import name differs from the distribution name.
@@ -50,10 +54,18 @@ def main() -> int:
         if r.returncode != 0:
             failed.append(p.name)
             print(f"--- deptry {p.name}\n{r.stdout}{r.stderr}")
+    for p in pkgs:
+        version = tomllib.loads((p / "pyproject.toml").read_text())["project"]["version"]
+        init = p / "src" / p.name / "__init__.py"
+        m = re.search(r'^__version__ = "([^"]+)"', init.read_text(), re.M) if init.is_file() else None
+        if m and m.group(1) != version:
+            failed.append(p.name)
+            print(f"--- {p.name}: {init.relative_to(ROOT)} says __version__ = {m.group(1)!r}, pyproject.toml says "
+                  f"{version!r}")
     if failed:
-        print(f"dependency declarations wrong in: {', '.join(failed)}")
+        print(f"dependency declarations or versions wrong in: {', '.join(failed)}")
         return 1
-    print(f"deptry: {len(pkgs)} packages declare exactly what they import")
+    print(f"deptry: {len(pkgs)} packages declare exactly what they import; __version__ strings match")
     return 0
 
 

@@ -52,8 +52,9 @@ final)
 serial)
   # 1. the changed kernels on the card: decode attention (its in-kernel combine), the skinny matmul (serial split-K),
   #    the attention layer through a fixed cache, FastGenerator's folding and routing
-  step tests 80 python -m pytest packages/kernel/tests/test_triton_ops.py packages/attn/tests/test_attention.py \
-    packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k "decode_attention or skinny or triton_decode or fold or routes"
+  step tests 80 python -m pytest packages/kernel/tests/test_triton_ops.py packages/kernel/tests/test_decode_matmuls.py \
+    packages/attn/tests/test_attention.py \
+    packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k "decode_attention or skinny or int8 or triton_decode or fold or routes"
   tail -n 3 "$OUT/tests.log"
   # 2. the float tiles of the three shapes a split could help, timed with the split summed in the kernel
   step tune 120 env LMSTACK_SPLIT_COMBINE=last python packages/kernel/benchmarks/bench_decode_kernels.py \
@@ -145,7 +146,7 @@ decode)
   # PDL wins again, make FastGenerator(pdl=...) default to True on sm90+.
   step race 150 python -m pytest packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k pdl
   tail -n 3 "$OUT/race.log"
-  step kernels 90 python -m pytest packages/kernel/tests/test_pdl.py packages/kernel/tests/test_triton_ops.py -q \
+  step kernels 90 python -m pytest packages/kernel/tests/test_pdl.py packages/kernel/tests/test_decode_matmuls.py -q \
     -p no:cacheprovider -k "skinny or pdl"
   tail -n 2 "$OUT/kernels.log"
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1

@@ -1,0 +1,49 @@
+"""What the Triton kernel tests share: the device they run on, the dtypes, and the low-precision tolerance.
+
+On a CPU-only machine the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py); with
+CUDA they run on the GPU. Low-precision tolerance: the kernel's error against the fp32 reference is at most
+``factor`` times the error of the same op computed by torch in the low dtype (2x; 4x for bf16 under the
+interpreter, which rounds by truncation, see test_triton_ops.test_interpreter_bf16_conversion_truncates).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernel import default_registry
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" and DEVICE == "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def factor(dtype):
+    return 4.0 if (INTERPRETED and dtype == torch.bfloat16) else 2.0
+
+
+def triton_fn(op):
+    return default_registry().get(op, "triton").load()
+
+
+def check(name, got, ref32, lowp, dtype, fp32_atol=1e-5):
+    """got/lowp: results in ``dtype``; ref32: the fp32 reference on the same (rounded) inputs."""
+    err = (got.float() - ref32).abs().max().item()
+    if dtype == torch.float32:
+        assert err <= fp32_atol, f"{name}: {err:.2e}"
+    else:
+        base = (lowp.float() - ref32).abs().max().item()
+        # plus one unit in the last place of the largest output: below that, differences are rounding order
+        ulp = torch.finfo(dtype).eps * ref32.abs().max().item()
+        assert err <= factor(dtype) * base + ulp + 1e-6, f"{name} {dtype}: {err:.2e} vs torch {base:.2e}"
+
+
+def grads(fn, inputs, g):
+    ins = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*ins)
+    return out, torch.autograd.grad(out, ins, g.to(out.dtype))
+
+
+def rand(*shape, dtype, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
