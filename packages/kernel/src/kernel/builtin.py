@@ -19,15 +19,18 @@ TRITON_TARGETS = {
     "linear_cross_entropy": "kernel.triton.linear_ce:linear_cross_entropy",
     "int8_linear": "kernel.triton.int8_linear:int8_linear",
     "decode_attention": "kernel.triton.decode_attention:decode_attention",
+    "decode_layer": "kernel.triton.decode_layer:decode_layer",
 }
 
 
-INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear")  # kernels without a backward
+INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer")  # kernels without a backward
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;
 # the other Triton kernels beat their references (RMSNorm 4x fwd, RoPE 5x, SwiGLU 1.8x, linear+CE 4x).
-TRITON_PRIORITY = {"attention": 5}
+# The persistent decode-layer kernel measured slower than the per-op path it replaces (docs/benchmarks.md), so
+# `auto` keeps the torch reference (and FastGenerator's layer_kernel="auto" stays off); asked for by name.
+TRITON_PRIORITY = {"attention": 5, "decode_layer": -5}
 
 
 def reference_implementations() -> list[Implementation]:

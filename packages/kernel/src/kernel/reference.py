@@ -297,3 +297,82 @@ def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
     y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)
     y = y if bias is None else y + bias.to(x.dtype)
     return y if residual is None else y + residual
+
+
+# decode_layer's counters: [0] a grid barrier, [1] programs done, then one per KV head (attention's split combine)
+DECODE_LAYER_COUNTER_SLOTS = 2
+
+
+def decode_layer_counters(n_kv_heads: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A zeroed ``counters`` workspace for :func:`decode_layer` calls on a layer of ``n_kv_heads`` KV heads (the
+    Triton kernel's grid barrier and split combine; it leaves them zeroed). A layer keeps one."""
+    return torch.zeros(DECODE_LAYER_COUNTER_SLOTS + n_kv_heads, dtype=torch.int32, device=device)
+
+
+def check_decode_layer(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, w_gate_up: torch.Tensor,
+                       w_down: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lens: torch.Tensor,
+                       cos: torch.Tensor, sin: torch.Tensor, counters: torch.Tensor | None,
+                       n_heads: int) -> tuple[int, int, int, int, int, int]:
+    """Validate :func:`decode_layer`'s arguments; returns (D, F, H, KVH, Dh, L)."""
+    D = x.shape[-1]
+    if x.numel() != D or x.stride(-1) != 1:
+        raise ShapeError(f"decode_layer: one token of one row, x (1, 1, D) with unit stride; got {tuple(x.shape)} "
+                         f"strides {x.stride()}")
+    if k_cache.dim() != 4 or k_cache.shape[0] != 1 or tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ShapeError(f"decode_layer: k_cache and v_cache should both be (1, KVH, L, Dh), got "
+                         f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    _, KVH, L, Dh = k_cache.shape
+    if n_heads <= 0 or n_heads % KVH:
+        raise ShapeError(f"decode_layer: n_heads={n_heads} must be a positive multiple of the cache's KVH={KVH}")
+    H = n_heads
+    if Dh % 2:
+        raise ShapeError(f"decode_layer: RoPE needs an even head dim, got {Dh}")
+    FF = w_down.shape[-1] if w_down.dim() == 2 else -1
+    expected = {"w_qkv": (H * Dh + 2 * KVH * Dh, D), "w_o": (D, H * Dh), "w_gate_up": (2 * FF, D),
+                "w_down": (D, FF)}
+    for name, t in (("w_qkv", w_qkv), ("w_o", w_o), ("w_gate_up", w_gate_up), ("w_down", w_down)):
+        if tuple(t.shape) != expected[name]:
+            raise ShapeError(f"decode_layer: {name} should be {expected[name]} (D={D}, H={H}, KVH={KVH}, Dh={Dh}, "
+                             f"F from w_down), got {tuple(t.shape)}")
+        if t.dtype != x.dtype or t.device != x.device or not t.is_contiguous():
+            raise ShapeError(f"decode_layer: {name} must be contiguous {x.dtype} on {x.device} like x, got "
+                             f"{t.dtype} on {t.device}{'' if t.is_contiguous() else ', not contiguous'}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.device != x.device or t.stride(-1) != 1 or not t.is_floating_point():
+            raise ShapeError(f"decode_layer: {name} must be a float buffer on {x.device} with unit stride in Dh")
+    if tuple(lens.shape) != (1,) or lens.dtype not in (torch.int32, torch.int64):
+        raise ShapeError(f"decode_layer: lens should be (1,) int32/int64 (the row's length with the new token), "
+                         f"got {tuple(lens.shape)} {lens.dtype}")
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.numel() != Dh or not t.is_contiguous():
+            raise ShapeError(f"decode_layer: {name} should be the new position's {Dh} contiguous angles, got "
+                             f"{tuple(t.shape)}")
+    n_counters = DECODE_LAYER_COUNTER_SLOTS + KVH
+    if counters is not None and (counters.dtype != torch.int32 or counters.numel() < n_counters
+                                 or counters.device != x.device):
+        raise ShapeError(f"decode_layer: counters should be a zeroed int32 buffer of at least {n_counters} entries "
+                         f"(decode_layer_counters) on {x.device}, got {counters.numel()} {counters.dtype} on "
+                         f"{counters.device}")
+    return D, FF, H, KVH, Dh, L
+
+
+def decode_layer(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, w_gate_up: torch.Tensor,
+                 w_down: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lens: torch.Tensor,
+                 cos: torch.Tensor, sin: torch.Tensor, counters: torch.Tensor | None = None, *, n_heads: int,
+                 eps_attn: float, eps_mlp: float, scale: float | None = None) -> torch.Tensor:
+    """A pre-norm Llama layer with folded norms (``tensor.folded``) for one token of one row, as the unfused decode
+    step computes it: ``h = x + o(attention(rope(q), rope(k), v))`` with q/k/v = ``linear(x, w_qkv, rms_eps)``
+    (the new key and value written to slot ``lens - 1`` of the caches, in place), then
+    ``h + down(swiglu(gate, up))`` with gate/up = ``linear(h, w_gate_up, rms_eps)`` (gate rows first). x (1, 1, D);
+    caches (1, KVH, L, Dh); ``lens`` (1,) the row's length with the new token; cos/sin the new position's (Dh,)
+    angles. ``counters``: the Triton kernel's zeroed workspace (:func:`decode_layer_counters`); unused here."""
+    D, _, H, KVH, Dh, _ = check_decode_layer(x, w_qkv, w_o, w_gate_up, w_down, k_cache, v_cache, lens, cos, sin,
+                                             counters, n_heads)
+    xr = x.reshape(1, D)
+    qkv = linear(xr, w_qkv, rms_eps=eps_attn)
+    q, k, v = qkv.split([H * Dh, KVH * Dh, KVH * Dh], -1)
+    o = decode_attention(q.view(1, H, Dh), k_cache, v_cache, lens, scale=scale, k_new=k.view(1, KVH, Dh),
+                         v_new=v.view(1, KVH, Dh), cos_BDh=cos.reshape(1, Dh), sin_BDh=sin.reshape(1, Dh))
+    h = linear(o.reshape(1, H * Dh), w_o, residual=xr)
+    gate, up = linear(h, w_gate_up, rms_eps=eps_mlp).chunk(2, -1)
+    return linear(swiglu(gate, up), w_down, residual=h).view(x.shape)
