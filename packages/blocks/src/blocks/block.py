@@ -12,6 +12,8 @@ Shape legend: B batch, T tokens, D model width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -19,9 +21,12 @@ from attn.attention import Attention
 from attn.context import AttentionContext
 from blocks.mlp import SwiGLU, make_mlp
 from blocks.norms import RMSNorm, make_norm
+from kernel import default_registry, resolve
+from kernel.reference import decode_layer_counters
 from specs.config import ModelConfig
 from specs.errors import ConfigError
 from tensor.folded import refuse_state_dict
+from tensor.fused import is_fused
 from tensor.residual import residual
 
 
@@ -38,9 +43,16 @@ class TransformerBlock(nn.Module):
         self.mlp = make_mlp(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
         self.norms_folded = False
+        self.layer_kernel: str | None = None  # use_layer_kernel
+        self.register_buffer("layer_counters", None, persistent=False)  # decode_layer's workspace, when used
 
     def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
+        if self.layer_kernel is not None:
+            if self._one_token_decode(x_BTD, ctx):
+                return self._decode_layer(x_BTD, ctx)
+            if getattr(ctx.cache, "fixed_shape", False) and not torch.compiler.is_compiling():
+                self._layer_op(x_BTD)  # resolved now (eager prefill): compiled decode steps find it (fullgraph)
         if self.norms_folded:  # the projections normalise their input and add the residual (fold_norms)
             h_BTD = self.self_attn(x_BTD, ctx, residual=x_BTD)
             return self.mlp(h_BTD, residual=h_BTD)
@@ -74,6 +86,65 @@ class TransformerBlock(nn.Module):
         readers = [*self.self_attn.norm_readers(), *self.mlp.norm_readers()]
         return all(isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.is_floating_point()
                    for m in readers)
+
+    def use_layer_kernel(self, impl: str | None = "auto") -> None:
+        """Run one-token decode steps of one row over a fixed-shape cache (``FixedKVCache``) as the kernel
+        registry's ``decode_layer`` op under ``impl`` (on CUDA the Triton kernel that runs the whole layer in one
+        persistent launch); other calls (prefill, batches, paged caches) keep the per-op path. Needs a folded
+        Llama layer with fused projections (:meth:`layer_kernel_unsupported` says why not); None turns it off.
+        The layer keeps the op's zeroed ``layer_counters`` workspace (a non-persistent buffer)."""
+        if impl is None:
+            self.layer_kernel = None
+            return
+        why = self.layer_kernel_unsupported()
+        if why is not None:
+            raise ConfigError("layer_kernel", why)
+        default_registry().get("decode_layer", impl) if impl != "auto" else None  # a bad name fails here
+        w = self.self_attn.o_proj.weight
+        self.register_buffer("layer_counters", decode_layer_counters(self.self_attn.n_kv_heads, w.device),
+                             persistent=False)
+        self.layer_kernel = impl
+
+    def layer_kernel_unsupported(self) -> str | None:
+        """Why :meth:`use_layer_kernel` cannot apply to this layer, or None when it can: the norms must be folded
+        (``fold_norms``), q/k/v and gate/up fused (``fuse_projections``), silu, no biases, and every projection
+        a float Linear of one dtype (not quantized)."""
+        if not self.norms_folded:
+            return "the layer kernel runs folded layers: call fold_norms() first"
+        attn, mlp = self.self_attn, self.mlp
+        if not (is_fused(attn, "qkv_proj") and is_fused(mlp, "gate_up_proj")):
+            return "the layer kernel reads fused projections: call fuse_projections() before fold_norms()"
+        if getattr(mlp, "activation", None) != "silu":
+            return f"the layer kernel computes SwiGLU (silu), got activation {getattr(mlp, 'activation', None)!r}"
+        projections = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        weights = [getattr(m, "weight", None) for m in projections]
+        if not all(isinstance(w, torch.Tensor) and w.is_floating_point() for w in weights):
+            return "the layer kernel needs float projection weights (quantized layers keep the per-op path)"
+        if len({w.dtype for w in weights}) != 1:
+            return f"the projections must share one dtype, got {sorted(str(w.dtype) for w in weights)}"
+        if any(getattr(m, "bias", None) is not None for m in projections):
+            return "the layer kernel has no bias terms: projections with biases keep the per-op path"
+        return None
+
+    def _one_token_decode(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> bool:
+        """Whether this call is one the layer kernel runs: one new token of one row, a mask-free decode step over
+        a fixed-shape (not paged) cache that the kernel may write, RoPE, activations in the weights' dtype."""
+        dec = ctx.decode
+        return (dec is not None and x_BTD.shape[0] == 1 and x_BTD.shape[1] == 1 and dec.block_table_BN is None
+                and getattr(ctx.cache, "kernel_writes", False) and ctx.cos_BTDh is not None
+                and x_BTD.dtype == self.self_attn.o_proj.weight.dtype)
+
+    def _decode_layer(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        attn, mlp = self.self_attn, self.mlp
+        k_cache, v_cache = ctx.cache.read(self.layer_idx)
+        weights = (attn.qkv_proj.weight, attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight)
+        return self._layer_op(x_BTD)(x_BTD, *weights, k_cache, v_cache, ctx.decode.lens_B, ctx.cos_BTDh[0, 0],
+                                     ctx.sin_BTDh[0, 0], self.layer_counters, n_heads=attn.n_heads,
+                                     eps_attn=attn.input_rms_eps, eps_mlp=mlp.input_rms_eps)
+
+    def _layer_op(self, x: torch.Tensor) -> Callable[..., torch.Tensor]:
+        return resolve("decode_layer", self.layer_kernel, device=x.device, dtype=x.dtype,
+                       head_dim=self.self_attn.head_dim)
 
     def _foldable_structure(self) -> bool:
         norms_ok = all(isinstance(n, RMSNorm) for n in (self.input_layernorm, self.post_attention_layernorm))

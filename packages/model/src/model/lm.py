@@ -133,6 +133,29 @@ class TransformerLM(nn.Module):
         """True when :meth:`fold_norms` applies to every layer (Llama-style layers with float projections)."""
         return all(getattr(layer, "can_fold_norms", lambda: False)() for layer in self.model.layers)
 
+    def use_layer_kernel(self, impl: str | None = "auto") -> TransformerLM:
+        """Run each layer of a one-row decode step over a fixed-shape cache as one kernel registry ``decode_layer``
+        call (on CUDA: one persistent Triton launch per layer instead of ~eight kernels), in place; prefill, batches
+        and paged caches keep the per-op path, and None turns it off. Needs folded Llama layers with fused
+        projections (``fuse_projections()``, then ``fold_norms()``); ConfigError names what is missing. Returns
+        self."""
+        if impl is not None:
+            why = self.layer_kernel_unsupported()
+            if why is not None:
+                raise ConfigError("layer_kernel", why)
+        for layer in self.model.layers:
+            layer.use_layer_kernel(impl)
+        return self
+
+    def layer_kernel_unsupported(self) -> str | None:
+        """Why :meth:`use_layer_kernel` cannot apply (the first layer that refuses, and why), or None."""
+        for i, layer in enumerate(self.model.layers):
+            why = layer.layer_kernel_unsupported() if hasattr(layer, "layer_kernel_unsupported") else \
+                f"{type(layer).__name__} has no layer kernel"
+            if why is not None:
+                return f"layer {i}: {why}"
+        return None
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied head counts once); ``exclude_embeddings`` drops token and position tables."""
         params = {id(p): p for p in self.parameters()}

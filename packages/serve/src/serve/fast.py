@@ -50,11 +50,17 @@ class FastGenerator:
     mode, a torch whose inductor has the option, and a model on a CUDA device of compute capability 9.0 or later;
     True insists (ConfigError where it cannot apply); False turns it off. The registry's ``triton_skinny_pdl``
     linear does the same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``).
+    ``layer_kernel``: run each layer of a decode step as one kernel registry ``decode_layer`` call
+    (``model.use_layer_kernel``; on CUDA one persistent Triton launch per layer: no kernel boundaries inside a
+    layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
+    "auto" (the default) turns it on where it applies and the registry's choice is not the torch reference (CUDA
+    with Triton); True insists, with the registry's choice (ConfigError where it cannot apply); an implementation
+    name (e.g. "reference") insists on that one; False turns it off.
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
-                 fold_norms: bool | str = "auto", pdl: bool | str = "auto"):
+                 fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto"):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -73,6 +79,11 @@ class FastGenerator:
                                                f"(2.10 or later), this is {torch.__version__}")
         if fold_norms not in (True, False, "auto"):
             raise ConfigError("FastGenerator", f"fold_norms must be True, False or 'auto', got {fold_norms!r}")
+        if layer_kernel not in (True, False, "auto"):
+            if not isinstance(layer_kernel, str):
+                raise ConfigError("FastGenerator", f"layer_kernel must be True, False, 'auto' or a decode_layer "
+                                                   f"implementation name, got {layer_kernel!r}")
+            default_registry().get("decode_layer", layer_kernel)  # a bad name fails before the model is touched
         if fold_norms is True and not hasattr(model, "fold_norms"):
             raise ConfigError("FastGenerator", f"fold_norms=True needs a model with fold_norms() (TransformerLM), "
                                                f"got {type(model).__name__}")
@@ -87,6 +98,9 @@ class FastGenerator:
         self.fold_norms = fold_norms
         if linear_impl is not None:
             route_linears(model, linear_impl)
+        self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
+        if self.layer_kernel is not None:
+            model.use_layer_kernel(self.layer_kernel)
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")
@@ -102,6 +116,28 @@ class FastGenerator:
         if linear_impl == "auto":
             linear_impl = auto_linear_impl(model)
         return linear_impl is not None and bool(getattr(model, "can_fold_norms", lambda: False)())
+
+    @staticmethod
+    def _layer_kernel(model: Any, batch_size: int, asked: bool | str) -> str | None:
+        """The ``decode_layer`` implementation the layers will use, or None (see ``layer_kernel``)."""
+        if asked is False:
+            return None
+        why = None
+        if batch_size != 1:
+            why = f"the layer kernel decodes one row, this generator has batch_size={batch_size}"
+        elif not hasattr(model, "use_layer_kernel"):
+            why = f"{type(model).__name__} has no use_layer_kernel() (TransformerLM has)"
+        else:
+            why = model.layer_kernel_unsupported()
+        if asked == "auto":
+            if why is not None:
+                return None
+            p = next(iter(model.parameters()))
+            name = default_registry().select("decode_layer", "auto", device=p.device, dtype=p.dtype).name
+            return None if name == "reference" else name
+        if why is not None:
+            raise ConfigError("layer_kernel", why)
+        return "auto" if asked is True else asked
 
     @torch.no_grad()
     def _decode_one(self, tok_B1: torch.Tensor, inv_temp: torch.Tensor, noise_BV: torch.Tensor | None) -> torch.Tensor:

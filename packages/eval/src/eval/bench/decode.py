@@ -64,6 +64,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "input and add the residual (FastGenerator(fold_norms=True); int8: folded before quantizing); "
                         "--no-fold-norms: never; default: FastGenerator's 'auto' (folded where the Linears are "
                         "routed through the registry, int8 included)")
+    p.add_argument("--layer-kernel", default="auto",
+                   help="lmstack variants at batch 1: each layer of a decode step as one kernel registry decode_layer "
+                        "call (FastGenerator(layer_kernel=...)): 'on' (the registry's choice), 'off', an "
+                        "implementation name (e.g. triton), or 'auto' (the default: FastGenerator's)")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -226,12 +230,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         linear_impl = None if args.linear_impl == "none" else args.linear_impl
         fold = "auto" if args.fold_norms is None else args.fold_norms
         lm = copy.deepcopy(model) if linear_impl or fold or pdl is not False else model
+        asked = {"on": True, "off": False}.get(args.layer_kernel, args.layer_kernel)
         for B in sizes:
-            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl)
+            layer_kernel = asked if B == 1 or asked in ("auto", False) else False  # one row only
+            gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl,
+                       layer_kernel=layer_kernel)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
             out["pdl"], out["fold_norms"] = gen.pdl, gen.fold_norms  # what "auto" made of them here
+            if B == 1:
+                out["layer_kernel"] = gen.layer_kernel
             if args.profile and sizes[0] == B and device.startswith("cuda"):
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
             del gen
