@@ -9,7 +9,11 @@
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin against the default (now with folded norms),
 #                                      with and without its L2 prefetch (~6 min; with it: run N2/N4, no gain)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
-# Recipes already run (sessions 4-6, docs/benchmarks.md), kept to re-measure after changes:
+# Recipes already run (sessions 4-7, docs/benchmarks.md), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh layer    the persistent decode-layer kernel against the per-op chain (one layer, stage
+#                                      cycles), then decode: the default and the layer kernel (~6 min; session 7)
+#   bash tools/gpu_pending.sh ncu      Nsight Compute on one decode layer: the persistent kernel and the skinny
+#                                      matmuls (stall reasons, DRAM throughput; ~1 min; session 7)
 #   bash tools/gpu_pending.sh candidates  decode: the default, the PDL twin, the folded norms, both (~9 min; run N)
 #   bash tools/gpu_pending.sh llama    the 1B Llama step with the in-place loss, transformers beside, then with the
 #                                      materialised logits, then the loss kernels alone (~4.5 min; session 6)
@@ -25,7 +29,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,26p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -41,6 +45,39 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+ncu)
+  # Nsight Compute on the decode layer: the persistent kernel and the chain's skinny matmuls, where their warps stall
+  # and what bandwidth each reaches (needs ncu and GPU performance counters on the machine)
+  if command -v ncu >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/ncu ]; then
+    NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    sections="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section LaunchStats
+      --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+    # the chain's four matmuls of one layer, then two launches of the persistent kernel (after the chain's loop)
+    step ncu_skinny 150 "$NCU" --kernel-name _skinny --launch-skip 40 --launch-count 4 $sections \
+      python packages/kernel/benchmarks/bench_decode_layer.py --once
+    step ncu_layer 150 "$NCU" --kernel-name _layer --launch-skip 30 --launch-count 2 $sections \
+      python packages/kernel/benchmarks/bench_decode_layer.py --once
+    cat "$OUT/ncu_skinny.log" "$OUT/ncu_layer.log" | grep -v Warning | grep -E '^  [_a-z]|stalled|Duration|DRAM Throughput|Memory Throughput|Stall|Warp Cycles|Registers|Shared Memory Config|Achieved Occupancy|Block Size|Grid Size|L2 Hit|L1/TEX Hit|Mem Busy|Max Bandwidth|Issued|ERR|==PROF==|==ERROR' | head -150
+  else
+    echo "no ncu on this machine"
+  fi ;;
+layer)
+  # 1. one layer, 22 layers' weights in one CUDA graph: the per-op chain and the persistent kernel with its launch
+  #    options (barrier polling, row interleaving, five launches); each program's cycles per stage and per barrier
+  step layer 150 python packages/kernel/benchmarks/bench_decode_layer.py --out "$OUT/layer.json"
+  grep -v '^ \|^{$\|^}$' "$OUT/layer.log" | grep -v Warning | tail -12
+  best=$(python -c "import json; print(json.load(open('$OUT/layer.json')).get('best_options', ''))" 2>/dev/null)
+  echo "best options: '$best'"
+  # 2. whole decode steps at batch 1 (each process compiles its own loop): the default, the layer kernel with the
+  #    fastest options of step 1
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1; shift; step "$name" 130 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --variants lmstack --out "$OUT/$name.json" "$@"; }
+  dec default
+  LMSTACK_DECODE_LAYER=$best dec layerk --layer-kernel triton --profile
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|layer_kernel\|error' "$OUT"/default.json \
+    "$OUT"/layerk.json
+  decode_top "$OUT/layerk.json" ;;
 final)
   # the shipped defaults in one call: transformers' static-cache generate, lmstack at batch 1 (profiled) and 32,
   # int8 (now folded before quantizing: its layers take the folded norm too); greedy gaps for every loop

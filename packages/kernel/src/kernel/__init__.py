@@ -8,7 +8,7 @@ linear_cross_entropy; every op has a pure-torch "reference". Importing this pack
 from kernel.implementation import OPS, Implementation, Request
 from kernel.registry import ENTRY_POINT_GROUP, KernelRegistry, default_registry, make_request, resolve
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = ["ENTRY_POINT_GROUP", "OPS", "Implementation", "KernelRegistry", "Request", "default_registry",
            "make_request", "resolve"]
