@@ -9,6 +9,8 @@
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin against the default (now with folded norms),
 #                                      with and without its L2 prefetch (~6 min; with it: run N2/N4, no gain)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
+#   bash tools/gpu_pending.sh floor    what reading N MB costs with nothing to compute (copy, a pure-read kernel,
+#                                      the same with PDL overlap), then decode with 4-way split down tiles (~7 min)
 # Recipes already run (sessions 4-7, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh layer    the persistent decode-layer kernel against the per-op chain (one layer, stage
 #                                      cycles), then decode: the default and the layer kernel (~6 min; session 7)
@@ -29,7 +31,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -45,6 +47,24 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+floor)
+  # 1. the floor under the small decode kernels: a fixed cost per call plus bytes over bandwidth, for a copy, a
+  #    kernel that only reads, and that kernel overlapped with its successor (PDL, no wait)
+  step floor 150 python packages/kernel/benchmarks/bench_hbm_floor.py --out "$OUT/floor.json"
+  grep -v Warning "$OUT/floor.log" | tail -4
+  # 2. the down projection split 4 ways instead of 8 (run Q2's TMA tile halved the split-K sum kernel: 26 against
+  #    50 us per token), two 4-way tiles against the table's, whole decode steps at batch 1
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  card=$(python -c "import torch; print(torch.cuda.get_device_name())")
+  for t in 64 32; do
+    printf '{"%s": {"bf16 2048x5632": [%s, 128, 4, 5, 4]}}\n' "$card" "$t" > "$OUT/down4_$t.json"
+  done
+  dec() { local name=$1; shift; step "$name" 120 env "$@" python -m eval.bench decode --preset llama-1b \
+    --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/$name.json"; }
+  dec default LMSTACK_SKINNY_TILES=
+  dec down4_64 LMSTACK_SKINNY_TILES="$OUT/down4_64.json"
+  dec down4_32 LMSTACK_SKINNY_TILES="$OUT/down4_32.json"
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/default.json "$OUT"/down4_*.json ;;
 ncu)
   # Nsight Compute on the decode layer: the persistent kernel and the chain's skinny matmuls, where their warps stall
   # and what bandwidth each reaches (needs ncu and GPU performance counters on the machine)

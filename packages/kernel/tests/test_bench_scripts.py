@@ -42,3 +42,18 @@ def test_tuning_refuses_a_cpu_and_writes_nothing(tmp_path):
                           "--tune-skinny", str(table), "--tune-matrices", "nope"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "--tune-matrices: unknown" in bad.stderr and not table.exists()
+
+
+def test_hbm_floor_read_kernel_sums_and_the_fit_recovers_a_line():
+    """bench_hbm_floor's read kernel (under the interpreter here) sums what it reads, every element once, and its
+    fit recovers the fixed cost and bandwidth of exact data."""
+    import torch
+
+    floor = pytest.importorskip("bench_hbm_floor")
+    x = torch.randn(floor.BLOCK * floor.UNROLL * 3 + 77, generator=torch.Generator().manual_seed(0))
+    out = torch.empty(5)
+    got = floor.read(x, out, programs=5).sum().item()
+    assert abs(got - x.sum().item()) < 1e-3
+    sizes = [1e6, 1e7, 5e7, 1e8]
+    a, bw = floor.fit(sizes, [3e-6 + s / 4e12 for s in sizes])
+    assert abs(a - 3e-6) < 1e-9 and abs(bw / 4e12 - 1) < 1e-6
