@@ -11,8 +11,9 @@ copy reaches. This asks the memory system alone, with nothing to compute:
   at once and never waiting for it (the reads are independent): how much of the floor overlapping successive
   kernels could hide.
 
-Every size is timed as enough calls on distinct buffers (at least ROTATE_MB in all, 8-256 calls) (rotated past the L2 cache) captured in one CUDA graph;
-``a + bytes / bandwidth`` is fitted over the sizes by least squares, ``a`` being the fixed cost of one call.
+Every size is timed as 8-256 calls on distinct buffers (ROTATE_MB in all at least: past the L2 cache) captured in
+one CUDA graph; ``a + bytes / bandwidth`` is fitted over the sizes by least squares, ``a`` being the fixed cost of
+one call.
 ``python packages/kernel/benchmarks/bench_hbm_floor.py [--out F.json]``. Off CUDA (the CPU tests) the read kernel
 runs under Triton's interpreter and only its sums are checked.
 """
