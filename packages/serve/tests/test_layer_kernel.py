@@ -45,6 +45,11 @@ def test_layer_kernel_decodes_the_plain_models_tokens(monkeypatch):
     assert len(calls) == 7 * len(layered.model.layers), "every decode step of every layer (not the prefill)"
     counters = layered.model.layers[0].layer_counters
     assert counters.dtype == torch.int32 and not counters.any()
+    # a later generator over the same model decides again: off here, so the layers take the per-op path
+    calls.clear()
+    again = FastGenerator(layered, 1, 16, compile=None, linear_impl="reference", layer_kernel=False)
+    assert again.layer_kernel is None and all(b.layer_kernel is None for b in layered.model.layers)
+    assert torch.equal(again.generate(prompt, 8), want) and not calls
     default_registry().cache_clear()
 
 

@@ -55,7 +55,8 @@ class FastGenerator:
     layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
     "auto" (the default) turns it on where it applies and the registry's choice is not the torch reference (CUDA
     with Triton); True insists, with the registry's choice (ConfigError where it cannot apply); an implementation
-    name (e.g. "reference") insists on that one; False turns it off.
+    name (e.g. "reference") insists on that one; False turns it off. The model's layers follow this generator's
+    choice (an earlier generator's over the same model is replaced).
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
@@ -99,7 +100,7 @@ class FastGenerator:
         if linear_impl is not None:
             route_linears(model, linear_impl)
         self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
-        if self.layer_kernel is not None:
+        if hasattr(model, "use_layer_kernel"):  # the model decodes as this generator says (None turns it off)
             model.use_layer_kernel(self.layer_kernel)
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
