@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
+from bench_decode_kernels import bench_rotated  # beside this script: every call in one CUDA graph
 
 D, H, KVH, DH, FF, SLOTS, LEN = 2048, 32, 4, 64, 5632, 384, 256
 LAYERS = 22
@@ -91,7 +91,7 @@ def stage_cycles(layers, x, lens, cos, sin, opts) -> dict:
     return out
 
 
-def time_graph(step, layers, x, lens, cos, sin, replays: int = 20) -> float:
+def time_graph(step, layers, x, lens, cos, sin) -> float:
     """Median seconds per layer: every layer in one CUDA graph, x flowing through them."""
     def whole():
         y = x
@@ -99,28 +99,7 @@ def time_graph(step, layers, x, lens, cos, sin, replays: int = 20) -> float:
             y = step(y, lay, lens, cos, sin)
         return y
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        whole()
-        whole()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        whole()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(layers))
-    del graph
-    return statistics.median(times)
+    return bench_rotated(whole, [()], "cuda", replays=20) / len(layers)
 
 
 def copy_bandwidth() -> float:

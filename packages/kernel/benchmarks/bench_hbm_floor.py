@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 
 import torch
 import triton
 import triton.language as tl
+from bench_decode_kernels import bench_rotated  # beside this script: every call in one CUDA graph
 
 SIZES_MB = (1, 2, 4, 8, 10, 16, 23, 32, 46, 64, 128)
 ROTATE_MB = 256  # bytes read per graph replay at least: several times the L2 cache (50-60 MB on an H100/H200)
@@ -69,31 +69,6 @@ def fit(sizes_bytes: list[float], seconds: list[float]) -> tuple[float, float]:
     return my - slope * mx, 1.0 / slope
 
 
-def time_calls(fn, sets: list[tuple], replays: int = 10) -> float:
-    """Median seconds per call of fn(*args) over sets, all captured in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn(*sets[0])
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for args in sets:
-            fn(*args)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(sets))
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out")
@@ -115,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
             bufs = [torch.randn(n, device="cuda").to(torch.bfloat16) for _ in range(calls)]
             if name == "copy":
                 dsts = [torch.empty_like(b) for b in bufs]
-                t = time_calls(lambda s, d: d.copy_(s), list(zip(bufs, dsts)))
+                t = bench_rotated(lambda s, d: d.copy_(s), list(zip(bufs, dsts)), "cuda")
                 moved = 2 * n * 2
             else:
                 outs = [torch.empty(programs, device="cuda") for _ in bufs]
@@ -123,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                 want = bufs[0].float().sum().item()
                 if abs(got - want) > 1e-3 * max(1.0, abs(want)) + 1.0:
                     raise AssertionError(f"read kernel sums {got} for {want}")
-                t = time_calls(lambda x, o, flag=flag: read(x, o, programs, flag), list(zip(bufs, outs)))
+                t = bench_rotated(lambda x, o, flag=flag: read(x, o, programs, flag), list(zip(bufs, outs)), "cuda")
                 moved = n * 2
             rows.append({"mb": mb, "us": t * 1e6, "TBps": moved / t / 1e12})
             del bufs

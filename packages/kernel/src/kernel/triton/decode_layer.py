@@ -112,6 +112,20 @@ def _matvec(x_ptr, w_ptr, rows, rows_ok, K, stride_w, BLOCK_R: tl.constexpr, BLO
 
 
 @triton.jit
+def _project(x_ptr, w_ptr, out_ptr, res_ptr, scale, pid, P, N, K, HAS_RES: tl.constexpr, INTERLEAVE: tl.constexpr,
+             R: tl.constexpr, BK: tl.constexpr, ST: tl.constexpr, UPCAST: tl.constexpr):
+    """This program's rows of ``out = scale * (w @ x) (+ res)`` for a (N, K) weight, R rows at a time."""
+    first, step, count = _mine(pid, P, N, INTERLEAVE)
+    for ib in range(0, count, R):
+        i = ib + tl.arange(0, R)
+        r = first + step * i
+        y = _matvec(x_ptr, w_ptr, r, i < count, K, K, R, BK, ST, UPCAST) * scale
+        if HAS_RES:  # (written by another program of this kernel: from L2)
+            y += tl.load(res_ptr + r, mask=i < count, other=0.0, cache_modifier=".cg").to(tl.float32)
+        tl.store(out_ptr + r, y.to(out_ptr.dtype.element_ty), mask=i < count)
+
+
+@triton.jit
 def _rstd(x_ptr, D, eps, BLOCK_D: tl.constexpr):
     d = tl.arange(0, BLOCK_D)
     x = tl.load(x_ptr + d, mask=d < D, other=0.0, cache_modifier=".cg").to(tl.float32)
@@ -215,12 +229,8 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
         _stamp(times_ptr, pid, 0)
     if FIRST <= 0 and LAST >= 0:  # 1. q/k/v = rstd(x) * (x @ Wqkv'.T), its rows of them
         rstd = _rstd(x_ptr, D, eps1, BLOCK_D)
-        first, step, count = _mine(pid, P, NQKV, INTERLEAVE)
-        for ib in range(0, count, R_QKV):
-            i = ib + tl.arange(0, R_QKV)
-            r = first + step * i
-            y = _matvec(x_ptr, wqkv_ptr, r, i < count, D, D, R_QKV, BK_QKV, ST_QKV, UPCAST) * rstd
-            tl.store(qkv_ptr + r, y.to(qkv_ptr.dtype.element_ty), mask=i < count)
+        _project(x_ptr, wqkv_ptr, qkv_ptr, x_ptr, rstd, pid, P, NQKV, D, False, INTERLEAVE, R_QKV, BK_QKV, ST_QKV,
+                 UPCAST)
     if TIMING:
         _stamp(times_ptr, pid, 1)
     if SYNC:
@@ -238,14 +248,8 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
         _grid_sync(cnt_ptr, 2 * P, POLL_ONE)
     if TIMING:
         _stamp(times_ptr, pid, 4)
-    first, step, count = _mine(pid, P, D, INTERLEAVE)  # this program's rows of o and of down (D of them)
     if FIRST <= 2 and LAST >= 2:  # 3. h = attn @ Wo.T + x, its rows
-        for ib in range(0, count, R_O):
-            i = ib + tl.arange(0, R_O)
-            r = first + step * i
-            y = _matvec(attn_ptr, wo_ptr, r, i < count, HD, HD, R_O, BK_O, ST_O, UPCAST)
-            y += tl.load(x_ptr + r, mask=i < count, other=0.0).to(tl.float32)
-            tl.store(h_ptr + r, y.to(h_ptr.dtype.element_ty), mask=i < count)
+        _project(attn_ptr, wo_ptr, h_ptr, x_ptr, 1.0, pid, P, D, HD, True, INTERLEAVE, R_O, BK_O, ST_O, UPCAST)
     if TIMING:
         _stamp(times_ptr, pid, 5)
     if SYNC:
@@ -272,12 +276,7 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
     if TIMING:
         _stamp(times_ptr, pid, 8)
     if FIRST <= 4 and LAST >= 4:  # 5. out = act @ Wd.T + h, its rows
-        for ib in range(0, count, R_D):
-            i = ib + tl.arange(0, R_D)
-            r = first + step * i
-            y = _matvec(act_ptr, wd_ptr, r, i < count, F, F, R_D, BK_D, ST_D, UPCAST)
-            y += tl.load(h_ptr + r, mask=i < count, other=0.0, cache_modifier=".cg").to(tl.float32)
-            tl.store(out_ptr + r, y.to(out_ptr.dtype.element_ty), mask=i < count)
+        _project(act_ptr, wd_ptr, out_ptr, h_ptr, 1.0, pid, P, D, F, True, INTERLEAVE, R_D, BK_D, ST_D, UPCAST)
     if TIMING:
         _stamp(times_ptr, pid, 9)
     if SYNC:  # the last program out sets the counters back to zero for the next call
