@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh final    decode as shipped (session 6: norms folded by default, int8 layers folded
-#                                      before quantizing): transformers, bf16 at batch 1 and 32, int8 (~6 min)
+#   bash tools/gpu_pending.sh floor    the layer kernel's GPU tests; what reading N MB costs with nothing to compute
+#                                      (copy, a pure-read kernel, the same with PDL overlap); then decode with 4-way
+#                                      split down tiles against the table's (~8 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
@@ -9,9 +10,9 @@
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin against the default (now with folded norms),
 #                                      with and without its L2 prefetch (~6 min; with it: run N2/N4, no gain)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
-#   bash tools/gpu_pending.sh floor    what reading N MB costs with nothing to compute (copy, a pure-read kernel,
-#                                      the same with PDL overlap), then decode with 4-way split down tiles (~7 min)
 # Recipes already run (sessions 4-7, docs/benchmarks.md), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh final    decode as shipped: transformers, bf16 at batch 1 and 32, int8 folded before
+#                                      quantizing (~6.5 min; session 7, run R)
 #   bash tools/gpu_pending.sh layer    the persistent decode-layer kernel against the per-op chain (one layer, stage
 #                                      cycles), then decode: the default and the layer kernel (~6 min; session 7)
 #   bash tools/gpu_pending.sh ncu      Nsight Compute on one decode layer: the persistent kernel and the skinny
@@ -48,6 +49,11 @@ PY
 }
 case "${1:-}" in
 floor)
+  # 0. the layer kernel's tests on the card (session 7 ran them before the barrier-PTX check learned Triton 3.6's
+  #    spelling of the acquire; the serve tests did not run)
+  step tests 120 python -m pytest packages/kernel/tests/test_decode_layer.py packages/serve/tests/test_layer_kernel.py \
+    -q -p no:cacheprovider
+  tail -n 3 "$OUT/tests.log"
   # 1. the floor under the small decode kernels: a fixed cost per call plus bytes over bandwidth, for a copy, a
   #    kernel that only reads, and that kernel overlapped with its successor (PDL, no wait)
   step floor 150 python packages/kernel/benchmarks/bench_hbm_floor.py --out "$OUT/floor.json"
