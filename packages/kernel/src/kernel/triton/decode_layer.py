@@ -120,7 +120,7 @@ def _project(x_ptr, w_ptr, out_ptr, res_ptr, scale, pid, P, N, K, HAS_RES: tl.co
         i = ib + tl.arange(0, R)
         r = first + step * i
         y = _matvec(x_ptr, w_ptr, r, i < count, K, K, R, BK, ST, UPCAST) * scale
-        if HAS_RES:  # (written by another program of this kernel: from L2)
+        if HAS_RES:  # (h is written by the other programs of this kernel: read from L2)
             y += tl.load(res_ptr + r, mask=i < count, other=0.0, cache_modifier=".cg").to(tl.float32)
         tl.store(out_ptr + r, y.to(out_ptr.dtype.element_ty), mask=i < count)
 
