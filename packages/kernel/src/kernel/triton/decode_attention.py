@@ -48,16 +48,31 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
-    kvh = tl.program_id(1).to(tl.int64)
+    _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
+            cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+            stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
+            scale, G, Dh, H, NS, KVH, tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64),
+            tl.program_id(2) if SPLIT else 0, PAGED, PAGE, DOT, SPLIT, NEW, ROPE, COMBINE, BLOCK_G, BLOCK_S, BLOCK_D,
+            BLOCK_N, "")
+
+
+@triton.jit
+def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
+            cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+            stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
+            scale, G, Dh, H, NS, KVH, b, kvh, split,
+            PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
+            ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, QKV_LOAD: tl.constexpr):
+    """The work of one program of :func:`_decode`, (row b, KV head kvh, slot split ``split``): also the attention
+    stage of ``decode_layer``'s persistent kernel, whose q, new key and value another program of the same kernel
+    wrote (``QKV_LOAD=".cg"``: read from L2)."""
     n = tl.load(lens_ptr + b)
     if SPLIT:  # this program's chunk of the row: whole BLOCK_S blocks, so every loop step has a valid slot
-        split = tl.program_id(2)
         chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
         lo = split * chunk
         hi = tl.minimum(n, lo + chunk)  # hi <= lo: an empty chunk, the loop does not run
     else:
-        split = 0
         lo = 0
         hi = n
     g = tl.arange(0, BLOCK_G)
@@ -65,7 +80,7 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     g_ok, d_ok = g < G, d < Dh
     h = kvh * G + g
     q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d[None, :], mask=g_ok[:, None] & d_ok[None, :],
-                other=0.0)  # (BLOCK_G, BLOCK_D)
+                other=0.0, cache_modifier=QKV_LOAD)  # (BLOCK_G, BLOCK_D)
     if ROPE:  # rotate-half RoPE of q and the new key, in fp32: x * cos + rotate_half(x) * sin
         half = Dh // 2
         d_rot = tl.where(d < half, d + half, d - half)
@@ -73,13 +88,15 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         cos = tl.load(cos_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
         sin = tl.load(sin_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
         q_rot = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d_rot[None, :],
-                        mask=g_ok[:, None] & d_ok[None, :], other=0.0)
+                        mask=g_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=QKV_LOAD)
         q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_rot.to(tl.float32) * sin[None, :]).to(q.dtype)
     if NEW:  # the step's own key/value: slot n - 1 is read from here, and written to the cache by one program
-        kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0)
-        vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0).to(v_ptr.dtype.element_ty)
+        kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0, cache_modifier=QKV_LOAD)
+        vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0,
+                     cache_modifier=QKV_LOAD).to(v_ptr.dtype.element_ty)
         if ROPE:
-            kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0)
+            kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0,
+                             cache_modifier=QKV_LOAD)
             kn = kn.to(tl.float32) * cos + sign * kn_rot.to(tl.float32) * sin
         kn = kn.to(k_ptr.dtype.element_ty)
         last = (n - 1).to(tl.int64)

@@ -40,8 +40,8 @@ import triton
 import triton.language as tl
 
 from kernel.reference import DECODE_LAYER_COUNTER_SLOTS
-from kernel.triton.attention import _dot, _dot_mode
-from kernel.triton.decode_attention import _merge
+from kernel.triton.attention import _dot_mode
+from kernel.triton.decode_attention import _attend
 from specs.errors import ConfigError, ShapeError
 
 BLOCK_S = 64  # key slots per attention step
@@ -134,82 +134,6 @@ def _rstd(x_ptr, D, eps, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _attend(qkv_ptr, kc_ptr, vc_ptr, lens_ptr, cos_ptr, sin_ptr, attn_ptr, pm_ptr, pl_ptr, pacc_ptr, cnt_ptr, work,
-            stride_kh, stride_ks, stride_vh, stride_vs, scale, H, KVH, G, Dh, NS,
-            DOT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-            BLOCK_S: tl.constexpr):
-    """One (KV head, slot split) work item of the attention stage: ``decode_attention``'s split program with the
-    new token (RoPE, the cache write), its last split to finish combining the group into ``attn``."""
-    kvh = (work // NS).to(tl.int64)
-    split = work % NS
-    n = tl.load(lens_ptr)
-    chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
-    lo = split * chunk
-    hi = tl.minimum(n, lo + chunk)
-    g = tl.arange(0, BLOCK_G)
-    d = tl.arange(0, BLOCK_D)
-    g_ok, d_ok = g < G, d < Dh
-    gd_ok = g_ok[:, None] & d_ok[None, :]
-    h = kvh * G + g
-    half = Dh // 2
-    d_rot = tl.where(d < half, d + half, d - half)
-    sign = tl.where(d < half, -1.0, 1.0)
-    cos = tl.load(cos_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
-    q = tl.load(qkv_ptr + h[:, None] * Dh + d[None, :], mask=gd_ok, other=0.0, cache_modifier=".cg")
-    q_rot = tl.load(qkv_ptr + h[:, None] * Dh + d_rot[None, :], mask=gd_ok, other=0.0, cache_modifier=".cg")
-    q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_rot.to(tl.float32) * sin[None, :]).to(q.dtype)
-    k_at = H * Dh + kvh * Dh
-    v_at = H * Dh + KVH * Dh + kvh * Dh
-    kn = tl.load(qkv_ptr + k_at + d, mask=d_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-    kn_rot = tl.load(qkv_ptr + k_at + d_rot, mask=d_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-    kn = (kn * cos + sign * kn_rot * sin).to(kc_ptr.dtype.element_ty)
-    vn = tl.load(qkv_ptr + v_at + d, mask=d_ok, other=0.0, cache_modifier=".cg").to(vc_ptr.dtype.element_ty)
-    last = (n - 1).to(tl.int64)
-    if (split == 0) & (n > 0):  # the new token's key and value into the cache (read from kn/vn below)
-        tl.store(kc_ptr + kvh * stride_kh + last * stride_ks + d, kn, mask=d_ok)
-        tl.store(vc_ptr + kvh * stride_vh + last * stride_vs + d, vn, mask=d_ok)
-    m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_G,), tl.float32)
-    acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-    for s0 in range(lo, hi, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        s_ok = s < hi
-        kv_ok = s_ok[:, None] & d_ok[None, :]
-        k = tl.load(kc_ptr + kvh * stride_kh + s.to(tl.int64)[:, None] * stride_ks + d[None, :], mask=kv_ok,
-                    other=0.0)
-        k = tl.where((s == n - 1)[:, None], kn[None, :], k)
-        scores = (_dot(q, tl.trans(k), DOT) * scale).to(tl.float32)
-        scores = tl.where(s_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vc_ptr + kvh * stride_vh + s.to(tl.int64)[:, None] * stride_vs + d[None, :], mask=kv_ok,
-                    other=0.0)
-        v = tl.where((s == n - 1)[:, None], vn[None, :], v)
-        acc = acc * alpha[:, None] + _dot(p, v.to(tl.float32), 1 if DOT == 1 else 0)
-        m_i = m_new
-    part = h * NS + split
-    tl.store(pm_ptr + part, m_i, mask=g_ok)
-    tl.store(pl_ptr + part, l_i, mask=g_ok)
-    tl.store(pacc_ptr + part[:, None] * Dh + d[None, :], acc, mask=gd_ok)
-    tl.debug_barrier()  # every thread's partial stores before the count that publishes them
-    done = tl.atomic_add(cnt_ptr + COUNTER_SLOTS + kvh, 1, sem="acq_rel", scope="gpu")
-    if done == NS - 1:  # the last split of this KV head: combine the group's partials, in a fixed order
-        sp = tl.arange(0, BLOCK_N)
-        parts = h[:, None] * NS + sp[None, :]
-        ok = g_ok[:, None] & (sp < NS)[None, :]
-        m_s = tl.load(pm_ptr + parts, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        l_s = tl.load(pl_ptr + parts, mask=ok, other=0.0, cache_modifier=".cg")
-        a_s = tl.load(pacc_ptr + parts[:, :, None] * Dh + d[None, None, :], mask=ok[:, :, None] & d_ok[None, None, :],
-                      other=0.0, cache_modifier=".cg")
-        out = _merge(m_s, l_s, a_s, 1)
-        tl.store(attn_ptr + h[:, None] * Dh + d[None, :], out.to(attn_ptr.dtype.element_ty), mask=gd_ok)
-        tl.atomic_xchg(cnt_ptr + COUNTER_SLOTS + kvh, 0, sem="relaxed", scope="gpu")  # ready for the next call
-
-
-@triton.jit
 def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, cos_ptr, sin_ptr,
            qkv_ptr, attn_ptr, h_ptr, act_ptr, out_ptr, pm_ptr, pl_ptr, pacc_ptr, cnt_ptr,
            times_ptr, stride_kh, stride_ks, stride_vh, stride_vs, eps1, eps2, scale, D, F, H, KVH, Dh, NS,
@@ -238,10 +162,14 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
     if TIMING:
         _stamp(times_ptr, pid, 2)
     if FIRST <= 1 and LAST >= 1:  # 2. attention over the cache, KVH x NS work items
-        for work in range(pid, KVH * NS, P):
-            _attend(qkv_ptr, kc_ptr, vc_ptr, lens_ptr, cos_ptr, sin_ptr, attn_ptr, pm_ptr, pl_ptr, pacc_ptr,
-                    cnt_ptr, work, stride_kh, stride_ks, stride_vh, stride_vs, scale, H, KVH, G, Dh, NS,
-                    DOT, BLOCK_G, BLOCK_DH, BLOCK_N, BLOCK_S)
+        for work in range(pid, KVH * NS, P):  # decode_attention's split program (one row, no pages), its q,
+            # new key and value from the q/k/v buffer (written by other programs: read from L2), its combine counts
+            # after this kernel's own counters
+            _attend(qkv_ptr, kc_ptr, vc_ptr, lens_ptr, lens_ptr, attn_ptr, pacc_ptr, pm_ptr, pl_ptr, qkv_ptr + HD,
+                    qkv_ptr + HD + KVH * Dh, cos_ptr, sin_ptr, cnt_ptr + COUNTER_SLOTS, 0, Dh, 0, stride_kh,
+                    stride_ks, 0, stride_vh, stride_vs, 0, 0, Dh, 0, Dh, 0, Dh, 0, scale, G, Dh, H, NS, KVH, 0,
+                    (work // NS).to(tl.int64), work % NS, False, 1, DOT, True, True, True, True, BLOCK_G, BLOCK_S,
+                    BLOCK_DH, BLOCK_N, ".cg")
     if TIMING:
         _stamp(times_ptr, pid, 3)
     if SYNC:
