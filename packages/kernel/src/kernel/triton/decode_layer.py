@@ -72,6 +72,18 @@ def _grid_sync(cnt_ptr, target, POLL_ONE: tl.constexpr):
 
 
 @triton.jit
+def _between_stages(cnt_ptr, times_ptr, pid, P, k, SYNC: tl.constexpr, POLL_ONE: tl.constexpr,
+                    TIMING: tl.constexpr):
+    """The k-th grid barrier (SYNC), with this program's clock before and after it (TIMING: slots 2k-1, 2k)."""
+    if TIMING:
+        _stamp(times_ptr, pid, 2 * k - 1)
+    if SYNC:
+        _grid_sync(cnt_ptr, k * P, POLL_ONE)
+    if TIMING:
+        _stamp(times_ptr, pid, 2 * k)
+
+
+@triton.jit
 def _mine(pid, P, N, INTERLEAVE: tl.constexpr):
     """This program's rows of N as (first, step, count): a contiguous block (N split evenly over the programs), or
     with INTERLEAVE every P-th row from ``pid`` (at each step the programs read neighbouring rows)."""
@@ -155,12 +167,7 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
         rstd = _rstd(x_ptr, D, eps1, BLOCK_D)
         _project(x_ptr, wqkv_ptr, qkv_ptr, x_ptr, rstd, pid, P, NQKV, D, False, INTERLEAVE, R_QKV, BK_QKV, ST_QKV,
                  UPCAST)
-    if TIMING:
-        _stamp(times_ptr, pid, 1)
-    if SYNC:
-        _grid_sync(cnt_ptr, P, POLL_ONE)
-    if TIMING:
-        _stamp(times_ptr, pid, 2)
+    _between_stages(cnt_ptr, times_ptr, pid, P, 1, SYNC, POLL_ONE, TIMING)
     if FIRST <= 1 and LAST >= 1:  # 2. attention over the cache, KVH x NS work items
         for work in range(pid, KVH * NS, P):  # decode_attention's split program (one row, no pages), its q,
             # new key and value from the q/k/v buffer (written by other programs: read from L2), its combine counts
@@ -170,20 +177,10 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
                     stride_ks, 0, stride_vh, stride_vs, 0, 0, Dh, 0, Dh, 0, Dh, 0, scale, G, Dh, H, NS, KVH, 0,
                     (work // NS).to(tl.int64), work % NS, False, 1, DOT, True, True, True, True, BLOCK_G, BLOCK_S,
                     BLOCK_DH, BLOCK_N, ".cg")
-    if TIMING:
-        _stamp(times_ptr, pid, 3)
-    if SYNC:
-        _grid_sync(cnt_ptr, 2 * P, POLL_ONE)
-    if TIMING:
-        _stamp(times_ptr, pid, 4)
+    _between_stages(cnt_ptr, times_ptr, pid, P, 2, SYNC, POLL_ONE, TIMING)
     if FIRST <= 2 and LAST >= 2:  # 3. h = attn @ Wo.T + x, its rows
         _project(attn_ptr, wo_ptr, h_ptr, x_ptr, 1.0, pid, P, D, HD, True, INTERLEAVE, R_O, BK_O, ST_O, UPCAST)
-    if TIMING:
-        _stamp(times_ptr, pid, 5)
-    if SYNC:
-        _grid_sync(cnt_ptr, 3 * P, POLL_ONE)
-    if TIMING:
-        _stamp(times_ptr, pid, 6)
+    _between_stages(cnt_ptr, times_ptr, pid, P, 3, SYNC, POLL_ONE, TIMING)
     if FIRST <= 3 and LAST >= 3:  # 4. act = silu(gate) * up, gate and up = rstd(h) * (h @ W'.T), its columns
         rstd2 = _rstd(h_ptr, D, eps2, BLOCK_D)
         f_first, f_step, f_count = _mine(pid, P, F, INTERLEAVE)
@@ -197,12 +194,7 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
             i = ib + tl.arange(0, R_GU)
             act = gate / (1.0 + tl.exp(-gate)) * up
             tl.store(act_ptr + f_first + f_step * i, act.to(act_ptr.dtype.element_ty), mask=i < f_count)
-    if TIMING:
-        _stamp(times_ptr, pid, 7)
-    if SYNC:
-        _grid_sync(cnt_ptr, 4 * P, POLL_ONE)
-    if TIMING:
-        _stamp(times_ptr, pid, 8)
+    _between_stages(cnt_ptr, times_ptr, pid, P, 4, SYNC, POLL_ONE, TIMING)
     if FIRST <= 4 and LAST >= 4:  # 5. out = act @ Wd.T + h, its rows
         _project(act_ptr, wd_ptr, out_ptr, h_ptr, 1.0, pid, P, D, F, True, INTERLEAVE, R_D, BK_D, ST_D, UPCAST)
     if TIMING:
