@@ -100,6 +100,10 @@ def test_decode_layer_refuses_what_it_cannot_run():
         decode_layer(*args, counters, **{**kw, "n_heads": 3})
     with pytest.raises(ShapeError, match="at least 4 entries"):
         decode_layer(*args, counters[:3], **kw)
+    bad = list(args)
+    bad[5] = t["k_cache"].double()
+    with pytest.raises(ShapeError, match=r"k_cache must be a torch.float32 buffer \(x's dtype\)"):
+        decode_layer(*bad, counters, **kw)
 
 
 def test_the_op_declares_only_the_caches_and_counters_written():

@@ -128,11 +128,12 @@ class TransformerBlock(nn.Module):
 
     def _one_token_decode(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> bool:
         """Whether this call is one the layer kernel runs: one new token of one row, a mask-free decode step over
-        a fixed-shape (not paged) cache that the kernel may write, RoPE, activations in the weights' dtype."""
+        a fixed-shape (not paged) cache that the kernel may write, RoPE, activations and cache in the weights'
+        dtype."""
         dec = ctx.decode
         return (dec is not None and x_BTD.shape[0] == 1 and x_BTD.shape[1] == 1 and dec.block_table_BN is None
                 and getattr(ctx.cache, "kernel_writes", False) and ctx.cos_BTDh is not None
-                and x_BTD.dtype == self.self_attn.o_proj.weight.dtype)
+                and x_BTD.dtype == self.self_attn.o_proj.weight.dtype == getattr(ctx.cache, "dtype", None))
 
     def _decode_layer(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         attn, mlp = self.self_attn, self.mlp

@@ -338,8 +338,9 @@ def check_decode_layer(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, 
             raise ShapeError(f"decode_layer: {name} must be contiguous {x.dtype} on {x.device} like x, got "
                              f"{t.dtype} on {t.device}{'' if t.is_contiguous() else ', not contiguous'}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.device != x.device or t.stride(-1) != 1 or not t.is_floating_point():
-            raise ShapeError(f"decode_layer: {name} must be a float buffer on {x.device} with unit stride in Dh")
+        if t.device != x.device or t.stride(-1) != 1 or t.dtype != x.dtype:
+            raise ShapeError(f"decode_layer: {name} must be a {x.dtype} buffer (x's dtype) on {x.device} with unit "
+                             f"stride in Dh, got {t.dtype} on {t.device} with strides {t.stride()}")
     if tuple(lens.shape) != (1,) or lens.dtype not in (torch.int32, torch.int64):
         raise ShapeError(f"decode_layer: lens should be (1,) int32/int64 (the row's length with the new token), "
                          f"got {tuple(lens.shape)} {lens.dtype}")
