@@ -105,6 +105,15 @@ def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_p
     assert r["variants"]["lmstack"]["fold_norms"] is False and r["variants"]["lmstack-int8"]["fold_norms"] is False
 
 
+def test_decode_refuses_an_unknown_layer_kernel_before_building_a_model(monkeypatch, capsys):
+    import eval.bench.decode as decode
+
+    monkeypatch.setattr(decode, "resolve", lambda *a, **k: pytest.fail("a model was built before the check"))
+    assert main(["decode", "--preset", "llama-debug", "--device", "cpu", "--layer-kernel", "nope"]) != 0
+    assert "unknown decode_layer implementation 'nope'; valid names: auto, reference, triton" in \
+        capsys.readouterr().err
+
+
 def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     """--fold-norms: the lmstack loop folds, and the int8 variant folds before quantizing (its int8 layers then
     normalise their input and add the residual); both loops' greedy tokens are the prefill path's choices (int8 ones

@@ -147,6 +147,9 @@ def main() -> None:
                          "(for a profiler: ncu --kernel-name regex:'_layer|_skinny' ...)")
     ap.add_argument("--variants", default="chain," + ",".join(VARIANTS))
     args = ap.parse_args()
+    unknown = [v for v in args.variants.split(",") if v and v != "chain" and v not in VARIANTS]
+    if unknown:
+        sys.exit(f"error: --variants: unknown {unknown}; valid: chain, {', '.join(VARIANTS)}")
     if not torch.cuda.is_available():
         sys.exit("bench_decode_layer needs a CUDA GPU")
     dtype = torch.bfloat16

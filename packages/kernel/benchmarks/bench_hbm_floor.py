@@ -74,7 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out")
     ap.add_argument("--sizes-mb", default=",".join(map(str, SIZES_MB)))
     args = ap.parse_args(argv)
-    sizes = [float(s) for s in args.sizes_mb.split(",") if s]
+    try:
+        sizes = [float(s) for s in args.sizes_mb.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if len(sizes) < 2 or any(s <= 0 for s in sizes):
+        sys.exit(f"error: --sizes-mb expects two or more positive sizes in MB, comma-separated, got {args.sizes_mb!r}")
     if not torch.cuda.is_available():
         sys.exit("bench_hbm_floor times a GPU's memory; it needs CUDA")
     props = torch.cuda.get_device_properties(0)

@@ -80,7 +80,8 @@ def test_layer_kernel_applies_only_where_it_can():
 
 
 _TRITON = """
-import os, sys, torch
+import sys, torch
+from safetensors.torch import load_file
 from kernel import Implementation, default_registry
 from model.lm import TransformerLM
 from serve.fast import FastGenerator
@@ -88,25 +89,26 @@ from specs.presets import preset
 # the Triton kernel on the CPU, under the interpreter: registered for this process as a CPU implementation
 default_registry().register(Implementation(op="decode_layer", name="triton_cpu",
                                            target="kernel.triton.decode_layer:decode_layer", backward=False))
-torch.manual_seed(0)
-model = TransformerLM(preset("llama-debug")).eval()
-with torch.no_grad():
-    for layer in model.model.layers:
-        layer.input_layernorm.weight.uniform_(0.5, 1.5)
-        layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
-state = model.state_dict()
+state = load_file(sys.argv[1])  # the parent's _llama() weights
 prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3))
-want = FastGenerator(model, 1, 16, compile=None).generate(prompt, 8)
-fresh = TransformerLM(preset("llama-debug")).eval()
-fresh.load_state_dict(state)
-got = FastGenerator(fresh, 1, 16, compile=None, linear_impl="reference", layer_kernel="triton_cpu").generate(prompt, 8)
+models = [TransformerLM(preset("llama-debug")).eval() for _ in range(2)]
+for m in models:
+    m.load_state_dict(state)
+want = FastGenerator(models[0], 1, 16, compile=None).generate(prompt, 8)
+got = FastGenerator(models[1], 1, 16, compile=None, linear_impl="reference",
+                    layer_kernel="triton_cpu").generate(prompt, 8)
 print(want.tolist(), got.tolist())
 sys.exit(0 if torch.equal(got, want) else 1)
 """
 
 
-def test_the_triton_layer_kernel_decodes_the_plain_models_tokens():
+def test_the_triton_layer_kernel_decodes_the_plain_models_tokens(tmp_path):
     pytest.importorskip("triton")
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "llama.safetensors"  # (clones: the tied head shares the embedding's storage)
+    save_file({k: v.clone().contiguous() for k, v in _llama().state_dict().items()}, str(weights))
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, "-c", _TRITON], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", _TRITON, str(weights)], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]

@@ -36,6 +36,7 @@ import torch
 
 from eval.bench.common import DTYPES, hf_llama, prefer_kernels, profiled_gpu_rows, report, sync
 from eval.loading import pick_device
+from kernel import default_registry
 from specs.errors import LmstackError
 from specs.plugins import resolve
 from specs.presets import preset
@@ -179,6 +180,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefer_kernels(args.prefer)
     device, dtype = pick_device(args.device), DTYPES[args.dtype]  # ConfigError when CUDA is absent
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.layer_kernel not in ("auto", "on", "off"):  # a decode_layer implementation: a bad name fails here,
+        default_registry().get("decode_layer", args.layer_kernel)  # before a model is built (PluginError)
     try:
         sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:
