@@ -103,7 +103,16 @@ sys.exit(0 if torch.equal(got, want) else 1)
 
 
 def test_the_triton_layer_kernel_decodes_the_plain_models_tokens(tmp_path):
+    """The Triton layer kernel itself: on a GPU, launched (fp32); elsewhere under Triton's interpreter, in a
+    process of its own (the interpreter is chosen at import)."""
     pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3)).cuda()
+        want = FastGenerator(_llama().cuda(), 1, 16, compile=None).generate(prompt, 8)
+        got = FastGenerator(_llama().cuda(), 1, 16, compile=None, linear_impl="reference",
+                            layer_kernel="triton").generate(prompt, 8)
+        assert torch.equal(got, want)
+        return
     from safetensors.torch import save_file
 
     weights = tmp_path / "llama.safetensors"  # (clones: the tied head shares the embedding's storage)

@@ -67,7 +67,11 @@ def _grid_sync(cnt_ptr, target, POLL_ONE: tl.constexpr):
         seen = tl.load(cnt_ptr, volatile=True)
         while seen < target:
             seen = tl.load(cnt_ptr, volatile=True)
-        tl.atomic_add(cnt_ptr, 0, sem="acquire", scope="gpu")  # the other programs' stores, before any load below
+        # the other programs' stores, before any load below: an explicit fence, since an acquire add whose result
+        # is unused may compile to a reduction without the acquire (Triton 3.6 does: red.global.gpu.add)
+        one = tl.arange(0, 1)
+        tl.inline_asm_elementwise("fence.acq_rel.gpu; // $0 $1", "=r,r", [one], dtype=tl.int32, is_pure=False,
+                                  pack=1)
     tl.debug_barrier()
 
 
