@@ -3,6 +3,14 @@
 #   bash tools/gpu_pending.sh floor    the layer kernel's GPU tests; what reading N MB costs with nothing to compute
 #                                      (copy, a pure-read kernel, the same with PDL overlap); then decode with 4-way
 #                                      split down tiles against the table's (~8 min)
+#   bash tools/gpu_pending.sh gemv     the one-row gemv kernel: GPU tests, its tiles tuned against the skinny
+#                                      matmul's in the same run, then decode with and without the tuned table (~9.5 min)
+#   bash tools/gpu_pending.sh gemv-final  the shipped gemv table (PDL-chained where it won): GPU tests (the PDL race
+#                                      check included), then decode bf16 and int8 without gemv and as shipped (~8 min)
+#   bash tools/gpu_pending.sh gemv-int8  the layer kernel's serve test on the GPU, decode as shipped (bf16 and int8,
+#                                      profiled), then with the gate/up gemv chained by PDL too (~5 min)
+#   bash tools/gpu_pending.sh gemv-glu   the SwiGLU in the down projection's gemv and int8 chained by PDL: GPU tests,
+#                                      decode as shipped (bf16 and int8), then bf16 with --no-glu-prologue (~6 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
@@ -32,7 +40,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -48,6 +56,84 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+gemv-glu)
+  step tests 70 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py -q \
+    -p no:cacheprovider -k "glu or gemv or chains or hands"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_shipped 190 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
+  step decode_no_glu 100 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack --no-glu-prologue --out "$OUT/decode_no_glu.json"
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernel_us\|kernels_per\|error\|linear_impl' \
+    -A2 "$OUT"/decode_shipped.json "$OUT"/decode_no_glu.json | grep -v '^--$' | head -n 40
+  decode_top "$OUT/decode_shipped.json" ;;
+gemv-int8)
+  step tests 90 python -m pytest packages/serve/tests/test_layer_kernel.py -q -p no:cacheprovider
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_shipped 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
+  card=$(python -c "import torch; print(torch.cuda.get_device_name())")
+  printf '{"%s": {"bf16 11264x2048": [1, 2048, 2, 1]}}\n' "$card" > "$OUT/gate_up_pdl.json"
+  step decode_gate_up_pdl 110 env LMSTACK_GEMV_TILES="$OUT/gate_up_pdl.json" python -m eval.bench decode \
+    --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/decode_gate_up_pdl.json"
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernel_us\|kernels_per\|error' \
+    "$OUT"/decode_shipped.json "$OUT"/decode_gate_up_pdl.json
+  python - "$OUT/decode_shipped.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]["variants"]
+for name in ("lmstack", "lmstack-int8"):
+    p = r.get(name, {}).get("batch1", {})
+    print(name, round(p.get("decode_tokens_per_s", 0)), "tok/s")
+    for row in p.get("profile", {}).get("top", [])[:12]:
+        print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
+PY
+  ;;
+gemv-final)
+  # 0. the gemv kernel, the PDL race check of the chained gemv, the grid barrier's acquire (now an explicit fence),
+  #    and the serve layer-kernel test that failed in session 8's floor call (its output this time)
+  step tests 150 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py \
+    packages/kernel/tests/test_decode_layer.py -q -p no:cacheprovider -k "gemv or pdl or grid_barrier or fast_generator"
+  tail -n 4 "$OUT/tests.log"
+  step layer_serve 90 python -m pytest packages/serve/tests/test_layer_kernel.py -q -p no:cacheprovider -x
+  grep -E "Error|error|assert|FAILED|passed|failed|\[\[" "$OUT/layer_serve.log" | head -n 20
+  # 1. decode at batch 1, bf16 and int8: the skinny matmuls only (LMSTACK_GEMV=0), then as shipped
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_nogemv 170 env LMSTACK_GEMV=0 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack,lmstack-int8 --out "$OUT/decode_nogemv.json"
+  step decode_shipped 220 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernel_us\|kernels_per\|error' \
+    "$OUT"/decode_nogemv.json "$OUT"/decode_shipped.json
+  decode_top "$OUT/decode_shipped.json" ;;
+gemv)
+  # 0. the gemv kernel on the card; then the two layer-kernel tests that failed there in session 8's floor call
+  step tests 60 python -m pytest packages/kernel/tests/test_gemv.py -q -p no:cacheprovider
+  tail -n 3 "$OUT/tests.log"
+  step layer_tests 60 python -m pytest packages/kernel/tests/test_decode_layer.py packages/serve/tests/test_layer_kernel.py \
+    -q -p no:cacheprovider -x -k "grid_barrier or decodes_the_plain"
+  grep -v "^ *$" "$OUT/layer_tests.log" | grep -E "Error|error|assert|FAILED|passed|failed" | head -n 20
+  # 1. every gemv tile per decode shape, bf16 and int8, against the skinny matmul's table tile in the same run,
+  #    then both chained by PDL
+  step tune 200 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json"
+  grep -h "gemv best" "$OUT/tune.log"
+  python - "$OUT/gemv.json" "$OUT/gemv_all.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+d = t["_meta"]["detail"]
+json.dump({card: {k: v["tiles"] for k, v in e.items()} for card, e in d.items()}, open(sys.argv[2], "w"))
+PY
+  # 2. whole decode steps at batch 1: the skinny matmuls (the default); every shape's best gemv tile launched with
+  #    PDL (the registry's PDL twin); the gemv table where gemv won plainly
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1; shift; step "$name" 110 env "$@" --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --out "$OUT/$name.json"; }
+  dec decode_skinny LMSTACK_GEMV=0 python -m eval.bench decode --variants lmstack
+  dec decode_gemv_pdl LMSTACK_GEMV_TILES="$OUT/gemv_all.json" python -m eval.bench decode --variants lmstack \
+    --linear-impl triton_skinny_pdl
+  dec decode_gemv LMSTACK_GEMV_TILES="$OUT/gemv.json" python -m eval.bench decode --variants lmstack
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 floor)
   # 0. the layer kernel's tests on the card (session 7 ran them before the barrier-PTX check learned Triton 3.6's
   #    spelling of the acquire; the serve tests did not run)

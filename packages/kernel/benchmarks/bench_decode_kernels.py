@@ -117,6 +117,18 @@ def cases(rows: int, device: str, dtype: torch.dtype):
         yield "decode_attention", f"B={B} L={L}", (q, k, v, lens), 2 * k.numel() * k.element_size()
 
 
+def one_row_case(N: int, K: int, int8: bool, g: torch.Generator, device: str, dtype: torch.dtype):
+    """One activation row and an (N, K) weight (int8 with per-channel scales, or ``dtype``): (x, w, the matmul's
+    arguments, the bytes a call reads, the fp32 result)."""
+    x = torch.randn(1, K, generator=g).to(device, dtype)
+    if int8:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
+        s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(device, dtype)
+        return x, w, (x, w, s), N * K + N * s.element_size(), (x.float() @ w.float().T * s.float()).float()
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(device, dtype)
+    return x, w, (x, w), N * K * w.element_size(), (x.float() @ w.float().T).float()
+
+
 # Candidate tiles: (BLOCK_N, bytes of K per weight row per stage, NUM_STAGES, num_warps) x SPLIT_K
 TUNE_BLOCK_N = (16, 32, 64)
 TUNE_K_BYTES = (128, 256, 512)
@@ -172,16 +184,8 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
     serial = split_combine_in_kernel()
     for (name, N, K), int8 in itertools.product(shapes, kinds):
         cnt = linear_split_counters(N, device) if serial and not int8 else None
-        x = torch.randn(1, K, generator=g).to(device, dtype)
-        if int8:
-            w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
-            s = (torch.rand(N, generator=g) / 127 / K ** 0.5).to(device, dtype)
-            args, nbytes = (x, w, s), N * K + N * s.element_size()
-        else:
-            w = (torch.randn(N, K, generator=g) / K ** 0.5).to(device, dtype)
-            args, nbytes = (x, w), N * K * w.element_size()
+        x, w, args, nbytes, want = one_row_case(N, K, int8, g, device, dtype)
         sets = rotations(args, nbytes, device)
-        want = (x.float() @ w.float().T * (s.float() if int8 else 1)).float()
         timings = {}
         default = tiles(N, K, w.element_size(), sms)
         candidates = [(block_n, k_bytes // w.element_size(), split, stages, warps)
@@ -221,6 +225,85 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
     print(f"wrote {path}")
 
 
+# gemv candidates (kernel.triton.gemv): output columns per program, K per step, warps; kept where a thread's share of
+# one weight block is 32-128 bytes (two to eight 16-byte loads in flight)
+TUNE_GEMV_ROWS = (1, 2, 4, 8)
+TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
+TUNE_GEMV_WARPS = (1, 2, 4, 8)
+
+
+def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str, ...] | None = None,
+              weights: tuple[str, ...] = ("float", "int8")) -> None:
+    """Time every gemv tile candidate per decode shape (one activation row) and, in the same run, the skinny
+    matmul's table tile for it; then, on sm90+, the best gemv tile and the skinny tile chained by programmatic
+    dependent launch. Write this card's gemv table (atomically) with an entry only where the best gemv tile beats
+    the skinny tile (elsewhere the skinny matmul keeps the shape), its PDL field 1 where the chained gemv beat the
+    plain one, all timings under ``_meta``."""
+    from kernel.triton._device import device_info, pdl_capable
+    from kernel.triton.gemv import gemv
+    from kernel.triton.gemv import tile_key as gemv_key
+    from kernel.triton.skinny import skinny_mm, skinny_plan
+
+    g = torch.Generator().manual_seed(0)
+    _, card = device_info(torch.empty(0, device=device))
+    best: dict[str, list[int]] = {}
+    detail: dict[str, dict] = {}
+    shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
+    kinds = [w == "int8" for w in ("float", "int8") if w in weights]
+    for (name, N, K), int8 in itertools.product(shapes, kinds):
+        x, w, args, nbytes, want = one_row_case(N, K, int8, g, device, dtype)
+        sets = rotations(args, nbytes, device)
+        skinny_cfg = skinny_plan(x, w)[:5]
+        t_skinny = bench_rotated(lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c), sets, device, replays=5) * 1e6
+        timings = {}
+        for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
+            per_thread = rows * block_k * w.element_size() // (32 * warps)
+            if not 32 <= per_thread <= 128 or block_k > 2 * K:
+                continue
+            cfg = (rows, block_k, warps)
+            try:
+                got = gemv(*args, config=cfg).float()
+                if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
+                    raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
+                t = bench_rotated(lambda x_, w_, s_=None, cfg=cfg: gemv(x_, w_, s_, config=cfg), sets, device,
+                                  replays=5)
+            except Exception as e:  # a tile that does not compile here is not a candidate
+                print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
+                continue
+            timings[str(list(cfg))] = t * 1e6
+        key = gemv_key(N, K, w.dtype)
+        if not timings:
+            raise SystemExit(f"error: no gemv candidate ran for {key} (see the skip lines above); nothing written")
+        winner = min(timings, key=timings.get)
+        t_best = timings[winner]
+        # the same calls chained by programmatic dependent launch (sm90+): each kernel loads its first weight block
+        # while the one before drains (gemv), or prefetches its weights to L2 meanwhile (the skinny twin)
+        pdl = {}
+        if pdl_capable(x):
+            cfg = tuple(json.loads(winner))
+            pdl["gemv_pdl_us"] = round(bench_rotated(
+                lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, pdl=True), sets, device, replays=5) * 1e6, 2)
+            pdl["skinny_pdl_us"] = round(bench_rotated(
+                lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, pdl=True), sets, device, replays=5) * 1e6, 2)
+        if t_best < t_skinny:  # [ROWS, BLOCK_K, num_warps, PDL]: chained by PDL where that beat the plain launch
+            best[key] = json.loads(winner) + [int(pdl.get("gemv_pdl_us", t_best) < t_best)]
+        detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "tiles": json.loads(winner),
+                       "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2), "candidates": len(timings), **pdl}
+        print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {t_best:6.1f} us {nbytes / t_best / 1e3:7.0f} GB/s;"
+              f" skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
+              + (f" -> gemv {best[key]}" if key in best else "") + "".join(f"; {k} {v}" for k, v in pdl.items()),
+              flush=True)
+    table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
+                       "triton": __import__("triton").__version__,
+                       "how": "bench_decode_kernels.py --tune-gemv: an entry where the best gemv tile beat the skinny "
+                              "matmul's table tile in the same run, PDL 1 where chaining it by PDL beat the plain "
+                              "launch",
+                       "detail": {card: detail}},
+             card: best}
+    write_json(path, table)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -238,6 +321,9 @@ def main() -> None:
                          + ", ".join(m[0] for m in MATRICES))
     ap.add_argument("--tune-weights", default="float,int8",
                     help="--tune-skinny: float (--dtype) and/or int8 weights, comma-separated (default %(default)s)")
+    ap.add_argument("--tune-gemv", metavar="TABLE.json", default=None,
+                    help="time the one-row gemv tile candidates against the skinny tiles and write this card's gemv "
+                         "table (shapes from --tune-matrices, weights from --tune-weights)")
     a = ap.parse_args()
     check_device(a.device)
     tune_space = parse_tune_space(a.tune_warps, a.tune_stages, a.tune_matrices, a.tune_weights)
@@ -247,6 +333,12 @@ def main() -> None:
             raise SystemExit("error: --tune-skinny times the kernels of a GPU; run it with --device cuda on the card "
                              "the table is for")
         tune_skinny(a.tune_skinny, a.device, dtype, **tune_space)
+        return
+    if a.tune_gemv:
+        if a.device != "cuda":
+            raise SystemExit("error: --tune-gemv times the kernels of a GPU; run it with --device cuda on the card "
+                             "the table is for")
+        tune_gemv(a.tune_gemv, a.device, dtype, matrices=tune_space["matrices"], weights=tune_space["weights"])
         return
     reg = default_registry()
     bw = copy_bandwidth(a.device)

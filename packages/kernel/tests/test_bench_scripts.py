@@ -42,6 +42,23 @@ def test_tuning_refuses_a_cpu_and_writes_nothing(tmp_path):
                           "--tune-skinny", str(table), "--tune-matrices", "nope"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "--tune-matrices: unknown" in bad.stderr and not table.exists()
+    gemv = subprocess.run([sys.executable, str(BENCH / "bench_decode_kernels.py"), "--device", "cpu",
+                           "--tune-gemv", str(table)], env=env, capture_output=True, text=True, timeout=300)
+    assert gemv.returncode != 0 and "--tune-gemv times the kernels of a GPU" in gemv.stderr and not table.exists()
+
+
+def test_one_row_case_reads_what_it_says():
+    """The tuners' inputs: one row, the weight's bytes (int8: one a weight plus the scales), the fp32 product."""
+    import torch
+
+    bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
+    g = torch.Generator().manual_seed(0)
+    x, w, args, nbytes, want = bench_decode_kernels.one_row_case(24, 40, False, g, "cpu", torch.float32)
+    assert x.shape == (1, 40) and w.shape == (24, 40) and len(args) == 2 and nbytes == 24 * 40 * 4
+    torch.testing.assert_close(want, x @ w.T)
+    x, w, args, nbytes, want = bench_decode_kernels.one_row_case(24, 40, True, g, "cpu", torch.bfloat16)
+    assert w.dtype == torch.int8 and len(args) == 3 and nbytes == 24 * 40 + 24 * 2
+    torch.testing.assert_close(want, (x.float() @ w.float().T) * args[2].float())
 
 
 def test_hbm_floor_read_kernel_sums_and_the_fit_recovers_a_line():

@@ -209,7 +209,7 @@ def test_skinny_every_tile_config_gives_the_same_answer(config, int8):
 def test_skinny_tile_table_is_read_and_checked(tmp_path, monkeypatch):
     import json
 
-    from kernel.triton import skinny
+    from kernel.triton import _tables, skinny
 
     table = tmp_path / "tiles.json"
     table.write_text(json.dumps({"_meta": {}, "Test Card": {"bf16 2560x2048": [16, 64, 1, 3, 2]}}))
@@ -225,12 +225,12 @@ def test_skinny_tile_table_is_read_and_checked(tmp_path, monkeypatch):
         skinny.load_tiles()
     for doc, msg in (([1, 2], "expected a JSON object"), ({"Card": [16, 64, 1, 3, 2]}, "should map shape keys")):
         bad.write_text(json.dumps(doc))
-        monkeypatch.setattr(skinny, "_tables", {})  # read afresh
+        monkeypatch.setattr(_tables, "_cache", {})  # read afresh
         monkeypatch.setenv(skinny.TILES_ENV, str(bad))
         with pytest.raises(ConfigError, match=msg):
             skinny.load_tiles()
     monkeypatch.setenv(skinny.TILES_ENV, str(tmp_path / "missing.json"))
-    with pytest.raises(ConfigError, match="cannot read a skinny tile table"):
+    with pytest.raises(ConfigError, match="LMSTACK_SKINNY_TILES.*cannot read a tile table"):
         skinny.load_tiles()
 
 

@@ -273,14 +273,35 @@ def linear_split_counters(n_out: int, device: torch.device | str | None = None) 
     return torch.zeros(-(-n_out // SPLIT_COUNTER_COLUMNS), dtype=torch.int32, device=device)
 
 
+GLUS = ("silu",)
+
+
+def glu_input(x: torch.Tensor, glu: str | None, rms_eps: float | None, k: int, op: str) -> torch.Tensor:
+    """x itself, or for ``glu="silu"`` the SwiGLU of its halves: x (..., 2K) holds [gate | up] (a fused gate/up
+    projection's output) and becomes ``silu(gate) * up`` (..., K). Names what is wrong with a bad ``glu``."""
+    if glu is None:
+        return x
+    if glu not in GLUS:
+        raise ConfigError(op, f"glu must be one of {GLUS} or None, got {glu!r}")
+    if rms_eps is not None:
+        raise ConfigError(op, "glu and rms_eps cannot be combined: a folded norm reads the layer input, a GLU the "
+                              "gate/up output")
+    if x.shape[-1] != 2 * k:
+        raise ShapeError(f"{op}: with glu={glu!r}, x's last dim holds [gate | up], twice the weight's in_features "
+                         f"{k}; got {x.shape[-1]}")
+    return swiglu(x[..., :k], x[..., k:])
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            rms_eps: float | None = None, residual: torch.Tensor | None = None,
-           split_counters: torch.Tensor | None = None) -> torch.Tensor:
+           split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K). ``rms_eps``: x is first RMS-normalised
     without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
     (..., N) is added to the result. ``split_counters``: a zeroed int32 workspace (:func:`linear_split_counters`),
     with which a kernel that splits K over programs sums the splits in the same kernel, left zeroed (the Triton
-    skinny matmul's); unused here."""
+    skinny matmul's); unused here. ``glu="silu"``: x (..., 2K) is [gate | up] and the matmul reads
+    ``silu(gate) * up`` (:func:`glu_input`; a SwiGLU MLP's down projection taking the gate/up output)."""
+    x = glu_input(x, glu, rms_eps, weight.shape[-1], "linear")
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight, bias)
@@ -289,9 +310,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
     """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,).
-    ``rms_eps`` and ``residual`` as :func:`linear` (a folded RMSNorm of x first, the residual added last)."""
+    ``rms_eps``, ``residual`` and ``glu`` as :func:`linear` (a folded RMSNorm of x first, the residual added
+    last)."""
+    x = glu_input(x, glu, rms_eps, weight_int8.shape[-1], "int8_linear")
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)

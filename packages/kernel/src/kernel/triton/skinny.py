@@ -22,7 +22,6 @@ or cards not in it get :func:`tiles` (enough programs for every SM, ~32 KB in fl
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -30,10 +29,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import SPLIT_COUNTER_COLUMNS, check_split_counters
+from kernel.reference import SPLIT_COUNTER_COLUMNS, check_split_counters, glu_input
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
 from kernel.triton._device import device_info, pdl_capable
+from kernel.triton._tables import load_table, tile_key
+from kernel.triton.gemv import choose_tiles as choose_gemv_tiles
+from kernel.triton.gemv import gemv
 from specs.errors import ConfigError
 
 MAX_ROWS = 16
@@ -178,52 +180,17 @@ def tiles(N: int, K: int, weight_bytes: int, num_sms: int) -> tuple[int, int, in
     return block_n, block_k, split, 5, 4
 
 
-_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int8: "int8"}
 TILES_ENV = "LMSTACK_SKINNY_TILES"
-_tables: dict[str, dict] = {}
-
-
-def tile_key(N: int, K: int, weight_dtype: torch.dtype) -> str:
-    """The key of a (N, K) weight in a tile table, e.g. ``"bf16 2560x2048"``."""
-    return f"{_DTYPE_NAMES.get(weight_dtype, str(weight_dtype))} {N}x{K}"
 
 
 def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
     """Measured tiles, ``{card name: {tile_key: [BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps]}}``: the table
     shipped beside this module (written by ``benchmarks/bench_decode_kernels.py --tune-skinny``), updated by the
     JSON file named in ``$LMSTACK_SKINNY_TILES`` (same format) when set, or by ``path``."""
-    path = path or os.environ.get(TILES_ENV)
-    cache_key = str(path)
-    if cache_key not in _tables:
-        table = _read_table(Path(__file__).with_name("skinny_tiles.json"))
-        if path:
-            for card, entries in _read_table(Path(path)).items():
-                table.setdefault(card, {}).update(entries)
-        _tables[cache_key] = table
-    return _tables[cache_key]
-
-
-def _read_table(path: Path) -> dict[str, dict[str, list[int]]]:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(TILES_ENV, f"cannot read a skinny tile table from {path}: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(TILES_ENV, f"{path}: expected a JSON object {{card name: {{shape key: tiles}}}}, got "
-                                     f"{type(raw).__name__}")
-    table = {}
-    for card, entries in raw.items():
-        if card.startswith("_"):  # "_meta": how and when it was measured
-            continue
-        if not isinstance(entries, dict):
-            raise ConfigError(TILES_ENV, f"{path}: {card!r} should map shape keys such as 'bf16 2560x2048' to "
-                                         f"tiles, got {type(entries).__name__}")
-        for key, cfg in entries.items():
-            if not (isinstance(cfg, list) and len(cfg) == 5 and all(isinstance(v, int) and v > 0 for v in cfg)):
-                raise ConfigError(TILES_ENV, f"{path}: {card!r} {key!r} should be five positive integers [BLOCK_N, "
-                                             f"BLOCK_K, SPLIT_K, NUM_STAGES, num_warps], got {cfg!r}")
-        table[card] = dict(entries)
-    return table
+    return load_table(Path(__file__).with_name("skinny_tiles.json"), TILES_ENV, path,
+                      lambda cfg: isinstance(cfg, list) and len(cfg) == 5
+                      and all(isinstance(v, int) and v > 0 for v in cfg),
+                      "five positive integers [BLOCK_N, BLOCK_K, SPLIT_K, NUM_STAGES, num_warps]")
 
 
 @torch.compiler.assume_constant_result
@@ -345,66 +312,80 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            rms_eps: float | None = None, residual: torch.Tensor | None = None,
-           split_counters: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps`` and
-    ``residual`` as :func:`kernel.reference.linear` (the rows' sums of squares beside the matmul's weight loop,
-    rstd and the add in its epilogue); ``split_counters`` as :func:`skinny_mm` (a split K summed in the kernel)."""
-    return _linear(x, weight, bias, rms_eps, residual, pdl=False, counters=split_counters)
+           split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+    """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps``,
+    ``residual`` and ``glu`` as :func:`kernel.reference.linear` (the rows' sums of squares beside the matmul's
+    weight loop, rstd and the add in its epilogue; a SwiGLU of x's halves computed as one row is loaded by the gemv
+    kernel, else by torch first); ``split_counters`` as :func:`skinny_mm` (a split K summed in the kernel)."""
+    return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=False, counters=split_counters)
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; ``rms_eps`` and ``residual``
-    as :func:`linear` (fused: rstd from the rows' sums of squares beside the weight loop, the add in the epilogue)."""
-    return _int8_linear(x, weight_int8, scale, bias, rms_eps, residual, pdl=False)
+                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; ``rms_eps``, ``residual``
+    and ``glu`` as :func:`linear` (fused: rstd from the rows' sums of squares beside the weight loop, the add in the
+    epilogue)."""
+    return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=False, counters=None)
 
 
 def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                rms_eps: float | None = None, residual: torch.Tensor | None = None,
-               split_counters: torch.Tensor | None = None) -> torch.Tensor:
+               split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
     """:func:`linear` launched with programmatic dependent launch (sm90+): an opaque op to torch.compile
     (``torch.ops.lmstack.skinny_pdl``), so Triton's own launcher starts it while the kernel before it drains, with
-    its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``). ``split_counters`` is not used: the op
+    its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``). One row of a weight shape the card's gemv
+    table has goes to the gemv kernel instead (``kernel.triton.gemv``: ``torch.ops.lmstack.gemv_pdl`` where the
+    table's PDL field is 1, its first weight block loaded before the wait; else the plain gemv). The weights must not
+    be written by the kernel just before (a decode step's are frozen). ``split_counters`` is not used: the op
     declares no mutation, so a split K is summed after it, in the graph."""
-    return _linear(x, weight, bias, rms_eps, residual, pdl=True, counters=None)
+    return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=True, counters=None)
 
 
 def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                    residual: torch.Tensor | None = None) -> torch.Tensor:
+                    residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
     """:func:`int8_linear` launched with programmatic dependent launch (as :func:`linear_pdl`)."""
-    return _int8_linear(x, weight_int8, scale, bias, rms_eps, residual, pdl=True)
+    return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=True, counters=None)
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rms_eps: float | None,
-            residual: torch.Tensor | None, pdl: bool, counters: torch.Tensor | None) -> torch.Tensor:
+def _gemv_tiles(x2: torch.Tensor, w: torch.Tensor) -> tuple[int, ...]:
+    """The gemv kernel's measured tiles for one activation row times w on this card, () for the skinny matmul."""
+    if x2.shape[0] != 1:
+        return ()
+    return choose_gemv_tiles(w.shape[0], w.shape[1], w.dtype, device_info(x2)[1])
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+            rms_eps: float | None, residual: torch.Tensor | None, glu: str | None, pdl: bool,
+            counters: torch.Tensor | None) -> torch.Tensor:
+    """linear (``scale`` None, float weights) and int8_linear: up to MAX_ROWS rows here, more by the reference."""
+    N, K = weight.shape
     x2 = _rows(x)
-    if x2.shape[0] > MAX_ROWS or weight.dtype != x.dtype:
-        return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual)
-    res = None if residual is None else residual.reshape(x2.shape[0], weight.shape[0])
+    if x2.shape[0] > MAX_ROWS or (scale is None and weight.dtype != x.dtype):
+        if scale is None:
+            return _reference(x, weight, bias, rms_eps=rms_eps, residual=residual, glu=glu)
+        return _int8_reference(x, weight, scale, bias, rms_eps=rms_eps, residual=residual, glu=glu)
+    res = None if residual is None else residual.reshape(x2.shape[0], N)
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    gemv_tiles = _gemv_tiles(x2, w)
+    if gemv_tiles:  # one row, and the card's table has a measured gemv tile for this weight (launched with PDL where
+        # the table says so and the caller asked for it); a GLU is computed as the kernel loads x
+        if glu is not None:
+            glu_input(x2, glu, rms_eps, K, "linear")  # names a bad glu or a mismatched x
+        y = (torch.ops.lmstack.gemv_pdl(x2, w, scale, bias, rms_eps, res, *gemv_tiles[:3], glu is not None)
+             if pdl and gemv_tiles[3]
+             else gemv(x2, w, scale, bias, out_dtype=x.dtype, config=gemv_tiles, rms_eps=rms_eps, residual=res,
+                       glu=glu is not None))
+        return y.reshape(*x.shape[:-1], N)
+    x2 = glu_input(x2, glu, rms_eps, K, "linear").contiguous()
     if pdl:  # the opaque op ends at the kernel: a split-K sum stays in the graph, where inductor fuses it
-        y = torch.ops.lmstack.skinny_pdl(x2, w, None, bias, rms_eps, res)
-        y = y if y.dim() == 2 else finish_partials(y, None, bias, res, x.dtype)
-    else:
-        y = skinny_mm(x2, w, bias=bias, rms_eps=rms_eps, residual=res, split_counters=counters)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
-
-
-def _int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                 rms_eps: float | None, residual: torch.Tensor | None, pdl: bool) -> torch.Tensor:
-    x2 = _rows(x)
-    if x2.shape[0] > MAX_ROWS:
-        return _int8_reference(x, weight_int8, scale, bias, rms_eps=rms_eps, residual=residual)
-    res = None if residual is None else residual.reshape(x2.shape[0], weight_int8.shape[0])
-    w = weight_int8.contiguous()
-    if pdl:
         y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, rms_eps, res)
         y = y if y.dim() == 2 else finish_partials(y, scale, bias, res, x.dtype)
     else:
-        y = skinny_mm(x2, w, scale, bias, rms_eps=rms_eps, residual=res)
-    return y.reshape(*x.shape[:-1], weight_int8.shape[0])
+        y = skinny_mm(x2, w, scale, bias, rms_eps=rms_eps, residual=res,
+                      split_counters=counters if scale is None else None)
+    return y.reshape(*x.shape[:-1], N)
 
 
 @torch.library.custom_op("lmstack::skinny_pdl", mutates_args=())

@@ -1,0 +1,164 @@
+"""One activation row times a weight matrix in Triton, ``y = x @ w.T``: every weight byte in flight at once.
+
+A batch-1 decode step's small matmuls (q/k/v 10.5 MB, o 8.4 MB at the 1.1B shape) take ~6 us in the skinny
+matmul (``kernel.triton.skinny``) where the bytes alone would take ~2.4 us at the copy bandwidth: its ``tl.dot``
+tiles pad the one row to 16, run one program of four warps per SM on ~80 of 132 SMs, and stall on the pipeline's
+fixed latencies (Nsight Compute, docs/benchmarks.md). Here there is no tensor core and no pipeline: each program
+owns ``ROWS`` output columns and loads a ``(ROWS, BLOCK_K)`` weight block per step with plain 16-byte loads (all
+of a block's loads are issued before its products need them), multiplies by x in fp32 and reduces at the end.
+Enough small programs are launched that every SM holds several, so the bytes in flight per SM come from
+occupancy instead of a software pipeline. Int8 weights cross the bus as one byte each, their per-channel scale
+applied to the fp32 sum. The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of squares, from
+the x values the loop loads anyway), scale, bias, residual, the cast.
+
+Launched with programmatic dependent launch (``pdl``, sm90+), a program loads its first weight block before it waits
+for the kernel before it (``griddepcontrol.wait``), so a chain of them streams weights while each predecessor
+drains: a pure read of 10 MB took 6.3 us launched plainly and 2.7 us chained that way on an H200
+(``benchmarks/bench_hbm_floor.py``). The weights must then not be written by the kernel just before (true of a
+decode step's frozen weights); torch.compile reaches that launch only through the opaque op ``lmstack::gemv_pdl``.
+
+One row only (batch-1 decode); the tiles (ROWS, BLOCK_K, num_warps, PDL) per weight shape come from a table
+measured per card, ``gemv_tiles.json`` beside this module (``benchmarks/bench_decode_kernels.py --tune-gemv``:
+an entry where gemv beat the skinny matmul, PDL 1 where the chained launch beat the plain one), or from
+``$LMSTACK_GEMV_TILES``. Where a card's table has no entry the skinny matmul keeps the shape (and every shape with
+``$LMSTACK_GEMV=0``). Semantics: :func:`kernel.reference.linear` and :func:`kernel.reference.int8_linear`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from kernel.triton._device import pdl_capable
+from kernel.triton._tables import load_table, tile_key
+from specs.errors import ConfigError
+
+TILES_ENV = "LMSTACK_GEMV_TILES"
+SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmul keeps every shape), for comparisons
+
+
+@triton.jit
+def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
+          HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
+          GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    pid = tl.program_id(0)
+    n = pid * ROWS + tl.arange(0, ROWS)
+    n_ok = n < N
+    kk = tl.arange(0, BLOCK_K)
+    w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
+    # the first weight block is loaded before anything the kernel before may still be writing: launched with PDL,
+    # those loads are in flight while that kernel drains
+    w = tl.load(w_row + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :], other=0)  # (ROWS, BLOCK_K)
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
+        tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
+    x = _x_block(x_ptr, kk, K, GLU)
+    acc = w.to(tl.float32) * x[None, :]
+    ss = x * x
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        k = k0 + kk
+        k_ok = k < K
+        w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+        x = _x_block(x_ptr, k, K, GLU)
+        acc += w.to(tl.float32) * x[None, :]
+        if RMS:
+            ss += x * x
+    y = tl.sum(acc, 1)  # (ROWS,)
+    if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
+        y = y * tl.rsqrt((tl.sum(ss, 0) / K + rms_eps).to(tl.float32))
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_RES:
+        y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _x_block(x_ptr, k, K, GLU: tl.constexpr):
+    """x[k] in fp32; with GLU, x holds [gate | up] (2K values) and this is silu(gate[k]) * up[k], rounded to x's
+    dtype as the separate SwiGLU op would store it."""
+    k_ok = k < K
+    if GLU:
+        g = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
+        return (g * tl.sigmoid(g) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+
+
+def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
+    """Measured tiles, ``{card name: {tile_key: [ROWS, BLOCK_K, num_warps, PDL]}}``: the table shipped beside this
+    module, updated by the JSON file named in ``$LMSTACK_GEMV_TILES`` (same format) when set, or by ``path``."""
+    return load_table(Path(__file__).with_name("gemv_tiles.json"), TILES_ENV, path,
+                      lambda cfg: isinstance(cfg, list) and len(cfg) == 4 and all(type(v) is int for v in cfg)
+                      and all(v > 0 and v & (v - 1) == 0 for v in cfg[:3]) and cfg[3] in (0, 1),
+                      "[ROWS, BLOCK_K, num_warps, PDL]: three positive powers of two and 0 or 1")
+
+
+def has_pdl_tiles(card: str) -> bool:
+    """Whether this card's table launches some weight shape with PDL (``$LMSTACK_GEMV`` not ``0``): where a
+    one-row decode step gains from the registry's ``triton_skinny_pdl`` linear."""
+    return os.environ.get(SWITCH_ENV, "1") != "0" and any(cfg[3] for cfg in load_tiles().get(card, {}).values())
+
+
+@torch.compiler.assume_constant_result
+def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str) -> tuple[int, ...]:
+    """The measured (ROWS, BLOCK_K, num_warps, PDL) of this (card, weight), or () where the table has none or
+    ``$LMSTACK_GEMV`` is ``0``."""
+    switch = os.environ.get(SWITCH_ENV, "1")
+    if switch not in ("0", "1"):
+        raise ConfigError(SWITCH_ENV, f"expected 0 (off) or 1 (the measured table), got {switch!r}")
+    if switch == "0":
+        return ()
+    return tuple(load_tiles().get(card, {}).get(tile_key(N, K, weight_dtype), ()))
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
+         config: tuple[int, ...], out_dtype: torch.dtype | None = None, rms_eps: float | None = None,
+         residual: torch.Tensor | None = None, pdl: bool = False, glu: bool = False) -> torch.Tensor:
+    """x (1, K) float @ w (N, K).T (float or int8) -> (1, N), times ``scale`` (N,) when given, plus ``bias``;
+    ``rms_eps``: x RMS-normalised (no weight) first; ``residual`` (1, N) added last. ``config``: (ROWS, BLOCK_K,
+    num_warps), powers of two (a table entry's fourth field, PDL, is ignored: ``pdl`` decides). ``pdl``: launch
+    with programmatic dependent launch where the device has it (sm90+; ignored elsewhere): each program's first
+    weight block is loaded while the kernel before drains, so w must not be written by that kernel. ``glu``: x is
+    (1, 2K), [gate | up], and the kernel reads ``silu(gate) * up`` (SwiGLU as it loads x; not with ``rms_eps``)."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.stride(-1) != 1:
+        raise ValueError(f"gemv takes one contiguous activation row (1, K), got shape {tuple(x.shape)}")
+    N, K = w.shape
+    if x.shape[1] != (2 * K if glu else K) or w.stride(-1) != 1:
+        raise ValueError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}"
+                         + (" ([gate | up]: twice the weight's in_features)" if glu else ""))
+    if glu and rms_eps is not None:
+        raise ValueError("gemv: glu and rms_eps cannot be combined")
+    rows, block_k, warps = config[:3]
+    pdl = pdl and pdl_capable(x)
+    out = torch.empty(1, N, dtype=out_dtype or x.dtype, device=x.device)
+    res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
+    _gemv[(triton.cdiv(N, rows),)](
+        x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
+        N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl, num_warps=warps,
+        **({"launch_pdl": True} if pdl else {}))
+    return out
+
+
+@torch.library.custom_op("lmstack::gemv_pdl", mutates_args=())
+def _gemv_pdl(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+              rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
+              warps: int, glu: bool = False) -> torch.Tensor:
+    """gemv(pdl=True) as an op torch.compile does not trace into: inductor launches the Triton kernels it traces
+    without the PDL attribute, Triton's own launcher (here) with it."""
+    return gemv(x, w, scale, bias, config=(rows, block_k, warps), rms_eps=rms_eps, residual=residual, pdl=True,
+                glu=glu)
+
+
+@_gemv_pdl.register_fake
+def _gemv_pdl_shape(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+                    rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
+                    warps: int, glu: bool = False) -> torch.Tensor:
+    return x.new_empty((1, w.shape[0]))

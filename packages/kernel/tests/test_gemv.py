@@ -1,0 +1,284 @@
+"""The one-row gemv kernel (``kernel.triton.gemv``) against the references: float and int8 weights, a folded RMSNorm,
+bias, residual, ragged N and K; its tile table; and the registry's ``triton_skinny`` linears routing one row to it
+where the table has the shape. Under Triton's interpreter on a CPU, on the GPU with CUDA."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kernel import reference as ref
+from specs.errors import ConfigError
+
+triton = pytest.importorskip("triton")
+
+from triton_testing import DEVICE, DTYPES, check  # noqa: E402
+
+from kernel.triton import gemv as gemv_mod  # noqa: E402
+from kernel.triton._device import device_info  # noqa: E402
+
+CONFIGS = [(1, 64, 1), (4, 128, 2), (8, 256, 4), (2, 1024, 4)]
+
+
+def _inputs(dtype, N, K, seed, int8=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, K, generator=g).to(DEVICE, dtype)
+    if int8:
+        w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
+        s = (torch.rand(N, generator=g) / 127).to(DEVICE, dtype)
+    else:
+        w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
+        s = None
+    b = torch.randn(N, generator=g).to(DEVICE, dtype)
+    r = torch.randn(1, N, generator=g).to(DEVICE, dtype)
+    return x, w, s, b, r
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("N, K", [(48, 300), (33, 1030), (8, 64)])
+def test_gemv_matches_the_reference(dtype, config, N, K):
+    x, w, _, b, _ = _inputs(dtype, N, K, seed=N + K)
+    got = gemv_mod.gemv(x, w, bias=b, config=config)
+    assert got.shape == (1, N) and got.dtype == dtype
+    check("gemv", got, ref.linear(x.float(), w.float(), b.float()), ref.linear(x, w, b), dtype, fp32_atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rms, res, int8", [(True, False, False), (False, True, False), (True, True, False),
+                                            (True, True, True), (False, False, True)])
+def test_gemv_prologue_epilogue_and_int8(dtype, rms, res, int8):
+    """rms_eps: rstd from x's own sum of squares; residual added last; int8 weights scaled per channel."""
+    N, K = 70, 520
+    x, w, s, b, r = _inputs(dtype, N, K, seed=7, int8=int8)
+    eps = 1e-5 if rms else None
+    resid = r if res else None
+    got = gemv_mod.gemv(x, w, s, None if int8 else b, config=(4, 256, 2), rms_eps=eps, residual=resid)
+    if int8:
+        want32 = ref.int8_linear(x.float(), w, s.float(), rms_eps=eps, residual=None if resid is None else r.float())
+        lowp = ref.int8_linear(x, w, s, rms_eps=eps, residual=resid)
+    else:
+        want32 = ref.linear(x.float(), w.float(), b.float(), rms_eps=eps, residual=None if resid is None else r.float())
+        lowp = ref.linear(x, w, b, rms_eps=eps, residual=resid)
+    check("gemv", got, want32, lowp, dtype, fp32_atol=2e-4)
+
+
+def test_gemv_refuses_what_it_cannot_compute():
+    x = torch.randn(2, 64, device=DEVICE)
+    w = torch.randn(16, 64, device=DEVICE)
+    with pytest.raises(ValueError, match=r"one contiguous activation row \(1, K\).*\(2, 64\)"):
+        gemv_mod.gemv(x, w, config=(4, 64, 1))
+    with pytest.raises(ValueError, match=r"weight \(16, 32\).*x \(1, 64\)"):
+        gemv_mod.gemv(x[:1], torch.randn(16, 32, device=DEVICE), config=(4, 64, 1))
+
+
+def _table(tmp_path, monkeypatch, entries: dict, card: str = "Test Card", name: str = "gemv.json"):
+    path = tmp_path / name  # tables are read once per path
+    path.write_text(json.dumps({"_meta": {"how": "test"}, card: entries}))
+    monkeypatch.setenv(gemv_mod.TILES_ENV, str(path))
+    return path
+
+
+def test_gemv_tile_table_is_read_and_checked(tmp_path, monkeypatch):
+    _table(tmp_path, monkeypatch, {"bf16 2560x2048": [4, 512, 4, 1], "bf16 2048x2048": [2, 512, 4, 0]})
+    assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Test Card") == (4, 512, 4, 1)
+    assert gemv_mod.has_pdl_tiles("Test Card") and not gemv_mod.has_pdl_tiles("Other")
+    assert gemv_mod.choose_tiles(2560, 2048, torch.int8, "Test Card") == ()  # not measured: the skinny matmul
+    assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Other") == ()
+    monkeypatch.setenv(gemv_mod.SWITCH_ENV, "0")
+    assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Test Card") == ()
+    assert not gemv_mod.has_pdl_tiles("Test Card")
+    monkeypatch.setenv(gemv_mod.SWITCH_ENV, "yes")
+    with pytest.raises(ConfigError, match="expected 0 .off. or 1"):
+        gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Test Card")
+    monkeypatch.delenv(gemv_mod.SWITCH_ENV)
+    for bad, why in (({"bf16 1x1": [4, 500, 4, 0]}, "powers of two"), ({"bf16 1x1": [4, 512, 4]}, "PDL"),
+                     ({"bf16 1x1": [4, 512, 4, 2]}, "0 or 1"), ({"bf16 1x1": [4, 512, 4, True]}, "0 or 1"),
+                     ([1, 2], "JSON object")):
+        path = tmp_path / f"bad{len(why)}.json"
+        path.write_text(json.dumps(bad if isinstance(bad, list) else {"Test Card": bad}))
+        monkeypatch.setenv(gemv_mod.TILES_ENV, str(path))
+        with pytest.raises(ConfigError, match=why):
+            gemv_mod.load_tiles()
+    monkeypatch.setenv(gemv_mod.TILES_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_TILES.*cannot read a tile table"):
+        gemv_mod.load_tiles()
+
+
+def test_shipped_gemv_table_is_well_formed(monkeypatch):
+    monkeypatch.delenv(gemv_mod.TILES_ENV, raising=False)
+    for card, entries in gemv_mod.load_tiles().items():
+        for key, cfg in entries.items():
+            assert key.split()[0] in ("bf16", "fp16", "fp32", "int8") and len(cfg) == 4, (card, key)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_skinny_linears_route_one_row_to_gemv_where_the_table_has_the_shape(tmp_path, monkeypatch, int8):
+    """With a table entry for this card, the registry's triton_skinny linear computes one row with the gemv kernel
+    (same answer, folded norm and residual included); two rows, or a shape without an entry, keep the skinny
+    matmul."""
+    from kernel.triton import skinny
+
+    dtype = torch.float32
+    N, K = 40, 96
+    x, w, s, b, r = _inputs(dtype, N, K, seed=3, int8=int8)
+    card = device_info(x)[1]
+    _table(tmp_path, monkeypatch, {gemv_mod.tile_key(N, K, w.dtype): [4, 32, 1, 1]}, card=card)
+    calls = []
+    real = gemv_mod.gemv
+    monkeypatch.setattr(skinny, "gemv", lambda *a, **k: calls.append(k["config"]) or real(*a, **k))
+    if int8:
+        got = skinny.int8_linear(x, w, s, rms_eps=1e-5, residual=r)
+        want = ref.int8_linear(x, w, s, rms_eps=1e-5, residual=r)
+    else:
+        got = skinny.linear(x, w, b, rms_eps=1e-5, residual=r)
+        want = ref.linear(x, w, b, rms_eps=1e-5, residual=r)
+    assert calls == [(4, 32, 1, 1)]  # the plain launch: the PDL field is for the PDL twin only
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    x2 = torch.cat([x, x])
+    (skinny.int8_linear(x2, w, s) if int8 else skinny.linear(x2, w, b))
+    assert len(calls) == 1  # two rows: the skinny matmul
+    _table(tmp_path, monkeypatch, {gemv_mod.tile_key(N + 1, K, w.dtype): [4, 32, 1, 0]}, card=card,
+           name="other.json")
+    (skinny.int8_linear(x, w, s) if int8 else skinny.linear(x, w, b))
+    assert len(calls) == 1  # no entry for this shape: the skinny matmul
+
+
+def test_gemv_pdl_op_computes_the_same_and_declares_its_shape(tmp_path, monkeypatch):
+    """The opaque op (Triton launches it, with PDL on sm90+) gives gemv's answer; its fake gives the shape; the
+    registry's PDL twin routes one row to it where the table has the shape."""
+    from kernel.triton import skinny
+
+    x, w, _, b, r = _inputs(torch.float32, 40, 96, seed=5)
+    want = gemv_mod.gemv(x, w, bias=b, config=(4, 32, 1), rms_eps=1e-5, residual=r)
+    got = torch.ops.lmstack.gemv_pdl(x, w, None, b, 1e-5, r, 4, 32, 1)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.lmstack.gemv_pdl, (x, w, None, b, 1e-5, r, 4, 32, 1),
+                          test_utils=("test_schema", "test_faketensor"))
+    card = device_info(x)[1]
+    _table(tmp_path, monkeypatch, {gemv_mod.tile_key(40, 96, w.dtype): [4, 32, 1, 1]}, card=card)
+    calls, plain = [], []
+    real, real_plain = torch.ops.lmstack.gemv_pdl, gemv_mod.gemv
+    monkeypatch.setattr(skinny.torch.ops.lmstack, "gemv_pdl", lambda *a: calls.append(a[6:]) or real(*a),
+                        raising=False)
+    monkeypatch.setattr(skinny, "gemv", lambda *a, **k: plain.append(k["config"]) or real_plain(*a, **k))
+    torch.testing.assert_close(skinny.linear_pdl(x, w, b, rms_eps=1e-5, residual=r), want, rtol=1e-5, atol=1e-5)
+    assert calls == [(4, 32, 1, False)] and plain == []
+    # a PDL field of 0: the twin launches the plain gemv
+    _table(tmp_path, monkeypatch, {gemv_mod.tile_key(40, 96, w.dtype): [4, 32, 1, 0]}, card=card, name="plain.json")
+    torch.testing.assert_close(skinny.linear_pdl(x, w, b, rms_eps=1e-5, residual=r), want, rtol=1e-5, atol=1e-5)
+    assert calls == [(4, 32, 1, False)] and plain == [(4, 32, 1, 0)]
+
+
+_AOT = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from kernel.triton import gemv
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
+sig = dict(zip(names, ["*bf16"] * 6 + ["i32"] * 3 + ["fp32"]))
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
+for pdl in (False, True):
+    consts = dict(HAS_SCALE=False, HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4, BLOCK_K=2048, PDL=pdl)
+    src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                    constexprs=consts, attrs=attrs)
+    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
+    sys.stdout.write(kern.asm["ptx"] + "\\n=====\\n")
+"""
+
+
+def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
+    """Compiled offline for sm90 (no GPU): a program's (4, 2048) weight block is eight 16-byte loads a thread, all
+    issued before the first product; with PDL they come before ``griddepcontrol.wait`` and x's loads after it."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain, pdl, _ = out.stdout.split("\n=====\n")
+    for ptx in (plain, pdl):
+        lines = ptx.splitlines()
+        loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
+        first_math = next(i for i, line in enumerate(lines) if re.search(r"\b(fma|mul)\.rn\.f32", line))
+        assert sum(i < first_math for i in loads) >= 8, "the weight block's loads are not all in flight"
+    assert "griddepcontrol" not in plain
+    lines = pdl.splitlines()
+    wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+    launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
+    loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
+    assert sum(i < wait for i in loads) == 8 and wait < launch  # the weights before, x after, then the trigger
+
+
+def test_one_row_pdl_linear_names_the_pdl_twin_only_where_the_card_chains_some_shape(tmp_path, monkeypatch):
+    from kernel import one_row_pdl_linear
+
+    assert one_row_pdl_linear("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Test Card")
+    cap = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: cap[0])
+    _table(tmp_path, monkeypatch, {"bf16 2560x2048": [2, 2048, 4, 1]})
+    assert one_row_pdl_linear("cuda") == "triton_skinny_pdl"
+    cap[0] = (8, 0)  # no PDL before Hopper
+    assert one_row_pdl_linear("cuda:0") is None
+    cap[0] = (9, 0)
+    _table(tmp_path, monkeypatch, {"bf16 2560x2048": [2, 2048, 4, 0]}, name="plain.json")
+    assert one_row_pdl_linear("cuda") is None  # gemv tiles, none chained
+    monkeypatch.setenv(gemv_mod.SWITCH_ENV, "0")
+    _table(tmp_path, monkeypatch, {"bf16 2560x2048": [2, 2048, 4, 1]}, name="off.json")
+    assert one_row_pdl_linear("cuda") is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("int8", [False, True])
+def test_gemv_computes_swiglu_of_the_gate_up_halves_as_it_loads_x(dtype, int8):
+    """glu: x (1, 2K) is [gate | up] and the kernel reads silu(gate) * up; the reference's glu="silu" is that
+    SwiGLU op, then the matmul; the residual added last."""
+    N, K = 40, 300
+    gu, w, s, _, r = _inputs(dtype, N, 2 * K, seed=11, int8=int8)
+    w = w[:, :K].contiguous()
+    lin = (lambda x, **kw: ref.int8_linear(x, w, s.float() if x.dtype == torch.float32 else s, **kw)) if int8 \
+        else (lambda x, **kw: ref.linear(x, w.float() if x.dtype == torch.float32 else w, **kw))
+    got = gemv_mod.gemv(gu, w, s, config=(4, 128, 2), residual=r, glu=True)
+    want32 = lin(gu.float(), residual=r.float(), glu="silu")
+    check("gemv glu", got, want32, lin(gu, residual=r, glu="silu"), dtype, fp32_atol=2e-4)
+    torch.testing.assert_close(
+        want32, lin(ref.swiglu(gu[:, :K].float(), gu[:, K:].float()), residual=r.float()), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="twice the weight's in_features"):
+        gemv_mod.gemv(gu[:, :K].contiguous(), w, s, config=(4, 128, 2), glu=True)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("routed", [True, False])
+def test_skinny_linears_take_a_glu_through_gemv_or_torch(tmp_path, monkeypatch, int8, routed):
+    """The registry's triton_skinny linears with glu="silu": one row through gemv where the table has the shape
+    (the SwiGLU in the kernel), else torch's SwiGLU then the skinny matmul; both the reference's answer. Bad glu
+    arguments raise errors that name them."""
+    from kernel.triton import skinny
+    from specs.errors import ShapeError
+
+    N, K = 24, 64
+    gu, w, s, b, r = _inputs(torch.float32, N, 2 * K, seed=13, int8=int8)
+    w = w[:, :K].contiguous()
+    entries = {gemv_mod.tile_key(N, K, w.dtype): [4, 64, 1, 0]} if routed else {}
+    _table(tmp_path, monkeypatch, entries, card=device_info(gu)[1], name=f"glu{routed}.json")
+    if int8:
+        got = skinny.int8_linear(gu, w, s, residual=r, glu="silu")
+        want = ref.int8_linear(gu, w, s, residual=r, glu="silu")
+    else:
+        got = skinny.linear(gu, w, b, residual=r, glu="silu")
+        want = ref.linear(gu, w, b, residual=r, glu="silu")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    fn = (lambda x, **kw: skinny.int8_linear(x, w, s, **kw)) if int8 else (lambda x, **kw: skinny.linear(x, w, **kw))
+    with pytest.raises(ConfigError, match="glu must be one of"):
+        fn(gu, glu="gelu")
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        fn(gu, glu="silu", rms_eps=1e-5)
+    with pytest.raises(ShapeError, match="twice the weight's in_features 64; got 64"):
+        fn(gu[:, :K], glu="silu")
