@@ -101,3 +101,15 @@ def test_folded_then_quantized_model_decodes_its_own_greedy_tokens():
         nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
         assert nxt.item() == toks[0, i].item()
         seq = torch.cat([seq, nxt], 1)
+
+
+def test_int8_linear_applies_swiglu_to_a_gate_up_input():
+    """Given x = [gate | up] and glu="silu", the layer reads silu(gate) * up (what a SwiGLU MLP's down projection
+    would otherwise be handed), the residual added last. An MLP hands it [gate | up] only once ``accepts_glu`` is
+    set (off by default)."""
+    torch.manual_seed(0)
+    q = Int8WeightOnlyLinear(nn.Linear(64, 32, bias=True))
+    assert q.accepts_glu is False
+    gu, r = torch.randn(3, 128), torch.randn(3, 32)
+    want = q(torch.nn.functional.silu(gu[:, :64]) * gu[:, 64:]) + r
+    torch.testing.assert_close(q(gu, residual=r, glu="silu"), want, rtol=1e-5, atol=1e-5)

@@ -84,6 +84,35 @@ def test_pdl_decode_gives_the_tokens_of_the_plain_loop():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="programmatic dependent launch needs a CUDA device of compute capability 9.0+")
+def test_pdl_chained_gemv_decode_gives_the_tokens_of_the_plain_gemv(tmp_path, monkeypatch):
+    """One row through the gemv kernel (every projection of the model in this card's table): chained by PDL (the
+    first weight block loaded before the wait for the kernel before) against launched plainly, eager bf16, where
+    every other kernel is the same; a read of x before its producer finished would change tokens."""
+    import json
+
+    from kernel.triton import gemv
+    from serve.fast import FastGenerator
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).to("cuda", torch.bfloat16).eval()
+    prompt = torch.randint(0, 500, (1, 7), generator=torch.Generator().manual_seed(5)).to("cuda")
+    plain = FastGenerator(copy.deepcopy(model), 1, 64, compile=None, linear_impl="triton_skinny")
+    shapes = {gemv.tile_key(*m.weight.shape, m.weight.dtype) for m in plain.model.modules()
+              if isinstance(m, torch.nn.Linear)}
+    table = tmp_path / "gemv.json"
+    table.write_text(json.dumps({torch.cuda.get_device_name(): {k: [2, 256, 4, 1] for k in shapes}}))
+    monkeypatch.setenv(gemv.TILES_ENV, str(table))
+    calls = []
+    real = torch.ops.lmstack.gemv_pdl
+    monkeypatch.setattr(torch.ops.lmstack, "gemv_pdl", lambda *a: calls.append(1) or real(*a), raising=False)
+    want = plain.generate(prompt, 48)
+    got = FastGenerator(copy.deepcopy(model), 1, 64, compile=None, linear_impl="triton_skinny_pdl").generate(prompt,
+                                                                                                              48)
+    assert calls and torch.equal(got, want)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_captured_graph_decode_on_cuda_gives_the_eager_tokens():
     torch.manual_seed(0)
@@ -186,3 +215,71 @@ def test_fast_generator_folds_norms_by_default_only_where_the_routed_matmul_take
     assert FastGenerator(quant, 1, 16, compile=None, fuse=False, linear_impl="reference").fold_norms is False
     with pytest.raises(ConfigError, match="fold_norms must be True, False or 'auto'"):
         FastGenerator(TransformerLM(preset("llama-debug")), 1, 8, compile=None, fold_norms="yes")
+
+
+def test_fast_generator_chains_one_row_matmuls_by_pdl_where_the_kernel_says_so(monkeypatch):
+    """linear_impl="auto" with PDL on and one row: the registry's PDL twin where ``kernel.one_row_pdl_linear``
+    names it for the device (a card whose gemv table chains some shape); the plain choice at batch 2, with PDL off,
+    or where the hint names nothing."""
+    import serve.fast as fast
+    from model.lm import TransformerLM
+    from specs.presets import preset
+
+    monkeypatch.setattr(fast, "auto_linear_impl", lambda model: "triton_skinny")
+    hint = ["triton_skinny_pdl"]
+    monkeypatch.setattr(fast, "one_row_pdl_linear", lambda device: hint[0])
+
+    def impls(batch, pdl):
+        model = TransformerLM(preset("llama-debug")).eval()
+        fast.FastGenerator(model, batch, 8, compile="default", pdl=pdl)
+        return {m.impl for m in model.modules() if isinstance(m, fast.RegistryLinear)}
+
+    assert impls(1, True) == {"triton_skinny_pdl"}
+    assert impls(2, True) == {"triton_skinny"}
+    assert impls(1, False) == {"triton_skinny"}
+    hint[0] = None
+    assert impls(1, True) == {"triton_skinny"}
+
+
+def test_fast_generator_hands_gate_up_to_the_down_projection_when_told_to(monkeypatch):
+    """glu_prologue=True: routed down projections take [gate | up] and apply SwiGLU themselves; the tokens are
+    those of the default (False), which computes it first; a non-bool is refused."""
+    import kernel.reference as kref
+    from kernel import default_registry
+    from serve.fast import FastGenerator, RegistryLinear
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3))
+    seen = []
+    real = kref.linear
+    monkeypatch.setattr(kref, "linear", lambda *a, **k: seen.append(k.get("glu")) or real(*a, **k))
+    default_registry().cache_clear()  # resolve anew, through the patched reference
+    off = copy.deepcopy(model)
+    plain = FastGenerator(off, 1, 16, compile=None, linear_impl="reference")
+    want = plain.generate(prompt, 6)
+    assert not plain.glu_prologue and "silu" not in seen
+    assert not any(m.accepts_glu for m in off.modules() if isinstance(m, RegistryLinear))
+    seen.clear()
+    gen = FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl="reference", glu_prologue=True)
+    assert gen.glu_prologue and torch.equal(gen.generate(prompt, 6), want)
+    assert seen.count("silu") == 6 * len(model.model.layers)  # the prefill and five steps, every layer
+    with pytest.raises(ConfigError, match="glu_prologue must be True or False"):
+        FastGenerator(copy.deepcopy(model), 1, 16, compile=None, glu_prologue="auto")
+    default_registry().cache_clear()
+
+
+def test_fast_generator_chains_int8_layers_with_the_linears(monkeypatch):
+    """Quantized layers follow the same hint: the int8 PDL twin at one row with PDL, the registry's choice else."""
+    import serve.fast as fast
+    from compress import Int8WeightOnlyLinear, quantize_
+
+    monkeypatch.setattr(fast, "one_row_pdl_linear", lambda device: "triton_skinny_pdl")
+    model = TransformerLM(preset("llama-debug")).eval()
+    model.fuse_projections()
+    quantize_(model)
+    fast.FastGenerator(model, 1, 8, compile="default", pdl=True)
+    impls = {m.impl for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)}
+    assert impls == {"triton_skinny_pdl"}
+    fast.FastGenerator(model, 2, 8, compile="default", pdl=True)  # a later generator decides again
+    assert {m.impl for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)} == {"auto"}

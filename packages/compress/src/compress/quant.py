@@ -35,14 +35,17 @@ class Int8WeightOnlyLinear(nn.Module):
 
     # a folded RMSNorm's rms_eps and a residual are op keywords (tensor.folded): fold before quantizing
     accepts_prologue = True
+    # forward(x=[gate | up], glu="silu") works; a SwiGLU MLP hands it [gate | up] only when this is True
+    # (serve's FastGenerator(glu_prologue=True) sets it)
+    accepts_glu = False
+    impl = "auto"  # the registry's int8_linear implementation; a decode loop may name one (FastGenerator)
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
-        op = resolve("int8_linear", "auto", device=x.device, dtype=x.dtype,
+                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+        op = resolve("int8_linear", self.impl, device=x.device, dtype=x.dtype,
                      backward=torch.is_grad_enabled() and x.requires_grad)
-        if rms_eps is None and residual is None:
-            return op(x, self.weight, self.scale, self.bias)
-        return op(x, self.weight, self.scale, self.bias, rms_eps=rms_eps, residual=residual)
+        kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("glu", glu)) if v is not None}
+        return op(x, self.weight, self.scale, self.bias, **kw)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernel import default_registry, resolve
+from kernel import default_registry, one_row_pdl_linear, resolve
 from kernel.reference import linear_split_counters, split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
@@ -36,7 +36,12 @@ class FastGenerator:
     ``linear_impl``: route the model's ``nn.Linear`` layers through the kernel registry's ``linear`` op with this
     implementation (e.g. "triton_skinny"), in place (:func:`route_linears`); None keeps ``F.linear``; "auto" (the
     default) routes them when the registry's choice for the model's device and dtype is not the ``F.linear``
-    reference (on CUDA: the tuned skinny matmul, measured faster for a whole decode step than inductor's GEMVs).
+    reference (on CUDA: the tuned skinny matmul, measured faster for a whole decode step than inductor's GEMVs;
+    one row of a shape the card's gemv table has goes to the gemv kernel). At ``batch_size == 1`` with ``pdl`` on,
+    "auto" routes them through ``triton_skinny_pdl`` where the card's gemv table chains some shape by PDL
+    (:func:`kernel.one_row_pdl_linear`: each such matmul loads its first weights while the kernel before drains;
+    the decode step's weights are frozen, which that needs), and int8 layers (``compress``) use the int8 twin the
+    same way (their ``impl``; the registry's choice otherwise).
     ``fold_norms``: ``model.fold_norms()`` after fusing (in place, inference only: RMSNorm weights folded into the
     projections, which then normalise and add the residual themselves; the model can no longer be saved, so save it
     first or pass False). "auto" (the default) folds when the Linears are routed through the registry (whose matmul
@@ -50,6 +55,11 @@ class FastGenerator:
     mode, a torch whose inductor has the option, and a model on a CUDA device of compute capability 9.0 or later;
     True insists (ConfigError where it cannot apply); False turns it off. The registry's ``triton_skinny_pdl``
     linear does the same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``).
+    ``glu_prologue``: True makes SwiGLU MLPs hand their fused gate/up output to the down projection, which applies
+    ``silu(gate) * up`` as it reads it (routed and int8 Linears, ``accepts_glu``; one row through the gemv kernel
+    computes it in the kernel, one kernel fewer per layer). False (the default) computes it separately first:
+    on an H200 the gemv's in-kernel SwiGLU cost more than the kernel it saves (1,084 against 1,134 tokens/s for a
+    1.1B step, docs/benchmarks.md).
     ``layer_kernel``: run each layer of a decode step as one kernel registry ``decode_layer`` call
     (``model.use_layer_kernel``; on CUDA one persistent Triton launch per layer: no kernel boundaries inside a
     layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
@@ -61,7 +71,8 @@ class FastGenerator:
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
-                 fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto"):
+                 fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
+                 glu_prologue: bool = False):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -90,8 +101,14 @@ class FastGenerator:
                                                f"got {type(model).__name__}")
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
+        chained = None  # one row, frozen weights, PDL: the registry's PDL twin where the card's table chains shapes
+        if pdl and batch_size == 1 and linear_impl in ("auto", "triton_skinny_pdl"):
+            p = next(iter(model.parameters()), None)
+            chained = None if p is None else one_row_pdl_linear(p.device)
         if linear_impl == "auto":
             linear_impl = auto_linear_impl(model)
+            if linear_impl == "triton_skinny" and chained:
+                linear_impl = chained
         if fold_norms == "auto":  # only where the routed matmul fuses the norm; plain Linears would gain nothing
             fold_norms = FastGenerator.auto_fold_norms(model, linear_impl)
         if fold_norms:
@@ -99,6 +116,15 @@ class FastGenerator:
         self.fold_norms = fold_norms
         if linear_impl is not None:
             route_linears(model, linear_impl)
+        if not isinstance(glu_prologue, bool):
+            raise ConfigError("FastGenerator", f"glu_prologue must be True or False, got {glu_prologue!r}")
+        for m in model.modules():  # the down projections that can take [gate | up] and apply SwiGLU themselves
+            if hasattr(m, "accepts_glu"):
+                m.accepts_glu = glu_prologue
+            if hasattr(m, "accepts_glu") and not isinstance(m, RegistryLinear) and isinstance(getattr(m, "impl", None),
+                                                                                         str):
+                m.impl = chained or "auto"  # int8 layers (compress): chained the same way, else the registry's choice
+        self.glu_prologue = glu_prologue
         self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
         if hasattr(model, "use_layer_kernel"):  # the model decodes as this generator says (None turns it off)
             model.use_layer_kernel(self.layer_kernel)
@@ -223,14 +249,17 @@ class RegistryLinear(nn.Linear):
 
     impl: str = "auto"
     accepts_prologue = True
+    # forward(x=[gate | up], glu="silu") works; a SwiGLU MLP hands it [gate | up] only when this is True
+    # (FastGenerator(glu_prologue=True) sets it)
+    accepts_glu = False
     split_counters: torch.Tensor | None
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
         # keywords only when set: an implementation from a plugin may take fewer
-        kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("split_counters", self.split_counters))
-              if v is not None}
+        kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("split_counters", self.split_counters),
+                                ("glu", glu)) if v is not None}
         return op(x, self.weight, self.bias, **kw)
 
 
