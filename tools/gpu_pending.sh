@@ -1,16 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh floor    the layer kernel's GPU tests; what reading N MB costs with nothing to compute
-#                                      (copy, a pure-read kernel, the same with PDL overlap); then decode with 4-way
-#                                      split down tiles against the table's (~8 min)
-#   bash tools/gpu_pending.sh gemv     the one-row gemv kernel: GPU tests, its tiles tuned against the skinny
-#                                      matmul's in the same run, then decode with and without the tuned table (~9.5 min)
-#   bash tools/gpu_pending.sh gemv-final  the shipped gemv table (PDL-chained where it won): GPU tests (the PDL race
-#                                      check included), then decode bf16 and int8 without gemv and as shipped (~8 min)
-#   bash tools/gpu_pending.sh gemv-int8  the layer kernel's serve test on the GPU, decode as shipped (bf16 and int8,
-#                                      profiled), then with the gate/up gemv chained by PDL too (~5 min)
-#   bash tools/gpu_pending.sh gemv-glu   the SwiGLU in the down projection's gemv and int8 chained by PDL: GPU tests,
-#                                      decode as shipped (bf16 and int8), then bf16 with --no-glu-prologue (~6 min)
+#   bash tools/gpu_pending.sh swiglu   the SwiGLU in the gate/up gemv's epilogue: GPU tests, the gate/up tiles tuned
+#                                      with it, decode bf16 and int8 as shipped and with --fuse-swiglu (~7 min)
+#   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
+#                                      the default, lmstack and transformers each (~6 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
@@ -19,6 +12,13 @@
 #                                      with and without its L2 prefetch (~6 min; with it: run N2/N4, no gain)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
 # Recipes already run (sessions 4-7, docs/benchmarks.md), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh floor    (session 8) the layer kernel's GPU tests; what reading N MB costs with
+#                                      nothing to compute (copy, a pure-read kernel, the same with PDL overlap);
+#                                      decode with 4-way split down tiles
+#   bash tools/gpu_pending.sh gemv     (session 8) the one-row gemv kernel: GPU tests, its tiles tuned against the
+#                                      skinny matmul's, decode with and without the tuned table (~6 min)
+#   bash tools/gpu_pending.sh gemv-final / gemv-int8 / gemv-glu  (session 8) decode with the shipped gemv table,
+#                                      int8 chained, gate/up chained, the (since replaced) SwiGLU prologue
 #   bash tools/gpu_pending.sh final    decode as shipped: transformers, bf16 at batch 1 and 32, int8 folded before
 #                                      quantizing (~6.5 min; session 7, run R)
 #   bash tools/gpu_pending.sh layer    the persistent decode-layer kernel against the per-op chain (one layer, stage
@@ -40,7 +40,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in swiglu|gpt2-graphs|gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -56,6 +56,40 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+swiglu)
+  # 0. the gemv kernel with the SwiGLU epilogue on the card, and FastGenerator's fusion
+  step tests 90 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py -q \
+    -p no:cacheprovider -k "glu or gemv or chains or swiglu"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  # 1. the gate/up tiles, plain and with the SwiGLU epilogue (a "<shape> glu" entry), bf16 and int8
+  step tune 120 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
+    --tune-matrices gate_up
+  grep -h "gemv best" "$OUT/tune.log"
+  # only the "glu" entries, chained like the shipped gate/up (which won chained in whole steps, V2)
+  python - "$OUT/gemv.json" "$OUT/glu.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+json.dump({c: {k: v[:3] + [1] for k, v in e.items() if k.endswith(" glu")} for c, e in t.items() if c != "_meta"},
+          open(sys.argv[2], "w"))
+PY
+  cat "$OUT/glu.json"
+  # 2. decode at batch 1, bf16 and int8: as shipped, then with the SwiGLU in the gate/up epilogue (its tuned tiles)
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_shipped 180 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
+  step decode_swiglu 180 env LMSTACK_GEMV_TILES="$OUT/glu.json" python -m eval.bench decode --preset llama-1b \
+    --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --fuse-swiglu --out "$OUT/decode_swiglu.json"
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernels_per\|error' \
+    "$OUT"/decode_shipped.json "$OUT"/decode_swiglu.json
+  decode_top "$OUT/decode_swiglu.json" ;;
+gpt2-graphs)
+  # the GPT-2 step's ~2 ms between kernel time and step time (session 5): CUDA graphs (compile mode reduce-overhead)
+  # for both models, beside the default compile of the same call
+  for mode in default reduce-overhead; do
+    step "gpt2_$mode" 170 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused,transformers \
+      --compile "$mode" --out "$OUT/gpt2_$mode.json"
+    grep -h '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/gpt2_$mode.json"
+  done ;;
 gemv-glu)
   step tests 70 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py -q \
     -p no:cacheprovider -k "glu or gemv or chains or hands"

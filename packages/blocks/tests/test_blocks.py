@@ -111,27 +111,27 @@ def test_example_lm_learns_and_decodes():
     assert stats["last_loss"] < stats["first_loss"] / 3
 
 
-def test_swiglu_hands_gate_up_to_a_down_projection_that_takes_a_glu():
-    """A fused SwiGLU MLP whose down projection has ``accepts_glu`` calls it once with [gate | up] and
-    glu="silu" (and the residual); the result is the plain MLP's."""
+def test_swiglu_lets_a_gate_up_projection_that_takes_a_glu_apply_it():
+    """A fused SwiGLU MLP whose gate/up projection has ``accepts_glu`` calls it with glu="silu" and hands its
+    (F-wide) result to the down projection; the result is the plain MLP's."""
     from kernel.reference import linear as ref_linear
 
     class GluLinear(torch.nn.Linear):
         accepts_glu = True
         calls: list = []
 
-        def forward(self, x, residual=None, glu=None):
-            self.calls.append((x.shape[-1], glu, residual is not None))
-            return ref_linear(x, self.weight, self.bias, residual=residual, glu=glu)
+        def forward(self, x, glu=None):
+            self.calls.append(glu)
+            return ref_linear(x, self.weight, self.bias, glu=glu)
 
     torch.manual_seed(0)
     mlp = SwiGLU(16, 40)
     x, r = torch.randn(2, 3, 16), torch.randn(2, 3, 16)
     want = mlp(x) + r
     mlp.fuse_projections()
-    mlp.down_proj.__class__ = GluLinear
+    mlp.gate_up_proj.__class__ = GluLinear
     torch.testing.assert_close(mlp(x, residual=r), want, rtol=1e-5, atol=1e-5)
-    assert GluLinear.calls == [(80, "silu", True)]
-    mlp.down_proj.accepts_glu = False  # a layer that says no gets silu(gate) * up, as before
+    assert GluLinear.calls == ["silu"]
+    mlp.gate_up_proj.accepts_glu = False  # a layer that says no returns [gate | up], and the MLP applies SwiGLU
     torch.testing.assert_close(mlp(x, residual=r), want, rtol=1e-5, atol=1e-5)
-    assert GluLinear.calls[-1] == (40, None, False)  # (the residual added around a layer without a prologue)
+    assert GluLinear.calls == ["silu", None]

@@ -103,13 +103,13 @@ def test_folded_then_quantized_model_decodes_its_own_greedy_tokens():
         seq = torch.cat([seq, nxt], 1)
 
 
-def test_int8_linear_applies_swiglu_to_a_gate_up_input():
-    """Given x = [gate | up] and glu="silu", the layer reads silu(gate) * up (what a SwiGLU MLP's down projection
-    would otherwise be handed), the residual added last. An MLP hands it [gate | up] only once ``accepts_glu`` is
-    set (off by default)."""
+def test_int8_linear_applies_swiglu_to_its_gate_up_halves():
+    """glu="silu": a fused gate/up layer returns silu(gate) * up of its own output (what a SwiGLU MLP would compute
+    next). An MLP asks for it only once ``accepts_glu`` is set (off by default)."""
     torch.manual_seed(0)
     q = Int8WeightOnlyLinear(nn.Linear(64, 32, bias=True))
     assert q.accepts_glu is False
-    gu, r = torch.randn(3, 128), torch.randn(3, 32)
-    want = q(torch.nn.functional.silu(gu[:, :64]) * gu[:, 64:]) + r
-    torch.testing.assert_close(q(gu, residual=r, glu="silu"), want, rtol=1e-5, atol=1e-5)
+    x = torch.randn(3, 64)
+    y = q(x)
+    torch.testing.assert_close(q(x, glu="silu"), torch.nn.functional.silu(y[:, :16]) * y[:, 16:], rtol=1e-5,
+                               atol=1e-5)

@@ -103,6 +103,7 @@ def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_p
     # int8 ones by the unquantized model); on a CPU the Linears stay F.linear, so nothing is folded
     assert r["variants"]["lmstack"]["greedy_gap_max"] < 1e-4 and r["variants"]["lmstack-int8"]["greedy_gap_max"] >= 0
     assert r["variants"]["lmstack"]["fold_norms"] is False and r["variants"]["lmstack-int8"]["fold_norms"] is False
+    assert r["variants"]["lmstack"]["fuse_swiglu"] is False and r["variants"]["lmstack"]["linear_impl"] == []
 
 
 def test_decode_refuses_an_unknown_layer_kernel_before_building_a_model(monkeypatch, capsys):
@@ -121,10 +122,12 @@ def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     out = tmp_path / "decode.json"
     argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
             "--variants", "lmstack,lmstack-int8", "--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "4",
-            "--repeat", "1", "--fold-norms", "--out", str(out)]
+            "--repeat", "1", "--fold-norms", "--linear-impl", "reference", "--fuse-swiglu", "--out", str(out)]
     assert main(argv) == 0
     v = json.loads(out.read_text())["results"]["variants"]
     assert v["lmstack"]["fold_norms"] is True and v["lmstack-int8"]["fold_norms"] is True
+    # (--fuse-swiglu with routed Linears: the gate/up projections return the SwiGLU themselves, same tokens)
+    assert v["lmstack"]["fuse_swiglu"] is True and v["lmstack"]["linear_impl"] == ["reference"]
     assert v["lmstack"]["greedy_gap_max"] < 1e-4 and v["lmstack-int8"]["greedy_gap_max"] < 0.02  # logits' std ~0.16
 
 

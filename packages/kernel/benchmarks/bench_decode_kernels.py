@@ -232,13 +232,37 @@ TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)
 
 
+def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: int, elem: int, device: str,
+                  glu: bool) -> dict[str, float]:
+    """us per call of every gemv tile candidate that computes ``want`` (``glu``: the SwiGLU epilogue, even ROWS)."""
+    timings = {}
+    for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
+        per_thread = rows * block_k * elem // (32 * warps)
+        if not 32 <= per_thread <= 128 or block_k > 2 * K or (glu and rows % 2):
+            continue
+        cfg = (rows, block_k, warps)
+        try:
+            got = gemv(*args, config=cfg, glu=glu).float()
+            if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
+                raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
+            t = bench_rotated(lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, glu=glu), sets, device,
+                              replays=5)
+        except Exception as e:  # a tile that does not compile here is not a candidate
+            print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
+            continue
+        timings[str(list(cfg))] = t * 1e6
+    return timings
+
+
 def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str, ...] | None = None,
               weights: tuple[str, ...] = ("float", "int8")) -> None:
     """Time every gemv tile candidate per decode shape (one activation row) and, in the same run, the skinny
     matmul's table tile for it; then, on sm90+, the best gemv tile and the skinny tile chained by programmatic
     dependent launch. Write this card's gemv table (atomically) with an entry only where the best gemv tile beats
     the skinny tile (elsewhere the skinny matmul keeps the shape), its PDL field 1 where the chained gemv beat the
-    plain one, all timings under ``_meta``."""
+    plain one, all timings under ``_meta``. The gate/up shapes also get a ``"<shape> glu"`` entry: the best tile
+    with the SwiGLU in its epilogue (``FastGenerator(fuse_swiglu=True)``), PDL by the same rule."""
+    from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
     from kernel.triton.gemv import gemv
     from kernel.triton.gemv import tile_key as gemv_key
@@ -250,27 +274,17 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     detail: dict[str, dict] = {}
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
+
+    def chained_us(cfg: tuple[int, ...], sets: list[tuple], glu: bool = False) -> float:
+        return round(bench_rotated(lambda x_, w_, s_=None: gemv(x_, w_, s_, config=cfg, pdl=True, glu=glu), sets,
+                                   device, replays=5) * 1e6, 2)
+
     for (name, N, K), int8 in itertools.product(shapes, kinds):
         x, w, args, nbytes, want = one_row_case(N, K, int8, g, device, dtype)
         sets = rotations(args, nbytes, device)
         skinny_cfg = skinny_plan(x, w)[:5]
         t_skinny = bench_rotated(lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c), sets, device, replays=5) * 1e6
-        timings = {}
-        for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
-            per_thread = rows * block_k * w.element_size() // (32 * warps)
-            if not 32 <= per_thread <= 128 or block_k > 2 * K:
-                continue
-            cfg = (rows, block_k, warps)
-            try:
-                got = gemv(*args, config=cfg).float()
-                if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
-                    raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
-                t = bench_rotated(lambda x_, w_, s_=None, cfg=cfg: gemv(x_, w_, s_, config=cfg), sets, device,
-                                  replays=5)
-            except Exception as e:  # a tile that does not compile here is not a candidate
-                print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
-                continue
-            timings[str(list(cfg))] = t * 1e6
+        timings = _gemv_timings(gemv, args, sets, want, K, w.element_size(), device, glu=False)
         key = gemv_key(N, K, w.dtype)
         if not timings:
             raise SystemExit(f"error: no gemv candidate ran for {key} (see the skip lines above); nothing written")
@@ -280,9 +294,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         # while the one before drains (gemv), or prefetches its weights to L2 meanwhile (the skinny twin)
         pdl = {}
         if pdl_capable(x):
-            cfg = tuple(json.loads(winner))
-            pdl["gemv_pdl_us"] = round(bench_rotated(
-                lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, pdl=True), sets, device, replays=5) * 1e6, 2)
+            pdl["gemv_pdl_us"] = chained_us(tuple(json.loads(winner)), sets)
             pdl["skinny_pdl_us"] = round(bench_rotated(
                 lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, pdl=True), sets, device, replays=5) * 1e6, 2)
         if t_best < t_skinny:  # [ROWS, BLOCK_K, num_warps, PDL]: chained by PDL where that beat the plain launch
@@ -293,11 +305,23 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
               f" skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
               + (f" -> gemv {best[key]}" if key in best else "") + "".join(f"; {k} {v}" for k, v in pdl.items()),
               flush=True)
+        if name == "gate_up":  # the SwiGLU in the epilogue: [gate | up] rows in pairs, F values out
+            glu_timings = _gemv_timings(gemv, args, sets, swiglu(want[:, :N // 2], want[:, N // 2:]), K,
+                                        w.element_size(), device, glu=True)
+            if glu_timings:
+                glu_winner = min(glu_timings, key=glu_timings.get)
+                t_glu = glu_timings[glu_winner]
+                t_glu_pdl = chained_us(tuple(json.loads(glu_winner)), sets, glu=True) if pdl_capable(x) else t_glu
+                best[f"{key} glu"] = json.loads(glu_winner) + [int(t_glu_pdl < t_glu)]
+                detail[f"{key} glu"] = {"us": round(t_glu, 2), "tiles": json.loads(glu_winner),
+                                        "gemv_pdl_us": t_glu_pdl, "candidates": len(glu_timings)}
+                print(f"{key + ' glu':18s} {name:8s} gemv best {json.loads(glu_winner)} {t_glu:6.1f} us; chained "
+                      f"{t_glu_pdl} us -> {best[key + ' glu']}", flush=True)
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
                        "triton": __import__("triton").__version__,
                        "how": "bench_decode_kernels.py --tune-gemv: an entry where the best gemv tile beat the skinny "
                               "matmul's table tile in the same run, PDL 1 where chaining it by PDL beat the plain "
-                              "launch",
+                              "launch; '<shape> glu': the gate/up tile with the SwiGLU in its epilogue",
                        "detail": {card: detail}},
              card: best}
     write_json(path, table)

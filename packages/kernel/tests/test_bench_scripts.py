@@ -74,3 +74,23 @@ def test_hbm_floor_read_kernel_sums_and_the_fit_recovers_a_line():
     sizes = [1e6, 1e7, 5e7, 1e8]
     a, bw = floor.fit(sizes, [3e-6 + s / 4e12 for s in sizes])
     assert abs(a - 3e-6) < 1e-9 and abs(bw / 4e12 - 1) < 1e-6
+
+
+def test_gemv_tuner_times_only_tiles_that_compute_the_product():
+    """The gemv tuner's candidate loop (under the interpreter here): every timed tile gave the product, plain and
+    with the SwiGLU epilogue (even ROWS only there)."""
+    import json
+
+    import torch
+
+    bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
+    from kernel.reference import swiglu
+    from kernel.triton.gemv import gemv
+
+    g = torch.Generator().manual_seed(0)
+    x, w, args, nbytes, want = bench_decode_kernels.one_row_case(16, 128, False, g, "cpu", torch.float32)
+    plain = bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False)
+    glu = bench_decode_kernels._gemv_timings(gemv, args, [args], swiglu(want[:, :8], want[:, 8:]), 128, 4, "cpu",
+                                             glu=True)
+    assert plain and glu and all(t > 0 for t in [*plain.values(), *glu.values()])
+    assert "[1, 256, 1]" in plain and all(json.loads(k)[0] % 2 == 0 for k in glu)

@@ -237,48 +237,72 @@ def test_one_row_pdl_linear_names_the_pdl_twin_only_where_the_card_chains_some_s
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("int8", [False, True])
-def test_gemv_computes_swiglu_of_the_gate_up_halves_as_it_loads_x(dtype, int8):
-    """glu: x (1, 2K) is [gate | up] and the kernel reads silu(gate) * up; the reference's glu="silu" is that
-    SwiGLU op, then the matmul; the residual added last."""
-    N, K = 40, 300
-    gu, w, s, _, r = _inputs(dtype, N, 2 * K, seed=11, int8=int8)
-    w = w[:, :K].contiguous()
-    lin = (lambda x, **kw: ref.int8_linear(x, w, s.float() if x.dtype == torch.float32 else s, **kw)) if int8 \
-        else (lambda x, **kw: ref.linear(x, w.float() if x.dtype == torch.float32 else w, **kw))
-    got = gemv_mod.gemv(gu, w, s, config=(4, 128, 2), residual=r, glu=True)
-    want32 = lin(gu.float(), residual=r.float(), glu="silu")
-    check("gemv glu", got, want32, lin(gu, residual=r, glu="silu"), dtype, fp32_atol=2e-4)
-    torch.testing.assert_close(
-        want32, lin(ref.swiglu(gu[:, :K].float(), gu[:, K:].float()), residual=r.float()), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="twice the weight's in_features"):
-        gemv_mod.gemv(gu[:, :K].contiguous(), w, s, config=(4, 128, 2), glu=True)
+@pytest.mark.parametrize("rms", [False, True])
+def test_gemv_returns_the_swiglu_of_a_fused_gate_up_weight(dtype, int8, rms):
+    """glu: w is [gate | up] (2F rows) and the kernel stores silu(gate) * up (F values) from its epilogue, gate and
+    up rows taken in pairs; the reference's glu="silu" is the matmul, then the SwiGLU op; with a folded norm too."""
+    F, K = 37, 300  # odd F: the last program's pairs are partly masked
+    x, w, s, b, _ = _inputs(dtype, 2 * F, K, seed=11, int8=int8)
+    eps = 1e-5 if rms else None
+    got = gemv_mod.gemv(x, w, s, None if int8 else b, config=(4, 128, 2), rms_eps=eps, glu=True)
+    assert got.shape == (1, F)
+    if int8:
+        want32 = ref.int8_linear(x.float(), w, s.float(), rms_eps=eps, glu="silu")
+        lowp = ref.int8_linear(x, w, s, rms_eps=eps, glu="silu")
+        plain = ref.int8_linear(x.float(), w, s.float(), rms_eps=eps)
+    else:
+        want32 = ref.linear(x.float(), w.float(), b.float(), rms_eps=eps, glu="silu")
+        lowp = ref.linear(x, w, b, rms_eps=eps, glu="silu")
+        plain = ref.linear(x.float(), w.float(), b.float(), rms_eps=eps)
+    check("gemv glu", got, want32, lowp, dtype, fp32_atol=2e-4)
+    torch.testing.assert_close(want32, ref.swiglu(plain[:, :F], plain[:, F:]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="even number of weight rows .got 73."):
+        gemv_mod.gemv(x, w[:-1].contiguous(), config=(4, 128, 2), glu=True)
+    with pytest.raises(ValueError, match="ROWS .got 1."):
+        gemv_mod.gemv(x, w, s, config=(1, 128, 2), glu=True)
 
 
 @pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("routed", [True, False])
 def test_skinny_linears_take_a_glu_through_gemv_or_torch(tmp_path, monkeypatch, int8, routed):
     """The registry's triton_skinny linears with glu="silu": one row through gemv where the table has the shape
-    (the SwiGLU in the kernel), else torch's SwiGLU then the skinny matmul; both the reference's answer. Bad glu
-    arguments raise errors that name them."""
+    (the SwiGLU in the epilogue; the plain entry's ROWS made even when no "glu" entry is measured), else the skinny
+    matmul then torch's SwiGLU; both the reference's answer. Bad glu arguments raise errors that name them."""
     from kernel.triton import skinny
     from specs.errors import ShapeError
 
-    N, K = 24, 64
-    gu, w, s, b, r = _inputs(torch.float32, N, 2 * K, seed=13, int8=int8)
-    w = w[:, :K].contiguous()
-    entries = {gemv_mod.tile_key(N, K, w.dtype): [4, 64, 1, 0]} if routed else {}
-    _table(tmp_path, monkeypatch, entries, card=device_info(gu)[1], name=f"glu{routed}.json")
+    F, K = 24, 64
+    x, w, s, b, r = _inputs(torch.float32, 2 * F, K, seed=13, int8=int8)
+    entries = {gemv_mod.tile_key(2 * F, K, w.dtype): [1, 64, 1, 0]} if routed else {}
+    _table(tmp_path, monkeypatch, entries, card=device_info(x)[1], name=f"glu{routed}.json")
+    configs = []
+    real = gemv_mod.gemv
+    monkeypatch.setattr(skinny, "gemv", lambda *a, **k: configs.append(k["config"]) or real(*a, **k))
     if int8:
-        got = skinny.int8_linear(gu, w, s, residual=r, glu="silu")
-        want = ref.int8_linear(gu, w, s, residual=r, glu="silu")
+        got = skinny.int8_linear(x, w, s, rms_eps=1e-5, glu="silu")
+        want = ref.int8_linear(x, w, s, rms_eps=1e-5, glu="silu")
     else:
-        got = skinny.linear(gu, w, b, residual=r, glu="silu")
-        want = ref.linear(gu, w, b, residual=r, glu="silu")
+        got = skinny.linear(x, w, b, rms_eps=1e-5, glu="silu")
+        want = ref.linear(x, w, b, rms_eps=1e-5, glu="silu")
+    assert got.shape == (1, F)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    fn = (lambda x, **kw: skinny.int8_linear(x, w, s, **kw)) if int8 else (lambda x, **kw: skinny.linear(x, w, **kw))
+    assert configs == ([(2, 64, 1, 0)] if routed else [])
+    fn = ((lambda x_, **kw: skinny.int8_linear(x_, w, s, **kw)) if int8
+          else (lambda x_, **kw: skinny.linear(x_, w, **kw)))
     with pytest.raises(ConfigError, match="glu must be one of"):
-        fn(gu, glu="gelu")
-    with pytest.raises(ConfigError, match="cannot be combined"):
-        fn(gu, glu="silu", rms_eps=1e-5)
-    with pytest.raises(ShapeError, match="twice the weight's in_features 64; got 64"):
-        fn(gu[:, :K], glu="silu")
+        fn(x, glu="gelu")
+    with pytest.raises(ConfigError, match="glu and residual cannot be combined"):
+        fn(x, glu="silu", residual=torch.zeros(1, 2 * F))
+    wo = w[:-1].contiguous()
+    odd = (lambda x_: skinny.int8_linear(x_, wo, s[:-1], glu="silu")) if int8 else (
+        lambda x_: skinny.linear(x_, wo, glu="silu"))
+    with pytest.raises(ShapeError, match="an even count; got 47"):
+        odd(x)
+
+
+def test_a_measured_glu_tile_is_preferred(tmp_path, monkeypatch):
+    _table(tmp_path, monkeypatch, {"bf16 11264x2048": [1, 2048, 2, 1], "bf16 11264x2048 glu": [4, 1024, 4, 1]},
+           name="gluentry.json")
+    assert gemv_mod.choose_tiles(11264, 2048, torch.bfloat16, "Test Card") == (1, 2048, 2, 1)
+    assert gemv_mod.choose_tiles(11264, 2048, torch.bfloat16, "Test Card", True) == (4, 1024, 4, 1)
+    assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Test Card", True) == ()

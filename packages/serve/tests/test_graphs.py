@@ -241,9 +241,9 @@ def test_fast_generator_chains_one_row_matmuls_by_pdl_where_the_kernel_says_so(m
     assert impls(1, True) == {"triton_skinny"}
 
 
-def test_fast_generator_hands_gate_up_to_the_down_projection_when_told_to(monkeypatch):
-    """glu_prologue=True: routed down projections take [gate | up] and apply SwiGLU themselves; the tokens are
-    those of the default (False), which computes it first; a non-bool is refused."""
+def test_fast_generator_fuses_the_swiglu_into_the_gate_up_projection_when_told_to(monkeypatch):
+    """fuse_swiglu=True: routed gate/up projections return silu(gate) * up themselves (glu="silu"); the tokens are
+    those of the default (False), where the MLP applies it; a non-bool is refused."""
     import kernel.reference as kref
     from kernel import default_registry
     from serve.fast import FastGenerator, RegistryLinear
@@ -255,18 +255,20 @@ def test_fast_generator_hands_gate_up_to_the_down_projection_when_told_to(monkey
     real = kref.linear
     monkeypatch.setattr(kref, "linear", lambda *a, **k: seen.append(k.get("glu")) or real(*a, **k))
     default_registry().cache_clear()  # resolve anew, through the patched reference
-    off = copy.deepcopy(model)
-    plain = FastGenerator(off, 1, 16, compile=None, linear_impl="reference")
-    want = plain.generate(prompt, 6)
-    assert not plain.glu_prologue and "silu" not in seen
-    assert not any(m.accepts_glu for m in off.modules() if isinstance(m, RegistryLinear))
-    seen.clear()
-    gen = FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl="reference", glu_prologue=True)
-    assert gen.glu_prologue and torch.equal(gen.generate(prompt, 6), want)
-    assert seen.count("silu") == 6 * len(model.model.layers)  # the prefill and five steps, every layer
-    with pytest.raises(ConfigError, match="glu_prologue must be True or False"):
-        FastGenerator(copy.deepcopy(model), 1, 16, compile=None, glu_prologue="auto")
-    default_registry().cache_clear()
+    try:
+        off = copy.deepcopy(model)
+        plain = FastGenerator(off, 1, 16, compile=None, linear_impl="reference")
+        want = plain.generate(prompt, 6)
+        assert not plain.fuse_swiglu and "silu" not in seen
+        assert not any(m.accepts_glu for m in off.modules() if isinstance(m, RegistryLinear))
+        seen.clear()
+        gen = FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl="reference", fuse_swiglu=True)
+        assert gen.fuse_swiglu and torch.equal(gen.generate(prompt, 6), want)
+        assert seen.count("silu") == 6 * len(model.model.layers)  # the prefill and five steps, every layer
+        with pytest.raises(ConfigError, match="fuse_swiglu must be True or False"):
+            FastGenerator(copy.deepcopy(model), 1, 16, compile=None, fuse_swiglu="auto")
+    finally:
+        default_registry().cache_clear()
 
 
 def test_fast_generator_chains_int8_layers_with_the_linears(monkeypatch):

@@ -62,12 +62,11 @@ class SwiGLU(nn.Module):
         """(B, T, D) -> (B, T, D); plus ``residual`` when given (added by ``down_proj``)."""
         eps = self.input_rms_eps
         if is_fused(self, "gate_up_proj"):
-            gate_up_BT2F = linear_with(self.gate_up_proj, x_BTD, rms_eps=eps)
-            if self.activation == "silu" and getattr(self.down_proj, "accepts_glu", False):
-                # the down projection computes silu(gate) * up itself as it reads [gate | up] (one kernel fewer)
-                kw = {} if residual is None else {"residual": residual}
-                return self.down_proj(gate_up_BT2F, glu="silu", **kw)
-            gate_BTF, up_BTF = split_output(self, "gate_up_proj", gate_up_BT2F)
+            if self.activation == "silu" and getattr(self.gate_up_proj, "accepts_glu", False):
+                # the gate/up projection returns silu(gate) * up itself, from its epilogue (one kernel fewer)
+                kw = {} if eps is None else {"rms_eps": eps}
+                return linear_with(self.down_proj, self.gate_up_proj(x_BTD, glu="silu", **kw), residual=residual)
+            gate_BTF, up_BTF = split_output(self, "gate_up_proj", linear_with(self.gate_up_proj, x_BTD, rms_eps=eps))
         else:
             gate_BTF, up_BTF = (linear_with(self.gate_proj, x_BTD, rms_eps=eps),
                                 linear_with(self.up_proj, x_BTD, rms_eps=eps))

@@ -35,8 +35,8 @@ class Int8WeightOnlyLinear(nn.Module):
 
     # a folded RMSNorm's rms_eps and a residual are op keywords (tensor.folded): fold before quantizing
     accepts_prologue = True
-    # forward(x=[gate | up], glu="silu") works; a SwiGLU MLP hands it [gate | up] only when this is True
-    # (serve's FastGenerator(glu_prologue=True) sets it)
+    # forward(x, glu="silu") returns silu(gate) * up of a fused gate/up weight; a SwiGLU MLP asks for it only when
+    # this is True (serve's FastGenerator(fuse_swiglu=True) sets it)
     accepts_glu = False
     impl = "auto"  # the registry's int8_linear implementation; a decode loop may name one (FastGenerator)
 

@@ -276,20 +276,27 @@ def linear_split_counters(n_out: int, device: torch.device | str | None = None) 
 GLUS = ("silu",)
 
 
-def glu_input(x: torch.Tensor, glu: str | None, rms_eps: float | None, k: int, op: str) -> torch.Tensor:
-    """x itself, or for ``glu="silu"`` the SwiGLU of its halves: x (..., 2K) holds [gate | up] (a fused gate/up
-    projection's output) and becomes ``silu(gate) * up`` (..., K). Names what is wrong with a bad ``glu``."""
+def check_glu(glu: str | None, residual: torch.Tensor | None, n_out: int, op: str) -> None:
+    """Name what is wrong with a ``glu`` request on an ``n_out``-row weight (ConfigError, ShapeError)."""
     if glu is None:
-        return x
+        return
     if glu not in GLUS:
         raise ConfigError(op, f"glu must be one of {GLUS} or None, got {glu!r}")
-    if rms_eps is not None:
-        raise ConfigError(op, "glu and rms_eps cannot be combined: a folded norm reads the layer input, a GLU the "
-                              "gate/up output")
-    if x.shape[-1] != 2 * k:
-        raise ShapeError(f"{op}: with glu={glu!r}, x's last dim holds [gate | up], twice the weight's in_features "
-                         f"{k}; got {x.shape[-1]}")
-    return swiglu(x[..., :k], x[..., k:])
+    if residual is not None:
+        raise ConfigError(op, "glu and residual cannot be combined: the SwiGLU output is half the projection's "
+                              "width")
+    if n_out % 2:
+        raise ShapeError(f"{op}: with glu={glu!r} the weight's rows are [gate | up], an even count; got {n_out}")
+
+
+def glu_output(y: torch.Tensor, glu: str | None, residual: torch.Tensor | None, op: str) -> torch.Tensor:
+    """y itself, or for ``glu="silu"`` the SwiGLU of its halves: y (..., 2F) is a fused gate/up projection's
+    output [gate | up] and becomes ``silu(gate) * up`` (..., F) (:func:`check_glu` first)."""
+    check_glu(glu, residual, y.shape[-1], op)
+    if glu is None:
+        return y
+    f = y.shape[-1] // 2
+    return swiglu(y[..., :f], y[..., f:])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -299,12 +306,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
     (..., N) is added to the result. ``split_counters``: a zeroed int32 workspace (:func:`linear_split_counters`),
     with which a kernel that splits K over programs sums the splits in the same kernel, left zeroed (the Triton
-    skinny matmul's); unused here. ``glu="silu"``: x (..., 2K) is [gate | up] and the matmul reads
-    ``silu(gate) * up`` (:func:`glu_input`; a SwiGLU MLP's down projection taking the gate/up output)."""
-    x = glu_input(x, glu, rms_eps, weight.shape[-1], "linear")
+    skinny matmul's); unused here. ``glu="silu"``: the weight is a fused gate/up projection (gate rows first) and
+    the result ``silu(gate) * up``, (..., N / 2) (:func:`glu_output`; a SwiGLU MLP's first matmul)."""
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
-    y = F.linear(x, weight, bias)
+    y = glu_output(F.linear(x, weight, bias), glu, residual, "linear")
     return y if residual is None else y + residual
 
 
@@ -313,12 +319,11 @@ def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
     """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,).
     ``rms_eps``, ``residual`` and ``glu`` as :func:`linear` (a folded RMSNorm of x first, the residual added
-    last)."""
-    x = glu_input(x, glu, rms_eps, weight_int8.shape[-1], "int8_linear")
+    last, a SwiGLU of the result's halves)."""
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)
-    y = y if bias is None else y + bias.to(x.dtype)
+    y = glu_output(y if bias is None else y + bias.to(x.dtype), glu, residual, "int8_linear")
     return y if residual is None else y + residual
 
 

@@ -55,11 +55,11 @@ class FastGenerator:
     mode, a torch whose inductor has the option, and a model on a CUDA device of compute capability 9.0 or later;
     True insists (ConfigError where it cannot apply); False turns it off. The registry's ``triton_skinny_pdl``
     linear does the same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``).
-    ``glu_prologue``: True makes SwiGLU MLPs hand their fused gate/up output to the down projection, which applies
-    ``silu(gate) * up`` as it reads it (routed and int8 Linears, ``accepts_glu``; one row through the gemv kernel
-    computes it in the kernel, one kernel fewer per layer). False (the default) computes it separately first:
-    on an H200 the gemv's in-kernel SwiGLU cost more than the kernel it saves (1,084 against 1,134 tokens/s for a
-    1.1B step, docs/benchmarks.md).
+    ``fuse_swiglu``: True asks a SwiGLU MLP's fused gate/up projection (routed and int8 Linears, ``accepts_glu``)
+    for ``silu(gate) * up`` directly: one row through the gemv kernel computes it in the epilogue, one kernel fewer
+    per layer; elsewhere the op applies it after the matmul. False (the default) leaves the SwiGLU to the MLP until
+    it is measured. (Applying it instead as the down projection loads its input measured slower on an H200: 1,084
+    against 1,134 tokens/s for a 1.1B step, docs/benchmarks.md.)
     ``layer_kernel``: run each layer of a decode step as one kernel registry ``decode_layer`` call
     (``model.use_layer_kernel``; on CUDA one persistent Triton launch per layer: no kernel boundaries inside a
     layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
@@ -72,7 +72,7 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
                  fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
-                 glu_prologue: bool = False):
+                 fuse_swiglu: bool = False):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -116,15 +116,15 @@ class FastGenerator:
         self.fold_norms = fold_norms
         if linear_impl is not None:
             route_linears(model, linear_impl)
-        if not isinstance(glu_prologue, bool):
-            raise ConfigError("FastGenerator", f"glu_prologue must be True or False, got {glu_prologue!r}")
-        for m in model.modules():  # the down projections that can take [gate | up] and apply SwiGLU themselves
+        if not isinstance(fuse_swiglu, bool):
+            raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
+        for m in model.modules():  # the gate/up projections that can return silu(gate) * up themselves
             if hasattr(m, "accepts_glu"):
-                m.accepts_glu = glu_prologue
+                m.accepts_glu = fuse_swiglu
             if hasattr(m, "accepts_glu") and not isinstance(m, RegistryLinear) and isinstance(getattr(m, "impl", None),
                                                                                          str):
                 m.impl = chained or "auto"  # int8 layers (compress): chained the same way, else the registry's choice
-        self.glu_prologue = glu_prologue
+        self.fuse_swiglu = fuse_swiglu
         self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
         if hasattr(model, "use_layer_kernel"):  # the model decodes as this generator says (None turns it off)
             model.use_layer_kernel(self.layer_kernel)
@@ -249,8 +249,8 @@ class RegistryLinear(nn.Linear):
 
     impl: str = "auto"
     accepts_prologue = True
-    # forward(x=[gate | up], glu="silu") works; a SwiGLU MLP hands it [gate | up] only when this is True
-    # (FastGenerator(glu_prologue=True) sets it)
+    # forward(x, glu="silu") returns silu(gate) * up of a fused gate/up weight; a SwiGLU MLP asks for it only when
+    # this is True (FastGenerator(fuse_swiglu=True) sets it)
     accepts_glu = False
     split_counters: torch.Tensor | None
 

@@ -69,10 +69,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack variants at batch 1: each layer of a decode step as one kernel registry decode_layer "
                         "call (FastGenerator(layer_kernel=...)): 'on' (the registry's choice), 'off', an "
                         "implementation name (e.g. triton), or 'auto' (the default: FastGenerator's)")
-    p.add_argument("--glu-prologue", action=argparse.BooleanOptionalAction, default=False,
-                   help="lmstack variants: the down projection applies SwiGLU to the fused gate/up output as it reads "
-                        "it (FastGenerator(glu_prologue=True)); default --no-glu-prologue: a separate kernel, "
-                        "FastGenerator's default")
+    p.add_argument("--fuse-swiglu", action=argparse.BooleanOptionalAction, default=False,
+                   help="lmstack variants: the fused gate/up projection returns silu(gate) * up from its own epilogue "
+                        "(FastGenerator(fuse_swiglu=True)); default --no-fuse-swiglu: FastGenerator's default")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
@@ -246,12 +245,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for B in sizes:
             layer_kernel = asked if B == 1 or asked in ("auto", False) else False  # one row only
             gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl,
-                       layer_kernel=layer_kernel, glu_prologue=args.glu_prologue)
+                       layer_kernel=layer_kernel, fuse_swiglu=args.fuse_swiglu)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
             out["pdl"], out["fold_norms"] = gen.pdl, gen.fold_norms  # what "auto" made of them here
-            out["glu_prologue"], out["linear_impl"] = gen.glu_prologue, _linear_impls(gen.model)
+            out["fuse_swiglu"], out["linear_impl"] = gen.fuse_swiglu, _linear_impls(gen.model)
             if B == 1:
                 out["layer_kernel"] = gen.layer_kernel
             if args.profile and sizes[0] == B and device.startswith("cuda"):
@@ -268,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             qmodel.fold_norms()  # before quantizing: the folded weights are what gets quantized
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
-        gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl, glu_prologue=args.glu_prologue)
+        gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl, fuse_swiglu=args.fuse_swiglu)
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,

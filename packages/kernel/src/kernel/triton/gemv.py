@@ -9,7 +9,8 @@ of a block's loads are issued before its products need them), multiplies by x in
 Enough small programs are launched that every SM holds several, so the bytes in flight per SM come from
 occupancy instead of a software pipeline. Int8 weights cross the bus as one byte each, their per-channel scale
 applied to the fp32 sum. The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of squares, from
-the x values the loop loads anyway), scale, bias, residual, the cast.
+the x values the loop loads anyway), scale, bias, residual, the cast; for a fused gate/up weight (``glu``) each
+program takes gate and up rows in pairs and stores ``silu(gate) * up`` instead (no separate SwiGLU kernel).
 
 Launched with programmatic dependent launch (``pdl``, sm90+), a program loads its first weight block before it waits
 for the kernel before it (``griddepcontrol.wait``), so a chain of them streams weights while each predecessor
@@ -46,8 +47,15 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
-    n = pid * ROWS + tl.arange(0, ROWS)
-    n_ok = n < N
+    i = tl.arange(0, ROWS)
+    if GLU:  # w is [gate | up] (N = 2F rows): this program's ROWS // 2 outputs j, their gate and up rows interleaved
+        F = N // 2
+        j = pid * (ROWS // 2) + i // 2
+        n = j + (i % 2) * F
+        n_ok = j < F
+    else:
+        n = pid * ROWS + i
+        n_ok = n < N
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     # the first weight block is loaded before anything the kernel before may still be writing: launched with PDL,
@@ -56,14 +64,14 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
-    x = _x_block(x_ptr, kk, K, GLU)
+    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
     acc = w.to(tl.float32) * x[None, :]
     ss = x * x
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-        x = _x_block(x_ptr, k, K, GLU)
+        x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         acc += w.to(tl.float32) * x[None, :]
         if RMS:
             ss += x * x
@@ -74,21 +82,14 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
         y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_RES:
-        y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _x_block(x_ptr, k, K, GLU: tl.constexpr):
-    """x[k] in fp32; with GLU, x holds [gate | up] (2K values) and this is silu(gate[k]) * up[k], rounded to x's
-    dtype as the separate SwiGLU op would store it."""
-    k_ok = k < K
-    if GLU:
-        g = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + K + k, mask=k_ok, other=0.0).to(tl.float32)
-        return (g * tl.sigmoid(g) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
-    return tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+    if GLU:  # silu(gate) * up of each pair, the projection's values rounded to the output dtype first (as stored)
+        gate, up = tl.split(tl.reshape(y.to(out_ptr.dtype.element_ty).to(tl.float32), (ROWS // 2, 2)))
+        jj = pid * (ROWS // 2) + tl.arange(0, ROWS // 2)
+        tl.store(out_ptr + jj, (gate * tl.sigmoid(gate) * up).to(out_ptr.dtype.element_ty), mask=jj < F)
+    else:
+        if HAS_RES:
+            y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
 def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
@@ -107,15 +108,21 @@ def has_pdl_tiles(card: str) -> bool:
 
 
 @torch.compiler.assume_constant_result
-def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str) -> tuple[int, ...]:
+def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str, glu: bool = False) -> tuple[int, ...]:
     """The measured (ROWS, BLOCK_K, num_warps, PDL) of this (card, weight), or () where the table has none or
-    ``$LMSTACK_GEMV`` is ``0``."""
+    ``$LMSTACK_GEMV`` is ``0``. ``glu`` (the SwiGLU in the epilogue): the entry keyed ``"<shape> glu"`` when
+    measured, else the plain entry with ROWS made even."""
     switch = os.environ.get(SWITCH_ENV, "1")
     if switch not in ("0", "1"):
         raise ConfigError(SWITCH_ENV, f"expected 0 (off) or 1 (the measured table), got {switch!r}")
     if switch == "0":
         return ()
-    return tuple(load_tiles().get(card, {}).get(tile_key(N, K, weight_dtype), ()))
+    entries = load_tiles().get(card, {})
+    key = tile_key(N, K, weight_dtype)
+    if glu and f"{key} glu" in entries:
+        return tuple(entries[f"{key} glu"])
+    cfg = tuple(entries.get(key, ()))
+    return (max(cfg[0], 2), *cfg[1:]) if glu and cfg else cfg
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
@@ -125,25 +132,26 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     ``rms_eps``: x RMS-normalised (no weight) first; ``residual`` (1, N) added last. ``config``: (ROWS, BLOCK_K,
     num_warps), powers of two (a table entry's fourth field, PDL, is ignored: ``pdl`` decides). ``pdl``: launch
     with programmatic dependent launch where the device has it (sm90+; ignored elsewhere): each program's first
-    weight block is loaded while the kernel before drains, so w must not be written by that kernel. ``glu``: x is
-    (1, 2K), [gate | up], and the kernel reads ``silu(gate) * up`` (SwiGLU as it loads x; not with ``rms_eps``)."""
+    weight block is loaded while the kernel before drains, so w must not be written by that kernel. ``glu``: w is a
+    fused gate/up projection (N = 2F, gate rows first) and the result is ``silu(gate) * up``, (1, F), computed in
+    the epilogue (ROWS must be even; no residual)."""
     if x.dim() != 2 or x.shape[0] != 1 or x.stride(-1) != 1:
         raise ValueError(f"gemv takes one contiguous activation row (1, K), got shape {tuple(x.shape)}")
     N, K = w.shape
-    if x.shape[1] != (2 * K if glu else K) or w.stride(-1) != 1:
-        raise ValueError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}"
-                         + (" ([gate | up]: twice the weight's in_features)" if glu else ""))
-    if glu and rms_eps is not None:
-        raise ValueError("gemv: glu and rms_eps cannot be combined")
+    if x.shape[1] != K or w.stride(-1) != 1:
+        raise ValueError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}")
+    if glu and (N % 2 or config[0] % 2 or residual is not None):
+        raise ValueError(f"gemv: glu needs an even number of weight rows (got {N}) and of ROWS (got {config[0]}), "
+                         f"and no residual")
     rows, block_k, warps = config[:3]
     pdl = pdl and pdl_capable(x)
-    out = torch.empty(1, N, dtype=out_dtype or x.dtype, device=x.device)
+    out = torch.empty(1, N // 2 if glu else N, dtype=out_dtype or x.dtype, device=x.device)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     _gemv[(triton.cdiv(N, rows),)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl, num_warps=warps,
-        **({"launch_pdl": True} if pdl else {}))
+        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
+        num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
@@ -161,4 +169,4 @@ def _gemv_pdl(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias
 def _gemv_pdl_shape(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
                     rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
                     warps: int, glu: bool = False) -> torch.Tensor:
-    return x.new_empty((1, w.shape[0]))
+    return x.new_empty((1, w.shape[0] // 2 if glu else w.shape[0]))

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import SPLIT_COUNTER_COLUMNS, check_split_counters, glu_input
+from kernel.reference import SPLIT_COUNTER_COLUMNS, check_glu, check_split_counters, glu_output
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
 from kernel.triton._device import device_info, pdl_capable
@@ -315,8 +315,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
     """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps``,
     ``residual`` and ``glu`` as :func:`kernel.reference.linear` (the rows' sums of squares beside the matmul's
-    weight loop, rstd and the add in its epilogue; a SwiGLU of x's halves computed as one row is loaded by the gemv
-    kernel, else by torch first); ``split_counters`` as :func:`skinny_mm` (a split K summed in the kernel)."""
+    weight loop, rstd and the add in its epilogue; the SwiGLU of a fused gate/up result in the gemv kernel's
+    epilogue, else by torch after); ``split_counters`` as :func:`skinny_mm` (a split K summed in the kernel)."""
     return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=False, counters=split_counters)
 
 
@@ -349,11 +349,11 @@ def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Ten
     return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=True, counters=None)
 
 
-def _gemv_tiles(x2: torch.Tensor, w: torch.Tensor) -> tuple[int, ...]:
+def _gemv_tiles(x2: torch.Tensor, w: torch.Tensor, glu: bool) -> tuple[int, ...]:
     """The gemv kernel's measured tiles for one activation row times w on this card, () for the skinny matmul."""
     if x2.shape[0] != 1:
         return ()
-    return choose_gemv_tiles(w.shape[0], w.shape[1], w.dtype, device_info(x2)[1])
+    return choose_gemv_tiles(w.shape[0], w.shape[1], w.dtype, device_info(x2)[1], glu)
 
 
 def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
@@ -361,6 +361,8 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
             counters: torch.Tensor | None) -> torch.Tensor:
     """linear (``scale`` None, float weights) and int8_linear: up to MAX_ROWS rows here, more by the reference."""
     N, K = weight.shape
+    op = "linear" if scale is None else "int8_linear"
+    check_glu(glu, residual, N, op)
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or (scale is None and weight.dtype != x.dtype):
         if scale is None:
@@ -368,24 +370,20 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
         return _int8_reference(x, weight, scale, bias, rms_eps=rms_eps, residual=residual, glu=glu)
     res = None if residual is None else residual.reshape(x2.shape[0], N)
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
-    gemv_tiles = _gemv_tiles(x2, w)
+    gemv_tiles = _gemv_tiles(x2, w, glu is not None)
     if gemv_tiles:  # one row, and the card's table has a measured gemv tile for this weight (launched with PDL where
-        # the table says so and the caller asked for it); a GLU is computed as the kernel loads x
-        if glu is not None:
-            glu_input(x2, glu, rms_eps, K, "linear")  # names a bad glu or a mismatched x
+        # the table says so and the caller asked for it); a SwiGLU in its epilogue
         y = (torch.ops.lmstack.gemv_pdl(x2, w, scale, bias, rms_eps, res, *gemv_tiles[:3], glu is not None)
              if pdl and gemv_tiles[3]
              else gemv(x2, w, scale, bias, out_dtype=x.dtype, config=gemv_tiles, rms_eps=rms_eps, residual=res,
                        glu=glu is not None))
-        return y.reshape(*x.shape[:-1], N)
-    x2 = glu_input(x2, glu, rms_eps, K, "linear").contiguous()
-    if pdl:  # the opaque op ends at the kernel: a split-K sum stays in the graph, where inductor fuses it
+    elif pdl:  # the opaque op ends at the kernel: a split-K sum stays in the graph, where inductor fuses it
         y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, rms_eps, res)
-        y = y if y.dim() == 2 else finish_partials(y, scale, bias, res, x.dtype)
+        y = glu_output(y if y.dim() == 2 else finish_partials(y, scale, bias, res, x.dtype), glu, None, op)
     else:
-        y = skinny_mm(x2, w, scale, bias, rms_eps=rms_eps, residual=res,
-                      split_counters=counters if scale is None else None)
-    return y.reshape(*x.shape[:-1], N)
+        y = glu_output(skinny_mm(x2, w, scale, bias, rms_eps=rms_eps, residual=res,
+                                 split_counters=counters if scale is None else None), glu, None, op)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 @torch.library.custom_op("lmstack::skinny_pdl", mutates_args=())
