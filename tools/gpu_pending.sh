@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh swiglu   the SwiGLU in the gate/up gemv's epilogue: GPU tests, the gate/up tiles tuned
-#                                      with it, decode bf16 and int8 as shipped and with --fuse-swiglu (~7 min)
+#   bash tools/gpu_pending.sh chain    the two opt-ins of the PDL chain: the SwiGLU in the gate/up gemv's epilogue
+#                                      (its tile tuned) and decode attention launched with PDL; GPU tests, then
+#                                      decode bf16 as shipped, with each, with both (~9 min)
+#   bash tools/gpu_pending.sh chain-int8  int8 as shipped and with whichever of chain's options won (set CHAIN_OPTS,
+#                                      e.g. "--fuse-swiglu --decode-attention triton_pdl"), profiled (~6 min)
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
 #                                      the default, lmstack and transformers each (~6 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
@@ -40,7 +43,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in swiglu|gpt2-graphs|gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in chain|chain-int8|gpt2-graphs|gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -56,13 +59,13 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
-swiglu)
-  # 0. the gemv kernel with the SwiGLU epilogue on the card, and FastGenerator's fusion
-  step tests 90 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py -q \
-    -p no:cacheprovider -k "glu or gemv or chains or swiglu"
+chain)
+  # 0. the gemv kernel with the SwiGLU epilogue, decode attention with PDL, FastGenerator's options, on the card
+  step tests 120 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \
+    packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k "glu or gemv or chains or swiglu or pdl or attention"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  # 1. the gate/up tiles, plain and with the SwiGLU epilogue (a "<shape> glu" entry), bf16 and int8
-  step tune 120 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
+  # 1. the gate/up tiles with the SwiGLU epilogue (a "<shape> glu" entry), bf16 and int8
+  step tune 110 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
     --tune-matrices gate_up
   grep -h "gemv best" "$OUT/tune.log"
   # only the "glu" entries, chained like the shipped gate/up (which won chained in whole steps, V2)
@@ -73,15 +76,25 @@ json.dump({c: {k: v[:3] + [1] for k, v in e.items() if k.endswith(" glu")} for c
           open(sys.argv[2], "w"))
 PY
   cat "$OUT/glu.json"
-  # 2. decode at batch 1, bf16 and int8: as shipped, then with the SwiGLU in the gate/up epilogue (its tuned tiles)
+  # 2. decode at batch 1, bf16: as shipped, with the SwiGLU epilogue, with PDL attention, with both
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step decode_shipped 180 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+  dec() { local name=$1; shift; step "$name" 95 env LMSTACK_GEMV_TILES="$OUT/glu.json" python -m eval.bench decode \
+    --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/$name.json" "$@"; }
+  dec decode_shipped
+  dec decode_swiglu --fuse-swiglu
+  dec decode_attn_pdl --decode-attention triton_pdl
+  dec decode_both --fuse-swiglu --decode-attention triton_pdl
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
+chain-int8)
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_shipped 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
     --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
-  step decode_swiglu 180 env LMSTACK_GEMV_TILES="$OUT/glu.json" python -m eval.bench decode --preset llama-1b \
-    --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --fuse-swiglu --out "$OUT/decode_swiglu.json"
+  # shellcheck disable=SC2086  (CHAIN_OPTS: several flags)
+  step decode_chain 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+    --variants lmstack,lmstack-int8 ${CHAIN_OPTS:-} --out "$OUT/decode_chain.json"
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernels_per\|error' \
-    "$OUT"/decode_shipped.json "$OUT"/decode_swiglu.json
-  decode_top "$OUT/decode_swiglu.json" ;;
+    "$OUT"/decode_shipped.json "$OUT"/decode_chain.json
+  decode_top "$OUT/decode_chain.json" ;;
 gpt2-graphs)
   # the GPT-2 step's ~2 ms between kernel time and step time (session 5): CUDA graphs (compile mode reduce-overhead)
   # for both models, beside the default compile of the same call

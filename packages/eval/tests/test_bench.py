@@ -115,6 +115,14 @@ def test_decode_refuses_an_unknown_layer_kernel_before_building_a_model(monkeypa
         capsys.readouterr().err
 
 
+def test_decode_refuses_an_unknown_decode_attention_before_building_a_model(monkeypatch, capsys):
+    import eval.bench.decode as decode
+
+    monkeypatch.setattr(decode, "resolve", lambda *a, **k: pytest.fail("a model was built before the check"))
+    assert main(["decode", "--preset", "llama-debug", "--device", "cpu", "--decode-attention", "nope"]) != 0
+    assert "unknown decode_attention implementation 'nope'" in capsys.readouterr().err
+
+
 def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     """--fold-norms: the lmstack loop folds, and the int8 variant folds before quantizing (its int8 layers then
     normalise their input and add the residual); both loops' greedy tokens are the prefill path's choices (int8 ones
@@ -122,12 +130,14 @@ def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     out = tmp_path / "decode.json"
     argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
             "--variants", "lmstack,lmstack-int8", "--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "4",
-            "--repeat", "1", "--fold-norms", "--linear-impl", "reference", "--fuse-swiglu", "--out", str(out)]
+            "--repeat", "1", "--fold-norms", "--linear-impl", "reference", "--fuse-swiglu", "--decode-attention",
+            "reference", "--out", str(out)]
     assert main(argv) == 0
     v = json.loads(out.read_text())["results"]["variants"]
     assert v["lmstack"]["fold_norms"] is True and v["lmstack-int8"]["fold_norms"] is True
     # (--fuse-swiglu with routed Linears: the gate/up projections return the SwiGLU themselves, same tokens)
     assert v["lmstack"]["fuse_swiglu"] is True and v["lmstack"]["linear_impl"] == ["reference"]
+    assert v["lmstack"]["decode_attention"] == "reference"
     assert v["lmstack"]["greedy_gap_max"] < 1e-4 and v["lmstack-int8"]["greedy_gap_max"] < 0.02  # logits' std ~0.16
 
 

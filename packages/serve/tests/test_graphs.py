@@ -285,3 +285,34 @@ def test_fast_generator_chains_int8_layers_with_the_linears(monkeypatch):
     assert impls == {"triton_skinny_pdl"}
     fast.FastGenerator(model, 2, 8, compile="default", pdl=True)  # a later generator decides again
     assert {m.impl for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)} == {"auto"}
+
+
+def test_fast_generator_names_the_decode_attention_of_every_layer(monkeypatch):
+    """decode_attention=NAME: every attention layer's decode steps resolve that implementation (here the reference,
+    counted), with the plain tokens; a later generator with None gives the layers back their own; a bad name fails
+    before the model is touched."""
+    import kernel.reference as kref
+    from kernel import default_registry
+    from serve.fast import FastGenerator
+    from specs.errors import PluginError
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3))
+    want = FastGenerator(copy.deepcopy(model), 1, 16, compile=None).generate(prompt, 6)
+    calls = []
+    real = kref.decode_attention
+    monkeypatch.setattr(kref, "decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    default_registry().cache_clear()
+    try:
+        named = copy.deepcopy(model)
+        gen = FastGenerator(named, 1, 16, compile=None, decode_attention="reference")
+        assert gen.decode_attention == "reference"
+        assert {layer.self_attn.decode_impl for layer in named.model.layers} == {"reference"}
+        assert torch.equal(gen.generate(prompt, 6), want) and len(calls) == 5 * len(named.model.layers)
+        FastGenerator(named, 1, 16, compile=None)
+        assert {layer.self_attn.decode_impl for layer in named.model.layers} == {None}
+        with pytest.raises(PluginError, match="nope"):
+            FastGenerator(copy.deepcopy(model), 1, 16, compile=None, decode_attention="nope")
+    finally:
+        default_registry().cache_clear()

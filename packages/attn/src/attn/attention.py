@@ -41,6 +41,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, KVH * Dh, bias=cfg.bias)
         self.o_proj = nn.Linear(H * Dh, D, bias=cfg.bias)
         self.input_rms_eps: float | None = None  # set by fold_input_norm
+        # the decode_attention implementation of one-token steps (None: the config's attn_impl); a decode loop may
+        # name one (serve's FastGenerator(decode_attention=...))
+        self.decode_impl: str | None = None
 
     def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext,
                 residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,7 +91,7 @@ class Attention(nn.Module):
                            residual=residual)
 
     def _decode_op(self, q: torch.Tensor) -> Callable[..., torch.Tensor]:
-        return resolve("decode_attention", self.attn_impl, device=q.device,
+        return resolve("decode_attention", self.decode_impl or self.attn_impl, device=q.device,
                        dtype=q.dtype, head_dim=self.head_dim, gqa=self.n_kv_heads != self.n_heads)
 
     def fold_input_norm(self, weight: torch.Tensor, eps: float) -> None:

@@ -85,6 +85,14 @@ def builtin_implementations() -> list[Implementation]:
         Implementation(op="int8_linear", name="triton_skinny_pdl", target="kernel.triton.skinny:int8_linear_pdl",
                        priority=24, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(9, 0),
                        backward=False, description="int8 triton_skinny with programmatic dependent launch (sm90+)"),
+        # decode_attention launched with programmatic dependent launch (an opaque op that writes the caches), so a
+        # chain of PDL-launched decode kernels runs through attention: asked for by name (FastGenerator's
+        # decode_attention="triton_pdl") until measured
+        Implementation(op="decode_attention", name="triton_pdl",
+                       target="kernel.triton.decode_attention:decode_attention_pdl", priority=4, devices=("cuda",),
+                       dtypes=FLOATS, requires=("triton",), min_capability=(9, 0), max_head_dim=256, backward=False,
+                       description="the Triton decode attention kernels launched with programmatic dependent launch "
+                       "(sm90+)"),
         Implementation(op="decode_attention", name="sdpa", target="kernel.sdpa:decode_attention", priority=10,
                        backward=False, description="masked torch SDPA over the gathered slots (the Triton kernel's "
                        "baseline: on an H200 a decode layer took ~10 us this way against 4.7 us)"),

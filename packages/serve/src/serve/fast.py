@@ -60,6 +60,10 @@ class FastGenerator:
     per layer; elsewhere the op applies it after the matmul. False (the default) leaves the SwiGLU to the MLP until
     it is measured. (Applying it instead as the down projection loads its input measured slower on an H200: 1,084
     against 1,134 tokens/s for a 1.1B step, docs/benchmarks.md.)
+    ``decode_attention``: the kernel registry's ``decode_attention`` implementation for the decode steps' attention
+    (each attention layer's ``decode_impl``; e.g. "triton_pdl": the Triton kernels launched with programmatic
+    dependent launch, so a chain of PDL-launched matmuls runs through attention too); None (the default) keeps the
+    model's own choice.
     ``layer_kernel``: run each layer of a decode step as one kernel registry ``decode_layer`` call
     (``model.use_layer_kernel``; on CUDA one persistent Triton launch per layer: no kernel boundaries inside a
     layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
@@ -72,12 +76,14 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
                  fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
-                 fuse_swiglu: bool = False):
+                 fuse_swiglu: bool = False, decode_attention: str | None = None):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
         if linear_impl not in (None, "auto"):
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
+        if decode_attention is not None:
+            default_registry().get("decode_attention", decode_attention)
         if pdl not in (True, False, "auto"):
             raise ConfigError("FastGenerator", f"pdl must be True, False or 'auto', got {pdl!r}")
         if pdl == "auto":
@@ -125,6 +131,10 @@ class FastGenerator:
                                                                                          str):
                 m.impl = chained or "auto"  # int8 layers (compress): chained the same way, else the registry's choice
         self.fuse_swiglu = fuse_swiglu
+        for m in model.modules():  # the attention layers' decode steps (None: each layer's own attn_impl)
+            if hasattr(m, "decode_impl"):
+                m.decode_impl = decode_attention
+        self.decode_attention = decode_attention
         self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
         if hasattr(model, "use_layer_kernel"):  # the model decodes as this generator says (None turns it off)
             model.use_layer_kernel(self.layer_kernel)

@@ -69,6 +69,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack variants at batch 1: each layer of a decode step as one kernel registry decode_layer "
                         "call (FastGenerator(layer_kernel=...)): 'on' (the registry's choice), 'off', an "
                         "implementation name (e.g. triton), or 'auto' (the default: FastGenerator's)")
+    p.add_argument("--decode-attention", default=None,
+                   help="lmstack variants: the decode_attention implementation of the decode steps "
+                        "(FastGenerator(decode_attention=...), e.g. triton_pdl); default: the model's own")
     p.add_argument("--fuse-swiglu", action=argparse.BooleanOptionalAction, default=False,
                    help="lmstack variants: the fused gate/up projection returns silu(gate) * up from its own epilogue "
                         "(FastGenerator(fuse_swiglu=True)); default --no-fuse-swiglu: FastGenerator's default")
@@ -190,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.layer_kernel not in ("auto", "on", "off"):  # a decode_layer implementation: a bad name fails here,
         default_registry().get("decode_layer", args.layer_kernel)  # before a model is built (PluginError)
+    if args.decode_attention is not None:
+        default_registry().get("decode_attention", args.decode_attention)
     try:
         sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
     except ValueError:
@@ -245,12 +250,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for B in sizes:
             layer_kernel = asked if B == 1 or asked in ("auto", False) else False  # one row only
             gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl,
-                       layer_kernel=layer_kernel, fuse_swiglu=args.fuse_swiglu)
+                       layer_kernel=layer_kernel, fuse_swiglu=args.fuse_swiglu,
+                       decode_attention=args.decode_attention)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
             out["pdl"], out["fold_norms"] = gen.pdl, gen.fold_norms  # what "auto" made of them here
             out["fuse_swiglu"], out["linear_impl"] = gen.fuse_swiglu, _linear_impls(gen.model)
+            out["decode_attention"] = gen.decode_attention
             if B == 1:
                 out["layer_kernel"] = gen.layer_kernel
             if args.profile and sizes[0] == B and device.startswith("cuda"):
@@ -267,7 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             qmodel.fold_norms()  # before quantizing: the folded weights are what gets quantized
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
-        gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl, fuse_swiglu=args.fuse_swiglu)
+        gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl, fuse_swiglu=args.fuse_swiglu,
+                   decode_attention=args.decode_attention)
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,

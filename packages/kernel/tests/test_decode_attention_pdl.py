@@ -1,0 +1,120 @@
+"""decode_attention launched with programmatic dependent launch (``triton_pdl``): the plain kernels' results and
+cache writes, an opaque op that declares the caches it writes (and that compiled code calls on the caches
+themselves, no copies), chosen only by name, and (compiled offline for sm90) each kernel waits for the one before
+before it reads anything, then lets the next one start."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernel import default_registry
+
+triton = pytest.importorskip("triton")
+
+from kernel.triton import decode_attention as da  # noqa: E402  (needs triton)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # on an sm90+ GPU the op really launches with PDL
+
+
+def _step(B=2, H=8, KVH=2, L=96, Dh=32, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE, dtype)
+    lens = torch.tensor([37, 90][:B], device=DEVICE)
+    return (r(B, H, Dh), r(B, KVH, L, Dh), r(B, KVH, L, Dh), lens), dict(k_new=r(B, KVH, Dh), v_new=r(B, KVH, Dh),
+                                                                           cos_BDh=r(B, Dh), sin_BDh=r(B, Dh))
+
+
+@pytest.mark.parametrize("new", [True, False])
+def test_pdl_op_gives_the_plain_kernels_results_and_cache_writes(new):
+    (q, k, v, lens), kw = _step()
+    kw = kw if new else {}
+    k2, v2 = k.clone(), v.clone()
+    want = da.decode_attention(q, k, v, lens, **kw)
+    got = da.decode_attention_pdl(q, k2, v2, lens, **kw)
+    assert torch.equal(got, want) and torch.equal(k2, k) and torch.equal(v2, v)
+    assert da.num_splits(2, 2, 96, da.device_info(q)[0]) == 2  # the split kernel and the combine kernel both ran
+
+
+def test_pdl_op_declares_the_caches_it_writes_and_passes_opcheck():
+    schema = torch.ops.lmstack.decode_attention_pdl.default._schema
+    written = sorted(a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write)
+    assert written == ["k", "v"]
+    (q, k, v, lens), kw = _step()
+    torch.library.opcheck(torch.ops.lmstack.decode_attention_pdl,
+                          (q, k, v, lens, None, None, None, kw["k_new"], kw["v_new"], kw["cos_BDh"], kw["sin_BDh"]),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_compiled_code_calls_the_op_on_the_caches_without_copying_them():
+    from torch._inductor.utils import run_and_get_code
+
+    (q, k, v, lens), kw = _step(B=1)
+    want_k, want_v = k.clone(), v.clone()
+    want = da.decode_attention(q * 2, want_k, want_v, lens, **kw) + 1
+
+    def step(q, k, v, lens):
+        return da.decode_attention_pdl(q * 2, k, v, lens, **kw) + 1
+
+    torch._dynamo.reset()
+    got, codes = run_and_get_code(torch.compile(step, fullgraph=True), q, k, v, lens)
+    code = "\n".join(codes)
+    assert "decode_attention_pdl" in code and ".copy_(" not in code and "clone" not in code
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)  # the step's token reached the caches in place
+
+
+def test_pdl_attention_is_chosen_only_by_name():
+    reg = default_registry()
+    h100 = dict(device="cuda", dtype=torch.bfloat16, capability=(9, 0), head_dim=64)
+    assert reg.select("decode_attention", "auto", **h100).name == "triton"
+    assert reg.why_not("decode_attention", "triton_pdl", **h100) is None
+    assert "9.0" in reg.why_not("decode_attention", "triton_pdl", **{**h100, "capability": (8, 0)})
+
+
+_AOT = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from kernel.triton import decode_attention as da
+names = ["q_ptr", "k_ptr", "v_ptr", "lens_ptr", "table_ptr", "o_ptr", "acc_ptr", "m_ptr", "l_ptr", "kn_ptr", "vn_ptr",
+         "cos_ptr", "sin_ptr", "cnt_ptr", "stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_ks", "stride_vb",
+         "stride_vh", "stride_vs", "stride_tb", "stride_ob", "stride_oh", "stride_knb", "stride_knh", "stride_vnb",
+         "stride_vnh", "stride_cb", "scale", "G", "Dh", "H", "NS", "KVH"]
+types = (["*bf16"] * 3 + ["*i64"] * 2 + ["*bf16"] + ["*fp32"] * 3 + ["*bf16"] * 4 + ["*i32"] + ["i32"] * 16 + ["fp32"]
+         + ["i32"] * 5)
+for pdl in (False, True):
+    consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl)
+    src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
+                                                              **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
+    sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                    options={"num_warps": 4, "launch_pdl": pdl}).asm["ptx"] + "\\n=====\\n")
+    cnames = ["acc_ptr", "m_ptr", "l_ptr", "o_ptr", "stride_ob", "stride_oh", "H", "NS", "Dh"]
+    consts = dict(BLOCK_N=8, BLOCK_D=64, PDL=pdl)
+    src = triton.compiler.ASTSource(fn=da._combine, signature={**dict(zip(cnames, ["*fp32"] * 3 + ["*bf16"]
+                                                                          + ["i32"] * 5)),
+                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
+    sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                    options={"num_warps": 4, "launch_pdl": pdl}).asm["ptx"] + "\\n=====\\n")
+"""
+
+
+def test_pdl_kernels_wait_before_their_first_load_then_trigger():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    plain_dec, plain_comb, pdl_dec, pdl_comb, _ = out.stdout.split("\n=====\n")
+    for ptx in (plain_dec, plain_comb):
+        assert "griddepcontrol" not in ptx
+    for ptx in (pdl_dec, pdl_comb):
+        lines = ptx.splitlines()
+        wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+        launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
+        first_load = next(i for i, line in enumerate(lines) if re.search(r"\bld\.global", line))
+        assert wait < launch < first_load
