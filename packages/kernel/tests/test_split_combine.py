@@ -19,12 +19,7 @@ _AOT = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import decode_attention as da
-names = ["q_ptr", "k_ptr", "v_ptr", "lens_ptr", "table_ptr", "o_ptr", "acc_ptr", "m_ptr", "l_ptr", "kn_ptr", "vn_ptr",
-         "cos_ptr", "sin_ptr", "cnt_ptr", "stride_qb", "stride_qh", "stride_kb", "stride_kh", "stride_ks", "stride_vb",
-         "stride_vh", "stride_vs", "stride_tb", "stride_ob", "stride_oh", "stride_knb", "stride_knh", "stride_vnb",
-         "stride_vnh", "stride_cb", "scale", "G", "Dh", "H", "NS", "KVH"]
-types = (["*bf16"] * 3 + ["*i64"] * 2 + ["*bf16"] + ["*fp32"] * 3 + ["*bf16"] * 4 + ["*i32"] + ["i32"] * 16 + ["fp32"]
-         + ["i32"] * 5)
+from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 for combine in (False, True):
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=combine, BLOCK_G=16,
                   BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=False)
