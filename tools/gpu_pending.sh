@@ -5,6 +5,9 @@
 #                                      decode bf16 as shipped, with each, with both (~9 min)
 #   bash tools/gpu_pending.sh chain-int8  int8 as shipped and with whichever of chain's options won (set CHAIN_OPTS,
 #                                      e.g. "--fuse-swiglu --decode-attention triton_pdl"), profiled (~6 min)
+#   bash tools/gpu_pending.sh int8-magic  int8 weights to fp32 by the exact add trick instead of the conversion
+#                                      instruction (LMSTACK_GEMV_INT8=magic): int8 gemv tiles timed both ways, then
+#                                      decode int8 both ways (~6 min)
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
 #                                      the default, lmstack and transformers each (~6 min)
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
@@ -43,7 +46,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in chain|chain-int8|gpt2-graphs|gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in chain|chain-int8|int8-magic|gpt2-graphs|gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -59,6 +62,20 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+int8-magic)
+  step tests 60 python -m pytest packages/kernel/tests/test_gemv.py -q -p no:cacheprovider -k "int8"
+  tail -n 2 "$OUT/tests.log"
+  for mode in cvt magic; do
+    step "tune_$mode" 100 env LMSTACK_GEMV_INT8=$mode python packages/kernel/benchmarks/bench_decode_kernels.py \
+      --tune-gemv "$OUT/int8_$mode.json" --tune-weights int8
+    grep -h "gemv best" "$OUT/tune_$mode.log"
+  done
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  for mode in cvt magic; do
+    step "decode_$mode" 150 env LMSTACK_GEMV_INT8=$mode python -m eval.bench decode --preset llama-1b \
+      --batch-sizes 1 --repeat 2 --variants lmstack,lmstack-int8 --out "$OUT/decode_$mode.json"
+  done
+  grep -H '"decode_tokens_per_s"\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_cvt.json "$OUT"/decode_magic.json ;;
 chain)
   # 0. the gemv kernel with the SwiGLU epilogue, decode attention with PDL, FastGenerator's options, on the card
   step tests 120 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \

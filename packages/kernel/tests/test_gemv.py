@@ -177,10 +177,13 @@ import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import gemv
 names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-sig = dict(zip(names, ["*bf16"] * 6 + ["i32"] * 3 + ["fp32"]))
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-for pdl in (False, True):
-    consts = dict(HAS_SCALE=False, HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4, BLOCK_K=2048, PDL=pdl)
+# bf16 plain and PDL; int8 with the conversion instruction and with the add trick
+for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i8", False, False),
+                           ("*i8", False, True)):
+    sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+    consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -200,7 +203,11 @@ def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain, pdl, _ = out.stdout.split("\n=====\n")
+    plain, pdl, int8, int8_magic, _ = out.stdout.split("\n=====\n")
+    # int8 weights: the int-to-float conversion (a quarter of the FP32 rate) only without the add trick
+    # (a (4, 2048) block is 64 weights a thread; one or two conversions remain for scalars such as K)
+    i2f = [len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)\b", ptx)) for ptx in (int8, int8_magic)]
+    assert i2f[0] >= 64 and i2f[1] <= 2, i2f
     for ptx in (plain, pdl):
         lines = ptx.splitlines()
         loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
@@ -306,3 +313,23 @@ def test_a_measured_glu_tile_is_preferred(tmp_path, monkeypatch):
     assert gemv_mod.choose_tiles(11264, 2048, torch.bfloat16, "Test Card") == (1, 2048, 2, 1)
     assert gemv_mod.choose_tiles(11264, 2048, torch.bfloat16, "Test Card", True) == (4, 1024, 4, 1)
     assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Test Card", True) == ()
+
+
+def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch):
+    """$LMSTACK_GEMV_INT8=magic: every int8 value, -128 to 127, becomes the same fp32 weight as the conversion
+    instruction gives, so the results are identical; a bad value is refused naming the choices."""
+    g = torch.Generator().manual_seed(17)
+    N, K = 16, 256
+    x = torch.randn(1, K, generator=g).to(DEVICE)
+    w = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).repeat(N, 1).to(DEVICE)  # every value, each row
+    w = w[:, torch.randperm(K, generator=g).to(DEVICE)].contiguous()
+    s = (torch.rand(N, generator=g) / 127).to(DEVICE)
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "cvt")
+    plain = gemv_mod.gemv(x, w, s, config=(4, 128, 2))
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
+    assert gemv_mod.int8_magic()
+    assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2)), plain)
+    torch.testing.assert_close(plain, ref.int8_linear(x, w, s), rtol=1e-5, atol=1e-4)
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "fast")
+    with pytest.raises(ConfigError, match="expected 'cvt' .the default. or 'magic', got 'fast'"):
+        gemv_mod.gemv(x, w, s, config=(4, 128, 2))

@@ -40,12 +40,23 @@ from specs.errors import ConfigError
 
 TILES_ENV = "LMSTACK_GEMV_TILES"
 SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmul keeps every shape), for comparisons
+# int8 weights to fp32: "cvt" (the conversion instruction, the default) or "magic" (integer and float adds, exact:
+# :func:`_weights`), until a card has measured which is faster
+INT8_ENV = "LMSTACK_GEMV_INT8"
+
+
+def int8_magic() -> bool:
+    """Whether int8 weights are converted by the exact add trick (``$LMSTACK_GEMV_INT8=magic``)."""
+    raw = os.environ.get(INT8_ENV, "cvt")
+    if raw not in ("cvt", "magic"):
+        raise ConfigError(INT8_ENV, f"expected 'cvt' (the default) or 'magic', got {raw!r}")
+    return raw == "magic"
 
 
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-          GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+          GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr):
     pid = tl.program_id(0)
     i = tl.arange(0, ROWS)
     if GLU:  # w is [gate | up] (N = 2F rows): this program's ROWS // 2 outputs j, their gate and up rows interleaved
@@ -65,14 +76,14 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-    acc = w.to(tl.float32) * x[None, :]
+    acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
         x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        acc += w.to(tl.float32) * x[None, :]
+        acc += _weights(w, I8_MAGIC) * x[None, :]
         if RMS:
             ss += x * x
     y = tl.sum(acc, 1)  # (ROWS,)
@@ -90,6 +101,16 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
         if HAS_RES:
             y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _weights(w, I8_MAGIC: tl.constexpr):
+    """A weight block in fp32. I8_MAGIC (int8 weights): without the int-to-float conversion instruction, which runs
+    at a quarter of the FP32 rate: q + 128 (0..255) in the mantissa of 2^23 is the float 2^23 + 128 + q, exactly,
+    and subtracting 2^23 + 128 leaves q (an integer add and a float add a weight, both full rate)."""
+    if I8_MAGIC:
+        return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    return w.to(tl.float32)
 
 
 def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
@@ -151,7 +172,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
-        num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), num_warps=warps, **({"launch_pdl": True} if pdl else {}))
     return out
 
 
