@@ -265,8 +265,11 @@ def test_fast_generator_fuses_the_swiglu_into_the_gate_up_projection_when_told_t
         gen = FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl="reference", fuse_swiglu=True)
         assert gen.fuse_swiglu and torch.equal(gen.generate(prompt, 6), want)
         assert seen.count("silu") == 6 * len(model.model.layers)  # the prefill and five steps, every layer
+        untouched = copy.deepcopy(model)
         with pytest.raises(ConfigError, match="fuse_swiglu must be True or False"):
-            FastGenerator(copy.deepcopy(model), 1, 16, compile=None, fuse_swiglu="auto")
+            FastGenerator(untouched, 1, 16, compile=None, fuse_swiglu="auto")
+        assert not any(isinstance(m, RegistryLinear) for m in untouched.modules())  # refused before any change
+        assert not hasattr(untouched.model.layers[0].mlp, "gate_up_proj")
     finally:
         default_registry().cache_clear()
 

@@ -41,7 +41,7 @@ class FastGenerator:
     "auto" routes them through ``triton_skinny_pdl`` where the card's gemv table chains some shape by PDL
     (:func:`kernel.one_row_pdl_linear`: each such matmul loads its first weights while the kernel before drains;
     the decode step's weights are frozen, which that needs), and int8 layers (``compress``) use the int8 twin the
-    same way (their ``impl``; the registry's choice otherwise).
+    same way (their ``impl``, set by every generator: the registry's choice otherwise).
     ``fold_norms``: ``model.fold_norms()`` after fusing (in place, inference only: RMSNorm weights folded into the
     projections, which then normalise and add the residual themselves; the model can no longer be saved, so save it
     first or pass False). "auto" (the default) folds when the Linears are routed through the registry (whose matmul
@@ -84,6 +84,8 @@ class FastGenerator:
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
         if decode_attention is not None:
             default_registry().get("decode_attention", decode_attention)
+        if not isinstance(fuse_swiglu, bool):  # (every argument is checked before the model is changed)
+            raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
         if pdl not in (True, False, "auto"):
             raise ConfigError("FastGenerator", f"pdl must be True, False or 'auto', got {pdl!r}")
         if pdl == "auto":
@@ -122,14 +124,11 @@ class FastGenerator:
         self.fold_norms = fold_norms
         if linear_impl is not None:
             route_linears(model, linear_impl)
-        if not isinstance(fuse_swiglu, bool):
-            raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
-        for m in model.modules():  # the gate/up projections that can return silu(gate) * up themselves
-            if hasattr(m, "accepts_glu"):
+        for m in model.modules():
+            if hasattr(m, "accepts_glu"):  # the gate/up projections that can return silu(gate) * up themselves
                 m.accepts_glu = fuse_swiglu
-            if hasattr(m, "accepts_glu") and not isinstance(m, RegistryLinear) and isinstance(getattr(m, "impl", None),
-                                                                                         str):
-                m.impl = chained or "auto"  # int8 layers (compress): chained the same way, else the registry's choice
+                if not isinstance(m, RegistryLinear) and isinstance(getattr(m, "impl", None), str):
+                    m.impl = chained or "auto"  # int8 layers (compress): chained like the Linears, else "auto"
         self.fuse_swiglu = fuse_swiglu
         for m in model.modules():  # the attention layers' decode steps (None: each layer's own attn_impl)
             if hasattr(m, "decode_impl"):
