@@ -10,21 +10,21 @@
 #                                      decode int8 both ways (~6 min)
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
 #                                      the default, lmstack and transformers each (~6 min)
+#   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
+# Written before the gemv kernel (session 8) took batch-1 decode from the skinny matmul, so of less use now:
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
 #                                      slots, the skinny matmul's K) against the second pass (the default): GPU
 #                                      tests, float tiles retuned that way, decode three ways, profiled (~8 min;
 #                                      run once in session 6, its baseline cut off: docs/benchmarks.md run O)
 #   bash tools/gpu_pending.sh pdl-twin the skinny matmul's PDL twin against the default (now with folded norms),
 #                                      with and without its L2 prefetch (~6 min; with it: run N2/N4, no gain)
-#   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
 # Recipes already run (sessions 4-7, docs/benchmarks.md), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh floor    (session 8) the layer kernel's GPU tests; what reading N MB costs with
 #                                      nothing to compute (copy, a pure-read kernel, the same with PDL overlap);
 #                                      decode with 4-way split down tiles
 #   bash tools/gpu_pending.sh gemv     (session 8) the one-row gemv kernel: GPU tests, its tiles tuned against the
 #                                      skinny matmul's, decode with and without the tuned table (~6 min)
-#   bash tools/gpu_pending.sh gemv-final / gemv-int8 / gemv-glu  (session 8) decode with the shipped gemv table,
-#                                      int8 chained, gate/up chained, the (since replaced) SwiGLU prologue
+#   (session 8's gemv-final, gemv-int8 and gemv-glu calls, runs U-W, are in git history: commit 7d11ed5)
 #   bash tools/gpu_pending.sh final    decode as shipped: transformers, bf16 at batch 1 and 32, int8 folded before
 #                                      quantizing (~6.5 min; session 7, run R)
 #   bash tools/gpu_pending.sh layer    the persistent decode-layer kernel against the per-op chain (one layer, stage
@@ -46,7 +46,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in chain|chain-int8|int8-magic|gpt2-graphs|gemv|gemv-final|gemv-int8|gemv-glu|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -120,57 +120,6 @@ gpt2-graphs)
       --compile "$mode" --out "$OUT/gpt2_$mode.json"
     grep -h '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/gpt2_$mode.json"
   done ;;
-gemv-glu)
-  step tests 70 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py -q \
-    -p no:cacheprovider -k "glu or gemv or chains or hands"
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step decode_shipped 190 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
-    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
-  step decode_no_glu 100 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
-    --variants lmstack --no-glu-prologue --out "$OUT/decode_no_glu.json"
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernel_us\|kernels_per\|error\|linear_impl' \
-    -A2 "$OUT"/decode_shipped.json "$OUT"/decode_no_glu.json | grep -v '^--$' | head -n 40
-  decode_top "$OUT/decode_shipped.json" ;;
-gemv-int8)
-  step tests 90 python -m pytest packages/serve/tests/test_layer_kernel.py -q -p no:cacheprovider
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step decode_shipped 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
-    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
-  card=$(python -c "import torch; print(torch.cuda.get_device_name())")
-  printf '{"%s": {"bf16 11264x2048": [1, 2048, 2, 1]}}\n' "$card" > "$OUT/gate_up_pdl.json"
-  step decode_gate_up_pdl 110 env LMSTACK_GEMV_TILES="$OUT/gate_up_pdl.json" python -m eval.bench decode \
-    --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/decode_gate_up_pdl.json"
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernel_us\|kernels_per\|error' \
-    "$OUT"/decode_shipped.json "$OUT"/decode_gate_up_pdl.json
-  python - "$OUT/decode_shipped.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["results"]["variants"]
-for name in ("lmstack", "lmstack-int8"):
-    p = r.get(name, {}).get("batch1", {})
-    print(name, round(p.get("decode_tokens_per_s", 0)), "tok/s")
-    for row in p.get("profile", {}).get("top", [])[:12]:
-        print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
-PY
-  ;;
-gemv-final)
-  # 0. the gemv kernel, the PDL race check of the chained gemv, the grid barrier's acquire (now an explicit fence),
-  #    and the serve layer-kernel test that failed in session 8's floor call (its output this time)
-  step tests 150 python -m pytest packages/kernel/tests/test_gemv.py packages/serve/tests/test_graphs.py \
-    packages/kernel/tests/test_decode_layer.py -q -p no:cacheprovider -k "gemv or pdl or grid_barrier or fast_generator"
-  tail -n 4 "$OUT/tests.log"
-  step layer_serve 90 python -m pytest packages/serve/tests/test_layer_kernel.py -q -p no:cacheprovider -x
-  grep -E "Error|error|assert|FAILED|passed|failed|\[\[" "$OUT/layer_serve.log" | head -n 20
-  # 1. decode at batch 1, bf16 and int8: the skinny matmuls only (LMSTACK_GEMV=0), then as shipped
-  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step decode_nogemv 170 env LMSTACK_GEMV=0 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
-    --variants lmstack,lmstack-int8 --out "$OUT/decode_nogemv.json"
-  step decode_shipped 220 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
-    --variants lmstack,lmstack-int8 --out "$OUT/decode_shipped.json"
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernel_us\|kernels_per\|error' \
-    "$OUT"/decode_nogemv.json "$OUT"/decode_shipped.json
-  decode_top "$OUT/decode_shipped.json" ;;
 gemv)
   # 0. the gemv kernel on the card; then the two layer-kernel tests that failed there in session 8's floor call
   step tests 60 python -m pytest packages/kernel/tests/test_gemv.py -q -p no:cacheprovider
