@@ -1,0 +1,78 @@
+"""The batch-1 decode path of kernel 0.8 end to end, on the CPU under Triton's interpreter (in a process of its own):
+every projection through the gemv kernel's PDL op (a table naming each shape), the SwiGLU in the gate/up gemv's
+epilogue, decode attention through its PDL op, with folded norms: the plain model's greedy tokens. (On a CPU the
+PDL launch attribute is left out; the GPU test of the chaining itself is in test_graphs.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model.lm import TransformerLM
+from specs.presets import preset
+
+_SCRIPT = """
+import json, os, sys, torch
+from safetensors.torch import load_file
+from kernel import Implementation, default_registry
+from kernel.triton import decode_attention, gemv  # (registers their ops)
+from model.lm import TransformerLM
+from serve.fast import FastGenerator
+from specs.presets import preset
+reg = default_registry()  # the Triton ops on the CPU: registered for this process as CPU implementations
+reg.register(Implementation(op="linear", name="pdl_cpu", target="kernel.triton.skinny:linear_pdl", backward=False))
+reg.register(Implementation(op="decode_attention", name="pdl_cpu",
+                            target="kernel.triton.decode_attention:decode_attention_pdl", backward=False))
+state = load_file(sys.argv[1])
+prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3))
+models = [TransformerLM(preset("llama-debug")).eval() for _ in range(2)]
+for m in models:
+    m.load_state_dict(state)
+want = FastGenerator(models[0], 1, 16, compile=None).generate(prompt, 8)
+models[1].fuse_projections()  # every projection's shape into a gemv table for this "card", chained (PDL 1)
+shapes = {gemv.tile_key(*m.weight.shape, m.weight.dtype) for m in models[1].modules() if isinstance(m, torch.nn.Linear)}
+table = {k: [2, 64, 1, 1] for k in shapes} | {k + " glu": [2, 64, 1, 1] for k in shapes}
+with open(sys.argv[2], "w") as f:
+    json.dump({"cpu": table}, f)
+os.environ[gemv.TILES_ENV] = sys.argv[2]
+calls = {"gemv_pdl": 0, "glu": 0, "decode_attention_pdl": 0}
+for name in ("gemv_pdl", "decode_attention_pdl"):
+    real = getattr(torch.ops.lmstack, name)
+    def counted(*a, _real=real, _name=name):
+        calls[_name] += 1
+        calls["glu"] += _name == "gemv_pdl" and a[-1] is True  # the SwiGLU in the gate/up gemv's epilogue
+        return _real(*a)
+    setattr(torch.ops.lmstack, name, counted)
+gen = FastGenerator(models[1], 1, 16, compile=None, linear_impl="pdl_cpu", decode_attention="pdl_cpu",
+                    fuse_swiglu=True, fold_norms=True)
+got = gen.generate(prompt, 8)
+print(want.tolist(), got.tolist(), calls)
+layers = len(models[1].model.layers)
+steps = 7  # (the first token comes from the prefill, five rows: not one-row kernels)
+ok = (torch.equal(got, want) and calls["decode_attention_pdl"] == steps * layers
+      and calls["gemv_pdl"] == steps * (4 * layers + 1) and calls["glu"] == steps * layers)
+sys.exit(0 if ok else 1)
+"""
+
+
+def test_the_chained_batch1_path_decodes_the_plain_models_tokens(tmp_path):
+    pytest.importorskip("triton")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).eval()
+    with torch.no_grad():  # norm weights that are not ones, so folding them is visible
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.uniform_(0.5, 1.5)
+            layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+    weights = tmp_path / "llama.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(weights), str(tmp_path / "gemv.json")], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
