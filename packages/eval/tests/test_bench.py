@@ -137,7 +137,8 @@ def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     assert v["lmstack"]["fold_norms"] is True and v["lmstack-int8"]["fold_norms"] is True
     # (--fuse-swiglu with routed Linears: the gate/up projections return the SwiGLU themselves, same tokens)
     assert v["lmstack"]["fuse_swiglu"] is True and v["lmstack"]["linear_impl"] == ["reference"]
-    assert v["lmstack"]["decode_attention"] == "reference"
+    assert v["lmstack"]["decode_attention"] == "reference" and v["lmstack-int8"]["decode_attention"] == "reference"
+    assert v["lmstack-int8"]["fuse_swiglu"] is True
     assert v["lmstack"]["greedy_gap_max"] < 1e-4 and v["lmstack-int8"]["greedy_gap_max"] < 0.02  # logits' std ~0.16
 
 

@@ -279,7 +279,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
-                                     "fold_norms": bool(fold)}
+                                     "fold_norms": bool(fold), "fuse_swiglu": gen.fuse_swiglu,
+                                     "decode_attention": gen.decode_attention}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)
