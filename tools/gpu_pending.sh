@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh chain    the two opt-ins of the PDL chain: the SwiGLU in the gate/up gemv's epilogue
-#                                      (its tile tuned) and decode attention launched with PDL; GPU tests, then
-#                                      decode bf16 as shipped, with each, with both (~9 min)
+#   bash tools/gpu_pending.sh chain    the bf16 gemv tiles retuned with persistent grids, then decode bf16: as
+#                                      shipped, retuned, + the SwiGLU in the gate/up epilogue, + PDL attention (~9 min)
 #   bash tools/gpu_pending.sh chain-int8  int8 as shipped and with whichever of chain's options won (set CHAIN_OPTS,
 #                                      e.g. "--fuse-swiglu --decode-attention triton_pdl"), profiled (~6 min)
 #   bash tools/gpu_pending.sh int8-magic  int8 weights to fp32 by the exact add trick instead of the conversion
@@ -77,30 +76,32 @@ int8-magic)
   done
   grep -H '"decode_tokens_per_s"\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_cvt.json "$OUT"/decode_magic.json ;;
 chain)
-  # 0. the gemv kernel with the SwiGLU epilogue, decode attention with PDL, FastGenerator's options, on the card
-  step tests 120 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \
+  # 0. the gemv kernel (persistent grids, the SwiGLU epilogue), decode attention with PDL, FastGenerator's options
+  step tests 100 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \
     packages/serve/tests/test_graphs.py -q -p no:cacheprovider -k "glu or gemv or chains or swiglu or pdl or attention"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  # 1. the gate/up tiles with the SwiGLU epilogue (a "<shape> glu" entry), bf16 and int8
-  step tune 110 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
-    --tune-matrices gate_up
+  # 1. the bf16 gemv tiles again, each winner launched every way (a program per block or 2/4/8 per SM, plainly or
+  #    chained), and the gate/up tile with the SwiGLU epilogue
+  step tune 150 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
+    --tune-weights float
   grep -h "gemv best" "$OUT/tune.log"
-  # only the "glu" entries, chained like the shipped gate/up (which won chained in whole steps, V2)
-  python - "$OUT/gemv.json" "$OUT/glu.json" <<'PY'
+  # every entry chained (gate/up lost chained in isolation but won in whole steps: V1/V2), PER_SM as tuned
+  python - "$OUT/gemv.json" "$OUT/chained.json" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))
-json.dump({c: {k: v[:3] + [1] for k, v in e.items() if k.endswith(" glu")} for c, e in t.items() if c != "_meta"},
+json.dump({c: {k: v[:3] + [1] + v[4:] for k, v in e.items()} for c, e in t.items() if c != "_meta"},
           open(sys.argv[2], "w"))
 PY
-  cat "$OUT/glu.json"
-  # 2. decode at batch 1, bf16: as shipped, with the SwiGLU epilogue, with PDL attention, with both
+  cat "$OUT/chained.json"
+  # 2. decode at batch 1, bf16: as shipped; the retuned table; with the SwiGLU epilogue; with PDL attention
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  dec() { local name=$1; shift; step "$name" 95 env LMSTACK_GEMV_TILES="$OUT/glu.json" python -m eval.bench decode \
-    --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack --out "$OUT/$name.json" "$@"; }
+  dec() { local name=$1; shift; step "$name" 90 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --variants lmstack --out "$OUT/$name.json" "$@"; }
   dec decode_shipped
+  export LMSTACK_GEMV_TILES="$OUT/chained.json"
+  dec decode_retuned
   dec decode_swiglu --fuse-swiglu
   dec decode_attn_pdl --decode-attention triton_pdl
-  dec decode_both --fuse-swiglu --decode-attention triton_pdl
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 chain-int8)
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1

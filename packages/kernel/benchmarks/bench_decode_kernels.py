@@ -230,6 +230,7 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 TUNE_GEMV_ROWS = (1, 2, 4, 8)
 TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)
+TUNE_GEMV_PER_SM = (0, 2, 4, 8)  # 0: a program per row block; else a persistent grid of this many programs per SM
 
 
 def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: int, elem: int, device: str,
@@ -260,8 +261,9 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     matmul's table tile for it; then, on sm90+, the best gemv tile and the skinny tile chained by programmatic
     dependent launch. Write this card's gemv table (atomically) with an entry only where the best gemv tile beats
     the skinny tile (elsewhere the skinny matmul keeps the shape), its PDL field 1 where the chained gemv beat the
-    plain one, all timings under ``_meta``. The gate/up shapes also get a ``"<shape> glu"`` entry: the best tile
-    with the SwiGLU in its epilogue (``FastGenerator(fuse_swiglu=True)``), PDL by the same rule."""
+    plain one (and PER_SM where a persistent grid of that many programs per SM beat a program per row block), all
+    timings under ``_meta``. The gate/up shapes also get a ``"<shape> glu"`` entry: the best tile with the SwiGLU in
+    its epilogue (``FastGenerator(fuse_swiglu=True)``), launched by the same rule."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
     from kernel.triton.gemv import gemv
@@ -275,9 +277,22 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
 
-    def chained_us(cfg: tuple[int, ...], sets: list[tuple], glu: bool = False) -> float:
-        return round(bench_rotated(lambda x_, w_, s_=None: gemv(x_, w_, s_, config=cfg, pdl=True, glu=glu), sets,
-                                   device, replays=5) * 1e6, 2)
+    def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False) -> tuple[list[int], float,
+                                                                                             dict[str, float]]:
+        """The best way to launch tile ``cfg``: a program per row block or PER_SM programs per SM, each plainly or
+        (sm90+) chained by PDL; ([PDL, PER_SM], its us, every timing)."""
+        times = {"plain 0": t_plain}
+        for per_sm in TUNE_GEMV_PER_SM:
+            for chained in (False, True) if pdl_capable(sets[0][0]) else (False,):
+                if (per_sm, chained) == (0, False):
+                    continue
+                c = (*cfg, int(chained), per_sm)
+                times[f"{'chained' if chained else 'plain'} {per_sm}"] = bench_rotated(
+                    lambda x_, w_, s_=None, c=c, p=chained: gemv(x_, w_, s_, config=c, pdl=p, glu=glu), sets,
+                    device, replays=5) * 1e6
+        how = min(times, key=times.get)
+        mode, per_sm = how.split()
+        return [int(mode == "chained"), int(per_sm)], times[how], {k: round(v, 2) for k, v in times.items()}
 
     for (name, N, K), int8 in itertools.product(shapes, kinds):
         x, w, args, nbytes, want = one_row_case(N, K, int8, g, device, dtype)
@@ -289,39 +304,38 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         if not timings:
             raise SystemExit(f"error: no gemv candidate ran for {key} (see the skip lines above); nothing written")
         winner = min(timings, key=timings.get)
-        t_best = timings[winner]
-        # the same calls chained by programmatic dependent launch (sm90+): each kernel loads its first weight block
-        # while the one before drains (gemv), or prefetches its weights to L2 meanwhile (the skinny twin)
-        pdl = {}
-        if pdl_capable(x):
-            pdl["gemv_pdl_us"] = chained_us(tuple(json.loads(winner)), sets)
-            pdl["skinny_pdl_us"] = round(bench_rotated(
+        # the winning tile launched every way: a program per block or a persistent grid, plainly or chained by
+        # programmatic dependent launch (each kernel loads its first weight block while the one before drains)
+        how, t_best, launch_times = launches(json.loads(winner), sets, timings[winner])
+        skinny_pdl = {}
+        if pdl_capable(x):  # the skinny twin chained (its L2 prefetch), for the record
+            skinny_pdl["skinny_pdl_us"] = round(bench_rotated(
                 lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, pdl=True), sets, device, replays=5) * 1e6, 2)
-        if t_best < t_skinny:  # [ROWS, BLOCK_K, num_warps, PDL]: chained by PDL where that beat the plain launch
-            best[key] = json.loads(winner) + [int(pdl.get("gemv_pdl_us", t_best) < t_best)]
+        if t_best < t_skinny:  # [ROWS, BLOCK_K, num_warps, PDL, PER_SM]
+            best[key] = json.loads(winner) + how
         detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "tiles": json.loads(winner),
-                       "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2), "candidates": len(timings), **pdl}
-        print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {t_best:6.1f} us {nbytes / t_best / 1e3:7.0f} GB/s;"
-              f" skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
-              + (f" -> gemv {best[key]}" if key in best else "") + "".join(f"; {k} {v}" for k, v in pdl.items()),
-              flush=True)
+                       "launches": launch_times, "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2),
+                       "candidates": len(timings), **skinny_pdl}
+        print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {launch_times} GB/s "
+              f"{nbytes / t_best / 1e3:.0f}; skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
+              + (f" -> gemv {best[key]}" if key in best else ""), flush=True)
         if name == "gate_up":  # the SwiGLU in the epilogue: [gate | up] rows in pairs, F values out
             glu_timings = _gemv_timings(gemv, args, sets, swiglu(want[:, :N // 2], want[:, N // 2:]), K,
                                         w.element_size(), device, glu=True)
             if glu_timings:
                 glu_winner = min(glu_timings, key=glu_timings.get)
-                t_glu = glu_timings[glu_winner]
-                t_glu_pdl = chained_us(tuple(json.loads(glu_winner)), sets, glu=True) if pdl_capable(x) else t_glu
-                best[f"{key} glu"] = json.loads(glu_winner) + [int(t_glu_pdl < t_glu)]
+                how, t_glu, glu_times = launches(json.loads(glu_winner), sets, glu_timings[glu_winner], glu=True)
+                best[f"{key} glu"] = json.loads(glu_winner) + how
                 detail[f"{key} glu"] = {"us": round(t_glu, 2), "tiles": json.loads(glu_winner),
-                                        "gemv_pdl_us": t_glu_pdl, "candidates": len(glu_timings)}
-                print(f"{key + ' glu':18s} {name:8s} gemv best {json.loads(glu_winner)} {t_glu:6.1f} us; chained "
-                      f"{t_glu_pdl} us -> {best[key + ' glu']}", flush=True)
+                                        "launches": glu_times, "candidates": len(glu_timings)}
+                print(f"{key + ' glu':18s} {name:8s} gemv best {json.loads(glu_winner)} {glu_times} -> "
+                      f"{best[key + ' glu']}", flush=True)
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
                        "triton": __import__("triton").__version__,
                        "how": "bench_decode_kernels.py --tune-gemv: an entry where the best gemv tile beat the skinny "
-                              "matmul's table tile in the same run, PDL 1 where chaining it by PDL beat the plain "
-                              "launch; '<shape> glu': the gate/up tile with the SwiGLU in its epilogue",
+                              "matmul's table tile in the same run, launched the fastest way (PDL 1: chained by "
+                              "PDL; PER_SM: a persistent grid); '<shape> glu': the gate/up tile with the SwiGLU in "
+                              "its epilogue",
                        "detail": {card: detail}},
              card: best}
     write_json(path, table)

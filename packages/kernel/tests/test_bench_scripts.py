@@ -94,3 +94,30 @@ def test_gemv_tuner_times_only_tiles_that_compute_the_product():
                                              glu=True)
     assert plain and glu and all(t > 0 for t in [*plain.values(), *glu.values()])
     assert "[1, 256, 1]" in plain and all(json.loads(k)[0] % 2 == 0 for k in glu)
+
+
+def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
+    """--tune-gemv end to end on a tiny gate/up shape (under the interpreter here, with a small candidate space):
+    the table it writes has this card's entry for the shape and for its SwiGLU epilogue, five fields each
+    ([ROWS, BLOCK_K, num_warps, PDL, PER_SM]), which the kernel's own table reader accepts."""
+    import json
+
+    import torch
+
+    bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
+    from kernel.triton import gemv
+
+    for name, value in (("MATRICES", [("gate_up", 32, 128)]), ("TUNE_GEMV_ROWS", (2,)),
+                        ("TUNE_GEMV_BLOCK_K", (128,)), ("TUNE_GEMV_WARPS", (1, 2)), ("TUNE_GEMV_PER_SM", (0, 2))):
+        monkeypatch.setattr(bench_decode_kernels, name, value)
+    monkeypatch.setattr(bench_decode_kernels, "bench_rotated", lambda fn, sets, device, replays=10: fn(*sets[0])
+                        is not None and 1e-6)  # every launch really runs once; its time is not the point here
+    path = tmp_path / "gemv.json"
+    bench_decode_kernels.tune_gemv(str(path), "cpu", torch.float32, weights=("float",))
+    table = json.loads(path.read_text())
+    entries = table["cpu"]
+    assert set(entries) <= {"fp32 32x128", "fp32 32x128 glu"} and "fp32 32x128 glu" in entries
+    assert all(len(cfg) == 5 and cfg[0] == 2 for cfg in entries.values())
+    assert set(table["_meta"]["detail"]["cpu"]["fp32 32x128"]["launches"]) == {"plain 0", "plain 2"}
+    monkeypatch.setenv(gemv.TILES_ENV, str(path))
+    assert gemv.choose_tiles(32, 128, torch.float32, "cpu", True) == tuple(entries["fp32 32x128 glu"])

@@ -82,8 +82,9 @@ def _table(tmp_path, monkeypatch, entries: dict, card: str = "Test Card", name: 
 
 
 def test_gemv_tile_table_is_read_and_checked(tmp_path, monkeypatch):
-    _table(tmp_path, monkeypatch, {"bf16 2560x2048": [4, 512, 4, 1], "bf16 2048x2048": [2, 512, 4, 0]})
+    _table(tmp_path, monkeypatch, {"bf16 2560x2048": [4, 512, 4, 1], "bf16 2048x2048": [2, 512, 4, 0, 4]})
     assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Test Card") == (4, 512, 4, 1)
+    assert gemv_mod.choose_tiles(2048, 2048, torch.bfloat16, "Test Card") == (2, 512, 4, 0, 4)  # persistent
     assert gemv_mod.has_pdl_tiles("Test Card") and not gemv_mod.has_pdl_tiles("Other")
     assert gemv_mod.choose_tiles(2560, 2048, torch.int8, "Test Card") == ()  # not measured: the skinny matmul
     assert gemv_mod.choose_tiles(2560, 2048, torch.bfloat16, "Other") == ()
@@ -96,6 +97,7 @@ def test_gemv_tile_table_is_read_and_checked(tmp_path, monkeypatch):
     monkeypatch.delenv(gemv_mod.SWITCH_ENV)
     for bad, why in (({"bf16 1x1": [4, 500, 4, 0]}, "powers of two"), ({"bf16 1x1": [4, 512, 4]}, "PDL"),
                      ({"bf16 1x1": [4, 512, 4, 2]}, "0 or 1"), ({"bf16 1x1": [4, 512, 4, True]}, "0 or 1"),
+                     ({"bf16 1x1": [4, 512, 4, 1, -1]}, "a count >= 0"),
                      ([1, 2], "JSON object")):
         path = tmp_path / f"bad{len(why)}.json"
         path.write_text(json.dumps(bad if isinstance(bad, list) else {"Test Card": bad}))
@@ -165,11 +167,11 @@ def test_gemv_pdl_op_computes_the_same_and_declares_its_shape(tmp_path, monkeypa
                         raising=False)
     monkeypatch.setattr(skinny, "gemv", lambda *a, **k: plain.append(k["config"]) or real_plain(*a, **k))
     torch.testing.assert_close(skinny.linear_pdl(x, w, b, rms_eps=1e-5, residual=r), want, rtol=1e-5, atol=1e-5)
-    assert calls == [(4, 32, 1, False)] and plain == []
+    assert calls == [(4, 32, 1, False, 0)] and plain == []
     # a PDL field of 0: the twin launches the plain gemv
     _table(tmp_path, monkeypatch, {gemv_mod.tile_key(40, 96, w.dtype): [4, 32, 1, 0]}, card=card, name="plain.json")
     torch.testing.assert_close(skinny.linear_pdl(x, w, b, rms_eps=1e-5, residual=r), want, rtol=1e-5, atol=1e-5)
-    assert calls == [(4, 32, 1, False)] and plain == [(4, 32, 1, 0)]
+    assert calls == [(4, 32, 1, False, 0)] and plain == [(4, 32, 1, 0)]
 
 
 _AOT = """
@@ -333,3 +335,19 @@ def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "fast")
     with pytest.raises(ConfigError, match="expected 'cvt' .the default. or 'magic', got 'fast'"):
         gemv_mod.gemv(x, w, s, config=(4, 128, 2))
+
+
+@pytest.mark.parametrize("glu", [False, True])
+@pytest.mark.parametrize("per_sm", [1, 2])
+def test_a_persistent_grid_loops_over_the_row_blocks(glu, per_sm):
+    """PER_SM (a table entry's fifth field): a few programs per SM, each looping over row blocks; the same result
+    as a program per block, the folded norm, the residual (or the SwiGLU epilogue) included, and through the PDL
+    op too. (Off CUDA the heuristics see an 8-SM GPU, so 200 rows in blocks of 2 loop several times.)"""
+    x, w, _, b, r = _inputs(torch.float32, 200, 96, seed=19)
+    kw = dict(rms_eps=1e-5, glu=glu) if glu else dict(rms_eps=1e-5, residual=r)
+    want = gemv_mod.gemv(x, w, None, b, config=(2, 64, 1), **kw)
+    got = gemv_mod.gemv(x, w, None, b, config=(2, 64, 1, 0, per_sm), **kw)
+    assert torch.equal(got, want)
+    assert triton.cdiv(200, 2) > per_sm * device_info(x)[0]  # fewer programs than blocks: each loops
+    op = torch.ops.lmstack.gemv_pdl(x, w, None, b, 1e-5, None if glu else r, 2, 64, 1, glu, per_sm)
+    assert torch.equal(op, want)

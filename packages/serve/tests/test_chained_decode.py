@@ -44,7 +44,7 @@ for name in ("gemv_pdl", "decode_attention_pdl"):
     real = getattr(torch.ops.lmstack, name)
     def counted(*a, _real=real, _name=name):
         calls[_name] += 1
-        calls["glu"] += _name == "gemv_pdl" and a[-1] is True  # the SwiGLU in the gate/up gemv's epilogue
+        calls["glu"] += _name == "gemv_pdl" and a[9] is True  # the SwiGLU in the gate/up gemv's epilogue
         return _real(*a)
     setattr(torch.ops.lmstack, name, counted)
 gen = FastGenerator(models[1], 1, 16, compile=None, linear_impl="pdl_cpu", decode_attention="pdl_cpu",

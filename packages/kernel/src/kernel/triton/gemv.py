@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.triton._device import pdl_capable
+from kernel.triton._device import device_info, pdl_capable
 from kernel.triton._tables import load_table, tile_key
 from specs.errors import ConfigError
 
@@ -57,24 +57,50 @@ def int8_magic() -> bool:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr):
+    # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
+    # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
-    i = tl.arange(0, ROWS)
-    if GLU:  # w is [gate | up] (N = 2F rows): this program's ROWS // 2 outputs j, their gate and up rows interleaved
-        F = N // 2
-        j = pid * (ROWS // 2) + i // 2
-        n = j + (i % 2) * F
-        n_ok = j < F
-    else:
-        n = pid * ROWS + i
-        n_ok = n < N
+    programs = tl.num_programs(0)
+    blocks = tl.cdiv(N, ROWS)
     kk = tl.arange(0, BLOCK_K)
-    w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
+    n, n_ok = _rows(pid, N, ROWS, GLU)
     # the first weight block is loaded before anything the kernel before may still be writing: launched with PDL,
     # those loads are in flight while that kernel drains
-    w = tl.load(w_row + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :], other=0)  # (ROWS, BLOCK_K)
+    w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
+                other=0)  # (ROWS, BLOCK_K)
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
+    _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
+           HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
+    for rb in range(pid + programs, blocks, programs):
+        n, n_ok = _rows(rb, N, ROWS, GLU)
+        w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
+                    mask=n_ok[:, None] & (kk < K)[None, :], other=0)
+        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
+               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
+
+
+@triton.jit
+def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
+    """Row block ``rb``'s weight rows and their mask. GLU: w is [gate | up] (N = 2F rows) and the block holds
+    outputs rb * ROWS // 2 ..., their gate and up rows interleaved."""
+    i = tl.arange(0, ROWS)
+    if GLU:
+        j = rb * (ROWS // 2) + i // 2
+        return j + (i % 2) * (N // 2), j < N // 2
+    n = rb * ROWS + i
+    return n, n < N
+
+
+@triton.jit
+def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w,
+           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
+           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr):
+    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue."""
+    n, n_ok = _rows(rb, N, ROWS, GLU)
+    kk = tl.arange(0, BLOCK_K)
+    w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
     acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
@@ -95,8 +121,8 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
         y = y + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     if GLU:  # silu(gate) * up of each pair, the projection's values rounded to the output dtype first (as stored)
         gate, up = tl.split(tl.reshape(y.to(out_ptr.dtype.element_ty).to(tl.float32), (ROWS // 2, 2)))
-        jj = pid * (ROWS // 2) + tl.arange(0, ROWS // 2)
-        tl.store(out_ptr + jj, (gate * tl.sigmoid(gate) * up).to(out_ptr.dtype.element_ty), mask=jj < F)
+        jj = rb * (ROWS // 2) + tl.arange(0, ROWS // 2)
+        tl.store(out_ptr + jj, (gate * tl.sigmoid(gate) * up).to(out_ptr.dtype.element_ty), mask=jj < N // 2)
     else:
         if HAS_RES:
             y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
@@ -114,12 +140,15 @@ def _weights(w, I8_MAGIC: tl.constexpr):
 
 
 def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
-    """Measured tiles, ``{card name: {tile_key: [ROWS, BLOCK_K, num_warps, PDL]}}``: the table shipped beside this
-    module, updated by the JSON file named in ``$LMSTACK_GEMV_TILES`` (same format) when set, or by ``path``."""
+    """Measured tiles, ``{card name: {tile_key: [ROWS, BLOCK_K, num_warps, PDL(, PER_SM)]}}``: the table shipped
+    beside this module, updated by the JSON file named in ``$LMSTACK_GEMV_TILES`` (same format) when set, or by
+    ``path``. PER_SM (optional, 0 when absent): programs per SM of a persistent grid (:func:`gemv`)."""
     return load_table(Path(__file__).with_name("gemv_tiles.json"), TILES_ENV, path,
-                      lambda cfg: isinstance(cfg, list) and len(cfg) == 4 and all(type(v) is int for v in cfg)
-                      and all(v > 0 and v & (v - 1) == 0 for v in cfg[:3]) and cfg[3] in (0, 1),
-                      "[ROWS, BLOCK_K, num_warps, PDL]: three positive powers of two and 0 or 1")
+                      lambda cfg: isinstance(cfg, list) and len(cfg) in (4, 5) and all(type(v) is int for v in cfg)
+                      and all(v > 0 and v & (v - 1) == 0 for v in cfg[:3]) and cfg[3] in (0, 1)
+                      and (len(cfg) == 4 or cfg[4] >= 0),
+                      "[ROWS, BLOCK_K, num_warps, PDL(, PER_SM)]: three positive powers of two, 0 or 1, and "
+                      "optionally a count >= 0")
 
 
 def has_pdl_tiles(card: str) -> bool:
@@ -151,7 +180,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
          residual: torch.Tensor | None = None, pdl: bool = False, glu: bool = False) -> torch.Tensor:
     """x (1, K) float @ w (N, K).T (float or int8) -> (1, N), times ``scale`` (N,) when given, plus ``bias``;
     ``rms_eps``: x RMS-normalised (no weight) first; ``residual`` (1, N) added last. ``config``: (ROWS, BLOCK_K,
-    num_warps), powers of two (a table entry's fourth field, PDL, is ignored: ``pdl`` decides). ``pdl``: launch
+    num_warps), powers of two, then a table entry's PDL (ignored here: ``pdl`` decides) and PER_SM: 0 (or absent)
+    for a program per row block, else a persistent grid of PER_SM programs per SM, each looping over row blocks,
+    so the next PDL-launched kernel's programs fit beside them. ``pdl``: launch
     with programmatic dependent launch where the device has it (sm90+; ignored elsewhere): each program's first
     weight block is loaded while the kernel before drains, so w must not be written by that kernel. ``glu``: w is a
     fused gate/up projection (N = 2F, gate rows first) and the result is ``silu(gate) * up``, (1, F), computed in
@@ -165,10 +196,13 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         raise ValueError(f"gemv: glu needs an even number of weight rows (got {N}) and of ROWS (got {config[0]}), "
                          f"and no residual")
     rows, block_k, warps = config[:3]
+    per_sm = config[4] if len(config) > 4 else 0
+    blocks = triton.cdiv(N, rows)
+    programs = min(blocks, per_sm * device_info(x)[0]) if per_sm else blocks
     pdl = pdl and pdl_capable(x)
     out = torch.empty(1, N // 2 if glu else N, dtype=out_dtype or x.dtype, device=x.device)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
-    _gemv[(triton.cdiv(N, rows),)](
+    _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
@@ -179,15 +213,15 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
 @torch.library.custom_op("lmstack::gemv_pdl", mutates_args=())
 def _gemv_pdl(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
               rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
-              warps: int, glu: bool = False) -> torch.Tensor:
+              warps: int, glu: bool = False, per_sm: int = 0) -> torch.Tensor:
     """gemv(pdl=True) as an op torch.compile does not trace into: inductor launches the Triton kernels it traces
     without the PDL attribute, Triton's own launcher (here) with it."""
-    return gemv(x, w, scale, bias, config=(rows, block_k, warps), rms_eps=rms_eps, residual=residual, pdl=True,
-                glu=glu)
+    return gemv(x, w, scale, bias, config=(rows, block_k, warps, 1, per_sm), rms_eps=rms_eps, residual=residual,
+                pdl=True, glu=glu)
 
 
 @_gemv_pdl.register_fake
 def _gemv_pdl_shape(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
                     rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
-                    warps: int, glu: bool = False) -> torch.Tensor:
+                    warps: int, glu: bool = False, per_sm: int = 0) -> torch.Tensor:
     return x.new_empty((1, w.shape[0] // 2 if glu else w.shape[0]))

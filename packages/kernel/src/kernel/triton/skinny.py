@@ -373,7 +373,8 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
     gemv_tiles = _gemv_tiles(x2, w, glu is not None)
     if gemv_tiles:  # one row, and the card's table has a measured gemv tile for this weight (launched with PDL where
         # the table says so and the caller asked for it); a SwiGLU in its epilogue
-        y = (torch.ops.lmstack.gemv_pdl(x2, w, scale, bias, rms_eps, res, *gemv_tiles[:3], glu is not None)
+        y = (torch.ops.lmstack.gemv_pdl(x2, w, scale, bias, rms_eps, res, *gemv_tiles[:3], glu is not None,
+                                        gemv_tiles[4] if len(gemv_tiles) > 4 else 0)
              if pdl and gemv_tiles[3]
              else gemv(x2, w, scale, bias, out_dtype=x.dtype, config=gemv_tiles, rms_eps=rms_eps, residual=res,
                        glu=glu is not None))
