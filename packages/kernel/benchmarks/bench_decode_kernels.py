@@ -230,7 +230,8 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 TUNE_GEMV_ROWS = (1, 2, 4, 8)
 TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)
-TUNE_GEMV_PER_SM = (0, 2, 4, 8)  # 0: a program per row block; else a persistent grid of this many programs per SM
+TUNE_GEMV_PER_SM = (0, 2, 4, 8, 16)  # 0: a program per row block; else a persistent grid of this many per SM
+TUNE_GEMV_LAUNCH_TOP = 3  # the fastest tiles (a program per block) that are then timed launched every way
 
 
 def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: int, elem: int, device: str,
@@ -303,10 +304,12 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         key = gemv_key(N, K, w.dtype)
         if not timings:
             raise SystemExit(f"error: no gemv candidate ran for {key} (see the skip lines above); nothing written")
-        winner = min(timings, key=timings.get)
-        # the winning tile launched every way: a program per block or a persistent grid, plainly or chained by
+        # the fastest tiles launched every way: a program per block or a persistent grid, plainly or chained by
         # programmatic dependent launch (each kernel loads its first weight block while the one before drains)
-        how, t_best, launch_times = launches(json.loads(winner), sets, timings[winner])
+        ways = {tile: launches(json.loads(tile), sets, timings[tile])
+                for tile in sorted(timings, key=timings.get)[:TUNE_GEMV_LAUNCH_TOP]}
+        winner = min(ways, key=lambda tile: ways[tile][1])
+        how, t_best, launch_times = ways[winner]
         skinny_pdl = {}
         if pdl_capable(x):  # the skinny twin chained (its L2 prefetch), for the record
             skinny_pdl["skinny_pdl_us"] = round(bench_rotated(
@@ -323,8 +326,10 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
             glu_timings = _gemv_timings(gemv, args, sets, swiglu(want[:, :N // 2], want[:, N // 2:]), K,
                                         w.element_size(), device, glu=True)
             if glu_timings:
-                glu_winner = min(glu_timings, key=glu_timings.get)
-                how, t_glu, glu_times = launches(json.loads(glu_winner), sets, glu_timings[glu_winner], glu=True)
+                ways = {tile: launches(json.loads(tile), sets, glu_timings[tile], glu=True)
+                        for tile in sorted(glu_timings, key=glu_timings.get)[:TUNE_GEMV_LAUNCH_TOP]}
+                glu_winner = min(ways, key=lambda tile: ways[tile][1])
+                how, t_glu, glu_times = ways[glu_winner]
                 best[f"{key} glu"] = json.loads(glu_winner) + how
                 detail[f"{key} glu"] = {"us": round(t_glu, 2), "tiles": json.loads(glu_winner),
                                         "launches": glu_times, "candidates": len(glu_timings)}

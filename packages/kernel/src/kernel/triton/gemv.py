@@ -56,7 +56,8 @@ def int8_magic() -> bool:
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-          GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr):
+          GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
+          PERSISTENT: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -71,13 +72,18 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
-    _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
-           HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
-    for rb in range(pid + programs, blocks, programs):
-        n, n_ok = _rows(rb, N, ROWS, GLU)
-        w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
-                    mask=n_ok[:, None] & (kk < K)[None, :], other=0)
-        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
+    if PERSISTENT:
+        for rb in range(pid, blocks, programs):
+            # the next row block's first weight block is in flight while this one is computed (past the last
+            # block its rows mask the load off)
+            n, n_ok = _rows(rb + programs, N, ROWS, GLU)
+            w_next = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
+                             mask=n_ok[:, None] & (kk < K)[None, :], other=0)
+            _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
+                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
+            w = w_next
+    else:  # a program per row block
+        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
                HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
 
 
@@ -206,7 +212,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
-        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, num_warps=warps,
+        **({"launch_pdl": True} if pdl else {}))
     return out
 
 
