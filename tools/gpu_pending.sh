@@ -95,7 +95,7 @@ PY
   cat "$OUT/chained.json"
   # 2. decode at batch 1, bf16: as shipped; the retuned table; with the SwiGLU epilogue; with PDL attention
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  dec() { local name=$1; shift; step "$name" 90 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+  dec() { local name=$1; shift; step "$name" 85 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
     --repeat 2 --variants lmstack --out "$OUT/$name.json" "$@"; }
   dec decode_shipped
   export LMSTACK_GEMV_TILES="$OUT/chained.json"
