@@ -351,3 +351,21 @@ def test_a_persistent_grid_loops_over_the_row_blocks(glu, per_sm):
     assert triton.cdiv(200, 2) > per_sm * device_info(x)[0]  # fewer programs than blocks: each loops
     op = torch.ops.lmstack.gemv_pdl(x, w, None, b, 1e-5, None if glu else r, 2, 64, 1, glu, per_sm)
     assert torch.equal(op, want)
+
+
+def test_the_pdl_twin_keeps_the_plain_skinny_matmul_for_one_row_of_a_shape_without_gemv_tiles(tmp_path,
+                                                                                               monkeypatch):
+    """A decode loop that chains routes every Linear through triton_skinny_pdl; one row of a shape the card's gemv
+    table lacks then takes the plain skinny matmul (its PDL launch never measured faster), several rows the
+    skinny PDL op as before."""
+    from kernel.triton import skinny
+
+    x, w, _, b, _ = _inputs(torch.float32, 40, 96, seed=23)
+    _table(tmp_path, monkeypatch, {}, card=device_info(x)[1], name="empty.json")
+    ops = []
+    real = torch.ops.lmstack.skinny_pdl
+    monkeypatch.setattr(skinny.torch.ops.lmstack, "skinny_pdl", lambda *a: ops.append(a[0].shape[0]) or real(*a),
+                        raising=False)
+    assert torch.equal(skinny.linear_pdl(x, w, b), skinny.linear(x, w, b)) and ops == []
+    x3 = torch.cat([x, x, x])
+    assert torch.equal(skinny.linear_pdl(x3, w, b), skinny.linear(x3, w, b)) and ops == [3]

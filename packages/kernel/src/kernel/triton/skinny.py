@@ -337,8 +337,9 @@ def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``). One row of a weight shape the card's gemv
     table has goes to the gemv kernel instead (``kernel.triton.gemv``: ``torch.ops.lmstack.gemv_pdl`` where the
     table's PDL field is 1, its first weight block loaded before the wait; else the plain gemv). The weights must not
-    be written by the kernel just before (a decode step's are frozen). ``split_counters`` is not used: the op
-    declares no mutation, so a split K is summed after it, in the graph."""
+    be written by the kernel just before (a decode step's are frozen). One row of a shape the table lacks takes
+    the plain skinny matmul (with PDL it never measured faster). ``split_counters`` is not used: the op declares no
+    mutation, so a split K is summed after it, in the graph."""
     return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=True, counters=None)
 
 
@@ -378,7 +379,9 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
              if pdl and gemv_tiles[3]
              else gemv(x2, w, scale, bias, out_dtype=x.dtype, config=gemv_tiles, rms_eps=rms_eps, residual=res,
                        glu=glu is not None))
-    elif pdl:  # the opaque op ends at the kernel: a split-K sum stays in the graph, where inductor fuses it
+    elif pdl and x2.shape[0] > 1:  # the opaque op ends at the kernel: a split-K sum stays in the graph, where
+        # inductor fuses it (one row of a shape without a gemv entry takes the plain skinny matmul below: launched
+        # with PDL it never measured faster, and a decode loop routes every Linear here once any shape chains)
         y = torch.ops.lmstack.skinny_pdl(x2, w, scale, bias, rms_eps, res)
         y = glu_output(y if y.dim() == 2 else finish_partials(y, scale, bias, res, x.dtype), glu, None, op)
     else:
