@@ -113,7 +113,11 @@ def test_shipped_gemv_table_is_well_formed(monkeypatch):
     monkeypatch.delenv(gemv_mod.TILES_ENV, raising=False)
     for card, entries in gemv_mod.load_tiles().items():
         for key, cfg in entries.items():
-            assert key.split()[0] in ("bf16", "fp16", "fp32", "int8") and len(cfg) == 4, (card, key)
+            dtype, shape, *glu = key.split()
+            _, k = map(int, shape.split("x"))
+            assert dtype in ("bf16", "fp16", "fp32", "int8") and glu in ([], ["glu"]) and len(cfg) in (4, 5), key
+            assert not glu or cfg[0] % 2 == 0, key  # the SwiGLU epilogue takes gate and up rows in pairs
+            assert cfg[1] <= 2 * triton.next_power_of_2(k), (card, key)
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from kernel.triton._device import device_info, pdl_capable
 from kernel.triton._tables import load_table, tile_key
-from specs.errors import ConfigError
+from specs.errors import ConfigError, ShapeError
 
 TILES_ENV = "LMSTACK_GEMV_TILES"
 SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmul keeps every shape), for comparisons
@@ -194,12 +194,12 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     fused gate/up projection (N = 2F, gate rows first) and the result is ``silu(gate) * up``, (1, F), computed in
     the epilogue (ROWS must be even; no residual)."""
     if x.dim() != 2 or x.shape[0] != 1 or x.stride(-1) != 1:
-        raise ValueError(f"gemv takes one contiguous activation row (1, K), got shape {tuple(x.shape)}")
+        raise ShapeError(f"gemv takes one contiguous activation row (1, K), got shape {tuple(x.shape)}")
     N, K = w.shape
     if x.shape[1] != K or w.stride(-1) != 1:
-        raise ValueError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}")
+        raise ShapeError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}")
     if glu and (N % 2 or config[0] % 2 or residual is not None):
-        raise ValueError(f"gemv: glu needs an even number of weight rows (got {N}) and of ROWS (got {config[0]}), "
+        raise ShapeError(f"gemv: glu needs an even number of weight rows (got {N}) and of ROWS (got {config[0]}), "
                          f"and no residual")
     rows, block_k, warps = config[:3]
     per_sm = config[4] if len(config) > 4 else 0
