@@ -30,9 +30,13 @@ def _step(B=2, H=8, KVH=2, L=96, Dh=32, seed=0, dtype=torch.float32):
                                                                            cos_BDh=r(B, Dh), sin_BDh=r(B, Dh))
 
 
-@pytest.mark.parametrize("new", [True, False])
+@pytest.mark.parametrize("new", [True, False, "tables"])
 def test_pdl_op_gives_the_plain_kernels_results_and_cache_writes(new):
     (q, k, v, lens), kw = _step()
+    if new == "tables":  # the angles by position (P = 96 slots), read at each row's new slot
+        g = torch.Generator().manual_seed(1)
+        kw = {**kw, "cos_BDh": None, "sin_BDh": None, "cos_PDh": torch.randn(96, 32, generator=g).to(DEVICE),
+              "sin_PDh": torch.randn(96, 32, generator=g).to(DEVICE)}
     kw = kw if new else {}
     k2, v2 = k.clone(), v.clone()
     want = da.decode_attention(q, k, v, lens, **kw)
@@ -47,7 +51,8 @@ def test_pdl_op_declares_the_caches_it_writes_and_passes_opcheck():
     assert written == ["k", "v"]
     (q, k, v, lens), kw = _step()
     torch.library.opcheck(torch.ops.lmstack.decode_attention_pdl,
-                          (q, k, v, lens, None, None, None, kw["k_new"], kw["v_new"], kw["cos_BDh"], kw["sin_BDh"]),
+                          (q, k, v, lens, None, None, None, kw["k_new"], kw["v_new"], kw["cos_BDh"], kw["sin_BDh"],
+                           None, None),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -84,7 +89,7 @@ from kernel.triton import decode_attention as da
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 for pdl in (False, True):
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
-                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl)
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, ROPE_AT_POS=False)
     src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),

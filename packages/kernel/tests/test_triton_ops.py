@@ -309,6 +309,36 @@ def test_decode_attention_writes_and_rotates_the_new_token(dtype, paged, rope, B
     torch.testing.assert_close(v.float(), v32)
 
 
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_reads_rope_tables_at_each_rows_position(paged):
+    """cos_PDh/sin_PDh: the angles of row b are the tables' row lens_B[b] - 1 (its new slot), read by the kernel
+    itself; the same output and cache writes as handing every implementation those rows (cos_BDh/sin_BDh)."""
+    from kernel import sdpa
+
+    B, H, KVH, Dh, L = 3, 4, 2, 16, 40
+    q, k, v, lens_B, kw = _decode_case(torch.float32, B, H, KVH, Dh, L, [40, 1, 0], paged, seed=11)
+    g = torch.Generator().manual_seed(12)
+    k_new, v_new = torch.randn(B, KVH, Dh, generator=g).to(DEVICE), torch.randn(B, KVH, Dh, generator=g).to(DEVICE)
+    P = L if not paged else kw["block_table"].shape[1] * kw["block_size"]
+    ang = torch.rand(P + 3, Dh // 2, generator=g) * 6.3  # longer than the slots: allowed
+    cos, sin = torch.cat([ang.cos()] * 2, -1).to(DEVICE), torch.cat([ang.sin()] * 2, -1).to(DEVICE)
+    pos = (lens_B - 1).clamp_min(0)
+    for impl in (triton_fn("decode_attention"), ref.decode_attention, sdpa.decode_attention):
+        k1, v1, k2, v2 = k.clone(), v.clone(), k.clone(), v.clone()
+        want = impl(q, k1, v1, lens_B, k_new=k_new, v_new=v_new, cos_BDh=cos[pos], sin_BDh=sin[pos], **kw)
+        got = impl(q, k2, v2, lens_B, k_new=k_new, v_new=v_new, cos_PDh=cos, sin_PDh=sin, **kw)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert torch.equal(k2, k1) and torch.equal(v2, v1)
+    fn = triton_fn("decode_attention")
+    for bad, why in (({"cos_PDh": cos[:P - 1], "sin_PDh": sin[:P - 1]}, f"P >= {P}"),
+                     ({"cos_PDh": cos}, "go together"),
+                     ({"cos_PDh": cos, "sin_PDh": sin, "cos_BDh": cos[pos], "sin_BDh": sin[pos]}, "not both"),
+                     ({"cos_PDh": cos[:, :8], "sin_PDh": sin[:, :8]}, "Dh=16")):
+        for impl in (fn, ref.decode_attention):
+            with pytest.raises(ShapeError, match=why):
+                impl(q, k.clone(), v.clone(), lens_B, k_new=k_new, v_new=v_new, **bad, **kw)
+
+
 def test_decode_attention_new_token_beats_stale_slot_contents():
     """The step's own key is read from k_new, not from its slot, whatever the slot held before (NaN here)."""
     q, k, v, lens_B, _ = _decode_case(torch.float32, 2, 4, 2, 16, 30, [7, 30], paged=False, seed=8)

@@ -171,7 +171,8 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
-                     sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None) -> torch.Tensor:
+                     sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
+                     cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per row against the first ``lens_B[b]`` key slots of its row; (B, H, Dh) out.
 
     ``k``, ``v``: per-row buffers (B, KVH, L, Dh), or with ``block_table`` (B, NB) a paged pool (slots, KVH, Dh)
@@ -182,14 +183,51 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     to slot ``lens_B[b] - 1`` of each row (``lens_B`` counts the new token; rows of length 0 write nothing), after
     RoPE when ``cos_BDh``/``sin_BDh`` (B, Dh) are given, which then rotate q as well (``rope``'s rotate-half
     layout). One kernel instead of rope, append and attention: a decode step's cache write belongs here.
+    ``cos_PDh``/``sin_PDh`` (P, Dh) instead: tables of the angles by position, P covering every slot of a row,
+    read at each row's new slot ``lens_B[b] - 1`` (the token's position when positions are slots, as in a decode
+    loop without padding): no per-step angle kernels (:func:`decode_rope`).
 
     ``split_counters``: a zeroed int32 workspace of at least B x KVH entries that a kernel splitting the slots over
     programs may use to combine them without a second kernel, and leaves zeroed (the Triton kernel's); unused here.
     """
+    cos_BDh, sin_BDh = decode_rope(q_BHDh, k, lens_B, block_table, block_size, cos_BDh, sin_BDh, cos_PDh, sin_PDh)
     if k_new is not None or cos_BDh is not None:
         q_BHDh = decode_new_token(q_BHDh, k, v, lens_B, block_table, block_size, k_new, v_new, cos_BDh, sin_BDh)
     k, v, valid_B11S = decode_keys(q_BHDh, k, v, lens_B, block_table, block_size)
     return attention(q_BHDh[:, :, None], k, v, mask=valid_B11S, scale=scale)[:, :, 0]
+
+
+def check_rope_tables(q_BHDh: torch.Tensor, k: torch.Tensor, block_table: torch.Tensor | None,
+                      block_size: int | None, cos_BDh: torch.Tensor | None, cos_PDh: torch.Tensor | None,
+                      sin_PDh: torch.Tensor | None) -> None:
+    """Validate :func:`decode_attention`'s ``cos_PDh``/``sin_PDh`` (given together, not with ``cos_BDh``): (P, Dh)
+    on q's device with P at least the slots a row can hold, so every row's new slot has a row of angles."""
+    if (cos_PDh is None) != (sin_PDh is None):
+        raise ShapeError("decode_attention: cos_PDh and sin_PDh go together")
+    if cos_PDh is None:
+        return
+    if cos_BDh is not None:
+        raise ShapeError("decode_attention: give the angles per row (cos_BDh/sin_BDh) or by position "
+                         "(cos_PDh/sin_PDh), not both")
+    Dh = q_BHDh.shape[-1]
+    slots = k.shape[2] if block_table is None else block_table.shape[1] * (block_size or 0)
+    for name, t in (("cos_PDh", cos_PDh), ("sin_PDh", sin_PDh)):
+        if t.dim() != 2 or t.shape[1] != Dh or t.shape[0] < slots or t.device != q_BHDh.device:
+            raise ShapeError(f"decode_attention: {name} should be (P, Dh={Dh}) with P >= {slots} (the slots of a "
+                             f"row) on {q_BHDh.device}, got {tuple(t.shape)} on {t.device}")
+
+
+def decode_rope(q_BHDh: torch.Tensor, k: torch.Tensor, lens_B: torch.Tensor, block_table: torch.Tensor | None,
+                block_size: int | None, cos_BDh: torch.Tensor | None, sin_BDh: torch.Tensor | None,
+                cos_PDh: torch.Tensor | None, sin_PDh: torch.Tensor | None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Each row's angles (B, Dh): ``cos_BDh``/``sin_BDh`` as given, or the tables' rows at position
+    ``lens_B - 1`` (0 for an empty row, which writes nothing)."""
+    check_rope_tables(q_BHDh, k, block_table, block_size, cos_BDh, cos_PDh, sin_PDh)
+    if cos_PDh is None:
+        return cos_BDh, sin_BDh
+    pos_B = (lens_B.to(cos_PDh.device).long() - 1).clamp_min(0)
+    return cos_PDh[pos_B], sin_PDh[pos_B]
 
 
 def check_new_token(q_BHDh: torch.Tensor, k: torch.Tensor, k_new: torch.Tensor | None, v_new: torch.Tensor | None,

@@ -14,7 +14,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernel.reference import allowed_mask, check_attention_inputs, decode_keys, decode_new_token, repeat_kv
+from kernel.reference import (
+    allowed_mask,
+    check_attention_inputs,
+    decode_keys,
+    decode_new_token,
+    decode_rope,
+    repeat_kv,
+)
 
 
 def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tensor, *, mask: torch.Tensor | None = None,
@@ -45,10 +52,12 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
-                     sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None) -> torch.Tensor:
+                     sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
+                     cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """The decode op through SDPA: keys gathered (paged) and masked by the row lengths, KV heads repeated; what the
     model ran before the Triton decode kernel, kept as the baseline and the fast path where Triton is absent. The
     new-token arguments (rope, cache write) are :func:`kernel.reference.decode_new_token`."""
+    cos_BDh, sin_BDh = decode_rope(q_BHDh, k, lens_B, block_table, block_size, cos_BDh, sin_BDh, cos_PDh, sin_PDh)
     if k_new is not None or cos_BDh is not None:
         q_BHDh = decode_new_token(q_BHDh, k, v, lens_B, block_table, block_size, k_new, v_new, cos_BDh, sin_BDh)
     k, v, valid_B11S = decode_keys(q_BHDh, k, v, lens_B, block_table, block_size)

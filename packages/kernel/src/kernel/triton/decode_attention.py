@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import check_decode_inputs, check_new_token, check_split_counters
+from kernel.reference import check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
 from kernel.triton._device import device_info, pdl_capable
 from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ShapeError
@@ -47,10 +47,15 @@ def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
             scale, G, Dh, H, NS, KVH,
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr):
+            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, ROPE_AT_POS: tl.constexpr):
     if PDL:  # launched while the kernel before drains: wait for it, then let the next kernel start its weight loads
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+    if ROPE_AT_POS:  # cos/sin are (P, Dh) tables: this row's angles are the row at its new slot, lens - 1
+        pos = tl.maximum(tl.load(lens_ptr + tl.program_id(0)) - 1, 0).to(tl.int64)
+        cos_ptr += pos * stride_cb
+        sin_ptr += pos * stride_cb
+        stride_cb = 0
     _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
@@ -215,11 +220,13 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
                      sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
-                     pdl: bool = False) -> torch.Tensor:
+                     pdl: bool = False, cos_PDh: torch.Tensor | None = None,
+                     sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, Dh) queries against per-row (B, KVH, L, Dh) buffers, or a (slots, KVH, Dh) pool with ``block_table``
     (B, NB) and ``block_size``; ``lens_B`` valid slots per row. Returns (B, H, Dh) in q's dtype. ``k_new``/``v_new``
     (B, KVH, Dh) and ``cos_BDh``/``sin_BDh`` (B, Dh): the step's new token, rotated and written to slot
-    ``lens_B - 1`` here (:func:`kernel.reference.decode_attention`). ``split_counters``: a zeroed int32 buffer of
+    ``lens_B - 1`` here (:func:`kernel.reference.decode_attention`); or ``cos_PDh``/``sin_PDh`` (P, Dh) tables read
+    at that slot by the kernel itself. ``split_counters``: a zeroed int32 buffer of
     at least B x KVH entries on q's device, left zeroed; with it the slot splits combine in the attention kernel
     itself (no second kernel). Calls that share one buffer must not run concurrently (one stream, as a model's
     layers do); the caches keep one under ``$LMSTACK_SPLIT_COMBINE=last``
@@ -228,7 +235,9 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     start (a PDL-launched matmul after it loads its first weights meanwhile)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
     check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
-    new = k_new is not None or cos_BDh is not None
+    check_rope_tables(q_BHDh, k, block_table, block_size, cos_BDh, cos_PDh, sin_PDh)
+    at_pos = cos_PDh is not None
+    new = k_new is not None or cos_BDh is not None or at_pos
     if new:
         check_new_token(q_BHDh, k, k_new, v_new, cos_BDh, sin_BDh)
         kn = k_new if k_new.stride(-1) == 1 else k_new.contiguous()
@@ -237,11 +246,12 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     else:
         kn = vn = q_BHDh  # unused
         knb = knh = vnb = vnh = 0
-    rope = cos_BDh is not None
+    rope = cos_BDh is not None or at_pos
     if rope:
         if Dh % 2:
             raise ShapeError(f"decode_attention: RoPE needs an even head dim, got {Dh}")
-        cos, sin = cos_BDh, sin_BDh  # (B, Dh), or a (1, Dh) row expanded over B (stride 0)
+        # (B, Dh), a (1, Dh) row expanded over B (stride 0), or (P, Dh) tables read at each row's position
+        cos, sin = (cos_PDh, sin_PDh) if at_pos else (cos_BDh, sin_BDh)
         if cos.stride(-1) != 1 or sin.stride(-1) != 1 or cos.stride(0) != sin.stride(0):
             cos, sin = cos.contiguous(), sin.contiguous()
         cb = cos.stride(0)
@@ -281,7 +291,8 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                           Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH,
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
                           ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S,
-                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, **launch)
+                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, ROPE_AT_POS=at_pos,
+                          **launch)
     if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl, **launch)
@@ -292,29 +303,31 @@ def decode_attention_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          block_table: torch.Tensor | None = None, block_size: int | None = None,
                          scale: float | None = None, k_new: torch.Tensor | None = None,
                          v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
-                         sin_BDh: torch.Tensor | None = None,
-                         split_counters: torch.Tensor | None = None) -> torch.Tensor:
+                         sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
+                         cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`decode_attention` launched with programmatic dependent launch (sm90+), as an opaque op to
     torch.compile (``torch.ops.lmstack.decode_attention_pdl``, declared to write k and v: the step's token goes to
     the cache), since inductor launches the Triton kernels it traces without the attribute. In a decode step of
     PDL-chained matmuls (``kernel.triton.gemv``) the chain then runs through attention too. Its slot splits always
     combine in a second kernel (``split_counters`` is not used)."""
     return torch.ops.lmstack.decode_attention_pdl(q_BHDh, k, v, lens_B, block_table, block_size, scale, k_new, v_new,
-                                                  cos_BDh, sin_BDh)
+                                                  cos_BDh, sin_BDh, cos_PDh, sin_PDh)
 
 
 @torch.library.custom_op("lmstack::decode_attention_pdl", mutates_args=("k", "v"))
 def _decode_attention_pdl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor,
                           block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
                           k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos: torch.Tensor | None,
-                          sin: torch.Tensor | None) -> torch.Tensor:
+                          sin: torch.Tensor | None, cos_table: torch.Tensor | None,
+                          sin_table: torch.Tensor | None) -> torch.Tensor:
     return decode_attention(q, k, v, lens, block_table=block_table, block_size=block_size, scale=scale, k_new=k_new,
-                            v_new=v_new, cos_BDh=cos, sin_BDh=sin, pdl=True)
+                            v_new=v_new, cos_BDh=cos, sin_BDh=sin, pdl=True, cos_PDh=cos_table, sin_PDh=sin_table)
 
 
 @_decode_attention_pdl.register_fake
 def _decode_attention_pdl_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor,
                                 block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
                                 k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos: torch.Tensor | None,
-                                sin: torch.Tensor | None) -> torch.Tensor:
+                                sin: torch.Tensor | None, cos_table: torch.Tensor | None,
+                                sin_table: torch.Tensor | None) -> torch.Tensor:
     return torch.empty_like(q)
