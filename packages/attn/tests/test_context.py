@@ -133,6 +133,32 @@ def test_fixed_shape_decode_goes_mask_free_to_decode_attention():
     ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
     assert ctx.mask_B1TS is None and ctx.decode is not None and ctx.decode.kwargs == {}
     assert ctx.decode.lens_B.tolist() == [4, 8] and ctx.positions_BT.tolist() == [[3], [7]]
+    # RoPE by position: tables covering every slot, whose rows at the new slots are the step's own angles
+    cos_PDh, sin_PDh = ctx.decode.cos_PDh, ctx.decode.sin_PDh
+    assert cos_PDh.shape[0] >= 16 and cos_PDh.shape[1] == cfg.head_dim
+    torch.testing.assert_close(cos_PDh[[3, 7]], ctx.cos_BTDh[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(sin_PDh[[3, 7]], ctx.sin_BTDh[:, 0], rtol=0, atol=0)
+    # positions given by the caller need not be the slots: the angles then come per row, as before
+    ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg),
+                        positions=torch.tensor([[0], [1]]))
+    assert ctx.decode is not None and ctx.decode.cos_PDh is None and ctx.cos_BTDh is not None
+
+
+def test_rope_tables_are_the_angles_by_position_except_under_dynamic_ntk():
+    from specs.config import RopeScaling
+
+    cfg = preset("llama-debug")
+    rotary = RotaryEmbedding(cfg)
+    cos, sin = rotary.tables(torch.device("cpu"), torch.bfloat16, 300)
+    assert cos.shape == (512, cfg.head_dim) and cos.dtype == torch.bfloat16  # grown in steps of 256
+    want_cos, want_sin = rotary(torch.arange(512)[None], torch.bfloat16)
+    assert torch.equal(cos, want_cos[0]) and torch.equal(sin, want_sin[0])
+    assert rotary.tables(torch.device("cpu"), torch.bfloat16, 100)[0] is cos  # memoised
+    ntk = RotaryEmbedding(preset("llama-debug", rope_scaling=RopeScaling(type="dynamic_ntk", factor=2.0,
+                                                                              original_max_seq_len=64)))
+    assert not ntk.static
+    with pytest.raises(ConfigError, match="dynamic NTK"):
+        ntk.tables(torch.device("cpu"), torch.float32, 16)
 
 
 def test_split_counters_reach_decode_attention_when_asked_for(monkeypatch):

@@ -65,12 +65,14 @@ class Attention(nn.Module):
         if ctx.decode is not None and getattr(ctx.cache, "kernel_writes", False):
             # RoPE, the cache write and attention in one decode_attention call (one kernel instead of ~four)
             k_pool, v_pool = ctx.cache.read(self.layer_idx)
-            cos = sin = None
-            if ctx.cos_BTDh is not None:
-                cos, sin = ctx.cos_BTDh[:, 0].expand(B, -1), ctx.sin_BTDh[:, 0].expand(B, -1)
+            rope = {}
+            if ctx.decode.cos_PDh is not None:  # the op reads each row's angles at its new slot (no angle kernels)
+                rope = {"cos_PDh": ctx.decode.cos_PDh, "sin_PDh": ctx.decode.sin_PDh}
+            elif ctx.cos_BTDh is not None:
+                rope = {"cos_BDh": ctx.cos_BTDh[:, 0].expand(B, -1), "sin_BDh": ctx.sin_BTDh[:, 0].expand(B, -1)}
             o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_pool, v_pool, ctx.decode.lens_B,
-                                              k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], cos_BDh=cos,
-                                              sin_BDh=sin, **ctx.decode.kwargs)
+                                              k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], **rope,
+                                              **ctx.decode.kwargs)
             return linear_with(self.o_proj, o_BHDh.reshape(B, 1, self.n_heads * self.head_dim), residual=residual)
         if ctx.cos_BTDh is not None:
             rope = resolve("rope", "auto", **request)

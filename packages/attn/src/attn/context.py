@@ -55,12 +55,16 @@ def mask_free_decode(cfg: ModelConfig, S: int) -> bool:
 @dataclass(frozen=True)
 class DecodeInfo:
     """What ``decode_attention`` needs besides q, k, v: valid slots per row after this step's append, for a paged
-    cache its (B, NB) block table and block size, and the cache's ``split_counters`` workspace when it has one."""
+    cache its (B, NB) block table and block size, the cache's ``split_counters`` workspace when it has one, and
+    RoPE's angle tables (P, Dh) when each token's position is its slot (no ``positions`` given): the op then reads
+    the angles of slot ``lens_B - 1`` itself, and the step computes none."""
 
     lens_B: torch.Tensor
     block_table_BN: torch.Tensor | None = None
     block_size: int | None = None
     split_counters: torch.Tensor | None = None
+    cos_PDh: torch.Tensor | None = None
+    sin_PDh: torch.Tensor | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -126,6 +130,7 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
             valid_BS = None
         else:
             tok_pos_BS = positions_from_padding(valid_BS)
+    positions_given = positions
     if positions is None:
         positions = q_slot_BT if tok_pos_BS is None else tok_pos_BS.gather(1, q_slot_BT)
     else:
@@ -145,11 +150,16 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
         k_valid_BS = valid_BS if k_valid_BS is None else k_valid_BS & valid_BS
     window = cfg.sliding_window if cfg.sliding_window is not None and cfg.sliding_window < S else None
     mask, causal, decode = None, False, None
+    if fixed and rotary is not None and rotary.static and not torch.compiler.is_compiling():
+        rotary.tables(device, dtype, _slots(cache, S))  # made now (prefill) for the compiled decode steps below
     if fixed and T == 1 and valid_BS is None and mask_free_decode(cfg, S):
         table = getattr(cache, "block_table", None)  # a paged decode view's (B, NB) tensor
         paged = isinstance(table, torch.Tensor)
+        cos_PDh = sin_PDh = None
+        if cfg.pos_encoding == "rope" and rotary is not None and rotary.static and positions_given is None:
+            cos_PDh, sin_PDh = rotary.tables(device, dtype, _slots(cache, S))  # positions are the slots here
         decode = DecodeInfo(lens_B + 1, table if paged else None, cache.block_size if paged else None,
-                            getattr(cache, "split_counters", None))
+                            getattr(cache, "split_counters", None), cos_PDh, sin_PDh)
     elif k_valid_BS is None and document_ids is None and window is None:
         causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
     else:
@@ -173,6 +183,12 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
             bias = -bias.abs()
     return AttentionContext(positions_BT=positions, cos_BTDh=cos, sin_BTDh=sin, mask_B1TS=mask, causal=causal,
                             bias_BHTS=bias, cache=cache, decode=decode)
+
+
+def _slots(cache: Any, S: int) -> int:
+    """Key slots a row of a fixed-shape cache can hold: S, or a paged view's block table's reach when longer."""
+    table = getattr(cache, "block_table", None)
+    return max(S, table.shape[1] * cache.block_size) if isinstance(table, torch.Tensor) else S
 
 
 def describe(ctx: AttentionContext) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from specs.config import ModelConfig
+from specs.errors import ConfigError
 from tensor.alibi import alibi_slopes
 from tensor.rope import rope_cos_sin, rope_inv_freq
 
@@ -26,6 +27,12 @@ class RotaryEmbedding(torch.nn.Module):
         self.theta = cfg.rope_theta
         self.scaling = cfg.rope_scaling
         self._inv_freq: dict[torch.device, torch.Tensor] = {}  # fp32 per device, not a buffer (see module doc)
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def static(self) -> bool:
+        """False under dynamic NTK scaling, whose angles depend on the longest position of each call."""
+        return self.scaling is None or self.scaling.type != "dynamic_ntk"
 
     def inv_freq(self, device: torch.device, max_position: int | None = None) -> torch.Tensor:
         """(Dh/2,) fp32. Dynamic NTK grows the base with ``max_position`` + 1, so it is recomputed per call."""
@@ -33,8 +40,28 @@ class RotaryEmbedding(torch.nn.Module):
             seq_len = None if max_position is None else max_position + 1
             return rope_inv_freq(self.head_dim, self.theta, self.scaling, seq_len=seq_len).to(device)
         if device not in self._inv_freq:
-            self._inv_freq[device] = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device)
+            inv = rope_inv_freq(self.head_dim, self.theta, self.scaling).to(device)
+            _static(inv)
+            self._inv_freq[device] = inv
         return self._inv_freq[device]
+
+    def tables(self, device: torch.device, dtype: torch.dtype, positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos, sin`` (P, Dh) of positions 0 .. P-1 with P >= ``positions`` (memoised per device and dtype, grown
+        on demand): row p equals ``forward``'s angles at position p. For a kernel that looks up each token's row
+        itself (``decode_attention(cos_PDh=...)``): no angle kernels per decode step. Not for dynamic NTK scaling
+        (``static`` is False), whose angles change with the sequence length."""
+        if not self.static:
+            raise ConfigError("rope_scaling", "dynamic NTK angles depend on each call's longest position; there "
+                                              "is no fixed table of them")
+        key = (torch.device(device), dtype)
+        have = self._tables.get(key)
+        if have is None or have[0].shape[0] < positions:
+            P = max(256, -(-positions // 256) * 256)
+            with torch.no_grad():
+                cos, sin = rope_cos_sin(torch.arange(P, device=device)[None], self.inv_freq(key[0]), dtype)
+            have = (_static(cos[0].contiguous()), _static(sin[0].contiguous()))
+            self._tables[key] = have
+        return have
 
     def forward(self, positions_BT: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         dynamic = self.scaling is not None and self.scaling.type == "dynamic_ntk"
@@ -43,6 +70,15 @@ class RotaryEmbedding(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, theta={self.theta}, scaling={self.scaling}"
+
+
+def _static(t: torch.Tensor) -> torch.Tensor:
+    """Mark a memoised tensor as living at a fixed address, so a graph-captured step (cudagraph trees) reads it in
+    place instead of copying it in at every replay; made while tracing (no eager call came first), it stays
+    unmarked, since dynamo cannot trace the marking."""
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(t)
+    return t
 
 
 class ALiBi(torch.nn.Module):
