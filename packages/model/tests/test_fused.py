@@ -111,14 +111,19 @@ def test_folded_norms_give_the_same_logits_in_prefill_and_decode(fuse_first):
         for layer in plain.model.layers:  # norm weights away from 1, so a missing fold would show
             layer.input_layernorm.weight.uniform_(0.5, 1.5)
             layer.post_attention_layernorm.weight.uniform_(0.5, 1.5)
+        plain.model.norm.weight.uniform_(0.5, 1.5)
     folded = TransformerLM(preset("llama-debug")).eval()
     folded.load_state_dict(plain.state_dict())
     if fuse_first:
         folded.fuse_projections()
     folded.fold_norms()
     assert all(layer.norms_folded for layer in folded.model.layers)
+    assert folded.model.norm_folded and folded.head_rms_eps == plain.model.norm.eps  # the final norm: lm_head's
+    assert not torch.equal(folded.lm_head.weight, plain.lm_head.weight)
     ids = torch.randint(0, plain.config.vocab_size, (2, 7))
     torch.testing.assert_close(folded(ids), plain(ids), rtol=1e-4, atol=1e-4)
+    labels = torch.randint(0, plain.config.vocab_size, (2, 7))
+    torch.testing.assert_close(folded.loss(ids, labels), plain.loss(ids, labels), rtol=1e-5, atol=1e-5)
     c1, c2 = plain.new_cache(2, 16, kind="fixed"), folded.new_cache(2, 16, kind="fixed")
     plain(ids, cache=c1)
     folded(ids, cache=c2)
@@ -127,6 +132,25 @@ def test_folded_norms_give_the_same_logits_in_prefill_and_decode(fuse_first):
         torch.testing.assert_close(folded(nxt, cache=c2), plain(nxt, cache=c1), rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="save the model before folding"):
         folded.state_dict()
+
+
+@torch.no_grad()
+def test_a_tied_head_keeps_the_final_norm_when_the_layers_fold():
+    """Folding the final norm into a head tied to the embedding would change the embedding too: the layers fold,
+    the final norm stays where it is, and the logits are the plain model's."""
+    cfg = preset("llama-debug", tie_embeddings=True)
+    torch.manual_seed(0)
+    plain = TransformerLM(cfg).eval()
+    plain.model.norm.weight.uniform_(0.5, 1.5)
+    folded = TransformerLM(cfg).eval()
+    folded.load_state_dict(plain.state_dict())
+    embedding = folded.model.embed_tokens.weight.clone()
+    folded.fold_norms()
+    assert all(layer.norms_folded for layer in folded.model.layers)
+    assert not folded.model.norm_folded and folded.head_rms_eps is None
+    assert torch.equal(folded.model.embed_tokens.weight, embedding)
+    ids = torch.randint(0, cfg.vocab_size, (2, 5))
+    torch.testing.assert_close(folded(ids), plain(ids), rtol=1e-4, atol=1e-4)
 
 
 def test_fold_norms_needs_llama_layers():

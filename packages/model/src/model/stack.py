@@ -4,7 +4,7 @@ Named as Hugging Face's LlamaModel (``embed_tokens``, ``layers.{i}``, ``norm``) 
 positions (GPT-2's ``wpe``), so a Llama checkpoint maps onto it by name. It builds one
 :class:`~attn.context.AttentionContext` per forward (positions, RoPE angles, ALiBi, masks) that every block shares,
 and commits the KV cache (``cache.advance(T)``) after the last block. Post-norm stacks have no final norm (each
-block already ends in one).
+block already ends in one). After ``TransformerLM.fold_norms`` the final norm is the LM head's (``norm_folded``).
 
 Shape legend: B batch, T new tokens, D model width.
 """
@@ -37,6 +37,9 @@ class TransformerStack(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(make_block(cfg, i) for i in range(cfg.n_layers))
         self.norm = make_norm(cfg) if cfg.norm_position == "pre" else None
+        # set by TransformerLM.fold_norms: the final norm's weight lives in the LM head, which normalises its input,
+        # so forward returns the un-normalised hidden states
+        self.norm_folded = False
 
     def forward(self, input_ids: torch.Tensor, *, positions: torch.Tensor | None = None,
                 cache: KVCache | None = None, attn_mask: torch.Tensor | None = None,
@@ -63,4 +66,4 @@ class TransformerStack(nn.Module):
             h_BTD = layer(h_BTD, ctx)
         if cache is not None:
             cache.advance(env["T"])
-        return h_BTD if self.norm is None else self.norm(h_BTD)
+        return h_BTD if self.norm is None or self.norm_folded else self.norm(h_BTD)
