@@ -242,8 +242,9 @@ def test_fast_generator_chains_one_row_matmuls_by_pdl_where_the_kernel_says_so(m
 
 
 def test_fast_generator_fuses_the_swiglu_into_the_gate_up_projection_when_told_to(monkeypatch):
-    """fuse_swiglu=True: routed gate/up projections return silu(gate) * up themselves (glu="silu"); the tokens are
-    those of the default (False), where the MLP applies it; a non-bool is refused."""
+    """fuse_swiglu=True (the default): routed gate/up projections return silu(gate) * up themselves (glu="silu");
+    the tokens are those of fuse_swiglu=False, where the MLP applies it; unrouted Linears report it off; a non-bool
+    is refused."""
     import kernel.reference as kref
     from kernel import default_registry
     from serve.fast import FastGenerator, RegistryLinear
@@ -257,14 +258,15 @@ def test_fast_generator_fuses_the_swiglu_into_the_gate_up_projection_when_told_t
     default_registry().cache_clear()  # resolve anew, through the patched reference
     try:
         off = copy.deepcopy(model)
-        plain = FastGenerator(off, 1, 16, compile=None, linear_impl="reference")
+        plain = FastGenerator(off, 1, 16, compile=None, linear_impl="reference", fuse_swiglu=False)
         want = plain.generate(prompt, 6)
         assert not plain.fuse_swiglu and "silu" not in seen
         assert not any(m.accepts_glu for m in off.modules() if isinstance(m, RegistryLinear))
         seen.clear()
-        gen = FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl="reference", fuse_swiglu=True)
+        gen = FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl="reference")
         assert gen.fuse_swiglu and torch.equal(gen.generate(prompt, 6), want)
         assert seen.count("silu") == 6 * len(model.model.layers)  # the prefill and five steps, every layer
+        assert not FastGenerator(copy.deepcopy(model), 1, 16, compile=None, linear_impl=None).fuse_swiglu
         untouched = copy.deepcopy(model)
         with pytest.raises(ConfigError, match="fuse_swiglu must be True or False"):
             FastGenerator(untouched, 1, 16, compile=None, fuse_swiglu="auto")

@@ -55,11 +55,12 @@ class FastGenerator:
     mode, a torch whose inductor has the option, and a model on a CUDA device of compute capability 9.0 or later;
     True insists (ConfigError where it cannot apply); False turns it off. The registry's ``triton_skinny_pdl``
     linear does the same for the skinny matmul when asked for by name (``linear_impl="triton_skinny_pdl"``).
-    ``fuse_swiglu``: True asks a SwiGLU MLP's fused gate/up projection (routed and int8 Linears, ``accepts_glu``)
-    for ``silu(gate) * up`` directly: one row through the gemv kernel computes it in the epilogue, one kernel fewer
-    per layer; elsewhere the op applies it after the matmul. False (the default) leaves the SwiGLU to the MLP until
-    it is measured. (Applying it instead as the down projection loads its input measured slower on an H200: 1,084
-    against 1,134 tokens/s for a 1.1B step, docs/benchmarks.md.)
+    ``fuse_swiglu``: True (the default) asks a SwiGLU MLP's fused gate/up projection (routed and int8 Linears,
+    ``accepts_glu``) for ``silu(gate) * up`` directly: one row through the gemv kernel computes it in the epilogue,
+    one kernel fewer per layer (+3.4% tokens/s for a 1.1B step at batch 1 on an H200, docs/benchmarks.md run X);
+    elsewhere the op applies it after the matmul. False leaves the SwiGLU to the MLP. The ``fuse_swiglu``
+    attribute says whether any projection was asked (False where no Linear is routed). (Applying it instead as the
+    down projection loads its input measured slower: 1,084 against 1,134 tokens/s, run W.)
     ``decode_attention``: the kernel registry's ``decode_attention`` implementation for the decode steps' attention
     (each attention layer's ``decode_impl``; e.g. "triton_pdl": the Triton kernels launched with programmatic
     dependent launch, so a chain of PDL-launched matmuls runs through attention too); None (the default) keeps the
@@ -76,7 +77,7 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
                  fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
-                 fuse_swiglu: bool = False, decode_attention: str | None = None):
+                 fuse_swiglu: bool = True, decode_attention: str | None = None):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -124,12 +125,14 @@ class FastGenerator:
         self.fold_norms = fold_norms
         if linear_impl is not None:
             route_linears(model, linear_impl)
+        glu_capable = 0
         for m in model.modules():
             if hasattr(m, "accepts_glu"):  # the gate/up projections that can return silu(gate) * up themselves
                 m.accepts_glu = fuse_swiglu
+                glu_capable += 1
                 if not isinstance(m, RegistryLinear) and isinstance(getattr(m, "impl", None), str):
                     m.impl = chained or "auto"  # int8 layers (compress): chained like the Linears, else "auto"
-        self.fuse_swiglu = fuse_swiglu
+        self.fuse_swiglu = fuse_swiglu and glu_capable > 0
         for m in model.modules():  # the attention layers' decode steps (None: each layer's own attn_impl)
             if hasattr(m, "decode_impl"):
                 m.decode_impl = decode_attention
@@ -140,6 +143,16 @@ class FastGenerator:
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")
+        # The step's own state, on the device at fixed addresses: it reads each row's last token from _tok, writes
+        # its pick there and into column _at of _out, and advances _at. A captured step then has no inputs to
+        # copy in and no output to copy out (greedy), so a token costs one graph replay and no other kernels.
+        device = self.cache.device
+        self._tok = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self._out = torch.zeros(batch_size, max_seq_len, dtype=torch.long, device=device)
+        self._at = torch.zeros(1, dtype=torch.long, device=device)
+        self._inv_temp = torch.zeros((), dtype=torch.float32, device=device)
+        for t in (self._tok, self._out, self._at, self._inv_temp):
+            torch._dynamo.mark_static_address(t)
         self.compile_mode, self.backend, self.pdl = compile, backend, pdl
         self._step = self._decode_one
         self._compiled = False
@@ -176,9 +189,13 @@ class FastGenerator:
         return "auto" if asked is True else asked
 
     @torch.no_grad()
-    def _decode_one(self, tok_B1: torch.Tensor, inv_temp: torch.Tensor, noise_BV: torch.Tensor | None) -> torch.Tensor:
-        logits_BV = self.model(tok_B1, cache=self.cache)[:, -1].float()
-        return _pick(logits_BV, inv_temp, noise_BV)
+    def _decode_one(self, noise_BV: torch.Tensor | None) -> None:
+        """One token per row: from ``_tok`` to ``_tok`` and column ``_at`` of ``_out`` (then ``_at`` + 1)."""
+        logits_BV = self.model(self._tok, cache=self.cache)[:, -1].float()
+        tok_B1 = _pick(logits_BV, self._inv_temp, noise_BV)
+        self._tok.copy_(tok_B1)
+        self._out.index_copy_(1, self._at, tok_B1)
+        self._at.add_(1)
 
     def _ensure_compiled(self) -> None:
         if self._compiled or self.compile_mode is None:
@@ -213,7 +230,7 @@ class FastGenerator:
         device = self.cache.device
         gen = torch.Generator(device=device)
         gen.manual_seed(0 if seed is None else seed)
-        inv_temp = torch.tensor(0.0 if temperature == 0 else 1.0 / temperature, device=device)
+        self._inv_temp.fill_(0.0 if temperature == 0 else 1.0 / temperature)
         V = self.model.config.vocab_size
 
         def noise() -> torch.Tensor | None:
@@ -224,16 +241,16 @@ class FastGenerator:
 
         self.cache.reset()
         logits_BV = self.model(prompt_BT.to(device), cache=self.cache)[:, -1].float()
-        tok_B1 = _pick(logits_BV, inv_temp, noise())
-        out = torch.empty(self.batch_size, max_new_tokens, dtype=torch.long, device=device)
-        out[:, 0] = tok_B1[:, 0]
+        tok_B1 = _pick(logits_BV, self._inv_temp, noise())
+        self._tok.copy_(tok_B1)
+        self._out[:, :1].copy_(tok_B1)
+        self._at.fill_(1)
         self._ensure_compiled()
-        for i in range(1, max_new_tokens):
+        for _ in range(1, max_new_tokens):
             if self._compiled and device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
-            tok_B1 = self._step(tok_B1, inv_temp, noise()).clone()
-            out[:, i] = tok_B1[:, 0]
-        return out
+            self._step(noise())
+        return self._out[:, :max_new_tokens].clone()
 
 
 def _pdl_capable_device(model: Any) -> bool:
@@ -300,5 +317,21 @@ def route_linears(model: nn.Module, impl: str) -> int:
 def _pick(logits_BV: torch.Tensor, inv_temp: torch.Tensor, noise_BV: torch.Tensor | None) -> torch.Tensor:
     """Greedy argmax, or Gumbel-max sampling at temperature 1/inv_temp: argmax(logits/t + Gumbel noise)."""
     if noise_BV is None:
-        return logits_BV.argmax(-1, keepdim=True)
-    return (logits_BV * inv_temp + noise_BV).argmax(-1, keepdim=True)
+        return argmax_rows(logits_BV)
+    return argmax_rows(logits_BV * inv_temp + noise_BV)
+
+
+def argmax_rows(x_BV: torch.Tensor, chunks: int = 64) -> torch.Tensor:
+    """``x_BV.argmax(-1, keepdim=True)`` (B, 1), the first index of the largest value (NaN counts as largest, as
+    in torch), written as two reductions: the maximum of each of ``chunks`` slices of a row, then the best slice.
+    Compiled, a one-row argmax over a vocabulary is one program looping over all V values (7 us a token for
+    V = 32,000 on an H200, docs/benchmarks.md); the slices spread the first pass over ``B x chunks`` programs.
+    Rows shorter than 64 x ``chunks`` take the plain argmax."""
+    B, V = x_BV.shape
+    if 64 * chunks > V:
+        return x_BV.argmax(-1, keepdim=True)
+    width = -(-V // chunks)
+    x = torch.nn.functional.pad(x_BV, (0, width * chunks - V), value=float("-inf"))
+    best_BC, at_BC = x.view(B, chunks, width).max(-1)  # first index of each slice's maximum
+    c_B1 = best_BC.argmax(-1, keepdim=True)  # the first slice holding the row's maximum
+    return at_BC.gather(-1, c_B1) + c_B1 * width

@@ -72,9 +72,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-attention", default=None,
                    help="lmstack variants: the decode_attention implementation of the decode steps "
                         "(FastGenerator(decode_attention=...), e.g. triton_pdl); default: the model's own")
-    p.add_argument("--fuse-swiglu", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--fuse-swiglu", action=argparse.BooleanOptionalAction, default=True,
                    help="lmstack variants: the fused gate/up projection returns silu(gate) * up from its own epilogue "
-                        "(FastGenerator(fuse_swiglu=True)); default --no-fuse-swiglu: FastGenerator's default")
+                        "(FastGenerator(fuse_swiglu=True), its default); --no-fuse-swiglu: the MLP applies it")
     p.add_argument("--profile", action="store_true",
                    help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
 
