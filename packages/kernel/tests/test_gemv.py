@@ -346,13 +346,15 @@ def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch)
 def test_a_persistent_grid_loops_over_the_row_blocks(glu, per_sm):
     """PER_SM (a table entry's fifth field): a few programs per SM, each looping over row blocks; the same result
     as a program per block, the folded norm, the residual (or the SwiGLU epilogue) included, and through the PDL
-    op too. (Off CUDA the heuristics see an 8-SM GPU, so 200 rows in blocks of 2 loop several times.)"""
-    x, w, _, b, r = _inputs(torch.float32, 200, 96, seed=19)
+    op too. (Off CUDA the heuristics see an 8-SM GPU: 200 rows in blocks of 2 loop several times; on a GPU the
+    rows grow with its SMs.)"""
+    N = max(200, 6 * per_sm * device_info(torch.empty(0, device=DEVICE))[0] + 6)
+    x, w, _, b, r = _inputs(torch.float32, N, 96, seed=19)
     kw = dict(rms_eps=1e-5, glu=glu) if glu else dict(rms_eps=1e-5, residual=r)
     want = gemv_mod.gemv(x, w, None, b, config=(2, 64, 1), **kw)
     got = gemv_mod.gemv(x, w, None, b, config=(2, 64, 1, 0, per_sm), **kw)
     assert torch.equal(got, want)
-    assert triton.cdiv(200, 2) > per_sm * device_info(x)[0]  # fewer programs than blocks: each loops
+    assert triton.cdiv(N, 2) > 2 * per_sm * device_info(x)[0]  # fewer programs than blocks: each loops
     op = torch.ops.lmstack.gemv_pdl(x, w, None, b, 1e-5, None if glu else r, 2, 64, 1, glu, per_sm)
     assert torch.equal(op, want)
 
