@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh next     session 9's decode changes (the step's token kept in the graph, the split
+#                                      argmax, the final norm in the LM head, RoPE angles read by position, the
+#                                      SwiGLU epilogue and the retuned table as defaults): GPU tests, then decode as
+#                                      shipped (profiled), with PDL attention, and int8 beside bf16 (~9.5 min)
 #   bash tools/gpu_pending.sh chain    the bf16 gemv tiles retuned with persistent grids, then decode bf16: as
 #                                      shipped, retuned, + the SwiGLU in the gate/up epilogue, + PDL attention (~9 min)
 #   bash tools/gpu_pending.sh chain-int8  int8 as shipped and with whichever of chain's options won (set CHAIN_OPTS,
@@ -45,7 +49,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in next|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -61,6 +65,22 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+next)
+  step tests 150 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \
+    packages/kernel/tests/test_triton_ops.py packages/serve/tests/test_fast.py packages/serve/tests/test_graphs.py \
+    packages/serve/tests/test_chained_decode.py -q -p no:cacheprovider \
+    -k "rope_tables or persistent or glu or pdl or fast or graph or chain or greedy or sampling or generator"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step decode_new 110 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack \
+    --profile --out "$OUT/decode_new.json"
+  step decode_attn_pdl 85 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack --decode-attention triton_pdl --out "$OUT/decode_attn_pdl.json"
+  step decode_int8 200 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack,lmstack-int8 --out "$OUT/decode_int8.json"
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernels_per\|error' "$OUT"/decode_*.json
+  grep -h "Error\|skipping cudagraphs" "$OUT"/decode_*.log | sort | uniq -c | head -n 8
+  decode_top "$OUT/decode_new.json" ;;
 int8-magic)
   step tests 60 python -m pytest packages/kernel/tests/test_gemv.py -q -p no:cacheprovider -k "int8"
   tail -n 2 "$OUT/tests.log"
