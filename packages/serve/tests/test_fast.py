@@ -115,3 +115,22 @@ def test_pdl_auto_turns_it_on_only_where_it_applies(tiny_lm, monkeypatch):
     assert seen[0]["options"]["triton.enable_pdl"] is True
     with pytest.raises(ConfigError, match="pdl must be True, False or 'auto', got 'yes'"):
         FastGenerator(tiny_lm, 1, 16, pdl="yes")
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_two_pass_argmax_is_torchs_argmax_ties_nan_and_masked_rows_included(compiled):
+    """argmax_rows (the greedy pick): the first index of the largest value, NaN counting as largest, an all -inf row
+    giving 0, for vocabularies that are and are not a multiple of its 64 slices; eager and under inductor."""
+    from serve.fast import argmax_rows
+
+    fn = torch.compile(argmax_rows, fullgraph=True) if compiled else argmax_rows
+    g = torch.Generator().manual_seed(0)
+    torch._dynamo.reset()
+    for V in (4096, 32000, 50257):
+        x = torch.randint(-3, 3, (4, V), generator=g).float()  # many ties
+        x[1, torch.randint(0, V, (3,), generator=g)] = float("nan")
+        x[2] = float("-inf")
+        x[3, V - 1] = 10.0  # the maximum in the padded last slice
+        assert torch.equal(fn(x), x.argmax(-1, keepdim=True)), V
+    small = torch.randn(2, 100, generator=g)
+    assert torch.equal(argmax_rows(small), small.argmax(-1, keepdim=True))
