@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh next2    GPU tests of session 9's changes; decode as shipped (its compiled code's
+#                                      small kernels printed), with decode attention in one pass
+#                                      (LMSTACK_DECODE_ONE_PASS=512), and int8 with the add trick (~9 min)
 #   bash tools/gpu_pending.sh next     session 9's decode changes (the step's token kept in the graph, the split
 #                                      argmax, the final norm in the LM head, RoPE angles read by position, the
 #                                      SwiGLU epilogue and the retuned table as defaults): GPU tests, then decode as
@@ -49,7 +52,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in next|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in next|next2|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -65,6 +68,41 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+next2)
+  T=packages/serve/tests/test_graphs.py K=packages/kernel/tests
+  step tests 170 python -m pytest -q -p no:cacheprovider -x \
+    "$T::test_fast_generator_captures_its_step_with_its_state_in_static_buffers" \
+    "$T::test_pdl_decode_gives_the_tokens_of_the_plain_loop" \
+    "$T::test_pdl_chained_gemv_decode_gives_the_tokens_of_the_plain_gemv" packages/serve/tests/test_chained_decode.py \
+    "$K/test_decode_attention_pdl.py" "$K/test_triton_ops.py::test_decode_attention_reads_rope_tables_at_each_rows_position" \
+    "$K/test_triton_ops.py::test_decode_attention_in_one_pass_equals_the_reference" \
+    "$K/test_gemv.py::test_a_persistent_grid_loops_over_the_row_blocks"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1 limit=$2; shift 2; step "$name" "$limit" env "$@" --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --out "$OUT/$name.json"; }
+  dec decode_default 95 TORCH_LOGS=output_code python -m eval.bench decode --variants lmstack
+  # the step's small inductor kernels (not the gemv or attention ones): their source and launches to kernels.txt
+  python - "$OUT/decode_default.log" "$OUT/kernels.txt" <<'PY'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+names = sorted(set(re.findall(r"def (triton_(?:poi|per|red)_fused_\w+)\(", text)))
+out = ["kernels: " + " ".join(names)]
+for n in names:
+    i = text.find("def " + n + "(")
+    body = [ln for ln in text[i:i + 6000].splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    out += [ln[:160] for ln in body[:36]] + ["-----"]
+calls = [ln.strip()[:220] for ln in text.splitlines()
+         if re.search(r"(triton_\w+_fused_\w+|_decode|_combine)\.run\(|gemv_pdl\.default\(|= empty_strided", ln)]
+out += calls[:400]
+open(sys.argv[2], "w").write("\n".join(out) + "\n")
+print(out[0][:1500])
+PY
+  grep -h "Error\|skipping cudagraphs" "$OUT/decode_default.log" | sort | uniq -c | head -n 5
+  rm -f "$OUT/decode_default.log"  # tens of MB of generated code; kernels.txt holds what matters
+  dec decode_one_pass 95 LMSTACK_DECODE_ONE_PASS=512 python -m eval.bench decode --variants lmstack
+  dec decode_int8_magic 200 LMSTACK_GEMV_INT8=magic python -m eval.bench decode --variants lmstack,lmstack-int8
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 next)
   step tests 150 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \
     packages/kernel/tests/test_triton_ops.py packages/serve/tests/test_fast.py packages/serve/tests/test_graphs.py \

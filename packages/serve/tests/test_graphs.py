@@ -114,6 +114,29 @@ def test_pdl_chained_gemv_decode_gives_the_tokens_of_the_plain_gemv(tmp_path, mo
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_fast_generator_captures_its_step_with_its_state_in_static_buffers():
+    """FastGenerator's step reads and writes its token, output row and column index in place: under
+    reduce-overhead inductor captures it as a CUDA graph (no cudagraph skip for the mutated buffers) and the
+    replayed tokens are those of the same compiled step run without graphs, twice over (the buffers reset between
+    calls)."""
+    from torch._dynamo.utils import counters
+
+    from serve.fast import FastGenerator
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).to("cuda").eval()
+    prompt = torch.randint(0, 500, (2, 7), generator=torch.Generator().manual_seed(6)).to("cuda")
+    torch._dynamo.reset()
+    want = FastGenerator(copy.deepcopy(model), 2, 64, compile="default").generate(prompt, 40)
+    torch._dynamo.reset()
+    counters.clear()
+    gen = FastGenerator(copy.deepcopy(model), 2, 64)
+    assert torch.equal(gen.generate(prompt, 40), want) and torch.equal(gen.generate(prompt, 40), want)
+    assert counters["inductor"]["cudagraph_skips"] == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_captured_graph_decode_on_cuda_gives_the_eager_tokens():
     torch.manual_seed(0)
     model = TransformerLM(preset("llama-debug")).to("cuda").eval()
