@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh next3    decode attention in one pass (num_stages 1) and without the lens copies:
+#                                      its tests, then decode as shipped and with LMSTACK_DECODE_ONE_PASS=512,
+#                                      both profiled (~5 min)
 #   bash tools/gpu_pending.sh next2    GPU tests of session 9's changes; decode as shipped (its compiled code's
 #                                      small kernels printed), with decode attention in one pass
 #                                      (LMSTACK_DECODE_ONE_PASS=512), and int8 with the add trick (~9 min)
@@ -52,7 +55,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in next|next2|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in next|next2|next3|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -68,6 +71,21 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+next3)
+  K=packages/kernel/tests
+  step tests 120 python -m pytest -q -p no:cacheprovider -x \
+    "$K/test_triton_ops.py::test_decode_attention_in_one_pass_equals_the_reference" \
+    "$K/test_triton_ops.py::test_decode_attention_reads_rope_tables_at_each_rows_position" \
+    "$K/test_triton_ops.py::test_decode_attention_writes_and_rotates_the_new_token" \
+    "$K/test_decode_attention_pdl.py"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1 limit=$2; shift 2; step "$name" "$limit" env "$@" --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --out "$OUT/$name.json"; }
+  dec decode_default 110 python -m eval.bench decode --variants lmstack --profile
+  dec decode_one_pass 110 LMSTACK_DECODE_ONE_PASS=512 python -m eval.bench decode --variants lmstack --profile
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|kernels_per\|error' "$OUT"/decode_*.json
+  decode_top "$OUT/decode_default.json" "$OUT/decode_one_pass.json" ;;
 next2)
   T=packages/serve/tests/test_graphs.py K=packages/kernel/tests
   step tests 170 python -m pytest -q -p no:cacheprovider -x \

@@ -285,16 +285,18 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         kh, ks, vh, vs, tb = k.stride(1), k.stride(0), v.stride(1), v.stride(0), table.stride(0)
         capacity = table.shape[1] * block_size
     else:
-        table = lens_B  # unused
+        table = None  # unused: a spare pointer below
         kb, kh, ks, vb, vh, vs, tb = k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), 0
         capacity = k.shape[2]
     # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
     ns = num_splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
-    block_s, warps = BLOCK_S, 4
+    block_s, tune = BLOCK_S, {}
     one_pass = one_pass_slots()
     if ns > 1 and capacity <= one_pass:  # every slot of a row in one tile: no partials, no combine kernel
         ns, block_s = 1, max(BLOCK_S, triton.next_power_of_2(capacity))
-        warps = 8 if block_s >= 256 else 4
+        # one loop step: nothing to pipeline, and 3 stages of a 512-slot tile need 428 KB of shared memory (sm90
+        # has 227 KB; one stage 166 KB, compiled offline)
+        tune = {"num_warps": 8 if block_s >= 256 else 4, "num_stages": 1}
     if ns > 1:
         acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
         m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
@@ -305,14 +307,17 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     pdl = pdl and pdl_capable(q)
     launch = {"launch_pdl": True} if pdl else {}
     block_d = max(16, triton.next_power_of_2(Dh))
-    _decode[(B, KVH, ns)](q, k, v, lens_B, table, out, acc, m, l_s, kn, vn, cos, sin,
-                          split_counters if combine else lens_B, q.stride(0), q.stride(1), kb,
+    # unused pointer arguments get a spare buffer, never lens_B: passed as three arguments, lens_B was copied three
+    # times per layer by the code torch 2.11's inductor generated for a decode step (run Z, docs/benchmarks.md)
+    spare = None if paged and combine else torch.empty(1, dtype=torch.int32, device=q.device)
+    _decode[(B, KVH, ns)](q, k, v, lens_B, table if paged else spare, out, acc, m, l_s, kn, vn, cos, sin,
+                          split_counters if combine else spare, q.stride(0), q.stride(1), kb,
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
                           Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH,
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
                           ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=block_s,
                           BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, ROPE_AT_POS=at_pos,
-                          num_warps=warps, **launch)
+                          **tune, **launch)
     if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl, **launch)
