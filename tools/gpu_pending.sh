@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh next4    decode as shipped, then with the gate/up SwiGLU tile on a persistent grid
+#                                      (16 / 8 programs per SM) (~5 min)
 #   bash tools/gpu_pending.sh next3    decode attention in one pass (num_stages 1) and without the lens copies:
 #                                      its tests, then decode as shipped and with LMSTACK_DECODE_ONE_PASS=512,
 #                                      both profiled (~5 min)
@@ -55,7 +57,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in next|next2|next3|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in next|next2|next3|next4|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -71,6 +73,25 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+next4)
+  # decode as shipped, then with the gate/up SwiGLU tile on a persistent grid (16 or 8 programs per SM; a program
+  # per block as shipped: isolated 12.8 us chained, 13.5 / 13.1 persistent, but the plain gate/up tile won whole
+  # steps persistent after losing in isolation)
+  python - "$OUT" <<'PY'
+import json, pathlib, sys
+t = json.loads(pathlib.Path("packages/kernel/src/kernel/triton/gemv_tiles.json").read_text())
+for per_sm in (16, 8):
+    e = {k: list(v) for k, v in t["NVIDIA H200"].items()}
+    e["bf16 11264x2048 glu"] = e["bf16 11264x2048 glu"][:4] + [per_sm]
+    pathlib.Path(sys.argv[1], f"glu{per_sm}.json").write_text(json.dumps({"NVIDIA H200": e}))
+PY
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1 limit=$2; shift 2; step "$name" "$limit" env "$@" --preset llama-1b --batch-sizes 1 \
+    --repeat 2 --variants lmstack --out "$OUT/$name.json"; }
+  dec decode_default 95 python -m eval.bench decode
+  dec decode_glu16 95 LMSTACK_GEMV_TILES="$OUT/glu16.json" python -m eval.bench decode
+  dec decode_glu8 95 LMSTACK_GEMV_TILES="$OUT/glu8.json" python -m eval.bench decode
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 next3)
   K=packages/kernel/tests
   step tests 120 python -m pytest -q -p no:cacheprovider -x \
