@@ -1,26 +1,23 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh next4    decode as shipped, then with the gate/up SwiGLU tile on a persistent grid
-#                                      (16 / 8 programs per SM) (~5 min)
-#   bash tools/gpu_pending.sh next3    decode attention in one pass (num_stages 1) and without the lens copies:
-#                                      its tests, then decode as shipped and with LMSTACK_DECODE_ONE_PASS=512,
-#                                      both profiled (~5 min)
-#   bash tools/gpu_pending.sh next2    GPU tests of session 9's changes; decode as shipped (its compiled code's
-#                                      small kernels printed), with decode attention in one pass
-#                                      (LMSTACK_DECODE_ONE_PASS=512), and int8 with the add trick (~9 min)
-#   bash tools/gpu_pending.sh next     session 9's decode changes (the step's token kept in the graph, the split
-#                                      argmax, the final norm in the LM head, RoPE angles read by position, the
-#                                      SwiGLU epilogue and the retuned table as defaults): GPU tests, then decode as
-#                                      shipped (profiled), with PDL attention, and int8 beside bf16 (~9.5 min)
-#   bash tools/gpu_pending.sh chain    the bf16 gemv tiles retuned with persistent grids, then decode bf16: as
-#                                      shipped, retuned, + the SwiGLU in the gate/up epilogue, + PDL attention (~9 min)
-#   bash tools/gpu_pending.sh chain-int8  int8 as shipped and with whichever of chain's options won (set CHAIN_OPTS,
-#                                      e.g. "--fuse-swiglu --decode-attention triton_pdl"), profiled (~6 min)
+#   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
+#                                      the default, lmstack and transformers each (~6 min; not yet run)
 #   bash tools/gpu_pending.sh int8-magic  int8 weights to fp32 by the exact add trick instead of the conversion
 #                                      instruction (LMSTACK_GEMV_INT8=magic): int8 gemv tiles timed both ways, then
-#                                      decode int8 both ways (~6 min)
-#   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
-#                                      the default, lmstack and transformers each (~6 min)
+#                                      decode int8 both ways (~6 min; decode with the cvt tiles: run Z2, 1.16x)
+# Session 9's recipes (docs/benchmarks.md runs Y-AB), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh decode9  GPU tests of session 9's decode changes, then decode as shipped (profiled),
+#                                      with PDL attention, and int8 beside bf16 (~8 min; run Y)
+#   bash tools/gpu_pending.sh codegen  decode as shipped with its compiled code's small inductor kernels written to
+#                                      kernels.txt (their source and launches), then int8 with the add trick
+#                                      (~5 min; run Z, which found the row-length copies)
+#   bash tools/gpu_pending.sh glu-grid decode as shipped, then with the gate/up SwiGLU tile on a persistent grid
+#                                      (16 / 8 programs per SM) (~5 min; run AB)
+#   bash tools/gpu_pending.sh chain    the bf16 gemv tiles retuned with persistent grids, then decode bf16: as
+#                                      shipped, retuned, + the SwiGLU in the gate/up epilogue, + PDL attention (~7 min;
+#                                      run X)
+#   bash tools/gpu_pending.sh chain-int8  int8 as shipped and with options (CHAIN_OPTS, e.g. "--decode-attention
+#                                      triton_pdl"), profiled (~6 min)
 #   bash tools/gpu_pending.sh gpt2     where the GPT-2 124M step's GPU time goes with the in-place loss (~4 min)
 # Written before the gemv kernel (session 8) took batch-1 decode from the skinny matmul, so of less use now:
 #   bash tools/gpu_pending.sh serial   splits summed in the kernel (LMSTACK_SPLIT_COMBINE=last: decode attention's
@@ -57,7 +54,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in next|next2|next3|next4|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -73,7 +70,7 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
-next4)
+glu-grid)
   # decode as shipped, then with the gate/up SwiGLU tile on a persistent grid (16 or 8 programs per SM; a program
   # per block as shipped: isolated 12.8 us chained, 13.5 / 13.1 persistent, but the plain gate/up tile won whole
   # steps persistent after losing in isolation)
@@ -92,31 +89,7 @@ PY
   dec decode_glu16 95 LMSTACK_GEMV_TILES="$OUT/glu16.json" python -m eval.bench decode
   dec decode_glu8 95 LMSTACK_GEMV_TILES="$OUT/glu8.json" python -m eval.bench decode
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
-next3)
-  K=packages/kernel/tests
-  step tests 120 python -m pytest -q -p no:cacheprovider -x \
-    "$K/test_triton_ops.py::test_decode_attention_in_one_pass_equals_the_reference" \
-    "$K/test_triton_ops.py::test_decode_attention_reads_rope_tables_at_each_rows_position" \
-    "$K/test_triton_ops.py::test_decode_attention_writes_and_rotates_the_new_token" \
-    "$K/test_decode_attention_pdl.py"
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
-  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  dec() { local name=$1 limit=$2; shift 2; step "$name" "$limit" env "$@" --preset llama-1b --batch-sizes 1 \
-    --repeat 2 --out "$OUT/$name.json"; }
-  dec decode_default 110 python -m eval.bench decode --variants lmstack --profile
-  dec decode_one_pass 110 LMSTACK_DECODE_ONE_PASS=512 python -m eval.bench decode --variants lmstack --profile
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|kernels_per\|error' "$OUT"/decode_*.json
-  decode_top "$OUT/decode_default.json" "$OUT/decode_one_pass.json" ;;
-next2)
-  T=packages/serve/tests/test_graphs.py K=packages/kernel/tests
-  step tests 170 python -m pytest -q -p no:cacheprovider -x \
-    "$T::test_fast_generator_captures_its_step_with_its_state_in_static_buffers" \
-    "$T::test_pdl_decode_gives_the_tokens_of_the_plain_loop" \
-    "$T::test_pdl_chained_gemv_decode_gives_the_tokens_of_the_plain_gemv" packages/serve/tests/test_chained_decode.py \
-    "$K/test_decode_attention_pdl.py" "$K/test_triton_ops.py::test_decode_attention_reads_rope_tables_at_each_rows_position" \
-    "$K/test_triton_ops.py::test_decode_attention_in_one_pass_equals_the_reference" \
-    "$K/test_gemv.py::test_a_persistent_grid_loops_over_the_row_blocks"
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
+codegen)
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
   dec() { local name=$1 limit=$2; shift 2; step "$name" "$limit" env "$@" --preset llama-1b --batch-sizes 1 \
     --repeat 2 --out "$OUT/$name.json"; }
@@ -139,14 +112,17 @@ print(out[0][:1500])
 PY
   grep -h "Error\|skipping cudagraphs" "$OUT/decode_default.log" | sort | uniq -c | head -n 5
   rm -f "$OUT/decode_default.log"  # tens of MB of generated code; kernels.txt holds what matters
-  dec decode_one_pass 95 LMSTACK_DECODE_ONE_PASS=512 python -m eval.bench decode --variants lmstack
   dec decode_int8_magic 200 LMSTACK_GEMV_INT8=magic python -m eval.bench decode --variants lmstack,lmstack-int8
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
-next)
-  step tests 150 python -m pytest packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py \
-    packages/kernel/tests/test_triton_ops.py packages/serve/tests/test_fast.py packages/serve/tests/test_graphs.py \
-    packages/serve/tests/test_chained_decode.py -q -p no:cacheprovider \
-    -k "rope_tables or persistent or glu or pdl or fast or graph or chain or greedy or sampling or generator"
+decode9)
+  T=packages/serve/tests/test_graphs.py K=packages/kernel/tests
+  step tests 150 python -m pytest -q -p no:cacheprovider -x \
+    "$T::test_fast_generator_captures_its_step_with_its_state_in_static_buffers" \
+    "$T::test_pdl_decode_gives_the_tokens_of_the_plain_loop" \
+    "$T::test_pdl_chained_gemv_decode_gives_the_tokens_of_the_plain_gemv" packages/serve/tests/test_chained_decode.py \
+    "$K/test_decode_attention_pdl.py" "$K/test_triton_ops.py::test_decode_attention_reads_rope_tables_at_each_rows_position" \
+    "$K/test_triton_ops.py::test_decode_attention_writes_and_rotates_the_new_token" \
+    "$K/test_gemv.py::test_a_persistent_grid_loops_over_the_row_blocks"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
   step decode_new 110 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants lmstack \

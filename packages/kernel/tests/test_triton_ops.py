@@ -12,7 +12,7 @@ import torch
 
 from kernel import default_registry
 from kernel import reference as ref
-from specs.errors import ConfigError, ShapeError
+from specs.errors import ShapeError
 from tensor.rope import rope_cos_sin, rope_inv_freq
 
 triton = pytest.importorskip("triton")
@@ -337,31 +337,6 @@ def test_decode_attention_reads_rope_tables_at_each_rows_position(paged):
         for impl in (fn, ref.decode_attention):
             with pytest.raises(ShapeError, match=why):
                 impl(q, k.clone(), v.clone(), lens_B, k_new=k_new, v_new=v_new, **bad, **kw)
-
-
-@pytest.mark.parametrize("paged", [False, True])
-@pytest.mark.parametrize("B, KVH, L, lens", [(1, 2, 300, [233]), (2, 1, 100, [100, 0]), (1, 4, 64, [64])])
-def test_decode_attention_in_one_pass_equals_the_reference(paged, B, KVH, L, lens, monkeypatch):
-    """$LMSTACK_DECODE_ONE_PASS=N: a row of at most N slots that would be split is read as one tile by one program
-    per (row, KV head), the new token written and rotated as before; the reference's result and cache writes. A
-    value that is not a slot count up to the cap is refused by name."""
-    from kernel.triton import decode_attention as da
-
-    monkeypatch.setenv(da.ONE_PASS_ENV, "512")
-    q, k, v, lens_B, kw = _decode_case(torch.float32, B, 4 * KVH, KVH, 32, L, lens, paged, seed=13)
-    g = torch.Generator().manual_seed(14)
-    k_new, v_new = torch.randn(B, KVH, 32, generator=g).to(DEVICE), torch.randn(B, KVH, 32, generator=g).to(DEVICE)
-    ang = torch.rand(B, 16, generator=g) * 6.3
-    rope = {"cos_BDh": torch.cat([ang.cos()] * 2, -1).to(DEVICE), "sin_BDh": torch.cat([ang.sin()] * 2, -1).to(DEVICE)}
-    k_ref, v_ref = k.clone(), v.clone()
-    got = da.decode_attention(q, k, v, lens_B, k_new=k_new, v_new=v_new, **rope, **kw)
-    want = ref.decode_attention(q, k_ref, v_ref, lens_B, k_new=k_new, v_new=v_new, **rope, **kw)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(k, k_ref, rtol=1e-5, atol=1e-5)
-    assert torch.equal(v, v_ref)
-    monkeypatch.setenv(da.ONE_PASS_ENV, "4096")
-    with pytest.raises(ConfigError, match="LMSTACK_DECODE_ONE_PASS.*from 0 .off. to 1024, got '4096'"):
-        da.decode_attention(q, k, v, lens_B, **kw)
 
 
 def test_decode_attention_new_token_beats_stale_slot_contents():

@@ -27,8 +27,6 @@ than from the cache (whose write it may race), so no program depends on another.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -36,23 +34,10 @@ import triton.language as tl
 from kernel.reference import check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
 from kernel.triton._device import device_info, pdl_capable
 from kernel.triton.attention import _dot, _dot_mode
-from specs.errors import ConfigError, ShapeError
+from specs.errors import ShapeError
 
 BLOCK_S = 64
 MAX_SPLITS = 32
-# $LMSTACK_DECODE_ONE_PASS=N (opt-in until measured): where the slots would be split and a row holds at most N
-# slots, one program per (row, KV head) reads them all as one tile (BLOCK_S = N rounded up to a power of two): no
-# partials and no combine kernel. 0 (the default) keeps the split.
-ONE_PASS_ENV = "LMSTACK_DECODE_ONE_PASS"
-ONE_PASS_MAX = 1024
-
-
-def one_pass_slots() -> int:
-    """``$LMSTACK_DECODE_ONE_PASS`` as an int from 0 (off) to ONE_PASS_MAX (ConfigError otherwise)."""
-    raw = os.environ.get(ONE_PASS_ENV, "0")
-    if not raw.isdigit() or int(raw) > ONE_PASS_MAX:
-        raise ConfigError(ONE_PASS_ENV, f"expected a slot count from 0 (off) to {ONE_PASS_MAX}, got {raw!r}")
-    return int(raw)
 
 
 @triton.jit
@@ -290,13 +275,6 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         capacity = k.shape[2]
     # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
     ns = num_splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
-    block_s, tune = BLOCK_S, {}
-    one_pass = one_pass_slots()
-    if ns > 1 and capacity <= one_pass:  # every slot of a row in one tile: no partials, no combine kernel
-        ns, block_s = 1, max(BLOCK_S, triton.next_power_of_2(capacity))
-        # one loop step: nothing to pipeline, and 3 stages of a 512-slot tile need 428 KB of shared memory (sm90
-        # has 227 KB; one stage 166 KB, compiled offline)
-        tune = {"num_warps": 8 if block_s >= 256 else 4, "num_stages": 1}
     if ns > 1:
         acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
         m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
@@ -315,9 +293,9 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
                           Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH,
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
-                          ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=block_s,
+                          ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S,
                           BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, ROPE_AT_POS=at_pos,
-                          **tune, **launch)
+                          **launch)
     if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl, **launch)
