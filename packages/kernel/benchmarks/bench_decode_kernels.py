@@ -117,6 +117,36 @@ def cases(rows: int, device: str, dtype: torch.dtype):
         yield "decode_attention", f"B={B} L={L}", (q, k, v, lens), 2 * k.numel() * k.element_size()
 
 
+# How a decode step calls each projection by default (FastGenerator folds the RMSNorms, inference): the ones that read
+# the residual stream normalise their input themselves, the ones that write it add the residual in their epilogue.
+# The gemv tuner times each shape that way (the sum of squares each program computes, or the residual it reads).
+DECODE_CALLS = {"qkv": "rms", "o": "residual", "gate_up": "rms", "down": "residual", "lm_head": "rms"}
+RMS_EPS = 1e-5
+
+
+def decode_call(name: str, N: int, g: torch.Generator, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """The keywords a folded decode step passes with projection ``name`` (DECODE_CALLS): ``rms_eps``, or a
+    ``residual`` (1, N); none for a name it does not list."""
+    how = DECODE_CALLS.get(name)
+    if how == "rms":
+        return {"rms_eps": RMS_EPS}
+    if how == "residual":
+        return {"residual": torch.randn(1, N, generator=g).to(device, dtype)}
+    return {}
+
+
+def call_product(args: tuple, extra: dict[str, Any]) -> torch.Tensor:
+    """The fp32 result of one_row_case's ``args`` called with ``extra`` (kernel.reference's linear / int8_linear)."""
+    from kernel import reference as ref
+
+    kw = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in extra.items()}
+    if len(args) == 3:
+        x, w, s = args
+        return ref.int8_linear(x.float(), w, s.float(), **kw).float()
+    x, w = args
+    return ref.linear(x.float(), w.float(), **kw).float()
+
+
 def one_row_case(N: int, K: int, int8: bool, g: torch.Generator, device: str, dtype: torch.dtype):
     """One activation row and an (N, K) weight (int8 with per-channel scales, or ``dtype``): (x, w, the matmul's
     arguments, the bytes a call reads, the fp32 result)."""
@@ -235,8 +265,10 @@ TUNE_GEMV_LAUNCH_TOP = 3  # the fastest tiles (a program per block) that are the
 
 
 def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: int, elem: int, device: str,
-                  glu: bool) -> dict[str, float]:
-    """us per call of every gemv tile candidate that computes ``want`` (``glu``: the SwiGLU epilogue, even ROWS)."""
+                  glu: bool, extra: dict[str, Any] | None = None) -> dict[str, float]:
+    """us per call of every gemv tile candidate that computes ``want`` (``glu``: the SwiGLU epilogue, even ROWS;
+    ``extra``: the call's folded-norm or residual keywords, :func:`decode_call`)."""
+    extra = extra or {}
     timings = {}
     for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
         per_thread = rows * block_k * elem // (32 * warps)
@@ -244,11 +276,11 @@ def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: i
             continue
         cfg = (rows, block_k, warps)
         try:
-            got = gemv(*args, config=cfg, glu=glu).float()
+            got = gemv(*args, config=cfg, glu=glu, **extra).float()
             if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
                 raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
-            t = bench_rotated(lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, glu=glu), sets, device,
-                              replays=5)
+            t = bench_rotated(lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, glu=glu, **extra), sets,
+                              device, replays=5)
         except Exception as e:  # a tile that does not compile here is not a candidate
             print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
             continue
@@ -264,7 +296,8 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     the skinny tile (elsewhere the skinny matmul keeps the shape), its PDL field 1 where the chained gemv beat the
     plain one (and PER_SM where a persistent grid of that many programs per SM beat a program per row block), all
     timings under ``_meta``. The gate/up shapes also get a ``"<shape> glu"`` entry: the best tile with the SwiGLU in
-    its epilogue (``FastGenerator(fuse_swiglu=True)``), launched by the same rule."""
+    its epilogue (``FastGenerator(fuse_swiglu=True)``), launched by the same rule. Every shape is called as a folded
+    decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
     from kernel.triton.gemv import gemv
@@ -278,8 +311,8 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
 
-    def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False) -> tuple[list[int], float,
-                                                                                             dict[str, float]]:
+    def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False,
+                 extra: dict[str, Any] | None = None) -> tuple[list[int], float, dict[str, float]]:
         """The best way to launch tile ``cfg``: a program per row block or PER_SM programs per SM, each plainly or
         (sm90+) chained by PDL; ([PDL, PER_SM], its us, every timing)."""
         times = {"plain 0": t_plain}
@@ -289,44 +322,48 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                     continue
                 c = (*cfg, int(chained), per_sm)
                 times[f"{'chained' if chained else 'plain'} {per_sm}"] = bench_rotated(
-                    lambda x_, w_, s_=None, c=c, p=chained: gemv(x_, w_, s_, config=c, pdl=p, glu=glu), sets,
-                    device, replays=5) * 1e6
+                    lambda x_, w_, s_=None, c=c, p=chained: gemv(x_, w_, s_, config=c, pdl=p, glu=glu,
+                                                                 **(extra or {})), sets, device, replays=5) * 1e6
         how = min(times, key=times.get)
         mode, per_sm = how.split()
         return [int(mode == "chained"), int(per_sm)], times[how], {k: round(v, 2) for k, v in times.items()}
 
     for (name, N, K), int8 in itertools.product(shapes, kinds):
-        x, w, args, nbytes, want = one_row_case(N, K, int8, g, device, dtype)
+        x, w, args, nbytes, _ = one_row_case(N, K, int8, g, device, dtype)
+        extra = decode_call(name, N, g, device, dtype)
+        want = call_product(args, extra)
         sets = rotations(args, nbytes, device)
         skinny_cfg = skinny_plan(x, w)[:5]
-        t_skinny = bench_rotated(lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c), sets, device, replays=5) * 1e6
-        timings = _gemv_timings(gemv, args, sets, want, K, w.element_size(), device, glu=False)
+        t_skinny = bench_rotated(lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, **extra), sets, device,
+                                 replays=5) * 1e6
+        timings = _gemv_timings(gemv, args, sets, want, K, w.element_size(), device, glu=False, extra=extra)
         key = gemv_key(N, K, w.dtype)
         if not timings:
             raise SystemExit(f"error: no gemv candidate ran for {key} (see the skip lines above); nothing written")
         # the fastest tiles launched every way: a program per block or a persistent grid, plainly or chained by
         # programmatic dependent launch (each kernel loads its first weight block while the one before drains)
-        ways = {tile: launches(json.loads(tile), sets, timings[tile])
+        ways = {tile: launches(json.loads(tile), sets, timings[tile], extra=extra)
                 for tile in sorted(timings, key=timings.get)[:TUNE_GEMV_LAUNCH_TOP]}
         winner = min(ways, key=lambda tile: ways[tile][1])
         how, t_best, launch_times = ways[winner]
         skinny_pdl = {}
         if pdl_capable(x):  # the skinny twin chained (its L2 prefetch), for the record
             skinny_pdl["skinny_pdl_us"] = round(bench_rotated(
-                lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, pdl=True), sets, device, replays=5) * 1e6, 2)
+                lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, pdl=True, **extra), sets, device,
+                replays=5) * 1e6, 2)
         if t_best < t_skinny:  # [ROWS, BLOCK_K, num_warps, PDL, PER_SM]
             best[key] = json.loads(winner) + how
         detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "tiles": json.loads(winner),
                        "launches": launch_times, "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2),
-                       "candidates": len(timings), **skinny_pdl}
+                       "candidates": len(timings), "call": DECODE_CALLS.get(name, "plain"), **skinny_pdl}
         print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {launch_times} GB/s "
               f"{nbytes / t_best / 1e3:.0f}; skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
               + (f" -> gemv {best[key]}" if key in best else ""), flush=True)
         if name == "gate_up":  # the SwiGLU in the epilogue: [gate | up] rows in pairs, F values out
             glu_timings = _gemv_timings(gemv, args, sets, swiglu(want[:, :N // 2], want[:, N // 2:]), K,
-                                        w.element_size(), device, glu=True)
+                                        w.element_size(), device, glu=True, extra=extra)
             if glu_timings:
-                ways = {tile: launches(json.loads(tile), sets, glu_timings[tile], glu=True)
+                ways = {tile: launches(json.loads(tile), sets, glu_timings[tile], glu=True, extra=extra)
                         for tile in sorted(glu_timings, key=glu_timings.get)[:TUNE_GEMV_LAUNCH_TOP]}
                 glu_winner = min(ways, key=lambda tile: ways[tile][1])
                 how, t_glu, glu_times = ways[glu_winner]
@@ -340,7 +377,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                        "how": "bench_decode_kernels.py --tune-gemv: an entry where the best gemv tile beat the skinny "
                               "matmul's table tile in the same run, launched the fastest way (PDL 1: chained by "
                               "PDL; PER_SM: a persistent grid); '<shape> glu': the gate/up tile with the SwiGLU in "
-                              "its epilogue",
+                              "its epilogue; each shape called as a folded decode step calls it (detail's 'call')",
                        "detail": {card: detail}},
              card: best}
     write_json(path, table)

@@ -94,6 +94,14 @@ def test_gemv_tuner_times_only_tiles_that_compute_the_product():
                                              glu=True)
     assert plain and glu and all(t > 0 for t in [*plain.values(), *glu.values()])
     assert "[1, 256, 1]" in plain and all(json.loads(k)[0] % 2 == 0 for k in glu)
+    # called as a folded decode step calls it (x far from unit RMS, so a tile that skipped the norm could not match)
+    args = (args[0] * 5, args[1])
+    for name in ("qkv", "o"):
+        extra = bench_decode_kernels.decode_call(name, 16, g, "cpu", torch.float32)
+        want = bench_decode_kernels.call_product(args, extra)
+        assert not torch.allclose(want, bench_decode_kernels.call_product(args, {}), rtol=2e-2, atol=2e-2)
+        assert bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False, extra=extra)
+        assert not bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False)
 
 
 def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
@@ -119,5 +127,6 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     assert set(entries) <= {"fp32 32x128", "fp32 32x128 glu"} and "fp32 32x128 glu" in entries
     assert all(len(cfg) == 5 and cfg[0] == 2 for cfg in entries.values())
     assert set(table["_meta"]["detail"]["cpu"]["fp32 32x128"]["launches"]) == {"plain 0", "plain 2"}
+    assert table["_meta"]["detail"]["cpu"]["fp32 32x128"]["call"] == "rms"  # gate/up reads the residual stream
     monkeypatch.setenv(gemv.TILES_ENV, str(path))
     assert gemv.choose_tiles(32, 128, torch.float32, "cpu", True) == tuple(entries["fp32 32x128 glu"])
