@@ -334,7 +334,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         want = call_product(args, extra)
         sets = rotations(args, nbytes, device)
         skinny_cfg = skinny_plan(x, w)[:5]
-        t_skinny = bench_rotated(lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, **extra), sets, device,
+        t_skinny = bench_rotated(lambda *xs, c=skinny_cfg, e=extra: skinny_mm(*xs, config=c, **e), sets, device,
                                  replays=5) * 1e6
         timings = _gemv_timings(gemv, args, sets, want, K, w.element_size(), device, glu=False, extra=extra)
         key = gemv_key(N, K, w.dtype)
@@ -349,7 +349,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         skinny_pdl = {}
         if pdl_capable(x):  # the skinny twin chained (its L2 prefetch), for the record
             skinny_pdl["skinny_pdl_us"] = round(bench_rotated(
-                lambda *xs, c=skinny_cfg: skinny_mm(*xs, config=c, pdl=True, **extra), sets, device,
+                lambda *xs, c=skinny_cfg, e=extra: skinny_mm(*xs, config=c, pdl=True, **e), sets, device,
                 replays=5) * 1e6, 2)
         if t_best < t_skinny:  # [ROWS, BLOCK_K, num_warps, PDL, PER_SM]
             best[key] = json.loads(winner) + how
