@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh retune   the bf16 gemv tiles tuned as a folded decode step calls them (the tuner now
+#                                      passes the folded norm or the residual), then decode as shipped and with them
+#                                      (~6 min)
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
 #                                      the default, lmstack and transformers each (~6 min; not yet run)
 #   bash tools/gpu_pending.sh int8-magic  int8 weights to fp32 by the exact add trick instead of the conversion
@@ -54,7 +57,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -70,6 +73,31 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+retune)
+  # the bf16 gemv tiles tuned as a folded decode step calls them (folded norm / residual), every entry chained (as
+  # shipped since run X), the shipped int8 entries kept; then decode as shipped and with the retuned table
+  step tune 160 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
+    --tune-weights float
+  grep -h "gemv best" "$OUT/tune.log"
+  python - "$OUT/gemv.json" "$OUT/retuned.json" <<'PY'
+import json, pathlib, sys
+t = json.load(open(sys.argv[1]))
+shipped = json.loads(pathlib.Path("packages/kernel/src/kernel/triton/gemv_tiles.json").read_text())
+out = {}
+for card, entries in t.items():
+    if card.startswith("_"):
+        continue
+    keep = {k: v for k, v in shipped.get(card, {}).items() if k.startswith("int8")}
+    out[card] = {**keep, **{k: v[:3] + [1] + v[4:] for k, v in entries.items()}}
+json.dump(out, open(sys.argv[2], "w"))
+print(json.dumps(out))
+PY
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  dec() { local name=$1; shift; step "$name" 95 env "$@" --preset llama-1b --batch-sizes 1 --repeat 2 \
+    --variants lmstack --out "$OUT/$name.json"; }
+  dec decode_shipped python -m eval.bench decode
+  dec decode_retuned LMSTACK_GEMV_TILES="$OUT/retuned.json" python -m eval.bench decode
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 glu-grid)
   # decode as shipped, then with the gate/up SwiGLU tile on a persistent grid (16 or 8 programs per SM; a program
   # per block as shipped: isolated 12.8 us chained, 13.5 / 13.1 persistent, but the plain gate/up tile won whole
