@@ -324,9 +324,9 @@ def _pick(logits_BV: torch.Tensor, inv_temp: torch.Tensor, noise_BV: torch.Tenso
 def argmax_rows(x_BV: torch.Tensor, chunks: int = 64) -> torch.Tensor:
     """``x_BV.argmax(-1, keepdim=True)`` (B, 1), the first index of the largest value (NaN counts as largest, as
     in torch), written as two reductions: the maximum of each of ``chunks`` slices of a row, then the best slice.
-    Compiled, a one-row argmax over a vocabulary is one program looping over all V values (7 us a token for
-    V = 32,000 on an H200, docs/benchmarks.md); the slices spread the first pass over ``B x chunks`` programs.
-    Rows shorter than 64 x ``chunks`` take the plain argmax."""
+    Compiled, a one-row argmax over a vocabulary is one program looping over all V values; the slices spread the
+    first pass over ``B x chunks`` programs (measured on an H200 only together with three other changes to the
+    decode step, docs/benchmarks.md run Y1). Rows shorter than 64 x ``chunks`` take the plain argmax."""
     B, V = x_BV.shape
     if 64 * chunks > V:
         return x_BV.argmax(-1, keepdim=True)
