@@ -217,7 +217,7 @@ chain-int8)
 gpt2-graphs)
   # the GPT-2 step's ~2 ms between kernel time and step time (session 5): CUDA graphs (compile mode reduce-overhead)
   # for both models, beside the default compile of the same call
-  for mode in default reduce-overhead; do
+  for mode in ${MODES:-default reduce-overhead}; do  # MODES=reduce-overhead: that mode alone (~3 min)
     step "gpt2_$mode" 170 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused,transformers \
       --compile "$mode" --out "$OUT/gpt2_$mode.json"
     grep -h '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/gpt2_$mode.json"
