@@ -4,7 +4,8 @@
 #                                      passes the folded norm or the residual), then decode as shipped and with them
 #                                      (~6 min)
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
-#                                      the default, lmstack and transformers each (~6 min; not yet run)
+#                                      the default, lmstack and transformers each (~6 min; MODES=reduce-overhead
+#                                      alone ran in session 9: 1.27x, as under the default)
 #   bash tools/gpu_pending.sh int8-magic  int8 weights to fp32 by the exact add trick instead of the conversion
 #                                      instruction (LMSTACK_GEMV_INT8=magic): int8 gemv tiles timed both ways, then
 #                                      decode int8 both ways (~6 min; decode with the cvt tiles: run Z2, 1.16x)
