@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh retune   the bf16 gemv tiles tuned as a folded decode step calls them (the tuner now
-#                                      passes the folded norm or the residual), then decode as shipped and with them
-#                                      (~6 min)
+#                                      passes the folded norm or the residual), then decode as shipped, with them,
+#                                      and with attention's splits combined in its kernel (LMSTACK_SPLIT_COMBINE=last)
+#                                      (~8 min)
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
 #                                      the default, lmstack and transformers each (~6 min; MODES=reduce-overhead
 #                                      alone ran in session 9: 1.27x, as under the default)
@@ -98,6 +99,9 @@ PY
     --variants lmstack --out "$OUT/$name.json"; }
   dec decode_shipped python -m eval.bench decode
   dec decode_retuned LMSTACK_GEMV_TILES="$OUT/retuned.json" python -m eval.bench decode
+  # attention's slot splits combined by their last program (no combine kernel in the chain; level in run O, before
+  # the gemv chain)
+  dec decode_split_last LMSTACK_SPLIT_COMBINE=last python -m eval.bench decode
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 glu-grid)
   # decode as shipped, then with the gate/up SwiGLU tile on a persistent grid (16 or 8 programs per SM; a program
