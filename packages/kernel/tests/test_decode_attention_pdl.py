@@ -45,14 +45,53 @@ def test_pdl_op_gives_the_plain_kernels_results_and_cache_writes(new):
     assert da.num_splits(2, 2, 96, da.device_info(q)[0]) == 2  # the split kernel and the combine kernel both ran
 
 
+def test_pdl_op_combines_in_the_split_kernel_given_counters():
+    (q, k, v, lens), kw = _step()
+    counters = torch.zeros(8, dtype=torch.int32, device=DEVICE)
+    k2, v2 = k.clone(), v.clone()
+    want = da.decode_attention(q, k, v, lens, **kw)
+    got = da.decode_attention_pdl(q, k2, v2, lens, split_counters=counters, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the splits summed in another order's kernel
+    assert torch.equal(k2, k) and torch.equal(v2, v) and not counters.any()  # left zeroed for the next call
+
+
+@pytest.mark.parametrize("long_first", [False, True])
+def test_the_early_block_gives_the_plain_results_over_stale_slots(monkeypatch, long_first):
+    """Under PDL the split kernel loads a block of cached keys and values before it knows the row's length (the
+    block its chunk starts at when chunks are one block long), and loads it again where the chunk starts elsewhere.
+    That path, taken here without PDL (the interpreter has none): a row of one-block chunks and a row longer than
+    one block per split (its slots split count depends on the device's SMs), over caches whose slots past each
+    row's length hold NaN, give the plain path's output and cache writes."""
+    B, H, KVH, L, Dh = 2, 8, 2, 2400, 32
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)
+    q, k, v = r(B, H, Dh), r(B, KVH, L, Dh), r(B, KVH, L, Dh)
+    ns = da.num_splits(B, KVH, L, da.device_info(q)[0])
+    lens = [37, ns * da.BLOCK_S + 150][::-1 if long_first else 1]
+    for b, n in enumerate(lens):  # stale slots: the new token's slot n - 1 and everything past it
+        k[b, :, n - 1:] = float("nan")
+        v[b, :, n - 1:] = float("nan")
+    kw = dict(k_new=r(B, KVH, Dh), v_new=r(B, KVH, Dh), cos_BDh=r(B, Dh), sin_BDh=r(B, Dh))
+    lens_B = torch.tensor(lens, device=DEVICE)
+    cdiv = lambda a, b: (a + b - 1) // b
+    chunks = [cdiv(cdiv(n, ns), da.BLOCK_S) * da.BLOCK_S for n in lens]  # the kernel's chunk of each row
+    assert ns > 1 and max(lens) < L and min(chunks) == da.BLOCK_S < max(chunks)  # both kinds of chunk
+    k1, v1, k2, v2 = k.clone(), v.clone(), k.clone(), v.clone()
+    want = da.decode_attention(q, k1, v1, lens_B, **kw)
+    monkeypatch.setattr(da, "EARLY_WITHOUT_PDL", True)
+    got = da.decode_attention(q, k2, v2, lens_B, **kw)
+    assert torch.isfinite(want).all() and torch.equal(got, want)
+    assert torch.equal(k2.nan_to_num(7.0), k1.nan_to_num(7.0)) and torch.equal(v2.nan_to_num(7.0), v1.nan_to_num(7.0))
+
+
 def test_pdl_op_declares_the_caches_it_writes_and_passes_opcheck():
     schema = torch.ops.lmstack.decode_attention_pdl.default._schema
     written = sorted(a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write)
-    assert written == ["k", "v"]
+    assert written == ["k", "split_counters", "v"]
     (q, k, v, lens), kw = _step()
     torch.library.opcheck(torch.ops.lmstack.decode_attention_pdl,
                           (q, k, v, lens, None, None, None, kw["k_new"], kw["v_new"], kw["cos_BDh"], kw["sin_BDh"],
-                           None, None),
+                           None, None, None),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -87,13 +126,15 @@ import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import decode_attention as da
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
-for pdl in (False, True):
-    consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
-                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, ROPE_AT_POS=False)
+for pdl, new in ((False, True), (True, True), (True, False)):
+    consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=new, ROPE=new, COMBINE=False, BLOCK_G=16,
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, EARLY=pdl and new, ROPE_AT_POS=False)
     src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                     options={"num_warps": 4, "launch_pdl": pdl}).asm["ptx"] + "\\n=====\\n")
+    if not new:
+        continue
     cnames = ["acc_ptr", "m_ptr", "l_ptr", "o_ptr", "stride_ob", "stride_oh", "H", "NS", "Dh"]
     consts = dict(BLOCK_N=8, BLOCK_D=64, PDL=pdl)
     src = triton.compiler.ASTSource(fn=da._combine, signature={**dict(zip(cnames, ["*fp32"] * 3 + ["*bf16"]
@@ -104,17 +145,27 @@ for pdl in (False, True):
 """
 
 
-def test_pdl_kernels_wait_before_their_first_load_then_trigger():
+def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain_dec, plain_comb, pdl_dec, pdl_comb, _ = out.stdout.split("\n=====\n")
+    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, _ = out.stdout.split("\n=====\n")
     for ptx in (plain_dec, plain_comb):
         assert "griddepcontrol" not in ptx
-    for ptx in (pdl_dec, pdl_comb):
+
+    def order(ptx):
         lines = ptx.splitlines()
-        wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
-        launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
-        first_load = next(i for i, line in enumerate(lines) if re.search(r"\bld\.global", line))
-        assert wait < launch < first_load
+        at = lambda pat: next(i for i, line in enumerate(lines) if re.search(pat, line))
+        loads = [i for i, line in enumerate(lines) if re.search(r"\bld\.global", line)]
+        return at("griddepcontrol.wait"), at("griddepcontrol.launch_dependents"), loads, at(r"\bst\.global")
+
+    # the combine, and the split kernel without the new token (the kernel before may have written the cache's last
+    # slot): nothing is read before the wait
+    for ptx in (pdl_comb, pdl_old):
+        wait, launch, loads, store = order(ptx)
+        assert wait < launch < loads[0] < store
+    # with the new token: the first block of cached keys and values is loaded before the wait, and q, the new key
+    # and value after it (there are loads on both sides), and nothing is stored before it
+    wait, launch, loads, store = order(pdl_dec)
+    assert loads[0] < wait < launch < loads[-1] and wait < store

@@ -86,8 +86,9 @@ def builtin_implementations() -> list[Implementation]:
                        priority=24, devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(9, 0),
                        backward=False, description="int8 triton_skinny with programmatic dependent launch (sm90+)"),
         # decode_attention launched with programmatic dependent launch (an opaque op that writes the caches), so a
-        # chain of PDL-launched decode kernels runs through attention: asked for by name only (FastGenerator's
-        # decode_attention="triton_pdl"), since whole H200 steps gained nothing with it (+0.3% in run X, -2.6% in Y)
+        # chain of PDL-launched decode kernels runs through attention: never chosen by `auto` (it pays only inside
+        # such a chain); FastGenerator asks for it where its Linears are chained by PDL. Waiting first it gained
+        # nothing (+0.3% in run X, -2.6% in Y); loading a block of the cache before its wait, +1.2% (AE)
         Implementation(op="decode_attention", name="triton_pdl",
                        target="kernel.triton.decode_attention:decode_attention_pdl", priority=4, devices=("cuda",),
                        dtypes=FLOATS, requires=("triton",), min_capability=(9, 0), max_head_dim=256, backward=False,

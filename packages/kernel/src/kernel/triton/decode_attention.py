@@ -38,43 +38,59 @@ from specs.errors import ShapeError
 
 BLOCK_S = 64
 MAX_SPLITS = 32
+# tests: the split kernel loads its first block before it knows the row's length (as under PDL) without PDL too,
+# so the interpreter, which has no PDL, checks that path's results
+EARLY_WITHOUT_PDL = False
 
 
 @triton.jit
 def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-            scale, G, Dh, H, NS, KVH,
+            scale, G, Dh, H, NS, KVH, L,
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, ROPE_AT_POS: tl.constexpr):
-    if PDL:  # launched while the kernel before drains: wait for it, then let the next kernel start its weight loads
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-    if ROPE_AT_POS:  # cos/sin are (P, Dh) tables: this row's angles are the row at its new slot, lens - 1
-        pos = tl.maximum(tl.load(lens_ptr + tl.program_id(0)) - 1, 0).to(tl.int64)
-        cos_ptr += pos * stride_cb
-        sin_ptr += pos * stride_cb
-        stride_cb = 0
+            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
+            ROPE_AT_POS: tl.constexpr):
     _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-            scale, G, Dh, H, NS, KVH, tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64),
+            scale, G, Dh, H, NS, KVH, L, tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64),
             tl.program_id(2) if SPLIT else 0, PAGED, PAGE, DOT, SPLIT, NEW, ROPE, COMBINE, BLOCK_G, BLOCK_S, BLOCK_D,
-            BLOCK_N, "")
+            BLOCK_N, "", PDL, EARLY, ROPE_AT_POS)
 
 
 @triton.jit
 def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-            scale, G, Dh, H, NS, KVH, b, kvh, split,
+            scale, G, Dh, H, NS, KVH, L, b, kvh, split,
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
-            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, QKV_LOAD: tl.constexpr):
+            BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, QKV_LOAD: tl.constexpr, PDL: tl.constexpr,
+            EARLY: tl.constexpr, ROPE_AT_POS: tl.constexpr):
     """The work of one program of :func:`_decode`, (row b, KV head kvh, slot split ``split``): also the attention
     stage of ``decode_layer``'s persistent kernel, whose q, new key and value another program of the same kernel
-    wrote (``QKV_LOAD=".cg"``: read from L2)."""
+    wrote (``QKV_LOAD=".cg"``: read from L2). ``L``: a fixed cache's slots per row. ``ROPE_AT_POS``: cos/sin are
+    (P, Dh) tables, this row's angles the row at its new slot, n - 1.
+
+    ``PDL``: launched while the kernel before drains; the program reads nothing that kernel may have written (the
+    row lengths included) before it waits for it, then lets the next kernel start. ``EARLY`` (with the step's new
+    token, ``NEW``, and a fixed cache): before that wait, the program loads the block of cached keys and values its
+    chunk starts at when chunks are one block long (the usual case: rows of at most ``NS x BLOCK_S`` slots); no
+    kernel of the step writes those slots (this one writes slot n - 1 itself and reads it from the arguments). Once
+    the length is known, a chunk that starts elsewhere loads its block again."""
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    g_ok, d_ok = g < G, d < Dh
+    h = kvh * G + g
+    guess = split * BLOCK_S  # where a one-block chunk starts
+    if EARLY:
+        k0, v0 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, guess + tl.arange(0, BLOCK_S), L, d, d_ok, stride_kb,
+                           stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     n = tl.load(lens_ptr + b)
     if SPLIT:  # this program's chunk of the row: whole BLOCK_S blocks, so every loop step has a valid slot
         chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
@@ -83,10 +99,21 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     else:
         lo = 0
         hi = n
-    g = tl.arange(0, BLOCK_G)
-    d = tl.arange(0, BLOCK_D)
-    g_ok, d_ok = g < G, d < Dh
-    h = kvh * G + g
+    s0 = lo + tl.arange(0, BLOCK_S)
+    if EARLY:  # the early block where the chunk starts there (its slots past hi zeroed), else loaded now
+        again = lo != guess
+        k1, v1 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s0, tl.where(again, hi, 0), d, d_ok, stride_kb,
+                           stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
+        keep = ((s0 < hi) & (lo == guess))[:, None]
+        k0 = tl.where(keep, k0, k1)
+        v0 = tl.where(keep, v0, v1)
+    else:
+        k0, v0 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s0, hi, d, d_ok, stride_kb, stride_kh, stride_ks,
+                           stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
+    if ROPE_AT_POS:
+        cos_ptr += tl.maximum(n - 1, 0).to(tl.int64) * stride_cb
+        sin_ptr += tl.maximum(n - 1, 0).to(tl.int64) * stride_cb
+        stride_cb = 0
     q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d[None, :], mask=g_ok[:, None] & d_ok[None, :],
                 other=0.0, cache_modifier=QKV_LOAD)  # (BLOCK_G, BLOCK_D)
     if ROPE:  # rotate-half RoPE of q and the new key, in fp32: x * cos + rotate_half(x) * sin
@@ -98,6 +125,8 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         q_rot = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d_rot[None, :],
                         mask=g_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=QKV_LOAD)
         q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_rot.to(tl.float32) * sin[None, :]).to(q.dtype)
+    kn = 0.0  # unused without the new token
+    vn = 0.0
     if NEW:  # the step's own key/value: slot n - 1 is read from here, and written to the cache by one program
         kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0, cache_modifier=QKV_LOAD)
         vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0,
@@ -121,34 +150,13 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-    for s0 in range(lo, hi, BLOCK_S):
+    if hi > lo:
+        m_i, l_i, acc = _block(q, k0, v0, s0, hi, n, kn, vn, m_i, l_i, acc, scale, NEW, DOT)
+    for s0 in range(lo + BLOCK_S, hi, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
-        s_ok = s < hi
-        if PAGED:
-            blk = tl.load(table_ptr + b * stride_tb + s // PAGE, mask=s_ok, other=0).to(tl.int64)
-            slot = blk * PAGE + s % PAGE
-            k_off = slot * stride_ks + kvh * stride_kh
-            v_off = slot * stride_vs + kvh * stride_vh
-        else:
-            k_off = b * stride_kb + kvh * stride_kh + s.to(tl.int64) * stride_ks
-            v_off = b * stride_vb + kvh * stride_vh + s.to(tl.int64) * stride_vs
-        kv_ok = s_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_ok, other=0.0)  # (BLOCK_S, BLOCK_D)
-        if NEW:  # slot n - 1 may still hold stale contents (its write above races with this read): use kn
-            k = tl.where((s == n - 1)[:, None], kn[None, :], k)
-        # (BLOCK_G, BLOCK_S) fp32; inductor's launcher passes a Python float as fp64
-        scores = (_dot(q, tl.trans(k), DOT) * scale).to(tl.float32)
-        scores = tl.where(s_ok[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        p = tl.exp(scores - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + v_off[:, None] + d[None, :], mask=kv_ok, other=0.0)
-        if NEW:
-            v = tl.where((s == n - 1)[:, None], vn[None, :], v)
-        # p stays fp32 (tf32 on tensor cores, 10 mantissa bits, not bf16's 7): the FLOPs are free in a decode step
-        acc = acc * alpha[:, None] + _dot(p, v.to(tl.float32), 1 if DOT == 1 else 0)
-        m_i = m_new
+        k, v = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s, hi, d, d_ok, stride_kb, stride_kh, stride_ks, stride_vb,
+                         stride_vh, stride_vs, stride_tb, PAGED, PAGE)
+        m_i, l_i, acc = _block(q, k, v, s, hi, n, kn, vn, m_i, l_i, acc, scale, NEW, DOT)
     gd_ok = g_ok[:, None] & d_ok[None, :]
     if SPLIT:  # unnormalised partials; an empty chunk leaves m = -inf, l = 0, acc = 0, which _combine ignores
         part = (b * H + h) * NS + split  # (BLOCK_G,) rows of the (B, H, NS) buffers
@@ -175,6 +183,44 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i, 1e-30)[:, None], 0.0)  # an empty row gives zeros
         tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=gd_ok)
+
+
+@triton.jit
+def _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s, hi, d, d_ok, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh,
+              stride_vs, stride_tb, PAGED: tl.constexpr, PAGE: tl.constexpr):
+    """The cached keys and values (BLOCK_S, BLOCK_D) of row b's slots ``s`` below ``hi`` (zeros past it)."""
+    s_ok = s < hi
+    if PAGED:
+        blk = tl.load(table_ptr + b * stride_tb + s // PAGE, mask=s_ok, other=0).to(tl.int64)
+        slot = blk * PAGE + s % PAGE
+        k_off = slot * stride_ks + kvh * stride_kh
+        v_off = slot * stride_vs + kvh * stride_vh
+    else:
+        k_off = b * stride_kb + kvh * stride_kh + s.to(tl.int64) * stride_ks
+        v_off = b * stride_vb + kvh * stride_vh + s.to(tl.int64) * stride_vs
+    kv_ok = s_ok[:, None] & d_ok[None, :]
+    k = tl.load(k_ptr + k_off[:, None] + d[None, :], mask=kv_ok, other=0.0)
+    v = tl.load(v_ptr + v_off[:, None] + d[None, :], mask=kv_ok, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _block(q, k, v, s, hi, n, kn, vn, m_i, l_i, acc, scale, NEW: tl.constexpr, DOT: tl.constexpr):
+    """One online-softmax step of q (BLOCK_G, BLOCK_D) over the keys and values of slots ``s`` (at least one below
+    ``hi``): the running max, sum and unnormalised output after it."""
+    if NEW:  # slot n - 1 may still hold stale contents (its write races with the block's read): use kn, vn
+        k = tl.where((s == n - 1)[:, None], kn[None, :], k)
+        v = tl.where((s == n - 1)[:, None], vn[None, :], v)
+    # (BLOCK_G, BLOCK_S) fp32; inductor's launcher passes a Python float as fp64
+    scores = (_dot(q, tl.trans(k), DOT) * scale).to(tl.float32)
+    scores = tl.where((s < hi)[None, :], scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))
+    p = tl.exp(scores - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    # p stays fp32 (tf32 on tensor cores, 10 mantissa bits, not bf16's 7): the FLOPs are free in a decode step
+    acc = acc * alpha[:, None] + _dot(p, v.to(tl.float32), 1 if DOT == 1 else 0)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -231,8 +277,9 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     itself (no second kernel). Calls that share one buffer must not run concurrently (one stream, as a model's
     layers do); the caches keep one under ``$LMSTACK_SPLIT_COMBINE=last``
     (:func:`kernel.reference.split_combine_in_kernel`). ``pdl``: launch both kernels with programmatic dependent
-    launch where the device has it (sm90+): each waits for the kernel before it first, then lets the next one
-    start (a PDL-launched matmul after it loads its first weights meanwhile)."""
+    launch where the device has it (sm90+): each waits for the kernel before it, then lets the next one start (a
+    PDL-launched matmul after it loads its first weights meanwhile); with the new token and a fixed cache the split
+    kernel loads a block of cached keys and values before its wait (:func:`decode_attention_pdl`)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
     check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
     check_rope_tables(q_BHDh, k, block_table, block_size, cos_BDh, cos_PDh, sin_PDh)
@@ -285,17 +332,18 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     pdl = pdl and pdl_capable(q)
     launch = {"launch_pdl": True} if pdl else {}
     block_d = max(16, triton.next_power_of_2(Dh))
+    early = new and not paged and (pdl or EARLY_WITHOUT_PDL)
     # unused pointer arguments get a spare buffer, never lens_B: passed as three arguments, lens_B was copied three
     # times per layer by the code torch 2.11's inductor generated for a decode step (run Z, docs/benchmarks.md)
     spare = None if paged and combine else torch.empty(1, dtype=torch.int32, device=q.device)
     _decode[(B, KVH, ns)](q, k, v, lens_B, table if paged else spare, out, acc, m, l_s, kn, vn, cos, sin,
                           split_counters if combine else spare, q.stride(0), q.stride(1), kb,
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
-                          Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH,
+                          Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH, 0 if paged else capacity,
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
                           ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S,
-                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, ROPE_AT_POS=at_pos,
-                          **launch)
+                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, EARLY=early,
+                          ROPE_AT_POS=at_pos, **launch)
     if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl, **launch)
@@ -309,22 +357,26 @@ def decode_attention_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
                          cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`decode_attention` launched with programmatic dependent launch (sm90+), as an opaque op to
-    torch.compile (``torch.ops.lmstack.decode_attention_pdl``, declared to write k and v: the step's token goes to
-    the cache), since inductor launches the Triton kernels it traces without the attribute. In a decode step of
-    PDL-chained matmuls (``kernel.triton.gemv``) the chain then runs through attention too. Its slot splits always
-    combine in a second kernel (``split_counters`` is not used)."""
+    torch.compile (``torch.ops.lmstack.decode_attention_pdl``, declared to write k, v and ``split_counters``: the
+    step's token goes to the cache), since inductor launches the Triton kernels it traces without the attribute. In
+    a decode step of PDL-chained matmuls (``kernel.triton.gemv``) the chain then runs through attention too. Given
+    the step's new token and a fixed cache, each split program loads one block of cached keys and values (a guess
+    at its chunk's first, read again once the row's length says otherwise) before it waits for the kernel before
+    it, which must therefore not write the cache (in a decode step it is the q/k/v projection); everything else,
+    the row lengths included, is read after the wait."""
     return torch.ops.lmstack.decode_attention_pdl(q_BHDh, k, v, lens_B, block_table, block_size, scale, k_new, v_new,
-                                                  cos_BDh, sin_BDh, cos_PDh, sin_PDh)
+                                                  cos_BDh, sin_BDh, cos_PDh, sin_PDh, split_counters)
 
 
-@torch.library.custom_op("lmstack::decode_attention_pdl", mutates_args=("k", "v"))
+@torch.library.custom_op("lmstack::decode_attention_pdl", mutates_args=("k", "v", "split_counters"))
 def _decode_attention_pdl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor,
                           block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
                           k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos: torch.Tensor | None,
                           sin: torch.Tensor | None, cos_table: torch.Tensor | None,
-                          sin_table: torch.Tensor | None) -> torch.Tensor:
+                          sin_table: torch.Tensor | None, split_counters: torch.Tensor | None) -> torch.Tensor:
     return decode_attention(q, k, v, lens, block_table=block_table, block_size=block_size, scale=scale, k_new=k_new,
-                            v_new=v_new, cos_BDh=cos, sin_BDh=sin, pdl=True, cos_PDh=cos_table, sin_PDh=sin_table)
+                            v_new=v_new, cos_BDh=cos, sin_BDh=sin, pdl=True, cos_PDh=cos_table, sin_PDh=sin_table,
+                            split_counters=split_counters)
 
 
 @_decode_attention_pdl.register_fake
@@ -332,5 +384,5 @@ def _decode_attention_pdl_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
                                 k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos: torch.Tensor | None,
                                 sin: torch.Tensor | None, cos_table: torch.Tensor | None,
-                                sin_table: torch.Tensor | None) -> torch.Tensor:
+                                sin_table: torch.Tensor | None, split_counters: torch.Tensor | None) -> torch.Tensor:
     return torch.empty_like(q)
