@@ -22,7 +22,7 @@ from kernel.triton import decode_attention as da
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 for combine in (False, True):
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=combine, BLOCK_G=16,
-                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=False, ROPE_AT_POS=False)
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=False, EARLY=False, ROPE_AT_POS=False)
     src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
