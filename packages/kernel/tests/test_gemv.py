@@ -322,8 +322,9 @@ def test_a_measured_glu_tile_is_preferred(tmp_path, monkeypatch):
 
 
 def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch):
-    """$LMSTACK_GEMV_INT8=magic: every int8 value, -128 to 127, becomes the same fp32 weight as the conversion
-    instruction gives, so the results are identical; a bad value is refused naming the choices."""
+    """$LMSTACK_GEMV_INT8=magic (the default): every int8 value, -128 to 127, becomes the same fp32 weight as the
+    conversion instruction gives (``cvt``), so the results are identical; a bad value is refused naming the
+    choices."""
     g = torch.Generator().manual_seed(17)
     N, K = 16, 256
     x = torch.randn(1, K, generator=g).to(DEVICE)
@@ -332,12 +333,15 @@ def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch)
     s = (torch.rand(N, generator=g) / 127).to(DEVICE)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "cvt")
     plain = gemv_mod.gemv(x, w, s, config=(4, 128, 2))
+    assert not gemv_mod.int8_magic()
+    monkeypatch.delenv(gemv_mod.INT8_ENV)
+    assert gemv_mod.int8_magic()  # the default
+    assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2)), plain)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
     assert gemv_mod.int8_magic()
-    assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2)), plain)
     torch.testing.assert_close(plain, ref.int8_linear(x, w, s), rtol=1e-5, atol=1e-4)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "fast")
-    with pytest.raises(ConfigError, match="expected 'cvt' .the default. or 'magic', got 'fast'"):
+    with pytest.raises(ConfigError, match="expected 'magic' .the default. or 'cvt', got 'fast'"):
         gemv_mod.gemv(x, w, s, config=(4, 128, 2))
 
 

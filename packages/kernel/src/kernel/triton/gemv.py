@@ -40,16 +40,18 @@ from specs.errors import ConfigError, ShapeError
 
 TILES_ENV = "LMSTACK_GEMV_TILES"
 SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmul keeps every shape), for comparisons
-# int8 weights to fp32: "cvt" (the conversion instruction, the default) or "magic" (integer and float adds, exact:
-# :func:`_weights`), until a card has measured which is faster
+# int8 weights to fp32: "magic" (integer and float adds, exact: :func:`_weights`; the default, measured faster on an
+# H200: int8 decode at 1,575 against 1,527 tokens/s, each with its own tuned tiles, docs/benchmarks.md run AF) or
+# "cvt" (the quarter-rate conversion instruction)
 INT8_ENV = "LMSTACK_GEMV_INT8"
 
 
 def int8_magic() -> bool:
-    """Whether int8 weights are converted by the exact add trick (``$LMSTACK_GEMV_INT8=magic``)."""
-    raw = os.environ.get(INT8_ENV, "cvt")
+    """Whether int8 weights are converted by the exact add trick (``$LMSTACK_GEMV_INT8``: "magic", the default, or
+    "cvt")."""
+    raw = os.environ.get(INT8_ENV, "magic")
     if raw not in ("cvt", "magic"):
-        raise ConfigError(INT8_ENV, f"expected 'cvt' (the default) or 'magic', got {raw!r}")
+        raise ConfigError(INT8_ENV, f"expected 'magic' (the default) or 'cvt', got {raw!r}")
     return raw == "magic"
 
 
