@@ -113,6 +113,33 @@ def test_pdl_chained_gemv_decode_gives_the_tokens_of_the_plain_gemv(tmp_path, mo
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="programmatic dependent launch needs a CUDA device of compute capability 9.0+")
+def test_pdl_attention_decode_gives_the_tokens_of_the_plain_attention(tmp_path, monkeypatch):
+    """Decode attention launched with PDL (``triton_pdl``) loads its first block of cached keys and values before
+    it waits for the PDL-chained q/k/v gemv, and reads q and the new key and value after: compiled CUDA-graph bf16
+    decoding with it against the plain attention kernels, every other kernel the same, over four slot splits (the
+    rows pass 128 slots); a read of the gemv's outputs before it finished would change tokens."""
+    import json
+
+    from kernel.triton import gemv
+    from serve.fast import FastGenerator
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).to("cuda", torch.bfloat16).eval()
+    prompt = torch.randint(0, 500, (1, 100), generator=torch.Generator().manual_seed(7)).to("cuda")
+    shapes = {gemv.tile_key(*m.weight.shape, m.weight.dtype) for m in model.modules()
+              if isinstance(m, torch.nn.Linear)}
+    table = tmp_path / "gemv.json"
+    table.write_text(json.dumps({torch.cuda.get_device_name(): {k: [2, 256, 4, 1] for k in shapes}}))
+    monkeypatch.setenv(gemv.TILES_ENV, str(table))
+    torch._dynamo.reset()
+    want = FastGenerator(copy.deepcopy(model), 1, 256, decode_attention="triton").generate(prompt, 100)
+    torch._dynamo.reset()
+    got = FastGenerator(copy.deepcopy(model), 1, 256, decode_attention="triton_pdl").generate(prompt, 100)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_fast_generator_captures_its_step_with_its_state_in_static_buffers():
     """FastGenerator's step reads and writes its token, output row and column index in place: under
@@ -313,6 +340,30 @@ def test_fast_generator_chains_int8_layers_with_the_linears(monkeypatch):
     assert impls == {"triton_skinny_pdl"}
     fast.FastGenerator(model, 2, 8, compile="default", pdl=True)  # a later generator decides again
     assert {m.impl for m in model.modules() if isinstance(m, Int8WeightOnlyLinear)} == {"auto"}
+
+
+def test_fast_generator_puts_attention_in_the_pdl_chain_where_the_matmuls_are_chained(monkeypatch):
+    """decode_attention="auto" (the default): "triton_pdl" where the Linears are chained by PDL (what a batch-1
+    generator on an sm90 card with a chaining gemv table gets; faked here, nothing runs) and every layer would
+    decode with the Triton kernels; the model's own choice elsewhere; a name wins."""
+    import serve.fast as fast
+
+    monkeypatch.setattr(fast, "one_row_pdl_linear", lambda device: "triton_skinny_pdl")
+    monkeypatch.setattr(fast, "auto_linear_impl", lambda model: "triton_skinny")
+    make = lambda attn="triton": TransformerLM(preset("llama-debug", attn_impl=attn)).eval()
+    model = make()
+    gen = fast.FastGenerator(model, 1, 16, compile="default", pdl=True)
+    assert gen.decode_attention == "triton_pdl"
+    assert {layer.self_attn.decode_impl for layer in model.model.layers} == {"triton_pdl"}
+    assert fast.FastGenerator(make(), 2, 16, compile="default", pdl=True).decode_attention is None  # no chain
+    assert fast.FastGenerator(make(), 1, 16, compile="default", pdl=False).decode_attention is None
+    assert fast.FastGenerator(make(), 1, 16, compile="default", pdl=True,
+                              linear_impl="triton_skinny").decode_attention is None  # not the chained twin
+    assert fast.FastGenerator(make("sdpa"), 1, 16, compile="default", pdl=True).decode_attention is None
+    # "auto" layers: the registry's choice for the device (the reference on a CPU), so their own
+    assert fast.FastGenerator(make("auto"), 1, 16, compile="default", pdl=True).decode_attention is None
+    assert fast.FastGenerator(make(), 1, 16, compile="default", pdl=True,
+                              decode_attention="triton").decode_attention == "triton"
 
 
 def test_fast_generator_names_the_decode_attention_of_every_layer(monkeypatch):

@@ -63,8 +63,12 @@ class FastGenerator:
     down projection loads its input measured slower: 1,084 against 1,134 tokens/s, run W.)
     ``decode_attention``: the kernel registry's ``decode_attention`` implementation for the decode steps' attention
     (each attention layer's ``decode_impl``; e.g. "triton_pdl": the Triton kernels launched with programmatic
-    dependent launch, so a chain of PDL-launched matmuls runs through attention too); None (the default) keeps the
-    model's own choice.
+    dependent launch, so a chain of PDL-launched matmuls runs through attention too, each split loading its first
+    block of cached keys and values while the q/k/v projection drains); None keeps the model's own choice. "auto"
+    (the default) takes "triton_pdl" where the Linears are chained by PDL (``linear_impl`` "auto" at batch 1, above)
+    and the layers would decode with the Triton kernels anyway (+1.2% tokens/s for a 1.1B step at batch 1 on an
+    H200, docs/benchmarks.md run AE); elsewhere the model's own choice. The ``decode_attention`` attribute says
+    which (None: the model's).
     ``layer_kernel``: run each layer of a decode step as one kernel registry ``decode_layer`` call
     (``model.use_layer_kernel``; on CUDA one persistent Triton launch per layer: no kernel boundaries inside a
     layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
@@ -77,13 +81,13 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
                  fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
-                 fuse_swiglu: bool = True, decode_attention: str | None = None):
+                 fuse_swiglu: bool = True, decode_attention: str | None = "auto"):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
         if linear_impl not in (None, "auto"):
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
-        if decode_attention is not None:
+        if decode_attention not in (None, "auto"):
             default_registry().get("decode_attention", decode_attention)
         if not isinstance(fuse_swiglu, bool):  # (every argument is checked before the model is changed)
             raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
@@ -118,6 +122,9 @@ class FastGenerator:
             linear_impl = auto_linear_impl(model)
             if linear_impl == "triton_skinny" and chained:
                 linear_impl = chained
+        if decode_attention == "auto":  # attention in the PDL chain where the matmuls around it are chained
+            decode_attention = ("triton_pdl" if chained is not None and linear_impl == chained
+                                and FastGenerator._decodes_with_triton(model) else None)
         if fold_norms == "auto":  # only where the routed matmul fuses the norm; plain Linears would gain nothing
             fold_norms = FastGenerator.auto_fold_norms(model, linear_impl)
         if fold_norms:
@@ -165,6 +172,18 @@ class FastGenerator:
         if linear_impl == "auto":
             linear_impl = auto_linear_impl(model)
         return linear_impl is not None and bool(getattr(model, "can_fold_norms", lambda: False)())
+
+    @staticmethod
+    def _decodes_with_triton(model: Any) -> bool:
+        """Whether every attention layer of ``model`` decodes with the registry's Triton ``decode_attention`` by its
+        own choice (its ``attn_impl``: "triton", or "auto" where the registry picks "triton" for the model's device
+        and dtype)."""
+        p = next(iter(model.parameters()), None)
+        impls = {getattr(m, "attn_impl", None) for m in model.modules() if hasattr(m, "decode_impl")}
+        if p is None or not impls or not impls <= {"auto", "triton"}:
+            return False
+        return "auto" not in impls or default_registry().select("decode_attention", "auto", device=p.device,
+                                                                 dtype=p.dtype).name == "triton"
 
     @staticmethod
     def _layer_kernel(model: Any, batch_size: int, asked: bool | str) -> str | None:

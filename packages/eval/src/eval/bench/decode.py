@@ -69,9 +69,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack variants at batch 1: each layer of a decode step as one kernel registry decode_layer "
                         "call (FastGenerator(layer_kernel=...)): 'on' (the registry's choice), 'off', an "
                         "implementation name (e.g. triton), or 'auto' (the default: FastGenerator's)")
-    p.add_argument("--decode-attention", default=None,
+    p.add_argument("--decode-attention", default="auto",
                    help="lmstack variants: the decode_attention implementation of the decode steps "
-                        "(FastGenerator(decode_attention=...), e.g. triton_pdl); default: the model's own")
+                        "(FastGenerator(decode_attention=...), e.g. triton or triton_pdl; 'model': the model's own); "
+                        "default: FastGenerator's 'auto'")
     p.add_argument("--fuse-swiglu", action=argparse.BooleanOptionalAction, default=True,
                    help="lmstack variants: the fused gate/up projection returns silu(gate) * up from its own epilogue "
                         "(FastGenerator(fuse_swiglu=True), its default); --no-fuse-swiglu: the MLP applies it")
@@ -193,7 +194,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.layer_kernel not in ("auto", "on", "off"):  # a decode_layer implementation: a bad name fails here,
         default_registry().get("decode_layer", args.layer_kernel)  # before a model is built (PluginError)
-    if args.decode_attention is not None:
+    if args.decode_attention == "model":
+        args.decode_attention = None
+    if args.decode_attention not in (None, "auto"):
         default_registry().get("decode_attention", args.decode_attention)
     try:
         sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
