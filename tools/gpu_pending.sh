@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh gpt2-batch  the GPT-2 124M step at 16 and 32 rows of 1024 tokens, lmstack and
+#                                      transformers each under the default compile: does either gain more from the
+#                                      larger matmuls (~6 min; BATCHES="16 32" by default)
+# Session 10's recipes (docs/benchmarks.md runs AC-AG), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final10  session 10's shipped defaults: the GPU tests of PDL attention in compiled
 #                                      decoding, then decode bf16 and int8 (the exact-add conversion, its tiles) as
-#                                      shipped (~5.5 min)
+#                                      shipped (~5.5 min; run AG, whose tests outran their 230 s after 199 passed)
 #   bash tools/gpu_pending.sh attn-early  GPU tests of PDL attention reading the row lengths only after its wait
 #                                      (its early block a guess), then decode as shipped (PDL attention by default,
-#                                      profiled), with the plain attention kernels, and int8 beside bf16 (~7.5 min)
-#   bash tools/gpu_pending.sh attn-pdl GPU tests of decode attention launched with PDL (its first block of cached
-#                                      keys and values loaded before the wait), then decode as shipped, with it, with
-#                                      it and the splits combined in its kernel, and with those alone (~7 min)
+#                                      profiled), with the plain attention kernels, and int8 beside bf16 (~7.5 min;
+#                                      run AE)
+#   bash tools/gpu_pending.sh attn-pdl GPU tests of decode attention launched with PDL, then decode as shipped, with
+#                                      it, with it and the splits combined in its kernel, and with those alone
+#                                      (~7 min; run AD, whose PDL attention also read the row lengths early)
 #   bash tools/gpu_pending.sh int8-retune  the int8 gemv tiles tuned as a folded decode step calls them, converting
 #                                      by the instruction (cvt) and by the exact add (magic), then decode int8 with
-#                                      the cvt tiles (bf16 beside it) and with the magic tiles (~7.5 min)
-#   bash tools/gpu_pending.sh retune   the bf16 gemv tiles tuned as a folded decode step calls them (the tuner now
-#                                      passes the folded norm or the residual), then decode as shipped, with them,
-#                                      and with attention's splits combined in its kernel (LMSTACK_SPLIT_COMBINE=last)
-#                                      (~8 min)
+#                                      the cvt tiles (bf16 beside it) and with the magic tiles (~4 min; run AF)
+#   bash tools/gpu_pending.sh retune   the bf16 gemv tiles tuned as a folded decode step calls them, then decode as
+#                                      shipped, with them, and with attention's splits combined in its kernel
+#                                      (LMSTACK_SPLIT_COMBINE=last) (~4.5 min; run AC)
+#   bash tools/gpu_pending.sh int8-magic  (session 9) int8 tiles timed converting both ways, then decode int8 both
+#                                      ways with the shipped tiles (~6 min)
+# Session 9's recipes (docs/benchmarks.md runs Y-AB), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh gpt2-graphs  the GPT-2 124M step under compile mode reduce-overhead (CUDA graphs) and
 #                                      the default, lmstack and transformers each (~6 min; MODES=reduce-overhead
 #                                      alone ran in session 9: 1.27x, as under the default)
-#   bash tools/gpu_pending.sh int8-magic  int8 weights to fp32 by the exact add trick instead of the conversion
-#                                      instruction (LMSTACK_GEMV_INT8=magic): int8 gemv tiles timed both ways, then
-#                                      decode int8 both ways (~6 min; decode with the cvt tiles: run Z2, 1.16x)
-# Session 9's recipes (docs/benchmarks.md runs Y-AB), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh decode9  GPU tests of session 9's decode changes, then decode as shipped (profiled),
 #                                      with PDL attention, and int8 beside bf16 (~8 min; run Y)
 #   bash tools/gpu_pending.sh codegen  decode as shipped with its compiled code's small inductor kernels written to
@@ -71,7 +74,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,30p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -308,6 +311,12 @@ chain-int8)
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernels_per\|error' \
     "$OUT"/decode_shipped.json "$OUT"/decode_chain.json
   decode_top "$OUT/decode_chain.json" ;;
+gpt2-batch)
+  for batch in ${BATCHES:-16 32}; do
+    step "gpt2_b$batch" 190 python -m eval.bench train-compare --preset gpt2-124m --batch "$batch" \
+      --variants lmstack-fused,transformers --out "$OUT/gpt2_b$batch.json"
+    grep -h '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/gpt2_b$batch.json"
+  done ;;
 gpt2-graphs)
   # the GPT-2 step's ~2 ms between kernel time and step time (session 5): CUDA graphs (compile mode reduce-overhead)
   # for both models, beside the default compile of the same call
