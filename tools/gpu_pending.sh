@@ -3,6 +3,9 @@
 #   bash tools/gpu_pending.sh gpt2-batch  the GPT-2 124M step at 16 and 32 rows of 1024 tokens, lmstack and
 #                                      transformers each under the default compile: does either gain more from the
 #                                      larger matmuls (~6 min; BATCHES="16 32" by default)
+#   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
+#                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R:
+#                                      its transformers and batch-32 figures predate sessions 8-10)
 # Session 10's recipes (docs/benchmarks.md runs AC-AG), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final10  session 10's shipped defaults: the GPU tests of PDL attention in compiled
 #                                      decoding, then decode bf16 and int8 (the exact-add conversion, its tiles) as
@@ -53,8 +56,6 @@
 #   bash tools/gpu_pending.sh gemv     (session 8) the one-row gemv kernel: GPU tests, its tiles tuned against the
 #                                      skinny matmul's, decode with and without the tuned table (~6 min)
 #   (session 8's gemv-final, gemv-int8 and gemv-glu calls, runs U-W, are in git history: commit 7d11ed5)
-#   bash tools/gpu_pending.sh final    decode as shipped: transformers, bf16 at batch 1 and 32, int8 folded before
-#                                      quantizing (~6.5 min; session 7, run R)
 #   bash tools/gpu_pending.sh layer    the persistent decode-layer kernel against the per-op chain (one layer, stage
 #                                      cycles), then decode: the default and the layer kernel (~6 min; session 7)
 #   bash tools/gpu_pending.sh ncu      Nsight Compute on one decode layer: the persistent kernel and the skinny
