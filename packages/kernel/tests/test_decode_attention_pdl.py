@@ -59,8 +59,8 @@ def test_pdl_op_combines_in_the_split_kernel_given_counters():
 def test_the_early_block_gives_the_plain_results_over_stale_slots(monkeypatch, long_first):
     """Under PDL the split kernel loads a block of cached keys and values before it knows the row's length (the
     block its chunk starts at when chunks are one block long), and loads it again where the chunk starts elsewhere.
-    That path, taken here without PDL (the interpreter has none): a row of one-block chunks and a row longer than
-    one block per split (its slots split count depends on the device's SMs), over caches whose slots past each
+    That path, taken here without PDL (the interpreter has none): a row of one-block chunks and a row of longer
+    ones (sized from the split count, which depends on the device's SM count), over caches whose slots past each
     row's length hold NaN, give the plain path's output and cache writes."""
     B, H, KVH, L, Dh = 2, 8, 2, 2400, 32
     g = torch.Generator().manual_seed(3)
