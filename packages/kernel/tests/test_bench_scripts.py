@@ -128,5 +128,13 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     assert all(len(cfg) == 5 and cfg[0] == 2 for cfg in entries.values())
     assert set(table["_meta"]["detail"]["cpu"]["fp32 32x128"]["launches"]) == {"plain 0", "plain 2"}
     assert table["_meta"]["detail"]["cpu"]["fp32 32x128"]["call"] == "rms"  # gate/up reads the residual stream
+    assert "int8" not in table["_meta"]["detail"]["cpu"]["fp32 32x128"]
     monkeypatch.setenv(gemv.TILES_ENV, str(path))
     assert gemv.choose_tiles(32, 128, torch.float32, "cpu", True) == tuple(entries["fp32 32x128 glu"])
+    # int8 entries record how their weights were converted while tuned (the tiles differ each way)
+    monkeypatch.setenv(gemv.INT8_ENV, "cvt")
+    monkeypatch.setattr(bench_decode_kernels, "MATRICES", [("gate_up", 32, 512)])  # 32+ int8 bytes a thread
+    monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (512,))
+    bench_decode_kernels.tune_gemv(str(tmp_path / "int8.json"), "cpu", torch.float32, weights=("int8",))
+    detail = json.loads((tmp_path / "int8.json").read_text())["_meta"]["detail"]["cpu"]
+    assert detail["int8 32x512"]["int8"] == "cvt" and detail["int8 32x512 glu"]["int8"] == "cvt"

@@ -10,9 +10,10 @@ import torch
 def one_row_pdl_linear(device: torch.device | str) -> str | None:
     """The ``linear`` implementation a batch-1 decode step with frozen weights should route its Linears through
     when it compiles with PDL: ``"triton_skinny_pdl"`` where this card's measured gemv table
-    (``kernel.triton.gemv``) chains some weight shape by PDL (on an H200 every 1.1B decode projection but the LM
-    head: 1,130-1,150 tokens/s against 1,084 with the same gemv tiles launched plainly, docs/benchmarks.md), else
-    None (keep the registry's choice). Needs CUDA with compute capability 9.0+ and Triton."""
+    (``kernel.triton.gemv``) chains some weight shape by PDL (on an H200 every 1.1B decode projection, the LM head
+    included; chaining first measured 1,130-1,150 tokens/s against 1,084 with the same tiles launched plainly,
+    docs/benchmarks.md runs T-V), else None (keep the registry's choice). Needs CUDA with compute capability 9.0+ and
+    Triton."""
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
