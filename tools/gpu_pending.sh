@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh gpt2-11  on nvidia-h200-x2: GPU 0 profiles the GPT-2 124M step at 16 rows (its top 60
+#                                      kernels, lmstack and transformers); GPU 1 meanwhile times both at 32 and 64 rows
+#                                      (~6.5 min)
 #   bash tools/gpu_pending.sh gpt2-batch  the GPT-2 124M step at 16 and 32 rows of 1024 tokens, lmstack and
 #                                      transformers each under the default compile: does either gain more from the
 #                                      larger matmuls (~6 min; BATCHES="16 32" by default)
@@ -75,7 +78,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -90,7 +93,32 @@ for f in sys.argv[1:]:
         print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
 PY
 }
+gpt2_top() {
+  python - "$@" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    r = json.load(open(f))["results"]
+    for name, v in r["variants"].items():
+        p = v["profile"]
+        print(name, f"{v['tokens_per_s']:,.0f} tok/s, MFU {v['mfu'] or 0:.3f}, step {p['step_us']:.0f} us, kernels "
+              f"{p['kernel_us_per_step']:.0f} us in {p['kernels_per_step']:.0f}", {k: round(u) for k, u in p["by_class"].items()})
+        for row in p["top"][:60 if name != "transformers" else 15]:
+            print(f"   {row['us_per_step']:8.0f} us x{row['per_step']:4.0f}  {row['kernel'][:110]}")
+PY
+}
 case "${1:-}" in
+gpt2-11)
+  ( export CUDA_VISIBLE_DEVICES=1
+    for batch in 32 64; do
+      step "gpt2_b$batch" 200 python -m eval.bench train-compare --preset gpt2-124m --batch "$batch" \
+        --variants lmstack-fused,transformers --out "$OUT/gpt2_b$batch.json"
+    done ) &
+  CUDA_VISIBLE_DEVICES=0 step gpt2_profile 330 python -m eval.bench train-compare --preset gpt2-124m \
+    --variants lmstack-fused,transformers --profile --profile-top 60 --out "$OUT/gpt2_profile.json"
+  wait
+  gpt2_top "$OUT/gpt2_profile.json"
+  grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT"/gpt2_b*.json
+  tail -n 3 "$OUT"/*.log ;;
 final10)
   T=packages/serve/tests/test_graphs.py K=packages/kernel/tests
   step tests 230 python -m pytest -q -p no:cacheprovider "$T::test_pdl_attention_decode_gives_the_tokens_of_the_plain_attention" \

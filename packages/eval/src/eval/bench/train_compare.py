@@ -38,6 +38,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", default="default", help="torch.compile mode ('none': eager)")
     p.add_argument("--profile", action="store_true",
                    help="also profile 3 steps of each variant: kernels per step, time per kernel class, top kernels")
+    p.add_argument("--profile-top", type=int, default=25, help="how many of the top kernels --profile reports")
 
 
 def peak_flops(device: str) -> float | None:
@@ -69,7 +70,7 @@ def _hf_model(cfg: Any) -> torch.nn.Module:
 
 
 def _bench(loss_fn: Any, params: list[torch.nn.Parameter], x: torch.Tensor, y: torch.Tensor, steps: int,
-           warmup: int, device: str, profile: bool = False) -> dict[str, Any]:
+           warmup: int, device: str, profile: bool = False, top: int = 25) -> dict[str, Any]:
     opt = torch.optim.AdamW(params, lr=1e-4, fused=device.startswith("cuda"))
 
     def step() -> torch.Tensor:
@@ -92,7 +93,7 @@ def _bench(loss_fn: Any, params: list[torch.nn.Parameter], x: torch.Tensor, y: t
     t = statistics.median(times)
     out: dict[str, Any] = {"step_s": t, "tokens_per_s": x.numel() / t, "loss": float(loss.detach())}
     if profile:  # after the timing, so it cannot perturb it
-        out["profile"] = profile_kernels(step, 3, device)
+        out["profile"] = profile_kernels(step, 3, device, top=top)
         out["profile"]["step_us"] = t * 1e6  # beside kernel_us_per_step: the gap is host or launch time
     return out
 
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             loss_fn = lambda a, b, m=cm: m(input_ids=a, labels=a).loss  # HF shifts the labels itself
         else:
             raise AssertionError(name)  # checked above
-        r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device, args.profile)
+        r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device, args.profile,
+                   args.profile_top)
         fpt = flops_per_token(cfg, n, args.seq)
         mfu = None if peak is None else r["tokens_per_s"] * fpt / peak
         r.update(params_no_embedding=n, flops_per_token=fpt, mfu=mfu)
