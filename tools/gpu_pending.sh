@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh gpt2-11  on nvidia-h200-x2: GPU 0 profiles the GPT-2 124M step at 16 rows (its top 60
-#                                      kernels, lmstack and transformers); GPU 1 meanwhile times both at 32 and 64 rows
-#                                      (~6.5 min)
+#   bash tools/gpu_pending.sh gpt2-11  profiles lmstack's GPT-2 124M step at 16 rows (its top 60 kernels), then
+#                                      times it beside transformers at 32 rows (BATCHES="32" by default; ~7 min)
 #   bash tools/gpu_pending.sh gpt2-batch  the GPT-2 124M step at 16 and 32 rows of 1024 tokens, lmstack and
 #                                      transformers each under the default compile: does either gain more from the
 #                                      larger matmuls (~6 min; BATCHES="16 32" by default)
@@ -108,15 +107,13 @@ PY
 }
 case "${1:-}" in
 gpt2-11)
-  ( export CUDA_VISIBLE_DEVICES=1
-    for batch in 32 64; do
-      step "gpt2_b$batch" 200 python -m eval.bench train-compare --preset gpt2-124m --batch "$batch" \
-        --variants lmstack-fused,transformers --out "$OUT/gpt2_b$batch.json"
-    done ) &
-  CUDA_VISIBLE_DEVICES=0 step gpt2_profile 330 python -m eval.bench train-compare --preset gpt2-124m \
-    --variants lmstack-fused,transformers --profile --profile-top 60 --out "$OUT/gpt2_profile.json"
-  wait
+  step gpt2_profile 220 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
+    --profile-top 60 --out "$OUT/gpt2_profile.json"
   gpt2_top "$OUT/gpt2_profile.json"
+  for batch in ${BATCHES:-32}; do
+    step "gpt2_b$batch" 220 python -m eval.bench train-compare --preset gpt2-124m --batch "$batch" \
+      --variants lmstack-fused,transformers --out "$OUT/gpt2_b$batch.json"
+  done
   grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT"/gpt2_b*.json
   tail -n 3 "$OUT"/*.log ;;
 final10)
