@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh gelu-mlp  GPU tests of the cuBLASLt GELU-epilogue MLP (gelu_mlp=cublaslt), its kernel
+#                                      timing beside the reference, then the GPT-2 124M step at 16 rows as shipped
+#                                      (transformers beside), with it, and it profiled; then 32 rows both ways (~7 min)
 #   bash tools/gpu_pending.sh gpt2-11  profiles lmstack's GPT-2 124M step at 16 rows (its top 60 kernels), then
 #                                      times it beside transformers at 32 rows (BATCHES="32" by default; ~7 min)
 #   bash tools/gpu_pending.sh gpt2-batch  the GPT-2 124M step at 16 and 32 rows of 1024 tokens, lmstack and
@@ -77,7 +80,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gelu-mlp|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -106,6 +109,22 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+gelu-mlp)
+  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
+  step kernels 60 python packages/kernel/benchmarks/bench_kernels.py --device cuda --dtype bf16 --ops gelu_mlp
+  cat "$OUT/kernels.log"
+  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
+    --batch "$batch" --out "$OUT/$name.json" "$@"
+    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
+  tc gpt2_b16 16 --variants lmstack-fused,transformers
+  tc gpt2_b16_lt 16 --variants lmstack-fused --prefer gelu_mlp=cublaslt
+  tc gpt2_b32 32 --variants lmstack-fused
+  tc gpt2_b32_lt 32 --variants lmstack-fused --prefer gelu_mlp=cublaslt
+  step gpt2_profile 150 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
+    --profile-top 40 --prefer gelu_mlp=cublaslt --out "$OUT/gpt2_profile.json"
+  gpt2_top "$OUT/gpt2_profile.json"
+  rm -f "$OUT"/gpt2_b*.log ;;
 gpt2-11)
   step gpt2_profile 220 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
     --profile-top 60 --out "$OUT/gpt2_profile.json"

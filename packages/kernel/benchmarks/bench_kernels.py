@@ -45,6 +45,8 @@ def make_cases(size: str, device: str, dtype: torch.dtype):
         "rmsnorm": ({}, lambda: (r(B * T, D), 1 + r(D, scale=0.1)), {"eps": 1e-5}),
         "rope": (dict(head_dim=Dh), lambda: (r(B, H, T, Dh),), dict(cos_BTDh=cos, sin_BTDh=sin)),
         "swiglu": ({}, lambda: (r(B * T, F), r(B * T, F)), {}),
+        "gelu_mlp": ({}, lambda: (r(B * T, D), r(F, D, scale=D ** -0.5), r(F, scale=0.1), r(D, F, scale=F ** -0.5),
+                                  r(D, scale=0.1)), {}),
         "cross_entropy": ({}, lambda: (r(B * T, V),), dict(labels_N=labels)),
         "linear_cross_entropy": ({}, lambda: (r(B * T, D), r(V, D, scale=0.02)), dict(labels_N=labels)),
     }

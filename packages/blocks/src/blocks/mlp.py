@@ -40,6 +40,14 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        if self.activation == "gelu_tanh" and type(self.up_proj) is nn.Linear and type(self.down_proj) is nn.Linear:
+            # GPT-2's MLP through the registry's gelu_mlp op (on CUDA: the GELU in the matmuls' epilogues)
+            dev = x_BTD.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_BTD.dtype
+            op = resolve("gelu_mlp", "auto", device=x_BTD.device, dtype=dtype,
+                         backward=torch.is_grad_enabled() and x_BTD.requires_grad)
+            up, down = self.up_proj, self.down_proj
+            return op(x_BTD, up.weight, up.bias, down.weight, down.bias)
         return self.down_proj(self.act(self.up_proj(x_BTD)))
 
     def extra_repr(self) -> str:

@@ -107,6 +107,12 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def gelu_mlp(x: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor | None, down_weight: torch.Tensor,
+             down_bias: torch.Tensor | None) -> torch.Tensor:
+    """GPT-2's MLP: ``down(gelu_tanh(up(x)))`` (Hendrycks & Gimpel 2016, the tanh approximation), (..., D) -> (..., D)."""
+    return F.linear(F.gelu(F.linear(x, up_weight, up_bias), approximate="tanh"), down_weight, down_bias)
+
+
 def cross_entropy(logits_NV: torch.Tensor, labels_N: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean token cross-entropy in fp32 over labels != ignore_index (0.0 when every label is ignored)."""
     _LOGITS.check(logits_NV, "logits_NV")

@@ -67,7 +67,7 @@ def make_request(op: str, *, device: str | torch.device | None = None, dtype: to
 # but turns them into their gradient in one Triton pass (triton_inplace: +3% tokens/s on that step, session 5).
 COMPILE_PREFERENCE: dict[str, str | tuple[str, ...]] = {
     "rmsnorm": "reference", "layernorm": "reference", "rope": "reference", "swiglu": "reference",
-    "cross_entropy": "reference", "linear_cross_entropy": ("triton_inplace", "logits")}
+    "cross_entropy": "reference", "linear_cross_entropy": ("triton_inplace", "logits"), "gelu_mlp": "reference"}
 
 
 class KernelRegistry:

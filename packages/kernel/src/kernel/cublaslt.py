@@ -1,0 +1,235 @@
+"""cuBLASLt matmuls with GELU epilogues, called through ctypes on the library torch itself loaded.
+
+Two calls that torch does not expose, both of NVIDIA's cuBLASLt (the epilogues Transformer Engine and Megatron use
+for GPT MLPs; cuBLAS docs, "cublasLtEpilogue_t"):
+
+- :func:`gelu_linear` ``(x @ w.T + b) -> (gelu_tanh(h), h)``: ``CUBLASLT_EPILOGUE_GELU_AUX_BIAS``. The matmul writes
+  the activation and, as its auxiliary output, the pre-activation ``h`` that the backward needs; no separate GELU
+  pass reads ``h`` again.
+- :func:`linear_dgelu` ``(dy @ w) * gelu_tanh'(h) -> (dh, dh.sum(0))``: ``CUBLASLT_EPILOGUE_DGELU_BGRAD``. The
+  data-gradient matmul of the projection after the GELU applies the GELU derivative and sums the bias gradient of
+  the projection before it in its epilogue; no separate pass reads the GELU's input gradient.
+
+cuBLASLt's GELU is the tanh approximation (GPT-2's ``gelu_new``). Row-major (N, K) @ (K, M) products are issued as
+the column-major (M, N) = (M, K) @ (K, N) that cuBLASLt computes, so bias vectors run along the feature dim.
+The library is the one already mapped into the process (torch's), found through ``/proc/self/maps``, so handles and
+streams are torch's own; descriptors and the heuristic's algorithm are cached per shape.
+
+Shape legend: N rows (tokens), K input features, M output features.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from specs.errors import ShapeError
+
+# cudaDataType_t, cublasComputeType_t, cublasOperation_t and cuBLASLt attribute values (cublasLt.h, library_types.h)
+_CUDA_TYPES = {torch.float16: 2, torch.bfloat16: 14}
+_CUDA_R_32F = 0
+_COMPUTE_32F = 68
+_OP_N, _OP_T = 0, 1
+_DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
+_DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
+_PREF_MAX_WORKSPACE_BYTES = 1
+EPILOGUE_GELU_AUX = 32 | 128
+EPILOGUE_GELU_AUX_BIAS = EPILOGUE_GELU_AUX | 4
+EPILOGUE_DGELU = 64 | 128
+EPILOGUE_DGELU_BGRAD = EPILOGUE_DGELU | 16
+WORKSPACE_BYTES = 32 << 20  # what cuBLAS recommends for Hopper
+
+
+class _HeuristicResult(ctypes.Structure):
+    _fields_ = [("algo", ctypes.c_uint64 * 8), ("workspace_size", ctypes.c_size_t), ("state", ctypes.c_int),
+                ("waves_count", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+
+
+class CublasLtError(RuntimeError):
+    """cuBLASLt could not be loaded or refused a call (the status code and the call are in the message)."""
+
+
+def _loaded_library_path() -> str | None:
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if line.strip() else ""
+                if "libcublasLt.so" in path:
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _lib() -> ctypes.CDLL:
+    if "lib" in _state:
+        return _state["lib"]
+    torch.cuda.init()
+    names = [p for p in (_loaded_library_path(),) if p] + ["libcublasLt.so.13", "libcublasLt.so.12"]
+    errors = []
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError as exc:
+            errors.append(f"{name}: {exc}")
+    else:
+        raise CublasLtError("cannot load libcublasLt (torch's CUDA build ships it): " + "; ".join(errors))
+    vp, sz = ctypes.c_void_p, ctypes.c_size_t
+    lib.cublasLtMatmulDescSetAttribute.argtypes = [vp, ctypes.c_int, vp, sz]
+    lib.cublasLtMatrixLayoutCreate.argtypes = [ctypes.POINTER(vp), ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64,
+                                               ctypes.c_int64]
+    lib.cublasLtMatmulPreferenceSetAttribute.argtypes = [vp, ctypes.c_int, vp, sz]
+    lib.cublasLtMatmulAlgoGetHeuristic.argtypes = [vp, vp, vp, vp, vp, vp, vp, ctypes.c_int,
+                                                   ctypes.POINTER(_HeuristicResult), ctypes.POINTER(ctypes.c_int)]
+    lib.cublasLtMatmul.argtypes = [vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, sz, vp]
+    _state["lib"] = lib
+    return lib
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise CublasLtError(f"cuBLASLt {what} failed with status {status} (cublasStatus_t)")
+
+
+def _handle(device: torch.device) -> ctypes.c_void_p:
+    key = ("handle", device.index)
+    if key not in _state:
+        h = ctypes.c_void_p()
+        with torch.cuda.device(device):
+            _check(_lib().cublasLtCreate(ctypes.byref(h)), "cublasLtCreate")
+        _state[key] = h
+    return _state[key]
+
+
+def _workspace(device: torch.device) -> torch.Tensor:
+    key = ("workspace", device.index)
+    if key not in _state:
+        _state[key] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+    return _state[key]
+
+
+@dataclass
+class _Plan:
+    desc: ctypes.c_void_p
+    a: ctypes.c_void_p
+    b: ctypes.c_void_p
+    d: ctypes.c_void_p
+    algo: _HeuristicResult
+
+
+def _set(lib: ctypes.CDLL, desc: ctypes.c_void_p, attr: int, value: Any) -> None:
+    _check(lib.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(value), ctypes.sizeof(value)),
+           f"setting matmul attribute {attr}")
+
+
+def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, m: int, n: int, k: int, lda: int,
+          ldb: int, has_bias: bool) -> _Plan:
+    """Descriptors and the heuristic's first algorithm for D (m, n) = op(A) (m, k) @ B (k, n), column-major, ldd = m.
+    Pointers are set per call; the heuristic sees representative (256-byte aligned) ones."""
+    key = ("plan", device.index, dtype, epilogue, transa, m, n, k, lda, ldb, has_bias)
+    if key in _state:
+        return _state[key]
+    lib, cu = _lib(), _CUDA_TYPES[dtype]
+    desc = ctypes.c_void_p()
+    _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _CUDA_R_32F), "cublasLtMatmulDescCreate")
+    _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(transa))
+    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(_OP_N))
+    _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
+    _set(lib, desc, _DESC_AUX_LD, ctypes.c_int64(m))
+    layouts = []
+    rows_a, cols_a = (k, m) if transa == _OP_T else (m, k)
+    for rows, cols, ld in ((rows_a, cols_a, lda), (k, n, ldb), (m, n, m)):
+        lay = ctypes.c_void_p()
+        _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(lay), cu, rows, cols, ld), "cublasLtMatrixLayoutCreate")
+        layouts.append(lay)
+    pref = ctypes.c_void_p()
+    _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "cublasLtMatmulPreferenceCreate")
+    ws = ctypes.c_uint64(WORKSPACE_BYTES)
+    _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(ws),
+                                                    ctypes.sizeof(ws)), "setting the workspace preference")
+    # the heuristic reads the bias / aux pointers' alignment: give it aligned dummies
+    dummy = ctypes.c_void_p(_workspace(device).data_ptr())
+    if has_bias:
+        _set(lib, desc, _DESC_BIAS_POINTER, dummy)
+    _set(lib, desc, _DESC_AUX_POINTER, dummy)
+    result, count = _HeuristicResult(), ctypes.c_int(0)
+    status = lib.cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, layouts[0], layouts[1], layouts[2], layouts[2],
+                                                pref, 1, ctypes.byref(result), ctypes.byref(count))
+    lib.cublasLtMatmulPreferenceDestroy(pref)
+    if status != 0 or count.value == 0:
+        raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} at (m, n, k) = ({m}, {n}, {k}), "
+                            f"{dtype} (status {status}, {count.value} found)")
+    plan = _Plan(desc, layouts[0], layouts[1], layouts[2], result)
+    _state[key] = plan
+    return plan
+
+
+def _matmul(plan: _Plan, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None,
+            aux: torch.Tensor) -> None:
+    lib, device = _lib(), d.device
+    alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+    with _lock:  # the descriptor is shared: set its pointers and launch as one step
+        if bias is not None:
+            _set(lib, plan.desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
+        _set(lib, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+        stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+        _check(lib.cublasLtMatmul(_handle(device), plan.desc, ctypes.byref(alpha), ctypes.c_void_p(a.data_ptr()),
+                                  plan.a, ctypes.c_void_p(b.data_ptr()), plan.b, ctypes.byref(beta),
+                                  ctypes.c_void_p(d.data_ptr()), plan.d, ctypes.c_void_p(d.data_ptr()), plan.d,
+                                  ctypes.byref(plan.algo.algo), ctypes.c_void_p(_workspace(device).data_ptr()),
+                                  WORKSPACE_BYTES, stream), "cublasLtMatmul")
+
+
+def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the epilogue matmuls take these operands: CUDA, fp16/bf16 of one dtype, contiguous, and feature dims
+    that are multiples of 8 (cuBLASLt's leading-dimension rule for the auxiliary matrix)."""
+    return (x.is_cuda and x.dtype in _CUDA_TYPES and weight.dtype == x.dtype and x.dim() == 2 and weight.dim() == 2
+            and all(s % 8 == 0 for s in weight.shape) and x.is_contiguous() and weight.is_contiguous())
+
+
+def gelu_linear(x_NK: torch.Tensor, weight_MK: torch.Tensor,
+                bias_M: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h = x @ weight.T + bias``; returns ``(gelu_tanh(h), h)``, both (N, M), from one cuBLASLt matmul."""
+    if not supports(x_NK, weight_MK) or x_NK.shape[1] != weight_MK.shape[1]:
+        raise ShapeError(f"gelu_linear: needs contiguous CUDA fp16/bf16 x (N, K) and weight (M, K) with K, M "
+                         f"multiples of 8, got x {tuple(x_NK.shape)} {x_NK.dtype}, weight "
+                         f"{tuple(weight_MK.shape)} {weight_MK.dtype}")
+    (N, K), M = x_NK.shape, weight_MK.shape[0]
+    out = torch.empty((N, M), dtype=x_NK.dtype, device=x_NK.device)
+    pre = torch.empty_like(out)
+    if N == 0:
+        return out, pre
+    epilogue = EPILOGUE_GELU_AUX if bias_M is None else EPILOGUE_GELU_AUX_BIAS
+    # column-major: out.T (M, N) = weight (as (K, M), transposed) @ x.T (K, N)
+    plan = _plan(x_NK.device, x_NK.dtype, epilogue, _OP_T, M, N, K, K, K, bias_M is not None)
+    _matmul(plan, weight_MK, x_NK, out, None if bias_M is None else bias_M.contiguous(), pre)
+    return out, pre
+
+
+def linear_dgelu(dy_NM: torch.Tensor, weight_MK: torch.Tensor,
+                 pre_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input gradient of ``gelu_tanh(pre) @ weight.T`` through the GELU: ``dh = (dy @ weight) *
+    gelu_tanh'(pre)`` (N, K), and ``dh.sum(0)`` (K,), the bias gradient of the layer that produced ``pre``."""
+    if not supports(dy_NM, weight_MK) or dy_NM.shape[1] != weight_MK.shape[0] or pre_NK.shape != (
+            dy_NM.shape[0], weight_MK.shape[1]) or pre_NK.dtype != dy_NM.dtype or not pre_NK.is_contiguous():
+        raise ShapeError(f"linear_dgelu: needs contiguous CUDA fp16/bf16 dy (N, M), weight (M, K) and pre (N, K) with "
+                         f"K, M multiples of 8, got dy {tuple(dy_NM.shape)} {dy_NM.dtype}, weight "
+                         f"{tuple(weight_MK.shape)} {weight_MK.dtype}, pre {tuple(pre_NK.shape)} {pre_NK.dtype}")
+    (N, M), K = dy_NM.shape, weight_MK.shape[1]
+    dh = torch.empty((N, K), dtype=dy_NM.dtype, device=dy_NM.device)
+    db = torch.empty(K, dtype=dy_NM.dtype, device=dy_NM.device)
+    if N == 0:
+        return dh, db.zero_()
+    # column-major: dh.T (K, N) = weight (as (K, M)) @ dy.T (M, N)
+    plan = _plan(dy_NM.device, dy_NM.dtype, EPILOGUE_DGELU_BGRAD, _OP_N, K, N, M, K, M, True)
+    _matmul(plan, weight_MK, dy_NM, dh, db, pre_NK)
+    return dh, db

@@ -1,0 +1,94 @@
+"""GPT-2's MLP, ``down(gelu_tanh(up(x)))``, with the GELU in the matmuls' epilogues (cuBLASLt) for training.
+
+Forward: the up-projection's matmul writes the activation and keeps the pre-activation for the backward
+(:func:`kernel.cublaslt.gelu_linear`); the down-projection is a plain matmul. Backward: the down-projection's
+data-gradient matmul applies the GELU derivative and sums the up-projection's bias gradient in its epilogue
+(:func:`kernel.cublaslt.linear_dgelu`); the weight gradients and the input gradient are plain matmuls. Against
+separate GELU kernels this skips a read and a write of the (N, F) activations each way and the bias-gradient
+pass: what Transformer Engine's ``LayerNormMLP`` and Megatron's fused bias-GELU do.
+
+The two epilogue matmuls are torch custom ops (``lmstack::gelu_linear``, ``lmstack::linear_dgelu``), opaque to
+torch.compile like any cuBLAS call, with a pure-torch path for other devices and dtypes, so the same autograd
+function runs (and is tested) on a CPU. Under autocast the operands are cast to the autocast dtype first, as
+``F.linear`` would cast them.
+
+Shape legend: N rows (all leading dims flattened), D model width, F hidden width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from kernel import cublaslt
+
+
+@torch.library.custom_op("lmstack::gelu_linear", mutates_args=())
+def gelu_linear(x_ND: torch.Tensor, weight_FD: torch.Tensor,
+                bias_F: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gelu_tanh(h), h)`` with ``h = x @ weight.T + bias``: one cuBLASLt matmul on CUDA, torch elsewhere."""
+    if cublaslt.supports(x_ND, weight_FD) and (bias_F is None or bias_F.dtype == x_ND.dtype):
+        return cublaslt.gelu_linear(x_ND, weight_FD, bias_F)
+    h = F.linear(x_ND, weight_FD, bias_F)
+    return F.gelu(h, approximate="tanh"), h
+
+
+@gelu_linear.register_fake
+def _(x_ND: torch.Tensor, weight_FD: torch.Tensor, bias_F: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (x_ND.shape[0], weight_FD.shape[0])
+    return x_ND.new_empty(shape), x_ND.new_empty(shape)
+
+
+@torch.library.custom_op("lmstack::linear_dgelu", mutates_args=())
+def linear_dgelu(dy_ND: torch.Tensor, weight_DF: torch.Tensor,
+                 pre_NF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dh = (dy @ weight) * gelu_tanh'(pre)`` and ``dh.sum(0)``: one cuBLASLt matmul on CUDA, torch elsewhere."""
+    if cublaslt.supports(dy_ND, weight_DF) and pre_NF.dtype == dy_ND.dtype and pre_NF.is_contiguous():
+        return cublaslt.linear_dgelu(dy_ND, weight_DF, pre_NF)
+    dh = torch.ops.aten.gelu_backward(dy_ND @ weight_DF, pre_NF, approximate="tanh")
+    return dh, dh.sum(0)
+
+
+@linear_dgelu.register_fake
+def _(dy_ND: torch.Tensor, weight_DF: torch.Tensor, pre_NF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return pre_NF.new_empty(pre_NF.shape), pre_NF.new_empty(pre_NF.shape[1:])
+
+
+class _GeluMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x_ND: torch.Tensor, up_w: torch.Tensor, up_b: torch.Tensor | None, down_w: torch.Tensor,
+                down_b: torch.Tensor | None) -> torch.Tensor:
+        act_NF, pre_NF = torch.ops.lmstack.gelu_linear(x_ND, up_w, up_b)
+        ctx.save_for_backward(x_ND, up_w, down_w, act_NF, pre_NF)
+        ctx.has_bias = (up_b is not None, down_b is not None)
+        return F.linear(act_NF, down_w, down_b)
+
+    @staticmethod
+    def backward(ctx: Any, dy_ND: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x_ND, up_w, down_w, act_NF, pre_NF = ctx.saved_tensors
+        need_x, need_uw, need_ub, need_dw, need_db = ctx.needs_input_grad
+        dy_ND = dy_ND.contiguous()
+        d_down_w = dy_ND.t() @ act_NF if need_dw else None
+        d_down_b = dy_ND.sum(0) if need_db and ctx.has_bias[1] else None
+        dx = d_up_w = d_up_b = None
+        if need_x or need_uw or need_ub:
+            dh_NF, db_F = torch.ops.lmstack.linear_dgelu(dy_ND, down_w, pre_NF)
+            dx = dh_NF @ up_w if need_x else None
+            d_up_w = dh_NF.t() @ x_ND if need_uw else None
+            d_up_b = db_F if need_ub and ctx.has_bias[0] else None
+        return dx, d_up_w, d_up_b, d_down_w, d_down_b
+
+
+def gelu_mlp(x: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor | None, down_weight: torch.Tensor,
+             down_bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(gelu_tanh(F.linear(x, up_weight, up_bias)), down_weight, down_bias)`` over the last dim of ``x``
+    (any leading shape), differentiable in every argument; (..., D) -> (..., D_out)."""
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    args = [None if t is None else t.to(dtype) for t in (x, up_weight, up_bias, down_weight, down_bias)]
+    args[0] = args[0].reshape(-1, x.shape[-1]).contiguous()
+    with torch.autocast(dev, enabled=False):
+        y = _GeluMLP.apply(*args)
+    return y.view(*x.shape[:-1], down_weight.shape[0])

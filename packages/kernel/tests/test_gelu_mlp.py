@@ -1,0 +1,160 @@
+"""The gelu_mlp op: GPT-2's MLP with the GELU in cuBLASLt matmul epilogues (kernel/gelu_mlp.py, kernel/cublaslt.py).
+
+On a CPU the autograd function runs its custom ops' torch path, so what is checked here everywhere is the wiring:
+forward, every gradient, the None biases, autocast, and torch.compile (no graph break). On CUDA the epilogues
+themselves are checked against the torch reference in fp32 (the relative-tolerance rule of STYLE.md)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernel import default_registry, reference, resolve
+from kernel.gelu_mlp import gelu_linear, gelu_mlp, linear_dgelu
+from specs.errors import ShapeError
+
+CUDA = torch.cuda.is_available()
+
+
+def _args(D=16, Fh=32, Do=16, lead=(3, 5), dtype=torch.float32, bias=True, device="cpu", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype, device=device) * scale).requires_grad_()
+
+    return (r(*lead, D), r(Fh, D, scale=D ** -0.5), r(Fh) if bias else None, r(Do, Fh, scale=Fh ** -0.5),
+            r(Do) if bias else None)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_the_reference_forward_and_every_gradient(bias):
+    args = _args(bias=bias)
+    y, r = gelu_mlp(*args), reference.gelu_mlp(*args)
+    torch.testing.assert_close(y, r)
+    dy = torch.randn_like(y)
+    live = [a for a in args if a is not None]
+    for a, b in zip(torch.autograd.grad(y, live, dy), torch.autograd.grad(r, live, dy)):
+        torch.testing.assert_close(a, b)
+
+
+def test_gradcheck_in_float64():
+    args = _args(D=8, Fh=16, Do=8, lead=(2, 3), dtype=torch.float64)
+    assert torch.autograd.gradcheck(gelu_mlp, args)
+
+
+def test_only_the_gradients_asked_for_are_computed():
+    x, w1, b1, w2, b2 = _args()
+    w1.requires_grad_(False)
+    b2.requires_grad_(False)
+    y = gelu_mlp(x, w1, b1, w2, b2)
+    gx, gb1, gw2 = torch.autograd.grad(y.sum(), (x, b1, w2))
+    rx, rb1, rw2 = torch.autograd.grad(reference.gelu_mlp(x, w1, b1, w2, b2).sum(), (x, b1, w2))
+    for a, b in ((gx, rx), (gb1, rb1), (gw2, rw2)):
+        torch.testing.assert_close(a, b)
+
+
+def test_autocast_computes_in_the_autocast_dtype_like_f_linear():
+    args = _args()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, r = gelu_mlp(*args), reference.gelu_mlp(*args)
+    assert y.dtype == r.dtype == torch.bfloat16
+    torch.testing.assert_close(y, r, atol=2e-2, rtol=2e-2)
+    gy = torch.autograd.grad(y.float().sum(), args[1])[0]
+    gr = torch.autograd.grad(r.float().sum(), args[1])[0]
+    assert gy.dtype == torch.float32  # the fp32 weight's gradient, through the cast
+    torch.testing.assert_close(gy, gr, atol=5e-2, rtol=5e-2)
+
+
+def test_compiles_without_graph_breaks_and_matches_eager():
+    args = _args(bias=True)
+
+    def loss(*a):
+        return gelu_mlp(*a).square().mean()
+
+    assert torch._dynamo.explain(loss)(*args).graph_break_count == 0
+    compiled = torch.compile(loss, fullgraph=True)
+    live = [a for a in args if a is not None]
+    got = torch.autograd.grad(compiled(*args), live)
+    want = torch.autograd.grad(loss(*args), live)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_registry_keeps_the_reference_on_a_cpu_and_says_why():
+    req = dict(device="cpu", dtype=torch.bfloat16, backward=True)
+    assert resolve("gelu_mlp", "auto", **req) is reference.gelu_mlp
+    why = default_registry().why_not("gelu_mlp", "cublaslt", **req)
+    assert why is not None and "cuda" in why
+
+
+def test_gpt2_mlp_goes_through_the_op():
+    from blocks.mlp import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(16, 64, activation="gelu_tanh")
+    seen = []
+    reg = default_registry()
+    impl = reg.get("gelu_mlp", "reference")
+    import dataclasses
+
+    def spy(*a):
+        seen.append(a)
+        return reference.gelu_mlp(*a)
+
+    reg.register(dataclasses.replace(impl, target=spy), replace=True)
+    x = torch.randn(2, 3, 16)
+    y = mlp(x)
+    assert len(seen) == 1
+    torch.testing.assert_close(y, mlp.down_proj(F.gelu(mlp.up_proj(x), approximate="tanh")))
+
+
+@pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cublaslt_epilogues_against_fp32(dtype, bias):
+    N, D, Fh = 333, 256, 1024  # N not a multiple of any tile
+    x, w1, b1, w2, _ = (a.detach() if a is not None else None
+                        for a in _args(D=D, Fh=Fh, Do=D, lead=(N,), dtype=torch.float32, bias=bias, device="cuda"))
+    lo = [None if t is None else t.to(dtype) for t in (x, w1, b1, w2)]
+    act, pre = gelu_linear(lo[0], lo[1], lo[2])
+    pre32 = F.linear(x, w1, b1)
+    ref_pre, ref_act = pre32, F.gelu(pre32, approximate="tanh")
+    torch_pre = F.linear(lo[0], lo[1], lo[2])  # the torch low-precision path, for the tolerance
+    torch_act = F.gelu(torch_pre, approximate="tanh")
+    for got, low, ref in ((pre, torch_pre, ref_pre), (act, torch_act, ref_act)):
+        err, base = (got.float() - ref).abs().max(), (low.float() - ref).abs().max()
+        assert err <= 2 * base + 1e-3, (err, base)
+    dy = torch.randn(N, D, device="cuda")
+    dh, db = linear_dgelu(dy.to(dtype), lo[3], pre)
+    ref_dh = torch.ops.aten.gelu_backward(dy @ w2, pre.float(), approximate="tanh")
+    low_dh = torch.ops.aten.gelu_backward(dy.to(dtype) @ lo[3], pre, approximate="tanh")
+    err, base = (dh.float() - ref_dh).abs().max(), (low_dh.float() - ref_dh).abs().max()
+    assert err <= 2 * base + 1e-3, (err, base)
+    torch.testing.assert_close(db.float(), ref_dh.sum(0), atol=0.05 * ref_dh.sum(0).abs().max().item(), rtol=0.02)
+
+
+@pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")
+def test_cublaslt_mlp_trains_like_the_reference_under_autocast_and_compile():
+    args = _args(D=768, Fh=3072, Do=768, lead=(4, 256), device="cuda")
+    impl = resolve("gelu_mlp", "auto", device="cuda", dtype=torch.bfloat16, backward=True)
+    assert impl is gelu_mlp
+    live = [a for a in args if a is not None]
+    grads = {}
+    for name, fn in (("ref", reference.gelu_mlp), ("lt", gelu_mlp), ("lt_compiled", torch.compile(gelu_mlp))):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = fn(*args)
+        grads[name] = (y.float(), *torch.autograd.grad(y.float().square().mean(), live))
+    for name in ("lt", "lt_compiled"):
+        for a, b in zip(grads[name], grads["ref"]):
+            torch.testing.assert_close(a, b, atol=3e-2 * b.abs().max().item(), rtol=3e-2)
+
+
+@pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")
+def test_cublaslt_refuses_shapes_it_cannot_take():
+    from kernel import cublaslt
+
+    x = torch.randn(4, 12, device="cuda", dtype=torch.bfloat16)  # K = 12: not a multiple of 8
+    w = torch.randn(16, 12, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ShapeError, match="multiples of 8"):
+        cublaslt.gelu_linear(x, w, None)
+    act, pre = gelu_linear(x, w, None)  # the op falls back to torch for them
+    torch.testing.assert_close(pre, F.linear(x, w))
