@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh gelu-bwd  the cuBLASLt GELU MLP's backward three ways (LMSTACK_GELU_MLP_BWD: torch ops,
+#                                      the DGELU epilogue, DGELU + bias gradient) in the GPT-2 step at 16 rows beside
+#                                      the shipped step (transformers too), then 32 rows (~6 min)
 #   bash tools/gpu_pending.sh gelu-mlp  GPU tests of the cuBLASLt GELU-epilogue MLP (gelu_mlp=cublaslt), its kernel
 #                                      timing beside the reference, then the GPT-2 124M step at 16 rows as shipped
 #                                      (transformers beside), with it, and it profiled; then 32 rows both ways (~7 min)
@@ -80,7 +83,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gelu-mlp|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gelu-bwd|gelu-mlp|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -109,6 +112,30 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+gelu-bwd)
+  step tests 100 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py -k cublaslt
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
+  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
+    --batch "$batch" --out "$OUT/$name.json" "$@"
+    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
+  tc gpt2_b16 16 --variants lmstack-fused,transformers
+  for m in torch dgelu dgelu_bgrad; do
+    ( export LMSTACK_GELU_MLP_BWD=$m; tc "gpt2_b16_$m" 16 --variants lmstack-fused --prefer gelu_mlp=cublaslt )
+  done
+  best=$(python - "$OUT" <<'PY'
+import json, pathlib, sys
+runs = {}
+for m in ("torch", "dgelu", "dgelu_bgrad"):
+    f = pathlib.Path(sys.argv[1]) / f"gpt2_b16_{m}.json"
+    if f.exists():
+        runs[m] = json.loads(f.read_text())["results"]["variants"]["lmstack-fused"]["tokens_per_s"]
+print(max(runs, key=runs.get) if runs else "torch")
+PY
+)
+  echo "== 32 rows: the backward that won at 16 rows: $best"
+  tc gpt2_b32 32 --variants lmstack-fused
+  ( export LMSTACK_GELU_MLP_BWD=$best; tc gpt2_b32_best 32 --variants lmstack-fused --prefer gelu_mlp=cublaslt )
+  rm -f "$OUT"/gpt2_b*.log ;;
 gelu-mlp)
   step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14

@@ -124,12 +124,14 @@ def test_cublaslt_epilogues_against_fp32(dtype, bias):
         err, base = (got.float() - ref).abs().max(), (low.float() - ref).abs().max()
         assert err <= 2 * base + 1e-3, (err, base)
     dy = torch.randn(N, D, device="cuda")
-    dh, db = linear_dgelu(dy.to(dtype), lo[3], pre)
     ref_dh = torch.ops.aten.gelu_backward(dy @ w2, pre.float(), approximate="tanh")
     low_dh = torch.ops.aten.gelu_backward(dy.to(dtype) @ lo[3], pre, approximate="tanh")
-    err, base = (dh.float() - ref_dh).abs().max(), (low_dh.float() - ref_dh).abs().max()
-    assert err <= 2 * base + 1e-3, (err, base)
-    torch.testing.assert_close(db.float(), ref_dh.sum(0), atol=0.05 * ref_dh.sum(0).abs().max().item(), rtol=0.02)
+    for bias_grad in (True, False):  # the bias gradient from the epilogue, or summed after it
+        dh, db = linear_dgelu(dy.to(dtype), lo[3], pre, bias_grad)
+        err, base = (dh.float() - ref_dh).abs().max(), (low_dh.float() - ref_dh).abs().max()
+        assert err <= 2 * base + 1e-3, (err, base)
+        torch.testing.assert_close(db.float(), ref_dh.sum(0), atol=0.05 * ref_dh.sum(0).abs().max().item(),
+                                   rtol=0.02)
 
 
 @pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")

@@ -177,7 +177,7 @@ def _matmul(plan: _Plan, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, bias
             aux: torch.Tensor) -> None:
     lib, device = _lib(), d.device
     alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
-    with _lock:  # the descriptor is shared: set its pointers and launch as one step
+    with _lock, torch.cuda.device(device):  # one descriptor per shape: set its pointers and launch as one step
         if bias is not None:
             _set(lib, plan.desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
         _set(lib, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
@@ -215,10 +215,11 @@ def gelu_linear(x_NK: torch.Tensor, weight_MK: torch.Tensor,
     return out, pre
 
 
-def linear_dgelu(dy_NM: torch.Tensor, weight_MK: torch.Tensor,
-                 pre_NK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_dgelu(dy_NM: torch.Tensor, weight_MK: torch.Tensor, pre_NK: torch.Tensor,
+                 bias_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The input gradient of ``gelu_tanh(pre) @ weight.T`` through the GELU: ``dh = (dy @ weight) *
-    gelu_tanh'(pre)`` (N, K), and ``dh.sum(0)`` (K,), the bias gradient of the layer that produced ``pre``."""
+    gelu_tanh'(pre)`` (N, K), and ``dh.sum(0)`` (K,), the bias gradient of the layer that produced ``pre`` (from
+    the epilogue with ``bias_grad``, else summed by torch)."""
     if not supports(dy_NM, weight_MK) or dy_NM.shape[1] != weight_MK.shape[0] or pre_NK.shape != (
             dy_NM.shape[0], weight_MK.shape[1]) or pre_NK.dtype != dy_NM.dtype or not pre_NK.is_contiguous():
         raise ShapeError(f"linear_dgelu: needs contiguous CUDA fp16/bf16 dy (N, M), weight (M, K) and pre (N, K) with "
@@ -230,6 +231,7 @@ def linear_dgelu(dy_NM: torch.Tensor, weight_MK: torch.Tensor,
     if N == 0:
         return dh, db.zero_()
     # column-major: dh.T (K, N) = weight (as (K, M)) @ dy.T (M, N)
-    plan = _plan(dy_NM.device, dy_NM.dtype, EPILOGUE_DGELU_BGRAD, _OP_N, K, N, M, K, M, True)
-    _matmul(plan, weight_MK, dy_NM, dh, db, pre_NK)
-    return dh, db
+    epilogue = EPILOGUE_DGELU_BGRAD if bias_grad else EPILOGUE_DGELU
+    plan = _plan(dy_NM.device, dy_NM.dtype, epilogue, _OP_N, K, N, M, K, M, bias_grad)
+    _matmul(plan, weight_MK, dy_NM, dh, db if bias_grad else None, pre_NK)
+    return dh, db if bias_grad else dh.sum(0)

@@ -17,6 +17,7 @@ Shape legend: N rows (all leading dims flattened), D model width, F hidden width
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -41,18 +42,22 @@ def _(x_ND: torch.Tensor, weight_FD: torch.Tensor, bias_F: torch.Tensor | None) 
     return x_ND.new_empty(shape), x_ND.new_empty(shape)
 
 
+_BWD = os.environ.get("LMSTACK_GELU_MLP_BWD", "dgelu")
+
+
 @torch.library.custom_op("lmstack::linear_dgelu", mutates_args=())
-def linear_dgelu(dy_ND: torch.Tensor, weight_DF: torch.Tensor,
-                 pre_NF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_dgelu(dy_ND: torch.Tensor, weight_DF: torch.Tensor, pre_NF: torch.Tensor,
+                 bias_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``dh = (dy @ weight) * gelu_tanh'(pre)`` and ``dh.sum(0)``: one cuBLASLt matmul on CUDA, torch elsewhere."""
     if cublaslt.supports(dy_ND, weight_DF) and pre_NF.dtype == dy_ND.dtype and pre_NF.is_contiguous():
-        return cublaslt.linear_dgelu(dy_ND, weight_DF, pre_NF)
+        return cublaslt.linear_dgelu(dy_ND, weight_DF, pre_NF, bias_grad)
     dh = torch.ops.aten.gelu_backward(dy_ND @ weight_DF, pre_NF, approximate="tanh")
     return dh, dh.sum(0)
 
 
 @linear_dgelu.register_fake
-def _(dy_ND: torch.Tensor, weight_DF: torch.Tensor, pre_NF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _(dy_ND: torch.Tensor, weight_DF: torch.Tensor, pre_NF: torch.Tensor,
+      bias_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     return pre_NF.new_empty(pre_NF.shape), pre_NF.new_empty(pre_NF.shape[1:])
 
 
@@ -74,7 +79,11 @@ class _GeluMLP(torch.autograd.Function):
         d_down_b = dy_ND.sum(0) if need_db and ctx.has_bias[1] else None
         dx = d_up_w = d_up_b = None
         if need_x or need_uw or need_ub:
-            dh_NF, db_F = torch.ops.lmstack.linear_dgelu(dy_ND, down_w, pre_NF)
+            if _BWD == "torch":
+                dh_NF = torch.ops.aten.gelu_backward(dy_ND @ down_w, pre_NF, approximate="tanh")
+                db_F = dh_NF.sum(0)
+            else:
+                dh_NF, db_F = torch.ops.lmstack.linear_dgelu(dy_ND, down_w, pre_NF, _BWD == "dgelu_bgrad")
             dx = dh_NF @ up_w if need_x else None
             d_up_w = dh_NF.t() @ x_ND if need_uw else None
             d_up_b = db_F if need_ub and ctx.has_bias[0] else None
