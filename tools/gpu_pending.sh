@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh gelu-ref  the GPT-2 124M step at 16 rows with the reference MLP, as shipped, and with
+#                                      the reference again (run AI's reference row ran 25% slow once; ~3 min)
 #   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
 #                                      GPU tests, its eager timing beside the reference, the GPT-2 124M step at 16
 #                                      rows (transformers beside, and the reference MLP) and at 32 rows (~6.5 min)
@@ -86,7 +88,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gelu-final|gelu-bwd|gelu-mlp|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gelu-ref|gelu-final|gelu-bwd|gelu-mlp|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -115,6 +117,14 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+gelu-ref)
+  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
+    --batch "$batch" --out "$OUT/$name.json" "$@"
+    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
+  tc gpt2_b16_ref 16 --variants lmstack-fused --prefer gelu_mlp=reference
+  tc gpt2_b16 16 --variants lmstack-fused
+  tc gpt2_b16_ref2 16 --variants lmstack-fused --prefer gelu_mlp=reference
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv ;;
 gelu-final)
   step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14

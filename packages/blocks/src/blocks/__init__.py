@@ -4,7 +4,7 @@ from blocks.block import GPTBlock, LlamaBlock, TransformerBlock, make_block
 from blocks.mlp import MLP, SwiGLU, make_mlp
 from blocks.norms import LayerNorm, RMSNorm, make_norm
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = ["MLP", "GPTBlock", "LayerNorm", "LlamaBlock", "RMSNorm", "SwiGLU", "TransformerBlock", "make_block",
            "make_mlp", "make_norm"]

@@ -109,7 +109,8 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def gelu_mlp(x: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor | None, down_weight: torch.Tensor,
              down_bias: torch.Tensor | None) -> torch.Tensor:
-    """GPT-2's MLP: ``down(gelu_tanh(up(x)))`` (Hendrycks & Gimpel 2016, the tanh approximation), (..., D) -> (..., D)."""
+    """GPT-2's MLP: ``down(gelu_tanh(up(x)))`` (Hendrycks & Gimpel 2016, the tanh approximation);
+    (..., D) -> (..., D_out)."""
     return F.linear(F.gelu(F.linear(x, up_weight, up_bias), approximate="tanh"), down_weight, down_bias)
 
 
