@@ -1,24 +1,21 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh gelu-ref  the GPT-2 124M step at 16 rows with the reference MLP, as shipped, and with
-#                                      the reference again (run AI's reference row ran 25% slow once; ~3 min)
-#   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
-#                                      GPU tests, its eager timing beside the reference, the GPT-2 124M step at 16
-#                                      rows (transformers beside, and the reference MLP) and at 32 rows (~6.5 min)
-#   bash tools/gpu_pending.sh gelu-bwd  the cuBLASLt GELU MLP's backward three ways (LMSTACK_GELU_MLP_BWD: torch ops,
-#                                      the DGELU epilogue, DGELU + bias gradient) in the GPT-2 step at 16 rows beside
-#                                      the shipped step (transformers too), then 32 rows (~6 min)
-#   bash tools/gpu_pending.sh gelu-mlp  GPU tests of the cuBLASLt GELU-epilogue MLP (gelu_mlp=cublaslt), its kernel
-#                                      timing beside the reference, then the GPT-2 124M step at 16 rows as shipped
-#                                      (transformers beside), with it, and it profiled; then 32 rows both ways (~7 min)
-#   bash tools/gpu_pending.sh gpt2-11  profiles lmstack's GPT-2 124M step at 16 rows (its top 60 kernels), then
-#                                      times it beside transformers at 32 rows (BATCHES="32" by default; ~7 min)
-#   bash tools/gpu_pending.sh gpt2-batch  the GPT-2 124M step at 16 and 32 rows of 1024 tokens, lmstack and
-#                                      transformers each under the default compile: does either gain more from the
-#                                      larger matmuls (~6 min; BATCHES="16 32" by default)
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R:
 #                                      its transformers and batch-32 figures predate sessions 8-10)
+#   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped; no recipe left for it to try next)
+# Session 11's recipes (docs/benchmarks.md, GPT-2 runs 7, 10 and 11), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
+#                                      GPU tests, its eager timing beside the reference, the GPT-2 124M step at 16
+#                                      rows (transformers beside, and the reference MLP) and at 32 rows (~5 min; run
+#                                      10)
+#   bash tools/gpu_pending.sh gelu-ref the GPT-2 124M step at 16 rows with the reference MLP, as shipped, and with
+#                                      the reference again (~2 min; run 11: run 10's reference row ran 25% slow once)
+#   bash tools/gpu_pending.sh gpt2-11  profiles lmstack's GPT-2 124M step at 16 rows (its top 60 kernels), then
+#                                      times it beside transformers at 32 rows (BATCHES="32" by default; ~2.5 min;
+#                                      run 7)
+#   (runs 8 and 9 tried the epilogue forms that lost, DGELU_BGRAD and a torch backward: commit dfafa25's gelu-mlp
+#   and gelu-bwd recipes)
 # Session 10's recipes (docs/benchmarks.md runs AC-AG), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final10  session 10's shipped defaults: the GPU tests of PDL attention in compiled
 #                                      decoding, then decode bf16 and int8 (the exact-add conversion, its tiles) as
@@ -88,7 +85,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gelu-ref|gelu-final|gelu-bwd|gelu-mlp|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-batch|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -136,46 +133,6 @@ gelu-final)
   tc gpt2_b16 16 --variants lmstack-fused,transformers
   tc gpt2_b16_ref 16 --variants lmstack-fused --prefer gelu_mlp=reference
   tc gpt2_b32 32 --variants lmstack-fused,transformers
-  rm -f "$OUT"/gpt2_b*.log ;;
-gelu-bwd)
-  step tests 100 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py -k cublaslt
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
-  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
-    --batch "$batch" --out "$OUT/$name.json" "$@"
-    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
-  tc gpt2_b16 16 --variants lmstack-fused,transformers
-  for m in torch dgelu dgelu_bgrad; do
-    ( export LMSTACK_GELU_MLP_BWD=$m; tc "gpt2_b16_$m" 16 --variants lmstack-fused --prefer gelu_mlp=cublaslt )
-  done
-  best=$(python - "$OUT" <<'PY'
-import json, pathlib, sys
-runs = {}
-for m in ("torch", "dgelu", "dgelu_bgrad"):
-    f = pathlib.Path(sys.argv[1]) / f"gpt2_b16_{m}.json"
-    if f.exists():
-        runs[m] = json.loads(f.read_text())["results"]["variants"]["lmstack-fused"]["tokens_per_s"]
-print(max(runs, key=runs.get) if runs else "torch")
-PY
-)
-  echo "== 32 rows: the backward that won at 16 rows: $best"
-  tc gpt2_b32 32 --variants lmstack-fused
-  ( export LMSTACK_GELU_MLP_BWD=$best; tc gpt2_b32_best 32 --variants lmstack-fused --prefer gelu_mlp=cublaslt )
-  rm -f "$OUT"/gpt2_b*.log ;;
-gelu-mlp)
-  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
-  step kernels 60 python packages/kernel/benchmarks/bench_kernels.py --device cuda --dtype bf16 --ops gelu_mlp
-  cat "$OUT/kernels.log"
-  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
-    --batch "$batch" --out "$OUT/$name.json" "$@"
-    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
-  tc gpt2_b16 16 --variants lmstack-fused,transformers
-  tc gpt2_b16_lt 16 --variants lmstack-fused --prefer gelu_mlp=cublaslt
-  tc gpt2_b32 32 --variants lmstack-fused
-  tc gpt2_b32_lt 32 --variants lmstack-fused --prefer gelu_mlp=cublaslt
-  step gpt2_profile 150 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
-    --profile-top 40 --prefer gelu_mlp=cublaslt --out "$OUT/gpt2_profile.json"
-  gpt2_top "$OUT/gpt2_profile.json"
   rm -f "$OUT"/gpt2_b*.log ;;
 gpt2-11)
   step gpt2_profile 220 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
@@ -408,12 +365,6 @@ chain-int8)
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|kernels_per\|error' \
     "$OUT"/decode_shipped.json "$OUT"/decode_chain.json
   decode_top "$OUT/decode_chain.json" ;;
-gpt2-batch)
-  for batch in ${BATCHES:-16 32}; do
-    step "gpt2_b$batch" 190 python -m eval.bench train-compare --preset gpt2-124m --batch "$batch" \
-      --variants lmstack-fused,transformers --out "$OUT/gpt2_b$batch.json"
-    grep -h '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/gpt2_b$batch.json"
-  done ;;
 gpt2-graphs)
   # the GPT-2 step's ~2 ms between kernel time and step time (session 5): CUDA graphs (compile mode reduce-overhead)
   # for both models, beside the default compile of the same call

@@ -36,6 +36,23 @@ def test_matches_the_reference_forward_and_every_gradient(bias):
         torch.testing.assert_close(a, b)
 
 
+def test_inference_is_the_plain_composition(monkeypatch):
+    """Without gradients the epilogue's pre-activation would be written for nothing: no autograd function runs."""
+    import kernel.gelu_mlp as gm
+
+    def refuse(*a):
+        raise AssertionError("the training path ran without gradients")
+
+    monkeypatch.setattr(gm._GeluMLP, "apply", refuse)
+    args = _args()
+    with torch.no_grad():
+        torch.testing.assert_close(gelu_mlp(*args), reference.gelu_mlp(*args))
+    frozen = [None if a is None else a.detach() for a in args]
+    torch.testing.assert_close(gelu_mlp(*frozen), reference.gelu_mlp(*frozen))
+    with pytest.raises(AssertionError, match="training path"):
+        gelu_mlp(*args)
+
+
 def test_gradcheck_in_float64():
     args = _args(D=8, Fh=16, Do=8, lead=(2, 3), dtype=torch.float64)
     assert torch.autograd.gradcheck(gelu_mlp, args)
@@ -114,6 +131,19 @@ def test_gpt2_mlp_goes_through_the_op():
     y = mlp(x)
     assert len(seen) == 1
     torch.testing.assert_close(y, mlp.down_proj(F.gelu(mlp.up_proj(x), approximate="tanh")))
+
+
+def test_cublaslt_matmuls_refuse_operands_they_cannot_take_before_touching_cuda():
+    from kernel import cublaslt
+
+    x, w = torch.randn(4, 16, dtype=torch.bfloat16), torch.randn(32, 16, dtype=torch.bfloat16)
+    with pytest.raises(ShapeError, match=r"gelu_linear: needs contiguous CUDA fp16/bf16 .* got x \(4, 16\)"):
+        cublaslt.gelu_linear(x, w, None)  # a CPU tensor
+    with pytest.raises(ShapeError, match=r"linear_dgelu: .* pre \(4, 8\)"):
+        cublaslt.linear_dgelu(torch.randn(4, 32, dtype=torch.bfloat16), w, torch.randn(4, 8, dtype=torch.bfloat16))
+    # the custom ops take them all, through torch
+    act, pre = gelu_linear(x.float(), w.float(), None)
+    torch.testing.assert_close(act, F.gelu(x.float() @ w.float().t(), approximate="tanh"))
 
 
 @pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")

@@ -67,7 +67,8 @@ def _loaded_library_path() -> str | None:
 
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {}
+_state: dict[Any, Any] = {}  # the library, and per device its handle and workspace
+MAX_PLANS = 256  # cached descriptor sets (one per shape and epilogue)
 
 
 def _lib() -> ctypes.CDLL:
@@ -127,6 +128,9 @@ class _Plan:
     algo: _HeuristicResult
 
 
+_plans: dict[tuple[Any, ...], _Plan] = {}
+
+
 def _set(lib: ctypes.CDLL, desc: ctypes.c_void_p, attr: int, value: Any) -> None:
     _check(lib.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(value), ctypes.sizeof(value)),
            f"setting matmul attribute {attr}")
@@ -136,10 +140,17 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
           ldb: int, has_bias: bool) -> _Plan:
     """Descriptors and the heuristic's first algorithm for D (m, n) = op(A) (m, k) @ B (k, n), column-major, ldd = m.
     Pointers are set per call; the heuristic sees representative (256-byte aligned) ones."""
-    key = ("plan", device.index, dtype, epilogue, transa, m, n, k, lda, ldb, has_bias)
-    if key in _state:
-        return _state[key]
+    key = (device.index, dtype, epilogue, transa, m, n, k, lda, ldb, has_bias)
+    if key in _plans:
+        return _plans[key]
     lib, cu = _lib(), _CUDA_TYPES[dtype]
+    if len(_plans) >= MAX_PLANS:  # many distinct row counts (eager inference over varied lengths): start over
+        with _lock:
+            for old in _plans.values():
+                lib.cublasLtMatmulDescDestroy(old.desc)
+                for lay in (old.a, old.b, old.d):
+                    lib.cublasLtMatrixLayoutDestroy(lay)
+            _plans.clear()
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _CUDA_R_32F), "cublasLtMatmulDescCreate")
     _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(transa))
@@ -170,7 +181,7 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
         raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} at (m, n, k) = ({m}, {n}, {k}), "
                             f"{dtype} (status {status}, {count.value} found)")
     plan = _Plan(desc, layouts[0], layouts[1], layouts[2], result)
-    _state[key] = plan
+    _plans[key] = plan
     return plan
 
 

@@ -84,7 +84,11 @@ class _GeluMLP(torch.autograd.Function):
 def gelu_mlp(x: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor | None, down_weight: torch.Tensor,
              down_bias: torch.Tensor | None) -> torch.Tensor:
     """``F.linear(gelu_tanh(F.linear(x, up_weight, up_bias)), down_weight, down_bias)`` over the last dim of ``x``
-    (any leading shape), differentiable in every argument; (..., D) -> (..., D_out)."""
+    (any leading shape), differentiable in every argument; (..., D) -> (..., D_out). Without gradients to compute
+    (inference) it is that torch composition: the epilogue's pre-activation output would be written for nothing."""
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                            for t in (x, up_weight, up_bias, down_weight, down_bias))):
+        return F.linear(F.gelu(F.linear(x, up_weight, up_bias), approximate="tanh"), down_weight, down_bias)
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
     args = [None if t is None else t.to(dtype) for t in (x, up_weight, up_bias, down_weight, down_bias)]
