@@ -3,6 +3,8 @@
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R:
 #                                      its transformers and batch-32 figures predate sessions 8-10)
+#   bash tools/gpu_pending.sh final-short  the same without the profile, one repeat (~5 min; fits what a session has
+#                                      left after its other calls)
 #   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped; no recipe left for it to try next)
 # Session 11's recipes (docs/benchmarks.md, GPT-2 runs 7, 10 and 11), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
@@ -85,7 +87,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -114,6 +116,12 @@ for f in sys.argv[1:]:
 PY
 }
 case "${1:-}" in
+final-short)
+  export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+  step final 320 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 1 \
+    --variants transformers,lmstack,lmstack-int8 --out "$OUT/final.json"
+  grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|greedy_gap\|error' "$OUT/final.json" \
+    || tail -n 30 "$OUT/final.log" ;;
 gelu-ref)
   tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
     --batch "$batch" --out "$OUT/$name.json" "$@"
