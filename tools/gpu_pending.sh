@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
-#                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R:
-#                                      its transformers and batch-32 figures predate sessions 8-10)
-#   bash tools/gpu_pending.sh final-short  the same without the profile, one repeat (~5 min; fits what a session has
-#                                      left after its other calls)
+#                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
+#                                      final-short refreshed its figures in session 11, run AH, unprofiled)
 #   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped; no recipe left for it to try next)
-# Session 11's recipes (docs/benchmarks.md, GPT-2 runs 7, 10 and 11), kept to re-measure after changes:
+# Session 11's recipes (docs/benchmarks.md: GPT-2 runs 7, 10 and 11, decode run AH), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh final-short  decode as shipped: final without the profile, one repeat (~4 min; run AH)
 #   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
 #                                      GPU tests, its eager timing beside the reference, the GPT-2 124M step at 16
 #                                      rows (transformers beside, and the reference MLP) and at 32 rows (~5 min; run
@@ -115,6 +114,10 @@ for f in sys.argv[1:]:
             print(f"   {row['us_per_step']:8.0f} us x{row['per_step']:4.0f}  {row['kernel'][:110]}")
 PY
 }
+# one GPT-2 124M train-compare step: tc NAME ROWS [train-compare options]
+tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
+  --batch "$batch" --out "$OUT/$name.json" "$@"
+  grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
 case "${1:-}" in
 final-short)
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
@@ -123,9 +126,6 @@ final-short)
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|greedy_gap\|error' "$OUT/final.json" \
     || tail -n 30 "$OUT/final.log" ;;
 gelu-ref)
-  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
-    --batch "$batch" --out "$OUT/$name.json" "$@"
-    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
   tc gpt2_b16_ref 16 --variants lmstack-fused --prefer gelu_mlp=reference
   tc gpt2_b16 16 --variants lmstack-fused
   tc gpt2_b16_ref2 16 --variants lmstack-fused --prefer gelu_mlp=reference
@@ -135,9 +135,6 @@ gelu-final)
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
   step kernels 60 python packages/kernel/benchmarks/bench_kernels.py --device cuda --dtype bf16 --ops gelu_mlp
   grep gelu_mlp "$OUT/kernels.log"
-  tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
-    --batch "$batch" --out "$OUT/$name.json" "$@"
-    grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
   tc gpt2_b16 16 --variants lmstack-fused,transformers
   tc gpt2_b16_ref 16 --variants lmstack-fused --prefer gelu_mlp=reference
   tc gpt2_b32 32 --variants lmstack-fused,transformers

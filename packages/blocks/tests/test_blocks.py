@@ -135,3 +135,33 @@ def test_swiglu_lets_a_gate_up_projection_that_takes_a_glu_apply_it():
     mlp.gate_up_proj.accepts_glu = False  # a layer that says no returns [gate | up], and the MLP applies SwiGLU
     torch.testing.assert_close(mlp(x, residual=r), want, rtol=1e-5, atol=1e-5)
     assert GluLinear.calls == ["silu", None]
+
+
+def test_gpt2_mlp_goes_through_the_gelu_mlp_op_unless_a_projection_is_hooked():
+    import dataclasses
+
+    from kernel import default_registry, reference
+
+    torch.manual_seed(0)
+    mlp = randomise(MLP(16, 64, activation="gelu_tanh"))
+    seen = []
+    reg = default_registry()
+
+    def spy(*a):
+        seen.append(a)
+        return reference.gelu_mlp(*a)
+
+    reg.register(dataclasses.replace(reg.get("gelu_mlp", "reference"), target=spy), replace=True)
+    try:
+        x = torch.randn(2, 3, 16)
+        y = mlp(x)
+        assert len(seen) == 1
+        torch.testing.assert_close(y, mlp.down_proj(F.gelu(mlp.up_proj(x), approximate="tanh")))
+        # a hook on a projection (an activation probe) must still fire: the module calls are kept then
+        fired = []
+        handle = mlp.up_proj.register_forward_hook(lambda m, a, out: fired.append(tuple(out.shape)))
+        torch.testing.assert_close(mlp(x), y)
+        handle.remove()
+        assert fired == [(2, 3, 64)] and len(seen) == 1
+    finally:
+        default_registry.cache_clear()

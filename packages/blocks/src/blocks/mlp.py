@@ -29,6 +29,12 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _plain_linear(m: nn.Module) -> bool:
+    """An nn.Linear whose call would do nothing but ``F.linear``: not a subclass (quantized, adapted) and no hooks
+    (activation probes), so an op may take its weights directly."""
+    return type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+
+
 class MLP(nn.Module):
     """(B, T, D) -> (B, T, D) through a hidden width F with one activation."""
 
@@ -40,7 +46,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        if self.activation == "gelu_tanh" and type(self.up_proj) is nn.Linear and type(self.down_proj) is nn.Linear:
+        if self.activation == "gelu_tanh" and all(_plain_linear(m) for m in (self.up_proj, self.down_proj)):
             # GPT-2's MLP through the registry's gelu_mlp op (on CUDA: the GELU in the matmuls' epilogues)
             dev = x_BTD.device.type
             dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_BTD.dtype
