@@ -3,7 +3,12 @@
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
 #                                      final-short refreshed its figures in session 11, run AH, unprofiled)
-#   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped; no recipe left for it to try next)
+#   bash tools/gpu_pending.sh gpt2-code  the GPT-2 124M step's inductor code (forward and backward graphs, every
+#                                      Triton kernel with the aten ops it fuses), gzipped, beside a profile's top 60
+#                                      kernels: which elementwise kernels are casts or recomputes a save would spare
+#                                      (run 7 saw 24 fp32 -> bf16 (16,384 x 768) copies a step, 0.45 ms; 12 left
+#                                      once the MLP's input went into its custom op; ~2.5 min)
+#   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped)
 # Session 11's recipes (docs/benchmarks.md: GPT-2 runs 7, 10 and 11, decode run AH), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final-short  decode as shipped: final without the profile, one repeat (~4 min; run AH)
 #   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
@@ -86,7 +91,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -119,6 +124,14 @@ tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench tr
   --batch "$batch" --out "$OUT/$name.json" "$@"
   grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
 case "${1:-}" in
+gpt2-code)
+  ( export TORCH_LOGS=output_code; step gpt2_code 150 python -m eval.bench train-compare --preset gpt2-124m \
+    --variants lmstack-fused --steps 3 --warmup 2 --out "$OUT/gpt2_code.json" )
+  gzip -f "$OUT/gpt2_code.log"
+  step gpt2_profile 150 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
+    --profile-top 60 --out "$OUT/gpt2_profile.json"
+  gpt2_top "$OUT/gpt2_profile.json"
+  ls -l "$OUT" ;;
 final-short)
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
   step final 320 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 1 \
