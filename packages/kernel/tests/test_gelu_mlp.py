@@ -175,3 +175,98 @@ def test_cublaslt_refuses_shapes_it_cannot_take():
         cublaslt.gelu_linear(x, w, None)
     act, pre = gelu_linear(x, w, None)  # the op falls back to torch for them
     torch.testing.assert_close(pre, F.linear(x, w))
+
+
+class _FakeLt:
+    """Stands in for libcublasLt: records descriptors, attributes, layouts and launches (the ctypes plumbing of
+    kernel.cublaslt checked without a GPU; the numbers themselves are checked on CUDA above)."""
+
+    def __init__(self):
+        self.next_id, self.attrs, self.layouts, self.launches, self.destroyed = 100, {}, {}, [], []
+
+    def _new(self, ref):
+        self.next_id += 1
+        ref._obj.value = self.next_id
+        return self.next_id
+
+    def cublasLtCreate(self, ref):
+        self._new(ref)
+        return 0
+
+    def cublasLtMatmulDescCreate(self, ref, compute, scale):
+        self.attrs[self._new(ref)] = {"compute": compute, "scale": scale}
+        return 0
+
+    def cublasLtMatmulDescSetAttribute(self, desc, attr, ref, size):
+        self.attrs[desc.value][attr] = ref._obj.value
+        return 0
+
+    def cublasLtMatrixLayoutCreate(self, ref, dtype, rows, cols, ld):
+        self.layouts[self._new(ref)] = (dtype, rows, cols, ld)
+        return 0
+
+    def cublasLtMatmulPreferenceCreate(self, ref):
+        self._new(ref)
+        return 0
+
+    def cublasLtMatmulPreferenceSetAttribute(self, *a):
+        return 0
+
+    def cublasLtMatmulPreferenceDestroy(self, pref):
+        return 0
+
+    def cublasLtMatmulAlgoGetHeuristic(self, handle, desc, a, b, c, d, pref, requested, result, count):
+        count._obj.value = 1
+        return 0
+
+    def cublasLtMatmul(self, handle, desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo, ws, ws_size, st):
+        self.launches.append(dict(attrs=dict(self.attrs[desc.value]), a=(a.value, self.layouts[adesc.value]),
+                                  b=(b.value, self.layouts[bdesc.value]), d=(d.value, self.layouts[ddesc.value])))
+        return 0
+
+    def cublasLtMatmulDescDestroy(self, desc):
+        self.destroyed.append(desc.value)
+
+    def cublasLtMatrixLayoutDestroy(self, lay):
+        self.destroyed.append(lay.value)
+
+
+def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch):
+    import contextlib
+    import types
+
+    from kernel import cublaslt as lt
+
+    fake = _FakeLt()
+    monkeypatch.setattr(lt, "_state", {"lib": fake})
+    monkeypatch.setattr(lt, "_plans", {})
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda d: types.SimpleNamespace(cuda_stream=0))
+    N, K, M = 24, 16, 32
+    bf = dict(dtype=torch.bfloat16)
+    x, w1, b1, out, pre = (torch.empty(N, K, **bf), torch.empty(M, K, **bf), torch.empty(M, **bf),
+                           torch.empty(N, M, **bf), torch.empty(N, M, **bf))
+    # gelu_linear: out.T (M, N) = w1 (stored (K, M) column-major, transposed) @ x.T (K, N)
+    lt._matmul(lt.EPILOGUE_GELU_AUX_BIAS, lt._OP_T, M, N, K, K, K, w1, x, out, b1, pre)
+    (call,) = fake.launches
+    assert call["a"] == (w1.data_ptr(), (14, K, M, K)) and call["b"] == (x.data_ptr(), (14, K, N, K))
+    assert call["d"] == (out.data_ptr(), (14, M, N, M))
+    attrs = call["attrs"]
+    assert attrs[lt._DESC_EPILOGUE] == 164 and attrs[lt._DESC_TRANSA] == 1 and attrs[lt._DESC_AUX_LD] == M
+    assert attrs[lt._DESC_BIAS_POINTER] == b1.data_ptr() and attrs[lt._DESC_AUX_POINTER] == pre.data_ptr()
+    assert attrs["compute"] == 68  # CUBLAS_COMPUTE_32F
+    # linear_dgelu: dh.T (K', N) = w2 (stored (K', M') column-major) @ dy.T (M', N), with w2 (M', K') = (K, M)
+    dy, w2 = torch.empty(N, K, **bf), torch.empty(K, M, **bf)
+    dh, pre2 = torch.empty(N, M, **bf), torch.empty(N, M, **bf)
+    lt._matmul(lt.EPILOGUE_DGELU, lt._OP_N, M, N, K, M, K, w2, dy, dh, None, pre2)
+    call = fake.launches[-1]
+    assert call["a"] == (w2.data_ptr(), (14, M, K, M)) and call["b"] == (dy.data_ptr(), (14, K, N, K))
+    assert call["d"] == (dh.data_ptr(), (14, M, N, M))
+    assert call["attrs"][lt._DESC_EPILOGUE] == 192 and call["attrs"][lt._DESC_TRANSA] == 0
+    assert call["attrs"][lt._DESC_AUX_POINTER] == pre2.data_ptr()
+    # a plan is reused for its shape, and the cache starts over past MAX_PLANS, destroying what it held
+    lt._matmul(lt.EPILOGUE_DGELU, lt._OP_N, M, N, K, M, K, w2, dy, dh, None, pre2)
+    assert len(lt._plans) == 2 and not fake.destroyed
+    monkeypatch.setattr(lt, "MAX_PLANS", 2)
+    lt._matmul(lt.EPILOGUE_DGELU, lt._OP_N, M, 2 * N, K, M, K, w2, dy, dh, None, pre2)
+    assert len(lt._plans) == 1 and len(fake.destroyed) == 8  # two plans: a descriptor and three layouts each

@@ -139,18 +139,18 @@ def _set(lib: ctypes.CDLL, desc: ctypes.c_void_p, attr: int, value: Any) -> None
 def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, m: int, n: int, k: int, lda: int,
           ldb: int, has_bias: bool) -> _Plan:
     """Descriptors and the heuristic's first algorithm for D (m, n) = op(A) (m, k) @ B (k, n), column-major, ldd = m.
-    Pointers are set per call; the heuristic sees representative (256-byte aligned) ones."""
+    Pointers are set per call; the heuristic sees representative (256-byte aligned) ones. Called with ``_lock``
+    held, so no plan is destroyed while another thread launches it."""
     key = (device.index, dtype, epilogue, transa, m, n, k, lda, ldb, has_bias)
     if key in _plans:
         return _plans[key]
     lib, cu = _lib(), _CUDA_TYPES[dtype]
     if len(_plans) >= MAX_PLANS:  # many distinct row counts (eager inference over varied lengths): start over
-        with _lock:
-            for old in _plans.values():
-                lib.cublasLtMatmulDescDestroy(old.desc)
-                for lay in (old.a, old.b, old.d):
-                    lib.cublasLtMatrixLayoutDestroy(lay)
-            _plans.clear()
+        for old in _plans.values():
+            lib.cublasLtMatmulDescDestroy(old.desc)
+            for lay in (old.a, old.b, old.d):
+                lib.cublasLtMatrixLayoutDestroy(lay)
+        _plans.clear()
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _CUDA_R_32F), "cublasLtMatmulDescCreate")
     _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(transa))
@@ -185,11 +185,13 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
     return plan
 
 
-def _matmul(plan: _Plan, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None,
-            aux: torch.Tensor) -> None:
+def _matmul(epilogue: int, transa: int, m: int, n: int, k: int, lda: int, ldb: int, a: torch.Tensor, b: torch.Tensor,
+            d: torch.Tensor, bias: torch.Tensor | None, aux: torch.Tensor) -> None:
+    """D = op(A) @ B with ``epilogue`` (see :func:`_plan` for the shapes), on torch's current stream."""
     lib, device = _lib(), d.device
     alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
-    with _lock, torch.cuda.device(device):  # one descriptor per shape: set its pointers and launch as one step
+    with _lock, torch.cuda.device(device):  # one descriptor per shape: find it, set its pointers and launch
+        plan = _plan(device, d.dtype, epilogue, transa, m, n, k, lda, ldb, bias is not None)
         if bias is not None:
             _set(lib, plan.desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
         _set(lib, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
@@ -211,10 +213,13 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def gelu_linear(x_NK: torch.Tensor, weight_MK: torch.Tensor,
                 bias_M: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``h = x @ weight.T + bias``; returns ``(gelu_tanh(h), h)``, both (N, M), from one cuBLASLt matmul."""
-    if not supports(x_NK, weight_MK) or x_NK.shape[1] != weight_MK.shape[1]:
-        raise ShapeError(f"gelu_linear: needs contiguous CUDA fp16/bf16 x (N, K) and weight (M, K) with K, M "
-                         f"multiples of 8, got x {tuple(x_NK.shape)} {x_NK.dtype}, weight "
-                         f"{tuple(weight_MK.shape)} {weight_MK.dtype}")
+    bias_ok = bias_M is None or (bias_M.shape == weight_MK.shape[:1] and bias_M.dtype == x_NK.dtype
+                                 and bias_M.device == x_NK.device)
+    if not supports(x_NK, weight_MK) or x_NK.shape[1] != weight_MK.shape[1] or not bias_ok:
+        raise ShapeError(f"gelu_linear: needs contiguous CUDA fp16/bf16 x (N, K), weight (M, K) and bias (M,) of one "
+                         f"dtype with K, M multiples of 8, got x {tuple(x_NK.shape)} {x_NK.dtype}, weight "
+                         f"{tuple(weight_MK.shape)} {weight_MK.dtype}, bias "
+                         f"{None if bias_M is None else (tuple(bias_M.shape), bias_M.dtype)}")
     (N, K), M = x_NK.shape, weight_MK.shape[0]
     out = torch.empty((N, M), dtype=x_NK.dtype, device=x_NK.device)
     pre = torch.empty_like(out)
@@ -222,8 +227,7 @@ def gelu_linear(x_NK: torch.Tensor, weight_MK: torch.Tensor,
         return out, pre
     epilogue = EPILOGUE_GELU_AUX if bias_M is None else EPILOGUE_GELU_AUX_BIAS
     # column-major: out.T (M, N) = weight (as (K, M), transposed) @ x.T (K, N)
-    plan = _plan(x_NK.device, x_NK.dtype, epilogue, _OP_T, M, N, K, K, K, bias_M is not None)
-    _matmul(plan, weight_MK, x_NK, out, None if bias_M is None else bias_M.contiguous(), pre)
+    _matmul(epilogue, _OP_T, M, N, K, K, K, weight_MK, x_NK, out, None if bias_M is None else bias_M.contiguous(), pre)
     return out, pre
 
 
@@ -240,6 +244,5 @@ def linear_dgelu(dy_NM: torch.Tensor, weight_MK: torch.Tensor, pre_NK: torch.Ten
     if N == 0:
         return dh
     # column-major: dh.T (K, N) = weight (as (K, M)) @ dy.T (M, N)
-    plan = _plan(dy_NM.device, dy_NM.dtype, EPILOGUE_DGELU, _OP_N, K, N, M, K, M, False)
-    _matmul(plan, weight_MK, dy_NM, dh, None, pre_NK)
+    _matmul(EPILOGUE_DGELU, _OP_N, K, N, M, K, M, weight_MK, dy_NM, dh, None, pre_NK)
     return dh

@@ -31,7 +31,7 @@ from kernel import cublaslt
 def gelu_linear(x_ND: torch.Tensor, weight_FD: torch.Tensor,
                 bias_F: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gelu_tanh(h), h)`` with ``h = x @ weight.T + bias``: one cuBLASLt matmul on CUDA, torch elsewhere."""
-    if cublaslt.supports(x_ND, weight_FD) and (bias_F is None or bias_F.dtype == x_ND.dtype):
+    if cublaslt.supports(x_ND, weight_FD) and (bias_F is None or (bias_F.dtype == x_ND.dtype and bias_F.dim() == 1)):
         return cublaslt.gelu_linear(x_ND, weight_FD, bias_F)
     h = F.linear(x_ND, weight_FD, bias_F)
     return F.gelu(h, approximate="tanh"), h
