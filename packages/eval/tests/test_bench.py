@@ -208,9 +208,10 @@ def test_train_compare_profile_splits_a_step_by_kernel_class(capsys):
     whole, next to the step time they have to fit under."""
     doc = _run(capsys, ["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--compile", "none",
                         "--variants", "lmstack", "--seq", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
-                        "--profile"])
+                        "--profile", "--profile-top", "4"])
     prof = doc["results"]["variants"]["lmstack"]["profile"]
     assert prof["kernels_per_step"] > 10 and prof["kernel_us_per_step"] > 0
+    assert len(prof["top"]) == 4  # --profile-top
     assert sum(prof["by_class"].values()) == pytest.approx(prof["kernel_us_per_step"])
     assert prof["by_class"].get("matmul", 0) > 0  # (AdamW on a CPU is plain aten ops: no optimizer class)
     assert any(r["kernel"] in ("aten::mm", "aten::addmm") for r in prof["top"])
@@ -291,6 +292,11 @@ def test_prefer_kernels_also_wins_under_torch_compile(monkeypatch):
     finally:
         reg.register(dataclasses.replace(before), replace=True)
         reg.cache_clear()
+
+
+def test_train_compare_refuses_a_profile_top_below_one():
+    with pytest.raises(ValueError, match="--profile-top must be at least 1, got 0"):
+        main(["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--profile", "--profile-top", "0"])
 
 
 def test_train_compare_refuses_an_unknown_variant_before_building_anything(monkeypatch):

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:  # before any model is built or timed
         raise ValueError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
+    if args.profile_top < 1:
+        raise ValueError(f"--profile-top must be at least 1, got {args.profile_top}")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=g).to(device)
     y = torch.roll(x, -1, dims=1)
