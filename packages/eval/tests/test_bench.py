@@ -106,6 +106,36 @@ def test_decode_runs_on_cpu_and_a_failing_variant_keeps_the_others(capsys, tmp_p
     assert r["variants"]["lmstack"]["fuse_swiglu"] is False and r["variants"]["lmstack"]["linear_impl"] == []
 
 
+def test_decode_reports_each_batch_sizes_choices_and_the_first_ones_per_variant(monkeypatch, tmp_path):
+    """FastGenerator's "auto" choices differ by batch size (PDL attention at one row only): each batch records its
+    own, and the variant's fields are its first batch's, not whichever ran last."""
+    import eval.bench.decode as decode
+
+    real = decode.resolve
+
+    def resolve(group, name):
+        obj = real(group, name)
+        if group != "lmstack.decoders":
+            return obj
+
+        class PerBatch(obj):
+            def __init__(self, model, batch_size, *a, **k):
+                super().__init__(model, batch_size, *a, **k)
+                self.decode_attention = f"choice-for-{batch_size}"
+
+        return PerBatch
+
+    monkeypatch.setattr(decode, "resolve", resolve)
+    out = tmp_path / "decode.json"
+    assert main(["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
+                 "--variants", "lmstack", "--batch-sizes", "1,2", "--prompt-tokens", "4", "--new-tokens", "4",
+                 "--repeat", "1", "--out", str(out)]) == 0
+    v = json.loads(out.read_text())["results"]["variants"]["lmstack"]
+    assert v["batch1"]["choices"]["decode_attention"] == "choice-for-1"
+    assert v["batch2"]["choices"]["decode_attention"] == "choice-for-2"
+    assert v["decode_attention"] == "choice-for-1" and v["pdl"] == v["batch1"]["choices"]["pdl"]
+
+
 def test_decode_refuses_an_unknown_layer_kernel_before_building_a_model(monkeypatch, capsys):
     import eval.bench.decode as decode
 

@@ -258,9 +258,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
-            out["pdl"], out["fold_norms"] = gen.pdl, gen.fold_norms  # what "auto" made of them here
-            out["fuse_swiglu"], out["linear_impl"] = gen.fuse_swiglu, _linear_impls(gen.model)
-            out["decode_attention"] = gen.decode_attention
+            # what "auto" made of them at this batch size; the variant's own fields are its first batch's (the one
+            # the roofline fraction and the greedy gaps are of)
+            choices = {"pdl": gen.pdl, "fold_norms": gen.fold_norms, "fuse_swiglu": gen.fuse_swiglu,
+                       "linear_impl": _linear_impls(gen.model), "decode_attention": gen.decode_attention}
+            out[f"batch{B}"]["choices"] = choices
+            if sizes[0] == B:
+                out.update(choices)
             if B == 1:
                 out["layer_kernel"] = gen.layer_kernel
             if args.profile and sizes[0] == B and device.startswith("cuda"):
