@@ -3,6 +3,11 @@
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
 #                                      final-short refreshed its figures in session 11, run AH, unprofiled)
+#   bash tools/gpu_pending.sh gelu-bgrad  gelu_mlp's cublaslt_bgrad (each MLP projection's bias gradient from its
+#                                      weight-gradient matmul's BGRADB epilogue; written in session 11, not yet run on
+#                                      a GPU): its GPU tests, then the GPT-2 124M step at 16 and 32 rows, each as
+#                                      shipped and with it, and it profiled (~5.5 min). If it wins, make it the
+#                                      compile preference (kernel.registry.COMPILE_PREFERENCE)
 #   bash tools/gpu_pending.sh gpt2-code  the GPT-2 124M step's inductor code (forward and backward graphs, every
 #                                      Triton kernel with the aten ops it fuses), gzipped, beside a profile's top 60
 #                                      kernels: which elementwise kernels are casts or recomputes a save would spare
@@ -91,7 +96,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -124,6 +129,17 @@ tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench tr
   --batch "$batch" --out "$OUT/$name.json" "$@"
   grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
 case "${1:-}" in
+gelu-bgrad)
+  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
+  tc gpt2_b16 16 --variants lmstack-fused,transformers
+  tc gpt2_b16_bgrad 16 --variants lmstack-fused --prefer gelu_mlp=cublaslt_bgrad
+  tc gpt2_b32 32 --variants lmstack-fused
+  tc gpt2_b32_bgrad 32 --variants lmstack-fused --prefer gelu_mlp=cublaslt_bgrad
+  step gpt2_profile 150 python -m eval.bench train-compare --preset gpt2-124m --variants lmstack-fused --profile \
+    --profile-top 40 --prefer gelu_mlp=cublaslt_bgrad --out "$OUT/gpt2_profile.json"
+  gpt2_top "$OUT/gpt2_profile.json"
+  rm -f "$OUT"/gpt2_b*.log ;;
 gpt2-code)
   ( export TORCH_LOGS=output_code; step gpt2_code 150 python -m eval.bench train-compare --preset gpt2-124m \
     --variants lmstack-fused --steps 3 --warmup 2 --out "$OUT/gpt2_code.json" )

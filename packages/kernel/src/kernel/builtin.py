@@ -66,6 +66,11 @@ def builtin_implementations() -> list[Implementation]:
         Implementation(op="gelu_mlp", name="cublaslt", target="kernel.gelu_mlp:gelu_mlp", priority=20,
                        devices=("cuda",), dtypes=LOW_PRECISION, min_capability=(8, 0),
                        description="cuBLASLt matmuls with GELU epilogues (GELU_AUX_BIAS forward, DGELU backward)"),
+        # The same with each projection's bias gradient from its weight-gradient matmul (BGRADB): by name only until
+        # a GPU has timed it (tools/gpu_pending.sh gelu-bgrad).
+        Implementation(op="gelu_mlp", name="cublaslt_bgrad", target="kernel.gelu_mlp:gelu_mlp_bgrad", priority=19,
+                       devices=("cuda",), dtypes=LOW_PRECISION, min_capability=(8, 0),
+                       description="cublaslt, the bias gradients from the weight-gradient matmuls' epilogues (BGRADB)"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
         # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200

@@ -11,6 +11,9 @@ for GPT MLPs; cuBLAS docs, "cublasLtEpilogue_t"):
   output gradient and input again. (``CUBLASLT_EPILOGUE_DGELU_BGRAD``, which would also sum the bias gradient,
   ran a separate epilogue kernel of ~0.3 ms per GPT-2 layer on an H200: a 124M training step 5.8% slower than
   without it, where this one made it 2.2% faster; docs/benchmarks.md.)
+- :func:`wgrad_bgrad` ``(x, dy) -> (dy.T @ x, dy.sum(0))``: ``CUBLASLT_EPILOGUE_BGRADB``. A Linear's weight-gradient
+  matmul also sums its bias gradient, over the matmul's own K loop (the rows), instead of a separate pass over
+  ``dy``. Not yet timed on a GPU: ``gelu_mlp``'s ``cublaslt_bgrad`` implementation uses it, by name only.
 
 cuBLASLt's GELU is the tanh approximation (GPT-2's ``gelu_new``). Row-major (N, K) @ (K, M) products are issued as
 the column-major (M, N) = (M, K) @ (K, N) that cuBLASLt computes, so bias vectors run along the feature dim.
@@ -42,6 +45,7 @@ _PREF_MAX_WORKSPACE_BYTES = 1
 EPILOGUE_GELU_AUX = 32 | 128
 EPILOGUE_GELU_AUX_BIAS = EPILOGUE_GELU_AUX | 4
 EPILOGUE_DGELU = 64 | 128
+EPILOGUE_BGRADB = 512
 WORKSPACE_BYTES = 32 << 20  # what cuBLAS recommends for Hopper
 
 
@@ -136,12 +140,12 @@ def _set(lib: ctypes.CDLL, desc: ctypes.c_void_p, attr: int, value: Any) -> None
            f"setting matmul attribute {attr}")
 
 
-def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, m: int, n: int, k: int, lda: int,
-          ldb: int, has_bias: bool) -> _Plan:
-    """Descriptors and the heuristic's first algorithm for D (m, n) = op(A) (m, k) @ B (k, n), column-major, ldd = m.
-    Pointers are set per call; the heuristic sees representative (256-byte aligned) ones. Called with ``_lock``
-    held, so no plan is destroyed while another thread launches it."""
-    key = (device.index, dtype, epilogue, transa, m, n, k, lda, ldb, has_bias)
+def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, transb: int, m: int, n: int, k: int,
+          lda: int, ldb: int, has_bias: bool, has_aux: bool) -> _Plan:
+    """Descriptors and the heuristic's first algorithm for D (m, n) = op(A) (m, k) @ op(B) (k, n), column-major,
+    ldd = m (and the auxiliary matrix's ld = m). Pointers are set per call; the heuristic sees representative
+    (256-byte aligned) ones. Called with ``_lock`` held, so no plan is destroyed while another thread launches it."""
+    key = (device.index, dtype, epilogue, transa, transb, m, n, k, lda, ldb, has_bias, has_aux)
     if key in _plans:
         return _plans[key]
     lib, cu = _lib(), _CUDA_TYPES[dtype]
@@ -154,12 +158,14 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
     desc = ctypes.c_void_p()
     _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _CUDA_R_32F), "cublasLtMatmulDescCreate")
     _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(transa))
-    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(_OP_N))
+    _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(transb))
     _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
-    _set(lib, desc, _DESC_AUX_LD, ctypes.c_int64(m))
+    if has_aux:
+        _set(lib, desc, _DESC_AUX_LD, ctypes.c_int64(m))
     layouts = []
     rows_a, cols_a = (k, m) if transa == _OP_T else (m, k)
-    for rows, cols, ld in ((rows_a, cols_a, lda), (k, n, ldb), (m, n, m)):
+    rows_b, cols_b = (n, k) if transb == _OP_T else (k, n)
+    for rows, cols, ld in ((rows_a, cols_a, lda), (rows_b, cols_b, ldb), (m, n, m)):
         lay = ctypes.c_void_p()
         _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(lay), cu, rows, cols, ld), "cublasLtMatrixLayoutCreate")
         layouts.append(lay)
@@ -172,7 +178,8 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
     dummy = ctypes.c_void_p(_workspace(device).data_ptr())
     if has_bias:
         _set(lib, desc, _DESC_BIAS_POINTER, dummy)
-    _set(lib, desc, _DESC_AUX_POINTER, dummy)
+    if has_aux:
+        _set(lib, desc, _DESC_AUX_POINTER, dummy)
     result, count = _HeuristicResult(), ctypes.c_int(0)
     status = lib.cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, layouts[0], layouts[1], layouts[2], layouts[2],
                                                 pref, 1, ctypes.byref(result), ctypes.byref(count))
@@ -185,16 +192,17 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
     return plan
 
 
-def _matmul(epilogue: int, transa: int, m: int, n: int, k: int, lda: int, ldb: int, a: torch.Tensor, b: torch.Tensor,
-            d: torch.Tensor, bias: torch.Tensor | None, aux: torch.Tensor) -> None:
-    """D = op(A) @ B with ``epilogue`` (see :func:`_plan` for the shapes), on torch's current stream."""
+def _matmul(epilogue: int, transa: int, transb: int, m: int, n: int, k: int, lda: int, ldb: int, a: torch.Tensor,
+            b: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None, aux: torch.Tensor | None) -> None:
+    """D = op(A) @ op(B) with ``epilogue`` (see :func:`_plan` for the shapes), on torch's current stream."""
     lib, device = _lib(), d.device
     alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
     with _lock, torch.cuda.device(device):  # one descriptor per shape: find it, set its pointers and launch
-        plan = _plan(device, d.dtype, epilogue, transa, m, n, k, lda, ldb, bias is not None)
+        plan = _plan(device, d.dtype, epilogue, transa, transb, m, n, k, lda, ldb, bias is not None, aux is not None)
         if bias is not None:
             _set(lib, plan.desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
-        _set(lib, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+        if aux is not None:
+            _set(lib, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
         _check(lib.cublasLtMatmul(_handle(device), plan.desc, ctypes.byref(alpha), ctypes.c_void_p(a.data_ptr()),
                                   plan.a, ctypes.c_void_p(b.data_ptr()), plan.b, ctypes.byref(beta),
@@ -227,7 +235,8 @@ def gelu_linear(x_NK: torch.Tensor, weight_MK: torch.Tensor,
         return out, pre
     epilogue = EPILOGUE_GELU_AUX if bias_M is None else EPILOGUE_GELU_AUX_BIAS
     # column-major: out.T (M, N) = weight (as (K, M), transposed) @ x.T (K, N)
-    _matmul(epilogue, _OP_T, M, N, K, K, K, weight_MK, x_NK, out, None if bias_M is None else bias_M.contiguous(), pre)
+    _matmul(epilogue, _OP_T, _OP_N, M, N, K, K, K, weight_MK, x_NK, out,
+            None if bias_M is None else bias_M.contiguous(), pre)
     return out, pre
 
 
@@ -244,5 +253,27 @@ def linear_dgelu(dy_NM: torch.Tensor, weight_MK: torch.Tensor, pre_NK: torch.Ten
     if N == 0:
         return dh
     # column-major: dh.T (K, N) = weight (as (K, M)) @ dy.T (M, N)
-    _matmul(EPILOGUE_DGELU, _OP_N, K, N, M, K, M, weight_MK, dy_NM, dh, None, pre_NK)
+    _matmul(EPILOGUE_DGELU, _OP_N, _OP_N, K, N, M, K, M, weight_MK, dy_NM, dh, None, pre_NK)
     return dh
+
+
+def wgrad_bgrad(x_NK: torch.Tensor, dy_NM: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Linear's weight and bias gradients from its input ``x`` and output gradient ``dy``: ``dy.T @ x`` (M, K) and
+    ``dy.sum(0)`` (M,), from one cuBLASLt matmul (``CUBLASLT_EPILOGUE_BGRADB``: the sum runs over the product's
+    own K loop, the N rows, so no pass reads ``dy`` again for it)."""
+    ok = (x_NK.is_cuda and x_NK.dtype in _CUDA_TYPES and dy_NM.dtype == x_NK.dtype and x_NK.dim() == dy_NM.dim() == 2
+          and dy_NM.shape[0] == x_NK.shape[0] and x_NK.shape[1] % 8 == 0 and dy_NM.shape[1] % 8 == 0
+          and x_NK.is_contiguous() and dy_NM.is_contiguous())
+    if not ok:
+        raise ShapeError(f"wgrad_bgrad: needs contiguous CUDA fp16/bf16 x (N, K) and dy (N, M) of one dtype with K, M "
+                         f"multiples of 8, got x {tuple(x_NK.shape)} {x_NK.dtype}, dy {tuple(dy_NM.shape)} "
+                         f"{dy_NM.dtype}")
+    (N, K), M = x_NK.shape, dy_NM.shape[1]
+    dw = torch.empty((M, K), dtype=x_NK.dtype, device=x_NK.device)
+    db = torch.empty(M, dtype=x_NK.dtype, device=x_NK.device)
+    if N == 0:
+        return dw.zero_(), db.zero_()
+    # column-major: dw.T (K, M) = x.T (K, N) @ dy (stored (M, N), transposed: (N, M)); the bias gradient runs along
+    # D's columns (M), summed over the product's K (N): BGRADB
+    _matmul(EPILOGUE_BGRADB, _OP_N, _OP_T, K, M, N, K, M, x_NK, dy_NM, dw, db, None)
+    return dw, db
