@@ -263,12 +263,13 @@ def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch
     monkeypatch.setattr(lt, "_plans", {})
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda d: types.SimpleNamespace(cuda_stream=0))
+    monkeypatch.setattr(lt, "_on_cuda", lambda t: True)  # CPU tensors stand in for CUDA ones
     N, K, M = 24, 16, 32
     bf = dict(dtype=torch.bfloat16)
-    x, w1, b1, out, pre = (torch.empty(N, K, **bf), torch.empty(M, K, **bf), torch.empty(M, **bf),
-                           torch.empty(N, M, **bf), torch.empty(N, M, **bf))
+    x, w1, b1 = torch.empty(N, K, **bf), torch.empty(M, K, **bf), torch.empty(M, **bf)
     # gelu_linear: out.T (M, N) = w1 (stored (K, M) column-major, transposed) @ x.T (K, N)
-    lt._matmul(lt.EPILOGUE_GELU_AUX_BIAS, lt._OP_T, lt._OP_N, M, N, K, K, K, w1, x, out, b1, pre)
+    out, pre = lt.gelu_linear(x, w1, b1)
+    assert out.shape == pre.shape == (N, M)
     (call,) = fake.launches
     assert call["a"] == (w1.data_ptr(), (14, K, M, K)) and call["b"] == (x.data_ptr(), (14, K, N, K))
     assert call["d"] == (out.data_ptr(), (14, M, N, M))
@@ -277,17 +278,18 @@ def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch
     assert attrs[lt._DESC_BIAS_POINTER] == b1.data_ptr() and attrs[lt._DESC_AUX_POINTER] == pre.data_ptr()
     assert attrs["compute"] == 68  # CUBLAS_COMPUTE_32F
     # linear_dgelu: dh.T (K', N) = w2 (stored (K', M') column-major) @ dy.T (M', N), with w2 (M', K') = (K, M)
-    dy, w2 = torch.empty(N, K, **bf), torch.empty(K, M, **bf)
-    dh, pre2 = torch.empty(N, M, **bf), torch.empty(N, M, **bf)
-    lt._matmul(lt.EPILOGUE_DGELU, lt._OP_N, lt._OP_N, M, N, K, M, K, w2, dy, dh, None, pre2)
+    dy, w2, pre2 = torch.empty(N, K, **bf), torch.empty(K, M, **bf), torch.empty(N, M, **bf)
+    dh = lt.linear_dgelu(dy, w2, pre2)
+    assert dh.shape == (N, M)
     call = fake.launches[-1]
     assert call["a"] == (w2.data_ptr(), (14, M, K, M)) and call["b"] == (dy.data_ptr(), (14, K, N, K))
     assert call["d"] == (dh.data_ptr(), (14, M, N, M))
     assert call["attrs"][lt._DESC_EPILOGUE] == 192 and call["attrs"][lt._DESC_TRANSA] == 0
     assert call["attrs"][lt._DESC_AUX_POINTER] == pre2.data_ptr()
     # wgrad_bgrad: dw.T (K, M) = x.T (K, N) @ dy (stored (M, N) column-major, transposed), bias gradient along M
-    dy3, dw, db = torch.empty(N, M, **bf), torch.empty(M, K, **bf), torch.empty(M, **bf)
-    lt._matmul(lt.EPILOGUE_BGRADB, lt._OP_N, lt._OP_T, K, M, N, K, M, x, dy3, dw, db, None)
+    dy3 = torch.empty(N, M, **bf)
+    dw, db = lt.wgrad_bgrad(x, dy3)
+    assert dw.shape == (M, K) and db.shape == (M,)
     call = fake.launches[-1]
     assert call["a"] == (x.data_ptr(), (14, K, N, K)) and call["b"] == (dy3.data_ptr(), (14, M, N, M))
     assert call["d"] == (dw.data_ptr(), (14, K, M, K))
@@ -295,8 +297,8 @@ def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch
     assert call["attrs"][lt._DESC_BIAS_POINTER] == db.data_ptr()
     assert lt._DESC_AUX_POINTER not in call["attrs"] and lt._DESC_AUX_LD not in call["attrs"]
     # a plan is reused for its shape, and the cache starts over past MAX_PLANS, destroying what it held
-    lt._matmul(lt.EPILOGUE_DGELU, lt._OP_N, lt._OP_N, M, N, K, M, K, w2, dy, dh, None, pre2)
+    lt.linear_dgelu(dy, w2, pre2)
     assert len(lt._plans) == 3 and not fake.destroyed
     monkeypatch.setattr(lt, "MAX_PLANS", 3)
-    lt._matmul(lt.EPILOGUE_DGELU, lt._OP_N, lt._OP_N, M, 2 * N, K, M, K, w2, dy, dh, None, pre2)
+    lt.linear_dgelu(torch.empty(2 * N, K, **bf), w2, torch.empty(2 * N, M, **bf))
     assert len(lt._plans) == 1 and len(fake.destroyed) == 12  # three plans: a descriptor and three layouts each

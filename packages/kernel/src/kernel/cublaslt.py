@@ -211,10 +211,14 @@ def _matmul(epilogue: int, transa: int, transb: int, m: int, n: int, k: int, lda
                                   WORKSPACE_BYTES, stream), "cublasLtMatmul")
 
 
+def _on_cuda(t: torch.Tensor) -> bool:
+    return t.is_cuda
+
+
 def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the epilogue matmuls take these operands: CUDA, fp16/bf16 of one dtype, contiguous, and feature dims
     that are multiples of 8 (cuBLASLt's leading-dimension rule for the auxiliary matrix)."""
-    return (x.is_cuda and x.dtype in _CUDA_TYPES and weight.dtype == x.dtype and x.dim() == 2 and weight.dim() == 2
+    return (_on_cuda(x) and x.dtype in _CUDA_TYPES and weight.dtype == x.dtype and x.dim() == 2 and weight.dim() == 2
             and all(s % 8 == 0 for s in weight.shape) and x.is_contiguous() and weight.is_contiguous())
 
 
@@ -261,7 +265,7 @@ def wgrad_bgrad(x_NK: torch.Tensor, dy_NM: torch.Tensor) -> tuple[torch.Tensor, 
     """A Linear's weight and bias gradients from its input ``x`` and output gradient ``dy``: ``dy.T @ x`` (M, K) and
     ``dy.sum(0)`` (M,), from one cuBLASLt matmul (``CUBLASLT_EPILOGUE_BGRADB``: the sum runs over the product's
     own K loop, the N rows, so no pass reads ``dy`` again for it)."""
-    ok = (x_NK.is_cuda and x_NK.dtype in _CUDA_TYPES and dy_NM.dtype == x_NK.dtype and x_NK.dim() == dy_NM.dim() == 2
+    ok = (_on_cuda(x_NK) and x_NK.dtype in _CUDA_TYPES and dy_NM.dtype == x_NK.dtype and x_NK.dim() == dy_NM.dim() == 2
           and dy_NM.shape[0] == x_NK.shape[0] and x_NK.shape[1] % 8 == 0 and dy_NM.shape[1] % 8 == 0
           and x_NK.is_contiguous() and dy_NM.is_contiguous())
     if not ok:
