@@ -9,10 +9,10 @@ the cuBLASLt epilogues Transformer Engine's ``LayerNormMLP`` uses. On an H200 a 
 torch.compile ran 2.2% faster at 16 rows and 1.9% at 32 (docs/benchmarks.md), so ``auto`` picks it under compile
 on CUDA.
 
-The two epilogue matmuls are torch custom ops (``lmstack::gelu_linear``, ``lmstack::linear_dgelu``), opaque to
-torch.compile like any cuBLAS call, with a pure-torch path for other devices and dtypes, so the same autograd
-function runs (and is tested) on a CPU. Under autocast the operands are cast to the autocast dtype first, as
-``F.linear`` would cast them.
+The epilogue matmuls are torch custom ops (``lmstack::gelu_linear``, ``lmstack::linear_dgelu``, and
+``lmstack::wgrad_bgrad`` for the by-name ``cublaslt_bgrad`` form), opaque to torch.compile like any cuBLAS call,
+with a pure-torch path for other devices and dtypes, so the same autograd function runs (and is tested) on a CPU.
+Under autocast the operands are cast to the autocast dtype first, as ``F.linear`` would cast them.
 
 Shape legend: N rows (all leading dims flattened), D model width, F hidden width.
 """
