@@ -1,6 +1,6 @@
-"""cuBLASLt matmuls with GELU epilogues, called through ctypes on the library torch itself loaded.
+"""cuBLASLt matmuls with GELU and bias-gradient epilogues, called through ctypes on the library torch loaded.
 
-Two calls that torch does not expose, both of NVIDIA's cuBLASLt (the epilogues Transformer Engine and Megatron use
+Calls that torch does not expose, all of NVIDIA's cuBLASLt (the epilogues Transformer Engine and Megatron use
 for GPT MLPs; cuBLAS docs, "cublasLtEpilogue_t"):
 
 - :func:`gelu_linear` ``(x @ w.T + b) -> (gelu_tanh(h), h)``: ``CUBLASLT_EPILOGUE_GELU_AUX_BIAS``. The matmul writes
