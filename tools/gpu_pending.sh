@@ -13,6 +13,10 @@
 #                                      kernels: which elementwise kernels are casts or recomputes a save would spare
 #                                      (run 7 saw 24 fp32 -> bf16 (16,384 x 768) copies a step, 0.45 ms; 12 left
 #                                      once the MLP's input went into its custom op; ~2.5 min)
+#   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel as the shipped table tiles it, int8 beside
+#                                      bf16 (gate/up with its SwiGLU, down, q/k/v): DRAM throughput, issue-slot and
+#                                      pipe use, stall reasons. Is int8 gate/up (2.3 TB/s chained, bf16 3.7) bound by
+#                                      its conversion instructions (~4 a weight byte against bf16's ~1)? (~2 min)
 #   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped)
 # Session 11's recipes (docs/benchmarks.md: GPT-2 runs 7, 10 and 11, decode run AH), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final-short  decode as shipped: final without the profile, one repeat (~4 min; run AH)
@@ -96,7 +100,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -129,6 +133,33 @@ tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench tr
   --batch "$batch" --out "$OUT/$name.json" "$@"
   grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
 case "${1:-}" in
+ncu-gemv)
+  if command -v ncu >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/ncu ]; then
+    NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    cat > /tmp/gemv_once.py <<'PY'
+import torch
+from kernel.triton.gemv import choose_tiles, gemv
+card = torch.cuda.get_device_name()
+for wt, N, K, glu in (("int8", 11264, 2048, True), ("bf16", 11264, 2048, True), ("int8", 2048, 5632, False),
+                      ("bf16", 2048, 5632, False), ("int8", 2560, 2048, False), ("bf16", 2560, 2048, False)):
+    int8 = wt == "int8"
+    w = (torch.randint(-127, 128, (N, K), dtype=torch.int8) if int8 else torch.randn(N, K, dtype=torch.bfloat16)).cuda()
+    scale = torch.rand(N, device="cuda") / 64 if int8 else None
+    x = torch.randn(1, K, dtype=torch.bfloat16, device="cuda")
+    cfg = choose_tiles(N, K, w.dtype, card, glu)
+    print(wt, N, K, "glu" if glu else "", "tiles", cfg, flush=True)
+    for _ in range(2):
+        gemv(x, w, scale, config=cfg, glu=glu, rms_eps=1e-5 if glu else None, pdl=False)
+    torch.cuda.synchronize()
+PY
+    sections="--section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats
+      --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy"
+    # shellcheck disable=SC2086  (sections: several flags)
+    step ncu_gemv 150 "$NCU" --kernel-name _gemv $sections python /tmp/gemv_once.py
+    grep -v Warning "$OUT/ncu_gemv.log" | grep -E 'tiles|^  _gemv|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Issue Slots Busy|Issued Ipc|Executed Ipc|SM Busy|Stall|Warp Cycles Per Issued|No Eligible|Registers Per|Achieved Occupancy|Block Size|Grid Size|==PROF==|==ERROR' | head -170
+  else
+    echo "no ncu on this machine"
+  fi ;;
 gelu-bgrad)
   step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 14
