@@ -73,6 +73,17 @@ def test_only_the_gradients_asked_for_are_computed(fn):
         torch.testing.assert_close(a, b)
 
 
+def test_matmul_dtype_follows_autocast_on_the_tensors_device_only():
+    from kernel.reference import matmul_dtype
+
+    x = torch.randn(2, 4)
+    assert matmul_dtype(x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert matmul_dtype(x) == torch.bfloat16
+    with torch.autocast("cuda", dtype=torch.float16, enabled=True) if CUDA else torch.autocast("cpu", enabled=False):
+        assert matmul_dtype(x) == torch.float32  # autocast elsewhere (or off) leaves a CPU tensor's dtype
+
+
 def test_autocast_computes_in_the_autocast_dtype_like_f_linear():
     args = _args()
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernel import resolve
+from kernel.reference import matmul_dtype
 from specs.config import ModelConfig
 from tensor.folded import fold_norm_weight, linear_with
 from tensor.fused import fuse_linears, is_fused, split_output
@@ -48,9 +49,7 @@ class MLP(nn.Module):
     def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
         if self.activation == "gelu_tanh" and all(_plain_linear(m) for m in (self.up_proj, self.down_proj)):
             # GPT-2's MLP through the registry's gelu_mlp op (on CUDA: the GELU in the matmuls' epilogues)
-            dev = x_BTD.device.type
-            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_BTD.dtype
-            op = resolve("gelu_mlp", "auto", device=x_BTD.device, dtype=dtype,
+            op = resolve("gelu_mlp", "auto", device=x_BTD.device, dtype=matmul_dtype(x_BTD),
                          backward=torch.is_grad_enabled() and x_BTD.requires_grad)
             up, down = self.up_proj, self.down_proj
             return op(x_BTD, up.weight, up.bias, down.weight, down.bias)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel import cublaslt
+from kernel.reference import matmul_dtype
 from specs.errors import ShapeError
 
 
@@ -114,8 +115,7 @@ def gelu_mlp(x: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor | N
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                             for t in (x, up_weight, up_bias, down_weight, down_bias))):
         return F.linear(F.gelu(F.linear(x, up_weight, up_bias), approximate="tanh"), down_weight, down_bias)
-    dev = x.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    dev, dtype = x.device.type, matmul_dtype(x)
     args = [None if t is None else t.to(dtype) for t in (x, up_weight, up_bias, down_weight, down_bias)]
     args[0] = args[0].reshape(-1, x.shape[-1]).contiguous()
     with torch.autocast(dev, enabled=False):

@@ -107,6 +107,12 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on ``x`` runs in: the autocast dtype where autocast is on for x's device, else x's own."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
 def gelu_mlp(x: torch.Tensor, up_weight: torch.Tensor, up_bias: torch.Tensor | None, down_weight: torch.Tensor,
              down_bias: torch.Tensor | None) -> torch.Tensor:
     """GPT-2's MLP: ``down(gelu_tanh(up(x)))`` (Hendrycks & Gimpel 2016, the tanh approximation);
