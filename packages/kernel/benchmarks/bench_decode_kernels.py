@@ -256,8 +256,7 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 
 
 # gemv candidates (kernel.triton.gemv): output columns per program, K per step, warps; kept where a thread's share of
-# one weight block is 32-128 bytes (two to eight 16-byte loads in flight), or 16-128 where the K loop prefetches the
-# next block ($LMSTACK_GEMV_PREFETCH: two blocks in flight)
+# one weight block is 32-128 bytes (two to eight 16-byte loads in flight)
 TUNE_GEMV_ROWS = (1, 2, 4, 8)
 TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)
@@ -269,14 +268,11 @@ def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: i
                   glu: bool, extra: dict[str, Any] | None = None) -> dict[str, float]:
     """us per call of every gemv tile candidate that computes ``want`` (``glu``: the SwiGLU epilogue, even ROWS;
     ``extra``: the call's folded-norm or residual keywords, :func:`decode_call`)."""
-    from kernel.triton.gemv import prefetch
-
     extra = extra or {}
     timings = {}
-    least = 16 if prefetch(args[1].dtype) else 32
     for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
         per_thread = rows * block_k * elem // (32 * warps)
-        if not least <= per_thread <= 128 or block_k > 2 * K or (glu and rows % 2):
+        if not 32 <= per_thread <= 128 or block_k > 2 * K or (glu and rows % 2):
             continue
         cfg = (rows, block_k, warps)
         try:
@@ -304,7 +300,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
-    from kernel.triton.gemv import gemv, int8_magic, prefetch
+    from kernel.triton.gemv import gemv, int8_magic
     from kernel.triton.gemv import tile_key as gemv_key
     from kernel.triton.skinny import skinny_mm, skinny_plan
 
@@ -361,7 +357,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "tiles": json.loads(winner),
                        "launches": launch_times, "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2),
                        "candidates": len(timings), "call": DECODE_CALLS.get(name, "plain"), **skinny_pdl,
-                       **(conversion if int8 else {}), "prefetch": prefetch(w.dtype)}
+                       **(conversion if int8 else {})}
         print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {launch_times} GB/s "
               f"{nbytes / t_best / 1e3:.0f}; skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
               + (f" -> gemv {best[key]}" if key in best else ""), flush=True)
@@ -376,7 +372,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                 best[f"{key} glu"] = json.loads(glu_winner) + how
                 detail[f"{key} glu"] = {"us": round(t_glu, 2), "tiles": json.loads(glu_winner),
                                         "launches": glu_times, "candidates": len(glu_timings),
-                                        **(conversion if int8 else {}), "prefetch": prefetch(w.dtype)}
+                                        **(conversion if int8 else {})}
                 print(f"{key + ' glu':18s} {name:8s} gemv best {json.loads(glu_winner)} {glu_times} -> "
                       f"{best[key + ' glu']}", flush=True)
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
@@ -385,8 +381,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                               "matmul's table tile in the same run, launched the fastest way (PDL 1: chained by "
                               "PDL; PER_SM: a persistent grid); '<shape> glu': the gate/up tile with the SwiGLU in "
                               "its epilogue; each shape called as a folded decode step calls it (detail's 'call'); "
-                              "int8 weights converted as detail's 'int8' says ($LMSTACK_GEMV_INT8), the next weight block "
-                              "loaded ahead where detail's 'prefetch' says ($LMSTACK_GEMV_PREFETCH)",
+                              "int8 weights converted as detail's 'int8' says ($LMSTACK_GEMV_INT8)",
                        "detail": {card: detail}},
              card: best}
     write_json(path, table)

@@ -189,7 +189,7 @@ for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i
                            ("*i8", False, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, PREFETCH=False)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -225,51 +225,6 @@ def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
     loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
     assert sum(i < wait for i in loads) == 8 and wait < launch  # the weights before, x after, then the trigger
-
-
-_AOT_PREFETCH = """
-import sys, triton
-from triton.backends.compiler import GPUTarget
-from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
-for prefetch in (False, True):  # the int8 gate/up tile shipped for the H200: (8, 256) blocks, two warps
-    consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=True, PERSISTENT=False, PREFETCH=prefetch)
-    src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
-                                    constexprs=consts, attrs=attrs)
-    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
-    sys.stdout.write(kern.asm["ptx"] + "\\n=====\\n")
-"""
-
-
-def test_gemv_sm90_code_with_prefetch_loads_the_next_block_before_multiplying_this_one():
-    """Compiled offline for sm90: without PREFETCH the K loop converts the weights it loaded in the same iteration
-    (it waits on them); with it, the loop's loads are only carried to the next iteration (two blocks in flight)."""
-    import os
-    import re
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT_PREFETCH], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for ptx, prefetched in zip(out.stdout.split("\n=====\n")[:2], (False, True)):
-        lines = ptx.splitlines()
-        head = next(i for i, line in enumerate(lines) if "Inner Loop Header" in line)  # the K loop
-        label = next(lines[i] for i in range(head, 0, -1) if lines[i].startswith("$L__BB")).split(":")[0]
-        body = lines[head:next(i for i in range(head, len(lines)) if re.search(rf"bra\S*\s+{re.escape(label)};",
-                                                                                lines[i]))]
-        loads = [line for line in body if re.search(r"ld\.global\S*\.v4\.b32", line)]
-        assert len(loads) == 2  # (8, 256) int8 weights over 64 threads: two 16-byte loads a thread
-        regs = [r for line in loads for r in re.findall(r"%r\d+", line.split("}")[0])]
-        readers = [line.split()[0] for line in body for r in regs
-                   if re.search(rf"{r}\b", line.split(",", 1)[-1]) and "ld.global" not in line
-                   and not re.match(rf"\s*mov\.u32 {r}, 0x0;", line)]
-        assert readers, "the loaded weights are never read in the loop"
-        assert (set(readers) == {"mov.b32"}) == prefetched, sorted(set(readers))
 
 
 def test_one_row_pdl_linear_names_the_pdl_twin_only_where_the_card_chains_some_shape(tmp_path, monkeypatch):
@@ -424,33 +379,3 @@ def test_the_pdl_twin_keeps_the_plain_skinny_matmul_for_one_row_of_a_shape_witho
     assert torch.equal(skinny.linear_pdl(x, w, b), skinny.linear(x, w, b)) and ops == []
     x3 = torch.cat([x, x, x])
     assert torch.equal(skinny.linear_pdl(x3, w, b), skinny.linear(x3, w, b)) and ops == [3]
-
-
-@pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("kind", ["rms+residual", "glu", "persistent", "one block"])
-def test_prefetching_the_next_weight_block_gives_the_same_result(monkeypatch, int8, kind):
-    """$LMSTACK_GEMV_PREFETCH ("none", the default; "int8"; "all"): the K loop loads the next weight block before it
-    multiplies the current one. Same products, same order: the result equals the plain loop's, bit for bit, with
-    the folded norm and residual, the SwiGLU epilogue, a persistent grid, a ragged last block and a K of one block;
-    "int8" prefetches int8 weights only; a bad value is refused naming the choices."""
-    N, K = (64, 60) if kind == "one block" else (70, 300)
-    x, w, s, b, r = _inputs(torch.float32, N, K, seed=29, int8=int8)
-    kw = {"rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(rms_eps=1e-5, glu=True)}.get(kind, {})
-    config = (2, 64, 1, 0, 1) if kind == "persistent" else (2, 64, 1)
-    args = (x, w, s, None if int8 else b)
-    monkeypatch.delenv(gemv_mod.PREFETCH_ENV, raising=False)
-    assert not gemv_mod.prefetch(w.dtype)  # the default
-    plain = gemv_mod.gemv(*args, config=config, **kw)
-    monkeypatch.setenv(gemv_mod.PREFETCH_ENV, "all")
-    assert gemv_mod.prefetch(w.dtype)
-    got = gemv_mod.gemv(*args, config=config, **kw)
-    assert torch.equal(got, plain)
-    if kind == "rms+residual":  # and both are the reference's answer
-        want = (ref.int8_linear(x, w, s, rms_eps=1e-5, residual=r) if int8
-                else ref.linear(x, w, b, rms_eps=1e-5, residual=r))
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    monkeypatch.setenv(gemv_mod.PREFETCH_ENV, "int8")
-    assert gemv_mod.prefetch(w.dtype) == int8 and torch.equal(gemv_mod.gemv(*args, config=config, **kw), plain)
-    monkeypatch.setenv(gemv_mod.PREFETCH_ENV, "yes")
-    with pytest.raises(ConfigError, match="LMSTACK_GEMV_PREFETCH.*none, int8, all.*'yes'"):
-        gemv_mod.gemv(*args, config=config, **kw)

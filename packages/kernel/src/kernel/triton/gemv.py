@@ -44,13 +44,6 @@ SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmu
 # H200: int8 decode at 1,575 against 1,527 tokens/s, each with its own tuned tiles, docs/benchmarks.md run AF) or
 # "cvt" (the quarter-rate conversion instruction)
 INT8_ENV = "LMSTACK_GEMV_INT8"
-# which weights' K loop loads its next weight block before multiplying the current one: "none", "int8" or "all".
-# An int8 block carries half a bf16 block's bytes, so at the same tile half as many bytes are in flight per SM; Nsight
-# Compute on an H200 found the int8 gate/up gemv at 36% of DRAM bandwidth with its issue slots 48% busy, stalled on
-# its loads (docs/benchmarks.md), not on the conversion. The raw bytes waiting in registers are cheap (four int8
-# weights a register).
-PREFETCH_ENV = "LMSTACK_GEMV_PREFETCH"
-PREFETCH_CHOICES = ("none", "int8", "all")
 
 
 def int8_magic() -> bool:
@@ -62,20 +55,11 @@ def int8_magic() -> bool:
     return raw == "magic"
 
 
-def prefetch(weight_dtype: torch.dtype) -> bool:
-    """Whether the gemv's K loop loads the next weight block of ``weight_dtype`` weights before it multiplies the
-    current one (``$LMSTACK_GEMV_PREFETCH``: "none", the default, "int8" or "all")."""
-    raw = os.environ.get(PREFETCH_ENV, "none")
-    if raw not in PREFETCH_CHOICES:
-        raise ConfigError(PREFETCH_ENV, f"expected one of {', '.join(PREFETCH_CHOICES)}, got {raw!r}")
-    return raw == "all" or (raw == "int8" and weight_dtype == torch.int8)
-
-
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, PREFETCH: tl.constexpr):
+          PERSISTENT: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -98,11 +82,11 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             w_next = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
                              mask=n_ok[:, None] & (kk < K)[None, :], other=0)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
-                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, PREFETCH)
+                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
             w = w_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
-               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, PREFETCH)
+               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
 
 
 @triton.jit
@@ -120,40 +104,22 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 @triton.jit
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           PREFETCH: tl.constexpr):
-    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue.
-    PREFETCH: each step loads the next weight block before it multiplies the current one, so two blocks' loads are
-    in flight per program instead of one."""
+           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr):
+    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue."""
     n, n_ok = _rows(rb, N, ROWS, GLU)
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-    if PREFETCH:
-        acc = tl.zeros((ROWS, BLOCK_K), dtype=tl.float32)
-        ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            k = k0 + kk
-            k_ok = k < K
-            w_next = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            x_next = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            acc += _weights(w, I8_MAGIC) * x[None, :]
-            ss += x * x
-            w = w_next
-            x = x_next
+    acc = _weights(w, I8_MAGIC) * x[None, :]
+    ss = x * x
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        k = k0 + kk
+        k_ok = k < K
+        w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+        x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         acc += _weights(w, I8_MAGIC) * x[None, :]
-        ss += x * x
-    else:
-        acc = _weights(w, I8_MAGIC) * x[None, :]
-        ss = x * x
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            k = k0 + kk
-            k_ok = k < K
-            w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            acc += _weights(w, I8_MAGIC) * x[None, :]
-            if RMS:
-                ss += x * x
+        if RMS:
+            ss += x * x
     y = tl.sum(acc, 1)  # (ROWS,)
     if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
         y = y * tl.rsqrt((tl.sum(ss, 0) / K + rms_eps).to(tl.float32))
@@ -248,8 +214,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
-        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, PREFETCH=prefetch(w.dtype),
-        num_warps=warps,
+        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, num_warps=warps,
         **({"launch_pdl": True} if pdl else {}))
     return out
 
