@@ -17,7 +17,14 @@
 #                                      bf16 (gate/up with its SwiGLU, down, q/k/v): DRAM throughput, issue-slot and
 #                                      pipe use, stall reasons. Is int8 gate/up (2.3 TB/s chained, bf16 3.7) bound by
 #                                      its conversion instructions (~4 a weight byte against bf16's ~1)? (~2 min)
-#   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped)
+#   bash tools/gpu_pending.sh int8-rows  the int8 gemv tiles tuned with 16 and 32 rows a program among the candidates
+#                                      (each K step converts x's layout through shared memory, 8 barriers in the
+#                                      shipped int8 gate/up tile's PTX, once per program whatever its rows), decode
+#                                      bf16 and int8 as shipped beside int8 with those tiles, then gpt2-code (~7 min)
+#   (session 12: the gemv's K loop loading the next weight block ahead, commit d8f990b's int8-prefetch, lost:
+#   int8 decode 1,438 against 1,528 tokens/s as shipped, docs/benchmarks.md run AI)
+#   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped; cublaslt_bgrad timed in session 12: -2.1% at
+#   16 rows, -1.9% at 32, its BGRADB epilogue a separate reduction kernel, 0.68 ms a step)
 # Session 11's recipes (docs/benchmarks.md: GPT-2 runs 7, 10 and 11, decode run AH), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final-short  decode as shipped: final without the profile, one repeat (~4 min; run AH)
 #   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
@@ -100,7 +107,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -132,7 +139,37 @@ PY
 tc() { local name=$1 batch=$2; shift 2; step "$name" 150 python -m eval.bench train-compare --preset gpt2-124m \
   --batch "$batch" --out "$OUT/$name.json" "$@"
   grep -H '"tokens_per_s"\|"mfu"\|speedup\|error' "$OUT/$name.json" || tail -n 25 "$OUT/$name.log"; }
+# the shipped gemv table with the entries of one weight kind (int8 or not) replaced by a tuning's: merge TUNED OUT KIND
+merge_tiles() {
+  python - "$@" <<'PY'
+import json, pathlib, sys
+tuned, out, kind = sys.argv[1:]
+t = json.load(open(tuned))
+shipped = json.loads(pathlib.Path("packages/kernel/src/kernel/triton/gemv_tiles.json").read_text())
+merged = {}
+for card, entries in t.items():
+    if not card.startswith("_"):
+        keep = {k: v for k, v in shipped.get(card, {}).items() if k.startswith("int8") != (kind == "int8")}
+        merged[card] = {**keep, **entries}
+json.dump(merged, open(out, "w"))
+print(json.dumps(merged))
+PY
+}
 case "${1:-}" in
+int8-rows)
+  step tune_int8 170 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_rows.json" \
+    --tune-weights int8
+  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
+  rm -f "$OUT/tune_int8.log"
+  merge_tiles "$OUT/int8_rows.json" /tmp/table_rows.json int8
+  ( export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
+    dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env "$@" python -m eval.bench decode \
+      --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" --out "$OUT/$name.json"
+      [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
+    dec decode_shipped 170 lmstack,lmstack-int8
+    dec decode_rows 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_rows.json )
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json
+  bash "${BASH_SOURCE[0]}" gpt2-code ;;
 ncu-gemv)
   if command -v ncu >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/ncu ]; then
     NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)

@@ -256,8 +256,9 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 
 
 # gemv candidates (kernel.triton.gemv): output columns per program, K per step, warps; kept where a thread's share of
-# one weight block is 32-128 bytes (two to eight 16-byte loads in flight)
-TUNE_GEMV_ROWS = (1, 2, 4, 8)
+# one weight block is 32-128 bytes (two to eight 16-byte loads in flight). 16 and 32 rows: each K step moves x into
+# the weight block's layout through shared memory (barriers included), once per program, whatever its rows
+TUNE_GEMV_ROWS = (1, 2, 4, 8, 16, 32)
 TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)
 TUNE_GEMV_PER_SM = (0, 2, 4, 8, 16)  # 0: a program per row block; else a persistent grid of this many per SM
