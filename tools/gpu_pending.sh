@@ -17,6 +17,11 @@
 #                                      bf16 (gate/up with its SwiGLU, down, q/k/v): DRAM throughput, issue-slot and
 #                                      pipe use, stall reasons. Is int8 gate/up (2.3 TB/s chained, bf16 3.7) bound by
 #                                      its conversion instructions (~4 a weight byte against bf16's ~1)? (~2 min)
+#   bash tools/gpu_pending.sh x-block  x loaded straight in the gemv's weight-block layout ($LMSTACK_GEMV_X=block: no
+#                                      shared memory or barrier in the K loop; the shipped int8 gate/up tile's has 8
+#                                      a step, bf16 gate/up's 2): GPU tests, decode bf16 and int8 as shipped and with
+#                                      it (shipped tiles), then the int8 tiles tuned with it and int8 decode with
+#                                      those (~7 min)
 #   bash tools/gpu_pending.sh int8-rows  the int8 gemv tiles tuned with 16 and 32 rows a program among the candidates
 #                                      (each K step converts x's layout through shared memory, 8 barriers in the
 #                                      shipped int8 gate/up tile's PTX, once per program whatever its rows), decode
@@ -107,7 +112,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in x-block|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -155,19 +160,31 @@ json.dump(merged, open(out, "w"))
 print(json.dumps(merged))
 PY
 }
+# decode at batch 1, two repeats: dec NAME LIMIT VARIANTS [ENV=VALUE ...] (its log kept only when no JSON came)
+dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+  "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
+  --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+x-block)
+  step tests 120 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py -k "x_ or int8 or glu"
+  tail -n 3 "$OUT/tests.log"
+  dec decode_shipped 170 lmstack,lmstack-int8
+  dec decode_xblock 170 lmstack,lmstack-int8 LMSTACK_GEMV_X=block
+  step tune_int8 170 env LMSTACK_GEMV_X=block python packages/kernel/benchmarks/bench_decode_kernels.py \
+    --tune-gemv "$OUT/int8_xblock.json" --tune-weights int8
+  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
+  rm -f "$OUT/tune_int8.log"
+  merge_tiles "$OUT/int8_xblock.json" /tmp/table_xblock.json int8
+  dec decode_xblock_tuned 100 lmstack-int8 LMSTACK_GEMV_X=block LMSTACK_GEMV_TILES=/tmp/table_xblock.json
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 int8-rows)
   step tune_int8 170 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_rows.json" \
     --tune-weights int8
   grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
   rm -f "$OUT/tune_int8.log"
   merge_tiles "$OUT/int8_rows.json" /tmp/table_rows.json int8
-  ( export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-    dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env "$@" python -m eval.bench decode \
-      --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" --out "$OUT/$name.json"
-      [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
-    dec decode_shipped 170 lmstack,lmstack-int8
-    dec decode_rows 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_rows.json )
+  dec decode_shipped 170 lmstack,lmstack-int8
+  dec decode_rows 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_rows.json
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json
   bash "${BASH_SOURCE[0]}" gpt2-code ;;
 ncu-gemv)
