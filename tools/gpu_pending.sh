@@ -17,6 +17,12 @@
 #                                      bf16 (gate/up with its SwiGLU, down, q/k/v): DRAM throughput, issue-slot and
 #                                      pipe use, stall reasons. Is int8 gate/up (2.3 TB/s chained, bf16 3.7) bound by
 #                                      its conversion instructions (~4 a weight byte against bf16's ~1)? (~2 min)
+#   bash tools/gpu_pending.sh final12  session 12's last call: decode bf16 and int8 as shipped and with x loaded in
+#                                      the weight-block layout (x-block's first half); the cuBLASLt epilogues' GPU
+#                                      tests with their algorithm timed; the GPT-2 124M step at 16 rows as shipped,
+#                                      with the epilogue matmuls' algorithm timed ($LMSTACK_CUBLASLT_ALGO=timed), and
+#                                      with inductor's mix-order reduction split size autotuned; then x-block's int8
+#                                      tuning and decode (~8 min)
 #   bash tools/gpu_pending.sh x-block  x loaded straight in the gemv's weight-block layout ($LMSTACK_GEMV_X=block: no
 #                                      shared memory or barrier in the K loop; the shipped int8 gate/up tile's has 8
 #                                      a step, bf16 gate/up's 2): GPU tests, decode bf16 and int8 as shipped and with
@@ -112,7 +118,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in x-block|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in final12|x-block|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -165,6 +171,23 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+final12)
+  dec decode_shipped 170 lmstack,lmstack-int8
+  dec decode_xblock 170 lmstack,lmstack-int8 LMSTACK_GEMV_X=block
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json
+  step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py -k "fp32 or trains"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  tc gpt2_b16 16 --variants lmstack-fused
+  LMSTACK_CUBLASLT_ALGO=timed tc gpt2_b16_timed 16 --variants lmstack-fused
+  TORCHINDUCTOR_MIX_ORDER_REDUCTION_AUTOTUNE_SPLIT_SIZE=1 tc gpt2_b16_mix 16 --variants lmstack-fused
+  rm -f "$OUT"/gpt2_b*.log
+  step tune_int8 130 env LMSTACK_GEMV_X=block python packages/kernel/benchmarks/bench_decode_kernels.py \
+    --tune-gemv "$OUT/int8_xblock.json" --tune-weights int8
+  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-200
+  rm -f "$OUT/tune_int8.log"
+  merge_tiles "$OUT/int8_xblock.json" /tmp/table_xblock.json int8 > /dev/null
+  dec decode_xblock_tuned 90 lmstack-int8 LMSTACK_GEMV_X=block LMSTACK_GEMV_TILES=/tmp/table_xblock.json
+  grep -H '"decode_tokens_per_s"\|error' "$OUT"/decode_xblock_tuned.json ;;
 x-block)
   step tests 120 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py -k "x_ or int8 or glu"
   tail -n 3 "$OUT/tests.log"

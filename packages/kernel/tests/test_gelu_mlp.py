@@ -145,7 +145,12 @@ def test_cublaslt_matmuls_refuse_operands_they_cannot_take_before_touching_cuda(
 @pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bias", [True, False])
-def test_cublaslt_epilogues_against_fp32(dtype, bias):
+@pytest.mark.parametrize("algo", ["first", "timed"])
+def test_cublaslt_epilogues_against_fp32(dtype, bias, algo, monkeypatch):
+    from kernel import cublaslt as lt
+
+    monkeypatch.setenv(lt.ALGO_ENV, algo)  # the heuristic's first algorithm, or the fastest of its first few
+    monkeypatch.setattr(lt, "_plans", {})
     N, D, Fh = 333, 256, 1024  # N not a multiple of any tile
     x, w1, b1, w2, _ = (a.detach() if a is not None else None
                         for a in _args(D=D, Fh=Fh, Do=D, lead=(N,), dtype=torch.float32, bias=bias, device="cuda"))
@@ -164,6 +169,10 @@ def test_cublaslt_epilogues_against_fp32(dtype, bias):
     dh = linear_dgelu(dy.to(dtype), lo[3], pre)
     err, base = (dh.float() - ref_dh).abs().max(), (low_dh.float() - ref_dh).abs().max()
     assert err <= 2 * base + 1e-3, (err, base)
+    assert len(lt._plans) == 2
+    for plan in lt._plans.values():  # timed: each of the heuristic's algorithms ran (or was refused), one kept
+        assert (plan.times_ms is None) == (algo == "first" or len(plan.algos) == 1), plan.times_ms
+        assert plan.algo is not None and (algo == "timed" or len(plan.algos) == 1)
 
 
 @pytest.mark.skipif(not CUDA, reason="the cuBLASLt epilogues need a CUDA device")
@@ -213,8 +222,9 @@ class _FakeLt:
     """Stands in for libcublasLt: records descriptors, attributes, layouts and launches (the ctypes plumbing of
     kernel.cublaslt checked without a GPU; the numbers themselves are checked on CUDA above)."""
 
-    def __init__(self):
+    def __init__(self, algos: int = 1):
         self.next_id, self.attrs, self.layouts, self.launches, self.destroyed = 100, {}, {}, [], []
+        self.algos, self.requested = algos, []
 
     def _new(self, ref):
         self.next_id += 1
@@ -248,12 +258,16 @@ class _FakeLt:
         return 0
 
     def cublasLtMatmulAlgoGetHeuristic(self, handle, desc, a, b, c, d, pref, requested, result, count):
-        count._obj.value = 1
+        self.requested.append(requested)
+        count._obj.value = min(requested, self.algos)
+        for i in range(count._obj.value):  # algorithms 1, 2, ...: the heuristic's order
+            result[i].algo[0] = i + 1
         return 0
 
     def cublasLtMatmul(self, handle, desc, alpha, a, adesc, b, bdesc, beta, c, cdesc, d, ddesc, algo, ws, ws_size, st):
         self.launches.append(dict(attrs=dict(self.attrs[desc.value]), a=(a.value, self.layouts[adesc.value]),
-                                  b=(b.value, self.layouts[bdesc.value]), d=(d.value, self.layouts[ddesc.value])))
+                                  b=(b.value, self.layouts[bdesc.value]), d=(d.value, self.layouts[ddesc.value]),
+                                  algo=algo._obj[0]))
         return 0
 
     def cublasLtMatmulDescDestroy(self, desc):
@@ -263,18 +277,28 @@ class _FakeLt:
         self.destroyed.append(lay.value)
 
 
-def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch):
+def _fake_library(monkeypatch, algos: int = 1) -> _FakeLt:
+    """kernel.cublaslt wired to a stand-in library, CPU tensors standing in for CUDA ones."""
     import contextlib
     import types
 
     from kernel import cublaslt as lt
 
-    fake = _FakeLt()
+    fake = _FakeLt(algos)
     monkeypatch.setattr(lt, "_state", {"lib": fake})
     monkeypatch.setattr(lt, "_plans", {})
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda d: types.SimpleNamespace(cuda_stream=0))
-    monkeypatch.setattr(lt, "_on_cuda", lambda t: True)  # CPU tensors stand in for CUDA ones
+    monkeypatch.setattr(lt, "_on_cuda", lambda t: True)
+    monkeypatch.setattr(lt, "_capturing", lambda device: False)
+    return fake
+
+
+def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch):
+    from kernel import cublaslt as lt
+
+    monkeypatch.delenv(lt.ALGO_ENV, raising=False)
+    fake = _fake_library(monkeypatch)
     N, K, M = 24, 16, 32
     bf = dict(dtype=torch.bfloat16)
     x, w1, b1 = torch.empty(N, K, **bf), torch.empty(M, K, **bf), torch.empty(M, **bf)
@@ -313,3 +337,59 @@ def test_cublaslt_issues_each_product_column_major_with_its_epilogue(monkeypatch
     monkeypatch.setattr(lt, "MAX_PLANS", 3)
     lt.linear_dgelu(torch.empty(2 * N, K, **bf), w2, torch.empty(2 * N, M, **bf))
     assert len(lt._plans) == 1 and len(fake.destroyed) == 12  # three plans: a descriptor and three layouts each
+
+
+def test_cublaslt_times_the_heuristics_algorithms_once_per_shape_when_asked(monkeypatch):
+    """$LMSTACK_CUBLASLT_ALGO: "first" (the default) asks the heuristic for one algorithm and launches it; "timed"
+    asks for HEURISTIC_ALGOS, times each once per shape on the call's operands and launches the fastest from then
+    on; not while a CUDA graph is being captured (the first, undecided); an algorithm the library refuses is passed
+    over; a bad value is refused naming the choices."""
+    from kernel import cublaslt as lt
+    from specs.errors import ConfigError
+
+    fake = _fake_library(monkeypatch, algos=3)
+    ms = {1: 0.30, 2: 0.10, 3: 0.20}
+    timed = []
+
+    def fake_time(launch, device):  # what one timing launch ran, at the stand-in's speed
+        status = launch()
+        timed.append(fake.launches[-1]["algo"])
+        return None if status else ms[fake.launches[-1]["algo"]]
+
+    monkeypatch.setattr(lt, "_time_launch", fake_time)
+    bf = dict(dtype=torch.bfloat16)
+    dy, w, pre = torch.empty(24, 16, **bf), torch.empty(16, 32, **bf), torch.empty(24, 32, **bf)
+    monkeypatch.delenv(lt.ALGO_ENV, raising=False)
+    lt.linear_dgelu(dy, w, pre)
+    assert fake.requested == [1] and fake.launches[-1]["algo"] == 1 and timed == []
+    monkeypatch.setattr(lt, "_plans", {})
+    monkeypatch.setenv(lt.ALGO_ENV, "timed")
+    lt.linear_dgelu(dy, w, pre)
+    assert fake.requested[-1] == lt.HEURISTIC_ALGOS and timed == [1, 2, 3] and fake.launches[-1]["algo"] == 2
+    (plan,) = lt._plans.values()
+    assert plan.times_ms == [0.30, 0.10, 0.20]
+    lt.linear_dgelu(dy, w, pre)  # decided: no more timing
+    assert timed == [1, 2, 3] and fake.launches[-1]["algo"] == 2
+    # under capture a new shape launches the heuristic's first and stays undecided until a call outside it
+    monkeypatch.setattr(lt, "_capturing", lambda device: True)
+    dy2, pre2 = torch.empty(48, 16, **bf), torch.empty(48, 32, **bf)
+    lt.linear_dgelu(dy2, w, pre2)
+    assert fake.launches[-1]["algo"] == 1 and timed == [1, 2, 3]
+    monkeypatch.setattr(lt, "_capturing", lambda device: False)
+    lt.linear_dgelu(dy2, w, pre2)
+    assert timed == [1, 2, 3, 1, 2, 3] and fake.launches[-1]["algo"] == 2
+    # an algorithm the library refuses is passed over; all refused is an error naming the shape
+    real = fake.cublasLtMatmul
+    refuse = {2}
+    monkeypatch.setattr(fake, "cublasLtMatmul", lambda *a: real(*a) or (15 if fake.launches[-1]["algo"] in refuse
+                                                                          else 0))
+    dy3, pre3 = torch.empty(72, 16, **bf), torch.empty(72, 32, **bf)
+    lt.linear_dgelu(dy3, w, pre3)
+    assert fake.launches[-1]["algo"] == 3
+    refuse.update({1, 3})
+    with pytest.raises(lt.CublasLtError, match=r"refused every one of the heuristic's 3 algorithms.*\(32, 96, 16\)"):
+        lt.linear_dgelu(torch.empty(96, 16, **bf), w, torch.empty(96, 32, **bf))
+    monkeypatch.setenv(lt.ALGO_ENV, "fastest")
+    monkeypatch.setattr(lt, "_plans", {})
+    with pytest.raises(ConfigError, match="LMSTACK_CUBLASLT_ALGO.*'first' .the default. or 'timed', got 'fastest'"):
+        lt.linear_dgelu(dy, w, pre)

@@ -18,7 +18,11 @@ for GPT MLPs; cuBLAS docs, "cublasLtEpilogue_t"):
 cuBLASLt's GELU is the tanh approximation (GPT-2's ``gelu_new``). Row-major (N, K) @ (K, M) products are issued as
 the column-major (M, N) = (M, K) @ (K, N) that cuBLASLt computes, so bias vectors run along the feature dim.
 The library is the one already mapped into the process (torch's), found through ``/proc/self/maps``, so handles and
-streams are torch's own; descriptors and the heuristic's algorithm are cached per shape.
+streams are torch's own; descriptors and the algorithm are cached per shape. The algorithm is the heuristic's first
+(``$LMSTACK_CUBLASLT_ALGO=first``, the default) or (``timed``) the fastest of the heuristic's first
+:data:`HEURISTIC_ALGOS`, each timed once per shape on the call's own operands the first time that shape runs outside
+CUDA-graph capture (the heuristic gave GPT-2's ``DGELU`` data gradient a one-warpgroup kernel at ~455 TFLOP/s where
+its plain matmuls of the same size run at ~700).
 
 Shape legend: N rows (tokens), K input features, M output features.
 """
@@ -26,13 +30,14 @@ Shape legend: N rows (tokens), K input features, M output features.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from specs.errors import ShapeError
+from specs.errors import ConfigError, ShapeError
 
 # cudaDataType_t, cublasComputeType_t, cublasOperation_t and cuBLASLt attribute values (cublasLt.h, library_types.h)
 _CUDA_TYPES = {torch.float16: 2, torch.bfloat16: 14}
@@ -47,6 +52,9 @@ EPILOGUE_GELU_AUX_BIAS = EPILOGUE_GELU_AUX | 4
 EPILOGUE_DGELU = 64 | 128
 EPILOGUE_BGRADB = 512
 WORKSPACE_BYTES = 32 << 20  # what cuBLAS recommends for Hopper
+ALGO_ENV = "LMSTACK_CUBLASLT_ALGO"  # "first": the heuristic's first algorithm; "timed": the fastest of its first few
+HEURISTIC_ALGOS = 8  # how many of the heuristic's algorithms "timed" compares
+TIMING_REPS = 3  # launches per algorithm timed (after one warm-up launch)
 
 
 class _HeuristicResult(ctypes.Structure):
@@ -129,7 +137,18 @@ class _Plan:
     a: ctypes.c_void_p
     b: ctypes.c_void_p
     d: ctypes.c_void_p
-    algo: _HeuristicResult
+    algos: list[_HeuristicResult]  # the heuristic's, best first
+    algo: _HeuristicResult | None  # the one launched; None until timed ("timed" with several to compare)
+    times_ms: list[float | None] | None = None  # per algorithm in ``algos``, once timed (None: it refused the call)
+
+
+def timed_algos() -> bool:
+    """Whether each shape's algorithm is the fastest of the heuristic's first few, timed (``$LMSTACK_CUBLASLT_ALGO``:
+    "first", the default, or "timed")."""
+    raw = os.environ.get(ALGO_ENV, "first")
+    if raw not in ("first", "timed"):
+        raise ConfigError(ALGO_ENV, f"expected 'first' (the default) or 'timed', got {raw!r}")
+    return raw == "timed"
 
 
 _plans: dict[tuple[Any, ...], _Plan] = {}
@@ -180,14 +199,17 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
         _set(lib, desc, _DESC_BIAS_POINTER, dummy)
     if has_aux:
         _set(lib, desc, _DESC_AUX_POINTER, dummy)
-    result, count = _HeuristicResult(), ctypes.c_int(0)
+    timed = timed_algos()
+    wanted = HEURISTIC_ALGOS if timed else 1
+    results, count = (_HeuristicResult * wanted)(), ctypes.c_int(0)
     status = lib.cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, layouts[0], layouts[1], layouts[2], layouts[2],
-                                                pref, 1, ctypes.byref(result), ctypes.byref(count))
+                                                pref, wanted, results, ctypes.byref(count))
     lib.cublasLtMatmulPreferenceDestroy(pref)
     if status != 0 or count.value == 0:
         raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} at (m, n, k) = ({m}, {n}, {k}), "
                             f"{dtype} (status {status}, {count.value} found)")
-    plan = _Plan(desc, layouts[0], layouts[1], layouts[2], result)
+    algos = [results[i] for i in range(min(count.value, wanted))]
+    plan = _Plan(desc, layouts[0], layouts[1], layouts[2], algos, algos[0] if len(algos) == 1 else None)
     _plans[key] = plan
     return plan
 
@@ -204,11 +226,45 @@ def _matmul(epilogue: int, transa: int, transb: int, m: int, n: int, k: int, lda
         if aux is not None:
             _set(lib, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
-        _check(lib.cublasLtMatmul(_handle(device), plan.desc, ctypes.byref(alpha), ctypes.c_void_p(a.data_ptr()),
-                                  plan.a, ctypes.c_void_p(b.data_ptr()), plan.b, ctypes.byref(beta),
-                                  ctypes.c_void_p(d.data_ptr()), plan.d, ctypes.c_void_p(d.data_ptr()), plan.d,
-                                  ctypes.byref(plan.algo.algo), ctypes.c_void_p(_workspace(device).data_ptr()),
-                                  WORKSPACE_BYTES, stream), "cublasLtMatmul")
+
+        def launch(algo: _HeuristicResult) -> int:
+            return lib.cublasLtMatmul(_handle(device), plan.desc, ctypes.byref(alpha), ctypes.c_void_p(a.data_ptr()),
+                                      plan.a, ctypes.c_void_p(b.data_ptr()), plan.b, ctypes.byref(beta),
+                                      ctypes.c_void_p(d.data_ptr()), plan.d, ctypes.c_void_p(d.data_ptr()), plan.d,
+                                      ctypes.byref(algo.algo), ctypes.c_void_p(_workspace(device).data_ptr()),
+                                      WORKSPACE_BYTES, stream)
+
+        algo = plan.algo
+        if algo is None:
+            if _capturing(device):  # no timing inside a CUDA graph: the heuristic's first, undecided
+                algo = plan.algos[0]
+            else:  # every output is written again by the chosen algorithm's launch below (beta = 0)
+                plan.times_ms = [_time_launch(lambda al=al: launch(al), device) for al in plan.algos]
+                ran = [i for i, t in enumerate(plan.times_ms) if t is not None]
+                if not ran:
+                    raise CublasLtError(f"cuBLASLt refused every one of the heuristic's {len(plan.algos)} algorithms "
+                                        f"for epilogue {epilogue} at (m, n, k) = ({m}, {n}, {k})")
+                algo = plan.algo = plan.algos[min(ran, key=lambda i: plan.times_ms[i])]
+        _check(launch(algo), "cublasLtMatmul")
+
+
+def _capturing(device: torch.device) -> bool:
+    return torch.cuda.is_current_stream_capturing()
+
+
+def _time_launch(launch: Any, device: torch.device) -> float | None:
+    """ms per call of ``launch`` (a cuBLASLt status-returning call) on the current stream: one warm-up call, then
+    :data:`TIMING_REPS` between CUDA events; None where the library refuses it."""
+    if launch() != 0:
+        return None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(TIMING_REPS):
+        if launch() != 0:
+            return None
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / TIMING_REPS
 
 
 def _on_cuda(t: torch.Tensor) -> bool:
