@@ -3,39 +3,27 @@
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
 #                                      final-short refreshed its figures in session 11, run AH, unprofiled)
+# Session 12's recipes (docs/benchmarks.md: GPT-2 runs 12-13, decode runs AI-AK), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh gelu-bgrad  gelu_mlp's cublaslt_bgrad (each MLP projection's bias gradient from its
-#                                      weight-gradient matmul's BGRADB epilogue; written in session 11, not yet run on
-#                                      a GPU): its GPU tests, then the GPT-2 124M step at 16 and 32 rows, each as
-#                                      shipped and with it, and it profiled (~5.5 min). If it wins, make it the
-#                                      compile preference (kernel.registry.COMPILE_PREFERENCE)
+#                                      weight-gradient matmul's BGRADB epilogue): its GPU tests, then the GPT-2 124M
+#                                      step at 16 and 32 rows, each as shipped and with it, and it profiled (~5.5 min;
+#                                      run 12: -2.1% and -1.9%, its epilogue a separate reduction kernel, 0.68 ms a
+#                                      step; it stays by name only)
 #   bash tools/gpu_pending.sh gpt2-code  the GPT-2 124M step's inductor code (forward and backward graphs, every
 #                                      Triton kernel with the aten ops it fuses), gzipped, beside a profile's top 60
-#                                      kernels: which elementwise kernels are casts or recomputes a save would spare
-#                                      (run 7 saw 24 fp32 -> bf16 (16,384 x 768) copies a step, 0.45 ms; 12 left
-#                                      once the MLP's input went into its custom op; ~2.5 min)
+#                                      kernels (~2.5 min; session 12's reading of it: docs/benchmarks.md after run 13)
 #   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel as the shipped table tiles it, int8 beside
-#                                      bf16 (gate/up with its SwiGLU, down, q/k/v): DRAM throughput, issue-slot and
-#                                      pipe use, stall reasons. Is int8 gate/up (2.3 TB/s chained, bf16 3.7) bound by
-#                                      its conversion instructions (~4 a weight byte against bf16's ~1)? (~2 min)
-#   bash tools/gpu_pending.sh final12  session 12's last call: decode bf16 and int8 as shipped and with x loaded in
-#                                      the weight-block layout (x-block's first half); the cuBLASLt epilogues' GPU
-#                                      tests with their algorithm timed; the GPT-2 124M step at 16 rows as shipped,
-#                                      with the epilogue matmuls' algorithm timed ($LMSTACK_CUBLASLT_ALGO=timed), and
-#                                      with inductor's mix-order reduction split size autotuned; then x-block's int8
-#                                      tuning and decode (~8 min)
-#   bash tools/gpu_pending.sh x-block  x loaded straight in the gemv's weight-block layout ($LMSTACK_GEMV_X=block: no
-#                                      shared memory or barrier in the K loop; the shipped int8 gate/up tile's has 8
-#                                      a step, bf16 gate/up's 2): GPU tests, decode bf16 and int8 as shipped and with
-#                                      it (shipped tiles), then the int8 tiles tuned with it and int8 decode with
-#                                      those (~7 min)
-#   bash tools/gpu_pending.sh int8-rows  the int8 gemv tiles tuned with 16 and 32 rows a program among the candidates
-#                                      (each K step converts x's layout through shared memory, 8 barriers in the
-#                                      shipped int8 gate/up tile's PTX, once per program whatever its rows), decode
-#                                      bf16 and int8 as shipped beside int8 with those tiles, then gpt2-code (~7 min)
-#   (session 12: the gemv's K loop loading the next weight block ahead, commit d8f990b's int8-prefetch, lost:
-#   int8 decode 1,438 against 1,528 tokens/s as shipped, docs/benchmarks.md run AI)
-#   (the GPT-2 step's MLP: cuBLASLt epilogues, session 11, shipped; cublaslt_bgrad timed in session 12: -2.1% at
-#   16 rows, -1.9% at 32, its BGRADB epilogue a separate reduction kernel, 0.68 ms a step)
+#                                      bf16 (gate/up with its SwiGLU, down, q/k/v): DRAM throughput, issue slots,
+#                                      stalls (~2 min; session 12: int8 gate/up at 36% of DRAM bandwidth with its
+#                                      issue slots 48% busy, so not bound by its conversion)
+#   bash tools/gpu_pending.sh int8-rows  the int8 gemv tiles tuned with 16 and 32 rows a program among the candidates,
+#                                      decode bf16 and int8 as shipped beside int8 with those tiles, then gpt2-code
+#                                      (~7 min; run AJ: level)
+#   (commit d8f990b's int8-prefetch: the gemv's K loop loading the next weight block ahead lost, int8 decode 1,438
+#   against 1,528 tokens/s as shipped, run AI, reverted. Commit db33359's x-block and final12: x loaded in the
+#   gemv's weight-block layout lost, bf16 decode -9% and int8 -8%, run AK, reverted; the epilogue matmuls'
+#   algorithm timed ($LMSTACK_CUBLASLT_ALGO=timed, kept opt-in) level with the heuristic's first in an A-B-A call,
+#   and inductor's mix-order split size autotuned -0.9%, run 13)
 # Session 11's recipes (docs/benchmarks.md: GPT-2 runs 7, 10 and 11, decode run AH), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh final-short  decode as shipped: final without the profile, one repeat (~4 min; run AH)
 #   bash tools/gpu_pending.sh gelu-final  the GELU-epilogue MLP as shipped (auto's choice under compile on CUDA): its
@@ -118,7 +106,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in final12|x-block|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -171,35 +159,6 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-final12)
-  dec decode_shipped 170 lmstack,lmstack-int8
-  dec decode_xblock 170 lmstack,lmstack-int8 LMSTACK_GEMV_X=block
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json
-  step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gelu_mlp.py -k "fp32 or trains"
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
-  tc gpt2_b16 16 --variants lmstack-fused
-  LMSTACK_CUBLASLT_ALGO=timed tc gpt2_b16_timed 16 --variants lmstack-fused
-  TORCHINDUCTOR_MIX_ORDER_REDUCTION_AUTOTUNE_SPLIT_SIZE=1 tc gpt2_b16_mix 16 --variants lmstack-fused
-  rm -f "$OUT"/gpt2_b*.log
-  step tune_int8 130 env LMSTACK_GEMV_X=block python packages/kernel/benchmarks/bench_decode_kernels.py \
-    --tune-gemv "$OUT/int8_xblock.json" --tune-weights int8
-  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-200
-  rm -f "$OUT/tune_int8.log"
-  merge_tiles "$OUT/int8_xblock.json" /tmp/table_xblock.json int8 > /dev/null
-  dec decode_xblock_tuned 90 lmstack-int8 LMSTACK_GEMV_X=block LMSTACK_GEMV_TILES=/tmp/table_xblock.json
-  grep -H '"decode_tokens_per_s"\|error' "$OUT"/decode_xblock_tuned.json ;;
-x-block)
-  step tests 120 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py -k "x_ or int8 or glu"
-  tail -n 3 "$OUT/tests.log"
-  dec decode_shipped 170 lmstack,lmstack-int8
-  dec decode_xblock 170 lmstack,lmstack-int8 LMSTACK_GEMV_X=block
-  step tune_int8 170 env LMSTACK_GEMV_X=block python packages/kernel/benchmarks/bench_decode_kernels.py \
-    --tune-gemv "$OUT/int8_xblock.json" --tune-weights int8
-  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
-  rm -f "$OUT/tune_int8.log"
-  merge_tiles "$OUT/int8_xblock.json" /tmp/table_xblock.json int8
-  dec decode_xblock_tuned 100 lmstack-int8 LMSTACK_GEMV_X=block LMSTACK_GEMV_TILES=/tmp/table_xblock.json
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 int8-rows)
   step tune_int8 170 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_rows.json" \
     --tune-weights int8

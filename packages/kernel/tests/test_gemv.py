@@ -189,7 +189,7 @@ for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i
                            ("*i8", False, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, X_BLOCK=False)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -225,54 +225,6 @@ def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
     loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
     assert sum(i < wait for i in loads) == 8 and wait < launch  # the weights before, x after, then the trigger
-
-
-_AOT_X = """
-import sys, triton
-from triton.backends.compiler import GPUTarget
-from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-# the H200's int8 gate/up tile (8 x 256, two warps, SwiGLU) and bf16 down tile (4 x 2048, eight warps, residual)
-for weight, rows, block_k, warps, glu in (("*i8", 8, 256, 2, True), ("*bf16", 4, 2048, 8, False)):
-    sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
-    for x_block in (False, True):
-        consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=glu, HAS_RES=not glu, GLU=glu, ROWS=rows,
-                      BLOCK_K=block_k, PDL=False, I8_MAGIC=True, PERSISTENT=False, X_BLOCK=x_block)
-        src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
-                                        constexprs=consts, attrs=attrs)
-        kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-        sys.stdout.write(kern.asm["ptx"] + "\\n=====\\n")
-"""
-
-
-def test_gemv_sm90_k_loop_without_shared_memory_when_x_is_loaded_in_the_block_layout():
-    """Compiled offline for sm90: loaded as a row ($LMSTACK_GEMV_X=row), each K step's x goes through shared memory
-    with barriers into an int8 weight block's layout (a bf16 block of these tiles may already match); loaded in the
-    block's shape ("block") neither loop has either, and both still load their weights as 16-byte vectors."""
-    import os
-    import re
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT_X], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ptxs = out.stdout.split("\n=====\n")[:4]
-    for i, ptx in enumerate(ptxs):
-        lines = ptx.splitlines()
-        head = next(j for j, line in enumerate(lines) if "Loop Header" in line)  # the K loop
-        label = next(lines[j] for j in range(head, 0, -1) if lines[j].startswith("$L__BB")).split(":")[0]
-        body = lines[head:next(j for j in range(head, len(lines))
-                               if re.search(rf"bra\S*\s+{re.escape(label)};", lines[j]))]
-        barriers = sum("bar.sync" in line for line in body)
-        shared = sum(bool(re.search(r"\b(ld|st)\.shared|stmatrix", line)) for line in body)
-        vectors = sum(bool(re.search(r"ld\.global\S*\.v4", line)) for line in body)
-        if i % 2:  # "block"
-            assert barriers == 0 and shared == 0 and vectors >= 2, (i, barriers, shared, vectors)
-        elif i == 0:  # "row", int8 weights (16 a vector against x's 8): the layout change the option removes
-            assert barriers > 0 and shared > 0, (i, barriers, shared)
 
 
 def test_one_row_pdl_linear_names_the_pdl_twin_only_where_the_card_chains_some_shape(tmp_path, monkeypatch):
@@ -427,30 +379,3 @@ def test_the_pdl_twin_keeps_the_plain_skinny_matmul_for_one_row_of_a_shape_witho
     assert torch.equal(skinny.linear_pdl(x, w, b), skinny.linear(x, w, b)) and ops == []
     x3 = torch.cat([x, x, x])
     assert torch.equal(skinny.linear_pdl(x3, w, b), skinny.linear(x3, w, b)) and ops == [3]
-
-
-@pytest.mark.parametrize("int8", [False, True])
-@pytest.mark.parametrize("kind", ["rms+residual", "glu", "persistent", "bias", "one block"])
-def test_x_loaded_in_the_block_layout_gives_the_same_result(monkeypatch, int8, kind):
-    """$LMSTACK_GEMV_X ("row", the default, or "block"): the same products in the same order, so the same bits as
-    the row load, with the folded norm and residual, the SwiGLU epilogue, a persistent grid, a bias, a ragged last
-    block and a K of one block; a bad value is refused naming the choices."""
-    N, K = (64, 60) if kind == "one block" else (70, 300)
-    x, w, s, b, r = _inputs(torch.float32, N, K, seed=31, int8=int8)
-    kw = {"rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(rms_eps=1e-5, glu=True)}.get(kind, {})
-    config = (2, 64, 1, 0, 1) if kind == "persistent" else (2, 64, 1)
-    args = (x, w, s, b if kind == "bias" and not int8 else None)
-    monkeypatch.delenv(gemv_mod.X_ENV, raising=False)
-    assert not gemv_mod.x_block()  # the default
-    plain = gemv_mod.gemv(*args, config=config, **kw)
-    monkeypatch.setenv(gemv_mod.X_ENV, "block")
-    assert gemv_mod.x_block()
-    got = gemv_mod.gemv(*args, config=config, **kw)
-    assert torch.equal(got, plain)
-    if kind == "rms+residual":  # and both are the reference's answer
-        want = ref.int8_linear(x, w, s, rms_eps=1e-5, residual=r) if int8 else ref.linear(x, w, rms_eps=1e-5,
-                                                                                            residual=r)
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    monkeypatch.setenv(gemv_mod.X_ENV, "tile")
-    with pytest.raises(ConfigError, match="LMSTACK_GEMV_X.*'row' .the default. or 'block', got 'tile'"):
-        gemv_mod.gemv(*args, config=config, **kw)

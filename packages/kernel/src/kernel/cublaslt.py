@@ -13,7 +13,8 @@ for GPT MLPs; cuBLAS docs, "cublasLtEpilogue_t"):
   without it, where this one made it 2.2% faster; docs/benchmarks.md.)
 - :func:`wgrad_bgrad` ``(x, dy) -> (dy.T @ x, dy.sum(0))``: ``CUBLASLT_EPILOGUE_BGRADB``. A Linear's weight-gradient
   matmul also sums its bias gradient, over the matmul's own K loop (the rows), instead of a separate pass over
-  ``dy``. Not yet timed on a GPU: ``gelu_mlp``'s ``cublaslt_bgrad`` implementation uses it, by name only.
+  ``dy``. ``gelu_mlp``'s ``cublaslt_bgrad`` implementation uses it, by name only: cuBLASLt ran the epilogue as a
+  separate reduction kernel, and a GPT-2 124M step on an H200 came out 2% slower (docs/benchmarks.md, run 12).
 
 cuBLASLt's GELU is the tanh approximation (GPT-2's ``gelu_new``). Row-major (N, K) @ (K, M) products are issued as
 the column-major (M, N) = (M, K) @ (K, N) that cuBLASLt computes, so bias vectors run along the feature dim.
@@ -21,8 +22,9 @@ The library is the one already mapped into the process (torch's), found through 
 streams are torch's own; descriptors and the algorithm are cached per shape. The algorithm is the heuristic's first
 (``$LMSTACK_CUBLASLT_ALGO=first``, the default) or (``timed``) the fastest of the heuristic's first
 :data:`HEURISTIC_ALGOS`, each timed once per shape on the call's own operands the first time that shape runs outside
-CUDA-graph capture (the heuristic gave GPT-2's ``DGELU`` data gradient a one-warpgroup kernel at ~455 TFLOP/s where
-its plain matmuls of the same size run at ~700).
+CUDA-graph capture. That was tried because the heuristic gave GPT-2's ``DGELU`` data gradient a one-warpgroup kernel
+at ~455 TFLOP/s, where its plain matmuls of the same size run at ~700; the timed choice came out level on the
+whole step (run 13).
 
 Shape legend: N rows (tokens), K input features, M output features.
 """

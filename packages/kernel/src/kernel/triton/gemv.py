@@ -44,12 +44,6 @@ SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmu
 # H200: int8 decode at 1,575 against 1,527 tokens/s, each with its own tuned tiles, docs/benchmarks.md run AF) or
 # "cvt" (the quarter-rate conversion instruction)
 INT8_ENV = "LMSTACK_GEMV_INT8"
-# how a K step gets x into the weight block's layout: "row" (the default) loads the step's x values once as a row,
-# which Triton then moves into the block's layout through shared memory (sm90 code: up to 8 barriers a step, e.g.
-# the int8 gate/up tile); "block" loads them straight in the block's layout, each thread the x values of its own
-# weights (repeats hit L1), with no shared memory and no barrier in the loop
-X_ENV = "LMSTACK_GEMV_X"
-X_CHOICES = ("row", "block")
 
 
 def int8_magic() -> bool:
@@ -61,20 +55,11 @@ def int8_magic() -> bool:
     return raw == "magic"
 
 
-def x_block() -> bool:
-    """Whether a K step loads x straight in the weight block's layout (``$LMSTACK_GEMV_X``: "row", the default, or
-    "block")."""
-    raw = os.environ.get(X_ENV, "row")
-    if raw not in X_CHOICES:
-        raise ConfigError(X_ENV, f"expected 'row' (the default) or 'block', got {raw!r}")
-    return raw == "block"
-
-
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, X_BLOCK: tl.constexpr):
+          PERSISTENT: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -97,11 +82,11 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             w_next = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
                              mask=n_ok[:, None] & (kk < K)[None, :], other=0)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
-                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, X_BLOCK)
+                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
             w = w_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
-               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, X_BLOCK)
+               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
 
 
 @triton.jit
@@ -119,37 +104,22 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 @triton.jit
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           X_BLOCK: tl.constexpr):
-    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue.
-    X_BLOCK: x is loaded in the weight block's shape (the same value down each column), so it arrives in the block's
-    layout; the row of x is then loaded only for a folded norm's sum of squares."""
+           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr):
+    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue."""
     n, n_ok = _rows(rb, N, ROWS, GLU)
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
-    if X_BLOCK:
-        acc = _weights(w, I8_MAGIC) * _x_block(x_ptr, kk, K, n, n_ok)
-        if RMS:
-            x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-            ss = x * x
-    else:
-        x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-        acc = _weights(w, I8_MAGIC) * x[None, :]
-        ss = x * x
+    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    acc = _weights(w, I8_MAGIC) * x[None, :]
+    ss = x * x
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-        if X_BLOCK:
-            acc += _weights(w, I8_MAGIC) * _x_block(x_ptr, k, K, n, n_ok)
-            if RMS:
-                x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-                ss += x * x
-        else:
-            x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-            acc += _weights(w, I8_MAGIC) * x[None, :]
-            if RMS:
-                ss += x * x
+        x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
+        acc += _weights(w, I8_MAGIC) * x[None, :]
+        if RMS:
+            ss += x * x
     y = tl.sum(acc, 1)  # (ROWS,)
     if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
         y = y * tl.rsqrt((tl.sum(ss, 0) / K + rms_eps).to(tl.float32))
@@ -165,14 +135,6 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
         if HAS_RES:
             y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _x_block(x_ptr, k, K, n, n_ok):
-    """x at columns ``k`` in fp32, loaded in the shape of the (ROWS, BLOCK_K) weight block it multiplies (the same
-    value down each column), so it arrives in the block's layout."""
-    return tl.load(x_ptr + (k[None, :] + 0 * n[:, None]), mask=(k < K)[None, :] & n_ok[:, None],
-                   other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -252,8 +214,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
-        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, X_BLOCK=x_block(),
-        num_warps=warps,
+        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, num_warps=warps,
         **({"launch_pdl": True} if pdl else {}))
     return out
 
