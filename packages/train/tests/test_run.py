@@ -56,6 +56,20 @@ def test_debug_run_writes_loadable_checkpoints_and_logs(tmp_path):
     assert (out / "config.yaml").is_file()
 
 
+def test_ranks_meet_at_a_barrier_before_the_group_is_torn_down_only_after_success(tmp_path, monkeypatch, capsys):
+    import dist
+
+    calls = []  # train.run.main's own barrier and teardown (checkpoints have barriers of their own)
+    monkeypatch.setattr(dist, "barrier", lambda env: calls.append(f"barrier in {sys._getframe(1).f_code.co_name}"))
+    monkeypatch.setattr(dist, "destroy", lambda: calls.append("destroy"))
+    assert cli(["--config", DEBUG, *FAST, "--train.steps", "1", "--train.out_dir", str(tmp_path / "ok")]) == 0
+    assert calls[-2:] == ["barrier in main", "destroy"]
+    calls.clear()
+    assert cli(["--config", DEBUG, *FAST, "--train.steps", "1", "--train.out_dir", str(tmp_path / "bad"),
+                "--data.path", str(tmp_path / "missing")]) != 0
+    assert "barrier in main" not in calls and calls[-1] == "destroy"
+
+
 def test_resume_auto_continues_the_run_exactly(tmp_path):
     args = ["--config", DEBUG, *FAST, "--train.schedule", "constant", "--train.deterministic", "true"]
     full, split = tmp_path / "full", tmp_path / "split"

@@ -80,7 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must precede the first cuBLAS call
     env = dist.init(cfg.dist, cfg.train.device)
     try:
-        return _train(cfg, env, argv)
+        code = _train(cfg, env, argv)
+        if code == 0:
+            # every rank past its last collective before any tears the group down (torch's shutdown advice: a
+            # 2-process gloo run once aborted at exit, "terminate called without an active exception"); not after
+            # a failure, where the other ranks may never arrive
+            dist.barrier(env)
+        return code
     finally:
         dist.destroy()
 
