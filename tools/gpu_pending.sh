@@ -324,8 +324,9 @@ PY
   grep -H '"decode_tokens_per_s"\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 retune)
   # the bf16 gemv tiles tuned as a folded decode step calls them (folded norm / residual), every entry chained (as
-  # shipped since run X), the shipped int8 entries kept; then decode as shipped and with the retuned table
-  step tune 160 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
+  # shipped since run X), the shipped int8 entries kept; then decode as shipped and with the retuned table (230 s
+  # to tune: 16- and 32-row candidates since session 12)
+  step tune 230 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/gemv.json" \
     --tune-weights float
   grep -h "gemv best" "$OUT/tune.log"
   python - "$OUT/gemv.json" "$OUT/retuned.json" <<'PY'
