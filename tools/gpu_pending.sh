@@ -297,7 +297,7 @@ int8-retune)
   tail -n 3 "$OUT/tests.log"
   # the shipped table with its int8 entries replaced by those tuned each way (the bf16 entries kept)
   for mode in cvt magic; do
-    step "tune_$mode" 120 env LMSTACK_GEMV_INT8=$mode python packages/kernel/benchmarks/bench_decode_kernels.py \
+    step "tune_$mode" 170 env LMSTACK_GEMV_INT8=$mode python packages/kernel/benchmarks/bench_decode_kernels.py \
       --tune-gemv "$OUT/int8_$mode.json" --tune-weights int8
     grep -h "gemv best\|rror" "$OUT/tune_$mode.log"
     rm -f "$OUT/tune_$mode.log"
