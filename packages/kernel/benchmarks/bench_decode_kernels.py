@@ -301,7 +301,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
-    from kernel.triton.gemv import gemv, int8_magic
+    from kernel.triton.gemv import gemv, int8_mode
     from kernel.triton.gemv import tile_key as gemv_key
     from kernel.triton.skinny import skinny_mm, skinny_plan
 
@@ -311,7 +311,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     detail: dict[str, dict] = {}
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
-    conversion = {"int8": "magic" if int8_magic() else "cvt"}  # how int8 entries' weights were converted
+    conversion = {"int8": int8_mode()}  # how int8 entries' weights were converted ($LMSTACK_GEMV_INT8)
 
     def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False,
                  extra: dict[str, Any] | None = None) -> tuple[list[int], float, dict[str, float]]:

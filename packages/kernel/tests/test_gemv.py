@@ -189,7 +189,7 @@ for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i
                            ("*i8", False, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -225,6 +225,54 @@ def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
     loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
     assert sum(i < wait for i in loads) == 8 and wait < launch  # the weights before, x after, then the trigger
+
+
+_AOT_F16 = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from kernel.triton import gemv
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
+sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+for f16 in (0, 2):  # the exact-add fp32 path (the default) and the packed fp16 path, the shipped int8 gate/up tile
+    consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16)
+    src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                    constexprs=consts, attrs=attrs)
+    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
+    sys.stdout.write(kern.asm["ptx"] + "\\n=====\\n")
+"""
+
+
+def test_gemv_sm90_int8_f16_loop_converts_two_weights_an_instruction():
+    """Compiled offline for sm90 ($LMSTACK_GEMV_INT8=f16 on a GPU: the inline PTX): the K loop turns int8 weights
+    into fp16 pairs by byte permutes and packed subtractions and multiplies them by packed FMAs, with none of the
+    fp32 path's integer and float adds, and issues well under three quarters of its instructions."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from collections import Counter
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", _AOT_F16], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    counts = []
+    for ptx in out.stdout.split("\n=====\n")[:2]:
+        lines = ptx.splitlines()
+        head = next(i for i, line in enumerate(lines) if "Loop Header" in line)  # the K loop
+        label = next(lines[i] for i in range(head, 0, -1) if lines[i].startswith("$L__BB")).split(":")[0]
+        body = [line.split()[0] for line in lines[head:next(i for i in range(head, len(lines)) if re.search(
+            rf"bra\S*\s+{re.escape(label)};", lines[i]))] if line.strip()
+            and not line.strip().startswith(("//", ".loc", "$L", "{", "}", ".reg"))]
+        counts.append(Counter(body))
+    fp32, f16 = counts
+    weights = 8 * 256 // 64  # a thread's share of one (8, 256) block
+    assert fp32["fma.rn.f32"] >= weights and fp32["add.f32"] >= weights  # the exact add: a float add a weight
+    assert f16["fma.rn.f16x2"] == weights // 2 and f16["sub.f16x2"] == weights // 2 and f16["prmt.b32"] == weights // 2
+    assert f16["add.f32"] == 0 and f16["add.s32"] < weights // 4 and f16["fma.rn.f32"] < weights // 4
+    assert sum(f16.values()) < 0.75 * sum(fp32.values()), (sum(f16.values()), sum(fp32.values()))
 
 
 def test_one_row_pdl_linear_names_the_pdl_twin_only_where_the_card_chains_some_shape(tmp_path, monkeypatch):
@@ -341,7 +389,7 @@ def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch)
     assert gemv_mod.int8_magic()
     torch.testing.assert_close(plain, ref.int8_linear(x, w, s), rtol=1e-5, atol=1e-4)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "fast")
-    with pytest.raises(ConfigError, match="expected 'magic' .the default. or 'cvt', got 'fast'"):
+    with pytest.raises(ConfigError, match="expected 'magic' .the default., 'cvt' or 'f16', got 'fast'"):
         gemv_mod.gemv(x, w, s, config=(4, 128, 2))
 
 
@@ -379,3 +427,48 @@ def test_the_pdl_twin_keeps_the_plain_skinny_matmul_for_one_row_of_a_shape_witho
     assert torch.equal(skinny.linear_pdl(x, w, b), skinny.linear(x, w, b)) and ops == []
     x3 = torch.cat([x, x, x])
     assert torch.equal(skinny.linear_pdl(x3, w, b), skinny.linear(x3, w, b)) and ops == [3]
+
+
+@pytest.mark.parametrize("kind", ["plain", "rms+residual", "glu", "persistent", "one block", "large x"])
+def test_int8_f16_products_stay_within_a_bf16_rounding_of_the_reference(monkeypatch, kind):
+    """$LMSTACK_GEMV_INT8=f16: int8 weights become fp16 exactly, x is scaled by 2^-7 and rounded to fp16, and the
+    products and their per-K-step sums are fp16. The result stays within 0.3 of a bf16 unit in the last place
+    (relative to the largest output; measured 0.06 here, 0.2 through the SwiGLU) of the fp64 reference: for every
+    int8 value, a folded norm and residual, the SwiGLU epilogue, a persistent grid, a K of one block, and inputs of
+    magnitude 2,000 (the fp16 sums' headroom). On a GPU the conversion is inline PTX; under the interpreter the same
+    values come from Triton's own ops."""
+    g = torch.Generator().manual_seed(37)
+    N, K = (64, 60) if kind == "one block" else (70, 1000)
+    x = torch.randn(1, K, generator=g) * (2000.0 if kind == "large x" else 3.0)
+    w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
+    m = min(K, 256)
+    w[0, :m] = torch.arange(-128, -128 + m, dtype=torch.int16).to(torch.int8)  # every value (K permitting)
+    s = torch.rand(N, generator=g) / 127
+    r = torch.randn(1, N, generator=g)
+    x, w, s, r = (t.to(DEVICE) for t in (x, w, s, r))
+    kw = {"rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(rms_eps=1e-5, glu=True)}.get(kind, {})
+    config = (2, 128, 1, 0, 1) if kind == "persistent" else (4, 128, 2)
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "f16")
+    assert gemv_mod.int8_mode() == "f16" and not gemv_mod.int8_magic()
+    got = gemv_mod.gemv(x, w, s, config=config, **kw)
+    ref_kw = {**{k: v for k, v in kw.items() if k != "glu"}, **({"glu": "silu"} if kw.get("glu") else {})}
+    want = ref.int8_linear(x.double(), w, s.double(), **{k: (v.double() if torch.is_tensor(v) else v)
+                                                          for k, v in ref_kw.items()})
+    err = (got.double() - want).abs().max().item()
+    assert err <= 0.3 * torch.finfo(torch.bfloat16).eps * want.abs().max().item(), err
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
+    exact = gemv_mod.gemv(x, w, s, config=config, **kw)
+    assert not torch.equal(got, exact)  # the fp16 path did run
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the inline PTX runs on a GPU only; elsewhere the Triton-op form runs")
+def test_int8_f16_inline_ptx_gives_the_triton_op_forms_bits(monkeypatch):
+    """On a GPU, the inline-PTX conversion (I8_F16 2) and the Triton-op form (1) give the same fp16 weights, so the
+    same result bit for bit."""
+    x, w, s, _, r = _inputs(torch.bfloat16, 70, 1000, seed=41, int8=True)
+    w[0, :256] = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).to(DEVICE)
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "f16")
+    assert gemv_mod._i8_f16(w) == 2
+    asm = gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5, residual=r)
+    monkeypatch.setattr(gemv_mod, "_i8_f16", lambda w_: 1)
+    assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5, residual=r), asm)

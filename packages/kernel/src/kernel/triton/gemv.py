@@ -8,7 +8,8 @@ owns ``ROWS`` output columns and loads a ``(ROWS, BLOCK_K)`` weight block per st
 of a block's loads are issued before its products need them), multiplies by x in fp32 and reduces at the end.
 Enough small programs are launched that every SM holds several, so the bytes in flight per SM come from
 occupancy instead of a software pipeline. Int8 weights cross the bus as one byte each, their per-channel scale
-applied to the fp32 sum. The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of squares, from
+applied to the fp32 sum (``$LMSTACK_GEMV_INT8``: converted to fp32 one at a time, or with ``f16`` to fp16 two at a
+time and multiplied in packed fp16). The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of squares, from
 the x values the loop loads anyway), scale, bias, residual, the cast; for a fused gate/up weight (``glu``) each
 program takes gate and up rows in pairs and stores ``silu(gate) * up`` instead (no separate SwiGLU kernel).
 
@@ -40,26 +41,35 @@ from specs.errors import ConfigError, ShapeError
 
 TILES_ENV = "LMSTACK_GEMV_TILES"
 SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmul keeps every shape), for comparisons
-# int8 weights to fp32: "magic" (integer and float adds, exact: :func:`_weights`; the default, measured faster on an
-# H200: int8 decode at 1,575 against 1,527 tokens/s, each with its own tuned tiles, docs/benchmarks.md run AF) or
-# "cvt" (the quarter-rate conversion instruction)
+# int8 weights: "magic" (to fp32 by integer and float adds, exact: :func:`_weights`; the default, measured faster on
+# an H200: int8 decode at 1,575 against 1,527 tokens/s, each with its own tuned tiles, docs/benchmarks.md run AF),
+# "cvt" (to fp32 by the quarter-rate conversion instruction) or "f16" (to fp16 two at a time, products and per-K-step
+# sums in packed fp16: :func:`_weights_f16`; not yet timed on a GPU)
 INT8_ENV = "LMSTACK_GEMV_INT8"
+INT8_MODES = ("magic", "cvt", "f16")
+# "f16": x is scaled by 2^-7 before its fp16 products (y scaled back in fp32), so a weight (|q| <= 128) times x stays
+# within x's own magnitude and the fp16 sums of a few K steps stay far below fp16's 65,504 for |x| up to ~8,000
+F16_X_SCALE = tl.constexpr(2.0 ** -7)
+
+
+def int8_mode() -> str:
+    """How the gemv computes with int8 weights (``$LMSTACK_GEMV_INT8``: "magic", the default, "cvt" or "f16")."""
+    raw = os.environ.get(INT8_ENV, "magic")
+    if raw not in INT8_MODES:
+        raise ConfigError(INT8_ENV, f"expected 'magic' (the default), 'cvt' or 'f16', got {raw!r}")
+    return raw
 
 
 def int8_magic() -> bool:
-    """Whether int8 weights are converted by the exact add trick (``$LMSTACK_GEMV_INT8``: "magic", the default, or
-    "cvt")."""
-    raw = os.environ.get(INT8_ENV, "magic")
-    if raw not in ("cvt", "magic"):
-        raise ConfigError(INT8_ENV, f"expected 'magic' (the default) or 'cvt', got {raw!r}")
-    return raw == "magic"
+    """Whether int8 weights are converted to fp32 by the exact add trick (``$LMSTACK_GEMV_INT8=magic``)."""
+    return int8_mode() == "magic"
 
 
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -82,11 +92,11 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             w_next = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
                              mask=n_ok[:, None] & (kk < K)[None, :], other=0)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
-                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
+                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
             w = w_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
-               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC)
+               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
 
 
 @triton.jit
@@ -104,23 +114,35 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 @triton.jit
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr):
-    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue."""
+           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
+           I8_F16: tl.constexpr):
+    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue.
+    I8_F16 (int8 weights, 1: in Triton ops, 2: by inline PTX, two weights an instruction): the products and their
+    sums over the K steps in fp16, with x scaled by F16_X_SCALE; the row sums and everything after in fp32."""
     n, n_ok = _rows(rb, N, ROWS, GLU)
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-    acc = _weights(w, I8_MAGIC) * x[None, :]
+    if I8_F16:
+        acc = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+    else:
+        acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
         x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        acc += _weights(w, I8_MAGIC) * x[None, :]
+        if I8_F16:
+            acc += _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+        else:
+            acc += _weights(w, I8_MAGIC) * x[None, :]
         if RMS:
             ss += x * x
-    y = tl.sum(acc, 1)  # (ROWS,)
+    if I8_F16:
+        y = tl.sum(acc.to(tl.float32), 1) * (1.0 / F16_X_SCALE)  # (ROWS,)
+    else:
+        y = tl.sum(acc, 1)  # (ROWS,)
     if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
         y = y * tl.rsqrt((tl.sum(ss, 0) / K + rms_eps).to(tl.float32))
     if HAS_SCALE:
@@ -145,6 +167,27 @@ def _weights(w, I8_MAGIC: tl.constexpr):
     if I8_MAGIC:
         return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
     return w.to(tl.float32)
+
+
+@triton.jit
+def _weights_f16(w, I8_F16: tl.constexpr):
+    """An int8 weight block in fp16, exactly: q + 128 (0..255) in the mantissa of 1024 is the fp16 1152 + q, and
+    subtracting 1152 leaves q. I8_F16 2: four weights a 32-bit word, by PTX (a flip of the sign bits, two byte
+    permutes into fp16 pairs, two packed subtractions: 1.25 instructions a weight); 1: the same values by Triton's
+    integer and float ops (which Triton's interpreter runs)."""
+    if I8_F16 == 2:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t, m;
+            xor.b32 t, $2, 0x80808080;
+            prmt.b32 $0, t, 0x64646464, 0x4140;
+            prmt.b32 $1, t, 0x64646464, 0x4342;
+            mov.b32 m, 0x64806480;
+            sub.f16x2 $0, $0, m;
+            sub.f16x2 $1, $1, m;
+            }""",
+            constraints="=r,=r,r", args=[w], dtype=tl.float16, is_pure=True, pack=4)
+    return ((w.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True) - 1152.0
 
 
 def load_tiles(path: str | os.PathLike | None = None) -> dict[str, dict[str, list[int]]]:
@@ -215,8 +258,17 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, num_warps=warps,
+        I8_F16=_i8_f16(w),
         **({"launch_pdl": True} if pdl else {}))
     return out
+
+
+def _i8_f16(w: torch.Tensor) -> int:
+    """The kernel's I8_F16: 0 unless int8 weights with ``$LMSTACK_GEMV_INT8=f16``; then 2 (inline PTX) on a GPU, 1
+    (Triton ops, the same values) under Triton's interpreter, which cannot run inline assembly."""
+    if w.dtype != torch.int8 or int8_mode() != "f16":
+        return 0
+    return 1 if os.environ.get("TRITON_INTERPRET") == "1" else 2
 
 
 @torch.library.custom_op("lmstack::gemv_pdl", mutates_args=())
