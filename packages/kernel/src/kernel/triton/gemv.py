@@ -9,9 +9,10 @@ of a block's loads are issued before its products need them), multiplies by x in
 Enough small programs are launched that every SM holds several, so the bytes in flight per SM come from
 occupancy instead of a software pipeline. Int8 weights cross the bus as one byte each, their per-channel scale
 applied to the fp32 sum (``$LMSTACK_GEMV_INT8``: converted to fp32 one at a time, or with ``f16`` to fp16 two at a
-time and multiplied in packed fp16). The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of squares, from
-the x values the loop loads anyway), scale, bias, residual, the cast; for a fused gate/up weight (``glu``) each
-program takes gate and up rows in pairs and stores ``silu(gate) * up`` instead (no separate SwiGLU kernel).
+time and multiplied in packed fp16). The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of
+squares, from the x values the loop loads anyway), scale, bias, residual, the cast; for a fused gate/up weight
+(``glu``) each program takes gate and up rows in pairs and stores ``silu(gate) * up`` instead (no separate SwiGLU
+kernel).
 
 Launched with programmatic dependent launch (``pdl``, sm90+), a program loads its first weight block before it waits
 for the kernel before it (``griddepcontrol.wait``), so a chain of them streams weights while each predecessor
