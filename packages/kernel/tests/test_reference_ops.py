@@ -72,16 +72,26 @@ def test_linear_cross_entropy_matches_full_logits_loss_and_grads(N, V, D, chunk,
 
 
 def test_linear_cross_entropy_bf16_and_only_hidden_grad():
-    h = torch.randn(33, 16).bfloat16().requires_grad_(True)
-    w = torch.randn(40, 16).bfloat16()
-    y = torch.randint(0, 40, (33,))
+    """bf16 inputs, only the hidden state's gradient: the loss and that gradient within twice the error of torch's
+    own bf16 path against fp32, plus one bf16 unit of the largest value (STYLE.md's low-precision rule; fixed
+    absolute tolerances failed on ~2.5% of random inputs)."""
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(33, 16, generator=g).bfloat16().requires_grad_(True)
+    w = torch.randn(40, 16, generator=g).bfloat16()
+    y = torch.randint(0, 40, (33,), generator=g)
     loss = ref.linear_cross_entropy(h, w, y, chunk_size=8)
     loss.backward()
     assert h.grad is not None and h.grad.dtype == torch.bfloat16
     h32 = h.detach().float().requires_grad_(True)
-    _full_ce(h32, w.float(), y).backward()
-    assert torch.allclose(loss.float(), _full_ce(h.float(), w.float(), y), atol=2e-2)
-    assert torch.allclose(h.grad.float(), h32.grad, atol=1e-3, rtol=2e-2)
+    loss32 = _full_ce(h32, w.float(), y)
+    loss32.backward()
+    hb = h.detach().clone().requires_grad_(True)  # torch in bf16, for the tolerance
+    loss_b = _full_ce(hb, w, y)
+    loss_b.backward()
+    eps = torch.finfo(torch.bfloat16).eps
+    assert (loss.float() - loss32).abs() <= 2 * (loss_b.float() - loss32).abs() + eps * loss32.abs()
+    err, base = (h.grad.float() - h32.grad).abs().max(), (hb.grad.float() - h32.grad).abs().max()
+    assert err <= 2 * base + eps * h32.grad.abs().max(), (err, base)
 
 
 class _Shapes(TorchDispatchMode):
