@@ -468,7 +468,20 @@ def test_int8_f16_inline_ptx_gives_the_triton_op_forms_bits(monkeypatch):
     x, w, s, _, r = _inputs(torch.bfloat16, 70, 1000, seed=41, int8=True)
     w[0, :256] = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).to(DEVICE)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "f16")
-    assert gemv_mod._i8_f16(w) == 2
+    assert gemv_mod._i8_f16(w, 8) == 2
     asm = gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5, residual=r)
-    monkeypatch.setattr(gemv_mod, "_i8_f16", lambda w_: 1)
+    monkeypatch.setattr(gemv_mod, "_i8_f16", lambda w_, per_thread: 1)
     assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5, residual=r), asm)
+
+
+def test_int8_f16_form_follows_the_device_and_the_tile(monkeypatch):
+    """The inline PTX takes four weights a call: it runs where a thread holds at least four of a block, outside
+    Triton's interpreter; elsewhere the Triton-op form (the same values); float weights and the other modes: 0."""
+    w8, wf = torch.zeros(4, 4, dtype=torch.int8), torch.zeros(4, 4)
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "f16")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert gemv_mod._i8_f16(w8, 4) == 2 and gemv_mod._i8_f16(w8, 2) == 1 and gemv_mod._i8_f16(wf, 8) == 0
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert gemv_mod._i8_f16(w8, 32) == 1
+    monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
+    assert gemv_mod._i8_f16(w8, 32) == 0

@@ -260,17 +260,18 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, num_warps=warps,
-        I8_F16=_i8_f16(w),
+        I8_F16=_i8_f16(w, rows * block_k // (32 * warps)),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
 
-def _i8_f16(w: torch.Tensor) -> int:
-    """The kernel's I8_F16: 0 unless int8 weights with ``$LMSTACK_GEMV_INT8=f16``; then 2 (inline PTX) on a GPU, 1
-    (Triton ops, the same values) under Triton's interpreter, which cannot run inline assembly."""
+def _i8_f16(w: torch.Tensor, per_thread: int) -> int:
+    """The kernel's I8_F16: 0 unless int8 weights with ``$LMSTACK_GEMV_INT8=f16``; then 2 (inline PTX, four weights
+    a call) on a GPU where a thread holds at least four weights of a block (``per_thread``), else 1 (Triton ops, the
+    same values), as under Triton's interpreter, which cannot run inline assembly."""
     if w.dtype != torch.int8 or int8_mode() != "f16":
         return 0
-    return 1 if os.environ.get("TRITON_INTERPRET") == "1" else 2
+    return 2 if os.environ.get("TRITON_INTERPRET") != "1" and per_thread >= 4 else 1
 
 
 @torch.library.custom_op("lmstack::gemv_pdl", mutates_args=())
