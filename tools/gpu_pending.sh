@@ -2,7 +2,7 @@
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh int8-f16  the gemv's int8 weights turned into fp16 pairs by inline PTX, products and
 #                                      per-K-step sums in packed fp16 ($LMSTACK_GEMV_INT8=f16; written in session 12,
-#                                      not yet run on a GPU; ~1.6 instructions a weight against ~4): its GPU tests
+#                                      not yet run on a GPU; ~1.75 instructions a weight against ~4): its GPU tests
 #                                      (against the fp64 reference, and the PTX form against the Triton-op form bit
 #                                      for bit), decode bf16 and int8 as shipped beside int8 f16 with the shipped
 #                                      tiles, then the int8 tiles tuned with it and int8 f16 decode with those
