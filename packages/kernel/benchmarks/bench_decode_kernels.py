@@ -257,7 +257,8 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 
 # gemv candidates (kernel.triton.gemv): output columns per program, K per step, warps; kept where a thread's share of
 # one weight block is 32-128 bytes (two to eight 16-byte loads in flight). 16 and 32 rows: each K step moves x into
-# the weight block's layout through shared memory (barriers included), once per program, whatever its rows
+# the weight block's layout through shared memory (barriers included), once per program, whatever its rows (tuned
+# that way, int8 decode ran level with the shipped tiles on an H200: docs/benchmarks.md run AJ)
 TUNE_GEMV_ROWS = (1, 2, 4, 8, 16, 32)
 TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)

@@ -290,7 +290,7 @@ def _fake_library(monkeypatch, algos: int = 1) -> _FakeLt:
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda d: types.SimpleNamespace(cuda_stream=0))
     monkeypatch.setattr(lt, "_on_cuda", lambda t: True)
-    monkeypatch.setattr(lt, "_capturing", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     return fake
 
 
@@ -351,7 +351,7 @@ def test_cublaslt_times_the_heuristics_algorithms_once_per_shape_when_asked(monk
     ms = {1: 0.30, 2: 0.10, 3: 0.20}
     timed = []
 
-    def fake_time(launch, device):  # what one timing launch ran, at the stand-in's speed
+    def fake_time(launch):  # what one timing launch ran, at the stand-in's speed
         status = launch()
         timed.append(fake.launches[-1]["algo"])
         return None if status else ms[fake.launches[-1]["algo"]]
@@ -371,11 +371,11 @@ def test_cublaslt_times_the_heuristics_algorithms_once_per_shape_when_asked(monk
     lt.linear_dgelu(dy, w, pre)  # decided: no more timing
     assert timed == [1, 2, 3] and fake.launches[-1]["algo"] == 2
     # under capture a new shape launches the heuristic's first and stays undecided until a call outside it
-    monkeypatch.setattr(lt, "_capturing", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     dy2, pre2 = torch.empty(48, 16, **bf), torch.empty(48, 32, **bf)
     lt.linear_dgelu(dy2, w, pre2)
     assert fake.launches[-1]["algo"] == 1 and timed == [1, 2, 3]
-    monkeypatch.setattr(lt, "_capturing", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     lt.linear_dgelu(dy2, w, pre2)
     assert timed == [1, 2, 3, 1, 2, 3] and fake.launches[-1]["algo"] == 2
     # an algorithm the library refuses is passed over; all refused is an error naming the shape

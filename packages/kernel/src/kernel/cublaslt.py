@@ -238,10 +238,10 @@ def _matmul(epilogue: int, transa: int, transb: int, m: int, n: int, k: int, lda
 
         algo = plan.algo
         if algo is None:
-            if _capturing(device):  # no timing inside a CUDA graph: the heuristic's first, undecided
+            if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph: the first, undecided
                 algo = plan.algos[0]
             else:  # every output is written again by the chosen algorithm's launch below (beta = 0)
-                plan.times_ms = [_time_launch(lambda al=al: launch(al), device) for al in plan.algos]
+                plan.times_ms = [_time_launch(lambda al=al: launch(al)) for al in plan.algos]
                 ran = [i for i, t in enumerate(plan.times_ms) if t is not None]
                 if not ran:
                     raise CublasLtError(f"cuBLASLt refused every one of the heuristic's {len(plan.algos)} algorithms "
@@ -250,11 +250,7 @@ def _matmul(epilogue: int, transa: int, transb: int, m: int, n: int, k: int, lda
         _check(launch(algo), "cublasLtMatmul")
 
 
-def _capturing(device: torch.device) -> bool:
-    return torch.cuda.is_current_stream_capturing()
-
-
-def _time_launch(launch: Any, device: torch.device) -> float | None:
+def _time_launch(launch: Any) -> float | None:
     """ms per call of ``launch`` (a cuBLASLt status-returning call) on the current stream: one warm-up call, then
     :data:`TIMING_REPS` between CUDA events; None where the library refuses it."""
     if launch() != 0:
