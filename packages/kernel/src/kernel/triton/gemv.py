@@ -8,11 +8,11 @@ owns ``ROWS`` output columns and loads a ``(ROWS, BLOCK_K)`` weight block per st
 of a block's loads are issued before its products need them), multiplies by x in fp32 and reduces at the end.
 Enough small programs are launched that every SM holds several, so the bytes in flight per SM come from
 occupancy instead of a software pipeline. Int8 weights cross the bus as one byte each, their per-channel scale
-applied to the fp32 sum (``$LMSTACK_GEMV_INT8``: converted to fp32 one at a time, or with ``f16`` to fp16 two at a
-time and multiplied in packed fp16). The epilogue is the skinny kernel's: a folded RMSNorm's rstd (x's sum of
-squares, from the x values the loop loads anyway), scale, bias, residual, the cast; for a fused gate/up weight
-(``glu``) each program takes gate and up rows in pairs and stores ``silu(gate) * up`` instead (no separate SwiGLU
-kernel).
+applied to the fp32 sum (``$LMSTACK_GEMV_INT8``: by default converted to fp16 two at a time and multiplied in
+packed fp16, or with ``magic``/``cvt`` converted to fp32 one at a time). The epilogue is the skinny kernel's: a
+folded RMSNorm's rstd (x's sum of squares, from the x values the loop loads anyway), scale, bias, residual, the
+cast; for a fused gate/up weight (``glu``) each program takes gate and up rows in pairs and stores
+``silu(gate) * up`` instead (no separate SwiGLU kernel).
 
 Launched with programmatic dependent launch (``pdl``, sm90+), a program loads its first weight block before it waits
 for the kernel before it (``griddepcontrol.wait``), so a chain of them streams weights while each predecessor
@@ -42,27 +42,38 @@ from specs.errors import ConfigError, ShapeError
 
 TILES_ENV = "LMSTACK_GEMV_TILES"
 SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmul keeps every shape), for comparisons
-# int8 weights: "magic" (to fp32 by integer and float adds, exact: :func:`_weights`; the default, measured faster on
-# an H200: int8 decode at 1,575 against 1,527 tokens/s, each with its own tuned tiles, docs/benchmarks.md run AF),
-# "cvt" (to fp32 by the quarter-rate conversion instruction) or "f16" (to fp16 two at a time, products and per-K-step
-# sums in packed fp16: :func:`_weights_f16`; not yet timed on a GPU)
+# int8 weights: "f16" (the default: to fp16 two at a time, products and per-K-step sums in packed fp16,
+# :func:`_weights_f16`, for bf16 activations, fp16/fp32 ones taking "magic"; int8 decode on an H200 at 1,707 tokens/s
+# with its own tuned tiles against 1,579 for "magic" as shipped before, bf16 1,373, in the same call,
+# docs/benchmarks.md run AL), "magic" (to fp32 by integer and float adds, exact: :func:`_weights`; 1,575 against
+# 1,527 for "cvt" in run AF) or "cvt" (to fp32 by the quarter-rate conversion instruction)
 INT8_ENV = "LMSTACK_GEMV_INT8"
-INT8_MODES = ("magic", "cvt", "f16")
+L2_ENV = "LMSTACK_GEMV_L2"  # "1": a chained (PDL) gemv prefetches its first row block's weights to L2 before it waits
+INT8_MODES = ("f16", "magic", "cvt")
 # "f16": x is scaled by 2^-7 before its fp16 products (y scaled back in fp32), so a weight (|q| <= 128) times x stays
 # within x's own magnitude. Each element of the fp16 sum gains one product a K step, so it stays below fp16's 65,504
 # while (K steps) x max|x| does: |x| up to ~8,000 at 8 steps (K 2,048 in blocks of 256), ~2,900 at 22. The other
 # end: scaled x below fp16's smallest normal (6.1e-5, so |x| below ~0.008) keeps an absolute precision of ~8e-6, so
 # activations whose typical magnitude is ~1e-3 come out ~0.3 of a bf16 ulp off (relative to the largest output), and
-# ~1e-4 several ulps: measure the greedy gaps of a real model before making it a default
+# ~1e-4 several ulps (greedy gaps of the random-weight 1.1B decode: 0.20 logits, "magic" 0.22, run AL)
 F16_X_SCALE = tl.constexpr(2.0 ** -7)
 
 
 def int8_mode() -> str:
-    """How the gemv computes with int8 weights (``$LMSTACK_GEMV_INT8``: "magic", the default, "cvt" or "f16")."""
-    raw = os.environ.get(INT8_ENV, "magic")
+    """How the gemv computes with int8 weights (``$LMSTACK_GEMV_INT8``: "f16", the default, "magic" or "cvt")."""
+    raw = os.environ.get(INT8_ENV, "f16")
     if raw not in INT8_MODES:
-        raise ConfigError(INT8_ENV, f"expected 'magic' (the default), 'cvt' or 'f16', got {raw!r}")
+        raise ConfigError(INT8_ENV, f"expected 'f16' (the default), 'magic' or 'cvt', got {raw!r}")
     return raw
+
+
+def l2_prefetch() -> bool:
+    """Whether a PDL-launched gemv prefetches the rest of its first row block's weights toward L2 before it waits
+    (``$LMSTACK_GEMV_L2``: "0", the default, or "1"; not yet timed on a GPU)."""
+    raw = os.environ.get(L2_ENV, "0")
+    if raw not in ("0", "1"):
+        raise ConfigError(L2_ENV, f"expected '0' (the default) or '1', got {raw!r}")
+    return raw == "1"
 
 
 def int8_magic() -> bool:
@@ -74,7 +85,7 @@ def int8_magic() -> bool:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, L2_LINES: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -87,6 +98,8 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
                 other=0)  # (ROWS, BLOCK_K)
     if PDL:
+        if L2_LINES:  # the rest of the first row block's weights toward L2 meanwhile ($LMSTACK_GEMV_L2)
+            _prefetch_rows(w_ptr, n, n_ok, K, stride_wn, BLOCK_K, L2_LINES)
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
     if PERSISTENT:
@@ -102,6 +115,21 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
                HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
+
+
+@triton.jit
+def _prefetch_rows(w_ptr, n, n_ok, K, stride_wn, BLOCK_K: tl.constexpr, L2_LINES: tl.constexpr):
+    """Prefetch rows ``n``'s weights past their first BLOCK_K toward L2, one ``prefetch.global.L2`` per 128-byte
+    line, L2_LINES lines a row per step (so that rows x lines covers the program's threads once); lines past K are
+    predicated off."""
+    line: tl.constexpr = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth  # elements a 128-byte line
+    jj = tl.arange(0, L2_LINES) * line
+    rows = w_ptr + n[:, None].to(tl.int64) * stride_wn
+    for k0 in range(BLOCK_K, K, L2_LINES * line):
+        k = k0 + jj
+        ok = (n_ok[:, None] & (k < K)[None, :]).to(tl.int32)
+        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0",
+                                  "=r,l,r", [rows + k[None, :], ok], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -258,21 +286,30 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     pdl = pdl and pdl_capable(x)
     out = torch.empty(1, N // 2 if glu else N, dtype=out_dtype or x.dtype, device=x.device)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
+    f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
-        I8_MAGIC=w.dtype == torch.int8 and int8_magic(), PERSISTENT=programs < blocks, num_warps=warps,
-        I8_F16=_i8_f16(w, rows * block_k // (32 * warps)),
+        I8_MAGIC=w.dtype == torch.int8 and not f16 and int8_mode() != "cvt", PERSISTENT=programs < blocks,
+        num_warps=warps, I8_F16=f16, L2_LINES=_l2_lines(rows, warps) if pdl and l2_prefetch() else 0,
         **({"launch_pdl": True} if pdl else {}))
     return out
 
 
-def _i8_f16(w: torch.Tensor, per_thread: int) -> int:
-    """The kernel's I8_F16: 0 unless int8 weights with ``$LMSTACK_GEMV_INT8=f16``; then 2 (inline PTX, four weights
-    a call) on a GPU where a thread holds at least four weights of a block (``per_thread``), else 1 (Triton ops, the
-    same values), as under Triton's interpreter, which cannot run inline assembly."""
-    if w.dtype != torch.int8 or int8_mode() != "f16":
+def _l2_lines(rows: int, warps: int) -> int:
+    """Lines a row per prefetch step: enough that a step's rows x lines give each thread about one (a power of two,
+    at least 1)."""
+    return max(1, 32 * warps // rows)
+
+
+def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloat16) -> int:
+    """The kernel's I8_F16: 0 unless int8 weights with ``$LMSTACK_GEMV_INT8=f16`` and bf16 activations (fp16's
+    products carry three bits more than bf16; fp16 and fp32 activations keep fp32 products, the exact add's); then 2
+    (inline PTX, four weights a call) on a GPU where a thread holds at least four weights of a block
+    (``per_thread``), else 1 (Triton ops, the same values), as under Triton's interpreter, which cannot run inline
+    assembly."""
+    if w.dtype != torch.int8 or int8_mode() != "f16" or x_dtype != torch.bfloat16:
         return 0
     return 2 if os.environ.get("TRITON_INTERPRET") != "1" and per_thread >= 4 else 1
 
