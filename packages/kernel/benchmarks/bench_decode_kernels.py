@@ -302,7 +302,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
-    from kernel.triton.gemv import gemv, int8_mode
+    from kernel.triton.gemv import gemv, int8_mode, l2_prefetch
     from kernel.triton.gemv import tile_key as gemv_key
     from kernel.triton.skinny import skinny_mm, skinny_plan
 
@@ -313,6 +313,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
     conversion = {"int8": int8_mode()}  # how int8 entries' weights were converted ($LMSTACK_GEMV_INT8)
+    prefetch = {"l2": True} if l2_prefetch() else {}  # chained launches prefetching to L2 ($LMSTACK_GEMV_L2)
 
     def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False,
                  extra: dict[str, Any] | None = None) -> tuple[list[int], float, dict[str, float]]:
@@ -359,7 +360,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "tiles": json.loads(winner),
                        "launches": launch_times, "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2),
                        "candidates": len(timings), "call": DECODE_CALLS.get(name, "plain"), **skinny_pdl,
-                       **(conversion if int8 else {})}
+                       **(conversion if int8 else {}), **prefetch}
         print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {launch_times} GB/s "
               f"{nbytes / t_best / 1e3:.0f}; skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
               + (f" -> gemv {best[key]}" if key in best else ""), flush=True)
@@ -374,7 +375,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                 best[f"{key} glu"] = json.loads(glu_winner) + how
                 detail[f"{key} glu"] = {"us": round(t_glu, 2), "tiles": json.loads(glu_winner),
                                         "launches": glu_times, "candidates": len(glu_timings),
-                                        **(conversion if int8 else {})}
+                                        **(conversion if int8 else {}), **prefetch}
                 print(f"{key + ' glu':18s} {name:8s} gemv best {json.loads(glu_winner)} {glu_times} -> "
                       f"{best[key + ' glu']}", flush=True)
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
