@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh l2       a chained gemv prefetching the rest of its first row block's weights to L2
-#                                      before it waits ($LMSTACK_GEMV_L2=1; written in session 13): its GPU tests,
-#                                      decode bf16 and int8 as shipped, with it, and as shipped again (A-B-A), then
-#                                      the int8 tiles tuned with it and int8 decode with those (~8 min)
+#   bash tools/gpu_pending.sh int8-wide  the int8 gemv tiles tuned with the ten fastest plain tiles timed chained
+#                                      (--tune-launch-top 10, not 3: a chained kernel loads its first block before
+#                                      it waits, so the plain ranking may miss the best chained tile), then int8
+#                                      decode as shipped, with those tiles, and as shipped again (~6 min)
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
 #                                      final-short refreshed its figures in session 11, run AH, unprofiled)
@@ -14,6 +14,9 @@
 #                                      same tiles, then the int8 tiles tuned with it and int8 f16 decode with those
 #                                      (~4.5 min; run AL: 1,707 tokens/s against 1,579, so f16 and its tiles became
 #                                      the default; the bf16 decode beside it 1,373)
+#   (commit 7209b26's l2: a chained gemv prefetching the rest of its first row block's weights to L2 before it
+#   waits ($LMSTACK_GEMV_L2=1) lost, bf16 decode 1,198 against 1,372-1,398 and int8 1,632 against 1,671-1,708 in an
+#   A-B-A call, run AM; with int8 tiles tuned for it 1,524; reverted)
 # Session 12's recipes (docs/benchmarks.md: GPT-2 runs 12-13, decode runs AI-AK), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh gelu-bgrad  gelu_mlp's cublaslt_bgrad (each MLP projection's bias gradient from its
 #                                      weight-gradient matmul's BGRADB epilogue): its GPU tests, then the GPT-2 124M
@@ -117,7 +120,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in l2|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -170,20 +173,16 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-l2)
-  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py -k "int8 or f16 or glu or l2"
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  dec decode_a 170 lmstack,lmstack-int8
-  dec decode_l2 170 lmstack,lmstack-int8 LMSTACK_GEMV_L2=1
-  dec decode_a2 170 lmstack,lmstack-int8
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json
-  step tune_int8 170 env LMSTACK_GEMV_L2=1 python packages/kernel/benchmarks/bench_decode_kernels.py \
-    --tune-gemv "$OUT/int8_l2.json" --tune-weights int8
+int8-wide)
+  step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_wide.json" \
+    --tune-weights int8 --tune-launch-top 10
   grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
   rm -f "$OUT/tune_int8.log"
-  merge_tiles "$OUT/int8_l2.json" /tmp/table_l2.json int8 > /dev/null
-  dec decode_l2_tuned 100 lmstack-int8 LMSTACK_GEMV_L2=1 LMSTACK_GEMV_TILES=/tmp/table_l2.json
-  grep -H '"decode_tokens_per_s"\|greedy_gap\|error' "$OUT"/decode_l2_tuned.json ;;
+  merge_tiles "$OUT/int8_wide.json" /tmp/table_wide.json int8 > /dev/null
+  dec decode_a 170 lmstack,lmstack-int8
+  dec decode_wide 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_wide.json
+  dec decode_a2 100 lmstack-int8
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 int8-f16)
   step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py -k "int8 or f16 or glu"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12

@@ -291,7 +291,7 @@ def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: i
 
 
 def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str, ...] | None = None,
-              weights: tuple[str, ...] = ("float", "int8")) -> None:
+              weights: tuple[str, ...] = ("float", "int8"), launch_top: int = TUNE_GEMV_LAUNCH_TOP) -> None:
     """Time every gemv tile candidate per decode shape (one activation row) and, in the same run, the skinny
     matmul's table tile for it; then, on sm90+, the best gemv tile and the skinny tile chained by programmatic
     dependent launch. Write this card's gemv table (atomically) with an entry only where the best gemv tile beats
@@ -302,7 +302,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
-    from kernel.triton.gemv import gemv, int8_mode, l2_prefetch
+    from kernel.triton.gemv import gemv, int8_mode
     from kernel.triton.gemv import tile_key as gemv_key
     from kernel.triton.skinny import skinny_mm, skinny_plan
 
@@ -313,7 +313,6 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
     conversion = {"int8": int8_mode()}  # how int8 entries' weights were converted ($LMSTACK_GEMV_INT8)
-    prefetch = {"l2": True} if l2_prefetch() else {}  # chained launches prefetching to L2 ($LMSTACK_GEMV_L2)
 
     def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False,
                  extra: dict[str, Any] | None = None) -> tuple[list[int], float, dict[str, float]]:
@@ -347,7 +346,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         # the fastest tiles launched every way: a program per block or a persistent grid, plainly or chained by
         # programmatic dependent launch (each kernel loads its first weight block while the one before drains)
         ways = {tile: launches(json.loads(tile), sets, timings[tile], extra=extra)
-                for tile in sorted(timings, key=timings.get)[:TUNE_GEMV_LAUNCH_TOP]}
+                for tile in sorted(timings, key=timings.get)[:launch_top]}
         winner = min(ways, key=lambda tile: ways[tile][1])
         how, t_best, launch_times = ways[winner]
         skinny_pdl = {}
@@ -360,7 +359,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         detail[key] = {"us": round(t_best, 2), "GBps": round(nbytes / t_best / 1e3, 1), "tiles": json.loads(winner),
                        "launches": launch_times, "skinny": list(skinny_cfg), "skinny_us": round(t_skinny, 2),
                        "candidates": len(timings), "call": DECODE_CALLS.get(name, "plain"), **skinny_pdl,
-                       **(conversion if int8 else {}), **prefetch}
+                       **(conversion if int8 else {})}
         print(f"{key:18s} {name:8s} gemv best {json.loads(winner)} {launch_times} GB/s "
               f"{nbytes / t_best / 1e3:.0f}; skinny {list(skinny_cfg)} {t_skinny:6.1f} us ({len(timings)} candidates)"
               + (f" -> gemv {best[key]}" if key in best else ""), flush=True)
@@ -369,13 +368,13 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                                         w.element_size(), device, glu=True, extra=extra)
             if glu_timings:
                 ways = {tile: launches(json.loads(tile), sets, glu_timings[tile], glu=True, extra=extra)
-                        for tile in sorted(glu_timings, key=glu_timings.get)[:TUNE_GEMV_LAUNCH_TOP]}
+                        for tile in sorted(glu_timings, key=glu_timings.get)[:launch_top]}
                 glu_winner = min(ways, key=lambda tile: ways[tile][1])
                 how, t_glu, glu_times = ways[glu_winner]
                 best[f"{key} glu"] = json.loads(glu_winner) + how
                 detail[f"{key} glu"] = {"us": round(t_glu, 2), "tiles": json.loads(glu_winner),
                                         "launches": glu_times, "candidates": len(glu_timings),
-                                        **(conversion if int8 else {}), **prefetch}
+                                        **(conversion if int8 else {})}
                 print(f"{key + ' glu':18s} {name:8s} gemv best {json.loads(glu_winner)} {glu_times} -> "
                       f"{best[key + ' glu']}", flush=True)
     table = {"_meta": {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
@@ -385,7 +384,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                               "PDL; PER_SM: a persistent grid); '<shape> glu': the gate/up tile with the SwiGLU in "
                               "its epilogue; each shape called as a folded decode step calls it (detail's 'call'); "
                               "int8 weights converted as detail's 'int8' says ($LMSTACK_GEMV_INT8)",
-                       "detail": {card: detail}},
+                       "launch_top": launch_top, "detail": {card: detail}},
              card: best}
     write_json(path, table)
     print(f"wrote {path}")
@@ -411,6 +410,9 @@ def main() -> None:
     ap.add_argument("--tune-gemv", metavar="TABLE.json", default=None,
                     help="time the one-row gemv tile candidates against the skinny tiles and write this card's gemv "
                          "table (shapes from --tune-matrices, weights from --tune-weights)")
+    ap.add_argument("--tune-launch-top", type=int, default=TUNE_GEMV_LAUNCH_TOP,
+                    help="--tune-gemv: how many of the fastest tiles (timed a program per block, plainly) are then "
+                         "timed launched every way, chained by PDL among them (default %(default)s)")
     a = ap.parse_args()
     check_device(a.device)
     tune_space = parse_tune_space(a.tune_warps, a.tune_stages, a.tune_matrices, a.tune_weights)
@@ -425,7 +427,10 @@ def main() -> None:
         if a.device != "cuda":
             raise SystemExit("error: --tune-gemv times the kernels of a GPU; run it with --device cuda on the card "
                              "the table is for")
-        tune_gemv(a.tune_gemv, a.device, dtype, matrices=tune_space["matrices"], weights=tune_space["weights"])
+        if a.tune_launch_top < 1:
+            raise SystemExit(f"error: --tune-launch-top takes a count of at least 1, got {a.tune_launch_top}")
+        tune_gemv(a.tune_gemv, a.device, dtype, matrices=tune_space["matrices"], weights=tune_space["weights"],
+                  launch_top=a.tune_launch_top)
         return
     reg = default_registry()
     bw = copy_bandwidth(a.device)

@@ -131,6 +131,20 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     assert "int8" not in table["_meta"]["detail"]["cpu"]["fp32 32x128"]
     monkeypatch.setenv(gemv.TILES_ENV, str(path))
     assert gemv.choose_tiles(32, 128, torch.float32, "cpu", True) == tuple(entries["fp32 32x128 glu"])
+    # launch_top: how many of the fastest plain tiles are timed every way (2 candidates here, each 1 more way)
+    monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (128, 256))
+    monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_WARPS", (1,))
+    calls = {}
+    for top in (1, 2):
+        n = [0]
+        monkeypatch.setattr(bench_decode_kernels, "bench_rotated", lambda fn, sets, device, replays=10, n=n: (
+            n.__setitem__(0, n[0] + 1), fn(*sets[0]) is not None and 1e-6)[1])
+        bench_decode_kernels.tune_gemv(str(tmp_path / f"top{top}.json"), "cpu", torch.float32, weights=("float",),
+                                       launch_top=top)
+        calls[top] = n[0]
+        assert json.loads((tmp_path / f"top{top}.json").read_text())["_meta"]["launch_top"] == top
+    assert calls[2] == calls[1] + 2  # one more tile's persistent launch, for gate/up and its glu twin
+    monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (128,))
     # int8 entries record how their weights were converted while tuned (the tiles differ each way)
     monkeypatch.setenv(gemv.INT8_ENV, "cvt")
     monkeypatch.setattr(bench_decode_kernels, "MATRICES", [("gate_up", 32, 512)])  # 32+ int8 bytes a thread

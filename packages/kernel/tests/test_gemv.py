@@ -17,7 +17,7 @@ triton = pytest.importorskip("triton")
 from triton_testing import DEVICE, DTYPES, check  # noqa: E402
 
 from kernel.triton import gemv as gemv_mod  # noqa: E402
-from kernel.triton._device import device_info, pdl_capable  # noqa: E402
+from kernel.triton._device import device_info  # noqa: E402
 
 CONFIGS = [(1, 64, 1), (4, 128, 2), (8, 256, 4), (2, 1024, 4)]
 
@@ -189,7 +189,7 @@ for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i
                            ("*i8", False, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, L2_LINES=0)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -237,7 +237,7 @@ sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"])
 # the exact-add fp32 path ("magic") and the packed fp16 path (the default), session 10's int8 gate/up tile
 for f16 in (0, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, L2_LINES=0)
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
@@ -275,74 +275,6 @@ def test_gemv_sm90_int8_f16_loop_converts_two_weights_an_instruction():
     assert f16["fma.rn.f16x2"] == weights // 2 and f16["sub.f16x2"] == weights // 2 and f16["prmt.b32"] == weights // 2
     assert f16["add.f32"] == 0 and f16["add.s32"] < weights // 4 and f16["fma.rn.f32"] < weights // 4
     assert sum(f16.values()) < 0.8 * sum(fp32.values()), (sum(f16.values()), sum(fp32.values()))
-
-
-_AOT_L2 = """
-import sys, triton
-from triton.backends.compiler import GPUTarget
-from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-for weight, lines in (("*bf16", 0), ("*bf16", gemv._l2_lines(4, 4)), ("*i8", gemv._l2_lines(4, 4))):
-    sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
-    consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=512, PDL=True, I8_MAGIC=False, PERSISTENT=False, I8_F16=2 * (weight == "*i8"),
-                  L2_LINES=lines)
-    src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
-                                    constexprs=consts, attrs=attrs)
-    kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})
-    sys.stdout.write(kern.asm["ptx"] + "\\n=====\\n")
-"""
-
-
-def test_gemv_sm90_l2_prefetch_comes_before_the_wait(monkeypatch):
-    """$LMSTACK_GEMV_L2=1 (compiled offline for sm90): a chained program prefetches its rows' weights past the first
-    block toward L2, a predicated ``prefetch.global.L2`` per thread and step in a loop over K, all before
-    ``griddepcontrol.wait``; without it there is none. Lines a row per step: threads / ROWS, at least 1. The
-    setting is refused unless "0" or "1"."""
-    import os
-    import re
-    import subprocess
-    import sys
-
-    assert (gemv_mod._l2_lines(4, 4), gemv_mod._l2_lines(32, 4), gemv_mod._l2_lines(64, 1)) == (32, 4, 1)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT_L2], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    off, bf16, int8 = out.stdout.split("\n=====\n")[:3]
-    assert "prefetch.global.L2" not in off
-    for ptx in (bf16, int8):
-        lines = ptx.splitlines()
-        wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
-        pf = [i for i, line in enumerate(lines) if re.search(r"@p prefetch\.global\.L2 \[%rd\d+\]", line)]
-        assert pf and max(pf) < wait, (pf, wait)
-        # (4 rows x 32 lines) over 128 threads: one prefetch a thread a step, inside a loop (a branch back above it)
-        assert len(pf) == 1
-        assert any(re.search(r"bra\S*\s+\$L__BB", line) for line in lines[pf[0]:wait])
-    for bad in ("2", "yes"):
-        monkeypatch.setenv(gemv_mod.L2_ENV, bad)
-        with pytest.raises(ConfigError, match="expected '0' .the default. or '1', got"):
-            gemv_mod.l2_prefetch()
-    monkeypatch.setenv(gemv_mod.L2_ENV, "1")
-    assert gemv_mod.l2_prefetch()
-    monkeypatch.delenv(gemv_mod.L2_ENV)
-    assert not gemv_mod.l2_prefetch()
-
-
-@pytest.mark.skipif(not (DEVICE == "cuda" and pdl_capable(torch.empty(0, device=DEVICE))),
-                    reason="the L2 prefetch runs only in a PDL launch (sm90+ GPUs)")
-@pytest.mark.parametrize("int8", [False, True])
-def test_gemv_l2_prefetch_changes_no_bits(monkeypatch, int8):
-    """$LMSTACK_GEMV_L2=1 only prefetches: the chained gemv's results are the same bits with it as without, for a K
-    of several prefetch steps and rows past the last block's end."""
-    x, w, s, b, r = _inputs(torch.bfloat16, 300, 5632, seed=43, int8=int8)
-    for config in ((4, 512, 4), (32, 256, 4), (2, 1024, 2, 1, 2)):
-        monkeypatch.setenv(gemv_mod.L2_ENV, "0")
-        want = gemv_mod.gemv(x, w, s, None if int8 else b, config=config, rms_eps=1e-5, residual=r, pdl=True)
-        monkeypatch.setenv(gemv_mod.L2_ENV, "1")
-        got = gemv_mod.gemv(x, w, s, None if int8 else b, config=config, rms_eps=1e-5, residual=r, pdl=True)
-        assert torch.equal(got, want), config
 
 
 def test_one_row_pdl_linear_names_the_pdl_twin_only_where_the_card_chains_some_shape(tmp_path, monkeypatch):

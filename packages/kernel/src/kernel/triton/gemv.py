@@ -48,7 +48,6 @@ SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmu
 # docs/benchmarks.md run AL), "magic" (to fp32 by integer and float adds, exact: :func:`_weights`; 1,575 against
 # 1,527 for "cvt" in run AF) or "cvt" (to fp32 by the quarter-rate conversion instruction)
 INT8_ENV = "LMSTACK_GEMV_INT8"
-L2_ENV = "LMSTACK_GEMV_L2"  # "1": a chained (PDL) gemv prefetches its first row block's weights to L2 before it waits
 INT8_MODES = ("f16", "magic", "cvt")
 # "f16": x is scaled by 2^-7 before its fp16 products (y scaled back in fp32), so a weight (|q| <= 128) times x stays
 # within x's own magnitude. Each element of the fp16 sum gains one product a K step, so it stays below fp16's 65,504
@@ -67,15 +66,6 @@ def int8_mode() -> str:
     return raw
 
 
-def l2_prefetch() -> bool:
-    """Whether a PDL-launched gemv prefetches the rest of its first row block's weights toward L2 before it waits
-    (``$LMSTACK_GEMV_L2``: "0", the default, or "1"; not yet timed on a GPU)."""
-    raw = os.environ.get(L2_ENV, "0")
-    if raw not in ("0", "1"):
-        raise ConfigError(L2_ENV, f"expected '0' (the default) or '1', got {raw!r}")
-    return raw == "1"
-
-
 def int8_magic() -> bool:
     """Whether int8 weights are converted to fp32 by the exact add trick (``$LMSTACK_GEMV_INT8=magic``)."""
     return int8_mode() == "magic"
@@ -85,7 +75,7 @@ def int8_magic() -> bool:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, L2_LINES: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -98,8 +88,6 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
                 other=0)  # (ROWS, BLOCK_K)
     if PDL:
-        if L2_LINES:  # the rest of the first row block's weights toward L2 meanwhile ($LMSTACK_GEMV_L2)
-            _prefetch_rows(w_ptr, n, n_ok, K, stride_wn, BLOCK_K, L2_LINES)
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
     if PERSISTENT:
@@ -115,21 +103,6 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
                HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
-
-
-@triton.jit
-def _prefetch_rows(w_ptr, n, n_ok, K, stride_wn, BLOCK_K: tl.constexpr, L2_LINES: tl.constexpr):
-    """Prefetch rows ``n``'s weights past their first BLOCK_K toward L2, one ``prefetch.global.L2`` per 128-byte
-    line, L2_LINES lines a row per step (so that rows x lines covers the program's threads once); lines past K are
-    predicated off."""
-    line: tl.constexpr = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth  # elements a 128-byte line
-    jj = tl.arange(0, L2_LINES) * line
-    rows = w_ptr + n[:, None].to(tl.int64) * stride_wn
-    for k0 in range(BLOCK_K, K, L2_LINES * line):
-        k = k0 + jj
-        ok = (n_ok[:, None] & (k < K)[None, :]).to(tl.int32)
-        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0",
-                                  "=r,l,r", [rows + k[None, :], ok], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -292,15 +265,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=w.dtype == torch.int8 and not f16 and int8_mode() != "cvt", PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, L2_LINES=_l2_lines(rows, warps) if pdl and l2_prefetch() else 0,
+        num_warps=warps, I8_F16=f16,
         **({"launch_pdl": True} if pdl else {}))
     return out
-
-
-def _l2_lines(rows: int, warps: int) -> int:
-    """Lines a row per prefetch step: enough that a step's rows x lines give each thread about one (a power of two,
-    at least 1)."""
-    return max(1, 32 * warps // rows)
 
 
 def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloat16) -> int:
