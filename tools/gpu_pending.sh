@@ -1,14 +1,5 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh ln-saved  the layernorm op's lowp_saved (kernel/layernorm.py: the backward's normalised
-#                                      input saved in bf16, not fp32): its GPU tests, the GPT-2 124M step at 16 rows
-#                                      as shipped and with it, A-B-A-B, and at 32 rows A-B; then the bf16 q/k/v and o
-#                                      gemv tiles tuned with ten tiles timed chained and bf16 decode as shipped and
-#                                      with them (~8 min)
-#   bash tools/gpu_pending.sh int8-wide  the int8 gemv tiles tuned with the ten fastest plain tiles timed chained
-#                                      (--tune-launch-top 10, not 3: a chained kernel loads its first block before
-#                                      it waits, so the plain ranking may miss the best chained tile), then int8
-#                                      decode as shipped, with those tiles, and as shipped again (~6 min)
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
 #                                      final-short refreshed its figures in session 11, run AH, unprofiled)
@@ -19,6 +10,15 @@
 #                                      same tiles, then the int8 tiles tuned with it and int8 f16 decode with those
 #                                      (~4.5 min; run AL: 1,707 tokens/s against 1,579, so f16 and its tiles became
 #                                      the default; the bf16 decode beside it 1,373)
+#   bash tools/gpu_pending.sh int8-wide  the int8 gemv tiles tuned with the ten fastest plain tiles timed chained
+#                                      (--tune-launch-top 10, not 3: a chained kernel loads its first block before
+#                                      it waits, so the plain ranking may miss the best chained tile), then int8
+#                                      decode as shipped, with those tiles, and as shipped again (~5 min; run AN:
+#                                      q/k/v and o took one K step, 1,749 tokens/s against 1,717 and 1,695; shipped)
+#   (commit 892dbdd's ln-saved: the layernorm op's lowp_saved, the backward's normalised input saved in bf16, lost
+#   on the GPT-2 124M step, -2.1% at 16 rows A-B-A-B and -0.6% at 32, run 14: torch 2.11's partitioner saved the
+#   fp32 input anyway and recomputed; reverted. The same call tuned the bf16 q/k/v and o tiles with ten timed
+#   chained: they kept their shipped tiles, decode level, run AO)
 #   (commit 7209b26's l2: a chained gemv prefetching the rest of its first row block's weights to L2 before it
 #   waits ($LMSTACK_GEMV_L2=1) lost, bf16 decode 1,198 against 1,372-1,398 and int8 1,632 against 1,671-1,708 in an
 #   A-B-A call, run AM; with int8 tiles tuned for it 1,524; reverted)
@@ -125,7 +125,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in ln-saved|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -178,29 +178,6 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-ln-saved)
-  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_layernorm.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  tc gpt2_b16_a 16 --variants lmstack-fused
-  tc gpt2_b16_ln 16 --variants lmstack-fused --prefer layernorm=lowp_saved
-  tc gpt2_b16_a2 16 --variants lmstack-fused
-  tc gpt2_b16_ln2 16 --variants lmstack-fused --prefer layernorm=lowp_saved
-  tc gpt2_b32_a 32 --variants lmstack-fused
-  tc gpt2_b32_ln 32 --variants lmstack-fused --prefer layernorm=lowp_saved
-  rm -f "$OUT"/gpt2_b*.log
-  step tune_bf16 150 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/bf16_wide.json" \
-    --tune-weights float --tune-matrices qkv,o --tune-launch-top 10
-  grep -h "gemv best\|rror" "$OUT/tune_bf16.log" | cut -c1-300
-  rm -f "$OUT/tune_bf16.log"
-  python - "$OUT/bf16_wide.json" <<'PY'
-import json, pathlib, sys
-t = json.load(open(sys.argv[1]))
-shipped = json.loads(pathlib.Path("packages/kernel/src/kernel/triton/gemv_tiles.json").read_text())
-json.dump({c: {**shipped.get(c, {}), **e} for c, e in t.items() if not c.startswith("_")}, open("/tmp/bf16_wide.json", "w"))
-PY
-  dec decode_a 100 lmstack
-  dec decode_wide 100 lmstack LMSTACK_GEMV_TILES=/tmp/bf16_wide.json
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 int8-wide)
   step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_wide.json" \
     --tune-weights int8 --tune-launch-top 10

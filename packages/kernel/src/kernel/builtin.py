@@ -71,11 +71,6 @@ def builtin_implementations() -> list[Implementation]:
         Implementation(op="gelu_mlp", name="cublaslt_bgrad", target="kernel.gelu_mlp:gelu_mlp_bgrad", priority=19,
                        devices=("cuda",), dtypes=LOW_PRECISION, min_capability=(8, 0),
                        description="cublaslt, the bias gradients from the weight-gradient matmuls' epilogues (BGRADB)"),
-        # LayerNorm with its backward's normalised input saved in the autocast dtype (kernel/layernorm.py): half the
-        # saved bytes of F.layer_norm's fp32 under autocast; by name only until a GPU has timed it
-        # (tools/gpu_pending.sh ln-saved)
-        Implementation(op="layernorm", name="lowp_saved", target="kernel.layernorm:layernorm", priority=-5,
-                       description="torch ops, the normalised input saved for the backward in the autocast dtype"),
         Implementation(op="attention", name="sdpa", target="kernel.sdpa:attention", priority=10,
                        description="torch scaled_dot_product_attention (flash / efficient / cuDNN / math back ends)"),
         # Skinny (decode) matmuls with pipelined weight streaming and per-card tuned tiles. Measured on an H200
