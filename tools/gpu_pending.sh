@@ -3,7 +3,9 @@
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (~6.5 min; last run in session 7, run R;
 #                                      final-short refreshed its figures in session 11, run AH, unprofiled)
-# Session 13's recipes (docs/benchmarks.md: decode runs AL-), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh profile-int8  decode bf16 and int8 as shipped, both profiled at batch 1 (GPU kernels
+#                                      per token, the top 30 of each; ~2.5 min)
+# Session 13's recipes (docs/benchmarks.md: decode runs AL-AO), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh int8-f16  the gemv's int8 weights turned into fp16 pairs by inline PTX, products and
 #                                      per-K-step sums in packed fp16 ($LMSTACK_GEMV_INT8=f16): its GPU tests, decode
 #                                      bf16 and int8 (then converting by the exact add) beside int8 f16 with the
@@ -125,7 +127,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -134,10 +136,15 @@ decode_top() {
   python - "$@" <<'PY'
 import json, sys
 for f in sys.argv[1:]:
-    p = json.load(open(f))["results"]["variants"]["lmstack"]["batch1"]
-    print(f, round(p["decode_tokens_per_s"]), "tok/s")
-    for row in p["profile"]["top"][:16]:
-        print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
+    for name, v in json.load(open(f))["results"]["variants"].items():
+        p = v.get("batch1", {})
+        if "profile" not in p:
+            continue
+        prof = p["profile"]
+        print(f, name, round(p["decode_tokens_per_s"]), "tok/s",
+              {k: prof[k] for k in prof if not isinstance(prof[k], (list, dict))})
+        for row in prof["top"][:int(__import__("os").environ.get("TOP", 16))]:
+            print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
 PY
 }
 gpt2_top() {
@@ -178,6 +185,10 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+profile-int8)
+  step profile 170 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b \
+    --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/profile.json"
+  TOP=30 decode_top "$OUT/profile.json" || tail -n 30 "$OUT/profile.log" ;;
 int8-wide)
   step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_wide.json" \
     --tune-weights int8 --tune-launch-top 10

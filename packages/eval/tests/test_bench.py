@@ -172,6 +172,28 @@ def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     assert v["lmstack"]["greedy_gap_max"] < 1e-4 and v["lmstack-int8"]["greedy_gap_max"] < 0.02  # logits' std ~0.16
 
 
+def test_decode_profile_covers_the_int8_variant_too(tmp_path, monkeypatch):
+    """--profile profiles the batch-1 loop of the int8 variant as well as lmstack's, each with one prompt row (on a
+    GPU only: here the CUDA check and the profiler are stood in for)."""
+    from eval.bench import decode
+
+    assert not decode._profiling(argparse.Namespace(profile=True), "cpu")
+    assert decode._profiling(argparse.Namespace(profile=True), "cuda:0")
+    assert not decode._profiling(argparse.Namespace(profile=False), "cuda")
+    calls = []
+    monkeypatch.setattr(decode, "_profiling", lambda args, device: args.profile)
+    monkeypatch.setattr(decode, "profile_decode", lambda gen, prompt: calls.append(tuple(prompt.shape)) or {"rows": 1})
+    out = tmp_path / "decode.json"
+    argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
+            "--variants", "lmstack,lmstack-int8", "--batch-sizes", "2,1", "--prompt-tokens", "4", "--new-tokens",
+            "2", "--repeat", "1", "--profile", "--out", str(out)]
+    assert main(argv) == 0
+    v = json.loads(out.read_text())["results"]["variants"]
+    assert v["lmstack"]["batch2"]["profile"] == v["lmstack-int8"]["batch1"]["profile"] == {"rows": 1}
+    assert "profile" not in v["lmstack"]["batch1"]  # the first batch size's loop only, as before
+    assert calls == [(2, 4), (1, 4)]
+
+
 def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
     """lmstack-fused (one q/k/v GEMM) starts from the same weights as lmstack: the same losses, step for step."""
     doc = _run(capsys, ["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--compile", "none",

@@ -77,7 +77,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack variants: the fused gate/up projection returns silu(gate) * up from its own epilogue "
                         "(FastGenerator(fuse_swiglu=True), its default); --no-fuse-swiglu: the MLP applies it")
     p.add_argument("--profile", action="store_true",
-                   help="also profile the batch-1 lmstack decode: GPU kernels per token and the top kernels by time")
+                   help="also profile the batch-1 lmstack decode (bf16 and int8 variants): GPU kernels per token and "
+                        "the top kernels by time")
 
 
 def _linear_impls(model: torch.nn.Module) -> list[str]:
@@ -139,6 +140,11 @@ def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str) -> dic
 
 def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
     return _time_decode(lambda k: gen.generate(prompt, k), prompt.shape[0], n, repeat, device)
+
+
+def _profiling(args: argparse.Namespace, device: str) -> bool:
+    """Whether ``--profile`` applies: GPU kernels are what it counts, so on CUDA only."""
+    return bool(args.profile) and device.startswith("cuda")
 
 
 def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -> dict[str, Any]:
@@ -267,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out.update(choices)
             if B == 1:
                 out["layer_kernel"] = gen.layer_kernel
-            if args.profile and sizes[0] == B and device.startswith("cuda"):
+            if _profiling(args, device) and sizes[0] == B:
                 out[f"batch{B}"]["profile"] = profile_decode(gen, prompts[B])
             del gen
         results["variants"][name] = out
@@ -285,6 +291,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    decode_attention=args.decode_attention)
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
+        if _profiling(args, device):
+            r["profile"] = profile_decode(gen, prompts[sizes[0]][:1])
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
                                      "fold_norms": bool(fold), "fuse_swiglu": gen.fuse_swiglu,
                                      "decode_attention": gen.decode_attention}
