@@ -166,7 +166,8 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
     """Descriptors and the heuristic's first algorithm for D (m, n) = op(A) (m, k) @ op(B) (k, n), column-major,
     ldd = m (and the auxiliary matrix's ld = m). Pointers are set per call; the heuristic sees representative
     (256-byte aligned) ones. Called with ``_lock`` held, so no plan is destroyed while another thread launches it."""
-    key = (device.index, dtype, epilogue, transa, transb, m, n, k, lda, ldb, has_bias, has_aux)
+    timed = timed_algos()  # part of the key: a process that changes the setting gets plans made its new way
+    key = (device.index, dtype, epilogue, transa, transb, m, n, k, lda, ldb, has_bias, has_aux, timed)
     if key in _plans:
         return _plans[key]
     lib, cu = _lib(), _CUDA_TYPES[dtype]
@@ -201,7 +202,6 @@ def _plan(device: torch.device, dtype: torch.dtype, epilogue: int, transa: int, 
         _set(lib, desc, _DESC_BIAS_POINTER, dummy)
     if has_aux:
         _set(lib, desc, _DESC_AUX_POINTER, dummy)
-    timed = timed_algos()
     wanted = HEURISTIC_ALGOS if timed else 1
     results, count = (_HeuristicResult * wanted)(), ctypes.c_int(0)
     status = lib.cublasLtMatmulAlgoGetHeuristic(_handle(device), desc, layouts[0], layouts[1], layouts[2], layouts[2],
