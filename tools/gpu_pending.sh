@@ -4,7 +4,10 @@
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~6.5 min; last
 #                                      run in session 7, run R; final-short refreshed its figures in session 11, run
 #                                      AH, unprofiled; profile-int8 profiled both loops in session 13, run AP)
-#   TOP=20 bash tools/gpu_pending.sh int8-wide  int8-wide (below) with twenty tiles timed chained, not ten (~7 min)
+#   RANK=chained bash tools/gpu_pending.sh int8-wide  int8-wide (below) with every int8 tile candidate ranked
+#                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
+#                                      kernel 0.13; the ten fastest then timed every way; ~5 min). TOP=20 widens
+#                                      the plain ranking's search instead (~7 min)
 # Session 13's recipes (docs/benchmarks.md: decode runs AL-AP, GPT-2 run 14), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh profile-int8  decode bf16 and int8 as shipped, both profiled at batch 1 (GPU kernels
 #                                      per token, the top 30 of each; ~1.5 min; run AP)
@@ -19,7 +22,7 @@
 #                                      it waits, so the plain ranking may miss the best chained tile), then int8
 #                                      decode as shipped, with those tiles, and as shipped again (~5 min; run AN:
 #                                      q/k/v and o took one K step, 1,749 tokens/s against 1,717 and 1,695; shipped;
-#                                      TOP=N times N tiles chained)
+#                                      TOP=N times N tiles every way, RANK=chained ranks them chained)
 #   (commit 892dbdd's ln-saved: the layernorm op's lowp_saved, the backward's normalised input saved in bf16, lost
 #   on the GPT-2 124M step, -2.1% at 16 rows A-B-A-B and -0.6% at 32, run 14: torch 2.11's partitioner saved the
 #   fp32 input anyway and recomputed; reverted. The same call tuned the bf16 q/k/v and o tiles with ten timed
@@ -194,7 +197,7 @@ profile-int8)
   TOP=30 decode_top "$OUT/profile.json" || tail -n 30 "$OUT/profile.log" ;;
 int8-wide)
   step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_wide.json" \
-    --tune-weights int8 --tune-launch-top "${TOP:-10}"
+    --tune-weights int8 --tune-launch-top "${TOP:-10}" --tune-rank "${RANK:-plain}"
   grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
   rm -f "$OUT/tune_int8.log"
   merge_tiles "$OUT/int8_wide.json" /tmp/table_wide.json int8 > /dev/null

@@ -267,9 +267,10 @@ TUNE_GEMV_LAUNCH_TOP = 3  # the fastest tiles (a program per block) that are the
 
 
 def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: int, elem: int, device: str,
-                  glu: bool, extra: dict[str, Any] | None = None) -> dict[str, float]:
+                  glu: bool, extra: dict[str, Any] | None = None, chained: bool = False) -> dict[str, float]:
     """us per call of every gemv tile candidate that computes ``want`` (``glu``: the SwiGLU epilogue, even ROWS;
-    ``extra``: the call's folded-norm or residual keywords, :func:`decode_call`)."""
+    ``extra``: the call's folded-norm or residual keywords, :func:`decode_call`), a program per row block, launched
+    plainly or (``chained``, where the device has PDL) chained by PDL."""
     extra = extra or {}
     timings = {}
     for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
@@ -281,8 +282,8 @@ def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: i
             got = gemv(*args, config=cfg, glu=glu, **extra).float()
             if not torch.allclose(got, want, rtol=2e-2, atol=2e-2):
                 raise AssertionError(f"max abs diff {(got - want).abs().max().item():.3g}")
-            t = bench_rotated(lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, glu=glu, **extra), sets,
-                              device, replays=5)
+            t = bench_rotated(lambda x_, w_, s_=None, c=cfg: gemv(x_, w_, s_, config=c, glu=glu, pdl=chained,
+                                                                   **extra), sets, device, replays=5)
         except Exception as e:  # a tile that does not compile here is not a candidate
             print(f"  skip {cfg}: {type(e).__name__}: {str(e)[:80]}")
             continue
@@ -291,7 +292,8 @@ def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: i
 
 
 def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str, ...] | None = None,
-              weights: tuple[str, ...] = ("float", "int8"), launch_top: int = TUNE_GEMV_LAUNCH_TOP) -> None:
+              weights: tuple[str, ...] = ("float", "int8"), launch_top: int = TUNE_GEMV_LAUNCH_TOP,
+              rank: str = "plain") -> None:
     """Time every gemv tile candidate per decode shape (one activation row) and, in the same run, the skinny
     matmul's table tile for it; then, on sm90+, the best gemv tile and the skinny tile chained by programmatic
     dependent launch. Write this card's gemv table (atomically) with an entry only where the best gemv tile beats
@@ -299,7 +301,10 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     plain one (and PER_SM where a persistent grid of that many programs per SM beat a program per row block), all
     timings under ``_meta``. The gate/up shapes also get a ``"<shape> glu"`` entry: the best tile with the SwiGLU in
     its epilogue (``FastGenerator(fuse_swiglu=True)``), launched by the same rule. Every shape is called as a folded
-    decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too."""
+    decode step calls it (:data:`DECODE_CALLS`: the folded norm or the residual), the skinny matmul too.
+    ``rank``: how every candidate is first timed, a program per block launched "plain" or "chained" by PDL (the
+    way a decode step launches it; plain where the device has no PDL); the ``launch_top`` fastest are then timed
+    every way."""
     from kernel.reference import swiglu
     from kernel.triton._device import device_info, pdl_capable
     from kernel.triton.gemv import gemv, int8_mode
@@ -313,15 +318,18 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
     shapes = [m for m in MATRICES if matrices is None or m[0] in matrices]
     kinds = [w == "int8" for w in ("float", "int8") if w in weights]
     conversion = {"int8": int8_mode()}  # how int8 entries' weights were converted ($LMSTACK_GEMV_INT8)
+    if rank not in ("plain", "chained"):
+        raise ValueError(f"tune_gemv: rank is 'plain' or 'chained', got {rank!r}")
+    ranked = "chained" if rank == "chained" and pdl_capable(torch.empty(0, device=device)) else "plain"
 
-    def launches(cfg: list[int], sets: list[tuple], t_plain: float, glu: bool = False,
+    def launches(cfg: list[int], sets: list[tuple], t_ranked: float, glu: bool = False,
                  extra: dict[str, Any] | None = None) -> tuple[list[int], float, dict[str, float]]:
         """The best way to launch tile ``cfg``: a program per row block or PER_SM programs per SM, each plainly or
-        (sm90+) chained by PDL; ([PDL, PER_SM], its us, every timing)."""
-        times = {"plain 0": t_plain}
+        (sm90+) chained by PDL; ([PDL, PER_SM], its us, every timing). ``t_ranked``: its time as ranked."""
+        times = {f"{ranked} 0": t_ranked}
         for per_sm in TUNE_GEMV_PER_SM:
             for chained in (False, True) if pdl_capable(sets[0][0]) else (False,):
-                if (per_sm, chained) == (0, False):
+                if f"{'chained' if chained else 'plain'} {per_sm}" in times:
                     continue
                 c = (*cfg, int(chained), per_sm)
                 times[f"{'chained' if chained else 'plain'} {per_sm}"] = bench_rotated(
@@ -339,7 +347,8 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
         skinny_cfg = skinny_plan(x, w)[:5]
         t_skinny = bench_rotated(lambda *xs, c=skinny_cfg, e=extra: skinny_mm(*xs, config=c, **e), sets, device,
                                  replays=5) * 1e6
-        timings = _gemv_timings(gemv, args, sets, want, K, w.element_size(), device, glu=False, extra=extra)
+        timings = _gemv_timings(gemv, args, sets, want, K, w.element_size(), device, glu=False, extra=extra,
+                                chained=ranked == "chained")
         key = gemv_key(N, K, w.dtype)
         if not timings:
             raise SystemExit(f"error: no gemv candidate ran for {key} (see the skip lines above); nothing written")
@@ -365,7 +374,8 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
               + (f" -> gemv {best[key]}" if key in best else ""), flush=True)
         if name == "gate_up":  # the SwiGLU in the epilogue: [gate | up] rows in pairs, F values out
             glu_timings = _gemv_timings(gemv, args, sets, swiglu(want[:, :N // 2], want[:, N // 2:]), K,
-                                        w.element_size(), device, glu=True, extra=extra)
+                                        w.element_size(), device, glu=True, extra=extra,
+                                        chained=ranked == "chained")
             if glu_timings:
                 ways = {tile: launches(json.loads(tile), sets, glu_timings[tile], glu=True, extra=extra)
                         for tile in sorted(glu_timings, key=glu_timings.get)[:launch_top]}
@@ -384,7 +394,7 @@ def tune_gemv(path: str, device: str, dtype: torch.dtype, *, matrices: tuple[str
                               "PDL; PER_SM: a persistent grid); '<shape> glu': the gate/up tile with the SwiGLU in "
                               "its epilogue; each shape called as a folded decode step calls it (detail's 'call'); "
                               "int8 weights converted as detail's 'int8' says ($LMSTACK_GEMV_INT8)",
-                       "launch_top": launch_top, "detail": {card: detail}},
+                       "launch_top": launch_top, "rank": ranked, "detail": {card: detail}},
              card: best}
     write_json(path, table)
     print(f"wrote {path}")
@@ -410,6 +420,9 @@ def main() -> None:
     ap.add_argument("--tune-gemv", metavar="TABLE.json", default=None,
                     help="time the one-row gemv tile candidates against the skinny tiles and write this card's gemv "
                          "table (shapes from --tune-matrices, weights from --tune-weights)")
+    ap.add_argument("--tune-rank", choices=["plain", "chained"], default="plain",
+                    help="--tune-gemv: time every tile candidate launched plainly or chained by PDL (as a decode step "
+                         "launches it) before the fastest are timed every way (default %(default)s)")
     ap.add_argument("--tune-launch-top", type=int, default=TUNE_GEMV_LAUNCH_TOP,
                     help="--tune-gemv: how many of the fastest tiles (timed a program per block, plainly) are then "
                          "timed launched every way, chained by PDL among them (default %(default)s)")
@@ -430,7 +443,7 @@ def main() -> None:
         if a.tune_launch_top < 1:
             raise SystemExit(f"error: --tune-launch-top takes a count of at least 1, got {a.tune_launch_top}")
         tune_gemv(a.tune_gemv, a.device, dtype, matrices=tune_space["matrices"], weights=tune_space["weights"],
-                  launch_top=a.tune_launch_top)
+                  launch_top=a.tune_launch_top, rank=a.tune_rank)
         return
     reg = default_registry()
     bw = copy_bandwidth(a.device)

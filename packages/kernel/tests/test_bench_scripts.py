@@ -144,6 +144,28 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
         calls[top] = n[0]
         assert json.loads((tmp_path / f"top{top}.json").read_text())["_meta"]["launch_top"] == top
     assert calls[2] == calls[1] + 2  # one more tile's persistent launch, for gate/up and its glu twin
+    # rank: every candidate first timed plainly, or chained by PDL as a decode step launches it (a PDL card stood
+    # in for; the kernel itself still launches plainly here); the launches then time the other way too
+    from kernel.triton import _device
+
+    timed = []
+    real_gemv = gemv.gemv
+    monkeypatch.setattr(gemv, "gemv", lambda *a, **k: (timed.append((len(k["config"]), k.get("pdl", False))),
+                                                       real_gemv(*a, **k))[1])
+    monkeypatch.setattr(bench_decode_kernels, "bench_rotated", lambda fn, sets, device, replays=10: (
+        fn(*sets[0]), 1e-6)[1])
+    monkeypatch.setattr(_device, "pdl_capable", lambda t: True)
+    for rank in ("plain", "chained"):
+        timed.clear()
+        bench_decode_kernels.tune_gemv(str(tmp_path / f"{rank}.json"), "cpu", torch.float32, weights=("float",),
+                                       launch_top=1, rank=rank)
+        doc = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert doc["_meta"]["rank"] == rank
+        assert set(doc["_meta"]["detail"]["cpu"]["fp32 32x128"]["launches"]) >= {"plain 0", "chained 0"}
+        ranked = [pdl for n, pdl in timed if n == 3]  # tiles without launch fields: the ranking (and checks)
+        assert (True in ranked) == (rank == "chained")
+    with pytest.raises(ValueError, match="rank is 'plain' or 'chained', got 'fast'"):
+        bench_decode_kernels.tune_gemv(str(tmp_path / "x.json"), "cpu", torch.float32, weights=("float",), rank="fast")
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (128,))
     # int8 entries record how their weights were converted while tuned (the tiles differ each way)
     monkeypatch.setenv(gemv.INT8_ENV, "cvt")
