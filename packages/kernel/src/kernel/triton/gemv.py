@@ -67,7 +67,8 @@ def int8_mode() -> str:
 
 
 def int8_magic() -> bool:
-    """Whether int8 weights are converted to fp32 by the exact add trick (``$LMSTACK_GEMV_INT8=magic``)."""
+    """Whether ``$LMSTACK_GEMV_INT8`` is "magic": int8 weights converted to fp32 by the exact add trick for every
+    activation dtype (under the default "f16", fp16 and fp32 activations take the exact add as well)."""
     return int8_mode() == "magic"
 
 
