@@ -8,6 +8,10 @@
 #                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
 #                                      kernel 0.13; the ten fastest then timed every way; ~5 min). TOP=20 widens
 #                                      the plain ranking's search instead (~7 min)
+#   bash tools/gpu_pending.sh splits   decode attention's split count fixed at 2 and 3 ($LMSTACK_DECODE_SPLITS,
+#                                      kernel 0.13) beside the shipped 6 for the 384-slot cache, bf16 and int8, the
+#                                      shipped count first and last (~5 min): attention and its combine are 21-26%
+#                                      of the step's kernel time (run AP)
 # Session 13's recipes (docs/benchmarks.md: decode runs AL-AP, GPT-2 run 14), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh profile-int8  decode bf16 and int8 as shipped, both profiled at batch 1 (GPU kernels
 #                                      per token, the top 30 of each; ~1.5 min; run AP)
@@ -133,7 +137,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -191,6 +195,12 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+splits)
+  dec decode_a 170 lmstack,lmstack-int8
+  dec decode_s2 170 lmstack,lmstack-int8 LMSTACK_DECODE_SPLITS=2
+  dec decode_s3 170 lmstack,lmstack-int8 LMSTACK_DECODE_SPLITS=3
+  dec decode_a2 170 lmstack,lmstack-int8
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 profile-int8)
   step profile 170 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b \
     --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/profile.json"

@@ -12,7 +12,7 @@ import torch
 
 from kernel import default_registry
 from kernel import reference as ref
-from specs.errors import ShapeError
+from specs.errors import ConfigError, ShapeError
 from tensor.rope import rope_cos_sin, rope_inv_freq
 
 triton = pytest.importorskip("triton")
@@ -278,6 +278,32 @@ def test_decode_attention_num_splits():
     assert num_splits(32, 4, 2048, 132) == 2  # 128 (row, head) programs: two each give about two per SM
     assert num_splits(64, 4, 2048, 132) == 1  # rows and heads alone fill the GPU: the single-pass kernel
     assert num_splits(1, 1, 65, 8) == 2 and num_splits(1, 1, 64, 8) == 1 and num_splits(1, 1, 0, 8) == 1
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_split_count_can_be_set_for_comparisons(monkeypatch, paged):
+    """$LMSTACK_DECODE_SPLITS fixes the split count (held to one split a BLOCK_S block and to MAX_SPLITS): every
+    count gives the reference's result, the in-kernel combine too; a bad value is refused by name."""
+    from kernel.triton import decode_attention as da
+
+    assert da.splits(1, 4, 384, 132) == 6  # unset: num_splits
+    for raw, want in (("1", 1), ("2", 2), ("3", 3), ("50", 6)):
+        monkeypatch.setenv(da.SPLITS_ENV, raw)
+        assert da.splits(1, 4, 384, 132) == want
+    monkeypatch.setenv(da.SPLITS_ENV, "100")
+    assert da.splits(1, 4, 8192, 132) == da.MAX_SPLITS
+    q, k, v, lens_B, kw = _decode_case(torch.float32, 2, 4, 2, 32, 300, [300, 130], paged)
+    ref32 = ref.decode_attention(q, k, v, lens_B, **kw)
+    fn = triton_fn("decode_attention")
+    for n in ("1", "2", "3", "5"):
+        monkeypatch.setenv(da.SPLITS_ENV, n)
+        torch.testing.assert_close(fn(q, k, v, lens_B, **kw), ref32, rtol=1e-4, atol=1e-4)
+        cnt = torch.zeros(2 * 2, dtype=torch.int32, device=DEVICE)
+        torch.testing.assert_close(fn(q, k, v, lens_B, split_counters=cnt, **kw), ref32, rtol=1e-4, atol=1e-4)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(da.SPLITS_ENV, bad)
+        with pytest.raises(ConfigError, match="LMSTACK_DECODE_SPLITS.*at least 1, got"):
+            fn(q, k, v, lens_B, **kw)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

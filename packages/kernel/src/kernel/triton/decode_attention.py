@@ -27,6 +27,8 @@ than from the cache (whose write it may race), so no program depends on another.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -34,10 +36,11 @@ import triton.language as tl
 from kernel.reference import check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
 from kernel.triton._device import device_info, pdl_capable
 from kernel.triton.attention import _dot, _dot_mode
-from specs.errors import ShapeError
+from specs.errors import ConfigError, ShapeError
 
 BLOCK_S = 64
 MAX_SPLITS = 32
+SPLITS_ENV = "LMSTACK_DECODE_SPLITS"  # a split count for every call, for comparisons (unset: num_splits decides)
 # tests: the split kernel loads its first block before it knows the row's length (as under PDL) without PDL too,
 # so the interpreter, which has no PDL, checks that path's results
 EARLY_WITHOUT_PDL = False
@@ -261,6 +264,17 @@ def num_splits(B: int, KVH: int, capacity: int, sms: int) -> int:
     return max(1, min(triton.cdiv(capacity, BLOCK_S), 2 * sms // (B * KVH), MAX_SPLITS))
 
 
+def splits(B: int, KVH: int, capacity: int, sms: int) -> int:
+    """The split count a call uses: :func:`num_splits`, or ``$LMSTACK_DECODE_SPLITS`` where set (a count of at least
+    1, held to one split per ``BLOCK_S`` slots of the capacity and to ``MAX_SPLITS``, as num_splits is)."""
+    raw = os.environ.get(SPLITS_ENV, "")
+    if not raw:
+        return num_splits(B, KVH, capacity, sms)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(SPLITS_ENV, f"expected a split count of at least 1, got {raw!r}")
+    return max(1, min(int(raw), triton.cdiv(capacity, BLOCK_S), MAX_SPLITS))
+
+
 def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
@@ -321,7 +335,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         kb, kh, ks, vb, vh, vs, tb = k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), 0
         capacity = k.shape[2]
     # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
-    ns = num_splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
+    ns = splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
     if ns > 1:
         acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
         m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
