@@ -40,7 +40,9 @@ from specs.errors import ConfigError, ShapeError
 
 BLOCK_S = 64
 MAX_SPLITS = 32
-SPLITS_ENV = "LMSTACK_DECODE_SPLITS"  # a split count for every call, for comparisons (unset: num_splits decides)
+# a split count for every call, for comparisons (unset: num_splits decides); read when a call runs or is traced (a
+# compiled step keeps the count it was traced with), so set it before the process starts
+SPLITS_ENV = "LMSTACK_DECODE_SPLITS"
 # tests: the split kernel loads its first block before it knows the row's length (as under PDL) without PDL too,
 # so the interpreter, which has no PDL, checks that path's results
 EARLY_WITHOUT_PDL = False
