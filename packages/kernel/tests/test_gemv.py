@@ -383,13 +383,13 @@ def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch)
     s = (torch.rand(N, generator=g) / 127).to(DEVICE)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "cvt")
     plain = gemv_mod.gemv(x, w, s, config=(4, 128, 2))
-    assert not gemv_mod.int8_magic()
+    assert gemv_mod.int8_mode() == "cvt"
     monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
-    assert gemv_mod.int8_magic()
+    assert gemv_mod.int8_mode() == "magic"
     assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2)), plain)
     torch.testing.assert_close(plain, ref.int8_linear(x, w, s), rtol=1e-5, atol=1e-4)
     monkeypatch.delenv(gemv_mod.INT8_ENV)
-    assert gemv_mod.int8_mode() == "f16" and not gemv_mod.int8_magic()  # the default: fp16 products for bf16 x
+    assert gemv_mod.int8_mode() == "f16"  # the default: fp16 products for bf16 x
     xb = x.to(torch.bfloat16)
     assert torch.equal(gemv_mod.gemv(x, w, s, config=(4, 128, 2)), plain)  # fp32 x keeps fp32 products
     assert not torch.equal(gemv_mod.gemv(xb, w, s, config=(4, 128, 2), out_dtype=torch.float32),
@@ -457,7 +457,7 @@ def test_int8_f16_products_stay_within_a_bf16_rounding_of_the_reference(monkeypa
     kw = {"rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(rms_eps=1e-5, glu=True)}.get(kind, {})
     config = (2, 128, 1, 0, 1) if kind == "persistent" else (4, 128, 2)
     monkeypatch.setenv(gemv_mod.INT8_ENV, "f16")
-    assert gemv_mod.int8_mode() == "f16" and not gemv_mod.int8_magic()
+    assert gemv_mod.int8_mode() == "f16"
     got = gemv_mod.gemv(x, w, s, config=config, out_dtype=torch.float32, **kw)  # bf16 x (f16 takes bf16 x only)
     ref_kw = {**{k: v for k, v in kw.items() if k != "glu"}, **({"glu": "silu"} if kw.get("glu") else {})}
     want = ref.int8_linear(x.double(), w, s.double(), **{k: (v.double() if torch.is_tensor(v) else v)

@@ -66,12 +66,6 @@ def int8_mode() -> str:
     return raw
 
 
-def int8_magic() -> bool:
-    """Whether ``$LMSTACK_GEMV_INT8`` is "magic": int8 weights converted to fp32 by the exact add trick for every
-    activation dtype (under the default "f16", fp16 and fp32 activations take the exact add as well)."""
-    return int8_mode() == "magic"
-
-
 @triton.jit
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
@@ -260,12 +254,13 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     pdl = pdl and pdl_capable(x)
     out = torch.empty(1, N // 2 if glu else N, dtype=out_dtype or x.dtype, device=x.device)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
+    mode = int8_mode() if w.dtype == torch.int8 else None
     f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
-        I8_MAGIC=w.dtype == torch.int8 and not f16 and int8_mode() != "cvt", PERSISTENT=programs < blocks,
+        I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
         num_warps=warps, I8_F16=f16,
         **({"launch_pdl": True} if pdl else {}))
     return out
