@@ -4,21 +4,14 @@
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~6.5 min; last
 #                                      run in session 7, run R; final-short refreshed its figures in session 11, run
 #                                      AH, unprofiled; profile-int8 profiled both loops in session 13, run AP)
-#   bash tools/gpu_pending.sh int8-dp4a  the gemv's int8 weights multiplied as integers, four a dp4a instruction,
-#                                      by x in three int8 digits of a 20-bit fixed point ($LMSTACK_GEMV_INT8=dp4a,
-#                                      kernel 0.14): its GPU tests, the int8 tiles tuned with it (six timed every
-#                                      way), then int8 decode as shipped (with bf16), with dp4a and its tiles, and as
-#                                      shipped again (~8 min)
-# Session 14's recipes (docs/benchmarks.md: decode runs AQ-AR), kept to re-measure after changes:
 #   RANK=chained bash tools/gpu_pending.sh int8-wide  int8-wide (below) with every int8 tile candidate ranked
 #                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
-#                                      kernel 0.13; the ten fastest then timed every way; ~7 min; run AQ: level,
-#                                      1,807 tokens/s against 1,806 and 1,660 as shipped). TOP=20 widens the plain
-#                                      ranking's search instead
+#                                      kernel 0.13; the ten fastest then timed every way; ~5 min). TOP=20 widens
+#                                      the plain ranking's search instead (~7 min)
 #   bash tools/gpu_pending.sh splits   decode attention's split count fixed at 2 and 3 ($LMSTACK_DECODE_SPLITS,
 #                                      kernel 0.13) beside the shipped 6 for the 384-slot cache, bf16 and int8, the
-#                                      shipped count first and last (~3 min; run AR: 2 splits -12% bf16 and -14%
-#                                      int8, 3 splits -7% and -9%; 6 is the most this cache takes)
+#                                      shipped count first and last (~5 min): attention and its combine are 21-26%
+#                                      of the step's kernel time (run AP)
 # Session 13's recipes (docs/benchmarks.md: decode runs AL-AP, GPT-2 run 14), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh profile-int8  decode bf16 and int8 as shipped, both profiled at batch 1 (GPU kernels
 #                                      per token, the top 30 of each; ~1.5 min; run AP)
@@ -202,18 +195,6 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-int8-dp4a)
-  step tests 100 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py -k dp4a
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  step tune_int8 270 env LMSTACK_GEMV_INT8=dp4a python packages/kernel/benchmarks/bench_decode_kernels.py \
-    --tune-gemv "$OUT/int8_dp4a.json" --tune-weights int8 --tune-launch-top 6
-  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
-  rm -f "$OUT/tune_int8.log"
-  merge_tiles "$OUT/int8_dp4a.json" /tmp/table_dp4a.json int8 > /dev/null
-  dec decode_a 100 lmstack,lmstack-int8
-  dec decode_dp4a 80 lmstack-int8 LMSTACK_GEMV_INT8=dp4a LMSTACK_GEMV_TILES=/tmp/table_dp4a.json
-  dec decode_a2 80 lmstack-int8
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 splits)
   dec decode_a 170 lmstack,lmstack-int8
   dec decode_s2 170 lmstack,lmstack-int8 LMSTACK_DECODE_SPLITS=2

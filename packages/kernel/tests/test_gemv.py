@@ -5,7 +5,6 @@ where the table has the shape. Under Triton's interpreter on a CPU, on the GPU w
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -190,7 +189,7 @@ for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i
                            ("*i8", False, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, DP4A=0)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -238,7 +237,7 @@ sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"])
 # the exact-add fp32 path ("magic") and the packed fp16 path (the default), session 10's int8 gate/up tile
 for f16 in (0, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, DP4A=0)
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
@@ -396,7 +395,7 @@ def test_int8_weights_converted_by_the_add_trick_give_the_same_bits(monkeypatch)
     assert not torch.equal(gemv_mod.gemv(xb, w, s, config=(4, 128, 2), out_dtype=torch.float32),
                            gemv_mod.gemv(xb.float(), w, s, config=(4, 128, 2)))
     monkeypatch.setenv(gemv_mod.INT8_ENV, "fast")
-    with pytest.raises(ConfigError, match="expected 'f16' .the default., 'magic', 'cvt' or 'dp4a', got 'fast'"):
+    with pytest.raises(ConfigError, match="expected 'f16' .the default., 'magic' or 'cvt', got 'fast'"):
         gemv_mod.gemv(x, w, s, config=(4, 128, 2))
 
 
@@ -497,140 +496,3 @@ def test_int8_f16_form_follows_the_device_and_the_tile(monkeypatch):
     assert gemv_mod._i8_f16(w8, 32) == 1
     monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
     assert gemv_mod._i8_f16(w8, 32) == 0
-
-
-def _dp4a_reference(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, **kw) -> torch.Tensor:
-    """What $LMSTACK_GEMV_INT8=dp4a computes, by torch in float64: x times 2^E (max|x| * 2^E in [2^19, 2^20), by
-    frexp), rounded half away from zero, times w exactly, times 2^-E; then the reference's norm and epilogue."""
-    xd = x.double()
-    big = xd.abs().max()
-    e = 126 if big == 0 else min(max(20 - int(torch.frexp(big).exponent), -126), 126)
-    xs = xd * 2.0 ** e
-    xq = torch.sign(xs) * torch.floor(xs.abs() + 0.5) * 2.0 ** -e
-    assert (xq * 2.0 ** e).abs().max() <= 2 ** 20  # three base-128 digits of int8 hold it
-    if kw.get("rms_eps") is not None:  # the norm's rstd comes from the unrounded x, as the kernel's does
-        xq = xq * torch.rsqrt(xd.pow(2).mean() + kw["rms_eps"])
-    kw = {k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items() if k != "rms_eps"}
-    return ref.int8_linear(xq, w, s.double(), **({**kw, "glu": "silu"} if kw.get("glu") else kw))
-
-
-@pytest.mark.parametrize("kind", ["plain", "rms+residual", "glu", "persistent", "one block", "outlier", "zeros",
-                                  "tiny"])
-def test_int8_dp4a_sums_are_exact_integers_of_x_in_fixed_point(monkeypatch, kind):
-    """$LMSTACK_GEMV_INT8=dp4a: x becomes a 20-bit integer at a power-of-two scale and the weights multiply it as
-    integers, so the result is the float64 product of that rounded x (fp32 rounding apart: 1e-6 of the largest
-    output) for every int8 value, a folded norm and residual, the SwiGLU epilogue, a persistent grid, a K of one
-    block, an outlier 4,000 times the rest, all-zero x and tiny x (1e-30). Against the unrounded x each element is
-    off by at most 2^-21 of max|x|, so a row is off by at most that times its sum of |w| times its scale."""
-    g = torch.Generator().manual_seed(43)
-    N, K = (64, 60) if kind == "one block" else (70, 1000)
-    x = torch.randn(1, K, generator=g) * {"tiny": 1e-30, "zeros": 0.0}.get(kind, 3.0)
-    if kind == "outlier":
-        x[0, 7] = 12000.0
-    x = x.to(torch.bfloat16)
-    w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8)
-    m = min(K, 256)
-    w[0, :m] = torch.arange(-128, -128 + m, dtype=torch.int16).to(torch.int8)  # every value (K permitting)
-    s = torch.rand(N, generator=g) / 127
-    r = torch.randn(1, N, generator=g)
-    x, w, s, r = (t.to(DEVICE) for t in (x, w, s, r))
-    kw = {"rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(rms_eps=1e-5, glu=True)}.get(kind, {})
-    config = (2, 128, 1, 0, 1) if kind == "persistent" else (4, 128, 2)
-    monkeypatch.setenv(gemv_mod.INT8_ENV, "dp4a")
-    assert gemv_mod._i8_dp4a(w, 128, x.dtype) > 0
-    got = gemv_mod.gemv(x, w, s, config=config, out_dtype=torch.float32, **kw).double()
-    want = _dp4a_reference(x, w, s, **kw)
-    top = want.abs().max().item()
-    assert (got - want).abs().max().item() <= 1e-6 * top + 1e-300, kind
-    if kind == "zeros":
-        assert torch.equal(got, torch.zeros_like(got))
-    if kw:
-        return  # the bound below is the plain product's
-    exact = ref.int8_linear(x.double(), w, s.double())
-    bound = 2.0 ** -21 * x.double().abs().max() * (w.double().abs().sum(1) * s.double())
-    assert ((got - exact).abs() <= bound[None, :] * 1.01 + 1e-6 * top).all()
-    if kind == "outlier":  # the rest of x, 4,000 times smaller, still within a bf16 rounding
-        x2 = x.clone()
-        x2[0, 7] = 0
-        rest = ref.int8_linear(x2.double(), w, s.double())
-        assert ((got - exact).abs() <= 2.0 ** -9 * rest.abs().max()).all()
-
-
-def test_int8_dp4a_takes_bf16_x_and_whole_words_only(monkeypatch):
-    """dp4a runs for int8 weights, bf16 x and rows of whole aligned words; fp16 and fp32 x (whose precision its
-    20-bit x would not keep), a K or row stride not a multiple of 4 fall back to the exact add, bit for bit; on a
-    GPU outside the interpreter by PTX (2), else by Triton's ops (1)."""
-    x, w, s, _, _ = _inputs(torch.bfloat16, 40, 256, seed=47, int8=True)
-    monkeypatch.setenv(gemv_mod.INT8_ENV, "dp4a")
-    assert gemv_mod._i8_dp4a(w, 64, torch.bfloat16) == (1 if os.environ.get("TRITON_INTERPRET") == "1" else 2)
-    assert gemv_mod._i8_dp4a(w, 64, torch.float16) == 0 and gemv_mod._i8_dp4a(w, 64, torch.float32) == 0
-    assert gemv_mod._i8_dp4a(w.float(), 64, torch.bfloat16) == 0
-    assert gemv_mod._i8_dp4a(w[:, :254], 64, torch.bfloat16) == 0  # K 254
-    assert gemv_mod._i8_dp4a(w[:, 1:], 64, torch.bfloat16) == 0  # K 255, rows one byte in
-    assert gemv_mod._i8_dp4a(w[:, 2:254], 64, torch.bfloat16) == 0  # whole words, rows 2 bytes off alignment
-    monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
-    assert gemv_mod._i8_dp4a(w, 64, torch.bfloat16) == 0
-    magic = {dt: gemv_mod.gemv(x.to(dt), w, s, config=(4, 64, 2)) for dt in (torch.float16, torch.float32)}
-    x6, w6 = x[:, :254].contiguous(), w[:, :254]
-    magic_odd = gemv_mod.gemv(x6, w6, s, config=(4, 64, 2))
-    monkeypatch.setenv(gemv_mod.INT8_ENV, "dp4a")
-    for dt, want in magic.items():
-        assert torch.equal(gemv_mod.gemv(x.to(dt), w, s, config=(4, 64, 2)), want)
-    assert torch.equal(gemv_mod.gemv(x6, w6, s, config=(4, 64, 2)), magic_odd)
-    # bf16 x: the dp4a path ran. (A bf16 x whose elements are all within 2^11 of its largest is exact in x's 20
-    # bits; an element 10,000 times the rest makes the rest round)
-    x[0, 0] = 1e4
-    assert not torch.equal(gemv_mod.gemv(x, w, s, config=(4, 64, 2), out_dtype=torch.float32),
-                           gemv_mod.gemv(x.float(), w, s, config=(4, 64, 2)))
-
-
-@pytest.mark.skipif(DEVICE != "cuda", reason="the inline PTX runs on a GPU only; elsewhere the Triton-op form runs")
-def test_int8_dp4a_inline_ptx_gives_the_triton_op_forms_bits(monkeypatch):
-    """On a GPU, PTX's dp4a (DP4A 2) and the Triton-op form (1) sum the same integers, so the same result bit for
-    bit, the folded norm and a persistent grid included."""
-    x, w, s, _, r = _inputs(torch.bfloat16, 70, 1000, seed=53, int8=True)
-    w[0, :256] = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8).to(DEVICE)
-    monkeypatch.setenv(gemv_mod.INT8_ENV, "dp4a")
-    assert gemv_mod._i8_dp4a(w, 128) == 2
-    for config in ((4, 128, 2), (8, 512, 4, 0, 1)):
-        asm = gemv_mod.gemv(x, w, s, config=config, rms_eps=1e-5, residual=r)
-        with monkeypatch.context() as m:
-            m.setattr(gemv_mod, "_i8_dp4a", lambda w_, block_k, x_dtype: 1)
-            assert torch.equal(gemv_mod.gemv(x, w, s, config=config, rms_eps=1e-5, residual=r), asm)
-
-
-def test_gemv_sm90_int8_dp4a_loop_multiplies_four_weights_an_instruction():
-    """Compiled offline for sm90 ($LMSTACK_GEMV_INT8=dp4a on a GPU): the K loop of the int8 gate/up tile (32 x 512
-    on four warps) loads the weights as words and issues three dp4a a word (one per digit of x), with no weight
-    conversion at all (no byte permutes, no packed fp16), in fewer instructions than the f16 loop (256 against 346
-    with Triton 3.9)."""
-    import re
-    import subprocess
-    import sys
-    from collections import Counter
-
-    src = _AOT_F16.replace("for f16 in (0, 2):", "for f16, dp4a in ((2, 0), (0, 2)):").replace(
-        "ROWS=8, BLOCK_K=256, PDL=False,", "ROWS=32, BLOCK_K=512, PDL=False,").replace(
-        "I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, DP4A=0)",
-        "I8_MAGIC=False, PERSISTENT=False, I8_F16=f16, DP4A=dp4a)"
-    ).replace('{"num_warps": 2}', '{"num_warps": 4}')
-    assert "DP4A=dp4a" in src and "ROWS=32" in src and '"num_warps": 4' in src
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", src], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    counts = []
-    for ptx in out.stdout.split("\n=====\n")[:2]:
-        lines = ptx.splitlines()
-        body = []
-        for head in (i for i, line in enumerate(lines) if "Loop Header" in line):  # the K pass, then the K loop
-            label = next(lines[i] for i in range(head, 0, -1) if lines[i].startswith("$L__BB")).split(":")[0]
-            body = [line.split()[0] for line in lines[head:next(i for i in range(head, len(lines)) if re.search(
-                rf"bra\S*\s+{re.escape(label)};", lines[i]))] if line.strip()
-                and not line.strip().startswith(("//", ".loc", "$L", "{", "}", ".reg"))]
-        counts.append(Counter(body))  # the last loop's
-    f16, dp4a = counts
-    words = 32 * 512 // 128 // 4  # a thread's share of one (32, 512) block
-    assert dp4a["dp4a.s32.s32"] == 3 * words and f16["dp4a.s32.s32"] == 0
-    assert dp4a["prmt.b32"] == 0 and dp4a["sub.f16x2"] == 0 and dp4a["fma.rn.f16x2"] == 0
-    assert sum(dp4a.values()) < 0.85 * sum(f16.values()), (sum(dp4a.values()), sum(f16.values()))

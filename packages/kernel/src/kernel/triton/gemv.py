@@ -46,11 +46,9 @@ SWITCH_ENV = "LMSTACK_GEMV"  # "0": never route to this kernel (the skinny matmu
 # :func:`_weights_f16`, for bf16 activations, fp16/fp32 ones taking "magic"; int8 decode on an H200 at 1,707 tokens/s
 # with its own tuned tiles against 1,579 for "magic" as shipped before, bf16 1,373, in the same call,
 # docs/benchmarks.md run AL), "magic" (to fp32 by integer and float adds, exact: :func:`_weights`; 1,575 against
-# 1,527 for "cvt" in run AF), "cvt" (to fp32 by the quarter-rate conversion instruction) or "dp4a" (opt-in, for bf16
-# activations: no weight conversion at all; x as a 20-bit fixed-point integer in three int8 digits and integer dot
-# products of four weights an instruction, :func:`_dp4a`)
+# 1,527 for "cvt" in run AF) or "cvt" (to fp32 by the quarter-rate conversion instruction)
 INT8_ENV = "LMSTACK_GEMV_INT8"
-INT8_MODES = ("f16", "magic", "cvt", "dp4a")
+INT8_MODES = ("f16", "magic", "cvt")
 # "f16": x is scaled by 2^-7 before its fp16 products (y scaled back in fp32), so a weight (|q| <= 128) times x stays
 # within x's own magnitude. Each element of the fp16 sum gains one product a K step, so it stays below fp16's 65,504
 # while (K steps) x max|x| does: |x| up to ~8,000 at 8 steps (K 2,048 in blocks of 256), ~2,900 at 22. The other
@@ -60,20 +58,11 @@ INT8_MODES = ("f16", "magic", "cvt", "dp4a")
 F16_X_SCALE = tl.constexpr(2.0 ** -7)
 
 
-# "dp4a": x is scaled by the power of two 2^E that puts max|x| in [2^19, 2^20), rounded to an integer q and written
-# as three signed base-128 digits (q = d2 * 2^14 + d1 * 2^7 + d0, each in int8), so every product and sum is an exact
-# integer (int32 per digit, no overflow below K ~ 260,000) and y = (sum) * 2^-E. The one rounding is x's, at most
-# 2^-21 of max|x| an element: values within 2^12 of the largest keep more than bf16's 8 bits (bf16 x has 8), smaller
-# ones an absolute 2^-21 of the largest. A K pass before the products finds max|x|
-DP4A_BITS = tl.constexpr(19)
-
-
 def int8_mode() -> str:
-    """How the gemv computes with int8 weights (``$LMSTACK_GEMV_INT8``: "f16", the default, "magic", "cvt" or
-    "dp4a")."""
+    """How the gemv computes with int8 weights (``$LMSTACK_GEMV_INT8``: "f16", the default, "magic" or "cvt")."""
     raw = os.environ.get(INT8_ENV, "f16")
     if raw not in INT8_MODES:
-        raise ConfigError(INT8_ENV, f"expected 'f16' (the default), 'magic', 'cvt' or 'dp4a', got {raw!r}")
+        raise ConfigError(INT8_ENV, f"expected 'f16' (the default), 'magic' or 'cvt', got {raw!r}")
     return raw
 
 
@@ -81,16 +70,18 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, DP4A: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     blocks = tl.cdiv(N, ROWS)
+    kk = tl.arange(0, BLOCK_K)
     n, n_ok = _rows(pid, N, ROWS, GLU)
     # the first weight block is loaded before anything the kernel before may still be writing: launched with PDL,
     # those loads are in flight while that kernel drains
-    w = _load_w(w_ptr, n, n_ok, 0, K, stride_wn, BLOCK_K, DP4A)  # (ROWS, BLOCK_K), or its words (ROWS, BLOCK_K // 4)
+    w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
+                other=0)  # (ROWS, BLOCK_K)
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
@@ -99,13 +90,14 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             # the next row block's first weight block is in flight while this one is computed (past the last
             # block its rows mask the load off)
             n, n_ok = _rows(rb + programs, N, ROWS, GLU)
-            w_next = _load_w(w_ptr, n, n_ok, 0, K, stride_wn, BLOCK_K, DP4A)
+            w_next = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
+                             mask=n_ok[:, None] & (kk < K)[None, :], other=0)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
-                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, DP4A)
+                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
             w = w_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
-               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, DP4A)
+               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
 
 
 @triton.jit
@@ -121,123 +113,14 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 
 
 @triton.jit
-def _load_w(w_ptr, n, n_ok, k0, K, stride_wn, BLOCK_K: tl.constexpr, DP4A: tl.constexpr):
-    """The weight block of rows ``n`` from column ``k0``: (ROWS, BLOCK_K) elements, or with DP4A (int8 weights, K and
-    the row stride multiples of 4) the same bytes as (ROWS, BLOCK_K // 4) int32 words of four weights each."""
-    if DP4A:
-        kw = k0 // 4 + tl.arange(0, BLOCK_K // 4)
-        w = tl.load(w_ptr.to(tl.pointer_type(tl.int32)) + n[:, None].to(tl.int64) * (stride_wn // 4) + kw[None, :],
-                    mask=n_ok[:, None] & (kw < K // 4)[None, :], other=0)
-    else:
-        k = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :],
-                    other=0)
-    return w
-
-
-@triton.jit
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, DP4A: tl.constexpr):
+           I8_F16: tl.constexpr):
     """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue.
     I8_F16 (int8 weights, 1: in Triton ops, 2: by inline PTX, two weights an instruction): the products and their
-    sums over the K steps in fp16, with x scaled by F16_X_SCALE; the row sums and everything after in fp32. DP4A
-    (int8 weights as words, 1: in Triton ops, 2: by inline PTX): :func:`_dp4a`'s exact integer sums."""
+    sums over the K steps in fp16, with x scaled by F16_X_SCALE; the row sums and everything after in fp32."""
     n, n_ok = _rows(rb, N, ROWS, GLU)
-    if DP4A:
-        y, ss = _block_dp4a(x_ptr, w_ptr, n, n_ok, K, stride_wn, w, BLOCK_K, DP4A)
-    else:
-        y, ss = _block_float(x_ptr, w_ptr, n, n_ok, K, stride_wn, w, RMS, BLOCK_K, I8_MAGIC, I8_F16)
-    if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
-        y = y * tl.rsqrt((ss / K + rms_eps).to(tl.float32))
-    if HAS_SCALE:
-        y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if GLU:  # silu(gate) * up of each pair, the projection's values rounded to the output dtype first (as stored)
-        gate, up = tl.split(tl.reshape(y.to(out_ptr.dtype.element_ty).to(tl.float32), (ROWS // 2, 2)))
-        jj = rb * (ROWS // 2) + tl.arange(0, ROWS // 2)
-        tl.store(out_ptr + jj, (gate * tl.sigmoid(gate) * up).to(out_ptr.dtype.element_ty), mask=jj < N // 2)
-    else:
-        if HAS_RES:
-            y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _block_dp4a(x_ptr, w_ptr, n, n_ok, K, stride_wn, w, BLOCK_K: tl.constexpr, DP4A: tl.constexpr):
-    """x @ w.T of rows ``n`` (fp32) and x's sum of squares, with int8 weights as words (first block ``w``): a K pass
-    finds max|x| (and the squares), then each K step turns x into three words of digits (DP4A_BITS) and adds their
-    integer dot products with the weight words to three int32 accumulators."""
-    kk = tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-    big = tl.abs(x)
-    ss = x * x
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        xk = tl.load(x_ptr + k0 + kk, mask=k0 + kk < K, other=0.0).to(tl.float32)
-        big = tl.maximum(big, tl.abs(xk))
-        ss += xk * xk
-    # E = DP4A_BITS - floor(log2 max|x|) from max|x|'s exponent bits, held where 2^E and 2^-E are normal floats (an
-    # all-zero x gives E = 126 and zero digits)
-    e = tl.minimum(tl.maximum(DP4A_BITS + 127 - (tl.max(big, 0).to(tl.int32, bitcast=True) >> 23), -126), 126)
-    up = ((e + 127) << 23).to(tl.float32, bitcast=True)
-    d0, d1, d2 = _digits(x, up, BLOCK_K)
-    a0 = _dp4a(w, d0[None, :], tl.zeros_like(w), DP4A)
-    a1 = _dp4a(w, d1[None, :], tl.zeros_like(w), DP4A)
-    a2 = _dp4a(w, d2[None, :], tl.zeros_like(w), DP4A)
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        w = _load_w(w_ptr, n, n_ok, k0, K, stride_wn, BLOCK_K, DP4A)
-        x = tl.load(x_ptr + k0 + kk, mask=k0 + kk < K, other=0.0).to(tl.float32)
-        d0, d1, d2 = _digits(x, up, BLOCK_K)
-        a0 = _dp4a(w, d0[None, :], a0, DP4A)
-        a1 = _dp4a(w, d1[None, :], a1, DP4A)
-        a2 = _dp4a(w, d2[None, :], a2, DP4A)
-    # each digit's row sums are exact in int32 (|d| <= 64, |w| <= 128: 8,192 x K), combined exactly in int64
-    q = (tl.sum(a2, 1).to(tl.int64) << 14) + (tl.sum(a1, 1).to(tl.int64) << 7) + tl.sum(a0, 1).to(tl.int64)
-    return q.to(tl.float32) * ((127 - e) << 23).to(tl.float32, bitcast=True), tl.sum(ss, 0)
-
-
-@triton.jit
-def _digits(x, up, BLOCK_K: tl.constexpr):
-    """x (BLOCK_K,) times the power of two ``up``, rounded to the nearest integer q (halves away from zero), as three
-    (BLOCK_K // 4,) int32 words of four signed base-128 digits each: q = d2 * 2^14 + d1 * 2^7 + d0, d0 and d1 in
-    [-64, 63], so |d2| <= 64 for |q| <= 2^20."""
-    xs = x * up
-    q = tl.where(xs >= 0, xs + 0.5, xs - 0.5).to(tl.int32)
-    d0 = ((q + 64) & 127) - 64
-    r = (q - d0) >> 7
-    d1 = ((r + 64) & 127) - 64
-    d2 = (r - d1) >> 7
-    return _pack4(d0, BLOCK_K), _pack4(d1, BLOCK_K), _pack4(d2, BLOCK_K)
-
-
-@triton.jit
-def _pack4(d, BLOCK_K: tl.constexpr):
-    """(BLOCK_K,) values in int8's range as (BLOCK_K // 4,) int32 words, element 4i + j in byte j of word i (the
-    little-endian order of the weight words)."""
-    shift = tl.arange(0, 4) * 8
-    return tl.sum(tl.reshape(d & 255, (BLOCK_K // 4, 4)) << shift[None, :], 1)
-
-
-@triton.jit
-def _dp4a(a, b, c, DP4A: tl.constexpr):
-    """c + the dot product of the four signed bytes of each word of ``a`` with those of ``b`` (broadcast to a's
-    shape), in int32. DP4A 2: PTX's ``dp4a.s32.s32``, four products an instruction; 1: Triton's integer ops (which
-    its interpreter runs), the same integers."""
-    b = tl.broadcast_to(b, a.shape)
-    if DP4A == 2:
-        return tl.inline_asm_elementwise(asm="dp4a.s32.s32 $0, $1, $2, $3;", constraints="=r,r,r,r", args=[a, b, c],
-                                         dtype=tl.int32, is_pure=True, pack=1)
-    for j in tl.static_range(4):
-        c += ((a << (24 - 8 * j)) >> 24) * ((b << (24 - 8 * j)) >> 24)
-    return c
-
-
-@triton.jit
-def _block_float(x_ptr, w_ptr, n, n_ok, K, stride_wn, w, RMS: tl.constexpr, BLOCK_K: tl.constexpr,
-                 I8_MAGIC: tl.constexpr, I8_F16: tl.constexpr):
-    """x @ w.T of rows ``n`` (fp32) and x's sum of squares (when RMS), the weights converted to floating point."""
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
@@ -261,7 +144,20 @@ def _block_float(x_ptr, w_ptr, n, n_ok, K, stride_wn, w, RMS: tl.constexpr, BLOC
         y = tl.sum(acc.to(tl.float32), 1) * (1.0 / F16_X_SCALE)  # (ROWS,)
     else:
         y = tl.sum(acc, 1)  # (ROWS,)
-    return y, tl.sum(ss, 0)
+    if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
+        y = y * tl.rsqrt((tl.sum(ss, 0) / K + rms_eps).to(tl.float32))
+    if HAS_SCALE:
+        y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if GLU:  # silu(gate) * up of each pair, the projection's values rounded to the output dtype first (as stored)
+        gate, up = tl.split(tl.reshape(y.to(out_ptr.dtype.element_ty).to(tl.float32), (ROWS // 2, 2)))
+        jj = rb * (ROWS // 2) + tl.arange(0, ROWS // 2)
+        tl.store(out_ptr + jj, (gate * tl.sigmoid(gate) * up).to(out_ptr.dtype.element_ty), mask=jj < N // 2)
+    else:
+        if HAS_RES:
+            y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.jit
@@ -360,13 +256,12 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     mode = int8_mode() if w.dtype == torch.int8 else None
     f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
-    dp4a = _i8_dp4a(w, block_k, x.dtype)
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, DP4A=dp4a,
+        num_warps=warps, I8_F16=f16,
         **({"launch_pdl": True} if pdl else {}))
     return out
 
@@ -380,18 +275,6 @@ def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloa
     if w.dtype != torch.int8 or int8_mode() != "f16" or x_dtype != torch.bfloat16:
         return 0
     return 2 if os.environ.get("TRITON_INTERPRET") != "1" and per_thread >= 4 else 1
-
-
-def _i8_dp4a(w: torch.Tensor, block_k: int, x_dtype: torch.dtype = torch.bfloat16) -> int:
-    """The kernel's DP4A: 0 unless int8 weights with ``$LMSTACK_GEMV_INT8=dp4a``, bf16 activations (x's fixed point
-    keeps more than bf16's precision, not fp16's or fp32's: those take "magic") and weight rows that are whole
-    aligned words (K, the row stride and the address multiples of 4, ``block_k`` of 4 or more); then 2 (inline PTX)
-    on a GPU, else 1 (Triton ops, the same integers), as under Triton's interpreter."""
-    if w.dtype != torch.int8 or int8_mode() != "dp4a" or x_dtype != torch.bfloat16:
-        return 0
-    if w.shape[1] % 4 or w.stride(0) % 4 or w.data_ptr() % 4 or block_k < 4:
-        return 0
-    return 2 if os.environ.get("TRITON_INTERPRET") != "1" else 1
 
 
 @torch.library.custom_op("lmstack::gemv_pdl", mutates_args=())
