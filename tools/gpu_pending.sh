@@ -4,14 +4,20 @@
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~6.5 min; last
 #                                      run in session 7, run R; final-short refreshed its figures in session 11, run
 #                                      AH, unprofiled; profile-int8 profiled both loops in session 13, run AP)
+# Session 14's recipes (docs/benchmarks.md: decode runs AQ-AS), kept to re-measure after changes:
 #   RANK=chained bash tools/gpu_pending.sh int8-wide  int8-wide (below) with every int8 tile candidate ranked
 #                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
-#                                      kernel 0.13; the ten fastest then timed every way; ~5 min). TOP=20 widens
-#                                      the plain ranking's search instead (~7 min)
+#                                      kernel 0.13; the ten fastest then timed every way; ~7 min; run AQ: level,
+#                                      1,807 tokens/s against 1,806 and 1,660 as shipped, so nothing shipped).
+#                                      TOP=20 widens the plain ranking's search instead
 #   bash tools/gpu_pending.sh splits   decode attention's split count fixed at 2 and 3 ($LMSTACK_DECODE_SPLITS,
 #                                      kernel 0.13) beside the shipped 6 for the 384-slot cache, bf16 and int8, the
-#                                      shipped count first and last (~5 min): attention and its combine are 21-26%
-#                                      of the step's kernel time (run AP)
+#                                      shipped count first and last (~3 min; run AR: 2 splits -12% bf16 and -14%
+#                                      int8, 3 splits -7% and -9%; 6 is the most this cache takes)
+#   (commit 4410203's int8-dp4a: the gemv's int8 weights multiplied as integers, four a dp4a instruction, by x in
+#   three int8 digits of a 20-bit fixed point ($LMSTACK_GEMV_INT8=dp4a) lost, int8 decode 1,543 tokens/s against
+#   1,754 and 1,807 as shipped with tiles tuned for it, every int8 gemv slower (gate/up 10.2 us against 7.9), run
+#   AS; reverted)
 # Session 13's recipes (docs/benchmarks.md: decode runs AL-AP, GPT-2 run 14), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh profile-int8  decode bf16 and int8 as shipped, both profiled at batch 1 (GPU kernels
 #                                      per token, the top 30 of each; ~1.5 min; run AP)
