@@ -14,6 +14,9 @@
 #                                      kernel 0.13) beside the shipped 6 for the 384-slot cache, bf16 and int8, the
 #                                      shipped count first and last (~3 min; run AR: 2 splits -12% bf16 and -14%
 #                                      int8, 3 splits -7% and -9%; 6 is the most this cache takes)
+#   bash tools/gpu_pending.sh block-s  decode attention's slot block at 32 and 16 (12 and 24 splits of the 384-slot
+#                                      cache) beside the shipped 64 (6 splits), bf16 and int8, the shipped block
+#                                      first and last (~4 min)
 #   (commit 4410203's int8-dp4a: the gemv's int8 weights multiplied as integers, four a dp4a instruction, by x in
 #   three int8 digits of a 20-bit fixed point ($LMSTACK_GEMV_INT8=dp4a) lost, int8 decode 1,543 tokens/s against
 #   1,754 and 1,807 as shipped with tiles tuned for it, every int8 gemv slower (gate/up 10.2 us against 7.9), run
@@ -143,7 +146,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -201,6 +204,18 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+block-s)
+  # decode attention's slot block at 32 and 16 (12 and 24 splits of the 384-slot cache) beside the shipped 64 (6),
+  # edited in this copy of the tree only, the shipped block first and last
+  F=packages/kernel/src/kernel/triton/decode_attention.py
+  dec decode_a 100 lmstack,lmstack-int8
+  for bs in 32 16; do
+    sed -i "s/^BLOCK_S = [0-9]*$/BLOCK_S = $bs/" "$F"; grep -q "^BLOCK_S = $bs$" "$F" || echo "BLOCK_S not set"
+    dec "decode_b$bs" 100 lmstack,lmstack-int8
+  done
+  sed -i "s/^BLOCK_S = [0-9]*$/BLOCK_S = 64/" "$F"
+  dec decode_a2 100 lmstack,lmstack-int8
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 splits)
   dec decode_a 170 lmstack,lmstack-int8
   dec decode_s2 170 lmstack,lmstack-int8 LMSTACK_DECODE_SPLITS=2
