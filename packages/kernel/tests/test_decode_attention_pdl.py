@@ -42,7 +42,7 @@ def test_pdl_op_gives_the_plain_kernels_results_and_cache_writes(new):
     want = da.decode_attention(q, k, v, lens, **kw)
     got = da.decode_attention_pdl(q, k2, v2, lens, **kw)
     assert torch.equal(got, want) and torch.equal(k2, k) and torch.equal(v2, v)
-    assert da.num_splits(2, 2, 96, da.device_info(q)[0]) == 2  # the split kernel and the combine kernel both ran
+    assert da.num_splits(2, 2, 96, da.device_info(q)[0]) > 1  # the split kernel and the combine kernel both ran
 
 
 def test_pdl_op_combines_in_the_split_kernel_given_counters():
@@ -67,15 +67,16 @@ def test_the_early_block_gives_the_plain_results_over_stale_slots(monkeypatch, l
     r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)
     q, k, v = r(B, H, Dh), r(B, KVH, L, Dh), r(B, KVH, L, Dh)
     ns = da.num_splits(B, KVH, L, da.device_info(q)[0])
-    lens = [37, ns * da.BLOCK_S + 150][::-1 if long_first else 1]
+    lens = [37, ns * da.block_s(L, ns) + 150][::-1 if long_first else 1]
     for b, n in enumerate(lens):  # stale slots: the new token's slot n - 1 and everything past it
         k[b, :, n - 1:] = float("nan")
         v[b, :, n - 1:] = float("nan")
     kw = dict(k_new=r(B, KVH, Dh), v_new=r(B, KVH, Dh), cos_BDh=r(B, Dh), sin_BDh=r(B, Dh))
     lens_B = torch.tensor(lens, device=DEVICE)
     cdiv = lambda a, b: (a + b - 1) // b
-    chunks = [cdiv(cdiv(n, ns), da.BLOCK_S) * da.BLOCK_S for n in lens]  # the kernel's chunk of each row
-    assert ns > 1 and max(lens) < L and min(chunks) == da.BLOCK_S < max(chunks)  # both kinds of chunk
+    block = da.block_s(L, ns)
+    chunks = [cdiv(cdiv(n, ns), block) * block for n in lens]  # the kernel's chunk of each row
+    assert ns > 1 and max(lens) < L and min(chunks) == block < max(chunks)  # both kinds of chunk
     k1, v1, k2, v2 = k.clone(), v.clone(), k.clone(), v.clone()
     want = da.decode_attention(q, k1, v1, lens_B, **kw)
     monkeypatch.setattr(da, "EARLY_WITHOUT_PDL", True)

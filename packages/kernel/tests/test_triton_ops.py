@@ -271,31 +271,38 @@ def test_decode_attention_split_counters_are_checked():
 
 
 def test_decode_attention_num_splits():
-    from kernel.triton.decode_attention import MAX_SPLITS, num_splits
+    from kernel.triton.decode_attention import BLOCK_S, MAX_SPLITS, MIN_BLOCK_S, block_s, num_splits
 
-    # B=1, 4 KV heads on a 132-SM H200: one split per 64-slot block up to the cap
-    assert num_splits(1, 4, 384, 132) == 6 and num_splits(1, 4, 2048, 132) == MAX_SPLITS
+    # B=1, 4 KV heads on a 132-SM H200: one split per 16-slot block up to the cap
+    assert num_splits(1, 4, 384, 132) == 24 and num_splits(1, 4, 2048, 132) == MAX_SPLITS
     assert num_splits(32, 4, 2048, 132) == 2  # 128 (row, head) programs: two each give about two per SM
     assert num_splits(64, 4, 2048, 132) == 1  # rows and heads alone fill the GPU: the single-pass kernel
-    assert num_splits(1, 1, 65, 8) == 2 and num_splits(1, 1, 64, 8) == 1 and num_splits(1, 1, 0, 8) == 1
+    assert num_splits(1, 1, 17, 8) == 2 and num_splits(1, 1, 16, 8) == 1 and num_splits(1, 1, 0, 8) == 1
+    # the block: a full row's chunk in one step where it is short, else 64-slot steps
+    assert block_s(384, 24) == MIN_BLOCK_S == 16 and block_s(384, 12) == 32 and block_s(384, 6) == BLOCK_S == 64
+    assert block_s(2048, 32) == 64 and block_s(8192, 32) == 64 and block_s(384, 2) == 64  # batch 32's two splits
+    assert block_s(100, 1) == 64 and block_s(10, 1) == 16 and block_s(0, 1) == 16 and block_s(40, 2) == 32
 
 
 @pytest.mark.parametrize("paged", [False, True])
 def test_decode_attention_split_count_can_be_set_for_comparisons(monkeypatch, paged):
-    """$LMSTACK_DECODE_SPLITS fixes the split count (held to one split a BLOCK_S block and to MAX_SPLITS): every
-    count gives the reference's result, the in-kernel combine too; a bad value is refused by name."""
+    """$LMSTACK_DECODE_SPLITS fixes the split count (held to one split a MIN_BLOCK_S block and to MAX_SPLITS):
+    every count gives the reference's result, the in-kernel combine too; a bad value is refused by name."""
     from kernel.triton import decode_attention as da
 
-    assert da.splits(1, 4, 384, 132) == 6  # unset: num_splits
-    for raw, want in (("1", 1), ("2", 2), ("3", 3), ("50", 6)):
+    assert da.splits(1, 4, 384, 132) == 24  # unset: num_splits
+    for raw, want in (("1", 1), ("2", 2), ("3", 3), ("6", 6), ("30", 24)):
         monkeypatch.setenv(da.SPLITS_ENV, raw)
         assert da.splits(1, 4, 384, 132) == want
+    for raw, want in (("1", 1), ("50", 6)):  # 90 slots: at most six blocks of 16
+        monkeypatch.setenv(da.SPLITS_ENV, raw)
+        assert da.splits(1, 4, 90, 132) == want
     monkeypatch.setenv(da.SPLITS_ENV, "100")
     assert da.splits(1, 4, 8192, 132) == da.MAX_SPLITS
     q, k, v, lens_B, kw = _decode_case(torch.float32, 2, 4, 2, 32, 300, [300, 130], paged)
     ref32 = ref.decode_attention(q, k, v, lens_B, **kw)
     fn = triton_fn("decode_attention")
-    for n in ("1", "2", "3", "5"):
+    for n in ("1", "2", "3", "5", "10", "19"):  # blocks of 64 down to 16 (block_s(300, 19))
         monkeypatch.setenv(da.SPLITS_ENV, n)
         torch.testing.assert_close(fn(q, k, v, lens_B, **kw), ref32, rtol=1e-4, atol=1e-4)
         cnt = torch.zeros(2 * 2, dtype=torch.int32, device=DEVICE)

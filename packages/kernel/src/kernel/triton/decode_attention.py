@@ -2,8 +2,8 @@
 
 A decode step attends one query per row to the first ``lens[b]`` key slots of its row. One program per (row,
 KV head) loads the group of query heads that share the KV head (GQA: the K/V tiles are read once for the whole
-group, never repeated per query head), walks the row's slots ``BLOCK_S`` at a time up to its length (a loop bound
-read on the device, so a CUDA graph replays it at any length) with the online softmax of FlashAttention (Dao et al.
+group, never repeated per query head), walks the row's slots a block at a time (:func:`block_s`) up to its length
+(a loop bound read on the device, so a CUDA graph replays it at any length) with the online softmax of FlashAttention (Dao et al.
 2022), and writes (H, Dh). With a block table the slots are found through it (vLLM's PagedAttention, Kwon et al.
 2023): slot s of row b is at ``block_table[b, s // block_size] * block_size + s % block_size`` of the pool.
 No mask is built and nothing past a row's length is read. Semantics: :func:`kernel.reference.decode_attention`.
@@ -11,7 +11,7 @@ No mask is built and nothing past a row's length is read. Semantics: :func:`kern
 When (row, KV head) programs alone are too few to fill the GPU (a small batch), the slots are split as well
 (flash-decoding, Dao et al. 2023; vLLM's paged attention v2): :func:`num_splits` picks the split count from shapes
 that stay fixed between CUDA-graph replays (rows, KV heads, the rows' slot capacity, the SM count), never from the
-lengths. Split i of a row of n slots takes the i-th chunk of ``cdiv(cdiv(n, splits), BLOCK_S) * BLOCK_S`` slots
+lengths. Split i of a row of n slots takes the i-th chunk of ``cdiv(cdiv(n, splits), block) * block`` slots
 (computed on the device; trailing splits may get none) and writes its unnormalised output with its running max and
 sum to fp32 buffers; a second kernel rescales the splits to a common max and normalises, in a fixed order. Given
 ``split_counters`` (a zeroed int32 buffer of at least B x KVH entries that the caller keeps, e.g. the KV cache), the
@@ -38,7 +38,11 @@ from kernel.triton._device import device_info, pdl_capable
 from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ConfigError, ShapeError
 
+# key slots a loop step: BLOCK_S, or fewer for short chunks (:func:`block_s`); the splits are counted in MIN_BLOCK_S
+# blocks. A batch-1 step over the 384-slot cache ran 24 splits of 16 slots at 1,877-1,883 int8 tokens/s against
+# 1,762 for 6 of 64 (bf16 1,400-1,424 against 1,377) on an H200, docs/benchmarks.md runs AU-AV
 BLOCK_S = 64
+MIN_BLOCK_S = 16
 MAX_SPLITS = 32
 # a split count for every call, for comparisons (unset: num_splits decides); read when a call runs or is traced (a
 # compiled step keeps the count it was traced with), so set it before the process starts
@@ -261,20 +265,28 @@ def _merge(m, l_s, acc, AXIS: tl.constexpr):
 
 
 def num_splits(B: int, KVH: int, capacity: int, sms: int) -> int:
-    """Programs per (row, KV head) over the slots: about two programs per SM in all, at most one per ``BLOCK_S``
-    slots of a row's ``capacity`` and at most ``MAX_SPLITS``; 1 (no split) once ``B * KVH`` alone fills the GPU."""
-    return max(1, min(triton.cdiv(capacity, BLOCK_S), 2 * sms // (B * KVH), MAX_SPLITS))
+    """Programs per (row, KV head) over the slots: about two programs per SM in all, at most one per
+    ``MIN_BLOCK_S`` slots of a row's ``capacity`` and at most ``MAX_SPLITS``; 1 (no split) once ``B * KVH`` alone
+    fills the GPU."""
+    return max(1, min(triton.cdiv(capacity, MIN_BLOCK_S), 2 * sms // (B * KVH), MAX_SPLITS))
 
 
 def splits(B: int, KVH: int, capacity: int, sms: int) -> int:
     """The split count a call uses: :func:`num_splits`, or ``$LMSTACK_DECODE_SPLITS`` where set (a count of at least
-    1, held to one split per ``BLOCK_S`` slots of the capacity and to ``MAX_SPLITS``, as num_splits is)."""
+    1, held to one split per ``MIN_BLOCK_S`` slots of the capacity and to ``MAX_SPLITS``, as num_splits is)."""
     raw = os.environ.get(SPLITS_ENV, "")
     if not raw:
         return num_splits(B, KVH, capacity, sms)
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(SPLITS_ENV, f"expected a split count of at least 1, got {raw!r}")
-    return max(1, min(int(raw), triton.cdiv(capacity, BLOCK_S), MAX_SPLITS))
+    return max(1, min(int(raw), triton.cdiv(capacity, MIN_BLOCK_S), MAX_SPLITS))
+
+
+def block_s(capacity: int, ns: int) -> int:
+    """Key slots a loop step for ``ns`` splits of a ``capacity``-slot row: the power of two that holds a full row's
+    chunk, between ``MIN_BLOCK_S`` and ``BLOCK_S`` (a batch-1 step's short chunks get one small block each, long
+    rows BLOCK_S blocks)."""
+    return min(BLOCK_S, max(MIN_BLOCK_S, triton.next_power_of_2(triton.cdiv(max(capacity, 1), ns))))
 
 
 def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
@@ -357,7 +369,8 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
                           Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH, 0 if paged else capacity,
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
-                          ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_S=BLOCK_S,
+                          ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)),
+                          BLOCK_S=block_s(capacity, ns),
                           BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, EARLY=early,
                           ROPE_AT_POS=at_pos, **launch)
     if ns > 1 and not combine:
