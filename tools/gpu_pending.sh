@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh splits-batch  kernel 0.14's split rule at batch 1, 4 and 8 beside kernel 0.13's
+#                                      (LMSTACK_DECODE_SPLITS=6: 6 splits of 64 slots, what 0.13 gave these three),
+#                                      bf16 and int8, the new rule first and last, then decode attention's GPU tests
+#                                      (~6 min): 0.14 changes batch 4 (16 splits of 32) and batch 8 (8 of 64), untimed
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
-#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~6.5 min; last
-#                                      run in session 7, run R; final-short refreshed its figures in session 11, run
-#                                      AH, unprofiled; profile-int8 profiled both loops in session 13, run AP)
-# Session 14's recipes (docs/benchmarks.md: decode runs AQ-AS), kept to re-measure after changes:
+#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~3.5 min; last
+#                                      run in session 14, run AT, before kernel 0.14's attention splits)
+# Session 14's recipes (docs/benchmarks.md: decode runs AQ-AW), kept to re-measure after changes:
 #   RANK=chained bash tools/gpu_pending.sh int8-wide  int8-wide (below) with every int8 tile candidate ranked
 #                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
 #                                      kernel 0.13; the ten fastest then timed every way; ~7 min; run AQ: level,
@@ -15,8 +18,10 @@
 #                                      shipped count first and last (~3 min; run AR: 2 splits -12% bf16 and -14%
 #                                      int8, 3 splits -7% and -9%; 6 is the most this cache takes)
 #   bash tools/gpu_pending.sh block-s  decode attention's slot block at 32 and 16 (12 and 24 splits of the 384-slot
-#                                      cache) beside the shipped 64 (6 splits), bf16 and int8, the shipped block
-#                                      first and last (~4 min)
+#                                      cache) beside 64 (6 splits), bf16 and int8, 64 first and last, edited in the
+#                                      device's copy of the tree (~3 min; run AU: 16 slots won, int8 1,867 against
+#                                      1,758-1,772; confirmed 16-64-16 in AV and as shipped in AW: kernel 0.14's
+#                                      split rule. Since 0.14 the edit sets the largest block, BLOCK_S)
 #   (commit 4410203's int8-dp4a: the gemv's int8 weights multiplied as integers, four a dp4a instruction, by x in
 #   three int8 digits of a 20-bit fixed point ($LMSTACK_GEMV_INT8=dp4a) lost, int8 decode 1,543 tokens/s against
 #   1,754 and 1,807 as shipped with tiles tuned for it, every int8 gemv slower (gate/up 10.2 us against 7.9), run
@@ -146,7 +151,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -204,6 +209,21 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+splits-batch)
+  for v in a s6 a2; do
+    step "decode_$v" 170 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 $([ $v = s6 ] && echo LMSTACK_DECODE_SPLITS=6) \
+      python -m eval.bench decode --preset llama-1b --batch-sizes 1,4,8 --repeat 2 --variants lmstack,lmstack-int8 \
+      --out "$OUT/decode_$v.json"
+  done
+  python - "$OUT"/decode_*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    v = json.load(open(f))["results"]["variants"]
+    print(f, {n: {b: round(r[b]["decode_tokens_per_s"]) for b in r if b.startswith("batch")} for n, r in v.items()})
+PY
+  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_triton_ops.py \
+    packages/kernel/tests/test_decode_attention_pdl.py packages/kernel/tests/test_split_combine.py -k "decode"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12 ;;
 block-s)
   # decode attention's slot block at 32 and 16 (12 and 24 splits of the 384-slot cache) beside the shipped 64 (6),
   # edited in this copy of the tree only, the shipped block first and last

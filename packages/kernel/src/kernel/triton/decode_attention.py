@@ -3,10 +3,11 @@
 A decode step attends one query per row to the first ``lens[b]`` key slots of its row. One program per (row,
 KV head) loads the group of query heads that share the KV head (GQA: the K/V tiles are read once for the whole
 group, never repeated per query head), walks the row's slots a block at a time (:func:`block_s`) up to its length
-(a loop bound read on the device, so a CUDA graph replays it at any length) with the online softmax of FlashAttention (Dao et al.
-2022), and writes (H, Dh). With a block table the slots are found through it (vLLM's PagedAttention, Kwon et al.
-2023): slot s of row b is at ``block_table[b, s // block_size] * block_size + s % block_size`` of the pool.
-No mask is built and nothing past a row's length is read. Semantics: :func:`kernel.reference.decode_attention`.
+(a loop bound read on the device, so a CUDA graph replays it at any length) with the online softmax of
+FlashAttention (Dao et al. 2022), and writes (H, Dh). With a block table the slots are found through it (vLLM's
+PagedAttention, Kwon et al. 2023): slot s of row b is at ``block_table[b, s // block_size] * block_size + s %
+block_size`` of the pool. No mask is built and nothing past a row's length is read. Semantics:
+:func:`kernel.reference.decode_attention`.
 
 When (row, KV head) programs alone are too few to fill the GPU (a small batch), the slots are split as well
 (flash-decoding, Dao et al. 2023; vLLM's paged attention v2): :func:`num_splits` picks the split count from shapes
