@@ -4,6 +4,11 @@
 #                                      (LMSTACK_DECODE_SPLITS=6: 6 splits of 64 slots, what 0.13 gave these three),
 #                                      bf16 and int8, the new rule first and last, then decode attention's GPU tests
 #                                      (~6 min): 0.14 changes batch 4 (16 splits of 32) and batch 8 (8 of 64), untimed
+#   bash tools/gpu_pending.sh combine24  attention's 24 splits combined by their last program
+#                                      (LMSTACK_SPLIT_COMBINE=last, no combine kernel) beside the combine kernel, bf16
+#                                      and int8 at batch 1, the shipped path first and last (~2.5 min): with 6 splits
+#                                      it ran +1.2%, +0.1% and -2.0% (AC3, AD4, AD3); the combine kernel took 129-135
+#                                      us a token in AT
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~3.5 min; last
 #                                      run in session 14, run AT, before kernel 0.14's attention splits)
@@ -151,7 +156,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -209,6 +214,11 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+combine24)
+  dec decode_a 170 lmstack,lmstack-int8
+  dec decode_last 100 lmstack,lmstack-int8 LMSTACK_SPLIT_COMBINE=last
+  dec decode_a2 100 lmstack,lmstack-int8
+  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 splits-batch)
   for v in a s6 a2; do
     step "decode_$v" 170 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 $([ $v = s6 ] && echo LMSTACK_DECODE_SPLITS=6) \
