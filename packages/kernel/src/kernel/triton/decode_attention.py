@@ -40,8 +40,8 @@ from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ConfigError, ShapeError
 
 # key slots a loop step: BLOCK_S, or fewer for short chunks (:func:`block_s`); the splits are counted in MIN_BLOCK_S
-# blocks. A batch-1 step over the 384-slot cache ran 24 splits of 16 slots at 1,877-1,883 int8 tokens/s against
-# 1,762 for 6 of 64 (bf16 1,400-1,424 against 1,377) on an H200, docs/benchmarks.md runs AU-AV
+# blocks. A batch-1 step over the 384-slot cache ran 24 splits of 16 slots at 1,867-1,883 int8 tokens/s against
+# 1,637-1,772 for 6 of 64 (bf16 level: 1,393-1,424 against 1,370-1,418) on an H200, docs/benchmarks.md runs AU-AW
 BLOCK_S = 64
 MIN_BLOCK_S = 16
 MAX_SPLITS = 32
