@@ -2,8 +2,9 @@
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh splits-batch  kernel 0.14's split rule at batch 1, 4 and 8 beside kernel 0.13's
 #                                      (LMSTACK_DECODE_SPLITS=6: 6 splits of 64 slots, what 0.13 gave these three),
-#                                      bf16 and int8, the new rule first and last, then decode attention's GPU tests
-#                                      (~6 min): 0.14 changes batch 4 (16 splits of 32) and batch 8 (8 of 64), untimed
+#                                      bf16 at each and int8 at batch 1 (the bench's int8 loop), the new rule first
+#                                      and last, then decode attention's GPU tests (~6 min): 0.14 changes batch 4 (16
+#                                      splits of 32) and batch 8 (8 of 64), untimed
 #   bash tools/gpu_pending.sh combine24  attention's 24 splits combined by their last program
 #                                      (LMSTACK_SPLIT_COMBINE=last, no combine kernel) beside the combine kernel, bf16
 #                                      and int8 at batch 1, the shipped path first and last (~2.5 min): with 6 splits
