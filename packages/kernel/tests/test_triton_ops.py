@@ -285,6 +285,28 @@ def test_decode_attention_num_splits():
 
 
 @pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_launches_its_splits_with_the_block_that_holds_their_chunk(monkeypatch, paged):
+    """The batch-1 shape of the 1.1B decode (32 heads, 4 KV heads, a 384-slot cache) at 24 splits launches its
+    split kernel with 16-slot blocks, at 6 splits with 64 (kernel 0.13's path), and both match the reference."""
+    from kernel.triton import decode_attention as da
+
+    launches = []
+    real = da._decode
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((grid, kw["BLOCK_S"])) or real[grid](*args, **kw)
+
+    monkeypatch.setattr(da, "_decode", Spy())
+    q, k, v, lens_B, kw = _decode_case(torch.float32, 1, 32, 4, 16, 384, [300], paged, block_size=16)
+    want = ref.decode_attention(q, k, v, lens_B, **kw)
+    for n, block in (("24", 16), ("6", 64)):
+        monkeypatch.setenv(da.SPLITS_ENV, n)
+        torch.testing.assert_close(da.decode_attention(q, k, v, lens_B, **kw), want, rtol=1e-4, atol=1e-4)
+        assert launches.pop() == ((1, 4, int(n)), block)
+
+
+@pytest.mark.parametrize("paged", [False, True])
 def test_decode_attention_split_count_can_be_set_for_comparisons(monkeypatch, paged):
     """$LMSTACK_DECODE_SPLITS fixes the split count (held to one split a MIN_BLOCK_S block and to MAX_SPLITS):
     every count gives the reference's result, the in-kernel combine too; a bad value is refused by name."""
