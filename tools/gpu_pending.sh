@@ -20,14 +20,15 @@
 #                                      1,807 tokens/s against 1,806 and 1,660 as shipped, so nothing shipped).
 #                                      TOP=20 widens the plain ranking's search instead
 #   bash tools/gpu_pending.sh splits   decode attention's split count fixed at 2 and 3 ($LMSTACK_DECODE_SPLITS,
-#                                      kernel 0.13) beside the shipped 6 for the 384-slot cache, bf16 and int8, the
-#                                      shipped count first and last (~3 min; run AR: 2 splits -12% bf16 and -14%
-#                                      int8, 3 splits -7% and -9%; 6 is the most this cache takes)
-#   bash tools/gpu_pending.sh block-s  decode attention's slot block at 32 and 16 (12 and 24 splits of the 384-slot
-#                                      cache) beside 64 (6 splits), bf16 and int8, 64 first and last, edited in the
-#                                      device's copy of the tree (~3 min; run AU: 16 slots won, int8 1,867 against
-#                                      1,758-1,772; confirmed 16-64-16 in AV and as shipped in AW: kernel 0.14's
-#                                      split rule. Since 0.14 the edit sets the largest block, BLOCK_S)
+#                                      kernel 0.13) beside the shipped count for the 384-slot cache, bf16 and int8,
+#                                      the shipped count first and last (~3 min; run AR, beside kernel 0.13's 6: 2
+#                                      splits -12% bf16 and -14% int8, 3 splits -7% and -9%; kernel 0.14 ships 24)
+#   bash tools/gpu_pending.sh block-s  decode attention at 6 and 12 splits (64- and 32-slot blocks, by
+#                                      $LMSTACK_DECODE_SPLITS) beside the shipped 24 of 16 slots for the 384-slot
+#                                      cache, bf16 and int8, the shipped count first and last (~3 min). Run AU made
+#                                      the same comparison by editing the block in the device's copy of the tree,
+#                                      before kernel 0.14: 16 slots won, int8 1,867 against 1,758-1,772; confirmed
+#                                      16-64-16 in AV and as shipped in AW (kernel 0.14's split rule)
 #   (commit 4410203's int8-dp4a: the gemv's int8 weights multiplied as integers, four a dp4a instruction, by x in
 #   three int8 digits of a 20-bit fixed point ($LMSTACK_GEMV_INT8=dp4a) lost, int8 decode 1,543 tokens/s against
 #   1,754 and 1,807 as shipped with tiles tuned for it, every int8 gemv slower (gate/up 10.2 us against 7.9), run
@@ -236,15 +237,10 @@ PY
     packages/kernel/tests/test_decode_attention_pdl.py packages/kernel/tests/test_split_combine.py -k "decode"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12 ;;
 block-s)
-  # decode attention's slot block at 32 and 16 (12 and 24 splits of the 384-slot cache) beside the shipped 64 (6),
-  # edited in this copy of the tree only, the shipped block first and last
-  F=packages/kernel/src/kernel/triton/decode_attention.py
-  dec decode_a 100 lmstack,lmstack-int8
-  for bs in 32 16; do
-    sed -i "s/^BLOCK_S = [0-9]*$/BLOCK_S = $bs/" "$F"; grep -q "^BLOCK_S = $bs$" "$F" || echo "BLOCK_S not set"
-    dec "decode_b$bs" 100 lmstack,lmstack-int8
-  done
-  sed -i "s/^BLOCK_S = [0-9]*$/BLOCK_S = 64/" "$F"
+  # block_s(384, n): 64 slots at 6 splits, 32 at 12, 16 at the shipped 24
+  dec decode_a 170 lmstack,lmstack-int8
+  dec decode_s6 100 lmstack,lmstack-int8 LMSTACK_DECODE_SPLITS=6
+  dec decode_s12 100 lmstack,lmstack-int8 LMSTACK_DECODE_SPLITS=12
   dec decode_a2 100 lmstack,lmstack-int8
   grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
 splits)

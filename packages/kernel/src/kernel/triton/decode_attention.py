@@ -269,7 +269,12 @@ def num_splits(B: int, KVH: int, capacity: int, sms: int) -> int:
     """Programs per (row, KV head) over the slots: about two programs per SM in all, at most one per
     ``MIN_BLOCK_S`` slots of a row's ``capacity`` and at most ``MAX_SPLITS``; 1 (no split) once ``B * KVH`` alone
     fills the GPU."""
-    return max(1, min(triton.cdiv(capacity, MIN_BLOCK_S), 2 * sms // (B * KVH), MAX_SPLITS))
+    return max(1, min(_most_splits(capacity), 2 * sms // (B * KVH)))
+
+
+def _most_splits(capacity: int) -> int:
+    """One split per ``MIN_BLOCK_S`` slots of the capacity, at most ``MAX_SPLITS``."""
+    return min(triton.cdiv(capacity, MIN_BLOCK_S), MAX_SPLITS)
 
 
 def splits(B: int, KVH: int, capacity: int, sms: int) -> int:
@@ -280,7 +285,7 @@ def splits(B: int, KVH: int, capacity: int, sms: int) -> int:
         return num_splits(B, KVH, capacity, sms)
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(SPLITS_ENV, f"expected a split count of at least 1, got {raw!r}")
-    return max(1, min(int(raw), triton.cdiv(capacity, MIN_BLOCK_S), MAX_SPLITS))
+    return max(1, min(int(raw), _most_splits(capacity)))
 
 
 def block_s(capacity: int, ns: int) -> int:
