@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh per-head  decode attention as one program per (row, query head) over the whole row
+#                                      ($LMSTACK_DECODE_PER_HEAD=1: no splits, no combine kernel) beside the splits:
+#                                      its GPU tests, then bf16 and int8 at batch 1, profiled with exposed times, A-B-A-B
+#                                      (~5.5 min; session 15's final call showed attention's split kernel and combine
+#                                      exposing 76 + 43 us of int8's 535 us a token)
 #   bash tools/gpu_pending.sh splits-batch  kernel 0.14's split rule at batch 1, 4 and 8 beside kernel 0.13's
 #                                      (LMSTACK_DECODE_SPLITS=6: 6 splits of 64 slots, what 0.13 gave these three),
 #                                      bf16 at each and int8 at batch 1 (the bench's int8 loop), the new rule first
@@ -11,8 +16,9 @@
 #                                      it ran +1.2%, +0.1% and -2.0% (AC3, AD4, AD3); the combine kernel took 129-135
 #                                      us a token in AT
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
-#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12) (~3.5 min; last
-#                                      run in session 14, run AT, before kernel 0.14's attention splits)
+#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
+#                                      exposed time too (eval 0.13) (~3.5 min; last run in session 14, run AT,
+#                                      before kernel 0.14's attention splits)
 # Session 14's recipes (docs/benchmarks.md: decode runs AQ-AW), kept to re-measure after changes:
 #   RANK=chained bash tools/gpu_pending.sh int8-wide  int8-wide (below) with every int8 tile candidate ranked
 #                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
@@ -158,7 +164,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in per-head|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -175,7 +181,8 @@ for f in sys.argv[1:]:
         print(f, name, round(p["decode_tokens_per_s"]), "tok/s",
               {k: prof[k] for k in prof if not isinstance(prof[k], (list, dict))})
         for row in prof["top"][:int(__import__("os").environ.get("TOP", 16))]:
-            print(f"   {row['us_per_token']:8.1f} us x{row['per_token']:5.1f}  {row['kernel'][:90]}")
+            print(f"   {row['us_per_token']:8.1f} us {row.get('exposed_us_per_token', 0):7.1f} exposed x{row['per_token']:5.1f}"
+                  f"  {row['kernel'][:80]}")
 PY
 }
 gpt2_top() {
@@ -216,11 +223,45 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+per-head)
+  step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_triton_ops.py -k "per_head"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  for v in a h a2 h2; do
+    step "decode_$v" $([ $v = a ] && echo 150 || echo 100) env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      LMSTACK_DECODE_PER_HEAD=$([ ${v%2} = h ] && echo 1 || echo 0) python -m eval.bench decode --preset llama-1b \
+      --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+  done
+  python - "$OUT"/decode_*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    for n, r in json.load(open(f))["results"]["variants"].items():
+        if "batch1" not in r:
+            print(f, n, r)
+            continue
+        p = r["batch1"]["profile"]
+        attn = {row["kernel"][:8]: (round(row["us_per_token"]), round(row["exposed_us_per_token"])) for row in p["top"]
+                if row["kernel"].startswith(("_decode", "_combine"))}
+        print(f, n, round(r["batch1"]["decode_tokens_per_s"]), "busy", round(p["busy_us_per_token"]), attn,
+              "gap", r.get("greedy_gap_max"))
+PY
+  ;;
 combine24)
-  dec decode_a 170 lmstack,lmstack-int8
-  dec decode_last 100 lmstack,lmstack-int8 LMSTACK_SPLIT_COMBINE=last
-  dec decode_a2 100 lmstack,lmstack-int8
-  grep -H '"decode_tokens_per_s"\|fraction_of_roofline\|int8_speedup\|greedy_gap\|error' "$OUT"/decode_*.json ;;
+  # A-B-A-B, every process profiled (kernels a token; session 14 saw int8 run ~8% apart in processes of one call),
+  # then the serving engine under 64 requests (last measured in session 5, before kernel 0.14's splits)
+  for v in a last a2 last2; do
+    step "decode_$v" $([ $v = a ] && echo 150 || echo 100) env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      $([ ${v%2} = last ] && echo LMSTACK_SPLIT_COMBINE=last) python -m eval.bench decode --preset llama-1b \
+      --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+  done
+  python - "$OUT"/decode_*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    v = json.load(open(f))["results"]["variants"]
+    print(f, {n: (round(r["batch1"]["decode_tokens_per_s"]), round(r["batch1"]["profile"]["kernel_us_per_token"]),
+                  r["batch1"]["profile"]["kernels_per_token"]) for n, r in v.items() if "batch1" in r})
+PY
+  step engine 140 python -m eval.bench engine --preset llama-1b --out "$OUT/engine.json"
+  grep -h 'tokens_per_s"\|speedup\|p50\|p99\|error' "$OUT/engine.json" | head -n 16 ;;
 splits-batch)
   for v in a s6 a2; do
     step "decode_$v" 170 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 $([ $v = s6 ] && echo LMSTACK_DECODE_SPLITS=6) \
@@ -682,7 +723,8 @@ final)
   step final 420 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 2 --profile \
     --variants transformers,lmstack,lmstack-int8 --out "$OUT/final.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|greedy_gap\|"fold_norms"\|kernel_us\|kernels_per' \
-    "$OUT/final.json" ;;
+    "$OUT/final.json"
+  TOP=12 decode_top "$OUT/final.json" ;;
 serial)
   # 1. the changed kernels on the card: decode attention (its in-kernel combine), the skinny matmul (serial split-K),
   #    the attention layer through a fixed cache, FastGenerator's folding and routing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 import pytest
@@ -194,6 +195,36 @@ def test_decode_profile_covers_the_int8_variant_too(tmp_path, monkeypatch):
     assert calls == [(2, 4), (1, 4)]
 
 
+def test_profile_decode_takes_the_one_token_profile_off_per_kernel(monkeypatch):
+    """profile_decode profiles generate(1) and generate(n) and reports the difference per decode step: durations,
+    counts and exposed times per kernel, a kernel only the one-token run has dropped, busy time the sum of the
+    exposed times (the profiler's rows stood in for: the real ones need a GPU)."""
+    from eval.bench import decode
+
+    one = ({"_prefill": [2, 40.0], "_gemv grid=512x1x1": [4, 40.0]}, {"_prefill": 30.0, "_gemv grid=512x1x1": 20.0})
+    many = ({"_prefill": [2, 40.0], "_gemv grid=512x1x1": [68, 680.0], "_decode": [32, 96.0]},
+            {"_prefill": 30.0, "_gemv grid=512x1x1": 340.0, "_decode": 32.0})
+    asked = []
+
+    class Gen:
+        def generate(self, prompt, k):
+            asked.append(k)
+
+    profiles = iter([one, many])
+    monkeypatch.setattr(decode, "profiled_gpu", lambda prof: next(profiles))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.profiler, "profile", lambda activities: contextlib.nullcontext())
+    p = decode.profile_decode(Gen(), torch.zeros(1, 4, dtype=torch.long), n=33)
+    assert asked == [1, 1, 33, 33]  # a warm-up call before each profiled one
+    rows = {r["kernel"]: r for r in p["top"]}
+    assert set(rows) == {"_gemv grid=512x1x1", "_decode"}
+    assert rows["_gemv grid=512x1x1"] == {"kernel": "_gemv grid=512x1x1", "per_token": 2.0, "us_per_token": 20.0,
+                                          "exposed_us_per_token": 10.0}
+    assert rows["_decode"]["exposed_us_per_token"] == 1.0 and rows["_decode"]["us_per_token"] == 3.0
+    assert p["kernels_per_token"] == 3.0 and p["kernel_us_per_token"] == 23.0 and p["busy_us_per_token"] == 11.0
+    assert p["top"][0]["kernel"] == "_gemv grid=512x1x1"  # by duration
+
+
 def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
     """lmstack-fused (one q/k/v GEMM) starts from the same weights as lmstack: the same losses, step for step."""
     doc = _run(capsys, ["train-compare", "--preset", "gpt2-debug", "--device", "cpu", "--compile", "none",
@@ -304,6 +335,28 @@ def test_gpu_rows_split_a_kernel_by_launch_grid_and_skip_host_events():
     rows = gpu_rows(events)
     assert rows == {"_skinny grid=80x1x1": [2, pytest.approx(13.1)], "_skinny grid=352x1x1": [1, 13.8],
                     "Memcpy DtoD (Device -> Device)": [1, 1.0]}
+
+
+def test_exposed_gpu_us_splits_the_busy_time_of_an_overlapping_chain():
+    """A chain launched early under PDL (each kernel starts before its predecessor ends and waits inside): each
+    kernel is charged what it ran past the frontier, gaps are charged to no one, a kernel wholly inside another's
+    interval gets 0, and the charges sum to the union of the intervals (measured here on a 0.5 us grid)."""
+    from eval.bench.common import exposed_gpu_us
+
+    def ev(name, ts, dur, grid=None, cat="kernel"):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"grid": grid} if grid else {}}
+
+    events = [ev("_gemv", 0.0, 10.0, [512, 1, 1]), ev("_decode", 2.0, 11.0),  # waits 2-10, runs past to 13
+              ev("_combine", 15.0, 5.0),  # after a 2 us gap
+              ev("Memcpy DtoD (Device -> Device)", 16.0, 2.0, cat="gpu_memcpy"),  # inside _combine
+              ev("_gemv", 19.0, 4.0, [512, 1, 1]),
+              {"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 100.0}]
+    x = exposed_gpu_us(list(reversed(events)))  # order of the trace does not matter
+    assert x == {"_gemv grid=512x1x1": pytest.approx(13.0), "_decode": pytest.approx(3.0),
+                 "_combine": pytest.approx(5.0), "Memcpy DtoD (Device -> Device)": 0.0}
+    covered = sum(any(e["ts"] <= t / 2 < e["ts"] + e["dur"] for e in events if e["cat"] != "cpu_op")
+                  for t in range(0, 60))
+    assert sum(x.values()) == pytest.approx(covered / 2)
 
 
 def test_trace_events_reads_a_profile_back():

@@ -335,6 +335,70 @@ def test_decode_attention_split_count_can_be_set_for_comparisons(monkeypatch, pa
             fn(q, k, v, lens_B, **kw)
 
 
+def test_decode_attention_per_head_rule(monkeypatch):
+    """$LMSTACK_DECODE_PER_HEAD: 1 takes the per-head kernel where it applies (a fixed cache of at most
+    HEAD_MAX_SLOTS slots at a shape that splits), 0 never, unset the default; anything else is refused by name."""
+    from kernel.triton import decode_attention as da
+
+    monkeypatch.delenv(da.PER_HEAD_ENV, raising=False)
+    assert da.per_head(384, 24, False) is da.DEFAULT_PER_HEAD
+    monkeypatch.setenv(da.PER_HEAD_ENV, "1")
+    assert da.per_head(384, 24, False) and da.per_head(da.HEAD_MAX_SLOTS, 2, False)
+    assert not da.per_head(384, 24, True)  # paged
+    assert not da.per_head(384, 1, False)  # rows and heads fill the GPU: the one-pass split kernel
+    assert not da.per_head(da.HEAD_MAX_SLOTS + 1, 24, False)  # past what one block holds
+    monkeypatch.setenv(da.PER_HEAD_ENV, "0")
+    assert not da.per_head(384, 24, False)
+    monkeypatch.setenv(da.PER_HEAD_ENV, "yes")
+    with pytest.raises(ConfigError, match="LMSTACK_DECODE_PER_HEAD.*expected 1 .* or 0, got 'yes'"):
+        da.per_head(384, 24, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("early", [False, True])
+@pytest.mark.parametrize("B, H, KVH, Dh, L, lens", [(1, 8, 2, 32, 300, [233]), (2, 4, 1, 16, 40, [40, 0]),
+                                                    (1, 32, 4, 64, 384, [1])])
+def test_decode_attention_per_head_kernel_matches_the_reference(monkeypatch, dtype, early, B, H, KVH, Dh, L, lens):
+    """The per-head kernel (one program per row and query head, launched instead of the splits): the reference's
+    output, rope and cache write of the new token included; stale slots past a row's length (NaN) change nothing,
+    loaded before the length is known (early, as under PDL) or after; a row of length 0 gives zeros."""
+    from kernel.triton import decode_attention as da
+
+    launches = []
+    real = da._decode_head
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((grid, kw["BLOCK_S"], kw["EARLY"])) or real[grid](*args, **kw)
+
+    monkeypatch.setattr(da, "_decode_head", Spy())
+    monkeypatch.setattr(da, "EARLY_WITHOUT_PDL", early)
+    monkeypatch.setenv(da.PER_HEAD_ENV, "1")
+    q, k, v, lens_B, _ = _decode_case(dtype, B, H, KVH, Dh, L, lens, paged=False, seed=21)
+    g = torch.Generator().manual_seed(22)
+    k_new = torch.randn(B, KVH, Dh, generator=g).to(DEVICE, dtype)
+    v_new = torch.randn(B, KVH, Dh, generator=g).to(DEVICE, dtype)
+    ang = torch.rand(B, Dh // 2, generator=g) * 6.3
+    cos, sin = torch.cat([ang.cos()] * 2, -1).to(DEVICE, dtype), torch.cat([ang.sin()] * 2, -1).to(DEVICE, dtype)
+    k32, v32 = k.float(), v.float()
+    ref32 = ref.decode_attention(q.float(), k32, v32, lens_B, k_new=k_new.float(), v_new=v_new.float(),
+                                 cos_BDh=cos.float(), sin_BDh=sin.float())
+    k_low, v_low = k.clone(), v.clone()
+    lowp = ref.decode_attention(q, k_low, v_low, lens_B, k_new=k_new, v_new=v_new, cos_BDh=cos, sin_BDh=sin)
+    for b, n in enumerate(lens):  # stale slots may hold anything
+        k[b, :, n:], v[b, :, n:] = float("nan"), float("nan")
+    got = triton_fn("decode_attention")(q, k, v, lens_B, k_new=k_new, v_new=v_new, cos_BDh=cos, sin_BDh=sin)
+    assert launches == [((B, H), triton.next_power_of_2(L), early)]
+    check("decode_attention", got, ref32, lowp, dtype, fp32_atol=1e-4)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for b, n in enumerate(lens):
+        if n == 0:
+            assert got[b].abs().max().item() == 0.0
+        else:  # the new token's slot, rotated as the reference writes it; the slots before it untouched
+            torch.testing.assert_close(k[b, :, :n].float(), k32[b, :, :n], **tol)
+            torch.testing.assert_close(v[b, :, :n].float(), v32[b, :, :n])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("paged", [False, True])
 @pytest.mark.parametrize("rope", [False, True])

@@ -95,25 +95,52 @@ def gpu_rows(events: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
     for e in events:
         if e.get("ph") != "X" or e.get("cat") not in GPU_EVENT_CATEGORIES:
             continue
-        grid = (e.get("args") or {}).get("grid")
-        name = e.get("name", "?") + (f" grid={'x'.join(str(g) for g in grid)}" if grid else "")
-        r = rows.setdefault(name, [0, 0.0])
+        r = rows.setdefault(_gpu_name(e), [0, 0.0])
         r[0] += 1
         r[1] += float(e.get("dur", 0.0))
     return rows
 
 
+def _gpu_name(e: dict[str, Any]) -> str:
+    grid = (e.get("args") or {}).get("grid")
+    return e.get("name", "?") + (f" grid={'x'.join(str(g) for g in grid)}" if grid else "")
+
+
+def exposed_gpu_us(events: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """``{name: microseconds}`` (names as :func:`gpu_rows` gives them): how far each GPU event moved the end of the
+    GPU's busy time: its end minus the later of its start and the latest end of the events that started before it
+    (0 when that is later than its own end). Summed over names this is the union of the events' intervals, so it
+    splits a chain of kernels' wall time between them. A kernel launched early that waits inside on its
+    predecessor (programmatic dependent launch) counts only what it ran past that predecessor's end; its plain
+    duration (:func:`gpu_rows`) counts the wait too."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), _gpu_name(e)) for e in events
+                   if e.get("ph") == "X" and e.get("cat") in GPU_EVENT_CATEGORIES and "ts" in e)
+    out: dict[str, float] = {}
+    last = float("-inf")
+    for start, end, name in spans:
+        out[name] = out.get(name, 0.0) + max(0.0, end - max(start, last))
+        last = max(last, end)
+    return out
+
+
 def profiled_gpu_rows(prof: Any) -> dict[str, list[float]]:
     """:func:`gpu_rows` of a finished profile; by name alone (``prof.events()``) if its trace has no kernel events."""
-    rows = gpu_rows(trace_events(prof))
+    return profiled_gpu(prof)[0]
+
+
+def profiled_gpu(prof: Any) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """A finished profile's :func:`gpu_rows` and :func:`exposed_gpu_us`, from one export of its trace. With no
+    kernel events in the trace the rows come by name alone (``prof.events()``) and the exposed times are empty."""
+    events = trace_events(prof)
+    rows = gpu_rows(events)
     if rows:
-        return rows
+        return rows, exposed_gpu_us(events)
     for e in prof.events():
         if e.device_type.name == "CUDA":
             r = rows.setdefault(e.name, [0, 0.0])
             r[0] += 1
             r[1] += e.time_range.elapsed_us()
-    return rows
+    return rows, {}
 
 
 def trace_events(prof: Any) -> list[dict[str, Any]]:

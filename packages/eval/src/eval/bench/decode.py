@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from eval.bench.common import DTYPES, hf_llama, prefer_kernels, profiled_gpu_rows, report, sync
+from eval.bench.common import DTYPES, hf_llama, prefer_kernels, profiled_gpu, report, sync
 from eval.loading import pick_device
 from kernel import default_registry
 from specs.errors import LmstackError
@@ -151,26 +151,31 @@ def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -
     """GPU kernels of ``n - 1`` decode steps: profile ``generate(n)`` and ``generate(1)`` (prefill + first pick)
     and take the difference per kernel name and launch grid (:func:`eval.bench.common.gpu_rows`: the skinny
     matmul gets a row per projection shape), so what remains is the decode steps alone (CUDA-graph replays
-    included: CUPTI reports the kernels inside a graph)."""
+    included: CUPTI reports the kernels inside a graph). ``us_per_token`` is a kernel's duration, waits inside it
+    included; ``exposed_us_per_token`` what it added to the GPU's busy time (:func:`eval.bench.common.exposed_gpu_us`),
+    which under programmatic dependent launch leaves out the wait for its predecessor; the exposed times sum to
+    ``busy_us_per_token``."""
     from torch.profiler import ProfilerActivity, profile
 
-    def kernels(k: int) -> dict[str, list[float]]:
+    def kernels(k: int) -> tuple[dict[str, list[float]], dict[str, float]]:
         gen.generate(prompt, k)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             gen.generate(prompt, k)
             torch.cuda.synchronize()
-        return profiled_gpu_rows(prof)
+        return profiled_gpu(prof)
 
-    one, many = kernels(1), kernels(n)
+    (one, one_x), (many, many_x) = kernels(1), kernels(n)
     steps = n - 1
     rows = []
     for name, (cnt, us) in many.items():
         c1, u1 = one.get(name, [0, 0.0])
         if cnt - c1 > 0:
-            rows.append({"kernel": name[:120], "per_token": (cnt - c1) / steps, "us_per_token": (us - u1) / steps})
+            rows.append({"kernel": name[:120], "per_token": (cnt - c1) / steps, "us_per_token": (us - u1) / steps,
+                         "exposed_us_per_token": (many_x.get(name, 0.0) - one_x.get(name, 0.0)) / steps})
     rows.sort(key=lambda r: -r["us_per_token"])
     return {"kernels_per_token": sum(r["per_token"] for r in rows),
-            "kernel_us_per_token": sum(r["us_per_token"] for r in rows), "top": rows[:top]}
+            "kernel_us_per_token": sum(r["us_per_token"] for r in rows),
+            "busy_us_per_token": sum(r["exposed_us_per_token"] for r in rows), "top": rows[:top]}
 
 
 @torch.no_grad()
