@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh graphs   the decode step replayed from FastGenerator's own CUDA graph (serve 0.x,
+#                                      $LMSTACK_DECODE_GRAPHS=step, the new default) beside torch.compile's CUDA-graph
+#                                      trees (=trees, before): its GPU test, then bf16 at batch 1 and 32 and int8 at
+#                                      batch 1 with the host's launch time a token, step-trees-step-trees (~6 min)
 #   bash tools/gpu_pending.sh per-head  decode attention as one program per (row, query head) over the whole row
 #                                      ($LMSTACK_DECODE_PER_HEAD=1: no splits, no combine kernel) beside the splits:
 #                                      its GPU tests, then bf16 and int8 at batch 1, profiled with exposed times, A-B-A-B
@@ -164,7 +168,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in per-head|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in graphs|per-head|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -223,6 +227,22 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+graphs)
+  step tests 100 python -m pytest -q -p no:cacheprovider packages/serve/tests/test_fast.py -k "own_graphs"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  for v in step trees step2 trees2; do
+    step "decode_$v" $([ $v = step ] && echo 130 || echo 95) env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      LMSTACK_DECODE_GRAPHS=${v%2} python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 2 \
+      --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+  done
+  python - "$OUT"/decode_*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    for n, r in json.load(open(f))["results"]["variants"].items():
+        print(f, n, {b: (round(x["decode_tokens_per_s"]), round(x.get("host_us_per_token", 0))) for b, x in r.items()
+                     if b.startswith("batch")} if "error" not in r else r, "gap", r.get("greedy_gap_max"))
+PY
+  ;;
 per-head)
   step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_triton_ops.py -k "per_head"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8

@@ -134,3 +134,82 @@ def test_the_two_pass_argmax_is_torchs_argmax_ties_nan_and_masked_rows_included(
         assert torch.equal(fn(x), x.argmax(-1, keepdim=True)), V
     small = torch.randn(2, 100, generator=g)
     assert torch.equal(argmax_rows(small), small.argmax(-1, keepdim=True))
+
+
+def test_own_graphs_capture_the_step_once_per_kind_after_its_warmup(tiny_lm, monkeypatch):
+    """The own-graph path (GRAPHS_ENV "step", the default for "reduce-overhead" on CUDA; forced here on a CPU model
+    with the capture stood in for): WARMUP_STEPS compiled steps, then one capture per kind (greedy, sampled) that
+    every later step and generate() call replays; sampled replays read each step's noise from one buffer. Tokens
+    equal the plain loop's, greedy and sampled."""
+    import serve.fast as fast
+
+    captured, replays = [], []
+
+    def capture(fn):  # a capture records the step without running it; a replay reruns it on the same buffers
+        captured.append(fn)
+        return lambda: replays.append(fn) or fn()
+
+    monkeypatch.setattr(fast, "_capture", capture)
+    prompt = torch.randint(0, tiny_lm.config.vocab_size, (2, 5))
+    plain = FastGenerator(tiny_lm, 2, 32, compile=None)
+    want, want_sampled = plain.generate(prompt, 9), plain.generate(prompt, 9, temperature=0.8, seed=4)
+    gen = FastGenerator(tiny_lm, 2, 32, compile="default", backend="eager")
+    assert gen.own_graphs is False  # a CPU model
+    gen.own_graphs = True
+    steps = []
+    real_step = gen._decode_one
+    gen._step = lambda noise: steps.append(noise) or real_step(noise)
+    gen._ensure_compiled = lambda: None  # keep the counting step
+    assert torch.equal(gen.generate(prompt, 9), want)
+    assert len(captured) == 1 and len(steps) == 8 and len(replays) == 8 - fast.WARMUP_STEPS
+    assert torch.equal(gen.generate(prompt, 9), want)
+    assert len(captured) == 1 and len(replays) == 16 - fast.WARMUP_STEPS  # replayed, not captured again
+    assert torch.equal(gen.generate(prompt, 9, temperature=0.8, seed=4), want_sampled)
+    assert len(captured) == 2 and gen._noise is not None
+    buf = gen._noise
+    assert torch.equal(gen.generate(prompt, 9, temperature=0.8, seed=4), want_sampled) and gen._noise is buf
+    assert all(n is buf for n in steps[-8:])  # every sampled replay read the one buffer
+
+
+def test_own_graphs_apply_to_reduce_overhead_on_cuda_only_and_can_be_turned_off(tiny_lm, monkeypatch):
+    """GRAPHS_ENV: "trees" leaves the step to torch.compile's CUDA-graph trees, a bad value is refused by name; a
+    CPU model, or another mode, never takes the own-graph path; the compile options then keep the mode's."""
+    import serve.fast as fast
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    assert FastGenerator(tiny_lm, 1, 16).own_graphs is False  # CPU
+    monkeypatch.setenv(fast.GRAPHS_ENV, "trees")
+    assert FastGenerator(tiny_lm, 1, 16).own_graphs is False
+    monkeypatch.setenv(fast.GRAPHS_ENV, "graphs")
+    with pytest.raises(ConfigError, match="LMSTACK_DECODE_GRAPHS.*'step'.*'trees'.*got 'graphs'"):
+        FastGenerator(tiny_lm, 1, 16)
+    monkeypatch.setenv(fast.GRAPHS_ENV, "step")
+    gen = FastGenerator(tiny_lm, 1, 16)
+    gen.own_graphs = True  # as on CUDA: inductor gets the mode's options without CUDA-graph trees
+    gen._ensure_compiled()
+    assert seen[-1]["options"] == {"triton.cudagraphs": False} and "mode" not in seen[-1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_own_graphs_on_cuda_give_the_trees_tokens(tiny_lm, monkeypatch):
+    """On a GPU: the step captured in the generator's own CUDA graph gives the tokens of torch.compile's CUDA-graph
+    trees and of the eager loop, greedy and sampled, across generate() calls."""
+    import copy
+
+    import serve.fast as fast
+
+    model = copy.deepcopy(tiny_lm).cuda()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 5), device="cuda")
+    eager = FastGenerator(copy.deepcopy(model), 2, 48, compile=None)
+    want, want_s = eager.generate(prompt, 20), eager.generate(prompt, 20, temperature=0.7, seed=3)
+    for graphs in ("step", "trees"):
+        torch._dynamo.reset()
+        monkeypatch.setenv(fast.GRAPHS_ENV, graphs)
+        gen = FastGenerator(copy.deepcopy(model), 2, 48)
+        assert gen.own_graphs is (graphs == "step")
+        for _ in range(2):
+            assert torch.equal(gen.generate(prompt, 20), want), graphs
+            assert torch.equal(gen.generate(prompt, 20, temperature=0.7, seed=3), want_s), graphs
+        if graphs == "step":
+            assert set(gen._graphs) == {False, True}

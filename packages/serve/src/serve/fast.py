@@ -14,6 +14,7 @@ Shape legend: B rows, T prompt tokens, N new tokens, V vocabulary.
 
 from __future__ import annotations
 
+import os
 import types
 from typing import Any
 
@@ -24,6 +25,22 @@ from kernel import default_registry, one_row_pdl_linear, resolve
 from kernel.reference import linear_split_counters, split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
+
+
+# How a "reduce-overhead" step is replayed on CUDA (for comparisons; read when a generator is made): "step" (the
+# default) captures the compiled step in one torch.cuda.CUDAGraph of this generator's own and replays it per token,
+# so a token costs a graph launch from Python and nothing else; "trees" leaves it to torch.compile's CUDA-graph trees
+# (mode="reduce-overhead" itself), which check the step's inputs and guards in Python on every call
+GRAPHS_ENV = "LMSTACK_DECODE_GRAPHS"
+WARMUP_STEPS = 2  # compiled steps run before a capture: compile, autotune, first-call allocations
+
+
+def _capture(fn: Any) -> Any:
+    """``fn()`` captured as a CUDA graph (its allocations in the graph's private pool); returns the replay."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 class FastGenerator:
@@ -161,6 +178,17 @@ class FastGenerator:
         for t in (self._tok, self._out, self._at, self._inv_temp):
             torch._dynamo.mark_static_address(t)
         self.compile_mode, self.backend, self.pdl = compile, backend, pdl
+        graphs = os.environ.get(GRAPHS_ENV, "") or "step"
+        if graphs not in ("step", "trees"):
+            raise ConfigError(GRAPHS_ENV, f"expected 'step' (one CUDA graph of the step, the default) or 'trees' "
+                                          f"(torch.compile's CUDA-graph trees), got {graphs!r}")
+        # whether this generator captures its compiled step itself (see GRAPHS_ENV): "reduce-overhead" with
+        # inductor on CUDA, where that mode would otherwise take CUDA-graph trees
+        self.own_graphs = (graphs == "step" and compile == "reduce-overhead" and backend == "inductor"
+                           and device.type == "cuda")
+        self._graphs: dict[bool, Any] = {}  # sampled (noise given) or greedy -> the captured step's replay
+        self._warm = {False: 0, True: 0}
+        self._noise: torch.Tensor | None = None  # the sampled graph's noise, at a fixed address
         self._step = self._decode_one
         self._compiled = False
 
@@ -220,10 +248,16 @@ class FastGenerator:
         if self._compiled or self.compile_mode is None:
             return
         kwargs: dict[str, Any] = {"fullgraph": True, "dynamic": False, "backend": self.backend}
-        if self.backend == "inductor" and self.pdl:  # a mode's options plus PDL (torch takes a mode or options)
+        if self.backend == "inductor" and (self.pdl or self.own_graphs):
+            # a mode's options plus PDL (torch takes a mode or options), without CUDA-graph trees where this
+            # generator captures the step itself
             from torch._inductor import list_mode_options
 
-            kwargs["options"] = {**list_mode_options(self.compile_mode), "triton.enable_pdl": True}
+            kwargs["options"] = {**list_mode_options(self.compile_mode)}
+            if self.pdl:
+                kwargs["options"]["triton.enable_pdl"] = True
+            if self.own_graphs:
+                kwargs["options"]["triton.cudagraphs"] = False
         elif self.backend == "inductor":
             kwargs["mode"] = self.compile_mode
         # A private copy of the step's code object: dynamo caches compiled graphs per code object (8 by default),
@@ -266,10 +300,33 @@ class FastGenerator:
         self._at.fill_(1)
         self._ensure_compiled()
         for _ in range(1, max_new_tokens):
+            if self.own_graphs:
+                self._replay(noise())
+                continue
             if self._compiled and device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
             self._step(noise())
         return self._out[:, :max_new_tokens].clone()
+
+    def _replay(self, noise_BV: torch.Tensor | None) -> None:
+        """One decode step through this generator's own CUDA graph of the compiled step (one for greedy steps, one
+        for sampled ones): the first WARMUP_STEPS steps of each run the compiled step itself, the next captures it
+        and every step from then on replays it. The graph holds the addresses of the weights, the cache and the
+        step's buffers: changes in place (a new state_dict loaded) are seen, tensors replaced are not."""
+        sampled = noise_BV is not None
+        replay = self._graphs.get(sampled)
+        if replay is None and self._warm[sampled] < WARMUP_STEPS:
+            self._warm[sampled] += 1
+            self._step(noise_BV)
+            return
+        if sampled:  # the graph reads its noise from one buffer
+            if self._noise is None:
+                self._noise = torch.empty_like(noise_BV)
+            self._noise.copy_(noise_BV)
+        if replay is None:
+            noise = self._noise if sampled else None
+            replay = self._graphs[sampled] = _capture(lambda: self._step(noise))
+        replay()
 
 
 def _pdl_capable_device(model: Any) -> bool:

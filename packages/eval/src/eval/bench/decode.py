@@ -119,23 +119,29 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
 
 def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str) -> dict[str, float]:
     """``generate(k)`` makes k new tokens for B rows. t1 = one token (prefill + first pick), tN = n tokens;
-    decode tokens/s = B (n - 1) / (tN - t1). Medians of ``repeat`` after two warm-up calls (compile, capture)."""
+    decode tokens/s = B (n - 1) / (tN - t1). Medians of ``repeat`` after two warm-up calls (compile, capture).
+    ``host_us_per_token``: the same difference for the time ``generate`` takes to return, before the device is
+    synchronised: what the host spends launching a step (a decode loop without host syncs returns before its
+    kernels finish, so a figure near the per-token time says the host, not the GPU, sets the pace)."""
     generate(n)
     generate(n)
-    t_one, t_all = [], []
+    t_one, t_all, h_one, h_all = [], [], [], []
     for _ in range(repeat):
         sync(device)
         t0 = time.perf_counter()
         generate(1)
+        h_one.append(time.perf_counter() - t0)
         sync(device)
         t1 = time.perf_counter()
         generate(n)
+        h_all.append(time.perf_counter() - t1)
         sync(device)
         t_one.append(t1 - t0)
         t_all.append(time.perf_counter() - t1)
     t1m, tnm = statistics.median(t_one), statistics.median(t_all)
+    host = (statistics.median(h_all) - statistics.median(h_one)) / (n - 1) if n > 1 else 0.0
     return {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
-            "prefill_s": t1m, "total_s": tnm}
+            "prefill_s": t1m, "total_s": tnm, "host_us_per_token": host * 1e6}
 
 
 def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
