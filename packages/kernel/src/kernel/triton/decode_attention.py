@@ -48,11 +48,6 @@ MAX_SPLITS = 32
 # a split count for every call, for comparisons (unset: num_splits decides); read when a call runs or is traced (a
 # compiled step keeps the count it was traced with), so set it before the process starts
 SPLITS_ENV = "LMSTACK_DECODE_SPLITS"
-# the per-head kernel (:func:`per_head`): "1" where it applies, "0" never, unset: DEFAULT_PER_HEAD; for comparisons,
-# read when a call runs or is traced, as SPLITS_ENV is
-PER_HEAD_ENV = "LMSTACK_DECODE_PER_HEAD"
-DEFAULT_PER_HEAD = False
-HEAD_MAX_SLOTS = 512  # a row's whole capacity in one block: K and V (512 x 64 bf16) in a 16-warp program's registers
 # tests: the split kernel loads its first block before it knows the row's length (as under PDL) without PDL too,
 # so the interpreter, which has no PDL, checks that path's results
 EARLY_WITHOUT_PDL = False
@@ -201,75 +196,6 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
 
 
 @triton.jit
-def _decode_head(q_ptr, k_ptr, v_ptr, lens_ptr, o_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
-                 stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-                 stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-                 scale, G, Dh, L,
-                 NEW: tl.constexpr, ROPE: tl.constexpr, ROPE_AT_POS: tl.constexpr, BLOCK_S: tl.constexpr,
-                 BLOCK_D: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr):
-    """One program per (row b, query head h) of a fixed cache of ``L <= BLOCK_S`` slots a row: the whole row in one
-    block, so no splits and no second kernel (:func:`per_head`). The head's KV head is read by each of its G query
-    heads' programs (from L2 after the first). ``EARLY`` (the step's new token, ``NEW``): every slot of the row's
-    capacity is loaded before the PDL wait, as nothing before this kernel in a step writes them (slot n - 1 is
-    this kernel's own, taken from the arguments); slots at n and past it are masked once n is read. Products and
-    sums in fp32, as the split kernel's dots accumulate."""
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    kvh = h // G
-    s = tl.arange(0, BLOCK_S)
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < Dh
-    k_off = b * stride_kb + kvh * stride_kh + s.to(tl.int64)[:, None] * stride_ks + d[None, :]
-    v_off = b * stride_vb + kvh * stride_vh + s.to(tl.int64)[:, None] * stride_vs + d[None, :]
-    if EARLY:
-        k = tl.load(k_ptr + k_off, mask=(s < L)[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(v_ptr + v_off, mask=(s < L)[:, None] & d_ok[None, :], other=0.0)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-    n = tl.load(lens_ptr + b)
-    valid = s < n
-    if not EARLY:
-        k = tl.load(k_ptr + k_off, mask=valid[:, None] & d_ok[None, :], other=0.0)
-        v = tl.load(v_ptr + v_off, mask=valid[:, None] & d_ok[None, :], other=0.0)
-    if ROPE_AT_POS:
-        cos_ptr += tl.maximum(n - 1, 0).to(tl.int64) * stride_cb
-        sin_ptr += tl.maximum(n - 1, 0).to(tl.int64) * stride_cb
-        stride_cb = 0
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + d, mask=d_ok, other=0.0)
-    if ROPE:  # rotate-half RoPE of q and the new key in fp32, rounded back as the split kernel does
-        half = Dh // 2
-        d_rot = tl.where(d < half, d + half, d - half)
-        sign = tl.where(d < half, -1.0, 1.0)
-        cos = tl.load(cos_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
-        q_rot = tl.load(q_ptr + b * stride_qb + h * stride_qh + d_rot, mask=d_ok, other=0.0)
-        q = (q.to(tl.float32) * cos + sign * q_rot.to(tl.float32) * sin).to(q.dtype)
-    if NEW:  # slot n - 1 is the step's own key and value: from the arguments, written to the cache by one program
-        kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0)
-        vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0).to(v_ptr.dtype.element_ty)
-        if ROPE:
-            kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0)
-            kn = kn.to(tl.float32) * cos + sign * kn_rot.to(tl.float32) * sin
-        kn = kn.to(k_ptr.dtype.element_ty)
-        if (h % G == 0) & (n > 0):  # the KV head's first query head writes the slot
-            last = (n - 1).to(tl.int64)
-            tl.store(k_ptr + b * stride_kb + kvh * stride_kh + last * stride_ks + d, kn, mask=d_ok)
-            tl.store(v_ptr + b * stride_vb + kvh * stride_vh + last * stride_vs + d, vn, mask=d_ok)
-        k = tl.where((s == n - 1)[:, None], kn[None, :], k)
-        v = tl.where((s == n - 1)[:, None], vn[None, :], v)
-    # (BLOCK_S,) fp32; inductor's launcher passes a Python float as fp64
-    scores = (tl.sum(k.to(tl.float32) * q.to(tl.float32)[None, :], 1) * scale).to(tl.float32)
-    scores = tl.where(valid, scores, float("-inf"))  # stale slots (anything, NaN too) never count
-    m = tl.max(scores, 0)
-    p = tl.exp(scores - tl.where(m > float("-inf"), m, 0.0))  # an empty row: every p 0, not NaN
-    l_s = tl.sum(p, 0)
-    acc = tl.sum(p[:, None] * tl.where(valid[:, None], v.to(tl.float32), 0.0), 0)
-    out = tl.where(l_s > 0, acc / tl.maximum(l_s, 1e-30), 0.0)  # an empty row gives zeros
-    tl.store(o_ptr + b * stride_ob + h * stride_oh + d, out.to(o_ptr.dtype.element_ty), mask=d_ok)
-
-
-@triton.jit
 def _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s, hi, d, d_ok, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh,
               stride_vs, stride_tb, PAGED: tl.constexpr, PAGE: tl.constexpr):
     """The cached keys and values (BLOCK_S, BLOCK_D) of row b's slots ``s`` below ``hi`` (zeros past it)."""
@@ -362,17 +288,6 @@ def splits(B: int, KVH: int, capacity: int, sms: int) -> int:
     return max(1, min(int(raw), _most_splits(capacity)))
 
 
-def per_head(capacity: int, ns: int, paged: bool) -> bool:
-    """Whether a call runs :func:`_decode_head`, one program per (row, query head) over the whole row, in place of
-    ``ns`` splits and their combine: for a fixed cache of at most ``HEAD_MAX_SLOTS`` slots a row, at shapes that
-    split (``ns > 1``: few rows), when ``$LMSTACK_DECODE_PER_HEAD`` is ``1``, or unset with DEFAULT_PER_HEAD."""
-    raw = os.environ.get(PER_HEAD_ENV, "")
-    if raw not in ("", "0", "1"):
-        raise ConfigError(PER_HEAD_ENV, f"expected 1 (the per-head kernel where it applies) or 0, got {raw!r}")
-    wanted = DEFAULT_PER_HEAD if raw == "" else raw == "1"
-    return wanted and not paged and ns > 1 and capacity <= HEAD_MAX_SLOTS
-
-
 def block_s(capacity: int, ns: int) -> int:
     """Key slots a loop step for ``ns`` splits of a ``capacity``-slot row: the power of two that holds a full row's
     chunk, between ``MIN_BLOCK_S`` and ``BLOCK_S`` (a batch-1 step's short chunks get one small block each, long
@@ -441,8 +356,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         capacity = k.shape[2]
     # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
     ns = splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
-    head = per_head(capacity, ns, paged)
-    if ns > 1 and not head:
+    if ns > 1:
         acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
         m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
         l_s = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
@@ -453,14 +367,6 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     launch = {"launch_pdl": True} if pdl else {}
     block_d = max(16, triton.next_power_of_2(Dh))
     early = new and not paged and (pdl or EARLY_WITHOUT_PDL)
-    if head:
-        bs = triton.next_power_of_2(max(capacity, 1))
-        _decode_head[(B, H)](q, k, v, lens_B, out, kn, vn, cos, sin, q.stride(0), q.stride(1), kb, kh, ks, vb, vh, vs,
-                             out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
-                             Dh ** -0.5 if scale is None else scale, G, Dh, capacity, NEW=new, ROPE=rope,
-                             ROPE_AT_POS=at_pos, BLOCK_S=bs, BLOCK_D=block_d, PDL=pdl, EARLY=early,
-                             num_warps=min(16, max(4, bs * block_d // 2048)), **launch)
-        return out
     # unused pointer arguments get a spare buffer, never lens_B: passed as three arguments, lens_B was copied three
     # times per layer by the code torch 2.11's inductor generated for a decode step (run Z, docs/benchmarks.md)
     spare = None if paged and combine else torch.empty(1, dtype=torch.int32, device=q.device)
