@@ -1,9 +1,10 @@
 """A graph-captured decode loop: one compiled step replayed per token, no host sync until the end (gpt-fast).
 
 :class:`FastGenerator` owns a fixed-shape KV cache (``model.new_cache(..., kind="fixed")``: lengths on the device,
-whole-buffer attention), prefills the prompt once, then runs a decode step compiled with
-``torch.compile(mode="reduce-overhead", fullgraph=True)``; on a GPU that captures the step as a CUDA graph, so
-launching a token costs one graph replay instead of hundreds of kernel launches from Python. Greedy or temperature
+whole-buffer attention), prefills the prompt once, then runs a decode step compiled with ``torch.compile(...,
+fullgraph=True)``; under the "reduce-overhead" mode on a GPU the generator captures that step in one CUDA graph of
+its own and replays it per token (:data:`GRAPHS_ENV`), so launching a token costs one graph replay instead of
+hundreds of kernel launches from Python, or torch's CUDA-graph trees' checks of every input. Greedy or temperature
 sampling (Gumbel-max, so it needs no host-side random numbers) runs inside the step and tokens stay on the device.
 
 This is the throughput path for batch decode of equal-length prompts (benchmarks, offline generation). Left padding,
@@ -46,7 +47,8 @@ def _capture(fn: Any) -> Any:
 class FastGenerator:
     """``FastGenerator(model, batch_size, max_seq_len).generate(prompt_BT, max_new_tokens) -> tokens (B, N)``.
 
-    ``compile``: a ``torch.compile`` mode ("reduce-overhead" captures CUDA graphs; "default"; or None for eager).
+    ``compile``: a ``torch.compile`` mode ("reduce-overhead" captures CUDA graphs: on CUDA with inductor, one graph
+    of the step of this generator's own, ``own_graphs``; "default"; or None for eager).
     ``backend``: the torch.compile backend ("inductor"; "eager" checks the graph without generating code).
     ``fuse``: call ``model.fuse_projections()`` first (in place: one q/k/v and one gate/up GEMM per layer; outputs and
     ``state_dict`` keys are unchanged), when the model has it.
