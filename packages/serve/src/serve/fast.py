@@ -27,7 +27,6 @@ from kernel.reference import linear_split_counters, split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
 
-
 # How a "reduce-overhead" step is replayed on CUDA (for comparisons; read when a generator is made): "step" (the
 # default) captures the compiled step in one torch.cuda.CUDAGraph of this generator's own and replays it per token,
 # so a token costs a graph launch from Python and nothing else; "trees" leaves it to torch.compile's CUDA-graph trees
