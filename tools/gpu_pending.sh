@@ -1,28 +1,34 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh graphs   the decode step replayed from FastGenerator's own CUDA graph (serve 0.x,
-#                                      $LMSTACK_DECODE_GRAPHS=step, the new default) beside torch.compile's CUDA-graph
-#                                      trees (=trees, before): its GPU test, then bf16 at batch 1 and 32 and int8 at
-#                                      batch 1 with the host's launch time a token, step-trees-step-trees (~6 min)
-#   bash tools/gpu_pending.sh per-head  decode attention as one program per (row, query head) over the whole row
-#                                      ($LMSTACK_DECODE_PER_HEAD=1: no splits, no combine kernel) beside the splits:
-#                                      its GPU tests, then bf16 and int8 at batch 1, profiled with exposed times, A-B-A-B
-#                                      (~5.5 min; session 15's final call showed attention's split kernel and combine
-#                                      exposing 76 + 43 us of int8's 535 us a token)
+#   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
+#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
+#                                      exposed time (eval 0.13) (~3.5 min; last run AZ, before serve 0.11's own CUDA
+#                                      graph of the step: the headline table's next row)
+#   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone (session 12's recipe, below), a first
+#                                      look at why the int8 q/k/v and o gemvs expose ~3.9 us a call in a step (AZ)
+#                                      for ~1.1-1.3 us of bytes, and gate/up 7.5 us for 5.6. It times each launch
+#                                      unchained, so it shows their own latency, not the PDL waits (~2 min)
+# Session 15's recipes (docs/benchmarks.md: decode runs AX-BB, serving run 3), kept to re-measure after changes:
+#   bash tools/gpu_pending.sh graphs   the decode step replayed from FastGenerator's own CUDA graph (serve 0.11,
+#                                      $LMSTACK_DECODE_GRAPHS=step, the default) beside torch.compile's CUDA-graph
+#                                      trees (=trees, serve 0.10's path): its GPU test, then bf16 at batch 1 and 32
+#                                      and int8 at batch 1 with the host's launch time a token, step-trees-step-trees
+#                                      (~6 min; run BB: int8 1,893 and 1,889 against 1,872, the trees' host time
+#                                      287-519 us a token against ~0; shipped)
 #   bash tools/gpu_pending.sh splits-batch  kernel 0.14's split rule at batch 1, 4 and 8 beside kernel 0.13's
 #                                      (LMSTACK_DECODE_SPLITS=6: 6 splits of 64 slots, what 0.13 gave these three),
 #                                      bf16 at each and int8 at batch 1 (the bench's int8 loop), the new rule first
-#                                      and last, then decode attention's GPU tests (~6 min): 0.14 changes batch 4 (16
-#                                      splits of 32) and batch 8 (8 of 64), untimed
+#                                      and last, then decode attention's GPU tests (~8 min; run AX: batch 4 level,
+#                                      batch 8 +6-12%, 144 tests passed)
 #   bash tools/gpu_pending.sh combine24  attention's 24 splits combined by their last program
 #                                      (LMSTACK_SPLIT_COMBINE=last, no combine kernel) beside the combine kernel, bf16
-#                                      and int8 at batch 1, the shipped path first and last (~2.5 min): with 6 splits
-#                                      it ran +1.2%, +0.1% and -2.0% (AC3, AD4, AD3); the combine kernel took 129-135
-#                                      us a token in AT
-#   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
-#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
-#                                      exposed time too (eval 0.13) (~3.5 min; last run in session 14, run AT,
-#                                      before kernel 0.14's attention splits)
+#                                      and int8 at batch 1, A-B-A-B, all profiled, then the serving engine under 64
+#                                      requests (~4.5 min; run AY: -4% bf16, -6% int8; engine 20,000 tokens/s, 19.0x
+#                                      transformers)
+#   (commit 3fc7205's per-head: decode attention as one program per (row, query head) over the whole row,
+#   $LMSTACK_DECODE_PER_HEAD=1, no splits or combine kernel, A-B-A-B beside the splits, profiled with exposed times,
+#   run BA: attention exposed 122 us a token against 133 for bf16 (busy level) and 132 against 118 for int8 (busy 554
+#   us against 533-535); reverted)
 # Session 14's recipes (docs/benchmarks.md: decode runs AQ-AW), kept to re-measure after changes:
 #   RANK=chained bash tools/gpu_pending.sh int8-wide  int8-wide (below) with every int8 tile candidate ranked
 #                                      chained by PDL, as a decode step launches it, not plainly (--tune-rank,
@@ -168,7 +174,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in graphs|per-head|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -241,28 +247,6 @@ for f in sys.argv[1:]:
     for n, r in json.load(open(f))["results"]["variants"].items():
         print(f, n, {b: (round(x["decode_tokens_per_s"]), round(x.get("host_us_per_token", 0))) for b, x in r.items()
                      if b.startswith("batch")} if "error" not in r else r, "gap", r.get("greedy_gap_max"))
-PY
-  ;;
-per-head)
-  step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_triton_ops.py -k "per_head"
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
-  for v in a h a2 h2; do
-    step "decode_$v" $([ $v = a ] && echo 150 || echo 100) env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
-      LMSTACK_DECODE_PER_HEAD=$([ ${v%2} = h ] && echo 1 || echo 0) python -m eval.bench decode --preset llama-1b \
-      --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
-  done
-  python - "$OUT"/decode_*.json <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    for n, r in json.load(open(f))["results"]["variants"].items():
-        if "batch1" not in r:
-            print(f, n, r)
-            continue
-        p = r["batch1"]["profile"]
-        attn = {row["kernel"][:8]: (round(row["us_per_token"]), round(row["exposed_us_per_token"])) for row in p["top"]
-                if row["kernel"].startswith(("_decode", "_combine"))}
-        print(f, n, round(r["batch1"]["decode_tokens_per_s"]), "busy", round(p["busy_us_per_token"]), attn,
-              "gap", r.get("greedy_gap_max"))
 PY
   ;;
 combine24)
