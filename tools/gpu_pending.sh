@@ -14,7 +14,7 @@
 #                                      trees (=trees, serve 0.10's path): its GPU test, then bf16 at batch 1 and 32
 #                                      and int8 at batch 1 with the host's launch time a token, step-trees-step-trees
 #                                      (~6 min; run BB: int8 1,893 and 1,889 against 1,872, the trees' host time
-#                                      287-519 us a token against ~0; shipped)
+#                                      287-519 us a token against a few; shipped)
 #   bash tools/gpu_pending.sh splits-batch  kernel 0.14's split rule at batch 1, 4 and 8 beside kernel 0.13's
 #                                      (LMSTACK_DECODE_SPLITS=6: 6 splits of 64 slots, what 0.13 gave these three),
 #                                      bf16 at each and int8 at batch 1 (the bench's int8 loop), the new rule first
