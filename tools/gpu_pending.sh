@@ -2,8 +2,9 @@
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
-#                                      exposed time (eval 0.13) (~3.5 min; last run AZ, before serve 0.11's own CUDA
-#                                      graph of the step: the headline table's next row)
+#                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart)
+#                                      (~3.5 min; last run AZ, before serve 0.11's own CUDA graph of the step: the
+#                                      headline table's next row)
 #   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone (session 12's recipe, below), a first
 #                                      look at why the int8 q/k/v and o gemvs expose ~3.9 us a call in a step (AZ)
 #                                      for ~1.1-1.3 us of bytes, and gate/up 7.5 us for 5.6. It times each launch
@@ -193,6 +194,9 @@ for f in sys.argv[1:]:
         for row in prof["top"][:int(__import__("os").environ.get("TOP", 16))]:
             print(f"   {row['us_per_token']:8.1f} us {row.get('exposed_us_per_token', 0):7.1f} exposed x{row['per_token']:5.1f}"
                   f"  {row['kernel'][:80]}")
+        for row in prof.get("chain", [])[:int(__import__("os").environ.get("TOP", 16))]:
+            print(f"   {row['exposed_us_per_token']:8.1f} us exposed x{row['per_token']:5.1f}  {row['kernel'][:50]}"
+                  f"  after {row['after'][:40]}")
 PY
 }
 gpt2_top() {

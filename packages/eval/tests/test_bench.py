@@ -198,12 +198,18 @@ def test_decode_profile_covers_the_int8_variant_too(tmp_path, monkeypatch):
 def test_profile_decode_takes_the_one_token_profile_off_per_kernel(monkeypatch):
     """profile_decode profiles generate(1) and generate(n) and reports the difference per decode step: durations,
     counts and exposed times per kernel, a kernel only the one-token run has dropped, busy time the sum of the
-    exposed times (the profiler's rows stood in for: the real ones need a GPU)."""
+    exposed times, and the exposed times by kernel and predecessor (``chain``: one kernel at one grid after
+    different kernels gets a row each), largest first (the profiler's rows stood in for: the real ones need a
+    GPU)."""
     from eval.bench import decode
 
-    one = ({"_prefill": [2, 40.0], "_gemv grid=512x1x1": [4, 40.0]}, {"_prefill": 30.0, "_gemv grid=512x1x1": 20.0})
-    many = ({"_prefill": [2, 40.0], "_gemv grid=512x1x1": [68, 680.0], "_decode": [32, 96.0]},
-            {"_prefill": 30.0, "_gemv grid=512x1x1": 340.0, "_decode": 32.0})
+    g = "_gemv grid=512x1x1"
+    one = ({"_prefill": [2, 40.0], g: [4, 40.0]}, {"_prefill": 30.0, g: 20.0},
+           {("", "_prefill"): [2, 30.0], ("_prefill", g): [4, 20.0]})
+    many = ({"_prefill": [2, 40.0], g: [68, 680.0], "_decode": [32, 96.0]},
+            {"_prefill": 30.0, g: 340.0, "_decode": 32.0},
+            {("", "_prefill"): [2, 30.0], ("_prefill", g): [4, 20.0], (g, "_decode"): [32, 32.0],
+             ("_decode", g): [32, 256.0], ("_combine", g): [32, 64.0]})
     asked = []
 
     class Gen:
@@ -223,6 +229,9 @@ def test_profile_decode_takes_the_one_token_profile_off_per_kernel(monkeypatch):
     assert rows["_decode"]["exposed_us_per_token"] == 1.0 and rows["_decode"]["us_per_token"] == 3.0
     assert p["kernels_per_token"] == 3.0 and p["kernel_us_per_token"] == 23.0 and p["busy_us_per_token"] == 11.0
     assert p["top"][0]["kernel"] == "_gemv grid=512x1x1"  # by duration
+    assert p["chain"] == [{"kernel": g, "after": "_decode", "per_token": 1.0, "exposed_us_per_token": 8.0},
+                          {"kernel": g, "after": "_combine", "per_token": 1.0, "exposed_us_per_token": 2.0},
+                          {"kernel": "_decode", "after": g, "per_token": 1.0, "exposed_us_per_token": 1.0}]
 
 
 def test_train_compare_fused_variant_trains_the_same_model_on_cpu(capsys):
@@ -341,7 +350,7 @@ def test_exposed_gpu_us_splits_the_busy_time_of_an_overlapping_chain():
     """A chain launched early under PDL (each kernel starts before its predecessor ends and waits inside): each
     kernel is charged what it ran past the frontier, gaps are charged to no one, a kernel wholly inside another's
     interval gets 0, and the charges sum to the union of the intervals (measured here on a 0.5 us grid)."""
-    from eval.bench.common import exposed_gpu_us
+    from eval.bench.common import exposed_gpu_chain, exposed_gpu_us
 
     def ev(name, ts, dur, grid=None, cat="kernel"):
         return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "args": {"grid": grid} if grid else {}}
@@ -357,6 +366,13 @@ def test_exposed_gpu_us_splits_the_busy_time_of_an_overlapping_chain():
     covered = sum(any(e["ts"] <= t / 2 < e["ts"] + e["dur"] for e in events if e["cat"] != "cpu_op")
                   for t in range(0, 60))
     assert sum(x.values()) == pytest.approx(covered / 2)
+    # by the event that started before each: the two _gemv launches apart
+    chain = exposed_gpu_chain(events)
+    assert chain == {("", "_gemv grid=512x1x1"): [1, pytest.approx(10.0)],
+                     ("_gemv grid=512x1x1", "_decode"): [1, pytest.approx(3.0)],
+                     ("_decode", "_combine"): [1, pytest.approx(5.0)],
+                     ("_combine", "Memcpy DtoD (Device -> Device)"): [1, 0.0],
+                     ("Memcpy DtoD (Device -> Device)", "_gemv grid=512x1x1"): [1, pytest.approx(3.0)]}
 
 
 def test_trace_events_reads_a_profile_back():

@@ -106,6 +106,18 @@ def _gpu_name(e: dict[str, Any]) -> str:
     return e.get("name", "?") + (f" grid={'x'.join(str(g) for g in grid)}" if grid else "")
 
 
+def _exposed_spans(events: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
+    """``(name, exposed us)`` of every GPU event in the order they started (see :func:`exposed_gpu_us`)."""
+    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), _gpu_name(e)) for e in events
+                   if e.get("ph") == "X" and e.get("cat") in GPU_EVENT_CATEGORIES and "ts" in e)
+    out = []
+    last = float("-inf")
+    for start, end, name in spans:
+        out.append((name, max(0.0, end - max(start, last))))
+        last = max(last, end)
+    return out
+
+
 def exposed_gpu_us(events: Sequence[dict[str, Any]]) -> dict[str, float]:
     """``{name: microseconds}`` (names as :func:`gpu_rows` gives them): how far each GPU event moved the end of the
     GPU's busy time: its end minus the later of its start and the latest end of the events that started before it
@@ -113,13 +125,23 @@ def exposed_gpu_us(events: Sequence[dict[str, Any]]) -> dict[str, float]:
     splits a chain of kernels' wall time between them. A kernel launched early that waits inside on its
     predecessor (programmatic dependent launch) counts only what it ran past that predecessor's end; its plain
     duration (:func:`gpu_rows`) counts the wait too."""
-    spans = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0)), _gpu_name(e)) for e in events
-                   if e.get("ph") == "X" and e.get("cat") in GPU_EVENT_CATEGORIES and "ts" in e)
     out: dict[str, float] = {}
-    last = float("-inf")
-    for start, end, name in spans:
-        out[name] = out.get(name, 0.0) + max(0.0, end - max(start, last))
-        last = max(last, end)
+    for name, us in _exposed_spans(events):
+        out[name] = out.get(name, 0.0) + us
+    return out
+
+
+def exposed_gpu_chain(events: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[float]]:
+    """``{(previous name, name): [count, exposed microseconds]}``: :func:`exposed_gpu_us` split by the event that
+    started just before each one ("" for the first). One kernel launched at several places of a step with the same
+    grid (a decode layer's q/k/v and o projections) gets a row per place, told apart by what runs before it."""
+    out: dict[tuple[str, str], list[float]] = {}
+    prev = ""
+    for name, us in _exposed_spans(events):
+        r = out.setdefault((prev, name), [0, 0.0])
+        r[0] += 1
+        r[1] += us
+        prev = name
     return out
 
 
@@ -128,19 +150,20 @@ def profiled_gpu_rows(prof: Any) -> dict[str, list[float]]:
     return profiled_gpu(prof)[0]
 
 
-def profiled_gpu(prof: Any) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """A finished profile's :func:`gpu_rows` and :func:`exposed_gpu_us`, from one export of its trace. With no
-    kernel events in the trace the rows come by name alone (``prof.events()``) and the exposed times are empty."""
+def profiled_gpu(prof: Any) -> tuple[dict[str, list[float]], dict[str, float], dict[tuple[str, str], list[float]]]:
+    """A finished profile's :func:`gpu_rows`, :func:`exposed_gpu_us` and :func:`exposed_gpu_chain`, from one export of
+    its trace. With no kernel events in the trace the rows come by name alone (``prof.events()``) and the exposed
+    times are empty."""
     events = trace_events(prof)
     rows = gpu_rows(events)
     if rows:
-        return rows, exposed_gpu_us(events)
+        return rows, exposed_gpu_us(events), exposed_gpu_chain(events)
     for e in prof.events():
         if e.device_type.name == "CUDA":
             r = rows.setdefault(e.name, [0, 0.0])
             r[0] += 1
             r[1] += e.time_range.elapsed_us()
-    return rows, {}
+    return rows, {}, {}
 
 
 def trace_events(prof: Any) -> list[dict[str, Any]]:

@@ -160,17 +160,19 @@ def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -
     included: CUPTI reports the kernels inside a graph). ``us_per_token`` is a kernel's duration, waits inside it
     included; ``exposed_us_per_token`` what it added to the GPU's busy time (:func:`eval.bench.common.exposed_gpu_us`),
     which under programmatic dependent launch leaves out the wait for its predecessor; the exposed times sum to
-    ``busy_us_per_token``."""
+    ``busy_us_per_token``. ``chain``: the exposed times again, split by the kernel that started before each
+    (:func:`eval.bench.common.exposed_gpu_chain`: a layer's q/k/v and o projections, one kernel at one grid, get a
+    row each), the ``top`` largest."""
     from torch.profiler import ProfilerActivity, profile
 
-    def kernels(k: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    def kernels(k: int) -> tuple[dict[str, list[float]], dict[str, float], dict[tuple[str, str], list[float]]]:
         gen.generate(prompt, k)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             gen.generate(prompt, k)
             torch.cuda.synchronize()
         return profiled_gpu(prof)
 
-    (one, one_x), (many, many_x) = kernels(1), kernels(n)
+    (one, one_x, one_c), (many, many_x, many_c) = kernels(1), kernels(n)
     steps = n - 1
     rows = []
     for name, (cnt, us) in many.items():
@@ -179,9 +181,17 @@ def profile_decode(gen: Any, prompt: torch.Tensor, n: int = 33, top: int = 25) -
             rows.append({"kernel": name[:120], "per_token": (cnt - c1) / steps, "us_per_token": (us - u1) / steps,
                          "exposed_us_per_token": (many_x.get(name, 0.0) - one_x.get(name, 0.0)) / steps})
     rows.sort(key=lambda r: -r["us_per_token"])
+    chain = []
+    for (after, name), (cnt, us) in many_c.items():
+        c1, u1 = one_c.get((after, name), [0, 0.0])
+        if cnt - c1 > 0:
+            chain.append({"kernel": name[:120], "after": after[:120], "per_token": (cnt - c1) / steps,
+                          "exposed_us_per_token": (us - u1) / steps})
+    chain.sort(key=lambda r: -r["exposed_us_per_token"])
     return {"kernels_per_token": sum(r["per_token"] for r in rows),
             "kernel_us_per_token": sum(r["us_per_token"] for r in rows),
-            "busy_us_per_token": sum(r["exposed_us_per_token"] for r in rows), "top": rows[:top]}
+            "busy_us_per_token": sum(r["exposed_us_per_token"] for r in rows), "top": rows[:top],
+            "chain": chain[:top]}
 
 
 @torch.no_grad()
