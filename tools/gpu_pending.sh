@@ -1,5 +1,12 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh consts   kernel 0.15's gemv loading its rows' int8 scales (and bias) with the first
+#                                      weight block, before the PDL wait, and the residual with x, beside kernel
+#                                      0.14's order (all three after the row sums: $LMSTACK_GEMV_CONSTS=late): the
+#                                      gemv's GPU tests, then bf16 and int8 at batch 1, profiled with exposed times by
+#                                      predecessor, early-late-early-late (~6 min; written and checked on CPU and in
+#                                      sm90 PTX in session 15, untimed: every int8 gemv paid a memory round trip
+#                                      after its row sums, ~0.5 us more exposed a call than bf16's in AZ)
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
 #                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart)
@@ -175,7 +182,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -237,6 +244,28 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+consts)
+  step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  for v in early late early2 late2; do
+    step "decode_$v" $([ $v = early ] && echo 130 || echo 90) env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      LMSTACK_GEMV_CONSTS=${v%2} python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
+      --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+  done
+  python - "$OUT"/decode_*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    for n, r in json.load(open(f))["results"]["variants"].items():
+        if "profile" not in r.get("batch1", {}):
+            print(f, n, r)
+            continue
+        b, p = r["batch1"], r["batch1"]["profile"]
+        print(f, n, round(b["decode_tokens_per_s"]), "host", round(b["host_us_per_token"]), "busy",
+              round(p["busy_us_per_token"]), "gap", r.get("greedy_gap_max"))
+        for row in p["chain"][:8]:
+            print(f"   {row['exposed_us_per_token']:7.1f} x{row['per_token']:4.0f} {row['kernel'][:28]} after {row['after'][:28]}")
+PY
+  ;;
 graphs)
   step tests 100 python -m pytest -q -p no:cacheprovider packages/serve/tests/test_fast.py -k "own_graphs"
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8

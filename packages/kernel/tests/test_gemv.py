@@ -184,12 +184,14 @@ from triton.backends.compiler import GPUTarget
 from kernel.triton import gemv
 names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-# bf16 plain and PDL; int8 with the conversion instruction and with the add trick
-for weight, pdl, magic in (("*bf16", False, False), ("*bf16", True, False), ("*i8", False, False),
-                           ("*i8", False, True)):
+# bf16 plain and PDL; int8 with the conversion instruction and with the add trick; int8 with PDL, the scales and
+# residual loaded early (the default) and late ($LMSTACK_GEMV_CONSTS=late)
+for weight, pdl, magic, late in (("*bf16", False, False, False), ("*bf16", True, False, False),
+                                 ("*i8", False, False, False), ("*i8", False, True, False),
+                                 ("*i8", True, True, False), ("*i8", True, True, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, LATE=late)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -209,7 +211,7 @@ def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain, pdl, int8, int8_magic, _ = out.stdout.split("\n=====\n")
+    plain, pdl, int8, int8_magic, int8_pdl, int8_late, _ = out.stdout.split("\n=====\n")
     # int8 weights: the int-to-float conversion (a quarter of the FP32 rate) only without the add trick
     # (a (4, 2048) block is 64 weights a thread; one or two conversions remain for scalars such as K)
     i2f = [len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)\b", ptx)) for ptx in (int8, int8_magic)]
@@ -225,6 +227,15 @@ def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     launch = next(i for i, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line)
     loads = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.v4", line)]
     assert sum(i < wait for i in loads) == 8 and wait < launch  # the weights before, x after, then the trigger
+    # int8 with PDL: the rows' scales (two-byte loads) come before the wait with the weights, and no load is left
+    # after the row sums (the warp shuffles); kernel 0.14's order ("late") loaded the scales and the residual there
+    for ptx, late in ((int8_pdl, False), (int8_late, True)):
+        lines = ptx.splitlines()
+        wait = next(i for i, line in enumerate(lines) if "griddepcontrol.wait" in line)
+        last_sum = max(i for i, line in enumerate(lines) if "shfl.sync" in line)
+        small = [i for i, line in enumerate(lines) if re.search(r"ld\.global(\.\w+)*\.b16", line)]
+        assert (sum(i < wait for i in small) == 4) is not late, (late, small, wait)
+        assert any(i > last_sum for i in small) is late, (late, small, last_sum)
 
 
 _AOT_F16 = """
@@ -237,7 +248,7 @@ sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"])
 # the exact-add fp32 path ("magic") and the packed fp16 path (the default), session 10's int8 gate/up tile
 for f16 in (0, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16)
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
@@ -496,3 +507,30 @@ def test_int8_f16_form_follows_the_device_and_the_tile(monkeypatch):
     assert gemv_mod._i8_f16(w8, 32) == 1
     monkeypatch.setenv(gemv_mod.INT8_ENV, "magic")
     assert gemv_mod._i8_f16(w8, 32) == 0
+
+
+@pytest.mark.parametrize("glu", [False, True])
+@pytest.mark.parametrize("per_sm", [0, 2])
+def test_scales_bias_and_residual_give_the_same_bits_loaded_early_or_late(monkeypatch, glu, per_sm):
+    """$LMSTACK_GEMV_CONSTS: the rows' int8 scales and bias loaded with the first weight block and the residual with
+    x ("early", the default), or all three after the row sums ("late", kernel 0.14's order), give the same bits,
+    on a program per row block and on a persistent grid (whose next block's scales and bias are loaded ahead); the
+    reference agrees; anything else is refused by name."""
+    N = max(200, 6 * max(per_sm, 1) * device_info(torch.empty(0, device=DEVICE))[0] + 6)
+    x, w, s, b, r = _inputs(torch.bfloat16, N, 160, seed=23, int8=True)
+    kw = dict(rms_eps=1e-5, glu=glu) if glu else dict(rms_eps=1e-5, residual=r)
+    got = {}
+    for order in ("early", "late"):
+        monkeypatch.setenv(gemv_mod.CONSTS_ENV, order)
+        got[order] = gemv_mod.gemv(x, w, s, b, config=(2, 64, 1, 0, per_sm), **kw)
+    assert torch.equal(got["early"], got["late"])
+    y = ref.rmsnorm(x.float(), None, 1e-5) @ (w.float() * s.float()[:, None]).T + b.float()
+    if glu:
+        gate, up = y.to(torch.bfloat16).float().chunk(2, dim=-1)
+        y = torch.nn.functional.silu(gate) * up
+    else:
+        y = y + r.float()
+    torch.testing.assert_close(got["early"].float(), y, rtol=2e-2, atol=2e-2)
+    monkeypatch.setenv(gemv_mod.CONSTS_ENV, "soon")
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_CONSTS.*'early' .* or 'late', got 'soon'"):
+        gemv_mod.gemv(x, w, s, b, config=(2, 64, 1), **kw)

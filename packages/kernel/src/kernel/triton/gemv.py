@@ -56,6 +56,18 @@ INT8_MODES = ("f16", "magic", "cvt")
 # activations whose typical magnitude is ~1e-3 come out ~0.2 of a bf16 ulp off (relative to the largest output), and
 # ~1e-4 several ulps (greedy gaps of the random-weight 1.1B decode: 0.20 logits, "magic" 0.22, run AL)
 F16_X_SCALE = tl.constexpr(2.0 ** -7)
+# when a program loads its rows' int8 scales and bias, and the residual: "early" (the default: the scales and bias
+# with the first weight block, before a PDL wait, the residual with x) or "late" (kernel 0.14's order: all three
+# after the row sums, one more memory round trip at the end of every call that has one), for comparisons
+CONSTS_ENV = "LMSTACK_GEMV_CONSTS"
+
+
+def late_consts() -> bool:
+    """Whether ``$LMSTACK_GEMV_CONSTS`` asks for kernel 0.14's order ("late"; "early", the default, when unset)."""
+    raw = os.environ.get(CONSTS_ENV, "early")
+    if raw not in ("early", "late"):
+        raise ConfigError(CONSTS_ENV, f"expected 'early' (the default) or 'late', got {raw!r}")
+    return raw == "late"
 
 
 def int8_mode() -> str:
@@ -70,7 +82,7 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -78,26 +90,43 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     blocks = tl.cdiv(N, ROWS)
     kk = tl.arange(0, BLOCK_K)
     n, n_ok = _rows(pid, N, ROWS, GLU)
-    # the first weight block is loaded before anything the kernel before may still be writing: launched with PDL,
-    # those loads are in flight while that kernel drains
+    # the first weight block, and the rows' int8 scales and bias, are loaded before anything the kernel before may
+    # still be writing: launched with PDL, those loads are in flight while that kernel drains (after the row sums, a
+    # scale or bias load would add a memory round trip to every call)
     w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
                 other=0)  # (ROWS, BLOCK_K)
+    sc, bi = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE, HAS_BIAS and not LATE)
     if PDL:
         tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
         tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
     if PERSISTENT:
         for rb in range(pid, blocks, programs):
-            # the next row block's first weight block is in flight while this one is computed (past the last
-            # block its rows mask the load off)
+            # the next row block's first weight block (and scales, bias) is in flight while this one is computed
+            # (past the last block its rows mask the loads off)
             n, n_ok = _rows(rb + programs, N, ROWS, GLU)
             w_next = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :],
                              mask=n_ok[:, None] & (kk < K)[None, :], other=0)
-            _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, HAS_SCALE,
-                   HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
-            w = w_next
+            sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
+                                           HAS_BIAS and not LATE)
+            _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
+                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
+            w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
-        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, HAS_SCALE,
-               HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16)
+        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
+               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
+
+
+@triton.jit
+def _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Rows ``n``'s weight scales and bias in fp32 (1 and 0 where absent): fixed for a decode step, so loaded with
+    the weights."""
+    sc = tl.full(n.shape, 1.0, tl.float32)
+    bi = tl.zeros(n.shape, tl.float32)
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bi = tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    return sc, bi
 
 
 @triton.jit
@@ -113,17 +142,23 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 
 
 @triton.jit
-def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w,
+def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr):
-    """Row block ``rb`` of the output, given its first weight block ``w``: the rest of K, then the epilogue.
-    I8_F16 (int8 weights, 1: in Triton ops, 2: by inline PTX, two weights an instruction): the products and their
-    sums over the K steps in fp16, with x scaled by F16_X_SCALE; the row sums and everything after in fp32."""
+           I8_F16: tl.constexpr, LATE: tl.constexpr):
+    """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
+    ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
+    its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
+    the scales, bias and residual are loaded after the row sums instead, as kernel 0.14 did. I8_F16 (int8 weights,
+    1: in Triton ops, 2: by inline PTX, two weights an instruction): the products and their sums over the K steps
+    in fp16, with x scaled by F16_X_SCALE; the row sums and everything after in fp32."""
     n, n_ok = _rows(rb, N, ROWS, GLU)
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    res = tl.zeros((ROWS,), tl.float32)
+    if HAS_RES and not GLU and not LATE:
+        res = tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     if I8_F16:
         acc = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
     else:
@@ -146,17 +181,21 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
         y = tl.sum(acc, 1)  # (ROWS,)
     if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
         y = y * tl.rsqrt((tl.sum(ss, 0) / K + rms_eps).to(tl.float32))
+    if LATE:
+        sc, bi = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE, HAS_BIAS)
     if HAS_SCALE:
-        y = y * tl.load(scale_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        y = y * sc
     if HAS_BIAS:
-        y = y + tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        y = y + bi
     if GLU:  # silu(gate) * up of each pair, the projection's values rounded to the output dtype first (as stored)
         gate, up = tl.split(tl.reshape(y.to(out_ptr.dtype.element_ty).to(tl.float32), (ROWS // 2, 2)))
         jj = rb * (ROWS // 2) + tl.arange(0, ROWS // 2)
         tl.store(out_ptr + jj, (gate * tl.sigmoid(gate) * up).to(out_ptr.dtype.element_ty), mask=jj < N // 2)
     else:
-        if HAS_RES:
+        if HAS_RES and LATE:
             y = y + tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        elif HAS_RES:
+            y = y + res
         tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
 
 
@@ -261,7 +300,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16,
+        num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
