@@ -256,11 +256,14 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 
 
 # gemv candidates (kernel.triton.gemv): output columns per program, K per step, warps; kept where a thread's share of
-# one weight block is 32-128 bytes (two to eight 16-byte loads in flight). 16 and 32 rows: each K step moves x into
-# the weight block's layout through shared memory (barriers included), once per program, whatever its rows (tuned
-# that way, int8 decode ran level with the shipped tiles on an H200: docs/benchmarks.md run AJ)
+# one weight block is 32-128 bytes (two to eight 16-byte loads in flight) and the block at most twice K. 16 and
+# 32 rows: each K step moves x into the weight block's layout through shared memory (barriers included), once per
+# program, whatever its rows (tuned that way, int8 decode ran level with the shipped tiles on an H200:
+# docs/benchmarks.md run AJ). 4096 and 8192: a row block of the FFN's down projection (K 5632) in one or two steps,
+# so a PDL-launched program has all or most of its weights in flight before it waits (for int8 on an H200 the
+# 2048-wide [4, 2048, 8] stayed fastest, run BD)
 TUNE_GEMV_ROWS = (1, 2, 4, 8, 16, 32)
-TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048)
+TUNE_GEMV_BLOCK_K = (256, 512, 1024, 2048, 4096, 8192)
 TUNE_GEMV_WARPS = (1, 2, 4, 8)
 TUNE_GEMV_PER_SM = (0, 2, 4, 8, 16)  # 0: a program per row block; else a persistent grid of this many per SM
 TUNE_GEMV_LAUNCH_TOP = 3  # the fastest tiles (a program per block) that are then timed launched every way

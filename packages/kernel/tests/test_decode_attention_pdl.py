@@ -55,13 +55,15 @@ def test_pdl_op_combines_in_the_split_kernel_given_counters():
     assert torch.equal(k2, k) and torch.equal(v2, v) and not counters.any()  # left zeroed for the next call
 
 
+@pytest.mark.parametrize("angles", ["rows", "tables"])
 @pytest.mark.parametrize("long_first", [False, True])
-def test_the_early_block_gives_the_plain_results_over_stale_slots(monkeypatch, long_first):
+def test_the_early_block_gives_the_plain_results_over_stale_slots(monkeypatch, long_first, angles):
     """Under PDL the split kernel loads a block of cached keys and values before it knows the row's length (the
     block its chunk starts at when chunks are one block long), and loads it again where the chunk starts elsewhere.
     That path, taken here without PDL (the interpreter has none): a row of one-block chunks and a row of longer
     ones (sized from the split count, which depends on the device's SM count), over caches whose slots past each
-    row's length hold NaN, give the plain path's output and cache writes."""
+    row's length hold NaN, give the plain path's output and cache writes, with the angles given per row or as
+    (P, Dh) tables read at each row's new slot."""
     B, H, KVH, L, Dh = 2, 8, 2, 2400, 32
     g = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)
@@ -72,6 +74,8 @@ def test_the_early_block_gives_the_plain_results_over_stale_slots(monkeypatch, l
         k[b, :, n - 1:] = float("nan")
         v[b, :, n - 1:] = float("nan")
     kw = dict(k_new=r(B, KVH, Dh), v_new=r(B, KVH, Dh), cos_BDh=r(B, Dh), sin_BDh=r(B, Dh))
+    if angles == "tables":  # random angles by slot, each row's read at its own new slot
+        kw = {**kw, "cos_BDh": None, "sin_BDh": None, "cos_PDh": r(L, Dh), "sin_PDh": r(L, Dh)}
     lens_B = torch.tensor(lens, device=DEVICE)
     cdiv = lambda a, b: (a + b - 1) // b
     block = da.block_s(L, ns)
@@ -170,3 +174,8 @@ def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
     # and value after it (there are loads on both sides), and nothing is stored before it
     wait, launch, loads, store = order(pdl_dec)
     assert loads[0] < wait < launch < loads[-1] and wait < store
+    # after the wait, the length, q and the new key and value load together: all before the first branch (every
+    # branch of the kernel depends on the length), not one round trip behind it (kernel 0.15: the length alone)
+    lines = pdl_dec.splitlines()
+    branch = next(i for i, line in enumerate(lines) if i > wait and re.search(r"\bbra\b", line))
+    assert sum(wait < i < branch for i in loads) >= 4

@@ -89,7 +89,10 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     token, ``NEW``, and a fixed cache): before that wait, the program loads the block of cached keys and values its
     chunk starts at when chunks are one block long (the usual case: rows of at most ``NS x BLOCK_S`` slots); no
     kernel of the step writes those slots (this one writes slot n - 1 itself and reads it from the arguments). Once
-    the length is known, a chunk that starts elsewhere loads its block again."""
+    the length is known, a chunk that starts elsewhere loads its block again. After the wait the length, q, and the
+    new key and value are loaded together, before anything that depends on the length (kernel 0.16: before, q and
+    the new token waited behind the length's round trip), so the RoPE angles at the length are the one load that
+    follows another."""
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     g_ok, d_ok = g < G, d < Dh
@@ -101,14 +104,26 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+    # the length, q, and the new key and value in one round trip: nothing here waits for another of them
     n = tl.load(lens_ptr + b)
-    if SPLIT:  # this program's chunk of the row: whole BLOCK_S blocks, so every loop step has a valid slot
-        chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
-        lo = split * chunk
-        hi = tl.minimum(n, lo + chunk)  # hi <= lo: an empty chunk, the loop does not run
-    else:
-        lo = 0
-        hi = n
+    q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d[None, :], mask=g_ok[:, None] & d_ok[None, :],
+                other=0.0, cache_modifier=QKV_LOAD)  # (BLOCK_G, BLOCK_D)
+    if ROPE:  # rotate-half RoPE of q and the new key, in fp32: x * cos + rotate_half(x) * sin
+        half = Dh // 2
+        d_rot = tl.where(d < half, d + half, d - half)
+        sign = tl.where(d < half, -1.0, 1.0)
+        q_rot = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d_rot[None, :],
+                        mask=g_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=QKV_LOAD)
+    kn = 0.0  # unused without the new token
+    vn = 0.0
+    if NEW:  # the step's own key/value: slot n - 1 is read from here, and written to the cache by one program
+        kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0, cache_modifier=QKV_LOAD)
+        vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0,
+                     cache_modifier=QKV_LOAD).to(v_ptr.dtype.element_ty)
+        if ROPE:
+            kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0,
+                             cache_modifier=QKV_LOAD)
+    lo, hi = _chunk(n, split, NS, SPLIT, BLOCK_S)
     s0 = lo + tl.arange(0, BLOCK_S)
     if EARLY:  # the early block where the chunk starts there (its slots past hi zeroed), else loaded now
         again = lo != guess
@@ -120,30 +135,11 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     else:
         k0, v0 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s0, hi, d, d_ok, stride_kb, stride_kh, stride_ks,
                            stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
-    if ROPE_AT_POS:
-        cos_ptr += tl.maximum(n - 1, 0).to(tl.int64) * stride_cb
-        sin_ptr += tl.maximum(n - 1, 0).to(tl.int64) * stride_cb
-        stride_cb = 0
-    q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d[None, :], mask=g_ok[:, None] & d_ok[None, :],
-                other=0.0, cache_modifier=QKV_LOAD)  # (BLOCK_G, BLOCK_D)
-    if ROPE:  # rotate-half RoPE of q and the new key, in fp32: x * cos + rotate_half(x) * sin
-        half = Dh // 2
-        d_rot = tl.where(d < half, d + half, d - half)
-        sign = tl.where(d < half, -1.0, 1.0)
-        cos = tl.load(cos_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
-        sin = tl.load(sin_ptr + b * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
-        q_rot = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d_rot[None, :],
-                        mask=g_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=QKV_LOAD)
+    if ROPE:
+        cos, sin = _angles(cos_ptr, sin_ptr, b, n, stride_cb, d, d_ok, ROPE_AT_POS)
         q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_rot.to(tl.float32) * sin[None, :]).to(q.dtype)
-    kn = 0.0  # unused without the new token
-    vn = 0.0
-    if NEW:  # the step's own key/value: slot n - 1 is read from here, and written to the cache by one program
-        kn = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d, mask=d_ok, other=0.0, cache_modifier=QKV_LOAD)
-        vn = tl.load(vn_ptr + b * stride_vnb + kvh * stride_vnh + d, mask=d_ok, other=0.0,
-                     cache_modifier=QKV_LOAD).to(v_ptr.dtype.element_ty)
+    if NEW:
         if ROPE:
-            kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0,
-                             cache_modifier=QKV_LOAD)
             kn = kn.to(tl.float32) * cos + sign * kn_rot.to(tl.float32) * sin
         kn = kn.to(k_ptr.dtype.element_ty)
         last = (n - 1).to(tl.int64)
@@ -193,6 +189,31 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         out = tl.where(l_i[:, None] > 0, acc / tl.maximum(l_i, 1e-30)[:, None], 0.0)  # an empty row gives zeros
         tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=gd_ok)
+
+
+@triton.jit
+def _chunk(n, split, NS, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Split ``split``'s chunk of a row of length n, slots lo .. hi - 1: whole BLOCK_S blocks, so every loop step
+    has a valid slot (hi <= lo: an empty chunk, the loop does not run); the whole row without splits. (n is loaded
+    by the caller: torch.compile's analysis of what a kernel writes counts a called function's pointer arguments
+    as written where a store's address derives from its result.)"""
+    lo = n * 0
+    hi = n
+    if SPLIT:
+        chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
+        lo = split * chunk
+        hi = tl.minimum(n, lo + chunk)
+    return lo, hi
+
+
+@triton.jit
+def _angles(cos_ptr, sin_ptr, b, n, stride_cb, d, d_ok, ROPE_AT_POS: tl.constexpr):
+    """Row b's RoPE cos and sin (BLOCK_D,) in fp32: its row of (B, Dh) angles, or ``ROPE_AT_POS``, the (P, Dh)
+    tables' row at its new slot n - 1."""
+    row = tl.maximum(n - 1, 0).to(tl.int64) if ROPE_AT_POS else b
+    cos = tl.load(cos_ptr + row * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
+    sin = tl.load(sin_ptr + row * stride_cb + d, mask=d_ok, other=0.0).to(tl.float32)
+    return cos, sin
 
 
 @triton.jit
