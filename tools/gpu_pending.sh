@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
+#                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
+#                                      combine, and every decode attention test of test_triton_ops.py (~5 min; the
+#                                      decode runs of session 16, BE and BF, ran this code with unchanged greedy gaps,
+#                                      but its tests ran on the card only in an earlier form, 26 of them, all passed)
+#   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
+#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
+#                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart)
+#                                      (~3.5 min; last run BE3, with the guess-and-check attention that was level
+#                                      with kernel 0.16's in BF)
+#   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone (session 12's recipe, below), a first
+#                                      look at why the int8 q/k/v and o gemvs expose ~2.1-2.5 us a call in a step
+#                                      (BE) for ~1.0-1.2 us of bytes. It times each launch unchained, so it shows
+#                                      their own latency, not the PDL waits (~2 min)
+# Session 16's recipes (docs/benchmarks.md: decode runs BC-BF), kept to re-measure after changes. (lens-down and
+#   lens-final, runs BD-BF, compared decode attention reading the row length before its PDL wait, unchecked and
+#   guessed-then-checked, with $LMSTACK_DECODE_LENS in an uncommitted tree: neither shipped, docs/benchmarks.md)
 #   bash tools/gpu_pending.sh consts   kernel 0.15's gemv loading its rows' int8 scales (and bias) with the first
 #                                      weight block, before the PDL wait, and the residual with x, beside kernel
 #                                      0.14's order (all three after the row sums: $LMSTACK_GEMV_CONSTS=late): the
 #                                      gemv's GPU tests, then bf16 and int8 at batch 1, profiled with exposed times by
-#                                      predecessor, early-late-early-late (~6 min; written and checked on CPU and in
-#                                      sm90 PTX in session 15, untimed: every int8 gemv paid a memory round trip
-#                                      after its row sums, ~0.5 us more exposed a call than bf16's in AZ)
-#   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
-#                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
-#                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart)
-#                                      (~3.5 min; last run AZ, before serve 0.11's own CUDA graph of the step: the
-#                                      headline table's next row)
-#   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone (session 12's recipe, below), a first
-#                                      look at why the int8 q/k/v and o gemvs expose ~3.9 us a call in a step (AZ)
-#                                      for ~1.1-1.3 us of bytes, and gate/up 7.5 us for 5.6. It times each launch
-#                                      unchained, so it shows their own latency, not the PDL waits (~2 min)
+#                                      predecessor, early-late-early-late (~6 min; run BC: int8 busy 517-521 us a
+#                                      token against 532-534, bf16 710-711 against 719, 96 tests passed; shipped)
 # Session 15's recipes (docs/benchmarks.md: decode runs AX-BB, serving run 3), kept to re-measure after changes:
 #   bash tools/gpu_pending.sh graphs   the decode step replayed from FastGenerator's own CUDA graph (serve 0.11,
 #                                      $LMSTACK_DECODE_GRAPHS=step, the default) beside torch.compile's CUDA-graph
@@ -182,7 +189,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -204,6 +211,22 @@ for f in sys.argv[1:]:
         for row in prof.get("chain", [])[:int(__import__("os").environ.get("TOP", 16))]:
             print(f"   {row['exposed_us_per_token']:8.1f} us exposed x{row['per_token']:5.1f}  {row['kernel'][:50]}"
                   f"  after {row['after'][:40]}")
+PY
+}
+# tokens/s, host and busy time a token, and the eight largest exposed times by predecessor of profiled decode JSONs
+chain_top() {
+  python - "$@" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    for n, r in json.load(open(f))["results"]["variants"].items():
+        if "profile" not in r.get("batch1", {}):
+            print(f, n, r)
+            continue
+        b, p = r["batch1"], r["batch1"]["profile"]
+        print(f, n, round(b["decode_tokens_per_s"]), "host", round(b["host_us_per_token"]), "busy",
+              round(p["busy_us_per_token"]), "gap", r.get("greedy_gap_max"))
+        for row in p["chain"][:8]:
+            print(f"   {row['exposed_us_per_token']:7.1f} x{row['per_token']:4.0f} {row['kernel'][:28]} after {row['after'][:28]}")
 PY
 }
 gpt2_top() {
@@ -244,6 +267,10 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+verify)
+  step tests 300 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py \
+    packages/kernel/tests/test_split_combine.py packages/kernel/tests/test_triton_ops.py -k "decode or split"
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12 ;;
 consts)
   step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
@@ -252,19 +279,7 @@ consts)
       LMSTACK_GEMV_CONSTS=${v%2} python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
       --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
   done
-  python - "$OUT"/decode_*.json <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    for n, r in json.load(open(f))["results"]["variants"].items():
-        if "profile" not in r.get("batch1", {}):
-            print(f, n, r)
-            continue
-        b, p = r["batch1"], r["batch1"]["profile"]
-        print(f, n, round(b["decode_tokens_per_s"]), "host", round(b["host_us_per_token"]), "busy",
-              round(p["busy_us_per_token"]), "gap", r.get("greedy_gap_max"))
-        for row in p["chain"][:8]:
-            print(f"   {row['exposed_us_per_token']:7.1f} x{row['per_token']:4.0f} {row['kernel'][:28]} after {row['after'][:28]}")
-PY
+  chain_top "$OUT"/decode_*.json
   ;;
 graphs)
   step tests 100 python -m pytest -q -p no:cacheprovider packages/serve/tests/test_fast.py -k "own_graphs"
