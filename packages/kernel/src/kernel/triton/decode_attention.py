@@ -197,7 +197,7 @@ def _chunk(n, split, NS, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):
     has a valid slot (hi <= lo: an empty chunk, the loop does not run); the whole row without splits. (n is loaded
     by the caller: torch.compile's analysis of what a kernel writes counts a called function's pointer arguments
     as written where a store's address derives from its result.)"""
-    lo = n * 0
+    lo = n * 0  # n's type, as the split branch gives it (Triton wants one type for both)
     hi = n
     if SPLIT:
         chunk = tl.cdiv(tl.cdiv(n, NS), BLOCK_S) * BLOCK_S
