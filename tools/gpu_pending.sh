@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh l2       each layer's attention kernel pulling the MLP's gate/up weight into L2 (bulk
-#                                      prefetch, evict-last) for the gate/up gemv after it (kernel 0.17's l2_prefetch,
-#                                      FastGenerator's default within half the L2: int8's 23 MB, not bf16's 46 MB):
-#                                      its GPU test, then bf16 and int8 at batch 1, profiled, on-off-on-off
-#                                      ($LMSTACK_L2_PREFETCH_BYTES=0 turns it off), then once with a 64 MB budget (bf16
-#                                      prefetching its 46 MB too) (~6 min)
 #   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
 #                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
 #                                      combine, and every decode attention test of test_triton_ops.py (~5 min; the
@@ -20,6 +14,11 @@
 #                                      look at why the int8 q/k/v and o gemvs expose ~2.1-2.5 us a call in a step
 #                                      (BE) for ~1.0-1.2 us of bytes. It times each launch unchained, so it shows
 #                                      their own latency, not the PDL waits (~2 min)
+# Session 17 (docs/benchmarks.md: decode run BG; verify above ran first, 148 tests passed): commit fe715be's l2 recipe
+#   timed each layer's attention kernel pulling the MLP's int8 gate/up weight (23 MB) into L2 by bulk prefetch for the
+#   gate/up gemv after it, on-off-on-off ($LMSTACK_L2_PREFETCH_BYTES=0 off), then bf16's 46 MB too: int8 decode
+#   1,454-1,543 tokens/s against 1,979-1,983, bf16 with it 895 against 1,433-1,437 (attention's programs end only once
+#   their prefetches land, and its own loads queue behind them); reverted
 # Session 16's recipes (docs/benchmarks.md: decode runs BC-BF), kept to re-measure after changes. (lens-down and
 #   lens-final, runs BD-BF, compared decode attention reading the row length before its PDL wait, unchecked and
 #   guessed-then-checked, with $LMSTACK_DECODE_LENS in an uncommitted tree: neither shipped, docs/benchmarks.md)
@@ -195,7 +194,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in l2|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -273,18 +272,6 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-l2)
-  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  for v in on off on2 off2 all; do
-    case ${v%2} in on) budget=() ;; off) budget=(LMSTACK_L2_PREFETCH_BYTES=0) ;; all) budget=(LMSTACK_L2_PREFETCH_BYTES=67108864) ;; esac
-    step "decode_$v" $([ $v = on ] && echo 130 || echo 95) env ${budget[@]+"${budget[@]}"} TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
-      python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --profile \
-      --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
-    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
-  done
-  chain_top "$OUT"/decode_*.json
-  grep -ho '"l2_prefetch": [0-9]*' "$OUT"/decode_*.json | sort | uniq -c ;;
 verify)
   step tests 300 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py \
     packages/kernel/tests/test_split_combine.py packages/kernel/tests/test_triton_ops.py -k "decode or split"
