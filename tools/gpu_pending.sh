@@ -1,10 +1,5 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh stages   the gemv's K loop pipelined by Triton through shared memory (cp.async, the
-#                                      steps after the first block in flight ahead: $LMSTACK_GEMV_STAGES=3 or 2) beside
-#                                      the shipped loop (1: each step's loads when the step begins), same tiles: the
-#                                      card's Triton code checked for cp.async, the gemv's GPU tests pipelined, then bf16
-#                                      and int8 at batch 1, profiled, 1-3-1-3-2 (~7 min)
 #   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
 #                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
 #                                      combine, and every decode attention test of test_triton_ops.py (~5 min; the
@@ -23,7 +18,10 @@
 #   timed each layer's attention kernel pulling the MLP's int8 gate/up weight (23 MB) into L2 by bulk prefetch for the
 #   gate/up gemv after it, on-off-on-off ($LMSTACK_L2_PREFETCH_BYTES=0 off), then bf16's 46 MB too: int8 decode
 #   1,454-1,543 tokens/s against 1,979-1,983, bf16 with it 895 against 1,433-1,437 (attention's programs end only once
-#   their prefetches land, and its own loads queue behind them); reverted
+#   their prefetches land, and its own loads queue behind them); reverted. Commit 7f68682's stages recipe timed the
+#   gemv's K loop pipelined by Triton through shared memory ($LMSTACK_GEMV_STAGES=3 or 2, cp.async) beside the shipped
+#   loop, 1-3-1-3-2 (run BH): 3 stages bf16 busy 735-736 us a token against 700, int8 557-558 against 514; 2 stages
+#   703 / 537 (only bf16's q/k/v and attention after it gained, 135 us against 149); reverted
 # Session 16's recipes (docs/benchmarks.md: decode runs BC-BF), kept to re-measure after changes. (lens-down and
 #   lens-final, runs BD-BF, compared decode attention reading the row length before its PDL wait, unchecked and
 #   guessed-then-checked, with $LMSTACK_DECODE_LENS in an uncommitted tree: neither shipped, docs/benchmarks.md)
@@ -199,7 +197,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in stages|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -277,36 +275,6 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-stages)
-  python - <<'PY'
-import re, triton
-from triton.backends.compiler import GPUTarget
-from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
-for st in (1, 3):
-    consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=32, BLOCK_K=512, PDL=True,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, STAGES=st)
-    src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
-                                    constexprs=consts)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})
-    try:
-        k._init_handles()
-    except Exception as e:  # the counts below still say whether the loop is pipelined
-        print("load:", e)
-    print("stages", st, "cp.async", k.asm["ptx"].count("cp.async.cg"), "shared", k.metadata.shared, "regs",
-          getattr(k, "n_regs", None))
-PY
-  step tests 150 env LMSTACK_GEMV_STAGES=3 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
-  for v in s1 s3 s1b s3b s2; do
-    st=${v:1:1}
-    step "decode_$v" $([ $v = s1 ] && echo 130 || echo 95) env LMSTACK_GEMV_STAGES=$st \
-      TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
-      --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
-    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
-  done
-  chain_top "$OUT"/decode_*.json ;;
 verify)
   step tests 300 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py \
     packages/kernel/tests/test_split_combine.py packages/kernel/tests/test_triton_ops.py -k "decode or split"

@@ -60,10 +60,6 @@ F16_X_SCALE = tl.constexpr(2.0 ** -7)
 # with the first weight block, before a PDL wait, the residual with x) or "late" (kernel 0.14's order: all three
 # after the row sums, one more memory round trip at the end of every call that has one), for comparisons
 CONSTS_ENV = "LMSTACK_GEMV_CONSTS"
-# the K loop's software pipeline depth after the first block: 1 (the default) loads each weight block (and x's) when
-# its step begins, one memory round trip a step; N > 1 has Triton keep N - 1 steps' loads in flight through shared
-# memory (cp.async), for comparisons
-STAGES_ENV = "LMSTACK_GEMV_STAGES"
 
 
 def late_consts() -> bool:
@@ -72,14 +68,6 @@ def late_consts() -> bool:
     if raw not in ("early", "late"):
         raise ConfigError(CONSTS_ENV, f"expected 'early' (the default) or 'late', got {raw!r}")
     return raw == "late"
-
-
-def loop_stages() -> int:
-    """The K loop's pipeline depth, ``$LMSTACK_GEMV_STAGES`` (1, the default: none)."""
-    raw = os.environ.get(STAGES_ENV, "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(STAGES_ENV, f"expected a pipeline depth >= 1 (1, the default: none), got {raw!r}")
-    return int(raw)
 
 
 def int8_mode() -> str:
@@ -94,7 +82,7 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, STAGES: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -121,11 +109,11 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
                                            HAS_BIAS and not LATE)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
-                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, STAGES)
+                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
             w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
-               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, STAGES)
+               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
 
 
 @triton.jit
@@ -157,7 +145,7 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, LATE: tl.constexpr, STAGES: tl.constexpr):
+           I8_F16: tl.constexpr, LATE: tl.constexpr):
     """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
     ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
     its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
@@ -176,7 +164,7 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     else:
         acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
-    for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):  # STAGES > 1: loads in flight ahead (cp.async)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
@@ -312,7 +300,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, LATE=late_consts(), STAGES=loop_stages(),
+        num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
