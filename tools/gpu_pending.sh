@@ -7,9 +7,10 @@
 #                                      but its tests ran on the card only in an earlier form, 26 of them, all passed)
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
-#                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart)
-#                                      (~3.5 min; last run BE3, with the guess-and-check attention that was level
-#                                      with kernel 0.16's in BF)
+#                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart),
+#                                      five repeats; then two more processes of bf16 and int8 at batch 1 with the
+#                                      decode steps also timed by the generator's own clock (eval 0.14: CUDA events,
+#                                      no prefill in the figure) (~5 min; last run BE3)
 #   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone (session 12's recipe, below), a first
 #                                      look at why the int8 q/k/v and o gemvs expose ~2.1-2.5 us a call in a step
 #                                      (BE) for ~1.0-1.2 us of bytes. It times each launch unchained, so it shows
@@ -780,11 +781,31 @@ final)
   # the shipped defaults in one call: transformers' static-cache generate, lmstack at batch 1 (profiled) and 32,
   # int8 (now folded before quantizing: its layers take the folded norm too); greedy gaps for every loop
   export TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1
-  step final 420 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 2 --profile \
+  step final 420 python -m eval.bench decode --preset llama-1b --batch-sizes 1,32 --repeat 5 --profile \
     --variants transformers,lmstack,lmstack-int8 --out "$OUT/final.json"
   grep -h '"decode_tokens_per_s"\|fraction_of_roofline\|speedup\|greedy_gap\|"fold_norms"\|kernel_us\|kernels_per' \
     "$OUT/final.json"
-  TOP=12 decode_top "$OUT/final.json" ;;
+  TOP=12 decode_top "$OUT/final.json"
+  # (eval 0.14) two more processes of batch 1 alone, unprofiled: the decode steps by the generator's own clock too
+  for v in clocked1 clocked2; do
+    step "$v" 100 python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 5 \
+      --variants lmstack,lmstack-int8 --out "$OUT/$v.json"
+    [ -s "$OUT/$v.json" ] && rm -f "$OUT/$v.log"
+  done
+  python - "$OUT"/final.json "$OUT"/clocked*.json <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    r = json.load(open(f))["results"]
+    row = [f.rsplit("/", 1)[-1]]
+    for n in ("lmstack", "lmstack-int8"):
+        b = r["variants"][n]["batch1"]
+        row.append(f"{n} {b['decode_tokens_per_s']:.0f} clocked {b.get('decode_tokens_per_s_clocked', 0):.0f} "
+                   f"{[round(x * 1e3, 2) for x in b.get('decode_s_clocked', [])]} ms")
+    row.append(f"int8 {r.get('int8_speedup_batch1', 0):.3f} clocked {r.get('int8_speedup_batch1_clocked', 0):.3f} "
+               f"roofline {r['roofline_tokens_per_s_batch1']:.0f}")
+    print(" | ".join(row))
+PY
+  ;;
 serial)
   # 1. the changed kernels on the card: decode attention (its in-kernel combine), the skinny matmul (serial split-K),
   #    the attention layer through a fixed cache, FastGenerator's folding and routing

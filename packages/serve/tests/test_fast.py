@@ -1,5 +1,7 @@
 """FastGenerator: the fixed-cache decode loop equals step-by-step greedy decoding, also when traced as one graph."""
 
+import time
+
 import pytest
 import torch
 
@@ -37,6 +39,25 @@ def test_sampling_is_seeded_and_follows_temperature(tiny_lm):
     assert torch.equal(a, b) and not torch.equal(a, c)
     cold = gen.generate(prompt, 10, temperature=1e-6, seed=3)
     assert torch.equal(cold, gen.generate(prompt, 10))  # near-zero temperature is greedy
+
+
+def test_the_decode_clock_times_the_decode_steps_and_leaves_the_prefill_out(tiny_lm, monkeypatch):
+    prompt = torch.randint(0, tiny_lm.config.vocab_size, (1, 6))
+    gen = FastGenerator(tiny_lm, 1, 32, compile=None)
+    gen.generate(prompt, 4)
+    assert gen.last_decode_s is None  # not asked for
+    real = type(tiny_lm).forward
+
+    def slow(self, ids, *args, **kwargs):  # the prompt's forward 0.5 s, each one-token step 20 ms
+        time.sleep(0.5 if ids.shape[1] > 1 else 0.02)
+        return real(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny_lm), "forward", slow)
+    gen.record_decode_time = True
+    gen.generate(prompt, 6)
+    assert 5 * 0.02 <= gen.last_decode_s < 0.45  # the five decode steps, not the prefill
+    gen.generate(prompt, 1)
+    assert gen.last_decode_s is None  # no decode step: nothing to time
 
 
 def test_bad_requests(tiny_lm):

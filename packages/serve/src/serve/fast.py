@@ -16,6 +16,7 @@ Shape legend: B rows, T prompt tokens, N new tokens, V vocabulary.
 from __future__ import annotations
 
 import os
+import time
 import types
 from typing import Any
 
@@ -94,6 +95,9 @@ class FastGenerator:
     with Triton); True insists, with the registry's choice (ConfigError where it cannot apply); an implementation
     name (e.g. "reference") insists on that one; False turns it off. The model's layers follow this generator's
     choice (an earlier generator's over the same model is replaced).
+
+    ``record_decode_time`` (an attribute, False by default): each ``generate`` then times its decode steps on the
+    device's clock (CUDA events, no host sync), and ``last_decode_s`` gives the seconds.
     """
 
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
@@ -192,6 +196,10 @@ class FastGenerator:
         self._noise: torch.Tensor | None = None  # the sampled graph's noise, at a fixed address
         self._step = self._decode_one
         self._compiled = False
+        # record_decode_time: each generate times its decode steps (everything after the prompt's first pick) on
+        # the device's own clock, read by last_decode_s; no host sync inside generate
+        self.record_decode_time = False
+        self._decode_clock: tuple[Any, Any] | None = None
 
     @staticmethod
     def auto_fold_norms(model: Any, linear_impl: str | None = "auto") -> bool:
@@ -300,6 +308,8 @@ class FastGenerator:
         self._out[:, :1].copy_(tok_B1)
         self._at.fill_(1)
         self._ensure_compiled()
+        self._decode_clock = None
+        start = self._clock() if self.record_decode_time and max_new_tokens > 1 else None
         for _ in range(1, max_new_tokens):
             if self.own_graphs:
                 self._replay(noise())
@@ -307,7 +317,36 @@ class FastGenerator:
             if self._compiled and device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()
             self._step(noise())
+        if start is not None:
+            self._decode_clock = (start, self._clock())
         return self._out[:, :max_new_tokens].clone()
+
+    def _clock(self) -> Any:
+        """A point on the decode stream's timeline: a CUDA event recorded there (no sync), else the host clock once
+        the device has finished what it was given (on the CPU, at once)."""
+        device = self.cache.device
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        if device.type != "cpu":
+            getattr(torch, device.type).synchronize()
+        return time.perf_counter()
+
+    @property
+    def last_decode_s(self) -> float | None:
+        """Seconds the last ``generate`` spent on its decode steps (``max_new_tokens - 1`` of them, the prompt's
+        prefill and first pick left out), when ``record_decode_time`` was set and it made more than one token, else
+        None. On CUDA the time between two events on the stream: the steps' GPU time, with any wait for the host
+        between them; reading it waits for the last step to finish. Benchmarks read this instead of subtracting a
+        one-token call's time, whose prefill varies by milliseconds (``eval.bench decode``)."""
+        if self._decode_clock is None:
+            return None
+        start, end = self._decode_clock
+        if isinstance(start, float):
+            return end - start
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
 
     def _replay(self, noise_BV: torch.Tensor | None) -> None:
         """One decode step through this generator's own CUDA graph of the compiled step (one for greedy steps, one

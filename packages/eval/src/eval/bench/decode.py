@@ -16,6 +16,12 @@ the result is ``fraction_of_roofline``. Variants, each in the same run on the sa
 - ``transformers`` (the baseline): LlamaForCausalLM with the same shape and weights,
   ``generate(cache_implementation="static")``.
 
+Decode tokens/s is (n - 1) new tokens over the time of an n-token call less a one-token call's (prefill and first
+pick), medians of ``--repeat``. The lmstack variants also give ``decode_tokens_per_s_clocked``: the same tokens over
+the decode steps' time by the generator's own clock (CUDA events around its decode loop, ``FastGenerator``'s
+``last_decode_s``), which the prefill's run-to-run variation (a few ms of ~130 at batch 1) does not reach, and
+``int8_speedup_batch1_clocked`` from those.
+
 Every lmstack variant gets ``greedy_gap_max``: each of its batch-1 greedy tokens scored by one eager forward of the
 prompt and the tokens before it (the prefill path, other kernels), the largest gap between the best logit and the
 chosen token's. A correct loop only ever picks a token within the rounding of the two paths of the best; a kernel
@@ -117,15 +123,19 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     return total
 
 
-def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str) -> dict[str, float]:
+def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str,
+                 decode_s: Any = None) -> dict[str, float]:
     """``generate(k)`` makes k new tokens for B rows. t1 = one token (prefill + first pick), tN = n tokens;
     decode tokens/s = B (n - 1) / (tN - t1). Medians of ``repeat`` after two warm-up calls (compile, capture).
     ``host_us_per_token``: the same difference for the time ``generate`` takes to return, before the device is
     synchronised: what the host spends launching a step (a decode loop without host syncs returns before its
-    kernels finish, so a figure near the per-token time says the host, not the GPU, sets the pace)."""
+    kernels finish, so a figure near the per-token time says the host, not the GPU, sets the pace).
+    ``decode_s()``, when given: the seconds the last ``generate(n)`` spent on its n - 1 decode steps by the device's
+    own clock (FastGenerator's ``last_decode_s``); then ``decode_tokens_per_s_clocked`` = B (n - 1) over its median
+    too, free of the prefill's variation, which the subtraction above carries (a few ms in ~130)."""
     generate(n)
     generate(n)
-    t_one, t_all, h_one, h_all = [], [], [], []
+    t_one, t_all, h_one, h_all, clocked = [], [], [], [], []
     for _ in range(repeat):
         sync(device)
         t0 = time.perf_counter()
@@ -138,14 +148,24 @@ def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str) -> dic
         sync(device)
         t_one.append(t1 - t0)
         t_all.append(time.perf_counter() - t1)
+        if decode_s is not None:
+            clocked.append(decode_s())
     t1m, tnm = statistics.median(t_one), statistics.median(t_all)
     host = (statistics.median(h_all) - statistics.median(h_one)) / (n - 1) if n > 1 else 0.0
-    return {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
-            "prefill_s": t1m, "total_s": tnm, "host_us_per_token": host * 1e6}
+    out = {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
+           "prefill_s": t1m, "total_s": tnm, "host_us_per_token": host * 1e6}
+    if clocked and None not in clocked:
+        out["decode_s_clocked"] = clocked
+        out["decode_tokens_per_s_clocked"] = B * (n - 1) / statistics.median(clocked)
+    return out
 
 
 def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
-    return _time_decode(lambda k: gen.generate(prompt, k), prompt.shape[0], n, repeat, device)
+    clocked = hasattr(gen, "record_decode_time")  # FastGenerator times its own decode steps
+    if clocked:
+        gen.record_decode_time = True
+    return _time_decode(lambda k: gen.generate(prompt, k), prompt.shape[0], n, repeat, device,
+                        (lambda: gen.last_decode_s) if clocked else None)
 
 
 def _profiling(args: argparse.Namespace, device: str) -> bool:
@@ -349,4 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         q = results["variants"].get("lmstack-int8", {}).get("batch1")
         if q:
             results["int8_speedup_batch1"] = q["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+            if "decode_tokens_per_s_clocked" in q and "decode_tokens_per_s_clocked" in base:
+                results["int8_speedup_batch1_clocked"] = (q["decode_tokens_per_s_clocked"]
+                                                          / base["decode_tokens_per_s_clocked"])
     return report("decode", vars(args), results, device)
