@@ -1,10 +1,5 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh group    the gemv summing each run of $LMSTACK_GEMV_GROUP=16 columns of a K step's
-#                                      products at once (a (ROWS, BLOCK_K / 16) fp32 accumulator, not (ROWS,
-#                                      BLOCK_K): int8 gate/up 128 registers a thread against 160 offline) beside the
-#                                      shipped one (0), same tiles, bf16 and int8 at batch 1 by the clock, 0-16-0-16
-#                                      (~3.5 min)
 #   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
 #                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
 #                                      combine, and every decode attention test of test_triton_ops.py (~5 min; the
@@ -28,6 +23,9 @@
 #   gemv's K loop pipelined by Triton through shared memory ($LMSTACK_GEMV_STAGES=3 or 2, cp.async) beside the shipped
 #   loop, 1-3-1-3-2 (run BH): 3 stages bf16 busy 735-736 us a token against 700, int8 557-558 against 514; 2 stages
 #   703 / 537 (only bf16's q/k/v and attention after it gained, 135 us against 149); reverted
+#   Commit fdec3ad's group recipe timed the gemv summing each run of 16 columns of a K step's products at once (a smaller
+#   accumulator: int8 gate/up 128 registers a thread against 160) beside the shipped one, 0-16-0-16 by the clock (run
+#   BJ): int8 1,766-1,767 tokens/s against 1,949-1,956, bf16 1,349 against 1,426-1,430; reverted
 # Session 16's recipes (docs/benchmarks.md: decode runs BC-BF), kept to re-measure after changes. (lens-down and
 #   lens-final, runs BD-BF, compared decode attention reading the row length before its PDL wait, unchecked and
 #   guessed-then-checked, with $LMSTACK_DECODE_LENS in an uncommitted tree: neither shipped, docs/benchmarks.md)
@@ -203,7 +201,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in group|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -281,26 +279,6 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
-group)
-  for v in g0 g16 g0b g16b; do
-    g=${v#g}; g=${g%b}
-    step "decode_$v" 100 env LMSTACK_GEMV_GROUP=$g TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench \
-      decode --preset llama-1b --batch-sizes 1 --repeat 5 --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
-    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
-  done
-  python - "$OUT"/decode_g*.json <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    r = json.load(open(f))["results"]
-    row = [f.rsplit("/", 1)[-1]]
-    for n in ("lmstack", "lmstack-int8"):
-        b = r["variants"][n]["batch1"]
-        row.append(f"{n} {b['decode_tokens_per_s']:.0f} clocked {b.get('decode_tokens_per_s_clocked', 0):.0f} "
-                   f"gap {r['variants'][n].get('greedy_gap_max')}")
-    row.append(f"int8 clocked {r.get('int8_speedup_batch1_clocked', 0):.3f}")
-    print(" | ".join(row))
-PY
-  ;;
 verify)
   step tests 300 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py \
     packages/kernel/tests/test_split_combine.py packages/kernel/tests/test_triton_ops.py -k "decode or split"

@@ -82,7 +82,7 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, GROUP: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -109,11 +109,11 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
                                            HAS_BIAS and not LATE)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
-                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, GROUP)
+                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
             w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
-               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, GROUP)
+               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
 
 
 @triton.jit
@@ -145,7 +145,7 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, LATE: tl.constexpr, GROUP: tl.constexpr):
+           I8_F16: tl.constexpr, LATE: tl.constexpr):
     """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
     ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
     its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
@@ -159,14 +159,20 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     res = tl.zeros((ROWS,), tl.float32)
     if HAS_RES and not GLU and not LATE:
         res = tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    acc = _products(w, x, I8_MAGIC, I8_F16, ROWS, BLOCK_K, GROUP)
+    if I8_F16:
+        acc = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+    else:
+        acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
         x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        acc += _products(w, x, I8_MAGIC, I8_F16, ROWS, BLOCK_K, GROUP)
+        if I8_F16:
+            acc += _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+        else:
+            acc += _weights(w, I8_MAGIC) * x[None, :]
         if RMS:
             ss += x * x
     if I8_F16:
@@ -191,20 +197,6 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
         elif HAS_RES:
             y = y + res
         tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _products(w, x, I8_MAGIC: tl.constexpr, I8_F16: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
-              GROUP: tl.constexpr):
-    """One K step's products of a weight block (ROWS, BLOCK_K) and x (BLOCK_K,) fp32: (ROWS, BLOCK_K), or with
-    GROUP each run of GROUP columns summed at once, (ROWS, BLOCK_K // GROUP) in fp32 (a smaller accumulator)."""
-    if I8_F16:
-        p = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
-    else:
-        p = _weights(w, I8_MAGIC) * x[None, :]
-    if GROUP:
-        p = tl.sum(tl.reshape(p, (ROWS, BLOCK_K // GROUP, GROUP)), 2).to(tl.float32)
-    return p
 
 
 @triton.jit
@@ -308,7 +300,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, LATE=late_consts(), GROUP=int(os.environ.get("LMSTACK_GEMV_GROUP", "0")),
+        num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
