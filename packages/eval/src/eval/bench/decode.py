@@ -20,7 +20,7 @@ Decode tokens/s is (n - 1) new tokens over the time of an n-token call less a on
 pick), medians of ``--repeat``. The lmstack variants also give ``decode_tokens_per_s_clocked``: the same tokens over
 the decode steps' time by the generator's own clock (CUDA events around its decode loop, ``FastGenerator``'s
 ``last_decode_s``), which the prefill's run-to-run variation (a few ms of ~130 at batch 1) does not reach, and
-``int8_speedup_batch1_clocked`` from those.
+``fraction_of_roofline_batch1_clocked`` and ``int8_speedup_batch1_clocked`` from those.
 
 Every lmstack variant gets ``greedy_gap_max``: each of its batch-1 greedy tokens scored by one eager forward of the
 prompt and the tokens before it (the prefill path, other kernels), the largest gap between the best logit and the
@@ -363,6 +363,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = results["variants"].get("lmstack", {}).get("batch1")
     if base:
         results["fraction_of_roofline_batch1"] = base["decode_tokens_per_s"] / results["roofline_tokens_per_s_batch1"]
+        if "decode_tokens_per_s_clocked" in base:
+            results["fraction_of_roofline_batch1_clocked"] = (base["decode_tokens_per_s_clocked"]
+                                                              / results["roofline_tokens_per_s_batch1"])
         hf = results["variants"].get("transformers", {}).get("batch1")
         if hf:
             results["speedup_vs_transformers_batch1"] = base["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
