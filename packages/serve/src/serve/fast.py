@@ -327,7 +327,7 @@ class FastGenerator:
         device = self.cache.device
         if device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(device))  # the cache's GPU, whichever is current
             return event
         if device.type != "cpu":
             getattr(torch, device.type).synchronize()

@@ -36,6 +36,7 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -124,7 +125,7 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
 
 
 def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str,
-                 decode_s: Any = None) -> dict[str, float]:
+                 decode_s: Callable[[], float | None] | None = None) -> dict[str, Any]:
     """``generate(k)`` makes k new tokens for B rows. t1 = one token (prefill + first pick), tN = n tokens;
     decode tokens/s = B (n - 1) / (tN - t1). Medians of ``repeat`` after two warm-up calls (compile, capture).
     ``host_us_per_token``: the same difference for the time ``generate`` takes to return, before the device is
@@ -160,7 +161,7 @@ def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str,
     return out
 
 
-def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
+def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, Any]:
     clocked = hasattr(gen, "record_decode_time")  # FastGenerator times its own decode steps
     if clocked:
         gen.record_decode_time = True
@@ -226,7 +227,7 @@ def greedy_gap(model: Any, prompt_1T: torch.Tensor, tokens_1N: torch.Tensor) -> 
     return float((logits.max(-1).values - chosen).max())
 
 
-def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, float]:
+def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, Any]:
     def gen(k: int) -> None:
         out = hf.generate(prompt, max_new_tokens=k, do_sample=False, cache_implementation="static",
                           min_new_tokens=k, pad_token_id=0)
