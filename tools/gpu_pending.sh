@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh trigger  kernel 0.17's $LMSTACK_PDL_TRIGGER=early (the decode gemv and attention let the
+#                                      next PDL kernel launch before their wait, not after it, so several kernels'
+#                                      first weights stream while attention, its combine and the kernel boundaries
+#                                      wait on latency) beside late (the default): the gemv's and decode attention's
+#                                      GPU tests early, then bf16 and int8 at batch 1 by the clock, profiled,
+#                                      late-early-late-early (~6.5 min; not yet run)
 #   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
 #                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
 #                                      combine, and every decode attention test of test_triton_ops.py (~5 min; the
@@ -201,7 +207,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -275,10 +281,38 @@ print(json.dumps(merged))
 PY
 }
 # decode at batch 1, two repeats: dec NAME LIMIT VARIANTS [ENV=VALUE ...] (its log kept only when no JSON came)
+# each decode JSON's batch-1 tokens/s, subtracted and by the generator's clock (eval 0.14), and the int8 ratio both ways
+clocked() {
+  python - "$@" <<'PY'
+import json, sys
+for f in sys.argv[1:]:
+    r = json.load(open(f))["results"]
+    row = [f.rsplit("/", 1)[-1]]
+    for n in ("lmstack", "lmstack-int8"):
+        b = r["variants"].get(n, {}).get("batch1", {})
+        row.append(f"{n} {b.get('decode_tokens_per_s', 0):.0f} clocked {b.get('decode_tokens_per_s_clocked', 0):.0f} "
+                   f"{[round(x * 1e3, 2) for x in b.get('decode_s_clocked', [])]} ms")
+    row.append(f"int8 {r.get('int8_speedup_batch1', 0):.3f} clocked {r.get('int8_speedup_batch1_clocked', 0):.3f} "
+               f"roofline {r.get('roofline_tokens_per_s_batch1', 0):.0f}")
+    print(" | ".join(row))
+PY
+}
 dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+trigger)
+  step tests 200 env LMSTACK_PDL_TRIGGER=early python -m pytest -q -p no:cacheprovider \
+    packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  for v in late early late2 early2; do
+    step "decode_$v" $([ $v = late ] && echo 130 || echo 95) env LMSTACK_PDL_TRIGGER=${v%2} \
+      TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+      --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
+  done
+  chain_top "$OUT"/decode_*.json
+  clocked "$OUT"/decode_*.json ;;
 verify)
   step tests 300 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py \
     packages/kernel/tests/test_split_combine.py packages/kernel/tests/test_triton_ops.py -k "decode or split"
@@ -795,20 +829,7 @@ final)
       --variants lmstack,lmstack-int8 --out "$OUT/$v.json"
     [ -s "$OUT/$v.json" ] && rm -f "$OUT/$v.log"
   done
-  python - "$OUT"/final.json "$OUT"/clocked*.json <<'PY'
-import json, sys
-for f in sys.argv[1:]:
-    r = json.load(open(f))["results"]
-    row = [f.rsplit("/", 1)[-1]]
-    for n in ("lmstack", "lmstack-int8"):
-        b = r["variants"][n]["batch1"]
-        row.append(f"{n} {b['decode_tokens_per_s']:.0f} clocked {b.get('decode_tokens_per_s_clocked', 0):.0f} "
-                   f"{[round(x * 1e3, 2) for x in b.get('decode_s_clocked', [])]} ms")
-    row.append(f"int8 {r.get('int8_speedup_batch1', 0):.3f} clocked {r.get('int8_speedup_batch1_clocked', 0):.3f} "
-               f"roofline {r['roofline_tokens_per_s_batch1']:.0f}")
-    print(" | ".join(row))
-PY
-  ;;
+  clocked "$OUT"/final.json "$OUT"/clocked*.json ;;
 serial)
   # 1. the changed kernels on the card: decode attention (its in-kernel combine), the skinny matmul (serial split-K),
   #    the attention layer through a fixed cache, FastGenerator's folding and routing

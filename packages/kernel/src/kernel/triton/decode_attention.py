@@ -36,6 +36,7 @@ import triton.language as tl
 
 from kernel.reference import check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
 from kernel.triton._device import device_info, pdl_capable
+from kernel.triton._pdl import pdl_enter, pdl_mode
 from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ConfigError, ShapeError
 
@@ -85,7 +86,8 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     (P, Dh) tables, this row's angles the row at its new slot, n - 1.
 
     ``PDL``: launched while the kernel before drains; the program reads nothing that kernel may have written (the
-    row lengths included) before it waits for it, then lets the next kernel start. ``EARLY`` (with the step's new
+    row lengths included) before it waits for it, then lets the next kernel start (PDL 2: before the wait,
+    :mod:`kernel.triton._pdl`). ``EARLY`` (with the step's new
     token, ``NEW``, and a fixed cache): before that wait, the program loads the block of cached keys and values its
     chunk starts at when chunks are one block long (the usual case: rows of at most ``NS x BLOCK_S`` slots); no
     kernel of the step writes those slots (this one writes slot n - 1 itself and reads it from the arguments). Once
@@ -101,9 +103,7 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     if EARLY:
         k0, v0 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, guess + tl.arange(0, BLOCK_S), L, d, d_ok, stride_kb,
                            stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_enter(PDL)
     # the length, q, and the new key and value in one round trip: nothing here waits for another of them
     n = tl.load(lens_ptr + b)
     q = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d[None, :], mask=g_ok[:, None] & d_ok[None, :],
@@ -257,9 +257,7 @@ def _block(q, k, v, s, hi, n, kn, vn, m_i, l_i, acc, scale, NEW: tl.constexpr, D
 @triton.jit
 def _combine(acc_ptr, m_ptr, l_ptr, o_ptr, stride_ob, stride_oh, H, NS, Dh,
              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr):
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_enter(PDL)
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     sp = tl.arange(0, BLOCK_N)
@@ -398,11 +396,11 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                           PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
                           ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)),
                           BLOCK_S=block_s(capacity, ns),
-                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl, EARLY=early,
+                          BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl_mode(pdl), EARLY=early,
                           ROPE_AT_POS=at_pos, **launch)
     if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
-                         BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl, **launch)
+                         BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl_mode(pdl), **launch)
     return out
 
 

@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from kernel.triton._device import device_info, pdl_capable
+from kernel.triton._pdl import pdl_enter, pdl_mode
 from kernel.triton._tables import load_table, tile_key
 from specs.errors import ConfigError, ShapeError
 
@@ -96,9 +97,9 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
                 other=0)  # (ROWS, BLOCK_K)
     sc, bi = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE, HAS_BIAS and not LATE)
-    if PDL:
-        tl.extra.cuda.gdc_wait()  # x and the residual only once the kernel before has finished
-        tl.extra.cuda.gdc_launch_dependents()  # then the next kernel may start its own weight loads
+    # x and the residual only once the kernel before has finished; the next kernel may then start its own weight
+    # loads (PDL 2, $LMSTACK_PDL_TRIGGER=early: as soon as this program's first weights are asked for)
+    pdl_enter(PDL)
     if PERSISTENT:
         for rb in range(pid, blocks, programs):
             # the next row block's first weight block (and scales, bias) is in flight while this one is computed
@@ -298,7 +299,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl,
+        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl_mode(pdl),
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
         num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))

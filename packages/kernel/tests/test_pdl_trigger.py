@@ -1,0 +1,69 @@
+"""Where a PDL-launched kernel lets the next one launch ($LMSTACK_PDL_TRIGGER, kernel.triton._pdl): after its wait
+by default, before it with ``early``, in the gemv and in decode attention's split and combine kernels (their sm90
+code compiled offline), and a bad value is refused by name."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+from kernel.triton import _pdl  # (needs triton)
+from specs.errors import ConfigError
+
+_AOT = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from kernel.triton import decode_attention as da, gemv
+from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
+target = GPUTarget("cuda", 90, 32)
+gnames = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
+gsig = dict(zip(gnames, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+cnames = ["acc_ptr", "m_ptr", "l_ptr", "o_ptr", "stride_ob", "stride_oh", "H", "NS", "Dh"]
+csig = dict(zip(cnames, ["*fp32"] * 3 + ["*bf16"] + ["i32"] * 5))
+for pdl in (1, 2):
+    consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=32, BLOCK_K=512, PDL=pdl,
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False)
+    kernels = [(gemv._gemv, gsig, consts)]
+    consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
+                  BLOCK_S=16, BLOCK_D=64, BLOCK_N=32, PDL=pdl, EARLY=True, ROPE_AT_POS=True)
+    kernels.append((da._decode, dict(zip(names, types)), consts))
+    kernels.append((da._combine, csig, dict(BLOCK_N=32, BLOCK_D=64, PDL=pdl)))
+    for fn, sig, consts in kernels:
+        src = triton.compiler.ASTSource(fn=fn, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                        constexprs=consts)
+        ptx = triton.compile(src, target=target, options={"num_warps": 4, "launch_pdl": True}).asm["ptx"]
+        sys.stdout.write(ptx + "\\n=====\\n")
+"""
+
+
+def test_the_trigger_follows_the_wait_by_default_and_precedes_it_when_early():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
+    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ptxs = out.stdout.split("\n=====\n")[:6]
+    for i, ptx in enumerate(ptxs):  # gemv, attention's split kernel, its combine; late (1) then early (2)
+        lines = ptx.splitlines()
+        wait = [n for n, line in enumerate(lines) if "griddepcontrol.wait" in line]
+        launch = [n for n, line in enumerate(lines) if "griddepcontrol.launch_dependents" in line]
+        assert len(wait) == 1 and len(launch) == 1
+        assert (launch[0] < wait[0]) == (i >= 3)
+    # early, the gemv's first weight block is still asked for before the trigger: its loads go out first
+    gemv_early = ptxs[3].splitlines()
+    first_load = next(n for n, line in enumerate(gemv_early) if "ld.global" in line)
+    assert first_load < next(n for n, line in enumerate(gemv_early) if "griddepcontrol.launch_dependents" in line)
+
+
+def test_the_trigger_mode_is_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv(_pdl.TRIGGER_ENV, raising=False)
+    assert (_pdl.pdl_mode(False), _pdl.pdl_mode(True)) == (0, 1)
+    monkeypatch.setenv(_pdl.TRIGGER_ENV, "early")
+    assert (_pdl.pdl_mode(False), _pdl.pdl_mode(True)) == (0, 2)
+    monkeypatch.setenv(_pdl.TRIGGER_ENV, "soon")
+    with pytest.raises(ConfigError, match="LMSTACK_PDL_TRIGGER.*'late'.*'early'.*'soon'"):
+        _pdl.pdl_mode(True)
