@@ -8,19 +8,18 @@
 #                                      late-early-late-early (~6.5 min; not yet run)
 #   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
 #                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
-#                                      combine, and every decode attention test of test_triton_ops.py (~5 min; the
-#                                      decode runs of session 16, BE and BF, ran this code with unchanged greedy gaps,
-#                                      but its tests ran on the card only in an earlier form, 26 of them, all passed)
+#                                      combine, and every decode attention test of test_triton_ops.py (~3 min; last
+#                                      run session 17: 148 passed)
 #   bash tools/gpu_pending.sh final    decode as shipped in one call: transformers' static-cache generate, bf16 at
 #                                      batch 1 (profiled) and 32, int8 (profiled too since eval 0.12), each kernel's
 #                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart),
 #                                      five repeats; then two more processes of bf16 and int8 at batch 1 with the
 #                                      decode steps also timed by the generator's own clock (eval 0.14: CUDA events,
-#                                      no prefill in the figure) (~5 min; last run BE3)
-#   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone (session 12's recipe, below), a first
-#                                      look at why the int8 q/k/v and o gemvs expose ~2.1-2.5 us a call in a step
-#                                      (BE) for ~1.0-1.2 us of bytes. It times each launch unchained, so it shows
-#                                      their own latency, not the PDL waits (~2 min)
+#                                      no prefill in the figure) (~5.5 min; last run BI)
+#   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone, each decode shape as its table tiles
+#                                      it, launched unchained (its own latency, not the PDL waits) (~1 min; last run
+#                                      session 17: int8 gate/up 157 registers, 14% occupancy, 0.89 waves, issue
+#                                      slots 31% busy, docs/benchmarks.md)
 # Session 17 (docs/benchmarks.md: decode run BG; verify above ran first, 148 tests passed): commit fe715be's l2 recipe
 #   timed each layer's attention kernel pulling the MLP's int8 gate/up weight (23 MB) into L2 by bulk prefetch for the
 #   gate/up gemv after it, on-off-on-off ($LMSTACK_L2_PREFETCH_BYTES=0 off), then bf16's 46 MB too: int8 decode
