@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh mixed    kernel 0.18's $LMSTACK_PDL_TRIGGER=mixed (early in decode attention, its combine
+#                                      and the int8 gemvs, late in the float gemvs) beside late and early: bf16 and
+#                                      int8 at batch 1 by the clock, profiled, late-mixed-early-mixed (~3.5 min; run
+#                                      BL: mixed bf16 1,426-1,427, int8 1,993-1,996; shipped as the default)
+#   bash tools/gpu_pending.sh glu-mixed  the gemv's and decode attention's GPU tests under kernel 0.18's default trigger
+#                                      (mixed), then int8 at batch 1 by the clock with other tiles for gate/up
+#                                      (glu: 32 rows of 8 warps, 16 rows of 1,024 or 512 columns) and down (4 warps),
+#                                      since early-triggered kernels now share SMs with the next one, shipped
+#                                      tiles first and last (~6.5 min; run BN: 108 tests passed, every other tile
+#                                      lost, 1,813-1,936 tokens/s against 2,010-2,012)
 #   bash tools/gpu_pending.sh trigger  kernel 0.17's $LMSTACK_PDL_TRIGGER=early (the decode gemv and attention let the
-#                                      next PDL kernel launch before their wait, not after it, so several kernels'
-#                                      first weights stream while attention, its combine and the kernel boundaries
-#                                      wait on latency) beside late (the default): the gemv's and decode attention's
-#                                      GPU tests early, then bf16 and int8 at batch 1 by the clock, profiled,
-#                                      late-early-late-early (~6.5 min; not yet run)
+#                                      next PDL kernel launch before their wait, not after it) beside late: the gemv's
+#                                      and decode attention's GPU tests early, then bf16 and int8 at batch 1 by the
+#                                      clock, profiled, late-early-late-early (~5 min; run BK, session 18: 108 tests
+#                                      passed; int8 2,002-2,004 tokens/s early against 1,953-1,954, bf16 1,411
+#                                      against 1,419-1,425)
 #   bash tools/gpu_pending.sh verify   kernel 0.16's decode attention (the length, q and the new token loaded
 #                                      together after the PDL wait) through its GPU tests: the PDL op, the in-kernel
 #                                      combine, and every decode attention test of test_triton_ops.py (~3 min; last
@@ -15,7 +25,8 @@
 #                                      exposed time, also by the kernel before it (eval 0.13: q/k/v and o apart),
 #                                      five repeats; then two more processes of bf16 and int8 at batch 1 with the
 #                                      decode steps also timed by the generator's own clock (eval 0.14: CUDA events,
-#                                      no prefill in the figure) (~5.5 min; last run BI)
+#                                      no prefill in the figure) (~5 min; last run BM, session 18:
+#                                      bf16 1,429-1,430 clocked, int8 1,992-2,007, 1.393-1.405x)
 #   bash tools/gpu_pending.sh ncu-gemv  Nsight Compute on the gemv kernel alone, each decode shape as its table tiles
 #                                      it, launched unchained (its own latency, not the PDL waits) (~1 min; last run
 #                                      session 17: int8 gate/up 157 registers, 14% occupancy, 0.89 waves, issue
@@ -206,7 +217,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -300,6 +311,31 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+glu-mixed)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py \
+    packages/kernel/tests/test_decode_attention_pdl.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  k='"NVIDIA H200": {"int8 11264x2048 glu":'
+  echo "{$k [32, 512, 8, 1, 0]}}" > /tmp/t_w8.json
+  echo "{$k [16, 1024, 4, 1, 0]}}" > /tmp/t_r16.json
+  echo "{$k [16, 512, 4, 1, 0]}}" > /tmp/t_r16k.json
+  echo '{"NVIDIA H200": {"int8 2048x5632": [4, 2048, 4, 1, 0]}}' > /tmp/t_down4.json
+  for v in shipped w8 r16 r16k down4 shipped2; do
+    step "i8_$v" 110 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      $([ ${v%2} = shipped ] || echo LMSTACK_GEMV_TILES=/tmp/t_$v.json) python -m eval.bench decode \
+      --preset llama-1b --batch-sizes 1 --repeat 5 --variants lmstack-int8 --out "$OUT/i8_$v.json"
+    [ -s "$OUT/i8_$v.json" ] && rm -f "$OUT/i8_$v.log"
+  done
+  clocked "$OUT"/i8_*.json ;;
+mixed)
+  for v in late mixed early mixed2; do
+    step "decode_$v" $([ $v = late ] && echo 140 || echo 105) env LMSTACK_PDL_TRIGGER=${v%2} \
+      TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+      --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
+  done
+  chain_top "$OUT"/decode_*.json
+  clocked "$OUT"/decode_*.json ;;
 trigger)
   step tests 200 env LMSTACK_PDL_TRIGGER=early python -m pytest -q -p no:cacheprovider \
     packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py

@@ -1,6 +1,6 @@
 """Where a PDL-launched kernel lets the next one launch ($LMSTACK_PDL_TRIGGER, kernel.triton._pdl): after its wait
-by default, before it with ``early``, in the gemv and in decode attention's split and combine kernels (their sm90
-code compiled offline), and a bad value is refused by name."""
+(``late``) or before it (``early``) in the gemv and in decode attention's split and combine kernels (their sm90
+code compiled offline); ``mixed``, the default, early but in a gemv of float weights; a bad value refused by name."""
 
 from __future__ import annotations
 
@@ -61,10 +61,42 @@ def test_the_trigger_follows_the_wait_by_default_and_precedes_it_when_early():
 
 
 def test_the_trigger_mode_is_read_from_the_environment(monkeypatch):
-    monkeypatch.delenv(_pdl.TRIGGER_ENV, raising=False)
-    assert (_pdl.pdl_mode(False), _pdl.pdl_mode(True)) == (0, 1)
+    monkeypatch.delenv(_pdl.TRIGGER_ENV, raising=False)  # unset: mixed
+    assert (_pdl.pdl_mode(False), _pdl.pdl_mode(True), _pdl.pdl_mode(True, early_when_mixed=False)) == (0, 2, 1)
     monkeypatch.setenv(_pdl.TRIGGER_ENV, "early")
     assert (_pdl.pdl_mode(False), _pdl.pdl_mode(True)) == (0, 2)
+    assert _pdl.pdl_mode(True, early_when_mixed=False) == 2
+    monkeypatch.setenv(_pdl.TRIGGER_ENV, "mixed")  # early but in a gemv of float weights
+    assert (_pdl.pdl_mode(False), _pdl.pdl_mode(True), _pdl.pdl_mode(True, early_when_mixed=False)) == (0, 2, 1)
+    monkeypatch.setenv(_pdl.TRIGGER_ENV, "late")
+    assert _pdl.pdl_mode(True) == 1
     monkeypatch.setenv(_pdl.TRIGGER_ENV, "soon")
-    with pytest.raises(ConfigError, match="LMSTACK_PDL_TRIGGER.*'late'.*'early'.*'soon'"):
+    with pytest.raises(ConfigError, match="LMSTACK_PDL_TRIGGER.*'late'.*'early'.*'mixed'.*'soon'"):
         _pdl.pdl_mode(True)
+
+
+def test_mixed_triggers_the_int8_gemv_early_and_the_float_gemv_late(monkeypatch):
+    import torch
+
+    from kernel.triton import gemv as g
+
+    seen = []
+
+    class Launcher:  # records the PDL constexpr each launch asks for
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append(kw["PDL"])
+
+    monkeypatch.setattr(g, "_gemv", Launcher())
+    monkeypatch.setattr(g, "pdl_capable", lambda x: True)
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    w_bf16 = torch.randn(32, 64, dtype=torch.bfloat16)
+    w_int8 = torch.randint(-128, 128, (32, 64), dtype=torch.int8)
+    for mode in (None, "mixed", "late", "early"):
+        if mode is None:
+            monkeypatch.delenv(_pdl.TRIGGER_ENV, raising=False)
+        else:
+            monkeypatch.setenv(_pdl.TRIGGER_ENV, mode)
+        g.gemv(x, w_bf16, config=(4, 64, 1, 1), pdl=True)
+        g.gemv(x, w_int8, torch.ones(32), config=(4, 64, 1, 1), pdl=True)
+        g.gemv(x, w_int8, torch.ones(32), config=(4, 64, 1, 1), pdl=False)
+    assert seen == [1, 2, 0, 1, 2, 0, 1, 1, 0, 2, 2, 0]

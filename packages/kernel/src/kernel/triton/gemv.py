@@ -98,7 +98,8 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
                 other=0)  # (ROWS, BLOCK_K)
     sc, bi = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE, HAS_BIAS and not LATE)
     # x and the residual only once the kernel before has finished; the next kernel may then start its own weight
-    # loads (PDL 2, $LMSTACK_PDL_TRIGGER=early: as soon as this program's first weights are asked for)
+    # loads (PDL 2, $LMSTACK_PDL_TRIGGER early, or mixed with int8 weights: as soon as this program's first weights
+    # are asked for)
     pdl_enter(PDL)
     if PERSISTENT:
         for rb in range(pid, blocks, programs):
@@ -299,7 +300,8 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=pdl_mode(pdl),
+        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k,
+        PDL=pdl_mode(pdl, early_when_mixed=w.dtype == torch.int8),
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
         num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))
