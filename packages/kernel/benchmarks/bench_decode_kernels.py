@@ -256,9 +256,10 @@ def tune_skinny(path: str, device: str, dtype: torch.dtype, *, warps: tuple[int,
 
 
 # gemv candidates (kernel.triton.gemv): output columns per program, K per step, warps; kept where a thread's share of
-# one weight block is 32-128 bytes (two to eight 16-byte loads in flight) and the block at most twice K. 16 and
-# 32 rows: each K step moves x into the weight block's layout through shared memory (barriers included), once per
-# program, whatever its rows (tuned that way, int8 decode ran level with the shipped tiles on an H200:
+# one weight block is 32-128 bytes (two to eight 16-byte loads in flight) and the block no wider than K's next power
+# of two (K 2048 takes no half-empty 4096-wide block; the narrowest block is always allowed: :func:`_gemv_admits`).
+# 16 and 32 rows: each K step moves x into the weight block's layout through shared memory (barriers included), once
+# per program, whatever its rows (tuned that way, int8 decode ran level with the shipped tiles on an H200:
 # docs/benchmarks.md run AJ). 4096 and 8192: a row block of the FFN's down projection (K 5632) in one or two steps,
 # so a PDL-launched program has all or most of its weights in flight before it waits (for int8 on an H200 the
 # 2048-wide [4, 2048, 8] stayed fastest, run BD)
@@ -269,6 +270,15 @@ TUNE_GEMV_PER_SM = (0, 2, 4, 8, 16)  # 0: a program per row block; else a persis
 TUNE_GEMV_LAUNCH_TOP = 3  # the fastest tiles (a program per block) that are then timed launched every way
 
 
+def _gemv_admits(rows: int, block_k: int, warps: int, K: int, elem: int, glu: bool) -> bool:
+    """Whether the tuner times gemv tile (rows, block_k, warps) for a K-wide weight of ``elem``-byte elements: 32-128
+    bytes of a weight block per thread, a block no wider than K's next power of two (or the narrowest candidate
+    block), and even rows for the SwiGLU epilogue (``glu``)."""
+    per_thread = rows * block_k * elem // (32 * warps)
+    widest = max(1 << (K - 1).bit_length(), min(TUNE_GEMV_BLOCK_K))
+    return 32 <= per_thread <= 128 and block_k <= widest and not (glu and rows % 2)
+
+
 def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: int, elem: int, device: str,
                   glu: bool, extra: dict[str, Any] | None = None, chained: bool = False) -> dict[str, float]:
     """us per call of every gemv tile candidate that computes ``want`` (``glu``: the SwiGLU epilogue, even ROWS;
@@ -277,8 +287,7 @@ def _gemv_timings(gemv, args: tuple, sets: list[tuple], want: torch.Tensor, K: i
     extra = extra or {}
     timings = {}
     for rows, block_k, warps in itertools.product(TUNE_GEMV_ROWS, TUNE_GEMV_BLOCK_K, TUNE_GEMV_WARPS):
-        per_thread = rows * block_k * elem // (32 * warps)
-        if not 32 <= per_thread <= 128 or block_k > 2 * K or (glu and rows % 2):
+        if not _gemv_admits(rows, block_k, warps, K, elem, glu):
             continue
         cfg = (rows, block_k, warps)
         try:

@@ -104,6 +104,20 @@ def test_gemv_tuner_times_only_tiles_that_compute_the_product():
         assert not bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False)
 
 
+def test_gemv_tuner_admits_blocks_up_to_k_s_next_power_of_two():
+    bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
+    admits = bench_decode_kernels._gemv_admits
+    # int8 (1 byte), 4 rows, 4 warps: K 2048 takes 2048-wide blocks, not half-empty 4096 ones; K 5632 takes both
+    # 4096 and 8192 (its rows in one or two steps)
+    assert admits(4, 2048, 4, 2048, 1, False) and not admits(4, 4096, 8, 2048, 1, False)
+    assert admits(4, 4096, 8, 5632, 1, False) and admits(8, 8192, 16, 5632, 1, False)
+    assert not admits(4, 8192, 16, 2048, 1, False)
+    # K below the narrowest candidate block still gets that block; a thread's share stays 32-128 bytes; glu: even rows
+    assert admits(1, 256, 1, 128, 4, False) and not admits(1, 512, 1, 128, 4, False)
+    assert not admits(1, 256, 8, 2048, 4, False) and not admits(32, 2048, 1, 2048, 2, False)
+    assert admits(2, 256, 1, 2048, 4, True) and not admits(1, 256, 1, 2048, 4, True)
+
+
 def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     """--tune-gemv end to end on a tiny gate/up shape (under the interpreter here, with a small candidate space):
     the table it writes has this card's entry for the shape and for its SwiGLU epilogue, five fields each
@@ -132,7 +146,7 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     monkeypatch.setenv(gemv.TILES_ENV, str(path))
     assert gemv.choose_tiles(32, 128, torch.float32, "cpu", True) == tuple(entries["fp32 32x128 glu"])
     # launch_top: how many of the fastest plain tiles are timed every way (2 candidates here, each 1 more way)
-    monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (128, 256))
+    monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_ROWS", (2, 4))
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_WARPS", (1,))
     calls = {}
     for top in (1, 2):
