@@ -217,17 +217,6 @@ def _weights_f16(w, I8_F16: tl.constexpr):
     subtracting 1152 leaves q. I8_F16 2: four weights a 32-bit word, by PTX (a flip of the sign bits, two byte
     permutes into fp16 pairs, two packed subtractions: 1.25 instructions a weight); 1: the same values by Triton's
     integer and float ops (which Triton's interpreter runs)."""
-    if I8_F16 == 3:  # EXPERIMENT (timing only, wrong values): the same conversion without the sign flip
-        return tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 m;
-            prmt.b32 $0, $2, 0x64646464, 0x4140;
-            prmt.b32 $1, $2, 0x64646464, 0x4342;
-            mov.b32 m, 0x64806480;
-            sub.f16x2 $0, $0, m;
-            sub.f16x2 $1, $1, m;
-            }""",
-            constraints="=r,=r,r", args=[w], dtype=tl.float16, is_pure=True, pack=4)
     if I8_F16 == 2:
         return tl.inline_asm_elementwise(
             asm="""{
@@ -308,8 +297,6 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     mode = int8_mode() if w.dtype == torch.int8 else None
     f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
-    if f16 == 2 and os.environ.get("LMSTACK_GEMV_I8_NOXOR") == "1":  # EXPERIMENT: timing only
-        f16 = 3
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
