@@ -31,6 +31,10 @@
 #                                      it, launched unchained (its own latency, not the PDL waits) (~1 min; last run
 #                                      session 17: int8 gate/up 157 registers, 14% occupancy, 0.89 waves, issue
 #                                      slots 31% busy, docs/benchmarks.md)
+# Session 18 (docs/benchmarks.md: decode runs BK-BO): commit 99115c8's noxor recipe timed the int8 gemv's conversion
+#   without its sign flip ($LMSTACK_GEMV_I8_NOXOR=1: one instruction of ~7 per four weights, wrong values, timing
+#   only) beside the shipped one, A-B-A-B by the clock (run BO): int8 2,043-2,044 tokens/s against 2,017, busy 492
+#   us a token against 498, so the instruction count barely bounds the int8 gemvs; reverted
 # Session 17 (docs/benchmarks.md: decode run BG; verify above ran first, 148 tests passed): commit fe715be's l2 recipe
 #   timed each layer's attention kernel pulling the MLP's int8 gate/up weight (23 MB) into L2 by bulk prefetch for the
 #   gate/up gemv after it, on-off-on-off ($LMSTACK_L2_PREFETCH_BYTES=0 off), then bf16's 46 MB too: int8 decode
