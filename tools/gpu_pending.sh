@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+#   bash tools/gpu_pending.sh tma-gemv  (prototype) benchmarks/bench_tma_gemv.py: an int8 one-row gemv in Gluon whose
+#                                      weights reach shared memory by TMA, a program's whole share asked for at once,
+#                                      against the shipped gemv on the four decode shapes, plain launches (~3 min)
 #   bash tools/gpu_pending.sh mixed    kernel 0.18's $LMSTACK_PDL_TRIGGER=mixed (early in decode attention, its combine
 #                                      and the int8 gemvs, late in the float gemvs) beside late and early: bf16 and
 #                                      int8 at batch 1 by the clock, profiled, late-mixed-early-mixed (~3.5 min; run
@@ -221,7 +224,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -315,6 +318,9 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+tma-gemv)
+  step tma 240 python packages/kernel/benchmarks/bench_tma_gemv.py --out "$OUT/tma.json"
+  grep -v "^\s*$" "$OUT/tma.log" | cut -c1-1500 | tail -n 30 ;;
 glu-mixed)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py \
     packages/kernel/tests/test_decode_attention_pdl.py

@@ -1,0 +1,168 @@
+"""Prototype, timing only: an int8 one-row gemv whose weights reach shared memory by TMA, all of a program's share
+asked for at its start, against the shipped Triton gemv (``kernel.triton.gemv``) on the 1.1B decode shapes.
+
+Why (docs/benchmarks.md, session 18): the shipped int8 gemvs expose ~2.7 TB/s in decode against bf16's ~3.6, and
+Nsight Compute finds them waiting on latency at 14% occupancy: each program keeps one K step's weights in registers
+at a time. Here a program's whole (BLOCK_N, K) share is in flight from its first instructions (one thread issues
+TMA copies of (BLOCK_N, 128) boxes into a shared-memory buffer, one mbarrier each), so registers no longer bound the
+bytes in flight; the warps then convert and multiply groups of boxes as they land, each warp its own boxes (K split
+across warps), and reduce once at the end. Products as the shipped kernel's f16 path (x scaled by 2^-7, int8 to
+fp16 exactly by the same inline PTX), so the values match it within fp16 rounding.
+
+Gluon (Triton's layout-explicit language) on sm90 only. Not a registered kernel: it has no PDL, folded norm, bias,
+residual or SwiGLU yet; this times whether the loads alone are worth building those for. Plain launches of both,
+in CUDA graphs with the weights rotated past L2 (``bench_decode_kernels.bench_rotated``).
+
+    python packages/kernel/benchmarks/bench_tma_gemv.py [--out tma.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+
+BOX_K = 128  # int8 columns a TMA box: 128 bytes, the widest 128-byte swizzle takes
+X_SCALE = gl.constexpr(2.0 ** -7)  # kernel.triton.gemv.F16_X_SCALE
+
+
+@gluon.jit
+def _i8_to_f16(w):
+    """int8 -> fp16 exactly, four a 32-bit word (kernel.triton.gemv._weights_f16's PTX)."""
+    return gl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t, m;
+        xor.b32 t, $2, 0x80808080;
+        prmt.b32 $0, t, 0x64646464, 0x4140;
+        prmt.b32 $1, t, 0x64646464, 0x4342;
+        mov.b32 m, 0x64806480;
+        sub.f16x2 $0, $0, m;
+        sub.f16x2 $1, $1, m;
+        }""",
+        constraints="=r,=r,r", args=[w], dtype=gl.float16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _tma_gemv_i8(w_desc, x_ptr, scale_ptr, out_ptr, NUM_K: gl.constexpr, NUM_KP: gl.constexpr, NUM_GP: gl.constexpr,
+                 WK: gl.constexpr, WN: gl.constexpr):
+    """out[n] = scale[n] * sum_k w[n, k] x[k] for this program's BLOCK_N rows: NUM_K boxes of (BLOCK_N, BOX_K),
+    WK warps along the boxes (a group of WK boxes a step), WN along the rows."""
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    BK: gl.constexpr = w_desc.block_type.shape[1]
+    row0 = gl.program_id(0) * BLOCK_N
+    NUM_G: gl.constexpr = NUM_K // WK
+    bufs = gl.allocate_shared_memory(gl.int8, [NUM_KP, BLOCK_N, BK], w_desc.layout)  # NUM_KP: NUM_K to a power of 2
+    # the same bytes as a rank-3 layout (boxes stacked along a leading dimension), for loads of several boxes at once
+    ring: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=w_desc.layout.swizzle_byte_width, element_bitwidth=8,
+                                              rank=3)
+    boxes = bufs._reinterpret(gl.int8, [NUM_KP, BLOCK_N, BK], ring)
+    bars = gl.allocate_shared_memory(gl.int64, [NUM_GP, 1], mbarrier.MBarrierLayout())  # one a group of WK boxes
+    for g in gl.static_range(NUM_G):
+        mbarrier.init(bars.index(g), count=1)
+    for g in gl.static_range(NUM_G):  # every box of this program's share in flight at once
+        mbarrier.expect(bars.index(g), WK * w_desc.block_type.nbytes)
+        for j in gl.static_range(WK):
+            tma.async_copy_global_to_shared(w_desc, [row0, (g * WK + j) * BK], bars.index(g), bufs.index(g * WK + j))
+    # (group box, row, column): 16 int8 a thread, 8 threads a 128-byte box row, 4 rows a warp
+    l3: gl.constexpr = gl.BlockedLayout([1, 1, 16], [1, 4, 8], [WK, WN, 1], [2, 1, 0])
+    lx: gl.constexpr = gl.SliceLayout(1, l3)
+    gi = gl.arange(0, WK, layout=gl.SliceLayout(1, lx))
+    kk = gl.arange(0, BK, layout=gl.SliceLayout(0, lx))
+    acc = gl.zeros([WK, BLOCK_N, BK], gl.float16, l3)
+    for g in gl.static_range(NUM_K // WK):
+        x = gl.load(x_ptr + (g * WK + gi)[:, None] * BK + kk[None, :]).to(gl.float32)
+        xh = (x * X_SCALE).to(gl.float16)
+        mbarrier.wait(bars.index(g), 0)
+        w = boxes.slice(g * WK, WK).load(l3)
+        acc += _i8_to_f16(w) * gl.expand_dims(xh, 1)
+    for g in gl.static_range(NUM_G):
+        mbarrier.invalidate(bars.index(g))
+    y = gl.sum(gl.sum(acc.to(gl.float32), axis=2), axis=0) * (1.0 / X_SCALE)
+    n = row0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, gl.SliceLayout(2, l3)))
+    y = y * gl.load(scale_ptr + n)
+    gl.store(out_ptr + n, y.to(gl.bfloat16))
+
+
+def tma_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (1, K) bf16 @ w (N, K) int8 .T * scale (N,) fp32 -> (1, N) bf16; N a multiple of block_n, K of 128 * wk."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    N, K = w.shape
+    if N % block_n or K % (BOX_K * wk) or block_n % (4 * wn):
+        raise ValueError(f"tma_gemv: N {N} must divide by block_n {block_n}, K {K} by {BOX_K * wk}, "
+                         f"block_n by {4 * wn}")
+    layout = gl.NVMMASharedLayout.get_default_for([block_n, BOX_K], gl.int8)
+    desc = TensorDescriptor.from_tensor(w, [block_n, BOX_K], layout)
+    out = out if out is not None else torch.empty(1, N, dtype=torch.bfloat16, device=x.device)
+    num_k = K // BOX_K
+    _tma_gemv_i8[(N // block_n,)](desc, x, scale, out, NUM_K=num_k, NUM_KP=triton.next_power_of_2(num_k),
+                                  NUM_GP=triton.next_power_of_2(num_k // wk), WK=wk, WN=wn, num_warps=wk * wn)
+    return out
+
+
+SHAPES = {"qkv": (2560, 2048), "o": (2048, 2048), "gate_up": (11264, 2048), "down": (2048, 5632)}
+CONFIGS = [(8, 4, 1), (8, 4, 2), (16, 4, 1), (16, 4, 2), (16, 4, 4), (32, 4, 2), (32, 4, 4), (8, 2, 2), (16, 2, 4)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="write the timings here as JSON")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_decode_kernels import bench_rotated
+
+    from kernel.triton import gemv as shipped
+    from kernel.triton._device import device_info
+
+    card = torch.cuda.get_device_name()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    results: dict = {"card": card, "shapes": {}}
+    for name, (N, K) in SHAPES.items():
+        sets = []
+        for _ in range(8):  # 8 weight copies, rotated: past the 60 MB L2 for every shape here
+            w = torch.randint(-127, 128, (N, K), dtype=torch.int8, device="cuda", generator=g)
+            sets.append((torch.randn(1, K, device="cuda", generator=g).bfloat16(), w,
+                         torch.rand(N, device="cuda", generator=g) / 64 + 1 / 128))
+        x, w, s = sets[0]
+        want = ((x.float() @ w.float().t()) * s).float()
+        cfg = shipped.choose_tiles(N, K, torch.int8, device_info(x)[1])
+        row: dict = {}
+        if cfg:
+            got = shipped.gemv(x, w, s, config=cfg).float()
+            row["shipped"] = {"tiles": list(cfg), "max_err": (got - want).abs().max().item(),
+                              "us": bench_rotated(lambda x_, w_, s_, c=cfg: shipped.gemv(x_, w_, s_, config=c), sets,
+                                                  "cuda", replays=10) * 1e6}
+        for bn, wk, wn in CONFIGS:
+            key = f"tma {bn}x{wk}x{wn}"
+            try:
+                got = tma_gemv(x, w, s, bn, wk, wn).float()
+                err = (got - want).abs().max().item()
+                us = bench_rotated(lambda x_, w_, s_, c=(bn, wk, wn): tma_gemv(x_, w_, s_, *c), sets, "cuda",
+                                   replays=10) * 1e6
+                row[key] = {"max_err": err, "us": us}
+            except Exception as e:  # a config that does not fit or compile is reported, not fatal
+                row[key] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        scale = want.abs().max().item()
+        for v in row.values():
+            if "us" in v:
+                v["GBps"] = N * K / v["us"] / 1e3
+                v["rel_err"] = v["max_err"] / scale
+        results["shapes"][name] = row
+        best = min((v["us"], k) for k, v in row.items() if "us" in v)
+        print(f"{name} {N}x{K}: " + ", ".join(f"{k} {v['us']:.2f} us (err {v['rel_err']:.1e})" if "us" in v
+                                            else f"{k} {v['error'][:60]}" for k, v in row.items())
+              + f" | best {best[1]} {best[0]:.2f} us", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
