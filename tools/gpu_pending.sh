@@ -2,7 +2,10 @@
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
 #   bash tools/gpu_pending.sh tma-gemv  (prototype) benchmarks/bench_tma_gemv.py: an int8 one-row gemv in Gluon whose
 #                                      weights reach shared memory by TMA, a program's whole share asked for at once,
-#                                      against the shipped gemv on the four decode shapes, plain launches (~3 min)
+#                                      against the shipped gemv on the four decode shapes, plain launches (~1 min;
+#                                      run BP, session 18, one (BLOCK_N, 128) box a copy: correct, but 4.0-11.2 us
+#                                      against the shipped 3.3-9.3. Not yet run: tma3, one (BLOCK_N, WK, 128) box a
+#                                      copy, 4-11 copies a program instead of 16-44)
 #   bash tools/gpu_pending.sh mixed    kernel 0.18's $LMSTACK_PDL_TRIGGER=mixed (early in decode attention, its combine
 #                                      and the int8 gemvs, late in the float gemvs) beside late and early: bf16 and
 #                                      int8 at batch 1 by the clock, profiled, late-mixed-early-mixed (~3.5 min; run

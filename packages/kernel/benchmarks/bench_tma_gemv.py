@@ -13,12 +13,17 @@ Gluon (Triton's layout-explicit language) on sm90 only. Not a registered kernel:
 residual or SwiGLU yet; this times whether the loads alone are worth building those for. Plain launches of both,
 in CUDA graphs with the weights rotated past L2 (``bench_decode_kernels.bench_rotated``).
 
+First run (docs/benchmarks.md run BP, an H200): correct, and slower than the shipped gemv at every shape (gate/up
+11.2 us against 9.3, down 10.1 against 6.6): Gluon puts a CTA barrier between consecutive TMA copies, so a
+program's 16-44 box copies go out one barrier apart. ``tma3`` copies a group of boxes at once (4-11 copies).
+
     python packages/kernel/benchmarks/bench_tma_gemv.py [--out tma.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -90,6 +95,60 @@ def _tma_gemv_i8(w_desc, x_ptr, scale_ptr, out_ptr, NUM_K: gl.constexpr, NUM_KP:
     gl.store(out_ptr + n, y.to(gl.bfloat16))
 
 
+@gluon.jit
+def _tma3_gemv_i8(w_desc, x_ptr, scale_ptr, out_ptr, NUM_G: gl.constexpr, NUM_GP: gl.constexpr, WN: gl.constexpr):
+    """As :func:`_tma_gemv_i8`, the weight seen as (N, K / 128, 128): one TMA copy a group, a (BLOCK_N, WK, 128)
+    box, so a program issues NUM_G copies instead of NUM_G * WK (Gluon orders each copy after the one before with a
+    CTA barrier)."""
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    WK: gl.constexpr = w_desc.block_type.shape[1]
+    BK: gl.constexpr = w_desc.block_type.shape[2]
+    row0 = gl.program_id(0) * BLOCK_N
+    bufs = gl.allocate_shared_memory(gl.int8, [NUM_GP, BLOCK_N, WK, BK], w_desc.layout)
+    bars = gl.allocate_shared_memory(gl.int64, [NUM_GP, 1], mbarrier.MBarrierLayout())
+    for g in gl.static_range(NUM_G):
+        mbarrier.init(bars.index(g), count=1)
+    for g in gl.static_range(NUM_G):
+        mbarrier.expect(bars.index(g), w_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(w_desc, [row0, g * WK, 0], bars.index(g), bufs.index(g))
+    # (row, group box, column): warps WN along the rows, WK along the boxes
+    l3: gl.constexpr = gl.BlockedLayout([1, 1, 16], [4, 1, 8], [WN, WK, 1], [2, 1, 0])
+    lx: gl.constexpr = gl.SliceLayout(0, l3)
+    gi = gl.arange(0, WK, layout=gl.SliceLayout(1, lx))
+    kk = gl.arange(0, BK, layout=gl.SliceLayout(0, lx))
+    acc = gl.zeros([BLOCK_N, WK, BK], gl.float16, l3)
+    for g in gl.static_range(NUM_G):
+        x = gl.load(x_ptr + (g * WK + gi)[:, None] * BK + kk[None, :]).to(gl.float32)
+        xh = (x * X_SCALE).to(gl.float16)
+        mbarrier.wait(bars.index(g), 0)
+        w = bufs.index(g).load(l3)
+        acc += _i8_to_f16(w) * gl.expand_dims(xh, 0)
+    for g in gl.static_range(NUM_G):
+        mbarrier.invalidate(bars.index(g))
+    y = gl.sum(gl.sum(acc.to(gl.float32), axis=2), axis=1) * (1.0 / X_SCALE)
+    n = row0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, gl.SliceLayout(2, l3)))
+    y = y * gl.load(scale_ptr + n)
+    gl.store(out_ptr + n, y.to(gl.bfloat16))
+
+
+def tma3_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`tma_gemv` by :func:`_tma3_gemv_i8` (one TMA copy a group of ``wk`` boxes)."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    N, K = w.shape
+    if N % block_n or K % (BOX_K * wk) or block_n % (4 * wn):
+        raise ValueError(f"tma3_gemv: N {N} must divide by block_n {block_n}, K {K} by {BOX_K * wk}, "
+                         f"block_n by {4 * wn}")
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8, rank=3)
+    desc = TensorDescriptor.from_tensor(w.view(N, K // BOX_K, BOX_K), [block_n, wk, BOX_K], layout)
+    out = out if out is not None else torch.empty(1, N, dtype=torch.bfloat16, device=x.device)
+    groups = K // (BOX_K * wk)
+    _tma3_gemv_i8[(N // block_n,)](desc, x, scale, out, NUM_G=groups, NUM_GP=triton.next_power_of_2(groups), WN=wn,
+                                   num_warps=wk * wn)
+    return out
+
+
 def tma_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """x (1, K) bf16 @ w (N, K) int8 .T * scale (N,) fp32 -> (1, N) bf16; N a multiple of block_n, K of 128 * wk."""
@@ -109,7 +168,7 @@ def tma_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int
 
 
 SHAPES = {"qkv": (2560, 2048), "o": (2048, 2048), "gate_up": (11264, 2048), "down": (2048, 5632)}
-CONFIGS = [(8, 4, 1), (8, 4, 2), (16, 4, 1), (16, 4, 2), (16, 4, 4), (32, 4, 2), (32, 4, 4), (8, 2, 2), (16, 2, 4)]
+CONFIGS = [(8, 4, 1), (16, 4, 1), (16, 4, 2), (32, 4, 2), (8, 2, 2), (16, 8, 1), (32, 8, 1)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,12 +199,12 @@ def main(argv: list[str] | None = None) -> None:
             row["shipped"] = {"tiles": list(cfg), "max_err": (got - want).abs().max().item(),
                               "us": bench_rotated(lambda x_, w_, s_, c=cfg: shipped.gemv(x_, w_, s_, config=c), sets,
                                                   "cuda", replays=10) * 1e6}
-        for bn, wk, wn in CONFIGS:
-            key = f"tma {bn}x{wk}x{wn}"
+        for (kind, fn), (bn, wk, wn) in itertools.product((("tma", tma_gemv), ("tma3", tma3_gemv)), CONFIGS):
+            key = f"{kind} {bn}x{wk}x{wn}"
             try:
-                got = tma_gemv(x, w, s, bn, wk, wn).float()
+                got = fn(x, w, s, bn, wk, wn).float()
                 err = (got - want).abs().max().item()
-                us = bench_rotated(lambda x_, w_, s_, c=(bn, wk, wn): tma_gemv(x_, w_, s_, *c), sets, "cuda",
+                us = bench_rotated(lambda x_, w_, s_, f=fn, c=(bn, wk, wn): f(x_, w_, s_, *c), sets, "cuda",
                                    replays=10) * 1e6
                 row[key] = {"max_err": err, "us": us}
             except Exception as e:  # a config that does not fit or compile is reported, not fatal
