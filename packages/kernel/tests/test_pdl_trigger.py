@@ -41,7 +41,7 @@ for pdl in (1, 2):
 """
 
 
-def test_the_trigger_follows_the_wait_by_default_and_precedes_it_when_early():
+def test_the_trigger_follows_the_wait_when_late_and_precedes_it_when_early():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
