@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh tma-gemv  (prototype) benchmarks/bench_tma_gemv.py: an int8 one-row gemv in Gluon whose
-#                                      weights reach shared memory by TMA, a program's whole share asked for at once,
-#                                      against the shipped gemv on the four decode shapes, plain launches (~1 min;
-#                                      run BP, session 18, one (BLOCK_N, 128) box a copy: correct, but 4.0-11.2 us
-#                                      against the shipped 3.3-9.3. Not yet run: tma3, one (BLOCK_N, WK, 128) box a
-#                                      copy, 4-11 copies a program instead of 16-44)
+#   bash tools/gpu_pending.sh tma-gemv  (prototypes; run first next session) benchmarks/bench_gluon_gemv.py: int8
+#                                      one-row gemvs in Gluon against the shipped gemv on the four decode shapes,
+#                                      plain launches: tma (a program's whole share into shared memory by TMA, one
+#                                      box a copy), tma3 (a group of boxes a copy) and reg (the shipped design with x
+#                                      loaded straight into the weights' layout: no shared memory or CTA barrier in
+#                                      its K loop) (~2 min; run BP, session 18, tma alone: correct, but 4.0-11.2 us
+#                                      against the shipped 3.3-9.3; tma3 and reg not yet timed)
 #   bash tools/gpu_pending.sh mixed    kernel 0.18's $LMSTACK_PDL_TRIGGER=mixed (early in decode attention, its combine
 #                                      and the int8 gemvs, late in the float gemvs) beside late and early: bf16 and
 #                                      int8 at batch 1 by the clock, profiled, late-mixed-early-mixed (~3.5 min; run
@@ -322,8 +323,8 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
 tma-gemv)
-  step tma 240 python packages/kernel/benchmarks/bench_tma_gemv.py --out "$OUT/tma.json"
-  grep -v "^\s*$" "$OUT/tma.log" | cut -c1-1500 | tail -n 30 ;;
+  step tma 400 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
+  grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 30 ;;
 glu-mixed)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py \
     packages/kernel/tests/test_decode_attention_pdl.py
