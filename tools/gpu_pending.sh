@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh tma-gemv  (prototypes; run first next session) benchmarks/bench_gluon_gemv.py: int8
-#                                      one-row gemvs in Gluon against the shipped gemv on the four decode shapes,
-#                                      plain launches: tma (a program's whole share into shared memory by TMA, one
-#                                      box a copy), tma3 (a group of boxes a copy) and reg (the shipped design with x
-#                                      loaded straight into the weights' layout: no shared memory or CTA barrier in
-#                                      its K loop) (~2 min; run BP, session 18, tma alone: correct, but 4.0-11.2 us
-#                                      against the shipped 3.3-9.3; tma3 and reg not yet timed)
+#   bash tools/gpu_pending.sh gluon    (run first next session) kernel 0.18's Gluon gemv ($LMSTACK_GEMV_IMPL=gluon: the
+#                                      shipped design with x loaded straight into the weights' layout, no shared
+#                                      memory or CTA barrier in its K loop): its GPU tests (72, against the
+#                                      references and the Triton kernel), then bf16 and int8 at batch 1 by the clock,
+#                                      profiled, triton-gluon-triton-gluon (~6 min; not yet run)
+#   bash tools/gpu_pending.sh tma-gemv  (prototypes) benchmarks/bench_gluon_gemv.py: int8 one-row gemvs in Gluon
+#                                      against the shipped gemv on the four decode shapes, plain launches: tma (a
+#                                      program's whole share into shared memory by TMA, one box a copy), tma3 (a group
+#                                      of boxes a copy) and gluon (the package's Gluon gemv, table tiles and others)
+#                                      (~2 min; run BP, session 18, tma alone: correct, but 4.0-11.2 us against the
+#                                      shipped 3.3-9.3; tma3 and gluon not yet timed)
 #   bash tools/gpu_pending.sh mixed    kernel 0.18's $LMSTACK_PDL_TRIGGER=mixed (early in decode attention, its combine
 #                                      and the int8 gemvs, late in the float gemvs) beside late and early: bf16 and
 #                                      int8 at batch 1 by the clock, profiled, late-mixed-early-mixed (~3.5 min; run
@@ -228,7 +232,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon|tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -322,6 +326,17 @@ dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env T
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
 case "${1:-}" in
+gluon)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  for v in triton gluon triton2 gluon2; do
+    step "decode_$v" $([ $v = triton ] && echo 140 || echo 105) env LMSTACK_GEMV_IMPL=${v%2} \
+      TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
+      --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
+    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
+  done
+  chain_top "$OUT"/decode_*.json
+  clocked "$OUT"/decode_*.json ;;
 tma-gemv)
   step tma 400 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 30 ;;

@@ -9,19 +9,19 @@ gained only 1.3% (run BO). Two things the Triton kernel cannot change are tried 
   into shared memory (one mbarrier a group of boxes), so registers no longer bound the bytes in flight; the warps
   convert and multiply groups of (BLOCK_N, 128) boxes as they land, K split across warps. ``tma`` copies one box a
   copy, ``tma3`` a group at once (the weight seen as (N, K / 128, 128)).
-- ``reg``: the shipped kernel's design (a weight block a K step, in registers) with x loaded straight into the
-  weight block's column slice. The Triton kernel's sm90 code moves x through shared memory every K step, with four
-  CTA barriers (stmatrix, bar.sync, ld.shared); this one has none in its K loop (checked offline). ``PREFETCH``
-  asks for the next step's weights before this step's products.
+- ``gluon``: the package's own Gluon gemv (``kernel.triton.gemv_gluon``, ``$LMSTACK_GEMV_IMPL=gluon``): the shipped
+  kernel's design (a weight block a K step, in registers) with x loaded straight into the weight block's column
+  slice. The Triton kernel's sm90 code moves x through shared memory every K step, with four CTA barriers
+  (stmatrix, bar.sync, ld.shared); this one has none in its K loop. Timed with the card's table tiles and others.
 
 Products as the shipped kernel's f16 path (x scaled by 2^-7, int8 to fp16 exactly by the same inline PTX), so the
-values match it within fp16 rounding. Not registered kernels: no PDL, folded norm, bias, residual or SwiGLU yet;
-this times whether each is worth building those for. Plain launches of all, in CUDA graphs with the weights rotated
+values match it within fp16 rounding. ``tma``/``tma3`` have no PDL, folded norm, bias, residual or SwiGLU yet;
+this times whether they are worth building those for. Plain launches of all, in CUDA graphs with the weights rotated
 past L2 (``bench_decode_kernels.bench_rotated``).
 
 First run (run BP, an H200, ``tma`` alone): correct, and slower than the shipped gemv at every shape (gate/up 11.2
 us against 9.3, down 10.1 against 6.6): Gluon puts a CTA barrier between consecutive TMA copies, so a program's
-16-44 box copies go out one barrier apart. ``tma3`` and ``reg`` are not yet timed.
+16-44 box copies go out one barrier apart. ``tma3`` and ``gluon`` are not yet timed.
 
     python packages/kernel/benchmarks/bench_gluon_gemv.py [--out gluon.json]
 """
@@ -40,24 +40,10 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
+from kernel.triton.gemv_gluon import _i8_to_f16
+
 BOX_K = 128  # int8 columns a TMA box: 128 bytes, the widest 128-byte swizzle takes
 X_SCALE = gl.constexpr(2.0 ** -7)  # kernel.triton.gemv.F16_X_SCALE
-
-
-@gluon.jit
-def _i8_to_f16(w):
-    """int8 -> fp16 exactly, four a 32-bit word (kernel.triton.gemv._weights_f16's PTX)."""
-    return gl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, m;
-        xor.b32 t, $2, 0x80808080;
-        prmt.b32 $0, t, 0x64646464, 0x4140;
-        prmt.b32 $1, t, 0x64646464, 0x4342;
-        mov.b32 m, 0x64806480;
-        sub.f16x2 $0, $0, m;
-        sub.f16x2 $1, $1, m;
-        }""",
-        constraints="=r,=r,r", args=[w], dtype=gl.float16, is_pure=True, pack=4)
 
 
 @gluon.jit
@@ -137,46 +123,6 @@ def _tma3_gemv_i8(w_desc, x_ptr, scale_ptr, out_ptr, NUM_G: gl.constexpr, NUM_GP
     gl.store(out_ptr + n, y.to(gl.bfloat16))
 
 
-@gluon.jit
-def _reg_gemv_i8(w_ptr, x_ptr, scale_ptr, out_ptr, K, stride_wn, ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
-                 STEPS: gl.constexpr, WR: gl.constexpr, WK: gl.constexpr, PREFETCH: gl.constexpr):
-    """The shipped gemv's design (a (ROWS, BLOCK_K) weight block a K step, in registers) with its layouts chosen:
-    x is loaded straight into the weight block's column slice, so no K step moves it through shared memory (the
-    Triton kernel's sm90 code does, with four CTA barriers a step). PREFETCH: the next step's weights are asked
-    for before this step's products."""
-    TK: gl.constexpr = 32 if BLOCK_K // 16 >= 32 else BLOCK_K // 16
-    l2: gl.constexpr = gl.BlockedLayout([1, 16], [32 // TK, TK], [WR, WK], [1, 0])
-    n = gl.program_id(0) * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, l2))
-    kk = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, l2))
-    rows = w_ptr + n[:, None].to(gl.int64) * stride_wn
-    acc = gl.zeros([ROWS, BLOCK_K], gl.float16, l2)
-    w = gl.load(rows + kk[None, :], mask=(kk < K)[None, :], other=0)
-    for s in gl.static_range(STEPS):
-        k = s * BLOCK_K + kk
-        if PREFETCH and s + 1 < STEPS:
-            w_next = gl.load(rows + (k + BLOCK_K)[None, :], mask=(k + BLOCK_K < K)[None, :], other=0)
-        elif s > 0 and not PREFETCH:
-            w = gl.load(rows + k[None, :], mask=(k < K)[None, :], other=0)
-        x = gl.load(x_ptr + k, mask=k < K, other=0.0).to(gl.float32)
-        acc += _i8_to_f16(w) * gl.expand_dims((x * X_SCALE).to(gl.float16), 0)
-        if PREFETCH and s + 1 < STEPS:
-            w = w_next
-    y = gl.sum(acc.to(gl.float32), axis=1) * (1.0 / X_SCALE) * gl.load(scale_ptr + n)
-    gl.store(out_ptr + n, y.to(gl.bfloat16))
-
-
-def reg_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int, block_k: int, wr: int, wk: int,
-             prefetch: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`tma_gemv`'s product by :func:`_reg_gemv_i8` (weights in registers, x straight into their layout)."""
-    N, K = w.shape
-    if N % rows or rows % wr:
-        raise ValueError(f"reg_gemv: N {N} must divide by rows {rows}, and rows by the row warps {wr}")
-    out = out if out is not None else torch.empty(1, N, dtype=torch.bfloat16, device=x.device)
-    _reg_gemv_i8[(N // rows,)](w, x, scale, out, K, w.stride(0), ROWS=rows, BLOCK_K=block_k,
-                               STEPS=triton.cdiv(K, block_k), WR=wr, WK=wk, PREFETCH=prefetch, num_warps=wr * wk)
-    return out
-
-
 def tma3_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int,
               out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`tma_gemv` by :func:`_tma3_gemv_i8` (one TMA copy a group of ``wk`` boxes)."""
@@ -215,10 +161,25 @@ def tma_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int
 
 SHAPES = {"qkv": (2560, 2048), "o": (2048, 2048), "gate_up": (11264, 2048), "down": (2048, 5632)}
 CONFIGS = [(8, 4, 1), (16, 4, 1), (16, 4, 2), (32, 4, 2), (8, 2, 2), (16, 8, 1), (32, 8, 1)]
-# reg: (ROWS, BLOCK_K, row warps, K warps, PREFETCH); the shipped table's int8 tiles are (32, 512, 4 or 8 warps) for
-# gate/up and (4, 2048, 4 or 8 warps) for the others
-REG_CONFIGS = [(32, 512, 4, 1, 0), (32, 512, 4, 1, 1), (32, 512, 8, 1, 0), (16, 512, 4, 1, 1), (8, 1024, 4, 1, 1),
-               (4, 2048, 4, 1, 0), (4, 2048, 2, 4, 0), (4, 2048, 4, 2, 0), (8, 256, 2, 1, 1)]
+# gluon: (ROWS, BLOCK_K, num_warps) beside the card's table tile: the int8 table's are (32, 512, 4 or 8) for gate/up
+# and (4, 2048, 4 or 8) for the others
+GLUON_TILES = [(32, 512, 4), (16, 512, 4), (8, 1024, 4), (4, 2048, 4), (4, 2048, 8), (8, 256, 2)]
+
+
+def gluon_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int, block_k: int, warps: int):
+    """The package's gemv on its Gluon kernel (``$LMSTACK_GEMV_IMPL=gluon``), a plain launch."""
+    import os
+
+    from kernel.triton import gemv as shipped
+    from kernel.triton import gemv_gluon
+
+    if not gemv_gluon.supports(x, w, shipped._i8_f16(w, rows * block_k // (32 * warps), x.dtype), False):
+        raise ValueError(f"the Gluon gemv does not take tile {(rows, block_k, warps)} for {tuple(w.shape)}")
+    os.environ[shipped.IMPL_ENV] = "gluon"
+    try:
+        return shipped.gemv(x, w, scale, config=(rows, block_k, warps))
+    finally:
+        os.environ[shipped.IMPL_ENV] = "triton"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   "cuda", replays=10) * 1e6}
         runs = [(f"{kind} {'x'.join(map(str, c))}", fn, c) for (kind, fn), c in
                 itertools.product((("tma", tma_gemv), ("tma3", tma3_gemv)), CONFIGS)]
-        runs += [(f"reg {'x'.join(map(str, c))}", reg_gemv, c) for c in REG_CONFIGS]
+        runs += [(f"gluon {'x'.join(map(str, c))}", gluon_gemv, c) for c in [cfg[:3]] * bool(cfg) + GLUON_TILES]
         for key, fn, c in runs:
             try:
                 got = fn(x, w, s, *c).float()

@@ -61,6 +61,17 @@ F16_X_SCALE = tl.constexpr(2.0 ** -7)
 # with the first weight block, before a PDL wait, the residual with x) or "late" (kernel 0.14's order: all three
 # after the row sums, one more memory round trip at the end of every call that has one), for comparisons
 CONSTS_ENV = "LMSTACK_GEMV_CONSTS"
+# which kernel runs a call: "triton" (the default, :func:`_gemv`) or "gluon" (:mod:`kernel.triton.gemv_gluon`, the
+# same design with x loaded straight into the weight block's layout; sm90+, where it supports the call; not yet timed)
+IMPL_ENV = "LMSTACK_GEMV_IMPL"
+
+
+def gemv_impl() -> str:
+    """``$LMSTACK_GEMV_IMPL``: "triton" (the default) or "gluon"."""
+    raw = os.environ.get(IMPL_ENV, "triton")
+    if raw not in ("triton", "gluon"):
+        raise ConfigError(IMPL_ENV, f"expected 'triton' (the default) or 'gluon', got {raw!r}")
+    return raw
 
 
 def late_consts() -> bool:
@@ -297,11 +308,22 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     mode = int8_mode() if w.dtype == torch.int8 else None
     f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
+    trigger = pdl_mode(pdl, early_when_mixed=w.dtype == torch.int8)
+    if gemv_impl() == "gluon":
+        try:  # Triton's Gluon, imported only when asked for
+            from kernel.triton import gemv_gluon
+        except ImportError as e:
+            raise ConfigError(IMPL_ENV, f"'gluon' needs a Triton with Gluon (triton.experimental.gluon; the cards "
+                                        f"here ran 3.6): {e}") from e
+
+        if gemv_gluon.supports(x, w, f16, programs < blocks):
+            gemv_gluon.gemv_gluon(x, w, out, scale, bias, res, N, K, rms_eps, rows=rows, block_k=block_k,
+                                  warps=warps, pdl_mode=trigger, glu=glu, launch_pdl=pdl)
+            return out
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
-        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k,
-        PDL=pdl_mode(pdl, early_when_mixed=w.dtype == torch.int8),
+        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
         num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))

@@ -1,0 +1,179 @@
+"""The decode gemv (:mod:`kernel.triton.gemv`) written in Gluon, Triton's layout-explicit language (sm90+, opt-in by
+``$LMSTACK_GEMV_IMPL=gluon``; not yet timed, so not the default).
+
+Same design, tiles, epilogues and PDL placement as the Triton kernel: a program owns ROWS output rows and loads a
+(ROWS, BLOCK_K) weight block a K step into registers, its first block (and its rows' scales and bias) before the PDL
+wait. One difference, which Triton's layout choice does not allow: x is loaded straight into the weight block's
+column slice, each thread its own 16 bytes of columns for all of its rows. The Triton kernel's sm90 code loads each
+step's x in a coalesced layout and moves it into that slice through shared memory, with four CTA-wide barriers a
+step (docs/benchmarks.md, session 18); this kernel's K loop has no shared memory and no barrier.
+
+Weights: int8 with bf16 activations (the Triton kernel's default ``f16`` path: int8 to fp16 exactly by the same
+inline PTX, products and per-step sums in fp16 with x scaled by 2^-7), or float weights (fp32 products). A fused
+gate/up weight (``glu``) is read as two row blocks a program, gate rows ``j`` and up rows ``j + N / 2``, rather than
+interleaved, and the epilogue stores ``silu(gate) * up``. :func:`supports` says which calls this kernel takes;
+the rest stay with the Triton kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+X_SCALE = gl.constexpr(2.0 ** -7)  # kernel.triton.gemv.F16_X_SCALE
+
+
+@gluon.jit
+def _i8_to_f16(w):
+    """int8 -> fp16 exactly, four a 32-bit word (:func:`kernel.triton.gemv._weights_f16`'s PTX)."""
+    return gl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t, m;
+        xor.b32 t, $2, 0x80808080;
+        prmt.b32 $0, t, 0x64646464, 0x4140;
+        prmt.b32 $1, t, 0x64646464, 0x4342;
+        mov.b32 m, 0x64806480;
+        sub.f16x2 $0, $0, m;
+        sub.f16x2 $1, $1, m;
+        }""",
+        constraints="=r,=r,r", args=[w], dtype=gl.float16, is_pure=True, pack=4)
+
+
+@gluon.jit
+def _pdl_wait():
+    gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _pdl_trigger():
+    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                              pack=1)
+
+
+@gluon.jit
+def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
+                HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, RMS: gl.constexpr, HAS_RES: gl.constexpr,
+                GLU: gl.constexpr, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, STEPS: gl.constexpr,
+                PDL: gl.constexpr, I8: gl.constexpr, VEC: gl.constexpr, WR: gl.constexpr, WK: gl.constexpr,
+                K_P2: gl.constexpr):
+    # (rows, columns): VEC elements (16 bytes) a thread, TK threads along K, WR warps along the rows, WK along K
+    TK: gl.constexpr = 32 if BLOCK_K // VEC >= 32 else BLOCK_K // VEC
+    l2: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TK, TK], [WR, WK], [1, 0])
+    lr: gl.constexpr = gl.SliceLayout(1, l2)
+    lk: gl.constexpr = gl.SliceLayout(0, l2)
+    R: gl.constexpr = ROWS // 2 if GLU else ROWS  # outputs a program
+    j = gl.program_id(0) * R + gl.arange(0, R, layout=lr)
+    j_ok = j < (N // 2 if GLU else N)
+    kk = gl.arange(0, BLOCK_K, layout=lk)
+    rows = w_ptr + gl.expand_dims(j.to(gl.int64) * stride_wn, 1)
+    rows_up = w_ptr + gl.expand_dims((j + N // 2).to(gl.int64) * stride_wn, 1)  # GLU: the up rows
+    # the first weight block(s), scales and bias before the wait: nothing the kernel before writes
+    first = gl.expand_dims(j_ok, 1) & gl.expand_dims(kk < K, 0)
+    w = gl.load(rows + gl.expand_dims(kk, 0), mask=first, other=0)
+    if GLU:
+        wu = gl.load(rows_up + gl.expand_dims(kk, 0), mask=first, other=0)
+    sc = gl.full([R], 1.0, gl.float32, lr)
+    sc_up = sc
+    bi = gl.zeros([R], gl.float32, lr)
+    bi_up = bi
+    if HAS_SCALE:
+        sc = gl.load(scale_ptr + j, mask=j_ok, other=0.0).to(gl.float32)
+        if GLU:
+            sc_up = gl.load(scale_ptr + N // 2 + j, mask=j_ok, other=0.0).to(gl.float32)
+    if HAS_BIAS:
+        bi = gl.load(bias_ptr + j, mask=j_ok, other=0.0).to(gl.float32)
+        if GLU:
+            bi_up = gl.load(bias_ptr + N // 2 + j, mask=j_ok, other=0.0).to(gl.float32)
+    if PDL == 2:  # early: the next kernel may launch before this one waits
+        _pdl_trigger()
+    if PDL:
+        _pdl_wait()
+    if PDL == 1:
+        _pdl_trigger()
+    res = gl.zeros([R], gl.float32, lr)
+    if HAS_RES and not GLU:
+        res = gl.load(res_ptr + j, mask=j_ok, other=0.0).to(gl.float32)
+    if RMS:  # x's sum of squares from one load of all of x, spread over the threads: no registers held in the loop
+        l1: gl.constexpr = gl.BlockedLayout([K_P2 // (32 * (WR * WK)) if K_P2 >= 32 * WR * WK else 1], [32],
+                                            [WR * WK], [0])
+        kx = gl.arange(0, K_P2, layout=l1)
+        xa = gl.load(x_ptr + kx, mask=kx < K, other=0.0).to(gl.float32)
+        rstd = gl.rsqrt(gl.sum(xa * xa, axis=0) / K + rms_eps)
+    acc_t: gl.constexpr = gl.float16 if I8 else gl.float32
+    acc = gl.zeros([R, BLOCK_K], acc_t, l2)
+    acc_up = gl.zeros([R, BLOCK_K], acc_t, l2)
+    for s in gl.static_range(STEPS):
+        k = s * BLOCK_K + kk
+        k_ok = k < K
+        if s > 0:
+            m = gl.expand_dims(j_ok, 1) & gl.expand_dims(k_ok, 0)
+            w = gl.load(rows + gl.expand_dims(k, 0), mask=m, other=0)
+            if GLU:
+                wu = gl.load(rows_up + gl.expand_dims(k, 0), mask=m, other=0)
+        x = gl.load(x_ptr + k, mask=k_ok, other=0.0).to(gl.float32)  # straight into the block's column slice
+        if I8:  # int8 to fp16 exactly, products and per-step sums in fp16 (x scaled by 2^-7)
+            xh = gl.expand_dims((x * X_SCALE).to(gl.float16), 0)
+            acc += _i8_to_f16(w) * xh
+            if GLU:
+                acc_up += _i8_to_f16(wu) * xh
+        else:
+            acc += w.to(gl.float32) * gl.expand_dims(x, 0)
+            if GLU:
+                acc_up += wu.to(gl.float32) * gl.expand_dims(x, 0)
+    if I8:
+        y = gl.sum(acc.to(gl.float32), axis=1) * (1.0 / X_SCALE)
+    else:
+        y = gl.sum(acc, axis=1)
+    if RMS:  # RMSNorm of x without its weight (folded into w): (x * rstd) @ w.T = rstd * (x @ w.T)
+        y = y * rstd
+    y = y * sc + bi
+    if GLU:  # silu(gate) * up, each projection rounded to the output dtype first (as stored)
+        if I8:
+            u = gl.sum(acc_up.to(gl.float32), axis=1) * (1.0 / X_SCALE)
+        else:
+            u = gl.sum(acc_up, axis=1)
+        if RMS:
+            u = u * rstd
+        u = u * sc_up + bi_up
+        gate = y.to(out_ptr.dtype.element_ty).to(gl.float32)
+        up = u.to(out_ptr.dtype.element_ty).to(gl.float32)
+        y = gate * (1.0 / (1.0 + gl.exp(-gate))) * up
+    elif HAS_RES:
+        y = y + res
+    gl.store(out_ptr + j, y.to(out_ptr.dtype.element_ty), mask=j_ok)
+
+
+def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool) -> bool:
+    """Whether this kernel takes the call: on a CUDA device of sm90+, not persistent, and int8 weights on the fp16
+    path (``int8_f16``, :func:`kernel.triton.gemv._i8_f16`, 2: the inline PTX) or float weights of x's dtype."""
+    if not x.is_cuda or persistent or torch.cuda.get_device_capability(x.device)[0] < 9:
+        return False
+    return int8_f16 == 2 if w.dtype == torch.int8 else w.dtype == x.dtype
+
+
+def layout(rows: int, block_k: int, warps: int, int8: bool, glu: bool) -> tuple[int, int, int]:
+    """(VEC, WR, WK) for a (rows, block_k) tile of ``warps`` warps: 16-byte vectors, up to 32 threads along K, warps
+    along the rows as far as they go (each half of a GLU block), the rest along K."""
+    vec = 16 if int8 else 8
+    tk = min(32, max(1, block_k // vec))
+    r = rows // 2 if glu else rows
+    wr = max(1, min(warps, r // (32 // tk)))
+    return vec, wr, warps // wr
+
+
+def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: int, block_k: int, warps: int,
+               pdl_mode: int, glu: bool, launch_pdl: bool) -> None:
+    """Launch :func:`_gemv_gluon` as :func:`kernel.triton.gemv.gemv` launches its Triton kernel (its arguments
+    already checked there)."""
+    int8 = w.dtype == torch.int8
+    vec, wr, wk = layout(rows, block_k, warps, int8, glu)
+    r = rows // 2 if glu else rows
+    _gemv_gluon[(triton.cdiv(N // 2 if glu else N, r),)](
+        x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
+        N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k,
+        STEPS=triton.cdiv(K, block_k), PDL=pdl_mode, I8=int8, VEC=vec, WR=wr, WK=wk,
+        K_P2=triton.next_power_of_2(K) if rms_eps is not None else 1, num_warps=warps,
+        **({"launch_pdl": True} if launch_pdl else {}))

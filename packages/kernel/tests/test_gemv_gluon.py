@@ -1,0 +1,170 @@
+"""The decode gemv in Gluon (``kernel.triton.gemv_gluon``, ``$LMSTACK_GEMV_IMPL=gluon``): which calls it takes, its
+layouts against the Triton kernel's tiles, its sm90 code compiled offline (no barrier a K step, the PDL placement,
+the first weights before the wait), and on a GPU its results against the references and the Triton kernel. Gluon
+has no interpreter, so off a GPU the calls stay with the Triton kernel (checked here too)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernel import reference as ref
+from specs.errors import ConfigError
+
+pytest.importorskip("triton")
+gg = pytest.importorskip("kernel.triton.gemv_gluon")  # (needs triton.experimental.gluon)
+
+from triton_testing import DEVICE, check  # noqa: E402
+
+from kernel.triton import gemv as gemv_mod  # noqa: E402
+
+
+def test_the_implementation_is_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv(gemv_mod.IMPL_ENV, raising=False)
+    assert gemv_mod.gemv_impl() == "triton"
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
+    assert gemv_mod.gemv_impl() == "gluon"
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "cuda")
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_IMPL.*'triton'.*'gluon'.*'cuda'"):
+        gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
+
+
+def test_gluon_asked_for_without_gluon_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
+    import kernel.triton
+
+    monkeypatch.setitem(sys.modules, "kernel.triton.gemv_gluon", None)  # as if Triton had no Gluon
+    monkeypatch.delattr(kernel.triton, "gemv_gluon", raising=False)
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_IMPL.*needs a Triton with Gluon"):
+        gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
+
+
+@pytest.mark.parametrize("tiles, int8, glu", [((32, 512, 4), True, True), ((4, 2048, 8), True, False),
+                                              ((4, 512, 1), True, False), ((8, 256, 2), False, True),
+                                              ((4, 1024, 4), False, False), ((4, 2048, 8), False, False)])
+def test_a_threads_share_of_a_weight_block_is_the_triton_tiles(tiles, int8, glu):
+    """The H200 table's tiles: each thread holds rows * BLOCK_K / threads weights a step, as in the Triton kernel, in
+    16-byte vectors, every warp its own rows or columns (no thread holds a copy of another's)."""
+    rows, block_k, warps = tiles
+    vec, wr, wk = gg.layout(rows, block_k, warps, int8, glu)
+    assert vec * (1 if int8 else 2) == 16 and wr * wk == warps
+    tk = min(32, block_k // vec)
+    r = rows // 2 if glu else rows
+    rows_per_thread = r // ((32 // tk) * wr)
+    cols_per_thread = block_k // (tk * wk)
+    assert rows_per_thread >= 1 and cols_per_thread >= vec
+    assert rows_per_thread * cols_per_thread * (2 if glu else 1) == rows * block_k // (32 * warps)
+
+
+def test_off_a_gpu_the_triton_kernel_keeps_every_call(monkeypatch):
+    x = torch.randn(1, 256).to(DEVICE, torch.bfloat16)
+    w = torch.randint(-127, 128, (32, 256), dtype=torch.int8).to(DEVICE)
+    s = torch.rand(32).to(DEVICE) / 127
+    if DEVICE == "cpu":
+        assert not gg.supports(x, w, 2, False)
+    assert not gg.supports(x, w, 1, False) and not gg.supports(x, w, 2, True)  # the Triton-op form; persistent
+    assert not gg.supports(x, w.float(), 0, False)  # float weights of another dtype than x
+    monkeypatch.delenv(gemv_mod.IMPL_ENV, raising=False)
+    want = gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5)
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
+    got = gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5)
+    if DEVICE == "cpu":
+        assert torch.equal(got, want)
+
+
+_AOT = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from kernel.triton import gemv_gluon as gg
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
+attrs = {(i,): [["tt.divisibility", 16]] for i in range(9)}  # 16-byte aligned pointers and sizes, as launched
+cases = [("int8", (32, 512, 4), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True)),
+         ("int8", (4, 2048, 8), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=False, HAS_RES=True, GLU=False)),
+         ("bf16", (8, 256, 2), dict(HAS_SCALE=False, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True)),
+         ("bf16", (4, 1024, 4), dict(HAS_SCALE=False, HAS_BIAS=True, RMS=False, HAS_RES=True, GLU=False))]
+for kind, (rows, block_k, warps), flags in cases:
+    for steps in (1, 4):
+        for pdl in (1, 2):
+            int8 = kind == "int8"
+            K = steps * block_k
+            vec, wr, wk = gg.layout(rows, block_k, warps, int8, flags["GLU"])
+            consts = dict(flags, ROWS=rows, BLOCK_K=block_k, STEPS=steps, PDL=pdl, I8=int8, VEC=vec, WR=wr, WK=wk,
+                          K_P2=triton.next_power_of_2(K) if flags["RMS"] else 1)
+            sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+            src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                 constexprs=consts, attrs=attrs)
+            ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                                 options={"num_warps": warps, "launch_pdl": True}).asm["ptx"]
+            sys.stdout.write(f"{kind} {rows} {block_k} {warps} {steps} {pdl}\\n" + ptx + "\\n=====\\n")
+"""
+
+
+def test_sm90_code_has_no_barrier_a_k_step_and_waits_after_its_first_weights():
+    """Compiled offline for sm90: the number of CTA barriers does not grow with the K steps (x reaches the weights'
+    layout without shared memory); the first weight loads precede the PDL wait; the next kernel is let launch after
+    the wait with PDL 1 and before it with 2."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
+    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = out.stdout.split("\n=====\n")[:-1]
+    assert len(blocks) == 16  # four tiles, one and four K steps, PDL 1 and 2
+    barriers = {}
+    for block in blocks:
+        head, ptx = block.split("\n", 1)
+        kind, rows, block_k, warps, steps, pdl = head.split()
+        lines = ptx.splitlines()
+        at = {op: [n for n, line in enumerate(lines) if op in line]
+              for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "ld.global", "bar.sync")}
+        assert len(at["griddepcontrol.wait"]) == 1 and len(at["griddepcontrol.launch_dependents"]) == 1, head
+        wait, trigger = at["griddepcontrol.wait"][0], at["griddepcontrol.launch_dependents"][0]
+        assert (trigger < wait) == (pdl == "2"), head
+        assert at["ld.global"][0] < wait, head
+        barriers.setdefault((kind, rows, block_k, warps, pdl), set()).add(len(at["bar.sync"]))
+    assert all(len(counts) == 1 for counts in barriers.values()), barriers  # the same for 1 and 4 K steps
+
+
+def _inputs(dtype, N, K, seed, int8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, K, generator=g).to(DEVICE, dtype)
+    if int8:
+        w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
+        s = (torch.rand(N, generator=g) / 127).to(DEVICE, dtype)
+    else:
+        w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
+        s = None
+    return x, w, s, torch.randn(N, generator=g).to(DEVICE, dtype), torch.randn(1, N, generator=g).to(DEVICE, dtype)
+
+
+@pytest.mark.skipif(DEVICE != "cuda" or not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability()[0] < 9, reason="Gluon runs on sm90+ GPUs only")
+@pytest.mark.parametrize("dtype, int8", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False),
+                                         (torch.float32, False)])
+@pytest.mark.parametrize("call", ["plain", "bias", "rms+residual", "glu", "glu+rms", "pdl"])
+@pytest.mark.parametrize("N, K, config", [(70, 520, (4, 256, 2)), (48, 2048, (8, 1024, 4)), (64, 1030, (2, 128, 1))])
+def test_gluon_gives_the_references_and_the_triton_kernels_results(monkeypatch, dtype, int8, call, N, K, config):
+    x, w, s, b, r = _inputs(dtype, N, K, seed=N + K, int8=int8)
+    kw = {"bias": dict(bias=b), "rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(glu=True),
+          "glu+rms": dict(glu=True, rms_eps=1e-5), "pdl": dict(rms_eps=1e-5, residual=r, pdl=True)}.get(call, {})
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
+    assert gg.supports(x, w, gemv_mod._i8_f16(w, config[0] * config[1] // (32 * config[2]), x.dtype), False)
+    got = gemv_mod.gemv(x, w, s, config=config, **kw)
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "triton")
+    triton_out = gemv_mod.gemv(x, w, s, config=config, **kw)
+    assert got.shape == triton_out.shape and got.dtype == triton_out.dtype
+    ref_kw = {k: v for k, v in kw.items() if k not in ("glu", "pdl")} | ({"glu": "silu"} if kw.get("glu") else {})
+    f32 = {k: (v.float() if torch.is_tensor(v) else v) for k, v in ref_kw.items()}
+    if int8:
+        want32 = ref.int8_linear(x.float(), w, s.float(), **f32)
+        lowp = ref.int8_linear(x, w, s, **ref_kw)
+    else:
+        want32 = ref.linear(x.float(), w.float(), None, **f32)
+        lowp = ref.linear(x, w, None, **ref_kw)
+    check("gemv gluon", got, want32, lowp, dtype, fp32_atol=2e-4)
+    scale = want32.abs().max().item()  # and within a few units of the Triton kernel's last place
+    assert (got.float() - triton_out.float()).abs().max().item() <= 4 * torch.finfo(dtype).eps * scale + 1e-6
