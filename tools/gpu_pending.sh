@@ -325,18 +325,23 @@ PY
 dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
-case "${1:-}" in
-gluon)
-  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  for v in triton gluon triton2 gluon2; do
-    step "decode_$v" $([ $v = triton ] && echo 140 || echo 105) env LMSTACK_GEMV_IMPL=${v%2} \
+# decode at batch 1, bf16 and int8, five clocked repeats, profiled, once per value of env variable $1 (a trailing 2
+# marks a repeat of a value: late early late2 early2), the first run allowed longer (it compiles), then the top
+# kernels and the clocked figures of every run
+alternate() { local var=$1 v; shift
+  for v in "$@"; do
+    step "decode_$v" $([ "$v" = "$1" ] && echo 140 || echo 105) env "$var=${v%2}" \
       TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
       --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
     [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
   done
   chain_top "$OUT"/decode_*.json
-  clocked "$OUT"/decode_*.json ;;
+  clocked "$OUT"/decode_*.json; }
+case "${1:-}" in
+gluon)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
 tma-gemv)
   step tma 400 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 30 ;;
@@ -357,26 +362,12 @@ glu-mixed)
   done
   clocked "$OUT"/i8_*.json ;;
 mixed)
-  for v in late mixed early mixed2; do
-    step "decode_$v" $([ $v = late ] && echo 140 || echo 105) env LMSTACK_PDL_TRIGGER=${v%2} \
-      TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
-      --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
-    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
-  done
-  chain_top "$OUT"/decode_*.json
-  clocked "$OUT"/decode_*.json ;;
+  alternate LMSTACK_PDL_TRIGGER late mixed early mixed2 ;;
 trigger)
   step tests 200 env LMSTACK_PDL_TRIGGER=early python -m pytest -q -p no:cacheprovider \
     packages/kernel/tests/test_gemv.py packages/kernel/tests/test_decode_attention_pdl.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
-  for v in late early late2 early2; do
-    step "decode_$v" $([ $v = late ] && echo 130 || echo 95) env LMSTACK_PDL_TRIGGER=${v%2} \
-      TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
-      --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
-    [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
-  done
-  chain_top "$OUT"/decode_*.json
-  clocked "$OUT"/decode_*.json ;;
+  alternate LMSTACK_PDL_TRIGGER late early late2 early2 ;;
 verify)
   step tests 300 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_attention_pdl.py \
     packages/kernel/tests/test_split_combine.py packages/kernel/tests/test_triton_ops.py -k "decode or split"

@@ -123,40 +123,34 @@ def _tma3_gemv_i8(w_desc, x_ptr, scale_ptr, out_ptr, NUM_G: gl.constexpr, NUM_GP
     gl.store(out_ptr + n, y.to(gl.bfloat16))
 
 
-def tma3_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`tma_gemv` by :func:`_tma3_gemv_i8` (one TMA copy a group of ``wk`` boxes)."""
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    N, K = w.shape
-    if N % block_n or K % (BOX_K * wk) or block_n % (4 * wn):
-        raise ValueError(f"tma3_gemv: N {N} must divide by block_n {block_n}, K {K} by {BOX_K * wk}, "
-                         f"block_n by {4 * wn}")
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8, rank=3)
-    desc = TensorDescriptor.from_tensor(w.view(N, K // BOX_K, BOX_K), [block_n, wk, BOX_K], layout)
-    out = out if out is not None else torch.empty(1, N, dtype=torch.bfloat16, device=x.device)
-    groups = K // (BOX_K * wk)
-    _tma3_gemv_i8[(N // block_n,)](desc, x, scale, out, NUM_G=groups, NUM_GP=triton.next_power_of_2(groups), WN=wn,
-                                   num_warps=wk * wn)
-    return out
-
-
 def tma_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int,
-             out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (1, K) bf16 @ w (N, K) int8 .T * scale (N,) fp32 -> (1, N) bf16; N a multiple of block_n, K of 128 * wk."""
+             grouped: bool = False) -> torch.Tensor:
+    """x (1, K) bf16 @ w (N, K) int8 .T * scale (N,) fp32 -> (1, N) bf16 by :func:`_tma_gemv_i8` (one TMA copy a
+    (block_n, 128) box) or, ``grouped``, :func:`_tma3_gemv_i8` (one a group of ``wk`` boxes); N a multiple of
+    block_n, K of 128 * wk, block_n of 4 * wn."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     N, K = w.shape
     if N % block_n or K % (BOX_K * wk) or block_n % (4 * wn):
         raise ValueError(f"tma_gemv: N {N} must divide by block_n {block_n}, K {K} by {BOX_K * wk}, "
                          f"block_n by {4 * wn}")
-    layout = gl.NVMMASharedLayout.get_default_for([block_n, BOX_K], gl.int8)
-    desc = TensorDescriptor.from_tensor(w, [block_n, BOX_K], layout)
-    out = out if out is not None else torch.empty(1, N, dtype=torch.bfloat16, device=x.device)
-    num_k = K // BOX_K
-    _tma_gemv_i8[(N // block_n,)](desc, x, scale, out, NUM_K=num_k, NUM_KP=triton.next_power_of_2(num_k),
-                                  NUM_GP=triton.next_power_of_2(num_k // wk), WK=wk, WN=wn, num_warps=wk * wn)
+    out = torch.empty(1, N, dtype=torch.bfloat16, device=x.device)
+    groups = K // (BOX_K * wk)
+    if grouped:
+        layout = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=8, rank=3)
+        desc = TensorDescriptor.from_tensor(w.view(N, K // BOX_K, BOX_K), [block_n, wk, BOX_K], layout)
+        _tma3_gemv_i8[(N // block_n,)](desc, x, scale, out, NUM_G=groups, NUM_GP=triton.next_power_of_2(groups),
+                                       WN=wn, num_warps=wk * wn)
+    else:
+        desc = TensorDescriptor.from_tensor(w, [block_n, BOX_K], gl.NVMMASharedLayout.get_default_for([block_n, BOX_K],
+                                                                                                     gl.int8))
+        _tma_gemv_i8[(N // block_n,)](desc, x, scale, out, NUM_K=K // BOX_K, NUM_KP=triton.next_power_of_2(K // BOX_K),
+                                      NUM_GP=triton.next_power_of_2(groups), WK=wk, WN=wn, num_warps=wk * wn)
     return out
+
+
+def tma3_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, block_n: int, wk: int, wn: int) -> torch.Tensor:
+    return tma_gemv(x, w, scale, block_n, wk, wn, grouped=True)
 
 
 SHAPES = {"qkv": (2560, 2048), "o": (2048, 2048), "gate_up": (11264, 2048), "down": (2048, 5632)}

@@ -18,6 +18,7 @@ from specs.errors import ConfigError
 pytest.importorskip("triton")
 gg = pytest.importorskip("kernel.triton.gemv_gluon")  # (needs triton.experimental.gluon)
 
+from test_gemv import _inputs  # noqa: E402 (float or int8 weights, bias, residual)
 from triton_testing import DEVICE, check  # noqa: E402
 
 from kernel.triton import gemv as gemv_mod  # noqa: E402
@@ -129,18 +130,6 @@ def test_sm90_code_has_no_barrier_a_k_step_and_waits_after_its_first_weights():
     assert all(len(counts) == 1 for counts in barriers.values()), barriers  # the same for 1 and 4 K steps
 
 
-def _inputs(dtype, N, K, seed, int8):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, K, generator=g).to(DEVICE, dtype)
-    if int8:
-        w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8).to(DEVICE)
-        s = (torch.rand(N, generator=g) / 127).to(DEVICE, dtype)
-    else:
-        w = (torch.randn(N, K, generator=g) / K ** 0.5).to(DEVICE, dtype)
-        s = None
-    return x, w, s, torch.randn(N, generator=g).to(DEVICE, dtype), torch.randn(1, N, generator=g).to(DEVICE, dtype)
-
-
 @pytest.mark.skipif(DEVICE != "cuda" or not torch.cuda.is_available()
                     or torch.cuda.get_device_capability()[0] < 9, reason="Gluon runs on sm90+ GPUs only")
 @pytest.mark.parametrize("dtype, int8", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False),
@@ -148,7 +137,7 @@ def _inputs(dtype, N, K, seed, int8):
 @pytest.mark.parametrize("call", ["plain", "bias", "rms+residual", "glu", "glu+rms", "pdl"])
 @pytest.mark.parametrize("N, K, config", [(70, 520, (4, 256, 2)), (48, 2048, (8, 1024, 4)), (64, 1030, (2, 128, 1))])
 def test_gluon_gives_the_references_and_the_triton_kernels_results(monkeypatch, dtype, int8, call, N, K, config):
-    x, w, s, b, r = _inputs(dtype, N, K, seed=N + K, int8=int8)
+    x, w, s, b, r = _inputs(dtype, N, K, N + K, int8=int8)
     kw = {"bias": dict(bias=b), "rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(glu=True),
           "glu+rms": dict(glu=True, rms_eps=1e-5), "pdl": dict(rms_eps=1e-5, residual=r, pdl=True)}.get(call, {})
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")

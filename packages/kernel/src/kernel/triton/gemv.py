@@ -61,6 +61,18 @@ F16_X_SCALE = tl.constexpr(2.0 ** -7)
 # with the first weight block, before a PDL wait, the residual with x) or "late" (kernel 0.14's order: all three
 # after the row sums, one more memory round trip at the end of every call that has one), for comparisons
 CONSTS_ENV = "LMSTACK_GEMV_CONSTS"
+# four int8 weights (one 32-bit word, $2) to two fp16 pairs ($0, $1), exactly: the sign bits flipped (q + 128), each
+# byte permuted under 0x64 (the fp16 1024 + q + 128), 1152 subtracted from each pair (:func:`_weights_f16`; the
+# Gluon kernel's too)
+I8_F16_PTX = tl.constexpr("""{
+    .reg .b32 t, m;
+    xor.b32 t, $2, 0x80808080;
+    prmt.b32 $0, t, 0x64646464, 0x4140;
+    prmt.b32 $1, t, 0x64646464, 0x4342;
+    mov.b32 m, 0x64806480;
+    sub.f16x2 $0, $0, m;
+    sub.f16x2 $1, $1, m;
+    }""")
 # which kernel runs a call: "triton" (the default, :func:`_gemv`) or "gluon" (:mod:`kernel.triton.gemv_gluon`, the
 # same design with x loaded straight into the weight block's layout; sm90+, where it supports the call; not yet timed)
 IMPL_ENV = "LMSTACK_GEMV_IMPL"
@@ -229,17 +241,8 @@ def _weights_f16(w, I8_F16: tl.constexpr):
     permutes into fp16 pairs, two packed subtractions: 1.25 instructions a weight); 1: the same values by Triton's
     integer and float ops (which Triton's interpreter runs)."""
     if I8_F16 == 2:
-        return tl.inline_asm_elementwise(
-            asm="""{
-            .reg .b32 t, m;
-            xor.b32 t, $2, 0x80808080;
-            prmt.b32 $0, t, 0x64646464, 0x4140;
-            prmt.b32 $1, t, 0x64646464, 0x4342;
-            mov.b32 m, 0x64806480;
-            sub.f16x2 $0, $0, m;
-            sub.f16x2 $1, $1, m;
-            }""",
-            constraints="=r,=r,r", args=[w], dtype=tl.float16, is_pure=True, pack=4)
+        return tl.inline_asm_elementwise(asm=I8_F16_PTX, constraints="=r,=r,r", args=[w], dtype=tl.float16,
+                                         is_pure=True, pack=4)
     return ((w.to(tl.uint8, bitcast=True) ^ 0x80).to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True) - 1152.0
 
 

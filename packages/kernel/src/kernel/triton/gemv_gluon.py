@@ -22,23 +22,16 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from kernel.triton.gemv import I8_F16_PTX
+
 X_SCALE = gl.constexpr(2.0 ** -7)  # kernel.triton.gemv.F16_X_SCALE
 
 
 @gluon.jit
 def _i8_to_f16(w):
-    """int8 -> fp16 exactly, four a 32-bit word (:func:`kernel.triton.gemv._weights_f16`'s PTX)."""
-    return gl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, m;
-        xor.b32 t, $2, 0x80808080;
-        prmt.b32 $0, t, 0x64646464, 0x4140;
-        prmt.b32 $1, t, 0x64646464, 0x4342;
-        mov.b32 m, 0x64806480;
-        sub.f16x2 $0, $0, m;
-        sub.f16x2 $1, $1, m;
-        }""",
-        constraints="=r,=r,r", args=[w], dtype=gl.float16, is_pure=True, pack=4)
+    """int8 -> fp16 exactly, four a 32-bit word (the Triton kernel's PTX, :data:`kernel.triton.gemv.I8_F16_PTX`)."""
+    return gl.inline_asm_elementwise(asm=I8_F16_PTX, constraints="=r,=r,r", args=[w], dtype=gl.float16, is_pure=True,
+                                     pack=4)
 
 
 @gluon.jit
