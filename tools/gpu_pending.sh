@@ -5,6 +5,9 @@
 #                                      memory or CTA barrier in its K loop): its GPU tests (72, against the
 #                                      references and the Triton kernel), then bf16 and int8 at batch 1 by the clock,
 #                                      profiled, triton-gluon-triton-gluon (~6 min; not yet run)
+#   bash tools/gpu_pending.sh gluon-tune  (if gluon wins) the int8 gemv tiles tuned on the Gluon kernel (its steps
+#                                      cost no barriers, so the best tiles may move), then int8 decode on the Gluon
+#                                      kernel with the shipped and the retuned tables, by the clock (~8 min)
 #   bash tools/gpu_pending.sh tma-gemv  (prototypes) benchmarks/bench_gluon_gemv.py: int8 one-row gemvs in Gluon
 #                                      against the shipped gemv on the four decode shapes, plain launches: tma (a
 #                                      program's whole share into shared memory by TMA, one box a copy), tma3 (a group
@@ -232,7 +235,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gluon|tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon-tune|gluon|tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -342,6 +345,18 @@ gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
+gluon-tune)
+  export LMSTACK_GEMV_IMPL=gluon
+  step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_gluon.json" \
+    --tune-weights int8 --tune-launch-top 10
+  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
+  rm -f "$OUT/tune_int8.log"
+  merge_tiles "$OUT/int8_gluon.json" /tmp/table_gluon.json int8 > /dev/null
+  dec decode_shipped 170 lmstack,lmstack-int8
+  dec decode_tuned 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_gluon.json
+  dec decode_shipped2 100 lmstack-int8
+  dec decode_tuned2 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_gluon.json
+  clocked "$OUT"/decode_*.json ;;
 tma-gemv)
   step tma 400 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 30 ;;
