@@ -25,6 +25,8 @@ measured per card, ``gemv_tiles.json`` beside this module (``benchmarks/bench_de
 an entry where gemv beat the skinny matmul, PDL 1 where the chained launch beat the plain one), or from
 ``$LMSTACK_GEMV_TILES``. Where a card's table has no entry the skinny matmul keeps the shape (and every shape with
 ``$LMSTACK_GEMV=0``). Semantics: :func:`kernel.reference.linear` and :func:`kernel.reference.int8_linear`.
+``$LMSTACK_GEMV_IMPL=gluon`` runs the calls it can on the same design written in Gluon
+(:mod:`kernel.triton.gemv_gluon`: x loaded straight into the weight block's layout; opt-in, not yet timed).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ step (docs/benchmarks.md, session 18); this kernel's K loop has no shared memory
 Weights: int8 with bf16 activations (the Triton kernel's default ``f16`` path: int8 to fp16 exactly by the same
 inline PTX, products and per-step sums in fp16 with x scaled by 2^-7), or float weights (fp32 products). A fused
 gate/up weight (``glu``) is read as two row blocks a program, gate rows ``j`` and up rows ``j + N / 2``, rather than
-interleaved, and the epilogue stores ``silu(gate) * up``. :func:`supports` says which calls this kernel takes;
-the rest stay with the Triton kernel.
+interleaved, and the epilogue stores ``silu(gate) * up``. Scales and bias are always loaded with the first weight
+block (``$LMSTACK_GEMV_CONSTS`` is the Triton kernel's). :func:`supports` says which calls this kernel takes; the
+rest stay with the Triton kernel.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from kernel.triton.gemv import F16_X_SCALE as X_SCALE  # x's scale before its fp16 products
 from kernel.triton.gemv import I8_F16_PTX
-
-X_SCALE = gl.constexpr(2.0 ** -7)  # kernel.triton.gemv.F16_X_SCALE
 
 
 @gluon.jit
