@@ -152,8 +152,9 @@ def test_gluon_gives_the_references_and_the_triton_kernels_results(monkeypatch, 
         want32 = ref.int8_linear(x.float(), w, s.float(), **f32)
         lowp = ref.int8_linear(x, w, s, **ref_kw)
     else:
-        want32 = ref.linear(x.float(), w.float(), None, **f32)
-        lowp = ref.linear(x, w, None, **ref_kw)
+        want32 = ref.linear(x.float(), w.float(), **f32)
+        lowp = ref.linear(x, w, **ref_kw)
     check("gemv gluon", got, want32, lowp, dtype, fp32_atol=2e-4)
-    scale = want32.abs().max().item()  # and within a few units of the Triton kernel's last place
-    assert (got.float() - triton_out.float()).abs().max().item() <= 4 * torch.finfo(dtype).eps * scale + 1e-6
+    # and within a few units of the Triton kernel's last place (fp32: its sums' order, as the reference allows)
+    tol = 2e-4 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps * want32.abs().max().item() + 1e-6
+    assert (got.float() - triton_out.float()).abs().max().item() <= tol
