@@ -61,6 +61,16 @@ def test_a_threads_share_of_a_weight_block_is_the_triton_tiles(tiles, int8, glu)
     assert rows_per_thread * cols_per_thread * (2 if glu else 1) == rows * block_k // (32 * warps)
 
 
+def test_a_compile_trace_keeps_the_triton_kernel(monkeypatch):
+    """Inductor traces Triton kernels, not Gluon ones: while torch.compile traces gemv, the Gluon kernel is not asked
+    (the PDL op, opaque to compile, is where it runs)."""
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
+    monkeypatch.setattr(gg, "supports", lambda *a: pytest.fail("the Gluon kernel was asked inside a trace"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    x, w = torch.randn(1, 64).to(DEVICE), torch.randn(8, 64).to(DEVICE)
+    torch.testing.assert_close(gemv_mod.gemv(x, w, config=(4, 64, 1)), x @ w.T, rtol=1e-4, atol=1e-4)
+
+
 def test_off_a_gpu_the_triton_kernel_keeps_every_call(monkeypatch):
     x = torch.randn(1, 256).to(DEVICE, torch.bfloat16)
     w = torch.randint(-127, 128, (32, 256), dtype=torch.int8).to(DEVICE)

@@ -314,7 +314,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     mode = int8_mode() if w.dtype == torch.int8 else None
     f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
     trigger = pdl_mode(pdl, early_when_mixed=w.dtype == torch.int8)
-    if gemv_impl() == "gluon":
+    # (inside a torch.compile trace the Triton kernel runs: inductor traces Triton kernels, not Gluon ones; the PDL
+    # op, which compile does not trace into, takes the Gluon kernel)
+    if gemv_impl() == "gluon" and not torch.compiler.is_compiling():
         try:  # Triton's Gluon, imported only when asked for
             from kernel.triton import gemv_gluon
         except ImportError as e:
