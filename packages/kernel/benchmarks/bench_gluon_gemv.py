@@ -40,10 +40,10 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
+from kernel.triton.gemv import F16_X_SCALE as X_SCALE  # x's scale before its fp16 products
 from kernel.triton.gemv_gluon import _i8_to_f16
 
 BOX_K = 128  # int8 columns a TMA box: 128 bytes, the widest 128-byte swizzle takes
-X_SCALE = gl.constexpr(2.0 ** -7)  # kernel.triton.gemv.F16_X_SCALE
 
 
 @gluon.jit
