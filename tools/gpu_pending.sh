@@ -328,6 +328,14 @@ PY
 dec() { local name=$1 limit=$2 variants=$3; shift 3; step "$name" "$limit" env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
   "$@" python -m eval.bench decode --preset llama-1b --batch-sizes 1 --repeat 2 --variants "$variants" \
   --out "$OUT/$name.json"; [ -s "$OUT/$name.json" ] && rm -f "$OUT/$name.log"; }
+# the int8 gemv tiles tuned into $OUT/$1.json (further arguments to --tune-gemv), merged over the shipped float
+# entries into /tmp/table_$1.json
+tune_int8() { local name=$1; shift
+  step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/$name.json" \
+    --tune-weights int8 "$@"
+  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
+  rm -f "$OUT/tune_int8.log"
+  merge_tiles "$OUT/$name.json" "/tmp/table_$name.json" int8 > /dev/null; }
 # decode at batch 1, bf16 and int8, five clocked repeats, profiled, once per value of env variable $1 (a trailing 2
 # marks a repeat of a value: late early late2 early2), the first run allowed longer (it compiles), then the top
 # kernels and the clocked figures of every run
@@ -347,11 +355,7 @@ gluon)
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
 gluon-tune)
   export LMSTACK_GEMV_IMPL=gluon
-  step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_gluon.json" \
-    --tune-weights int8 --tune-launch-top 10
-  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
-  rm -f "$OUT/tune_int8.log"
-  merge_tiles "$OUT/int8_gluon.json" /tmp/table_gluon.json int8 > /dev/null
+  tune_int8 gluon --tune-launch-top 10
   dec decode_shipped 170 lmstack,lmstack-int8
   dec decode_tuned 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_gluon.json
   dec decode_shipped2 100 lmstack-int8
@@ -463,11 +467,7 @@ profile-int8)
     --batch-sizes 1 --repeat 2 --profile --variants lmstack,lmstack-int8 --out "$OUT/profile.json"
   TOP=30 decode_top "$OUT/profile.json" || tail -n 30 "$OUT/profile.log" ;;
 int8-wide)
-  step tune_int8 300 python packages/kernel/benchmarks/bench_decode_kernels.py --tune-gemv "$OUT/int8_wide.json" \
-    --tune-weights int8 --tune-launch-top "${TOP:-10}" --tune-rank "${RANK:-plain}"
-  grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
-  rm -f "$OUT/tune_int8.log"
-  merge_tiles "$OUT/int8_wide.json" /tmp/table_wide.json int8 > /dev/null
+  tune_int8 wide --tune-launch-top "${TOP:-10}" --tune-rank "${RANK:-plain}"
   dec decode_a 170 lmstack,lmstack-int8
   dec decode_wide 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_wide.json
   dec decode_a2 100 lmstack-int8

@@ -169,11 +169,15 @@ def gluon_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int,
 
     if not gemv_gluon.supports(x, w, shipped._i8_f16(w, rows * block_k // (32 * warps), x.dtype), False):
         raise ValueError(f"the Gluon gemv does not take tile {(rows, block_k, warps)} for {tuple(w.shape)}")
+    before = os.environ.get(shipped.IMPL_ENV)
     os.environ[shipped.IMPL_ENV] = "gluon"
     try:
         return shipped.gemv(x, w, scale, config=(rows, block_k, warps))
-    finally:
-        os.environ[shipped.IMPL_ENV] = "triton"
+    finally:  # the caller's setting back
+        if before is None:
+            del os.environ[shipped.IMPL_ENV]
+        else:
+            os.environ[shipped.IMPL_ENV] = before
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,6 +22,7 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernel.triton.gemv import F16_X_SCALE as X_SCALE  # x's scale before its fp16 products
 from kernel.triton.gemv import I8_F16_PTX
@@ -32,17 +33,6 @@ def _i8_to_f16(w):
     """int8 -> fp16 exactly, four a 32-bit word (the Triton kernel's PTX, :data:`kernel.triton.gemv.I8_F16_PTX`)."""
     return gl.inline_asm_elementwise(asm=I8_F16_PTX, constraints="=r,=r,r", args=[w], dtype=gl.float16, is_pure=True,
                                      pack=4)
-
-
-@gluon.jit
-def _pdl_wait():
-    gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _pdl_trigger():
-    gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False,
-                              pack=1)
 
 
 @gluon.jit
@@ -80,11 +70,11 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
         if GLU:
             bi_up = gl.load(bias_ptr + N // 2 + j, mask=j_ok, other=0.0).to(gl.float32)
     if PDL == 2:  # early: the next kernel may launch before this one waits
-        _pdl_trigger()
+        gdc_launch_dependents()
     if PDL:
-        _pdl_wait()
+        gdc_wait()
     if PDL == 1:
-        _pdl_trigger()
+        gdc_launch_dependents()
     res = gl.zeros([R], gl.float32, lr)
     if HAS_RES and not GLU:
         res = gl.load(res_ptr + j, mask=j_ok, other=0.0).to(gl.float32)
