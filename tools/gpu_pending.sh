@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh gluon    (run first next session) kernel 0.18's Gluon gemv ($LMSTACK_GEMV_IMPL=gluon: the
-#                                      shipped design with x loaded straight into the weights' layout, no shared
-#                                      memory or CTA barrier in its K loop): its GPU tests (72, against the
-#                                      references and the Triton kernel), then bf16 and int8 at batch 1 by the clock,
-#                                      profiled, triton-gluon-triton-gluon (~6 min; not yet run)
+#   bash tools/gpu_pending.sh gluon    (run first next session) kernel 0.18's Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
+#                                      its K loop reading x from shared memory, staged once ($LMSTACK_GEMV_GLUON_X=
+#                                      smem, the default): its GPU tests, the int8 gemvs alone beside the shipped one
+#                                      (bench_gluon_gemv.py, x from global memory too), then bf16 and int8 at batch 1
+#                                      by the clock, profiled, triton-gluon-triton-gluon (~7 min; run BQ, session 19,
+#                                      x from global memory each step: 83 tests passed, bf16 1,215 tokens/s against
+#                                      1,425, int8 1,590 against 1,992-1,994, slowest at the four-row tiles)
 #   bash tools/gpu_pending.sh gluon-tune  (if gluon wins) the int8 gemv tiles tuned on the Gluon kernel (its steps
 #                                      cost no barriers, so the best tiles may move), then int8 decode on the Gluon
 #                                      kernel with the shipped and the retuned tables, by the clock (~8 min)
@@ -352,6 +354,8 @@ case "${1:-}" in
 gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  step tma 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
+  grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 8
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
 gluon-tune)
   export LMSTACK_GEMV_IMPL=gluon

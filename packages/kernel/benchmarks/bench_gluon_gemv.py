@@ -160,8 +160,10 @@ CONFIGS = [(8, 4, 1), (16, 4, 1), (16, 4, 2), (32, 4, 2), (8, 2, 2), (16, 8, 1),
 GLUON_TILES = [(32, 512, 4), (16, 512, 4), (8, 1024, 4), (4, 2048, 4), (4, 2048, 8), (8, 256, 2)]
 
 
-def gluon_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int, block_k: int, warps: int):
-    """The package's gemv on its Gluon kernel (``$LMSTACK_GEMV_IMPL=gluon``), a plain launch."""
+def gluon_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int, block_k: int, warps: int,
+               x_from: str = "smem"):
+    """The package's gemv on its Gluon kernel (``$LMSTACK_GEMV_IMPL=gluon``), a plain launch, its K loop reading x
+    from ``x_from`` (``$LMSTACK_GEMV_GLUON_X``)."""
     import os
 
     from kernel.triton import gemv as shipped
@@ -169,20 +171,24 @@ def gluon_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int,
 
     if not gemv_gluon.supports(x, w, shipped._i8_f16(w, rows * block_k // (32 * warps), x.dtype), False):
         raise ValueError(f"the Gluon gemv does not take tile {(rows, block_k, warps)} for {tuple(w.shape)}")
-    before = os.environ.get(shipped.IMPL_ENV)
-    os.environ[shipped.IMPL_ENV] = "gluon"
+    settings = {shipped.IMPL_ENV: "gluon", gemv_gluon.X_ENV: x_from}
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         return shipped.gemv(x, w, scale, config=(rows, block_k, warps))
-    finally:  # the caller's setting back
-        if before is None:
-            del os.environ[shipped.IMPL_ENV]
-        else:
-            os.environ[shipped.IMPL_ENV] = before
+    finally:  # the caller's settings back
+        for k, v in before.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the timings here as JSON")
+    ap.add_argument("--tma", action="store_true", help="time the one-box-a-copy TMA prototype too (run BP: slower "
+                    "than the shipped gemv at every shape)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_decode_kernels import bench_rotated
@@ -209,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
                               "us": bench_rotated(lambda x_, w_, s_, c=cfg: shipped.gemv(x_, w_, s_, config=c), sets,
                                                   "cuda", replays=10) * 1e6}
         runs = [(f"{kind} {'x'.join(map(str, c))}", fn, c) for (kind, fn), c in
-                itertools.product((("tma", tma_gemv), ("tma3", tma3_gemv)), CONFIGS)]
+                itertools.product([("tma3", tma3_gemv)] + [("tma", tma_gemv)] * args.tma, CONFIGS)]
         runs += [(f"gluon {'x'.join(map(str, c))}", gluon_gemv, c) for c in [cfg[:3]] * bool(cfg) + GLUON_TILES]
+        runs += [(f"gluon-global {'x'.join(map(str, cfg[:3]))}", gluon_gemv, (*cfg[:3], "global"))] * bool(cfg)
         for key, fn, c in runs:
             try:
                 got = fn(x, w, s, *c).float()

@@ -34,6 +34,16 @@ def test_the_implementation_is_read_from_the_environment(monkeypatch):
         gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
 
 
+def test_the_k_loops_x_source_is_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv(gg.X_ENV, raising=False)
+    assert gg.x_source() == "smem"
+    monkeypatch.setenv(gg.X_ENV, "global")
+    assert gg.x_source() == "global"
+    monkeypatch.setenv(gg.X_ENV, "tma")
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_GLUON_X.*'smem'.*'global'.*'tma'"):
+        gg.x_source()
+
+
 def test_gluon_asked_for_without_gluon_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
     import kernel.triton
@@ -99,13 +109,13 @@ cases = [("int8", (32, 512, 4), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, H
          ("bf16", (8, 256, 2), dict(HAS_SCALE=False, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True)),
          ("bf16", (4, 1024, 4), dict(HAS_SCALE=False, HAS_BIAS=True, RMS=False, HAS_RES=True, GLU=False))]
 for kind, (rows, block_k, warps), flags in cases:
-    for steps in (1, 4):
+    for steps in (2, 8):
         for pdl in (1, 2):
             int8 = kind == "int8"
             K = steps * block_k
             vec, wr, wk = gg.layout(rows, block_k, warps, int8, flags["GLU"])
             consts = dict(flags, ROWS=rows, BLOCK_K=block_k, STEPS=steps, PDL=pdl, I8=int8, VEC=vec, WR=wr, WK=wk,
-                          K_P2=triton.next_power_of_2(K) if flags["RMS"] else 1)
+                          K_P2=triton.next_power_of_2(K), X_SMEM=True)
             sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
             src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                  constexprs=consts, attrs=attrs)
@@ -116,15 +126,15 @@ for kind, (rows, block_k, warps), flags in cases:
 
 
 def test_sm90_code_has_no_barrier_a_k_step_and_waits_after_its_first_weights():
-    """Compiled offline for sm90: the number of CTA barriers does not grow with the K steps (x reaches the weights'
-    layout without shared memory); the first weight loads precede the PDL wait; the next kernel is let launch after
+    """Compiled offline for sm90: the number of CTA barriers does not grow with the K steps (x goes into shared
+    memory once, before the K loop, which reads its slices with no barrier); the first weight loads precede the PDL wait; the next kernel is let launch after
     the wait with PDL 1 and before it with 2."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     blocks = out.stdout.split("\n=====\n")[:-1]
-    assert len(blocks) == 16  # four tiles, one and four K steps, PDL 1 and 2
+    assert len(blocks) == 16  # four tiles, two and eight K steps, PDL 1 and 2
     barriers = {}
     for block in blocks:
         head, ptx = block.split("\n", 1)
@@ -137,17 +147,20 @@ def test_sm90_code_has_no_barrier_a_k_step_and_waits_after_its_first_weights():
         assert (trigger < wait) == (pdl == "2"), head
         assert at["ld.global"][0] < wait, head
         barriers.setdefault((kind, rows, block_k, warps, pdl), set()).add(len(at["bar.sync"]))
-    assert all(len(counts) == 1 for counts in barriers.values()), barriers  # the same for 1 and 4 K steps
+    assert all(len(counts) == 1 for counts in barriers.values()), barriers  # the same for 2 and 8 K steps
 
 
 @pytest.mark.skipif(DEVICE != "cuda" or not torch.cuda.is_available()
                     or torch.cuda.get_device_capability()[0] < 9, reason="Gluon runs on sm90+ GPUs only")
 @pytest.mark.parametrize("dtype, int8", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False),
                                          (torch.float32, False)])
-@pytest.mark.parametrize("call", ["plain", "bias", "rms+residual", "glu", "glu+rms", "pdl"])
+@pytest.mark.parametrize("call", ["plain", "bias", "rms+residual", "glu", "glu+rms", "pdl", "pdl x-global",
+                                  "glu+rms x-global"])
 @pytest.mark.parametrize("N, K, config", [(70, 520, (4, 256, 2)), (48, 2048, (8, 1024, 4)), (64, 1030, (2, 128, 1))])
 def test_gluon_gives_the_references_and_the_triton_kernels_results(monkeypatch, dtype, int8, call, N, K, config):
     x, w, s, b, r = _inputs(dtype, N, K, N + K, int8=int8)
+    call, _, x_from = call.partition(" x-")  # the K loop's x from shared memory (the default) or global memory
+    monkeypatch.setenv(gg.X_ENV, x_from or "smem")
     kw = {"bias": dict(bias=b), "rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(glu=True),
           "glu+rms": dict(glu=True, rms_eps=1e-5), "pdl": dict(rms_eps=1e-5, residual=r, pdl=True)}.get(call, {})
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")

@@ -18,6 +18,8 @@ rest stay with the Triton kernel.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 from triton.experimental import gluon
@@ -26,6 +28,23 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernel.triton.gemv import F16_X_SCALE as X_SCALE  # x's scale before its fp16 products
 from kernel.triton.gemv import I8_F16_PTX
+
+from specs.errors import ConfigError
+
+X_ENV = "LMSTACK_GEMV_GLUON_X"
+
+
+def x_source() -> str:
+    """``$LMSTACK_GEMV_GLUON_X``: where the K loop reads x, "smem" (the default: all of x into shared memory once,
+    after one coalesced load and one barrier) or "global" (each step's slice straight from global memory)."""
+    raw = os.environ.get(X_ENV, "smem")
+    if raw not in ("smem", "global"):
+        raise ConfigError(X_ENV, f"expected 'smem' (the default) or 'global', got {raw!r}")
+    return raw
+
+
+# a CTA-wide barrier: gl.thread_barrier up to Triton 3.6, gl.barrier after
+_cta_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 
 @gluon.jit
@@ -40,7 +59,7 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
                 HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, RMS: gl.constexpr, HAS_RES: gl.constexpr,
                 GLU: gl.constexpr, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, STEPS: gl.constexpr,
                 PDL: gl.constexpr, I8: gl.constexpr, VEC: gl.constexpr, WR: gl.constexpr, WK: gl.constexpr,
-                K_P2: gl.constexpr):
+                K_P2: gl.constexpr, X_SMEM: gl.constexpr):
     # (rows, columns): VEC elements (16 bytes) a thread, TK threads along K, WR warps along the rows, WK along K
     TK: gl.constexpr = 32 if BLOCK_K // VEC >= 32 else BLOCK_K // VEC
     l2: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TK, TK], [WR, WK], [1, 0])
@@ -78,7 +97,20 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
     res = gl.zeros([R], gl.float32, lr)
     if HAS_RES and not GLU:
         res = gl.load(res_ptr + j, mask=j_ok, other=0.0).to(gl.float32)
-    if RMS:  # x's sum of squares from one load of all of x, spread over the threads: no registers held in the loop
+    if X_SMEM:  # all of x (K_P2 >= STEPS * BLOCK_K) in one coalesced load, into shared memory once, one barrier
+        l1: gl.constexpr = gl.BlockedLayout([8], [32], [WR * WK], [0])
+        kx = gl.arange(0, K_P2, layout=l1)
+        xa = gl.load(x_ptr + kx, mask=kx < K, other=0.0)
+        if RMS:
+            xf = xa.to(gl.float32)
+            rstd = gl.rsqrt(gl.sum(xf * xf, axis=0) / K + rms_eps)
+        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        if I8:  # scaled and in fp16 once, not every step
+            xs = gl.allocate_shared_memory(gl.float16, [K_P2], flat, (xa.to(gl.float32) * X_SCALE).to(gl.float16))
+        else:
+            xs = gl.allocate_shared_memory(xa.dtype, [K_P2], flat, xa)
+        _cta_barrier()
+    elif RMS:  # x's sum of squares from one load of all of x, spread over the threads: no registers held in the loop
         l1: gl.constexpr = gl.BlockedLayout([K_P2 // (32 * (WR * WK)) if K_P2 >= 32 * WR * WK else 1], [32],
                                             [WR * WK], [0])
         kx = gl.arange(0, K_P2, layout=l1)
@@ -95,16 +127,23 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
             w = gl.load(rows + gl.expand_dims(k, 0), mask=m, other=0)
             if GLU:
                 wu = gl.load(rows_up + gl.expand_dims(k, 0), mask=m, other=0)
-        x = gl.load(x_ptr + k, mask=k_ok, other=0.0).to(gl.float32)  # straight into the block's column slice
+        if X_SMEM:  # this step's slice of x from shared memory, in the block's column slice
+            x = xs.slice(s * BLOCK_K, BLOCK_K).load(lk)
+        else:  # straight from global memory into the block's column slice
+            x = gl.load(x_ptr + k, mask=k_ok, other=0.0)
         if I8:  # int8 to fp16 exactly, products and per-step sums in fp16 (x scaled by 2^-7)
-            xh = gl.expand_dims((x * X_SCALE).to(gl.float16), 0)
+            if X_SMEM:
+                xh = gl.expand_dims(x, 0)
+            else:
+                xh = gl.expand_dims((x.to(gl.float32) * X_SCALE).to(gl.float16), 0)
             acc += _i8_to_f16(w) * xh
             if GLU:
                 acc_up += _i8_to_f16(wu) * xh
         else:
-            acc += w.to(gl.float32) * gl.expand_dims(x, 0)
+            xf = gl.expand_dims(x.to(gl.float32), 0)
+            acc += w.to(gl.float32) * xf
             if GLU:
-                acc_up += wu.to(gl.float32) * gl.expand_dims(x, 0)
+                acc_up += wu.to(gl.float32) * xf
     if I8:
         y = gl.sum(acc.to(gl.float32), axis=1) * (1.0 / X_SCALE)
     else:
@@ -153,10 +192,13 @@ def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: in
     int8 = w.dtype == torch.int8
     vec, wr, wk = layout(rows, block_k, warps, int8, glu)
     r = rows // 2 if glu else rows
+    steps = triton.cdiv(K, block_k)
+    x_smem = x_source() == "smem"
     _gemv_gluon[(triton.cdiv(N // 2 if glu else N, r),)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k,
-        STEPS=triton.cdiv(K, block_k), PDL=pdl_mode, I8=int8, VEC=vec, WR=wr, WK=wk,
-        K_P2=triton.next_power_of_2(K) if rms_eps is not None else 1, num_warps=warps,
+        STEPS=steps, PDL=pdl_mode, I8=int8, VEC=vec, WR=wr, WK=wk,
+        K_P2=triton.next_power_of_2(max(K, steps * block_k)) if x_smem or rms_eps is not None else 1,
+        X_SMEM=x_smem, num_warps=warps,
         **({"launch_pdl": True} if launch_pdl else {}))
