@@ -6,6 +6,7 @@ has no interpreter, so off a GPU the calls stay with the Triton kernel (checked 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -54,23 +55,6 @@ def test_gluon_asked_for_without_gluon_is_refused_by_name(monkeypatch):
         gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
 
 
-@pytest.mark.parametrize("tiles, int8, glu", [((32, 512, 4), True, True), ((4, 2048, 8), True, False),
-                                              ((4, 512, 1), True, False), ((8, 256, 2), False, True),
-                                              ((4, 1024, 4), False, False), ((4, 2048, 8), False, False)])
-def test_a_threads_share_of_a_weight_block_is_the_triton_tiles(tiles, int8, glu):
-    """The H200 table's tiles: each thread holds rows * BLOCK_K / threads weights a step, as in the Triton kernel, in
-    16-byte vectors, every warp its own rows or columns (no thread holds a copy of another's)."""
-    rows, block_k, warps = tiles
-    vec, wr, wk = gg.layout(rows, block_k, warps, int8, glu)
-    assert vec * (1 if int8 else 2) == 16 and wr * wk == warps
-    tk = min(32, block_k // vec)
-    r = rows // 2 if glu else rows
-    rows_per_thread = r // ((32 // tk) * wr)
-    cols_per_thread = block_k // (tk * wk)
-    assert rows_per_thread >= 1 and cols_per_thread >= vec
-    assert rows_per_thread * cols_per_thread * (2 if glu else 1) == rows * block_k // (32 * warps)
-
-
 def test_a_compile_trace_keeps_the_triton_kernel(monkeypatch):
     """Inductor traces Triton kernels, not Gluon ones: while torch.compile traces gemv, the Gluon kernel is not asked
     (the PDL op, opaque to compile, is where it runs)."""
@@ -98,56 +82,98 @@ def test_off_a_gpu_the_triton_kernel_keeps_every_call(monkeypatch):
 
 
 _AOT = """
-import sys, triton
+import re, sys, triton
 from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
-from kernel.triton import gemv_gluon as gg
+from kernel.triton import gemv as gm, gemv_gluon as gg
 names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
 attrs = {(i,): [["tt.divisibility", 16]] for i in range(9)}  # 16-byte aligned pointers and sizes, as launched
-cases = [("int8", (32, 512, 4), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True)),
+target = GPUTarget("cuda", 90, 32)
+for kind, (rows, block_k, warps), flags in CASES:
+    int8 = kind == "int8"
+    sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+    # the Triton kernel's weight block layout, as Triton chose it
+    consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=1, I8_MAGIC=False, PERSISTENT=False, I8_F16=2 * int8,
+                  LATE=False)
+    src = ASTSource(fn=gm._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts,
+                    attrs=attrs)
+    ttgir = triton.compile(src, target=target, options={"num_warps": warps}).asm["ttgir"]
+    two_d = [m for m in re.findall(r"#ttg.blocked<\\{(.*?)\\}>", ttgir) if "order = [1, 0]" in m]
+    sys.stdout.write(f"triton {kind} {rows} {block_k} {warps}\\n{two_d[0]}\\n=====\\n")
+    for x_smem in (True, False):
+        for pdl in (1, 2):
+            vec, wr, wk = gg.layout(rows, block_k, warps, int8, flags["GLU"])
+            consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=pdl, I8=int8, VEC=vec, WR=wr, WK=wk,
+                          K_P2=triton.next_power_of_2(4 * block_k), S_P2=4, X_SMEM=x_smem)
+            src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                 constexprs=consts, attrs=attrs)
+            ptx = triton.compile(src, target=target, options={"num_warps": warps, "launch_pdl": True}).asm["ptx"]
+            sys.stdout.write(f"gluon {kind} {rows} {block_k} {warps} {x_smem} {pdl}\\n" + ptx + "\\n=====\\n")
+"""
+# the H200 table's tiles (kernel/triton/gemv_tiles.json) and its calls' epilogues
+CASES = [("int8", (32, 512, 4), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True)),
+         ("int8", (4, 2048, 4), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=False)),
          ("int8", (4, 2048, 8), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=False, HAS_RES=True, GLU=False)),
          ("bf16", (8, 256, 2), dict(HAS_SCALE=False, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True)),
          ("bf16", (4, 1024, 4), dict(HAS_SCALE=False, HAS_BIAS=True, RMS=False, HAS_RES=True, GLU=False))]
-for kind, (rows, block_k, warps), flags in cases:
-    for steps in (2, 8):
-        for pdl in (1, 2):
-            int8 = kind == "int8"
-            K = steps * block_k
-            vec, wr, wk = gg.layout(rows, block_k, warps, int8, flags["GLU"])
-            consts = dict(flags, ROWS=rows, BLOCK_K=block_k, STEPS=steps, PDL=pdl, I8=int8, VEC=vec, WR=wr, WK=wk,
-                          K_P2=triton.next_power_of_2(K), X_SMEM=True)
-            sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
-            src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
-                                 constexprs=consts, attrs=attrs)
-            ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                 options={"num_warps": warps, "launch_pdl": True}).asm["ptx"]
-            sys.stdout.write(f"{kind} {rows} {block_k} {warps} {steps} {pdl}\\n" + ptx + "\\n=====\\n")
-"""
 
 
-def test_sm90_code_has_no_barrier_a_k_step_and_waits_after_its_first_weights():
-    """Compiled offline for sm90: the number of CTA barriers does not grow with the K steps (x goes into shared
-    memory once, before the K loop, which reads its slices with no barrier); the first weight loads precede the PDL wait; the next kernel is let launch after
-    the wait with PDL 1 and before it with 2."""
+@pytest.fixture(scope="module")
+def sm90_code():
+    """{head: code} of the Triton kernel's layouts and the Gluon kernel's PTX, compiled offline for sm90 (in a
+    process of its own: no interpreter)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
-    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", f"CASES = {CASES!r}\n" + _AOT], env=env, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    blocks = out.stdout.split("\n=====\n")[:-1]
-    assert len(blocks) == 16  # four tiles, two and eight K steps, PDL 1 and 2
-    barriers = {}
-    for block in blocks:
-        head, ptx = block.split("\n", 1)
-        kind, rows, block_k, warps, steps, pdl = head.split()
-        lines = ptx.splitlines()
-        at = {op: [n for n, line in enumerate(lines) if op in line]
-              for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "ld.global", "bar.sync")}
-        assert len(at["griddepcontrol.wait"]) == 1 and len(at["griddepcontrol.launch_dependents"]) == 1, head
-        wait, trigger = at["griddepcontrol.wait"][0], at["griddepcontrol.launch_dependents"][0]
-        assert (trigger < wait) == (pdl == "2"), head
-        assert at["ld.global"][0] < wait, head
-        barriers.setdefault((kind, rows, block_k, warps, pdl), set()).add(len(at["bar.sync"]))
-    assert all(len(counts) == 1 for counts in barriers.values()), barriers  # the same for 2 and 8 K steps
+    return dict(block.split("\n", 1) for block in out.stdout.split("\n=====\n")[:-1])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")
+def test_the_weight_block_is_laid_out_as_triton_lays_out_the_triton_kernels(sm90_code, case):
+    """Each thread holds a 16-byte vector of a row's columns; threads and warps go along K as in the Triton
+    kernel's block (as far as BLOCK_K goes), then along the rows, so a thread holds several rows of the same columns
+    and one x value serves them all."""
+    kind, (rows, block_k, warps), flags = case
+    vec, wr, wk = gg.layout(rows, block_k, warps, kind == "int8", flags["GLU"])
+    tk = min(32, block_k // vec)
+    want = f"sizePerThread = [1, {vec}], threadsPerWarp = [{32 // tk}, {tk}], warpsPerCTA = [{wr}, {wk}]"
+    assert sm90_code[f"triton {kind} {rows} {block_k} {warps}"].startswith(want)
+
+
+def _loop(ptx: str) -> list[str]:
+    """The lines of the PTX's K loop: from the label a backward branch jumps to, to that branch."""
+    lines = ptx.splitlines()
+    for n, line in enumerate(lines):
+        jump = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        if jump:
+            start = next((i for i in range(n) if lines[i].startswith(jump.group(1) + ":")), None)
+            if start is not None:
+                return lines[start:n + 1]
+    return []
+
+
+@pytest.mark.parametrize("x_smem", [True, False], ids=["x-smem", "x-global"])
+@pytest.mark.parametrize("pdl", ["1", "2"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")
+def test_sm90_code_has_no_barrier_in_its_k_loop_and_waits_after_its_first_weights(sm90_code, case, pdl, x_smem):
+    """Compiled offline for sm90: the K loop loads weights (and x from shared memory, staged once before the loop,
+    or from global memory) with no CTA barrier; the first weight loads precede the PDL wait; the next kernel is let
+    launch after the wait with PDL 1 and before it with 2."""
+    kind, (rows, block_k, warps), _ = case
+    ptx = sm90_code[f"gluon {kind} {rows} {block_k} {warps} {x_smem} {pdl}"]
+    lines = ptx.splitlines()
+    at = {op: [n for n, line in enumerate(lines) if op in line]
+          for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents", "ld.global.v4")}
+    assert len(at["griddepcontrol.wait"]) == 1 and len(at["griddepcontrol.launch_dependents"]) == 1
+    wait, trigger = at["griddepcontrol.wait"][0], at["griddepcontrol.launch_dependents"][0]
+    assert (trigger < wait) == (pdl == "2")
+    assert at["ld.global.v4"][0] < wait  # a first weight vector before the wait
+    loop = "\n".join(_loop(ptx))
+    assert "ld.global.v4" in loop and "bar.sync" not in loop
+    assert ("ld.shared" in loop) == x_smem
 
 
 @pytest.mark.skipif(DEVICE != "cuda" or not torch.cuda.is_available()

@@ -55,11 +55,26 @@ def _i8_to_f16(w):
 
 
 @gluon.jit
+def _mac(acc, w, x, I8: gl.constexpr, X_SCALED: gl.constexpr):
+    """acc + w * x (x: the block's column slice): int8 to fp16 exactly, products and sums in fp16 with x scaled by
+    2^-7 (``X_SCALED``: already, as staged in shared memory), or float weights in fp32."""
+    if I8:
+        if X_SCALED:
+            xh = x
+        else:
+            xh = (x.to(gl.float32) * X_SCALE).to(gl.float16)
+        acc = acc + _i8_to_f16(w) * gl.expand_dims(xh, 0)
+    else:
+        acc = acc + w.to(gl.float32) * gl.expand_dims(x.to(gl.float32), 0)
+    return acc
+
+
+@gluon.jit
 def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
                 HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, RMS: gl.constexpr, HAS_RES: gl.constexpr,
-                GLU: gl.constexpr, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, STEPS: gl.constexpr,
+                GLU: gl.constexpr, ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
                 PDL: gl.constexpr, I8: gl.constexpr, VEC: gl.constexpr, WR: gl.constexpr, WK: gl.constexpr,
-                K_P2: gl.constexpr, X_SMEM: gl.constexpr):
+                K_P2: gl.constexpr, S_P2: gl.constexpr, X_SMEM: gl.constexpr):
     # (rows, columns): VEC elements (16 bytes) a thread, TK threads along K, WR warps along the rows, WK along K
     TK: gl.constexpr = 32 if BLOCK_K // VEC >= 32 else BLOCK_K // VEC
     l2: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TK, TK], [WR, WK], [1, 0])
@@ -97,53 +112,50 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
     res = gl.zeros([R], gl.float32, lr)
     if HAS_RES and not GLU:
         res = gl.load(res_ptr + j, mask=j_ok, other=0.0).to(gl.float32)
-    if X_SMEM:  # all of x (K_P2 >= STEPS * BLOCK_K) in one coalesced load, into shared memory once, one barrier
+    if X_SMEM:  # x into shared memory once, a (BLOCK_K,) row a step, then one barrier
         l1: gl.constexpr = gl.BlockedLayout([8], [32], [WR * WK], [0])
-        kx = gl.arange(0, K_P2, layout=l1)
-        xa = gl.load(x_ptr + kx, mask=kx < K, other=0.0)
-        if RMS:
-            xf = xa.to(gl.float32)
-            rstd = gl.rsqrt(gl.sum(xf * xf, axis=0) / K + rms_eps)
-        flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-        if I8:  # scaled and in fp16 once, not every step
-            xs = gl.allocate_shared_memory(gl.float16, [K_P2], flat, (xa.to(gl.float32) * X_SCALE).to(gl.float16))
-        else:
-            xs = gl.allocate_shared_memory(xa.dtype, [K_P2], flat, xa)
-        _cta_barrier()
-    elif RMS:  # x's sum of squares from one load of all of x, spread over the threads: no registers held in the loop
-        l1: gl.constexpr = gl.BlockedLayout([K_P2 // (32 * (WR * WK)) if K_P2 >= 32 * WR * WK else 1], [32],
-                                            [WR * WK], [0])
-        kx = gl.arange(0, K_P2, layout=l1)
-        xa = gl.load(x_ptr + kx, mask=kx < K, other=0.0).to(gl.float32)
-        rstd = gl.rsqrt(gl.sum(xa * xa, axis=0) / K + rms_eps)
-    acc_t: gl.constexpr = gl.float16 if I8 else gl.float32
-    acc = gl.zeros([R, BLOCK_K], acc_t, l2)
-    acc_up = gl.zeros([R, BLOCK_K], acc_t, l2)
-    for s in gl.static_range(STEPS):
-        k = s * BLOCK_K + kk
-        k_ok = k < K
-        if s > 0:
-            m = gl.expand_dims(j_ok, 1) & gl.expand_dims(k_ok, 0)
-            w = gl.load(rows + gl.expand_dims(k, 0), mask=m, other=0)
-            if GLU:
-                wu = gl.load(rows_up + gl.expand_dims(k, 0), mask=m, other=0)
-        if X_SMEM:  # this step's slice of x from shared memory, in the block's column slice
-            x = xs.slice(s * BLOCK_K, BLOCK_K).load(lk)
-        else:  # straight from global memory into the block's column slice
-            x = gl.load(x_ptr + k, mask=k_ok, other=0.0)
-        if I8:  # int8 to fp16 exactly, products and per-step sums in fp16 (x scaled by 2^-7)
-            if X_SMEM:
-                xh = gl.expand_dims(x, 0)
+        kx = gl.arange(0, BLOCK_K, layout=l1)
+        xs = gl.allocate_shared_memory(gl.float16 if I8 else x_ptr.dtype.element_ty, [S_P2, BLOCK_K],
+                                       gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        ss = gl.zeros([BLOCK_K], gl.float32, l1)
+        for s in gl.static_range(S_P2):
+            xa = gl.load(x_ptr + s * BLOCK_K + kx, mask=s * BLOCK_K + kx < K, other=0.0)
+            if RMS:
+                ss += xa.to(gl.float32) * xa.to(gl.float32)
+            if I8:  # scaled and in fp16 once, not every step
+                xs.index(s).store((xa.to(gl.float32) * X_SCALE).to(gl.float16))
             else:
-                xh = gl.expand_dims((x.to(gl.float32) * X_SCALE).to(gl.float16), 0)
-            acc += _i8_to_f16(w) * xh
-            if GLU:
-                acc_up += _i8_to_f16(wu) * xh
-        else:
-            xf = gl.expand_dims(x.to(gl.float32), 0)
-            acc += w.to(gl.float32) * xf
-            if GLU:
-                acc_up += wu.to(gl.float32) * xf
+                xs.index(s).store(xa)
+        if RMS:
+            rstd = gl.rsqrt(gl.sum(ss, axis=0) / K + rms_eps)
+        _cta_barrier()
+        x = xs.index(0).load(lk)
+    else:
+        if RMS:  # x's sum of squares from one load of all of x, spread over the threads: no registers held after
+            l1: gl.constexpr = gl.BlockedLayout([K_P2 // (32 * (WR * WK)) if K_P2 >= 32 * WR * WK else 1], [32],
+                                                [WR * WK], [0])
+            kx = gl.arange(0, K_P2, layout=l1)
+            xa = gl.load(x_ptr + kx, mask=kx < K, other=0.0).to(gl.float32)
+            rstd = gl.rsqrt(gl.sum(xa * xa, axis=0) / K + rms_eps)
+        x = gl.load(x_ptr + kk, mask=kk < K, other=0.0)
+    acc_t: gl.constexpr = gl.float16 if I8 else gl.float32
+    acc = _mac(gl.zeros([R, BLOCK_K], acc_t, l2), w, x, I8, X_SMEM)
+    acc_up = gl.zeros([R, BLOCK_K], acc_t, l2)
+    if GLU:
+        acc_up = _mac(acc_up, wu, x, I8, X_SMEM)
+    for k0 in range(BLOCK_K, K, BLOCK_K):  # the rest of K: a loop, as the Triton kernel's (not unrolled)
+        k = k0 + kk
+        m = gl.expand_dims(j_ok, 1) & gl.expand_dims(k < K, 0)
+        w = gl.load(rows + gl.expand_dims(k, 0), mask=m, other=0)
+        if GLU:
+            wu = gl.load(rows_up + gl.expand_dims(k, 0), mask=m, other=0)
+        if X_SMEM:  # this step's x from shared memory, in the block's column slice
+            x = xs.index(k0 // BLOCK_K).load(lk)
+        else:  # straight from global memory into the block's column slice
+            x = gl.load(x_ptr + k, mask=k < K, other=0.0)
+        acc = _mac(acc, w, x, I8, X_SMEM)
+        if GLU:
+            acc_up = _mac(acc_up, wu, x, I8, X_SMEM)
     if I8:
         y = gl.sum(acc.to(gl.float32), axis=1) * (1.0 / X_SCALE)
     else:
@@ -176,13 +188,13 @@ def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool) 
 
 
 def layout(rows: int, block_k: int, warps: int, int8: bool, glu: bool) -> tuple[int, int, int]:
-    """(VEC, WR, WK) for a (rows, block_k) tile of ``warps`` warps: 16-byte vectors, up to 32 threads along K, warps
-    along the rows as far as they go (each half of a GLU block), the rest along K."""
+    """(VEC, WR, WK) for a (rows, block_k) tile of ``warps`` warps, as Triton lays out the Triton kernel's weight
+    block: 16-byte vectors, up to 32 threads along K, then warps along K as far as BLOCK_K goes, the rest along the
+    rows, so a thread holds several rows of the same columns and each x value it loads serves all of them."""
     vec = 16 if int8 else 8
     tk = min(32, max(1, block_k // vec))
-    r = rows // 2 if glu else rows
-    wr = max(1, min(warps, r // (32 // tk)))
-    return vec, wr, warps // wr
+    wk = min(warps, max(1, block_k // (vec * tk)))
+    return vec, warps // wk, wk
 
 
 def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: int, block_k: int, warps: int,
@@ -198,7 +210,7 @@ def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: in
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k,
-        STEPS=steps, PDL=pdl_mode, I8=int8, VEC=vec, WR=wr, WK=wk,
-        K_P2=triton.next_power_of_2(max(K, steps * block_k)) if x_smem or rms_eps is not None else 1,
-        X_SMEM=x_smem, num_warps=warps,
+        PDL=pdl_mode, I8=int8, VEC=vec, WR=wr, WK=wk,
+        K_P2=triton.next_power_of_2(K) if rms_eps is not None and not x_smem else 1,
+        S_P2=triton.next_power_of_2(steps) if x_smem else 1, X_SMEM=x_smem, num_warps=warps,
         **({"launch_pdl": True} if launch_pdl else {}))
