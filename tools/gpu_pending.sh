@@ -7,6 +7,9 @@
 #                                      by the clock, profiled, triton-gluon-triton-gluon (~7 min; run BQ, session 19,
 #                                      x from global memory each step: 83 tests passed, bf16 1,215 tokens/s against
 #                                      1,425, int8 1,590 against 1,992-1,994, slowest at the four-row tiles)
+#   bash tools/gpu_pending.sh gluon-rms  the Gluon gemv with x's RMS summed after its K loop (as the Triton kernel
+#                                      does), not before it: its GPU tests, then bf16 and int8 at batch 1 by the
+#                                      clock, triton-gluon (~4.5 min; run BT, session 19)
 #   bash tools/gpu_pending.sh gluon-tune  (if gluon wins) the int8 gemv tiles tuned on the Gluon kernel (its steps
 #                                      cost no barriers, so the best tiles may move), then int8 decode on the Gluon
 #                                      kernel with the shipped and the retuned tables, by the clock (~8 min)
@@ -237,7 +240,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gluon-tune|gluon|tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon-rms|gluon-tune|gluon|tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -357,6 +360,10 @@ gluon)
   step tma 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 8
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
+gluon-rms)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
+  alternate LMSTACK_GEMV_IMPL triton gluon ;;
 gluon-tune)
   export LMSTACK_GEMV_IMPL=gluon
   tune_int8 gluon --tune-launch-top 10

@@ -126,17 +126,9 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
                 xs.index(s).store((xa.to(gl.float32) * X_SCALE).to(gl.float16))
             else:
                 xs.index(s).store(xa)
-        if RMS:
-            rstd = gl.rsqrt(gl.sum(ss, axis=0) / K + rms_eps)
         _cta_barrier()
         x = xs.index(0).load(lk)
     else:
-        if RMS:  # x's sum of squares from one load of all of x, spread over the threads: no registers held after
-            l1: gl.constexpr = gl.BlockedLayout([K_P2 // (32 * (WR * WK)) if K_P2 >= 32 * WR * WK else 1], [32],
-                                                [WR * WK], [0])
-            kx = gl.arange(0, K_P2, layout=l1)
-            xa = gl.load(x_ptr + kx, mask=kx < K, other=0.0).to(gl.float32)
-            rstd = gl.rsqrt(gl.sum(xa * xa, axis=0) / K + rms_eps)
         x = gl.load(x_ptr + kk, mask=kk < K, other=0.0)
     acc_t: gl.constexpr = gl.float16 if I8 else gl.float32
     acc = _mac(gl.zeros([R, BLOCK_K], acc_t, l2), w, x, I8, X_SMEM)
@@ -156,6 +148,16 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
         acc = _mac(acc, w, x, I8, X_SMEM)
         if GLU:
             acc_up = _mac(acc_up, wu, x, I8, X_SMEM)
+    # x's RMS only now: its cross-warp sum (shared memory, two barriers) after the weights', as the Triton kernel's
+    if RMS:
+        if X_SMEM:  # the sums of squares kept from staging x
+            rstd = gl.rsqrt(gl.sum(ss, axis=0) / K + rms_eps)
+        else:  # from one load of all of x, spread over the threads
+            l1g: gl.constexpr = gl.BlockedLayout([K_P2 // (32 * (WR * WK)) if K_P2 >= 32 * WR * WK else 1], [32],
+                                                 [WR * WK], [0])
+            kg = gl.arange(0, K_P2, layout=l1g)
+            xg = gl.load(x_ptr + kg, mask=kg < K, other=0.0).to(gl.float32)
+            rstd = gl.rsqrt(gl.sum(xg * xg, axis=0) / K + rms_eps)
     if I8:
         y = gl.sum(acc.to(gl.float32), axis=1) * (1.0 / X_SCALE)
     else:
