@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh gluon    (run first next session) kernel 0.18's Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
-#                                      its K loop reading x from shared memory, staged once ($LMSTACK_GEMV_GLUON_X=
-#                                      smem, the default): its GPU tests, the int8 gemvs alone beside the shipped one
-#                                      (bench_gluon_gemv.py, x from global memory too), then bf16 and int8 at batch 1
-#                                      by the clock, profiled, triton-gluon-triton-gluon (~7 min; run BQ, session 19,
-#                                      x from global memory each step: 83 tests passed, bf16 1,215 tokens/s against
-#                                      1,425, int8 1,590 against 1,992-1,994, slowest at the four-row tiles)
-#   bash tools/gpu_pending.sh gluon-rms  the Gluon gemv with x's RMS summed after its K loop (as the Triton kernel
-#                                      does), not before it: its GPU tests, then bf16 and int8 at batch 1 by the
-#                                      clock, triton-gluon (~4.5 min; run BT, session 19)
-#   bash tools/gpu_pending.sh gluon-tune  (if gluon wins) the int8 gemv tiles tuned on the Gluon kernel (its steps
-#                                      cost no barriers, so the best tiles may move), then int8 decode on the Gluon
-#                                      kernel with the shipped and the retuned tables, by the clock (~8 min)
-#   bash tools/gpu_pending.sh tma-gemv  (prototypes) benchmarks/bench_gluon_gemv.py: int8 one-row gemvs in Gluon
-#                                      against the shipped gemv on the four decode shapes, plain launches: tma (a
-#                                      program's whole share into shared memory by TMA, one box a copy), tma3 (a group
-#                                      of boxes a copy) and gluon (the package's Gluon gemv, table tiles and others)
-#                                      (~2 min; run BP, session 18, tma alone: correct, but 4.0-11.2 us against the
-#                                      shipped 3.3-9.3; tma3 and gluon not yet timed)
+#   bash tools/gpu_pending.sh gluon-tune  (run first next session) the int8 gemv tiles tuned on kernel 0.19's Gluon
+#                                      gemv ($LMSTACK_GEMV_IMPL=gluon: the Triton kernel's layout, x staged in shared
+#                                      memory once, no barrier in its K loop; its gate/up already beats the Triton
+#                                      kernel's in decode, its q/k/v does not at the Triton kernel's tiles), then int8
+#                                      decode on the Gluon kernel with the shipped and the retuned tables, by the
+#                                      clock (~8 min; not yet run)
+#   bash tools/gpu_pending.sh gluon    the Gluon gemv's GPU tests, the int8 gemvs alone beside the shipped one
+#                                      (bench_gluon_gemv.py, x from shared or global memory), then bf16 and int8 at
+#                                      batch 1 by the clock, profiled, triton-gluon-triton-gluon (~7 min; session 19,
+#                                      docs/benchmarks.md runs BQ-BT: its first cut, x from global memory each step,
+#                                      bf16 1,215 tokens/s against 1,425 and int8 1,590 against 1,992; kernel 0.19's,
+#                                      run BT (gluon-rms, since folded in here): 126 tests passed, int8 1,958 against
+#                                      2,006, bf16 1,302 against 1,437)
+#   bash tools/gpu_pending.sh gluon-alone  benchmarks/bench_gluon_gemv.py alone: the int8 gemvs on the Gluon kernel
+#                                      (table tiles and others, x from shared or global memory) beside the shipped
+#                                      one, plain launches (~2 min; runs BP-BS also timed two TMA prototypes, slower
+#                                      at every shape and removed)
 #   bash tools/gpu_pending.sh mixed    kernel 0.18's $LMSTACK_PDL_TRIGGER=mixed (early in decode attention, its combine
 #                                      and the int8 gemvs, late in the float gemvs) beside late and early: bf16 and
 #                                      int8 at batch 1 by the clock, profiled, late-mixed-early-mixed (~3.5 min; run
@@ -240,7 +238,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gluon-rms|gluon-tune|gluon|tma-gemv|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -357,13 +355,9 @@ case "${1:-}" in
 gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  step tma 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
-  grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 8
+  step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
+  grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
-gluon-rms)
-  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  alternate LMSTACK_GEMV_IMPL triton gluon ;;
 gluon-tune)
   export LMSTACK_GEMV_IMPL=gluon
   tune_int8 gluon --tune-launch-top 10
@@ -372,9 +366,9 @@ gluon-tune)
   dec decode_shipped2 100 lmstack-int8
   dec decode_tuned2 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_gluon.json
   clocked "$OUT"/decode_*.json ;;
-tma-gemv)
-  step tma 400 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
-  grep -v "^\s*$" "$OUT/tma.log" | cut -c1-2500 | tail -n 30 ;;
+gluon-alone)
+  step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
+  grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8 ;;
 glu-mixed)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py \
     packages/kernel/tests/test_decode_attention_pdl.py

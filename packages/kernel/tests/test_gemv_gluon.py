@@ -45,6 +45,16 @@ def test_the_k_loops_x_source_is_read_from_the_environment(monkeypatch):
         gg.x_source()
 
 
+def test_x_staged_in_shared_memory_is_sized_by_its_steps_and_bounded():
+    # a row of BLOCK_K a K step, the steps rounded up to a power of two; fp16 for int8 weights, else x's dtype
+    assert gg.x_stage_bytes(5632, 2048, torch.bfloat16, True) == 4 * 2048 * 2
+    assert gg.x_stage_bytes(2048, 256, torch.float32, False) == 8 * 256 * 4
+    assert gg.x_stage_bytes(2048, 2048, torch.bfloat16, False) == 2048 * 2
+    # the decode shapes' stages fit; a long fp32 row does not, and stays with the Triton kernel
+    assert gg.x_stage_bytes(5632, 2048, torch.bfloat16, False) <= gg.X_STAGE_LIMIT
+    assert gg.x_stage_bytes(32768, 1024, torch.float32, False) > gg.X_STAGE_LIMIT
+
+
 def test_gluon_asked_for_without_gluon_is_refused_by_name(monkeypatch):
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
     import kernel.triton
@@ -190,7 +200,8 @@ def test_gluon_gives_the_references_and_the_triton_kernels_results(monkeypatch, 
     kw = {"bias": dict(bias=b), "rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(glu=True),
           "glu+rms": dict(glu=True, rms_eps=1e-5), "pdl": dict(rms_eps=1e-5, residual=r, pdl=True)}.get(call, {})
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
-    assert gg.supports(x, w, gemv_mod._i8_f16(w, config[0] * config[1] // (32 * config[2]), x.dtype), False)
+    assert gg.supports(x, w, gemv_mod._i8_f16(w, config[0] * config[1] // (32 * config[2]), x.dtype), False,
+                       config[1])
     got = gemv_mod.gemv(x, w, s, config=config, **kw)
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "triton")
     triton_out = gemv_mod.gemv(x, w, s, config=config, **kw)

@@ -26,7 +26,8 @@ an entry where gemv beat the skinny matmul, PDL 1 where the chained launch beat 
 ``$LMSTACK_GEMV_TILES``. Where a card's table has no entry the skinny matmul keeps the shape (and every shape with
 ``$LMSTACK_GEMV=0``). Semantics: :func:`kernel.reference.linear` and :func:`kernel.reference.int8_linear`.
 ``$LMSTACK_GEMV_IMPL=gluon`` runs the calls it can on the same design written in Gluon
-(:mod:`kernel.triton.gemv_gluon`: x loaded straight into the weight block's layout; opt-in, not yet timed).
+(:mod:`kernel.triton.gemv_gluon`: x staged in shared memory once, no barrier in the K loop; opt-in, measured slower
+in decode).
 """
 
 from __future__ import annotations
@@ -323,7 +324,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
             raise ConfigError(IMPL_ENV, f"'gluon' needs a Triton with Gluon (triton.experimental.gluon; the cards "
                                         f"here ran 3.6): {e}") from e
 
-        if gemv_gluon.supports(x, w, f16, programs < blocks):
+        if gemv_gluon.supports(x, w, f16, programs < blocks, block_k):
             gemv_gluon.gemv_gluon(x, w, out, scale, bias, res, N, K, rms_eps, rows=rows, block_k=block_k,
                                   warps=warps, pdl_mode=trigger, glu=glu, launch_pdl=pdl)
             return out

@@ -1,12 +1,19 @@
 """The decode gemv (:mod:`kernel.triton.gemv`) written in Gluon, Triton's layout-explicit language (sm90+, opt-in by
-``$LMSTACK_GEMV_IMPL=gluon``; not yet timed, so not the default).
+``$LMSTACK_GEMV_IMPL=gluon``; measured slower than the Triton kernel in decode, so not the default).
 
 Same design, tiles, epilogues and PDL placement as the Triton kernel: a program owns ROWS output rows and loads a
 (ROWS, BLOCK_K) weight block a K step into registers, its first block (and its rows' scales and bias) before the PDL
-wait. One difference, which Triton's layout choice does not allow: x is loaded straight into the weight block's
-column slice, each thread its own 16 bytes of columns for all of its rows. The Triton kernel's sm90 code loads each
-step's x in a coalesced layout and moves it into that slice through shared memory, with four CTA-wide barriers a
-step (docs/benchmarks.md, session 18); this kernel's K loop has no shared memory and no barrier.
+wait, the rest of K in a loop; the block is laid out as Triton lays out the Triton kernel's (:func:`layout`: warps
+along K first, so a thread holds several rows of the same columns). One difference, which Triton's layout choice
+does not allow: the Triton kernel's sm90 code moves each step's x into the block's column slice through shared
+memory with four CTA-wide barriers a step (docs/benchmarks.md, session 18); here x goes into shared memory once,
+after the wait, with one barrier (``$LMSTACK_GEMV_GLUON_X=smem``, the default; ``global``: each step's slice
+straight from global memory), and the K loop has no barrier. x's RMS is summed across warps after the loop, as the
+Triton kernel does.
+
+Measured on an H200 (docs/benchmarks.md, runs BQ-BT): the int8 gemvs alone, plain launches, are as fast as the
+Triton kernel's or within a few percent; in batch-1 decode of the 1.1B shape int8 ran 1,958 tokens/s against 2,006
+(its gate/up faster, its q/k/v slower) and bf16 1,302 against 1,437.
 
 Weights: int8 with bf16 activations (the Triton kernel's default ``f16`` path: int8 to fp16 exactly by the same
 inline PTX, products and per-step sums in fp16 with x scaled by 2^-7), or float weights (fp32 products). A fused
@@ -28,15 +35,15 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernel.triton.gemv import F16_X_SCALE as X_SCALE  # x's scale before its fp16 products
 from kernel.triton.gemv import I8_F16_PTX
-
 from specs.errors import ConfigError
 
 X_ENV = "LMSTACK_GEMV_GLUON_X"
 
 
 def x_source() -> str:
-    """``$LMSTACK_GEMV_GLUON_X``: where the K loop reads x, "smem" (the default: all of x into shared memory once,
-    after one coalesced load and one barrier) or "global" (each step's slice straight from global memory)."""
+    """``$LMSTACK_GEMV_GLUON_X``: where the K loop reads x, "smem" (the default: x staged in shared memory once,
+    after the PDL wait, a BLOCK_K row a step, then one barrier) or "global" (each step's slice straight from global
+    memory)."""
     raw = os.environ.get(X_ENV, "smem")
     if raw not in ("smem", "global"):
         raise ConfigError(X_ENV, f"expected 'smem' (the default) or 'global', got {raw!r}")
@@ -181,10 +188,25 @@ def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, strid
     gl.store(out_ptr + j, y.to(out_ptr.dtype.element_ty), mask=j_ok)
 
 
-def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool) -> bool:
-    """Whether this kernel takes the call: on a CUDA device of sm90+, not persistent, and int8 weights on the fp16
-    path (``int8_f16``, :func:`kernel.triton.gemv._i8_f16`, 2: the inline PTX) or float weights of x's dtype."""
+# the most shared memory x may take staged (``$LMSTACK_GEMV_GLUON_X=smem``); past it the Triton kernel takes the call
+X_STAGE_LIMIT = 64 * 1024
+
+
+def x_stage_bytes(K: int, block_k: int, x_dtype: torch.dtype, int8: bool) -> int:
+    """Shared memory the staged x takes: the K steps rounded up to a power of two, a BLOCK_K row each, in fp16 for
+    int8 weights, else in x's dtype."""
+    rows = triton.next_power_of_2(triton.cdiv(K, block_k))
+    return rows * block_k * (2 if int8 else torch.empty((), dtype=x_dtype).element_size())
+
+
+def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool, block_k: int | None = None) -> bool:
+    """Whether this kernel takes the call: on a CUDA device of sm90+, not persistent, int8 weights on the fp16 path
+    (``int8_f16``, :func:`kernel.triton.gemv._i8_f16`, 2: the inline PTX) or float weights of x's dtype, and (given
+    ``block_k``, with x staged in shared memory) x's stage within :data:`X_STAGE_LIMIT`."""
     if not x.is_cuda or persistent or torch.cuda.get_device_capability(x.device)[0] < 9:
+        return False
+    if block_k and x_source() == "smem" and \
+            x_stage_bytes(w.shape[1], block_k, x.dtype, w.dtype == torch.int8) > X_STAGE_LIMIT:
         return False
     return int8_f16 == 2 if w.dtype == torch.int8 else w.dtype == x.dtype
 
