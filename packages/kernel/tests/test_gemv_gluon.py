@@ -25,24 +25,21 @@ from triton_testing import DEVICE, check  # noqa: E402
 from kernel.triton import gemv as gemv_mod  # noqa: E402
 
 
-def test_the_implementation_is_read_from_the_environment(monkeypatch):
-    monkeypatch.delenv(gemv_mod.IMPL_ENV, raising=False)
-    assert gemv_mod.gemv_impl() == "triton"
-    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
-    assert gemv_mod.gemv_impl() == "gluon"
-    monkeypatch.setenv(gemv_mod.IMPL_ENV, "cuda")
-    with pytest.raises(ConfigError, match="LMSTACK_GEMV_IMPL.*'triton'.*'gluon'.*'cuda'"):
-        gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
-
-
-def test_the_k_loops_x_source_is_read_from_the_environment(monkeypatch):
-    monkeypatch.delenv(gg.X_ENV, raising=False)
-    assert gg.x_source() == "smem"
-    monkeypatch.setenv(gg.X_ENV, "global")
-    assert gg.x_source() == "global"
-    monkeypatch.setenv(gg.X_ENV, "tma")
-    with pytest.raises(ConfigError, match="LMSTACK_GEMV_GLUON_X.*'smem'.*'global'.*'tma'"):
-        gg.x_source()
+@pytest.mark.parametrize("env, read, values, bad", [
+    (gemv_mod.IMPL_ENV, gemv_mod.gemv_impl, ("triton", "gluon"), "cuda"),  # which kernel runs a gemv
+    (gg.X_ENV, gg.x_source, ("smem", "global"), "tma")])  # where the Gluon kernel's K loop reads x
+def test_the_switches_are_read_from_the_environment_and_refuse_other_values_by_name(monkeypatch, env, read, values,
+                                                                                   bad):
+    monkeypatch.delenv(env, raising=False)
+    assert read() == values[0]  # the default
+    monkeypatch.setenv(env, values[1])
+    assert read() == values[1]
+    monkeypatch.setenv(env, bad)
+    with pytest.raises(ConfigError, match=f"{env}.*'{values[0]}'.*'{values[1]}'.*'{bad}'"):
+        read()
+    if env == gemv_mod.IMPL_ENV:  # and a gemv call reads it
+        with pytest.raises(ConfigError, match=env):
+            gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
 
 
 def test_x_staged_in_shared_memory_is_sized_by_its_steps_and_bounded():
