@@ -110,7 +110,7 @@ for kind, (rows, block_k, warps), flags in CASES:
     sys.stdout.write(f"triton {kind} {rows} {block_k} {warps}\\n{two_d[0]}\\n=====\\n")
     for x_smem in (True, False):
         for pdl in (1, 2):
-            vec, wr, wk = gg.layout(rows, block_k, warps, int8, flags["GLU"])
+            vec, wr, wk = gg.layout(block_k, warps, int8)
             consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=pdl, I8=int8, VEC=vec, WR=wr, WK=wk,
                           K_P2=triton.next_power_of_2(4 * block_k), S_P2=4, X_SMEM=x_smem)
             src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
@@ -144,7 +144,7 @@ def test_the_weight_block_is_laid_out_as_triton_lays_out_the_triton_kernels(sm90
     kernel's block (as far as BLOCK_K goes), then along the rows, so a thread holds several rows of the same columns
     and one x value serves them all."""
     kind, (rows, block_k, warps), flags = case
-    vec, wr, wk = gg.layout(rows, block_k, warps, kind == "int8", flags["GLU"])
+    vec, wr, wk = gg.layout(block_k, warps, kind == "int8")
     tk = min(32, block_k // vec)
     want = f"sizePerThread = [1, {vec}], threadsPerWarp = [{32 // tk}, {tk}], warpsPerCTA = [{wr}, {wk}]"
     assert sm90_code[f"triton {kind} {rows} {block_k} {warps}"].startswith(want)

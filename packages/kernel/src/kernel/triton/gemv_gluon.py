@@ -196,7 +196,7 @@ def x_stage_bytes(K: int, block_k: int, x_dtype: torch.dtype, int8: bool) -> int
     """Shared memory the staged x takes: the K steps rounded up to a power of two, a BLOCK_K row each, in fp16 for
     int8 weights, else in x's dtype."""
     rows = triton.next_power_of_2(triton.cdiv(K, block_k))
-    return rows * block_k * (2 if int8 else torch.empty((), dtype=x_dtype).element_size())
+    return rows * block_k * (2 if int8 else x_dtype.itemsize)
 
 
 def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool, block_k: int | None = None) -> bool:
@@ -211,10 +211,11 @@ def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool, 
     return int8_f16 == 2 if w.dtype == torch.int8 else w.dtype == x.dtype
 
 
-def layout(rows: int, block_k: int, warps: int, int8: bool, glu: bool) -> tuple[int, int, int]:
-    """(VEC, WR, WK) for a (rows, block_k) tile of ``warps`` warps, as Triton lays out the Triton kernel's weight
-    block: 16-byte vectors, up to 32 threads along K, then warps along K as far as BLOCK_K goes, the rest along the
-    rows, so a thread holds several rows of the same columns and each x value it loads serves all of them."""
+def layout(block_k: int, warps: int, int8: bool) -> tuple[int, int, int]:
+    """(VEC, WR, WK) for a weight block of ``block_k`` columns in ``warps`` warps, as Triton lays out the Triton
+    kernel's: 16-byte vectors, up to 32 threads along K, then warps along K as far as BLOCK_K goes, the rest along
+    the rows (whatever their number), so a thread holds several rows of the same columns and each x value it loads
+    serves all of them."""
     vec = 16 if int8 else 8
     tk = min(32, max(1, block_k // vec))
     wk = min(warps, max(1, block_k // (vec * tk)))
@@ -226,7 +227,7 @@ def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: in
     """Launch :func:`_gemv_gluon` as :func:`kernel.triton.gemv.gemv` launches its Triton kernel (its arguments
     already checked there)."""
     int8 = w.dtype == torch.int8
-    vec, wr, wk = layout(rows, block_k, warps, int8, glu)
+    vec, wr, wk = layout(block_k, warps, int8)
     r = rows // 2 if glu else rows
     steps = triton.cdiv(K, block_k)
     x_smem = x_source() == "smem"
