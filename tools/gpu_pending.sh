@@ -6,6 +6,10 @@
 #                                      kernel's in decode, its q/k/v does not at the Triton kernel's tiles), then int8
 #                                      decode on the Gluon kernel with the shipped and the retuned tables, by the
 #                                      clock (~8 min; not yet run)
+#   bash tools/gpu_pending.sh gluon-x  the Gluon gemv with x read from global memory each step
+#                                      ($LMSTACK_GEMV_GLUON_X=global: its PTX K loop matches the Triton kernel's for
+#                                      bf16, whose x needs no shuffle), bf16 and int8 at batch 1 by the clock,
+#                                      triton-gluon (~4 min; run BU, session 19)
 #   bash tools/gpu_pending.sh gluon    the Gluon gemv's GPU tests, the int8 gemvs alone beside the shipped one
 #                                      (bench_gluon_gemv.py, x from shared or global memory), then bf16 and int8 at
 #                                      batch 1 by the clock, profiled, triton-gluon-triton-gluon (~7 min; session 19,
@@ -238,7 +242,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -358,6 +362,9 @@ gluon)
   step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
+gluon-x)
+  export LMSTACK_GEMV_GLUON_X=global
+  alternate LMSTACK_GEMV_IMPL triton gluon ;;
 gluon-tune)
   export LMSTACK_GEMV_IMPL=gluon
   tune_int8 gluon --tune-launch-top 10
