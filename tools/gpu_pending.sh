@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh gluon-tune  (run first next session) the int8 gemv tiles tuned on kernel 0.19's Gluon
-#                                      gemv ($LMSTACK_GEMV_IMPL=gluon: the Triton kernel's layout, x staged in shared
-#                                      memory once, no barrier in its K loop; its gate/up already beats the Triton
-#                                      kernel's in decode, its q/k/v does not at the Triton kernel's tiles), then int8
-#                                      decode on the Gluon kernel with the shipped and the retuned tables, by the
-#                                      clock (~8 min; not yet run)
+#   bash tools/gpu_pending.sh gluon-tune  (run second next session, after gluon below, whose 120 GPU tests with
+#                                      kernel 0.19's default $LMSTACK_GEMV_GLUON_X=auto have not run yet) the int8
+#                                      gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon: the Triton
+#                                      kernel's layout, x staged in shared memory once, no barrier in its K loop; its
+#                                      gate/up already beats the Triton kernel's in decode, its q/k/v does not at the
+#                                      Triton kernel's tiles), then int8 decode on the Gluon kernel with the shipped
+#                                      and the retuned tables, by the clock (~8 min; not yet run)
 #   bash tools/gpu_pending.sh gluon-x  the Gluon gemv with x read from global memory each step
 #                                      ($LMSTACK_GEMV_GLUON_X=global: its PTX K loop matches the Triton kernel's for
 #                                      bf16, whose x needs no shuffle), bf16 and int8 at batch 1 by the clock,
-#                                      triton-gluon (~4 min; run BU, session 19)
-#   bash tools/gpu_pending.sh gluon    the Gluon gemv's GPU tests, the int8 gemvs alone beside the shipped one
-#                                      (bench_gluon_gemv.py, x from shared or global memory), then bf16 and int8 at
+#                                      triton-gluon (~3 min; run BU, session 19: bf16 1,408 against 1,428, int8 1,896
+#                                      against 2,005, so kernel 0.19 stages x for int8 weights only)
+#   bash tools/gpu_pending.sh gluon    (run first next session) the Gluon gemv's GPU tests, the int8 gemvs alone
+#                                      beside the shipped one (bench_gluon_gemv.py, x from shared or global
+#                                      memory), then bf16 and int8 at
 #                                      batch 1 by the clock, profiled, triton-gluon-triton-gluon (~7 min; session 19,
 #                                      docs/benchmarks.md runs BQ-BT: its first cut, x from global memory each step,
 #                                      bf16 1,215 tokens/s against 1,425 and int8 1,590 against 1,992; kernel 0.19's,
-#                                      run BT (gluon-rms, since folded in here): 126 tests passed, int8 1,958 against
-#                                      2,006, bf16 1,302 against 1,437)
+#                                      run BT (gluon-rms, since folded in here, x staged for both dtypes): 126 tests
+#                                      passed, int8 1,958 against 2,006, bf16 1,302 against 1,437)
 #   bash tools/gpu_pending.sh gluon-alone  benchmarks/bench_gluon_gemv.py alone: the int8 gemvs on the Gluon kernel
 #                                      (table tiles and others, x from shared or global memory) beside the shipped
 #                                      one, plain launches (~2 min; runs BP-BS also timed two TMA prototypes, slower

@@ -25,21 +25,26 @@ from triton_testing import DEVICE, check  # noqa: E402
 from kernel.triton import gemv as gemv_mod  # noqa: E402
 
 
-@pytest.mark.parametrize("env, read, values, bad", [
-    (gemv_mod.IMPL_ENV, gemv_mod.gemv_impl, ("triton", "gluon"), "cuda"),  # which kernel runs a gemv
-    (gg.X_ENV, gg.x_source, ("smem", "global"), "tma")])  # where the Gluon kernel's K loop reads x
-def test_the_switches_are_read_from_the_environment_and_refuse_other_values_by_name(monkeypatch, env, read, values,
-                                                                                   bad):
-    monkeypatch.delenv(env, raising=False)
-    assert read() == values[0]  # the default
-    monkeypatch.setenv(env, values[1])
-    assert read() == values[1]
-    monkeypatch.setenv(env, bad)
-    with pytest.raises(ConfigError, match=f"{env}.*'{values[0]}'.*'{values[1]}'.*'{bad}'"):
-        read()
-    if env == gemv_mod.IMPL_ENV:  # and a gemv call reads it
-        with pytest.raises(ConfigError, match=env):
-            gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
+def test_the_implementation_is_read_from_the_environment_and_other_values_refused_by_name(monkeypatch):
+    monkeypatch.delenv(gemv_mod.IMPL_ENV, raising=False)
+    assert gemv_mod.gemv_impl() == "triton"
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
+    assert gemv_mod.gemv_impl() == "gluon"
+    monkeypatch.setenv(gemv_mod.IMPL_ENV, "cuda")
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_IMPL.*'triton'.*'gluon'.*'cuda'"):
+        gemv_mod.gemv(torch.randn(1, 64), torch.randn(8, 64), config=(4, 64, 1))
+
+
+@pytest.mark.parametrize("int8", [True, False])
+def test_the_k_loops_x_source_is_per_weight_dtype_unless_set(monkeypatch, int8):
+    monkeypatch.delenv(gg.X_ENV, raising=False)  # auto: staged for int8 weights, from global memory for float
+    assert gg.x_source(int8) == ("smem" if int8 else "global")
+    for value in ("smem", "global"):
+        monkeypatch.setenv(gg.X_ENV, value)
+        assert gg.x_source(int8) == value
+    monkeypatch.setenv(gg.X_ENV, "tma")
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_GLUON_X.*'auto'.*'smem'.*'global'.*'tma'"):
+        gg.x_source(int8)
 
 
 def test_x_staged_in_shared_memory_is_sized_by_its_steps_and_bounded():
@@ -187,13 +192,13 @@ def test_sm90_code_has_no_barrier_in_its_k_loop_and_waits_after_its_first_weight
                     or torch.cuda.get_device_capability()[0] < 9, reason="Gluon runs on sm90+ GPUs only")
 @pytest.mark.parametrize("dtype, int8", [(torch.bfloat16, True), (torch.bfloat16, False), (torch.float16, False),
                                          (torch.float32, False)])
-@pytest.mark.parametrize("call", ["plain", "bias", "rms+residual", "glu", "glu+rms", "pdl", "pdl x-global",
-                                  "glu+rms x-global"])
+@pytest.mark.parametrize("call", ["plain", "bias", "rms+residual", "glu", "glu+rms", "pdl", "pdl x-smem",
+                                  "glu+rms x-smem", "pdl x-global", "glu+rms x-global"])
 @pytest.mark.parametrize("N, K, config", [(70, 520, (4, 256, 2)), (48, 2048, (8, 1024, 4)), (64, 1030, (2, 128, 1))])
 def test_gluon_gives_the_references_and_the_triton_kernels_results(monkeypatch, dtype, int8, call, N, K, config):
     x, w, s, b, r = _inputs(dtype, N, K, N + K, int8=int8)
-    call, _, x_from = call.partition(" x-")  # the K loop's x from shared memory (the default) or global memory
-    monkeypatch.setenv(gg.X_ENV, x_from or "smem")
+    call, _, x_from = call.partition(" x-")  # the K loop's x as the dtype's default has it, or set
+    monkeypatch.setenv(gg.X_ENV, x_from or "auto")
     kw = {"bias": dict(bias=b), "rms+residual": dict(rms_eps=1e-5, residual=r), "glu": dict(glu=True),
           "glu+rms": dict(glu=True, rms_eps=1e-5), "pdl": dict(rms_eps=1e-5, residual=r, pdl=True)}.get(call, {})
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")

@@ -26,8 +26,8 @@ an entry where gemv beat the skinny matmul, PDL 1 where the chained launch beat 
 ``$LMSTACK_GEMV_TILES``. Where a card's table has no entry the skinny matmul keeps the shape (and every shape with
 ``$LMSTACK_GEMV=0``). Semantics: :func:`kernel.reference.linear` and :func:`kernel.reference.int8_linear`.
 ``$LMSTACK_GEMV_IMPL=gluon`` runs the calls it can on the same design written in Gluon
-(:mod:`kernel.triton.gemv_gluon`: x staged in shared memory once, no barrier in the K loop; opt-in, measured slower
-in decode).
+(:mod:`kernel.triton.gemv_gluon`: int8 weights' x staged in shared memory once, no barrier in the K loop; opt-in,
+measured slower in decode).
 """
 
 from __future__ import annotations

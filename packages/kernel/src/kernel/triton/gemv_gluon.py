@@ -5,15 +5,15 @@ Same design, tiles, epilogues and PDL placement as the Triton kernel: a program 
 (ROWS, BLOCK_K) weight block a K step into registers, its first block (and its rows' scales and bias) before the PDL
 wait, the rest of K in a loop; the block is laid out as Triton lays out the Triton kernel's (:func:`layout`: warps
 along K first, so a thread holds several rows of the same columns). One difference, which Triton's layout choice
-does not allow: the Triton kernel's sm90 code moves each step's x into the block's column slice through shared
-memory with four CTA-wide barriers a step (docs/benchmarks.md, session 18); here x goes into shared memory once,
-after the wait, with one barrier (``$LMSTACK_GEMV_GLUON_X=smem``, the default; ``global``: each step's slice
-straight from global memory), and the K loop has no barrier. x's RMS is summed across warps after the loop, as the
-Triton kernel does.
+does not allow: for int8 weights the Triton kernel's sm90 code moves each step's x into the block's column slice
+through shared memory with four CTA-wide barriers a step (docs/benchmarks.md, session 18); here that x goes into
+shared memory once, after the wait, with one barrier, and the K loop has none. Float weights' x, which the Triton
+kernel needs no shuffle for, is loaded into the slice each step as there (:func:`x_source`). x's RMS is summed
+across warps after the loop, as the Triton kernel does.
 
-Measured on an H200 (docs/benchmarks.md, runs BQ-BT): the int8 gemvs alone, plain launches, are as fast as the
+Measured on an H200 (docs/benchmarks.md, runs BQ-BU): the int8 gemvs alone, plain launches, are as fast as the
 Triton kernel's or within a few percent; in batch-1 decode of the 1.1B shape int8 ran 1,958 tokens/s against 2,006
-(its gate/up faster, its q/k/v slower) and bf16 1,302 against 1,437.
+(its gate/up faster, its q/k/v slower) and bf16 1,408 against 1,428.
 
 Weights: int8 with bf16 activations (the Triton kernel's default ``f16`` path: int8 to fp16 exactly by the same
 inline PTX, products and per-step sums in fp16 with x scaled by 2^-7), or float weights (fp32 products). A fused
@@ -40,13 +40,16 @@ from specs.errors import ConfigError
 X_ENV = "LMSTACK_GEMV_GLUON_X"
 
 
-def x_source() -> str:
-    """``$LMSTACK_GEMV_GLUON_X``: where the K loop reads x, "smem" (the default: x staged in shared memory once,
-    after the PDL wait, a BLOCK_K row a step, then one barrier) or "global" (each step's slice straight from global
-    memory)."""
-    raw = os.environ.get(X_ENV, "smem")
-    if raw not in ("smem", "global"):
-        raise ConfigError(X_ENV, f"expected 'smem' (the default) or 'global', got {raw!r}")
+def x_source(int8: bool) -> str:
+    """``$LMSTACK_GEMV_GLUON_X``: where the K loop reads x, "smem" (x staged in shared memory once, after the PDL
+    wait, a BLOCK_K row a step, then one barrier) or "global" (each step's slice straight from global memory);
+    "auto", the default: "smem" for int8 weights and "global" for float weights, each dtype's faster in decode on an
+    H200 (runs BT-BU: int8 1,958 tokens/s staged against 1,896; bf16 1,408 from global memory against 1,302)."""
+    raw = os.environ.get(X_ENV, "auto")
+    if raw not in ("auto", "smem", "global"):
+        raise ConfigError(X_ENV, f"expected 'auto' (the default), 'smem' or 'global', got {raw!r}")
+    if raw == "auto":
+        return "smem" if int8 else "global"
     return raw
 
 
@@ -205,7 +208,7 @@ def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool, 
     ``block_k``, with x staged in shared memory) x's stage within :data:`X_STAGE_LIMIT`."""
     if not x.is_cuda or persistent or torch.cuda.get_device_capability(x.device)[0] < 9:
         return False
-    if block_k and x_source() == "smem" and \
+    if block_k and x_source(w.dtype == torch.int8) == "smem" and \
             x_stage_bytes(w.shape[1], block_k, x.dtype, w.dtype == torch.int8) > X_STAGE_LIMIT:
         return False
     return int8_f16 == 2 if w.dtype == torch.int8 else w.dtype == x.dtype
@@ -230,7 +233,7 @@ def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: in
     vec, wr, wk = layout(block_k, warps, int8)
     r = rows // 2 if glu else rows
     steps = triton.cdiv(K, block_k)
-    x_smem = x_source() == "smem"
+    x_smem = x_source(int8) == "smem"
     _gemv_gluon[(triton.cdiv(N // 2 if glu else N, r),)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
