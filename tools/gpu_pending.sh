@@ -14,8 +14,8 @@
 #                                      against 2,005, so kernel 0.19 stages x for int8 weights only)
 #   bash tools/gpu_pending.sh gluon    (run first next session) the Gluon gemv's GPU tests, the int8 gemvs alone
 #                                      beside the shipped one (bench_gluon_gemv.py, x from shared or global
-#                                      memory), then bf16 and int8 at
-#                                      batch 1 by the clock, profiled, triton-gluon-triton-gluon (~7 min; session 19,
+#                                      memory), then bf16 and int8 at batch 1 by the clock, profiled,
+#                                      triton-gluon-triton-gluon (~7 min; session 19,
 #                                      docs/benchmarks.md runs BQ-BT: its first cut, x from global memory each step,
 #                                      bf16 1,215 tokens/s against 1,425 and int8 1,590 against 1,992; kernel 0.19's,
 #                                      run BT (gluon-rms, since folded in here, x staged for both dtypes): 126 tests
@@ -358,12 +358,14 @@ alternate() { local var=$1 v; shift
   done
   chain_top "$OUT"/decode_*.json
   clocked "$OUT"/decode_*.json; }
+# the int8 gemvs alone on the Gluon kernel beside the shipped one (bench_gluon_gemv.py) into $OUT/gluon.json
+alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
+  grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
 gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
-  grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8
+  alone
   alternate LMSTACK_GEMV_IMPL triton gluon triton2 gluon2 ;;
 gluon-x)
   export LMSTACK_GEMV_GLUON_X=global
@@ -377,8 +379,7 @@ gluon-tune)
   dec decode_tuned2 100 lmstack-int8 LMSTACK_GEMV_TILES=/tmp/table_gluon.json
   clocked "$OUT"/decode_*.json ;;
 gluon-alone)
-  step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
-  grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8 ;;
+  alone ;;
 glu-mixed)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py \
     packages/kernel/tests/test_decode_attention_pdl.py

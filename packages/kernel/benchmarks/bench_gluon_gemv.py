@@ -4,7 +4,7 @@ others, with x read from shared memory (staged once, ``$LMSTACK_GEMV_GLUON_X=sme
 
 Plain launches, in CUDA graphs with the weights rotated past L2 (``bench_decode_kernels.bench_rotated``), so this
 times each gemv alone, not in decode's PDL chain (``python -m eval.bench decode`` with ``$LMSTACK_GEMV_IMPL`` does
-that). Results: docs/benchmarks.md, decode runs BP-BT.
+that). Results: docs/benchmarks.md, decode runs BP, BR and BS.
 
 Two TMA prototypes that this script timed in session 18-19 (a program's whole (BLOCK_N, K) share copied into
 shared memory by TMA, one box or a group of boxes a copy) were slower than the shipped gemv at every shape (runs BP
@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -38,17 +39,8 @@ def gluon_gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rows: int,
 
     if not gemv_gluon.supports(x, w, shipped._i8_f16(w, rows * block_k // (32 * warps), x.dtype), False, block_k):
         raise ValueError(f"the Gluon gemv does not take tile {(rows, block_k, warps)} for {tuple(w.shape)}")
-    settings = {shipped.IMPL_ENV: "gluon", gemv_gluon.X_ENV: x_from}
-    before = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
+    with mock.patch.dict(os.environ, {shipped.IMPL_ENV: "gluon", gemv_gluon.X_ENV: x_from}):  # the caller's after
         return shipped.gemv(x, w, scale, config=(rows, block_k, warps))
-    finally:  # the caller's settings back
-        for k, v in before.items():
-            if v is None:
-                del os.environ[k]
-            else:
-                os.environ[k] = v
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from kernel.triton import gemv as shipped
     from kernel.triton._device import device_info
+    from specs.io import atomic_write_text
 
     card = torch.cuda.get_device_name()
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -100,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                                             else f"{k} {v['error'][:60]}" for k, v in row.items())
               + f" | best {best[1]} {best[0]:.2f} us", flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        atomic_write_text(args.out, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -82,9 +82,10 @@ def test_off_a_gpu_the_triton_kernel_keeps_every_call(monkeypatch):
     w = torch.randint(-127, 128, (32, 256), dtype=torch.int8).to(DEVICE)
     s = torch.rand(32).to(DEVICE) / 127
     if DEVICE == "cpu":
-        assert not gg.supports(x, w, 2, False)
-    assert not gg.supports(x, w, 1, False) and not gg.supports(x, w, 2, True)  # the Triton-op form; persistent
-    assert not gg.supports(x, w.float(), 0, False)  # float weights of another dtype than x
+        assert not gg.supports(x, w, 2, False, 128)
+    assert not gg.supports(x, w, 1, False, 128)  # int8 weights on the Triton-op form
+    assert not gg.supports(x, w, 2, True, 128)  # a persistent grid
+    assert not gg.supports(x, w.float(), 0, False, 128)  # float weights of another dtype than x
     monkeypatch.delenv(gemv_mod.IMPL_ENV, raising=False)
     want = gemv_mod.gemv(x, w, s, config=(4, 128, 2), rms_eps=1e-5)
     monkeypatch.setenv(gemv_mod.IMPL_ENV, "gluon")
@@ -115,8 +116,8 @@ for kind, (rows, block_k, warps), flags in CASES:
     sys.stdout.write(f"triton {kind} {rows} {block_k} {warps}\\n{two_d[0]}\\n=====\\n")
     for x_smem in (True, False):
         for pdl in (1, 2):
-            vec, wr, wk = gg.layout(block_k, warps, int8)
-            consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=pdl, I8=int8, VEC=vec, WR=wr, WK=wk,
+            vec, tk, wr, wk = gg.layout(block_k, warps, int8)
+            consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=pdl, I8=int8, VEC=vec, TK=tk, WR=wr, WK=wk,
                           K_P2=triton.next_power_of_2(4 * block_k), S_P2=4, X_SMEM=x_smem)
             src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                  constexprs=consts, attrs=attrs)
@@ -149,8 +150,7 @@ def test_the_weight_block_is_laid_out_as_triton_lays_out_the_triton_kernels(sm90
     kernel's block (as far as BLOCK_K goes), then along the rows, so a thread holds several rows of the same columns
     and one x value serves them all."""
     kind, (rows, block_k, warps), flags = case
-    vec, wr, wk = gg.layout(block_k, warps, kind == "int8")
-    tk = min(32, block_k // vec)
+    vec, tk, wr, wk = gg.layout(block_k, warps, kind == "int8")
     want = f"sizePerThread = [1, {vec}], threadsPerWarp = [{32 // tk}, {tk}], warpsPerCTA = [{wr}, {wk}]"
     assert sm90_code[f"triton {kind} {rows} {block_k} {warps}"].startswith(want)
 

@@ -77,7 +77,8 @@ I8_F16_PTX = tl.constexpr("""{
     sub.f16x2 $1, $1, m;
     }""")
 # which kernel runs a call: "triton" (the default, :func:`_gemv`) or "gluon" (:mod:`kernel.triton.gemv_gluon`, the
-# same design with x loaded straight into the weight block's layout; sm90+, where it supports the call; not yet timed)
+# same design with int8 weights' x staged in shared memory once; sm90+, where it supports the call; measured slower
+# in decode, docs/benchmarks.md runs BQ-BU)
 IMPL_ENV = "LMSTACK_GEMV_IMPL"
 
 

@@ -83,10 +83,10 @@ def _mac(acc, w, x, I8: gl.constexpr, X_SCALED: gl.constexpr):
 def _gemv_gluon(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
                 HAS_SCALE: gl.constexpr, HAS_BIAS: gl.constexpr, RMS: gl.constexpr, HAS_RES: gl.constexpr,
                 GLU: gl.constexpr, ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
-                PDL: gl.constexpr, I8: gl.constexpr, VEC: gl.constexpr, WR: gl.constexpr, WK: gl.constexpr,
-                K_P2: gl.constexpr, S_P2: gl.constexpr, X_SMEM: gl.constexpr):
+                PDL: gl.constexpr, I8: gl.constexpr, VEC: gl.constexpr, TK: gl.constexpr, WR: gl.constexpr,
+                WK: gl.constexpr, K_P2: gl.constexpr, S_P2: gl.constexpr, X_SMEM: gl.constexpr):
     # (rows, columns): VEC elements (16 bytes) a thread, TK threads along K, WR warps along the rows, WK along K
-    TK: gl.constexpr = 32 if BLOCK_K // VEC >= 32 else BLOCK_K // VEC
+    # (:func:`layout`)
     l2: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // TK, TK], [WR, WK], [1, 0])
     lr: gl.constexpr = gl.SliceLayout(1, l2)
     lk: gl.constexpr = gl.SliceLayout(0, l2)
@@ -202,27 +202,27 @@ def x_stage_bytes(K: int, block_k: int, x_dtype: torch.dtype, int8: bool) -> int
     return rows * block_k * (2 if int8 else x_dtype.itemsize)
 
 
-def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool, block_k: int | None = None) -> bool:
+def supports(x: torch.Tensor, w: torch.Tensor, int8_f16: int, persistent: bool, block_k: int) -> bool:
     """Whether this kernel takes the call: on a CUDA device of sm90+, not persistent, int8 weights on the fp16 path
-    (``int8_f16``, :func:`kernel.triton.gemv._i8_f16`, 2: the inline PTX) or float weights of x's dtype, and (given
-    ``block_k``, with x staged in shared memory) x's stage within :data:`X_STAGE_LIMIT`."""
+    (``int8_f16``, :func:`kernel.triton.gemv._i8_f16`, 2: the inline PTX) or float weights of x's dtype, and, with x
+    staged in shared memory, its stage (``block_k`` columns a K step) within :data:`X_STAGE_LIMIT`."""
     if not x.is_cuda or persistent or torch.cuda.get_device_capability(x.device)[0] < 9:
         return False
-    if block_k and x_source(w.dtype == torch.int8) == "smem" and \
+    if x_source(w.dtype == torch.int8) == "smem" and \
             x_stage_bytes(w.shape[1], block_k, x.dtype, w.dtype == torch.int8) > X_STAGE_LIMIT:
         return False
     return int8_f16 == 2 if w.dtype == torch.int8 else w.dtype == x.dtype
 
 
-def layout(block_k: int, warps: int, int8: bool) -> tuple[int, int, int]:
-    """(VEC, WR, WK) for a weight block of ``block_k`` columns in ``warps`` warps, as Triton lays out the Triton
-    kernel's: 16-byte vectors, up to 32 threads along K, then warps along K as far as BLOCK_K goes, the rest along
-    the rows (whatever their number), so a thread holds several rows of the same columns and each x value it loads
-    serves all of them."""
+def layout(block_k: int, warps: int, int8: bool) -> tuple[int, int, int, int]:
+    """(VEC, TK, WR, WK) for a weight block of ``block_k`` columns in ``warps`` warps, as Triton lays out the Triton
+    kernel's: VEC elements (16 bytes) a thread, TK threads along K (up to 32, the rest of a warp along the rows),
+    then WK warps along K as far as BLOCK_K goes and WR along the rows (whatever their number), so a thread holds
+    several rows of the same columns and each x value it loads serves all of them."""
     vec = 16 if int8 else 8
     tk = min(32, max(1, block_k // vec))
     wk = min(warps, max(1, block_k // (vec * tk)))
-    return vec, warps // wk, wk
+    return vec, tk, warps // wk, wk
 
 
 def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: int, block_k: int, warps: int,
@@ -230,7 +230,7 @@ def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: in
     """Launch :func:`_gemv_gluon` as :func:`kernel.triton.gemv.gemv` launches its Triton kernel (its arguments
     already checked there)."""
     int8 = w.dtype == torch.int8
-    vec, wr, wk = layout(block_k, warps, int8)
+    vec, tk, wr, wk = layout(block_k, warps, int8)
     r = rows // 2 if glu else rows
     steps = triton.cdiv(K, block_k)
     x_smem = x_source(int8) == "smem"
@@ -238,7 +238,7 @@ def gemv_gluon(x, w, out, scale, bias, res, N: int, K: int, rms_eps, *, rows: in
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k,
-        PDL=pdl_mode, I8=int8, VEC=vec, WR=wr, WK=wk,
+        PDL=pdl_mode, I8=int8, VEC=vec, TK=tk, WR=wr, WK=wk,
         K_P2=triton.next_power_of_2(K) if rms_eps is not None and not x_smem else 1,
         S_P2=triton.next_power_of_2(steps) if x_smem else 1, X_SMEM=x_smem, num_warps=warps,
         **({"launch_pdl": True} if launch_pdl else {}))
