@@ -1,12 +1,5 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh preload  kernel 0.20's $LMSTACK_GEMV_PRELOAD (weight bytes a thread may load before the
-#                                      PDL wait: 0 the first K block only; 96 all three blocks of the int8 down
-#                                      projection's (4, 2048) tile): the gemv's GPU tests at 192, then bf16 and int8
-#                                      at batch 1 by the clock, profiled, 0-96-0-96 (~7 min; run BW, session 20, with
-#                                      a third value 192 that alternate's repeat marker cut to 19, a third baseline:
-#                                      int8 down exposed 89 us a token against 103, gate/up 185 against 165, clocked
-#                                      2,003-2,010 against 2,002-2,005; reverted)
 #   bash tools/gpu_pending.sh gluon-tune  (run second next session, after gluon below, whose 120 GPU tests with
 #                                      kernel 0.19's default $LMSTACK_GEMV_GLUON_X=auto have not run yet) the int8
 #                                      gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon: the Triton
@@ -252,7 +245,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in preload|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -369,10 +362,6 @@ alternate() { local var=$1 v; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
-preload)
-  step tests 200 env LMSTACK_GEMV_PRELOAD=192 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
-  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12
-  alternate LMSTACK_GEMV_PRELOAD 0 96 02 962 ;;
 gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12

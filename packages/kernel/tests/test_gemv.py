@@ -191,7 +191,7 @@ for weight, pdl, magic, late in (("*bf16", False, False, False), ("*bf16", True,
                                  ("*i8", True, True, False), ("*i8", True, True, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, LATE=late, PRE=1)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, LATE=late)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -248,7 +248,7 @@ sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"])
 # the exact-add fp32 path ("magic") and the packed fp16 path (the default), session 10's int8 gate/up tile
 for f16 in (0, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False, PRE=1)
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})
@@ -534,41 +534,3 @@ def test_scales_bias_and_residual_give_the_same_bits_loaded_early_or_late(monkey
     monkeypatch.setenv(gemv_mod.CONSTS_ENV, "soon")
     with pytest.raises(ConfigError, match="LMSTACK_GEMV_CONSTS.*'early' .* or 'late', got 'soon'"):
         gemv_mod.gemv(x, w, s, b, config=(2, 64, 1), **kw)
-
-
-@pytest.mark.parametrize("int8, glu", [(False, False), (True, False), (True, True)])
-def test_weights_preloaded_before_the_wait_give_the_same_bits(monkeypatch, int8, glu):
-    """$LMSTACK_GEMV_PRELOAD: a program that loads several K blocks of its weights before the PDL wait (as many as
-    the budget of bytes a thread allows, at most MAX_PRELOAD) sums them in the same order as the K loop, so the
-    bits are those of the first-block-only default, with a ragged last block and blocks left to the loop; the
-    reference agrees; anything but a byte count is refused by name."""
-    N, K = 36, 5 * 64 + 17  # six K blocks of 64: up to four preloaded, the rest in the loop
-    x, w, s, b, r = _inputs(torch.bfloat16, N, K, seed=29, int8=int8)
-    kw = dict(rms_eps=1e-5, glu=True) if glu else dict(rms_eps=1e-5, residual=r)
-    got = {}
-    for budget in ("0", "64", "1000000"):
-        monkeypatch.setenv(gemv_mod.PRELOAD_ENV, budget)
-        got[budget] = gemv_mod.gemv(x, w, s, b, config=(4, 64, 1), out_dtype=torch.float32, **kw)
-    assert torch.equal(got["0"], got["64"]) and torch.equal(got["0"], got["1000000"])
-    ref_kw = {k: (v.double() if torch.is_tensor(v) else "silu" if k == "glu" else v) for k, v in kw.items()}
-    want = (ref.int8_linear(x.double(), w, s.double(), b.double(), **ref_kw) if int8
-            else ref.linear(x.double(), w.double(), b.double(), **ref_kw))
-    err = (got["0"].double() - want).abs().max().item()
-    assert err <= 0.3 * torch.finfo(torch.bfloat16).eps * want.abs().max().item(), err
-    monkeypatch.setenv(gemv_mod.PRELOAD_ENV, "all")
-    with pytest.raises(ConfigError, match="LMSTACK_GEMV_PRELOAD.*count of weight bytes.*got 'all'"):
-        gemv_mod.gemv(x, w, s, b, config=(4, 64, 1), **kw)
-
-
-def test_preload_counts_the_blocks_a_thread_budget_holds(monkeypatch):
-    """PRE: the first block always; more as the byte budget a thread allows, never past K's blocks or
-    MAX_PRELOAD; a persistent grid keeps one (its programs load the next row block's first block instead)."""
-    pre = gemv_mod.preload_blocks
-    monkeypatch.delenv(gemv_mod.PRELOAD_ENV, raising=False)
-    assert pre(5632, 2048, 32, False) == 1
-    monkeypatch.setenv(gemv_mod.PRELOAD_ENV, "96")
-    # the int8 down projection's (4, 2048) tile of 8 warps: 32 bytes a thread a block, all three blocks
-    assert pre(5632, 2048, 32, False) == 3 and pre(5632, 2048, 32, True) == 1
-    assert pre(2048, 512, 128, False) == 1 and pre(2048, 512, 32, False) == 3 and pre(2048, 2048, 16, False) == 1
-    monkeypatch.setenv(gemv_mod.PRELOAD_ENV, "100000")
-    assert pre(1 << 20, 256, 4, False) == gemv_mod.MAX_PRELOAD

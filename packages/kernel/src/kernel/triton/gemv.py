@@ -76,12 +76,6 @@ I8_F16_PTX = tl.constexpr("""{
     sub.f16x2 $0, $0, m;
     sub.f16x2 $1, $1, m;
     }""")
-# how many K blocks of its weights a program loads before its PDL wait: the first (the default, "0"), or as many
-# as fit a budget of weight bytes a thread (a positive integer; at most MAX_PRELOAD blocks), so a row block of K up
-# to that has no weight load after the wait, where each K step of the loop is a memory round trip (a program per
-# row block only: a persistent grid's programs keep one)
-PRELOAD_ENV = "LMSTACK_GEMV_PRELOAD"
-MAX_PRELOAD = 4
 # which kernel runs a call: "triton" (the default, :func:`_gemv`) or "gluon" (:mod:`kernel.triton.gemv_gluon`, the
 # same design with int8 weights' x staged in shared memory once; sm90+, where it supports the call; measured slower
 # in decode, docs/benchmarks.md runs BQ-BU)
@@ -94,18 +88,6 @@ def gemv_impl() -> str:
     if raw not in ("triton", "gluon"):
         raise ConfigError(IMPL_ENV, f"expected 'triton' (the default) or 'gluon', got {raw!r}")
     return raw
-
-
-def preload_blocks(K: int, block_k: int, block_bytes_a_thread: int, persistent: bool) -> int:
-    """The kernel's PRE: the K blocks a program loads before its PDL wait, as many as ``$LMSTACK_GEMV_PRELOAD``'s
-    bytes a thread hold (``block_bytes_a_thread`` each; at least the first, at most MAX_PRELOAD and K's blocks)."""
-    raw = os.environ.get(PRELOAD_ENV, "0")
-    if not raw.isdigit():
-        raise ConfigError(PRELOAD_ENV, f"expected a count of weight bytes a thread may load before the PDL wait "
-                                       f"(0, the default: the first K block only), got {raw!r}")
-    if persistent:
-        return 1
-    return max(1, min(MAX_PRELOAD, triton.cdiv(K, block_k), int(raw) // max(block_bytes_a_thread, 1)))
 
 
 def late_consts() -> bool:
@@ -128,7 +110,7 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, PRE: tl.constexpr = 1):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -141,11 +123,6 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     # scale or bias load would add a memory round trip to every call)
     w = tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + kk[None, :], mask=n_ok[:, None] & (kk < K)[None, :],
                 other=0)  # (ROWS, BLOCK_K)
-    # PRE > 1 (a program per row block only): K blocks 1 .. PRE - 1 as well, so no weight load is left after the
-    # wait where PRE covers K (each K step of the loop below is otherwise a memory round trip after it)
-    w1 = _w_block(w_ptr, n, n_ok, stride_wn, K, 1, BLOCK_K, PRE, w)
-    w2 = _w_block(w_ptr, n, n_ok, stride_wn, K, 2, BLOCK_K, PRE, w)
-    w3 = _w_block(w_ptr, n, n_ok, stride_wn, K, 3, BLOCK_K, PRE, w)
     sc, bi = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE, HAS_BIAS and not LATE)
     # x and the residual only once the kernel before has finished; the next kernel may then start its own weight
     # loads (PDL 2, $LMSTACK_PDL_TRIGGER early, or mixed with int8 weights: as soon as this program's first weights
@@ -160,22 +137,12 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
                              mask=n_ok[:, None] & (kk < K)[None, :], other=0)
             sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
                                            HAS_BIAS and not LATE)
-            _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, w, w, w,
-                   sc, bi, HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, 1)
+            _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
+                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
             w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
-        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, w1, w2, w3,
-               sc, bi, HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, PRE)
-
-
-@triton.jit
-def _w_block(w_ptr, n, n_ok, stride_wn, K, i: tl.constexpr, BLOCK_K: tl.constexpr, PRE: tl.constexpr, w0):
-    """Rows ``n``'s weight block ``i`` (columns i * BLOCK_K ...) where ``i < PRE``, else ``w0`` (unused then)."""
-    if i < PRE:
-        k = i * BLOCK_K + tl.arange(0, BLOCK_K)
-        return tl.load(w_ptr + n[:, None].to(tl.int64) * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :],
-                       other=0)
-    return w0
+        _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
+               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
 
 
 @triton.jit
@@ -204,13 +171,12 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 
 
 @triton.jit
-def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, w1, w2, w3, sc, bi,
+def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, LATE: tl.constexpr, PRE: tl.constexpr):
-    """Row block ``rb`` of the output, given its first weight block ``w`` (and blocks 1 .. PRE - 1 in ``w1``,
-    ``w2``, ``w3``) and its rows' scales ``sc`` and bias ``bi`` (:func:`_row_consts`): the rest of K, then the
-    epilogue. The residual is loaded with x's first block, so
+           I8_F16: tl.constexpr, LATE: tl.constexpr):
+    """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
+    ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
     its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
     the scales, bias and residual are loaded after the row sums instead, as kernel 0.14 did. I8_F16 (int8 weights,
     1: in Triton ops, 2: by inline PTX, two weights an instruction): the products and their sums over the K steps
@@ -222,20 +188,20 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     res = tl.zeros((ROWS,), tl.float32)
     if HAS_RES and not GLU and not LATE:
         res = tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    acc = _products(w, x, I8_MAGIC, I8_F16)
+    if I8_F16:
+        acc = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+    else:
+        acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
-    if PRE > 1:
-        acc, ss = _pre_step(x_ptr, K, w1, acc, ss, 1, BLOCK_K, RMS, I8_MAGIC, I8_F16)
-    if PRE > 2:
-        acc, ss = _pre_step(x_ptr, K, w2, acc, ss, 2, BLOCK_K, RMS, I8_MAGIC, I8_F16)
-    if PRE > 3:
-        acc, ss = _pre_step(x_ptr, K, w3, acc, ss, 3, BLOCK_K, RMS, I8_MAGIC, I8_F16)
-    for k0 in range(PRE * BLOCK_K, K, BLOCK_K):
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
         w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
         x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        acc += _products(w, x, I8_MAGIC, I8_F16)
+        if I8_F16:
+            acc += _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+        else:
+            acc += _weights(w, I8_MAGIC) * x[None, :]
         if RMS:
             ss += x * x
     if I8_F16:
@@ -260,29 +226,6 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
         elif HAS_RES:
             y = y + res
         tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit
-def _products(w, x, I8_MAGIC: tl.constexpr, I8_F16: tl.constexpr):
-    """A weight block times x's block: in fp16, x scaled by F16_X_SCALE, where I8_F16, else in fp32."""
-    if I8_F16:
-        p = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
-    else:
-        p = _weights(w, I8_MAGIC) * x[None, :]
-    return p
-
-
-@triton.jit
-def _pre_step(x_ptr, K, w, acc, ss, i: tl.constexpr, BLOCK_K: tl.constexpr, RMS: tl.constexpr,
-              I8_MAGIC: tl.constexpr, I8_F16: tl.constexpr):
-    """K block ``i``'s products added to ``acc`` (and x's squares to ``ss`` under RMS), its weights ``w`` already
-    loaded (before the PDL wait)."""
-    k = i * BLOCK_K + tl.arange(0, BLOCK_K)
-    x = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-    acc += _products(w, x, I8_MAGIC, I8_F16)
-    if RMS:
-        ss += x * x
-    return acc, ss
 
 
 @triton.jit
@@ -391,7 +334,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, LATE=late_consts(), PRE=preload_blocks(K, block_k, rows * block_k * w.element_size() // (32 * warps), programs < blocks),
+        num_warps=warps, I8_F16=f16, LATE=late_consts(),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
