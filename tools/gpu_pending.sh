@@ -1,25 +1,19 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
-#   bash tools/gpu_pending.sh gluon-tune  (run second next session, after gluon below, whose 120 GPU tests with
-#                                      kernel 0.19's default $LMSTACK_GEMV_GLUON_X=auto have not run yet) the int8
-#                                      gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon: the Triton
-#                                      kernel's layout, x staged in shared memory once, no barrier in its K loop; its
-#                                      gate/up already beats the Triton kernel's in decode, its q/k/v does not at the
-#                                      Triton kernel's tiles), then int8 decode on the Gluon kernel with the shipped
-#                                      and the retuned tables, by the clock (~8 min; not yet run)
+#   bash tools/gpu_pending.sh gluon-tune  the int8 gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
+#                                      then int8 decode on the Gluon kernel with the shipped and the retuned tables, by
+#                                      the clock (~7.5 min; run BX, session 20: retuned 1,946-1,950 tokens/s against
+#                                      the shipped table's 1,958-1,961, both below the Triton kernel's ~2,005)
 #   bash tools/gpu_pending.sh gluon-x  the Gluon gemv with x read from global memory each step
 #                                      ($LMSTACK_GEMV_GLUON_X=global: its PTX K loop matches the Triton kernel's for
 #                                      bf16, whose x needs no shuffle), bf16 and int8 at batch 1 by the clock,
 #                                      triton-gluon (~3 min; run BU, session 19: bf16 1,408 against 1,428, int8 1,896
 #                                      against 2,005, so kernel 0.19 stages x for int8 weights only)
-#   bash tools/gpu_pending.sh gluon    (run first next session) the Gluon gemv's GPU tests, the int8 gemvs alone
-#                                      beside the shipped one (bench_gluon_gemv.py, x from shared or global
-#                                      memory), then bf16 and int8 at batch 1 by the clock, profiled,
-#                                      triton-gluon-triton-gluon (~7 min; session 19,
-#                                      docs/benchmarks.md runs BQ-BT: its first cut, x from global memory each step,
-#                                      bf16 1,215 tokens/s against 1,425 and int8 1,590 against 1,992; kernel 0.19's,
-#                                      run BT (gluon-rms, since folded in here, x staged for both dtypes): 126 tests
-#                                      passed, int8 1,958 against 2,006, bf16 1,302 against 1,437)
+#   bash tools/gpu_pending.sh gluon    the Gluon gemv's GPU tests, the int8 gemvs alone beside the shipped one
+#                                      (bench_gluon_gemv.py), then bf16 and int8 at batch 1 by the clock, profiled,
+#                                      triton-gluon-triton-gluon (~5 min; run BV, session 20, kernel 0.19 as shipped:
+#                                      152 tests passed; Gluon bf16 1,408-1,409 tokens/s against 1,430-1,431, int8
+#                                      1,956-1,957 against 2,001-2,005; runs BQ-BU in session 19)
 #   bash tools/gpu_pending.sh gluon-alone  benchmarks/bench_gluon_gemv.py alone: the int8 gemvs on the Gluon kernel
 #                                      (table tiles and others, x from shared or global memory) beside the shipped
 #                                      one, plain launches (~2 min; runs BP-BS also timed two TMA prototypes, slower
@@ -55,6 +49,11 @@
 #                                      it, launched unchained (its own latency, not the PDL waits) (~1 min; last run
 #                                      session 17: int8 gate/up 157 registers, 14% occupancy, 0.89 waves, issue
 #                                      slots 31% busy, docs/benchmarks.md)
+# Session 20 (docs/benchmarks.md: decode runs BV-BX): commit c8d48f7's preload recipe timed the gemv loading up to
+#   four K blocks of its weights before the PDL wait ($LMSTACK_GEMV_PRELOAD, weight bytes a thread), so the int8 down
+#   projection (three 2,048-column blocks) had no weight load left after it, 0-96-0-96 by the clock (run BW): down
+#   exposed 89 us a token against 103, the gate/up gemv before it 185 against 165 (its bytes now shared the bus
+#   with down's), int8 2,003-2,010 tokens/s against 2,002-2,005; reverted
 # Session 18 (docs/benchmarks.md: decode runs BK-BO): commit 99115c8's noxor recipe timed the int8 gemv's conversion
 #   without its sign flip ($LMSTACK_GEMV_I8_NOXOR=1: one instruction of ~7 per four weights, wrong values, timing
 #   only) beside the shipped one, A-B-A-B by the clock (run BO): int8 2,043-2,044 tokens/s against 2,017, busy 492
@@ -346,12 +345,13 @@ tune_int8() { local name=$1; shift
   grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
   rm -f "$OUT/tune_int8.log"
   merge_tiles "$OUT/$name.json" "/tmp/table_$name.json" int8 > /dev/null; }
-# decode at batch 1, bf16 and int8, five clocked repeats, profiled, once per value of env variable $1 (a trailing 2
-# marks a repeat of a value: late early late2 early2), the first run allowed longer (it compiles), then the top
-# kernels and the clocked figures of every run
-alternate() { local var=$1 v; shift
+# decode at batch 1, bf16 and int8, five clocked repeats, profiled, once per value of env variable $1 (a 2 after a
+# letter marks a repeat of a value: late early late2 early2; a number is passed whole, since run BW's 192 ran as 19),
+# the first run allowed longer (it compiles), then the top kernels and the clocked figures of every run
+alternate() { local var=$1 v val; shift
   for v in "$@"; do
-    step "decode_$v" $([ "$v" = "$1" ] && echo 140 || echo 105) env "$var=${v%2}" \
+    val=$v; [[ $v =~ [A-Za-z]2$ ]] && val=${v%2}
+    step "decode_$v" $([ "$v" = "$1" ] && echo 140 || echo 105) env "$var=$val" \
       TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
       --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
     [ -s "$OUT/decode_$v.json" ] && rm -f "$OUT/decode_$v.log"
