@@ -20,6 +20,8 @@ import sys
 import torch
 from bench_decode_kernels import bench_rotated  # beside this script: every call in one CUDA graph
 
+from specs.io import atomic_write_text
+
 D, H, KVH, DH, FF, SLOTS, LEN = 2048, 32, 4, 64, 5632, 384, 256
 LAYERS = 22
 EPS = 1e-5
@@ -200,8 +202,7 @@ def main() -> None:
             report["best_options"] = best.replace("+", ",")
     print(json.dumps(report, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        atomic_write_text(args.out, json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

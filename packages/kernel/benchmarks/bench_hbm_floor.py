@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from bench_decode_kernels import bench_rotated  # beside this script: every call in one CUDA graph
 
+from specs.io import atomic_write_text
+
 SIZES_MB = (1, 2, 4, 8, 10, 16, 23, 32, 46, 64, 128)
 ROTATE_MB = 256  # bytes read per graph replay at least: several times the L2 cache (50-60 MB on an H100/H200)
 BLOCK = 1024  # elements per load of a program (8 per thread at four warps: one 16-byte load of bf16 each)
@@ -113,8 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(name, f"fixed {a * 1e6:.2f} us, {bw / 1e12:.2f} TB/s;",
               " ".join(f"{r['mb']:g}MB:{r['us']:.1f}us" for r in rows), flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        atomic_write_text(args.out, json.dumps(report, indent=1))
     return report
 
 

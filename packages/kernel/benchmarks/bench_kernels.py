@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import platform
 from collections.abc import Callable
 
@@ -23,6 +22,7 @@ import torch
 from torch.utils import benchmark
 
 from kernel import default_registry
+from specs.io import atomic_write_text
 from tensor.rope import rope_cos_sin, rope_inv_freq
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -118,15 +118,8 @@ def main() -> None:
 
 
 def write_json(path: str, doc: object) -> None:
-    """``doc`` as JSON, atomically (a temporary file, then os.replace; removed on error)."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``doc`` as JSON, atomically (``specs.io.atomic_write_text``: a temporary file beside it, then a rename)."""
+    atomic_write_text(path, json.dumps(doc, indent=2))
 
 
 def write_results(path: str, meta: dict, results: list) -> None:
