@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600):
+# What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
+# Nothing is queued after session 20: every recipe below has run (each says when and what it found), kept to
+# re-measure after changes; `final` re-measures decode as shipped.
 #   bash tools/gpu_pending.sh gluon-tune  the int8 gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
 #                                      then int8 decode on the Gluon kernel with the shipped and the retuned tables, by
 #                                      the clock (~7.5 min; run BX, session 20: retuned 1,946-1,950 tokens/s against
