@@ -4,7 +4,7 @@ others, with x read from shared memory (staged once, ``$LMSTACK_GEMV_GLUON_X=sme
 
 Plain launches, in CUDA graphs with the weights rotated past L2 (``bench_decode_kernels.bench_rotated``), so this
 times each gemv alone, not in decode's PDL chain (``python -m eval.bench decode`` with ``$LMSTACK_GEMV_IMPL`` does
-that). Results: docs/benchmarks.md, decode runs BP, BR and BS.
+that). Results: docs/benchmarks.md, decode runs BP, BR, BS and BV.
 
 Two TMA prototypes that this script timed in session 18-19 (a program's whole (BLOCK_N, K) share copied into
 shared memory by TMA, one box or a group of boxes a copy) were slower than the shipped gemv at every shape (runs BP

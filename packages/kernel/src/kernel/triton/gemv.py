@@ -78,7 +78,7 @@ I8_F16_PTX = tl.constexpr("""{
     }""")
 # which kernel runs a call: "triton" (the default, :func:`_gemv`) or "gluon" (:mod:`kernel.triton.gemv_gluon`, the
 # same design with int8 weights' x staged in shared memory once; sm90+, where it supports the call; measured slower
-# in decode, docs/benchmarks.md runs BQ-BU)
+# in decode, docs/benchmarks.md runs BQ-BX)
 IMPL_ENV = "LMSTACK_GEMV_IMPL"
 
 

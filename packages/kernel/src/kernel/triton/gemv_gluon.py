@@ -11,9 +11,10 @@ shared memory once, after the wait, with one barrier, and the K loop has none. F
 kernel needs no shuffle for, is loaded into the slice each step as there (:func:`x_source`). x's RMS is summed
 across warps after the loop, as the Triton kernel does.
 
-Measured on an H200 (docs/benchmarks.md, runs BQ-BU): the int8 gemvs alone, plain launches, are as fast as the
+Measured on an H200 (docs/benchmarks.md, runs BQ-BX): the int8 gemvs alone, plain launches, are as fast as the
 Triton kernel's or within a few percent; in batch-1 decode of the 1.1B shape int8 ran 1,958 tokens/s against 2,006
-(its gate/up faster, its q/k/v slower) and bf16 1,408 against 1,428.
+(its gate/up faster, its q/k/v slower) and bf16 1,408 against 1,428 (BT, BU; again in BV: 1,956-1,957 against
+2,001-2,005 and 1,408-1,409 against 1,430-1,431), and tiles tuned on this kernel did not close the gap (BX).
 
 Weights: int8 with bf16 activations (the Triton kernel's default ``f16`` path: int8 to fp16 exactly by the same
 inline PTX, products and per-step sums in fp16 with x scaled by 2^-7), or float weights (fp32 products). A fused
