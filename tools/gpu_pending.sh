@@ -1,12 +1,7 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued in session 21 (then every recipe below has run, each says when and what it found, kept to re-measure after
-# changes; `final` re-measures decode as shipped):
-#   bash tools/gpu_pending.sh l2-chain  each kernel of the decode chain asks L2 for the next kernel's weights by line
-#                                      prefetches (prefetch.global.L2::evict_last, nothing for a program to wait
-#                                      on, unlike BG's bulk prefetch): attention the MLP's gate/up weight, gate/up
-#                                      the down weight, down the next layer's q/k/v ($LMSTACK_L2_CHAIN=attn,gemv),
-#                                      beside none, bf16 and int8 at batch 1 by the clock, profiled, A-B-A-B (~7.5 min)
+# Nothing is queued after session 20: every recipe below has run (each says when and what it found), kept to
+# re-measure after changes; `final` re-measures decode as shipped.
 #   bash tools/gpu_pending.sh gluon-tune  the int8 gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
 #                                      then int8 decode on the Gluon kernel with the shipped and the retuned tables, by
 #                                      the clock (~7.5 min; run BX, session 20: retuned 1,946-1,950 tokens/s against
@@ -251,7 +246,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in l2-chain|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -369,8 +364,6 @@ alternate() { local var=$1 v val; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
-l2-chain)
-  alternate LMSTACK_L2_CHAIN off attn,gemv off2 attn,gemv2 ;;
 gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12

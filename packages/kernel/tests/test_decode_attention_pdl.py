@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from kernel import default_registry
-from specs.errors import ShapeError
 
 triton = pytest.importorskip("triton")
 
@@ -54,23 +53,6 @@ def test_pdl_op_combines_in_the_split_kernel_given_counters():
     got = da.decode_attention_pdl(q, k2, v2, lens, split_counters=counters, **kw)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # the splits summed in another order's kernel
     assert torch.equal(k2, k) and torch.equal(v2, v) and not counters.any()  # left zeroed for the next call
-
-
-def test_l2_prefetch_is_a_hint_that_changes_nothing_and_bad_buffers_are_named():
-    (q, k, v, lens), kw = _step()
-    counters = torch.zeros(8, dtype=torch.int32, device=DEVICE)
-    # 777,000 bytes: neither whole 4 KB chunks per program nor a multiple of 16 (the tail is left out)
-    w = torch.randint(-127, 128, (1000, 777), dtype=torch.int8, device=DEVICE)
-    w0, k2, v2 = w.clone(), k.clone(), v.clone()
-    want = da.decode_attention_pdl(q, k, v, lens, split_counters=counters, **kw)
-    got = da.decode_attention_pdl(q, k2, v2, lens, split_counters=counters, l2_prefetch=w, **kw)
-    assert torch.equal(got, want) and torch.equal(k2, k) and torch.equal(v2, v) and torch.equal(w, w0)
-    assert da.l2_prefetch_bytes(w, q) == (777_000 // 16 * 16 if q.is_cuda else 0)  # off CUDA: nothing prefetched
-    with pytest.raises(ShapeError, match="contiguous"):
-        da.decode_attention_pdl(q, k2, v2, lens, l2_prefetch=w.t(), **kw)
-    with pytest.raises(ShapeError, match="l2_prefetch is on meta"):
-        da.decode_attention(q, k2, v2, lens, l2_prefetch=torch.empty(16, device="meta"), **kw)
-    assert torch.equal(k2, k) and torch.equal(v2, v)  # refused before anything was written
 
 
 @pytest.mark.parametrize("angles", ["rows", "tables"])
@@ -114,8 +96,8 @@ def test_pdl_op_declares_the_caches_it_writes_and_passes_opcheck():
     (q, k, v, lens), kw = _step()
     torch.library.opcheck(torch.ops.lmstack.decode_attention_pdl,
                           (q, k, v, lens, None, None, None, kw["k_new"], kw["v_new"], kw["cos_BDh"], kw["sin_BDh"],
-                           None, None, None, torch.ones(4096, dtype=torch.int8, device=DEVICE)),
-                          test_utils=("test_schema", "test_faketensor"))  # the prefetched buffer is only read
+                           None, None, None),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_compiled_code_calls_the_op_on_the_caches_without_copying_them():
@@ -151,7 +133,7 @@ from kernel.triton import decode_attention as da
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 for pdl, new in ((False, True), (True, True), (True, False)):
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=new, ROPE=new, COMBINE=False, BLOCK_G=16,
-                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, EARLY=pdl and new, ROPE_AT_POS=False, PREFETCH=0)
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, EARLY=pdl and new, ROPE_AT_POS=False)
     src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -165,12 +147,6 @@ for pdl, new in ((False, True), (True, True), (True, False)):
                                                                **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                     options={"num_warps": 4, "launch_pdl": pdl}).asm["ptx"] + "\\n=====\\n")
-consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16, BLOCK_S=64,
-              BLOCK_D=64, BLOCK_N=8, PDL=True, EARLY=True, ROPE_AT_POS=False, PREFETCH=64)  # with l2_prefetch
-src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
-                                                          **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
-sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": 4, "launch_pdl": True}).asm["ptx"] + "\\n=====\\n")
 """
 
 
@@ -179,11 +155,9 @@ def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, prefetching, _ = out.stdout.split("\n=====\n")
+    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, _ = out.stdout.split("\n=====\n")
     for ptx in (plain_dec, plain_comb):
         assert "griddepcontrol" not in ptx
-    for ptx in (plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old):
-        assert "prefetch" not in ptx
 
     def order(ptx):
         lines = ptx.splitlines()
@@ -205,11 +179,3 @@ def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
     lines = pdl_dec.splitlines()
     branch = next(i for i, line in enumerate(lines) if i > wait and re.search(r"\bbra\b", line))
     assert sum(wait < i < branch for i in loads) >= 4
-    # with l2_prefetch: the line prefetches (evict-last) come after the wait and after the loads that follow it
-    # (q and the new token first: the attention's own round trip is not queued behind them), before the cached
-    # keys' second read and the angles
-    wait, launch, loads, store = order(prefetching)
-    lines = prefetching.splitlines()
-    pf = [i for i, line in enumerate(lines) if "prefetch.global.L2::evict_last" in line]
-    assert pf and "cp.async.bulk" not in prefetching
-    assert wait < min(i for i in loads if i > wait) < pf[0] and max(pf) < loads[-1]

@@ -21,17 +21,16 @@ from triton.backends.compiler import GPUTarget
 from kernel.triton import decode_attention as da, gemv
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 target = GPUTarget("cuda", 90, 32)
-gnames = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps", "pf_ptr",
-          "pf_bytes", "pf_per"]
-gsig = dict(zip(gnames, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32", "*u8", "i32", "i32"]))
+gnames = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
+gsig = dict(zip(gnames, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
 cnames = ["acc_ptr", "m_ptr", "l_ptr", "o_ptr", "stride_ob", "stride_oh", "H", "NS", "Dh"]
 csig = dict(zip(cnames, ["*fp32"] * 3 + ["*bf16"] + ["i32"] * 5))
 for pdl in (1, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=32, BLOCK_K=512, PDL=pdl,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, PREFETCH=False)
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False)
     kernels = [(gemv._gemv, gsig, consts)]
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
-                  BLOCK_S=16, BLOCK_D=64, BLOCK_N=32, PDL=pdl, EARLY=True, ROPE_AT_POS=True, PREFETCH=False)
+                  BLOCK_S=16, BLOCK_D=64, BLOCK_N=32, PDL=pdl, EARLY=True, ROPE_AT_POS=True)
     kernels.append((da._decode, dict(zip(names, types)), consts))
     kernels.append((da._combine, csig, dict(BLOCK_N=32, BLOCK_D=64, PDL=pdl)))
     for fn, sig, consts in kernels:

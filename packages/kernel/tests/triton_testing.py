@@ -52,9 +52,9 @@ def rand(*shape, dtype, seed=0):
 # the decode attention kernel's (``kernel.triton.decode_attention._decode``) arguments and their sm90 types, for the
 # tests that compile it offline (a bf16 cache, int64 lengths, fp32 split partials, int32 counters)
 DECODE_ARG_NAMES = ["q_ptr", "k_ptr", "v_ptr", "lens_ptr", "table_ptr", "o_ptr", "acc_ptr", "m_ptr", "l_ptr", "kn_ptr",
-                    "vn_ptr", "cos_ptr", "sin_ptr", "cnt_ptr", "pf_ptr", "stride_qb", "stride_qh", "stride_kb",
-                    "stride_kh", "stride_ks", "stride_vb", "stride_vh", "stride_vs", "stride_tb", "stride_ob",
-                    "stride_oh", "stride_knb", "stride_knh", "stride_vnb", "stride_vnh", "stride_cb", "scale", "G",
-                    "Dh", "H", "NS", "KVH", "L", "pf_bytes", "pf_per"]
-DECODE_ARG_TYPES = (["*bf16"] * 3 + ["*i64"] * 2 + ["*bf16"] + ["*fp32"] * 3 + ["*bf16"] * 4 + ["*i32"] + ["*u8"]
-                    + ["i32"] * 16 + ["fp32"] + ["i32"] * 8)
+                    "vn_ptr", "cos_ptr", "sin_ptr", "cnt_ptr", "stride_qb", "stride_qh", "stride_kb", "stride_kh",
+                    "stride_ks", "stride_vb", "stride_vh", "stride_vs", "stride_tb", "stride_ob", "stride_oh",
+                    "stride_knb", "stride_knh", "stride_vnb", "stride_vnh", "stride_cb", "scale", "G", "Dh", "H", "NS",
+                    "KVH", "L"]
+DECODE_ARG_TYPES = (["*bf16"] * 3 + ["*i64"] * 2 + ["*bf16"] + ["*fp32"] * 3 + ["*bf16"] * 4 + ["*i32"] + ["i32"] * 16
+                    + ["fp32"] + ["i32"] * 6)

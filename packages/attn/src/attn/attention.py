@@ -45,11 +45,9 @@ class Attention(nn.Module):
         # name one (serve's FastGenerator(decode_attention=...))
         self.decode_impl: str | None = None
 
-    def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext, residual: torch.Tensor | None = None,
-                l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D); plus ``residual`` (B, T, D) when given (added by the output projection).
-        ``l2_prefetch``: in a decode step that goes to ``decode_attention``, a tensor its kernel may pull into L2
-        meanwhile (the weights of the matmul after this layer's output projection; a hint, ignored elsewhere)."""
+    def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); plus ``residual`` (B, T, D) when given (added by the output projection)."""
         B, T, _ = x_BTD.shape
         HIDDEN.check(x_BTD, "x_BTD", D=self.d_model)
         eps = self.input_rms_eps
@@ -72,10 +70,9 @@ class Attention(nn.Module):
                 rope = {"cos_PDh": ctx.decode.cos_PDh, "sin_PDh": ctx.decode.sin_PDh}
             elif ctx.cos_BTDh is not None:
                 rope = {"cos_BDh": ctx.cos_BTDh[:, 0].expand(B, -1), "sin_BDh": ctx.sin_BTDh[:, 0].expand(B, -1)}
-            hint = {} if l2_prefetch is None else {"l2_prefetch": l2_prefetch}
             o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_pool, v_pool, ctx.decode.lens_B,
                                               k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], **rope,
-                                              **ctx.decode.kwargs, **hint)
+                                              **ctx.decode.kwargs)
             return linear_with(self.o_proj, o_BHDh.reshape(B, 1, self.n_heads * self.head_dim), residual=residual)
         if ctx.cos_BTDh is not None:
             rope = resolve("rope", "auto", **request)

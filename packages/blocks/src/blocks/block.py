@@ -44,9 +44,6 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.norms_folded = False
         self.layer_kernel: str | None = None  # use_layer_kernel
-        # a decode loop's budget (bytes) for the MLP's first weight to be pulled into L2 by the attention kernel
-        # before the MLP reads it (kernel.l2_prefetch_budget; 0: never): see _mlp_prefetch
-        self.l2_prefetch_bytes = 0
         self.register_buffer("layer_counters", None, persistent=False)  # decode_layer's workspace, when used
 
     def forward(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
@@ -56,11 +53,10 @@ class TransformerBlock(nn.Module):
                 return self._decode_layer(x_BTD, ctx)
             if getattr(ctx.cache, "fixed_shape", False) and not torch.compiler.is_compiling():
                 self._layer_op(x_BTD)  # resolved now (eager prefill): compiled decode steps find it (fullgraph)
-        hint = {} if (pf := self._mlp_prefetch(ctx)) is None else {"l2_prefetch": pf}
         if self.norms_folded:  # the projections normalise their input and add the residual (fold_norms)
-            h_BTD = self.self_attn(x_BTD, ctx, residual=x_BTD, **hint)
+            h_BTD = self.self_attn(x_BTD, ctx, residual=x_BTD)
             return self.mlp(h_BTD, residual=h_BTD)
-        x_BTD = residual(x_BTD, self.input_layernorm, lambda h: self.dropout(self.self_attn(h, ctx, **hint)),
+        x_BTD = residual(x_BTD, self.input_layernorm, lambda h: self.dropout(self.self_attn(h, ctx)),
                          self.norm_position)
         return residual(x_BTD, self.post_attention_layernorm, lambda h: self.dropout(self.mlp(h)), self.norm_position)
 
@@ -138,17 +134,6 @@ class TransformerBlock(nn.Module):
         return (dec is not None and x_BTD.shape[0] == 1 and x_BTD.shape[1] == 1 and dec.block_table_BN is None
                 and getattr(ctx.cache, "kernel_writes", False) and ctx.cos_BTDh is not None
                 and x_BTD.dtype == self.self_attn.o_proj.weight.dtype == getattr(ctx.cache, "dtype", None))
-
-    def _mlp_prefetch(self, ctx: AttentionContext) -> torch.Tensor | None:
-        """In a decode step, the MLP's fused gate/up weight when it fits ``l2_prefetch_bytes``: attention's kernel
-        then pulls it into L2 while its own work waits on memory latency (the bus idle), and the gate/up matmul
-        reads it from there. None otherwise (no budget, not a decode step, no fused gate/up, too big)."""
-        if not self.l2_prefetch_bytes or ctx.decode is None or not is_fused(self.mlp, "gate_up_proj"):
-            return None
-        w = getattr(self.mlp.gate_up_proj, "weight", None)
-        if not isinstance(w, torch.Tensor) or not w.is_contiguous():
-            return None
-        return w if w.numel() * w.element_size() <= self.l2_prefetch_bytes else None
 
     def _decode_layer(self, x_BTD: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         attn, mlp = self.self_attn, self.mlp

@@ -5,11 +5,11 @@ head_dim=128, causal=True)``. Ops: attention, rmsnorm, layernorm, rope, swiglu, 
 linear_cross_entropy; every op has a pure-torch "reference". Importing this package imports no optional back end.
 """
 
-from kernel.hints import l2_prefetch_budget, one_row_pdl_linear
+from kernel.hints import one_row_pdl_linear
 from kernel.implementation import OPS, Implementation, Request
 from kernel.registry import ENTRY_POINT_GROUP, KernelRegistry, default_registry, make_request, resolve
 
 __version__ = "0.19.0"
 
 __all__ = ["ENTRY_POINT_GROUP", "OPS", "Implementation", "KernelRegistry", "Request", "default_registry",
-           "l2_prefetch_budget", "make_request", "one_row_pdl_linear", "resolve"]
+           "make_request", "one_row_pdl_linear", "resolve"]

@@ -185,8 +185,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
                      sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
-                     cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None,
-                     l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                     cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """One query token per row against the first ``lens_B[b]`` key slots of its row; (B, H, Dh) out.
 
     ``k``, ``v``: per-row buffers (B, KVH, L, Dh), or with ``block_table`` (B, NB) a paged pool (slots, KVH, Dh)
@@ -203,9 +202,6 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
 
     ``split_counters``: a zeroed int32 workspace of at least B x KVH entries that a kernel splitting the slots over
     programs may use to combine them without a second kernel, and leaves zeroed (the Triton kernel's); unused here.
-
-    ``l2_prefetch``: a tensor a kernel may pull into the GPU's L2 cache meanwhile (the next matmul's weights), a
-    hint that never changes the output; unused here.
     """
     cos_BDh, sin_BDh = decode_rope(q_BHDh, k, lens_B, block_table, block_size, cos_BDh, sin_BDh, cos_PDh, sin_PDh)
     if k_new is not None or cos_BDh is not None:

@@ -53,12 +53,10 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
                      sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
-                     cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None,
-                     l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                     cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """The decode op through SDPA: keys gathered (paged) and masked by the row lengths, KV heads repeated; what the
     model ran before the Triton decode kernel, kept as the baseline and the fast path where Triton is absent. The
-    new-token arguments (rope, cache write) are :func:`kernel.reference.decode_new_token`; ``l2_prefetch``, a hint,
-    is unused."""
+    new-token arguments (rope, cache write) are :func:`kernel.reference.decode_new_token`."""
     cos_BDh, sin_BDh = decode_rope(q_BHDh, k, lens_B, block_table, block_size, cos_BDh, sin_BDh, cos_PDh, sin_PDh)
     if k_new is not None or cos_BDh is not None:
         q_BHDh = decode_new_token(q_BHDh, k, v, lens_B, block_table, block_size, k_new, v_new, cos_BDh, sin_BDh)

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernel import default_registry, l2_prefetch_budget, one_row_pdl_linear, resolve
-from kernel.hints import l2_chain
+from kernel import default_registry, one_row_pdl_linear, resolve
 from kernel.reference import linear_split_counters, split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
@@ -89,12 +88,6 @@ class FastGenerator:
     and the layers would decode with the Triton kernels anyway (+1.2% tokens/s for a 1.1B step at batch 1 on an
     H200, docs/benchmarks.md run AE); elsewhere the model's own choice. The ``decode_attention`` attribute says
     which (None: the model's).
-    ``l2_prefetch``: in each decode step, each layer's attention kernel pulls the MLP's gate/up weight into L2
-    (``decode_attention(l2_prefetch=...)``) while its own work waits on memory latency, so the gate/up matmul reads
-    it from L2; only weights within :func:`kernel.l2_prefetch_budget` (half the card's L2, e.g. an int8 1.1B
-    layer's 23 MB and not its bf16 46 MB). True (the default) turns it on where the decode steps' attention is
-    "triton_pdl" (the kernel that prefetches); False turns it off. The ``l2_prefetch`` attribute gives the budget in
-    bytes (0: off).
     ``layer_kernel``: run each layer of a decode step as one kernel registry ``decode_layer`` call
     (``model.use_layer_kernel``; on CUDA one persistent Triton launch per layer: no kernel boundaries inside a
     layer). It applies to one-row generators (``batch_size == 1``) of folded Llama layers with fused projections.
@@ -110,7 +103,7 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
                  fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
-                 fuse_swiglu: bool = True, decode_attention: str | None = "auto", l2_prefetch: bool = True):
+                 fuse_swiglu: bool = True, decode_attention: str | None = "auto"):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -120,8 +113,6 @@ class FastGenerator:
             default_registry().get("decode_attention", decode_attention)
         if not isinstance(fuse_swiglu, bool):  # (every argument is checked before the model is changed)
             raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
-        if not isinstance(l2_prefetch, bool):
-            raise ConfigError("FastGenerator", f"l2_prefetch must be True or False, got {l2_prefetch!r}")
         if pdl not in (True, False, "auto"):
             raise ConfigError("FastGenerator", f"pdl must be True, False or 'auto', got {pdl!r}")
         if pdl == "auto":
@@ -175,24 +166,6 @@ class FastGenerator:
             if hasattr(m, "decode_impl"):
                 m.decode_impl = decode_attention
         self.decode_attention = decode_attention
-        p = next(iter(model.parameters()), None)
-        prefetching = l2_prefetch and decode_attention == "triton_pdl" and p is not None
-        self.l2_prefetch = l2_prefetch_budget(p.device) if prefetching else 0
-        for m in model.modules():  # the blocks pass their MLP's gate/up weight to attention's kernel (0: never)
-            if hasattr(m, "l2_prefetch_bytes"):
-                m.l2_prefetch_bytes = self.l2_prefetch
-        self.l2_chained = 0
-        if self.l2_prefetch:  # each gemv asks L2 for the next gemv's weight (experiment: $LMSTACK_L2_CHAIN)
-            blocks = [m for m in model.modules() if hasattr(m, "l2_prefetch_bytes")]
-            pairs = []
-            for i, blk in enumerate(blocks):
-                mlp, attn = getattr(blk, "mlp", None), getattr(blk, "self_attn", None)
-                if not (hasattr(mlp, "gate_up_proj") and hasattr(attn, "qkv_proj")):
-                    continue
-                pairs.append((mlp.gate_up_proj.weight, mlp.down_proj.weight))
-                if i + 1 < len(blocks) and hasattr(blocks[i + 1].self_attn, "qkv_proj"):
-                    pairs.append((mlp.down_proj.weight, blocks[i + 1].self_attn.qkv_proj.weight))
-            self.l2_chained = l2_chain(pairs, self.l2_prefetch)
         self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
         if hasattr(model, "use_layer_kernel"):  # the model decodes as this generator says (None turns it off)
             model.use_layer_kernel(self.layer_kernel)

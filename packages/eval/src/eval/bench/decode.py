@@ -309,8 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # what "auto" made of them at this batch size; the variant's own fields are its first batch's (the one
             # the roofline fraction and the greedy gaps are of)
             choices = {"pdl": gen.pdl, "fold_norms": gen.fold_norms, "fuse_swiglu": gen.fuse_swiglu,
-                       "linear_impl": _linear_impls(gen.model), "decode_attention": gen.decode_attention,
-                       "l2_prefetch": gen.l2_prefetch}
+                       "linear_impl": _linear_impls(gen.model), "decode_attention": gen.decode_attention}
             out[f"batch{B}"]["choices"] = choices
             if sizes[0] == B:
                 out.update(choices)
@@ -338,7 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r["profile"] = profile_decode(gen, prompts[sizes[0]][:1])
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
                                      "fold_norms": bool(fold), "fuse_swiglu": gen.fuse_swiglu,
-                                     "decode_attention": gen.decode_attention, "l2_prefetch": gen.l2_prefetch}
+                                     "decode_attention": gen.decode_attention}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)

@@ -35,9 +35,7 @@ import triton
 import triton.language as tl
 
 from kernel.reference import check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
-from kernel.triton import _l2
 from kernel.triton._device import device_info, pdl_capable
-from kernel.triton._l2 import prefetch_lines
 from kernel.triton._pdl import pdl_enter, pdl_mode
 from kernel.triton.attention import _dot, _dot_mode
 from specs.errors import ConfigError, ShapeError
@@ -58,19 +56,19 @@ EARLY_WITHOUT_PDL = False
 
 @triton.jit
 def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
-            cnt_ptr, pf_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+            cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-            scale, G, Dh, H, NS, KVH, L, pf_bytes, pf_per,
+            scale, G, Dh, H, NS, KVH, L,
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
-            ROPE_AT_POS: tl.constexpr, PREFETCH: tl.constexpr = False):
+            ROPE_AT_POS: tl.constexpr):
     _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
             scale, G, Dh, H, NS, KVH, L, tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64),
             tl.program_id(2) if SPLIT else 0, PAGED, PAGE, DOT, SPLIT, NEW, ROPE, COMBINE, BLOCK_G, BLOCK_S, BLOCK_D,
-            BLOCK_N, "", PDL, EARLY, ROPE_AT_POS, pf_ptr, pf_bytes, pf_per, PREFETCH)
+            BLOCK_N, "", PDL, EARLY, ROPE_AT_POS)
 
 
 @triton.jit
@@ -81,7 +79,7 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, QKV_LOAD: tl.constexpr, PDL: tl.constexpr,
-            EARLY: tl.constexpr, ROPE_AT_POS: tl.constexpr, pf_ptr, pf_bytes, pf_per, PREFETCH: tl.constexpr):
+            EARLY: tl.constexpr, ROPE_AT_POS: tl.constexpr):
     """The work of one program of :func:`_decode`, (row b, KV head kvh, slot split ``split``): also the attention
     stage of ``decode_layer``'s persistent kernel, whose q, new key and value another program of the same kernel
     wrote (``QKV_LOAD=".cg"``: read from L2). ``L``: a fixed cache's slots per row. ``ROPE_AT_POS``: cos/sin are
@@ -96,11 +94,7 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     the length is known, a chunk that starts elsewhere loads its block again. After the wait the length, q, and the
     new key and value are loaded together, before anything that depends on the length (kernel 0.16: before, q and
     the new token waited behind the length's round trip), so the RoPE angles at the length are the one load that
-    follows another.
-
-    ``PREFETCH`` (chunks a loop step, 0: none): once those loads are issued, the program asks L2 for its share of
-    the ``pf_bytes`` bytes at ``pf_ptr`` (``pf_per`` bytes a program, :func:`_l2_prefetch`), while the rest of its
-    work waits on memory latency and leaves the memory bus idle."""
+    follows another."""
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     g_ok, d_ok = g < G, d < Dh
@@ -129,9 +123,6 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         if ROPE:
             kn_rot = tl.load(kn_ptr + b * stride_knb + kvh * stride_knh + d_rot, mask=d_ok, other=0.0,
                              cache_modifier=QKV_LOAD)
-    if PREFETCH:
-        first = ((b * KVH + kvh) * NS + split) * pf_per
-        prefetch_lines(pf_ptr, first, tl.minimum(first + pf_per, pf_bytes))
     lo, hi = _chunk(n, split, NS, SPLIT, BLOCK_S)
     s0 = lo + tl.arange(0, BLOCK_S)
     if EARLY:  # the early block where the chunk starts there (its slots past hi zeroed), else loaded now
@@ -323,29 +314,13 @@ def block_s(capacity: int, ns: int) -> int:
     return min(BLOCK_S, max(MIN_BLOCK_S, triton.next_power_of_2(triton.cdiv(max(capacity, 1), ns))))
 
 
-def l2_prefetch_bytes(t: torch.Tensor | None, q: torch.Tensor) -> int:
-    """The bytes of ``t`` that :func:`decode_attention` prefetches to L2, its size rounded down to 16 (0: none, as
-    off CUDA, where Triton's interpreter has no prefetch instruction). ``t`` must be contiguous and on q's
-    device."""
-    if t is None:
-        return 0
-    if t.device != q.device:
-        raise ShapeError(f"decode_attention: l2_prefetch is on {t.device}, expected q's device {q.device}")
-    if not t.is_contiguous():
-        raise ShapeError(f"decode_attention: l2_prefetch must be contiguous (it is read as one byte range), got "
-                         f"shape {tuple(t.shape)} with strides {t.stride()}")
-    if not q.is_cuda:
-        return 0
-    return t.numel() * t.element_size() // 16 * 16
-
-
 def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
                      block_table: torch.Tensor | None = None, block_size: int | None = None,
                      scale: float | None = None, k_new: torch.Tensor | None = None,
                      v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
                      sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
                      pdl: bool = False, cos_PDh: torch.Tensor | None = None,
-                     sin_PDh: torch.Tensor | None = None, l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                     sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, Dh) queries against per-row (B, KVH, L, Dh) buffers, or a (slots, KVH, Dh) pool with ``block_table``
     (B, NB) and ``block_size``; ``lens_B`` valid slots per row. Returns (B, H, Dh) in q's dtype. ``k_new``/``v_new``
     (B, KVH, Dh) and ``cos_BDh``/``sin_BDh`` (B, Dh): the step's new token, rotated and written to slot
@@ -357,11 +332,7 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     (:func:`kernel.reference.split_combine_in_kernel`). ``pdl``: launch both kernels with programmatic dependent
     launch where the device has it (sm90+): each waits for the kernel before it, then lets the next one start (a
     PDL-launched matmul after it loads its first weights meanwhile); with the new token and a fixed cache the split
-    kernel loads a block of cached keys and values before its wait (:func:`decode_attention_pdl`).
-    ``l2_prefetch``: a contiguous tensor on q's device that the split kernel's programs pull into L2 while they wait
-    on their own loads (the next matmul's weights, read from L2 instead of memory; a hint, the output does not
-    depend on it, :func:`l2_prefetch_bytes`). With ``pdl`` on CUDA only (the interpreter has no prefetch
-    instruction; the plain kernel is what torch.compile traces, see below)."""
+    kernel loads a block of cached keys and values before its wait (:func:`decode_attention_pdl`)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
     check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
     check_rope_tables(q_BHDh, k, block_table, block_size, cos_BDh, cos_PDh, sin_PDh)
@@ -418,23 +389,15 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     # unused pointer arguments get a spare buffer, never lens_B: passed as three arguments, lens_B was copied three
     # times per layer by the code torch 2.11's inductor generated for a decode step (run Z, docs/benchmarks.md)
     spare = None if paged and combine else torch.empty(1, dtype=torch.int32, device=q.device)
-    pf_bytes = l2_prefetch_bytes(l2_prefetch, q)  # checked with or without PDL
-    if not pdl:  # only the PDL op prefetches: inductor traces the plain kernel, and its analysis of what a kernel
-        # writes counts every argument as written once there is inline assembly (copies that cost more than it saves)
-        pf_bytes = 0
-    if "attn" not in _l2.chain():
-        pf_bytes = 0
-    pf, pf_bytes, pf_per = _l2.share(l2_prefetch if pf_bytes else None, B * KVH * ns, q)
     _decode[(B, KVH, ns)](q, k, v, lens_B, table if paged else spare, out, acc, m, l_s, kn, vn, cos, sin,
-                          split_counters if combine else spare, pf, q.stride(0), q.stride(1), kb,
+                          split_counters if combine else spare, q.stride(0), q.stride(1), kb,
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
                           Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH, 0 if paged else capacity,
-                          pf_bytes, pf_per, PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1,
-                          NEW=new,
+                          PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
                           ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)),
                           BLOCK_S=block_s(capacity, ns),
                           BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl_mode(pdl), EARLY=early,
-                          ROPE_AT_POS=at_pos, PREFETCH=pf_bytes > 0, **launch)
+                          ROPE_AT_POS=at_pos, **launch)
     if ns > 1 and not combine:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl_mode(pdl), **launch)
@@ -446,8 +409,7 @@ def decode_attention_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          scale: float | None = None, k_new: torch.Tensor | None = None,
                          v_new: torch.Tensor | None = None, cos_BDh: torch.Tensor | None = None,
                          sin_BDh: torch.Tensor | None = None, split_counters: torch.Tensor | None = None,
-                         cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None,
-                         l2_prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                         cos_PDh: torch.Tensor | None = None, sin_PDh: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`decode_attention` launched with programmatic dependent launch (sm90+), as an opaque op to
     torch.compile (``torch.ops.lmstack.decode_attention_pdl``, declared to write k, v and ``split_counters``: the
     step's token goes to the cache), since inductor launches the Triton kernels it traces without the attribute. In
@@ -457,7 +419,7 @@ def decode_attention_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     it, which must therefore not write the cache (in a decode step it is the q/k/v projection); everything else,
     the row lengths included, is read after the wait."""
     return torch.ops.lmstack.decode_attention_pdl(q_BHDh, k, v, lens_B, block_table, block_size, scale, k_new, v_new,
-                                                  cos_BDh, sin_BDh, cos_PDh, sin_PDh, split_counters, l2_prefetch)
+                                                  cos_BDh, sin_BDh, cos_PDh, sin_PDh, split_counters)
 
 
 @torch.library.custom_op("lmstack::decode_attention_pdl", mutates_args=("k", "v", "split_counters"))
@@ -465,11 +427,10 @@ def _decode_attention_pdl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                           block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
                           k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos: torch.Tensor | None,
                           sin: torch.Tensor | None, cos_table: torch.Tensor | None,
-                          sin_table: torch.Tensor | None, split_counters: torch.Tensor | None,
-                          l2_prefetch: torch.Tensor | None) -> torch.Tensor:
+                          sin_table: torch.Tensor | None, split_counters: torch.Tensor | None) -> torch.Tensor:
     return decode_attention(q, k, v, lens, block_table=block_table, block_size=block_size, scale=scale, k_new=k_new,
                             v_new=v_new, cos_BDh=cos, sin_BDh=sin, pdl=True, cos_PDh=cos_table, sin_PDh=sin_table,
-                            split_counters=split_counters, l2_prefetch=l2_prefetch)
+                            split_counters=split_counters)
 
 
 @_decode_attention_pdl.register_fake
@@ -477,6 +438,5 @@ def _decode_attention_pdl_shape(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
                                 k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos: torch.Tensor | None,
                                 sin: torch.Tensor | None, cos_table: torch.Tensor | None,
-                                sin_table: torch.Tensor | None, split_counters: torch.Tensor | None,
-                                l2_prefetch: torch.Tensor | None) -> torch.Tensor:
+                                sin_table: torch.Tensor | None, split_counters: torch.Tensor | None) -> torch.Tensor:
     return torch.empty_like(q)

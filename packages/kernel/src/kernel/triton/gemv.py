@@ -39,9 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.triton import _l2
 from kernel.triton._device import device_info, pdl_capable
-from kernel.triton._l2 import prefetch_lines
 from kernel.triton._pdl import pdl_enter, pdl_mode
 from kernel.triton._tables import load_table, tile_key
 from specs.errors import ConfigError, ShapeError
@@ -109,10 +107,10 @@ def int8_mode() -> str:
 
 
 @triton.jit
-def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pf_ptr, pf_bytes, pf_per,
+def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, PREFETCH: tl.constexpr = False):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -130,9 +128,6 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
     # loads (PDL 2, $LMSTACK_PDL_TRIGGER early, or mixed with int8 weights: as soon as this program's first weights
     # are asked for)
     pdl_enter(PDL)
-    if PREFETCH:  # the next kernel's weights into L2, this program's share (kernel.triton._l2)
-        first = pid.to(tl.int64) * pf_per
-        prefetch_lines(pf_ptr, first, tl.minimum(first + pf_per, pf_bytes))
     if PERSISTENT:
         for rb in range(pid, blocks, programs):
             # the next row block's first weight block (and scales, bias) is in flight while this one is computed
@@ -334,12 +329,9 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
             gemv_gluon.gemv_gluon(x, w, out, scale, bias, res, N, K, rms_eps, rows=rows, block_k=block_k,
                                   warps=warps, pdl_mode=trigger, glu=glu, launch_pdl=pdl)
             return out
-    nxt = _l2.NEXT.get(w.data_ptr()) if pdl and "gemv" in _l2.chain() else None
-    pf, pf_bytes, pf_per = _l2.share(nxt, programs, x)
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
-        N, K, w.stride(0), float(rms_eps or 0.0), pf, pf_bytes, pf_per, PREFETCH=pf_bytes > 0,
-        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
         num_warps=warps, I8_F16=f16, LATE=late_consts(),
