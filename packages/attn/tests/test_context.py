@@ -138,30 +138,10 @@ def test_fixed_shape_decode_goes_mask_free_to_decode_attention():
     assert cos_PDh.shape[0] >= 16 and cos_PDh.shape[1] == cfg.head_dim
     torch.testing.assert_close(cos_PDh[[3, 7]], ctx.cos_BTDh[:, 0], rtol=0, atol=0)
     torch.testing.assert_close(sin_PDh[[3, 7]], ctx.sin_BTDh[:, 0], rtol=0, atol=0)
-    # and those rows, gathered once for every layer (the default), so the kernel loads them with q
-    torch.testing.assert_close(ctx.decode.cos_BDh, ctx.cos_BTDh[:, 0], rtol=0, atol=0)
-    torch.testing.assert_close(ctx.decode.sin_BDh, ctx.sin_BTDh[:, 0], rtol=0, atol=0)
     # positions given by the caller need not be the slots: the angles then come per row, as before
     ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg),
                         positions=torch.tensor([[0], [1]]))
     assert ctx.decode is not None and ctx.decode.cos_PDh is None and ctx.cos_BTDh is not None
-    assert ctx.decode.cos_BDh is None
-
-
-def test_decode_angles_env_picks_rows_or_tables_and_refuses_anything_else(monkeypatch):
-    from attn.cache.fixed import FixedKVCache
-    from attn.context import ANGLES_ENV
-
-    cfg = preset("llama-debug")
-    cache = FixedKVCache(n_layers=cfg.n_layers, batch_size=2, n_kv_heads=cfg.kv_heads, head_dim=cfg.head_dim,
-                         max_seq_len=16)
-    cache.lens.copy_(torch.tensor([3, 7]))
-    monkeypatch.setenv(ANGLES_ENV, "tables")  # the tables alone: the kernel reads the row at the new slot itself
-    ctx = build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
-    assert ctx.decode.cos_PDh is not None and ctx.decode.cos_BDh is None and ctx.decode.sin_BDh is None
-    monkeypatch.setenv(ANGLES_ENV, "row")
-    with pytest.raises(ConfigError, match="LMSTACK_DECODE_ANGLES.*'rows'.*'row'"):
-        build_context(cfg, torch.zeros(2, 1, dtype=torch.long), cache=cache, rotary=RotaryEmbedding(cfg))
 
 
 def test_rope_tables_are_the_angles_by_position_except_under_dynamic_ntk():

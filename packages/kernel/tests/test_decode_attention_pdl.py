@@ -147,13 +147,6 @@ for pdl, new in ((False, True), (True, True), (True, False)):
                                                                **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
                                     options={"num_warps": 4, "launch_pdl": pdl}).asm["ptx"] + "\\n=====\\n")
-# the angles as (P, Dh) tables read at the new slot (ROPE_AT_POS), against the (B, Dh) rows above
-consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16, BLOCK_S=64,
-              BLOCK_D=64, BLOCK_N=8, PDL=True, EARLY=True, ROPE_AT_POS=True)
-src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
-                                                          **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
-sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                options={"num_warps": 4, "launch_pdl": True}).asm["ptx"] + "\\n=====\\n")
 """
 
 
@@ -162,7 +155,7 @@ def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
     out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, pdl_tables, _ = out.stdout.split("\n=====\n")
+    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, _ = out.stdout.split("\n=====\n")
     for ptx in (plain_dec, plain_comb):
         assert "griddepcontrol" not in ptx
 
@@ -186,14 +179,3 @@ def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
     lines = pdl_dec.splitlines()
     branch = next(i for i, line in enumerate(lines) if i > wait and re.search(r"\bbra\b", line))
     assert sum(wait < i < branch for i in loads) >= 4
-
-    # the RoPE angles as the step's (B, Dh) rows load there too (kernel 0.20); as the (P, Dh) tables, their row at
-    # the new slot needs the length, so those two loads (cos, sin) come after the branch
-    def before_branch(ptx):
-        wait, _, loads, _ = order(ptx)
-        lines = ptx.splitlines()
-        branch = next(i for i, line in enumerate(lines) if i > wait and re.search(r"\bbra\b", line))
-        return sum(wait < i < branch for i in loads), len(loads)
-
-    (rows_before, rows_all), (tables_before, tables_all) = before_branch(pdl_dec), before_branch(pdl_tables)
-    assert rows_before == tables_before + 2 and rows_all == tables_all

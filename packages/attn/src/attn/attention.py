@@ -66,9 +66,7 @@ class Attention(nn.Module):
             # RoPE, the cache write and attention in one decode_attention call (one kernel instead of ~four)
             k_pool, v_pool = ctx.cache.read(self.layer_idx)
             rope = {}
-            if ctx.decode.cos_BDh is not None:  # the step's angles, gathered once: loaded with q (no angle kernels)
-                rope = {"cos_BDh": ctx.decode.cos_BDh, "sin_BDh": ctx.decode.sin_BDh}
-            elif ctx.decode.cos_PDh is not None:  # the op reads each row's angles at its new slot
+            if ctx.decode.cos_PDh is not None:  # the op reads each row's angles at its new slot (no angle kernels)
                 rope = {"cos_PDh": ctx.decode.cos_PDh, "sin_PDh": ctx.decode.sin_PDh}
             elif ctx.cos_BTDh is not None:
                 rope = {"cos_BDh": ctx.cos_BTDh[:, 0].expand(B, -1), "sin_BDh": ctx.sin_BTDh[:, 0].expand(B, -1)}

@@ -24,7 +24,6 @@ Shape legend: B batch rows, T new tokens, S key slots (cached + new), H heads, D
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,20 +43,6 @@ _BS = TensorSpec("B", "S")
 
 # attn_impl values whose decode steps use the registry's decode_attention op (others keep their own masked path)
 DECODE_IMPLS = ("auto", "triton", "reference")
-# how a decode step over the slots hands decode_attention its RoPE angles: "rows" (the default: the tables' rows at
-# the new slots, gathered once per step for every layer, so the kernel loads them with q) or "tables" (the (P, Dh)
-# tables, each layer's kernel reading the row at the new slot once it has the length: one more memory round trip a
-# layer); for comparisons (docs/benchmarks.md, session 21)
-ANGLES_ENV = "LMSTACK_DECODE_ANGLES"
-
-
-def decode_angles() -> str:
-    """``$LMSTACK_DECODE_ANGLES``: "rows" (the default) or "tables" (:class:`DecodeInfo`)."""
-    raw = os.environ.get(ANGLES_ENV, "rows")
-    if raw not in ("rows", "tables"):
-        raise ConfigError(ANGLES_ENV, f"expected 'rows' (the default: the new slots' angles gathered once per step) "
-                                      f"or 'tables' (each layer's kernel reads them by the length), got {raw!r}")
-    return raw
 
 
 def mask_free_decode(cfg: ModelConfig, S: int) -> bool:
@@ -71,9 +56,8 @@ def mask_free_decode(cfg: ModelConfig, S: int) -> bool:
 class DecodeInfo:
     """What ``decode_attention`` needs besides q, k, v: valid slots per row after this step's append, for a paged
     cache its (B, NB) block table and block size, the cache's ``split_counters`` workspace when it has one, and
-    RoPE's angle tables (P, Dh) when each token's position is its slot (no ``positions`` given), and their rows at
-    the step's new slots (B, Dh), gathered once for every layer (``$LMSTACK_DECODE_ANGLES=rows``, the default;
-    ``tables``: None, and the op reads the tables' row at slot ``lens_B - 1`` itself). The step computes no angles."""
+    RoPE's angle tables (P, Dh) when each token's position is its slot (no ``positions`` given): the op then reads
+    the angles of slot ``lens_B - 1`` itself, and the step computes none."""
 
     lens_B: torch.Tensor
     block_table_BN: torch.Tensor | None = None
@@ -81,8 +65,6 @@ class DecodeInfo:
     split_counters: torch.Tensor | None = None
     cos_PDh: torch.Tensor | None = None
     sin_PDh: torch.Tensor | None = None
-    cos_BDh: torch.Tensor | None = None
-    sin_BDh: torch.Tensor | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -173,13 +155,11 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
     if fixed and T == 1 and valid_BS is None and mask_free_decode(cfg, S):
         table = getattr(cache, "block_table", None)  # a paged decode view's (B, NB) tensor
         paged = isinstance(table, torch.Tensor)
-        cos_PDh = sin_PDh = cos_BDh = sin_BDh = None
+        cos_PDh = sin_PDh = None
         if cfg.pos_encoding == "rope" and rotary is not None and rotary.static and positions_given is None:
             cos_PDh, sin_PDh = rotary.tables(device, dtype, _slots(cache, S))  # positions are the slots here
-            if decode_angles() == "rows":  # the new slots' rows, once for every layer
-                cos_BDh, sin_BDh = cos_PDh.index_select(0, lens_B), sin_PDh.index_select(0, lens_B)
         decode = DecodeInfo(lens_B + 1, table if paged else None, cache.block_size if paged else None,
-                            getattr(cache, "split_counters", None), cos_PDh, sin_PDh, cos_BDh, sin_BDh)
+                            getattr(cache, "split_counters", None), cos_PDh, sin_PDh)
     elif k_valid_BS is None and document_ids is None and window is None:
         causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
     else:

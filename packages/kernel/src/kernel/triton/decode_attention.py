@@ -93,9 +93,8 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     kernel of the step writes those slots (this one writes slot n - 1 itself and reads it from the arguments). Once
     the length is known, a chunk that starts elsewhere loads its block again. After the wait the length, q, and the
     new key and value are loaded together, before anything that depends on the length (kernel 0.16: before, q and
-    the new token waited behind the length's round trip), and so are the row's RoPE angles when given as (B, Dh)
-    rows (a decode step's, gathered once for all its layers: kernel 0.20); the (P, Dh) tables' row at the length
-    (``ROPE_AT_POS``) is the one load that follows another."""
+    the new token waited behind the length's round trip), so the RoPE angles at the length are the one load that
+    follows another."""
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     g_ok, d_ok = g < G, d < Dh
@@ -115,8 +114,6 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         sign = tl.where(d < half, -1.0, 1.0)
         q_rot = tl.load(q_ptr + b * stride_qb + h[:, None] * stride_qh + d_rot[None, :],
                         mask=g_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=QKV_LOAD)
-        if not ROPE_AT_POS:  # the row's own angles: no load of them waits for the length
-            cos, sin = _angles(cos_ptr, sin_ptr, b, n, stride_cb, d, d_ok, False)
     kn = 0.0  # unused without the new token
     vn = 0.0
     if NEW:  # the step's own key/value: slot n - 1 is read from here, and written to the cache by one program
@@ -139,8 +136,7 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         k0, v0 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, s0, hi, d, d_ok, stride_kb, stride_kh, stride_ks,
                            stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
     if ROPE:
-        if ROPE_AT_POS:  # the tables' row at the new slot, once the length is known
-            cos, sin = _angles(cos_ptr, sin_ptr, b, n, stride_cb, d, d_ok, True)
+        cos, sin = _angles(cos_ptr, sin_ptr, b, n, stride_cb, d, d_ok, ROPE_AT_POS)
         q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_rot.to(tl.float32) * sin[None, :]).to(q.dtype)
     if NEW:
         if ROPE:
