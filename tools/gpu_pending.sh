@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Nothing is queued after session 20: every recipe below has run (each says when and what it found), kept to
-# re-measure after changes; `final` re-measures decode as shipped.
+# Queued in session 21 (every other recipe below has run, each says when and what it found, kept to re-measure after
+# changes; `final` re-measures decode as shipped):
+#   bash tools/gpu_pending.sh wvec     the int8 gemv loading its weights 8 bytes a vector where a thread's K step holds
+#                                      a whole 16-byte vector of x, so the weight block's column slice is x's own load
+#                                      layout and x needs no shuffle through shared memory ($LMSTACK_GEMV_WVEC=x;
+#                                      q/k/v, o, down and the LM head at the shipped tiles) beside 16-byte vectors
+#                                      (=wide): the gemv's GPU tests, then bf16 and int8 at batch 1 by the clock,
+#                                      profiled, wide-x-wide-x (~5.5 min)
 #   bash tools/gpu_pending.sh gluon-tune  the int8 gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
 #                                      then int8 decode on the Gluon kernel with the shipped and the retuned tables, by
 #                                      the clock (~7.5 min; run BX, session 20: retuned 1,946-1,950 tokens/s against
@@ -246,7 +252,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -364,6 +370,10 @@ alternate() { local var=$1 v val; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
+wvec)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  alternate LMSTACK_GEMV_WVEC wide x wide2 x2 ;;
 gluon)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_gluon.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 12

@@ -110,13 +110,13 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     blocks = tl.cdiv(N, ROWS)
-    kk = tl.arange(0, BLOCK_K)
+    kk = _wcols(tl.arange(0, BLOCK_K), WVEC)
     n, n_ok = _rows(pid, N, ROWS, GLU)
     # the first weight block, and the rows' int8 scales and bias, are loaded before anything the kernel before may
     # still be writing: launched with PDL, those loads are in flight while that kernel drains (after the row sums, a
@@ -138,11 +138,21 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
                                            HAS_BIAS and not LATE)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
-                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
+                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC)
             w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
-               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE)
+               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC)
+
+
+@triton.jit
+def _wcols(kk, WVEC: tl.constexpr):
+    """The weight block's column offsets ``kk``, the same values, seen by the compiler as runs of WVEC (0: all of
+    BLOCK_K): it then loads weights WVEC bytes a vector (int8), and where that is x's own vector the weight block's
+    column slice is x's load layout, so x needs no shuffle through shared memory (experiment, session 21)."""
+    if WVEC:
+        return (kk // WVEC) * WVEC + kk % WVEC
+    return kk
 
 
 @triton.jit
@@ -174,7 +184,7 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, LATE: tl.constexpr):
+           I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr):
     """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
     ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
     its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
@@ -184,6 +194,7 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     n, n_ok = _rows(rb, N, ROWS, GLU)
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
+    kw = _wcols(kk, WVEC)
     x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
     res = tl.zeros((ROWS,), tl.float32)
     if HAS_RES and not GLU and not LATE:
@@ -196,7 +207,7 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + kk
         k_ok = k < K
-        w = tl.load(w_row + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
+        w = tl.load(w_row + (k0 + kw)[None, :], mask=n_ok[:, None] & (k0 + kw < K)[None, :], other=0)
         x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
         if I8_F16:
             acc += _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
@@ -334,9 +345,25 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, LATE=late_consts(),
+        num_warps=warps, I8_F16=f16, LATE=late_consts(), WVEC=_wvec(w, x, block_k, warps),
         **({"launch_pdl": True} if pdl else {}))
     return out
+
+
+WVEC_ENV = "LMSTACK_GEMV_WVEC"
+
+
+def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int) -> int:
+    """The kernel's WVEC: 8 for int8 weights times 2-byte activations where a thread's share of a K step's x is at
+    least one 16-byte vector (8 values), so the weights are loaded 8 bytes a vector, in x's own layout, and x needs
+    no shuffle through shared memory; else 0 (16-byte weight vectors). ``$LMSTACK_GEMV_WVEC``: "x" (that rule) or
+    "wide" (always 0), for comparisons (experiment, session 21)."""
+    raw = os.environ.get(WVEC_ENV, "x")
+    if raw not in ("x", "wide"):
+        raise ConfigError(WVEC_ENV, f"expected 'x' or 'wide', got {raw!r}")
+    if raw == "wide" or w.dtype != torch.int8 or x.element_size() != 2 or block_k // (32 * warps) < 8:
+        return 0
+    return 8
 
 
 def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloat16) -> int:
