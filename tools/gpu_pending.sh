@@ -5,7 +5,7 @@
 #   bash tools/gpu_pending.sh wvec     the int8 gemv loading its weights 8 bytes a vector where a thread's K step holds
 #                                      a whole 16-byte vector of x, so the weight block's column slice is x's own load
 #                                      layout and x needs no shuffle through shared memory ($LMSTACK_GEMV_WVEC=x;
-#                                      q/k/v, o, down and the LM head at the shipped tiles) beside 16-byte vectors
+#                                      where one K step covers the row: q/k/v and o at the shipped tiles) beside 16-byte vectors
 #                                      (=wide): the gemv's GPU tests, then bf16 and int8 at batch 1 by the clock,
 #                                      profiled, wide-x-wide-x (~5.5 min)
 #   bash tools/gpu_pending.sh gluon-tune  the int8 gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),

@@ -345,7 +345,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, LATE=late_consts(), WVEC=_wvec(w, x, block_k, warps),
+        num_warps=warps, I8_F16=f16, LATE=late_consts(), WVEC=_wvec(w, x, block_k, warps, K),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
@@ -353,7 +353,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
 WVEC_ENV = "LMSTACK_GEMV_WVEC"
 
 
-def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int) -> int:
+def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int, K: int) -> int:
     """The kernel's WVEC: 8 for int8 weights times 2-byte activations where a thread's share of a K step's x is at
     least one 16-byte vector (8 values), so the weights are loaded 8 bytes a vector, in x's own layout, and x needs
     no shuffle through shared memory; else 0 (16-byte weight vectors). ``$LMSTACK_GEMV_WVEC``: "x" (that rule) or
@@ -361,7 +361,7 @@ def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int) -> int:
     raw = os.environ.get(WVEC_ENV, "x")
     if raw not in ("x", "wide"):
         raise ConfigError(WVEC_ENV, f"expected 'x' or 'wide', got {raw!r}")
-    if raw == "wide" or w.dtype != torch.int8 or x.element_size() != 2 or block_k // (32 * warps) < 8:
+    if raw == "wide" or w.dtype != torch.int8 or x.element_size() != 2 or block_k // (32 * warps) < 8 or block_k < K:
         return 0
     return 8
 
