@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued in session 21 (every other recipe below has run, each says when and what it found, kept to re-measure after
-# changes; `final` re-measures decode as shipped):
+# Nothing is queued after session 21: every recipe below has run (each says when and what it found), kept to
+# re-measure after changes; `final` re-measures decode as shipped.
 #   bash tools/gpu_pending.sh wvec     the int8 gemv loading its weights 8 bytes a vector where a thread's K step holds
-#                                      a whole 16-byte vector of x, so the weight block's column slice is x's own load
-#                                      layout and x needs no shuffle through shared memory ($LMSTACK_GEMV_WVEC=x;
-#                                      where one K step covers the row: q/k/v and o at the shipped tiles) beside 16-byte vectors
-#                                      (=wide): the gemv's GPU tests, then bf16 and int8 at batch 1 by the clock,
-#                                      profiled, wide-x-wide-x (~5.5 min)
+#                                      a whole 16-byte vector of x and one K step covers the row (q/k/v and o at the
+#                                      shipped tiles), so the weight block's column slice is x's own load layout and
+#                                      x needs no shuffle through shared memory ($LMSTACK_GEMV_WVEC=x, kernel 0.20's
+#                                      default) beside 16-byte vectors (=wide): the gemv's GPU tests, then bf16 and
+#                                      int8 at batch 1 by the clock, profiled, wide-x-wide-x (~5 min; run CB, session
+#                                      21: 96 tests passed, int8 2,037-2,038 tokens/s against 2,003-2,004, bf16 1,428
+#                                      both ways; run CA, before the one-step rule, lost 16 us a token in down)
 #   bash tools/gpu_pending.sh gluon-tune  the int8 gemv tiles tuned on the Gluon gemv ($LMSTACK_GEMV_IMPL=gluon),
 #                                      then int8 decode on the Gluon kernel with the shipped and the retuned tables, by
 #                                      the clock (~7.5 min; run BX, session 20: retuned 1,946-1,950 tokens/s against
@@ -57,6 +59,14 @@
 #                                      it, launched unchained (its own latency, not the PDL waits) (~1 min; last run
 #                                      session 17: int8 gate/up 157 registers, 14% occupancy, 0.89 waves, issue
 #                                      slots 31% busy, docs/benchmarks.md)
+# Session 21 (docs/benchmarks.md: decode runs BY-BZ): commit 7d7046a's l2-chain recipe timed each decode kernel
+#   asking L2 for the next kernel's weights by line prefetches ($LMSTACK_L2_CHAIN=attn,gemv: attention the MLP's
+#   gate/up weight, gate/up the down weight, down the next q/k/v) beside none, A-B-A-B (run BY): int8 1,601-1,602
+#   tokens/s against 2,008-2,010, bf16 1,215 against 1,442 (the prefetching attention kernel exposed 195 us a token
+#   against 72); reverted. Commit e5c13d6's angles recipe timed the new slots' RoPE angle rows gathered once a step
+#   ($LMSTACK_DECODE_ANGLES=rows) beside each layer reading the tables at the length (=tables), A-B-A-B (run BZ):
+#   int8 1,966-1,969 against 2,004-2,005, bf16 1,416-1,418 against 1,427-1,435 (attention -2 us a token, the gather
+#   +5.4 us in six kernels); reverted
 # Session 20 (docs/benchmarks.md: decode runs BV-BX): commit c8d48f7's preload recipe timed the gemv loading up to
 #   four K blocks of its weights before the PDL wait ($LMSTACK_GEMV_PRELOAD, weight bytes a thread), so the int8 down
 #   projection (three 2,048-column blocks) had no weight load left after it, 0-96-0-96 by the clock (run BW): down

@@ -28,6 +28,15 @@ an entry where gemv beat the skinny matmul, PDL 1 where the chained launch beat 
 ``$LMSTACK_GEMV_IMPL=gluon`` runs the calls it can on the same design written in Gluon
 (:mod:`kernel.triton.gemv_gluon`: int8 weights' x staged in shared memory once, no barrier in the K loop; opt-in,
 measured slower in decode).
+
+x takes the layout Triton gives its own load (16-byte vectors), and the weight block's column slice must match it
+before the products. Float weights already do (8 two-byte values a vector each). Int8 weights come 16 a 16-byte
+vector, so by default x moves into their layout through shared memory, behind CTA-wide barriers, at every K step.
+Where one K step covers the whole row and a thread's share of x is a whole vector, int8 weights are loaded 8 bytes a
+vector instead (``WVEC``, :func:`_wvec`): the block's column slice is then x's own layout, and x goes from its load
+to the products with no shuffle (kernel 0.20: the q/k/v and o projections of the 1.1B int8 decode ~3 us a token
+faster each, int8 at 2,037-2,038 tokens/s against 2,003-2,004 on an H200, bf16 unchanged, docs/benchmarks.md run CB;
+the down projection's three K steps lost 16 us a token that way, run CA, so multi-step rows keep 16-byte vectors).
 """
 
 from __future__ import annotations
@@ -80,6 +89,9 @@ I8_F16_PTX = tl.constexpr("""{
 # same design with int8 weights' x staged in shared memory once; sm90+, where it supports the call; measured slower
 # in decode, docs/benchmarks.md runs BQ-BX)
 IMPL_ENV = "LMSTACK_GEMV_IMPL"
+# int8 weight vectors: "x" (the default: 8 bytes where that puts the weight block's column slice in x's own layout,
+# :func:`_wvec`) or "wide" (16 bytes always, kernel 0.19's loads), for comparisons
+WVEC_ENV = "LMSTACK_GEMV_WVEC"
 
 
 def gemv_impl() -> str:
@@ -148,8 +160,8 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
 @triton.jit
 def _wcols(kk, WVEC: tl.constexpr):
     """The weight block's column offsets ``kk``, the same values, seen by the compiler as runs of WVEC (0: all of
-    BLOCK_K): it then loads weights WVEC bytes a vector (int8), and where that is x's own vector the weight block's
-    column slice is x's load layout, so x needs no shuffle through shared memory (experiment, session 21)."""
+    BLOCK_K): it then loads int8 weights WVEC bytes a vector, and where that is as many values as x's own vector
+    the weight block's column slice is x's load layout, so x needs no shuffle through shared memory (:func:`_wvec`)."""
     if WVEC:
         return (kk // WVEC) * WVEC + kk % WVEC
     return kk
@@ -350,17 +362,16 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     return out
 
 
-WVEC_ENV = "LMSTACK_GEMV_WVEC"
-
-
 def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int, K: int) -> int:
-    """The kernel's WVEC: 8 for int8 weights times 2-byte activations where a thread's share of a K step's x is at
-    least one 16-byte vector (8 values), so the weights are loaded 8 bytes a vector, in x's own layout, and x needs
-    no shuffle through shared memory; else 0 (16-byte weight vectors). ``$LMSTACK_GEMV_WVEC``: "x" (that rule) or
-    "wide" (always 0), for comparisons (experiment, session 21)."""
+    """The kernel's WVEC: 8 for int8 weights times 2-byte activations where one K step covers the row (``block_k >=
+    K``) and a thread's share of it holds a whole 16-byte vector of x (8 values): the weights are then loaded 8
+    bytes a vector, in x's own layout, and x needs no shuffle through shared memory. Else 0 (16-byte weight
+    vectors; for rows of several K steps the doubled load count cost more than the shuffle, run CA).
+    ``$LMSTACK_GEMV_WVEC=wide``: always 0."""
     raw = os.environ.get(WVEC_ENV, "x")
     if raw not in ("x", "wide"):
-        raise ConfigError(WVEC_ENV, f"expected 'x' or 'wide', got {raw!r}")
+        raise ConfigError(WVEC_ENV, f"expected 'x' (the default: 8-byte int8 weight vectors where they put the "
+                                    f"weights in x's layout) or 'wide' (16-byte vectors always), got {raw!r}")
     if raw == "wide" or w.dtype != torch.int8 or x.element_size() != 2 or block_k // (32 * warps) < 8 or block_k < K:
         return 0
     return 8

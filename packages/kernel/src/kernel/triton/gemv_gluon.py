@@ -5,11 +5,12 @@ Same design, tiles, epilogues and PDL placement as the Triton kernel: a program 
 (ROWS, BLOCK_K) weight block a K step into registers, its first block (and its rows' scales and bias) before the PDL
 wait, the rest of K in a loop; the block is laid out as Triton lays out the Triton kernel's (:func:`layout`: warps
 along K first, so a thread holds several rows of the same columns). One difference, which Triton's layout choice
-does not allow: for int8 weights the Triton kernel's sm90 code moves each step's x into the block's column slice
-through shared memory with four CTA-wide barriers a step (docs/benchmarks.md, session 18); here that x goes into
-shared memory once, after the wait, with one barrier, and the K loop has none. Float weights' x, which the Triton
-kernel needs no shuffle for, is loaded into the slice each step as there (:func:`x_source`). x's RMS is summed
-across warps after the loop, as the Triton kernel does.
+does not allow: for int8 weights in 16-byte vectors the Triton kernel's sm90 code moves each step's x into the
+block's column slice through shared memory with four CTA-wide barriers a step (docs/benchmarks.md, session 18;
+since kernel 0.20 it loads one-step rows 8 bytes a vector instead, in x's own layout: ``kernel.triton.gemv._wvec``);
+here that x goes into shared memory once, after the wait, with one barrier, and the K loop has none. Float
+weights' x, which the Triton kernel needs no shuffle for, is loaded into the slice each step as there
+(:func:`x_source`). x's RMS is summed across warps after the loop, as the Triton kernel does.
 
 Measured on an H200 (docs/benchmarks.md, runs BQ-BX): the int8 gemvs alone, plain launches, are as fast as the
 Triton kernel's or within a few percent; in batch-1 decode of the 1.1B shape int8 ran 1,958 tokens/s against 2,006
