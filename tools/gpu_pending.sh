@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Nothing is queued after session 21: every recipe below has run (each says when and what it found), kept to
-# re-measure after changes; `final` re-measures decode as shipped.
+# Queued in session 21 (every other recipe below has run, each says when and what it found, kept to re-measure after
+# changes; `final` re-measures decode as shipped):
+#   bash tools/gpu_pending.sh onestep  int8 decode at batch 1 by the clock with one-step tiles, which kernel 0.20 loads
+#                                      in x's layout (no shuffle of x): gate/up (glu) in 8 rows of 2,048 on 4 warps
+#                                      or 16 rows on 8, down in 4 rows of 8,192 on 16 warps; shipped tiles first and
+#                                      last (~6 min)
 #   bash tools/gpu_pending.sh wvec     the int8 gemv loading its weights 8 bytes a vector where a thread's K step holds
 #                                      a whole 16-byte vector of x and one K step covers the row (q/k/v and o at the
 #                                      shipped tiles), so the weight block's column slice is x's own load layout and
@@ -262,7 +266,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -380,6 +384,18 @@ alternate() { local var=$1 v val; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
+onestep)
+  k='"NVIDIA H200": {"int8 11264x2048 glu":'
+  echo "{$k [8, 2048, 4, 1, 0]}}" > /tmp/t_gu8.json
+  echo "{$k [16, 2048, 8, 1, 0]}}" > /tmp/t_gu16.json
+  echo '{"NVIDIA H200": {"int8 2048x5632": [4, 8192, 16, 1, 0]}}' > /tmp/t_dn16.json
+  for v in shipped gu8 dn16 gu16 shipped2; do
+    step "i8_$v" 100 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      $([ ${v%2} = shipped ] || echo LMSTACK_GEMV_TILES=/tmp/t_$v.json) python -m eval.bench decode \
+      --preset llama-1b --batch-sizes 1 --repeat 5 --variants lmstack-int8 --out "$OUT/i8_$v.json"
+    [ -s "$OUT/i8_$v.json" ] && rm -f "$OUT/i8_$v.log"
+  done
+  clocked "$OUT"/i8_*.json ;;
 wvec)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
