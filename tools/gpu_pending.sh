@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued in session 21 (every other recipe below has run, each says when and what it found, kept to re-measure after
-# changes; `final` re-measures decode as shipped):
+# Nothing is queued after session 21: every recipe below has run (each says when and what it found), kept to
+# re-measure after changes; `final` re-measures decode as shipped.
 #   bash tools/gpu_pending.sh onestep  int8 decode at batch 1 by the clock with one-step tiles, which kernel 0.20 loads
 #                                      in x's layout (no shuffle of x): gate/up (glu) in 8 rows of 2,048 on 4 warps
 #                                      or 16 rows on 8, down in 4 rows of 8,192 on 16 warps; shipped tiles first and
-#                                      last (~6 min)
+#                                      last (~3 min; run CC, session 21: 1,844, 1,510 and 1,881 tokens/s against the
+#                                      shipped tiles' 2,044-2,045, so they stay)
 #   bash tools/gpu_pending.sh wvec     the int8 gemv loading its weights 8 bytes a vector where a thread's K step holds
 #                                      a whole 16-byte vector of x and one K step covers the row (q/k/v and o at the
 #                                      shipped tiles), so the weight block's column slice is x's own load layout and
