@@ -381,6 +381,16 @@ alternate() { local var=$1 v val; shift
   done
   chain_top "$OUT"/decode_*.json
   clocked "$OUT"/decode_*.json; }
+# int8 decode at batch 1, five clocked repeats, once per name: "shipped" (or shipped2) the shipped table, any other
+# NAME the table updated by /tmp/t_NAME.json; int8_tiles LIMIT NAME...
+int8_tiles() { local limit=$1 v; shift
+  for v in "$@"; do
+    step "i8_$v" "$limit" env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
+      $([ "${v%2}" = shipped ] || echo "LMSTACK_GEMV_TILES=/tmp/t_$v.json") python -m eval.bench decode \
+      --preset llama-1b --batch-sizes 1 --repeat 5 --variants lmstack-int8 --out "$OUT/i8_$v.json"
+    [ -s "$OUT/i8_$v.json" ] && rm -f "$OUT/i8_$v.log"
+  done
+  clocked "$OUT"/i8_*.json; }
 # the int8 gemvs alone on the Gluon kernel beside the shipped one (bench_gluon_gemv.py) into $OUT/gluon.json
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
@@ -390,13 +400,7 @@ onestep)
   echo "{$k [8, 2048, 4, 1, 0]}}" > /tmp/t_gu8.json
   echo "{$k [16, 2048, 8, 1, 0]}}" > /tmp/t_gu16.json
   echo '{"NVIDIA H200": {"int8 2048x5632": [4, 8192, 16, 1, 0]}}' > /tmp/t_dn16.json
-  for v in shipped gu8 dn16 gu16 shipped2; do
-    step "i8_$v" 100 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
-      $([ ${v%2} = shipped ] || echo LMSTACK_GEMV_TILES=/tmp/t_$v.json) python -m eval.bench decode \
-      --preset llama-1b --batch-sizes 1 --repeat 5 --variants lmstack-int8 --out "$OUT/i8_$v.json"
-    [ -s "$OUT/i8_$v.json" ] && rm -f "$OUT/i8_$v.log"
-  done
-  clocked "$OUT"/i8_*.json ;;
+  int8_tiles 100 shipped gu8 dn16 gu16 shipped2 ;;
 wvec)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
@@ -428,13 +432,7 @@ glu-mixed)
   echo "{$k [16, 1024, 4, 1, 0]}}" > /tmp/t_r16.json
   echo "{$k [16, 512, 4, 1, 0]}}" > /tmp/t_r16k.json
   echo '{"NVIDIA H200": {"int8 2048x5632": [4, 2048, 4, 1, 0]}}' > /tmp/t_down4.json
-  for v in shipped w8 r16 r16k down4 shipped2; do
-    step "i8_$v" 110 env TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 \
-      $([ ${v%2} = shipped ] || echo LMSTACK_GEMV_TILES=/tmp/t_$v.json) python -m eval.bench decode \
-      --preset llama-1b --batch-sizes 1 --repeat 5 --variants lmstack-int8 --out "$OUT/i8_$v.json"
-    [ -s "$OUT/i8_$v.json" ] && rm -f "$OUT/i8_$v.log"
-  done
-  clocked "$OUT"/i8_*.json ;;
+  int8_tiles 110 shipped w8 r16 r16k down4 shipped2 ;;
 mixed)
   alternate LMSTACK_PDL_TRIGGER late mixed early mixed2 ;;
 trigger)
