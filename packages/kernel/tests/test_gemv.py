@@ -191,7 +191,8 @@ for weight, pdl, magic, late in (("*bf16", False, False, False), ("*bf16", True,
                                  ("*i8", True, True, False), ("*i8", True, True, True)):
     sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
-                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, LATE=late, WVEC=0)
+                  BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, LATE=late, WVEC=0,
+                  HOIST=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -248,7 +249,7 @@ sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"])
 # the exact-add fp32 path ("magic") and the packed fp16 path (the default), session 10's int8 gate/up tile
 for f16 in (0, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False, WVEC=0)
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False, WVEC=0, HOIST=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})

@@ -108,7 +108,7 @@ for kind, (rows, block_k, warps), flags in CASES:
     sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
     # the Triton kernel's weight block layout, as Triton chose it
     consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=1, I8_MAGIC=False, PERSISTENT=False, I8_F16=2 * int8,
-                  LATE=False, WVEC=0)
+                  LATE=False, WVEC=0, HOIST=0)
     src = ASTSource(fn=gm._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts,
                     attrs=attrs)
     ttgir = triton.compile(src, target=target, options={"num_warps": warps}).asm["ttgir"]

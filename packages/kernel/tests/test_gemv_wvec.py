@@ -66,7 +66,7 @@ sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"])
 # the o projection as a decode step calls it (the residual added, PDL triggering early) at the H200 table's tile
 for wvec in (0, 8):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=False, HAS_RES=True, GLU=False, ROWS=4, BLOCK_K=2048, PDL=2,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=wvec)
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=wvec, HOIST=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})

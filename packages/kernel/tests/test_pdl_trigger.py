@@ -27,7 +27,7 @@ cnames = ["acc_ptr", "m_ptr", "l_ptr", "o_ptr", "stride_ob", "stride_oh", "H", "
 csig = dict(zip(cnames, ["*fp32"] * 3 + ["*bf16"] + ["i32"] * 5))
 for pdl in (1, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=32, BLOCK_K=512, PDL=pdl,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=0)
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=0, HOIST=0)
     kernels = [(gemv._gemv, gsig, consts)]
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
                   BLOCK_S=16, BLOCK_D=64, BLOCK_N=32, PDL=pdl, EARLY=True, ROPE_AT_POS=True)

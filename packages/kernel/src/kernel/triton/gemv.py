@@ -92,6 +92,12 @@ IMPL_ENV = "LMSTACK_GEMV_IMPL"
 # int8 weight vectors: "x" (the default: 8 bytes where that puts the weight block's column slice in x's own layout,
 # :func:`_wvec`) or "wide" (16 bytes always, kernel 0.19's loads), for comparisons
 WVEC_ENV = "LMSTACK_GEMV_WVEC"
+# rows of 2-4 K steps: "off" (each step's loads follow the products of the one before: a memory round trip a step
+# after the PDL wait), "int8" or "all" (int8 weights only, or every dtype: the later steps' weights and x asked for
+# at once after the wait where a thread holds at most HOIST_BYTES of them, :func:`_hoist`)
+HOIST_ENV = "LMSTACK_GEMV_HOIST"
+HOIST_MODES = ("off", "int8", "all")
+HOIST_BYTES = 128
 
 
 def gemv_impl() -> str:
@@ -122,7 +128,8 @@ def int8_mode() -> str:
 def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
-          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr):
+          PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr,
+          HOIST: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -150,11 +157,11 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
                                            HAS_BIAS and not LATE)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
-                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC)
+                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC, HOIST)
             w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
-               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC)
+               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC, HOIST)
 
 
 @triton.jit
@@ -196,7 +203,7 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
            HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
            GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr):
+           I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr, HOIST: tl.constexpr):
     """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
     ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
     its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
@@ -207,7 +214,23 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     kw = _wcols(kk, WVEC)
-    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    # HOIST (2-4: the row's K steps, :func:`_hoist`): the weights of every later step are asked for first, then x
+    # for all steps, so the row costs one memory round trip after the wait instead of one a K step (x's first use
+    # moves it into the weight block's layout through shared memory, which waits for it: loads written after that
+    # would be issued only once it has arrived)
+    if HOIST > 1:
+        w1 = _step_w(w_row, kw, n_ok, BLOCK_K, K)
+    if HOIST > 2:
+        w2 = _step_w(w_row, kw, n_ok, 2 * BLOCK_K, K)
+    if HOIST > 3:
+        w3 = _step_w(w_row, kw, n_ok, 3 * BLOCK_K, K)
+    x = _step_x(x_ptr, kk, 0, K)
+    if HOIST > 1:
+        x1 = _step_x(x_ptr, kk, BLOCK_K, K)
+    if HOIST > 2:
+        x2 = _step_x(x_ptr, kk, 2 * BLOCK_K, K)
+    if HOIST > 3:
+        x3 = _step_x(x_ptr, kk, 3 * BLOCK_K, K)
     res = tl.zeros((ROWS,), tl.float32)
     if HAS_RES and not GLU and not LATE:
         res = tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
@@ -216,17 +239,17 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     else:
         acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        k = k0 + kk
-        k_ok = k < K
-        w = tl.load(w_row + (k0 + kw)[None, :], mask=n_ok[:, None] & (k0 + kw < K)[None, :], other=0)
-        x = tl.load(x_ptr + k, mask=k_ok, other=0.0).to(tl.float32)
-        if I8_F16:
-            acc += _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
-        else:
-            acc += _weights(w, I8_MAGIC) * x[None, :]
-        if RMS:
-            ss += x * x
+    if HOIST > 1:
+        acc, ss = _accumulate(acc, ss, w1, x1, RMS, I8_MAGIC, I8_F16)
+    if HOIST > 2:
+        acc, ss = _accumulate(acc, ss, w2, x2, RMS, I8_MAGIC, I8_F16)
+    if HOIST > 3:
+        acc, ss = _accumulate(acc, ss, w3, x3, RMS, I8_MAGIC, I8_F16)
+    if not HOIST:  # a K step at a time: each step's loads follow the products of the one before
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w = _step_w(w_row, kw, n_ok, k0, K)
+            x = _step_x(x_ptr, kk, k0, K)
+            acc, ss = _accumulate(acc, ss, w, x, RMS, I8_MAGIC, I8_F16)
     if I8_F16:
         y = tl.sum(acc.to(tl.float32), 1) * (1.0 / F16_X_SCALE)  # (ROWS,)
     else:
@@ -249,6 +272,31 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
         elif HAS_RES:
             y = y + res
         tl.store(out_ptr + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.jit
+def _step_w(w_row, kw, n_ok, k0, K):
+    """The weight block of the K step at column ``k0``, zero past K."""
+    return tl.load(w_row + (k0 + kw)[None, :], mask=n_ok[:, None] & (k0 + kw < K)[None, :], other=0)
+
+
+@triton.jit
+def _step_x(x_ptr, kk, k0, K):
+    """x (fp32) of the K step at column ``k0``, zero past K."""
+    return tl.load(x_ptr + k0 + kk, mask=k0 + kk < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _accumulate(acc, ss, w, x, RMS: tl.constexpr, I8_MAGIC: tl.constexpr, I8_F16: tl.constexpr):
+    """One more K step's products added to ``acc`` (packed fp16 for I8_F16, else fp32), and x's squares to ``ss``
+    where a folded RMSNorm needs them."""
+    if I8_F16:
+        acc += _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
+    else:
+        acc += _weights(w, I8_MAGIC) * x[None, :]
+    if RMS:
+        ss += x * x
+    return acc, ss
 
 
 @triton.jit
@@ -358,6 +406,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
         num_warps=warps, I8_F16=f16, LATE=late_consts(), WVEC=_wvec(w, x, block_k, warps, K),
+        HOIST=_hoist(w, rows, block_k, warps, K),
         **({"launch_pdl": True} if pdl else {}))
     return out
 
@@ -375,6 +424,21 @@ def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int, K: int) ->
     if raw == "wide" or w.dtype != torch.int8 or x.element_size() != 2 or block_k // (32 * warps) < 8 or block_k < K:
         return 0
     return 8
+
+
+def _hoist(w: torch.Tensor, rows: int, block_k: int, warps: int, K: int) -> int:
+    """The kernel's HOIST: the row's number of K steps (2-4) where every later step's weights and x are asked for
+    at once after the PDL wait, else 0 (a step at a time). ``$LMSTACK_GEMV_HOIST``: "off", "int8" (int8 weights
+    only) or "all"; with either of the last two, rows of 2-4 steps whose later steps put at most HOIST_BYTES of
+    weights in a thread (``rows * block_k * (steps - 1) * bytes / (32 * warps)``)."""
+    raw = os.environ.get(HOIST_ENV, "off")
+    if raw not in HOIST_MODES:
+        raise ConfigError(HOIST_ENV, f"expected one of {', '.join(map(repr, HOIST_MODES))}, got {raw!r}")
+    steps = triton.cdiv(K, block_k)
+    if raw == "off" or (raw == "int8" and w.dtype != torch.int8) or not 2 <= steps <= 4:
+        return 0
+    held = rows * block_k * (steps - 1) * w.element_size() // (32 * warps)
+    return steps if held <= HOIST_BYTES else 0
 
 
 def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloat16) -> int:
