@@ -92,11 +92,11 @@ IMPL_ENV = "LMSTACK_GEMV_IMPL"
 # int8 weight vectors: "x" (the default: 8 bytes where that puts the weight block's column slice in x's own layout,
 # :func:`_wvec`) or "wide" (16 bytes always, kernel 0.19's loads), for comparisons
 WVEC_ENV = "LMSTACK_GEMV_WVEC"
-# rows of 2-4 K steps: "off" (each step's loads follow the products of the one before: a memory round trip a step
-# after the PDL wait), "int8" or "all" (int8 weights only, or every dtype: the later steps' weights and x asked for
-# at once after the wait where a thread holds at most HOIST_BYTES of them, :func:`_hoist`)
+# rows of two K steps: "two" (the second step's weights and x asked for with the first's x after the PDL wait, where
+# a thread holds at most HOIST_BYTES of them: one memory round trip after the wait, not two; :func:`_hoist`) or
+# "off" (each step's loads follow the products of the one before)
 HOIST_ENV = "LMSTACK_GEMV_HOIST"
-HOIST_MODES = ("off", "int8", "all")
+HOIST_MODES = ("two", "off")
 HOIST_BYTES = 128
 
 
@@ -214,23 +214,14 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     kk = tl.arange(0, BLOCK_K)
     w_row = w_ptr + n[:, None].to(tl.int64) * stride_wn
     kw = _wcols(kk, WVEC)
-    # HOIST (2-4: the row's K steps, :func:`_hoist`): the weights of every later step are asked for first, then x
-    # for all steps, so the row costs one memory round trip after the wait instead of one a K step (x's first use
-    # moves it into the weight block's layout through shared memory, which waits for it: loads written after that
-    # would be issued only once it has arrived)
-    if HOIST > 1:
+    # HOIST (a row of two K steps, :func:`_hoist`): the second step's weights are asked for before x, and its x
+    # with the first's, so the row costs one memory round trip after the wait instead of two (x's first use by int8
+    # weights moves it through shared memory, which waits for it: loads written after that would follow its arrival)
+    if HOIST:
         w1 = _step_w(w_row, kw, n_ok, BLOCK_K, K)
-    if HOIST > 2:
-        w2 = _step_w(w_row, kw, n_ok, 2 * BLOCK_K, K)
-    if HOIST > 3:
-        w3 = _step_w(w_row, kw, n_ok, 3 * BLOCK_K, K)
     x = _step_x(x_ptr, kk, 0, K)
-    if HOIST > 1:
+    if HOIST:
         x1 = _step_x(x_ptr, kk, BLOCK_K, K)
-    if HOIST > 2:
-        x2 = _step_x(x_ptr, kk, 2 * BLOCK_K, K)
-    if HOIST > 3:
-        x3 = _step_x(x_ptr, kk, 3 * BLOCK_K, K)
     res = tl.zeros((ROWS,), tl.float32)
     if HAS_RES and not GLU and not LATE:
         res = tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
@@ -239,12 +230,8 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     else:
         acc = _weights(w, I8_MAGIC) * x[None, :]
     ss = x * x
-    if HOIST > 1:
+    if HOIST:
         acc, ss = _accumulate(acc, ss, w1, x1, RMS, I8_MAGIC, I8_F16)
-    if HOIST > 2:
-        acc, ss = _accumulate(acc, ss, w2, x2, RMS, I8_MAGIC, I8_F16)
-    if HOIST > 3:
-        acc, ss = _accumulate(acc, ss, w3, x3, RMS, I8_MAGIC, I8_F16)
     if not HOIST:  # a K step at a time: each step's loads follow the products of the one before
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _step_w(w_row, kw, n_ok, k0, K)
@@ -426,19 +413,17 @@ def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int, K: int) ->
     return 8
 
 
-def _hoist(w: torch.Tensor, rows: int, block_k: int, warps: int, K: int) -> int:
-    """The kernel's HOIST: the row's number of K steps (2-4) where every later step's weights and x are asked for
-    at once after the PDL wait, else 0 (a step at a time). ``$LMSTACK_GEMV_HOIST``: "off", "int8" (int8 weights
-    only) or "all"; with either of the last two, rows of 2-4 steps whose later steps put at most HOIST_BYTES of
-    weights in a thread (``rows * block_k * (steps - 1) * bytes / (32 * warps)``)."""
+def _hoist(w: torch.Tensor, rows: int, block_k: int, warps: int, K: int) -> bool:
+    """The kernel's HOIST: a row of two K steps whose second step puts at most HOIST_BYTES of weights in a thread
+    (``rows * block_k * bytes / (32 * warps)``) asks for them, and that step's x, with the first step's x after the
+    PDL wait. Not for rows of three or more: the int8 and bf16 down projections' three steps, all asked for at once
+    after the wait, lost 20 and 57 us a token on an H200 (docs/benchmarks.md run CD). ``$LMSTACK_GEMV_HOIST``:
+    "two" or "off"."""
     raw = os.environ.get(HOIST_ENV, "off")
     if raw not in HOIST_MODES:
         raise ConfigError(HOIST_ENV, f"expected one of {', '.join(map(repr, HOIST_MODES))}, got {raw!r}")
-    steps = triton.cdiv(K, block_k)
-    if raw == "off" or (raw == "int8" and w.dtype != torch.int8) or not 2 <= steps <= 4:
-        return 0
-    held = rows * block_k * (steps - 1) * w.element_size() // (32 * warps)
-    return steps if held <= HOIST_BYTES else 0
+    held = rows * block_k * w.element_size() // (32 * warps)
+    return raw == "two" and triton.cdiv(K, block_k) == 2 and held <= HOIST_BYTES
 
 
 def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloat16) -> int:
