@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued in session 22: hoist2. Every other recipe below has run (each says when and what it found), kept to
+# Queued in session 22: hoist-tune. Every other recipe below has run (each says when and what it found), kept to
 # re-measure after changes; `final` re-measures decode as shipped.
+#   bash tools/gpu_pending.sh hoist-tune  the int8 gemv tiles retuned now that a two-step row's second step is
+#                                      hoisted (kernel 0.21's $LMSTACK_GEMV_HOIST=two default), ranked chained, then
+#                                      int8 at batch 1 by the clock with the shipped and the retuned tables,
+#                                      shipped-tuned-shipped-tuned (~8 min)
 #   bash tools/gpu_pending.sh hoist2   the gemv asking for a two-step row's second K step (weights and x) with the
 #                                      first step's x after the PDL wait ($LMSTACK_GEMV_HOIST=two: bf16's q/k/v, o
 #                                      and LM head at the table's tiles): the gemv's GPU tests; the fused int8 MLP
 #                                      prototype (benchmarks/bench_fused_mlp.py: gate/up, SwiGLU and down in one
 #                                      kernel, down's partial sums added by vector atomics) beside the two-kernel
 #                                      chain, 22 layers in a CUDA graph; then bf16 and int8 at batch 1 by the clock,
-#                                      profiled, off-two-off-two (~7 min)
+#                                      profiled, off-two-off-two (~4 min; run CE: 21 tests passed; bf16
+#                                      1,405-1,406 tokens/s against 1,372-1,375, int8 level at 2,047-2,050; the
+#                                      prototype 17.9-31.9 us a layer against the chain's 12.1)
 #   (session 22's hoist, run at commit f904e21): every later K step of rows of 2-4 steps asked for at once after the PDL wait
 #                                      (session 22's first form: off, int8 = the int8 down projection's three
 #                                      steps, all = also bf16's down, q/k/v, o and LM head): the gemv's GPU tests,
@@ -281,7 +287,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -409,6 +415,11 @@ int8_tiles() { local limit=$1 v; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
+hoist-tune)
+  export LMSTACK_GEMV_HOIST=two
+  tune_int8 hoist --tune-launch-top 5 --tune-rank chained
+  cp /tmp/table_hoist.json /tmp/t_hoist.json; cp /tmp/table_hoist.json /tmp/t_hoist2.json
+  int8_tiles 100 shipped hoist shipped2 hoist2 ;;
 hoist2)
   step tests 150 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_gemv_hoist.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8

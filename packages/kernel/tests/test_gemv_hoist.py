@@ -20,10 +20,10 @@ from kernel.triton import gemv as gemv_mod  # noqa: E402
 
 
 def test_hoist_rule_takes_rows_of_two_steps_that_fit(monkeypatch):
-    """"two" hoists rows of exactly two K steps whose second step's weights come to at most HOIST_BYTES a thread,
-    of any dtype; "off" never; anything else is refused by name."""
+    """"two" (the default) hoists rows of exactly two K steps whose second step's weights come to at most
+    HOIST_BYTES a thread, of any dtype; "off" never; anything else is refused by name."""
     wb, w8, wf = (torch.zeros(1, 1, dtype=d) for d in (torch.bfloat16, torch.int8, torch.float32))
-    monkeypatch.setenv(gemv_mod.HOIST_ENV, "two")
+    monkeypatch.delenv(gemv_mod.HOIST_ENV, raising=False)
     assert gemv_mod._hoist(wb, 4, 1024, 4, 2048)  # the 1.1B bf16 q/k/v and o: 4 * 1024 * 2 / 128 = 64 bytes
     assert gemv_mod._hoist(w8, 4, 1024, 4, 2048) and gemv_mod._hoist(wb, 2, 128, 1, 129)
     assert not gemv_mod._hoist(wb, 4, 2048, 8, 5632)  # the down projection's three steps (run CD: slower)

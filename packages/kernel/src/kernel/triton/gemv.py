@@ -92,9 +92,10 @@ IMPL_ENV = "LMSTACK_GEMV_IMPL"
 # int8 weight vectors: "x" (the default: 8 bytes where that puts the weight block's column slice in x's own layout,
 # :func:`_wvec`) or "wide" (16 bytes always, kernel 0.19's loads), for comparisons
 WVEC_ENV = "LMSTACK_GEMV_WVEC"
-# rows of two K steps: "two" (the second step's weights and x asked for with the first's x after the PDL wait, where
-# a thread holds at most HOIST_BYTES of them: one memory round trip after the wait, not two; :func:`_hoist`) or
-# "off" (each step's loads follow the products of the one before)
+# rows of two K steps: "two" (the default: the second step's weights and x asked for with the first's x after the PDL
+# wait, where a thread holds at most HOIST_BYTES of them: one memory round trip after the wait, not two; bf16 decode
+# of the 1.1B shape on an H200 at 1,405-1,406 tokens/s against 1,372-1,375, docs/benchmarks.md run CE;
+# :func:`_hoist`) or "off" (each step's loads follow the products of the one before), for comparisons
 HOIST_ENV = "LMSTACK_GEMV_HOIST"
 HOIST_MODES = ("two", "off")
 HOIST_BYTES = 128
@@ -418,8 +419,8 @@ def _hoist(w: torch.Tensor, rows: int, block_k: int, warps: int, K: int) -> bool
     (``rows * block_k * bytes / (32 * warps)``) asks for them, and that step's x, with the first step's x after the
     PDL wait. Not for rows of three or more: the int8 and bf16 down projections' three steps, all asked for at once
     after the wait, lost 20 and 57 us a token on an H200 (docs/benchmarks.md run CD). ``$LMSTACK_GEMV_HOIST``:
-    "two" or "off"."""
-    raw = os.environ.get(HOIST_ENV, "off")
+    "two" (the default) or "off"."""
+    raw = os.environ.get(HOIST_ENV, "two")
     if raw not in HOIST_MODES:
         raise ConfigError(HOIST_ENV, f"expected one of {', '.join(map(repr, HOIST_MODES))}, got {raw!r}")
     held = rows * block_k * w.element_size() // (32 * warps)
