@@ -76,6 +76,16 @@ def test_hbm_floor_read_kernel_sums_and_the_fit_recovers_a_line():
     assert abs(a - 3e-6) < 1e-9 and abs(bw / 4e12 - 1) < 1e-6
 
 
+def test_fused_mlp_prototype_matches_its_reference_and_zeroes_the_ring():
+    """bench_fused_mlp's one-kernel int8 MLP (under the interpreter here, on a small shape): x plus the down
+    projection of the SwiGLU of the RMS-normalised x within 2% of the fp32 reference's largest output, and layer
+    l-2's accumulator set back to zero (check() asserts both, for an fp32 and an fp16 down product)."""
+    import torch
+
+    fused = pytest.importorskip("bench_fused_mlp")
+    assert fused.check("cuda" if torch.cuda.is_available() else "cpu") < 2e-2
+
+
 def test_gemv_tuner_times_only_tiles_that_compute_the_product():
     """The gemv tuner's candidate loop (under the interpreter here): every timed tile gave the product, plain and
     with the SwiGLU epilogue (even ROWS only there)."""
