@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued in session 22: hoist-tune. Every other recipe below has run (each says when and what it found), kept to
-# re-measure after changes; `final` re-measures decode as shipped.
+# Nothing is queued after session 22: every recipe below has run (each says when and what it found), kept to
+# re-measure after changes; `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405
+# tokens/s by the clock, int8 1,977-2,045, 1.406-1.461x).
 #   bash tools/gpu_pending.sh hoist-tune  the int8 gemv tiles retuned now that a two-step row's second step is
 #                                      hoisted (kernel 0.21's $LMSTACK_GEMV_HOIST=two default), ranked chained, then
 #                                      int8 at batch 1 by the clock with the shipped and the retuned tables,
-#                                      shipped-tuned-shipped-tuned (~8 min)
+#                                      shipped-tuned-shipped-tuned (~8 min; run CF, session 22: the tuner chose
+#                                      q/k/v [4, 2048, 2], o [8, 2048, 4], LM head [4, 1024, 1]; 1,981-1,984
+#                                      tokens/s against the shipped table's 2,048-2,049, which stays)
 #   bash tools/gpu_pending.sh hoist2   the gemv asking for a two-step row's second K step (weights and x) with the
 #                                      first step's x after the PDL wait ($LMSTACK_GEMV_HOIST=two: bf16's q/k/v, o
 #                                      and LM head at the table's tiles): the gemv's GPU tests; the fused int8 MLP
