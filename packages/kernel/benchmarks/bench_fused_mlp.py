@@ -27,11 +27,11 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 
 import torch
 import triton
 import triton.language as tl
+from bench_decode_kernels import bench_rotated  # beside this script
 
 from kernel.triton import gemv as gemv_mod
 from kernel.triton._device import pdl_capable
@@ -142,31 +142,6 @@ def check(device: str, d: int = 256, f: int = 320) -> float:
     return worst
 
 
-def time_graph(fn, replays: int = 30) -> float:
-    """Median seconds of one replay of the CUDA graph that ``fn()`` captures (after two eager warm-up calls)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="write the results as JSON here")
@@ -213,7 +188,7 @@ def main() -> None:
     for name in order:
         fn = chain if name.startswith("chain") else fused(CONFIGS[order.index(name) - 1])
         try:
-            t = time_graph(fn) / LAYERS * 1e6
+            t = bench_rotated(fn, [()], device, replays=30) / LAYERS * 1e6  # one CUDA graph of the 22 layers
         except Exception as e:  # a configuration that does not compile or fit is reported, not fatal
             results["us_per_layer"][name] = f"{type(e).__name__}: {str(e)[:200]}"
             print(name, "failed:", str(e)[:200])

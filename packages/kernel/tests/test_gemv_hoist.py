@@ -14,7 +14,7 @@ from specs.errors import ConfigError
 triton = pytest.importorskip("triton")
 
 from test_gemv import _inputs  # noqa: E402
-from triton_testing import DTYPES, check  # noqa: E402
+from triton_testing import DTYPES, check, compile_offline  # noqa: E402
 
 from kernel.triton import gemv as gemv_mod  # noqa: E402
 
@@ -106,16 +106,9 @@ def test_a_hoisted_second_step_compiled_for_sm90_is_asked_for_before_the_first_p
     """Compiled offline for sm90: a step at a time, only x's first step (one 16-byte load a thread) is asked for
     between the PDL wait and the first products; hoisted, the second step's weights (four rows of 16 bytes a
     thread) and x come with it."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT_HOIST], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    stepwise, hoisted, _ = out.stdout.split("\n=====\n")
+    stepwise, hoisted, _ = compile_offline(_AOT_HOIST).split("\n=====\n")
 
     def early_loads(ptx):
         lines = ptx.splitlines()

@@ -14,7 +14,7 @@ from specs.errors import ConfigError
 triton = pytest.importorskip("triton")
 
 from test_gemv import _inputs  # noqa: E402
-from triton_testing import check  # noqa: E402
+from triton_testing import check, compile_offline  # noqa: E402
 
 from kernel.triton import gemv as gemv_mod  # noqa: E402
 
@@ -79,16 +79,9 @@ def test_int8_weights_in_x_layout_compiled_for_sm90_need_no_shuffle_of_x():
     vector) is moved into that layout through shared memory behind barriers; with 8-byte vectors (WVEC 8) the
     weight block's column slice is x's own load layout, so those stores and barriers are gone, and the weights are
     still all asked for before the PDL wait, twice as many loads of half the width."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT_WVEC], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    wide, narrow, _ = out.stdout.split("\n=====\n")
+    wide, narrow, _ = compile_offline(_AOT_WVEC).split("\n=====\n")
 
     def shape(ptx):
         lines = ptx.splitlines()
