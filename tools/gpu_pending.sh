@@ -391,12 +391,13 @@ tune_int8() { local name=$1; shift
   grep -h "gemv best\|rror" "$OUT/tune_int8.log" | cut -c1-300
   rm -f "$OUT/tune_int8.log"
   merge_tiles "$OUT/$name.json" "/tmp/table_$name.json" int8 > /dev/null; }
-# decode at batch 1, bf16 and int8, five clocked repeats, profiled, once per value of env variable $1 (a 2 after a
-# letter marks a repeat of a value: late early late2 early2; a number is passed whole, since run BW's 192 ran as 19),
-# the first run allowed longer (it compiles), then the top kernels and the clocked figures of every run
-alternate() { local var=$1 v val; shift
+# decode at batch 1, bf16 and int8, five clocked repeats, profiled, once per value of env variable $1 (a value
+# given before may come again with a 2 appended, naming its repeat's files: late early late2 early2, int8 int82; any
+# other value is passed whole, since run BW's 192 ran as 19 and run CD's int82 was refused as a value), the first
+# run allowed longer (it compiles), then the top kernels and the clocked figures of every run
+alternate() { local var=$1 v val seen=" "; shift
   for v in "$@"; do
-    val=$v; [[ $v =~ [A-Za-z]2$ ]] && val=${v%2}
+    val=$v; [[ $v == *2 && $seen == *" ${v%2} "* ]] && val=${v%2}; seen="$seen$val "
     step "decode_$v" $([ "$v" = "$1" ] && echo 140 || echo 105) env "$var=$val" \
       TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode --preset llama-1b --batch-sizes 1 \
       --repeat 5 --profile --variants lmstack,lmstack-int8 --out "$OUT/decode_$v.json"
