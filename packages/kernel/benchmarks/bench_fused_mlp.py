@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 
 import torch
 import triton
 import triton.language as tl
 from bench_decode_kernels import bench_rotated  # beside this script
+from bench_kernels import write_json
 
 from kernel.triton import gemv as gemv_mod
 from kernel.triton._device import pdl_capable
@@ -196,8 +196,7 @@ def main() -> None:
         results["us_per_layer"][name] = round(t, 3)
         print(f"{name:40s} {t:7.2f} us a layer ({(D * F * 3) / t / 1e3:6.0f} GB/s of weights)")
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_json(a.out, results)
 
 
 if __name__ == "__main__":
