@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Nothing is queued after session 22: every recipe below has run (each says when and what it found), kept to
-# re-measure after changes; `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405
-# tokens/s by the clock, int8 1,977-2,045, 1.406-1.461x).
+# Queued after session 22: fused-mlp (its fp16-summed down products, new since run CH). Every recipe below has run
+# (each says when and what it found), kept to re-measure after changes; `final` re-measures decode as shipped (last
+# run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8 1,977-2,045, 1.406-1.461x).
 #   bash tools/gpu_pending.sh fused-mlp  benchmarks/bench_fused_mlp.py alone: the one-kernel int8 MLP prototype in
 #                                      its second forms (each K step's gate/up products summed at once: 236
 #                                      registers against 255 at FB 16, 123-128 at FB 8-32 on 8-16 warps, offline;
 #                                      and without atomics, each program storing its partial row, to price them)
-#                                      beside the two-gemv chain, 22 layers in a CUDA graph (~2 min; run CE timed
-#                                      the first forms at 17.9-31.9 us a layer against 12.1; run CH, session 22:
+#                                      beside the two-gemv chain, 22 layers in a CUDA graph; since CH also the
+#                                      down products summed in packed fp16 (2,288 sm90 instructions against
+#                                      2,704, offline) (~2 min; run CE timed the first forms at 17.9-31.9 us a
+#                                      layer against 12.1; run CH, session 22:
 #                                      18.02 with atomics, 17.02 without, 19.56-37.21 for the others, against the
 #                                      chain's 12.24-12.33)
 #   bash tools/gpu_pending.sh hoist-tune  the int8 gemv tiles retuned now that a two-step row's second step is
