@@ -28,13 +28,13 @@
 #                                      profiled, off-two-off-two (~4 min; run CE: 21 tests passed; bf16
 #                                      1,405-1,406 tokens/s against 1,372-1,375, int8 level at 2,047-2,050; the
 #                                      prototype 17.9-31.9 us a layer against the chain's 12.1)
-#   (session 22's hoist, run at commit f904e21): every later K step of rows of 2-4 steps asked for at once after the PDL wait
-#                                      (session 22's first form: off, int8 = the int8 down projection's three
-#                                      steps, all = also bf16's down, q/k/v, o and LM head): the gemv's GPU tests,
-#                                      then bf16 and int8 at batch 1 by the clock, profiled, off-int8-all-off (~6.5
-#                                      min; run CD: int8's down 123-124 us a token against 103, bf16's 186 against
-#                                      129, but bf16's two-step q/k/v 76 against 83 and o 70 against 78; commit
-#                                      f904e21 holds that form)
+#   (session 22's hoist, run at commit f904e21, which holds its recipe): every later K step of rows of 2-4 steps
+#                                      asked for at once after the PDL wait ($LMSTACK_GEMV_HOIST off, int8 = the
+#                                      int8 down projection's three steps, all = also bf16's down, q/k/v, o and LM
+#                                      head): the gemv's GPU tests, then bf16 and int8 at batch 1 by the clock,
+#                                      profiled, off-int8-all-off (~6.5 min; run CD: int8's down 123-124 us a token
+#                                      against 103, bf16's 186 against 129, but bf16's two-step q/k/v 76 against
+#                                      83 and o 70 against 78)
 #   bash tools/gpu_pending.sh onestep  int8 decode at batch 1 by the clock with one-step tiles, which kernel 0.20 loads
 #                                      in x's layout (no shuffle of x): gate/up (glu) in 8 rows of 2,048 on 4 warps
 #                                      or 16 rows on 8, down in 4 rows of 8,192 on 16 warps; shipped tiles first and
