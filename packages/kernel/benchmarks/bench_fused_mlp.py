@@ -7,7 +7,7 @@ two-kernel chain at the ~1.1B Llama shape (hidden 2048, FFN 5632) on one activat
 Batch-1 decode runs each layer's MLP as two gemv kernels (``kernel.triton.gemv``): the fused gate/up projection with
 the folded RMSNorm and SwiGLU in its epilogue, then the down projection adding the residual. The down kernel cannot
 start its products before the whole SwiGLU output exists, so every layer pays a kernel boundary (its launch, its
-first memory round trip, its tail) that the int8 weights' halved bytes do not hide (docs/benchmarks.md, run CD).
+first memory round trip, its tail) that the int8 weights' halved bytes do not hide (docs/benchmarks.md, runs CB-CD).
 
 The prototype runs both in one kernel by splitting the down projection along its K (the FFN dimension): program p
 computes FB SwiGLU outputs h[p*FB:(p+1)*FB] from its gate and up rows, multiplies them by the matching FB rows of
@@ -39,13 +39,13 @@ from kernel.triton._pdl import pdl_enter
 
 D, F, LAYERS = 2048, 5632, 22
 EPS = 1e-5
-# (FB SwiGLU outputs a program, BLOCK_K, num_warps, down weights loaded before the PDL wait, the down products in
-# fp32 (0), fp16 widened to fp32 before their sum over FB (1) or summed in fp16 with h scaled by 2^-7 (2: offline,
-# 2,288 sm90 instructions against 2,704 at the first tile), each
-# K step's gate/up products summed into the row sums at once (fewer registers: offline, 236 against 255 at the first
-# tile, 127 against 154 at FB 8), the partials added by atomics (False: each program stores its own partial row
-# instead, values not summed: timing only, to price the atomics)); run CE timed the first forms at 17.9-31.9 us a
-# layer against the chain's 12.1, run CH the next five at 17.0-37.2 (the atomics ~1 us a layer)
+# The forms timed: (FB SwiGLU outputs a program, BLOCK_K, num_warps, the down weights loaded before the PDL wait,
+# the down products' form, each K step's gate/up products summed into the row sums at once, the partials added by
+# atomics). The down products: fp32 (0), fp16 widened to fp32 before their sum over FB (1), or summed in fp16 with h
+# scaled by 2^-7 (2; offline, 2,288 sm90 instructions against 2,704 at the first tile). Summing each K step at once
+# takes fewer registers (offline: 236 against 255 at the first tile, 127 against 154 at FB 8). Without atomics each
+# program stores its own partial row instead, unsummed: timing only, to price the atomics. Run CE timed the first
+# forms at 17.9-31.9 us a layer against the chain's 12.1; run CH the next five at 17.0-37.2 (the atomics ~1 us).
 CONFIGS = [(16, 512, 4, False, 1, False, True), (16, 512, 4, False, 1, True, True),
            (16, 512, 4, False, 1, False, False), (16, 512, 4, False, 1, True, False),
            (8, 512, 4, False, 1, True, True), (16, 512, 8, False, 1, True, True),
