@@ -86,6 +86,19 @@ def test_fused_mlp_prototype_matches_its_reference_and_zeroes_the_ring():
     assert fused.check("cuda" if torch.cuda.is_available() else "cpu") < 2e-2
 
 
+def test_fused_mlp_timing_without_a_gpu_stops_with_a_message_and_writes_nothing(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("there is a GPU here: the timing would run")
+    out = tmp_path / "fused.json"
+    run = subprocess.run([sys.executable, str(BENCH / "bench_fused_mlp.py"), "--out", str(out)], capture_output=True,
+                         text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TRITON_INTERPRET": "1"})
+    assert run.returncode != 0 and "timing needs a CUDA GPU" in run.stderr, run.stderr[-2000:]
+    assert not out.exists()
+
+
 def test_gemv_tuner_times_only_tiles_that_compute_the_product():
     """The gemv tuner's candidate loop (under the interpreter here): every timed tile gave the product, plain and
     with the SwiGLU epilogue (even ROWS only there)."""

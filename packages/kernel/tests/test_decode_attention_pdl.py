@@ -5,10 +5,7 @@ before it reads anything, then lets the next one start."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +13,8 @@ import torch
 from kernel import default_registry
 
 triton = pytest.importorskip("triton")
+
+from triton_testing import compile_offline  # noqa: E402
 
 from kernel.triton import decode_attention as da  # noqa: E402  (needs triton)
 
@@ -151,11 +150,7 @@ for pdl, new in ((False, True), (True, True), (True, False)):
 
 
 def test_pdl_kernels_wait_before_what_the_kernel_before_wrote_then_trigger():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, _ = out.stdout.split("\n=====\n")
+    plain_dec, plain_comb, pdl_dec, pdl_comb, pdl_old, _ = compile_offline(_AOT).split("\n=====\n")
     for ptx in (plain_dec, plain_comb):
         assert "griddepcontrol" not in ptx
 

@@ -4,10 +4,7 @@ barrier in the code compiled offline for sm90."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from specs.errors import ConfigError, ShapeError
 
 pytest.importorskip("triton")
 
-from triton_testing import DEVICE, check
+from triton_testing import DEVICE, check, compile_offline
 
 
 def _layer(dtype, *, D=64, H=4, KVH=2, Dh=16, F=88, L=200, seed=0):
@@ -143,12 +140,7 @@ def test_grid_barrier_publishes_each_stage_before_the_next_reads_it(poll_one):
     four barriers is a CTA barrier, a release count, a spin on the count that does not stop in L1 (volatile loads
     by every thread, or acquire loads by one), an acquire, and a CTA barrier; the weights stream through
     asynchronous copies (the pipelined matmul loops)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT, "1" if poll_one else "0"], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.splitlines()
+    lines = compile_offline(_AOT, "1" if poll_one else "0", timeout=600).splitlines()
     # (qualifier order differs between Triton versions: red.global.gpu.release.add / red.release.gpu.global.add)
     release = [i for i, line in enumerate(lines) if re.search(r"\b(red|atom)\.\S*release\S*\.add", line)]
     # (the acquire add of zero may compile to an acquire load, or a load and an acquire fence)

@@ -14,7 +14,7 @@ from specs.errors import ConfigError
 
 triton = pytest.importorskip("triton")
 
-from triton_testing import DEVICE, DTYPES, check  # noqa: E402
+from triton_testing import DEVICE, DTYPES, check, compile_offline  # noqa: E402
 
 from kernel.triton import gemv as gemv_mod  # noqa: E402
 from kernel.triton._device import device_info  # noqa: E402
@@ -203,16 +203,9 @@ for weight, pdl, magic, late in (("*bf16", False, False, False), ("*bf16", True,
 def test_gemv_sm90_code_loads_weights_before_waiting_and_keeps_them_in_flight():
     """Compiled offline for sm90 (no GPU): a program's (4, 2048) weight block is eight 16-byte loads a thread, all
     issued before the first product; with PDL they come before ``griddepcontrol.wait`` and x's loads after it."""
-    import os
     import re
-    import subprocess
-    import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    plain, pdl, int8, int8_magic, int8_pdl, int8_late, _ = out.stdout.split("\n=====\n")
+    plain, pdl, int8, int8_magic, int8_pdl, int8_late, _ = compile_offline(_AOT).split("\n=====\n")
     # int8 weights: the int-to-float conversion (a quarter of the FP32 rate) only without the add trick
     # (a (4, 2048) block is 64 weights a thread; one or two conversions remain for scalars such as K)
     i2f = [len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)\b", ptx)) for ptx in (int8, int8_magic)]
@@ -262,18 +255,12 @@ def test_gemv_sm90_int8_f16_loop_converts_two_weights_an_instruction():
     into fp16 pairs by byte permutes and packed subtractions and multiplies them by packed FMAs, with none of the
     fp32 path's integer and float adds, and issues under four fifths of its instructions (112 against 179 with
     Triton 3.9, 149 against 196 with the card's 3.6)."""
-    import os
     import re
-    import subprocess
-    import sys
     from collections import Counter
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT_F16], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    code = compile_offline(_AOT_F16)
     counts = []
-    for ptx in out.stdout.split("\n=====\n")[:2]:
+    for ptx in code.split("\n=====\n")[:2]:
         lines = ptx.splitlines()
         head = next(i for i, line in enumerate(lines) if "Loop Header" in line)  # the K loop
         label = next(lines[i] for i in range(head, 0, -1) if lines[i].startswith("$L__BB")).split(":")[0]

@@ -5,9 +5,7 @@ has no interpreter, so off a GPU the calls stay with the Triton kernel (checked 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -20,7 +18,7 @@ pytest.importorskip("triton")
 gg = pytest.importorskip("kernel.triton.gemv_gluon")  # (needs triton.experimental.gluon)
 
 from test_gemv import _inputs  # noqa: E402 (float or int8 weights, bias, residual)
-from triton_testing import DEVICE, check  # noqa: E402
+from triton_testing import DEVICE, check, compile_offline  # noqa: E402
 
 from kernel.triton import gemv as gemv_mod  # noqa: E402
 
@@ -136,12 +134,8 @@ CASES = [("int8", (32, 512, 4), dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, H
 def sm90_code():
     """{head: code} of the Triton kernel's layouts and the Gluon kernel's PTX, compiled offline for sm90 (in a
     process of its own: no interpreter)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
-    out = subprocess.run([sys.executable, "-c", f"CASES = {CASES!r}\n" + _AOT], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return dict(block.split("\n", 1) for block in out.stdout.split("\n=====\n")[:-1])
+    code = compile_offline(f"CASES = {CASES!r}\n" + _AOT, timeout=600)
+    return dict(block.split("\n", 1) for block in code.split("\n=====\n")[:-1])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}")

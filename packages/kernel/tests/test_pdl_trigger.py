@@ -4,13 +4,11 @@ code compiled offline); ``mixed``, the default, early but in a gemv of float wei
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 pytest.importorskip("triton")
+
+from triton_testing import compile_offline
 
 from kernel.triton import _pdl  # (needs triton)
 from specs.errors import ConfigError
@@ -42,11 +40,7 @@ for pdl in (1, 2):
 
 
 def test_the_trigger_follows_the_wait_when_late_and_precedes_it_when_early():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), *sys.path])
-    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ptxs = out.stdout.split("\n=====\n")[:-1]
+    ptxs = compile_offline(_AOT).split("\n=====\n")[:-1]
     assert len(ptxs) == 6  # three kernels, each late then early
     for i, ptx in enumerate(ptxs):  # gemv, attention's split kernel, its combine; late (1) then early (2)
         lines = ptx.splitlines()

@@ -60,14 +60,16 @@ DECODE_ARG_TYPES = (["*bf16"] * 3 + ["*i64"] * 2 + ["*bf16"] + ["*fp32"] * 3 + [
                     + ["fp32"] + ["i32"] * 6)
 
 
-def compile_offline(script: str, *args: str) -> str:
+def compile_offline(script: str, *args: str, timeout: int = 300) -> str:
     """Run ``script`` (Python that compiles Triton kernels for a GPU target and writes their code to stdout) in a
-    subprocess without Triton's interpreter, so it compiles for real on a machine with no GPU; its stdout."""
+    subprocess without Triton's interpreter, so it compiles for real on a machine with no GPU, with this directory
+    first on its path (the scripts import the test modules' helpers); its stdout."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=300)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), *sys.path])
+    out = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                         timeout=timeout)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
