@@ -5,10 +5,7 @@ with the weight pipeline intact."""
 from __future__ import annotations
 
 import functools
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +14,8 @@ from kernel import default_registry
 from kernel import reference as ref
 
 triton = pytest.importorskip("triton")
+
+from triton_testing import compile_offline  # noqa: E402
 
 from kernel.triton import skinny  # noqa: E402  (needs triton)
 
@@ -128,11 +127,7 @@ def _ptx(weight: str) -> tuple[str, str, str, str, str]:
     """The skinny kernel's PTX for an sm90 card, compiled offline (no GPU) in a process without Triton's
     interpreter: plain, PDL with the L2 prefetch, PDL without it, with a folded RMSNorm (``rms_eps``), and that
     with K split in two and summed by the last split (``split_counters``)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT, weight], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    plain, pdl, no_prefetch, rms, serial, _ = out.stdout.split("\n=====\n")
+    plain, pdl, no_prefetch, rms, serial, _ = compile_offline(_AOT, weight).split("\n=====\n")
     return plain, pdl, no_prefetch, rms, serial
 
 

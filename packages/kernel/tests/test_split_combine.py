@@ -6,14 +6,13 @@ analyse is assumed to write every input, which would copy the weights on every c
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 pytest.importorskip("triton")
+
+from triton_testing import compile_offline
 
 _AOT = """
 import sys, triton
@@ -31,11 +30,7 @@ for combine in (False, True):
 
 
 def test_split_combine_counts_after_a_barrier_and_reads_the_partials_from_l2():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _AOT], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    plain, fused, _ = out.stdout.split("\n=====\n")
+    plain, fused, _ = compile_offline(_AOT).split("\n=====\n")
     assert "atom." not in plain and "ld.global.cg" not in plain
     lines = fused.splitlines()
     count = [i for i, line in enumerate(lines) if re.search(r"atom\.global\.gpu\.acq_rel\.add", line)]
@@ -98,11 +93,7 @@ print(json.dumps({"skinny": written(skinny._skinny, mm), "decode": written(da._d
 def test_torch_compile_sees_exactly_what_the_combining_kernels_write():
     import json
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    out = subprocess.run([sys.executable, "-c", _MUTATIONS], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = json.loads(compile_offline(_MUTATIONS).strip().splitlines()[-1])
     assert got["skinny"] == ["cnt_ptr", "out_ptr", "ss_ptr", "ws_ptr"]
     # the cache write (k, v), the partials, the output and the counters
     assert got["decode"] == ["acc_ptr", "cnt_ptr", "k_ptr", "l_ptr", "m_ptr", "o_ptr", "v_ptr"]
