@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued after session 22: fused-mlp (its fp16-summed down products, new since run CH). Every recipe below has run
-# (each says when and what it found), kept to re-measure after changes; `final` re-measures decode as shipped (last
-# run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8 1,977-2,045, 1.406-1.461x).
-#   bash tools/gpu_pending.sh fused-mlp  benchmarks/bench_fused_mlp.py alone: the one-kernel int8 MLP prototype in
+# Nothing queued. Every recipe below has run (each says when and what it found), kept to re-measure after changes;
+# `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8
+# 1,977-2,045, 1.406-1.461x).
+#   bash tools/gpu_pending.sh unified  decode attention with one softmax shift for a head's slot splits, whose
+#                                      accumulators the o gemv reads (no combine kernel;
+#                                      benchmarks/bench_unified_attention.py): its GPU tests, then 22 whole layers
+#                                      PDL-chained in a CUDA graph, split + combine against unified, bf16 and int8,
+#                                      A-B-A-B, with each kernel's exposed time; SPLITS="8 12", NOATOM=1 and
+#                                      OTILES="8,2048,4 ..." add forms (~1.5 min; runs CI-CP, session 23: as shipped
+#                                      in kernel 0.22, int8 23.87-23.94 us a layer against 24.87-25.00, bf16
+#                                      31.92-31.98 against 32.94-33.02)
+#   bash tools/gpu_pending.sh fused-mlp  benchmarks/bench_fused_mlp.py alone (run CI, session 23, timed its fp16-summed
+#                                      down products: 16.45 us a layer, 15.81 without atomics, chain 12.42-12.54):
+#                                      the one-kernel int8 MLP prototype in
 #                                      its second forms (each K step's gate/up products summed at once: 236
 #                                      registers against 255 at FB 16, 123-128 at FB 8-32 on 8-16 warps, offline;
 #                                      and without atomics, each program storing its partial row, to price them)
@@ -300,7 +310,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -429,6 +439,12 @@ int8_tiles() { local limit=$1 v; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
+unified)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_unified.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  step unified 400 python packages/kernel/benchmarks/bench_unified_attention.py --out "$OUT/unified.json" \
+    --unified-splits ${SPLITS:-} ${NOATOM:+--no-atomics} --o-tiles ${OTILES:-}
+  grep -v "^\s*$" "$OUT/unified.log" | grep -v Warn | cut -c1-400 | tail -n 40 ;;
 fused-mlp)
   step fused_mlp 400 python packages/kernel/benchmarks/bench_fused_mlp.py --out "$OUT/fused_mlp.json"
   grep -v "^\s*$" "$OUT/fused_mlp.log" | cut -c1-300 | tail -n 14 ;;

@@ -132,7 +132,7 @@ from kernel.triton import decode_attention as da
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 for pdl, new in ((False, True), (True, True), (True, False)):
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=new, ROPE=new, COMBINE=False, BLOCK_G=16,
-                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, EARLY=pdl and new, ROPE_AT_POS=False)
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=pdl, EARLY=pdl and new, ROPE_AT_POS=False, UNIFIED=False)
     src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32),

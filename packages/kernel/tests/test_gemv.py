@@ -182,17 +182,19 @@ _AOT = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
+         "am_ptr", "al_ptr", "aacc_ptr", "NS"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps", "NS")}
 # bf16 plain and PDL; int8 with the conversion instruction and with the add trick; int8 with PDL, the scales and
 # residual loaded early (the default) and late ($LMSTACK_GEMV_CONSTS=late)
 for weight, pdl, magic, late in (("*bf16", False, False, False), ("*bf16", True, False, False),
                                  ("*i8", False, False, False), ("*i8", False, True, False),
                                  ("*i8", True, True, False), ("*i8", True, True, True)):
-    sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+    sig = dict(zip(names, ["*bf16", weight] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]
+                   + ["*fp32"] * 3 + ["i32"]))
     consts = dict(HAS_SCALE=weight == "*i8", HAS_BIAS=False, RMS=True, HAS_RES=True, GLU=False, ROWS=4,
                   BLOCK_K=2048, PDL=pdl, I8_MAGIC=magic, PERSISTENT=False, I8_F16=0, LATE=late, WVEC=0,
-                  HOIST=0)
+                  HOIST=0, ATT=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": pdl})
@@ -236,13 +238,15 @@ _AOT_F16 = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
+         "am_ptr", "al_ptr", "aacc_ptr", "NS"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps", "NS")}
+sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]
+                   + ["*fp32"] * 3 + ["i32"]))
 # the exact-add fp32 path ("magic") and the packed fp16 path (the default), session 10's int8 gate/up tile
 for f16 in (0, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=8, BLOCK_K=256, PDL=False,
-                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False, WVEC=0, HOIST=0)
+                  I8_MAGIC=f16 == 0, PERSISTENT=False, I8_F16=f16, LATE=False, WVEC=0, HOIST=0, ATT=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 2})

@@ -98,15 +98,17 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 from kernel.triton import gemv as gm, gemv_gluon as gg
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
+         "am_ptr", "al_ptr", "aacc_ptr", "NS"]
 attrs = {(i,): [["tt.divisibility", 16]] for i in range(9)}  # 16-byte aligned pointers and sizes, as launched
 target = GPUTarget("cuda", 90, 32)
 for kind, (rows, block_k, warps), flags in CASES:
     int8 = kind == "int8"
-    sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+    sig = dict(zip(names, ["*bf16", "*i8" if int8 else "*bf16"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]
+                   + ["*fp32"] * 3 + ["i32"]))
     # the Triton kernel's weight block layout, as Triton chose it
     consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=1, I8_MAGIC=False, PERSISTENT=False, I8_F16=2 * int8,
-                  LATE=False, WVEC=0, HOIST=0)
+                  LATE=False, WVEC=0, HOIST=0, ATT=0)
     src = ASTSource(fn=gm._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts,
                     attrs=attrs)
     ttgir = triton.compile(src, target=target, options={"num_warps": warps}).asm["ttgir"]
@@ -117,7 +119,8 @@ for kind, (rows, block_k, warps), flags in CASES:
             vec, tk, wr, wk = gg.layout(block_k, warps, int8)
             consts = dict(flags, ROWS=rows, BLOCK_K=block_k, PDL=pdl, I8=int8, VEC=vec, TK=tk, WR=wr, WK=wk,
                           K_P2=triton.next_power_of_2(4 * block_k), S_P2=4, X_SMEM=x_smem)
-            src = GluonASTSource(fn=gg._gemv_gluon, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+            gsig = {n: sig[n] for n in names[:10]}  # the Gluon kernel has no unified-attention arguments
+            src = GluonASTSource(fn=gg._gemv_gluon, signature={**gsig, **dict.fromkeys(consts, "constexpr")},
                                  constexprs=consts, attrs=attrs)
             ptx = triton.compile(src, target=target, options={"num_warps": warps, "launch_pdl": True}).asm["ptx"]
             sys.stdout.write(f"gluon {kind} {rows} {block_k} {warps} {x_smem} {pdl}\\n" + ptx + "\\n=====\\n")

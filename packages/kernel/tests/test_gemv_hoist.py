@@ -87,14 +87,16 @@ _AOT_HOIST = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-sig = dict(zip(names, ["*bf16"] * 6 + ["i32"] * 3 + ["fp32"]))
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
+         "am_ptr", "al_ptr", "aacc_ptr", "NS"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps", "NS")}
+sig = dict(zip(names, ["*bf16"] * 6 + ["i32"] * 3 + ["fp32"]
+                   + ["*fp32"] * 3 + ["i32"]))
 # the 1.1B bf16 q/k/v projection as a decode step calls it (K 2,048 in two steps of 1,024, the RMSNorm folded, a
 # program a row block) at the H200 table's tile
 for hoist in (False, True):
     consts = dict(HAS_SCALE=False, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=False, ROWS=4, BLOCK_K=1024, PDL=1,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=0, LATE=False, WVEC=0, HOIST=hoist)
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=0, LATE=False, WVEC=0, HOIST=hoist, ATT=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})

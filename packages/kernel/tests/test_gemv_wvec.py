@@ -24,15 +24,18 @@ def test_int8_weight_vectors_follow_x_where_one_step_covers_the_row(monkeypatch)
     holds a whole 16-byte vector of bf16 or fp16 x ("x", the default); 16 bytes elsewhere, for float weights, fp32
     x, and always under "wide"; anything else is refused by name."""
     w8, wf = torch.zeros(4, 2048, dtype=torch.int8), torch.zeros(4, 2048)
-    xb, xf = torch.zeros(1, 2048, dtype=torch.bfloat16), torch.zeros(1, 2048)
+    xb, xf = torch.bfloat16, torch.float32
     monkeypatch.delenv(gemv_mod.WVEC_ENV, raising=False)
     assert gemv_mod._wvec(w8, xb, 2048, 4, 2048) == 8  # q/k/v and o at the H200 table's (4, 2048, 4 warps)
-    assert gemv_mod._wvec(w8, xb.half(), 2048, 8, 2048) == 8  # 2048 / 256 threads: one vector each
+    assert gemv_mod._wvec(w8, torch.float16, 2048, 8, 2048) == 8  # 2048 / 256 threads: one vector each
     assert gemv_mod._wvec(w8, xb, 2048, 8, 5632) == 0  # down: three K steps (run CA: slower)
     assert gemv_mod._wvec(w8, xb, 512, 4, 2048) == 0  # four bf16 values a thread: under a vector
     assert gemv_mod._wvec(wf, xf, 2048, 4, 2048) == 0 and gemv_mod._wvec(w8, xf, 2048, 4, 2048) == 0
+    # x from a unified attention's fp32 sums (att): four-value weight vectors, float weights too, several K steps too
+    assert gemv_mod._wvec(w8, xb, 2048, 4, 2048, att=True) == 4 == gemv_mod._wvec(wf, xb, 512, 4, 2048, att=True)
+    assert gemv_mod._wvec(w8, xb, 256, 4, 2048, att=True) == 0  # two values a thread: under a vector
     monkeypatch.setenv(gemv_mod.WVEC_ENV, "wide")
-    assert gemv_mod._wvec(w8, xb, 2048, 4, 2048) == 0
+    assert gemv_mod._wvec(w8, xb, 2048, 4, 2048) == 0 == gemv_mod._wvec(w8, xb, 2048, 4, 2048, att=True)
     monkeypatch.setenv(gemv_mod.WVEC_ENV, "8")
     with pytest.raises(ConfigError, match="LMSTACK_GEMV_WVEC.*'x' .* or 'wide' .*got '8'"):
         gemv_mod._wvec(w8, xb, 2048, 4, 2048)
@@ -45,7 +48,7 @@ def test_int8_weights_in_x_layout_give_the_reference(monkeypatch, dtype):
     GPU (there the products are laid out, so summed, differently)."""
     N, K = 70, 256
     x, w, s, b, r = _inputs(dtype, N, K, seed=29, int8=True)
-    assert gemv_mod._wvec(w, x, 256, 1, K) == 8  # 256 / 32 threads: one vector of x each
+    assert gemv_mod._wvec(w, x.dtype, 256, 1, K) == 8  # 256 / 32 threads: one vector of x each
     got = {}
     for mode in ("wide", "x"):
         monkeypatch.setenv(gemv_mod.WVEC_ENV, mode)
@@ -60,13 +63,15 @@ _AOT_WVEC = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from kernel.triton import gemv
-names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
-sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
+         "am_ptr", "al_ptr", "aacc_ptr", "NS"]
+attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps", "NS")}
+sig = dict(zip(names, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]
+                   + ["*fp32"] * 3 + ["i32"]))
 # the o projection as a decode step calls it (the residual added, PDL triggering early) at the H200 table's tile
 for wvec in (0, 8):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=False, HAS_RES=True, GLU=False, ROWS=4, BLOCK_K=2048, PDL=2,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=wvec, HOIST=0)
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=wvec, HOIST=0, ATT=0)
     src = triton.compiler.ASTSource(fn=gemv._gemv, signature={**sig, **dict.fromkeys(consts, "constexpr")},
                                     constexprs=consts, attrs=attrs)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "launch_pdl": True})

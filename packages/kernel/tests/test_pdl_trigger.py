@@ -19,16 +19,18 @@ from triton.backends.compiler import GPUTarget
 from kernel.triton import decode_attention as da, gemv
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 target = GPUTarget("cuda", 90, 32)
-gnames = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps"]
-gsig = dict(zip(gnames, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]))
+gnames = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
+         "am_ptr", "al_ptr", "aacc_ptr", "NS"]
+gsig = dict(zip(gnames, ["*bf16", "*i8"] + ["*bf16"] * 4 + ["i32"] * 3 + ["fp32"]
+                   + ["*fp32"] * 3 + ["i32"]))
 cnames = ["acc_ptr", "m_ptr", "l_ptr", "o_ptr", "stride_ob", "stride_oh", "H", "NS", "Dh"]
 csig = dict(zip(cnames, ["*fp32"] * 3 + ["*bf16"] + ["i32"] * 5))
 for pdl in (1, 2):
     consts = dict(HAS_SCALE=True, HAS_BIAS=False, RMS=True, HAS_RES=False, GLU=True, ROWS=32, BLOCK_K=512, PDL=pdl,
-                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=0, HOIST=0)
+                  I8_MAGIC=False, PERSISTENT=False, I8_F16=2, LATE=False, WVEC=0, HOIST=0, ATT=0)
     kernels = [(gemv._gemv, gsig, consts)]
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=False, BLOCK_G=16,
-                  BLOCK_S=16, BLOCK_D=64, BLOCK_N=32, PDL=pdl, EARLY=True, ROPE_AT_POS=True)
+                  BLOCK_S=16, BLOCK_D=64, BLOCK_N=32, PDL=pdl, EARLY=True, ROPE_AT_POS=True, UNIFIED=False)
     kernels.append((da._decode, dict(zip(names, types)), consts))
     kernels.append((da._combine, csig, dict(BLOCK_N=32, BLOCK_D=64, PDL=pdl)))
     for fn, sig, consts in kernels:

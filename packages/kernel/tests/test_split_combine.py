@@ -21,7 +21,7 @@ from kernel.triton import decode_attention as da
 from triton_testing import DECODE_ARG_NAMES as names, DECODE_ARG_TYPES as types
 for combine in (False, True):
     consts = dict(PAGED=False, PAGE=1, DOT=1, SPLIT=True, NEW=True, ROPE=True, COMBINE=combine, BLOCK_G=16,
-                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=False, EARLY=False, ROPE_AT_POS=False)
+                  BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=False, EARLY=False, ROPE_AT_POS=False, UNIFIED=False)
     src = triton.compiler.ASTSource(fn=da._decode, signature={**dict(zip(names, types)),
                                                               **dict.fromkeys(consts, "constexpr")}, constexprs=consts)
     kern = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -83,9 +83,10 @@ dec = dict(q_ptr=t(1, 32, 64), k_ptr=t(1, 4, 384, 64), v_ptr=t(1, 4, 384, 64), l
            cos_ptr=t(1, 64), sin_ptr=t(1, 64), cnt_ptr=t(4, dtype=i32), stride_qb=2048, stride_qh=64,
            stride_kb=98304, stride_kh=24576, stride_ks=64, stride_vb=98304, stride_vh=24576, stride_vs=64,
            stride_tb=0, stride_ob=2048, stride_oh=64, stride_knb=256, stride_knh=64, stride_vnb=256, stride_vnh=64,
-           stride_cb=0, scale=0.125, G=8, Dh=64, H=32, NS=6, KVH=4, L=384, PAGED=False, PAGE=1, DOT=1, SPLIT=True,
+           stride_cb=0, scale=0.125, G=8, Dh=64, H=32, NS=6, KVH=4, L=384, ws_ptr=t(1, dtype=f32),
+           zero_ptr=t(1, dtype=f32), WS=0, PAGED=False, PAGE=1, DOT=1, SPLIT=True,
            NEW=True, ROPE=True, COMBINE=True, BLOCK_G=16, BLOCK_S=64, BLOCK_D=64, BLOCK_N=8, PDL=False,
-           EARLY=False, ROPE_AT_POS=False)
+           EARLY=False, ROPE_AT_POS=False, UNIFIED=False)
 print(json.dumps({"skinny": written(skinny._skinny, mm), "decode": written(da._decode, dec)}))
 """
 

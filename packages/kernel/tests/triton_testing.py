@@ -55,9 +55,9 @@ DECODE_ARG_NAMES = ["q_ptr", "k_ptr", "v_ptr", "lens_ptr", "table_ptr", "o_ptr",
                     "vn_ptr", "cos_ptr", "sin_ptr", "cnt_ptr", "stride_qb", "stride_qh", "stride_kb", "stride_kh",
                     "stride_ks", "stride_vb", "stride_vh", "stride_vs", "stride_tb", "stride_ob", "stride_oh",
                     "stride_knb", "stride_knh", "stride_vnb", "stride_vnh", "stride_cb", "scale", "G", "Dh", "H", "NS",
-                    "KVH", "L"]
+                    "KVH", "L", "ws_ptr", "zero_ptr", "WS"]
 DECODE_ARG_TYPES = (["*bf16"] * 3 + ["*i64"] * 2 + ["*bf16"] + ["*fp32"] * 3 + ["*bf16"] * 4 + ["*i32"] + ["i32"] * 16
-                    + ["fp32"] + ["i32"] * 6)
+                    + ["fp32"] + ["i32"] * 6 + ["*fp32"] * 2 + ["i32"])
 
 
 def compile_offline(script: str, *args: str, timeout: int = 300) -> str:

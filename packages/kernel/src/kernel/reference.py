@@ -307,6 +307,23 @@ SPLIT_COUNTER_COLUMNS = 16
 SPLIT_COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
 
 
+def unified_output(x_BW: torch.Tensor, acc_BHND: torch.Tensor, m_BHN: torch.Tensor, l_BHN: torch.Tensor,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The attention output (B, H x Dh) in ``dtype`` from a unified-shift decode attention's accumulators ``x_BW``
+    (per row: H x Dh outputs, H sums, a flag; ``kernel.triton.decode_attention.decode_attention_unified``): the
+    outputs over their head's sum, or where a row's flag is set, its splits' partials ``acc`` (B, H, NS, Dh), ``m``,
+    ``l`` (B, H, NS) combined as flash-decoding does (each rescaled to the largest max)."""
+    B, H, _, Dh = acc_BHND.shape
+    acc = x_BW[:, :H * Dh].view(B, H, Dh)
+    out = acc / x_BW[:, H * Dh:H * Dh + H, None]
+    m_max = m_BHN.amax(-1, keepdim=True)
+    w = torch.exp(m_BHN - torch.where(m_max > float("-inf"), m_max, torch.zeros_like(m_max)))  # (B, H, NS)
+    den = (w * l_BHN).sum(-1, keepdim=True)
+    merged = torch.where(den > 0, (w[..., None] * acc_BHND).sum(-2) / den.clamp_min(1e-30), 0.0)
+    flagged = x_BW[:, H * Dh + H] != 0
+    return torch.where(flagged[:, None, None], merged, out).to(dtype).reshape(B, H * Dh)
+
+
 def split_combine_in_kernel() -> bool:
     """Whether layers and caches keep ``split_counters`` workspaces, so that kernels which split their work over
     programs (the skinny matmul's K, decode attention's slots) combine the splits in the same kernel:

@@ -20,6 +20,13 @@ split programs combine without that kernel: each counts itself done with an atom
 counter once its partials are written, and the last one to finish (the one that sees NS - 1) combines the group's
 partials, in the same fixed order, and sets the counter back to zero (CUTLASS's split-K "serial" reduction).
 
+:func:`decode_attention_unified` (kernel 0.22) needs no combine kernel: the splits of a head share one softmax shift,
+the larger of the scores of the new token's own key and of slot 0's, and add their shifted partials to per-layer
+fp32 accumulators with atomics; the output projection divides the outputs by the sums as it reads them
+(``kernel.triton.gemv``'s ``att``). A split whose max passes the shift by more than e^30 flags its row, and the
+reader combines the stored partials instead. Measured in 22 PDL-chained layers of the 1.1B shape on an H200: 1.0 us
+a layer faster for int8 and bf16 weights (docs/benchmarks.md, run CQ); not yet wired into a model's decode step.
+
 Given the step's new key and value (``k_new``, ``v_new``) and RoPE angles, the kernel also does what would otherwise
 be three or four kernels before it: it rotates q and the new key, the first split of each (row, KV head) writes the
 key and value to slot ``lens - 1``, and every program reads that slot's key and value from the arguments rather
@@ -29,6 +36,7 @@ than from the cache (whose write it may race), so no program depends on another.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -38,6 +46,7 @@ from kernel.reference import check_decode_inputs, check_new_token, check_rope_ta
 from kernel.triton._device import device_info, pdl_capable
 from kernel.triton._pdl import pdl_enter, pdl_mode
 from kernel.triton.attention import _dot, _dot_mode
+from kernel.triton.decode_unified import _unified, _unified_shift, check_unified, unified_mode
 from specs.errors import ConfigError, ShapeError
 
 # key slots a loop step: BLOCK_S, or fewer for short chunks (:func:`block_s`); the splits are counted in MIN_BLOCK_S
@@ -58,17 +67,17 @@ EARLY_WITHOUT_PDL = False
 def _decode(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
-            scale, G, Dh, H, NS, KVH, L,
+            scale, G, Dh, H, NS, KVH, L, ws_ptr, zero_ptr, WS,
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr,
-            ROPE_AT_POS: tl.constexpr):
+            ROPE_AT_POS: tl.constexpr, UNIFIED: tl.constexpr):
     _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr,
             cnt_ptr, stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
             stride_tb, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, stride_cb,
             scale, G, Dh, H, NS, KVH, L, tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64),
             tl.program_id(2) if SPLIT else 0, PAGED, PAGE, DOT, SPLIT, NEW, ROPE, COMBINE, BLOCK_G, BLOCK_S, BLOCK_D,
-            BLOCK_N, "", PDL, EARLY, ROPE_AT_POS)
+            BLOCK_N, "", PDL, EARLY, ROPE_AT_POS, ws_ptr, zero_ptr, WS, UNIFIED)
 
 
 @triton.jit
@@ -79,7 +88,7 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
             PAGED: tl.constexpr, PAGE: tl.constexpr, DOT: tl.constexpr, SPLIT: tl.constexpr, NEW: tl.constexpr,
             ROPE: tl.constexpr, COMBINE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
             BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, QKV_LOAD: tl.constexpr, PDL: tl.constexpr,
-            EARLY: tl.constexpr, ROPE_AT_POS: tl.constexpr):
+            EARLY: tl.constexpr, ROPE_AT_POS: tl.constexpr, ws_ptr, zero_ptr, WS, UNIFIED: tl.constexpr):
     """The work of one program of :func:`_decode`, (row b, KV head kvh, slot split ``split``): also the attention
     stage of ``decode_layer``'s persistent kernel, whose q, new key and value another program of the same kernel
     wrote (``QKV_LOAD=".cg"``: read from L2). ``L``: a fixed cache's slots per row. ``ROPE_AT_POS``: cos/sin are
@@ -94,7 +103,12 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     the length is known, a chunk that starts elsewhere loads its block again. After the wait the length, q, and the
     new key and value are loaded together, before anything that depends on the length (kernel 0.16: before, q and
     the new token waited behind the length's round trip), so the RoPE angles at the length are the one load that
-    follows another."""
+    follows another.
+
+    ``UNIFIED`` (split, with the new token, a fixed cache): besides its partials, the program adds its share of the
+    softmax taken against one shift for all splits of a head to the ``ws_ptr`` accumulators (row b at ``b * WS``:
+    H x Dh outputs, H sums, a flag), and the first split of each (row, KV head) zeroes its heads' entries of
+    ``zero_ptr`` (another layer's accumulators, for their next use): :func:`_unified`."""
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     g_ok, d_ok = g < G, d < Dh
@@ -103,6 +117,9 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
     if EARLY:
         k0, v0 = _kv_block(k_ptr, v_ptr, table_ptr, b, kvh, guess + tl.arange(0, BLOCK_S), L, d, d_ok, stride_kb,
                            stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_tb, PAGED, PAGE)
+    k_first = 0.0
+    if UNIFIED:  # slot 0's key (a fixed cache: no kernel before this one in the step writes it)
+        k_first = tl.load(k_ptr + b * stride_kb + kvh * stride_kh + d, mask=d_ok, other=0.0)
     pdl_enter(PDL)
     # the length, q, and the new key and value in one round trip: nothing here waits for another of them
     n = tl.load(lens_ptr + b)
@@ -153,6 +170,9 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
                 v_w = b * stride_vb + kvh * stride_vh + last * stride_vs
             tl.store(k_ptr + k_w + d, kn, mask=d_ok)
             tl.store(v_ptr + v_w + d, vn, mask=d_ok)
+    phi = 0.0
+    if UNIFIED:  # the shift, now: q, the new key and slot 0's need not stay live through the loop
+        phi = _unified_shift(q, kn, k_first, n, scale)
     m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
@@ -169,6 +189,9 @@ def _attend(q_ptr, k_ptr, v_ptr, lens_ptr, table_ptr, o_ptr, acc_ptr, m_ptr, l_p
         tl.store(m_ptr + part, m_i, mask=g_ok)
         tl.store(l_ptr + part, l_i, mask=g_ok)
         tl.store(acc_ptr + part[:, None] * Dh + d[None, :], acc, mask=gd_ok)
+        if UNIFIED:
+            _unified(ws_ptr, zero_ptr, WS, b, kvh, split, h, d, g_ok, d_ok, phi, lo, hi, m_i, l_i, acc, G, H, Dh,
+                     BLOCK_G, BLOCK_D, UNIFIED)
         if COMBINE:  # the last split of this (row, KV head) to finish combines the group's partials
             tl.debug_barrier()  # every thread's partial stores before the count that publishes them
             done = tl.atomic_add(cnt_ptr + b * KVH + kvh, 1, sem="acq_rel", scope="gpu")
@@ -333,6 +356,19 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
     launch where the device has it (sm90+): each waits for the kernel before it, then lets the next one start (a
     PDL-launched matmul after it loads its first weights meanwhile); with the new token and a fixed cache the split
     kernel loads a block of cached keys and values before its wait (:func:`decode_attention_pdl`)."""
+    return _launch(q_BHDh, k, v, lens_B, block_table, block_size, scale, k_new, v_new, cos_BDh, sin_BDh,
+                   split_counters, pdl, cos_PDh, sin_PDh)[0]
+
+
+def _launch(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor,
+            block_table: torch.Tensor | None, block_size: int | None, scale: float | None,
+            k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos_BDh: torch.Tensor | None,
+            sin_BDh: torch.Tensor | None, split_counters: torch.Tensor | None, pdl: bool,
+            cos_PDh: torch.Tensor | None, sin_PDh: torch.Tensor | None, ws: torch.Tensor | None = None,
+            layer: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """:func:`decode_attention`'s kernels: (out, the splits' outputs, maxes and sums, the split count). ``ws``
+    (layers, B, W) fp32, with ``layer``: the unified-shift accumulators (:func:`decode_attention_unified`): the
+    splits add to ``ws[layer]``, zero ``ws[(layer + 1) % layers]``, and no combine runs (out is left unwritten)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
     check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
     check_rope_tables(q_BHDh, k, block_table, block_size, cos_BDh, cos_PDh, sin_PDh)
@@ -375,13 +411,17 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
         capacity = k.shape[2]
     # from shapes only, never from lens_B: a captured CUDA graph replays the same grid at any length
     ns = splits(B, KVH, capacity, device_info(q)[0])  # a pretend 8-SM GPU off CUDA: the interpreter splits
-    if ns > 1:
+    split = ns > 1 or ws is not None  # unified: one split, at least, writing its partials
+    if split:
         acc = torch.empty(B, H, ns, Dh, dtype=torch.float32, device=q.device)
         m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
         l_s = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
     else:
         acc = m = l_s = out  # unused
-    combine = ns > 1 and split_counters is not None
+    unified = ws is not None
+    if unified:
+        check_unified(ws, layer, B, H, Dh, new and not paged, q_BHDh.device)
+    combine = ns > 1 and split_counters is not None and not unified
     pdl = pdl and pdl_capable(q)
     launch = {"launch_pdl": True} if pdl else {}
     block_d = max(16, triton.next_power_of_2(Dh))
@@ -393,15 +433,45 @@ def decode_attention(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, len
                           split_counters if combine else spare, q.stride(0), q.stride(1), kb,
                           kh, ks, vb, vh, vs, tb, out.stride(0), out.stride(1), knb, knh, vnb, vnh, cb,
                           Dh ** -0.5 if scale is None else scale, G, Dh, H, ns, KVH, 0 if paged else capacity,
-                          PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=ns > 1, NEW=new,
+                          ws[layer] if unified else acc, ws[(layer + 1) % ws.shape[0]] if unified else acc,
+                          ws.shape[-1] if unified else 0,
+                          PAGED=paged, PAGE=block_size or 1, DOT=_dot_mode(q.dtype), SPLIT=split, NEW=new,
                           ROPE=rope, COMBINE=combine, BLOCK_G=max(16, triton.next_power_of_2(G)),
                           BLOCK_S=block_s(capacity, ns),
                           BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl_mode(pdl), EARLY=early,
-                          ROPE_AT_POS=at_pos, **launch)
-    if ns > 1 and not combine:
+                          ROPE_AT_POS=at_pos, UNIFIED=unified_mode(Dh == block_d) if unified else 0, **launch)
+    if ns > 1 and not combine and not unified:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl_mode(pdl), **launch)
-    return out
+    return out, acc, m, l_s, ns
+
+
+class UnifiedParts(NamedTuple):
+    """What :func:`decode_attention_unified` leaves for the output projection: ``x`` (B, W) this layer's
+    accumulators (H x Dh outputs, H sums, the flag: :func:`kernel.reference.unified_output` reads them), and the
+    splits' partials ``acc`` (B, H, NS, Dh), ``m`` and ``l`` (B, H, NS), for a flagged row."""
+
+    x: torch.Tensor
+    acc: torch.Tensor
+    m: torch.Tensor
+    l: torch.Tensor
+
+
+def decode_attention_unified(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
+                             ws: torch.Tensor, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
+                             scale: float | None = None, cos_BDh: torch.Tensor | None = None,
+                             sin_BDh: torch.Tensor | None = None, cos_PDh: torch.Tensor | None = None,
+                             sin_PDh: torch.Tensor | None = None, pdl: bool = False) -> UnifiedParts:
+    """:func:`decode_attention` over a fixed cache with the step's new token, without the second kernel that
+    combines the slot splits: each split adds its share, against a shift common to the head's splits, to the
+    accumulators ``ws[layer]`` (``decode_unified.unified_workspace``), and the output projection divides them as it
+    reads them (``kernel.triton.gemv``'s ``att``; :func:`kernel.reference.unified_output` is the same in torch ops).
+    Each call zeroes ``ws[(layer + 1) % layers]`` for that layer's next use, so the layers must run in order every
+    step, each with its own slot; a fresh or reset workspace is all zeros. The summation order of the atomics varies
+    from run to run (the last bits of the fp32 sums). ``pdl``: as :func:`decode_attention` (one kernel)."""
+    _, acc, m, l_s, _ = _launch(q_BHDh, k, v, lens_B, None, None, scale, k_new, v_new, cos_BDh, sin_BDh, None, pdl,
+                                cos_PDh, sin_PDh, ws=ws, layer=layer)
+    return UnifiedParts(ws[layer], acc, m, l_s)
 
 
 def decode_attention_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,

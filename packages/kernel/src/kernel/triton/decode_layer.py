@@ -180,7 +180,7 @@ def _layer(x_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, kc_ptr, vc_ptr, lens_ptr, c
                     qkv_ptr + HD + KVH * Dh, cos_ptr, sin_ptr, cnt_ptr + COUNTER_SLOTS, 0, Dh, 0, stride_kh,
                     stride_ks, 0, stride_vh, stride_vs, 0, 0, Dh, 0, Dh, 0, Dh, 0, scale, G, Dh, H, NS, KVH, 0, 0,
                     (work // NS).to(tl.int64), work % NS, False, 1, DOT, True, True, True, True, BLOCK_G, BLOCK_S,
-                    BLOCK_DH, BLOCK_N, ".cg", False, False, False)
+                    BLOCK_DH, BLOCK_N, ".cg", False, False, False, pacc_ptr, pacc_ptr, 0, False)
     _between_stages(cnt_ptr, times_ptr, pid, P, 2, SYNC, POLL_ONE, TIMING)
     if FIRST <= 2 and LAST >= 2:  # 3. h = attn @ Wo.T + x, its rows
         _project(attn_ptr, wo_ptr, h_ptr, x_ptr, 1.0, pid, P, D, HD, True, INTERLEAVE, R_O, BK_O, ST_O, UPCAST)

@@ -43,6 +43,11 @@ trip. In a row of two steps the second step's weights are asked for right after 
 step's (``HOIST``, :func:`_hoist`; kernel 0.21: the bf16 q/k/v and o projections of the 1.1B decode, bf16 decode at
 1,405-1,406 tokens/s against 1,372-1,375 on an H200, docs/benchmarks.md run CE). Rows of three steps lost that way
 (run CD: the down projection 20 us a token slower for int8 weights, 57 for bf16 ones, whose registers rose 78 -> 94).
+
+With ``att`` (kernel 0.22) x is a unified-shift decode attention's fp32 accumulators
+(``decode_attention.decode_attention_unified``): each output is divided by its head's sum as it is loaded, so no
+kernel combines the attention's slot splits; a flagged row's partials are combined here instead (``ATT``,
+:func:`_step_x`, :func:`_att_merge`). The weights are then loaded four values a vector, in the fp32 x's layout.
 """
 
 from __future__ import annotations
@@ -132,11 +137,11 @@ def int8_mode() -> str:
 
 
 @triton.jit
-def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps,
+def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, am_ptr, al_ptr, aacc_ptr, NS,
           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr, I8_MAGIC: tl.constexpr,
           PERSISTENT: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr,
-          HOIST: tl.constexpr):
+          HOIST: tl.constexpr, ATT: tl.constexpr):
     # row blocks pid, pid + programs, ...: one each when the grid has a program per block, several when it is
     # persistent (a few programs per SM, so the next kernel's programs fit beside them once they trigger it)
     pid = tl.program_id(0)
@@ -164,11 +169,13 @@ def _gemv(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, 
             sc_next, bi_next = _row_consts(scale_ptr, bias_ptr, n, n_ok, HAS_SCALE and not LATE,
                                            HAS_BIAS and not LATE)
             _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
-                   HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC, HOIST)
+                   am_ptr, al_ptr, aacc_ptr, NS, HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC,
+                   I8_F16, LATE, WVEC, HOIST, ATT)
             w, sc, bi = w_next, sc_next, bi_next
     else:  # a program per row block
         _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, pid, w, sc, bi,
-               HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16, LATE, WVEC, HOIST)
+               am_ptr, al_ptr, aacc_ptr, NS, HAS_SCALE, HAS_BIAS, RMS, HAS_RES, GLU, ROWS, BLOCK_K, I8_MAGIC, I8_F16,
+               LATE, WVEC, HOIST, ATT)
 
 
 @triton.jit
@@ -208,9 +215,10 @@ def _rows(rb, N, ROWS: tl.constexpr, GLU: tl.constexpr):
 
 @triton.jit
 def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn, rms_eps, rb, w, sc, bi,
-           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, HAS_RES: tl.constexpr,
-           GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, I8_MAGIC: tl.constexpr,
-           I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr, HOIST: tl.constexpr):
+           am_ptr, al_ptr, aacc_ptr, NS, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr,
+           HAS_RES: tl.constexpr, GLU: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr,
+           I8_MAGIC: tl.constexpr, I8_F16: tl.constexpr, LATE: tl.constexpr, WVEC: tl.constexpr,
+           HOIST: tl.constexpr, ATT: tl.constexpr):
     """Row block ``rb`` of the output, given its first weight block ``w`` and its rows' scales ``sc`` and bias
     ``bi`` (:func:`_row_consts`): the rest of K, then the epilogue. The residual is loaded with x's first block, so
     its round trip overlaps theirs rather than following the row sums. ``LATE`` (``$LMSTACK_GEMV_CONSTS=late``):
@@ -226,12 +234,21 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     # weights moves it through shared memory, which waits for it: loads written after that would follow its arrival)
     if HOIST:
         w1 = _step_w(w_row, kw, n_ok, BLOCK_K, K)
-    x = _step_x(x_ptr, kk, 0, K)
+    xdt = out_ptr.dtype.element_ty
+    if ATT:  # the accumulators' flag, with x: all of the step's loads go out before the one branch on it
+        flag = tl.load(x_ptr + K + K // ATT)
+    x = _step_x(x_ptr, kk, 0, K, ATT, xdt, "")
     if HOIST:
-        x1 = _step_x(x_ptr, kk, BLOCK_K, K)
+        x1 = _step_x(x_ptr, kk, BLOCK_K, K, ATT, xdt, "")
     res = tl.zeros((ROWS,), tl.float32)
     if HAS_RES and not GLU and not LATE:
         res = tl.load(res_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if ATT:  # noqa: SIM102 (flag exists only under the constexpr ATT)
+        if flag != 0:  # rare: the splits' partials combined into the accumulators, then x read again (from L2)
+            _att_merge(x_ptr, am_ptr, al_ptr, aacc_ptr, K, NS, ATT)
+            x = _step_x(x_ptr, kk, 0, K, ATT, xdt, ".cg")
+            if HOIST:
+                x1 = _step_x(x_ptr, kk, BLOCK_K, K, ATT, xdt, ".cg")
     if I8_F16:
         acc = _weights_f16(w, I8_F16) * (x * F16_X_SCALE).to(tl.float16)[None, :]
     else:
@@ -242,7 +259,7 @@ def _block(x_ptr, w_ptr, out_ptr, scale_ptr, bias_ptr, res_ptr, N, K, stride_wn,
     if not HOIST:  # a K step at a time: each step's loads follow the products of the one before
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w = _step_w(w_row, kw, n_ok, k0, K)
-            x = _step_x(x_ptr, kk, k0, K)
+            x = _step_x(x_ptr, kk, k0, K, ATT, xdt, ".cg" if ATT else "")
             acc, ss = _accumulate(acc, ss, w, x, RMS, I8_MAGIC, I8_F16)
     if I8_F16:
         y = tl.sum(acc.to(tl.float32), 1) * (1.0 / F16_X_SCALE)  # (ROWS,)
@@ -275,9 +292,42 @@ def _step_w(w_row, kw, n_ok, k0, K):
 
 
 @triton.jit
-def _step_x(x_ptr, kk, k0, K):
-    """x (fp32) of the K step at column ``k0``, zero past K."""
-    return tl.load(x_ptr + k0 + kk, mask=k0 + kk < K, other=0.0).to(tl.float32)
+def _step_x(x_ptr, kk, k0, K, ATT: tl.constexpr, XDT: tl.constexpr, CACHE: tl.constexpr):
+    """x (fp32) of the K step at column ``k0``, zero past K. ``ATT`` (the head dim): x_ptr holds a unified-shift
+    decode attention's accumulators (K = H x Dh outputs, H sums, a flag; ``decode_attention_unified``), and x is
+    each output over its head's sum, rounded to ``XDT`` as the attention kernel's own output would be (a flagged
+    row is first combined into them by :func:`_att_merge`)."""
+    col = k0 + kk
+    ok = col < K
+    if ATT:
+        a = tl.load(x_ptr + col, mask=ok, other=0.0, cache_modifier=CACHE)
+        den = tl.load(x_ptr + K + col // ATT, mask=ok, other=1.0, cache_modifier=CACHE)
+        return tl.fdiv(a, den).to(XDT).to(tl.float32)
+    return tl.load(x_ptr + col, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _att_merge(x_ptr, am_ptr, al_ptr, aacc_ptr, K, NS, DH: tl.constexpr):
+    """A flagged row (rare: a split's max far past the shared shift): its attention output from the splits'
+    partials, each rescaled to the largest max, summed in split order, over the rescaled sums (zero for an empty
+    row), written over the row's outputs with every sum set to 1, so the caller's read gives it. Every program of
+    the call writes the same values; the loops keep one head (DH columns) in registers at a time, so the common
+    path's register count does not grow."""
+    d = tl.arange(0, DH)
+    for h in range(K // DH):
+        mx = float("-inf")
+        for s in range(NS):
+            mx = tl.maximum(mx, tl.load(am_ptr + h * NS + s))
+        mx = tl.where(mx > float("-inf"), mx, 0.0)
+        num = tl.zeros((DH,), tl.float32)
+        den = 0.0
+        for s in range(NS):
+            w = tl.exp(tl.load(am_ptr + h * NS + s) - mx)
+            num += w * tl.load(aacc_ptr + (h * NS + s) * DH + d)
+            den += w * tl.load(al_ptr + h * NS + s)
+        tl.store(x_ptr + h * DH + d, tl.where(den > 0, num / tl.maximum(den, 1e-30), 0.0))
+        tl.store(x_ptr + K + h, 1.0)
+    tl.debug_barrier()  # the stores before this program's reads
 
 
 @triton.jit
@@ -353,7 +403,8 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str, glu: bool
 
 def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None, *,
          config: tuple[int, ...], out_dtype: torch.dtype | None = None, rms_eps: float | None = None,
-         residual: torch.Tensor | None = None, pdl: bool = False, glu: bool = False) -> torch.Tensor:
+         residual: torch.Tensor | None = None, pdl: bool = False, glu: bool = False,
+         att: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """x (1, K) float @ w (N, K).T (float or int8) -> (1, N), times ``scale`` (N,) when given, plus ``bias``;
     ``rms_eps``: x RMS-normalised (no weight) first; ``residual`` (1, N) added last. ``config``: (ROWS, BLOCK_K,
     num_warps), powers of two, then a table entry's PDL (ignored here: ``pdl`` decides) and PER_SM: 0 (or absent)
@@ -362,11 +413,19 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     with programmatic dependent launch where the device has it (sm90+; ignored elsewhere): each program's first
     weight block is loaded while the kernel before drains, so w must not be written by that kernel. ``glu``: w is a
     fused gate/up projection (N = 2F, gate rows first) and the result is ``silu(gate) * up``, (1, F), computed in
-    the epilogue (ROWS must be even; no residual)."""
+    the epilogue (ROWS must be even; no residual). ``att``: x is a unified-shift decode attention's accumulators row
+    (1, W) fp32 and ``att`` its splits' partials (acc (1, H, NS, Dh), m, l (1, H, NS);
+    ``decode_attention_unified``): the projection reads the attention output from them (one output per weight
+    column, K = H x Dh) as :func:`kernel.reference.unified_output` computes it, in ``out_dtype`` (required)."""
     if x.dim() != 2 or x.shape[0] != 1 or x.stride(-1) != 1:
         raise ShapeError(f"gemv takes one contiguous activation row (1, K), got shape {tuple(x.shape)}")
     N, K = w.shape
-    if x.shape[1] != K or w.stride(-1) != 1:
+    x_dtype = x.dtype
+    if att is not None:
+        x_dtype = _check_att(x, att, K, out_dtype, glu, rms_eps)
+    elif x.shape[1] != K:
+        raise ShapeError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}")
+    if w.stride(-1) != 1:
         raise ShapeError(f"gemv: weight {tuple(w.shape)} (contiguous rows) does not match x {tuple(x.shape)}")
     if glu and (N % 2 or config[0] % 2 or residual is not None):
         raise ShapeError(f"gemv: glu needs an even number of weight rows (got {N}) and of ROWS (got {config[0]}), "
@@ -379,7 +438,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
     out = torch.empty(1, N // 2 if glu else N, dtype=out_dtype or x.dtype, device=x.device)
     res = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
     mode = int8_mode() if w.dtype == torch.int8 else None
-    f16 = _i8_f16(w, rows * block_k // (32 * warps), x.dtype)
+    f16 = _i8_f16(w, rows * block_k // (32 * warps), x_dtype)
     trigger = pdl_mode(pdl, early_when_mixed=w.dtype == torch.int8)
     # (inside a torch.compile trace the Triton kernel runs: inductor traces Triton kernels, not Gluon ones; the PDL
     # op, which compile does not trace into, takes the Gluon kernel)
@@ -390,32 +449,59 @@ def gemv(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None = None, bi
             raise ConfigError(IMPL_ENV, f"'gluon' needs a Triton with Gluon (triton.experimental.gluon; the cards "
                                         f"here ran 3.6): {e}") from e
 
-        if gemv_gluon.supports(x, w, f16, programs < blocks, block_k):
+        if att is None and gemv_gluon.supports(x, w, f16, programs < blocks, block_k):
             gemv_gluon.gemv_gluon(x, w, out, scale, bias, res, N, K, rms_eps, rows=rows, block_k=block_k,
                                   warps=warps, pdl_mode=trigger, glu=glu, launch_pdl=pdl)
             return out
+    am, al, aacc = (att[1], att[2], att[0]) if att is not None else (x, x, x)
     _gemv[(programs,)](
         x, w, out, scale if scale is not None else x, bias if bias is not None else x, res if res is not None else x,
-        N, K, w.stride(0), float(rms_eps or 0.0), HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
+        N, K, w.stride(0), float(rms_eps or 0.0), am, al, aacc, att[0].shape[2] if att is not None else 0,
+        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None,
         RMS=rms_eps is not None, HAS_RES=res is not None, GLU=glu, ROWS=rows, BLOCK_K=block_k, PDL=trigger,
         I8_MAGIC=mode is not None and mode != "cvt" and not f16, PERSISTENT=programs < blocks,
-        num_warps=warps, I8_F16=f16, LATE=late_consts(), WVEC=_wvec(w, x, block_k, warps, K),
-        HOIST=_hoist(w, rows, block_k, warps, K),
+        num_warps=warps, I8_F16=f16, LATE=late_consts(), WVEC=_wvec(w, x_dtype, block_k, warps, K, att is not None),
+        HOIST=_hoist(w, rows, block_k, warps, K), ATT=att[0].shape[3] if att is not None else 0,
         **({"launch_pdl": True} if pdl else {}))
     return out
 
 
-def _wvec(w: torch.Tensor, x: torch.Tensor, block_k: int, warps: int, K: int) -> int:
+def _check_att(x: torch.Tensor, att: tuple[torch.Tensor, torch.Tensor, torch.Tensor], K: int,
+               out_dtype: torch.dtype | None, glu: bool, rms_eps: float | None) -> torch.dtype:
+    """gemv's ``att`` call: the accumulators row and partials of a one-row unified-shift attention whose H x Dh
+    outputs are the weight's K columns; returns the attention output's dtype (``out_dtype``)."""
+    acc, m, l_s = att
+    if acc.dim() != 4 or acc.shape[0] != 1 or acc.shape[1] * acc.shape[3] != K:
+        raise ShapeError(f"gemv: att's partial outputs should be (1, H, NS, Dh) with H x Dh = K = {K}, got "
+                         f"{tuple(acc.shape)}")
+    H, ns, dh = acc.shape[1:]
+    if tuple(m.shape) != (1, H, ns) or tuple(l_s.shape) != (1, H, ns) or not all(
+            t.dtype == torch.float32 and t.is_contiguous() for t in (acc, m, l_s)):
+        raise ShapeError(f"gemv: att's maxes and sums should be contiguous fp32 (1, {H}, {ns}) like its outputs "
+                         f"{tuple(acc.shape)}, got {tuple(m.shape)} {m.dtype} and {tuple(l_s.shape)} {l_s.dtype}")
+    if x.dtype != torch.float32 or x.shape[1] < K + H + 1:
+        raise ShapeError(f"gemv: with att, x is the fp32 accumulators row (1, >= {K + H + 1}: H x Dh outputs, H "
+                         f"sums, a flag), got {tuple(x.shape)} {x.dtype}")
+    if out_dtype is None or glu or rms_eps is not None:
+        raise ShapeError("gemv: att takes out_dtype (the attention output's dtype) and no glu or rms_eps")
+    return out_dtype
+
+
+def _wvec(w: torch.Tensor, x_dtype: torch.dtype, block_k: int, warps: int, K: int, att: bool = False) -> int:
     """The kernel's WVEC: 8 for int8 weights times 2-byte activations where one K step covers the row (``block_k >=
     K``) and a thread's share of it holds a whole 16-byte vector of x (8 values): the weights are then loaded 8
     bytes a vector, in x's own layout, and x needs no shuffle through shared memory. Else 0 (16-byte weight
-    vectors; for rows of several K steps the doubled load count cost more than the shuffle, run CA).
+    vectors; for rows of several K steps the doubled load count cost more than the shuffle, run CA). ``att`` (x
+    from fp32 accumulators, four values a 16-byte vector): 4 for any weight where a thread's share holds a vector.
     ``$LMSTACK_GEMV_WVEC=wide``: always 0."""
     raw = os.environ.get(WVEC_ENV, "x")
     if raw not in ("x", "wide"):
         raise ConfigError(WVEC_ENV, f"expected 'x' (the default: 8-byte int8 weight vectors where they put the "
                                     f"weights in x's layout) or 'wide' (16-byte vectors always), got {raw!r}")
-    if raw == "wide" or w.dtype != torch.int8 or x.element_size() != 2 or block_k // (32 * warps) < 8 or block_k < K:
+    if att:  # x from fp32 accumulators, four a 16-byte vector: the weights four a vector in that layout
+        return 4 if raw == "x" and block_k // (32 * warps) >= 4 else 0
+    if (raw == "wide" or w.dtype != torch.int8 or x_dtype.itemsize != 2 or block_k // (32 * warps) < 8
+            or block_k < K):
         return 0
     return 8
 
