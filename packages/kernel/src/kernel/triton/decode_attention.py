@@ -24,8 +24,8 @@ partials, in the same fixed order, and sets the counter back to zero (CUTLASS's 
 the larger of the scores of the new token's own key and of slot 0's, and add their shifted partials to per-layer
 fp32 accumulators with atomics; the output projection divides the outputs by the sums as it reads them
 (``kernel.triton.gemv``'s ``att``). A split whose max passes the shift by more than e^30 flags its row, and the
-reader combines the stored partials instead. Measured in 22 PDL-chained layers of the 1.1B shape on an H200: 1.0 us
-a layer faster for int8 and bf16 weights (docs/benchmarks.md, run CQ); not yet wired into a model's decode step.
+reader combines the stored partials instead. Measured in 22 PDL-chained layers of the 1.1B shape on an H200: 0.7-1.1
+us a layer faster for int8 and bf16 weights (docs/benchmarks.md, runs CP-CQ); not yet in a model's decode step.
 
 Given the step's new key and value (``k_new``, ``v_new``) and RoPE angles, the kernel also does what would otherwise
 be three or four kernels before it: it rotates q and the new key, the first split of each (row, KV head) writes the
