@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 from bench_decode_kernels import bench_rotated  # beside this script
-from bench_kernels import write_json
+from bench_kernels import checked_gpu, write_json
 
 from kernel.triton import gemv as gemv_mod
 from kernel.triton._device import pdl_capable
@@ -181,14 +181,10 @@ def main() -> None:
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--check", action="store_true", help="only check the fused kernel's values on a small shape")
     a = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    err = check(device)
-    print(f"fused MLP against the reference: max error {err:.2e} of the largest output")
-    if a.check:
+    err = checked_gpu("bench_fused_mlp", check, "fused MLP against the reference", a.check)
+    if err is None:
         return
-    if device != "cuda":
-        raise SystemExit("bench_fused_mlp: timing needs a CUDA GPU and there is none here; the values were checked "
-                         "above (--check does only that), and nothing was written")
+    device = "cuda"
     g = torch.Generator().manual_seed(1)
     layers = [layer_weights(D, F, g, device) for _ in range(LAYERS)]
     x0 = torch.randn(1, D, generator=g).to(device, torch.bfloat16)

@@ -122,6 +122,21 @@ def write_json(path: str, doc: object) -> None:
     atomic_write_text(path, json.dumps(doc, indent=2))
 
 
+def checked_gpu(script: str, check, what: str, only_check: bool) -> float | None:
+    """A prototype benchmark's start: ``check(device)`` (its values on a small shape, under Triton's interpreter off a
+    GPU) printed as ``what``; the error it returns, or None where the run is to do no more (``only_check``). Asked to
+    time without a CUDA GPU, stops with a message naming ``script``, having written nothing."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    err = check(device)
+    print(f"{what}: max error {err:.2e} of the largest output")
+    if only_check:
+        return None
+    if device != "cuda":
+        raise SystemExit(f"{script}: timing needs a CUDA GPU and there is none here; the values were checked above "
+                         f"(--check does only that), and nothing was written")
+    return err
+
+
 def write_results(path: str, meta: dict, results: list) -> None:
     """``{"meta": ..., "results": ...}``, atomically (:func:`write_json`)."""
     write_json(path, {"meta": meta, "results": results})

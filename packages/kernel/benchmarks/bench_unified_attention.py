@@ -21,7 +21,7 @@ import os
 
 import torch
 from bench_decode_kernels import bench_rotated  # beside this script
-from bench_kernels import write_json
+from bench_kernels import checked_gpu, write_json
 
 from kernel.triton import decode_attention as da
 from kernel.triton import decode_unified as du
@@ -151,14 +151,10 @@ def main() -> None:
                    help="also time the unified attention without its atomics (wrong sums: to price them) and with "
                         "Triton's scalar atomics")
     a = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    err = check(device)
-    print(f"unified against split + combine, two small layers: max difference {err:.2e} of the largest output")
-    if a.check:
+    err = checked_gpu("bench_unified_attention", check, "unified against split + combine, two small layers", a.check)
+    if err is None:
         return
-    if device != "cuda":
-        raise SystemExit("bench_unified_attention: timing needs a CUDA GPU and there is none here; the values were "
-                         "checked above (--check does only that), and nothing was written")
+    device = "cuda"
     card = torch.cuda.get_device_name()
     results = {"card": card, "date": datetime.date.today().isoformat(), "layers": LAYERS, "len": LEN,
                "check_error": err, "us_per_layer": {}}

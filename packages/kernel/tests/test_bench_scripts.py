@@ -86,17 +86,28 @@ def test_fused_mlp_prototype_matches_its_reference_and_zeroes_the_ring():
     assert fused.check("cuda" if torch.cuda.is_available() else "cpu") < 2e-2
 
 
-def test_fused_mlp_timing_without_a_gpu_stops_with_a_message_and_writes_nothing(tmp_path):
+def test_unified_attention_layers_match_split_and_combine():
+    """bench_unified_attention's two small int8 layers (under the interpreter here): the unified attention with the
+    o gemv reading its accumulators gives split + combine's output within 2%, and the last layer zeroes the first
+    layer's accumulators (check() asserts both)."""
+    import torch
+
+    unified = pytest.importorskip("bench_unified_attention")
+    assert unified.check("cuda" if torch.cuda.is_available() else "cpu") < 2e-2
+
+
+@pytest.mark.parametrize("script", ["bench_fused_mlp", "bench_unified_attention"])
+def test_prototype_timing_without_a_gpu_stops_with_a_message_and_writes_nothing(tmp_path, script):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("there is a GPU here: the timing would run")
-    out = tmp_path / "fused.json"
-    run = subprocess.run([sys.executable, str(BENCH / "bench_fused_mlp.py"), "--out", str(out)], capture_output=True,
+    out = tmp_path / "out.json"
+    run = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--out", str(out)], capture_output=True,
                          text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TRITON_INTERPRET": "1"})
-    assert run.returncode != 0 and "timing needs a CUDA GPU" in run.stderr, run.stderr[-2000:]
-    assert not out.exists()
+    assert run.returncode != 0 and f"{script}: timing needs a CUDA GPU" in run.stderr, run.stderr[-2000:]
+    assert "max error" in run.stdout and not out.exists()
 
 
 def test_gemv_tuner_times_only_tiles_that_compute_the_product():
