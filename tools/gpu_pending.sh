@@ -8,9 +8,10 @@
 #                                      benchmarks/bench_unified_attention.py): its GPU tests, then 22 whole layers
 #                                      PDL-chained in a CUDA graph, split + combine against unified, bf16 and int8,
 #                                      A-B-A-B, with each kernel's exposed time; SPLITS="8 12", NOATOM=1 and
-#                                      OTILES="8,2048,4 ..." add forms (~1.5 min; runs CI-CQ, session 23: as shipped
-#                                      in kernel 0.22, int8 22.58-23.94 us a layer against 23.31-25.00, bf16
-#                                      31.92-32.70 against 32.94-33.62)
+#                                      OTILES="8,2048,4 ..." (both forms) add variants (~1.5 min; runs CI-CR,
+#                                      session 23: as shipped in kernel 0.22, int8 22.58-23.94 us a layer against
+#                                      23.31-25.00, bf16 30.87-32.70 against 31.58-33.62; o at [8, 2048, 4] fastest
+#                                      in the unified form)
 #   bash tools/gpu_pending.sh fused-mlp  benchmarks/bench_fused_mlp.py alone (run CI, session 23, timed its fp16-summed
 #                                      down products: 16.45 us a layer, 15.81 without atomics, chain 12.42-12.54):
 #                                      the one-kernel int8 MLP prototype in

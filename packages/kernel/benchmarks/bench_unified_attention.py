@@ -80,7 +80,7 @@ def layer_step(layers: list[dict], lens: torch.Tensor, cos: torch.Tensor, sin: t
             kw = dict(k_new=k.view(1, kvh, dh), v_new=v.view(1, kvh, dh), cos_PDh=cos, sin_PDh=sin, pdl=pdl)
             if ws is None:
                 o = da.decode_attention(q.view(1, h, dh), lay["k"], lay["v"], lens, **kw)
-                hid = gemv_mod.gemv(o.view(1, h * dh), wo, so, config=cfg(wo), residual=x, pdl=pdl)
+                hid = gemv_mod.gemv(o.view(1, h * dh), wo, so, config=o_tile or cfg(wo), residual=x, pdl=pdl)
             else:
                 p = da.decode_attention_unified(q.view(1, h, dh), lay["k"], lay["v"], lens, ws=ws, layer=i, **kw)
                 hid = gemv_mod.gemv(p.x, wo, so, config=o_tile or cfg(wo), residual=x, pdl=pdl, out_dtype=x.dtype,
@@ -146,7 +146,7 @@ def main() -> None:
     p.add_argument("--unified-splits", type=int, nargs="*", default=[],
                    help="also time the unified attention at these split counts")
     p.add_argument("--o-tiles", nargs="*", default=[],
-                   help="also time the unified attention with these o gemv tiles, each ROWS,BLOCK_K,WARPS")
+                   help="also time both forms with these o gemv tiles, each ROWS,BLOCK_K,WARPS")
     p.add_argument("--no-atomics", action="store_true",
                    help="also time the unified attention without its atomics (wrong sums: to price them) and with "
                         "Triton's scalar atomics")
@@ -173,17 +173,19 @@ def main() -> None:
                                                          env={du.UNIFIED_TIMING_ENV: "noatomics"})
             variants["unified, scalar atomics"] = layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl, ws,
                                                              env={du.UNIFIED_TIMING_ENV: "scalar"})
-        for tile in a.o_tiles:
+        for tile in a.o_tiles:  # both forms, so a tile that suits o either way shows as such
             t = tuple(int(v) for v in tile.split(","))
+            variants[f"split + combine, o tile {t}"] = layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl,
+                                                                  None, o_tile=t)
             variants[f"unified, o tile {t}"] = layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl, ws, o_tile=t)
         for ns in a.unified_splits:
             variants[f"unified, {ns} splits"] = layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl, ws, ns)
         split = variants["split + combine"]
         for name, fn in variants.items():
-            if name not in ("split + combine", "unified, no atomics"):
+            if name.startswith("unified") and name != "unified, no atomics":
                 diff = (fn(x0).float() - split(x0).float()).abs().max() / split(x0).float().abs().max()
                 results[f"{dtype} {name} vs split, {LAYERS} layers"] = diff.item()
-            combine = ["combine"] if name == "split + combine" else []
+            combine = ["combine"] if name.startswith("split") else []
             labels = ["qkv", "attention", *combine, "o", "gate/up", "down"]
             results[f"{dtype} {name} kernels"] = prof = exposed_us(lambda f=fn: f(x0), labels)
             print(dtype, name, {k: v for k, v in prof.items() if "exposed" in k})
