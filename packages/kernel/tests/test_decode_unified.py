@@ -76,13 +76,16 @@ def test_a_split_far_past_the_shift_flags_its_row_and_the_partials_are_combined(
 @pytest.mark.parametrize("config", [(4, 128, 4), (8, 64, 2)])  # one K step, two
 def test_the_projection_reads_the_accumulators(weight, flagged, config):
     """gemv(att=...) over the accumulators is the projection of the attention output (plus the residual), the
-    flag's partials path too (set by hand here), bf16 and int8 weights, one and two K steps."""
+    flag's partials path too (set by hand here, over outputs made NaN so only that path gives the answer), bf16 and
+    int8 weights, one and two K steps."""
     q, k, v, lens_B, kw = _step(1, [45], seed=2)
     ws, parts = _unified(q, k, v, lens_B, kw, layers=3, layer=2)  # the last layer zeroes the first's
-    if flagged:
-        parts.x[0, -4:] = 1.0  # the flag (the row's padding past it is unused)
     H, Dh = q.shape[1:]
     x = reference.unified_output(parts.x, parts.acc, parts.m, parts.l, q.dtype)  # (1, H x Dh)
+    sums = parts.x[0, H * Dh:H * Dh + H].clone()
+    if flagged:  # the flag, and outputs only the partials' path can get right
+        parts.x[0, H * Dh + H] = 1.0
+        parts.x[0, :H * Dh] = float("nan")
     g = torch.Generator().manual_seed(5)
     N = 24
     res = torch.randn(1, N, generator=g).to(DEVICE, torch.bfloat16)
@@ -96,6 +99,9 @@ def test_the_projection_reads_the_accumulators(weight, flagged, config):
     got = gemv_mod.gemv(parts.x, w, s, config=config, residual=res, out_dtype=torch.bfloat16,
                         att=(parts.acc, parts.m, parts.l))
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+    # the partials' path writes the combined outputs over the row with every sum 1; else the row is only read
+    want_sums = torch.ones_like(sums) if flagged else sums
+    assert torch.equal(parts.x[0, H * Dh:H * Dh + H], want_sums)
     assert not ws[0, :, :H * Dh + H + 1].any()
 
 
