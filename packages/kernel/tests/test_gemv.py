@@ -113,10 +113,11 @@ def test_shipped_gemv_table_is_well_formed(monkeypatch):
     monkeypatch.delenv(gemv_mod.TILES_ENV, raising=False)
     for card, entries in gemv_mod.load_tiles().items():
         for key, cfg in entries.items():
-            dtype, shape, *glu = key.split()
+            dtype, shape, *form = key.split()  # "<shape> glu": the SwiGLU epilogue; "att": x from accumulators
             _, k = map(int, shape.split("x"))
-            assert dtype in ("bf16", "fp16", "fp32", "int8") and glu in ([], ["glu"]) and len(cfg) in (4, 5), key
-            assert not glu or cfg[0] % 2 == 0, key  # the SwiGLU epilogue takes gate and up rows in pairs
+            assert dtype in ("bf16", "fp16", "fp32", "int8") and form in ([], ["glu"], ["att"]), key
+            assert len(cfg) in (4, 5), key
+            assert form != ["glu"] or cfg[0] % 2 == 0, key  # the SwiGLU epilogue takes gate and up rows in pairs
             assert cfg[1] <= 2 * triton.next_power_of_2(k), (card, key)
 
 

@@ -20,10 +20,12 @@ TRITON_TARGETS = {
     "int8_linear": "kernel.triton.int8_linear:int8_linear",
     "decode_attention": "kernel.triton.decode_attention:decode_attention",
     "decode_layer": "kernel.triton.decode_layer:decode_layer",
+    "decode_attention_unified": "kernel.triton.decode_attention:decode_attention_unified_op",
 }
 
 
-INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer")  # kernels without a backward
+# kernels without a backward
+INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer", "decode_attention_unified")
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;
@@ -104,6 +106,14 @@ def builtin_implementations() -> list[Implementation]:
                        dtypes=FLOATS, requires=("triton",), min_capability=(9, 0), max_head_dim=256, backward=False,
                        description="the Triton decode attention kernels launched with programmatic dependent launch "
                        "(sm90+)"),
+        # the same for the unified-shift decode attention (the o projection reads its accumulators): asked for with
+        # triton_pdl's decode attention (FastGenerator(unified=...))
+        Implementation(op="decode_attention_unified", name="triton_pdl",
+                       target="kernel.triton.decode_attention:decode_attention_unified_pdl", priority=4,
+                       devices=("cuda",), dtypes=FLOATS, requires=("triton",), min_capability=(9, 0),
+                       max_head_dim=256, backward=False,
+                       description="the Triton unified-shift decode attention launched with programmatic dependent "
+                       "launch (sm90+)"),
         Implementation(op="decode_attention", name="sdpa", target="kernel.sdpa:decode_attention", priority=10,
                        backward=False, description="masked torch SDPA over the gathered slots (the Triton kernel's "
                        "baseline: on an H200 a decode layer took ~10 us this way against 4.7 us)"),

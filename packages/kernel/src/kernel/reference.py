@@ -15,6 +15,7 @@ Attention semantics shared by every implementation (the conformance suite in ``k
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -307,6 +308,24 @@ SPLIT_COUNTER_COLUMNS = 16
 SPLIT_COMBINE_ENV = "LMSTACK_SPLIT_COMBINE"
 
 
+class UnifiedParts(NamedTuple):
+    """A decode attention's output left unnormalised for the output projection (:func:`decode_attention_unified`):
+    ``x`` (B, W) fp32, this layer's row of the workspace (H x Dh outputs, H sums, a flag), the splits' partials
+    ``acc`` (B, H, NS, Dh), ``m`` and ``l`` (B, H, NS) for a flagged row, and ``dtype``, the attention output's.
+    A ``linear`` implementation given ``att=`` reads the output from them (the Triton gemv divides as it loads);
+    :meth:`output` materialises it."""
+
+    x: torch.Tensor
+    acc: torch.Tensor
+    m: torch.Tensor
+    l: torch.Tensor
+    dtype: torch.dtype
+
+    def output(self) -> torch.Tensor:
+        """The attention output (B, H x Dh) in ``dtype`` (:func:`unified_output`)."""
+        return unified_output(self.x, self.acc, self.m, self.l, self.dtype)
+
+
 def unified_output(x_BW: torch.Tensor, acc_BHND: torch.Tensor, m_BHN: torch.Tensor, l_BHN: torch.Tensor,
                    dtype: torch.dtype) -> torch.Tensor:
     """The attention output (B, H x Dh) in ``dtype`` from a unified-shift decode attention's accumulators ``x_BW``
@@ -322,6 +341,73 @@ def unified_output(x_BW: torch.Tensor, acc_BHND: torch.Tensor, m_BHN: torch.Tens
     merged = torch.where(den > 0, (w[..., None] * acc_BHND).sum(-2) / den.clamp_min(1e-30), 0.0)
     flagged = x_BW[:, H * Dh + H] != 0
     return torch.where(flagged[:, None, None], merged, out).to(dtype).reshape(B, H * Dh)
+
+
+def unified_width(H: int, Dh: int) -> int:
+    """Entries of one row of a unified-shift workspace: H x Dh outputs, H sums and a flag, to a multiple of 16 (so
+    every row starts 64-byte aligned, which Triton sees: vector atomics)."""
+    return (H * Dh + H + 1 + 15) // 16 * 16
+
+
+def unified_workspace(layers: int, B: int, H: int, Dh: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A zeroed (layers, B, W) fp32 workspace for :func:`decode_attention_unified`: one slot per layer of a model
+    whose layers run in order every step (at least two), kept with the KV cache."""
+    if layers < 2:
+        raise ShapeError(f"decode_attention_unified: each layer's call zeroes the next layer's accumulators, so the "
+                         f"workspace needs at least 2 layers, got {layers}")
+    return torch.zeros(layers, B, unified_width(H, Dh), dtype=torch.float32, device=device)
+
+
+def check_unified(ws: torch.Tensor, layer: int, B: int, H: int, Dh: int, fixed_new: bool,
+                  device: torch.device) -> None:
+    """A unified-shift call's workspace and layer: (layers >= 2, B, W) contiguous fp32 on q's device, a layer in
+    range, and the step's new token over a fixed (not paged) cache."""
+    want = (B, unified_width(H, Dh))
+    if (ws.dim() != 3 or ws.shape[0] < 2 or tuple(ws.shape[1:]) != want or ws.dtype != torch.float32
+            or not ws.is_contiguous() or ws.device != device):
+        raise ShapeError(f"decode_attention_unified: ws should be a contiguous fp32 (layers >= 2, {want[0]}, "
+                         f"{want[1]}) workspace on {device} (unified_workspace), got {tuple(ws.shape)} "
+                         f"{ws.dtype} on {ws.device}")
+    if not 0 <= layer < ws.shape[0]:
+        raise ShapeError(f"decode_attention_unified: layer {layer} is outside the workspace's {ws.shape[0]} layers")
+    if not fixed_new:
+        raise ShapeError("decode_attention_unified: needs the step's new token (k_new, v_new) and a fixed cache "
+                         "(slot 0's key is read from it), not a paged pool")
+
+
+def decode_attention_unified(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
+                             ws: torch.Tensor, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
+                             scale: float | None = None, cos_BDh: torch.Tensor | None = None,
+                             sin_BDh: torch.Tensor | None = None, cos_PDh: torch.Tensor | None = None,
+                             sin_PDh: torch.Tensor | None = None) -> UnifiedParts:
+    """:func:`decode_attention` over a fixed (B, KVH, L, Dh) cache with the step's new token (written to it), its
+    output left in the workspace ``ws`` (layers, B, W) (:func:`unified_workspace`) for the output projection: row
+    ``ws[layer]`` receives the outputs with sums of 1 and no flag, and ``ws[(layer + 1) % layers]`` is zeroed, as
+    the Triton kernel leaves them (whose outputs are sums of its slot splits' shifted partials: the same output,
+    :meth:`UnifiedParts.output`). A layer's call must follow the previous layer's in every step."""
+    B, H, Dh = q_BHDh.shape
+    check_unified(ws, layer, B, H, Dh, k_new is not None and v_new is not None and k.dim() == 4, q_BHDh.device)
+    o_BHDh = decode_attention(q_BHDh, k, v, lens_B, scale=scale, k_new=k_new, v_new=v_new, cos_BDh=cos_BDh,
+                              sin_BDh=sin_BDh, cos_PDh=cos_PDh, sin_PDh=sin_PDh)
+    dtype, o_BHDh = o_BHDh.dtype, o_BHDh.float()
+    ws[layer, :, :H * Dh] = o_BHDh.reshape(B, H * Dh)
+    ws[layer, :, H * Dh:H * Dh + H] = 1.0
+    ws[layer, :, H * Dh + H:] = 0.0
+    ws[(layer + 1) % ws.shape[0]] = 0.0
+    ones = torch.ones(B, H, 1, dtype=torch.float32, device=q_BHDh.device)
+    return UnifiedParts(ws[layer], o_BHDh[:, :, None], torch.zeros_like(ones), ones, dtype)
+
+
+def unified_input(x: torch.Tensor, att: UnifiedParts | None, op: str, rms_eps: float | None = None,
+                  glu: str | None = None) -> torch.Tensor:
+    """A ``linear`` op's input: x itself, or given ``att`` (x is then ``att.x``) the attention output it holds,
+    (B, H x Dh) (:meth:`UnifiedParts.output`); ``att`` takes no ``rms_eps`` or ``glu``."""
+    if att is None:
+        return x
+    if x.shape != att.x.shape or rms_eps is not None or glu is not None:
+        raise ShapeError(f"{op}: with att, x is the attention's accumulators row att.x {tuple(att.x.shape)} (got "
+                         f"{tuple(x.shape)}), with no rms_eps or glu (an output projection's input)")
+    return att.output()
 
 
 def split_combine_in_kernel() -> bool:
@@ -369,13 +455,17 @@ def glu_output(y: torch.Tensor, glu: str | None, residual: torch.Tensor | None, 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            rms_eps: float | None = None, residual: torch.Tensor | None = None,
-           split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+           split_counters: torch.Tensor | None = None, glu: str | None = None,
+           att: UnifiedParts | None = None) -> torch.Tensor:
     """``x @ weight.T + bias`` (``F.linear``); x (..., K), weight (N, K). ``rms_eps``: x is first RMS-normalised
     without a weight, in fp32 (an RMSNorm whose weight has been folded into ``weight``'s columns); ``residual``
     (..., N) is added to the result. ``split_counters``: a zeroed int32 workspace (:func:`linear_split_counters`),
     with which a kernel that splits K over programs sums the splits in the same kernel, left zeroed (the Triton
     skinny matmul's); unused here. ``glu="silu"``: the weight is a fused gate/up projection (gate rows first) and
-    the result ``silu(gate) * up``, (..., N / 2) (:func:`glu_output`; a SwiGLU MLP's first matmul)."""
+    the result ``silu(gate) * up``, (..., N / 2) (:func:`glu_output`; a SwiGLU MLP's first matmul). ``att``: x is
+    a unified decode attention's accumulators row ``att.x`` and the input is the attention output they hold
+    (:func:`unified_input`; an output projection's call, which a kernel may read without materialising it)."""
+    x = unified_input(x, att, "linear", rms_eps, glu)
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
     y = glu_output(F.linear(x, weight, bias), glu, residual, "linear")
@@ -384,10 +474,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, glu: str | None = None,
+                att: UnifiedParts | None = None) -> torch.Tensor:
     """Weight-only int8 linear: ``(x @ w_int8.T) * scale + bias``; x (..., K), w (N, K) int8, scale (N,).
-    ``rms_eps``, ``residual`` and ``glu`` as :func:`linear` (a folded RMSNorm of x first, the residual added
-    last, a SwiGLU of the result's halves)."""
+    ``rms_eps``, ``residual``, ``glu`` and ``att`` as :func:`linear` (a folded RMSNorm of x first, the residual
+    added last, a SwiGLU of the result's halves, the input read from a unified attention's accumulators)."""
+    x = unified_input(x, att, "int8_linear", rms_eps, glu)
     if rms_eps is not None:
         x = rmsnorm(x, None, rms_eps)
     y = F.linear(x, weight_int8.to(x.dtype)) * scale.to(x.dtype)

@@ -25,7 +25,8 @@ the larger of the scores of the new token's own key and of slot 0's, and add the
 fp32 accumulators with atomics; the output projection divides the outputs by the sums as it reads them
 (``kernel.triton.gemv``'s ``att``). A split whose max passes the shift by more than e^30 flags its row, and the
 reader combines the stored partials instead. Measured in 22 PDL-chained layers of the 1.1B shape on an H200: 0.7-1.1
-us a layer faster for int8 and bf16 weights (docs/benchmarks.md, runs CP-CQ); not yet in a model's decode step.
+us a layer faster for int8 and bf16 weights (docs/benchmarks.md, runs CP-CQ); in whole decode steps (the registry's
+``decode_attention_unified`` op, kernel 0.23) 4.1% faster for bf16 weights but 2.8% slower for int8 (runs CS-CU).
 
 Given the step's new key and value (``k_new``, ``v_new``) and RoPE angles, the kernel also does what would otherwise
 be three or four kernels before it: it rotates q and the new key, the first split of each (row, KV head) writes the
@@ -36,13 +37,12 @@ than from the cache (whose write it may race), so no program depends on another.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
+from kernel.reference import UnifiedParts, check_decode_inputs, check_new_token, check_rope_tables, check_split_counters
 from kernel.triton._device import device_info, pdl_capable
 from kernel.triton._pdl import pdl_enter, pdl_mode
 from kernel.triton.attention import _dot, _dot_mode
@@ -446,17 +446,6 @@ def _launch(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torc
     return out, acc, m, l_s, ns
 
 
-class UnifiedParts(NamedTuple):
-    """What :func:`decode_attention_unified` leaves for the output projection: ``x`` (B, W) this layer's
-    accumulators (H x Dh outputs, H sums, the flag: :func:`kernel.reference.unified_output` reads them), and the
-    splits' partials ``acc`` (B, H, NS, Dh), ``m`` and ``l`` (B, H, NS), for a flagged row."""
-
-    x: torch.Tensor
-    acc: torch.Tensor
-    m: torch.Tensor
-    l: torch.Tensor
-
-
 def decode_attention_unified(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
                              ws: torch.Tensor, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
                              scale: float | None = None, cos_BDh: torch.Tensor | None = None,
@@ -468,10 +457,59 @@ def decode_attention_unified(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Ten
     reads them (``kernel.triton.gemv``'s ``att``; :func:`kernel.reference.unified_output` is the same in torch ops).
     Each call zeroes ``ws[(layer + 1) % layers]`` for that layer's next use, so the layers must run in order every
     step, each with its own slot; a fresh or reset workspace is all zeros. The summation order of the atomics varies
-    from run to run (the last bits of the fp32 sums). ``pdl``: as :func:`decode_attention` (one kernel)."""
+    from run to run (the last bits of the fp32 sums). ``pdl``: as :func:`decode_attention` (one kernel).
+    Returns :class:`kernel.reference.UnifiedParts` (``ws[layer]``, the splits' partials, q's dtype)."""
     _, acc, m, l_s, _ = _launch(q_BHDh, k, v, lens_B, None, None, scale, k_new, v_new, cos_BDh, sin_BDh, None, pdl,
                                 cos_PDh, sin_PDh, ws=ws, layer=layer)
-    return UnifiedParts(ws[layer], acc, m, l_s)
+    return UnifiedParts(ws[layer], acc, m, l_s, q_BHDh.dtype)
+
+
+def decode_attention_unified_op(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
+                                ws: torch.Tensor, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
+                                scale: float | None = None, cos_BDh: torch.Tensor | None = None,
+                                sin_BDh: torch.Tensor | None = None, cos_PDh: torch.Tensor | None = None,
+                                sin_PDh: torch.Tensor | None = None, pdl: bool = False) -> UnifiedParts:
+    """:func:`decode_attention_unified` as an opaque op to torch.compile
+    (``torch.ops.lmstack.decode_attention_unified``, declared to write k, v and ``ws``), so a compiled decode step
+    neither traces the kernel (inductor would have to analyse its atomics) nor loses its PDL launch: the registry's
+    ``decode_attention_unified`` op as ``triton`` (``pdl`` False) and ``triton_pdl``
+    (:func:`decode_attention_unified_pdl`)."""
+    acc, m, l_s = torch.ops.lmstack.decode_attention_unified(q_BHDh, k, v, lens_B, ws, layer, k_new, v_new, scale,
+                                                             cos_BDh, sin_BDh, cos_PDh, sin_PDh, pdl)
+    return UnifiedParts(ws[layer], acc, m, l_s, q_BHDh.dtype)
+
+
+def decode_attention_unified_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,
+                                 ws: torch.Tensor, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
+                                 scale: float | None = None, cos_BDh: torch.Tensor | None = None,
+                                 sin_BDh: torch.Tensor | None = None, cos_PDh: torch.Tensor | None = None,
+                                 sin_PDh: torch.Tensor | None = None) -> UnifiedParts:
+    """:func:`decode_attention_unified_op` launched with programmatic dependent launch (sm90+), as
+    :func:`decode_attention_pdl` is: it loads its first block of cached keys and values before it waits for the
+    q/k/v projection."""
+    return decode_attention_unified_op(q_BHDh, k, v, lens_B, ws=ws, layer=layer, k_new=k_new, v_new=v_new,
+                                       scale=scale, cos_BDh=cos_BDh, sin_BDh=sin_BDh, cos_PDh=cos_PDh,
+                                       sin_PDh=sin_PDh, pdl=True)
+
+
+@torch.library.custom_op("lmstack::decode_attention_unified", mutates_args=("k", "v", "ws"))
+def _decode_attention_unified(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens: torch.Tensor,
+                              ws: torch.Tensor, layer: int, k_new: torch.Tensor, v_new: torch.Tensor,
+                              scale: float | None, cos: torch.Tensor | None, sin: torch.Tensor | None,
+                              cos_table: torch.Tensor | None, sin_table: torch.Tensor | None,
+                              pdl: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    parts = decode_attention_unified(q, k, v, lens, ws=ws, layer=layer, k_new=k_new, v_new=v_new, scale=scale,
+                                     cos_BDh=cos, sin_BDh=sin, cos_PDh=cos_table, sin_PDh=sin_table, pdl=pdl)
+    return parts.acc, parts.m, parts.l
+
+
+@_decode_attention_unified.register_fake
+def _decode_attention_unified_shape(q, k, v, lens, ws, layer, k_new, v_new, scale, cos, sin, cos_table, sin_table,
+                                    pdl):
+    B, H, Dh = q.shape
+    ns = splits(B, k.shape[1], k.shape[2], device_info(q)[0])
+    return (q.new_empty((B, H, ns, Dh), dtype=torch.float32), q.new_empty((B, H, ns), dtype=torch.float32),
+            q.new_empty((B, H, ns), dtype=torch.float32))
 
 
 def decode_attention_pdl(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torch.Tensor, *,

@@ -7,18 +7,21 @@ split adds its partial, rescaled to that shift, to fp32 accumulators by atomics,
 the output projection divides the outputs by the sums as it reads them (``kernel.triton.gemv``'s ``att``;
 ``kernel.reference.unified_output`` in torch ops). Every call zeroes the next layer's accumulators for that layer's
 next use. A split whose own max passes the shift by more than ``UNIFIED_T`` nats flags its row, and the reader then
-combines the splits' stored partials instead (exact in all cases; the flag only costs time).
+combines the splits' stored partials instead (exact in all cases; the flag only costs time). The workspace's helpers
+(``unified_workspace``, ``unified_width``, ``check_unified``) are torch code in ``kernel.reference``, imported here.
 """
 
 from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
 
-from specs.errors import ConfigError, ShapeError
+from kernel.reference import check_unified, unified_width, unified_workspace
+from specs.errors import ConfigError
+
+__all__ = ["UNIFIED_T", "UNIFIED_TIMING_ENV", "check_unified", "unified_mode", "unified_width", "unified_workspace"]
 
 # unified shift (:func:`_unified`): a split whose own max passes the shared shift by more than this (in nats) flags
 # its row, whose reader then combines the stored partials; below it the shifted sums stay within a factor e^30 of
@@ -85,35 +88,3 @@ def unified_mode(flat: bool) -> int:
     if timing == "noatomics":
         return 3
     return 2 if flat and timing != "scalar" else 1
-
-
-def unified_width(H: int, Dh: int) -> int:
-    """Entries of one row of a unified-shift workspace: H x Dh outputs, H sums and a flag, to a multiple of 16 (so
-    every row starts 64-byte aligned, which Triton sees: vector atomics)."""
-    return (H * Dh + H + 1 + 15) // 16 * 16
-
-
-def unified_workspace(layers: int, B: int, H: int, Dh: int, device: torch.device | str) -> torch.Tensor:
-    """A zeroed (layers, B, W) fp32 workspace for :func:`decode_attention_unified`: one slot per layer of a model
-    whose layers run in order every step (at least two), kept with the KV cache."""
-    if layers < 2:
-        raise ShapeError(f"decode_attention_unified: each layer's call zeroes the next layer's accumulators, so the "
-                         f"workspace needs at least 2 layers, got {layers}")
-    return torch.zeros(layers, B, unified_width(H, Dh), dtype=torch.float32, device=device)
-
-
-def check_unified(ws: torch.Tensor, layer: int, B: int, H: int, Dh: int, fixed_new: bool,
-                  device: torch.device) -> None:
-    """A unified-shift call's workspace and layer: (layers >= 2, B, W) contiguous fp32 on q's device, a layer in
-    range, and the step's new token over a fixed (not paged) cache."""
-    want = (B, unified_width(H, Dh))
-    if (ws.dim() != 3 or ws.shape[0] < 2 or tuple(ws.shape[1:]) != want or ws.dtype != torch.float32
-            or not ws.is_contiguous() or ws.device != device):
-        raise ShapeError(f"decode_attention_unified: ws should be a contiguous fp32 (layers >= 2, {want[0]}, "
-                         f"{want[1]}) workspace on {device} (unified_workspace), got {tuple(ws.shape)} "
-                         f"{ws.dtype} on {ws.device}")
-    if not 0 <= layer < ws.shape[0]:
-        raise ShapeError(f"decode_attention_unified: layer {layer} is outside the workspace's {ws.shape[0]} layers")
-    if not fixed_new:
-        raise ShapeError("decode_attention_unified: needs the step's new token (k_new, v_new) and a fixed cache "
-                         "(slot 0's key is read from it), not a paged pool")

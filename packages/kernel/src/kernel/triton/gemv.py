@@ -384,10 +384,12 @@ def has_pdl_tiles(card: str) -> bool:
 
 
 @torch.compiler.assume_constant_result
-def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str, glu: bool = False) -> tuple[int, ...]:
+def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str, glu: bool = False,
+                 att: bool = False) -> tuple[int, ...]:
     """The measured (ROWS, BLOCK_K, num_warps, PDL) of this (card, weight), or () where the table has none or
     ``$LMSTACK_GEMV`` is ``0``. ``glu`` (the SwiGLU in the epilogue): the entry keyed ``"<shape> glu"`` when
-    measured, else the plain entry with ROWS made even."""
+    measured, else the plain entry with ROWS made even. ``att`` (x from a unified attention's accumulators): the
+    entry keyed ``"<shape> att"`` when measured, else the plain entry."""
     switch = os.environ.get(SWITCH_ENV, "1")
     if switch not in ("0", "1"):
         raise ConfigError(SWITCH_ENV, f"expected 0 (off) or 1 (the measured table), got {switch!r}")
@@ -397,6 +399,8 @@ def choose_tiles(N: int, K: int, weight_dtype: torch.dtype, card: str, glu: bool
     key = tile_key(N, K, weight_dtype)
     if glu and f"{key} glu" in entries:
         return tuple(entries[f"{key} glu"])
+    if att and f"{key} att" in entries:
+        return tuple(entries[f"{key} att"])
     cfg = tuple(entries.get(key, ()))
     return (max(cfg[0], 2), *cfg[1:]) if glu and cfg else cfg
 
@@ -533,15 +537,23 @@ def _i8_f16(w: torch.Tensor, per_thread: int, x_dtype: torch.dtype = torch.bfloa
 @torch.library.custom_op("lmstack::gemv_pdl", mutates_args=())
 def _gemv_pdl(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
               rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
-              warps: int, glu: bool = False, per_sm: int = 0) -> torch.Tensor:
+              warps: int, glu: bool = False, per_sm: int = 0, att_acc: torch.Tensor | None = None,
+              att_m: torch.Tensor | None = None, att_l: torch.Tensor | None = None,
+              out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """gemv(pdl=True) as an op torch.compile does not trace into: inductor launches the Triton kernels it traces
-    without the PDL attribute, Triton's own launcher (here) with it."""
+    without the PDL attribute, Triton's own launcher (here) with it. ``att_acc``/``att_m``/``att_l`` and
+    ``out_dtype``: gemv's ``att`` (x the accumulators row). A flagged row's merged outputs are written back over
+    that row (the same attention output, so the op declares no mutation: nothing reads the row but this op, and
+    the next step's attention zeroes it)."""
+    att = None if att_acc is None else (att_acc, att_m, att_l)
     return gemv(x, w, scale, bias, config=(rows, block_k, warps, 1, per_sm), rms_eps=rms_eps, residual=residual,
-                pdl=True, glu=glu)
+                pdl=True, glu=glu, att=att, out_dtype=out_dtype)
 
 
 @_gemv_pdl.register_fake
 def _gemv_pdl_shape(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
                     rms_eps: float | None, residual: torch.Tensor | None, rows: int, block_k: int,
-                    warps: int, glu: bool = False, per_sm: int = 0) -> torch.Tensor:
-    return x.new_empty((1, w.shape[0] // 2 if glu else w.shape[0]))
+                    warps: int, glu: bool = False, per_sm: int = 0, att_acc: torch.Tensor | None = None,
+                    att_m: torch.Tensor | None = None, att_l: torch.Tensor | None = None,
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    return x.new_empty((1, w.shape[0] // 2 if glu else w.shape[0]), dtype=out_dtype or x.dtype)

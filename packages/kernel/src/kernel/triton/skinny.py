@@ -29,7 +29,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import SPLIT_COUNTER_COLUMNS, check_glu, check_split_counters, glu_output
+from kernel.reference import (
+    SPLIT_COUNTER_COLUMNS,
+    UnifiedParts,
+    check_glu,
+    check_split_counters,
+    glu_output,
+    unified_input,
+)
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
 from kernel.triton._device import device_info, pdl_capable
@@ -312,26 +319,31 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
            rms_eps: float | None = None, residual: torch.Tensor | None = None,
-           split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+           split_counters: torch.Tensor | None = None, glu: str | None = None,
+           att: UnifiedParts | None = None) -> torch.Tensor:
     """``F.linear`` for (..., K) activations and a float (N, K) weight; (..., N) in x's dtype; ``rms_eps``,
-    ``residual`` and ``glu`` as :func:`kernel.reference.linear` (the rows' sums of squares beside the matmul's
-    weight loop, rstd and the add in its epilogue; the SwiGLU of a fused gate/up result in the gemv kernel's
-    epilogue, else by torch after); ``split_counters`` as :func:`skinny_mm` (a split K summed in the kernel)."""
-    return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=False, counters=split_counters)
+    ``residual``, ``glu`` and ``att`` as :func:`kernel.reference.linear` (the rows' sums of squares beside the
+    matmul's weight loop, rstd and the add in its epilogue; the SwiGLU of a fused gate/up result in the gemv
+    kernel's epilogue, else by torch after; one row of a unified attention's accumulators read by the gemv kernel
+    where the card's table has the shape, else the attention output materialised first); ``split_counters`` as
+    :func:`skinny_mm` (a split K summed in the kernel)."""
+    return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=False, counters=split_counters, att=att)
 
 
 def int8_linear(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
-    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; ``rms_eps``, ``residual``
-    and ``glu`` as :func:`linear` (fused: rstd from the rows' sums of squares beside the weight loop, the add in the
-    epilogue)."""
-    return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=False, counters=None)
+                residual: torch.Tensor | None = None, glu: str | None = None,
+                att: UnifiedParts | None = None) -> torch.Tensor:
+    """(..., K) activations, (N, K) int8 weights, (N,) scales -> (..., N) in x's dtype; ``rms_eps``, ``residual``,
+    ``glu`` and ``att`` as :func:`linear` (fused: rstd from the rows' sums of squares beside the weight loop, the
+    add in the epilogue)."""
+    return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=False, counters=None, att=att)
 
 
 def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                rms_eps: float | None = None, residual: torch.Tensor | None = None,
-               split_counters: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+               split_counters: torch.Tensor | None = None, glu: str | None = None,
+               att: UnifiedParts | None = None) -> torch.Tensor:
     """:func:`linear` launched with programmatic dependent launch (sm90+): an opaque op to torch.compile
     (``torch.ops.lmstack.skinny_pdl``), so Triton's own launcher starts it while the kernel before it drains, with
     its weights prefetched to L2 meanwhile (:func:`skinny_mm`, ``pdl``). One row of a weight shape the card's gemv
@@ -340,30 +352,38 @@ def linear_pdl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     be written by the kernel just before (a decode step's are frozen). One row of a shape the table lacks takes
     the plain skinny matmul (with PDL it never measured faster). ``split_counters`` is not used: the op declares no
     mutation, so a split K is summed after it, in the graph."""
-    return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=True, counters=None)
+    return _matmul(x, weight, None, bias, rms_eps, residual, glu, pdl=True, counters=None, att=att)
 
 
 def int8_linear_pdl(x: torch.Tensor, weight_int8: torch.Tensor, scale: torch.Tensor,
                     bias: torch.Tensor | None = None, *, rms_eps: float | None = None,
-                    residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
+                    residual: torch.Tensor | None = None, glu: str | None = None,
+                    att: UnifiedParts | None = None) -> torch.Tensor:
     """:func:`int8_linear` launched with programmatic dependent launch (as :func:`linear_pdl`)."""
-    return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=True, counters=None)
+    return _matmul(x, weight_int8, scale, bias, rms_eps, residual, glu, pdl=True, counters=None, att=att)
 
 
-def _gemv_tiles(x2: torch.Tensor, w: torch.Tensor, glu: bool) -> tuple[int, ...]:
+def _gemv_tiles(x2: torch.Tensor, w: torch.Tensor, glu: bool, att: bool = False) -> tuple[int, ...]:
     """The gemv kernel's measured tiles for one activation row times w on this card, () for the skinny matmul."""
     if x2.shape[0] != 1:
         return ()
-    return choose_gemv_tiles(w.shape[0], w.shape[1], w.dtype, device_info(x2)[1], glu)
+    return choose_gemv_tiles(w.shape[0], w.shape[1], w.dtype, device_info(x2)[1], glu, att)
 
 
 def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
             rms_eps: float | None, residual: torch.Tensor | None, glu: str | None, pdl: bool,
-            counters: torch.Tensor | None) -> torch.Tensor:
-    """linear (``scale`` None, float weights) and int8_linear: up to MAX_ROWS rows here, more by the reference."""
+            counters: torch.Tensor | None, att: UnifiedParts | None = None) -> torch.Tensor:
+    """linear (``scale`` None, float weights) and int8_linear: up to MAX_ROWS rows here, more by the reference.
+    ``att``: x is a unified attention's accumulators; one row of them goes to the gemv kernel where the card's table
+    has the weight's shape, else the attention output is materialised and takes the usual path."""
     N, K = weight.shape
     op = "linear" if scale is None else "int8_linear"
     check_glu(glu, residual, N, op)
+    if att is not None:
+        y = _att_gemv(x, weight, scale, bias, residual, att, pdl, op, rms_eps, glu)
+        if y is not None:
+            return y
+        x = unified_input(x, att, op)
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or (scale is None and weight.dtype != x.dtype):
         if scale is None:
@@ -388,6 +408,25 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
         y = glu_output(skinny_mm(x2, w, scale, bias, rms_eps=rms_eps, residual=res,
                                  split_counters=counters if scale is None else None), glu, None, op)
     return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _att_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+              residual: torch.Tensor | None, att: UnifiedParts, pdl: bool, op: str, rms_eps: float | None,
+              glu: str | None) -> torch.Tensor | None:
+    """One row of a unified attention's accumulators times the weight by the gemv kernel, reading the attention
+    output as it loads x (``gemv``'s ``att``), where the card's table has a tile for the weight; else None."""
+    if x.shape != att.x.shape or rms_eps is not None or glu is not None:
+        unified_input(x, att, op, rms_eps, glu)  # names what is wrong
+    w = weight if weight.stride(-1) == 1 else weight.contiguous()
+    tiles = _gemv_tiles(att.x, w, False, att=True) if att.x.dtype == torch.float32 else ()
+    if not tiles or (scale is None and weight.dtype != att.dtype):
+        return None
+    res = None if residual is None else residual.reshape(1, weight.shape[0])
+    if pdl and tiles[3]:
+        return torch.ops.lmstack.gemv_pdl(att.x, w, scale, bias, None, res, *tiles[:3], False,
+                                          tiles[4] if len(tiles) > 4 else 0, att.acc, att.m, att.l, att.dtype)
+    return gemv(att.x, w, scale, bias, out_dtype=att.dtype, config=tiles, residual=res,
+                att=(att.acc, att.m, att.l))
 
 
 @torch.library.custom_op("lmstack::skinny_pdl", mutates_args=())
