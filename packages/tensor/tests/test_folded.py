@@ -55,3 +55,36 @@ def test_fold_rejects_layers_it_cannot_fold_and_folded_modules_refuse_to_save():
     refuse_state_dict(m[0], "folded, save first")
     with pytest.raises(ConfigError, match="folded, save first"):
         m.state_dict()
+
+
+class _Parts:  # what a unified decode attention hands the output projection (kernel.reference.UnifiedParts' shape)
+    def __init__(self, out):
+        self.x, self._out = torch.full((out.shape[0], 32), float("nan")), out
+
+    def output(self):
+        return self._out
+
+
+def test_an_unmaterialised_attention_output_goes_to_layers_that_read_it_else_is_materialised():
+    torch.manual_seed(1)
+    out, res = torch.randn(2, 8), torch.randn(2, 1, 6)  # a decode step's (B, 1, N) residual
+    plain = nn.Linear(8, 6)
+    torch.testing.assert_close(linear_with(plain, None, residual=res, att=_Parts(out)), plain(out) + res.view(2, 6))
+    seen = {}
+
+    class Reader(nn.Linear):
+        accepts_att = True
+
+        def forward(self, x, residual=None, att=None):
+            seen.update(x=x, att=att, residual=residual)
+            return super().forward(att.output()) + residual
+
+    parts = _Parts(out)
+    layer = Reader(8, 6)
+    want = super(Reader, layer).forward(out) + res.view(2, 6)
+    torch.testing.assert_close(linear_with(layer, None, residual=res, att=parts), want)
+    assert seen["x"] is parts.x and seen["att"] is parts and seen["residual"].shape == (2, 6)
+    with pytest.raises(ConfigError, match="att replaces x"):
+        linear_with(plain, out, att=parts)
+    with pytest.raises(ConfigError, match="x is None without att"):
+        linear_with(plain, None)

@@ -28,10 +28,25 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-def linear_with(layer: nn.Module, x: torch.Tensor, *, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None) -> torch.Tensor:
+def linear_with(layer: nn.Module, x: torch.Tensor | None, *, rms_eps: float | None = None,
+                residual: torch.Tensor | None = None, att: Any = None) -> torch.Tensor:
     """``layer(rms_normalize(x, rms_eps)) + residual`` (each part only when given). Layers with
-    ``accepts_prologue = True`` get both as keywords and fuse them; others run them around the layer."""
+    ``accepts_prologue = True`` get both as keywords and fuse them; others run them around the layer.
+
+    ``att`` (instead of x, which is then None): an attention output not yet materialised, a unified decode
+    attention's accumulators (``kernel.reference.UnifiedParts``: ``att.x`` the (B, W) row, ``att.output()`` the
+    (B, H x Dh) output). Layers with ``accepts_att = True`` get ``layer(att.x, residual=..., att=att)`` and read
+    the output as they load it; others get ``att.output()``. The result is (B, N)."""
+    if att is not None:
+        if x is not None or rms_eps is not None:
+            raise ConfigError("linear_with", "att replaces x (pass x=None) and takes no rms_eps")
+        if residual is not None:  # (B, 1, N) from a decode step: the result's (B, N)
+            residual = residual.reshape(att.x.shape[0], -1)
+        if getattr(layer, "accepts_att", False):
+            return layer(att.x, residual=residual, att=att)
+        x = att.output()
+    if x is None:
+        raise ConfigError("linear_with", "x is None without att: nothing to project")
     if rms_eps is None and residual is None:
         return layer(x)
     if getattr(layer, "accepts_prologue", False):
