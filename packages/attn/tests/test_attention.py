@@ -176,3 +176,64 @@ def test_triton_decode_through_a_fixed_cache_combines_its_splits_in_the_kernel(m
         outs[name] = torch.cat(steps, 1)
     assert triton_impl.num_splits(B, 2, 256, device_info(x)[0]) > 1  # so the combine ran
     torch.testing.assert_close(outs["triton"], outs["reference"], atol=1e-5, rtol=1e-5)
+
+
+class _ReadsAtt(torch.nn.Linear):
+    """An output projection that reads a unified decode attention's accumulators (as serve's routed Linears do)."""
+
+    accepts_att = True
+    calls = 0
+
+    def forward(self, x, residual=None, att=None):
+        if att is None:
+            return super().forward(x) if residual is None else super().forward(x) + residual
+        type(self).calls += 1
+        y = super().forward(att.output())
+        return y if residual is None else y + residual
+
+
+@torch.no_grad()
+def test_unified_decode_steps_leave_the_output_to_a_projection_that_reads_the_accumulators():
+    """A fixed cache with the unified workspace (use_unified): two layers' decode steps, in order, attend through
+    the registry's decode_attention_unified and hand their o projections the accumulators (att): the uncached
+    forward's outputs; the workspace holds the last layer's row, reset zeroes it, use_unified(None) drops it."""
+    import copy
+
+    from attn.cache.fixed import FixedKVCache
+
+    torch.manual_seed(3)
+    cfg = preset("llama-debug", n_kv_heads=2)
+    rotary = RotaryEmbedding(cfg)
+    first = Attention(cfg, layer_idx=0)
+    first.o_proj.__class__ = _ReadsAtt
+    second = copy.deepcopy(first)
+    second.layer_idx = 1
+    B, T0, T = 1, 3, 6
+    x = torch.randn(B, T, cfg.d_model)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    full = [a(x, build_context(cfg, ids, rotary=rotary)) for a in (first, second)]
+    cache = FixedKVCache(batch_size=B, max_seq_len=10, n_layers=2, n_kv_heads=2, head_dim=cfg.head_dim)
+    cache.use_unified(cfg.n_heads)
+    ws = cache.unified_ws
+    H, Dh = cfg.n_heads, cfg.head_dim
+    assert ws.shape == (2, B, -(-(H * Dh + H + 1) // 16) * 16) and not ws.any()
+    ctx = build_context(cfg, ids[:, :T0], cache=cache, rotary=rotary)
+    for a in (first, second):
+        a(x[:, :T0], ctx)
+    cache.advance(T0)
+    _ReadsAtt.calls = 0
+    steps = [[], []]
+    for t in range(T0, T):
+        ctx = build_context(cfg, ids[:, t:t + 1], cache=cache, rotary=rotary)
+        assert ctx.decode is not None and ctx.decode.unified_ws is ws
+        for i, a in enumerate((first, second)):
+            steps[i].append(a(x[:, t:t + 1], ctx))
+        cache.advance(1)
+    assert _ReadsAtt.calls == 2 * (T - T0)
+    for i in range(2):
+        torch.testing.assert_close(torch.cat(steps[i], 1), full[i][:, T0:], atol=1e-5, rtol=0)
+    assert torch.all(ws[1, :, H * Dh:H * Dh + H] == 1) and not ws[0].any()  # layer 1's row; it zeroed layer 0's
+    cache.reset()
+    assert not ws.any() and cache.lens.tolist() == [0]
+    cache.use_unified(None)
+    assert cache.unified_ws is None

@@ -12,6 +12,7 @@ Shape legend: B batch, T new tokens, S key slots, D model width, H query heads, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,6 +71,13 @@ class Attention(nn.Module):
                 rope = {"cos_PDh": ctx.decode.cos_PDh, "sin_PDh": ctx.decode.sin_PDh}
             elif ctx.cos_BTDh is not None:
                 rope = {"cos_BDh": ctx.cos_BTDh[:, 0].expand(B, -1), "sin_BDh": ctx.sin_BTDh[:, 0].expand(B, -1)}
+            if ctx.decode.unified_ws is not None and getattr(self.o_proj, "accepts_att", False):
+                # no combine kernel: the attention leaves its output unnormalised in the cache's workspace and the
+                # output projection divides it as it reads it
+                parts = self._unified_op(q_BHTDh)(q_BHTDh[:, :, 0], k_pool, v_pool, ctx.decode.lens_B,
+                                                  ws=ctx.decode.unified_ws, layer=self.layer_idx,
+                                                  k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], **rope)
+                return linear_with(self.o_proj, None, residual=residual, att=parts).view(B, 1, -1)
             o_BHDh = self._decode_op(q_BHTDh)(q_BHTDh[:, :, 0], k_pool, v_pool, ctx.decode.lens_B,
                                               k_new=k_BKTDh[:, :, 0], v_new=v_BKTDh[:, :, 0], **rope,
                                               **ctx.decode.kwargs)
@@ -86,6 +94,8 @@ class Attention(nn.Module):
             return linear_with(self.o_proj, o_BHDh.reshape(B, 1, self.n_heads * self.head_dim), residual=residual)
         if getattr(ctx.cache, "fixed_shape", False) and not torch.compiler.is_compiling():
             self._decode_op(q_BHTDh)  # resolved now (eager prefill): compiled decode steps find it (fullgraph)
+            if getattr(ctx.cache, "unified_ws", None) is not None:
+                self._unified_op(q_BHTDh)
         attend = resolve("attention", self.attn_impl, causal=ctx.causal, gqa=self.n_kv_heads != self.n_heads,
                          mask=ctx.mask_B1TS is not None, bias=ctx.bias_BHTS is not None, **request)
         o_BHTDh = attend(q_BHTDh, k_BKTDh, v_BKTDh, mask=ctx.mask_B1TS, causal=ctx.causal, bias=ctx.bias_BHTS)
@@ -95,6 +105,10 @@ class Attention(nn.Module):
     def _decode_op(self, q: torch.Tensor) -> Callable[..., torch.Tensor]:
         return resolve("decode_attention", self.decode_impl or self.attn_impl, device=q.device,
                        dtype=q.dtype, head_dim=self.head_dim, gqa=self.n_kv_heads != self.n_heads)
+
+    def _unified_op(self, q: torch.Tensor) -> Callable[..., Any]:
+        return resolve("decode_attention_unified", self.decode_impl or self.attn_impl, device=q.device,
+                       dtype=q.dtype, head_dim=self.head_dim)
 
     def fold_input_norm(self, weight: torch.Tensor, eps: float) -> None:
         """Fold the weight of the RMSNorm that feeds this layer into the q/k/v projections (in place, inference):

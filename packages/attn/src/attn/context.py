@@ -57,7 +57,9 @@ class DecodeInfo:
     """What ``decode_attention`` needs besides q, k, v: valid slots per row after this step's append, for a paged
     cache its (B, NB) block table and block size, the cache's ``split_counters`` workspace when it has one, and
     RoPE's angle tables (P, Dh) when each token's position is its slot (no ``positions`` given): the op then reads
-    the angles of slot ``lens_B - 1`` itself, and the step computes none."""
+    the angles of slot ``lens_B - 1`` itself, and the step computes none. ``unified_ws``: a fixed cache's
+    workspace for the unified decode attention (``FixedKVCache.use_unified``), which layers whose output
+    projection reads it (``accepts_att``) then use."""
 
     lens_B: torch.Tensor
     block_table_BN: torch.Tensor | None = None
@@ -65,6 +67,7 @@ class DecodeInfo:
     split_counters: torch.Tensor | None = None
     cos_PDh: torch.Tensor | None = None
     sin_PDh: torch.Tensor | None = None
+    unified_ws: torch.Tensor | None = None
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -159,7 +162,8 @@ def build_context(cfg: ModelConfig, input_ids_BT: torch.Tensor, *, positions: to
         if cfg.pos_encoding == "rope" and rotary is not None and rotary.static and positions_given is None:
             cos_PDh, sin_PDh = rotary.tables(device, dtype, _slots(cache, S))  # positions are the slots here
         decode = DecodeInfo(lens_B + 1, table if paged else None, cache.block_size if paged else None,
-                            getattr(cache, "split_counters", None), cos_PDh, sin_PDh)
+                            getattr(cache, "split_counters", None), cos_PDh, sin_PDh,
+                            None if paged else getattr(cache, "unified_ws", None))
     elif k_valid_BS is None and document_ids is None and window is None:
         causal = cfg.causal and T > 1  # the kernels' causal is bottom-right aligned: right for uniform rows
     else:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from attn.cache._checks import check_layer, check_positive
-from kernel.reference import split_combine_in_kernel
+from kernel.reference import split_combine_in_kernel, unified_workspace
 from specs.errors import ConfigError
 from specs.tensor_spec import TensorSpec
 
@@ -52,6 +52,8 @@ class FixedKVCache:
         self.split_counters = (torch.zeros(batch_size * n_kv_heads, dtype=torch.int32, device=self.device)
                                if split_combine_in_kernel() else None)
         self._rows = torch.arange(batch_size, device=self.device)
+        # the unified decode attention's per-layer accumulators (use_unified), None: decode steps attend as usual
+        self.unified_ws: torch.Tensor | None = None
         # Mutated in place by a captured step: static addresses keep CUDA graphs (cudagraph trees) from copying
         # them or refusing to capture.
         for t in (*self.k_cache, *self.v_cache, self.lens, *([] if self.split_counters is None
@@ -91,8 +93,22 @@ class FixedKVCache:
                 raise ConfigError("rows", f"row {r} out of range for a cache of {self.batch_size} rows")
         self.lens[list(rows)] = 0
 
+    def use_unified(self, n_heads: int | None) -> None:
+        """Decode steps over this cache attend with the unified-shift decode attention (``n_heads`` query heads), the
+        output projection reading its accumulators: a zeroed (n_layers, B, W) fp32 workspace
+        (``kernel.reference.unified_workspace``) for them, at a static address (a captured step writes it). None
+        drops it (plain decode attention). A model of one layer cannot (the calls zero each other's slots)."""
+        if n_heads is None:
+            self.unified_ws = None
+            return
+        check_positive(n_heads=n_heads)
+        self.unified_ws = unified_workspace(self.n_layers, self.batch_size, n_heads, self.head_dim, self.device)
+        torch._dynamo.mark_static_address(self.unified_ws)
+
     def reset(self) -> None:
         self.lens.zero_()
+        if self.unified_ws is not None:  # a step cut short may have left a layer's slot unzeroed
+            self.unified_ws.zero_()
 
     def __repr__(self) -> str:
         return (f"FixedKVCache(n_layers={self.n_layers}, batch_size={self.batch_size}, n_kv_heads={self.n_kv_heads}, "
