@@ -1,6 +1,7 @@
 """The batch-1 decode path of kernel 0.8 end to end, in a process of its own: every projection through the gemv
 kernel's PDL op (a table naming each shape), the SwiGLU in the gate/up gemv's epilogue, decode attention through its
-PDL op, with folded norms, in fp32: the plain model's greedy tokens. On a GPU the kernels launch (chained by PDL on
+PDL op (with its combine kernel, then the unified attention: o's gemv reading its accumulators), with folded norms,
+in fp32: the plain model's greedy tokens. On a GPU the kernels launch (chained by PDL on
 sm90+); elsewhere they run under Triton's interpreter (which needs Triton 3.9's: 3.6's cannot take a loop bound
 derived from the program id)."""
 
@@ -28,11 +29,13 @@ reg = default_registry()  # the PDL ops for any device and dtype (fp32 here): re
 reg.register(Implementation(op="linear", name="pdl_any", target="kernel.triton.skinny:linear_pdl", backward=False))
 reg.register(Implementation(op="decode_attention", name="pdl_any",
                             target="kernel.triton.decode_attention:decode_attention_pdl", backward=False))
+reg.register(Implementation(op="decode_attention_unified", name="pdl_any",
+                            target="kernel.triton.decode_attention:decode_attention_unified_pdl", backward=False))
 device = "cuda" if torch.cuda.is_available() else "cpu"
 card = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 state = load_file(sys.argv[1])
 prompt = torch.randint(0, 500, (1, 5), generator=torch.Generator().manual_seed(3)).to(device)
-models = [TransformerLM(preset("llama-debug")).eval() for _ in range(2)]
+models = [TransformerLM(preset("llama-debug")).eval() for _ in range(3)]
 for m in models:
     m.load_state_dict(state)
     m.to(device)
@@ -43,22 +46,28 @@ table = {k: [2, 64, 1, 1] for k in shapes} | {k + " glu": [2, 64, 1, 1] for k in
 with open(sys.argv[2], "w") as f:
     json.dump({card: table}, f)
 os.environ[gemv.TILES_ENV] = sys.argv[2]
-calls = {"gemv_pdl": 0, "glu": 0, "decode_attention_pdl": 0}
-for name in ("gemv_pdl", "decode_attention_pdl"):
+calls = {}
+for name in ("gemv_pdl", "decode_attention_pdl", "decode_attention_unified"):
     real = getattr(torch.ops.lmstack, name)
     def counted(*a, _real=real, _name=name):
         calls[_name] += 1
         calls["glu"] += _name == "gemv_pdl" and a[9] is True  # the SwiGLU in the gate/up gemv's epilogue
+        calls["att"] += _name == "gemv_pdl" and len(a) > 11 and a[11] is not None  # o reading the unified accumulators
         return _real(*a)
     setattr(torch.ops.lmstack, name, counted)
-gen = FastGenerator(models[1], 1, 16, compile=None, linear_impl="pdl_any", decode_attention="pdl_any",
-                    fuse_swiglu=True, fold_norms=True)
-got = gen.generate(prompt, 8)
-print(want.tolist(), got.tolist(), calls)
 layers = len(models[1].model.layers)
-steps = 7  # (the first token comes from the prefill, five rows: not one-row kernels)
-ok = (torch.equal(got, want) and calls["decode_attention_pdl"] == steps * layers
-      and calls["gemv_pdl"] == steps * (4 * layers + 1) and calls["glu"] == steps * layers)
+ok = True
+for model, unified, n in ((models[1], False, 8), (models[2], True, 5)):  # the combine kernel, then unified
+    calls.update({"gemv_pdl": 0, "glu": 0, "att": 0, "decode_attention_pdl": 0, "decode_attention_unified": 0})
+    gen = FastGenerator(model, 1, 16, compile=None, linear_impl="pdl_any", decode_attention="pdl_any",
+                        fuse_swiglu=True, fold_norms=True, unified=unified)
+    got = gen.generate(prompt, n)
+    print(unified, want.tolist(), got.tolist(), calls)
+    attn = "decode_attention_unified" if unified else "decode_attention_pdl"
+    steps = n - 1  # (the first token comes from the prefill, five rows: not one-row kernels)
+    ok = ok and (torch.equal(got, want[:, :n]) and calls[attn] == steps * layers
+                 and calls["gemv_pdl"] == steps * (4 * layers + 1) and calls["glu"] == steps * layers
+                 and calls["att"] == (steps * layers if unified else 0))
 sys.exit(0 if ok else 1)
 """
 

@@ -2,5 +2,5 @@
 
 from compress.quant import Int8WeightOnlyLinear, int8_weight_only_, quantize_
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 __all__ = ["Int8WeightOnlyLinear", "int8_weight_only_", "quantize_"]

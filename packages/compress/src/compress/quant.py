@@ -12,6 +12,8 @@ References: gpt-fast quantize.py (PyTorch team, 2023); LLM.int8() (Dettmers et a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -38,13 +40,17 @@ class Int8WeightOnlyLinear(nn.Module):
     # forward(x, glu="silu") returns silu(gate) * up of a fused gate/up weight; a SwiGLU MLP asks for it only when
     # this is True (serve's FastGenerator(fuse_swiglu=True) sets it)
     accepts_glu = False
+    # forward(x, att=parts) reads the input from a unified decode attention's accumulators (x = parts.x); an
+    # attention layer asks only when this is True (FastGenerator(unified=...) sets it)
+    accepts_att = False
     impl = "auto"  # the registry's int8_linear implementation; a decode loop may name one (FastGenerator)
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
-        op = resolve("int8_linear", self.impl, device=x.device, dtype=x.dtype,
+                residual: torch.Tensor | None = None, glu: str | None = None, att: Any = None) -> torch.Tensor:
+        op = resolve("int8_linear", self.impl, device=x.device, dtype=x.dtype if att is None else att.dtype,
                      backward=torch.is_grad_enabled() and x.requires_grad)
-        kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("glu", glu)) if v is not None}
+        kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("glu", glu), ("att", att))
+              if v is not None}
         return op(x, self.weight, self.scale, self.bias, **kw)
 
     def extra_repr(self) -> str:

@@ -95,6 +95,17 @@ class FastGenerator:
     with Triton); True insists, with the registry's choice (ConfigError where it cannot apply); an implementation
     name (e.g. "reference") insists on that one; False turns it off. The model's layers follow this generator's
     choice (an earlier generator's over the same model is replaced).
+    ``unified``: decode attention without its combine kernel (the registry's ``decode_attention_unified``, kernel
+    0.23): the slot splits of a head add their partials, against one shared softmax shift, to per-layer fp32
+    accumulators kept with the cache (``FixedKVCache.use_unified``), and the output projection divides them as it
+    reads them (routed and int8 Linears, ``accepts_att``; one row through the gemv kernel). "auto" (the default)
+    turns it on where the steps' attention is ``triton_pdl`` (above), no layer kernel runs and the output
+    projections have float weights (routed Linears): a 1.1B bf16 step at batch 1 on an H200 ran 1,462 tokens/s
+    against 1,404-1,405 without, but int8 1,964-1,985 against 2,028-2,046 (docs/benchmarks.md runs CS-CV), so int8
+    layers keep the combine kernel unless asked. True insists (on a model of two or more layers whose output
+    projections accept it: routed or int8 Linears; ConfigError elsewhere),
+    with the decode attention's implementation (``decode_attention``, else each layer's ``attn_impl``); False
+    turns it off. The ``unified`` attribute says whether it is on.
 
     ``record_decode_time`` (an attribute, False by default): each ``generate`` then times its decode steps on the
     device's clock (CUDA events, no host sync), and ``last_decode_s`` gives the seconds.
@@ -103,7 +114,7 @@ class FastGenerator:
     def __init__(self, model: Any, batch_size: int, max_seq_len: int, *, compile: str | None = "reduce-overhead",
                  backend: str = "inductor", fuse: bool = True, linear_impl: str | None = "auto",
                  fold_norms: bool | str = "auto", pdl: bool | str = "auto", layer_kernel: bool | str = "auto",
-                 fuse_swiglu: bool = True, decode_attention: str | None = "auto"):
+                 fuse_swiglu: bool = True, decode_attention: str | None = "auto", unified: bool | str = "auto"):
         if batch_size <= 0 or max_seq_len <= 0:
             raise ConfigError("FastGenerator", f"batch_size and max_seq_len must be > 0, got {batch_size}, "
                               f"{max_seq_len}")
@@ -115,6 +126,8 @@ class FastGenerator:
             raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
         if pdl not in (True, False, "auto"):
             raise ConfigError("FastGenerator", f"pdl must be True, False or 'auto', got {pdl!r}")
+        if unified not in (True, False, "auto"):
+            raise ConfigError("FastGenerator", f"unified must be True, False or 'auto', got {unified!r}")
         if pdl == "auto":
             pdl = (compile is not None and backend == "inductor" and _inductor_has_pdl()
                    and _pdl_capable_device(model))
@@ -169,9 +182,15 @@ class FastGenerator:
         self.layer_kernel = FastGenerator._layer_kernel(model, batch_size, layer_kernel)
         if hasattr(model, "use_layer_kernel"):  # the model decodes as this generator says (None turns it off)
             model.use_layer_kernel(self.layer_kernel)
+        self.unified = FastGenerator._unified(model, unified, decode_attention, self.layer_kernel)
+        for m in model.modules():  # the projections that can read a unified attention's accumulators
+            if hasattr(m, "accepts_att"):
+                m.accepts_att = self.unified
         self.model = model
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self.cache = model.new_cache(batch_size, max_seq_len, kind="fixed")
+        if self.unified:
+            self.cache.use_unified(next(m.n_heads for m in model.modules() if hasattr(m, "decode_impl")))
         # The step's own state, on the device at fixed addresses: it reads each row's last token from _tok, writes
         # its pick there and into column _at of _out, and advances _at. A captured step then has no inputs to
         # copy in and no output to copy out (greedy), so a token costs one graph replay and no other kernels.
@@ -221,6 +240,28 @@ class FastGenerator:
             return False
         return "auto" not in impls or default_registry().select("decode_attention", "auto", device=p.device,
                                                                  dtype=p.dtype).name == "triton"
+
+    @staticmethod
+    def _unified(model: Any, asked: bool | str, decode_attention: str | None, layer_kernel: str | None) -> bool:
+        """Whether the decode steps use the unified decode attention (see ``unified``)."""
+        if asked is False:
+            return False
+        attns = [m for m in model.modules() if hasattr(m, "decode_impl")]
+        why = None
+        if layer_kernel is not None:
+            why = "the layer kernel runs each decode layer whole (layer_kernel=False to use unified)"
+        elif len(attns) < 2:
+            why = (f"each layer's call zeroes the next layer's accumulators: it needs two or more attention layers, "
+                   f"the model has {len(attns)}")
+        elif not all(hasattr(getattr(m, "o_proj", None), "accepts_att") for m in attns):
+            why = ("the attention layers' output projections cannot read its accumulators (routed or int8 Linears "
+                   "can: linear_impl)")
+        if asked == "auto":  # measured faster with float output projections only (bf16 +4.1%, int8 -2.8%: CS-CV)
+            return (why is None and decode_attention == "triton_pdl"
+                    and all(isinstance(m.o_proj, RegistryLinear) for m in attns))
+        if why is not None:
+            raise ConfigError("unified", why)
+        return True
 
     @staticmethod
     def _layer_kernel(model: Any, batch_size: int, asked: bool | str) -> str | None:
@@ -394,14 +435,18 @@ class RegistryLinear(nn.Linear):
     # forward(x, glu="silu") returns silu(gate) * up of a fused gate/up weight; a SwiGLU MLP asks for it only when
     # this is True (FastGenerator(fuse_swiglu=True) sets it)
     accepts_glu = False
+    # forward(x, att=parts) reads the input from a unified decode attention's accumulators (x = parts.x,
+    # ``kernel.reference.UnifiedParts``); an attention layer asks only when this is True (FastGenerator's unified)
+    accepts_att = False
     split_counters: torch.Tensor | None
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: str | None = None) -> torch.Tensor:
-        op = resolve("linear", self.impl, device=x.device, dtype=x.dtype, backward=torch.is_grad_enabled())
+                residual: torch.Tensor | None = None, glu: str | None = None, att: Any = None) -> torch.Tensor:
+        op = resolve("linear", self.impl, device=x.device, dtype=x.dtype if att is None else att.dtype,
+                     backward=torch.is_grad_enabled())
         # keywords only when set: an implementation from a plugin may take fewer
         kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("split_counters", self.split_counters),
-                                ("glu", glu)) if v is not None}
+                                ("glu", glu), ("att", att)) if v is not None}
         return op(x, self.weight, self.bias, **kw)
 
 
