@@ -164,16 +164,18 @@ def test_decode_refuses_an_unknown_decode_attention_before_building_a_model(monk
 
 def test_decode_fold_norms_folds_the_int8_variant_before_quantizing(tmp_path):
     """--fold-norms: the lmstack loop folds, and the int8 variant folds before quantizing (its int8 layers then
-    normalise their input and add the residual); both loops' greedy tokens are the prefill path's choices (int8 ones
-    scored by the unquantized model: within quantization error)."""
+    normalise their input and add the residual), both with --unified on; both loops' greedy tokens are the prefill
+    path's choices (int8 ones scored by the unquantized model: within quantization error)."""
     out = tmp_path / "decode.json"
     argv = ["decode", "--preset", "llama-debug", "--device", "cpu", "--dtype", "fp32", "--compile", "none",
             "--variants", "lmstack,lmstack-int8", "--batch-sizes", "1", "--prompt-tokens", "4", "--new-tokens", "4",
             "--repeat", "1", "--fold-norms", "--linear-impl", "reference", "--fuse-swiglu", "--decode-attention",
-            "reference", "--out", str(out)]
+            "reference", "--unified", "on", "--out", str(out)]
     assert main(argv) == 0
     v = json.loads(out.read_text())["results"]["variants"]
     assert v["lmstack"]["fold_norms"] is True and v["lmstack-int8"]["fold_norms"] is True
+    # (--unified on: o reads the unified attention's accumulators, in both loops)
+    assert v["lmstack"]["unified"] is True and v["lmstack-int8"]["unified"] is True
     # (--fuse-swiglu with routed Linears: the gate/up projections return the SwiGLU themselves, same tokens)
     assert v["lmstack"]["fuse_swiglu"] is True and v["lmstack"]["linear_impl"] == ["reference"]
     assert v["lmstack"]["decode_attention"] == "reference" and v["lmstack-int8"]["decode_attention"] == "reference"

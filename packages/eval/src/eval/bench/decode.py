@@ -80,6 +80,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="lmstack variants: the decode_attention implementation of the decode steps "
                         "(FastGenerator(decode_attention=...), e.g. triton or triton_pdl; 'model': the model's own); "
                         "default: FastGenerator's 'auto'")
+    p.add_argument("--unified", default="auto", choices=["auto", "on", "off"],
+                   help="lmstack variants: decode attention without its combine kernel, the output projection "
+                        "reading its accumulators (FastGenerator(unified=...)); default: FastGenerator's 'auto'")
     p.add_argument("--fuse-swiglu", action=argparse.BooleanOptionalAction, default=True,
                    help="lmstack variants: the fused gate/up projection returns silu(gate) * up from its own epilogue "
                         "(FastGenerator(fuse_swiglu=True), its default); --no-fuse-swiglu: the MLP applies it")
@@ -290,6 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache() if device.startswith("cuda") else None
 
     tokens: dict[str, torch.Tensor] = {}  # batch-1 greedy tokens per variant (greedy gaps, the PDL comparison)
+    unified = {"on": True, "off": False}.get(args.unified, "auto")
 
     def lmstack_variant(name: str = "lmstack", pdl: bool | str = "auto") -> None:
         out = {}
@@ -302,14 +306,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             layer_kernel = asked if B == 1 or asked in ("auto", False) else False  # one row only
             gen = Fast(lm, B, L, compile=mode, linear_impl=linear_impl, fold_norms=fold, pdl=pdl,
                        layer_kernel=layer_kernel, fuse_swiglu=args.fuse_swiglu,
-                       decode_attention=args.decode_attention)
+                       decode_attention=args.decode_attention, unified=unified)
             out[f"batch{B}"] = _time_generate(gen, prompts[B], args.new_tokens, args.repeat, device)
             if sizes[0] == B:
                 tokens[name] = gen.generate(prompts[B], args.new_tokens)[:1].cpu()
             # what "auto" made of them at this batch size; the variant's own fields are its first batch's (the one
             # the roofline fraction and the greedy gaps are of)
             choices = {"pdl": gen.pdl, "fold_norms": gen.fold_norms, "fuse_swiglu": gen.fuse_swiglu,
-                       "linear_impl": _linear_impls(gen.model), "decode_attention": gen.decode_attention}
+                       "linear_impl": _linear_impls(gen.model), "decode_attention": gen.decode_attention,
+                       "unified": gen.unified}
             out[f"batch{B}"]["choices"] = choices
             if sizes[0] == B:
                 out.update(choices)
@@ -330,14 +335,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         resolve("lmstack.quantizers", "int8_weight_only")(qmodel)
         qbytes = weight_bytes_per_token(qmodel)
         gen = Fast(qmodel, 1, L, compile=mode, pdl=pdl, fuse_swiglu=args.fuse_swiglu,
-                   decode_attention=args.decode_attention)
+                   decode_attention=args.decode_attention, unified=unified)
         r = _time_generate(gen, prompts[sizes[0]][:1], args.new_tokens, args.repeat, device)
         tokens[name] = gen.generate(prompts[sizes[0]][:1], args.new_tokens).cpu()
         if _profiling(args, device):
             r["profile"] = profile_decode(gen, prompts[sizes[0]][:1])
         results["variants"][name] = {"batch1": r, "weight_bytes_per_token": qbytes, "pdl": gen.pdl,
                                      "fold_norms": bool(fold), "fuse_swiglu": gen.fuse_swiglu,
-                                     "decode_attention": gen.decode_attention}
+                                     "decode_attention": gen.decode_attention, "unified": gen.unified}
 
     attempt("transformers", transformers_variant)
     attempt("lmstack", lmstack_variant)
