@@ -2,7 +2,16 @@
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
 # Nothing queued. Every recipe below has run (each says when and what it found), kept to re-measure after changes;
 # `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8
-# 1,977-2,045, 1.406-1.461x).
+# 1,977-2,045, 1.406-1.461x; since session 24's unified attention for bf16, `unified-decode` RUNS="auto off auto2
+# off2" measured bf16 1,462 and int8 2,035, 1.392-1.393x, run CU).
+#   bash tools/gpu_pending.sh unified-decode  kernel 0.23's unified attention in a model's decode step (FastGenerator's
+#                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
+#                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,
+#                                      for each of RUNS (default "off on off2 on2"; "ontile": on, o's gemv at
+#                                      [8, 2048, 4] from a table's "att" entries; "on:NAME", "off:NAME": with
+#                                      /tmp/t_NAME.json's tiles), VARIANTS (default both) (~45 s a variant;
+#                                      runs CS-CV, session 24: bf16 1,436-1,440 tokens/s on, 1,458-1,462 at o's
+#                                      att tile, against 1,400-1,405 off; int8 1,964-1,985 on against 2,028-2,046)
 #   bash tools/gpu_pending.sh unified  decode attention with one softmax shift for a head's slot splits, whose
 #                                      accumulators the o gemv reads (no combine kernel;
 #                                      benchmarks/bench_unified_attention.py): its GPU tests, then 22 whole layers
@@ -311,7 +320,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in unified-decode|unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -440,6 +449,27 @@ int8_tiles() { local limit=$1 v; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
+unified-decode)
+  if [ -n "${TESTS:-}" ]; then
+    step tests 240 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_unified.py \
+      packages/kernel/tests/test_registry.py packages/serve/tests/test_unified_decode.py \
+      packages/serve/tests/test_chained_decode.py
+    grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  fi
+  echo '{"NVIDIA H200": {"bf16 2048x2048 att": [8, 2048, 4, 1, 0], "int8 2048x2048 att": [8, 2048, 4, 1, 0]}}' \
+    > /tmp/t_att.json
+  for v in ${RUNS:-off on off2 on2}; do
+    u=${v%%:*}; u=${u%2}; tiles=; n=${v//:/_}
+    [ "$u" = ontile ] && { u=on; tiles=LMSTACK_GEMV_TILES=/tmp/t_att.json; }
+    [[ $v == *:* ]] && tiles=LMSTACK_GEMV_TILES=/tmp/t_${v#*:}.json  # ON:NAME, /tmp/t_NAME.json's table
+    step "decode_$n" 150 env $tiles TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode \
+      --preset llama-1b --batch-sizes 1 --repeat 5 --profile --variants "${VARIANTS:-lmstack,lmstack-int8}" \
+      --unified "$u" --out "$OUT/decode_$n.json"
+    [ -s "$OUT/decode_$n.json" ] && rm -f "$OUT/decode_$n.log"
+  done
+  grep -h '"unified"' "$OUT"/decode_*.json | sort | uniq -c
+  TOP=10 decode_top "$OUT"/decode_*.json
+  clocked "$OUT"/decode_*.json ;;
 unified)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_unified.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
