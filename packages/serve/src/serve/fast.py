@@ -261,6 +261,8 @@ class FastGenerator:
                     and all(isinstance(m.o_proj, RegistryLinear) for m in attns))
         if why is not None:
             raise ConfigError("unified", why)
+        if decode_attention is not None:  # the same name for the unified op: fail now, naming the valid ones
+            default_registry().get("decode_attention_unified", decode_attention)
         return True
 
     @staticmethod
