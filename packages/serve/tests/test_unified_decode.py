@@ -12,7 +12,7 @@ import torch
 
 from compress import quantize_
 from model.lm import TransformerLM
-from serve.fast import FastGenerator
+from serve.fast import FastGenerator, RegistryLinear
 from specs.errors import ConfigError, PluginError
 from specs.presets import preset
 
@@ -65,9 +65,10 @@ def test_unified_auto_is_off_off_the_pdl_chain_and_bad_requests_say_why(tiny_lm)
     with pytest.raises(ConfigError, match="output projections cannot read"):
         FastGenerator(copy.deepcopy(tiny_lm), 1, 16, compile=None, linear_impl=None, fold_norms=False,
                       unified=True)
+    untouched = copy.deepcopy(tiny_lm)
     with pytest.raises(PluginError, match="unknown decode_attention_unified implementation 'sdpa'"):
-        FastGenerator(copy.deepcopy(tiny_lm), 1, 16, compile=None, linear_impl="reference",
-                      decode_attention="sdpa", unified=True)
+        FastGenerator(untouched, 1, 16, compile=None, linear_impl="reference", decode_attention="sdpa", unified=True)
+    assert not any(isinstance(m, RegistryLinear) for m in untouched.modules())  # refused before routing anything
     one = TransformerLM(preset("llama-debug", vocab_size=300, n_layers=1)).eval()
     with pytest.raises(ConfigError, match="two or more attention layers, the model has 1"):
         FastGenerator(one, 1, 16, compile=None, linear_impl="reference", unified=True)

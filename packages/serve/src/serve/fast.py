@@ -122,6 +122,8 @@ class FastGenerator:
             default_registry().get("linear", linear_impl)  # a bad name fails before the model is touched
         if decode_attention not in (None, "auto"):
             default_registry().get("decode_attention", decode_attention)
+            if unified is True:  # the unified op under the same name
+                default_registry().get("decode_attention_unified", decode_attention)
         if not isinstance(fuse_swiglu, bool):  # (every argument is checked before the model is changed)
             raise ConfigError("FastGenerator", f"fuse_swiglu must be True or False, got {fuse_swiglu!r}")
         if pdl not in (True, False, "auto"):
@@ -261,8 +263,6 @@ class FastGenerator:
                     and all(isinstance(m.o_proj, RegistryLinear) for m in attns))
         if why is not None:
             raise ConfigError("unified", why)
-        if decode_attention is not None:  # the same name for the unified op: fail now, naming the valid ones
-            default_registry().get("decode_attention_unified", decode_attention)
         return True
 
     @staticmethod
