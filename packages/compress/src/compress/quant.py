@@ -12,12 +12,11 @@ References: gpt-fast quantize.py (PyTorch team, 2023); LLM.int8() (Dettmers et a
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from kernel import resolve
+from kernel.reference import UnifiedParts
 from specs.errors import ConfigError
 
 SCHEMES = ("int8_weight_only",)
@@ -46,7 +45,8 @@ class Int8WeightOnlyLinear(nn.Module):
     impl = "auto"  # the registry's int8_linear implementation; a decode loop may name one (FastGenerator)
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: str | None = None, att: Any = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, glu: str | None = None,
+                att: UnifiedParts | None = None) -> torch.Tensor:
         op = resolve("int8_linear", self.impl, device=x.device, dtype=x.dtype if att is None else att.dtype,
                      backward=torch.is_grad_enabled() and x.requires_grad)
         kw = {k: v for k, v in (("rms_eps", rms_eps), ("residual", residual), ("glu", glu), ("att", att))

@@ -1,8 +1,8 @@
 """lmstack kernel: the KernelRegistry mapping symbolic ops to implementations.
 
 ``from kernel import resolve; attn = resolve("attention", "auto", device="cuda", dtype=torch.bfloat16,
-head_dim=128, causal=True)``. Ops: attention, rmsnorm, layernorm, rope, swiglu, cross_entropy,
-linear_cross_entropy; every op has a pure-torch "reference". Importing this package imports no optional back end.
+head_dim=128, causal=True)``. The ops are ``kernel.OPS`` (attention, norms, RoPE, SwiGLU, the losses, the decode
+matmuls and attention, ...); every op has a pure-torch "reference". Importing this package imports no optional back end.
 """
 
 from kernel.hints import one_row_pdl_linear

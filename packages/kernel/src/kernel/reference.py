@@ -398,15 +398,20 @@ def decode_attention_unified(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return UnifiedParts(ws[layer], o_BHDh[:, :, None], torch.zeros_like(ones), ones, dtype)
 
 
-def unified_input(x: torch.Tensor, att: UnifiedParts | None, op: str, rms_eps: float | None = None,
-                  glu: str | None = None) -> torch.Tensor:
-    """A ``linear`` op's input: x itself, or given ``att`` (x is then ``att.x``) the attention output it holds,
-    (B, H x Dh) (:meth:`UnifiedParts.output`); ``att`` takes no ``rms_eps`` or ``glu``."""
-    if att is None:
-        return x
+def check_att(x: torch.Tensor, att: UnifiedParts, op: str, rms_eps: float | None, glu: str | None) -> None:
+    """A ``linear`` op's ``att`` call: x is ``att.x`` (the accumulators row), with no ``rms_eps`` or ``glu``."""
     if x.shape != att.x.shape or rms_eps is not None or glu is not None:
         raise ShapeError(f"{op}: with att, x is the attention's accumulators row att.x {tuple(att.x.shape)} (got "
                          f"{tuple(x.shape)}), with no rms_eps or glu (an output projection's input)")
+
+
+def unified_input(x: torch.Tensor, att: UnifiedParts | None, op: str, rms_eps: float | None = None,
+                  glu: str | None = None) -> torch.Tensor:
+    """A ``linear`` op's input: x itself, or given ``att`` (x is then ``att.x``, :func:`check_att`) the attention
+    output it holds, (B, H x Dh) (:meth:`UnifiedParts.output`)."""
+    if att is None:
+        return x
+    check_att(x, att, op, rms_eps, glu)
     return att.output()
 
 

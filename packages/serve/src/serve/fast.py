@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kernel import default_registry, one_row_pdl_linear, resolve
-from kernel.reference import linear_split_counters, split_combine_in_kernel
+from kernel.reference import UnifiedParts, linear_split_counters, split_combine_in_kernel
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
 
@@ -443,7 +443,8 @@ class RegistryLinear(nn.Linear):
     split_counters: torch.Tensor | None
 
     def forward(self, x: torch.Tensor, rms_eps: float | None = None,
-                residual: torch.Tensor | None = None, glu: str | None = None, att: Any = None) -> torch.Tensor:
+                residual: torch.Tensor | None = None, glu: str | None = None,
+                att: UnifiedParts | None = None) -> torch.Tensor:
         op = resolve("linear", self.impl, device=x.device, dtype=x.dtype if att is None else att.dtype,
                      backward=torch.is_grad_enabled())
         # keywords only when set: an implementation from a plugin may take fewer

@@ -32,10 +32,10 @@ import triton.language as tl
 from kernel.reference import (
     SPLIT_COUNTER_COLUMNS,
     UnifiedParts,
+    check_att,
     check_glu,
     check_split_counters,
     glu_output,
-    unified_input,
 )
 from kernel.reference import int8_linear as _int8_reference
 from kernel.reference import linear as _reference
@@ -380,10 +380,11 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
     op = "linear" if scale is None else "int8_linear"
     check_glu(glu, residual, N, op)
     if att is not None:
-        y = _att_gemv(x, weight, scale, bias, residual, att, pdl, op, rms_eps, glu)
+        check_att(x, att, op, rms_eps, glu)
+        y = _att_gemv(weight, scale, bias, residual, att, pdl)
         if y is not None:
             return y
-        x = unified_input(x, att, op)
+        x = att.output()
     x2 = _rows(x)
     if x2.shape[0] > MAX_ROWS or (scale is None and weight.dtype != x.dtype):
         if scale is None:
@@ -410,13 +411,10 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, b
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _att_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
-              residual: torch.Tensor | None, att: UnifiedParts, pdl: bool, op: str, rms_eps: float | None,
-              glu: str | None) -> torch.Tensor | None:
+def _att_gemv(weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+              residual: torch.Tensor | None, att: UnifiedParts, pdl: bool) -> torch.Tensor | None:
     """One row of a unified attention's accumulators times the weight by the gemv kernel, reading the attention
     output as it loads x (``gemv``'s ``att``), where the card's table has a tile for the weight; else None."""
-    if x.shape != att.x.shape or rms_eps is not None or glu is not None:
-        unified_input(x, att, op, rms_eps, glu)  # names what is wrong
     w = weight if weight.stride(-1) == 1 else weight.contiguous()
     tiles = _gemv_tiles(att.x, w, False, att=True) if att.x.dtype == torch.float32 else ()
     if not tiles or (scale is None and weight.dtype != att.dtype):
