@@ -156,12 +156,25 @@ def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str,
             clocked.append(decode_s())
     t1m, tnm = statistics.median(t_one), statistics.median(t_all)
     host = (statistics.median(h_all) - statistics.median(h_one)) / (n - 1) if n > 1 else 0.0
-    out = {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m), "end_to_end_tokens_per_s": B * n / tnm,
-           "prefill_s": t1m, "total_s": tnm, "host_us_per_token": host * 1e6}
+    # (the subtraction measures nothing when the n-token call ran no longer than the one-token call: a few tokens of
+    # a tiny model on a busy host; then None and a note, never a negative or infinite rate)
+    out = {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m) if tnm > t1m else None,
+           "end_to_end_tokens_per_s": B * n / tnm, "prefill_s": t1m, "total_s": tnm, "host_us_per_token": host * 1e6}
+    if tnm <= t1m:
+        out["decode_timing_note"] = (f"the {n}-token call ({tnm:.6f} s) took no longer than the one-token call "
+                                     f"({t1m:.6f} s): too few tokens to time by subtraction; raise --new-tokens "
+                                     "or --repeat")
     if clocked and None not in clocked:
         out["decode_s_clocked"] = clocked
         out["decode_tokens_per_s_clocked"] = B * (n - 1) / statistics.median(clocked)
     return out
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    """``a[key] / b[key]``, or None where either side has no figure (a rate the subtraction could not measure)."""
+    if a.get(key) is None or b.get(key) is None:
+        return None
+    return a[key] / b[key]
 
 
 def _time_generate(gen: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) -> dict[str, Any]:
@@ -358,7 +371,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if on and off:
             fast, plain = results["variants"][on].get("batch1"), results["variants"][off].get("batch1")
             if fast and plain:  # (absent when batch 1 was not asked for)
-                results[f"{name}_pdl_speedup_batch1"] = fast["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+                results[f"{name}_pdl_speedup_batch1"] = _ratio(fast, plain, "decode_tokens_per_s")
+                if "decode_tokens_per_s_clocked" in fast and "decode_tokens_per_s_clocked" in plain:
+                    results[f"{name}_pdl_speedup_batch1_clocked"] = _ratio(fast, plain, "decode_tokens_per_s_clocked")
             same = (tokens[off] == tokens[on]).flatten()
             results[f"{name}_pdl_greedy_agreement"] = float(same.float().mean())
             results[f"{name}_pdl_first_difference"] = None if bool(same.all()) else int((~same).nonzero()[0])
@@ -368,16 +383,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["errors"] = errors
     base = results["variants"].get("lmstack", {}).get("batch1")
     if base:
-        results["fraction_of_roofline_batch1"] = base["decode_tokens_per_s"] / results["roofline_tokens_per_s_batch1"]
+        rate, roof = base["decode_tokens_per_s"], results["roofline_tokens_per_s_batch1"]
+        results["fraction_of_roofline_batch1"] = None if rate is None else rate / roof
         if "decode_tokens_per_s_clocked" in base:
             results["fraction_of_roofline_batch1_clocked"] = (base["decode_tokens_per_s_clocked"]
                                                               / results["roofline_tokens_per_s_batch1"])
         hf = results["variants"].get("transformers", {}).get("batch1")
         if hf:
-            results["speedup_vs_transformers_batch1"] = base["decode_tokens_per_s"] / hf["decode_tokens_per_s"]
+            results["speedup_vs_transformers_batch1"] = _ratio(base, hf, "decode_tokens_per_s")
         q = results["variants"].get("lmstack-int8", {}).get("batch1")
         if q:
-            results["int8_speedup_batch1"] = q["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+            results["int8_speedup_batch1"] = _ratio(q, base, "decode_tokens_per_s")
             if "decode_tokens_per_s_clocked" in q and "decode_tokens_per_s_clocked" in base:
                 results["int8_speedup_batch1_clocked"] = (q["decode_tokens_per_s_clocked"]
                                                           / base["decode_tokens_per_s_clocked"])
