@@ -15,6 +15,17 @@ sys.path.insert(0, str(BENCH))  # the scripts import their neighbour bench_kerne
 bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
 
 
+def _launch_device() -> tuple[str, str]:
+    """Where the kernel tests launch Triton: the GPU where there is one, else the CPU under the interpreter; and the
+    name a tile table files that device's entries under."""
+    import torch
+
+    from kernel.triton._device import device_info
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, device_info(torch.empty(0, device=device))[1]
+
+
 def test_tune_space_from_the_command_line():
     space = bench_decode_kernels.parse_tune_space("4,8", "3, 5,6", "qkv,o")
     assert space == {"warps": (4, 8), "stages": (3, 5, 6), "matrices": ("qkv", "o"), "weights": ("float", "int8")}
@@ -67,8 +78,9 @@ def test_hbm_floor_read_kernel_sums_and_the_fit_recovers_a_line():
     import torch
 
     floor = pytest.importorskip("bench_hbm_floor")
-    x = torch.randn(floor.BLOCK * floor.UNROLL * 3 + 77, generator=torch.Generator().manual_seed(0))
-    out = torch.empty(5)
+    device, _ = _launch_device()
+    x = torch.randn(floor.BLOCK * floor.UNROLL * 3 + 77, generator=torch.Generator().manual_seed(0)).to(device)
+    out = torch.empty(5, device=device)
     got = floor.read(x, out, programs=5).sum().item()
     assert abs(got - x.sum().item()) < 1e-3
     sizes = [1e6, 1e7, 5e7, 1e8]
@@ -80,20 +92,18 @@ def test_fused_mlp_prototype_matches_its_reference_and_zeroes_the_ring():
     """bench_fused_mlp's one-kernel int8 MLP (under the interpreter here, on a small shape): x plus the down
     projection of the SwiGLU of the RMS-normalised x within 2% of the fp32 reference's largest output, and layer
     l-2's accumulator set back to zero (check() asserts both, for an fp32 and an fp16 down product)."""
-    import torch
 
     fused = pytest.importorskip("bench_fused_mlp")
-    assert fused.check("cuda" if torch.cuda.is_available() else "cpu") < 2e-2
+    assert fused.check(_launch_device()[0]) < 2e-2
 
 
 def test_unified_attention_layers_match_split_and_combine():
     """bench_unified_attention's two small int8 layers (under the interpreter here): the unified attention with the
     o gemv reading its accumulators gives split + combine's output within 2%, and the last layer zeroes the first
     layer's accumulators (check() asserts both)."""
-    import torch
 
     unified = pytest.importorskip("bench_unified_attention")
-    assert unified.check("cuda" if torch.cuda.is_available() else "cpu") < 2e-2
+    assert unified.check(_launch_device()[0]) < 2e-2
 
 
 @pytest.mark.parametrize("script", ["bench_fused_mlp", "bench_unified_attention"])
@@ -122,20 +132,21 @@ def test_gemv_tuner_times_only_tiles_that_compute_the_product():
     from kernel.triton.gemv import gemv
 
     g = torch.Generator().manual_seed(0)
-    x, w, args, nbytes, want = bench_decode_kernels.one_row_case(16, 128, False, g, "cpu", torch.float32)
-    plain = bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False)
-    glu = bench_decode_kernels._gemv_timings(gemv, args, [args], swiglu(want[:, :8], want[:, 8:]), 128, 4, "cpu",
+    dev, _ = _launch_device()
+    x, w, args, nbytes, want = bench_decode_kernels.one_row_case(16, 128, False, g, dev, torch.float32)
+    plain = bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, dev, glu=False)
+    glu = bench_decode_kernels._gemv_timings(gemv, args, [args], swiglu(want[:, :8], want[:, 8:]), 128, 4, dev,
                                              glu=True)
     assert plain and glu and all(t > 0 for t in [*plain.values(), *glu.values()])
     assert "[1, 256, 1]" in plain and all(json.loads(k)[0] % 2 == 0 for k in glu)
     # called as a folded decode step calls it (x far from unit RMS, so a tile that skipped the norm could not match)
     args = (args[0] * 5, args[1])
     for name in ("qkv", "o"):
-        extra = bench_decode_kernels.decode_call(name, 16, g, "cpu", torch.float32)
+        extra = bench_decode_kernels.decode_call(name, 16, g, dev, torch.float32)
         want = bench_decode_kernels.call_product(args, extra)
         assert not torch.allclose(want, bench_decode_kernels.call_product(args, {}), rtol=2e-2, atol=2e-2)
-        assert bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False, extra=extra)
-        assert not bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, "cpu", glu=False)
+        assert bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, dev, glu=False, extra=extra)
+        assert not bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, dev, glu=False)
 
 
 def test_gemv_tuner_admits_blocks_up_to_k_s_next_power_of_two():
@@ -163,22 +174,23 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
     from kernel.triton import gemv
 
+    dev, card = _launch_device()
     for name, value in (("MATRICES", [("gate_up", 32, 128)]), ("TUNE_GEMV_ROWS", (2,)),
                         ("TUNE_GEMV_BLOCK_K", (128,)), ("TUNE_GEMV_WARPS", (1, 2)), ("TUNE_GEMV_PER_SM", (0, 2))):
         monkeypatch.setattr(bench_decode_kernels, name, value)
     monkeypatch.setattr(bench_decode_kernels, "bench_rotated", lambda fn, sets, device, replays=10: fn(*sets[0])
                         is not None and 1e-6)  # every launch really runs once; its time is not the point here
     path = tmp_path / "gemv.json"
-    bench_decode_kernels.tune_gemv(str(path), "cpu", torch.float32, weights=("float",))
+    bench_decode_kernels.tune_gemv(str(path), dev, torch.float32, weights=("float",))
     table = json.loads(path.read_text())
-    entries = table["cpu"]
+    entries = table[card]
     assert set(entries) <= {"fp32 32x128", "fp32 32x128 glu"} and "fp32 32x128 glu" in entries
     assert all(len(cfg) == 5 and cfg[0] == 2 for cfg in entries.values())
-    assert set(table["_meta"]["detail"]["cpu"]["fp32 32x128"]["launches"]) == {"plain 0", "plain 2"}
-    assert table["_meta"]["detail"]["cpu"]["fp32 32x128"]["call"] == "rms"  # gate/up reads the residual stream
-    assert "int8" not in table["_meta"]["detail"]["cpu"]["fp32 32x128"]
+    assert set(table["_meta"]["detail"][card]["fp32 32x128"]["launches"]) == {"plain 0", "plain 2"}
+    assert table["_meta"]["detail"][card]["fp32 32x128"]["call"] == "rms"  # gate/up reads the residual stream
+    assert "int8" not in table["_meta"]["detail"][card]["fp32 32x128"]
     monkeypatch.setenv(gemv.TILES_ENV, str(path))
-    assert gemv.choose_tiles(32, 128, torch.float32, "cpu", True) == tuple(entries["fp32 32x128 glu"])
+    assert gemv.choose_tiles(32, 128, torch.float32, dev, True) == tuple(entries["fp32 32x128 glu"])
     # launch_top: how many of the fastest plain tiles are timed every way (2 candidates here, each 1 more way)
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_ROWS", (2, 4))
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_WARPS", (1,))
@@ -187,7 +199,7 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
         n = [0]
         monkeypatch.setattr(bench_decode_kernels, "bench_rotated", lambda fn, sets, device, replays=10, n=n: (
             n.__setitem__(0, n[0] + 1), fn(*sets[0]) is not None and 1e-6)[1])
-        bench_decode_kernels.tune_gemv(str(tmp_path / f"top{top}.json"), "cpu", torch.float32, weights=("float",),
+        bench_decode_kernels.tune_gemv(str(tmp_path / f"top{top}.json"), dev, torch.float32, weights=("float",),
                                        launch_top=top)
         calls[top] = n[0]
         assert json.loads((tmp_path / f"top{top}.json").read_text())["_meta"]["launch_top"] == top
@@ -205,20 +217,20 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     monkeypatch.setattr(_device, "pdl_capable", lambda t: True)
     for rank in ("plain", "chained"):
         timed.clear()
-        bench_decode_kernels.tune_gemv(str(tmp_path / f"{rank}.json"), "cpu", torch.float32, weights=("float",),
+        bench_decode_kernels.tune_gemv(str(tmp_path / f"{rank}.json"), dev, torch.float32, weights=("float",),
                                        launch_top=1, rank=rank)
         doc = json.loads((tmp_path / f"{rank}.json").read_text())
         assert doc["_meta"]["rank"] == rank
-        assert set(doc["_meta"]["detail"]["cpu"]["fp32 32x128"]["launches"]) >= {"plain 0", "chained 0"}
+        assert set(doc["_meta"]["detail"][card]["fp32 32x128"]["launches"]) >= {"plain 0", "chained 0"}
         ranked = [pdl for n, pdl in timed if n == 3]  # tiles without launch fields: the ranking (and checks)
         assert (True in ranked) == (rank == "chained")
     with pytest.raises(ValueError, match="rank is 'plain' or 'chained', got 'fast'"):
-        bench_decode_kernels.tune_gemv(str(tmp_path / "x.json"), "cpu", torch.float32, weights=("float",), rank="fast")
+        bench_decode_kernels.tune_gemv(str(tmp_path / "x.json"), dev, torch.float32, weights=("float",), rank="fast")
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (128,))
     # int8 entries record how their weights were converted while tuned (the tiles differ each way)
     monkeypatch.setenv(gemv.INT8_ENV, "cvt")
     monkeypatch.setattr(bench_decode_kernels, "MATRICES", [("gate_up", 32, 512)])  # 32+ int8 bytes a thread
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_BLOCK_K", (512,))
-    bench_decode_kernels.tune_gemv(str(tmp_path / "int8.json"), "cpu", torch.float32, weights=("int8",))
-    detail = json.loads((tmp_path / "int8.json").read_text())["_meta"]["detail"]["cpu"]
+    bench_decode_kernels.tune_gemv(str(tmp_path / "int8.json"), dev, torch.float32, weights=("int8",))
+    detail = json.loads((tmp_path / "int8.json").read_text())["_meta"]["detail"][card]
     assert detail["int8 32x512"]["int8"] == "cvt" and detail["int8 32x512 glu"]["int8"] == "cvt"
