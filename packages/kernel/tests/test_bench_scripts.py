@@ -186,11 +186,14 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
     entries = table[card]
     assert set(entries) <= {"fp32 32x128", "fp32 32x128 glu"} and "fp32 32x128 glu" in entries
     assert all(len(cfg) == 5 and cfg[0] == 2 for cfg in entries.values())
-    assert set(table["_meta"]["detail"][card]["fp32 32x128"]["launches"]) == {"plain 0", "plain 2"}
+    from kernel.triton._device import pdl_capable
+
+    modes = ("plain", "chained") if pdl_capable(torch.empty(0, device=dev)) else ("plain",)  # chained: sm90+
+    assert set(table["_meta"]["detail"][card]["fp32 32x128"]["launches"]) == {f"{m} {n}" for m in modes for n in (0, 2)}
     assert table["_meta"]["detail"][card]["fp32 32x128"]["call"] == "rms"  # gate/up reads the residual stream
     assert "int8" not in table["_meta"]["detail"][card]["fp32 32x128"]
     monkeypatch.setenv(gemv.TILES_ENV, str(path))
-    assert gemv.choose_tiles(32, 128, torch.float32, dev, True) == tuple(entries["fp32 32x128 glu"])
+    assert gemv.choose_tiles(32, 128, torch.float32, card, True) == tuple(entries["fp32 32x128 glu"])
     # launch_top: how many of the fastest plain tiles are timed every way (2 candidates here, each 1 more way)
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_ROWS", (2, 4))
     monkeypatch.setattr(bench_decode_kernels, "TUNE_GEMV_WARPS", (1,))
@@ -203,7 +206,8 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
                                        launch_top=top)
         calls[top] = n[0]
         assert json.loads((tmp_path / f"top{top}.json").read_text())["_meta"]["launch_top"] == top
-    assert calls[2] == calls[1] + 2  # one more tile's persistent launch, for gate/up and its glu twin
+    # one more tile's other launches (a persistent grid; chained too on sm90+), for gate/up and its glu twin
+    assert calls[2] == calls[1] + 2 * (2 * len(modes) - 1)
     # rank: every candidate first timed plainly, or chained by PDL as a decode step launches it (a PDL card stood
     # in for; the kernel itself still launches plainly here); the launches then time the other way too
     from kernel.triton import _device
