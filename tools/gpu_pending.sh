@@ -456,20 +456,28 @@ alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py -
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
 gpu-tests)
+  # each package in a pytest session of its own, as ./dev test runs them (their conftests share a module name); the
+  # kernel files of a part in one. openai and lm_eval, which three test files import, are not on the card: those
+  # files run on CI's CPU
   k=packages/kernel/tests
   case "${PART:-}" in
-    1) files=$(ls $k/test_[a-f]*.py $k/test_gelu*.py) ;;
-    2) files=$(ls $k/test_gemv*.py $k/test_pdl*.py $k/test_re*.py $k/test_split*.py) ;;
-    3) files="$k/test_triton_ops.py $k/test_unified_wiring.py packages/serve/tests packages/attn/tests
-              packages/compress/tests packages/tensor/tests --ignore=packages/serve/tests/test_server.py" ;;
-    4) files="packages/eval/tests packages/viz/tests packages/model/tests packages/blocks/tests packages/train/tests
-              --ignore=packages/eval/tests/test_lm_eval.py --ignore=packages/eval/tests/test_metrics.py" ;;
+    1) suites=("$(echo $k/test_[a-f]*.py $k/test_gelu*.py)") ;;
+    2) suites=("$(echo $k/test_gemv*.py $k/test_pdl*.py $k/test_re*.py $k/test_split*.py)") ;;
+    3) suites=("$k/test_triton_ops.py $k/test_unified_wiring.py" "packages/serve/tests
+               --ignore=packages/serve/tests/test_server.py" packages/attn/tests packages/compress/tests
+               packages/tensor/tests) ;;
+    4) suites=(packages/viz/tests packages/model/tests packages/blocks/tests packages/train/tests
+               "packages/eval/tests --ignore=packages/eval/tests/test_lm_eval.py
+               --ignore=packages/eval/tests/test_metrics.py") ;;
     *) echo "gpu-tests: PART=1, 2, 3 or 4" >&2; exit 2 ;;
   esac
-  # (openai and lm_eval, which two test files import, are not on the card; those files run on CI's CPU)
-  # shellcheck disable=SC2086
-  step "tests$PART" 570 timeout -s INT 560 python -m pytest -q -p no:cacheprovider -rfE --durations=10 $files
-  grep -E "^E |FAILED|ERROR|passed|failed" "$OUT/tests$PART.log" | tail -n 30 ;;
+  n=0
+  for suite in "${suites[@]}"; do
+    n=$((n + 1))
+    # shellcheck disable=SC2086
+    step "tests${PART}_$n" 560 python -m pytest -q -p no:cacheprovider -rfE --durations=5 $suite
+    echo "$suite" | head -n 1; grep -E "^E |FAILED|ERROR|passed|failed" "$OUT/tests${PART}_$n.log" | tail -n 12
+  done ;;
 unified-decode)
   if [ -n "${TESTS:-}" ]; then
     step tests 240 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_unified.py \
