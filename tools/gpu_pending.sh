@@ -9,7 +9,10 @@
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified
 #                                      wiring with serve, attn, compress and tensor (~5 min), 4 eval, viz, model,
 #                                      blocks, train (eval alone ~3 min). Session 25 ran parts 1-3 and eval in
-#                                      other groupings: all passed once the bench-script tests launched on the GPU
+#                                      other groupings: all passed once the bench-script tests launched on the GPU;
+#                                      part 4 (with eval last, cut by the session's device time): viz, model, blocks
+#                                      passed, train's 3 governance-plugin tests failed for want of
+#                                      license-expression on the card (tools/device.sh carries it since)
 #   bash tools/gpu_pending.sh unified-decode  kernel 0.23's unified attention in a model's decode step (FastGenerator's
 #                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,
