@@ -16,6 +16,7 @@ replays), A-B-A-B. A benchmark, not a test: figures go to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 
@@ -52,11 +53,12 @@ def make_layers(n: int, d: int, h: int, kvh: int, dh: int, ff: int, slots: int, 
 
 def layer_step(layers: list[dict], lens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h: int, kvh: int,
                dh: int, card: str, pdl: bool, ws: torch.Tensor | None, splits: int | None = None,
-               env: dict | None = None, o_tile: tuple | None = None):
+               env: dict | None = None, o_tile: tuple | None = None, no_atomics: bool = False):
     """A function x -> x through every layer, at ``card``'s gemv tiles (the table's, as decode picks them; (4, 256,
     4) where it has none); ``ws``: the unified attention's workspace (else split + combine); ``splits``: attention's
     split count ($LMSTACK_DECODE_SPLITS while the layers are called; None: the shipped choice); ``env``: more
-    variables set while they are called; ``o_tile``: the o gemv's (ROWS, BLOCK_K, warps) instead of the table's."""
+    variables set while they are called; ``o_tile``: the o gemv's (ROWS, BLOCK_K, warps) instead of the table's;
+    ``no_atomics``: the unified attention without its atomics (wrong sums, to price them)."""
     def cfg(w, glu=False):
         return gemv_mod.choose_tiles(*w.shape, w.dtype, card, glu) or (4, 256, 4)
 
@@ -65,7 +67,8 @@ def layer_step(layers: list[dict], lens: torch.Tensor, cos: torch.Tensor, sin: t
         saved = {k: os.environ.get(k) for k in sets}
         os.environ.update(sets)
         try:
-            return layers_run(x)
+            with du.timing_without_atomics() if no_atomics else contextlib.nullcontext():
+                return layers_run(x)
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None)
@@ -170,7 +173,7 @@ def main() -> None:
                     "unified": layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl, ws)}
         if a.no_atomics:  # timing only: the sums are wrong; and Triton's atomics, a value each
             variants["unified, no atomics"] = layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl, ws,
-                                                         env={du.UNIFIED_TIMING_ENV: "noatomics"})
+                                                         no_atomics=True)
             variants["unified, scalar atomics"] = layer_step(layers, lens, cos, sin, H, KVH, DH, card, pdl, ws,
                                                              env={du.UNIFIED_TIMING_ENV: "scalar"})
         for tile in a.o_tiles:  # both forms, so a tile that suits o either way shows as such

@@ -109,8 +109,15 @@ def test_bad_workspaces_and_calls_are_refused(monkeypatch):
     q, k, v, lens_B, kw = _step(1, [9])
     H, Dh = q.shape[1:]
     monkeypatch.setenv(du.UNIFIED_TIMING_ENV, "vector")
-    with pytest.raises(ConfigError, match="LMSTACK_UNIFIED_TIMING.*'scalar' or 'noatomics'.*got 'vector'"):
+    with pytest.raises(ConfigError, match="LMSTACK_UNIFIED_TIMING.*'scalar'.*got 'vector'"):
         du.unified_mode(True)
+    monkeypatch.setenv(du.UNIFIED_TIMING_ENV, "noatomics")  # wrong sums are no deployment's option
+    with pytest.raises(ConfigError, match="got 'noatomics'"):
+        du.unified_mode(True)
+    monkeypatch.setenv(du.UNIFIED_TIMING_ENV, "")
+    with du.timing_without_atomics():  # a benchmark's only way to them
+        assert du.unified_mode(True) == 3
+    assert du.unified_mode(True) == 2 and du.unified_mode(False) == 1
     monkeypatch.delenv(du.UNIFIED_TIMING_ENV)
     with pytest.raises(ShapeError, match="at least 2 layers"):
         du.unified_workspace(1, 1, H, Dh, DEVICE)
