@@ -256,8 +256,8 @@ def test_auto_unit_size_holds_about_30m_parameters_per_unit():
 
     from dist.strategies import FSDP_UNIT_PARAMS, unit_blocks
 
-    def blocks(n, width):
-        return [nn.Linear(width, width, bias=False) for _ in range(n)]
+    def blocks(n, width):  # (on the meta device: only their sizes count, and 22 blocks of 8192^2 are 6 GB)
+        return [nn.Linear(width, width, bias=False, device="meta") for _ in range(n)]
 
     small, big = blocks(12, 768 * 3), blocks(22, 8192)  # ~5.3M and ~67M parameters per block
     assert unit_blocks(small, "auto") == FSDP_UNIT_PARAMS // (768 * 3) ** 2 == 5
