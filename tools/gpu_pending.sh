@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Nothing queued. Every recipe below has run (each says when and what it found), kept to re-measure after changes;
+# Queued: `rowpair` (session 25). Every other recipe below has run (each says when and what it found), kept to
+# re-measure after changes;
 # `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8
 # 1,977-2,045, 1.406-1.461x; since session 24's unified attention for bf16, `unified-decode` RUNS="auto off auto2
 # off2" measured bf16 1,462 and int8 2,035, 1.392-1.393x, run CU).
+#   bash tools/gpu_pending.sh rowpair  QUEUED (session 25, not yet run): the int8 gemv with two rows interleaved a
+#                                      16-bit word (benchmarks/bench_rowpair_gemv.py: 16-byte weight vectors whose
+#                                      8 columns are x's own 16-byte vector, so no shuffle of x through shared
+#                                      memory; offline its down-projection loop has no barrier where the shipped one
+#                                      has two): its tests, then q/k/v, o, gate/up (SwiGLU) and down against the
+#                                      shipped gemv at the table's tiles, every admitted tile, weights rotated past
+#                                      L2, chained by PDL; and 22 layers' MLP, shipped against row-pair, A-B-A-B
+#                                      (~4 min estimated). A win for down or gate/up would next go into the gemv and
+#                                      int8_weight_only's storage, then decode by the clock
 #   bash tools/gpu_pending.sh gpu-tests  PART=1..4: the test suites on the card, a part a call: 1 kernel's
 #                                      bench-script to GELU-MLP files, 2 its gemv, PDL, reference, registry and
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified
@@ -329,7 +339,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in gpu-tests|unified-decode|unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in rowpair|gpu-tests|unified-decode|unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -458,6 +468,11 @@ int8_tiles() { local limit=$1 v; shift
 alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py --out "$OUT/gluon.json"
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
+rowpair)
+  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_rowpair_gemv.py
+  grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
+  step rowpair 480 python packages/kernel/benchmarks/bench_rowpair_gemv.py --out "$OUT/rowpair.json"
+  grep -v "^\s*$" "$OUT/rowpair.log" | grep -v Warn | cut -c1-400 | tail -n 12 ;;
 gpu-tests)
   # each package in a pytest session of its own, as ./dev test runs them (their conftests share a module name); the
   # kernel files of a part in one. openai and lm_eval, which three test files import, are not on the card: those

@@ -1,0 +1,319 @@
+"""Would int8 weights stored two rows to a 16-bit word make the one-row gemv faster? A prototype, timed against the
+shipped gemv (``kernel.triton.gemv``) at the ~1.1B Llama decode shapes, int8 weight-only, one bf16 activation row.
+
+    python packages/kernel/benchmarks/bench_rowpair_gemv.py --out rowpair.json       # on a GPU
+    TRITON_INTERPRET=1 python packages/kernel/benchmarks/bench_rowpair_gemv.py --check  # values only, small shapes
+
+Why. Triton gives a load of 16-byte vectors to each thread: 16 int8 weights of one row, but only 8 bf16 values of
+x. The shipped int8 gemv's products need x in the weights' layout, so at every K step of a multi-step row x goes
+through shared memory behind CTA-wide barriers. Its int8 down projection (K 5,632: three steps) moves 11.5 MB at
+~2.2-2.5 TB/s, where bf16's moves 23 MB at ~3.4. Loading the weights 8 bytes a vector instead (kernel 0.20's
+``WVEC``, x's own layout) removed the shuffle but doubled the load instructions, and lost for three-step rows
+(docs/benchmarks.md, runs CA-CB).
+
+The prototype keeps 16-byte weight vectors and needs no shuffle. Rows 2i and 2i+1 are interleaved column by column
+into one int16 matrix (N/2, K): a word's low byte is row 2i's weight and its high byte row 2i+1's. A 16-byte vector
+then holds 8 columns of two rows, the same 8 columns as the thread's 16 bytes of x. Four weights (a 32-bit word:
+two columns of two rows) become two packed fp16 pairs by two byte permutes, as the shipped ``f16`` path does: one
+pair per row, each multiplied by the same two x values. For the fused gate/up projection the pairs are (gate j,
+up j), so the SwiGLU needs no shuffle either.
+
+Each call reads its own copy of the weights (rotated past the L2), captured in one CUDA graph, and is launched the
+way decode launches it (chained by PDL on sm90+). Also timed: the MLP (gate/up, then down with the residual) of 22
+layers, shipped against row-pair. A benchmark, not a test: the figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+
+import torch
+import triton
+import triton.language as tl
+from bench_decode_kernels import bench_rotated, rotations  # beside this script
+from bench_kernels import checked_gpu, write_json
+
+from kernel.triton import gemv as gemv_mod
+from kernel.triton._device import pdl_capable
+from kernel.triton._pdl import pdl_enter
+
+EPS = 1e-5
+X_SCALE = gemv_mod.F16_X_SCALE  # x's scale before its fp16 products, as the shipped f16 path does
+# a 32-bit word of two int16 (columns c, c+1; each row 2i in its low byte, 2i+1 in its high byte) -> two fp16 pairs:
+# (row 2i at c, c+1) and (row 2i+1 at c, c+1); each byte flipped to q + 128 under 0x64 (fp16 1024 + q + 128), 1152
+# subtracted from each pair
+PAIR_PTX = tl.constexpr("""{
+    .reg .b32 t, m;
+    xor.b32 t, $2, 0x80808080;
+    prmt.b32 $0, t, 0x64646464, 0x4240;
+    prmt.b32 $1, t, 0x64646464, 0x4341;
+    mov.b32 m, 0x64806480;
+    sub.f16x2 $0, $0, m;
+    sub.f16x2 $1, $1, m;
+    }""")
+SHAPES = {"qkv": (2560, 2048, "rms"), "o": (2048, 2048, "residual"), "gate_up": (11264, 2048, "glu"),
+          "down": (2048, 5632, "residual")}
+PAIRS = (1, 2, 4, 8, 16)
+BLOCK_K = (512, 1024, 2048, 4096, 8192)
+WARPS = (2, 4, 8, 16)
+
+
+@triton.jit
+def _split(w, ASM: tl.constexpr):
+    """An int16 block of row pairs -> (row 2i's weights, row 2i+1's), fp16, exactly. ASM: by PTX, four weights a
+    32-bit word; else Triton's integer ops (which its interpreter runs)."""
+    if ASM:
+        return tl.inline_asm_elementwise(asm=PAIR_PTX, constraints="=r,=r,r", args=[w],
+                                         dtype=(tl.float16, tl.float16), is_pure=True, pack=2)
+    u = w.to(tl.uint16, bitcast=True)
+    lo = (((u & 0xFF) ^ 0x80) | 0x6400).to(tl.float16, bitcast=True) - 1152.0
+    hi = (((u >> 8) ^ 0x80) | 0x6400).to(tl.float16, bitcast=True) - 1152.0
+    return lo, hi
+
+
+@triton.jit
+def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl.constexpr,
+             BLOCK_K: tl.constexpr, PDL: tl.constexpr, ASM: tl.constexpr, RMS: tl.constexpr,
+             HAS_RES: tl.constexpr, GLU: tl.constexpr):
+    pid = tl.program_id(0)
+    i = pid * PAIRS + tl.arange(0, PAIRS)  # pair rows: weight rows 2i and 2i + 1 (GLU: gate i and up i)
+    i_ok = i < N // 2
+    kk = tl.arange(0, BLOCK_K)
+    row = w_ptr + i[:, None].to(tl.int64) * K
+    w = tl.load(row + kk[None, :], mask=i_ok[:, None] & (kk < K)[None, :], other=0)
+    if GLU:
+        s0 = tl.load(scale_ptr + i, mask=i_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(scale_ptr + N // 2 + i, mask=i_ok, other=0.0).to(tl.float32)
+    else:
+        s0 = tl.load(scale_ptr + 2 * i, mask=i_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(scale_ptr + 2 * i + 1, mask=i_ok, other=0.0).to(tl.float32)
+    pdl_enter(PDL)  # the weights and scales above are in flight while the kernel before drains
+    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    r0 = tl.zeros((PAIRS,), tl.float32)
+    r1 = tl.zeros((PAIRS,), tl.float32)
+    if HAS_RES:
+        r0 = tl.load(res_ptr + 2 * i, mask=i_ok, other=0.0).to(tl.float32)
+        r1 = tl.load(res_ptr + 2 * i + 1, mask=i_ok, other=0.0).to(tl.float32)
+    ss = x * x
+    xs = (x * X_SCALE).to(tl.float16)[None, :]
+    lo, hi = _split(w, ASM)
+    acc0 = lo * xs
+    acc1 = hi * xs
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        col = k0 + kk
+        w = tl.load(row + col[None, :], mask=i_ok[:, None] & (col < K)[None, :], other=0)
+        x = tl.load(x_ptr + col, mask=col < K, other=0.0).to(tl.float32)
+        ss += x * x
+        xs = (x * X_SCALE).to(tl.float16)[None, :]
+        lo, hi = _split(w, ASM)
+        acc0 += lo * xs
+        acc1 += hi * xs
+    y0 = tl.sum(acc0.to(tl.float32), 1) * (1.0 / X_SCALE)
+    y1 = tl.sum(acc1.to(tl.float32), 1) * (1.0 / X_SCALE)
+    if RMS:  # x RMS-normalised (its weight folded into w): rstd (x @ w.T)
+        rstd = tl.rsqrt(tl.sum(ss, 0) / K + rms_eps)
+        y0 = y0 * rstd
+        y1 = y1 * rstd
+    y0 = y0 * s0
+    y1 = y1 * s1
+    odt = out_ptr.dtype.element_ty
+    if GLU:  # silu(gate) * up, each projection rounded to the output dtype first (as the shipped gemv does)
+        gate = y0.to(odt).to(tl.float32)
+        up = y1.to(odt).to(tl.float32)
+        tl.store(out_ptr + i, (gate * tl.sigmoid(gate) * up).to(odt), mask=i_ok)
+    else:
+        tl.store(out_ptr + 2 * i, (y0 + r0).to(odt), mask=i_ok)
+        tl.store(out_ptr + 2 * i + 1, (y1 + r1).to(odt), mask=i_ok)
+
+
+def interleave(w: torch.Tensor, glu: bool = False) -> torch.Tensor:
+    """An int8 (N, K) weight as int16 (N / 2, K): word (i, c) holds row 2i's weight at column c in its low byte and
+    row 2i + 1's in its high byte. ``glu`` (a fused [gate | up] weight): gate row i and up row i instead."""
+    if w.dtype != torch.int8 or w.dim() != 2 or w.shape[0] % 2:
+        raise ValueError(f"interleave takes an int8 (N, K) weight with N even, got {w.dtype} {tuple(w.shape)}")
+    half = w.shape[0] // 2
+    first, second = (w[:half], w[half:]) if glu else (w[0::2], w[1::2])
+    return torch.stack([first, second], -1).contiguous().view(torch.int16).reshape(half, w.shape[1])
+
+
+def rowpair_gemv(x: torch.Tensor, w16: torch.Tensor, scale: torch.Tensor, *, config: tuple[int, int, int],
+                 residual: torch.Tensor | None = None, rms_eps: float | None = None, glu: bool = False,
+                 pdl: bool = False) -> torch.Tensor:
+    """x (1, K) @ w.T times the per-row ``scale`` (N,), for w given as :func:`interleave` wrote it; ``rms_eps``: x
+    RMS-normalised first; ``residual`` (1, N) added; ``glu``: silu(gate) * up, (1, N / 2). ``config``: (PAIRS,
+    BLOCK_K, num_warps), powers of two."""
+    pairs, block_k, warps = config
+    half, K = w16.shape
+    out = torch.empty(1, half if glu else 2 * half, device=x.device, dtype=x.dtype)
+    asm = x.device.type == "cuda"  # inline PTX on a GPU; Triton's integer ops under the interpreter
+    launch = {"launch_pdl": True} if pdl and pdl_capable(x) else {}
+    _rowpair[(triton.cdiv(half, pairs),)](
+        x, w16, out, scale, residual if residual is not None else out, 2 * half, K,
+        rms_eps if rms_eps is not None else 0.0, PAIRS=pairs, BLOCK_K=block_k, PDL=bool(launch), ASM=asm,
+        RMS=rms_eps is not None, HAS_RES=residual is not None, GLU=glu, num_warps=warps, **launch)
+    return out
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, call: str,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
+    """The fp32 product as decode calls it: ``call`` "rms" (x normalised), "glu" (normalised, then silu(gate) *
+    up), "residual" (plus ``residual``)."""
+    xf = x.float()
+    if call in ("rms", "glu"):
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)
+    y = (xf @ w.float().T) * scale.float()
+    if call == "glu":
+        gate, up = y.to(x.dtype).float().chunk(2, -1)
+        return torch.nn.functional.silu(gate) * up
+    return y + residual.float() if call == "residual" else y
+
+
+def case(N: int, K: int, call: str, g: torch.Generator, device: str, dtype: torch.dtype = torch.bfloat16):
+    """One row, an int8 weight with per-row scales and (for "residual") a residual: (x, w, scale, residual)."""
+    x = torch.randn(1, K, generator=g).to(device, dtype)
+    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
+    scale = (torch.rand(N, generator=g) / 127 / K ** 0.5 + 1e-3).to(device, dtype)
+    res = torch.randn(1, N, generator=g).to(device, dtype) if call == "residual" else None
+    return x, w, scale, res
+
+
+def check(device: str) -> float:
+    """The prototype against :func:`reference` on small shapes, every call form, with several K steps and a
+    partial last one (K 320 in steps of 128) and a partial last row block: the largest error over the largest
+    output."""
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    for call in ("rms", "residual", "glu"):
+        x, w, scale, res = case(36, 320, call, g, device, dtype)
+        got = rowpair_gemv(x, interleave(w, call == "glu"), scale, config=(4, 128, 2), residual=res,
+                           rms_eps=EPS if call in ("rms", "glu") else None, glu=call == "glu").float()
+        want = reference(x, w, scale, call, res)
+        worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
+    return worst
+
+
+def _admits(pairs: int, block_k: int, warps: int, K: int) -> bool:
+    """Tiles worth timing: 32-128 bytes of weights a thread a step (16-byte vectors, as the shipped tuner's), no
+    block wider than K's next power of two."""
+    per_thread = pairs * block_k * 2 // (32 * warps)
+    return 32 <= per_thread <= 128 and block_k <= max(1 << (K - 1).bit_length(), 512)
+
+
+def _call(kernel, config: tuple, eps: float | None, glu: bool, pdl: bool):
+    """``kernel`` (the shipped gemv or :func:`rowpair_gemv`) as decode calls it, over (x, w, scale[, residual])."""
+    def fn(x, w, scale, residual=None):
+        return kernel(x, w, scale, config=config, residual=residual, rms_eps=eps, glu=glu, pdl=pdl)
+    return fn
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--check", action="store_true", help="only check the prototype's values on small shapes")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of %(default)s")
+    p.add_argument("--layers", type=int, default=22, help="MLP chain length (0: no chain timing)")
+    a = p.parse_args()
+    shapes = a.shapes.split(",")
+    unknown = [name for name in shapes if name not in SHAPES]
+    if unknown:
+        p.error(f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}")
+    err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
+    if err is None:
+        return
+    results = run("cuda", shapes, a.layers, torch.bfloat16)
+    results["check_error"] = err
+    if a.out:
+        write_json(a.out, results)
+
+
+def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype) -> dict:
+    """Each of ``shapes`` (keys of :data:`SHAPES`): the shipped gemv at the card's table tile, and the prototype at
+    every admitted tile (its values checked first); then, with ``layers`` and both MLP shapes timed, :func:`chain`
+    at the prototype's best tiles. (On a CPU, under the interpreter, the same steps run untimed in earnest: a dry
+    run.)"""
+    g = torch.Generator().manual_seed(1)
+    card = torch.cuda.get_device_name() if device == "cuda" else device
+    pdl = pdl_capable(torch.empty(0, device=device))
+    results = {"card": card, "date": datetime.date.today().isoformat(), "pdl": pdl, "shapes": {},
+               "chain_us_per_layer": {}}
+    best: dict[str, tuple[int, int, int]] = {}
+    for name in shapes:
+        N, K, call = SHAPES[name]
+        x, w, scale, res = case(N, K, call, g, device, dtype)
+        want = reference(x, w, scale, call, res)
+        glu, eps = call == "glu", EPS if call in ("rms", "glu") else None
+        cfg = gemv_mod.choose_tiles(N, K, torch.int8, card, glu) or (4, 2048, 4, 1, 0)
+        shipped = rotations((x, w, scale) + ((res,) if res is not None else ()), N * K, device)
+        t_ship = bench_rotated(_call(gemv_mod.gemv, cfg, eps, glu, pdl), shipped, device, replays=5) * 1e6
+        pair_sets = rotations((x, interleave(w, glu), scale) + ((res,) if res is not None else ()), N * K, device)
+        row = {"shipped": {"tiles": list(cfg), "us": round(t_ship, 2), "GBps": round(N * K / t_ship / 1e3)},
+               "rowpair": {}}
+        for tiles in itertools.product(PAIRS, BLOCK_K, WARPS):
+            if not _admits(*tiles, K):
+                continue
+            fn = _call(rowpair_gemv, tiles, eps, glu, pdl)
+            try:
+                got = fn(*pair_sets[0]).float()
+                e = ((got - want).abs().max() / want.abs().max()).item()
+                if e > 2e-2:
+                    row["rowpair"][str(list(tiles))] = f"wrong: {e:.2e}"
+                    continue
+                row["rowpair"][str(list(tiles))] = round(bench_rotated(fn, pair_sets, device, replays=5) * 1e6, 2)
+            except Exception as exc:  # a tile that does not compile or fit is reported, not fatal
+                row["rowpair"][str(list(tiles))] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        timed = {k: v for k, v in row["rowpair"].items() if isinstance(v, float)}
+        if timed:
+            top = min(timed, key=timed.get)
+            best[name] = tuple(int(v) for v in top.strip("[]").split(","))
+            row["best"] = {"tiles": top, "us": timed[top], "GBps": round(N * K / timed[top] / 1e3),
+                           "vs_shipped": round(t_ship / timed[top], 3)}
+        results["shapes"][name] = row
+        print(f"{name:8s} shipped {list(cfg)} {t_ship:6.2f} us; row-pair best {row.get('best')}", flush=True)
+    if layers and {"gate_up", "down"} <= set(best):
+        results["chain_us_per_layer"] = chain(device, layers, best, card, pdl, g, dtype)
+    return results
+
+
+def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.Generator,
+          dtype: torch.dtype) -> dict[str, float]:
+    """The MLP of ``layers`` layers (gate/up with the SwiGLU, then down with the residual; their own weights, past
+    the L2) in one CUDA graph, shipped against row-pair at the best tiles timed, A-B-A-B: us a layer."""
+    F2, D, _ = SHAPES["gate_up"]
+    F = F2 // 2  # the SwiGLU's width: down's K
+    mats = []
+    for _ in range(layers):
+        _, wgu, sgu, _ = case(F2, D, "glu", g, device, dtype)
+        _, wd, sd, _ = case(D, F, "residual", g, device, dtype)
+        mats.append((wgu, sgu, wd, sd, interleave(wgu, True), interleave(wd)))
+    x0 = torch.randn(1, D, generator=g).to(device, dtype)
+    glu_cfg = gemv_mod.choose_tiles(F2, D, torch.int8, card, True) or (32, 512, 4, 1, 0)
+    down_cfg = gemv_mod.choose_tiles(D, F, torch.int8, card) or (4, 2048, 8, 1, 0)
+
+    def shipped():
+        x = x0
+        for wgu, sgu, wd, sd, _, _ in mats:
+            h = gemv_mod.gemv(x, wgu, sgu, config=glu_cfg, rms_eps=EPS, glu=True, pdl=pdl)
+            x = gemv_mod.gemv(h, wd, sd, config=down_cfg, residual=x, pdl=pdl)
+        return x
+
+    def rowpair():
+        x = x0
+        for _, sgu, _, sd, pgu, pd in mats:
+            h = rowpair_gemv(x, pgu, sgu, config=best["gate_up"], rms_eps=EPS, glu=True, pdl=pdl)
+            x = rowpair_gemv(h, pd, sd, config=best["down"], residual=x, pdl=pdl)
+        return x
+
+    want, got = shipped().float(), rowpair().float()
+    out = {"rowpair_vs_shipped_error": ((got - want).abs().max() / want.abs().max()).item()}
+    for name, fn in (("shipped", shipped), ("rowpair", rowpair), ("shipped again", shipped),
+                     ("rowpair again", rowpair)):
+        out[name] = round(bench_rotated(fn, [()], device, replays=30) / layers * 1e6, 3)
+        print(f"MLP chain {name:14s} {out[name]:7.2f} us a layer", flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
