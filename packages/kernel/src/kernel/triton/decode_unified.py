@@ -38,8 +38,8 @@ _without_atomics = False  # set only by :func:`timing_without_atomics`, which a 
 @contextlib.contextmanager
 def timing_without_atomics() -> Iterator[None]:
     """For a benchmark pricing the atomics: the unified attention launched inside adds nothing by atomics, so its
-    sums are wrong (kernels compiled inside keep that form: a benchmark's own layers only). Not an environment
-    variable, so no deployment can switch it on."""
+    sums are wrong (and a CUDA graph captured inside replays that form: a benchmark's own layers only). Not an
+    environment variable, so no deployment can switch it on."""
     global _without_atomics
     saved, _without_atomics = _without_atomics, True
     try:
