@@ -469,10 +469,15 @@ alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py -
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
 rowpair)
-  step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_rowpair_gemv.py
+  step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_rowpair_gemv.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
-  step rowpair 480 python packages/kernel/benchmarks/bench_rowpair_gemv.py --out "$OUT/rowpair.json"
-  grep -v "^\s*$" "$OUT/rowpair.log" | grep -v Warn | cut -c1-400 | tail -n 12 ;;
+  # the MLP's two shapes (77 tiles) and their 22-layer chain first, then q/k/v and o (62): each step its own limit,
+  # and the JSON written after every shape, so what finishes comes back
+  step rowpair_mlp 300 python packages/kernel/benchmarks/bench_rowpair_gemv.py --shapes down,gate_up \
+    --out "$OUT/rowpair_mlp.json"
+  step rowpair_attn 180 python packages/kernel/benchmarks/bench_rowpair_gemv.py --shapes qkv,o --layers 0 \
+    --out "$OUT/rowpair_attn.json"
+  grep -hv "^\s*$" "$OUT"/rowpair_*.log | grep -v Warn | cut -c1-400 | tail -n 16 ;;
 gpu-tests)
   # each package in a pytest session of its own, as ./dev test runs them (their conftests share a module name); the
   # kernel files of a part in one. openai and lm_eval, which three test files import, are not on the card: those

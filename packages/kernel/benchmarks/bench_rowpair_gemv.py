@@ -223,21 +223,20 @@ def main() -> None:
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
         return
-    results = run("cuda", shapes, a.layers, torch.bfloat16)
-    results["check_error"] = err
-    if a.out:
-        write_json(a.out, results)
+    run("cuda", shapes, a.layers, torch.bfloat16, a.out, {"check_error": err})
 
 
-def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype) -> dict:
+def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: str | None = None,
+        extra: dict | None = None) -> dict:
     """Each of ``shapes`` (keys of :data:`SHAPES`): the shipped gemv at the card's table tile, and the prototype at
     every admitted tile (its values checked first); then, with ``layers`` and both MLP shapes timed, :func:`chain`
-    at the prototype's best tiles. (On a CPU, under the interpreter, the same steps run untimed in earnest: a dry
-    run.)"""
+    at the prototype's best tiles. The results (with ``extra``) are written to ``out`` after every shape, so a run
+    cut short keeps what it measured. (On a CPU, under the interpreter, the same steps run untimed in earnest: a
+    dry run.)"""
     g = torch.Generator().manual_seed(1)
     card = torch.cuda.get_device_name() if device == "cuda" else device
     pdl = pdl_capable(torch.empty(0, device=device))
-    results = {"card": card, "date": datetime.date.today().isoformat(), "pdl": pdl, "shapes": {},
+    results = {"card": card, "date": datetime.date.today().isoformat(), "pdl": pdl, **(extra or {}), "shapes": {},
                "chain_us_per_layer": {}}
     best: dict[str, tuple[int, int, int]] = {}
     for name in shapes:
@@ -271,9 +270,13 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype) -> dict
             row["best"] = {"tiles": top, "us": timed[top], "GBps": round(N * K / timed[top] / 1e3),
                            "vs_shipped": round(t_ship / timed[top], 3)}
         results["shapes"][name] = row
+        if out:
+            write_json(out, results)
         print(f"{name:8s} shipped {list(cfg)} {t_ship:6.2f} us; row-pair best {row.get('best')}", flush=True)
     if layers and {"gate_up", "down"} <= set(best):
         results["chain_us_per_layer"] = chain(device, layers, best, card, pdl, g, dtype)
+        if out:
+            write_json(out, results)
     return results
 
 

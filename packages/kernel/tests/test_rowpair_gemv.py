@@ -96,17 +96,22 @@ def test_the_down_projections_k_loop_shuffles_no_x_through_shared_memory():
     assert [line for line in _loop(shipped) if re.search(r"bar\.sync", line)]
 
 
-def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch):
+def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     """The benchmark's whole flow (every call form, the tile loop, the value check of each tile, the MLP chain),
     on small shapes with a small tile space, every launch run once and its timing stubbed: so a device call does not
-    find a broken script. Each timed tile computed the product; the chain's two forms agree."""
+    find a broken script. Each timed tile computed the product; the chain's two forms agree; the JSON on disk is the
+    results."""
+    import json
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     monkeypatch.setattr(rowpair, "SHAPES", {"qkv": (40, 256, "rms"), "o": (32, 256, "residual"),
                                             "gate_up": (768, 256, "glu"), "down": (256, 384, "residual")})
     for name, value in (("PAIRS", (2, 4)), ("BLOCK_K", (128, 256)), ("WARPS", (1, 2))):
         monkeypatch.setattr(rowpair, name, value)
     monkeypatch.setattr(rowpair, "bench_rotated", lambda fn, sets, device, replays=10: (fn(*sets[0]), 1e-6)[1])
-    r = rowpair.run(device, list(rowpair.SHAPES), 2, torch.float32)
+    out = tmp_path / "rowpair.json"
+    r = rowpair.run(device, list(rowpair.SHAPES), 2, torch.float32, str(out), {"check_error": 0.0})
+    assert json.loads(out.read_text()) == json.loads(json.dumps(r)) and r["check_error"] == 0.0
     for name, row in r["shapes"].items():
         assert row["shipped"]["us"] == 1.0 and row["best"]["us"] == 1.0, (name, row)
         assert row["rowpair"] and all(v == 1.0 for v in row["rowpair"].values()), (name, row["rowpair"])
