@@ -1,6 +1,7 @@
 """The batch-1 decode path of kernel 0.8 end to end, in a process of its own: every projection through the gemv
 kernel's PDL op (a table naming each shape), the SwiGLU in the gate/up gemv's epilogue, decode attention through its
-PDL op (with its combine kernel, then the unified attention: o's gemv reading its accumulators), with folded norms,
+PDL op (with its combine kernel, or, as the second parameter, the unified attention: o's gemv reading its
+accumulators), with folded norms,
 in fp32: the plain model's greedy tokens. On a GPU the kernels launch (chained by PDL on
 sm90+); elsewhere they run under Triton's interpreter (which needs Triton 3.9's: 3.6's cannot take a loop bound
 derived from the program id)."""
