@@ -373,7 +373,7 @@ for f in sys.argv[1:]:
             print(f, n, r)
             continue
         b, p = r["batch1"], r["batch1"]["profile"]
-        print(f, n, round(b["decode_tokens_per_s"] or 0), "host", round(b["host_us_per_token"]), "busy",
+        print(f, n, round(b["decode_tokens_per_s"] or 0), "host", round(b["host_us_per_token"] or 0), "busy",
               round(p["busy_us_per_token"]), "gap", r.get("greedy_gap_max"))
         for row in p["chain"][:8]:
             print(f"   {row['exposed_us_per_token']:7.1f} x{row['per_token']:4.0f} {row['kernel'][:28]} after {row['after'][:28]}")
@@ -613,7 +613,7 @@ graphs)
 import json, sys
 for f in sys.argv[1:]:
     for n, r in json.load(open(f))["results"]["variants"].items():
-        print(f, n, {b: (round(x["decode_tokens_per_s"] or 0), round(x.get("host_us_per_token", 0))) for b, x in r.items()
+        print(f, n, {b: (round(x["decode_tokens_per_s"] or 0), round(x.get("host_us_per_token") or 0)) for b, x in r.items()
                      if b.startswith("batch")} if "error" not in r else r, "gap", r.get("greedy_gap_max"))
 PY
   ;;

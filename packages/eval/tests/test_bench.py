@@ -263,6 +263,8 @@ def _check_subtraction(b1: dict, rows: int, tokens: int) -> None:
         assert b1["decode_tokens_per_s"] == pytest.approx(rows * tokens / (b1["total_s"] - b1["prefill_s"]))
     else:
         assert b1["decode_tokens_per_s"] is None and "decode_timing_note" in b1
+    assert b1["host_us_per_token"] is None or b1["host_us_per_token"] > 0  # (None: noted too)
+    assert b1["host_us_per_token"] is not None or "host's launches" in b1["decode_timing_note"]
 
 
 def _decode_pdl_pair(tmp_path, batch: int, new_tokens: int) -> dict:
@@ -470,7 +472,10 @@ def test_decode_timing_by_subtraction_reports_none_not_a_negative_rate(monkeypat
         return lambda k: now.__setitem__(0, now[0] + (one_s if k == 1 else all_s))
 
     r = _time_decode(make(0.02, 0.005), B=2, n=4, repeat=3, device="cpu")
-    assert r["decode_tokens_per_s"] is None and "--new-tokens" in r["decode_timing_note"]
+    assert r["decode_tokens_per_s"] is None and r["host_us_per_token"] is None  # (here the host's is the same time)
+    assert "4-token call" in r["decode_timing_note"] and "host's launches" in r["decode_timing_note"]
+    assert "--new-tokens" in r["decode_timing_note"]
     assert r["end_to_end_tokens_per_s"] == pytest.approx(2 * 4 / 0.005)
     r = _time_decode(make(0.01, 0.04), B=2, n=4, repeat=3, device="cpu")
     assert r["decode_tokens_per_s"] == pytest.approx(2 * 3 / 0.03) and "decode_timing_note" not in r
+    assert r["host_us_per_token"] == pytest.approx(0.03 / 3 * 1e6)

@@ -156,13 +156,18 @@ def _time_decode(generate: Any, B: int, n: int, repeat: int, device: str,
             clocked.append(decode_s())
     t1m, tnm = statistics.median(t_one), statistics.median(t_all)
     host = (statistics.median(h_all) - statistics.median(h_one)) / (n - 1) if n > 1 else 0.0
-    # (the subtraction measures nothing when the n-token call ran no longer than the one-token call: a few tokens of
-    # a tiny model on a busy host; then None and a note, never a negative or infinite rate)
+    # (a subtraction measures nothing when the n-token call ran, or returned, no later than the one-token call: a
+    # few tokens of a tiny model on a busy host; then None and a note, never a negative or infinite figure)
     out = {"decode_tokens_per_s": B * (n - 1) / (tnm - t1m) if tnm > t1m else None,
-           "end_to_end_tokens_per_s": B * n / tnm, "prefill_s": t1m, "total_s": tnm, "host_us_per_token": host * 1e6}
+           "end_to_end_tokens_per_s": B * n / tnm, "prefill_s": t1m, "total_s": tnm,
+           "host_us_per_token": None if n > 1 and host <= 0 else host * 1e6}
+    notes = []
     if tnm <= t1m:
-        out["decode_timing_note"] = (f"the {n}-token call ({tnm:.6f} s) took no longer than the one-token call "
-                                     f"({t1m:.6f} s): too few tokens to time by subtraction; raise --new-tokens "
+        notes.append(f"the {n}-token call ({tnm:.6f} s) took no longer than the one-token call ({t1m:.6f} s)")
+    if n > 1 and host <= 0:
+        notes.append("the host's launches: the n-token call returned no later than the one-token call")
+    if notes:
+        out["decode_timing_note"] = ("; ".join(notes) + ": too few tokens to time by subtraction; raise --new-tokens "
                                      "or --repeat")
     if clocked and None not in clocked:
         out["decode_s_clocked"] = clocked
