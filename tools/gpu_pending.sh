@@ -28,7 +28,9 @@
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,
 #                                      for each of RUNS (default "off on off2 on2"; "ontile": on, o's gemv at
 #                                      [8, 2048, 4] from a table's "att" entries; "on:NAME", "off:NAME": with
-#                                      /tmp/t_NAME.json's tiles), VARIANTS (default both) (~45 s a variant;
+#                                      /tmp/t_NAME.json's tiles), VARIANTS (default both), BATCH (batch sizes,
+#                                      default 1; "auto" turns unified on at every batch size, measured at batch 1
+#                                      only: BATCH=1,32 VARIANTS=lmstack prices it at 32) (~45 s a variant;
 #                                      runs CS-CV, session 24: bf16 1,436-1,440 tokens/s on, 1,458-1,462 at o's
 #                                      att tile, against 1,400-1,405 off; int8 1,964-1,985 on against 2,028-2,046)
 #   bash tools/gpu_pending.sh unified  decode attention with one softmax shift for a head's slot splits, whose
@@ -515,7 +517,7 @@ unified-decode)
     [ "$u" = ontile ] && { u=on; tiles=LMSTACK_GEMV_TILES=/tmp/t_att.json; }
     [[ $v == *:* ]] && tiles=LMSTACK_GEMV_TILES=/tmp/t_${v#*:}.json  # ON:NAME, /tmp/t_NAME.json's table
     step "decode_$n" 150 env $tiles TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode \
-      --preset llama-1b --batch-sizes 1 --repeat 5 --profile --variants "${VARIANTS:-lmstack,lmstack-int8}" \
+      --preset llama-1b --batch-sizes "${BATCH:-1}" --repeat 5 --profile --variants "${VARIANTS:-lmstack,lmstack-int8}" \
       --unified "$u" --out "$OUT/decode_$n.json"
     [ -s "$OUT/decode_$n.json" ] && rm -f "$OUT/decode_$n.log"
   done
