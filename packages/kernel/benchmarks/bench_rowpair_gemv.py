@@ -32,14 +32,21 @@ import itertools
 import torch
 import triton
 import triton.language as tl
-from bench_decode_kernels import bench_rotated, rotations  # beside this script
+from bench_decode_kernels import (  # beside this script
+    MATRICES,
+    RMS_EPS,
+    bench_rotated,
+    call_product,
+    decode_call,
+    one_row_case,
+    rotations,
+)
 from bench_kernels import checked_gpu, write_json
 
 from kernel.triton import gemv as gemv_mod
 from kernel.triton._device import pdl_capable
 from kernel.triton._pdl import pdl_enter
 
-EPS = 1e-5
 X_SCALE = gemv_mod.F16_X_SCALE  # x's scale before its fp16 products, as the shipped f16 path does
 # a 32-bit word of two int16 (columns c, c+1; each row 2i in its low byte, 2i+1 in its high byte) -> two fp16 pairs:
 # (row 2i at c, c+1) and (row 2i+1 at c, c+1); each byte flipped to q + 128 under 0x64 (fp16 1024 + q + 128), 1152
@@ -53,8 +60,8 @@ PAIR_PTX = tl.constexpr("""{
     sub.f16x2 $0, $0, m;
     sub.f16x2 $1, $1, m;
     }""")
-SHAPES = {"qkv": (2560, 2048, "rms"), "o": (2048, 2048, "residual"), "gate_up": (11264, 2048, "glu"),
-          "down": (2048, 5632, "residual")}
+# the decode projections the shipped tuner times (bench_decode_kernels), (N, K); gate/up with its SwiGLU
+SHAPES = {name: (N, K) for name, N, K in MATRICES if name != "lm_head"}
 PAIRS = (1, 2, 4, 8, 16)
 BLOCK_K = (512, 1024, 2048, 4096, 8192)
 WARPS = (2, 4, 8, 16)
@@ -156,41 +163,26 @@ def rowpair_gemv(x: torch.Tensor, w16: torch.Tensor, scale: torch.Tensor, *, con
     return out
 
 
-def reference(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, call: str,
-              residual: torch.Tensor | None = None) -> torch.Tensor:
-    """The fp32 product as decode calls it: ``call`` "rms" (x normalised), "glu" (normalised, then silu(gate) *
-    up), "residual" (plus ``residual``)."""
-    xf = x.float()
-    if call in ("rms", "glu"):
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)
-    y = (xf @ w.float().T) * scale.float()
-    if call == "glu":
-        gate, up = y.to(x.dtype).float().chunk(2, -1)
-        return torch.nn.functional.silu(gate) * up
-    return y + residual.float() if call == "residual" else y
-
-
-def case(N: int, K: int, call: str, g: torch.Generator, device: str, dtype: torch.dtype = torch.bfloat16):
-    """One row, an int8 weight with per-row scales and (for "residual") a residual: (x, w, scale, residual)."""
-    x = torch.randn(1, K, generator=g).to(device, dtype)
-    w = torch.randint(-127, 128, (N, K), generator=g, dtype=torch.int8).to(device)
-    scale = (torch.rand(N, generator=g) / 127 / K ** 0.5 + 1e-3).to(device, dtype)
-    res = torch.randn(1, N, generator=g).to(device, dtype) if call == "residual" else None
-    return x, w, scale, res
+def case(name: str, N: int, K: int, g: torch.Generator, device: str, dtype: torch.dtype):
+    """bench_decode_kernels' int8 row and (N, K) weight, called as a decode step calls projection ``name``
+    (``decode_call``: a folded RMSNorm or a residual; gate/up also with its SwiGLU): (x, w, scale, the call's
+    keywords, their fp32 product by ``kernel.reference``)."""
+    x, w, (_, _, scale), _, _ = one_row_case(N, K, True, g, device, dtype)
+    extra = decode_call(name, N, g, device, dtype) | ({"glu": "silu"} if name == "gate_up" else {})
+    return x, w, scale, extra, call_product((x, w, scale), extra)
 
 
 def check(device: str) -> float:
-    """The prototype against :func:`reference` on small shapes, every call form, with several K steps and a
-    partial last one (K 320 in steps of 128) and a partial last row block: the largest error over the largest
-    output."""
+    """The prototype against ``kernel.reference``'s int8_linear on small shapes, in every call form (q/k/v's
+    folded norm, o's residual, gate/up's norm and SwiGLU), with several K steps and a partial last one (K 320 in
+    steps of 128) and a partial last row block: the largest error over the largest output."""
     g = torch.Generator().manual_seed(0)
     worst = 0.0
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    for call in ("rms", "residual", "glu"):
-        x, w, scale, res = case(36, 320, call, g, device, dtype)
-        got = rowpair_gemv(x, interleave(w, call == "glu"), scale, config=(4, 128, 2), residual=res,
-                           rms_eps=EPS if call in ("rms", "glu") else None, glu=call == "glu").float()
-        want = reference(x, w, scale, call, res)
+    for name in ("qkv", "o", "gate_up"):
+        x, w, scale, extra, want = case(name, 36, 320, g, device, dtype)
+        got = _call(rowpair_gemv, (4, 128, 2), extra, False)(x, interleave(w, "glu" in extra), scale,
+                                                              extra.get("residual")).float()
         worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
     return worst
 
@@ -202,8 +194,11 @@ def _admits(pairs: int, block_k: int, warps: int, K: int) -> bool:
     return 32 <= per_thread <= 128 and block_k <= max(1 << (K - 1).bit_length(), 512)
 
 
-def _call(kernel, config: tuple, eps: float | None, glu: bool, pdl: bool):
-    """``kernel`` (the shipped gemv or :func:`rowpair_gemv`) as decode calls it, over (x, w, scale[, residual])."""
+def _call(kernel, config: tuple, extra: dict, pdl: bool):
+    """``kernel`` (the shipped gemv or :func:`rowpair_gemv`) called with :func:`case`'s keywords ``extra`` (the
+    residual taken as an argument, so each rotated set brings its own), over (x, w, scale[, residual])."""
+    eps, glu = extra.get("rms_eps"), "glu" in extra
+
     def fn(x, w, scale, residual=None):
         return kernel(x, w, scale, config=config, residual=residual, rms_eps=eps, glu=glu, pdl=pdl)
     return fn
@@ -240,20 +235,19 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: st
                "chain_us_per_layer": {}}
     best: dict[str, tuple[int, int, int]] = {}
     for name in shapes:
-        N, K, call = SHAPES[name]
-        x, w, scale, res = case(N, K, call, g, device, dtype)
-        want = reference(x, w, scale, call, res)
-        glu, eps = call == "glu", EPS if call in ("rms", "glu") else None
+        N, K = SHAPES[name]
+        x, w, scale, extra, want = case(name, N, K, g, device, dtype)
+        res, glu = extra.get("residual"), "glu" in extra
         cfg = gemv_mod.choose_tiles(N, K, torch.int8, card, glu) or (4, 2048, 4, 1, 0)
         shipped = rotations((x, w, scale) + ((res,) if res is not None else ()), N * K, device)
-        t_ship = bench_rotated(_call(gemv_mod.gemv, cfg, eps, glu, pdl), shipped, device, replays=5) * 1e6
+        t_ship = bench_rotated(_call(gemv_mod.gemv, cfg, extra, pdl), shipped, device, replays=5) * 1e6
         pair_sets = rotations((x, interleave(w, glu), scale) + ((res,) if res is not None else ()), N * K, device)
         row = {"shipped": {"tiles": list(cfg), "us": round(t_ship, 2), "GBps": round(N * K / t_ship / 1e3)},
                "rowpair": {}}
         for tiles in itertools.product(PAIRS, BLOCK_K, WARPS):
             if not _admits(*tiles, K):
                 continue
-            fn = _call(rowpair_gemv, tiles, eps, glu, pdl)
+            fn = _call(rowpair_gemv, tiles, extra, pdl)
             try:
                 got = fn(*pair_sets[0]).float()
                 e = ((got - want).abs().max() / want.abs().max()).item()
@@ -284,12 +278,12 @@ def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.G
           dtype: torch.dtype) -> dict[str, float]:
     """The MLP of ``layers`` layers (gate/up with the SwiGLU, then down with the residual; their own weights, past
     the L2) in one CUDA graph, shipped against row-pair at the best tiles timed, A-B-A-B: us a layer."""
-    F2, D, _ = SHAPES["gate_up"]
+    F2, D = SHAPES["gate_up"]
     F = F2 // 2  # the SwiGLU's width: down's K
     mats = []
     for _ in range(layers):
-        _, wgu, sgu, _ = case(F2, D, "glu", g, device, dtype)
-        _, wd, sd, _ = case(D, F, "residual", g, device, dtype)
+        _, wgu, sgu, _, _ = case("gate_up", F2, D, g, device, dtype)
+        _, wd, sd, _, _ = case("down", D, F, g, device, dtype)
         mats.append((wgu, sgu, wd, sd, interleave(wgu, True), interleave(wd)))
     x0 = torch.randn(1, D, generator=g).to(device, dtype)
     glu_cfg = gemv_mod.choose_tiles(F2, D, torch.int8, card, True) or (32, 512, 4, 1, 0)
@@ -298,14 +292,14 @@ def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.G
     def shipped():
         x = x0
         for wgu, sgu, wd, sd, _, _ in mats:
-            h = gemv_mod.gemv(x, wgu, sgu, config=glu_cfg, rms_eps=EPS, glu=True, pdl=pdl)
+            h = gemv_mod.gemv(x, wgu, sgu, config=glu_cfg, rms_eps=RMS_EPS, glu=True, pdl=pdl)
             x = gemv_mod.gemv(h, wd, sd, config=down_cfg, residual=x, pdl=pdl)
         return x
 
     def rowpair():
         x = x0
         for _, sgu, _, sd, pgu, pd in mats:
-            h = rowpair_gemv(x, pgu, sgu, config=best["gate_up"], rms_eps=EPS, glu=True, pdl=pdl)
+            h = rowpair_gemv(x, pgu, sgu, config=best["gate_up"], rms_eps=RMS_EPS, glu=True, pdl=pdl)
             x = rowpair_gemv(h, pd, sd, config=best["down"], residual=x, pdl=pdl)
         return x
 

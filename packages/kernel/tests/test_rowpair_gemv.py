@@ -42,7 +42,8 @@ def test_rowpair_gemv_matches_the_shipped_gemv():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(5)
-    x, w, scale, res = rowpair.case(40, 384, "residual", g, device, torch.float32)
+    x, w, scale, extra, _ = rowpair.case("o", 40, 384, g, device, torch.float32)
+    res = extra["residual"]
     want = gemv.gemv(x, w, scale, config=(4, 128, 2), residual=res)
     got = rowpair.rowpair_gemv(x, rowpair.interleave(w), scale, config=(2, 128, 2), residual=res)
     torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * want.abs().max().item())
@@ -104,8 +105,8 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     import json
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    monkeypatch.setattr(rowpair, "SHAPES", {"qkv": (48, 128, "rms"), "o": (32, 128, "residual"),
-                                            "gate_up": (384, 128, "glu"), "down": (128, 192, "residual")})
+    shapes = {"qkv": (48, 128), "o": (32, 128), "gate_up": (384, 128), "down": (128, 192)}
+    monkeypatch.setattr(rowpair, "SHAPES", shapes)
     for name, value in (("PAIRS", (4, 8)), ("BLOCK_K", (64, 128)), ("WARPS", (1, 2))):
         monkeypatch.setattr(rowpair, name, value)
     monkeypatch.setattr(rowpair, "bench_rotated", lambda fn, sets, device, replays=10: (fn(*sets[0]), 1e-6)[1])
