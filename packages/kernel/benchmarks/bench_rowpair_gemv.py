@@ -215,6 +215,8 @@ def main() -> None:
     unknown = [name for name in shapes if name not in SHAPES]
     if unknown:
         p.error(f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}")
+    if a.layers < 0:
+        p.error(f"--layers: expected 0 (no chain) or a positive count, got {a.layers}")
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
         return

@@ -14,16 +14,7 @@ sys.path.insert(0, str(BENCH))  # the scripts import their neighbour bench_kerne
 
 bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
 
-
-def _launch_device() -> tuple[str, str]:
-    """Where the kernel tests launch Triton: the GPU where there is one, else the CPU under the interpreter; and the
-    name a tile table files that device's entries under."""
-    import torch
-
-    from kernel.triton._device import device_info
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device, device_info(torch.empty(0, device=device))[1]
+from triton_testing import DEVICE  # noqa: E402 (the GPU where there is one, else the CPU under the interpreter)
 
 
 def test_tune_space_from_the_command_line():
@@ -78,7 +69,7 @@ def test_hbm_floor_read_kernel_sums_and_the_fit_recovers_a_line():
     import torch
 
     floor = pytest.importorskip("bench_hbm_floor")
-    device, _ = _launch_device()
+    device = DEVICE
     x = torch.randn(floor.BLOCK * floor.UNROLL * 3 + 77, generator=torch.Generator().manual_seed(0)).to(device)
     out = torch.empty(5, device=device)
     got = floor.read(x, out, programs=5).sum().item()
@@ -94,7 +85,7 @@ def test_fused_mlp_prototype_matches_its_reference_and_zeroes_the_ring():
     l-2's accumulator set back to zero (check() asserts both, for an fp32 and an fp16 down product)."""
 
     fused = pytest.importorskip("bench_fused_mlp")
-    assert fused.check(_launch_device()[0]) < 2e-2
+    assert fused.check(DEVICE) < 2e-2
 
 
 def test_unified_attention_layers_match_split_and_combine():
@@ -103,7 +94,7 @@ def test_unified_attention_layers_match_split_and_combine():
     layer's accumulators (check() asserts both)."""
 
     unified = pytest.importorskip("bench_unified_attention")
-    assert unified.check(_launch_device()[0]) < 2e-2
+    assert unified.check(DEVICE) < 2e-2
 
 
 @pytest.mark.parametrize("script", ["bench_fused_mlp", "bench_unified_attention", "bench_rowpair_gemv"])
@@ -135,7 +126,7 @@ def test_gemv_tuner_times_only_tiles_that_compute_the_product(monkeypatch):
     from kernel.triton.gemv import gemv
 
     g = torch.Generator().manual_seed(0)
-    dev, _ = _launch_device()
+    dev = DEVICE
     x, w, args, nbytes, want = bench_decode_kernels.one_row_case(16, 128, False, g, dev, torch.float32)
     plain = bench_decode_kernels._gemv_timings(gemv, args, [args], want, 128, 4, dev, glu=False)
     glu = bench_decode_kernels._gemv_timings(gemv, args, [args], swiglu(want[:, :8], want[:, 8:]), 128, 4, dev,
@@ -176,8 +167,10 @@ def test_gemv_tuner_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
 
     bench_decode_kernels = pytest.importorskip("bench_decode_kernels")
     from kernel.triton import gemv
+    from kernel.triton._device import device_info
 
-    dev, card = _launch_device()
+    dev = DEVICE
+    card = device_info(torch.empty(0, device=dev))[1]  # the name the table files this device's entries under
     for name, value in (("MATRICES", [("gate_up", 32, 128)]), ("TUNE_GEMV_ROWS", (2,)),
                         ("TUNE_GEMV_BLOCK_K", (128,)), ("TUNE_GEMV_WARPS", (1, 2)), ("TUNE_GEMV_PER_SM", (0, 2))):
         monkeypatch.setattr(bench_decode_kernels, name, value)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from triton_testing import compile_offline
+from triton_testing import DEVICE, compile_offline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 rowpair = pytest.importorskip("bench_rowpair_gemv")
@@ -31,7 +31,7 @@ def test_interleave_puts_two_rows_in_each_word():
 def test_rowpair_gemv_gives_the_product_in_every_call_form():
     """Plain after an RMSNorm, with a residual, and the SwiGLU of a gate/up pair: within 2% of the fp32 reference's
     largest output (K of three steps, the last partial; a partial last block of row pairs)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = DEVICE
     assert rowpair.check(device) < 2e-2
 
 
@@ -40,7 +40,7 @@ def test_rowpair_gemv_matches_the_shipped_gemv():
     within a few fp16 roundings (both sum fp16 products of x scaled by 2^-7, in different orders)."""
     from kernel.triton import gemv
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = DEVICE
     g = torch.Generator().manual_seed(5)
     x, w, scale, extra, _ = rowpair.case("o", 40, 384, g, device, torch.float32)
     res = extra["residual"]
@@ -104,7 +104,7 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     results."""
     import json
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = DEVICE
     shapes = {"qkv": (48, 128), "o": (32, 128), "gate_up": (384, 128), "down": (128, 192)}
     monkeypatch.setattr(rowpair, "SHAPES", shapes)
     for name, value in (("PAIRS", (4, 8)), ("BLOCK_K", (64, 128)), ("WARPS", (1, 2))):
