@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Queued: `rowpair` (session 25). Every other recipe below has run (each says when and what it found), kept to
+# Every recipe below has run (each says when and what it found), kept to
 # re-measure after changes;
 # `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8
 # 1,977-2,045, 1.406-1.461x; since session 24's unified attention for bf16, `unified-decode` RUNS="auto off auto2
@@ -13,7 +13,12 @@
 #                                      shipped gemv at the table's tiles, every admitted tile, weights rotated past
 #                                      L2, chained by PDL; and 22 layers' MLP, shipped against row-pair, A-B-A-B
 #                                      (~4 min estimated). A win for down or gate/up would next go into the gemv and
-#                                      int8_weight_only's storage, then decode by the clock
+#                                      int8_weight_only's storage, then decode by the clock. Session 26 ran it
+#                                      (run CY): down 4.67 us at [2, 2048, 8] against 5.03 (1.078x), gate/up 8.24
+#                                      against 7.95, q/k/v and o slower; the chain level (12.43 against 12.45).
+#                                      TILES="down=2,2048,8 gate_up=8,512,2;..." times only the chain at those
+#                                      tiles, with a third form: the shipped gate/up and row-pair down (mixed;
+#                                      run CZ: 12.08 against 12.35, ~1.2% of an int8 token; not integrated)
 #   bash tools/gpu_pending.sh gpu-tests  PART=1..4: the test suites on the card, a part a call: 1 kernel's
 #                                      bench-script to GELU-MLP files, 2 its gemv, PDL, reference, registry and
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified
@@ -29,8 +34,8 @@
 #                                      for each of RUNS (default "off on off2 on2"; "ontile": on, o's gemv at
 #                                      [8, 2048, 4] from a table's "att" entries; "on:NAME", "off:NAME": with
 #                                      /tmp/t_NAME.json's tiles), VARIANTS (default both), BATCH (batch sizes,
-#                                      default 1; "auto" turns unified on at every batch size, measured at batch 1
-#                                      only: BATCH=1,32 VARIANTS=lmstack prices it at 32) (~45 s a variant;
+#                                      default 1; run DA, session 26, BATCH=1,32 VARIANTS=lmstack: forced on at
+#                                      32, 1.9% slower, where "auto" leaves it off) (~45 s a variant;
 #                                      runs CS-CV, session 24: bf16 1,436-1,440 tokens/s on, 1,458-1,462 at o's
 #                                      att tile, against 1,400-1,405 off; int8 1,964-1,985 on against 2,028-2,046)
 #   bash tools/gpu_pending.sh unified  decode attention with one softmax shift for a head's slot splits, whose
@@ -471,6 +476,16 @@ alone() { step alone 300 python packages/kernel/benchmarks/bench_gluon_gemv.py -
   grep -v "^\s*$" "$OUT/alone.log" | cut -c1-2500 | tail -n 8; }
 case "${1:-}" in
 rowpair)
+  if [ -n "${TILES:-}" ]; then  # the MLP chain at given tiles, no sweep: sets split by ';'
+    i=0; IFS=';' read -ra sets <<< "$TILES"
+    for set in "${sets[@]}"; do
+      i=$((i + 1)); args=(); for t in $set; do args+=(--tiles "$t"); done
+      step "rowpair_chain$i" 150 python packages/kernel/benchmarks/bench_rowpair_gemv.py --shapes down,gate_up \
+        "${args[@]}" --out "$OUT/rowpair_chain$i.json"
+    done
+    grep -hv "^\s*$" "$OUT"/rowpair_chain*.log | grep -v Warn | cut -c1-400 | tail -n 40
+    exit 0
+  fi
   step tests 90 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_rowpair_gemv.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
   # the MLP's two shapes (77 tiles) and their 22-layer chain first, then q/k/v and o (62): each step its own limit,

@@ -20,7 +20,12 @@ up j), so the SwiGLU needs no shuffle either.
 
 Each call reads its own copy of the weights (rotated past the L2), captured in one CUDA graph, and is launched the
 way decode launches it (chained by PDL on sm90+). Also timed: the MLP (gate/up, then down with the residual) of 22
-layers, shipped against row-pair. A benchmark, not a test: the figures go to docs/benchmarks.md.
+layers, shipped against row-pair, and mixed (the shipped gate/up, row-pair down). A benchmark, not a test: the
+figures go to docs/benchmarks.md.
+
+Found (H200, runs CY-CZ): down 1.08x the shipped gemv, q/k/v, o and gate/up 0.94-0.97x; 22 layers' MLP with
+row-pair down 2.2% faster (~1.2% of an int8 decode token). Not integrated: too small a gain for a second int8
+weight layout through compress's storage and the registry's int8 ops.
 """
 
 from __future__ import annotations
@@ -210,6 +215,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="only check the prototype's values on small shapes")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of %(default)s")
     p.add_argument("--layers", type=int, default=22, help="MLP chain length (0: no chain timing)")
+    p.add_argument("--tiles", action="append", default=[], metavar="NAME=PAIRS,BLOCK_K,WARPS",
+                   help="time the prototype for shape NAME at these tiles only (no sweep); repeatable")
     a = p.parse_args()
     shapes = a.shapes.split(",")
     unknown = [name for name in shapes if name not in SHAPES]
@@ -217,19 +224,29 @@ def main() -> None:
         p.error(f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}")
     if a.layers < 0:
         p.error(f"--layers: expected 0 (no chain) or a positive count, got {a.layers}")
+    fixed = {}
+    for item in a.tiles:
+        name, _, vals = item.partition("=")
+        try:
+            tiles = tuple(int(v) for v in vals.split(","))
+        except ValueError:
+            tiles = ()
+        if name not in SHAPES or len(tiles) != 3:
+            p.error(f"--tiles: expected NAME=PAIRS,BLOCK_K,WARPS with NAME one of {', '.join(SHAPES)}, got {item!r}")
+        fixed[name] = tiles
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
         return
-    run("cuda", shapes, a.layers, torch.bfloat16, a.out, {"check_error": err})
+    run("cuda", shapes, a.layers, torch.bfloat16, a.out, {"check_error": err}, fixed)
 
 
 def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: str | None = None,
-        extra: dict | None = None) -> dict:
+        extra: dict | None = None, fixed: dict[str, tuple[int, int, int]] | None = None) -> dict:
     """Each of ``shapes`` (keys of :data:`SHAPES`): the shipped gemv at the card's table tile, and the prototype at
-    every admitted tile (its values checked first); then, with ``layers`` and both MLP shapes timed, :func:`chain`
-    at the prototype's best tiles. The results (with ``extra``) are written to ``out`` after every shape, so a run
-    cut short keeps what it measured. (On a CPU, under the interpreter, the same steps run untimed in earnest: a
-    dry run.)"""
+    every admitted tile, or at ``fixed[name]`` alone where given (its values checked first); then, with ``layers``
+    and both MLP shapes timed, :func:`chain` at the prototype's best tiles. The results (with ``extra``) are
+    written to ``out`` after every shape, so a run cut short keeps what it measured. (On a CPU, under the
+    interpreter, the same steps run untimed in earnest: a dry run.)"""
     g = torch.Generator().manual_seed(1)
     card = torch.cuda.get_device_name() if device == "cuda" else device
     pdl = pdl_capable(torch.empty(0, device=device))
@@ -246,8 +263,9 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: st
         pair_sets = rotations((x, interleave(w, glu), scale) + ((res,) if res is not None else ()), N * K, device)
         row = {"shipped": {"tiles": list(cfg), "us": round(t_ship, 2), "GBps": round(N * K / t_ship / 1e3)},
                "rowpair": {}}
-        for tiles in itertools.product(PAIRS, BLOCK_K, WARPS):
-            if not _admits(*tiles, K):
+        sweep = [fixed[name]] if fixed and name in fixed else itertools.product(PAIRS, BLOCK_K, WARPS)
+        for tiles in sweep:
+            if name not in (fixed or {}) and not _admits(*tiles, K):
                 continue
             fn = _call(rowpair_gemv, tiles, extra, pdl)
             try:
@@ -279,7 +297,8 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: st
 def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.Generator,
           dtype: torch.dtype) -> dict[str, float]:
     """The MLP of ``layers`` layers (gate/up with the SwiGLU, then down with the residual; their own weights, past
-    the L2) in one CUDA graph, shipped against row-pair at the best tiles timed, A-B-A-B: us a layer."""
+    the L2) in one CUDA graph: shipped, row-pair at the best tiles timed, and mixed (the shipped gate/up, row-pair
+    down), A-B-C-A-B-C: us a layer."""
     F2, D = SHAPES["gate_up"]
     F = F2 // 2  # the SwiGLU's width: down's K
     mats = []
@@ -305,10 +324,18 @@ def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.G
             x = rowpair_gemv(h, pd, sd, config=best["down"], residual=x, pdl=pdl)
         return x
 
-    want, got = shipped().float(), rowpair().float()
-    out = {"rowpair_vs_shipped_error": ((got - want).abs().max() / want.abs().max()).item()}
-    for name, fn in (("shipped", shipped), ("rowpair", rowpair), ("shipped again", shipped),
-                     ("rowpair again", rowpair)):
+    def mixed():
+        x = x0
+        for wgu, sgu, _, sd, _, pd in mats:
+            h = gemv_mod.gemv(x, wgu, sgu, config=glu_cfg, rms_eps=RMS_EPS, glu=True, pdl=pdl)
+            x = rowpair_gemv(h, pd, sd, config=best["down"], residual=x, pdl=pdl)
+        return x
+
+    want = shipped().float()
+    out = {f"{name}_vs_shipped_error": ((fn().float() - want).abs().max() / want.abs().max()).item()
+           for name, fn in (("rowpair", rowpair), ("mixed", mixed))}
+    for name, fn in (("shipped", shipped), ("rowpair", rowpair), ("mixed", mixed), ("shipped again", shipped),
+                     ("rowpair again", rowpair), ("mixed again", mixed)):
         out[name] = round(bench_rotated(fn, [()], device, replays=30) / layers * 1e6, 3)
         print(f"MLP chain {name:14s} {out[name]:7.2f} us a layer", flush=True)
     return out

@@ -100,7 +100,7 @@ def test_the_down_projections_k_loop_shuffles_no_x_through_shared_memory():
 def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     """The benchmark's whole flow (every call form, the tile loop, the value check of each tile, the MLP chain),
     on small shapes with a small tile space, every launch run once and its timing stubbed: so a device call does not
-    find a broken script. Each timed tile computed the product; the chain's two forms agree; the JSON on disk is the
+    find a broken script. Each timed tile computed the product; the chain's three forms agree; the JSON on disk is the
     results."""
     import json
 
@@ -118,5 +118,9 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
         assert row["rowpair"] and all(v == 1.0 for v in row["rowpair"].values()), (name, row["rowpair"])
     # 32-128 bytes of weights a thread a step; down's K (192) in two steps or three
     assert set(r["shapes"]["down"]["rowpair"]) == {"[4, 128, 1]", "[8, 64, 1]", "[8, 128, 1]", "[8, 128, 2]"}
-    assert r["chain_us_per_layer"]["rowpair_vs_shipped_error"] < 2e-2
-    assert r["chain_us_per_layer"]["shipped"] == r["chain_us_per_layer"]["rowpair again"] == 0.5  # 1 us, 2 layers
+    chain = r["chain_us_per_layer"]
+    assert chain["rowpair_vs_shipped_error"] < 2e-2 and chain["mixed_vs_shipped_error"] < 2e-2
+    assert chain["shipped"] == chain["rowpair again"] == chain["mixed again"] == 0.5  # 1 us, 2 layers
+    # --tiles: one shape at the given tiles only, even one the sweep would not admit
+    fixed = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1)})
+    assert list(fixed["shapes"]["down"]["rowpair"]) == ["[2, 64, 1]"] and not fixed["chain_us_per_layer"]

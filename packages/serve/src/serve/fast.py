@@ -102,10 +102,11 @@ class FastGenerator:
     turns it on where the steps' attention is ``triton_pdl`` (above), no layer kernel runs and the output
     projections have float weights (routed Linears): a 1.1B bf16 step at batch 1 on an H200 ran 1,462 tokens/s
     against 1,404-1,405 without, but int8 1,964-1,985 against 2,028-2,046 (docs/benchmarks.md runs CS-CV), so int8
-    layers keep the combine kernel unless asked. True insists (on a model of two or more layers whose output
-    projections accept it: routed or int8 Linears; ConfigError elsewhere),
-    with the decode attention's implementation (``decode_attention``, else each layer's ``attn_impl``); False
-    turns it off. The ``unified`` attribute says whether it is on.
+    layers keep the combine kernel unless asked. Since ``triton_pdl`` is a one-row choice, "auto" is on at batch 1
+    only (forced on at batch 32, bf16 ran 1.9% slower: run DA). True insists (on a model of two or more layers
+    whose output projections accept it: routed or int8 Linears; ConfigError elsewhere), with the decode
+    attention's implementation (``decode_attention``, else each layer's ``attn_impl``); False turns it off. The
+    ``unified`` attribute says whether it is on.
 
     ``record_decode_time`` (an attribute, False by default): each ``generate`` then times its decode steps on the
     device's clock (CUDA events, no host sync), and ``last_decode_s`` gives the seconds.
