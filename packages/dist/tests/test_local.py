@@ -58,6 +58,15 @@ def test_devices_and_backends(monkeypatch):
         dist.select_device("cuda")
     with pytest.raises(ConfigError, match="train.device.*not a torch device"):
         dist.select_device("gpu0")
+    # more ranks on a node than GPUs (torchrun --nproc_per_node 2 on a 1-GPU machine): the error says what to change
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"cuda:1 does not exist \(1 visible GPUs\); it is this process's local "
+                                          r"rank: run at most 1 processes a node .*train.device to cpu"):
+        dist.select_device("auto", local_rank=1)
+    with pytest.raises(ConfigError, match=r"cuda:3 does not exist \(1 visible GPUs\)$"):
+        dist.select_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     env = dist.init(DistConfig(), "cpu")  # no torchrun, no strategy: one process, no group
     assert env == dist.DistEnv() and not env.initialized and env.is_main
     assert dist.any_rank(env, True) and not dist.any_rank(env, False)

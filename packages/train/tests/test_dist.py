@@ -59,7 +59,7 @@ def test_strategies_match_one_process_and_checkpoints_cross_world_sizes(tmp_path
 
 def test_seed_command_under_torchrun(tmp_path):
     out = tmp_path / "run"
-    proc = torchrun("-m", "train.run", "--config", "cfgs/debug.yaml",
+    proc = torchrun("-m", "train.run", "--config", "cfgs/debug.yaml", "--train.device", "cpu",
                     "--dist.strategy", "FSDP", "--dist.precision", "bf16", "--dist.grad_ckpt", "true",
                     "--viz.backend", "csv", "--viz.profile_every_n_steps", "500",
                     "--train.steps", "3", "--train.out_dir", str(out), "--data.seq_len", "32",

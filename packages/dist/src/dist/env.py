@@ -71,7 +71,10 @@ def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
                               "'cpu' or 'auto'")
         index = local_rank if dev.index is None else dev.index
         if index >= torch.cuda.device_count():
-            raise ConfigError("train.device", f"cuda:{index} does not exist ({torch.cuda.device_count()} visible GPUs)")
+            hint = (f"; it is this process's local rank: run at most {torch.cuda.device_count()} processes a node "
+                    f"(torchrun --nproc_per_node) or set train.device to cpu" if dev.index is None else "")
+            raise ConfigError("train.device", f"cuda:{index} does not exist ({torch.cuda.device_count()} visible "
+                                              f"GPUs){hint}")
         dev = torch.device("cuda", index)
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("train.device", "'mps' asked for but the MPS backend is not available")
