@@ -27,7 +27,9 @@
 #                                      other groupings: all passed once the bench-script tests launched on the GPU;
 #                                      part 4 (with eval last, cut by the session's device time): viz, model, blocks
 #                                      passed, train's 3 governance-plugin tests failed for want of
-#                                      license-expression on the card (tools/device.sh carries it since)
+#                                      license-expression on the card (tools/device.sh carries it since).
+#                                      Session 26, train and eval: 60 and 38 passed, train's seed command failing
+#                                      on a 1-GPU card (its rank 1 asked for cuda:1; it runs on the CPU since)
 #   bash tools/gpu_pending.sh unified-decode  kernel 0.23's unified attention in a model's decode step (FastGenerator's
 #                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,
