@@ -231,8 +231,9 @@ def main() -> None:
             tiles = tuple(int(v) for v in vals.split(","))
         except ValueError:
             tiles = ()
-        if name not in SHAPES or len(tiles) != 3:
-            p.error(f"--tiles: expected NAME=PAIRS,BLOCK_K,WARPS with NAME one of {', '.join(SHAPES)}, got {item!r}")
+        if name not in shapes or len(tiles) != 3:
+            p.error(f"--tiles: expected NAME=PAIRS,BLOCK_K,WARPS with NAME one of --shapes ({', '.join(shapes)}), "
+                    f"got {item!r}")
         fixed[name] = tiles
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
