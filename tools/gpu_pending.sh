@@ -18,7 +18,8 @@
 #                                      against 7.95, q/k/v and o slower; the chain level (12.43 against 12.45).
 #                                      TILES="down=2,2048,8 gate_up=8,512,2;..." times only the chain at those
 #                                      tiles, with a third form: the shipped gate/up and row-pair down (mixed;
-#                                      run CZ: 12.08 against 12.35, ~1.2% of an int8 token; not integrated)
+#                                      run CZ: 12.08 against 12.35, ~1.2% of an int8 token; not integrated);
+#                                      RESIDENT=1: the chain over one layer's weights (the L2 holds them)
 #   bash tools/gpu_pending.sh gpu-tests  PART=1..4: the test suites on the card, a part a call: 1 kernel's
 #                                      bench-script to GELU-MLP files, 2 its gemv, PDL, reference, registry and
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified
@@ -481,7 +482,7 @@ rowpair)
   if [ -n "${TILES:-}" ]; then  # the MLP chain at given tiles, no sweep: sets split by ';'
     i=0; IFS=';' read -ra sets <<< "$TILES"
     for set in "${sets[@]}"; do
-      i=$((i + 1)); args=(); for t in $set; do args+=(--tiles "$t"); done
+      i=$((i + 1)); args=(${RESIDENT:+--resident}); for t in $set; do args+=(--tiles "$t"); done
       step "rowpair_chain$i" 150 python packages/kernel/benchmarks/bench_rowpair_gemv.py --shapes down,gate_up \
         "${args[@]}" --out "$OUT/rowpair_chain$i.json"
     done

@@ -215,6 +215,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="only check the prototype's values on small shapes")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of %(default)s")
     p.add_argument("--layers", type=int, default=22, help="MLP chain length (0: no chain timing)")
+    p.add_argument("--resident", action="store_true",
+                   help="the MLP chain reuses one layer's weights (L2-resident after the first: latency, not bytes)")
     p.add_argument("--tiles", action="append", default=[], metavar="NAME=PAIRS,BLOCK_K,WARPS",
                    help="time the prototype for shape NAME at these tiles only (no sweep); repeatable")
     a = p.parse_args()
@@ -238,14 +240,17 @@ def main() -> None:
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
         return
-    run("cuda", shapes, a.layers, torch.bfloat16, a.out, {"check_error": err}, fixed)
+    run("cuda", shapes, a.layers, torch.bfloat16, a.out, {"check_error": err, "resident": a.resident}, fixed,
+        a.resident)
 
 
 def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: str | None = None,
-        extra: dict | None = None, fixed: dict[str, tuple[int, int, int]] | None = None) -> dict:
+        extra: dict | None = None, fixed: dict[str, tuple[int, int, int]] | None = None,
+        resident: bool = False) -> dict:
     """Each of ``shapes`` (keys of :data:`SHAPES`): the shipped gemv at the card's table tile, and the prototype at
     every admitted tile, or at ``fixed[name]`` alone where given (its values checked first); then, with ``layers``
-    and both MLP shapes timed, :func:`chain` at the prototype's best tiles. The results (with ``extra``) are
+    and both MLP shapes timed, :func:`chain` at the prototype's best tiles (``resident``: one layer's weights for
+    all). The results (with ``extra``) are
     written to ``out`` after every shape, so a run cut short keeps what it measured. (On a CPU, under the
     interpreter, the same steps run untimed in earnest: a dry run.)"""
     g = torch.Generator().manual_seed(1)
@@ -289,24 +294,25 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: st
             write_json(out, results)
         print(f"{name:8s} shipped {list(cfg)} {t_ship:6.2f} us; row-pair best {row.get('best')}", flush=True)
     if layers and {"gate_up", "down"} <= set(best):
-        results["chain_us_per_layer"] = chain(device, layers, best, card, pdl, g, dtype)
+        results["chain_us_per_layer"] = chain(device, layers, best, card, pdl, g, dtype, resident)
         if out:
             write_json(out, results)
     return results
 
 
 def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.Generator,
-          dtype: torch.dtype) -> dict[str, float]:
+          dtype: torch.dtype, resident: bool = False) -> dict[str, float]:
     """The MLP of ``layers`` layers (gate/up with the SwiGLU, then down with the residual; their own weights, past
-    the L2) in one CUDA graph: shipped, row-pair at the best tiles timed, and mixed (the shipped gate/up, row-pair
-    down), A-B-C-A-B-C: us a layer."""
+    the L2, or with ``resident`` all the first layer's, which the L2 then holds) in one CUDA graph: shipped,
+    row-pair at the best tiles timed, and mixed (the shipped gate/up, row-pair down), A-B-C-A-B-C: us a layer."""
     F2, D = SHAPES["gate_up"]
     F = F2 // 2  # the SwiGLU's width: down's K
     mats = []
-    for _ in range(layers):
+    for _ in range(1 if resident else layers):
         _, wgu, sgu, _, _ = case("gate_up", F2, D, g, device, dtype)
         _, wd, sd, _, _ = case("down", D, F, g, device, dtype)
         mats.append((wgu, sgu, wd, sd, interleave(wgu, True), interleave(wd)))
+    mats = mats * layers if resident else mats
     x0 = torch.randn(1, D, generator=g).to(device, dtype)
     glu_cfg = gemv_mod.choose_tiles(F2, D, torch.int8, card, True) or (32, 512, 4, 1, 0)
     down_cfg = gemv_mod.choose_tiles(D, F, torch.int8, card) or (4, 2048, 8, 1, 0)

@@ -124,3 +124,7 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     # --tiles: one shape at the given tiles only, even one the sweep would not admit
     fixed = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1)})
     assert list(fixed["shapes"]["down"]["rowpair"]) == ["[2, 64, 1]"] and not fixed["chain_us_per_layer"]
+    # --resident: the chain over one layer's weights, each layer the same call
+    one = rowpair.run(device, ["gate_up", "down"], 2, torch.float32, None, None,
+                      {"down": (2, 64, 1), "gate_up": (4, 64, 1)}, resident=True)["chain_us_per_layer"]
+    assert one["mixed_vs_shipped_error"] < 2e-2 and one["shipped"] == 0.5
