@@ -88,7 +88,7 @@ def _split(w, ASM: tl.constexpr):
 @triton.jit
 def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl.constexpr,
              BLOCK_K: tl.constexpr, PDL: tl.constexpr, ASM: tl.constexpr, RMS: tl.constexpr,
-             HAS_RES: tl.constexpr, GLU: tl.constexpr):
+             HAS_RES: tl.constexpr, GLU: tl.constexpr, STAGES: tl.constexpr = 1):
     pid = tl.program_id(0)
     i = pid * PAIRS + tl.arange(0, PAIRS)  # pair rows: weight rows 2i and 2i + 1 (GLU: gate i and up i)
     i_ok = i < N // 2
@@ -113,7 +113,7 @@ def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl
     lo, hi = _split(w, ASM)
     acc0 = lo * xs
     acc1 = hi * xs
-    for k0 in range(BLOCK_K, K, BLOCK_K):
+    for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):  # STAGES > 1: Triton's software pipeline
         col = k0 + kk
         w = tl.load(row + col[None, :], mask=i_ok[:, None] & (col < K)[None, :], other=0)
         x = tl.load(x_ptr + col, mask=col < K, other=0.0).to(tl.float32)
@@ -150,13 +150,14 @@ def interleave(w: torch.Tensor, glu: bool = False) -> torch.Tensor:
     return torch.stack([first, second], -1).contiguous().view(torch.int16).reshape(half, w.shape[1])
 
 
-def rowpair_gemv(x: torch.Tensor, w16: torch.Tensor, scale: torch.Tensor, *, config: tuple[int, int, int],
+def rowpair_gemv(x: torch.Tensor, w16: torch.Tensor, scale: torch.Tensor, *, config: tuple[int, ...],
                  residual: torch.Tensor | None = None, rms_eps: float | None = None, glu: bool = False,
                  pdl: bool = False) -> torch.Tensor:
     """x (1, K) @ w.T times the per-row ``scale`` (N,), for w given as :func:`interleave` wrote it; ``rms_eps``: x
     RMS-normalised first; ``residual`` (1, N) added; ``glu``: silu(gate) * up, (1, N / 2). ``config``: (PAIRS,
-    BLOCK_K, num_warps), powers of two."""
-    pairs, block_k, warps = config
+    BLOCK_K, num_warps), powers of two, and optionally the K loop's software-pipeline stages (Triton's
+    ``num_stages``: asynchronous copies of later steps through shared memory; 1, the default, none)."""
+    pairs, block_k, warps, stages = (*config, 1) if len(config) == 3 else config
     half, K = w16.shape
     out = torch.empty(1, half if glu else 2 * half, device=x.device, dtype=x.dtype)
     asm = x.device.type == "cuda"  # inline PTX on a GPU; Triton's integer ops under the interpreter
@@ -164,7 +165,7 @@ def rowpair_gemv(x: torch.Tensor, w16: torch.Tensor, scale: torch.Tensor, *, con
     _rowpair[(triton.cdiv(half, pairs),)](
         x, w16, out, scale, residual if residual is not None else out, 2 * half, K,
         rms_eps if rms_eps is not None else 0.0, PAIRS=pairs, BLOCK_K=block_k, PDL=bool(launch), ASM=asm,
-        RMS=rms_eps is not None, HAS_RES=residual is not None, GLU=glu, num_warps=warps, **launch)
+        RMS=rms_eps is not None, HAS_RES=residual is not None, GLU=glu, STAGES=stages, num_warps=warps, **launch)
     return out
 
 
@@ -217,7 +218,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=22, help="MLP chain length (0: no chain timing)")
     p.add_argument("--resident", action="store_true",
                    help="the MLP chain reuses one layer's weights (L2-resident after the first: latency, not bytes)")
-    p.add_argument("--tiles", action="append", default=[], metavar="NAME=PAIRS,BLOCK_K,WARPS",
+    p.add_argument("--tiles", action="append", default=[], metavar="NAME=PAIRS,BLOCK_K,WARPS[,STAGES]",
                    help="time the prototype for shape NAME at these tiles only (no sweep); repeatable")
     a = p.parse_args()
     shapes = a.shapes.split(",")
@@ -233,9 +234,9 @@ def main() -> None:
             tiles = tuple(int(v) for v in vals.split(","))
         except ValueError:
             tiles = ()
-        if name not in shapes or len(tiles) != 3:
-            p.error(f"--tiles: expected NAME=PAIRS,BLOCK_K,WARPS with NAME one of --shapes ({', '.join(shapes)}), "
-                    f"got {item!r}")
+        if name not in shapes or len(tiles) not in (3, 4):
+            p.error(f"--tiles: expected NAME=PAIRS,BLOCK_K,WARPS[,STAGES] with NAME one of --shapes "
+                    f"({', '.join(shapes)}), got {item!r}")
         fixed[name] = tiles
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
@@ -245,7 +246,7 @@ def main() -> None:
 
 
 def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: str | None = None,
-        extra: dict | None = None, fixed: dict[str, tuple[int, int, int]] | None = None,
+        extra: dict | None = None, fixed: dict[str, tuple[int, ...]] | None = None,
         resident: bool = False) -> dict:
     """Each of ``shapes`` (keys of :data:`SHAPES`): the shipped gemv at the card's table tile, and the prototype at
     every admitted tile, or at ``fixed[name]`` alone where given (its values checked first); then, with ``layers``
@@ -258,7 +259,7 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: st
     pdl = pdl_capable(torch.empty(0, device=device))
     results = {"card": card, "date": datetime.date.today().isoformat(), "pdl": pdl, **(extra or {}), "shapes": {},
                "chain_us_per_layer": {}}
-    best: dict[str, tuple[int, int, int]] = {}
+    best: dict[str, tuple[int, ...]] = {}
     for name in shapes:
         N, K = SHAPES[name]
         x, w, scale, extra, want = case(name, N, K, g, device, dtype)

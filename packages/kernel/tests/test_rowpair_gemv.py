@@ -58,11 +58,12 @@ import bench_rowpair_gemv as rp
 names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "res_ptr", "N", "K", "rms_eps"]
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
 sig = dict(zip(names, ["*bf16", "*i16", "*bf16", "*bf16", "*bf16", "i32", "i32", "fp32"]))
-consts = dict(PAIRS=2, BLOCK_K=2048, PDL=True, ASM=True, RMS=False, HAS_RES=True, GLU=False)
-src = triton.compiler.ASTSource(fn=rp._rowpair, signature={**sig, **dict.fromkeys(consts, "constexpr")},
-                                constexprs=consts, attrs=attrs)
 opts = {"num_warps": 8, "launch_pdl": True}
-sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"] + "\\n=====\\n")
+for stages in (1, 2):
+    consts = dict(PAIRS=2, BLOCK_K=2048, PDL=True, ASM=True, RMS=False, HAS_RES=True, GLU=False, STAGES=stages)
+    src = triton.compiler.ASTSource(fn=rp._rowpair, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+                                    constexprs=consts, attrs=attrs)
+    sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"] + "\\n=====\\n")
 names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
          "am_ptr", "al_ptr", "aacc_ptr", "NS"]
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps", "NS")}
@@ -88,9 +89,10 @@ def test_the_down_projections_k_loop_shuffles_no_x_through_shared_memory():
     """Compiled offline for sm90 at the 1.1B shape's int8 down tile (two row pairs of 2048 columns, 8 warps; the
     shipped gemv's (4, 2048, 8) reads the same bytes a step): each K step is two 16-byte weight vectors and one of x,
     with no barrier or shared-memory traffic, where the shipped loop moves x through shared memory behind CTA-wide
-    barriers."""
+    barriers. With two pipeline stages (``STAGES``), Triton copies the later steps' weights asynchronously."""
     pytest.importorskip("triton")
-    pair, shipped = compile_offline(_AOT, str(Path(rowpair.__file__).parent)).split("\n=====\n")
+    pair, staged, shipped = compile_offline(_AOT, str(Path(rowpair.__file__).parent)).split("\n=====\n")
+    assert "cp.async" in staged and "cp.async" not in pair + shipped
     for ptx in (pair, shipped):  # the same loads a step: 16-byte vectors, two of weights and one of x
         assert len([line for line in _loop(ptx) if re.search(r"ld\.global(\.\w+)*\.v4", line)]) == 3
     assert not [line for line in _loop(pair) if re.search(r"bar\.sync|st\.shared|ld\.shared", line)]
@@ -124,6 +126,8 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     # --tiles: one shape at the given tiles only, even one the sweep would not admit
     fixed = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1)})
     assert list(fixed["shapes"]["down"]["rowpair"]) == ["[2, 64, 1]"] and not fixed["chain_us_per_layer"]
+    staged = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1, 2)})  # 2 stages
+    assert staged["shapes"]["down"]["rowpair"] == {"[2, 64, 1, 2]": 1.0}
     # --resident: the chain over one layer's weights, each layer the same call
     one = rowpair.run(device, ["gate_up", "down"], 2, torch.float32, None, None,
                       {"down": (2, 64, 1), "gate_up": (4, 64, 1)}, resident=True)["chain_us_per_layer"]
