@@ -20,7 +20,8 @@
 #                                      tiles, with a third form: the shipped gate/up and row-pair down (mixed;
 #                                      run CZ: 12.08 against 12.35, ~1.2% of an int8 token; not integrated);
 #                                      RESIDENT=1: the chain over one layer's weights (the L2 holds them; run
-#                                      DB: 9.55 us a layer against 12.39-12.44 with 22 layers' own weights)
+#                                      DB: 9.55 us a layer against 12.39-12.44 with 22 layers' own weights); a
+#                                      fourth tile field is the K loop's pipeline stages (run DC: slower)
 #   bash tools/gpu_pending.sh gpu-tests  PART=1..4: the test suites on the card, a part a call: 1 kernel's
 #                                      bench-script to GELU-MLP files, 2 its gemv, PDL, reference, registry and
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified

@@ -25,7 +25,8 @@ figures go to docs/benchmarks.md.
 
 Found (H200, runs CY-CZ): down 1.08x the shipped gemv, q/k/v, o and gate/up 0.94-0.97x; 22 layers' MLP with
 row-pair down 2.2% faster (~1.2% of an int8 decode token). Not integrated: too small a gain for a second int8
-weight layout through compress's storage and the registry's int8 ops.
+weight layout through compress's storage and the registry's int8 ops. Software-pipelined (STAGES 2-3, run DC):
+slower for every shape.
 """
 
 from __future__ import annotations
