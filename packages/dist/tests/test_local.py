@@ -62,7 +62,7 @@ def test_devices_and_backends(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ConfigError, match=r"cuda:1 does not exist \(1 visible GPUs\); it is this process's local "
-                                          r"rank: run at most 1 processes a node .*train.device to cpu"):
+                                          r"rank: run no more processes a node than it has GPUs .*train.device to cpu"):
         dist.select_device("auto", local_rank=1)
     with pytest.raises(ConfigError, match=r"cuda:3 does not exist \(1 visible GPUs\)$"):
         dist.select_device("cuda:3")

@@ -252,9 +252,8 @@ def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: st
     """Each of ``shapes`` (keys of :data:`SHAPES`): the shipped gemv at the card's table tile, and the prototype at
     every admitted tile, or at ``fixed[name]`` alone where given (its values checked first); then, with ``layers``
     and both MLP shapes timed, :func:`chain` at the prototype's best tiles (``resident``: one layer's weights for
-    all). The results (with ``extra``) are
-    written to ``out`` after every shape, so a run cut short keeps what it measured. (On a CPU, under the
-    interpreter, the same steps run untimed in earnest: a dry run.)"""
+    all). The results (with ``extra``) are written to ``out`` after every shape, so a run cut short keeps what it
+    measured. (On a CPU, under the interpreter, the same steps run untimed in earnest: a dry run.)"""
     g = torch.Generator().manual_seed(1)
     card = torch.cuda.get_device_name() if device == "cuda" else device
     pdl = pdl_capable(torch.empty(0, device=device))

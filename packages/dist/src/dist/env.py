@@ -71,8 +71,8 @@ def select_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
                               "'cpu' or 'auto'")
         index = local_rank if dev.index is None else dev.index
         if index >= torch.cuda.device_count():
-            hint = (f"; it is this process's local rank: run at most {torch.cuda.device_count()} processes a node "
-                    f"(torchrun --nproc_per_node) or set train.device to cpu" if dev.index is None else "")
+            hint = ("; it is this process's local rank: run no more processes a node than it has GPUs (torchrun "
+                    "--nproc_per_node) or set train.device to cpu" if dev.index is None else "")
             raise ConfigError("train.device", f"cuda:{index} does not exist ({torch.cuda.device_count()} visible "
                                               f"GPUs){hint}")
         dev = torch.device("cuda", index)
