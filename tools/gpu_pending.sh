@@ -21,7 +21,8 @@
 #                                      run CZ: 12.08 against 12.35, ~1.2% of an int8 token; not integrated);
 #                                      RESIDENT=1: the chain over one layer's weights (the L2 holds them; run
 #                                      DB: 9.55 us a layer against 12.39-12.44 with 22 layers' own weights); a
-#                                      fourth tile field is the K loop's pipeline stages (run DC: slower)
+#                                      fourth tile field is the K loop's pipeline stages (run DC: slower);
+#                                      DIMS=D,F: the MLP at other widths (small: two launches, few bytes)
 #   bash tools/gpu_pending.sh gpu-tests  PART=1..4: the test suites on the card, a part a call: 1 kernel's
 #                                      bench-script to GELU-MLP files, 2 its gemv, PDL, reference, registry and
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified
@@ -484,7 +485,8 @@ rowpair)
   if [ -n "${TILES:-}" ]; then  # the MLP chain at given tiles, no sweep: sets split by ';'
     i=0; IFS=';' read -ra sets <<< "$TILES"
     for set in "${sets[@]}"; do
-      i=$((i + 1)); args=(${RESIDENT:+--resident}); for t in $set; do args+=(--tiles "$t"); done
+      i=$((i + 1)); args=(${RESIDENT:+--resident} ${DIMS:+--dims "$DIMS"})
+      for t in $set; do args+=(--tiles "$t"); done
       step "rowpair_chain$i" 150 python packages/kernel/benchmarks/bench_rowpair_gemv.py --shapes down,gate_up \
         "${args[@]}" --out "$OUT/rowpair_chain$i.json"
     done

@@ -217,6 +217,8 @@ def main() -> None:
     p.add_argument("--check", action="store_true", help="only check the prototype's values on small shapes")
     p.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated, of %(default)s")
     p.add_argument("--layers", type=int, default=22, help="MLP chain length (0: no chain timing)")
+    p.add_argument("--dims", metavar="D,F", help="the MLP's hidden and FFN widths instead of the 1.1B shape's "
+                   "(gate/up 2F x D, down D x F): small ones price two dependent launches with next to no bytes")
     p.add_argument("--resident", action="store_true",
                    help="the MLP chain reuses one layer's weights (L2-resident after the first: latency, not bytes)")
     p.add_argument("--tiles", action="append", default=[], metavar="NAME=PAIRS,BLOCK_K,WARPS[,STAGES]",
@@ -228,6 +230,14 @@ def main() -> None:
         p.error(f"--shapes: unknown {unknown}; valid: {', '.join(SHAPES)}")
     if a.layers < 0:
         p.error(f"--layers: expected 0 (no chain) or a positive count, got {a.layers}")
+    if a.dims:
+        try:
+            D, F = (int(v) for v in a.dims.split(","))
+        except ValueError:
+            D = F = 0
+        if D <= 0 or F <= 0:
+            p.error(f"--dims: expected two positive widths D,F, got {a.dims!r}")
+        SHAPES.update(gate_up=(2 * F, D), down=(D, F))
     fixed = {}
     for item in a.tiles:
         name, _, vals = item.partition("=")
@@ -242,8 +252,8 @@ def main() -> None:
     err = checked_gpu("bench_rowpair_gemv", check, "row-pair gemv against the fp32 reference", a.check)
     if err is None:
         return
-    run("cuda", shapes, a.layers, torch.bfloat16, a.out, {"check_error": err, "resident": a.resident}, fixed,
-        a.resident)
+    run("cuda", shapes, a.layers, torch.bfloat16, a.out,
+        {"check_error": err, "resident": a.resident, "dims": a.dims}, fixed, a.resident)
 
 
 def run(device: str, shapes: list[str], layers: int, dtype: torch.dtype, out: str | None = None,
