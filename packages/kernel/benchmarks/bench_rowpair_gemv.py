@@ -87,9 +87,27 @@ def _split(w, ASM: tl.constexpr):
 
 
 @triton.jit
+def _flag_wait(cnt_ptr, wait_slot, wait_count, ASM: tl.constexpr):
+    """Spin until ``wait_count`` programs of the kernel before have counted in at ``cnt_ptr + wait_slot`` (one
+    thread's acquire polls, with a short sleep between them on a GPU), then fence: their stores are visible."""
+    if wait_slot >= 0:
+        seen = tl.atomic_add(cnt_ptr + wait_slot, 0, sem="acquire", scope="gpu")
+        while seen < wait_count:
+            if ASM:
+                tl.inline_asm_elementwise("nanosleep.u32 20; // $0 $1", "=r,r", [tl.arange(0, 1)], dtype=tl.int32,
+                                          is_pure=False, pack=1)
+            seen = tl.atomic_add(cnt_ptr + wait_slot, 0, sem="acquire", scope="gpu")
+        if ASM:
+            tl.inline_asm_elementwise("fence.acq_rel.gpu; // $0 $1", "=r,r", [tl.arange(0, 1)], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+        tl.debug_barrier()
+
+
+@triton.jit
 def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl.constexpr,
              BLOCK_K: tl.constexpr, PDL: tl.constexpr, ASM: tl.constexpr, RMS: tl.constexpr,
-             HAS_RES: tl.constexpr, GLU: tl.constexpr, STAGES: tl.constexpr = 1):
+             HAS_RES: tl.constexpr, GLU: tl.constexpr, STAGES: tl.constexpr = 1, FLAGS: tl.constexpr = 0,
+             XCACHE: tl.constexpr = "", cnt_ptr=None, wait_slot=-1, wait_count=0, sig_slot=0):
     pid = tl.program_id(0)
     i = pid * PAIRS + tl.arange(0, PAIRS)  # pair rows: weight rows 2i and 2i + 1 (GLU: gate i and up i)
     i_ok = i < N // 2
@@ -102,13 +120,20 @@ def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl
     else:
         s0 = tl.load(scale_ptr + 2 * i, mask=i_ok, other=0.0).to(tl.float32)
         s1 = tl.load(scale_ptr + 2 * i + 1, mask=i_ok, other=0.0).to(tl.float32)
-    pdl_enter(PDL)  # the weights and scales above are in flight while the kernel before drains
-    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+    if FLAGS:  # the kernel before counts its programs in at a flag: spin on it instead of waiting for its grid
+        if PDL and FLAGS == 1:
+            tl.extra.cuda.gdc_launch_dependents()  # the next kernel may launch now (and spin on this one's flag)
+        _flag_wait(cnt_ptr, wait_slot, wait_count, ASM)
+        if PDL and FLAGS == 2:
+            tl.extra.cuda.gdc_launch_dependents()
+    else:
+        pdl_enter(PDL)  # the weights and scales above are in flight while the kernel before drains
+    x = tl.load(x_ptr + kk, mask=kk < K, other=0.0, cache_modifier=XCACHE).to(tl.float32)
     r0 = tl.zeros((PAIRS,), tl.float32)
     r1 = tl.zeros((PAIRS,), tl.float32)
     if HAS_RES:
-        r0 = tl.load(res_ptr + 2 * i, mask=i_ok, other=0.0).to(tl.float32)
-        r1 = tl.load(res_ptr + 2 * i + 1, mask=i_ok, other=0.0).to(tl.float32)
+        r0 = tl.load(res_ptr + 2 * i, mask=i_ok, other=0.0, cache_modifier=XCACHE).to(tl.float32)
+        r1 = tl.load(res_ptr + 2 * i + 1, mask=i_ok, other=0.0, cache_modifier=XCACHE).to(tl.float32)
     ss = x * x
     xs = (x * X_SCALE).to(tl.float16)[None, :]
     lo, hi = _split(w, ASM)
@@ -117,7 +142,7 @@ def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl
     for k0 in tl.range(BLOCK_K, K, BLOCK_K, num_stages=STAGES):  # STAGES > 1: Triton's software pipeline
         col = k0 + kk
         w = tl.load(row + col[None, :], mask=i_ok[:, None] & (col < K)[None, :], other=0)
-        x = tl.load(x_ptr + col, mask=col < K, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + col, mask=col < K, other=0.0, cache_modifier=XCACHE).to(tl.float32)
         ss += x * x
         xs = (x * X_SCALE).to(tl.float16)[None, :]
         lo, hi = _split(w, ASM)
@@ -139,6 +164,9 @@ def _rowpair(x_ptr, w_ptr, out_ptr, scale_ptr, res_ptr, N, K, rms_eps, PAIRS: tl
     else:
         tl.store(out_ptr + 2 * i, (y0 + r0).to(odt), mask=i_ok)
         tl.store(out_ptr + 2 * i + 1, (y1 + r1).to(odt), mask=i_ok)
+    if FLAGS:  # every thread's stores, then this program counts in (release): the next kernel's flag
+        tl.debug_barrier()
+        tl.atomic_add(cnt_ptr + sig_slot, 1, sem="release", scope="gpu")
 
 
 def interleave(w: torch.Tensor, glu: bool = False) -> torch.Tensor:
@@ -153,21 +181,33 @@ def interleave(w: torch.Tensor, glu: bool = False) -> torch.Tensor:
 
 def rowpair_gemv(x: torch.Tensor, w16: torch.Tensor, scale: torch.Tensor, *, config: tuple[int, ...],
                  residual: torch.Tensor | None = None, rms_eps: float | None = None, glu: bool = False,
-                 pdl: bool = False) -> torch.Tensor:
+                 pdl: bool = False, flags: tuple | None = None) -> torch.Tensor:
     """x (1, K) @ w.T times the per-row ``scale`` (N,), for w given as :func:`interleave` wrote it; ``rms_eps``: x
     RMS-normalised first; ``residual`` (1, N) added; ``glu``: silu(gate) * up, (1, N / 2). ``config``: (PAIRS,
     BLOCK_K, num_warps), powers of two, and optionally the K loop's software-pipeline stages (Triton's
-    ``num_stages``: asynchronous copies of later steps through shared memory; 1, the default, none)."""
+    ``num_stages``: asynchronous copies of later steps through shared memory; 1, the default, none).
+    ``flags`` (an experiment): (mode, counters, wait_slot, wait_count, sig_slot): instead of waiting for the kernel
+    before to finish (PDL's grid dependency), spin until ``wait_count`` of its programs have counted in at
+    ``counters[wait_slot]`` (none when -1), and count this kernel's programs in at ``counters[sig_slot]``; mode 1
+    lets the next kernel launch before the spin, 2 after it. See :func:`programs`."""
     pairs, block_k, warps, stages = (*config, 1) if len(config) == 3 else config
     half, K = w16.shape
     out = torch.empty(1, half if glu else 2 * half, device=x.device, dtype=x.dtype)
     asm = x.device.type == "cuda"  # inline PTX on a GPU; Triton's integer ops under the interpreter
     launch = {"launch_pdl": True} if pdl and pdl_capable(x) else {}
-    _rowpair[(triton.cdiv(half, pairs),)](
+    mode, cnt, wait_slot, wait_count, sig_slot = flags or (0, None, -1, 0, 0)
+    _rowpair[(programs(w16, config),)](
         x, w16, out, scale, residual if residual is not None else out, 2 * half, K,
         rms_eps if rms_eps is not None else 0.0, PAIRS=pairs, BLOCK_K=block_k, PDL=bool(launch), ASM=asm,
-        RMS=rms_eps is not None, HAS_RES=residual is not None, GLU=glu, STAGES=stages, num_warps=warps, **launch)
+        RMS=rms_eps is not None, HAS_RES=residual is not None, GLU=glu, STAGES=stages, FLAGS=mode,
+        XCACHE=".cg" if mode else "", cnt_ptr=cnt, wait_slot=wait_slot, wait_count=wait_count, sig_slot=sig_slot,
+        num_warps=warps, **launch)
     return out
+
+
+def programs(w16: torch.Tensor, config: tuple[int, ...]) -> int:
+    """How many programs :func:`rowpair_gemv` launches for ``w16`` at ``config``."""
+    return triton.cdiv(w16.shape[0], config[0])
 
 
 def case(name: str, N: int, K: int, g: torch.Generator, device: str, dtype: torch.dtype):
@@ -315,7 +355,9 @@ def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.G
           dtype: torch.dtype, resident: bool = False) -> dict[str, float]:
     """The MLP of ``layers`` layers (gate/up with the SwiGLU, then down with the residual; their own weights, past
     the L2, or with ``resident`` all the first layer's, which the L2 then holds) in one CUDA graph: shipped,
-    row-pair at the best tiles timed, and mixed (the shipped gate/up, row-pair down), A-B-C-A-B-C: us a layer."""
+    row-pair at the best tiles timed, mixed (the shipped gate/up, row-pair down), and row-pair chained by flags
+    instead of grid dependencies (:func:`rowpair_gemv`'s ``flags``; "flags" lets each kernel launch the next before
+    its spin, "flags late" after it), each twice in turn: us a layer."""
     F2, D = SHAPES["gate_up"]
     F = F2 // 2  # the SwiGLU's width: down's K
     mats = []
@@ -349,11 +391,26 @@ def chain(device: str, layers: int, best: dict, card: str, pdl: bool, g: torch.G
             x = rowpair_gemv(h, pd, sd, config=best["down"], residual=x, pdl=pdl)
         return x
 
+    cnt = torch.zeros(2 * layers, dtype=torch.int32, device=device)
+    n_gu, n_d = programs(mats[0][4], best["gate_up"]), programs(mats[0][5], best["down"])
+
+    def flagged(mode: int):
+        def fn():
+            cnt.zero_()  # a plain kernel: the first flagged launch starts after it
+            x = x0
+            for j, (_, sgu, _, sd, pgu, pd) in enumerate(mats):
+                h = rowpair_gemv(x, pgu, sgu, config=best["gate_up"], rms_eps=RMS_EPS, glu=True, pdl=pdl,
+                                 flags=(mode, cnt, 2 * j - 1, n_d, 2 * j))
+                x = rowpair_gemv(h, pd, sd, config=best["down"], residual=x, pdl=pdl,
+                                 flags=(mode, cnt, 2 * j, n_gu, 2 * j + 1))
+            return x
+        return fn
+
+    forms = {"shipped": shipped, "rowpair": rowpair, "mixed": mixed, "flags": flagged(1), "flags late": flagged(2)}
     want = shipped().float()
     out = {f"{name}_vs_shipped_error": ((fn().float() - want).abs().max() / want.abs().max()).item()
-           for name, fn in (("rowpair", rowpair), ("mixed", mixed))}
-    for name, fn in (("shipped", shipped), ("rowpair", rowpair), ("mixed", mixed), ("shipped again", shipped),
-                     ("rowpair again", rowpair), ("mixed again", mixed)):
+           for name, fn in forms.items() if name != "shipped"}
+    for name, fn in [*forms.items(), *((f"{name} again", fn) for name, fn in forms.items())]:
         out[name] = round(bench_rotated(fn, [()], device, replays=30) / layers * 1e6, 3)
         print(f"MLP chain {name:14s} {out[name]:7.2f} us a layer", flush=True)
     return out

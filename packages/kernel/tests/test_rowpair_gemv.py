@@ -59,9 +59,12 @@ names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "res_ptr", "N", "K", "rms_eps
 attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in ("N", "rms_eps")}
 sig = dict(zip(names, ["*bf16", "*i16", "*bf16", "*bf16", "*bf16", "i32", "i32", "fp32"]))
 opts = {"num_warps": 8, "launch_pdl": True}
-for stages in (1, 2):
-    consts = dict(PAIRS=2, BLOCK_K=2048, PDL=True, ASM=True, RMS=False, HAS_RES=True, GLU=False, STAGES=stages)
-    src = triton.compiler.ASTSource(fn=rp._rowpair, signature={**sig, **dict.fromkeys(consts, "constexpr")},
+flag_sig = {"cnt_ptr": "*i32", "wait_slot": "i32", "wait_count": "i32", "sig_slot": "i32"}
+for stages, flags in ((1, 0), (2, 0), (1, 1)):
+    consts = dict(PAIRS=2, BLOCK_K=2048, PDL=True, ASM=True, RMS=False, HAS_RES=True, GLU=False, STAGES=stages,
+                  FLAGS=flags, XCACHE=".cg" if flags else "")
+    src = triton.compiler.ASTSource(fn=rp._rowpair,
+                                    signature={**sig, **dict.fromkeys(consts, "constexpr"), **flag_sig},
                                     constexprs=consts, attrs=attrs)
     sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm["ptx"] + "\\n=====\\n")
 names = ["x_ptr", "w_ptr", "out_ptr", "scale_ptr", "bias_ptr", "res_ptr", "N", "K", "stride_wn", "rms_eps",
@@ -89,10 +92,15 @@ def test_the_down_projections_k_loop_shuffles_no_x_through_shared_memory():
     """Compiled offline for sm90 at the 1.1B shape's int8 down tile (two row pairs of 2048 columns, 8 warps; the
     shipped gemv's (4, 2048, 8) reads the same bytes a step): each K step is two 16-byte weight vectors and one of x,
     with no barrier or shared-memory traffic, where the shipped loop moves x through shared memory behind CTA-wide
-    barriers. With two pipeline stages (``STAGES``), Triton copies the later steps' weights asynchronously."""
+    barriers. With two pipeline stages (``STAGES``), Triton copies the later steps' weights asynchronously. Chained
+    by flags (``FLAGS``), the kernel polls the flag with acquire loads, sleeping between polls, instead of PDL's
+    grid wait, and counts itself in with a release add."""
     pytest.importorskip("triton")
-    pair, staged, shipped = compile_offline(_AOT, str(Path(rowpair.__file__).parent)).split("\n=====\n")
+    pair, staged, flagged, shipped = compile_offline(_AOT, str(Path(rowpair.__file__).parent)).split("\n=====\n")
     assert "cp.async" in staged and "cp.async" not in pair + shipped
+    assert "griddepcontrol.wait" in pair and "griddepcontrol.wait" not in flagged
+    assert re.search(r"(atom|ld)(\.\w+)*\.(gpu\.acquire|acquire\.gpu)", flagged) and "nanosleep" in flagged
+    assert re.search(r"(atom|red)(\.\w+)*\.(gpu\.release|release\.gpu)", flagged)
     for ptx in (pair, shipped):  # the same loads a step: 16-byte vectors, two of weights and one of x
         assert len([line for line in _loop(ptx) if re.search(r"ld\.global(\.\w+)*\.v4", line)]) == 3
     assert not [line for line in _loop(pair) if re.search(r"bar\.sync|st\.shared|ld\.shared", line)]
@@ -102,7 +110,7 @@ def test_the_down_projections_k_loop_shuffles_no_x_through_shared_memory():
 def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     """The benchmark's whole flow (every call form, the tile loop, the value check of each tile, the MLP chain),
     on small shapes with a small tile space, every launch run once and its timing stubbed: so a device call does not
-    find a broken script. Each timed tile computed the product; the chain's three forms agree; the JSON on disk is the
+    find a broken script. Each timed tile computed the product; the chain's five forms agree; the JSON on disk is the
     results."""
     import json
 
@@ -121,8 +129,8 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     # 32-128 bytes of weights a thread a step; down's K (192) in two steps or three
     assert set(r["shapes"]["down"]["rowpair"]) == {"[4, 128, 1]", "[8, 64, 1]", "[8, 128, 1]", "[8, 128, 2]"}
     chain = r["chain_us_per_layer"]
-    assert chain["rowpair_vs_shipped_error"] < 2e-2 and chain["mixed_vs_shipped_error"] < 2e-2
-    assert chain["shipped"] == chain["rowpair again"] == chain["mixed again"] == 0.5  # 1 us, 2 layers
+    assert all(chain[f"{name}_vs_shipped_error"] < 2e-2 for name in ("rowpair", "mixed", "flags", "flags late"))
+    assert chain["shipped"] == chain["rowpair again"] == chain["flags late again"] == 0.5  # 1 us, 2 layers
     # --tiles: one shape at the given tiles only, even one the sweep would not admit
     fixed = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1)})
     assert list(fixed["shapes"]["down"]["rowpair"]) == ["[2, 64, 1]"] and not fixed["chain_us_per_layer"]
