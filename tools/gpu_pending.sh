@@ -22,7 +22,9 @@
 #                                      RESIDENT=1: the chain over one layer's weights (the L2 holds them; run
 #                                      DB: 9.55 us a layer against 12.39-12.44 with 22 layers' own weights); a
 #                                      fourth tile field is the K loop's pipeline stages (run DC: slower);
-#                                      DIMS=D,F: the MLP at other widths (small: two launches, few bytes)
+#                                      DIMS=D,F: the MLP at other widths (small: two launches, few bytes; run
+#                                      DD: 4.3 us a layer at F 16); the chain also runs chained by flags
+#                                      instead of PDL's grid wait (run DE: slower, 15.2-15.4 against 12.5)
 #   bash tools/gpu_pending.sh gpu-tests  PART=1..4: the test suites on the card, a part a call: 1 kernel's
 #                                      bench-script to GELU-MLP files, 2 its gemv, PDL, reference, registry and
 #                                      split-combine files (1 and 2 together: ~9 min), 3 its Triton ops and unified

@@ -26,7 +26,8 @@ figures go to docs/benchmarks.md.
 Found (H200, runs CY-CZ): down 1.08x the shipped gemv, q/k/v, o and gate/up 0.94-0.97x; 22 layers' MLP with
 row-pair down 2.2% faster (~1.2% of an int8 decode token). Not integrated: too small a gain for a second int8
 weight layout through compress's storage and the registry's int8 ops. Software-pipelined (STAGES 2-3, run DC):
-slower for every shape.
+slower for every shape. At near-zero widths (``--dims``, run DD) two dependent launches still take ~4.3 us a
+layer; chained by flags instead of PDL's grid wait (run DE), slower (15.2-15.4 us a layer against 12.5).
 """
 
 from __future__ import annotations
