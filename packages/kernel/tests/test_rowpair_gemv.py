@@ -107,21 +107,25 @@ def test_the_down_projections_k_loop_shuffles_no_x_through_shared_memory():
     assert [line for line in _loop(shipped) if re.search(r"bar\.sync", line)]
 
 
-def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
-    """The benchmark's whole flow (every call form, the tile loop, the value check of each tile, the MLP chain),
-    on small shapes with a small tile space, every launch run once and its timing stubbed: so a device call does not
-    find a broken script. Each timed tile computed the product; the chain's five forms agree; the JSON on disk is the
-    results."""
-    import json
-
-    device = DEVICE
+@pytest.fixture
+def small_bench(monkeypatch):
+    """The benchmark on small shapes with a small tile space, every launch run once and its timing stubbed (1 us a
+    call): so a device call does not find a broken script."""
     shapes = {"qkv": (48, 128), "o": (32, 128), "gate_up": (384, 128), "down": (128, 192)}
     monkeypatch.setattr(rowpair, "SHAPES", shapes)
     for name, value in (("PAIRS", (4, 8)), ("BLOCK_K", (64, 128)), ("WARPS", (1, 2))):
         monkeypatch.setattr(rowpair, name, value)
     monkeypatch.setattr(rowpair, "bench_rotated", lambda fn, sets, device, replays=10: (fn(*sets[0]), 1e-6)[1])
+    return rowpair
+
+
+def test_the_benchmark_runs_end_to_end_on_small_shapes(small_bench, tmp_path):
+    """The benchmark's whole flow (every call form, the tile loop, the value check of each tile, the MLP chain):
+    each timed tile computed the product; the chain's five forms agree; the JSON on disk is the results."""
+    import json
+
     out = tmp_path / "rowpair.json"
-    r = rowpair.run(device, list(rowpair.SHAPES), 2, torch.float32, str(out), {"check_error": 0.0})
+    r = small_bench.run(DEVICE, list(small_bench.SHAPES), 2, torch.float32, str(out), {"check_error": 0.0})
     assert json.loads(out.read_text()) == json.loads(json.dumps(r)) and r["check_error"] == 0.0
     for name, row in r["shapes"].items():
         assert row["shipped"]["us"] == 1.0 and row["best"]["us"] == 1.0, (name, row)
@@ -131,12 +135,17 @@ def test_the_benchmark_runs_end_to_end_on_small_shapes(monkeypatch, tmp_path):
     chain = r["chain_us_per_layer"]
     assert all(chain[f"{name}_vs_shipped_error"] < 2e-2 for name in ("rowpair", "mixed", "flags", "flags late"))
     assert chain["shipped"] == chain["rowpair again"] == chain["flags late again"] == 0.5  # 1 us, 2 layers
-    # --tiles: one shape at the given tiles only, even one the sweep would not admit
-    fixed = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1)})
+
+
+def test_the_benchmark_at_given_tiles_stages_and_resident_weights(small_bench):
+    """--tiles: one shape at the given tiles only, even one the sweep would not admit, with pipeline stages as a
+    fourth field; --resident: the chain over one layer's weights, each layer the same call (at --dims' small
+    widths)."""
+    fixed = small_bench.run(DEVICE, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1)})
     assert list(fixed["shapes"]["down"]["rowpair"]) == ["[2, 64, 1]"] and not fixed["chain_us_per_layer"]
-    staged = rowpair.run(device, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1, 2)})  # 2 stages
+    staged = small_bench.run(DEVICE, ["down"], 0, torch.float32, None, None, {"down": (2, 64, 1, 2)})  # 2 stages
     assert staged["shapes"]["down"]["rowpair"] == {"[2, 64, 1, 2]": 1.0}
-    # --resident: the chain over one layer's weights, each layer the same call
-    one = rowpair.run(device, ["gate_up", "down"], 2, torch.float32, None, None,
-                      {"down": (2, 64, 1), "gate_up": (4, 64, 1)}, resident=True)["chain_us_per_layer"]
-    assert one["mixed_vs_shipped_error"] < 2e-2 and one["shipped"] == 0.5
+    small_bench.SHAPES.update(gate_up=(32, 64), down=(64, 16))  # --dims 64,16
+    one = small_bench.run(DEVICE, ["gate_up", "down"], 2, torch.float32, None, None,
+                          {"down": (2, 16, 1), "gate_up": (4, 64, 1)}, resident=True)["chain_us_per_layer"]
+    assert one["mixed_vs_shipped_error"] < 2e-2 and one["flags_vs_shipped_error"] < 2e-2 and one["shipped"] == 0.5
