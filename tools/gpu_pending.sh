@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # What issue 10 should measure next, as device calls of up to 600 s on one H200 (carry [".whl"], timeout 600).
-# Every recipe below has run (each says when and what it found), kept to
-# re-measure after changes;
+# Every recipe below has run (each says when and what it found), kept to re-measure after changes;
 # `final` re-measures decode as shipped (last run CG, session 22: bf16 1,399-1,405 tokens/s by the clock, int8
 # 1,977-2,045, 1.406-1.461x; since session 24's unified attention for bf16, `unified-decode` RUNS="auto off auto2
 # off2" measured bf16 1,462 and int8 2,035, 1.392-1.393x, run CU).
