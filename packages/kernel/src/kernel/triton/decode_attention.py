@@ -365,10 +365,13 @@ def _launch(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torc
             k_new: torch.Tensor | None, v_new: torch.Tensor | None, cos_BDh: torch.Tensor | None,
             sin_BDh: torch.Tensor | None, split_counters: torch.Tensor | None, pdl: bool,
             cos_PDh: torch.Tensor | None, sin_PDh: torch.Tensor | None, ws: torch.Tensor | None = None,
-            layer: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+            layer: int = 0, combine_kernel: bool = True
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """:func:`decode_attention`'s kernels: (out, the splits' outputs, maxes and sums, the split count). ``ws``
     (layers, B, W) fp32, with ``layer``: the unified-shift accumulators (:func:`decode_attention_unified`): the
-    splits add to ``ws[layer]``, zero ``ws[(layer + 1) % layers]``, and no combine runs (out is left unwritten)."""
+    splits add to ``ws[layer]``, zero ``ws[(layer + 1) % layers]``, and no combine runs (out is left unwritten).
+    ``combine_kernel`` False: the splits' partials only, no combine kernel (out unwritten where there are two or
+    more splits), for a consumer that combines them itself (``benchmarks/bench_unified_attention.py``)."""
     B, H, KVH, Dh = check_decode_inputs(q_BHDh, k, v, lens_B, block_table, block_size)
     check_split_counters("decode_attention", split_counters, B * KVH, "B x KVH", q_BHDh.device)
     check_rope_tables(q_BHDh, k, block_table, block_size, cos_BDh, cos_PDh, sin_PDh)
@@ -440,7 +443,7 @@ def _launch(q_BHDh: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lens_B: torc
                           BLOCK_S=block_s(capacity, ns),
                           BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(ns), PDL=pdl_mode(pdl), EARLY=early,
                           ROPE_AT_POS=at_pos, UNIFIED=unified_mode(Dh == block_d) if unified else 0, **launch)
-    if ns > 1 and not combine and not unified:
+    if ns > 1 and not combine and not unified and combine_kernel:
         _combine[(B, H)](acc, m, l_s, out, out.stride(0), out.stride(1), H, ns, Dh,
                          BLOCK_N=triton.next_power_of_2(ns), BLOCK_D=block_d, PDL=pdl_mode(pdl), **launch)
     return out, acc, m, l_s, ns
