@@ -49,9 +49,11 @@
 #                                      accumulators the o gemv reads (no combine kernel;
 #                                      benchmarks/bench_unified_attention.py): its GPU tests, then 22 whole layers
 #                                      PDL-chained in a CUDA graph, split + combine against unified, bf16 and int8,
-#                                      A-B-A-B, with each kernel's exposed time; SPLITS="8 12", NOATOM=1 and
-#                                      OTILES="8,2048,4 ..." (both forms) add variants (~1.5 min; runs CI-CR,
-#                                      session 23: as shipped in kernel 0.22, int8 22.58-23.94 us a layer against
+#                                      A-B-A-B, with each kernel's exposed time; SPLITS="8 12", NOATOM=1,
+#                                      OTILES="8,2048,4 ..." (both forms) and COMBINE_O="256 128" (o combining
+#                                      the splits itself; run DG, session 26: int8 25.45-25.88 against 22.98-23.03,
+#                                      bf16 32.41-34.27 against 31.89-31.91) add variants; DTYPES=int8 one weight
+#                                      (~1.5 min; runs CI-CR, session 23: as shipped in kernel 0.22, int8 22.58-23.94 us a layer against
 #                                      23.31-25.00, bf16 30.87-32.70 against 31.58-33.62; o at [8, 2048, 4] fastest
 #                                      in the unified form)
 #   bash tools/gpu_pending.sh fused-mlp  benchmarks/bench_fused_mlp.py alone (run CI, session 23, timed its fp16-summed
@@ -551,7 +553,8 @@ unified)
   step tests 200 python -m pytest -q -p no:cacheprovider packages/kernel/tests/test_decode_unified.py
   grep -E "Error|assert|FAILED|passed|failed" "$OUT/tests.log" | head -n 8
   step unified 400 python packages/kernel/benchmarks/bench_unified_attention.py --out "$OUT/unified.json" \
-    --unified-splits ${SPLITS:-} ${NOATOM:+--no-atomics} --o-tiles ${OTILES:-}
+    --unified-splits ${SPLITS:-} ${NOATOM:+--no-atomics} --o-tiles ${OTILES:-} --combine-o ${COMBINE_O:-} \
+    --dtypes "${DTYPES:-bf16,int8}"
   grep -v "^\s*$" "$OUT/unified.log" | grep -v Warn | cut -c1-400 | tail -n 40 ;;
 fused-mlp)
   step fused_mlp 400 python packages/kernel/benchmarks/bench_fused_mlp.py --out "$OUT/fused_mlp.json"
