@@ -194,9 +194,9 @@ def exposed_us(fn, labels: list[str], replays: int = 20) -> dict[str, float]:
 
 
 def check(device: str) -> float:
-    """Two layers of a small shape, unified and combine-o (32 rows a program; called twice, the same output) against
-    split + combine, int8 weights; the largest difference relative to the output's largest magnitude (all round
-    the attention output to bf16 before o)."""
+    """Two layers of a small shape, unified and combine-o (32 rows a program; called twice: the same output within
+    rounding) against split + combine, int8 weights; the largest difference relative to the output's largest
+    magnitude (all round the attention output to bf16 before o)."""
     d, h, kvh, dh, ff, slots = 128, 8, 2, 16, 96, 64
     layers = make_layers(2, d, h, kvh, dh, ff, slots, True, device, seed=3)
     g = torch.Generator().manual_seed(4)
@@ -213,7 +213,9 @@ def check(device: str) -> float:
     first = fused(x0)
     err = max(err, ((first.float() - want).abs().max() / want.abs().max()).item())
     assert err < 2e-2, err
-    assert torch.equal(fused(x0), first), "combine_o did not leave its accumulators and counts zeroed"
+    # a second call sums its heads again from zero (the atomics' order may differ: equal within rounding)
+    again = (fused(x0).float() - first.float()).abs().max() / first.float().abs().max()
+    assert again < 1e-2, f"combine_o did not leave its accumulators and counts zeroed: {again.item():.3g}"
     return err
 
 

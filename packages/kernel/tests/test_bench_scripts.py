@@ -92,7 +92,7 @@ def test_unified_attention_layers_match_split_and_combine():
     """bench_unified_attention's two small int8 layers (under the interpreter here): the unified attention with the
     o gemv reading its accumulators, and the o projection combining the splits itself (combine-o), give split +
     combine's output within 2%; the last layer zeroes the first layer's accumulators, and combine-o leaves its own
-    zeroed (a second call gives the same output) (check() asserts them)."""
+    zeroed (a second call gives the same output within rounding) (check() asserts them)."""
 
     unified = pytest.importorskip("bench_unified_attention")
     assert unified.check(DEVICE) < 2e-2
