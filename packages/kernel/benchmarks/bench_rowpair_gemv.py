@@ -55,18 +55,9 @@ from kernel.triton._device import pdl_capable
 from kernel.triton._pdl import pdl_enter
 
 X_SCALE = gemv_mod.F16_X_SCALE  # x's scale before its fp16 products, as the shipped f16 path does
-# a 32-bit word of two int16 (columns c, c+1; each row 2i in its low byte, 2i+1 in its high byte) -> two fp16 pairs:
-# (row 2i at c, c+1) and (row 2i+1 at c, c+1); each byte flipped to q + 128 under 0x64 (fp16 1024 + q + 128), 1152
-# subtracted from each pair
-PAIR_PTX = tl.constexpr("""{
-    .reg .b32 t, m;
-    xor.b32 t, $2, 0x80808080;
-    prmt.b32 $0, t, 0x64646464, 0x4240;
-    prmt.b32 $1, t, 0x64646464, 0x4341;
-    mov.b32 m, 0x64806480;
-    sub.f16x2 $0, $0, m;
-    sub.f16x2 $1, $1, m;
-    }""")
+# a 32-bit word of two int16 (columns c, c+1; each row 2i in its low byte, 2i+1 in its high byte) -> two fp16 pairs,
+# by the shipped gemv's conversion with other bytes selected: bytes 0, 2 (row 2i at c, c+1) and 1, 3 (row 2i+1)
+PAIR_PTX = tl.constexpr(gemv_mod.i8_f16_pairs_ptx("0x4240", "0x4341"))
 # the decode projections the shipped tuner times (bench_decode_kernels), (N, K); gate/up with its SwiGLU
 SHAPES = {name: (N, K) for name, N, K in MATRICES if name != "lm_head"}
 PAIRS = (1, 2, 4, 8, 16)

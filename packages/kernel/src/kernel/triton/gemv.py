@@ -84,18 +84,26 @@ F16_X_SCALE = tl.constexpr(2.0 ** -7)
 # with the first weight block, before a PDL wait, the residual with x) or "late" (kernel 0.14's order: all three
 # after the row sums, one more memory round trip at the end of every call that has one), for comparisons
 CONSTS_ENV = "LMSTACK_GEMV_CONSTS"
-# four int8 weights (one 32-bit word, $2) to two fp16 pairs ($0, $1), exactly: the sign bits flipped (q + 128), each
-# byte permuted under 0x64 (the fp16 1024 + q + 128), 1152 subtracted from each pair (:func:`_weights_f16`; the
-# Gluon kernel's too)
-I8_F16_PTX = tl.constexpr("""{
+
+
+def i8_f16_pairs_ptx(first: str, second: str) -> str:
+    """PTX turning four int8 weights (one 32-bit word, $2) into two fp16 pairs ($0, $1), exactly: the sign bits
+    flipped (q + 128), the bytes that ``first`` and ``second`` select (``prmt`` selectors: a byte of the word in
+    each low nibble, 4 for the 0x64 exponent byte) permuted under 0x64 (the fp16 1024 + q + 128), 1152 subtracted
+    from each pair."""
+    return f"""{{
     .reg .b32 t, m;
     xor.b32 t, $2, 0x80808080;
-    prmt.b32 $0, t, 0x64646464, 0x4140;
-    prmt.b32 $1, t, 0x64646464, 0x4342;
+    prmt.b32 $0, t, 0x64646464, {first};
+    prmt.b32 $1, t, 0x64646464, {second};
     mov.b32 m, 0x64806480;
     sub.f16x2 $0, $0, m;
     sub.f16x2 $1, $1, m;
-    }""")
+    }}"""
+
+
+# bytes 0, 1 and 2, 3 of the word: four consecutive weights of a row (:func:`_weights_f16`; the Gluon kernel's too)
+I8_F16_PTX = tl.constexpr(i8_f16_pairs_ptx("0x4140", "0x4342"))
 # which kernel runs a call: "triton" (the default, :func:`_gemv`) or "gluon" (:mod:`kernel.triton.gemv_gluon`, the
 # same design with int8 weights' x staged in shared memory once; sm90+, where it supports the call; measured slower
 # in decode, docs/benchmarks.md runs BQ-BX)
