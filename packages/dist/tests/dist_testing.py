@@ -33,10 +33,18 @@ class Net(nn.Module):
         self.head = nn.Linear(d, vocab)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.logits(ids)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.emb(ids)
         for block in self.layers:
             x = block(x)
         return self.head(x + self.extras[1](self.extras[0](x)))
+
+    def loss(self, rows: torch.Tensor) -> torch.Tensor:
+        """``loss_fn``'s value without calling ``forward``, as ``TransformerLM.loss`` does: under FSDP only hooks
+        registered for this method gather the root's weights."""
+        return F.cross_entropy(self.logits(rows[:, :-1]).flatten(0, 1).float(), rows[:, 1:].flatten())
 
 
 def batches(n: int, rows: int = 8, seq: int = 12, vocab: int = 32) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ ACCUM = 2
 CLIP = 0.5  # below the early steps' gradient norms, so clipping scales them
 
 
-def run_steps(env, net, model, opt, data, norms=None):
+def run_steps(env, net, model, opt, data, norms=None, method=False):
     losses = []
     for rows in data:
         n = rows.shape[0] // env.world_size
@@ -26,7 +26,7 @@ def run_steps(env, net, model, opt, data, norms=None):
         total = torch.zeros(())
         for i, mb in enumerate(mine.chunk(ACCUM)):
             with dist.gradient_sync(model, i == ACCUM - 1):
-                loss = loss_fn(model, mb) / ACCUM
+                loss = (model.loss(mb) if method else loss_fn(model, mb)) / ACCUM
                 loss.backward()
             total += loss.detach().float()
         norm = dist.clip_grad_norm_(list(net.parameters()), CLIP)
@@ -57,16 +57,19 @@ def main() -> None:
     cases = {"DDP": DistConfig(strategy="DDP"), "FSDP": DistConfig(strategy="FSDP"),
              "FSDP_offload": DistConfig(strategy="FSDP", cpu_offload=True, reshard_after_forward=False),
              "FSDP_bf16": DistConfig(strategy="FSDP", precision="bf16"), "ZeRO1": DistConfig(strategy="ZeRO1"),
-             "FSDP_units": DistConfig(strategy="FSDP", fsdp_unit_blocks=2)}  # blocks 0-1 one unit, block 2 another
+             "FSDP_units": DistConfig(strategy="FSDP", fsdp_unit_blocks=2),  # blocks 0-1 one unit, block 2 another
+             "FSDP_loss_method": DistConfig(strategy="FSDP")}  # the loss by model.loss(...), not model(...)
     for name, cfg in cases.items():
         net, model, opt = build(cfg, env)
-        results[name] = run_steps(env, net, model, opt, data[:2], norms=results.setdefault(f"{name}_norms", []))
+        method = name == "FSDP_loss_method"
+        results[name] = run_steps(env, net, model, opt, data[:2], norms=results.setdefault(f"{name}_norms", []),
+                                  method=method)
         if name in ("FSDP", "ZeRO1"):  # save after 2 steps from 2 ranks, for the single process to continue
             dist.save_model(net, out / name, env)
             rest = dist.save_optimizer(net, opt, out / name, env)
             if env.is_main:
                 (out / name / "rest.json").write_text(json.dumps(rest))
-        results[name] += run_steps(env, net, model, opt, data[2:])
+        results[name] += run_steps(env, net, model, opt, data[2:], method=method)
         if name == "ZeRO1":
             assert type(opt).__name__ == "ZeroRedundancyOptimizer"
             # each rank keeps optimizer state for its own parameters only

@@ -1,5 +1,6 @@
-"""Two gloo processes under torchrun: DDP, FSDP2 (plain, CPU offload, bf16 mixed precision) and ZeRO-1 match one
-process on the same global batch with gradient accumulation; DCP state moves 1 -> 2 ranks and 2 -> 1."""
+"""Two gloo processes under torchrun: DDP, FSDP2 (plain, CPU offload, bf16 mixed precision, the loss by a method
+of the model rather than its forward) and ZeRO-1 match one process on the same global batch with gradient
+accumulation; DCP state moves 1 -> 2 ranks and 2 -> 1."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_strategies_and_state_across_world_sizes(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=subprocess_env())
     assert proc.returncode == 0, proc.stderr[-6000:]
     res = json.loads((tmp_path / "result.json").read_text())
-    for name in ("DDP", "FSDP", "FSDP_offload", "ZeRO1", "FSDP_units"):
+    for name in ("DDP", "FSDP", "FSDP_offload", "ZeRO1", "FSDP_units", "FSDP_loss_method"):
         assert res[name] == pytest.approx(ref, rel=1e-5), name
     # the global norm of sharded grads: local norms reduced
     for name in ("DDP", "FSDP", "FSDP_offload", "ZeRO1", "FSDP_units"):

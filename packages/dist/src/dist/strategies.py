@@ -22,7 +22,13 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 from torch import nn
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -40,7 +46,10 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
     ``grad_ckpt`` (default ``cfg.grad_ckpt``) wraps blocks for activation checkpointing; ``compile`` compiles
     the whole model (strategy none) or each block (DDP, FSDP, ZeRO1); ``precision`` (default ``cfg.precision``)
     sets FSDP's mixed-precision policy. DDP/FSDP/ZeRO1 need an initialised process group (``dist.init``). FSDP
-    shards in place and returns ``model`` itself.
+    shards in place and returns ``model`` itself, whose ``forward`` and, where it has one, ``loss`` method
+    (``model.lm.TransformerLM.loss``) gather the sharded weights as they run. DDP and ZeRO1 return a wrapper: call
+    it (its ``forward``), so a model whose loss is a method goes in a module whose forward returns it
+    (``train.loss.LossModule``, as the Trainer does).
     """
     device = torch.device(device)
     strategy = cfg.strategy
@@ -87,6 +96,10 @@ def _apply_fsdp(model: nn.Module, cfg: DistConfig, device: torch.device, precisi
         reshard = cfg.reshard_after_forward and i < len(units) - 1
         fully_shard(unit[0] if len(unit) == 1 else unit, reshard_after_forward=reshard, **kw)
     fully_shard(model, reshard_after_forward=cfg.reshard_after_forward, **kw)
+    if callable(getattr(model, "loss", None)):
+        # the root's hooks run on forward only; without this a call of model.loss meets the root's sharded
+        # weights (the embedding's) as DTensors and fails
+        register_fsdp_forward_method(model, "loss")
     return model
 
 
