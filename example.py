@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     text = tok.decode(ids[0].tolist(), skip_special_tokens=True)
     print(f"generated from {args.prompt!r}:\n{'-' * 60}\n{text}\n{'-' * 60}")
 
-    # 6. Save: tokenizer first (tok.save replaces its directory), then weights + config + model card beside it.
+    # 6. Save: the tokenizer, then weights + config + model card beside it (each keeps the other's files).
     model_dir = out / "model"
     tok.save(model_dir)
     model.save_pretrained(model_dir, name="lmstack-example")

@@ -39,7 +39,7 @@ def local_tokenizer(directory: Path, vocab: int = 512) -> Any:
     """A byte-level BPE trained on a little stdlib text, saved in the Hugging Face layout into ``directory``."""
     texts = [f.path.read_text(encoding="utf-8", errors="replace") for f in embedded_files(400_000)]
     tok = load_tokenizer(f"bpe:{vocab}", texts=texts)
-    tok.save(directory)  # tokenizer.json + tokenizer_config.json (replaces the directory: the weights come after)
+    tok.save(directory)  # tokenizer.json + tokenizer_config.json, beside whatever the directory holds
     return tok
 
 

@@ -119,6 +119,35 @@ def test_bpe_needs_text() -> None:
         train_bpe(["x"], vocab_size=100)
 
 
+def test_save_keeps_other_files_and_replaces_another_tokenizer(bpe: HFTokenizer, spm_tok: SentencePieceTokenizer,
+                                                               tmp_path: Path, monkeypatch) -> None:
+    d = tmp_path / "ckpt"  # a checkpoint directory: weights and config first, the tokenizer saved beside them
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights")
+    (d / "config.json").write_text("{}")
+    spm_tok.save(d)
+    assert load_tokenizer(str(d)).fingerprint() == spm_tok.fingerprint()
+    bpe.save(d)  # another kind into the same directory: its model file goes, the checkpoint's files stay
+    assert not (d / "tokenizer.model").exists() and (d / "tokenizer.json").is_file()
+    assert load_tokenizer(str(d)).fingerprint() == bpe.fingerprint()
+    ByteTokenizer().save(d)
+    assert type(load_tokenizer(str(d))) is ByteTokenizer and not (d / "tokenizer.json").exists()
+    assert (d / "model.safetensors").read_bytes() == b"weights" and (d / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors", "tokenizer_config.json"]
+
+    def broken(self, directory: Path) -> None:
+        (directory / "tokenizer.json").write_text("half")
+        raise OSError("disk full")
+
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    monkeypatch.setattr(HFTokenizer, "_save_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        bpe.save(d)  # an error while writing: the directory is as it was, no temporary left
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    with pytest.raises(ConfigError, match="not a directory"):
+        ByteTokenizer().save(d / "config.json")
+
+
 def test_save_load_round_trip(bpe: HFTokenizer, spm_tok: SentencePieceTokenizer, tmp_path: Path) -> None:
     custom = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     for tok in (bpe, spm_tok, ByteTokenizer(chat_template=custom)):

@@ -125,7 +125,7 @@ def save(trainer: Any, out_dir: str | os.PathLike[str]) -> Path:
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         if trainer.tokenizer is not None and hasattr(trainer.tokenizer, "save"):
-            trainer.tokenizer.save(tmp)  # creates tmp (it replaces whatever directory it is given)
+            trainer.tokenizer.save(tmp)  # creates tmp
         tmp.mkdir(parents=True, exist_ok=True)
     dist.barrier(env)
     dist.save_model(trainer.module, tmp, env)

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from data.tokenizer.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+from specs.errors import ConfigError
 
 CONFIG_FILE = "tokenizer_config.json"
+# the model files a tokenizer directory is loaded from, in the order data.tokenizer.loading looks for them
+MODEL_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 class BaseTokenizer(abc.ABC):
@@ -134,23 +137,27 @@ class BaseTokenizer(abc.ABC):
         }
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the tokenizer into ``directory`` (created; replaced atomically if it exists). Returns it."""
+        """Write the tokenizer's files into ``directory`` (created if missing) and return it. As transformers'
+        ``save_pretrained``, other files there stay (a checkpoint's weights, its model card); another tokenizer's
+        model file there (``MODEL_FILES``) is removed, so the directory loads as this tokenizer. The files are
+        written to a temporary directory first and renamed into place, so an error while writing them changes
+        nothing."""
         target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        if target.exists() and not target.is_dir():
+            raise ConfigError("tokenizer", f"cannot save into {target}: it exists and is not a directory")
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tokenizer.tmp-", dir=target))
         try:
             self._save_model(tmp)
             (tmp / CONFIG_FILE).write_text(json.dumps(self.hf_config(), indent=2, sort_keys=True) + "\n")
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                _rmtree(old)
-            else:
-                os.replace(tmp, target)
-        except BaseException:
+            written = {p.name for p in tmp.iterdir()}
+            for name in MODEL_FILES:
+                if name not in written and (target / name).is_file():
+                    (target / name).unlink()
+            for name in sorted(written - {CONFIG_FILE}) + [CONFIG_FILE]:  # the config, which names the kind, last
+                os.replace(tmp / name, target / name)
+        finally:
             _rmtree(tmp)
-            raise
         return target
 
     def __repr__(self) -> str:

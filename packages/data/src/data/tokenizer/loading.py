@@ -20,13 +20,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from data.tokenizer.base import CONFIG_FILE, BaseTokenizer
+from data.tokenizer.base import CONFIG_FILE, MODEL_FILES, BaseTokenizer
 from data.tokenizer.byte import ByteTokenizer
 from data.tokenizer.hf import HFTokenizer, train_bpe
 from data.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from specs.errors import ConfigError
-
-_MODEL_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 
 
 def load_tokenizer(spec: Any = "byte", *, texts: Iterable[str] | None = None, files: Sequence[str | Path] = (),
@@ -85,10 +83,10 @@ def _load_path(path: Path, spec: str, chat_template: str | None) -> BaseTokenize
         template = chat_template or _template(cfg)
         if cfg.get("lmstack", {}).get("kind") == "byte":
             return ByteTokenizer(spec=spec, chat_template=template)
-        for name in _MODEL_FILES:
+        for name in MODEL_FILES:
             if (path / name).is_file():
                 return _load_file(path / name, spec, cfg, template)
-        raise ConfigError("tokenizer", f"directory {path} holds none of {', '.join(_MODEL_FILES)} "
+        raise ConfigError("tokenizer", f"directory {path} holds none of {', '.join(MODEL_FILES)} "
                           f"(nor a {CONFIG_FILE} of a byte tokenizer)")
     cfg = _read_config(path.parent / CONFIG_FILE)
     return _load_file(path, spec, cfg, chat_template or _template(cfg))
@@ -155,6 +153,6 @@ def _snapshot(repo: Path) -> Path | None:
         candidates.append(snaps / ref.read_text().strip())
     candidates += sorted(snaps.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
     for snap in candidates:
-        if any((snap / f).is_file() for f in _MODEL_FILES):
+        if any((snap / f).is_file() for f in MODEL_FILES):
             return snap
     return None
