@@ -26,6 +26,13 @@ def test_no_hooks_without_patterns_or_off_step(tiny_net):
     assert forward_hook_count(tiny_net) == 0  # removed on exit
 
 
+def test_default_pattern_matches_nested_block_lists(tiny_net):
+    outer = torch.nn.Module()
+    outer.model = tiny_net  # TransformerLM's layout: model.layers.N.mlp
+    flat = [n for n, _ in ActivationProbes(tiny_net).modules]  # the default pattern, at the top level
+    assert flat and [n for n, _ in ActivationProbes(outer).modules] == [f"model.{n}" for n in flat]
+
+
 def test_figures_match_hand_computed_statistics(tiny_net):
     x = torch.randn(16, 8)
     probes = ActivationProbes(tiny_net, ("layers.*.mlp",), every=1)

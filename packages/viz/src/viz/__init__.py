@@ -4,4 +4,4 @@
 nothing heavy: torch, tensorboard, matplotlib and wandb load with the modules that use them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

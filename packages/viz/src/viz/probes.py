@@ -1,9 +1,10 @@
 """Activation probes: forward hooks on named modules that record mean, std, max |x| and the fraction of zeros.
 
-Modules are chosen by ``fnmatch`` patterns over ``model.named_modules()`` names (``"layers.*.mlp"``). Hooks exist
-only while a probe step is being recorded: ``arm(step)`` registers them when ``step % every == 0``, ``collect()``
-removes them and returns the figures, so a model that is not being probed runs with no hooks at all (torch then
-skips hook dispatch entirely). The statistics stay on the device until ``collect``, which synchronises once.
+Modules are chosen by ``fnmatch`` patterns over ``model.named_modules()`` names (``"*layers.*.mlp"``: ``*``
+matches dots too). Hooks exist only while a probe step is being recorded: ``arm(step)`` registers them when
+``step % every == 0``, ``collect()`` removes them and returns the figures, so a model that is not being probed runs
+with no hooks at all (torch then skips hook dispatch entirely). The statistics stay on the device until
+``collect``, which synchronises once.
 
 Figures are named ``probe/<module>/{mean,std,absmax,zero_frac}``; when a module runs several times in a step
 (gradient accumulation, weight sharing) mean, std and zero_frac are averaged over the calls and absmax is the
@@ -46,13 +47,13 @@ class ActivationProbes:
 
     Usage::
 
-        probes = ActivationProbes(model, ("layers.*.mlp",), every=100, session=viz)
+        probes = ActivationProbes(model, ("model.layers.*.mlp",), every=100, session=viz)
         for step in range(steps):
             with probes.step(step):  # hooks only when step % 100 == 0
                 loss = model(x).mean()
     """
 
-    def __init__(self, model: nn.Module, patterns: Sequence[str] = ("layers.*.mlp",), every: int = 1, *,
+    def __init__(self, model: nn.Module, patterns: Sequence[str] = ("*layers.*.mlp",), every: int = 1, *,
                  session: MetricsLogger | None = None, prefix: str = "probe", grad_only: bool = False):
         if every < 1:
             raise ConfigError("viz.probes", f"every must be >= 1, got {every}")
