@@ -40,3 +40,16 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path: Path, monkeypatch:
         write_atomic(target, "new content that never lands\n")
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["CHECKSUMS.sha256"]  # temp file cleaned up
+
+
+def test_directories_where_files_are_expected_are_clear_errors(cli, art: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for args in (("sbom", "--out", out, "--name", "m", "--artifacts", art / "model.onnx"),
+                 ("sign", "--files", art / "model.onnx", "--out", out),
+                 ("card", art / "model.onnx", "--out", out)):
+        rc, _, err = cli(*args)
+        assert rc == 2 and f"cannot write {out}: it is a directory; expected a file path" in err, (args, err)
+    rc, _, err = cli("sbom", "--out", tmp_path / "S.json", "--name", "m", "--artifacts", art)
+    assert rc == 2 and f"{art} is a directory; expected a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "out"] and not any(out.iterdir())

@@ -154,6 +154,11 @@ def test_bad_documents(tmp_path):
         load_config(p)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="is a directory; expected a YAML or JSON config file"):
+        load_config(tmp_path)
+    (tmp_path / "weights.yaml").write_bytes(b"\xe4\x00\xff binary")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_config(tmp_path / "weights.yaml")
     p.write_text(yaml.safe_dump({"schema_version": 99, "model": TINY}))
     with pytest.raises(ConfigError, match="version 99") as e:
         load_config(p)
@@ -237,3 +242,18 @@ def test_every_component_round_trips_alone(model):
             else (RunConfig(model=model, data={"seq_len": 16}) if cls is RunConfig else cls())
         )
         assert config_from_dict(json.loads(dumps_config(cfg, "json")), cls) == cfg
+
+
+def test_atomic_writes_refuse_directories_and_unwritable_places(tmp_path):
+    from specs.io import atomic_write_bytes, atomic_write_text
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="is a directory; expected a file path"):
+        dump_config(RunConfig(model=ModelConfig(**TINY)), tmp_path / "out")
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(ConfigError, match="cannot write"):  # its directory would have to be a file
+        atomic_write_text(tmp_path / "file" / "x.yaml", "a: 1\n")
+    assert (tmp_path / "file").read_text() == "kept"
+    assert atomic_write_bytes(tmp_path / "new" / "k.bin", b"\x00\x01", mode=0o640).read_bytes() == b"\x00\x01"
+    assert (tmp_path / "new" / "k.bin").stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "k.bin", "new", "out"]  # no temp file left

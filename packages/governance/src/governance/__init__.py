@@ -6,4 +6,4 @@ a Graphviz lineage graph, a Hugging Face-style model card, and gates a release o
 Train and export reach it through entry points (``governance.hooks``), never by import.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"

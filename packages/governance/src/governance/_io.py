@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from specs.errors import ConfigError
+from specs.io import atomic_write_bytes
 
 _BLOCK = 1 << 20
 
@@ -22,23 +22,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o
     """Write ``data`` to ``path`` through a temp file and rename; ``mode`` is applied before the rename.
 
     Release files default to 0644 (readable by the image or web server that publishes them); private keys pass
-    0600, and since the temp file is created 0600 the key is never readable by others, even for a moment.
+    0600, and since the temp file is created 0600 the key is never readable by others, even for a moment. A path
+    that is a directory or cannot be written is a ConfigError naming it (``specs.io.atomic_write_bytes``).
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data, mode)
 
 
 def digests(path: str | os.PathLike[str], algorithms: Iterable[str] = ("sha1", "sha256")) -> dict[str, str]:
@@ -59,6 +46,8 @@ def existing_files(paths: Iterable[str | os.PathLike[str]], what: str = "artifac
     """The given paths as Paths, or a ConfigError naming every one that is missing or not a regular file."""
     out, missing = [], []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise ConfigError(what, f"{p} is a directory; expected a file")
         (out if p.is_file() else missing).append(p)
     if missing:
         listing = ", ".join(str(m) for m in missing)

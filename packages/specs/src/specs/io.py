@@ -27,9 +27,14 @@ C = TypeVar("C", bound=ConfigBase)
 def read_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse a YAML or JSON file into a mapping; anything else is a ConfigError naming the file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("", f"{p} is a directory; expected a YAML or JSON config file")
     if not p.is_file():
         raise ConfigError("", f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{p} is not UTF-8 text; expected a YAML or JSON config file") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
@@ -76,21 +81,36 @@ def dumps_config(cfg: ConfigBase, fmt: str = "yaml") -> str:
     raise ConfigError("", f"unknown format {fmt!r}; expected 'yaml' or 'json'")
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file and rename, so readers never see half a file."""
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same directory (fsync, then rename), so readers see
+    the old file or the new one, never half of one. The temp file is created 0600; ``mode``, when given, is
+    applied before the rename. A ``path`` that is a directory, or whose directory cannot be created or written,
+    is a ConfigError naming it, and nothing is left behind."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    if p.is_dir():
+        raise ConfigError("", f"cannot write {p}: it is a directory; expected a file path")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as exc:
+        raise ConfigError("", f"cannot write {p}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def dump_config(cfg: ConfigBase, path: str | os.PathLike[str]) -> Path:
