@@ -88,6 +88,18 @@ def test_limits_raise_clear_errors(tiny_lm):
     engine.submit([1, 2], SamplingParams(max_new_tokens=1), on_output=lambda o: None)
     with pytest.raises(ServerBusyError):
         engine.submit([1, 2], SamplingParams(max_new_tokens=1), on_output=lambda o: None)
+    limit = tiny_lm.config.max_seq_len  # a longer context than the model's positions is refused, not clamped
+    with pytest.raises(ConfigError, match=f"serve.max_seq_len: {limit + 1} exceeds the model's context length"):
+        Engine(tiny_lm, None, ServeConfig(block_size=4, max_seq_len=limit + 1))
+    assert Engine(tiny_lm, None, ServeConfig(block_size=4, num_blocks=8, max_seq_len=limit)).max_seq_len == limit
+
+
+def test_device_names_are_checked():
+    from serve.loading import pick_device
+
+    assert pick_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="'nope' is not a device; expected auto, cpu, cuda or cuda:N"):
+        pick_device("nope")
 
 
 def test_stop_strings_eos_and_text(tiny_lm, tokenizer):

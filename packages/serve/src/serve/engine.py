@@ -109,7 +109,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = cfg
         self.vocab_size = int(model.config.vocab_size)
-        self.max_seq_len = min(cfg.max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
+        if cfg.max_seq_len is not None and cfg.max_seq_len > model.config.max_seq_len:
+            raise ConfigError("serve.max_seq_len", f"{cfg.max_seq_len} exceeds the model's context length "
+                                                   f"(its max_seq_len, {model.config.max_seq_len}); expected at "
+                                                   "most that")
+        self.max_seq_len = cfg.max_seq_len or model.config.max_seq_len
         self.max_batch_size = cfg.max_batch_size
         self.block_size = cfg.block_size
         num_blocks = cfg.num_blocks or cfg.max_batch_size * math.ceil(self.max_seq_len / cfg.block_size)

@@ -20,9 +20,13 @@ _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pick_device(device: str) -> str:
-    """'auto' -> 'cuda' when available, else 'cpu'; anything else as given (checked by torch)."""
+    """'auto' -> 'cuda' when available, else 'cpu'; anything else as given, once torch can parse it."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("serve.device", f"{device!r} is not a device; expected auto, cpu, cuda or cuda:N") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("serve.device", f"{device!r} was asked for but CUDA is not available on this machine")
     return device
