@@ -57,3 +57,13 @@ def test_unsupported_opset_exits_2(saved_llama, tmp_path, capsys):
     rc = main(["--model", str(saved_llama), "--target", "onnx", "--opset", "17", "--outdir", str(tmp_path / "a")])
     assert rc == 2 and "opset 17 is not supported" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_run_config_without_export_section_and_negative_atol_exit_2(saved_llama, tmp_path, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text("name: debug\nmodel: {d_model: 8}\ntrain: {steps: 5}\n")
+    assert main(["--model", str(saved_llama), "--config", str(run), "--outdir", str(tmp_path / "a")]) == 2
+    assert f"{run} is a run config with no export: section" in capsys.readouterr().err
+    assert main(["--model", str(saved_llama), "--atol", "-1", "--outdir", str(tmp_path / "a")]) == 2
+    assert "atol: expected a tolerance >= 0 (max |logit diff|), got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # refused before anything was exported

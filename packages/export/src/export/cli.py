@@ -60,12 +60,19 @@ def _arch(model_dir: Path, explicit: str | None) -> str:
     return str(doc.get("arch", "transformer")) if isinstance(doc, dict) else "transformer"
 
 
+# a RunConfig's sections besides export: (a document with any of them is a run config, not an ExportConfig)
+_RUN_SECTIONS = {"name", "model", "data", "train", "dist", "viz", "eval", "serve"}
+
+
 def build_config(args: argparse.Namespace, overrides: Sequence[str]) -> ExportConfig:
     doc: dict[str, Any] = {}
     if args.config:
         doc = read_document(args.config)
         if "export" in doc and isinstance(doc["export"], dict):
             doc = dict(doc["export"])
+        elif _RUN_SECTIONS & set(doc):
+            raise ConfigError("--config", f"{args.config} is a run config with no export: section; add one, or pass "
+                                          "an ExportConfig document (target:, opset:, quantize:, ...)")
         doc.pop("schema_version", None)
     flags = {"target": args.target, "opset": args.opset, "quantize": args.quantize, "dtype": args.dtype,
              "outdir": args.outdir}

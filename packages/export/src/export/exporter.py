@@ -113,6 +113,8 @@ def export(model: nn.Module, cfg: ExportConfig | Mapping[str, Any], *, vocab_siz
     ``eval_length`` tokens sampled from the model with ``seed``). Returns an :class:`ExportResult`.
     """
     cfg = _as_config(cfg)
+    if not atol >= 0:  # NaN fails too
+        raise ConfigError("atol", f"expected a tolerance >= 0 (max |logit diff|), got {atol}")
     check_model(model)
     check_dims(model.config, vocab_size, d_model)
     if not cfg.dynamic_axes:
