@@ -81,6 +81,18 @@ def test_resume_auto_continues_the_run_exactly(tmp_path):
     assert [a[s] for s in range(1, 6)] == [b[s] for s in range(1, 6)]  # bitwise: data, RNG, optimizer all restored
 
 
+def test_a_new_run_does_not_overwrite_an_earlier_runs_checkpoints(tmp_path, capsys):
+    args = ["--config", DEBUG, *FAST, "--train.steps", "2", "--train.out_dir", str(tmp_path / "run")]
+    assert cli(args) == 0
+    ckpt = tmp_path / "run" / "checkpoints" / "step_00000002"
+    before = {p.relative_to(ckpt): p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert cli([*args, "--train.seed", "7"]) == 2  # the same step names: refused before any work
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run (newest step_00000002)" in err and "--train.resume auto" in err
+    assert {p.relative_to(ckpt): p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == before
+
+
 def test_config_errors_stop_before_any_work(tmp_path, capsys):
     out = tmp_path / "never"
     assert cli(["--config", DEBUG, "--train.stepz", "3", "--train.out_dir", str(out)]) == 2

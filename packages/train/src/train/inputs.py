@@ -88,6 +88,11 @@ def preflight(cfg: RunConfig, env: dist.DistEnv) -> None:
     dist.check_precision(precision, env.device, field)
     if env.is_main:
         check_writable(cfg.train.out_dir)
+    if cfg.train.resume is None and (earlier := checkpoint.list_checkpoints(cfg.train.out_dir)):
+        # a new run would write the same step directories over the earlier run's
+        raise ConfigError("train.out_dir", f"{cfg.train.out_dir} holds checkpoints of an earlier run (newest "
+                                           f"{earlier[-1].name}); continue it with --train.resume auto, or choose "
+                                           "another --train.out_dir (or delete that one)")
     if cfg.train.resume not in (None, "auto"):
         checkpoint.resolve_resume(cfg.train.resume, cfg.train.out_dir)
     if cfg.data.path != "embedded" and not Path(cfg.data.path).exists():
