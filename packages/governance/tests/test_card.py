@@ -75,3 +75,35 @@ def test_bad_inputs(cli, art: Path, metadata_file: Path) -> None:
     rc, _, err = cli("card", art / "model.onnx", "--out", out, "--license", "Apache License")
     assert rc == 2 and "SPDX" in err
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize(("content", "want"), [
+    ("[1, 2]", "is not an SPDX JSON SBOM (got a JSON array)"),
+    ('{"foo": 1}', "is not an SPDX JSON SBOM (got an object without 'spdxVersion')"),
+    ('{"spdxVersion": "SPDX-3.0"}', "is not an SPDX JSON SBOM (got spdxVersion 'SPDX-3.0')"),
+    ('{"spdxVersion": "SPDX-2.3", "packages": 7}', "is not an SPDX JSON SBOM (got 'packages' that is not a list)"),
+    ("{not json", "is not a readable SPDX JSON document (invalid JSON: "),
+    (b"\xff\xfe{}", "is not a readable SPDX JSON document (not UTF-8 text)"),
+])
+def test_sbom_that_is_not_spdx_json_is_refused(run_module, art: Path, content: str | bytes, want: str) -> None:
+    sbom = art / "list.json"
+    sbom.write_bytes(content if isinstance(content, bytes) else content.encode())
+    out = art / "MODEL_CARD.md"
+    r = run_module("card", art / "model.onnx", "--out", out, "--sbom", sbom)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: card.sbom: {sbom} {want}" in r.stderr and "expected an SPDX 2.x JSON SBOM" in r.stderr
+    assert sorted(p.name for p in art.iterdir()) == ["list.json", "model.onnx", "tokenizer.json"]
+
+
+def test_out_that_is_its_own_sidecar_is_refused(run_module, cli, art: Path, metadata_file: Path) -> None:
+    out = art / "MODEL_CARD.json"
+    out.write_text("kept\n")
+    r = run_module("card", art / "model.onnx", "--metadata", metadata_file, "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: card.out: {out} is where the JSON sidecar goes, so it would replace the markdown card" in r.stderr
+    assert "--out is the markdown path (e.g. MODEL_CARD.md)" in r.stderr
+    assert out.read_text() == "kept\n" and sorted(p.name for p in art.iterdir()) == [
+        "MODEL_CARD.json", "model.onnx", "tokenizer.json"]
+    out.unlink()
+    assert cli("card", art / "model.onnx", "--out", art / "MODEL_CARD")[0] == 0  # no suffix: .json is added
+    assert (art / "MODEL_CARD").read_text().startswith("---\n") and ModelCard.load(art / "MODEL_CARD.json")

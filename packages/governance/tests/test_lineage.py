@@ -104,3 +104,15 @@ def test_many_sources_collapse_into_a_summary_node():
     dot = build_dot(md)
     assert dot.count("source: ") == MAX_SOURCES
     assert f"+{100 - MAX_SOURCES} more sources" in dot and "MIT, PSF-2.0" in dot
+
+
+def test_out_that_is_the_png_path_is_refused(run_module, cli, metadata_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "L.png"
+    out.write_bytes(b"an older picture")
+    r = run_module("lineage", "--metadata", metadata_file, "--out", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: lineage.out: {out} is where the PNG is rendered, so it would replace the DOT file" in r.stderr
+    assert "--out is the .dot path (e.g. LINEAGE.dot)" in r.stderr
+    assert out.read_bytes() == b"an older picture" and sorted(p.name for p in tmp_path.iterdir()) == ["L.png", "train"]
+    assert cli("lineage", "--metadata", metadata_file, "--out", out, "--no-png")[0] == 0  # no PNG, no collision
+    assert out.read_text().startswith("digraph")

@@ -136,3 +136,36 @@ def test_missing_input_file_writes_nothing(cli, art: Path) -> None:
     rc, _, err = cli("sign", "--files", art / "model.onnx", art / "absent.bin", "--out", art / "CHECKSUMS.sha256")
     assert rc == 2 and "absent.bin" in err
     assert not (art / "CHECKSUMS.sha256").exists()
+
+
+def test_keygen_out_that_is_not_a_usable_directory(run_module, cli, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    r = run_module("keygen", "--out", empty)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"error: keygen.out: {empty} is a file, not a directory; --out is the directory" in r.stderr
+    rc, _, err = cli("keygen", "--out", empty / "keys")
+    assert rc == 2 and f"cannot create the key directory {empty / 'keys'}: Not a directory" in err
+    if Path("/proc/self").is_dir():  # Linux: nothing can be created in /proc, not even by root
+        r = run_module("keygen", "--out", "/proc/keys_nope")
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert "cannot create the key directory /proc/keys_nope: No such file or directory" in r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["empty.txt"] and empty.read_bytes() == b""
+
+
+def test_keygen_never_overwrites_a_key_of_either_format(cli, tmp_path: Path) -> None:
+    assert cli("keygen", "--out", tmp_path)[0] == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    rc, _, err = cli("keygen", "--out", tmp_path, "--format", "pem")  # would replace the raw key's public key
+    assert rc == 2 and "a key already exists in" in err and "ed25519.key, ed25519.pub.pem" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "ed25519.key").unlink()  # a lone public key (e.g. a pinned one) is kept too
+    rc, _, err = cli("keygen", "--out", tmp_path)
+    assert rc == 2 and "(ed25519.pub.pem); pass --force" in err
+    assert (tmp_path / "ed25519.pub.pem").read_bytes() == before["ed25519.pub.pem"]
+    (tmp_path / "ed25519.pub.pem").unlink()
+    (tmp_path / "ed25519.pub.pem").mkdir()  # --force must not replace the private key and then fail on the public one
+    (tmp_path / "ed25519.key").write_bytes(b"k" * 32)
+    rc, _, err = cli("keygen", "--out", tmp_path, "--force")
+    assert rc == 2 and "ed25519.pub.pem: it is a directory" in err
+    assert (tmp_path / "ed25519.key").read_bytes() == b"k" * 32

@@ -184,3 +184,11 @@ def test_missing_artifact_and_directory(cli, tmp_path: Path, run_module) -> None
     assert r.returncode == 1 and "artifact" in r.stderr and r.stderr.count("FAIL") == 1 + len(EXPECTED)
     rc, _, err = cli("verify", tmp_path / "artifacts" / "model.onnx", "--pubkey", tmp_path / "nokey.pem")
     assert rc == 2 and "public key file not found" in err
+
+
+def test_dir_that_is_a_file_is_named_as_such(run_module, art: Path) -> None:
+    somefile = art / "tokenizer.json"
+    r = run_module("verify", art / "model.onnx", "--dir", somefile)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"FAIL  artifact directory {somefile} is not a directory" in r.stderr and "does not exist" not in r.stderr
+    assert sorted(p.name for p in art.iterdir()) == ["model.onnx", "tokenizer.json"]

@@ -39,14 +39,32 @@ def _hf_license(spdx: str | None) -> dict[str, str]:
 
 
 def _sbom_summary(path: Path) -> dict[str, Any]:
+    """What the card says about the SBOM; anything but an SPDX 2.x JSON document is a ConfigError naming the file."""
+    expected = ('expected an SPDX 2.x JSON SBOM: an object with "spdxVersion": "SPDX-2.3", as '
+                '`python -m governance sbom` writes')
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError("card.sbom", f"{path} is not a readable SPDX JSON document: {exc}") from None
-    pkgs = [p for p in doc.get("packages", []) if p.get("primaryPackagePurpose") == "LIBRARY"]
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"invalid JSON: {exc}"
+        raise ConfigError("card.sbom", f"{path} is not a readable SPDX JSON document ({why}); {expected}") from None
+    except OSError as exc:
+        raise ConfigError("card.sbom", f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(doc, dict):
+        got = "a JSON " + {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(
+            type(doc), "null")
+    elif not str(doc.get("spdxVersion", "")).startswith("SPDX-2."):
+        got = f"spdxVersion {doc['spdxVersion']!r}" if "spdxVersion" in doc else "an object without 'spdxVersion'"
+    elif not isinstance(doc.get("packages") or [], list):
+        got = "'packages' that is not a list"
+    else:
+        got = None
+    if got:
+        raise ConfigError("card.sbom", f"{path} is not an SPDX JSON SBOM (got {got}); {expected}")
+    pkgs = [p for p in doc.get("packages") or [] if isinstance(p, dict) and p.get("primaryPackagePurpose") == "LIBRARY"]
     return {"file": path.name, "namespace": doc.get("documentNamespace"), "spdxVersion": doc.get("spdxVersion"),
             "packages": len(pkgs),
-            "packages_without_license": sorted(p["name"] for p in pkgs if p.get("licenseDeclared") == "NOASSERTION")}
+            "packages_without_license": sorted(str(p.get("name")) for p in pkgs
+                                               if p.get("licenseDeclared") == "NOASSERTION")}
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -169,12 +187,19 @@ def build_card(artifacts: Sequence[str | os.PathLike[str]], *, base_dir: str | o
 
 
 def sidecar_path(out: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar beside the markdown card: ``out`` with its suffix replaced by ``.json``."""
     return Path(out).with_suffix(".json")
 
 
 def write_card(out: str | os.PathLike[str], artifacts: Sequence[str | os.PathLike[str]], *,
                metadata: Mapping[str, Any] | str | os.PathLike[str] | None = None, **kwargs: Any) -> list[Path]:
-    """Write MODEL_CARD.md and its MODEL_CARD.json sidecar atomically; return both paths."""
+    """Write MODEL_CARD.md and its MODEL_CARD.json sidecar atomically; return both paths.
+
+    ``out`` is the markdown path; one ending in ``.json`` is a ConfigError, since the sidecar would replace it."""
+    if Path(out).suffix == ".json":  # sidecar_path(out) == out
+        raise ConfigError("card.out", f"{out} is where the JSON sidecar goes, so it would replace the markdown card; "
+                                      "--out is the markdown path (e.g. MODEL_CARD.md) and the sidecar is written "
+                                      "beside it with the suffix .json")
     md = load_metadata(metadata) if isinstance(metadata, (str, os.PathLike)) else metadata
     text, sidecar = build_card(artifacts, base_dir=Path(out).parent, metadata=md, **kwargs)
     return [write_atomic(out, text), write_atomic(sidecar_path(out), sidecar.to_json())]

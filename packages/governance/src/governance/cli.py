@@ -51,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("keygen", help="generate an Ed25519 key pair",
                        description="Write ed25519.key (32 raw bytes, mode 0600; or ed25519.pem with --format pem) "
-                                   "and ed25519.pub.pem into DIR.")
+                                   "and ed25519.pub.pem into DIR (created if missing); a DIR that already holds "
+                                   "a key is refused unless --force.")
     s.add_argument("--out", required=True, metavar="DIR")
     s.add_argument("--format", choices=["raw", "pem"], default="raw")
-    s.add_argument("--force", action="store_true", help="replace an existing private key")
+    s.add_argument("--force", action="store_true", help="replace an existing key pair (the old key is lost)")
 
     s = sub.add_parser("receipt", help="in-toto Statement receipt (DSSE-signed with --key)",
                        description="Write a reproducibility receipt: system, Python, CUDA/driver, torch, installed "

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from governance._io import existing_files, sha256_file, write_atomic
-from specs.errors import LmstackError
+from specs.errors import ConfigError, LmstackError
 from specs.metadata import validate_metadata
 
 MAX_SHARDS = 64  # past this the rest collapse into one summary node; every hash is still in RECEIPT.json
@@ -143,7 +143,13 @@ def render_png(dot_path: str | os.PathLike[str], png_path: str | os.PathLike[str
 def write_lineage(out: str | os.PathLike[str], metadata: Mapping[str, Any],
                   artifacts: Sequence[str | os.PathLike[str]] = (),
                   png: bool = True) -> tuple[Path, Path | None, str | None]:
-    """Write the DOT file (and ``<out>.png`` beside it); return (dot path, png path or None, note or None)."""
+    """Write the DOT file ``out`` (and, with ``png``, ``out`` with the suffix .png beside it); return (dot path,
+    png path or None, note or None). With ``png``, an ``out`` ending in .png is a ConfigError: the PNG would replace
+    the DOT file."""
+    if png and Path(out).suffix == ".png":
+        raise ConfigError("lineage.out", f"{out} is where the PNG is rendered, so it would replace the DOT file; "
+                                         "--out is the .dot path (e.g. LINEAGE.dot) and the PNG is written beside "
+                                         "it with the suffix .png (or pass --no-png)")
     dot_path = write_atomic(out, build_dot(metadata, artifacts))
     if not png:
         return dot_path, None, None

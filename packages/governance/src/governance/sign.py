@@ -90,15 +90,29 @@ def verify_signature(key: Ed25519PublicKey, data: bytes, signature: bytes) -> bo
 
 
 def keygen(outdir: str | os.PathLike[str], fmt: str = "raw", force: bool = False) -> tuple[Path, Path]:
-    """Write a new key pair: ``ed25519.key`` (32 raw bytes) or ``ed25519.pem`` (PKCS#8), mode 0600, and
-    ``ed25519.pub.pem``. An existing private key is never overwritten unless ``force``."""
+    """Write a new key pair into the directory ``outdir`` (created if missing): ``ed25519.key`` (32 raw bytes) or
+    ``ed25519.pem`` (PKCS#8), mode 0600, and ``ed25519.pub.pem``. Unless ``force``, a directory that already
+    holds a key of either format or a public key is refused, so no key is ever overwritten (a new public key
+    beside an old private key would no longer match it)."""
     if fmt not in ("raw", "pem"):
         raise ConfigError("keygen.format", f"expected 'raw' or 'pem', got {fmt!r}")
     d = Path(outdir)
+    if d.exists() and not d.is_dir():
+        raise ConfigError("keygen.out", f"{d} is a file, not a directory; --out is the directory the key pair is "
+                                        "written into (e.g. keys/)")
     priv_path = d / ("ed25519.key" if fmt == "raw" else "ed25519.pem")
     pub_path = d / "ed25519.pub.pem"
-    if priv_path.exists() and not force:
-        raise ConfigError("keygen.out", f"{priv_path} already exists; pass --force to replace it (the old key is lost)")
+    if not force and (held := [p for p in (d / "ed25519.key", d / "ed25519.pem", pub_path) if p.exists()]):
+        raise ConfigError("keygen.out", f"a key already exists in {d} ({', '.join(p.name for p in held)}); pass "
+                                        "--force to replace the key pair (the old key is lost)")
+    for p in (priv_path, pub_path):  # checked up front so --force never replaces one half of the pair
+        if p.is_dir():
+            raise ConfigError("keygen.out", f"cannot write {p}: it is a directory; expected a key file")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("keygen.out", f"cannot create the key directory {d}: {exc.strerror or exc}; --out must be "
+                                        "a directory that exists or can be created") from None
     key = Ed25519PrivateKey.generate()
     if fmt == "raw":
         blob = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,

@@ -163,7 +163,7 @@ def verify(artifacts: Sequence[str | os.PathLike[str]], directory: str | os.Path
     paths = [Path(a) for a in artifacts]
     d = Path(directory) if directory is not None else (paths[0].parent if paths else Path("."))
     if not d.is_dir():
-        r.problems.append(f"artifact directory {d} does not exist")
+        r.problems.append(f"artifact directory {d} {'is not a directory' if d.exists() else 'does not exist'}")
         return r
     for p in paths:
         if not p.is_file():
