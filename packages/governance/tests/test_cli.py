@@ -53,3 +53,15 @@ def test_directories_where_files_are_expected_are_clear_errors(cli, art: Path, t
     rc, _, err = cli("sbom", "--out", tmp_path / "S.json", "--name", "m", "--artifacts", art)
     assert rc == 2 and f"{art} is a directory; expected a file" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "out"] and not any(out.iterdir())
+
+
+def test_an_output_that_is_also_an_input_is_refused(cli, art: Path, metadata_file: Path) -> None:
+    model = art / "model.onnx"
+    before = model.read_bytes(), metadata_file.read_bytes()
+    for args in (("sign", "--files", model, "--out", model),
+                 ("sbom", "--out", model, "--name", "m", "--artifacts", model),
+                 ("lineage", "--metadata", metadata_file, "--out", metadata_file, "--no-png"),
+                 ("card", model, "--out", model.with_suffix(".md"), "--metadata", model.with_suffix(".json"))):
+        rc, _, err = cli(*args)
+        assert rc == 2 and "is also an input" in err and "choose another --out" in err, (args, err)
+    assert (model.read_bytes(), metadata_file.read_bytes()) == before

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from specs.cli import run_cli
+from specs.errors import ConfigError
 
 EPILOG = """examples:
   python -m governance sbom --out artifacts/SBOM.spdx.json --name my-model --artifacts artifacts/model.onnx
@@ -90,8 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _spare_inputs(args: argparse.Namespace) -> None:
+    """A command whose output (or a file written beside it) is one of its own inputs would replace that input: a
+    ConfigError before anything is read or written."""
+    if args.cmd in ("keygen", "verify"):
+        return
+    inputs: dict[Path, str] = {}
+    for name in ("artifacts", "files", "metadata", "sbom", "key"):
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value] if value is not None else []:
+            inputs.setdefault(Path(v).resolve(), v)
+    out = Path(args.out)
+    beside = {"card": [out.with_suffix(".json")], "sign": [Path(f"{out}.sig"), Path(f"{out}.pub.pem")],
+              "lineage": [] if getattr(args, "no_png", False) else [out.with_suffix(".png")]}.get(args.cmd, [])
+    for o in (out, *beside):
+        if (hit := inputs.get(o.resolve())) is not None:
+            raise ConfigError(f"{args.cmd}.out", f"{o} is also an input ({hit}), which writing it would replace; "
+                                                 "choose another --out")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _spare_inputs(args)
     if args.cmd == "sbom":
         from governance.sbom import write_sbom
 
