@@ -259,6 +259,15 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model:") and "not a directory" in err
+    with socket.socket() as held:  # a port another process listens on: refused before the model loads
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["--model", str(tmp_path / "missing"), "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"serve.port: cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
+    assert main(["--model", str(tmp_path / "missing"), "--host", "999.1.1.1"]) == 2
+    assert "serve.host: '999.1.1.1' does not resolve" in capsys.readouterr().err
 
 
 def test_cli_serves_a_checkpoint(checkpoint):

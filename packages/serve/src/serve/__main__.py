@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,12 +42,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_bind(host: str, port: int) -> None:
+    """Fail before the model loads (it can take minutes) when uvicorn could not listen on ``host:port``: a host
+    that does not resolve to this machine, or a port another process holds. A port that frees up or is taken in
+    between is then uvicorn's to report."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError("serve.host", f"{host!r} does not resolve ({exc.strerror}); expected an address of this "
+                                        "machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(address)
+        except OSError as exc:
+            raise ConfigError("serve.port", f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another "
+                                            "--port (0 picks a free one) or --host") from None
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMSTACK_API_KEY"),
                       model_name=args.model_name, max_batch_size=args.max_batch_size, block_size=args.block_size,
                       num_blocks=args.num_blocks, max_seq_len=args.max_seq_len,
                       prefix_caching=not args.no_prefix_caching, dtype=args.dtype, device=args.device)
+    check_bind(cfg.host, cfg.port)
     import uvicorn
 
     from serve.engine import Engine
