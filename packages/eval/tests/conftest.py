@@ -19,6 +19,27 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.fixture
+def fails_with(capsys):
+    """``fails_with(argv, message, commands=SUBCOMMANDS)``: ``python -m eval.bench argv`` exits with status 2 (an
+    ``error:`` line or an argparse usage error), ``message`` in its stderr, no traceback and no JSON printed; returns
+    the stderr."""
+    from eval.bench import SUBCOMMANDS
+    from eval.bench.__main__ import main
+
+    def check(argv, message, commands=SUBCOMMANDS):
+        try:
+            code = main(argv, commands)
+        except SystemExit as exc:  # argparse rejected an option
+            code = exc.code
+        out, err = capsys.readouterr()
+        assert code == 2, (argv, err)
+        assert message in err and "Traceback" not in err and out == "", (argv, err)
+        return err
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from data.tokenizer import train_bpe

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 
 from eval.bench import SUBCOMMANDS, Subcommand
 from eval.bench.common import write_json
+from eval.bench.options import out_file
 from specs.cli import run_cli
 
 
@@ -20,7 +21,8 @@ def build_parser(commands: Mapping[str, Subcommand] = SUBCOMMANDS) -> argparse.A
         sp = sub.add_parser(name, help=cmd.help, description=cmd.help,
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         cmd.add_args(sp)
-        sp.add_argument("--out", default=None, help="also write the JSON to this file (atomically)")
+        sp.add_argument("--out", default=None, type=out_file,
+                        help="also write the JSON to this file (atomically; checked before the run)")
     return p
 
 

@@ -10,10 +10,11 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from specs.io import atomic_write_text
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -238,15 +239,6 @@ def report(name: str, args: dict[str, Any], results: Any, device: str | None = N
 
 
 def write_json(path: str | os.PathLike[str], doc: Any) -> None:
-    """Write ``doc`` as JSON atomically (temp file in the same directory, then os.replace)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``doc`` as JSON atomically (:func:`specs.io.atomic_write_text`: a ConfigError naming ``path`` when it is
+    a directory or cannot be written, and an existing file is kept until the new one replaces it)."""
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")

@@ -41,25 +41,28 @@ from typing import Any
 
 import torch
 
+from eval.bench import options
 from eval.bench.common import DTYPES, hf_llama, prefer_kernels, profiled_gpu, report, sync
 from eval.loading import pick_device
 from kernel import default_registry
-from specs.errors import LmstackError
 from specs.plugins import resolve
 from specs.presets import preset
+
+VARIANTS = ("lmstack", "lmstack-int8", "transformers", "lmstack-pdl", "lmstack-int8-pdl", "lmstack-nopdl",
+            "lmstack-int8-nopdl")
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="llama-1b", help="specs preset (llama family for the transformers baseline)")
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=256)
-    p.add_argument("--batch-sizes", default="1,32")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--prompt-tokens", type=options.count(1), default=128)
+    p.add_argument("--new-tokens", type=options.count(2, "the decode rate times the tokens after the first"),
+                   default=256)
+    p.add_argument("--batch-sizes", type=options.counts(1), default="1,32")
+    p.add_argument("--repeat", type=options.count(1), default=3)
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--variants", default="lmstack,lmstack-int8,transformers",
-                   help="any of lmstack, lmstack-int8, transformers, lmstack-pdl, lmstack-int8-pdl, lmstack-nopdl, "
-                        "lmstack-int8-nopdl")
+    p.add_argument("--device", type=options.device, default="cuda", help=options.DEVICE_FORMS)
+    p.add_argument("--variants", type=options.names(VARIANTS), default="lmstack,lmstack-int8,transformers",
+                   help=f"any of {', '.join(VARIANTS)}")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="reduce-overhead",
                    help="torch.compile mode for the lmstack loop ('none': eager)")
@@ -260,17 +263,13 @@ def _time_hf(hf: Any, prompt: torch.Tensor, n: int, repeat: int, device: str) ->
 def run(args: argparse.Namespace) -> dict[str, Any]:
     prefer_kernels(args.prefer)
     device, dtype = pick_device(args.device), DTYPES[args.dtype]  # ConfigError when CUDA is absent
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants, sizes = args.variants, args.batch_sizes
     if args.layer_kernel not in ("auto", "on", "off"):  # a decode_layer implementation: a bad name fails here,
         default_registry().get("decode_layer", args.layer_kernel)  # before a model is built (PluginError)
     if args.decode_attention == "model":
         args.decode_attention = None
     if args.decode_attention not in (None, "auto"):
         default_registry().get("decode_attention", args.decode_attention)
-    try:
-        sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    except ValueError:
-        raise LmstackError(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
     cfg = preset(args.preset)
     torch.manual_seed(0)
     model = resolve("lmstack.models", cfg.arch)(cfg).to(device=device, dtype=dtype).eval()

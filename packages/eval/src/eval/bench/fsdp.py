@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from eval.bench import options
 from eval.bench.common import report
 from specs.config import RunConfig
 from specs.errors import ConfigError, LmstackError
@@ -64,12 +65,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="FSDP", help="dist.strategy: FSDP (FSDP2), DDP or ZeRO1")
     p.add_argument("--baseline-strategy", default=None,
                    help="dist.strategy of the 1-process run (None: --strategy; 'none': plain one-GPU training)")
-    p.add_argument("--seq", type=int, default=None,
+    p.add_argument("--seq", type=options.count(1), default=None,
                    help="sequence length (None: the config's data.seq_len, or the preset's max_seq_len)")
-    p.add_argument("--micro-batch", type=int, default=8, help="rows per GPU per optimizer step (no accumulation)")
-    p.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
-    p.add_argument("--log-every", type=int, default=5, help="steps per logged window (train and viz log_every)")
-    p.add_argument("--warmup", type=int, default=10, help="steps whose windows are dropped (compile, warm-up)")
+    p.add_argument("--micro-batch", type=options.count(1), default=8,
+                   help="rows per GPU per optimizer step (no accumulation)")
+    p.add_argument("--steps", type=options.count(1), default=30, help="optimizer steps per run")
+    p.add_argument("--log-every", type=options.count(1), default=5,
+                   help="steps per logged window (train and viz log_every)")
+    p.add_argument("--warmup", type=options.count(0), default=10,
+                   help="steps whose windows are dropped (compile, warm-up)")
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"],
                    help="train.precision and dist.precision (FSDP: its mixed-precision policy)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
@@ -81,7 +85,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu runs gloo processes (tests)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="extra train.run override, repeatable, e.g. --set dist.reshard_after_forward=false")
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for each run")
+    p.add_argument("--timeout", type=options.seconds, default=900.0, help="seconds allowed for each run")
     p.add_argument("--keep", action="store_true", help="keep the runs' directories (logs, resolved config)")
 
 
@@ -97,16 +101,10 @@ def parse_gpus(spec: str) -> list[int]:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("micro_batch", "steps", "log_every"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise ConfigError("--warmup", f"must be >= 0, got {args.warmup}")
+    """What the options' types cannot see alone (each count's range is checked as it is parsed)."""
     if args.steps < args.warmup + args.log_every:
         raise ConfigError("--steps", f"{args.steps} leaves no logged window after --warmup {args.warmup}; use at "
                                      f"least warmup + log_every = {args.warmup + args.log_every}")
-    if args.timeout <= 0:
-        raise ConfigError("--timeout", f"must be positive, got {args.timeout}")
     if importlib.util.find_spec("train") is None:  # a string: eval never imports train
         raise ConfigError("train", "bench fsdp launches `torchrun -m train.run`: pip install lmstack-train")
 

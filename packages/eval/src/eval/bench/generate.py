@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from eval.bench import options
 from eval.bench.common import report, timed
 from eval.loading import generator, load_model
 from specs.errors import LmstackError
@@ -22,24 +23,19 @@ from specs.errors import LmstackError
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llama-debug", help="checkpoint directory or preset name (random weights)")
-    p.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes")
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-sizes", type=options.counts(1), default="1,4,8", help="comma-separated batch sizes")
+    p.add_argument("--prompt-tokens", type=options.count(1), default=128)
+    p.add_argument("--new-tokens", type=options.count(2, "the decode rate times the tokens after the first"),
+                   default=32)
+    p.add_argument("--repeat", type=options.count(1), default=3)
+    p.add_argument("--warmup", type=options.count(0), default=1)
+    p.add_argument("--device", type=options.device, default="auto", help=options.DEVICE_FORMS)
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--generator", default="default", help="name in the lmstack.generators entry-point group")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    try:
-        sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
-    except ValueError:
-        raise LmstackError(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
-    if not sizes or min(sizes) < 1 or args.new_tokens < 2 or args.prompt_tokens < 1 or args.repeat < 1:
-        raise LmstackError("need batch sizes >= 1, --new-tokens >= 2, --prompt-tokens >= 1 and --repeat >= 1")
     model = load_model(args.model, device=args.device, dtype=args.dtype, seed=args.seed)
     generate = generator(args.generator)
     device = next(model.parameters()).device
@@ -49,7 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            f"model's max_seq_len {max_len}")
     g = torch.Generator().manual_seed(args.seed)
     rows = []
-    for b in sizes:
+    for b in args.batch_sizes:
         ids = torch.randint(0, int(model.config.vocab_size), (b, args.prompt_tokens), generator=g).to(device)
 
         def gen(n: int, ids: torch.Tensor = ids) -> None:

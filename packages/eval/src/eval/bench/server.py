@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from eval.bench import options
 from eval.bench.common import percentiles, report
 from specs.errors import LmstackError
 
@@ -26,14 +27,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", default=None, help="model name (default: the first of GET /v1/models)")
     p.add_argument("--api-key", default=None, help="bearer key, if the server needs one")
-    p.add_argument("--concurrency", type=int, default=4, help="concurrent clients")
-    p.add_argument("--requests", type=int, default=16, help="requests in total")
-    p.add_argument("--prompt-tokens", type=int, default=64, help="prompt length in tokens")
-    p.add_argument("--max-tokens", type=int, default=32, help="tokens to generate per request")
-    p.add_argument("--vocab-size", type=int, default=None,
+    p.add_argument("--concurrency", type=options.count(1), default=4, help="concurrent clients")
+    p.add_argument("--requests", type=options.count(1), default=16, help="requests in total")
+    p.add_argument("--prompt-tokens", type=options.count(1), default=64, help="prompt length in tokens")
+    p.add_argument("--max-tokens", type=options.count(1), default=32, help="tokens to generate per request")
+    p.add_argument("--vocab-size", type=options.count(1), default=None,
                    help="draw prompt ids below this (default: GET /tokenizer_info's vocab_size)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--timeout", type=options.seconds, default=600.0, help="seconds per request")
 
 
 async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -104,10 +105,8 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.concurrency < 1 or args.requests < 1 or args.prompt_tokens < 1 or args.max_tokens < 1:
-        raise LmstackError("--concurrency, --requests, --prompt-tokens and --max-tokens must be >= 1")
     try:
         results = asyncio.run(_run(args))
-    except httpx.HTTPError as exc:
-        raise LmstackError(f"cannot benchmark {args.url}: {exc}") from None
+    except httpx.HTTPError as exc:  # some (timeouts) have an empty message: then their type says what happened
+        raise LmstackError(f"cannot benchmark {args.url}: {str(exc) or type(exc).__name__}") from None
     return report("server", {k: v for k, v in vars(args).items() if k not in ("api_key", "func")}, results)

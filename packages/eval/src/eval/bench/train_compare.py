@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from eval.bench import options
 from eval.bench.common import prefer_kernels, profile_kernels, report, sync
 from eval.loading import pick_device
 from specs.plugins import resolve
@@ -27,18 +28,19 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="gpt2-124m")
-    p.add_argument("--seq", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--variants", default="lmstack,transformers",
+    p.add_argument("--seq", type=options.count(2), default=1024)
+    p.add_argument("--batch", type=options.count(1), default=16)
+    p.add_argument("--steps", type=options.count(1), default=20)
+    p.add_argument("--warmup", type=options.count(0), default=5)
+    p.add_argument("--device", type=options.device, default="cuda", help=options.DEVICE_FORMS)
+    p.add_argument("--variants", type=options.names(VARIANTS), default="lmstack,transformers",
                    help="lmstack, lmstack-fused (fused q/k/v and gate/up projections), transformers")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa,linear_cross_entropy=triton")
     p.add_argument("--compile", default="default", help="torch.compile mode ('none': eager)")
     p.add_argument("--profile", action="store_true",
                    help="also profile 3 steps of each variant: kernels per step, time per kernel class, top kernels")
-    p.add_argument("--profile-top", type=int, default=25, help="how many of the top kernels --profile reports")
+    p.add_argument("--profile-top", type=options.count(1), default=25,
+                   help="how many of the top kernels --profile reports")
 
 
 def peak_flops(device: str) -> float | None:
@@ -102,19 +104,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prefer_kernels(args.prefer)
     device = pick_device(args.device)  # ConfigError, not a torch traceback, when CUDA is absent
     cfg = preset(args.preset, max_seq_len=max(args.seq, preset(args.preset).max_seq_len))
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:  # before any model is built or timed
-        raise ValueError(f"unknown variant {unknown[0]!r}; valid: {', '.join(VARIANTS)}")
-    if args.profile_top < 1:
-        raise ValueError(f"--profile-top must be at least 1, got {args.profile_top}")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), generator=g).to(device)
     y = torch.roll(x, -1, dims=1)
     compile_fn = (lambda f: f) if args.compile == "none" else (lambda f: torch.compile(f, mode=args.compile))
     peak = peak_flops(device)
     results: dict[str, Any] = {"peak_bf16_flops": peak, "variants": {}}
-    for name in variants:
+    for name in args.variants:
         torch.manual_seed(0)
         if name in ("lmstack", "lmstack-fused"):
             model = resolve("lmstack.models", cfg.arch)(cfg).to(device)
@@ -131,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cm = compile_fn(model)
             loss_fn = lambda a, b, m=cm: m(input_ids=a, labels=a).loss  # HF shifts the labels itself
         else:
-            raise AssertionError(name)  # checked above
+            raise AssertionError(name)  # --variants allows no other
         r = _bench(loss_fn, list(model.parameters()), x, y, args.steps, args.warmup, device, args.profile,
                    args.profile_top)
         fpt = flops_per_token(cfg, n, args.seq)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from eval.bench import options
 from eval.bench.common import report, timed
 from eval.loading import pick_device, pick_dtype
 from specs.errors import LmstackError
@@ -22,20 +23,18 @@ from specs.presets import PRESETS, preset
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="llama-debug", choices=sorted(PRESETS))
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch-size", type=options.count(1), default=8)
+    p.add_argument("--seq-len", type=options.count(2), default=128)
+    p.add_argument("--steps", type=options.count(1), default=5)
+    p.add_argument("--warmup", type=options.count(0), default=2)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=options.device, default="auto", help=options.DEVICE_FORMS)
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
                    help="autocast dtype for the forward pass (auto: fp32)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.batch_size < 1 or args.seq_len < 2 or args.steps < 1 or args.warmup < 0:
-        raise LmstackError("need --batch-size >= 1, --seq-len >= 2, --steps >= 1 and --warmup >= 0")
     cfg = preset(args.preset)
     if args.seq_len > cfg.max_seq_len:
         raise LmstackError(f"--seq-len {args.seq_len} exceeds {args.preset}'s max_seq_len {cfg.max_seq_len}")
