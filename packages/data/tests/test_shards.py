@@ -71,6 +71,17 @@ def test_atomic_abort_and_no_overwrite(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_is_never_replaced_by_a_shard_directory(tmp_path: Path, overwrite: bool) -> None:
+    # overwrite=True once renamed the file aside, committed, and left .afile.old-PID behind (rmtree of a file).
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"afile exists and is not a directory; expected a directory path"):
+        ShardWriter(tmp_path / "afile", vocab_size=259, overwrite=overwrite)
+    with pytest.raises(ConfigError, match=r"cannot create .*afile/sub: .*afile is not a directory"):
+        ShardWriter(tmp_path / "afile" / "sub", vocab_size=259, overwrite=overwrite)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"] and (tmp_path / "afile").is_file()
+
+
 def test_byte_identical(tmp_path: Path) -> None:
     texts = ["hello world\n", "second document, naïve", "x" * 5000]
     a = build_shards(texts, tmp_path / "a", ByteTokenizer(), shard_size_tokens=1000)

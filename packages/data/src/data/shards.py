@@ -49,6 +49,26 @@ def _created_by() -> str:
         return "lmstack-data"
 
 
+def check_outdir(outdir: str | os.PathLike[str], *, overwrite: bool, name: str = "outdir") -> Path:
+    """Refuse an output directory that a commit could not replace cleanly, before any work; returns it as a Path.
+
+    A path that is, or lies under, something other than a directory is refused even with ``overwrite`` (a commit
+    only replaces a directory). A non-empty directory needs ``overwrite``. ``name`` is the field path in the
+    ConfigError (a CLI passes its flag, ``--outdir``).
+    """
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(name, f"{out} exists and is not a directory; expected a directory path (a file is never "
+                          "replaced, even with --overwrite)")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(name, f"cannot create {out}: {blocker} is not a directory")
+    if out.is_dir() and not overwrite and any(out.iterdir()):
+        raise ConfigError(name, f"{out} exists and is not empty; choose a new directory or pass overwrite=True "
+                          "(--overwrite) to replace it")
+    return out
+
+
 class ShardWriter:
     """Append tokenized documents; shards roll before ``shard_size_tokens`` would be exceeded.
 
@@ -74,9 +94,7 @@ class ShardWriter:
         self.created_by = created_by or _created_by()
         self.overwrite = overwrite
         self.extra: dict[str, Any] = {}
-        if self.outdir.exists() and not overwrite and (not self.outdir.is_dir() or any(self.outdir.iterdir())):
-            raise ConfigError("outdir", f"{self.outdir} exists and is not empty; choose a new directory or "
-                              "pass overwrite=True (--overwrite)")
+        check_outdir(self.outdir, overwrite=overwrite)
         self.outdir.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.outdir.name}.tmp-", dir=self.outdir.parent))
         os.chmod(self.staging, 0o755)  # mkdtemp makes it 0700; the committed directory is an ordinary one
