@@ -19,8 +19,8 @@ from corpus.pipeline import BuildConfig, build
 from corpus.quality import QualityConfig
 from specs.cli import run_cli
 
-_OVERRIDES = ("min_chars", "max_chars", "min_words", "max_words", "max_hash_ratio", "max_dup_line_frac",
-              "max_dup_line_char_frac")
+_OVERRIDES = {"min_chars": int, "max_chars": int, "min_words": int, "max_words": int, "max_hash_ratio": float,
+              "max_dup_line_frac": float, "max_dup_line_char_frac": float}  # QualityConfig field -> type
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--num-perm", type=int, default=128, help="MinHash permutations")
     b.add_argument("--quality", default="default", choices=["default", "gopher", "none"],
                    help="quality-filter preset (gopher: Rae et al. 2021 prose rules; default: code-friendly)")
-    for name in _OVERRIDES:
-        b.add_argument("--" + name.replace("_", "-"), type=float, default=None, help="override the preset's limit")
+    for name, kind in _OVERRIDES.items():
+        b.add_argument("--" + name.replace("_", "-"), type=kind, default=None, help="override the preset's limit")
     b.add_argument("--on-error", choices=["skip", "fail"], default="skip",
                    help="bad input (unreadable file, bad UTF-8, malformed JSONL): record and skip, or stop")
     b.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes for curation")
@@ -60,8 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     quality = QualityConfig.preset(args.quality)
-    overrides = {k: (int(v) if k in ("min_chars", "max_chars", "min_words", "max_words") else v)
-                 for k in _OVERRIDES if (v := getattr(args, k)) is not None}
+    overrides = {k: v for k in _OVERRIDES if (v := getattr(args, k)) is not None}
     cfg = BuildConfig(input=args.input, outdir=args.outdir, tokenizer=args.tokenizer,
                       shard_size_tokens=args.shard_size_tokens, redact_pii=args.redact_pii, dedup=args.dedup,
                       near_dup_threshold=args.near_dup_threshold, num_perm=args.num_perm,

@@ -16,6 +16,8 @@ import re
 from collections import Counter
 from collections.abc import Callable
 
+from specs.errors import ConfigError, suggest
+
 MARKERS = {"email": "<EMAIL>", "phone": "<PHONE_NUMBER>", "ipv4": "<IP_ADDRESS>", "ipv6": "<IP_ADDRESS>",
            "card": "<CARD_NUMBER>"}
 KINDS = ("email", "ipv6", "ipv4", "card", "phone")
@@ -73,12 +75,24 @@ def _is_card(s: str) -> bool:
     return 13 <= len(digits) <= 19 and digits[0] in "3456" and len(set(digits)) > 1 and luhn_ok(digits)
 
 
+def check_phone_region(region: str, name: str = "phone_region") -> None:
+    """ConfigError unless ``region`` is a region libphonenumber knows (``phonenumbers.SUPPORTED_REGIONS``: ISO
+    3166-1 alpha-2 codes in capitals, such as US or GB). ``name`` is the field path in the error."""
+    from phonenumbers import SUPPORTED_REGIONS
+
+    if region not in SUPPORTED_REGIONS:
+        raise ConfigError(name, f"unknown region {region!r}{suggest(str(region).upper(), SUPPORTED_REGIONS)}; "
+                          "expected a two-letter region code that phonenumbers knows, e.g. US, GB, DE, FR, IN, JP, BR "
+                          f"({len(SUPPORTED_REGIONS)} in all: phonenumbers.SUPPORTED_REGIONS)")
+
+
 class PiiRedactor:
     """Callable: ``text -> (redacted_text, Counter(kind -> count))``."""
 
     def __init__(self, *, phone_region: str = "US", kinds: tuple[str, ...] = KINDS) -> None:
         import phonenumbers
 
+        check_phone_region(phone_region)
         self._pn = phonenumbers
         self.phone_region = phone_region
         checks: dict[str, tuple[re.Pattern[str], Callable[[str], bool]]] = {

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from corpus.dedup import NearDuplicateIndex, exact_key, minhash, shingle_hashes
 from corpus.licenses import NOASSERTION, header_license
 from corpus.normalize import normalize
-from corpus.pii import PiiRedactor
+from corpus.pii import PiiRedactor, check_phone_region
 from corpus.quality import QualityConfig, check_quality
 from corpus.report import write_reports
 from corpus.sources import (
@@ -39,7 +39,7 @@ from corpus.sources import (
 from data.build import write_texts
 from data.embedded import DEFAULT_BUDGET_BYTES
 from data.manifest import tokenizer_entry
-from data.shards import ShardWriter
+from data.shards import ShardWriter, check_outdir
 from data.tokenizer import load_tokenizer
 from specs.errors import ConfigError
 
@@ -64,6 +64,19 @@ class BuildConfig:
     add_bos: bool = False
     add_eos: bool = True
     progress: bool | None = None  # None: only when stderr is a terminal
+
+    def __post_init__(self) -> None:
+        # Paths are the CLI's flags (shingle_size has none). A near_dup_threshold that MinHash LSH cannot band
+        # with num_perm permutations is caught by build(), which needs datasketch for that.
+        for name, v, lo in (("--shard-size-tokens", self.shard_size_tokens, 1), ("--num-perm", self.num_perm, 2),
+                            ("shingle_size", self.shingle_size, 1), ("--workers", self.workers, 1),
+                            ("--embedded-budget-bytes", self.embedded_budget_bytes, 1)):
+            if not isinstance(v, int) or v < lo:
+                raise ConfigError(name, f"must be an integer >= {lo}, got {v!r}")
+        if not 0 < self.near_dup_threshold < 1:
+            raise ConfigError("--near-dup-threshold", f"must be in (0, 1), got {self.near_dup_threshold} (a Jaccard "
+                              "similarity; identical documents are removed by the exact dedup)")
+        check_phone_region(self.phone_region, "--phone-region")
 
     def deterministic_dict(self) -> dict[str, Any]:
         """The settings that decide the output (recorded in the manifest; no paths, no worker count)."""
@@ -145,16 +158,10 @@ def _read_all(cfg: BuildConfig) -> tuple[InputInventory, Iterator[RawDocument | 
 def build(cfg: BuildConfig) -> dict[str, Any]:
     """Run the build; returns the report dict (also written as report.json / report.md in ``outdir``)."""
     t0 = time.perf_counter()
-    if cfg.workers < 1:
-        raise ConfigError("--workers", f"must be >= 1, got {cfg.workers}")
-    if not 0 < cfg.near_dup_threshold <= 1:
-        raise ConfigError("--near-dup-threshold", f"must be in (0, 1], got {cfg.near_dup_threshold}")
-    out = Path(cfg.outdir)
-    if out.exists() and not cfg.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError("--outdir", f"{out} exists and is not empty; pass --overwrite to replace it")
+    out = check_outdir(cfg.outdir, overwrite=cfg.overwrite, name="--outdir")
+    near = _near_index(cfg) if cfg.dedup else None
     inv, items = _read_all(cfg)
     stats = BuildStats()
-    near = NearDuplicateIndex(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm) if cfg.dedup else None
     seen_exact: dict[str, str] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.spool-", dir=out.parent) as spool_dir:
@@ -168,6 +175,15 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                               f"{dict(stats.removed)}, {len(stats.issues)} input errors")
         report = _write(cfg, inv, stats, spool, t0)
     return report
+
+
+def _near_index(cfg: BuildConfig) -> NearDuplicateIndex:
+    try:
+        return NearDuplicateIndex(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
+    except ValueError as exc:  # datasketch: fewer than 2 LSH bands for this threshold and num_perm
+        raise ConfigError("--num-perm", f"{cfg.num_perm} permutations are too few for --near-dup-threshold "
+                          f"{cfg.near_dup_threshold} (datasketch: {exc}); raise --num-perm or lower the "
+                          "threshold") from None
 
 
 def _processed(cfg: BuildConfig, items: Iterator[RawDocument | InputIssue],

@@ -17,10 +17,16 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from specs.errors import ConfigError
+
 _WORD = re.compile(r"\S+")
 _ALPHA = re.compile(r"[^\W\d_]")
 _BULLETS = ("•", "-", "*", "‣", "◦", "⁃", "·")
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
+_COUNTS = ("min_chars", "max_chars", "min_words", "max_words", "min_stop_words")  # integers >= 0
+_LENGTHS = ("min_mean_word_len", "max_mean_word_len")  # characters, >= 0
+_SHARES = ("max_hash_ratio", "max_ellipsis_ratio", "max_bullet_lines", "max_ellipsis_lines", "min_alpha_words",
+           "max_dup_line_frac", "max_dup_para_frac", "max_dup_line_char_frac", "max_dup_para_char_frac")  # [0, 1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +50,32 @@ class QualityConfig:
     max_top_ngram_char_frac: tuple[tuple[int, float], ...] = ()
     max_dup_ngram_char_frac: tuple[tuple[int, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str, got: object) -> ConfigError:
+            return ConfigError(f"quality.{name}", f"must be {expected}, got {got!r}")
+
+        for name in _COUNTS:
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 0):
+                raise bad(name, "an integer >= 0", v)
+        for name in _LENGTHS:
+            v = getattr(self, name)
+            if v is not None and not v >= 0:  # also refuses NaN
+                raise bad(name, "a length >= 0", v)
+        for name in _SHARES:
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise bad(name, "a ratio in [0, 1]", v)
+        for lo, hi in (("min_chars", "max_chars"), ("min_words", "max_words"),
+                       ("min_mean_word_len", "max_mean_word_len")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if a is not None and b is not None and a > b:
+                raise ConfigError(f"quality.{lo}", f"must be <= {hi} ({b}), got {a}")
+        for name in ("max_top_ngram_char_frac", "max_dup_ngram_char_frac"):
+            for item in getattr(self, name):
+                if not (len(item) == 2 and isinstance(item[0], int) and item[0] >= 1 and 0 <= item[1] <= 1):
+                    raise ConfigError(f"quality.{name}", f"expected (n >= 1, ratio in [0, 1]) pairs, got {item!r}")
+
     @classmethod
     def gopher(cls) -> QualityConfig:
         return cls(min_words=50, max_words=100_000, min_mean_word_len=3, max_mean_word_len=10, max_hash_ratio=0.1,
@@ -64,8 +96,6 @@ class QualityConfig:
 
     @classmethod
     def preset(cls, name: str) -> QualityConfig:
-        from specs.errors import ConfigError
-
         presets = {"gopher": cls.gopher, "default": cls.default, "none": cls.none}
         if name not in presets:
             raise ConfigError("quality", f"unknown preset {name!r}; choose one of {', '.join(presets)}")
