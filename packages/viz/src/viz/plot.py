@@ -9,10 +9,13 @@ average over it, as TensorBoard's smoothing slider does.
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from specs.io import atomic_write_bytes
 from viz.errors import VizError
 from viz.readers import RunLog, load_scalars
 
@@ -36,9 +39,35 @@ def ema(values: Sequence[float], weight: float) -> list[float]:
     return out
 
 
+def image_format(out: str | os.PathLike[str]) -> str:
+    """The matplotlib format that ``out``'s suffix names (``png`` when it has none); VizError, before anything is
+    drawn, for a path that is a directory, lies under a file, or has a suffix matplotlib cannot write."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    p = Path(out)
+    if p.is_dir():
+        raise VizError(f"cannot write {p}: it is a directory; expected an image file path such as {p / 'curves.png'}")
+    blocker = next((a for a in p.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise VizError(f"cannot write {p}: {blocker} is not a directory")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    fmt = p.suffix.lstrip(".").lower() or "png"
+    if fmt not in formats:
+        raise VizError(f"cannot write {p}: matplotlib cannot write {p.suffix!r} images; expected a suffix among "
+                       f"{', '.join('.' + f for f in sorted(formats))}")
+    tex = matplotlib.rcParams["pgf.texsystem"]
+    if fmt == "pgf" and shutil.which(tex) is None:
+        raise VizError(f"cannot write {p}: matplotlib runs {tex} to lay out a .pgf, and {tex} is not installed; "
+                       "expected .png, .svg or .pdf")
+    return fmt
+
+
 def plot_runs(runs: Sequence[RunLog], out: str | os.PathLike[str], *, smooth: float = 0.6,
               title: str | None = None) -> Path:
-    """Draw ``runs`` into ``out`` (PNG, SVG or PDF by suffix), written atomically; return the path."""
+    """Draw ``runs`` into ``out`` (PNG, SVG, PDF or another format matplotlib writes, by suffix), written
+    atomically through a temp file in the same directory; return the path."""
+    fmt = image_format(out)
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -84,18 +113,15 @@ def plot_runs(runs: Sequence[RunLog], out: str | os.PathLike[str], *, smooth: fl
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.suptitle(title or ", ".join(r.name for r in runs))
-    out_p = Path(out)
-    out_p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_p.with_name(f".{out_p.name}.tmp")
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110, format=out_p.suffix.lstrip(".") or "png")
-        os.replace(tmp, out_p)
+        fig.savefig(buf, dpi=110, format=fmt)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out_p
+    return atomic_write_bytes(out, buf.getvalue(), mode=0o644)
 
 
 def plot_run(run_dir: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs) -> Path:
-    """Find the logs under ``run_dir`` and draw them into ``out``."""
+    """Find the logs under ``run_dir`` and draw them into ``out`` (checked first: see :func:`image_format`)."""
+    image_format(out)
     return plot_runs(load_scalars(run_dir), out, **kwargs)

@@ -1,7 +1,8 @@
 """Read the CSV and JSONL logs back, including those of a run that crashed mid-write.
 
 A killed process can leave the last line of a log cut short; the readers drop a final line that has no newline
-(only there: a malformed line in the middle of a file is corruption and raises VizError naming file and line).
+(only there: a malformed line in the middle of a file is corruption and raises VizError naming file and line,
+as does a ``scalars.csv`` or ``metrics.jsonl`` whose first line is not its backend's header).
 ``find_logs(run_dir)`` searches a directory tree for logs in these formats (by content, not only by name) and
 ``load_scalars`` returns, per log directory, ``{tag: [(step, value), ...]}`` sorted by step, keeping the last
 value written for a step (a run resumed from an earlier checkpoint overwrites the steps it repeats).
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from viz.backends.csv_log import CSV_HEADER
-from viz.backends.jsonl_log import JSONL_FORMAT
+from viz.backends.csv_log import CSV_HEADER, CSV_NAME
+from viz.backends.jsonl_log import JSONL_FORMAT, JSONL_HEADER, JSONL_NAME
 from viz.errors import VizError
+
+_HEADERS = {CSV_NAME: CSV_HEADER, JSONL_NAME: JSONL_HEADER}  # the backends' own file names
 
 
 def _complete_lines(path: Path) -> list[str]:
@@ -65,32 +68,54 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise VizError(f"{p}:{lineno}: not JSON ({exc})") from None
+            raise VizError(f"{p}:{lineno}: malformed line, not JSON ({exc})") from None
         if not isinstance(rec, dict) or "type" not in rec:
             raise VizError(f"{p}:{lineno}: a record must be an object with a 'type'")
+        if rec["type"] == "scalars":
+            try:
+                _scalar_rows(rec)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise VizError(f"{p}:{lineno}: malformed scalars record (expected an integer 'step' and an object "
+                               f"of numbers under 'values'): {line[:120]}") from None
         records.append(rec)
     return records
 
 
+def _scalar_rows(r: dict[str, Any]) -> list[tuple[int, str, float, float]]:
+    return [(int(r["step"]), tag, _float(v), _float(r.get("wall_time", 0.0))) for tag, v in r["values"].items()]
+
+
 def scalars_from_jsonl(records: list[dict[str, Any]]) -> list[tuple[int, str, float, float]]:
-    return [(int(r["step"]), tag, _float(v), _float(r.get("wall_time", 0.0)))
-            for r in records if r["type"] == "scalars" for tag, v in r["values"].items()]
+    return [row for r in records if r["type"] == "scalars" for row in _scalar_rows(r)]
 
 
 def _sniff(path: Path) -> str | None:
-    """'csv' or 'jsonl' when the file starts like one of our logs, else None."""
+    """'csv' or 'jsonl' when the file starts like one of our logs, else None.
+
+    A file with a backend's own name (scalars.csv, metrics.jsonl) must be that backend's log: a complete first
+    line other than its header is a VizError naming the file and line 1. An empty file, or one whose only line
+    was cut short by a crash, holds no records and is skipped like a foreign file.
+    """
+    expected = _HEADERS.get(path.name)
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             first = f.readline()
-    except OSError:
-        return None
+    except OSError as exc:
+        if expected is None:
+            return None
+        raise VizError(f"cannot read {path}: {exc.strerror or exc}") from None
     if first == CSV_HEADER:
         return "csv"
     try:
         head = json.loads(first)
     except json.JSONDecodeError:
-        return None
-    return "jsonl" if isinstance(head, dict) and head.get("format") == JSONL_FORMAT else None
+        head = None
+    if isinstance(head, dict) and head.get("format") == JSONL_FORMAT:
+        return "jsonl"
+    if expected is not None and first.endswith("\n"):
+        raise VizError(f"{path}:1: malformed log: the first line of a {path.name} must be {expected.strip()!r}, got "
+                       f"{first.strip()[:80]!r}")
+    return None
 
 
 def find_logs(run_dir: str | os.PathLike[str]) -> dict[Path, tuple[str, Path]]:
