@@ -40,7 +40,8 @@ def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: i
         raise ConfigError("prompts", "is empty; pass at least one list of token ids")
     if max_new_tokens < 1:
         raise ConfigError("max_new_tokens", f"must be at least 1, got {max_new_tokens}")
-    longest = max(len(p) for p in prompts) + max_new_tokens
+    # the context the longest request needs, held to the model's (a request past it then fails as too long)
+    longest = min(max(len(p) for p in prompts) + max_new_tokens, int(model.config.max_seq_len))
     fields = {"max_batch_size": max_batch_size, "block_size": block_size, "max_seq_len": longest, **config_overrides}
     if num_blocks is None:
         num_blocks = max_batch_size * math.ceil((fields["max_seq_len"] or longest) / block_size)
