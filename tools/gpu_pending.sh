@@ -34,7 +34,10 @@
 #                                      passed, train's 3 governance-plugin tests failed for want of
 #                                      license-expression on the card (tools/device.sh carries it since).
 #                                      Session 26, train and eval: 60 and 38 passed, train's seed command failing
-#                                      on a 1-GPU card (its rank 1 asked for cuda:1; it runs on the CPU since)
+#                                      on a 1-GPU card (its rank 1 asked for cuda:1; it runs on the CPU since).
+#                                      Session 27: part 4 passed (and dist's tests); part 3 passed but for serve's
+#                                      run_requests, which sized its engine past the model's context once Engine
+#                                      refused that (fixed in f2c36c9)
 #   bash tools/gpu_pending.sh unified-decode  kernel 0.23's unified attention in a model's decode step (FastGenerator's
 #                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,
