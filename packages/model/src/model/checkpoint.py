@@ -152,8 +152,9 @@ def verify_card(directory: str | os.PathLike[str], *, required: bool) -> ModelCa
     path = Path(directory) / CARD
     if not path.is_file():
         if required:
-            raise CheckpointError(f"{path}: missing, so the weights cannot be verified; pass verify=False to load "
-                                  "without integrity checks")
+            raise CheckpointError(f"{path}: missing, so the weights cannot be verified (an lmstack checkpoint "
+                                  "writes one beside its weights); re-save it with save_pretrained, or load it from "
+                                  "Python with from_pretrained(..., verify=False) to skip the integrity checks")
         return None
     card = ModelCard.load(path)
     card.verify(directory)
