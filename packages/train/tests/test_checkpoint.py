@@ -17,7 +17,7 @@ from specs.metadata import load_metadata
 from specs.modelcard import ModelCard
 from train import CheckpointError, Trainer
 from train import checkpoint as ckpt
-from train.inputs import check_writable
+from train.checkpoint import check_writable
 
 
 class FakeTokenizer:

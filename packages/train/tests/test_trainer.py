@@ -255,3 +255,60 @@ def test_cpu_offload_needs_fsdp():
     with pytest.raises(ConfigError, match="cpu_offload"):
         RunConfig(model=ModelConfig(d_model=8, n_heads=2, n_layers=1, d_ff=8, vocab_size=8),
                   dist={"cpu_offload": True})
+
+
+def test_fit_does_not_overwrite_an_earlier_runs_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    Trainer(TinyLM(), tcfg(tmp_path, steps=4, ckpt_every=2), TokenLoader()).fit()
+    root = tmp_path / "run" / "checkpoints"
+    before = {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    assert {p.name for p in root.iterdir()} == {"step_00000002", "step_00000004"}
+    again = Trainer(TinyLM(), tcfg(tmp_path, steps=2), TokenLoader())  # a new run, the same out_dir
+    with pytest.raises(ConfigError, match=r"holds checkpoints of an earlier run \(newest step_00000004\)"):
+        again.fit()
+    with pytest.raises(ConfigError, match="earlier run"):
+        again.save_checkpoint()
+    assert again.global_step == 0  # refused before any step
+    assert {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    cont = Trainer(TinyLM(), tcfg(tmp_path, steps=6), TokenLoader())
+    cont.resume("auto")  # continuing the run is what its checkpoints are for
+    cont.fit()
+    assert cont.global_step == 6 and (root / "step_00000006").is_dir()
+
+
+def test_out_dir_that_is_a_file_fails_before_any_step(tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    trainer = Trainer(TinyLM(), tcfg(tmp_path), TokenLoader())
+    with pytest.raises(ConfigError, match="train.out_dir: cannot write checkpoints under"):
+        trainer.fit()
+    assert trainer.global_step == 0 and (tmp_path / "run").read_text() == "not a directory"
+
+
+def test_token_ids_past_the_vocabulary_are_named(tmp_path):
+    from specs.errors import ShapeError
+
+    trainer = Trainer(TinyLM(vocab=64), tcfg(tmp_path), TokenLoader())
+    ids = torch.randint(0, 64, (2, 8))
+    with pytest.raises(ShapeError, match=r"batch input_ids: ids must lie in \[0, 64\).*got 64\.\.70"):
+        trainer.step(torch.cat([ids, torch.tensor([[64], [70]])], 1))
+    labels = ids.clone()
+    labels[0, 0] = -1  # scored as token 0 by a kernel that clamps; -100 (IGNORE_INDEX) is allowed
+    with pytest.raises(ShapeError, match=r"batch labels: .* or be -100; got -1\.\.-1"):
+        trainer.step({"input_ids": ids, "labels": labels})
+    labels[0, 0] = -100
+    assert math.isfinite(trainer.step({"input_ids": ids, "labels": labels}))
+    with pytest.raises(ShapeError, match="expected integer token ids"):
+        trainer.step(ids.float())
+    assert trainer.global_step == 1
+
+
+def test_data_vocabulary_larger_than_the_model_is_refused_up_front(tmp_path):
+    class Tok:
+        vocab_size = 300
+
+    with pytest.raises(ConfigError, match=r"model.vocab_size: 64 is smaller than the tokenizer's vocabulary \(300"):
+        Trainer(TinyLM(vocab=64), tcfg(tmp_path), TokenLoader(), tokenizer=Tok())
+    loader = TokenLoader()
+    loader.shards = Tok()  # a shard loader's ShardSet (data.loader.ShardLoader.shards) has vocab_size too
+    with pytest.raises(ConfigError, match=r"64 is smaller than the dataloader's shards' vocabulary \(300 ids\)"):
+        Trainer(TinyLM(vocab=64), tcfg(tmp_path), loader)

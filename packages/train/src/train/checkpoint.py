@@ -33,6 +33,7 @@ import torch
 
 import dist
 from dist.state import CheckpointError
+from specs.errors import ConfigError
 from specs.io import atomic_write_text, config_to_dict
 from specs.modelcard import IntegrityError, ModelCard, sha256_file
 from specs.schema import ConfigBase
@@ -62,6 +63,29 @@ def list_checkpoints(out_dir: str | os.PathLike[str]) -> list[Path]:
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[len(_PREFIX):].isdigit()
              and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def check_writable(out_dir: str | os.PathLike[str]) -> None:
+    """Create ``out_dir/checkpoints`` and write a probe file there, or fail naming ``train.out_dir``."""
+    root = checkpoints_root(out_dir)
+    probe = root / f".write-probe-{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError("train.out_dir",
+                          f"cannot write checkpoints under {str(out_dir)!r}: {exc.strerror or exc}") from None
+
+
+def check_new_run(out_dir: str | os.PathLike[str]) -> None:
+    """A run that does not continue one of ``out_dir``'s checkpoints would write its step directories over them
+    (and prune them as older): a ConfigError when ``out_dir`` holds any."""
+    if earlier := list_checkpoints(out_dir):
+        raise ConfigError("train.out_dir", f"{out_dir} holds checkpoints of an earlier run (newest "
+                                           f"{earlier[-1].name}); continue it with --train.resume auto "
+                                           "(Trainer.resume('auto')), or choose another --train.out_dir (or delete "
+                                           "that one)")
 
 
 def resolve_resume(spec: str | None, out_dir: str | os.PathLike[str]) -> Path | None:

@@ -9,7 +9,6 @@ depend on the world size: a run resumes exactly on any number of ranks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,19 +56,6 @@ class RankSlice:
         return getattr(self.loader, name)
 
 
-def check_writable(out_dir: str) -> None:
-    """Create ``out_dir/checkpoints`` and write a probe file there, or fail naming ``train.out_dir``."""
-    root = checkpoint.checkpoints_root(out_dir)
-    probe = root / f".write-probe-{os.getpid()}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError("train.out_dir",
-                          f"cannot write checkpoints under {out_dir!r}: {exc.strerror or exc}") from None
-
-
 def preflight(cfg: RunConfig, env: dist.DistEnv) -> None:
     """Every check that needs no data or model, so a bad run stops before doing work."""
     rows, world, accum = cfg.data.batch_size, env.world_size, cfg.train.grad_accum
@@ -87,12 +73,9 @@ def preflight(cfg: RunConfig, env: dist.DistEnv) -> None:
     precision, field = resolve_precision(cfg.train, cfg.dist)
     dist.check_precision(precision, env.device, field)
     if env.is_main:
-        check_writable(cfg.train.out_dir)
-    if cfg.train.resume is None and (earlier := checkpoint.list_checkpoints(cfg.train.out_dir)):
-        # a new run would write the same step directories over the earlier run's
-        raise ConfigError("train.out_dir", f"{cfg.train.out_dir} holds checkpoints of an earlier run (newest "
-                                           f"{earlier[-1].name}); continue it with --train.resume auto, or choose "
-                                           "another --train.out_dir (or delete that one)")
+        checkpoint.check_writable(cfg.train.out_dir)
+    if cfg.train.resume is None:
+        checkpoint.check_new_run(cfg.train.out_dir)
     if cfg.train.resume not in (None, "auto"):
         checkpoint.resolve_resume(cfg.train.resume, cfg.train.out_dir)
     if cfg.data.path != "embedded" and not Path(cfg.data.path).exists():

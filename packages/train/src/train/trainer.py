@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 import dist
 from specs.batch import IGNORE_INDEX, Batch
 from specs.config import DataConfig, DistConfig, ModelConfig, RunConfig, TrainConfig
-from specs.errors import ConfigError
+from specs.errors import ConfigError, ShapeError
 from train import checkpoint
 from train.callbacks import CallbackList, plugin_callbacks
 from train.errors import TrainingError, TrainingInterrupted
@@ -85,6 +86,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         self.module = model
         self.dataloader, self.eval_dataloader, self.tokenizer = dataloader, eval_dataloader, tokenizer
+        self.vocab_size = _vocab_size(model)
+        _check_data_vocab(self.vocab_size, dataloader, eval_dataloader, tokenizer)
         self._fields = ("positions",) + (() if data_cfg.pack else ("attention_mask",)) + \
             (("document_ids",) if data_cfg.doc_mask else ())
         self._matmul_params = matmul_params(model)
@@ -109,6 +112,7 @@ class Trainer:
         self.last_metrics: dict[str, Any] = {}
         self.resumed_from: str | None = None
         self._last_saved = -1
+        self._out_dir_claimed = False
         self._metric_every = {self.cfg.log_every} | ({self.run_config.viz.log_every} if self.run_config else set())
         self._reset_window()
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=device)
@@ -156,7 +160,9 @@ class Trainer:
         return value
 
     def _advance(self, batch: Any) -> torch.Tensor:
-        b = as_batch(batch).to(self.device, non_blocking=True)
+        b = as_batch(batch)
+        _check_ids(b, self.vocab_size)
+        b = b.to(self.device, non_blocking=True)
         loss = self._forward_backward(b)
         log_now = any((self.global_step + 1) % k == 0 for k in self._metric_every)
         self._optimizer_step(loss, log_now)
@@ -314,7 +320,9 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= (max_batches or self.cfg.eval_steps):
                 break
-            b = as_batch(batch).to(self.device, non_blocking=True)
+            b = as_batch(batch)
+            _check_ids(b, self.vocab_size)
+            b = b.to(self.device, non_blocking=True)
             inputs = self._inputs(b, ("input_ids", "labels", *self._fields))
             with self._amp():
                 self._warm_compiled(inputs)
@@ -340,6 +348,7 @@ class Trainer:
     def save_checkpoint(self) -> str:
         """Write a checkpoint of the current step (every rank must call); keeps the last ``train.keep_last``."""
         self._check_finite()
+        self._claim_out_dir()
         path = checkpoint.save(self, self.out_dir)
         if self.env.is_main:
             checkpoint.prune(self.out_dir, self.cfg.keep_last)
@@ -349,6 +358,24 @@ class Trainer:
         self._last_saved = self.global_step
         return str(path)
 
+    def _claim_out_dir(self) -> None:
+        """Before this trainer's first step of ``fit`` or its first checkpoint: ``train.out_dir`` must be writable
+        and, unless this run continues one of its checkpoints, hold none of an earlier run's (its step directories
+        would be written over, and pruned as older). Decided on rank 0 and raised on every rank."""
+        if self._out_dir_claimed:
+            return
+        problem = None
+        if self.env.is_main:
+            try:
+                checkpoint.check_writable(self.out_dir)
+                checkpoint.check_new_run(self.out_dir)
+            except ConfigError as exc:
+                problem = exc.message
+        problem = dist.broadcast_json(self.env, problem)
+        if problem is not None:
+            raise ConfigError("train.out_dir", problem)
+        self._out_dir_claimed = True
+
     def resume(self, spec: str = "auto") -> str | None:
         """Continue from ``spec`` ('auto': the newest checkpoint of ``train.out_dir``; or a path). Returns the path."""
         path = checkpoint.resolve_resume(spec, self.out_dir)
@@ -357,6 +384,8 @@ class Trainer:
                 logger.info("resume=auto: no checkpoint in %s yet, starting from step 0", self.out_dir)
             return None
         state = checkpoint.load(self, path)
+        # continuing a checkpoint of this out_dir makes its checkpoints this run's own
+        self._out_dir_claimed = Path(path).resolve().parent == checkpoint.checkpoints_root(self.out_dir).resolve()
         self.global_step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.resumed_from = str(path)
@@ -374,6 +403,7 @@ class Trainer:
             raise ConfigError("dataloader", "Trainer.fit needs a dataloader")
         if self.cfg.resume is not None and self.resumed_from is None:
             self.resume(self.cfg.resume)
+        self._claim_out_dir()
         total = steps or self.cfg.steps
         self._progress = Progress(total, self.global_step, enabled=self.env.is_main, bar=progress_bar)
         self._reset_window()
@@ -407,3 +437,43 @@ class Trainer:
     def close(self) -> None:
         """Call ``on_end`` for loops that drive ``step()`` themselves instead of ``fit()``."""
         self.callbacks.on_end(self)
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    """The model's vocabulary (``model.config.vocab_size``, as lmstack and transformers models have), else None."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
+def _check_data_vocab(vocab: int | None, *sources: Any) -> None:
+    """Data whose token ids can reach past the model's vocabulary fails here, not at the first batch that holds
+    one: a tokenizer's ``vocab_size``, or a shard loader's (``loader.shards.vocab_size``)."""
+    if vocab is None:
+        return
+    for src in sources:
+        for what, holder in (("the tokenizer's", src), ("the dataloader's shards'", getattr(src, "shards", None))):
+            size = getattr(holder, "vocab_size", None)
+            if isinstance(size, int) and size > vocab:
+                raise ConfigError("model.vocab_size", f"{vocab} is smaller than {what} vocabulary ({size} ids); "
+                                                      f"build the model with vocab_size >= {size}")
+
+
+def _check_ids(b: Batch, vocab: int | None) -> None:
+    """Token ids in [0, vocab) and labels there or IGNORE_INDEX, checked while the batch is still on the CPU (no
+    device sync): out of range, an id fails deep inside the embedding and a label is scored as another token."""
+    if vocab is None:
+        return
+    for name, t in (("input_ids", b.input_ids), ("labels", b.labels)):
+        if t is None or t.device.type != "cpu" or t.numel() == 0:
+            continue
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise ShapeError(f"batch {name}: expected integer token ids, got dtype {t.dtype}")
+        bad = (t < 0) | (t >= vocab)
+        if name == "labels":
+            bad &= t != IGNORE_INDEX
+        if bool(bad.any()):
+            v = t[bad]
+            raise ShapeError(f"batch {name}: ids must lie in [0, {vocab}) (the model's vocab_size)"
+                             f"{' or be ' + str(IGNORE_INDEX) if name == 'labels' else ''}; got {int(v.min())}"
+                             f"..{int(v.max())} ({int(bad.sum())} of {t.numel()})")
+
