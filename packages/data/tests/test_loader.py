@@ -127,6 +127,45 @@ def test_state_mismatch_and_new_pass(positional_shards) -> None:
     assert sorted(first) == sorted(second) and first != second
 
 
+
+def test_bad_state_is_refused_by_field(positional_shards) -> None:
+    # batches_done=-5 served other batches, 10**9 served none, end_epoch=-5 was ignored, epoch=-5 was numpy's error.
+    d, _, _ = positional_shards
+    dl = build_dataloader(d, batch_size=3, seq_len=16, epochs=2)
+    n, state = len(dl), dl.state_dict()
+    for key, value, match in [
+        ("batches_done", -5, rf"an integer in \[0, {n}\] \(this loader has {n} batches per epoch\), got -5"),
+        ("batches_done", n + 1, rf"in \[0, {n}\]"), ("batches_done", 10**9, rf"in \[0, {n}\]"),
+        ("batches_done", "3", "got '3'"), ("epoch", -5, "an integer >= 0, got -5"), ("epoch", 1.5, "got 1.5"),
+        ("epoch", True, "got True"), ("end_epoch", -5, "an integer >= the state's epoch"), ("end_epoch", "2", "'2'"),
+    ]:
+        with pytest.raises(ConfigError, match=rf"data\.state\.{key}: expected .*{match}"):
+            dl.load_state_dict({**state, key: value})
+    with pytest.raises(ConfigError, match=r"end_epoch: expected None \(stream forever\) or an integer >= the "
+                       r"state's epoch \(1\), got 0"):
+        dl.load_state_dict({**state, "epoch": 1, "end_epoch": 0})
+    for value in (None, [], "state"):
+        with pytest.raises(ConfigError, match="data.state: expected the dict from ShardLoader.state_dict()"):
+            dl.load_state_dict(value)
+    assert dl.state_dict() == state  # a refused state changes nothing
+    dl.load_state_dict({**state, "batches_done": n})  # the epoch fully served: the next batch opens epoch 1
+    assert len(_all(dl)) == n and dl.epoch == 2
+    with pytest.raises(ConfigError, match="epoch: expected an integer >= 0"):
+        dl.set_epoch(-1)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    (dict(num_workers=1, prefetch_factor=0), r"data\.prefetch_factor: expected None .* integer >= 1 .*got 0"),
+    (dict(num_workers=1, prefetch_factor=2.5), "data.prefetch_factor: expected None"),
+    (dict(pin_memory="no"), "data.pin_memory: expected True or False"),
+    (dict(seed=-1), "data.seed: expected an integer >= 0, got -1"),
+])
+def test_dataloader_options_checked_up_front(positional_shards, kw, match) -> None:
+    d, _, _ = positional_shards
+    with pytest.raises(ConfigError, match=match):
+        build_dataloader(d, batch_size=2, seq_len=16, **kw)
+
+
 def test_unpacked_rows(tmp_path: Path) -> None:
     docs = [np.arange(1, 1 + n) for n in (5, 40, 17, 1, 33)]
     d = write_docs(tmp_path / "u", docs, vocab_size=259, tokenizer={"spec": "t", "fingerprint": "x", "pad_id": 258})

@@ -95,6 +95,26 @@ def test_byte_identical(tmp_path: Path) -> None:
                                                                                                 "eos": True}
 
 
+@pytest.mark.parametrize("texts", ["just a string", b"some bytes"])
+def test_a_single_text_is_refused_and_nothing_written(tmp_path: Path, texts) -> None:
+    # A str used to be read one character per document: 13 one-character documents, no error.
+    with pytest.raises(ConfigError, match=r"texts: expected an iterable of documents .* e\.g\. \[text\]"):
+        build_shards(texts, tmp_path / "out", ByteTokenizer())
+    with pytest.raises(ConfigError, match="document 1 is of type int, expected a str"):
+        build_shards(["a", 3], tmp_path / "out", ByteTokenizer())
+    assert list(tmp_path.iterdir()) == []  # no output directory, no staging directory left
+
+
+def test_tokenizer_spec_or_none(tmp_path: Path) -> None:
+    out = build_shards(["hello", "world"], tmp_path / "spec", "byte")  # loaded with load_tokenizer
+    assert read_manifest(out)["tokenizer"]["fingerprint"] == ByteTokenizer().fingerprint()
+    with pytest.raises(ConfigError, match="tokenizer: expected a Tokenizer or a spec .* got None"):
+        build_shards(["a"], tmp_path / "none", None)
+    with pytest.raises(ConfigError, match=r"'bpe:400' names a tokenizer to train.*load_tokenizer\('bpe:400'"):
+        build_shards(["a"], tmp_path / "bpe", "bpe:400")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec"]
+
+
 def test_truncated_shard_is_detected(tmp_path: Path) -> None:
     d = write_docs(tmp_path / "s", _docs(), vocab_size=259, shard_size_tokens=3000)
     victim = d / read_manifest(d)["shards"][1]["path"]

@@ -119,6 +119,22 @@ def test_bpe_needs_text() -> None:
         train_bpe(["x"], vocab_size=100)
 
 
+
+def test_a_single_text_is_not_a_list_of_documents(tmp_path: Path) -> None:
+    # A str used to train on its single characters and encode_batch("hi") to encode two documents.
+    for spec in ("bpe:400", "sentencepiece:300"):
+        with pytest.raises(ConfigError, match=r"texts: .*got a single str of length 5; pass a list .*\[text\]"):
+            load_tokenizer(spec, texts="hello")
+        with pytest.raises(ConfigError, match="document 1 is of type int, expected a str"):
+            load_tokenizer(spec, texts=["hello", 3])
+        with pytest.raises(ConfigError, match=r"files: .*single path 'a\.txt'; pass a list, e\.g\. \['a\.txt'\]"):
+            load_tokenizer(spec, files="a.txt")
+    with pytest.raises(ConfigError, match="got a single bytes"):
+        train_bpe(b"hello", vocab_size=300)
+    with pytest.raises(ConfigError, match="got a single str"):
+        ByteTokenizer().encode_batch("hi")
+
+
 def test_save_keeps_other_files_and_replaces_another_tokenizer(bpe: HFTokenizer, spm_tok: SentencePieceTokenizer,
                                                                tmp_path: Path, monkeypatch) -> None:
     d = tmp_path / "ckpt"  # a checkpoint directory: weights and config first, the tokenizer saved beside them

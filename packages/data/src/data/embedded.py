@@ -91,13 +91,13 @@ def embedded_shards(tokenizer: Any = "byte", *, budget_bytes: int = DEFAULT_BUDG
     budget and every chosen file's path and content hash. A file lock makes concurrent ranks build it once.
     """
     from data.build import build_shards
-    from data.tokenizer import load_tokenizer
+    from data.tokenizer.loading import TRAINED_KINDS, load_tokenizer
 
     files = embedded_files(budget_bytes)
     digest = hashlib.sha256()
     for f, text in read_embedded(files):
         digest.update(f"{f.relpath}\0{hashlib.sha256(text.encode()).hexdigest()}\n".encode())
-    trained = isinstance(tokenizer, str) and tokenizer.partition(":")[0] in ("bpe", "sentencepiece", "spm")
+    trained = isinstance(tokenizer, str) and tokenizer.partition(":")[0] in TRAINED_KINDS
     tok = None if trained else load_tokenizer(tokenizer)
     key_doc = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer if trained else tok.fingerprint(),
                "budget": budget_bytes, "files": digest.hexdigest(), "shard_size_tokens": shard_size_tokens,

@@ -13,8 +13,9 @@ The order of samples and their split over ranks and DataLoader workers is define
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,11 +25,11 @@ from data.collate import packed_batch, padded_batch
 from data.embedded import DEFAULT_BUDGET_BYTES, embedded_shards
 from data.sampling import SampleSpace, Schedule, split_subset
 from data.shards import ShardSet
+from data.tokenizer.loading import TRAINED_KINDS
 from specs.batch import Batch
 from specs.errors import ConfigError
 
 STATE_VERSION = 1
-_TRAINED = ("bpe", "sentencepiece", "spm")
 
 
 class _EpochStream(torch.utils.data.IterableDataset):
@@ -116,7 +117,7 @@ class ShardLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Start the next iteration at the beginning of ``epoch`` (like DistributedSampler.set_epoch)."""
-        self.epoch, self.batches_done = int(epoch), 0
+        self.epoch, self.batches_done = _check_int("epoch", epoch, 0), 0
         if self.epochs is not None:
             self._end_epoch = self.epoch + self.epochs
 
@@ -133,14 +134,30 @@ class ShardLoader:
                 "end_epoch": self._end_epoch, **self._identity_fields()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the position ``state`` (from :meth:`state_dict`) records; ConfigError names a bad field.
+
+        ``epoch`` is an integer >= 0, ``batches_done`` one in ``[0, len(self)]`` (``len(self)``: the epoch has
+        been handed out) and ``end_epoch`` None (stream forever) or an integer >= ``epoch``.
+        """
+        if not isinstance(state, Mapping):
+            raise ConfigError("data.state", f"expected the dict from ShardLoader.state_dict(), got "
+                              f"{type(state).__name__}")
         if state.get("version") != STATE_VERSION:
             raise ConfigError("data.state.version", f"expected {STATE_VERSION}, got {state.get('version')!r}")
         for key, value in self._identity_fields().items():
             if state.get(key) != value:
                 raise ConfigError(f"data.state.{key}", f"checkpoint has {state.get(key)!r}, this loader has "
                                   f"{value!r}; an exact resume needs the same data and batching")
-        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
-        self._end_epoch = state.get("end_epoch", self.epochs)
+        epoch = _check_int("data.state.epoch", state.get("epoch"), 0)
+        batches_done = _check_int("data.state.batches_done", state.get("batches_done"), 0, len(self),
+                                  f"this loader has {len(self)} batches per epoch")
+        end_epoch = state.get("end_epoch", self.epochs)
+        if "end_epoch" in state and end_epoch is not None:
+            if not _is_int(end_epoch) or end_epoch < epoch:
+                raise ConfigError("data.state.end_epoch", f"expected None (stream forever) or an integer >= the "
+                                  f"state's epoch ({epoch}), got {end_epoch!r}")
+            end_epoch = int(end_epoch)
+        self.epoch, self.batches_done, self._end_epoch = epoch, batches_done, end_epoch
 
     # ---- provenance ------------------------------------------------------------------------------------------
     @property
@@ -155,6 +172,18 @@ class ShardLoader:
         if info.get("path"):
             return load_tokenizer(str(self.shards.directory / info["path"]))
         return load_tokenizer(info.get("spec", "byte"))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None, note: str = "") -> int:
+    """``value`` as an int in ``[low, high]`` (no upper bound when ``high`` is None), else a ConfigError."""
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(name, f"expected an integer {bound}{f' ({note})' if note else ''}, got {value!r}")
+    return int(value)
 
 
 def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -176,7 +205,7 @@ def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def _check_tokenizer(shards: ShardSet, tokenizer: Any) -> None:
     info = shards.tokenizer
-    if isinstance(tokenizer, str) and tokenizer.partition(":")[0] in _TRAINED:
+    if isinstance(tokenizer, str) and tokenizer.partition(":")[0] in TRAINED_KINDS:
         if tokenizer != info.get("spec"):
             raise ConfigError("tokenizer", f"{shards.directory} was tokenized with {info.get('spec')!r}, "
                               f"not {tokenizer!r}")
@@ -205,11 +234,18 @@ def build_dataloader(path: str | os.PathLike[str] = "embedded", batch_size: int 
     or object) is checked against the manifest's fingerprint. ``rank``/``world_size`` default to
     torch.distributed when initialised, else the RANK/WORLD_SIZE environment, else 0/1. ``epochs=None`` streams
     forever. ``val_fraction`` holds out a fixed share of samples, served with ``split="val"``. ``verify=True``
-    checks every shard's sha256 first (lengths are always checked).
+    checks every shard's sha256 first (lengths are always checked). ``prefetch_factor`` (None or >= 1) goes to
+    ``torch.utils.data.DataLoader`` and is unused with ``num_workers=0``; ``seed`` is an integer >= 0.
     """
-    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("num_workers", num_workers, 0)):
+    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("num_workers", num_workers, 0),
+                             ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
+    if prefetch_factor is not None and (not _is_int(prefetch_factor) or prefetch_factor < 1):
+        raise ConfigError("data.prefetch_factor", f"expected None (torch's default, 2) or an integer >= 1 (batches "
+                          f"each DataLoader worker loads ahead), got {prefetch_factor!r}")
+    if not isinstance(pin_memory, bool):
+        raise ConfigError("data.pin_memory", f"expected True or False, got {pin_memory!r}")
     if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
         raise ConfigError("data.epochs", f"expected a positive integer or None (forever), got {epochs!r}")
     if split not in ("train", "val", "all"):

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,37 @@ from specs.errors import ConfigError
 CONFIG_FILE = "tokenizer_config.json"
 # the model files a tokenizer directory is loaded from, in the order data.tokenizer.loading looks for them
 MODEL_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_texts(texts: Any, name: str = "texts") -> Iterator[str]:
+    """``texts`` (an iterable of documents) as an iterator that checks each document is a str as it is read.
+
+    A single str or bytes is refused up front (iterating it would make every character a document), as is a
+    non-iterable; a non-str document raises when it is reached. ``name`` is the field path in the ConfigError.
+    """
+    if isinstance(texts, (str, bytes, bytearray)):
+        raise ConfigError(name, f"expected an iterable of documents (each a str), got a single "
+                          f"{type(texts).__name__} of length {len(texts)}; pass a list of documents, e.g. [text]")
+    if not isinstance(texts, Iterable):
+        raise ConfigError(name, f"expected an iterable of documents (each a str), got {type(texts).__name__}")
+    return _each_str(texts, name)
+
+
+def _each_str(texts: Iterable[Any], name: str) -> Iterator[str]:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ConfigError(name, f"document {i} is of type {type(text).__name__}, expected a str")
+        yield text
+
+
+def check_paths(files: Any, name: str = "files") -> list[str | os.PathLike[str]]:
+    """``files`` as a list of paths; a single path is refused (a str would be read one character per path)."""
+    if isinstance(files, (str, bytes, os.PathLike)):
+        raise ConfigError(name, f"expected a list of text-file paths, got the single path {files!r}; "
+                          f"pass a list, e.g. [{os.fsdecode(files)!r}]")
+    if not isinstance(files, Iterable):
+        raise ConfigError(name, f"expected a list of text-file paths, got {type(files).__name__}")
+    return list(files)
 
 
 class BaseTokenizer(abc.ABC):
@@ -74,7 +105,8 @@ class BaseTokenizer(abc.ABC):
         return self.encode_batch([text], add_bos=add_bos, add_eos=add_eos)[0]
 
     def encode_batch(self, texts: Sequence[str], *, add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
-        out = self._encode_raw(list(texts))
+        """Ids of each text in ``texts`` (a list of str; a single str is an error, use ``encode`` for one)."""
+        out = self._encode_raw(list(check_texts(texts)))
         if add_bos or add_eos:
             head = [self._need("bos_id")] if add_bos else []
             tail = [self._need("eos_id")] if add_eos else []

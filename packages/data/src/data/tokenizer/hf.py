@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from data.tokenizer.base import BaseTokenizer
+from data.tokenizer.base import BaseTokenizer, check_paths, check_texts
 from specs.errors import ConfigError
 
 # Specials of a trained BPE: bos/eos/pad plus ChatML markers so the default chat template maps to single ids.
@@ -128,13 +128,15 @@ def train_bpe(texts: Iterable[str] | None = None, *, vocab_size: int = 8000, fil
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     if texts is not None and files:
         raise ConfigError("tokenizer", "pass either texts= or files= to train_bpe, not both")
+    docs = check_texts(texts) if texts is not None else None
+    files = check_paths(files)
     if files:
         missing = [str(f) for f in files if not Path(f).is_file()]
         if missing:
             raise ConfigError("tokenizer", f"bpe training files not found: {', '.join(missing)}")
         tok.train([str(f) for f in files], trainer)
     else:
-        tok.train_from_iterator(texts, trainer)
+        tok.train_from_iterator(docs, trainer)
     role = {name: name if name in special_tokens else None for name in ("<|bos|>", "<|eos|>", "<|pad|>")}
     return HFTokenizer(tok, spec=spec or f"bpe:{vocab_size}", bos_token=role["<|bos|>"], eos_token=role["<|eos|>"],
                        pad_token=role["<|pad|>"], chat_template=chat_template)

@@ -20,11 +20,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from data.tokenizer.base import CONFIG_FILE, MODEL_FILES, BaseTokenizer
+from data.tokenizer.base import CONFIG_FILE, MODEL_FILES, BaseTokenizer, check_paths
 from data.tokenizer.byte import ByteTokenizer
 from data.tokenizer.hf import HFTokenizer, train_bpe
 from data.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from specs.errors import ConfigError
+
+TRAINED_KINDS = ("bpe", "sentencepiece", "spm")  # spec kinds that train a tokenizer (``bpe:8000``)
 
 
 def load_tokenizer(spec: Any = "byte", *, texts: Iterable[str] | None = None, files: Sequence[str | Path] = (),
@@ -40,7 +42,7 @@ def load_tokenizer(spec: Any = "byte", *, texts: Iterable[str] | None = None, fi
     if spec == "byte":
         return ByteTokenizer(chat_template=chat_template)
     kind, sep, size = spec.partition(":")
-    if sep and kind in ("bpe", "sentencepiece", "spm"):
+    if sep and kind in TRAINED_KINDS:
         if not size.isdigit():
             raise ConfigError("tokenizer", f"{spec!r}: expected {kind}:<vocab_size> with an integer, e.g. {kind}:8000")
         if texts is None and not files:
@@ -49,7 +51,7 @@ def load_tokenizer(spec: Any = "byte", *, texts: Iterable[str] | None = None, fi
         if kind == "bpe":
             return train_bpe(texts, files=files, vocab_size=int(size), spec=spec, chat_template=chat_template)
         if files:
-            texts = _iter_lines(files)
+            texts = _iter_lines(check_paths(files))
         return train_sentencepiece(texts, vocab_size=int(size), spec=spec, chat_template=chat_template)
     path = Path(spec).expanduser()
     if path.exists():

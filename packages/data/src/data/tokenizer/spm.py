@@ -8,11 +8,11 @@ proto (byte spans into the input), converted to character spans.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from data.tokenizer.base import BaseTokenizer, char_offsets_from_bytes
+from data.tokenizer.base import BaseTokenizer, char_offsets_from_bytes, check_texts
 from specs.errors import ConfigError
 
 
@@ -96,9 +96,21 @@ def train_sentencepiece(texts: Iterable[str], *, vocab_size: int = 8000, model_t
                                     split_digits=True, pad_id=3, unk_id=0, bos_id=1, eos_id=2, minloglevel=2,
                                     num_threads=1)  # one thread: the learned pieces do not depend on scheduling
     settings.update(options)
+    docs = check_texts(texts)
+    refused: list[ConfigError] = []  # sentencepiece turns an error raised by the iterator into a RuntimeError
+
+    def sentences() -> Iterator[str]:
+        try:
+            yield from docs
+        except ConfigError as exc:
+            refused.append(exc)
+            raise
+
     try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, **settings)
+        spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=buf, **settings)
     except RuntimeError as exc:
+        if refused:
+            raise refused[0] from None
         raise ConfigError("tokenizer", f"sentencepiece training failed: {exc}") from None
     return SentencePieceTokenizer(buf.getvalue(), spec=spec or f"sentencepiece:{vocab_size}",
                                   chat_template=chat_template)
