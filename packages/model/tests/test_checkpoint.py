@@ -195,3 +195,68 @@ def test_unknown_format_and_sizes(lm, tmp_path):
     assert parse_size("2GB") == 2 * 10**9 and parse_size("500MiB") == 500 * 2**20 and parse_size(7) == 7
     with pytest.raises(ConfigError, match="max_shard_size"):
         parse_size("lots")
+
+
+def _tree(root):
+    """Every path under ``root`` with its bytes (None for a directory): a snapshot to compare after a refusal."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+class _Int8Linear(torch.nn.Module):  # what a weight-only quantizer leaves: int8 weight, plus a per-row scale
+    def __init__(self, linear):
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().to(torch.int8))
+        self.register_buffer("scale", torch.ones(linear.out_features))
+
+
+@pytest.mark.parametrize("format", ["lmstack", "hf"])
+def test_a_model_changed_after_construction_is_not_saved_over_a_good_checkpoint(lm, saved, format):
+    before = _tree(saved.parent)
+    quantized = TransformerLM(lm.config).eval()
+    quantized.lm_head = _Int8Linear(quantized.lm_head)
+    with pytest.raises(ConfigError, match=r"not written: .*unexpected tensors 'lm_head.scale'; changed tensors "
+                                          r"'lm_head.weight' \(512, 64\) int8 \(fresh: \(512, 64\) float\).*changed "
+                                          r"after construction \(quantized, or modules replaced\).*save it before"):
+        quantized.save_pretrained(saved, format=format)
+    replaced = TransformerLM(lm.config).eval()
+    replaced.model.layers[1].mlp.up_proj = torch.nn.Linear(64, 10)
+    with pytest.raises(ConfigError, match=r"unexpected tensors 'model.layers.1.mlp.up_proj.bias'; changed tensors "
+                                          r"'model.layers.1.mlp.up_proj.weight' \(10, 64\) float"):
+        replaced.save_pretrained(saved, format=format)
+    folded = TransformerLM(lm.config).eval().fold_norms()
+    with pytest.raises(ConfigError, match="save the model before folding"):  # refused by its state_dict, as before
+        folded.save_pretrained(saved, format=format)
+    assert _tree(saved.parent) == before  # the good checkpoint's bytes, and no stray directories
+    TransformerLM.from_pretrained(saved)
+
+
+def test_save_into_a_file_or_the_working_directory_is_refused(lm, saved, monkeypatch):
+    (saved.parent / "afile").write_text("x")
+    before = _tree(saved.parent)
+    for target in ("afile/sub", "afile/x/sub"):
+        with pytest.raises(CheckpointError, match="afile is a file, not a directory; pass a path whose parents are "
+                                                  "directories"):
+            lm.save_pretrained(saved.parent / target)
+    monkeypatch.chdir(saved)
+    for target in (".", "..", saved, ""):
+        with pytest.raises(CheckpointError, match="is the current working directory or one of its parents.*pass a "
+                                                  "subdirectory"):
+            lm.save_pretrained(target)
+    assert _tree(saved.parent) == before
+    lm.save_pretrained("sub")  # a subdirectory of the working directory is fine
+    TransformerLM.from_pretrained(saved / "sub")
+
+
+def test_load_dtype_names_and_bad_dtype_or_device(saved):
+    for name, want in (("bf16", torch.bfloat16), ("float16", torch.float16), ("fp32", torch.float32)):
+        assert TransformerLM.from_pretrained(saved, dtype=name).lm_head.weight.dtype == want
+    for bad in ("bfloat", torch.int8, 16):
+        with pytest.raises(ConfigError, match=r"dtype: expected a floating-point torch.dtype \(torch.bfloat16\) or one "
+                                              r"of 'fp32', 'fp16', 'bf16'"):
+            TransformerLM.from_pretrained(saved, dtype=bad)
+    with pytest.raises(ConfigError, match="device: 'tpu' is not a torch device; expected a torch.device or a string "
+                                          "such as 'cpu', 'cuda'"):
+        TransformerLM.from_pretrained(saved, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device: 'cuda:0' is not available on this machine"):
+            TransformerLM.from_pretrained(saved, device="cuda:0")

@@ -7,7 +7,7 @@ import torch
 
 from model.encoder import TransformerEncoder
 from model.heads import pool
-from specs.errors import ConfigError
+from specs.errors import ConfigError, ShapeError
 from specs.presets import preset
 
 CFG = preset("llama-debug", causal=False, arch="encoder")
@@ -71,3 +71,13 @@ def test_save_and_load_keep_head_and_pooling(enc, tmp_path):
     assert back.num_labels == 3 and back.pooling == "mean"
     x = torch.randint(0, 512, (2, 5))
     assert torch.equal(back.classify(x), enc.classify(x))
+
+
+def test_out_of_range_ids_and_a_changed_encoder_are_refused(enc, tmp_path):
+    with pytest.raises(ShapeError, match=r"input_ids: token id 512 is out of range; expected ids in \[0, 512\)"):
+        enc(torch.tensor([[1, 512]]))
+    changed = TransformerEncoder(CFG, num_labels=3)
+    changed.head.score = torch.nn.Linear(64, 5)
+    with pytest.raises(ConfigError, match=r"changed tensors 'head.score.weight' \(5, 64\) float \(fresh: \(3, 64\)"):
+        changed.save_pretrained(tmp_path / "enc")
+    assert list(tmp_path.iterdir()) == []

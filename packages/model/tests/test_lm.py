@@ -161,3 +161,40 @@ def test_loss_impl_picks_the_lm_head_kernel_and_all_agree():
     torch.manual_seed(0)
     with pytest.raises(PluginError, match="logits"):
         TransformerLM(preset("llama-debug", loss_impl="nope")).loss(ids, ids)
+
+
+def test_causal_false_is_refused_and_points_at_the_encoder(tmp_path):
+    cfg = preset("gpt2-debug", causal=False)
+    with pytest.raises(ConfigError, match="model.causal: TransformerLM is a causal .* causal=False; .* "
+                                          r"model.encoder.TransformerEncoder \(arch='encoder'\)"):
+        TransformerLM(cfg)
+    TransformerEncoder(cfg).save_pretrained(tmp_path)  # tied gpt2 head: its tensors would have loaded silently
+    with pytest.raises(ConfigError, match="model.encoder.TransformerEncoder"):
+        TransformerLM.from_pretrained(tmp_path)
+
+
+def test_token_ids_and_labels_out_of_range(lm):
+    for bad in (512, -1):
+        with pytest.raises(ShapeError, match=rf"input_ids: token id {bad} is out of range; expected ids in "
+                                             r"\[0, 512\) for vocab_size=512"):
+            lm(torch.tensor([[1, bad]]))
+    with pytest.raises(ShapeError, match="input_ids: dtype float32 not allowed; expected one of int64, int32"):
+        lm(torch.tensor([[1.0, 2.0]]))
+    ids = torch.tensor([[1, 2, 3]])
+    for bad, others in ((512, -100), (-1, -100), (-1, 5), (-7, 5)):
+        with pytest.raises(ShapeError, match=rf"labels: token id {bad} is out of range; expected ids in \[0, 512\) "
+                                             r"or -100 \(ignored\)"):
+            lm.loss(ids, torch.tensor([[others, bad, 3]]))
+    assert torch.isfinite(lm.loss(ids, torch.tensor([[-100, 511, 0]])))
+
+
+def test_token_id_check_is_skipped_while_compiling(monkeypatch):
+    """No host sync: a traced or compiled graph (and a GPU tensor) is not read back for the range check."""
+    from model.stack import check_token_ids
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    check_token_ids(torch.tensor([[512]]), "input_ids", 512)
+    monkeypatch.undo()
+    with pytest.raises(ShapeError):
+        check_token_ids(torch.tensor([[512]]), "input_ids", 512)
+    check_token_ids(torch.tensor([[512]], device="meta"), "input_ids", 512)

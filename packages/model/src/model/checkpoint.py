@@ -61,11 +61,22 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of ``target``; on success it replaces ``target`` by rename.
 
     Files already in ``target`` that the new directory does not contain (and that are not stale weights) are
-    carried over. On an error the temporary directory is removed and ``target`` is untouched.
+    carried over. On an error the temporary directory is removed and ``target`` is untouched. A target under a
+    regular file, or the working directory or one of its parents (which cannot be renamed away), is refused with a
+    CheckpointError before anything is created.
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise CheckpointError(f"{target} exists and is not a directory")
+    existing = next(p for p in (target.parent, *target.parent.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise CheckpointError(f"{target}: cannot create it, because {existing} is a file, not a directory; pass a "
+                              "path whose parents are directories")
+    cwd = Path.cwd().resolve()
+    if target.resolve() in (cwd, *cwd.parents):
+        raise CheckpointError(f"{target}: is the current working directory or one of its parents, which cannot be "
+                              "replaced while in use; pass a subdirectory to write the checkpoint into (e.g. "
+                              f"{str(target / 'checkpoint')!r})")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

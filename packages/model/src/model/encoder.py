@@ -45,7 +45,8 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 positions: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D) contextual hidden states (``attn_mask`` (B, T): 1 = real, 0 = padding)."""
+        """(B, T) ids in [0, V) -> (B, T, D) contextual hidden states (``attn_mask`` (B, T): 1 = real, 0 =
+        padding)."""
         return self.model(input_ids, positions=positions, attn_mask=attn_mask)
 
     def embed(self, input_ids: torch.Tensor, attn_mask: torch.Tensor | None = None, *,
@@ -64,12 +65,18 @@ class TransformerEncoder(nn.Module):
                         name: str | None = None, metadata: Mapping[str, Any] | None = None) -> Path:
         """lmstack checkpoint directory; the head's shape and pooling are kept in the model card."""
         meta = {"num_labels": self.num_labels, "pooling": self.pooling, **(metadata or {})}
-        return pretrained.save(self, self.config, directory, max_shard_size=max_shard_size, name=name, metadata=meta)
+        return pretrained.save(self, self.config, directory, build=type(self)._from_config,
+                               max_shard_size=max_shard_size, name=name, metadata=meta)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], dtype: torch.dtype | None = None,
+    def from_pretrained(cls, directory: str | os.PathLike[str], dtype: torch.dtype | str | None = None,
                         device: str | torch.device = "cpu", *, verify: bool = True) -> TransformerEncoder:
-        def build(cfg: ModelConfig, meta: Mapping[str, Any]) -> TransformerEncoder:
-            return cls(cfg, num_labels=int(meta.get("num_labels", 0)), pooling=str(meta.get("pooling", "mean")))
+        """Load an encoder checkpoint (``dtype`` and ``device`` as for ``TransformerLM.from_pretrained``)."""
+        return pretrained.load(cls._from_config, directory, dtype=dtype, device=device, verify=verify,
+                               allow_hf=False)
 
-        return pretrained.load(build, directory, dtype=dtype, device=device, verify=verify, allow_hf=False)
+    @classmethod
+    def _from_config(cls, cfg: ModelConfig, meta: Mapping[str, Any]) -> TransformerEncoder:
+        """The untrained encoder from_pretrained fills and save_pretrained checks against (head and pooling from
+        the model card's metadata)."""
+        return cls(cfg, num_labels=int(meta.get("num_labels", 0)), pooling=str(meta.get("pooling", "mean")))

@@ -25,7 +25,7 @@ from attn.cache import FixedKVCache, PagedKVCache, StaticKVCache
 from blocks.norms import RMSNorm
 from kernel import resolve
 from model import pretrained
-from model.stack import TransformerStack
+from model.stack import TransformerStack, check_token_ids
 from specs.batch import IGNORE_INDEX
 from specs.config import ModelConfig
 from specs.errors import ConfigError
@@ -45,6 +45,10 @@ class TransformerLM(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if not cfg.causal:
+            raise ConfigError("model.causal", "TransformerLM is a causal (decoder-only) language model and this config "
+                              "has causal=False; build bidirectional models (and load their checkpoints) with "
+                              "model.encoder.TransformerEncoder (arch='encoder')")
         self.config = cfg
         self.model = TransformerStack(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -62,7 +66,8 @@ class TransformerLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
                 attn_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, T, V) for ``input_ids`` (B, T) int64.
+        """Logits (B, T, V) for ``input_ids`` (B, T) int64 in [0, V) (checked on the CPU, see
+        :func:`model.stack.check_token_ids`).
 
         ``cache``: a KV cache from :meth:`new_cache`; the T tokens are appended and ``seq_lens`` advance.
         ``attn_mask``: (B, S+T), 1 = real token, 0 = padding (left padding for batched generation).
@@ -76,8 +81,9 @@ class TransformerLM(nn.Module):
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None,
              attn_mask: torch.Tensor | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy (fp32 scalar) over ``labels`` (B, T) != -100; ``labels[t]`` is the target of
-        ``input_ids[t]`` (already shifted by the data loader)."""
+        ``input_ids[t]`` (already shifted by the data loader), in [0, V) or -100 (checked on the CPU)."""
         _LABELS.check(labels, "labels", B=input_ids.shape[0], T=input_ids.shape[1])
+        check_token_ids(labels, "labels", self.config.vocab_size, ignore_index=IGNORE_INDEX)
         h_BTD = self.model(input_ids, positions=positions, attn_mask=attn_mask, document_ids=document_ids)
         if self.head_rms_eps is not None:  # folded: the norm's weight is in lm_head, the normalising is left here
             h_BTD = rms_normalize(h_BTD, self.head_rms_eps)
@@ -194,18 +200,30 @@ class TransformerLM(nn.Module):
         """Write safetensors (sharded past ``max_shard_size``), config.json and modelcard.json, atomically.
 
         ``format="hf"`` writes a Hugging Face Llama / Mistral / GPT-2 directory that transformers loads.
+        ``fuse_projections()`` keeps the checkpoint's names; a model folded (``fold_norms``), quantized or with
+        modules replaced after construction is refused with a ConfigError before anything is written (its tensors
+        are not the ones ``from_pretrained`` loads): save before transforming it. The target must not be the
+        working directory or one of its parents (CheckpointError).
         """
-        return pretrained.save(self, self.config, directory, format=format, max_shard_size=max_shard_size, name=name,
-                               lineage=lineage, metadata=metadata)
+        return pretrained.save(self, self.config, directory, build=type(self)._from_config, format=format,
+                               max_shard_size=max_shard_size, name=name, lineage=lineage, metadata=metadata)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], dtype: torch.dtype | None = None,
+    def from_pretrained(cls, directory: str | os.PathLike[str], dtype: torch.dtype | str | None = None,
                         device: str | torch.device = "cpu", *, verify: bool = True) -> TransformerLM:
         """Load an lmstack checkpoint or a Hugging Face Llama / Mistral / GPT-2 directory (safetensors only).
 
-        ``verify`` checks the model card's sha256 of every file (required for lmstack directories).
+        ``dtype``: a floating-point torch.dtype or 'fp32' / 'fp16' / 'bf16' (also 'float32', 'float16',
+        'bfloat16'); None keeps the checkpoint's. ``device``: a torch.device or its string, one this machine has.
+        Either is checked before anything is read (ConfigError). ``verify`` checks the model card's sha256 of
+        every file (required for lmstack directories).
         """
-        return pretrained.load(lambda cfg, _meta: cls(cfg), directory, dtype=dtype, device=device, verify=verify)
+        return pretrained.load(cls._from_config, directory, dtype=dtype, device=device, verify=verify)
+
+    @classmethod
+    def _from_config(cls, cfg: ModelConfig, _meta: Mapping[str, Any]) -> TransformerLM:
+        """The untrained model from_pretrained fills (on the meta device) and save_pretrained checks against."""
+        return cls(cfg)
 
     def extra_repr(self) -> str:
         return f"params={self.num_params():,}"

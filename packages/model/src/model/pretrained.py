@@ -1,10 +1,12 @@
 """save_pretrained / from_pretrained for lmstack models, in lmstack's format or a Hugging Face one.
 
-Saving drops tied aliases (``lm_head.weight`` when it is the embedding), stamps the ModelConfig with its
-schema_version and writes through :func:`model.checkpoint.write_checkpoint` (atomic, sharded, hashed). Loading
-reads config.json (lmstack, or a transformers Llama / Mistral / GPT-2 config), verifies the model card, builds the
-model on the meta device (no wasted init) and assigns the checkpoint's tensors after checking every name and
-shape against the config: a mismatch is a ShapeError naming the tensor, missing or unknown tensors a
+Saving drops tied aliases (``lm_head.weight`` when it is the embedding), checks that the tensors are those a fresh
+model of the config has (a model quantized or with modules replaced after construction is refused before anything
+is written: from_pretrained could not load it back), stamps the ModelConfig with its schema_version and writes
+through :func:`model.checkpoint.write_checkpoint` (atomic, sharded, hashed). Loading checks ``dtype`` and
+``device``, reads config.json (lmstack, or a transformers Llama / Mistral / GPT-2 config), verifies the model card,
+builds the model on the meta device (no wasted init) and assigns the checkpoint's tensors after checking every name
+and shape against the config: a mismatch is a ShapeError naming the tensor, missing or unknown tensors a
 CheckpointError listing them.
 """
 
@@ -25,7 +27,12 @@ from specs.io import config_from_dict, config_to_dict
 from specs.modelcard import LineageEntry, ModelCard
 
 M = TypeVar("M", bound=nn.Module)
+# build(cfg, card_metadata) -> an untrained model of that config; from_pretrained builds with it on the meta device,
+# and save_pretrained compares the model it writes against one
+Build = Callable[[ModelConfig, Mapping[str, Any]], nn.Module]
 FORMATS = ("lmstack", "hf")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "float32": torch.float32,
+          "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def tied_aliases(model: nn.Module) -> dict[str, str]:
@@ -40,29 +47,84 @@ def tied_aliases(model: nn.Module) -> dict[str, str]:
     return out
 
 
-def save(model: nn.Module, cfg: ModelConfig, directory: str | os.PathLike[str], *, format: str = "lmstack",
-         max_shard_size: int | str = "5GB", name: str | None = None, lineage: tuple[LineageEntry, ...] = (),
-         metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``model`` (whose config is ``cfg``) as a checkpoint directory; returns it."""
+def save(model: nn.Module, cfg: ModelConfig, directory: str | os.PathLike[str], *, build: Build,
+         format: str = "lmstack", max_shard_size: int | str = "5GB", name: str | None = None,
+         lineage: tuple[LineageEntry, ...] = (), metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` (whose config is ``cfg``; ``build`` makes one as :func:`load` will) as a checkpoint
+    directory; returns it. Nothing is written when :func:`check_unchanged` refuses the model."""
     if format not in FORMATS:
         raise ConfigError("format", f"unknown checkpoint format {format!r}; valid: {', '.join(FORMATS)}")
     aliases = tied_aliases(model)
-    state = {k: v for k, v in model.state_dict().items() if k not in aliases}
+    state = {k: v for k, v in model.state_dict().items() if k not in aliases}  # a folded model's raises here
     dtype = next(iter(state.values())).dtype
+    meta = {"format": format, "model_class": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
+            "num_params": sum(p.numel() for p in model.parameters()), **(metadata or {})}
+    check_unchanged(model, state, build, cfg, meta, directory)
     if format == "hf":
         config, state = hf.config_to_hf(cfg, dtype), hf.state_to_hf(cfg, state)
     else:
         config = config_to_dict(cfg)
-    meta = {"format": format, "model_class": type(model).__name__, "dtype": str(dtype).removeprefix("torch."),
-            "num_params": sum(p.numel() for p in model.parameters()), **(metadata or {})}
     return checkpoint.write_checkpoint(directory, state, config, name=name or Path(directory).name,
                                        max_shard_size=max_shard_size, lineage=lineage, metadata=meta)
 
 
+def check_unchanged(model: nn.Module, state: Mapping[str, torch.Tensor], build: Build, cfg: ModelConfig,
+                    meta: Mapping[str, Any], directory: str | os.PathLike[str]) -> None:
+    """ConfigError unless ``state`` (``model``'s, tied aliases dropped) has the tensor names, shapes and kinds (float
+    or not) of ``build(cfg, meta)`` built on the meta device: exactly what :func:`load` can assign back."""
+    with torch.device("meta"):
+        fresh = build(cfg, meta)
+    aliases = tied_aliases(fresh)
+    want = {k: v for k, v in fresh.state_dict().items() if k not in aliases}
+    unexpected = [k for k in state if k not in want]
+    missing = [k for k in want if k not in state]
+    changed = [f"{k!r} {_kind(state[k])} (fresh: {_kind(w)})" for k, w in want.items()
+               if k in state and _kind(state[k]) != _kind(w)]
+    groups = (("unexpected", unexpected, True), ("missing", missing, True), ("changed", changed, False))
+    parts = [f"{what} tensors {_few(names, 3, quote=quote)}" for what, names, quote in groups if names]
+    if parts:
+        raise ConfigError("save_pretrained", f"{directory} not written: this {type(model).__name__}'s tensors are not "
+                          f"those of a fresh model of its config ({'; '.join(parts)}): the model was changed after "
+                          "construction (quantized, or modules replaced), so from_pretrained could not load it back; "
+                          "save it before that, or export the transformed model (python -m export, e.g. "
+                          "--quantize int8)")
+
+
+def _kind(t: torch.Tensor) -> str:
+    """What a checkpoint must keep of a tensor: its shape, and whether it is floating point (a dtype may change)."""
+    return f"{tuple(t.shape)} {'float' if t.is_floating_point() else str(t.dtype).removeprefix('torch.')}"
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A floating-point torch.dtype, or one of :data:`DTYPES`' names ('bf16', 'float32', ...), as a torch.dtype."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise ConfigError("dtype", f"expected a floating-point torch.dtype (torch.bfloat16) or one of "
+                      f"{', '.join(map(repr, DTYPES))}, got {dtype!r}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that this machine has (ConfigError otherwise)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError("device", f"{device!r} is not a torch device; expected a torch.device or a string such as "
+                          "'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:  # not built with, or no such device here
+        raise ConfigError("device", f"{device!r} is not available on this machine: {exc}") from None
+    return dev
+
+
 def load(build: Callable[[ModelConfig, Mapping[str, Any]], M], directory: str | os.PathLike[str], *,
-         dtype: torch.dtype | None = None, device: str | torch.device = "cpu", verify: bool = True,
+         dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", verify: bool = True,
          allow_hf: bool = True) -> M:
-    """Build with ``build(cfg, card_metadata)`` and load the checkpoint in ``directory`` into it."""
+    """Build with ``build(cfg, card_metadata)`` and load the checkpoint in ``directory`` into it (``dtype``: see
+    :func:`resolve_dtype`; None keeps the checkpoint's)."""
+    dtype, device = resolve_dtype(dtype), resolve_device(device)
     doc = checkpoint.read_config(directory)
     is_hf = hf.is_hf_config(doc)
     if is_hf and not allow_hf:
@@ -72,11 +134,11 @@ def load(build: Callable[[ModelConfig, Mapping[str, Any]], M], directory: str | 
     if card is None and (Path(directory) / checkpoint.CARD).is_file():
         card = ModelCard.load(Path(directory) / checkpoint.CARD)
     cfg = hf.config_from_hf(doc) if is_hf else config_from_dict(doc, ModelConfig)
+    with torch.device("meta"):  # before reading the weights: a config this class refuses fails fast
+        model = build(cfg, dict(card.metadata) if card is not None else {})
     state = checkpoint.read_weights(directory, device=device)
     if is_hf:
         state = hf.state_from_hf(cfg, doc["model_type"], state)
-    with torch.device("meta"):
-        model = build(cfg, dict(card.metadata) if card is not None else {})
     assign_state(model, state, source=str(directory), dtype=dtype)
     return model.to(device)
 
@@ -111,6 +173,6 @@ def assign_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source:
         setattr(modules[owner], leaf, getattr(modules[src_owner], src_leaf))
 
 
-def _few(names: list[str], n: int = 6) -> str:
-    shown = ", ".join(repr(x) for x in names[:n])
+def _few(names: list[str], n: int = 6, *, quote: bool = True) -> str:
+    shown = ", ".join(repr(x) if quote else x for x in names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")

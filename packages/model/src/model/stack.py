@@ -46,6 +46,7 @@ class TransformerStack(nn.Module):
                 document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) final hidden states (see ``TransformerLM.forward`` for the arguments)."""
         env = TOKENS.check(input_ids, "input_ids")
+        check_token_ids(input_ids, "input_ids", self.config.vocab_size)
         if cache is not None and cache.n_layers != len(self.layers):
             raise ShapeError(f"the cache has {cache.n_layers} layers but the model has {len(self.layers)}")
         ctx = build_context(self.config, input_ids, positions=positions, cache=cache, attn_mask=attn_mask,
@@ -67,3 +68,25 @@ class TransformerStack(nn.Module):
         if cache is not None:
             cache.advance(env["T"])
         return h_BTD if self.norm is None or self.norm_folded else self.norm(h_BTD)
+
+
+def check_token_ids(ids: torch.Tensor, name: str, vocab_size: int, *, ignore_index: int | None = None) -> None:
+    """ShapeError unless every id in ``ids`` is in [0, vocab_size) (or equals ``ignore_index``).
+
+    Only for CPU tensors outside torch.compile / export / tracing: reading a GPU tensor's min and max would sync the
+    host every step (the trainer checks batches on the CPU before they move), and a traced graph has no values.
+    One ``aminmax``; a second pass only when something is negative and an ``ignore_index`` may explain it."""
+    if ids.device.type != "cpu" or ids.numel() == 0 or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return
+    lo, hi = (int(v) for v in torch.aminmax(ids))
+    bad = hi if hi >= vocab_size else None
+    if bad is None and lo < 0:
+        if ignore_index is None or lo != ignore_index:
+            bad = lo
+        else:
+            stray = ids[(ids < 0) & (ids != ignore_index)]
+            bad = int(stray[0]) if stray.numel() else None
+    if bad is not None:
+        allowed = f"[0, {vocab_size})" + ("" if ignore_index is None else f" or {ignore_index} (ignored)")
+        raise ShapeError(f"{name}: token id {bad} is out of range; expected ids in {allowed} for vocab_size="
+                         f"{vocab_size}")
