@@ -165,6 +165,44 @@ def test_unknown_keyword_and_bad_values_fail_clearly(tiny_lm):
         generate(tiny_lm, torch.ones(1, 256, dtype=torch.long))
 
 
+@pytest.mark.parametrize("call, path, message", [
+    (lambda m: generate(m, [[1, 2]], 3, num_beams=0), "num_beams", "must be >= 1"),
+    (lambda m: generate(m, [[1, 2]], 3, num_beams=-2), "num_beams", "got -2"),
+    (lambda m: generate(m, torch.tensor([[1.7, 2.2]]), 3), "input_ids", "expected integer token ids"),
+    (lambda m: generate(m, [[1, 2], [3.5]], 3), r"input_ids\[1\]", "expected integer token ids"),
+    (lambda m: generate(m, [[1, 2]], 3, eos_token_id=300), "eos_token_id", r"token id 300 is outside .*\[0, 300\)"),
+    (lambda m: generate(m, [[1, 2]], 3, eos_token_id=[5, -1]), "eos_token_id", "token id -1 is outside"),
+    (lambda m: generate(m, [[1, 2]], 3, pad_token_id=512), "pad_token_id", "token id 512 is outside"),
+    (lambda m: generate(m, [[1, 2]], 3, stop_token_ids=(400,)), "stop_token_ids", "token id 400 is outside"),
+    (lambda m: generate(m, torch.tensor([[1, 300]]), 3), "input_ids", "token id 300 is outside the vocabulary"),
+    (lambda m: generate(m, [[1, -2], [4]], 3), "input_ids", "token id -2 is outside the vocabulary"),
+    (lambda m: list(generate_stream(m, [5, 999], 3)), "input_ids", "token id 999 is outside"),
+    (lambda m: list(generate_stream(m, [5], 3, eos_token_id=300)), "eos_token_id", "outside the vocabulary"),
+    (lambda m: generate(m, torch.ones(1, 300, dtype=torch.long), 0), "input_ids", "more than the model's max_seq_len"),
+    (lambda m: generate(m, torch.ones(1, 256, dtype=torch.long), 3, num_beams=2), "input_ids", "no room is left"),
+    (lambda m: list(generate_stream(m, torch.ones(256, dtype=torch.long), 3)), "input_ids", "no room is left"),
+])
+def test_bad_ids_and_beams_are_refused_up_front(tiny_lm, call, path, message):
+    with pytest.raises(ConfigError, match=f"^{path}: .*{message}"):
+        call(tiny_lm)
+
+
+def test_running_past_max_seq_len_warns_and_stops_with_length(tiny_lm, caplog):
+    ids = torch.ones(1, 250, dtype=torch.long)
+    with caplog.at_level("WARNING", logger="serve.generate"):
+        res = generate(tiny_lm, ids, max_new_tokens=10, return_dict=True)
+    assert len(res.tokens[0]) == 7 and res.finish_reasons == ["length"]  # 256 - 250 fed + the last, sampled one
+    (rec,) = [r for r in caplog.records if r.name == "serve.generate"]
+    assert "max_new_tokens is 10" in rec.getMessage() and "at most 7 new tokens fit" in rec.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="serve.generate"):
+        beams = generate(tiny_lm, ids, max_new_tokens=10, num_beams=2, return_dict=True)
+        generate(tiny_lm, ids, max_new_tokens=7)  # fits: no warning
+    assert len(beams.tokens[0]) == 6
+    (rec,) = caplog.records  # beam search keeps prompt + new tokens <= max_seq_len, as transformers does
+    assert "at most 6 new tokens fit" in rec.getMessage()
+
+
 class _Recorder:
     def __init__(self):
         self.scalars, self.texts = [], []

@@ -8,6 +8,7 @@ import torch
 from model.lm import TransformerLM
 from serve.generate import generate
 from serve.speculative import accept_draft
+from specs.errors import ConfigError
 from specs.presets import preset
 
 
@@ -44,6 +45,25 @@ def test_speculative_respects_eos_and_logprobs(tiny_lm, draft):
     assert spec.tokens == ref.tokens and spec.finish_reasons == ["stop"]
     for a, b in zip(spec.logprobs[0], ref.logprobs[0]):
         assert a.token == b.token and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+@pytest.mark.parametrize("T, new", [(60, 10), (70, 5), (250, 10)])
+def test_short_draft_hands_over_to_the_target(tiny_lm, T, new):
+    """A draft with a smaller max_seq_len drafts while it has room, then the target decodes alone: same output."""
+    torch.manual_seed(3)
+    short = TransformerLM(preset("llama-debug", vocab_size=300, max_seq_len=64, n_layers=1, init_std=0.2)).eval()
+    ids = torch.arange(T)[None] % 300
+    plain = generate(tiny_lm, ids, max_new_tokens=new, return_dict=True)
+    spec = generate(tiny_lm, ids, max_new_tokens=new, draft_model=short, num_draft_tokens=3, return_dict=True)
+    assert torch.equal(spec.sequences, plain.sequences) and spec.finish_reasons == plain.finish_reasons
+    assert len(spec.tokens[0]) == min(new, 256 - T + 1)
+    assert (spec.stats["drafted"] > 0) == (T < 64)  # a prompt that fills the draft leaves the target alone
+
+
+def test_draft_with_another_vocabulary_is_refused(tiny_lm):
+    other = TransformerLM(preset("llama-debug", n_layers=1)).eval()  # vocab 512 against the target's 300
+    with pytest.raises(ConfigError, match="draft_model: vocab_size 512 differs from the target's 300"):
+        generate(tiny_lm, [[1, 2]], max_new_tokens=4, draft_model=other)
 
 
 def test_accept_draft_samples_the_target_distribution():

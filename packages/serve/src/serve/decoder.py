@@ -34,9 +34,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+        ids[b, width - len(p):] = integer_ids(torch.as_tensor(list(p)), f"input_ids[{b}]")
         mask[b, width - len(p):] = 1
     return ids, mask
+
+
+def integer_ids(ids: torch.Tensor, path: str = "input_ids") -> torch.Tensor:
+    """``ids`` as torch.long; ConfigError for float, complex or bool ids, which a cast would silently truncate."""
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ConfigError(path, f"expected integer token ids, got dtype {ids.dtype} (a cast would truncate them)")
+    return ids.long()
 
 
 def normalize_inputs(input_ids: Any, attn_mask: Any, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None,
@@ -48,11 +55,12 @@ def normalize_inputs(input_ids: Any, attn_mask: Any, pad_id: int) -> tuple[torch
             raise ConfigError("attn_mask", "is built from the lists when input_ids is a list of lists; pass neither")
         ids, mask = left_pad(input_ids, pad_id)
         return ids, (mask if not bool(mask.all()) else None), [list(p) for p in input_ids]
-    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    ids = torch.as_tensor(input_ids)
     if ids.dim() == 1:
         ids = ids[None]
     if ids.dim() != 2 or ids.shape[1] == 0:
         raise ShapeError(f"input_ids: expected (B, T) with T >= 1, got shape {tuple(ids.shape)}")
+    ids = integer_ids(ids)
     if attn_mask is None:
         return ids, None, ids.tolist()
     mask = torch.as_tensor(attn_mask, dtype=torch.long, device=ids.device)

@@ -12,10 +12,16 @@ an instrumented variant that logs latency and throughput.
 Sampling keywords are the fields of :class:`serve.sampling.SamplingParams`; an unknown keyword fails with the list
 of valid ones. Rows of a batch are left padded (pass ``attn_mask``, or a list of id lists). Finished rows are
 padded with ``pad_token_id`` in ``sequences``. Logprobs are the raw model's (vLLM's default).
+
+Prompt, EOS, pad and stop token ids must be integers in the model's vocabulary [0, vocab_size), and a prompt must
+leave room for one new token (at most max_seq_len - 1 tokens); both are checked once per call (ConfigError). When
+prompt + max_new_tokens runs past max_seq_len, rows stop early with finish reason "length" (as transformers does)
+and a warning on this module's logger says how many new tokens fit.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from serve.sampling import SamplingParams, TokenLogprobs, make_generator, token_
 from serve.state import SequenceState
 from specs.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerateOutput:
@@ -59,6 +66,42 @@ def resolve_eos(eos_token_id: int | Sequence[int] | None, tokenizer: Any) -> tup
     return (int(eos_token_id),) if isinstance(eos_token_id, int) else tuple(int(e) for e in eos_token_id)
 
 
+def eos_path(eos_token_id: int | Sequence[int] | None) -> str:
+    """Where the EOS ids came from, for error messages."""
+    return "eos_token_id" if eos_token_id is not None else "tokenizer.eos_id"
+
+
+def check_special_ids(model: Any, ids: dict[str, Sequence[int]]) -> None:
+    """ConfigError naming the field when an EOS / pad / stop token id is outside the model's vocabulary."""
+    V = int(model.config.vocab_size)
+    for path, values in ids.items():
+        bad = next((t for t in values if not 0 <= t < V), None)
+        if bad is not None:
+            raise ConfigError(path, f"token id {bad} is outside the vocabulary [0, {V}) (the model's vocab_size); "
+                                    "expected an id the model can read and produce")
+
+
+def check_prompt(model: Any, ids_BT: torch.Tensor, max_new_tokens: int, *, beams: bool = False) -> None:
+    """ConfigError for prompt ids outside the vocabulary (one min/max over the (B, T) prompt) or a prompt that
+    leaves no room to generate; a warning when prompt + max_new_tokens runs past the model's max_seq_len."""
+    V, max_len = int(model.config.vocab_size), int(model.config.max_seq_len)
+    lo, hi = torch.stack(torch.aminmax(ids_BT)).tolist()
+    if lo < 0 or hi >= V:
+        raise ConfigError("input_ids", f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {V}) (the "
+                                       "model's vocab_size)")
+    n = ids_BT.shape[1]  # prompt width, left padding included
+    if n > max_len:
+        raise ConfigError("input_ids", f"prompt has {n} tokens, more than the model's max_seq_len of {max_len}; "
+                                       f"expected at most {max_len - 1} prompt tokens")
+    if n == max_len and max_new_tokens > 0:
+        raise ConfigError("input_ids", f"prompt has {n} tokens; the model's max_seq_len is {max_len}, so no room "
+                                       f"is left to generate; expected at most {max_len - 1} prompt tokens")
+    fit = max_len - n + (0 if beams else 1)  # the last token is sampled, never fed; beam search keeps T + N <= L
+    if max_new_tokens > fit:
+        log.warning("prompt has %d tokens and max_new_tokens is %d, but the model's max_seq_len is %d: at most %d "
+                    "new tokens fit; rows that reach it finish with reason 'length'", n, max_new_tokens, max_len, fit)
+
+
 def prompt_token_logprobs(logits_TV: torch.Tensor, prompt: Sequence[int], top_n: int) -> list[TokenLogprobs | None]:
     """Logprob of each prompt token given those before it (None for the first), from prefill logits (T, V)."""
     if len(prompt) < 2:
@@ -77,11 +120,22 @@ def generate(model: Any, input_ids: Any, max_new_tokens: int = 64, *, attn_mask:
 
     Returns the (B, T + N) sequences tensor, or a :class:`GenerateOutput` with ``return_dict=True``.
     """
+    if num_beams < 1:
+        raise ConfigError("num_beams", f"must be >= 1 (1 decodes without beam search), got {num_beams}")
     sp = build_params(max_new_tokens, sampling, params)
     eos = resolve_eos(eos_token_id, tokenizer)
-    pad = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_id", None)
-    pad = pad if pad is not None else (eos[0] if eos else 0)
+    special = {eos_path(eos_token_id): eos, "stop_token_ids": sp.stop_token_ids}
+    if pad_token_id is not None:
+        pad = int(pad_token_id)
+        special["pad_token_id"] = (pad,)
+    elif getattr(tokenizer, "pad_id", None) is not None:
+        pad = int(tokenizer.pad_id)
+        special["tokenizer.pad_id"] = (pad,)
+    else:
+        pad = eos[0] if eos else 0
+    check_special_ids(model, special)  # before the prompt: the pad fills its left padding
     ids_BT, mask_BT, prompts = normalize_inputs(input_ids, attn_mask, pad)
+    check_prompt(model, ids_BT, sp.max_new_tokens, beams=num_beams > 1)
     if generator is None:
         generator = make_generator(sp.seed, model_device(model))
     if num_beams > 1:
@@ -160,16 +214,19 @@ def generate_stream(model: Any, input_ids: Any, max_new_tokens: int = 64, *, tok
     """Yield (token id, text delta) for one prompt as tokens are produced (text '' without a tokenizer, and while a
     stop string or multi-byte character is still incomplete). A specs ``TokenStream``."""
     sp = build_params(max_new_tokens, sampling, params)
-    stream = _stream(model, input_ids, sp, tokenizer, resolve_eos(eos_token_id, tokenizer), generator)
+    stream = _stream(model, input_ids, sp, tokenizer, resolve_eos(eos_token_id, tokenizer), generator,
+                     eos_path(eos_token_id))
     for token, delta, _ in stream:
         yield token, delta
 
 
 def _stream(model: Any, input_ids: Any, sp: SamplingParams, tokenizer: Any, eos: tuple[int, ...],
-            generator: torch.Generator | None) -> Iterator[tuple[int, str, BatchDecoder]]:
+            generator: torch.Generator | None, eos_field: str) -> Iterator[tuple[int, str, BatchDecoder]]:
+    check_special_ids(model, {eos_field: eos, "stop_token_ids": sp.stop_token_ids})
     ids_BT, mask_BT, prompts = normalize_inputs(input_ids, None, 0)
     if ids_BT.shape[0] != 1:
         raise ConfigError("input_ids", f"streaming takes one prompt, got a batch of {ids_BT.shape[0]}")
+    check_prompt(model, ids_BT, sp.max_new_tokens)
     generator = generator if generator is not None else make_generator(sp.seed, model_device(model))
     state = SequenceState(prompts[0], sp, tokenizer=tokenizer, eos_ids=eos)
     if sp.max_new_tokens == 0:
@@ -204,7 +261,8 @@ def generate_instrumented(model: Any, input_ids: Any, *, viz: Any, max_new_token
     stamps: list[float] = []
     occupancy = 0.0
     t0 = time.perf_counter()
-    for token, _, dec in _stream(model, ids_BT, sp, tokenizer, resolve_eos(eos_token_id, tokenizer), None):
+    eos = resolve_eos(eos_token_id, tokenizer)
+    for token, _, dec in _stream(model, ids_BT, sp, tokenizer, eos, None, eos_path(eos_token_id)):
         _sync(dec.device)
         stamps.append(time.perf_counter())
         tokens.append(token)

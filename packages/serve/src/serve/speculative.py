@@ -8,6 +8,8 @@ norm(max(0, p_i - q_i)), and when all k are accepted a bonus token is drawn from
 exactly the target's. p and q are the *processed* distributions (temperature, top-k/p, min-p, penalties) and, for
 greedy decoding, one-hot at the argmax, so acceptance is "draft equals target argmax" and the output equals plain
 greedy decoding token for token. Rejected tokens leave both caches through :func:`serve.cache_ops.truncate`.
+A draft with a shorter ``max_seq_len`` than the target drafts while it has room; the target then decodes alone, so
+the output (and where "length" ends it) stays the target's.
 
 One sequence at a time (B = 1), as in gpt-fast. Legend: K draft tokens, V vocabulary.
 """
@@ -77,13 +79,16 @@ def speculative_generate(target: Any, draft: Any, ids_BT: torch.Tensor, mask_BT:
         raise ConfigError("prompt_logprobs", "not available with a draft model; score the prompt with generate()")
     prompt = ids_BT[0].tolist()
     T = len(prompt)
-    max_len = min(int(target.config.max_seq_len), int(draft.config.max_seq_len))
+    max_len = int(target.config.max_seq_len)
     if max_len <= T:
-        raise ConfigError("input_ids", f"prompt has {T} tokens; max_seq_len is {max_len}")
-    capacity = min(T + sp.max_new_tokens + num_draft_tokens + 1, max_len)
+        raise ConfigError("input_ids", f"prompt has {T} tokens; the target's max_seq_len is {max_len}, so no room "
+                                       "is left to generate")
+    wanted = T + sp.max_new_tokens + num_draft_tokens + 1
+    capacity = min(wanted, max_len)  # the target's cache; generation ends with "length" once it cannot feed more
+    d_capacity = min(wanted, int(draft.config.max_seq_len))
     tdev, ddev = model_device(target), model_device(draft)
     t_cache = target.new_cache(1, max_seq_len=capacity)
-    d_cache = draft.new_cache(1, max_seq_len=capacity)
+    d_cache = draft.new_cache(1, max_seq_len=d_capacity) if d_capacity > T else None
     state = SequenceState(prompt, sp, tokenizer=tokenizer, eos_ids=eos_ids)
     prompt_counts = token_counts([prompt], int(target.config.vocab_size), tdev) if sp.needs_penalties else None
     seq = list(prompt)
@@ -102,17 +107,19 @@ def speculative_generate(target: Any, draft: Any, ids_BT: torch.Tensor, mask_BT:
     _push(state, first, t_logits[-1], sp)
     seq.append(first)
     while not state.finished:
-        room = capacity - len(seq)
-        k = min(num_draft_tokens, sp.max_new_tokens - len(state.output_ids), room - 1)
+        # The target reads len(seq) + k tokens to verify k drafts; the draft holds len(seq) + k - 1 after drafting.
+        room = min(capacity - len(seq), d_capacity - len(seq) + 1 if d_cache is not None else 0)
+        k = min(num_draft_tokens, sp.max_new_tokens - len(state.output_ids), room)
         if k < 1:
-            # No room to speculate: one plain target step.
+            # No room to speculate (the draft is full, or the target nearly): one plain target step.
             t_logits = feed(target, t_cache, seq[t_len:], tdev)
             t_len = len(seq)
+            stats["target_forwards"] += 1
             p = _probs(t_logits[-1], sp, state.output_ids, prompt_counts)
             nxt = int(p.argmax()) if sp.greedy else int(torch.multinomial(p, 1, generator=generator))
             _push(state, nxt, t_logits[-1], sp)
             seq.append(nxt)
-            if not state.finished and len(seq) >= capacity:
+            if not state.finished and len(seq) > capacity:
                 state.finish_length()
             continue
         # Draft k tokens autoregressively (feeding whatever the draft cache has not seen yet).
@@ -148,7 +155,7 @@ def speculative_generate(target: Any, draft: Any, ids_BT: torch.Tensor, mask_BT:
             seq.append(tok)
             if state.finished:
                 break
-        if not state.finished and len(seq) >= capacity:
+        if not state.finished and len(seq) > capacity:
             state.finish_length()
         # Keep only verified tokens in the caches: the target holds seq minus the newest token.
         t_len = len(seq) - 1
