@@ -32,6 +32,22 @@ def test_perplexity_on_floats_and_tensors():
     assert perplexity(1e6) == math.inf
     with pytest.raises(ConfigError, match="NaN"):
         perplexity(float("nan"))
+    assert math.isnan(perplexity(torch.tensor([float("nan"), 0.0]))[0])  # per-row: NaN stays where nothing scored
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: perplexity(-1.0), r"loss: must be >= 0 \(a negative log-likelihood in nats\), got -1.0"),
+    (lambda: perplexity(float("-inf")), "loss: must be >= 0 .*got -inf"),
+    (lambda: perplexity(torch.tensor(-0.5)), "loss: must be >= 0 .*got -0.5"),
+    (lambda: perplexity(torch.tensor([0.5, -2.0])), r"loss: has negative entries \(min -2\)"),
+    (lambda: bits_per_byte(-10.0, 5), "nll: must be >= 0 .*got -10.0"),
+    (lambda: bits_per_byte(float("nan"), 5), "nll: is NaN"),
+    (lambda: bits_per_byte_from_loss(-1.0, 3, 5), "loss: must be >= 0 .*got -1.0"),
+    (lambda: bits_per_byte_from_loss(1.0, 0, 5), "n_tokens: must be >= 1 .*got 0"),
+])
+def test_negative_losses_are_refused(call, message):
+    with pytest.raises(ConfigError, match=message):
+        call()
 
 
 def test_token_accuracy_ignores_masked_labels():
@@ -116,6 +132,18 @@ def test_loglikelihood_rejects_bad_pairs(tiny_lm):
         loglikelihood(tiny_lm, [([1], [])])
     with pytest.raises(ConfigError, match="more than max_length"):
         loglikelihood(tiny_lm, [([1], [2] * 10)], max_length=4)
+    with pytest.raises(ConfigError, match=r"pairs\[0\]: context is a str \('The'\); expected a list of token ids"):
+        loglikelihood(tiny_lm, [("The", " cat")])
+    with pytest.raises(ConfigError, match="tokens: is a str; expected a list of token ids"):
+        loglikelihood_rolling(tiny_lm, "The cat", prefix_token=1)
+
+
+@pytest.mark.parametrize("max_length", [0, -1])
+def test_max_length_below_one_is_refused(tiny_lm, max_length):
+    with pytest.raises(ConfigError, match=f"max_length: must be >= 1 .*got {max_length}"):
+        loglikelihood(tiny_lm, [([1, 2], [3])], max_length=max_length)
+    with pytest.raises(ConfigError, match=f"max_length: must be >= 1 .*got {max_length}"):
+        loglikelihood_rolling(tiny_lm, [1, 2, 3], prefix_token=0, max_length=max_length)
 
 
 def test_text_bits_per_byte(tiny_lm, tokenizer):

@@ -56,15 +56,20 @@ def loglikelihood(model: Any, pairs: Sequence[Pair], *, max_length: int | None =
                   device: torch.device | str | None = None) -> list[tuple[float, bool]]:
     """(sum of continuation log-probs in nats, continuation is the greedy one) for each (context, continuation).
 
-    ``context`` must be non-empty (pass a BOS/EOS token as context for unconditional scoring); ``continuation``
-    must be non-empty. ``max_length`` defaults to ``model.config.max_seq_len``.
+    ``context`` and ``continuation`` are non-empty lists of token ids (pass a BOS/EOS token as context for
+    unconditional scoring; encode text with the tokenizer first). ``max_length`` (>= 1) defaults to
+    ``model.config.max_seq_len``.
     """
     if batch_size < 1:
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
-    max_length = max_length or int(model.config.max_seq_len)
+    max_length = _max_length(model, max_length)
     device = torch.device(device) if device is not None else _model_device(model)
     prepared: list[tuple[list[int], list[int]]] = []
     for i, (ctx, cont) in enumerate(pairs):
+        for part, ids in (("context", ctx), ("continuation", cont)):
+            if isinstance(ids, (str, bytes)):
+                raise ConfigError(f"pairs[{i}]", f"{part} is a {type(ids).__name__} ({ids[:20]!r}); expected a "
+                                                 "list of token ids (encode text with the tokenizer first)")
         if not cont:
             raise ConfigError(f"pairs[{i}]", "continuation is empty; nothing to score")
         if not ctx:
@@ -105,13 +110,26 @@ def loglikelihood(model: Any, pairs: Sequence[Pair], *, max_length: int | None =
 def loglikelihood_rolling(model: Any, tokens: Sequence[int], *, prefix_token: int, max_length: int | None = None,
                           context_len: int = 1, batch_size: int = 8,
                           device: torch.device | str | None = None) -> float:
-    """Total log-probability (nats) of ``tokens``, scored in disjoint windows of at most ``max_length`` tokens."""
-    max_length = max_length or int(model.config.max_seq_len)
+    """Total log-probability (nats) of ``tokens``, scored in disjoint windows of at most ``max_length`` tokens
+    (>= 1; default ``model.config.max_seq_len``)."""
+    if isinstance(tokens, (str, bytes)):
+        raise ConfigError("tokens", f"is a {type(tokens).__name__}; expected a list of token ids (encode text with "
+                                    "the tokenizer first)")
+    max_length = _max_length(model, max_length)
     windows = list(rolling_windows(tokens, prefix_token, max_length, context_len))
     if not windows:
         return 0.0
     return sum(s for s, _ in loglikelihood(model, windows, max_length=max_length, batch_size=batch_size,
                                            device=device))
+
+
+def _max_length(model: Any, max_length: int | None) -> int:
+    if max_length is None:
+        return int(model.config.max_seq_len)
+    if max_length < 1:
+        raise ConfigError("max_length", f"must be >= 1 (tokens the model reads per row; None = the model's "
+                                        f"max_seq_len), got {max_length}")
+    return max_length
 
 
 def _model_device(model: Any) -> torch.device:

@@ -22,18 +22,32 @@ __all__ = ["perplexity", "token_accuracy", "bits_per_byte", "loglikelihood", "lo
 
 
 def perplexity(loss: float | torch.Tensor) -> float | torch.Tensor:
-    """exp(loss) for a mean cross-entropy in nats. A Python number or 0-d tensor gives a float (inf on overflow);
-    a tensor with several elements gives a tensor of perplexities."""
+    """exp(loss) for a mean cross-entropy in nats (>= 0). A Python number or 0-d tensor gives a float (inf on
+    overflow; a NaN or negative loss is a ConfigError); a tensor with several elements gives a tensor of
+    perplexities (a negative entry is a ConfigError, a NaN entry gives NaN there, e.g. a row with nothing scored)."""
     if isinstance(loss, torch.Tensor):
         if loss.numel() != 1:
-            return loss.detach().float().exp()
+            loss = loss.detach().float()
+            if bool((loss < 0).any()):
+                raise ConfigError("loss", f"has negative entries (min {float(loss.nan_to_num(0.0).min()):.4g}); "
+                                          "expected mean cross-entropies in nats, which are >= 0")
+            return loss.exp()
         loss = float(loss.detach())
-    if math.isnan(loss):
-        raise ConfigError("loss", "is NaN; perplexity is undefined")
+    loss = check_loss(loss, "loss", "perplexity")
     try:
         return math.exp(loss)
     except OverflowError:
         return math.inf
+
+
+def check_loss(value: float, path: str, what: str) -> float:
+    """``value`` as a float; ConfigError unless it is a cross-entropy / negative log-likelihood (>= 0, not NaN)."""
+    value = float(value)
+    if math.isnan(value):
+        raise ConfigError(path, f"is NaN; {what} is undefined")
+    if value < 0:
+        raise ConfigError(path, f"must be >= 0 (a negative log-likelihood in nats), got {value}")
+    return value
 
 
 def token_accuracy(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> float:
@@ -49,15 +63,19 @@ def token_accuracy(logits_BTV: torch.Tensor, labels_BT: torch.Tensor, ignore_ind
 
 
 def bits_per_byte(nll: float, n_bytes: int) -> float:
-    """Summed negative log-likelihood in nats over a text of ``n_bytes`` UTF-8 bytes -> bits per byte."""
+    """Summed negative log-likelihood in nats (>= 0; NaN or negative is a ConfigError) over a text of ``n_bytes``
+    UTF-8 bytes -> bits per byte."""
     if n_bytes <= 0:
         raise ConfigError("n_bytes", f"must be positive, got {n_bytes}")
-    return float(nll) / (n_bytes * math.log(2))
+    return check_loss(nll, "nll", "bits per byte") / (n_bytes * math.log(2))
 
 
 def bits_per_byte_from_loss(loss: float, n_tokens: int, n_bytes: int) -> float:
-    """Mean token loss (nats) over ``n_tokens`` tokens that encode ``n_bytes`` bytes -> bits per byte."""
-    return bits_per_byte(float(loss) * n_tokens, n_bytes)
+    """Mean token loss (nats, >= 0) over ``n_tokens`` (>= 1) tokens that encode ``n_bytes`` bytes -> bits per
+    byte."""
+    if n_tokens < 1:
+        raise ConfigError("n_tokens", f"must be >= 1 (the tokens the loss is averaged over), got {n_tokens}")
+    return bits_per_byte(check_loss(loss, "loss", "bits per byte") * n_tokens, n_bytes)
 
 
 def text_bits_per_byte(model: Any, tokenizer: Any, text: str, *, max_length: int | None = None,
