@@ -142,3 +142,32 @@ def test_fp8_on_targets_without_it(tiny_model, tmp_path):
         export(tiny_model, _cfg(tmp_path, target="torchscript", quantize="fp8"))
     with pytest.raises(ConfigError, match="int8 quantization starts from the fp32 graph"):
         export(tiny_model, _cfg(tmp_path, target="onnx", quantize="int8", dtype="fp16"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"eval_length": 0}, r"eval_length: expected an int >= 2 .*got 0"),
+    ({"eval_length": 1}, r"eval_length: expected an int >= 2 .*NaN perplexity\), got 1"),
+    ({"eval_length": 8.5}, r"eval_length: expected an int >= 2 .*got 8.5"),
+    ({"eval_tokens": torch.tensor([1, 2, 3])}, r"eval_tokens: expected shape \(1, L\) with 2 <= L <= 64 .*got \(3,\)"),
+    ({"eval_tokens": torch.tensor([[1]])}, r"eval_tokens: expected shape \(1, L\) .*got \(1, 1\)"),
+    ({"eval_tokens": torch.ones(1, 65, dtype=torch.long)}, r"eval_tokens: expected shape .*got \(1, 65\)"),
+    ({"eval_tokens": torch.tensor([[1.0, 2.0]])}, "eval_tokens: expected integer token ids, got dtype torch.float32"),
+    ({"eval_tokens": torch.tensor([[1, 128]])}, r"eval_tokens: token id 128 is outside the vocabulary \[0, 128\)"),
+    ({"eval_tokens": [[1, 2]]}, r"eval_tokens: expected a \(1, L\) tensor of token ids, got list"),
+])
+def test_bad_eval_sequence_refused_before_any_work(tiny_model, tmp_path, kw, message):
+    """eval_length=0 used to publish NaN perplexities: a modelcard.json that is not valid JSON."""
+    with pytest.raises(ConfigError, match=message):
+        export(tiny_model, _cfg(tmp_path, quantize="int8"), **kw)
+    assert not (tmp_path / "artifacts").exists() and _no_leftovers(tmp_path)
+
+
+def test_shortest_eval_sequence_gives_a_strict_json_card(tiny_model, tmp_path):
+    import json
+
+    def no_constants(name):
+        raise AssertionError(f"modelcard.json holds {name}")
+
+    out = export(tiny_model, _cfg(tmp_path, quantize="int8"), eval_length=2)
+    card = json.loads((tmp_path / "artifacts" / "modelcard.json").read_text(), parse_constant=no_constants)
+    assert out.card.metadata["quantization"]["perplexity_tokens"] == 2 and card

@@ -80,6 +80,28 @@ def check_dims(config: Any, vocab_size: int | None, d_model: int | None) -> None
                               f"{field}={getattr(config, field)} (model.config.{field})")
 
 
+def check_eval_tokens(config: Any, eval_tokens: Any, eval_length: Any) -> None:
+    """ConfigError unless quantization's perplexity sequence can be scored: ``eval_length`` an int >= 2, and
+    ``eval_tokens`` (when given) an integer (1, L) tensor with 2 <= L <= max_seq_len and ids in [0, vocab_size)."""
+    if isinstance(eval_length, bool) or not isinstance(eval_length, int) or eval_length < 2:
+        raise ConfigError("eval_length", f"expected an int >= 2 (tokens in the sequence that measures quantization's "
+                          f"perplexity change; fewer predict nothing and give a NaN perplexity), got {eval_length!r}")
+    if eval_tokens is None:
+        return
+    if not isinstance(eval_tokens, torch.Tensor):
+        raise ConfigError("eval_tokens", f"expected a (1, L) tensor of token ids, got {type(eval_tokens).__name__}")
+    if eval_tokens.is_floating_point() or eval_tokens.is_complex() or eval_tokens.dtype == torch.bool:
+        raise ConfigError("eval_tokens", f"expected integer token ids, got dtype {eval_tokens.dtype}")
+    max_len, vocab = config.max_seq_len, config.vocab_size
+    if eval_tokens.dim() != 2 or eval_tokens.shape[0] != 1 or not 2 <= eval_tokens.shape[1] <= max_len:
+        raise ConfigError("eval_tokens", f"expected shape (1, L) with 2 <= L <= {max_len} (model.config.max_seq_len), "
+                          f"got {tuple(eval_tokens.shape)}")
+    lo, hi = int(eval_tokens.min()), int(eval_tokens.max())
+    if lo < 0 or hi >= vocab:
+        raise ConfigError("eval_tokens", f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab}) "
+                          "(model.config.vocab_size)")
+
+
 def _as_config(cfg: ExportConfig | Mapping[str, Any]) -> ExportConfig:
     if isinstance(cfg, Mapping):
         return ExportConfig.from_dict(cfg, path="export")
@@ -109,14 +131,16 @@ def export(model: nn.Module, cfg: ExportConfig | Mapping[str, Any], *, vocab_siz
     directory it was loaded from (recorded as lineage). ``metadata``: training metadata (specs.metadata) passed on to
     hooks. ``extra_hooks``: in-process hooks by name, beside the installed ones. ``atol``: max |logit diff| allowed
     between artifact and model in fp32. ``external_data_threshold``: weight bytes from which ONNX weights go to
-    ``model.onnx.data``. ``eval_tokens`` (1, L): the fixed sequence for quantization's perplexity change (default:
-    ``eval_length`` tokens sampled from the model with ``seed``). Returns an :class:`ExportResult`.
+    ``model.onnx.data``. ``eval_tokens`` (1, L) integer ids, 2 <= L <= max_seq_len: the fixed sequence for
+    quantization's perplexity change (default: ``eval_length`` >= 2 tokens, at most max_seq_len, sampled from the
+    model with ``seed``). Returns an :class:`ExportResult`.
     """
     cfg = _as_config(cfg)
     if not atol >= 0:  # NaN fails too
         raise ConfigError("atol", f"expected a tolerance >= 0 (max |logit diff|), got {atol}")
     check_model(model)
     check_dims(model.config, vocab_size, d_model)
+    check_eval_tokens(model.config, eval_tokens, eval_length)
     if not cfg.dynamic_axes:
         raise ConfigError("export.dynamic_axes", "static-shape export is not supported: the decoder graph needs "
                           "dynamic batch, sequence and past axes; set dynamic_axes=true")
