@@ -29,6 +29,12 @@ def test_unknown_names_list_valid_ones():
         resolve("attention", "flsh")
     with pytest.raises(PluginError, match=r"unknown kernel op 'atention'.*valid ops: attention, rmsnorm"):
         resolve("atention")
+    from specs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"named by strings .*got op='attention', impl=None"):
+        resolve("attention", None)
+    with pytest.raises(ConfigError, match=r"kernel.head_dim: expected None or an integer >= 1, got '64'"):
+        resolve("attention", head_dim="64")
 
 
 def test_flash_refuses_with_reason_and_falls_back_to_sdpa_logging_once(caplog):

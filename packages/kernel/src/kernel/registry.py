@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from kernel.implementation import OPS, Implementation, Request
-from specs.errors import PluginError, suggest
+from specs.errors import ConfigError, PluginError, suggest
 
 log = logging.getLogger("kernel")
 
@@ -177,6 +177,12 @@ class KernelRegistry:
 
     def _pick(self, key: tuple[Any, ...]) -> Implementation:
         op, impl, dev_type, dtype, head_dim, causal, window, gqa, mask, bias, backward, capability, compiling = key
+        if not isinstance(op, str) or not isinstance(impl, str):  # checked on a miss only: resolve is per forward
+            raise ConfigError("kernel", f"an op and an implementation are named by strings ('auto' picks one); got "
+                                        f"op={op!r}, impl={impl!r}")
+        for field, value in (("head_dim", head_dim), ("window", window)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"kernel.{field}", f"expected None or an integer >= 1, got {value!r}")
         request = Request(op=op, device=dev_type, dtype=dtype, head_dim=head_dim, causal=causal, window=window,
                           gqa=gqa, mask=mask, bias=bias, backward=backward, capability=capability)
         preferred = COMPILE_PREFERENCE.get(op) if compiling and impl == AUTO else None
