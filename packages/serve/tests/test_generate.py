@@ -181,6 +181,8 @@ def test_unknown_keyword_and_bad_values_fail_clearly(tiny_lm):
     (lambda m: generate(m, torch.ones(1, 300, dtype=torch.long), 0), "input_ids", "more than the model's max_seq_len"),
     (lambda m: generate(m, torch.ones(1, 256, dtype=torch.long), 3, num_beams=2), "input_ids", "no room is left"),
     (lambda m: list(generate_stream(m, torch.ones(256, dtype=torch.long), 3)), "input_ids", "no room is left"),
+    (lambda m: generate(m, "Once upon a time", 3), "input_ids", "got text; expected token ids"),
+    (lambda m: generate(m, ["Once", "upon"], 3), "input_ids", "encode the text with the tokenizer first"),
 ])
 def test_bad_ids_and_beams_are_refused_up_front(tiny_lm, call, path, message):
     with pytest.raises(ConfigError, match=f"^{path}: .*{message}"):

@@ -50,6 +50,10 @@ def normalize_inputs(input_ids: Any, attn_mask: Any, pad_id: int) -> tuple[torch
                                                                            list[list[int]]]:
     """Accept (B, T) / (T,) tensors or lists of id lists; return ids (B, T), mask (B, T) or None, and the
     unpadded prompts. A mask must be left padding (zeros only before the first real token)."""
+    if isinstance(input_ids, (str, bytes)) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                               and isinstance(input_ids[0], (str, bytes))):
+        raise ConfigError("input_ids", "got text; expected token ids (a (B, T) tensor or lists of ints): encode "
+                                       "the text with the tokenizer first, e.g. [tok.encode(text)]")
     if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple)):
         if attn_mask is not None:
             raise ConfigError("attn_mask", "is built from the lists when input_ids is a list of lists; pass neither")
