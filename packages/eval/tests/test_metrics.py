@@ -136,6 +136,11 @@ def test_loglikelihood_rejects_bad_pairs(tiny_lm):
         loglikelihood(tiny_lm, [("The", " cat")])
     with pytest.raises(ConfigError, match="tokens: is a str; expected a list of token ids"):
         loglikelihood_rolling(tiny_lm, "The cat", prefix_token=1)
+    vocab = tiny_lm.config.vocab_size
+    with pytest.raises(ConfigError, match=rf"pairs\[1\]: token id {vocab} is outside the vocabulary \[0, {vocab}\)"):
+        loglikelihood(tiny_lm, [([1], [2]), ([1], [vocab])])
+    with pytest.raises(ConfigError, match=r"token id -1 is outside the vocabulary"):
+        loglikelihood_rolling(tiny_lm, [1, 2, 3], prefix_token=-1)
 
 
 @pytest.mark.parametrize("max_length", [0, -1])

@@ -64,6 +64,7 @@ def loglikelihood(model: Any, pairs: Sequence[Pair], *, max_length: int | None =
         raise ConfigError("batch_size", f"must be >= 1, got {batch_size}")
     max_length = _max_length(model, max_length)
     device = torch.device(device) if device is not None else _model_device(model)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     prepared: list[tuple[list[int], list[int]]] = []
     for i, (ctx, cont) in enumerate(pairs):
         for part, ids in (("context", ctx), ("continuation", cont)):
@@ -76,6 +77,9 @@ def loglikelihood(model: Any, pairs: Sequence[Pair], *, max_length: int | None =
             raise ConfigError(f"pairs[{i}]", "context is empty; pass a BOS/EOS token as context")
         if len(cont) > max_length:
             raise ConfigError(f"pairs[{i}]", f"continuation has {len(cont)} tokens, more than max_length={max_length}")
+        if isinstance(vocab, int) and (bad := [t for t in (*ctx, *cont) if not 0 <= t < vocab]):
+            raise ConfigError(f"pairs[{i}]", f"token id {bad[0]} is outside the vocabulary [0, {vocab}) (the model's "
+                                             "vocab_size); expected ids of the model's tokenizer")
         whole = [*ctx, *cont][-(max_length + 1):]
         prepared.append((whole[:-1], list(cont)))
     # Longest first, so the padded width of a batch is set by its first row (lm-eval's Collator order).
