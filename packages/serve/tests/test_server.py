@@ -225,76 +225,100 @@ def test_openai_client_sees_typed_errors(client):
 
 
 def test_busy_engine_answers_429(tiny_lm, tokenizer):
-    engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=16), max_waiting=0)
-    app = build_app(engine, tokenizer, model_name="tiny")
+    from serve.sampling import SamplingParams
 
-    async def go():
+    engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=16), max_waiting=2)
+    app = build_app(engine, tokenizer, model_name="tiny", max_body_bytes=1000)
+    engine.submit([1, 2], SamplingParams(max_new_tokens=2), on_output=lambda out: None)  # never started: it waits
+
+    async def go(**kw):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            return await c.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+            return await c.post("/v1/completions", **kw)
 
-    _err(asyncio.run(go()), 429, "rate_limit_exceeded")
+    _err(asyncio.run(go(json={"model": "tiny", "prompt": "x", "max_tokens": 2, "n": 2})), 429, "rate_limit_exceeded")
+    # More choices than the engine can ever queue is a 400 (a 429 is retried forever), refused before tokenizing.
+    err = _err(asyncio.run(go(json={"model": "tiny", "prompt": "x", "n": 3})), 400, "invalid_value", "n")
+    assert "at most 2 in one request" in err["message"]
+    err = _err(asyncio.run(go(json={"model": "tiny", "prompt": ["x", "y", "z"]})), 400, "invalid_value", "prompt")
+    assert "3 prompts x n=1 asks for 3 choices" in err["message"]
+    # Bodies past max_body_bytes: 413 before parsing, with Content-Length or chunked.
+    big = json.dumps({"model": "tiny", "prompt": [1] * 1000}).encode()
+    err = _err(asyncio.run(go(content=big, headers={"Content-Type": "application/json"})), 413, "request_too_large")
+    assert "limit of 1000 bytes" in err["message"]
+
+    async def chunks():
+        yield big
+
+    _err(asyncio.run(go(content=chunks(), headers={"Content-Type": "application/json"})), 413, "request_too_large")
 
 
-def test_disconnect_mid_stream_frees_blocks(server, http):
+def test_malformed_bodies_get_400(server, http):
+    raw = {"Content-Type": "application/json"}
+    for body, param in (('{"model": "tiny", "prompt": "a\\ud800b"}', "prompt"),
+                        ('{"model": "tiny\\udfff", "prompt": "a"}', "model"),
+                        ('{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800"}]}',
+                         "messages[0].content")):
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        err = _err(http.post(path, content=body, headers=raw), 400, "invalid_value", param)
+        assert "not valid Unicode" in err["message"] and "U+D" in err["message"]
+    err = _err(http.post("/tokenize", content='{"prompt": "\\ud800"}', headers=raw), 400, None, "prompt")
+    assert "lone surrogate" in err["message"]
+    err = _err(http.post("/v1/completions", content="[" * 100000 + "]" * 100000, headers=raw), 400, "invalid_json")
+    assert "nested too deeply" in err["message"]
+    err = _err(http.post("/v1/completions", content='{"model": "tiny", "prompt": [' + "1" * 5000 + "]}",
+                         headers=raw), 400, "invalid_json")
+    assert "too many digits" in err["message"]
+    assert http.get("/health").status_code == 200
+
+
+def test_unsupported_and_cross_field_errors_name_the_field(server, http):
+    def post(path, **body):
+        return http.post(path, json={"model": "tiny", **body})
+
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    err = _err(post("/v1/chat/completions", **chat, tools=[]), 400, "unsupported_parameter", "tools")
+    assert err["message"] == "tools is not supported by this server"
+    _err(post("/v1/completions", prompt="x", response_format={"type": "json_object"}), 400, None, "response_format")
+    err = _err(post("/v1/completions", prompt="x", toolz=1), 400, "unknown_parameter", "toolz")
+    assert "Unrecognized request argument" in err["message"]
+    err = _err(post("/v1/chat/completions", messages=[{"role": "user"}]), 400, "missing_required_parameter",
+               "messages[0].content")
+    for part in ({"type": "image_url", "image_url": {"url": "http://x"}}, {"type": "text", "text": "a", "x": 1}):
+        err = _err(post("/v1/chat/completions", messages=[{"role": "user", "content": [part]}]), 400, None,
+                   "messages[0].content")
+        assert 'only text parts ({"type": "text", "text": ...}) are supported' in err["message"]
+    err = _err(post("/v1/completions", prompt=""), 400, None, "prompt")
+    assert err["message"].startswith("prompt is empty; at least one token")
+    err = _err(post("/v1/completions", prompt=["a", ""]), 400, None, "prompt")
+    assert err["message"].startswith("prompt[1] is empty")
+    err = _err(post("/v1/completions", prompt=[1] * 300), 400, "context_length_exceeded", "prompt")
+    err = _err(post("/v1/chat/completions", messages=[{"role": "user", "content": "x" * 400}]), 400,
+               "context_length_exceeded", "messages")
+    for body, param in (({"prompt": "x", "best_of": 2}, "best_of"), ({"prompt": "x", "suffix": "y"}, "suffix"),
+                        ({"prompt": "x", "stream_options": {}}, "stream_options")):
+        _err(post("/v1/completions", **body), 400, None, param)
+    _err(post("/v1/chat/completions", **chat, top_logprobs=2), 400, None, "top_logprobs")
+    _err(http.post("/tokenize", json={}), 400, None, "prompt")
+    err = _err(http.post("/tokenize", json={"prompt": "x", **chat}), 400, None, "messages")
+    assert "exactly one of prompt or messages" in err["message"]
+
+
+def test_disconnect_mid_request_aborts_its_choices(server, monkeypatch):
     engine = server[1]
-    body = {"model": "tiny", "prompt": "The quick", "max_tokens": 200, "temperature": 0, "stream": True,
-            "ignore_eos": True}
-    free = engine.num_blocks
-    with http.stream("POST", "/v1/completions", json=body) as r:
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        data = [line for line in (next(lines) for _ in range(6)) if line.startswith("data: ")]
-        assert json.loads(data[0][6:])["object"] == "text_completion"
-        assert engine.cache.num_free_blocks() < free
-    deadline = time.monotonic() + 20
-    while (engine.cache.num_free_blocks() < free or engine.running) and time.monotonic() < deadline:
+    step = engine.step
+
+    def slow_step():  # tokens keep arriving (every 20 ms) while the client is gone
         time.sleep(0.02)
-    assert engine.cache.num_free_blocks() == free and not engine.running
-    assert engine.stats.finished.get("abort", 0) >= 1
+        step()
 
-
-def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
-    from serve.__main__ import main
-
-    assert main(["--model", str(tmp_path / "missing")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: model:") and "not a directory" in err
-    with socket.socket() as held:  # a port another process listens on: refused before the model loads
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        assert main(["--model", str(tmp_path / "missing"), "--port", str(port)]) == 2
-        err = capsys.readouterr().err
-        assert f"serve.port: cannot listen on 127.0.0.1:{port}" in err and "choose another --port" in err
-    assert main(["--model", str(tmp_path / "missing"), "--host", "999.1.1.1"]) == 2
-    assert "serve.host: '999.1.1.1' does not resolve" in capsys.readouterr().err
-
-
-def test_cli_serves_a_checkpoint(checkpoint):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "serve", "--model", str(checkpoint), "--port", str(port),
-                             "--model-name", "cli", "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert proc.poll() is None, proc.stderr.read()
-                time.sleep(0.2)
-        r = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0).completions.create(
-            model="cli", prompt="The", max_tokens=3, temperature=0)
-        assert r.choices[0].finish_reason in ("stop", "length") and r.model == "cli"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    monkeypatch.setattr(engine, "step", slow_step)
+    aborted = engine.stats.finished.get("abort", 0)
+    body = {"model": "tiny", "prompt": "The quick", "max_tokens": 240, "n": 4, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 0.5 s; 240 steps take about 5 s
+        httpx.post(server[0] + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=0.5)
+    deadline = time.monotonic() + 3
+    while (engine.running or engine.waiting) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not engine.running and not engine.waiting
+    assert engine.stats.finished.get("abort", 0) == aborted + 4
+    assert 'finished_reason="abort"' in httpx.get(server[0] + "/metrics").text

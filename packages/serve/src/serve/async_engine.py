@@ -4,7 +4,8 @@ The engine steps in its own thread; each request's outputs cross to the event lo
 ``loop.call_soon_threadsafe`` into an ``asyncio.Queue``. ``submit`` raises at once for a request the engine
 cannot take (so an HTTP handler can answer 4xx before it starts streaming). Leaving the iteration early (a client
 that disconnected, a cancelled task) aborts the request, so its KV blocks are freed at the engine's next step.
-``is_disconnected`` lets a non-streaming caller notice a client that went away while it waits.
+``is_disconnected`` lets a non-streaming caller notice a client that went away while it waits (polled every
+``poll_s``, also while tokens keep arriving), which aborts the request.
 """
 
 from __future__ import annotations
@@ -39,16 +40,23 @@ class RequestStream:
 
     async def outputs(self, is_disconnected: Callable[[], Awaitable[bool]] | None = None,
                       poll_s: float = 0.5) -> AsyncIterator[RequestOutput]:
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while not self.finished:
                 if is_disconnected is None:
                     out = await self._queue.get()
                 else:
+                    # Check every poll_s whether or not tokens arrive: a busy request must not outlive its client.
                     try:
-                        out = await asyncio.wait_for(self._queue.get(), timeout=poll_s)
+                        out = await asyncio.wait_for(self._queue.get(), timeout=max(checked + poll_s - loop.time(), 0))
                     except asyncio.TimeoutError:
+                        out = None
+                    if loop.time() - checked >= poll_s:
+                        checked = loop.time()
                         if await is_disconnected():
                             return
+                    if out is None:
                         continue
                 self.finished = out.finished
                 yield out

@@ -1,11 +1,14 @@
 """OpenAI-style error responses: ``{"error": {"message", "type", "param", "code"}}`` with the right status.
 
 Every failure a client can cause maps to a 4xx with a message that says what was wrong; anything else is a 500
-``server_error`` that is logged, and the server keeps running.
+``server_error`` that is logged, and the server keeps running. A body is read only up to ``MAX_BODY_BYTES`` (413
+beyond it) and its strings must be valid Unicode (JSON's ``\\ud800`` escapes can spell lone surrogates, which
+cannot be encoded again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -21,6 +24,14 @@ from specs.errors import CacheFullError, ConfigError, LmstackError
 
 log = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 32 * 1024 * 1024  # vLLM-style servers commonly accept 32 MiB request bodies
+# Fields of the OpenAI API this server knows but does not implement: refused by name, not as unrecognized.
+UNSUPPORTED_FIELDS = frozenset({
+    "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format", "metadata",
+    "reasoning_effort", "service_tier", "store", "modalities", "audio", "prediction", "web_search_options",
+})
+_INVALID_JSON = "We could not parse the JSON body of your request. The request body must be valid JSON."
+
 
 class APIError(Exception):
     """An error with its HTTP status and OpenAI error fields."""
@@ -32,25 +43,40 @@ class APIError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(status_code=self.status, headers=headers,
-                            content={"error": {"message": self.message, "type": self.type, "param": self.param,
-                                               "code": self.code}})
+        error = {"message": _encodable(self.message), "type": self.type, "param": _encodable(self.param),
+                 "code": self.code}
+        return JSONResponse(status_code=self.status, headers=headers, content={"error": error})
+
+
+def _encodable(text: str | None) -> str | None:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) written as a backslash escape."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _path(loc: Any) -> str | None:
+    """A pydantic location as a parameter path (``messages[0].content``), without union-member tags."""
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p != "body" and not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool"):
+            out += f".{p}" if out else p
+    return out or None
 
 
 def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
     """The first pydantic error as a 400 naming the parameter."""
     err = exc.errors()[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
     # pydantic reports union members as extra loc parts (e.g. 'str', 'list[int]'); keep the field path only.
-    loc = [p for p in loc if not any(c in p for c in "[]") and p not in ("str", "int", "float", "bool")]
-    param = ".".join(loc) or None
+    param = (err.get("ctx") or {}).get("param") or _path(err.get("loc", ()))  # cross-field errors carry theirs
     kind = err.get("type", "")
+    if kind == "extra_forbidden" and param in UNSUPPORTED_FIELDS:
+        return APIError(400, f"{param} is not supported by this server", param=param, code="unsupported_parameter")
     if kind == "extra_forbidden":
         return APIError(400, f"Unrecognized request argument supplied: {param}", param=param,
                         code="unknown_parameter")
     if kind == "json_invalid":
-        return APIError(400, "We could not parse the JSON body of your request. The request body must be valid JSON.",
-                        code="invalid_json")
+        return APIError(400, _INVALID_JSON, code="invalid_json")
     if kind == "missing":
         return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
     msg = err.get("msg", "invalid value").removeprefix("Value error, ")
@@ -58,10 +84,11 @@ def from_validation(exc: ValidationError | RequestValidationError) -> APIError:
                     code="invalid_value")
 
 
-def from_lmstack(exc: LmstackError) -> APIError:
-    """Map engine and config errors to statuses: context/too-large 400, busy 429, unknown model 404."""
+def from_lmstack(exc: LmstackError, prompt_param: str = "prompt") -> APIError:
+    """Map engine and config errors to statuses: context/too-large 400, busy 429, unknown model 404.
+    ``prompt_param``: the request field an engine error about the prompt names ("messages" on chat)."""
     if isinstance(exc, ContextLengthError):
-        return APIError(400, str(exc.message), param="messages" if exc.path == "prompt" else exc.path,
+        return APIError(400, str(exc.message), param=prompt_param if exc.path == "prompt" else exc.path,
                         code="context_length_exceeded")
     if isinstance(exc, RequestTooLargeError):
         return APIError(400, str(exc), code="context_length_exceeded")
@@ -73,17 +100,56 @@ def from_lmstack(exc: LmstackError) -> APIError:
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, ConfigError):
         param = exc.path.removeprefix("SamplingParams.") or None
+        param = prompt_param if param == "prompt" else param
         return APIError(400, exc.message if param else str(exc), param=param, code="invalid_value")
     return APIError(400, str(exc))
 
 
-async def parse_json(request: Request) -> Any:
-    body = await request.body()
+async def parse_json(request: Request, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The request's JSON body: 413 past ``max_bytes`` (before reading it when Content-Length says so), 400 for
+    anything ``json.loads`` refuses (too deep nesting and integers past Python's digit limit included) and for
+    strings that are not valid Unicode."""
+    too_large = APIError(413, f"The request body is larger than this server's limit of {max_bytes} bytes.",
+                         code="request_too_large")
+    with contextlib.suppress(ValueError):
+        if int(request.headers.get("content-length", "0")) > max_bytes:
+            raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise APIError(400, "We could not parse the JSON body of your request. The request body must be valid "
-                            "JSON.", code="invalid_json") from None
+        data = json.loads(b"".join(chunks))
+    except RecursionError:
+        raise APIError(400, f"{_INVALID_JSON} (it is nested too deeply)", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, and int() past sys.get_int_max_str_digits()
+        detail = " (an integer has too many digits)" if "digits" in str(exc) else ""
+        raise APIError(400, _INVALID_JSON + detail, code="invalid_json") from None
+    _check_unicode(data)
+    return data
+
+
+def _check_unicode(data: Any) -> None:
+    """400 naming the first string (or key) with a lone surrogate; iterative, so any depth json.loads gave is fine."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise APIError(400, f"Invalid value for '{path or 'body'}': the text is not valid Unicode (it has a "
+                                    f"lone surrogate, U+{ord(value[exc.start]):04X})", param=path or None,
+                               code="invalid_value") from None
+        elif isinstance(value, dict):
+            for k, v in reversed(value.items()):  # popped in document order
+                stack.append((f"{path}.{k}" if path else k, v))
+                stack.append((path, k))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value)))
+                         if isinstance(v, (str, list, dict)))
 
 
 def install_handlers(app: Any) -> None:
@@ -102,8 +168,9 @@ def install_handlers(app: Any) -> None:
         return from_validation(exc).response()
 
     @app.exception_handler(LmstackError)
-    async def _lm(_: Request, exc: LmstackError) -> JSONResponse:
-        return from_lmstack(exc).response()
+    async def _lm(request: Request, exc: LmstackError) -> JSONResponse:
+        chat = request.url.path.endswith("/chat/completions")
+        return from_lmstack(exc, "messages" if chat else "prompt").response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -12,11 +12,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from serve.sampling import SamplingParams
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+
+
+def _invalid(param: str, message: str) -> PydanticCustomError:
+    """A cross-field error that names ``param`` (``serve.http_errors.from_validation`` reads it from ctx)."""
+    return PydanticCustomError("invalid_field", "{message}", {"param": param, "message": message})
 
 
 class _Strict(BaseModel):
@@ -66,7 +72,7 @@ class _Sampling(_Strict):
     @model_validator(mode="after")
     def _stream_opts(self) -> _Sampling:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise _invalid("stream_options", "stream_options is only allowed when stream is true")
         return self
 
     def sampling_params(self, max_new_tokens: int, *, seed_offset: int = 0, logprobs: int | None = None,
@@ -108,9 +114,9 @@ class CompletionRequest(_Sampling):
     @model_validator(mode="after")
     def _checks(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of != self.n:
-            raise ValueError("best_of different from n is not supported")
+            raise _invalid("best_of", "best_of different from n is not supported")
         if self.suffix:
-            raise ValueError("suffix is not supported")
+            raise _invalid("suffix", "suffix is not supported")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -131,8 +137,19 @@ class ContentPart(_Strict):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")  # tool_calls etc. pass through to the template
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
+    content: str | list[ContentPart] | None  # required; null (an assistant turn with tool_calls) renders as ""
     name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for part in v:
+                if not (isinstance(part, dict) and part.get("type") == "text" and set(part) == {"type", "text"}):
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise ValueError('only text parts ({"type": "text", "text": ...}) are supported; got a part of '
+                                     f"type {kind!r}")
+        return v
 
     def as_template_dict(self) -> dict[str, Any]:
         content = self.content
@@ -154,7 +171,7 @@ class ChatCompletionRequest(_Sampling):
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
+            raise _invalid("top_logprobs", "top_logprobs requires logprobs to be true")
         return self
 
 
@@ -167,8 +184,10 @@ class TokenizeRequest(_Strict):
 
     @model_validator(mode="after")
     def _one(self) -> TokenizeRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("pass exactly one of prompt or messages")
+        if self.prompt is None and self.messages is None:
+            raise _invalid("prompt", "pass exactly one of prompt or messages; got neither")
+        if self.prompt is not None and self.messages is not None:
+            raise _invalid("messages", "pass exactly one of prompt or messages; got both")
         return self
 
 

@@ -5,7 +5,8 @@ ends with ``data: [DONE]``), ``GET /health``, ``GET /metrics`` (Prometheus text)
 ``POST /detokenize`` and ``GET /tokenizer_info`` (vLLM's tokenizer endpoints, which lm-eval's ``local-completions``
 uses as a remote tokenizer). With an API key every route but /health and /metrics needs
 ``Authorization: Bearer KEY``. Every error is OpenAI-style JSON (:mod:`serve.http_errors`). A client that goes away
-mid-request has its request aborted, which frees its KV blocks.
+mid-request has its request aborted, which frees its KV blocks. Bodies past ``max_body_bytes`` are refused (413), and
+so is a request for more choices (prompts x n) than the engine can queue at once (400), before anything is tokenized.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from serve.async_engine import AsyncEngine, RequestStream, merge
 from serve.engine import Engine, RequestOutput
 from serve.errors import ModelNotFoundError
-from serve.http_errors import APIError, from_lmstack, install_handlers, parse_json
+from serve.http_errors import MAX_BODY_BYTES, APIError, from_lmstack, install_handlers, parse_json
 from serve.metrics import ServerMetrics
 from serve.openai_format import (
     TokenText,
@@ -97,8 +98,10 @@ class _Choice:
             self.finish_reason = out.finish_reason
 
 
-def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The ASGI app serving ``engine`` (started with the app, stopped at shutdown) under ``model_name``."""
+def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str | None = None,
+              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The ASGI app serving ``engine`` (started with the app, stopped at shutdown) under ``model_name``; request
+    bodies larger than ``max_body_bytes`` get 413."""
     aengine = AsyncEngine(engine)
     metrics = ServerMetrics(engine, model_name)
     encoder = PromptEncoder(tokenizer)
@@ -121,6 +124,19 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
     def check_model(name: str) -> None:
         if name != model_name:
             raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves '{model_name}'")
+
+    async def body(request: Request) -> Any:
+        return await parse_json(request, max_body_bytes)
+
+    def check_choices(n_prompts: int, n: int) -> None:
+        """400 for more choices than the engine's waiting queue holds: such a request could never be taken, and
+        a 429 would have clients retry it forever."""
+        if n_prompts * n > engine.max_waiting:
+            param = "n" if n > 1 else "prompt"
+            what = f"{n_prompts} prompts x n={n}" if n_prompts > 1 else f"n={n}"
+            raise APIError(400, f"{what} asks for {n_prompts * n} choices, but this server takes at most "
+                                f"{engine.max_waiting} in one request; send fewer prompts or a smaller n",
+                           param=param, code="invalid_value")
 
     def submit_all(plans: list[tuple[list[int], SamplingParams]]) -> list[RequestStream]:
         for ids, params in plans:  # reject the whole request before any part of it starts
@@ -181,9 +197,15 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
     # --- completions --------------------------------------------------------------------------------------
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        req = CompletionRequest.model_validate(await parse_json(request))
+        req = CompletionRequest.model_validate(await body(request))
         check_model(req.model)
+        check_choices(len(req.prompts()), req.n)
         prompts = [encoder.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in req.prompts()]
+        for i, ids in enumerate(prompts):
+            if not ids:
+                name = f"prompt[{i}]" if isinstance(req.prompt, list) else "prompt"  # a list of prompts
+                raise APIError(400, f"{name} is empty; at least one token is needed", param="prompt",
+                               code="invalid_value")
         prompt_lp = req.logprobs if req.echo and req.logprobs is not None else None
         plans = []
         for ids in prompts:
@@ -251,8 +273,9 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
     # --- chat completions ---------------------------------------------------------------------------------
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        req = ChatCompletionRequest.model_validate(await parse_json(request))
+        req = ChatCompletionRequest.model_validate(await body(request))
         check_model(req.model)
+        check_choices(1, req.n)
         ids = encoder.chat([m.as_template_dict() for m in req.messages],
                            add_generation_prompt=req.add_generation_prompt)
         max_new = req.max_completion_tokens or req.max_tokens or max(engine.max_seq_len - len(ids), 0)
@@ -320,7 +343,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Any:
-        req = TokenizeRequest.model_validate(await parse_json(request))
+        req = TokenizeRequest.model_validate(await body(request))
         if req.model is not None:
             check_model(req.model)
         if req.messages is not None:
@@ -332,7 +355,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Any:
-        req = DetokenizeRequest.model_validate(await parse_json(request))
+        req = DetokenizeRequest.model_validate(await body(request))
         bad = [t for t in req.tokens if not 0 <= t < engine.vocab_size]
         if bad:
             raise APIError(400, f"token id {bad[0]} is outside the vocabulary [0, {engine.vocab_size})",
