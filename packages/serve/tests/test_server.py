@@ -283,6 +283,9 @@ def test_unsupported_and_cross_field_errors_name_the_field(server, http):
     assert "Unrecognized request argument" in err["message"]
     err = _err(post("/v1/chat/completions", messages=[{"role": "user"}]), 400, "missing_required_parameter",
                "messages[0].content")
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "f", "arguments": "{}"}}]}, {"role": "user", "content": "go on"}]
+    assert post("/v1/chat/completions", messages=turns, max_tokens=2).status_code == 200  # content may be omitted
     for part in ({"type": "image_url", "image_url": {"url": "http://x"}}, {"type": "text", "text": "a", "x": 1}):
         err = _err(post("/v1/chat/completions", messages=[{"role": "user", "content": [part]}]), 400, None,
                    "messages[0].content")

@@ -140,6 +140,15 @@ class ChatMessage(BaseModel):
     content: str | list[ContentPart] | None  # required; null (an assistant turn with tool_calls) renders as ""
     name: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tool_call_turns(cls, data: Any) -> Any:
+        """OpenAI requires ``content`` unless an assistant turn carries ``tool_calls`` (or ``function_call``)."""
+        if (isinstance(data, dict) and "content" not in data and data.get("role") == "assistant"
+                and (data.get("tool_calls") or data.get("function_call"))):
+            return {**data, "content": None}
+        return data
+
     @field_validator("content", mode="before")
     @classmethod
     def _text_parts(cls, v: Any) -> Any:
