@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
     p.add_argument("--num-blocks", type=int, default=None,
                    help="KV-cache blocks (default: max-batch-size full-length sequences)")
-    p.add_argument("--max-seq-len", type=int, default=None, help="context limit (default: the model's)")
+    p.add_argument("--max-seq-len", type=int, default=None, help="context limit (default and most: the model's)")
     p.add_argument("--no-prefix-caching", action="store_true", help="do not share cached prompt prefixes")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
