@@ -42,7 +42,10 @@
 #                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,
 #                                      for each of RUNS (default "off on off2 on2"; "ontile": on, o's gemv at
-#                                      [8, 2048, 4] from a table's "att" entries; "on:NAME", "off:NAME": with
+#                                      [8, 2048, 4] from a table's "att" entries; "onw": on, o's int8 weights
+#                                      16 bytes a vector, x shuffled to them ($LMSTACK_GEMV_WVEC=att-wide;
+#                                      run DH, session 28: int8 1,954-1,983 tokens/s against 1,981 as
+#                                      shipped and 2,039-2,040 off); "on:NAME", "off:NAME", "onw:NAME": with
 #                                      /tmp/t_NAME.json's tiles), VARIANTS (default both), BATCH (batch sizes,
 #                                      default 1; run DA, session 26, BATCH=1,32 VARIANTS=lmstack: forced on at
 #                                      32, 1.9% slower, where "auto" leaves it off) (~45 s a variant;
@@ -543,8 +546,9 @@ unified-decode)
   for v in ${RUNS:-off on off2 on2}; do
     u=${v%%:*}; u=${u%2}; tiles=; n=${v//:/_}
     [ "$u" = ontile ] && { u=on; tiles=LMSTACK_GEMV_TILES=/tmp/t_att.json; }
+    wv=; [ "$u" = onw ] && { u=on; wv=LMSTACK_GEMV_WVEC=att-wide; }  # o's weights 16 bytes a vector
     [[ $v == *:* ]] && tiles=LMSTACK_GEMV_TILES=/tmp/t_${v#*:}.json  # ON:NAME, /tmp/t_NAME.json's table
-    step "decode_$n" 150 env $tiles TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode \
+    step "decode_$n" 150 env $tiles $wv TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python -m eval.bench decode \
       --preset llama-1b --batch-sizes "${BATCH:-1}" --repeat 5 --profile --variants "${VARIANTS:-lmstack,lmstack-int8}" \
       --unified "$u" --out "$OUT/decode_$n.json"
     [ -s "$OUT/decode_$n.json" ] && rm -f "$OUT/decode_$n.log"

@@ -74,10 +74,12 @@ def test_a_split_far_past_the_shift_flags_its_row_and_the_partials_are_combined(
 @pytest.mark.parametrize("weight", ["bf16", "int8"])
 @pytest.mark.parametrize("flagged", [False, True])
 @pytest.mark.parametrize("config", [(4, 128, 4), (8, 64, 2)])  # one K step, two
-def test_the_projection_reads_the_accumulators(weight, flagged, config):
+@pytest.mark.parametrize("wvec", ["x", "att-wide"])
+def test_the_projection_reads_the_accumulators(monkeypatch, weight, flagged, config, wvec):
     """gemv(att=...) over the accumulators is the projection of the attention output (plus the residual), the
     flag's partials path too (set by hand here, over outputs made NaN so only that path gives the answer), bf16 and
-    int8 weights, one and two K steps."""
+    int8 weights, one and two K steps, the weights loaded in x's layout or 16 bytes a vector ($LMSTACK_GEMV_WVEC)."""
+    monkeypatch.setenv(gemv_mod.WVEC_ENV, wvec)
     q, k, v, lens_B, kw = _step(1, [45], seed=2)
     ws, parts = _unified(q, k, v, lens_B, kw, layers=3, layer=2)  # the last layer zeroes the first's
     H, Dh = q.shape[1:]

@@ -36,8 +36,10 @@ def test_int8_weight_vectors_follow_x_where_one_step_covers_the_row(monkeypatch)
     assert gemv_mod._wvec(w8, xb, 256, 4, 2048, att=True) == 0  # two values a thread: under a vector
     monkeypatch.setenv(gemv_mod.WVEC_ENV, "wide")
     assert gemv_mod._wvec(w8, xb, 2048, 4, 2048) == 0 == gemv_mod._wvec(w8, xb, 2048, 4, 2048, att=True)
+    monkeypatch.setenv(gemv_mod.WVEC_ENV, "att-wide")  # 16-byte vectors for the accumulators' calls only
+    assert gemv_mod._wvec(w8, xb, 2048, 4, 2048, att=True) == 0 and gemv_mod._wvec(w8, xb, 2048, 4, 2048) == 8
     monkeypatch.setenv(gemv_mod.WVEC_ENV, "8")
-    with pytest.raises(ConfigError, match="LMSTACK_GEMV_WVEC.*'x' .* or 'wide' .*got '8'"):
+    with pytest.raises(ConfigError, match="LMSTACK_GEMV_WVEC.*'x' .*'wide' .*'att-wide' .*got '8'"):
         gemv_mod._wvec(w8, xb, 2048, 4, 2048)
 
 

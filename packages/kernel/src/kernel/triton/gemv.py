@@ -109,7 +109,8 @@ I8_F16_PTX = tl.constexpr(i8_f16_pairs_ptx("0x4140", "0x4342"))
 # in decode, docs/benchmarks.md runs BQ-BX)
 IMPL_ENV = "LMSTACK_GEMV_IMPL"
 # int8 weight vectors: "x" (the default: 8 bytes where that puts the weight block's column slice in x's own layout,
-# :func:`_wvec`) or "wide" (16 bytes always, kernel 0.19's loads), for comparisons
+# :func:`_wvec`), "wide" (16 bytes always, kernel 0.19's loads) or "att-wide" (16 bytes where x is a unified
+# attention's accumulators, "x" elsewhere), for comparisons
 WVEC_ENV = "LMSTACK_GEMV_WVEC"
 # rows of two K steps: "two" (the default: the second step's weights and x asked for with the first's x after the PDL
 # wait, where a thread holds at most HOIST_BYTES of them: one memory round trip after the wait, not two; bf16 decode
@@ -505,13 +506,17 @@ def _wvec(w: torch.Tensor, x_dtype: torch.dtype, block_k: int, warps: int, K: in
     bytes a vector, in x's own layout, and x needs no shuffle through shared memory. Else 0 (16-byte weight
     vectors; for rows of several K steps the doubled load count cost more than the shuffle, run CA). ``att`` (x
     from fp32 accumulators, four values a 16-byte vector): 4 for any weight where a thread's share holds a vector.
-    ``$LMSTACK_GEMV_WVEC=wide``: always 0."""
+    ``$LMSTACK_GEMV_WVEC=wide``: always 0; ``att-wide``: 0 for ``att`` calls only (x shuffled into the 16-byte
+    weight vectors' layout through shared memory), the rest as "x"."""
     raw = os.environ.get(WVEC_ENV, "x")
-    if raw not in ("x", "wide"):
+    if raw not in ("x", "wide", "att-wide"):
         raise ConfigError(WVEC_ENV, f"expected 'x' (the default: 8-byte int8 weight vectors where they put the "
-                                    f"weights in x's layout) or 'wide' (16-byte vectors always), got {raw!r}")
+                                    f"weights in x's layout), 'wide' (16-byte vectors always) or 'att-wide' "
+                                    f"(16-byte vectors where x is a unified attention's accumulators), got {raw!r}")
     if att:  # x from fp32 accumulators, four a 16-byte vector: the weights four a vector in that layout
         return 4 if raw == "x" and block_k // (32 * warps) >= 4 else 0
+    if raw == "att-wide":
+        raw = "x"
     if (raw == "wide" or w.dtype != torch.int8 or x_dtype.itemsize != 2 or block_k // (32 * warps) < 8
             or block_k < K):
         return 0
