@@ -30,6 +30,39 @@ def test_forward_shape_and_protocol(lm):
     assert logits.shape == (3, 7, 512) and logits.dtype == torch.float32
 
 
+def test_logits_to_keep_gives_those_positions_logits_only(lm):
+    """logits_to_keep (transformers' argument): the last n positions, or given positions, of the full logits;
+    with a cache the keys and values of every token are still written (the next step is the same), and the
+    folded-norm head too. Bad values name the argument and what it takes."""
+    x = torch.randint(0, 512, (2, 9))
+    full = lm(x)
+    for n in (1, 4, 9, 20):
+        torch.testing.assert_close(lm(x, logits_to_keep=n), full[:, -n:])
+    assert torch.equal(lm(x, logits_to_keep=0), full)
+    pos = torch.tensor([0, 3, -1])
+    torch.testing.assert_close(lm(x, logits_to_keep=pos), full[:, [0, 3, 8]])
+    import numpy as np
+    torch.testing.assert_close(lm(x, logits_to_keep=np.int64(2)), full[:, -2:])
+    nxt = torch.randint(0, 512, (2, 1))
+    c_full, c_last = lm.new_cache(2, 16), lm.new_cache(2, 16)
+    lm(x, cache=c_full)
+    assert lm(x, cache=c_last, logits_to_keep=1).shape == (2, 1, 512)
+    torch.testing.assert_close(lm(nxt, cache=c_last), lm(nxt, cache=c_full))
+    folded = TransformerLM(lm.config)
+    folded.load_state_dict(lm.state_dict())
+    folded.fold_norms()
+    torch.testing.assert_close(folded(x, logits_to_keep=2), full[:, -2:], rtol=1e-5, atol=1e-5)
+    for bad, what in [(-1, "-1"), (True, "True"), (1.0, "1.0"), ("1", "'1'")]:
+        with pytest.raises(ConfigError, match=rf"logits_to_keep.*expected 0 .*got {what}"):
+            lm(x, logits_to_keep=bad)
+    with pytest.raises(ConfigError, match=r"logits_to_keep.*1-D integer, got shape \(1, 2\) torch.int64"):
+        lm(x, logits_to_keep=torch.tensor([[0, 1]]))
+    with pytest.raises(ConfigError, match=r"logits_to_keep.*1-D integer, got shape \(2,\) torch.float32"):
+        lm(x, logits_to_keep=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ConfigError, match=r"logits_to_keep.*\[-9, 9\) for 9 input tokens, got 0..9"):
+        lm(x, logits_to_keep=torch.tensor([0, 9]))
+
+
 def test_loss_equals_cross_entropy_of_logits_with_ignored_labels(lm):
     x = torch.randint(0, 512, (2, 10))
     labels = torch.randint(0, 512, (2, 10))

@@ -3,4 +3,4 @@
 Import the submodules (``from model.lm import TransformerLM``); nothing heavy happens at import.
 """
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"

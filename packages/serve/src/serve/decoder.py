@@ -10,6 +10,8 @@ Legend: B rows, T prompt tokens, V vocabulary.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +26,28 @@ def model_device(model: Any) -> torch.device:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
         return torch.device("cpu")
+
+
+def last_logits(model: Any, ids_BT: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """The last position's logits of ``model(ids_BT, **kwargs)``, (B, V) fp32. Where the model takes transformers'
+    ``logits_to_keep`` (TransformerLM does) its LM head runs on that position alone: a prefill then neither
+    computes nor holds the (B, T, V) logits."""
+    if keeps_logits(model):
+        kwargs["logits_to_keep"] = 1
+    return model(ids_BT, **kwargs)[:, -1].float()
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether ``model``'s forward names a ``logits_to_keep`` argument."""
+    return _forward_keeps_logits(type(model))
+
+
+@functools.cache
+def _forward_keeps_logits(cls: type) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,11 +134,12 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def prefill(self, keep_prompt_logits: bool = False) -> torch.Tensor:
-        logits_BTV = self.model(self.ids_BT, cache=self.cache, attn_mask=self.mask_BT)
-        self.seq_len = self.ids_BT.shape[1]
         if keep_prompt_logits:
-            self.prompt_logits_BTV = logits_BTV
-        self.logits = logits_BTV[:, -1].float()
+            self.prompt_logits_BTV = self.model(self.ids_BT, cache=self.cache, attn_mask=self.mask_BT)
+            self.logits = self.prompt_logits_BTV[:, -1].float()
+        else:  # the LM head on the last position alone where the model can
+            self.logits = last_logits(self.model, self.ids_BT, cache=self.cache, attn_mask=self.mask_BT)
+        self.seq_len = self.ids_BT.shape[1]
         return self.logits
 
     @torch.inference_mode()

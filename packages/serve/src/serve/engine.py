@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from serve.decoder import model_device
+from serve.decoder import keeps_logits, model_device
 from serve.errors import ContextLengthError, RequestTooLargeError, ServerBusyError
 from serve.generate import prompt_token_logprobs
 from serve.graphs import DecodeGraphs
@@ -299,7 +299,9 @@ class Engine:
         """One forward over requests with equal numbers of uncached tokens; each gets its first token."""
         self.cache.set_active([req.request_id for req, *_ in group])
         ids = torch.tensor([tokens[hit:] for _, tokens, hit, _ in group], dtype=torch.long, device=self.device)
-        logits = self.model(ids, cache=self.cache)  # (G, n, V)
+        # (G, n, V) where a request wants its prompt's logprobs, else the last position's alone where the model can
+        keep = {} if any(want for *_, want in group) or not keeps_logits(self.model) else {"logits_to_keep": 1}
+        logits = self.model(ids, cache=self.cache, **keep)
         sample_rows, sample_reqs = [], []
         for i, (req, _, _, want_plp) in enumerate(group):
             if want_plp:

@@ -25,6 +25,7 @@ from torch import nn
 
 from kernel import default_registry, one_row_pdl_linear, resolve
 from kernel.reference import UnifiedParts, linear_split_counters, split_combine_in_kernel
+from serve.decoder import last_logits
 from specs.errors import ConfigError, ShapeError
 from specs.tensor_spec import TOKENS
 
@@ -346,7 +347,7 @@ class FastGenerator:
                                          .clamp_(1e-20, 1.0)))
 
         self.cache.reset()
-        logits_BV = self.model(prompt_BT.to(device), cache=self.cache)[:, -1].float()
+        logits_BV = last_logits(self.model, prompt_BT.to(device), cache=self.cache)
         tok_B1 = _pick(logits_BV, self._inv_temp, noise())
         self._tok.copy_(tok_B1)
         self._out[:, :1].copy_(tok_B1)
