@@ -103,7 +103,8 @@ def test_the_engine_prefills_the_last_position_unless_prompt_logprobs_are_asked(
         engine = Engine(m, None, ServeConfig(max_batch_size=4, block_size=4, num_blocks=32))
         outs = {}
         for i, (p, sp) in enumerate(zip(prompts, params)):
-            engine.submit(p, sp, on_output=lambda o, i=i, outs=outs: outs.setdefault(i, []).append(o), request_id=f"r{i}")
+            engine.submit(p, sp, on_output=lambda o, i=i, outs=outs: outs.setdefault(i, []).append(o),
+                          request_id=f"r{i}")
         engine.run_until_done()
         results.append({i: ([t for o in v for t in o.token_ids], v[0].prompt_logprobs) for i, v in outs.items()})
         prefills = [c for c in model.calls if c[1][1] > 1 or c[0] == 1]
