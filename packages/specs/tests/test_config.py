@@ -22,6 +22,25 @@ def test_seed_model_config():
         ModelConfig(512, 8, 8, 2048, 32000)  # keyword-only
 
 
+def test_network_mismatches_name_what_would_not_load():
+    """Fields that shape the weights or what they compute differ; how the network is run or trained may
+    (RUN_FIELDS), max_seq_len too unless positions are learned; n_kv_heads compares as KV heads."""
+    base = ModelConfig(**TINY, n_kv_heads=2)
+    run = dataclasses.replace(base, dropout=0.1, attn_impl="sdpa", loss_impl="reference", max_seq_len=4096,
+                              rope_theta=5e5, rope_scaling={"type": "linear", "factor": 2.0}, init_std=0.5)
+    assert base.network_mismatches(run) == []
+    assert ModelConfig(**TINY).network_mismatches(ModelConfig(**TINY, n_kv_heads=4)) == []  # None is n_heads
+    other = dataclasses.replace(base, d_ff=256, n_kv_heads=None, tie_embeddings=True)
+    assert base.network_mismatches(other) == [("d_ff", 128, 256), ("n_kv_heads", 2, 4), ("tie_embeddings", False,
+                                                                                         True)]
+    learned = ModelConfig(**TINY, pos_encoding="learned", mlp="mlp", norm="layernorm", activation="gelu")
+    assert learned.network_mismatches(dataclasses.replace(learned, max_seq_len=64)) == [("max_seq_len", 2048, 64)]
+    with pytest.raises(ConfigError, match=r"model.d_ff.*checkpoint ckpt/: model.d_ff is 256 here, 128 there; "
+                                          r"model.n_kv_heads is 4 here, 2 there; .*only dropout, .* may differ"):
+        base.check_same_network(other, "ckpt/")
+    base.check_same_network(run, "ckpt/")
+
+
 @pytest.mark.parametrize(
     "kw, path, words",
     [

@@ -215,15 +215,25 @@ class TransformerLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], dtype: torch.dtype | str | None = None,
-                        device: str | torch.device = "cpu", *, verify: bool = True) -> TransformerLM:
+                        device: str | torch.device = "cpu", *, verify: bool = True,
+                        config: ModelConfig | None = None) -> TransformerLM:
         """Load an lmstack checkpoint or a Hugging Face Llama / Mistral / GPT-2 directory (safetensors only).
 
         ``dtype``: a floating-point torch.dtype or 'fp32' / 'fp16' / 'bf16' (also 'float32', 'float16',
         'bfloat16'); None keeps the checkpoint's. ``device``: a torch.device or its string, one this machine has.
         Either is checked before anything is read (ConfigError). ``verify`` checks the model card's sha256 of
-        every file (required for lmstack directories).
+        every file (required for lmstack directories). ``config``: build the model from this config instead of the
+        directory's (to fine-tune with dropout, another attention kernel or a longer RoPE context): it must
+        describe the same network (``ModelConfig.network_mismatches``; a ConfigError names every field that
+        differs, before any weight is read).
         """
-        return pretrained.load(cls._from_config, directory, dtype=dtype, device=device, verify=verify)
+        return pretrained.load(cls._from_config, directory, dtype=dtype, device=device, verify=verify, config=config)
+
+    @classmethod
+    def read_config(cls, directory: str | os.PathLike[str]) -> ModelConfig:
+        """The ModelConfig of the lmstack or Hugging Face checkpoint in ``directory``, from its config.json alone
+        (``train.run`` fills a fine-tuning run's model section from it)."""
+        return pretrained.read_model_config(directory)
 
     @classmethod
     def _from_config(cls, cfg: ModelConfig, _meta: Mapping[str, Any]) -> TransformerLM:

@@ -119,21 +119,36 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def read_model_config(directory: str | os.PathLike[str], *, allow_hf: bool = True) -> ModelConfig:
+    """The ModelConfig of the lmstack or Hugging Face checkpoint in ``directory`` (its config.json only)."""
+    return _config_from_doc(checkpoint.read_config(directory), directory, allow_hf)
+
+
+def _config_from_doc(doc: Mapping[str, Any], directory: str | os.PathLike[str], allow_hf: bool) -> ModelConfig:
+    if hf.is_hf_config(doc):
+        if not allow_hf:
+            raise ConfigError("format", f"{directory} is a Hugging Face {doc.get('model_type')} checkpoint; this "
+                              "model class reads lmstack checkpoints only")
+        return hf.config_from_hf(doc)
+    return config_from_dict(doc, ModelConfig)
+
+
 def load(build: Callable[[ModelConfig, Mapping[str, Any]], M], directory: str | os.PathLike[str], *,
          dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", verify: bool = True,
-         allow_hf: bool = True) -> M:
+         allow_hf: bool = True, config: ModelConfig | None = None) -> M:
     """Build with ``build(cfg, card_metadata)`` and load the checkpoint in ``directory`` into it (``dtype``: see
-    :func:`resolve_dtype`; None keeps the checkpoint's)."""
+    :func:`resolve_dtype`; None keeps the checkpoint's). ``config``: build from it instead of the checkpoint's
+    config, which must describe the same network (``ModelConfig.check_same_network``)."""
     dtype, device = resolve_dtype(dtype), resolve_device(device)
     doc = checkpoint.read_config(directory)
     is_hf = hf.is_hf_config(doc)
-    if is_hf and not allow_hf:
-        raise ConfigError("format", f"{directory} is a Hugging Face {doc.get('model_type')} checkpoint; this model "
-                          "class reads lmstack checkpoints only")
+    cfg = _config_from_doc(doc, directory, allow_hf)
+    if config is not None:
+        cfg.check_same_network(config, str(directory))
     card = checkpoint.verify_card(directory, required=not is_hf) if verify else None
     if card is None and (Path(directory) / checkpoint.CARD).is_file():
         card = ModelCard.load(Path(directory) / checkpoint.CARD)
-    cfg = hf.config_from_hf(doc) if is_hf else config_from_dict(doc, ModelConfig)
+    cfg = config or cfg
     with torch.device("meta"):  # before reading the weights: a config this class refuses fails fast
         model = build(cfg, dict(card.metadata) if card is not None else {})
     state = checkpoint.read_weights(directory, device=device)

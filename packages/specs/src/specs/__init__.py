@@ -25,7 +25,7 @@ from specs.presets import preset
 from specs.protocols import KVCache, LanguageModel, MetricsLogger, PagedKVCache, Tokenizer, TrainerCallback
 from specs.tensor_spec import TensorSpec
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "IGNORE_INDEX",

@@ -12,6 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
+from specs.errors import ConfigError
 from specs.schema import ConfigBase
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -72,6 +73,38 @@ class ModelConfig(ConfigBase):
     # the LM head + cross-entropy (kernel op linear_cross_entropy): auto | triton (fused, never materialises the
     # logits) | reference (chunked) | logits (materialised; what auto picks under torch.compile)
     loss_impl: str = "auto"
+
+    # fields a run may set apart from the checkpoint whose weights it starts from (``TrainConfig.init_from``,
+    # ``from_pretrained(config=...)``): how the network is trained, run or extended, not what its weights are
+    # (``max_seq_len`` too, unless positions are learned: then it is a weight's shape)
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("dropout", "init", "init_std", "attn_impl", "loss_impl", "max_seq_len",
+                                             "rope_theta", "rope_scaling", "sliding_window", "arch")
+
+    def network_mismatches(self, other: ModelConfig) -> list[tuple[str, object, object]]:
+        """The fields (name, this value, ``other``'s) on which ``other`` describes a different network: one whose
+        weights would not load into this one's, or would compute something else with them. Every field but
+        ``RUN_FIELDS``; ``n_kv_heads`` as the number of KV heads (None is ``n_heads``)."""
+        out: list[tuple[str, object, object]] = []
+        for name in self.__dataclass_fields__:
+            if name in self.RUN_FIELDS and not (name == "max_seq_len" and "learned" in (self.pos_encoding,
+                                                                                      other.pos_encoding)):
+                continue
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "n_kv_heads":
+                mine, theirs = self.kv_heads, other.kv_heads
+            if mine != theirs:
+                out.append((name, mine, theirs))
+        return out
+
+    def check_same_network(self, other: ModelConfig, source: str) -> None:
+        """ConfigError unless ``other`` (a run's model section) describes this network, read from ``source`` (a
+        checkpoint), naming every field that differs (:meth:`network_mismatches`)."""
+        diff = self.network_mismatches(other)
+        if diff:
+            raise ConfigError("model." + diff[0][0], f"describes another network than the checkpoint {source}: "
+                              + "; ".join(f"model.{k} is {theirs!r} here, {mine!r} there" for k, mine, theirs in diff)
+                              + f" (only {', '.join(self.RUN_FIELDS)} may differ; leave the rest out of the model "
+                              "section to take the checkpoint's)")
 
     @property
     def head_dim(self) -> int:
@@ -143,6 +176,11 @@ class TrainConfig(ConfigBase):
     keep_last: PosInt = 3
     out_dir: str = "runs/default"
     resume: str | None = None  # 'auto' or a checkpoint path
+    # a model directory whose weights start the run (fine-tuning, continued pre-training): lmstack
+    # (save_pretrained, or a training checkpoint) or Hugging Face Llama / Mistral / GPT-2 (safetensors). The model
+    # section must describe the same network (ModelConfig.network_mismatches); train.run fills what the config leaves
+    # out of it, and data.tokenizer, from the directory
+    init_from: str | None = None
     # Trainer callbacks by name from the lmstack.callbacks entry-point group (e.g. 'governance', 'viz').
     # None: every installed one; (): none; names that are not installed fail with the list of valid ones.
     callbacks: tuple[str, ...] | None = None

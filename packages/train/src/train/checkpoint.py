@@ -37,6 +37,7 @@ from specs.errors import ConfigError
 from specs.io import atomic_write_text, config_to_dict
 from specs.modelcard import IntegrityError, ModelCard, sha256_file
 from specs.schema import ConfigBase
+from train import init_from
 
 logger = logging.getLogger("train")
 
@@ -193,6 +194,8 @@ def _finish(trainer: Any, tmp: Path, final: Path, optim_rest: dict[str, Any]) ->
         weights = parent / dist.state.MODEL_FILE
         parents.append({"kind": "checkpoint", "path": str(parent),
                         "sha256": sha256_file(weights) if weights.is_file() else None})
+    if getattr(trainer.cfg, "init_from", None):  # the model the run started from (train.init_from)
+        parents.append(init_from.parent(trainer.cfg.init_from))
     metrics = {k: float(v) for k, v in trainer.last_metrics.items() if isinstance(v, (int, float))}
     doc = trainer.run_info.build(step=trainer.global_step, checkpoint_path=str(final), files=hashes,
                                  metrics=metrics, parents=parents)

@@ -9,8 +9,11 @@ rank reads the torchrun environment (``dist.init``), e.g. the seed's::
 
 Several nodes: ``torchrun --nnodes N --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500
 --rdzv-id RUN -m train.run ...`` on every node. Every config field is overridable (``--train.steps 10
---train.out_dir runs/x``); ``--resume auto|PATH`` continues a run. Model, data and tokenizer come from plugins
-(``lmstack.models`` by ``model.arch``, ``lmstack.datasets`` by ``data.dataset``, ``lmstack.tokenizers``).
+--train.out_dir runs/x``); ``--resume auto|PATH`` continues a run; ``--train.init_from DIR`` starts from a saved
+model's weights (an lmstack checkpoint or a Hugging Face Llama / Mistral / GPT-2 directory: fine-tuning), the
+model section and data.tokenizer defaulting to the directory's (:mod:`train.init_from`). Model, data and
+tokenizer come from plugins (``lmstack.models`` by ``model.arch``, ``lmstack.datasets`` by ``data.dataset``,
+``lmstack.tokenizers``).
 Config errors stop before any work (exit code 2); SIGTERM/Ctrl-C save a checkpoint, then exit 128 + signal.
 """
 
@@ -30,8 +33,11 @@ import torch
 import dist
 from specs.cli import run_cli
 from specs.config import RunConfig
-from specs.io import dump_config, load_config
+from specs.io import config_from_dict, dump_config, read_document
+from specs.migrations import migrate
 from specs.plugins import resolve
+from specs.schema import parse_override_args
+from train import init_from
 from train.errors import TrainingInterrupted
 from train.inputs import build_data, build_tokenizer, preflight
 from train.trainer import Trainer
@@ -69,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     if args.resume:
         overrides += ["--train.resume", args.resume]
-    cfg = load_config(args.config, RunConfig, overrides)
+    pairs = parse_override_args(overrides)
+    # fine-tuning: what the config leaves out of the model section (and data.tokenizer) from train.init_from's dir
+    doc = init_from.fill_from_directory(migrate("RunConfig", read_document(args.config)), pairs)
+    cfg = config_from_dict(doc, RunConfig, pairs)
     if args.print_config:
         from specs.io import dumps_config
 
@@ -96,7 +105,7 @@ def _train(cfg: RunConfig, env: dist.DistEnv, argv: Sequence[str]) -> int:
     seed_everything(cfg.train.seed)
     train_dl, eval_dl, manifest_dir = build_data(cfg, env)
     tokenizer = build_tokenizer(cfg, train_dl)
-    model = resolve("lmstack.models", cfg.model.arch)(cfg.model)
+    model = resolve("lmstack.models", cfg.model.arch)(cfg.model)  # the Trainer loads train.init_from's weights
     viz = VizSession(cfg.viz, run_dir=cfg.viz.log_dir or str(Path(cfg.train.out_dir) / "logs"), config=cfg.to_dict(),
                      rank=env.rank)
     try:
