@@ -260,3 +260,24 @@ def test_load_dtype_names_and_bad_dtype_or_device(saved):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device: 'cuda:0' is not available on this machine"):
             TransformerLM.from_pretrained(saved, device="cuda:0")
+
+
+def test_lora_form_weights_are_merged_with_their_adapter_config(tmp_path):
+    """A LoRA run's weights (<m>.base_layer.weight + lora_A/B, PEFT's names) merge into <m>.weight by the r and
+    lora_alpha of adapter/adapter_config.json (rsLoRA too); without that file they are a CheckpointError."""
+    from model.pretrained import merge_lora_state
+
+    g = torch.Generator().manual_seed(0)
+    w, a, b = torch.randn(6, 4, generator=g), torch.randn(2, 4, generator=g), torch.randn(6, 2, generator=g)
+    state = {"x.base_layer.weight": w, "x.base_layer.bias": torch.ones(6), "x.lora_A.weight": a,
+             "x.lora_B.weight": b, "y.weight": torch.zeros(3)}
+    assert merge_lora_state({"y.weight": state["y.weight"]}, tmp_path) == {"y.weight": state["y.weight"]}
+    with pytest.raises(CheckpointError, match=r"holds LoRA weights \(x.lora_A.weight, ...\) but .*adapter_config"):
+        merge_lora_state(state, tmp_path)
+    (tmp_path / "adapter").mkdir()
+    for rslora, scale in ((False, 8 / 2), (True, 8 / 2 ** 0.5)):
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(
+            {"r": 2, "lora_alpha": 8, "use_rslora": rslora}))
+        out = merge_lora_state(state, tmp_path)
+        assert sorted(out) == ["x.bias", "x.weight", "y.weight"]
+        torch.testing.assert_close(out["x.weight"], w + b @ a * scale)

@@ -78,3 +78,34 @@ def test_seed_command_under_torchrun(tmp_path):
     assert rc == 0
     assert (out / "checkpoints" / "step_00000004" / "model.safetensors").is_file()
     assert Path(out / "logs" / "scalars.csv").is_file()
+
+
+def test_a_lora_run_under_fsdp_matches_one_process(tmp_path):
+    """train.lora under torchrun with FSDP2 (the frozen base sharded beside the adapters): the losses of one
+    process, and a checkpoint whose merged model is the one-process run's."""
+    import csv
+
+    import torch
+
+    from model.lm import TransformerLM
+    from train.run import cli
+
+    args = ["--config", str(REPO / "cfgs" / "debug.yaml"), "--train.device", "cpu", "--train.steps", "3",
+            "--data.seq_len", "32", "--data.batch_size", "4", "--train.eval_every", "0", "--train.log_every", "1",
+            "--viz.log_every", "1", "--train.callbacks", "", "--train.lora.r", "4", "--train.lora.targets",
+            "q_proj,v_proj,down_proj", "--train.lr", "1e-2"]
+    proc = torchrun("-m", "train.run", *args, "--dist.strategy", "FSDP", "--train.out_dir", str(tmp_path / "fsdp"))
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert cli([*args, "--train.out_dir", str(tmp_path / "one")]) == 0
+
+    def losses(run):
+        with open(tmp_path / run / "logs" / "scalars.csv", newline="") as f:
+            return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["tag"] == "loss"}
+
+    close(losses("fsdp"), losses("one"), range(1, 4))
+    ckpt = "checkpoints/step_00000003"
+    assert (tmp_path / "fsdp" / ckpt / "adapter" / "adapter_model.safetensors").is_file()
+    ids = torch.randint(0, 259, (2, 9))
+    a, b = (TransformerLM.from_pretrained(tmp_path / run / ckpt).eval() for run in ("fsdp", "one"))
+    with torch.no_grad():
+        torch.testing.assert_close(a(ids), b(ids), rtol=2e-4, atol=2e-4)

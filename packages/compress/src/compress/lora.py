@@ -38,6 +38,11 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."  # PEFT's key prefix in adapter_model.safetensors
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for Llama
+# adapter_config.json's fields that plain LoRA fixes (PEFT's LoraConfig names)
+_PEFT_FIELDS: dict[str, Any] = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none", "fan_in_fan_out": False,
+                                "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+                                "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
+                                "rank_pattern": {}, "alpha_pattern": {}}
 
 
 class LoRALinear(nn.Module):
@@ -177,11 +182,8 @@ def adapter_config(model: nn.Module, base_model: str | None = None) -> dict[str,
     if any((m.r, m.alpha, m.use_rslora) != (first.r, first.alpha, first.use_rslora) for _, m in layers):
         raise ConfigError("lora", "the adapters differ in r, alpha or use_rslora; PEFT's file holds one of each")
     dropout = first.lora_dropout.p if isinstance(first.lora_dropout, nn.Dropout) else 0.0
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": first.r, "lora_alpha": first.alpha,
-            "lora_dropout": dropout, "target_modules": sorted({name.rsplit(".", 1)[-1] for name, _ in layers}),
-            "bias": "none", "fan_in_fan_out": False, "use_rslora": first.use_rslora, "use_dora": False,
-            "init_lora_weights": True, "inference_mode": True, "modules_to_save": None,
-            "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+    return {**_PEFT_FIELDS, "r": first.r, "lora_alpha": first.alpha, "lora_dropout": dropout,
+            "target_modules": sorted({name.rsplit(".", 1)[-1] for name, _ in layers}), "use_rslora": first.use_rslora,
             "base_model_name_or_path": base_model}
 
 
@@ -189,7 +191,26 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], *, base_mo
     """Write the adapters as PEFT does (``adapter_model.safetensors``, ``adapter_config.json``) into
     ``directory`` (created; other files there stay). Both files are written to a temporary directory first and
     renamed into place, the config last, so an error while writing leaves what was there."""
-    tensors, cfg = adapter_state_dict(model), adapter_config(model, base_model)
+    return _write(directory, adapter_state_dict(model), adapter_config(model, base_model))
+
+
+def save_adapter_state(state: Mapping[str, torch.Tensor], directory: str | os.PathLike[str], *, r: int,
+                       alpha: float, dropout: float = 0.0, use_rslora: bool = False,
+                       base_model: str | None = None) -> Path:
+    """:func:`save_adapter` from a model's full state dict (``<module>.lora_A.weight`` keys, e.g. a training
+    checkpoint's consolidated weights, whatever the strategy that sharded them) and the adapters' settings."""
+    _check_hparams(r, alpha, dropout)
+    tensors = {f"{PREFIX}{k}": v.detach().contiguous().cpu() for k, v in state.items()
+               if k.endswith((".lora_A.weight", ".lora_B.weight"))}
+    if not tensors:
+        raise ConfigError("lora", "the state holds no LoRA weights (<module>.lora_A.weight)")
+    targets = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for k in tensors})
+    cfg = {**_PEFT_FIELDS, "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": targets,
+           "use_rslora": use_rslora, "base_model_name_or_path": base_model}
+    return _write(directory, tensors, cfg)
+
+
+def _write(directory: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], cfg: Mapping[str, Any]) -> Path:
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise ConfigError("directory", f"cannot save an adapter into {target}: it exists and is not a directory")
@@ -199,7 +220,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike[str], *, base_mo
     except OSError as exc:
         raise ConfigError("directory", f"cannot write {target}: {exc.strerror or exc}") from None
     try:
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        save_file(dict(tensors), str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
             os.replace(tmp / name, target / name)
@@ -266,3 +287,25 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike[str]) -> int:
             for part in ("lora_A", "lora_B"):
                 getattr(layer, part).weight.copy_(state[f"{PREFIX}{name}.{part}.weight"])
     return n
+
+
+class LoraAdapters:
+    """The ``lmstack.adapters`` plugin ``lora``: how the Trainer adapts a model for ``train.lora`` (a
+    ``specs.config.LoraConfig``) and writes each checkpoint's adapter files, without importing this package."""
+
+    @staticmethod
+    def apply(model: nn.Module, cfg: Any) -> int:
+        return apply_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=tuple(cfg.targets),
+                          use_rslora=cfg.use_rslora)
+
+    @staticmethod
+    def save(weights: str | os.PathLike[str], directory: str | os.PathLike[str], cfg: Any,
+             base_model: str | None = None) -> Path:
+        """The adapters of the model weights file ``weights`` (a checkpoint's model.safetensors) into
+        ``directory``."""
+        return save_adapter_state(load_file(str(weights)), directory, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
+                                  use_rslora=cfg.use_rslora, base_model=base_model)
+
+
+LORA = LoraAdapters()
+

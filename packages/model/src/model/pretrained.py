@@ -12,6 +12,8 @@ CheckpointError listing them.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -151,11 +153,45 @@ def load(build: Callable[[ModelConfig, Mapping[str, Any]], M], directory: str | 
     cfg = config or cfg
     with torch.device("meta"):  # before reading the weights: a config this class refuses fails fast
         model = build(cfg, dict(card.metadata) if card is not None else {})
-    state = checkpoint.read_weights(directory, device=device)
+    state = merge_lora_state(checkpoint.read_weights(directory, device=device), directory)
     if is_hf:
         state = hf.state_from_hf(cfg, doc["model_type"], state)
     assign_state(model, state, source=str(directory), dtype=dtype)
     return model.to(device)
+
+
+LORA_A, LORA_B = ".lora_A.weight", ".lora_B.weight"
+ADAPTER_CONFIG = Path("adapter") / "adapter_config.json"  # where a LoRA run's checkpoint keeps r and lora_alpha
+
+
+def merge_lora_state(state: Mapping[str, torch.Tensor], directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """``state`` with LoRA adapters folded into their layers' weights, for the checkpoint of a LoRA run
+    (``train.lora``): its weights hold each adapted Linear as PEFT names it, ``<m>.base_layer.weight`` (and
+    bias) plus ``<m>.lora_A.weight`` / ``<m>.lora_B.weight``, and its ``adapter/adapter_config.json`` the ``r``,
+    ``lora_alpha`` and ``use_rslora`` that scale them. ``<m>.weight`` becomes base + B @ A x scale, summed in fp32
+    and cast to the base's dtype, as ``compress.merge_lora`` does. A state without adapters is returned as is."""
+    names = sorted(k[: -len(LORA_A)] for k in state if k.endswith(LORA_A))
+    if not names:
+        return dict(state)
+    path = Path(directory) / ADAPTER_CONFIG
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+        r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise checkpoint.CheckpointError(f"{directory}: holds LoRA weights ({names[0]}{LORA_A}, ...) but {path} does "
+                                         f"not give their r and lora_alpha ({exc})") from None
+    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+    out = {k: v for k, v in state.items() if not k.endswith((LORA_A, LORA_B))}
+    for name in names:
+        base, b = out.pop(f"{name}.base_layer.weight", None), state.get(name + LORA_B)
+        if base is None or b is None:
+            raise checkpoint.CheckpointError(f"{directory}: LoRA layer {name!r} lacks its base_layer.weight or "
+                                             f"lora_B.weight")
+        delta = b.float() @ state[name + LORA_A].float()
+        out[f"{name}.weight"] = (base.float() + delta * scale).to(base.dtype)
+        if f"{name}.base_layer.bias" in out:
+            out[f"{name}.bias"] = out.pop(f"{name}.base_layer.bias")
+    return out
 
 
 def assign_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str,

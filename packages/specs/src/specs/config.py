@@ -144,6 +144,24 @@ class DataConfig(ConfigBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoraConfig(ConfigBase):
+    """LoRA adapters to train instead of the whole model (Hu et al. 2021; PEFT's LoraConfig fields): rank ``r``,
+    the update scaled by ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), dropout on the adapters' input,
+    and the Linear layers adapted (module-name suffixes)."""
+
+    kind: ClassVar[str] = "LoraConfig"
+    r: PosInt = 8
+    alpha: PosFloat = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    use_rslora: bool = False
+
+    def check(self) -> None:
+        if not self.targets or not all(t.strip() for t in self.targets):
+            self.fail("targets", f"names the Linear layers to adapt, e.g. [q_proj, v_proj]; got {list(self.targets)}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig(ConfigBase):
     """Optimisation, schedule, precision and checkpointing for one run."""
 
@@ -181,6 +199,8 @@ class TrainConfig(ConfigBase):
     # section must describe the same network (ModelConfig.network_mismatches); train.run fills what the config leaves
     # out of it, and data.tokenizer, from the directory
     init_from: str | None = None
+    # train LoRA adapters (the lmstack.adapters plugin 'lora', lmstack-compress) with every other weight frozen
+    lora: LoraConfig | None = None
     # Trainer callbacks by name from the lmstack.callbacks entry-point group (e.g. 'governance', 'viz').
     # None: every installed one; (): none; names that are not installed fail with the list of valid ones.
     callbacks: tuple[str, ...] | None = None
@@ -306,6 +326,7 @@ CONFIG_CLASSES: dict[str, type[ConfigBase]] = {
     for c in (
         ModelConfig,
         DataConfig,
+        LoraConfig,
         TrainConfig,
         DistConfig,
         VizConfig,

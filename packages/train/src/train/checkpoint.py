@@ -9,6 +9,8 @@ A checkpoint directory holds everything needed to continue bit-for-bit and every
     trainer_state.json      step, tokens, scheduler, grad scaler, the optimizer's non-tensor state, run config
     rng/rank_XXXXX.json     torch / cuda / python / numpy RNG states of each rank
     data/rank_XXXXX.json    each rank's data-loader ``state_dict()``
+    adapter/                a LoRA run's adapters (train.lora) as PEFT saves them; model.safetensors then holds
+                            the frozen base and the adapters under PEFT's names (from_pretrained merges them)
     modelcard.json          sha256 and size of every file above (specs.modelcard): checked before resuming
     metadata.json           provenance for governance (specs.metadata), incl. the same file hashes
 
@@ -37,7 +39,7 @@ from specs.errors import ConfigError
 from specs.io import atomic_write_text, config_to_dict
 from specs.modelcard import IntegrityError, ModelCard, sha256_file
 from specs.schema import ConfigBase
-from train import init_from
+from train import adapters, init_from
 
 logger = logging.getLogger("train")
 
@@ -45,6 +47,7 @@ FORMAT_VERSION = 1
 STATE_FILE = "trainer_state.json"
 CARD_FILE = "modelcard.json"
 METADATA_FILE = "metadata.json"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapters (train.lora), PEFT's adapter_model.safetensors + adapter_config.json
 _PREFIX = "step_"
 
 
@@ -183,6 +186,10 @@ def _finish(trainer: Any, tmp: Path, final: Path, optim_rest: dict[str, Any]) ->
         "config": trainer.config_dict(),
     }
     _write_json(tmp / STATE_FILE, state)
+    lora = getattr(trainer.cfg, "lora", None)
+    if lora is not None:  # the adapters alone, as PEFT saves them, from the consolidated weights (any strategy)
+        adapters.save(tmp / dist.state.MODEL_FILE, tmp / ADAPTER_DIR, lora,
+                      base_model=getattr(trainer.cfg, "init_from", None))
     files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     card = ModelCard.for_files(trainer.run_name, tmp, files, config=config_to_dict(model_cfg)
                                if isinstance(model_cfg, ConfigBase) else {})

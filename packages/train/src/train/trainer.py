@@ -36,7 +36,7 @@ import dist
 from specs.batch import IGNORE_INDEX, Batch
 from specs.config import DataConfig, DistConfig, ModelConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError, ShapeError
-from train import checkpoint, init_from
+from train import adapters, checkpoint, init_from
 from train.callbacks import CallbackList, plugin_callbacks
 from train.errors import TrainingError, TrainingInterrupted
 from train.flops import flops_per_token, matmul_params, mfu, peak_flops
@@ -87,6 +87,8 @@ class Trainer:
         self.module = model
         if self.cfg.init_from is not None:  # fine-tuning: the saved model's weights (train.init_from)
             init_from.load_into(model, self.cfg.init_from)
+        if self.cfg.lora is not None:  # LoRA adapters trained alone, the rest frozen (train.lora)
+            adapters.apply(model, self.cfg.lora)
         self.dataloader, self.eval_dataloader, self.tokenizer = dataloader, eval_dataloader, tokenizer
         self.vocab_size = _vocab_size(model)
         _check_data_vocab(self.vocab_size, dataloader, eval_dataloader, tokenizer)

@@ -1,0 +1,33 @@
+"""Adapters a run trains instead of the whole model (``train.lora``), through the ``lmstack.adapters`` plugin
+``lora`` (lmstack-compress's LoRA): train does not import compress. The plugin's ``apply(model, cfg)`` adapts the
+model in place and freezes the rest (the Trainer then optimises what still requires grad); its
+``save(weights_file, directory, cfg, base_model)`` writes a checkpoint's adapters as PEFT does."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from specs.errors import ConfigError, PluginError
+from specs.plugins import resolve
+
+GROUP, NAME = "lmstack.adapters", "lora"
+
+
+def plugin() -> Any:
+    """The LoRA plugin, or a ConfigError saying what to install."""
+    try:
+        return resolve(GROUP, NAME)
+    except PluginError as exc:
+        raise ConfigError("train.lora", f"needs the {GROUP} plugin {NAME!r} (pip install lmstack-compress): "
+                          f"{exc}") from None
+
+
+def apply(model: Any, cfg: Any) -> int:
+    """Adapt ``model`` for ``cfg`` (a LoraConfig); returns the number of layers adapted."""
+    return plugin().apply(model, cfg)
+
+
+def save(weights: str | os.PathLike[str], directory: str | os.PathLike[str], cfg: Any,
+         base_model: str | None = None) -> Any:
+    return plugin().save(weights, directory, cfg, base_model=base_model)

@@ -1,0 +1,99 @@
+"""``train.lora``: a run that trains LoRA adapters alone (through lmstack-compress's ``lmstack.adapters`` plugin),
+from ``python -m train.run``: frozen weights stay bitwise, checkpoints load merged through ``from_pretrained``
+and hold a PEFT adapter directory that PEFT loads onto the transformers model, and resuming is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_init_from import QUIET, _finetune_yaml
+from test_run import DEBUG, losses
+
+from model.lm import TransformerLM
+from train.run import cli
+
+pytest.importorskip("compress")
+LORA = ["--train.lora.r", "4", "--train.lora.alpha", "8", "--train.lora.targets", "q_proj,v_proj,down_proj"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A briefly trained debug model's last checkpoint."""
+    out = tmp_path_factory.mktemp("base")
+    assert cli(["--config", DEBUG, *QUIET, "--train.steps", "6", "--train.out_dir", str(out)]) == 0
+    return out / "checkpoints" / "step_00000006"
+
+
+def test_a_lora_run_trains_the_adapters_and_its_checkpoints_load_merged(base, tmp_path):
+    from compress import load_adapter, merge_lora
+
+    cfg = _finetune_yaml(tmp_path / "ft.yaml", base, train={"lr": 1e-2, "steps": 4, "ckpt_every": 2,
+                                                            "weight_decay": 0.0})
+    out = tmp_path / "ft"
+    assert cli(["--config", cfg, *LORA, "--train.out_dir", str(out)]) == 0
+    last = out / "checkpoints" / "step_00000004"
+    adapter = json.loads((last / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["peft_type"], adapter["r"], adapter["lora_alpha"]) == ("LORA", 4, 8.0)
+    assert adapter["target_modules"] == ["down_proj", "q_proj", "v_proj"] and adapter["base_model_name_or_path"]
+    saved, start = load_file(str(last / "model.safetensors")), load_file(str(base / "model.safetensors"))
+    frozen = [k for k in saved if ".lora_" not in k]
+    assert len(frozen) == len(start)  # every base tensor, adapted ones as <m>.base_layer.weight
+    for k in frozen:
+        assert torch.equal(saved[k], start[k.replace(".base_layer.", ".")]), k  # frozen: bitwise
+    assert any(saved[k].abs().max() > 0 for k in saved if k.endswith(".lora_B.weight"))  # the adapters trained
+    merged = TransformerLM.from_pretrained(last).eval()  # what serve, eval and export load
+    by_hand = TransformerLM.from_pretrained(base).eval()
+    assert load_adapter(by_hand, last / "adapter") == 6
+    ids = torch.randint(0, 259, (2, 19))
+    with torch.no_grad():
+        want = by_hand(ids)
+        assert (want - TransformerLM.from_pretrained(base)(ids)).abs().max() > 1e-3
+        torch.testing.assert_close(merged(ids), want, rtol=1e-5, atol=1e-5)
+        merge_lora(by_hand)
+        torch.testing.assert_close(merged(ids), by_hand(ids), rtol=0, atol=0)  # the same fp32 sums
+
+
+def test_a_lora_run_resumes_exactly(base, tmp_path):
+    cfg = _finetune_yaml(tmp_path / "ft.yaml", base, train={"lr": 1e-2, "steps": 4, "schedule": "constant",
+                                                            "deterministic": True})
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert cli(["--config", cfg, *LORA, "--train.out_dir", str(full)]) == 0
+    assert cli(["--config", cfg, *LORA, "--train.steps", "2", "--train.out_dir", str(split)]) == 0
+    assert cli(["--config", cfg, *LORA, "--train.out_dir", str(split), "--resume", "auto"]) == 0
+    a, b = losses(full), losses(split)
+    assert sorted(b) == [1, 2, 3, 4] and [a[s] for s in range(1, 5)] == [b[s] for s in range(1, 5)]
+
+
+def test_peft_loads_a_lora_runs_adapter_onto_the_transformers_model(tmp_path):
+    """From a transformers LlamaForCausalLM directory: the run's adapter/ loads into peft.PeftModel on that model
+    and gives the logits of the run's checkpoint through from_pretrained."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    hf_cfg = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      initializer_range=0.2, tie_word_embeddings=False)
+    src = tmp_path / "hf"
+    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(src)
+    cfg = _finetune_yaml(tmp_path / "ft.yaml", src, data={"tokenizer": "byte"}, train={"lr": 1e-2, "steps": 3})
+    assert cli(["--config", cfg, *LORA, "--train.out_dir", str(tmp_path / "ft")]) == 0
+    last = tmp_path / "ft" / "checkpoints" / "step_00000003"
+    theirs = peft.PeftModel.from_pretrained(transformers.LlamaForCausalLM.from_pretrained(src), last / "adapter")
+    ids = torch.randint(0, 320, (2, 15))
+    with torch.no_grad():
+        torch.testing.assert_close(TransformerLM.from_pretrained(last).eval()(ids), theirs.eval()(ids).logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_bad_lora_settings_are_config_errors(base, tmp_path, capsys):
+    """A bad rank at load time, targets matching no Linear when the Trainer adapts the model: exit 2, named."""
+    out = tmp_path / "never"
+    run = ["--config", DEBUG, *QUIET, "--train.out_dir", str(out), "--train.init_from", str(base)]
+    assert cli([*run, "--train.lora.r", "0"]) == 2
+    assert "train.lora.r" in capsys.readouterr().err
+    assert cli([*run, "--train.lora.targets", "query"]) == 2
+    err = capsys.readouterr().err
+    assert "lora.targets" in err and "matches no nn.Linear" in err and "q_proj" in err and "Traceback" not in err
