@@ -145,6 +145,25 @@ def test_resume_continues_identically(tmp_path):
     assert all(res[s] == ref[s] for s in res)
 
 
+def test_lora_finetuning_story(tmp_path):
+    """examples/finetune_lora.sh: a base checkpoint, LoRA on other text through train.init_from + train.lora with
+    no model section; held-out loss falls, frozen weights stay bitwise, and the checkpoint loads merged."""
+    from safetensors.torch import load_file
+
+    from model.lm import TransformerLM
+
+    out = tmp_path / "ft"
+    proc = run(["bash", "examples/finetune_lora.sh", str(out)], env={"STEPS": "16", "FT_STEPS": "16"}, timeout=240)
+    assert "frozen weights bit-identical to the base: True" in proc.stdout
+    assert "the model section came from the base checkpoint: True" in proc.stdout
+    ev = scalars(out / "finetune" / "logs" / "scalars.csv", "eval/loss")
+    assert sorted(ev) == list(range(1, 17)) and ev[16] < ev[1]
+    tuned = out / "finetune" / "checkpoints" / "step_00000016"
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tuned / "adapter").iterdir()}
+    assert any(k.endswith(".lora_B.weight") for k in load_file(str(tuned / "model.safetensors")))
+    assert TransformerLM.from_pretrained(tuned).config.d_model == 64
+
+
 def test_hf_import_matches_transformers_greedy(tmp_path):
     proc = run([sys.executable, "examples/hf_import_generate.py", "--out", str(tmp_path), "--new-tokens", "12"])
     assert proc.stdout.count("greedy tokens identical") == 2
