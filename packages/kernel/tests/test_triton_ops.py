@@ -83,6 +83,26 @@ def test_linear_cross_entropy(dtype, chunk):
         check("linear_ce grad", a, b, c, dtype)
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("frozen", ["weight", "hidden"])
+def test_linear_cross_entropy_with_one_input_frozen(inplace, frozen):
+    """A frozen LM head (LoRA fine-tuning) or frozen hidden states: the other input's gradient alone, the
+    reference's (the backward used to index a weight gradient that was never saved)."""
+    from kernel.triton.linear_ce import linear_cross_entropy_inplace
+
+    N, D, V = 29, 24, 130
+    fn = linear_cross_entropy_inplace if inplace else triton_fn("linear_cross_entropy")
+    y = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    got, want = [], []
+    for f, out in ((fn, got), (ref.linear_cross_entropy, want)):
+        h = rand(N, D, dtype=torch.float32).requires_grad_(frozen == "weight")
+        w = (0.3 * rand(V, D, dtype=torch.float32, seed=1)).requires_grad_(frozen == "hidden")
+        f(h, w, y).backward()
+        out.append((h if frozen == "weight" else w).grad)
+        assert (w if frozen == "weight" else h).grad is None
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("chunk", [None, 7])
 def test_linear_cross_entropy_inplace(dtype, chunk):

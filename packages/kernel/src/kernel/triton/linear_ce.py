@@ -93,8 +93,12 @@ class _FusedLinearCE(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = list(ctx.saved_tensors)
         need_h, need_w = ctx.has
-        grad_h = (saved.pop(0) * grad_out.to(saved[0].dtype)).to(ctx.h_dtype) if need_h else None
-        grad_w = (saved.pop(0) * grad_out).to(ctx.w_dtype) if need_w else None
+        grad_h = grad_w = None
+        if need_h:  # (a frozen weight, e.g. LoRA's, saves grad_h alone)
+            g = saved.pop(0)
+            grad_h = (g * grad_out.to(g.dtype)).to(ctx.h_dtype)
+        if need_w:
+            grad_w = (saved.pop(0) * grad_out).to(ctx.w_dtype)
         return grad_h, grad_w, None, None, None, None
 
 

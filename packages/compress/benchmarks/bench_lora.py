@@ -1,0 +1,130 @@
+"""Benchmark: a LoRA fine-tuning step, lmstack (TransformerLM + compress.apply_lora) against transformers'
+LlamaForCausalLM + PEFT, the same weights and adapters, in one process.
+
+Each step is forward, loss, backward and a fused AdamW step over the adapters alone; the base weights are frozen in
+the model's dtype (bf16 on a GPU), the adapters trained in the same dtype, as PEFT does by default. The two models are
+timed interleaved (A-B-A-B) so both see the same machine; tokens/s is the median over ``--steps`` steps after
+``--warmup``, peak memory the CUDA allocator's peak during each model's steps. Before timing, the run checks that the
+two models' losses on the first batch agree. A benchmark, not a test: put the figures, card and date in
+docs/benchmarks.md.
+
+    python packages/compress/benchmarks/bench_lora.py --preset llama-1b --batch 4 --seq 2048 --out lora.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from compress import apply_lora
+from compress.lora import lora_layers
+from model.lm import TransformerLM
+from specs.presets import PRESETS, preset
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="llm-small", choices=sorted(PRESETS))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="A-B rounds (each times --steps steps of each model)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    import peft
+    import transformers
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    cfg = preset(args.preset, max_seq_len=max(args.seq, 256))
+    ours = TransformerLM(cfg).eval()
+    with tempfile.TemporaryDirectory() as d:
+        ours.save_pretrained(d, format="hf")
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=dtype, attn_implementation="sdpa")
+    ours = ours.to(dev, dtype)
+    theirs = theirs.to(dev)
+    apply_lora(ours, r=args.r, alpha=2 * args.r, targets=TARGETS)
+    theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=args.r, lora_alpha=2 * args.r, target_modules=TARGETS,
+                                                         lora_dropout=0.0, task_type="CAUSAL_LM"))
+    with torch.no_grad():  # the same adapter weights in both (PEFT keys name our modules)
+        mine = {n: m for n, m in lora_layers(ours).items()}
+        for name, module in theirs.named_modules():
+            key = name.removeprefix("base_model.model.")
+            if key in mine and hasattr(module, "lora_A"):
+                module.lora_A["default"].weight.copy_(mine[key].lora_A.weight)
+                module.lora_B["default"].weight.normal_(0, 0.01)
+                mine[key].lora_B.weight.copy_(module.lora_B["default"].weight)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=g).to(dev)
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def step_ours(opt):
+        loss = ours.loss(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    def step_theirs(opt):
+        out = theirs(input_ids=x, labels=x)  # transformers shifts the labels itself
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out.loss
+
+    fused = dev.type == "cuda"
+    opts = {"lmstack": torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4, fused=fused),
+            "transformers+peft": torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-4,
+                                                   fused=fused)}
+    steps = {"lmstack": step_ours, "transformers+peft": step_theirs}
+    ours.train(), theirs.train()
+    with torch.no_grad():
+        first = {"lmstack": float(ours.loss(x, y)), "transformers+peft": float(theirs(input_ids=x, labels=x).loss)}
+    trainable = {"lmstack": sum(p.numel() for p in ours.parameters() if p.requires_grad),
+                 "transformers+peft": sum(p.numel() for p in theirs.parameters() if p.requires_grad)}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    peak: dict[str, float] = {}
+    for name, fn in steps.items():
+        for _ in range(args.warmup):
+            fn(opts[name])
+    for _ in range(args.rounds):
+        for name, fn in steps.items():
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                fn(opts[name])
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                times[name].append(time.perf_counter() - t)
+            if dev.type == "cuda":
+                peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+    tokens = args.batch * args.seq
+    res = {k: {"tokens_per_s": tokens / statistics.median(v), "step_ms": 1e3 * statistics.median(v),
+               "peak_gib": peak.get(k), "first_loss": first[k], "trainable_params": trainable[k]}
+           for k, v in times.items()}
+    doc = {"bench": "lora_step", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "dtype": str(dtype),
+           "args": vars(args), "results": res,
+           "speedup": res["lmstack"]["tokens_per_s"] / res["transformers+peft"]["tokens_per_s"]}
+    print(json.dumps(doc, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=2)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
