@@ -307,5 +307,14 @@ class LoraAdapters:
                                   use_rslora=cfg.use_rslora, base_model=base_model)
 
 
+    @staticmethod
+    def merge_from(model: nn.Module, directory: str | os.PathLike[str]) -> int:
+        """Load the adapter saved in ``directory`` (PEFT's or :func:`save_adapter`'s files) and merge it into the
+        model's weights (serve's ``--adapter``); returns the number of layers changed."""
+        n = load_adapter(model, directory)
+        merge_lora(model)
+        return n
+
+
 LORA = LoraAdapters()
 

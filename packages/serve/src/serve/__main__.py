@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint directory (lmstack or Hugging Face Llama/GPT-2)")
+    p.add_argument("--adapter", default=None, help="a LoRA adapter directory (PEFT's files) merged into --model's "
+                                                   "weights at load; the served name defaults to its directory's")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec or path (default: the one saved in --model)")
     p.add_argument("--host", default=d.host, help="interface to bind; 0.0.0.0 exposes the server to the network")
     p.add_argument("--port", type=int, default=d.port, help="TCP port (0 picks a free one)")
@@ -70,10 +72,15 @@ def _main(argv: Sequence[str] | None) -> int:
     import uvicorn
 
     from serve.engine import Engine
-    from serve.loading import load_model, load_tokenizer
+    from serve.loading import check_adapter, load_model, load_tokenizer, merge_adapter
     from serve.server import build_app
 
+    if args.adapter is not None:
+        check_adapter(args.adapter)
     model = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
+    if args.adapter is not None:
+        print(f"merged the LoRA adapter {args.adapter} into {merge_adapter(model, args.adapter)} layers",
+              file=sys.stderr)
     try:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
     except ConfigError as exc:
@@ -83,7 +90,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ConfigError("tokenizer", f"vocab_size {tokenizer.vocab_size} exceeds the model's "
                                        f"{model.config.vocab_size}")
     engine = Engine(model, tokenizer, cfg)
-    name = cfg.model_name or Path(args.model).resolve().name
+    name = cfg.model_name or Path(args.adapter or args.model).resolve().name
     app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key)
     print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})",
           file=sys.stderr)

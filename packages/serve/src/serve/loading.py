@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from specs.errors import ConfigError
+from specs.errors import ConfigError, PluginError
 from specs.plugins import resolve
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -59,6 +59,29 @@ def load_model(directory: str | Path, *, device: str = "auto", dtype: str = "aut
     dev = pick_device(device)
     cls = resolve("lmstack.models", model_arch(path))
     return cls.from_pretrained(path, dtype=pick_dtype(dtype, dev), device=dev).eval()
+
+
+def check_adapter(directory: str | Path) -> Path:
+    """``directory`` as a LoRA adapter directory (its adapter_config.json there), or a ConfigError, before any
+    model loads."""
+    path = Path(directory)
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError("adapter", f"{directory} has no adapter_config.json; expected a LoRA adapter directory "
+                          "(PEFT's save_pretrained, compress.save_adapter, or a LoRA run's checkpoint/adapter)")
+    return path
+
+
+def merge_adapter(model: Any, directory: str | Path) -> int:
+    """Merge the LoRA adapter in ``directory`` into ``model``'s weights through the ``lmstack.adapters`` plugin
+    ``lora`` (lmstack-compress); returns the number of layers changed."""
+    path = check_adapter(directory)
+    try:
+        plugin = resolve("lmstack.adapters", "lora")
+    except PluginError as exc:
+        raise ConfigError("adapter", f"serving an adapter needs lmstack-compress (pip install lmstack-compress): "
+                          f"{exc}") from None
+    with torch.no_grad():
+        return plugin.merge_from(model, path)
 
 
 def load_tokenizer(spec: str | Path) -> Any:
