@@ -112,6 +112,18 @@ def test_only_the_adapters_train(hf_dir, tmp_path):
     assert all(not torch.equal(dict(model.named_parameters())[n], v) for n, v in start.items() if ".lora_B." in n)
 
 
+def test_an_adapted_model_does_not_fold_its_norms_until_merged(hf_dir):
+    """fold_norms scales a Linear's weight by the norm's; an adapter's lora_A would miss it, so an adapted layer
+    offers no weight to fold (and save_pretrained says to merge first)."""
+    model = TransformerLM.from_pretrained(hf_dir).eval()
+    apply_lora(model, targets=["q_proj"])
+    assert not model.can_fold_norms()
+    with pytest.raises(ConfigError, match="merge_lora"):
+        model.save_pretrained(hf_dir.parent / "unmerged")
+    merge_lora(model)
+    assert model.can_fold_norms()
+
+
 def test_targets_and_hyperparameters_are_checked(hf_dir, tmp_path):
     model = TransformerLM.from_pretrained(hf_dir)
     with pytest.raises(ConfigError, match=r"lora.targets.*matches no nn.Linear.*named .*gate_proj.*q_proj"):

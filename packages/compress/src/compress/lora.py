@@ -47,7 +47,9 @@ _PEFT_FIELDS: dict[str, Any] = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "
 
 class LoRALinear(nn.Module):
     """``base_layer(x) + lora_B(lora_A(dropout(x))) * scaling`` over a frozen ``nn.Linear`` (PEFT's
-    ``lora.Linear``: the same submodule names, so state_dict keys read ``<name>.lora_A.weight``)."""
+    ``lora.Linear``: the same submodule names, so state_dict keys read ``<name>.lora_A.weight``). Unlike PEFT's
+    it has no ``weight`` attribute: code that rewrites a Linear's weight in place (``fold_norms``, which would scale
+    the base and not ``lora_A``) then leaves it alone; merge first."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False):
         super().__init__()
@@ -64,15 +66,6 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
         for p in base.parameters():
             p.requires_grad_(False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen base weight (what code reading ``layer.weight`` of a Linear expects)."""
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling

@@ -84,6 +84,11 @@ def check_unchanged(model: nn.Module, state: Mapping[str, torch.Tensor], build: 
                if k in state and _kind(state[k]) != _kind(w)]
     groups = (("unexpected", unexpected, True), ("missing", missing, True), ("changed", changed, False))
     parts = [f"{what} tensors {_few(names, 3, quote=quote)}" for what, names, quote in groups if names]
+    if any(".lora_A." in k for k in unexpected):  # LoRA adapters (compress.apply_lora): merge, or save them apart
+        raise ConfigError("save_pretrained", f"{directory} not written: the model has LoRA adapters "
+                          f"({_few([k for k in unexpected if '.lora_A.' in k], 2)}); merge them first "
+                          "(compress.merge_lora(model)) to save the fine-tuned model, or save the adapters alone "
+                          "(compress.save_adapter)")
     if parts:
         raise ConfigError("save_pretrained", f"{directory} not written: this {type(model).__name__}'s tensors are not "
                           f"those of a fresh model of its config ({'; '.join(parts)}): the model was changed after "
