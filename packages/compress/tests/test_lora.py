@@ -132,6 +132,8 @@ def test_targets_and_hyperparameters_are_checked(hf_dir, tmp_path):
                       ({"dropout": 1.0}, "lora.dropout")):
         with pytest.raises(ConfigError, match=field):
             apply_lora(model, **kw)
+    with pytest.raises(ConfigError, match="matches the LM head"):
+        apply_lora(model, targets=["q_proj", "lm_head"])
     assert not lora_layers(model) and all(p.requires_grad for p in model.parameters())  # nothing touched
     assert apply_lora(model, targets=r"model\.layers\.1\.mlp\.(up|down)_proj") == 2  # a regex: whole names
     with pytest.raises(ConfigError, match="has LoRA adapters already"):

@@ -125,6 +125,10 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
         linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError("lora.targets", f"{tgt!r} matches no nn.Linear of {type(model).__name__}; its Linear "
                           f"layers are named {', '.join(linears) or '(none)'}")
+    head = [name for name, _ in chosen if name.rsplit(".", 1)[-1] == "lm_head"]
+    if head:  # TransformerLM's fused loss reads the head's weight itself, so an adapter there would be skipped
+        raise ConfigError("lora.targets", f"{tgt!r} matches the LM head ({head[0]}), which the fused loss reads "
+                          "directly; adapt the layers inside the network (q/k/v/o_proj, gate/up/down_proj)")
     for p in model.parameters():
         p.requires_grad_(False)
     modules = dict(model.named_modules())
