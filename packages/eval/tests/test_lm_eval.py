@@ -66,6 +66,32 @@ def test_checkpoint_by_name_and_bad_arguments(checkpoint, tasks):
         adapter.LmstackLM(pretrained=str(checkpoint), batchsize=3)
 
 
+def test_a_peft_adapter_is_scored_merged(checkpoint, tiny_lm, tokenizer, tasks, tmp_path):
+    """model_args peft=DIR (lm-eval's hf spelling): the adapter merged into the checkpoint's weights, scoring as
+    the adapted model object does; a directory that is no adapter is a ConfigError."""
+    import copy
+
+    import torch
+
+    compress = pytest.importorskip("compress")
+    tuned = copy.deepcopy(tiny_lm)
+    compress.apply_lora(tuned, r=4, targets=["q_proj", "v_proj"])
+    with torch.no_grad():
+        for layer in compress.lora.lora_layers(tuned).values():
+            layer.lora_B.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    compress.save_adapter(tuned, tmp_path / "ad")
+    by_args = get_model("lmstack").create_from_arg_string(
+        f"pretrained={checkpoint},peft={tmp_path / 'ad'},batch_size=4,max_length={MAX_LEN}")
+    assert not compress.lora.lora_layers(by_args.model)  # merged
+    scores = [_scores(_run(lm, tasks)) for lm in (
+        by_args, adapter.LmstackLM(pretrained=tuned.eval(), tokenizer=tokenizer, batch_size=4, max_length=MAX_LEN),
+        adapter.LmstackLM(pretrained=tiny_lm, tokenizer=tokenizer, batch_size=4, max_length=MAX_LEN))]
+    bpb = [s["lmstack_tiny_text"]["bits_per_byte,none"] for s in scores]
+    assert bpb[0] == pytest.approx(bpb[1], rel=1e-4) and bpb[0] != pytest.approx(bpb[2], rel=1e-3), bpb
+    with pytest.raises(ConfigError, match="no adapter_config.json"):
+        adapter.LmstackLM(pretrained=str(checkpoint), peft=str(tmp_path))
+
+
 def test_generate_until_is_serves_greedy_generate(tiny_lm, tokenizer):
     from lm_eval.api.instance import Instance
 

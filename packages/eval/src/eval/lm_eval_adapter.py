@@ -23,16 +23,18 @@ import lm_eval.models  # noqa: F401  (registers lm_eval's own models first; its 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 
-from eval.loading import generator, load_model, load_tokenizer
+from eval.loading import generator, load_model, load_tokenizer, merge_adapter
 from eval.loglik import loglikelihood, rolling_windows
 from specs.errors import ConfigError
 
 
 @register_model("lmstack")
 class LmstackLM(TemplateLM):
-    """``pretrained``: checkpoint directory or preset name; ``tokenizer``: spec (default: the checkpoint's)."""
+    """``pretrained``: checkpoint directory or preset name; ``tokenizer``: spec (default: the checkpoint's);
+    ``peft``: a LoRA adapter directory merged into the model's weights (as lm-eval's ``hf`` model takes it)."""
 
-    def __init__(self, pretrained: Any = None, tokenizer: Any = None, *, batch_size: int | str = 8,
+    def __init__(self, pretrained: Any = None, tokenizer: Any = None, *, peft: str | None = None,
+                 batch_size: int | str = 8,
                  max_length: int | None = None, device: str = "auto", dtype: str = "auto", max_gen_toks: int = 256,
                  add_bos_token: bool = False, prefix_token_id: int | None = None, generator_name: str = "default",
                  max_batch_size: int | None = None, **unused: Any):
@@ -40,12 +42,14 @@ class LmstackLM(TemplateLM):
         super().__init__()
         if unused:
             raise ConfigError(next(iter(unused)), "unknown lmstack model argument; valid: pretrained, tokenizer, "
-                              "batch_size, max_length, device, dtype, max_gen_toks, add_bos_token, prefix_token_id, "
-                              "generator_name")
+                              "peft, batch_size, max_length, device, dtype, max_gen_toks, add_bos_token, "
+                              "prefix_token_id, generator_name")
         if pretrained is None:
             raise ConfigError("pretrained", "required: a checkpoint directory or a preset name")
         by_name = isinstance(pretrained, (str, os.PathLike))
         self.model = load_model(pretrained, device=device, dtype=dtype) if by_name else pretrained
+        if peft:
+            merge_adapter(self.model, peft)
         if tokenizer is None and by_name:
             tokenizer = pretrained
         if tokenizer is None:

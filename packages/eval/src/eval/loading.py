@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from specs.errors import ConfigError
+from specs.errors import ConfigError, PluginError
 from specs.plugins import resolve
 from specs.presets import PRESETS, preset
 
@@ -56,6 +56,22 @@ def load_model(name: str | Path, *, device: str = "auto", dtype: str = "auto", s
         tdtype = pick_dtype(dtype)
         return (model.to(tdtype) if tdtype is not None else model).eval()
     raise ConfigError("model", f"{name!r} is neither a checkpoint directory nor a preset ({', '.join(PRESETS)})")
+
+
+def merge_adapter(model: Any, directory: str | Path) -> int:
+    """Merge the LoRA adapter in ``directory`` (PEFT's adapter_config.json + adapter_model.safetensors) into
+    ``model``'s weights through the ``lmstack.adapters`` plugin ``lora`` (lmstack-compress); returns the number of
+    layers changed."""
+    path = Path(directory)
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError("peft", f"{directory} has no adapter_config.json; expected a LoRA adapter directory (PEFT's "
+                          "save_pretrained, compress.save_adapter, or a LoRA run's checkpoint/adapter)")
+    try:
+        plugin = resolve("lmstack.adapters", "lora")
+    except PluginError as exc:
+        raise ConfigError("peft", f"an adapter needs lmstack-compress (pip install lmstack-compress): {exc}") from None
+    with torch.no_grad():
+        return plugin.merge_from(model, path)
 
 
 def load_tokenizer(spec: str | Path) -> Any:
