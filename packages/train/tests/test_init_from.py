@@ -119,3 +119,17 @@ def test_init_from_errors_stop_before_any_work(tmp_path, capsys):
         TransformerLM.from_pretrained(tmp_path / "m", config=replace(load_config(DEBUG).model, d_ff=100))
     loose = TransformerLM.from_pretrained(tmp_path / "m", config=replace(load_config(DEBUG).model, dropout=0.1))
     assert loose.config.dropout == 0.1
+
+
+def test_a_v1_config_is_migrated_before_the_directory_fills_it(tmp_path):
+    """A schema v1 document (ffn_dim, max_steps) with init_from: migrated first, then completed from the
+    directory, so its v1 names do not collide with the directory's v2 ones."""
+    TransformerLM(load_config(DEBUG).model).save_pretrained(tmp_path / "m")
+    doc = {"schema_version": 1, "name": "v1", "model": {"ffn_dim": 172, "dropout": 0.1},
+           "data": {"path": "embedded", "seq_len": 32, "batch_size": 4, "tokenizer": "byte", "val_fraction": 0.0},
+           "train": {"max_steps": 1, "init_from": str(tmp_path / "m"), "callbacks": [], "eval_every": 0},
+           "viz": {"backend": ["csv"]}}
+    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(doc))
+    assert cli(["--config", str(tmp_path / "v1.yaml"), "--train.out_dir", str(tmp_path / "out")]) == 0
+    resolved = load_config(tmp_path / "out" / "config.yaml")
+    assert resolved.model.d_ff == 172 and resolved.model.dropout == 0.1 and resolved.train.steps == 1
