@@ -97,3 +97,20 @@ def test_bad_lora_settings_are_config_errors(base, tmp_path, capsys):
     assert cli([*run, "--train.lora.targets", "query"]) == 2
     err = capsys.readouterr().err
     assert "lora.targets" in err and "matches no nn.Linear" in err and "q_proj" in err and "Traceback" not in err
+
+
+def test_supervised_fine_tuning_on_chat_data(base, tmp_path):
+    """data.dataset chat (data's SFT loader: assistant turns are the targets) with init_from and LoRA: the loss on
+    the answers falls and the tokenizer is the base checkpoint's."""
+    convs = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                           {"role": "assistant", "content": f"{i} + {i} = {2 * i}."}]} for i in range(24)]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(c) for c in convs) + "\n")
+    cfg = _finetune_yaml(tmp_path / "sft.yaml", base, data={"dataset": "chat", "path": str(tmp_path / "chat.jsonl"),
+                                                            "pack": False, "seq_len": 96, "batch_size": 8},
+                         train={"lr": 1e-2, "steps": 12, "schedule": "constant", "weight_decay": 0.0})
+    out = tmp_path / "sft"
+    assert cli(["--config", cfg, *LORA, "--train.out_dir", str(out)]) == 0
+    lossy = losses(out)
+    assert sorted(lossy) == list(range(1, 13)) and lossy[12] < lossy[1] - 0.1, lossy
+    md = json.loads((out / "checkpoints" / "step_00000012" / "metadata.json").read_text())
+    assert md["tokenizer"]["spec"] == str(base)

@@ -1,0 +1,122 @@
+"""Chat SFT data (``data.sft``, the ``lmstack.datasets`` plugin ``chat``): assistant-only targets under the chat
+template, checked against transformers' tokenizer rendering the same template, batches, splits, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from data.sft import build_chat_dataloader, read_conversations, tokenize_conversation
+from data.tokenizer import load_tokenizer
+from specs.batch import IGNORE_INDEX
+from specs.errors import ConfigError
+from specs.plugins import resolve
+
+CONVS = [
+    {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                  {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"},
+                  {"role": "assistant", "content": "6, since 3+3=6."}]},
+    {"prompt": "Name a colour.", "completion": "Blue."},
+] + [{"messages": [{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}!"}]}
+     for i in range(10)]
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    p = tmp_path / "chat.jsonl"
+    p.write_text("\n".join(json.dumps(c) for c in CONVS) + "\n")
+    return p
+
+
+def test_targets_are_the_assistant_turns_and_their_end_markers():
+    tok = load_tokenizer("byte")
+    msgs = read_conversations_from(CONVS[0])
+    ids, target = tokenize_conversation(tok, msgs)
+    assert ids == tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
+    spans, cur = [], []
+    for i, t in zip(ids, target):
+        if t:
+            cur.append(i)
+        elif cur:
+            spans.append(tok.decode(cur)), cur.clear()
+    spans += [tok.decode(cur)] if cur else []
+    assert spans == ["4<|im_end|>\n", "6, since 3+3=6.<|im_end|>\n"]
+
+
+def test_the_spans_match_transformers_rendering_of_the_template(tmp_path):
+    """The same ChatML template rendered by transformers (with {% generation %} marks, its assistant mask):
+    the same ids and the same targets."""
+    transformers = pytest.importorskip("transformers")
+    tok = load_tokenizer("bpe:300", texts=[json.dumps(c) for c in CONVS] * 5)
+    tok.save(tmp_path / "tok")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    marked = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+              "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' + '\\n' }}"
+              "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>' + '\\n' }}{% endif %}{% endfor %}")
+    for conv in CONVS[:2]:
+        msgs = read_conversations_from(conv)
+        ids, target = tokenize_conversation(tok, msgs)
+        out = hf.apply_chat_template(msgs, chat_template=marked, tokenize=True, return_dict=True,
+                                     return_assistant_tokens_mask=True)
+        assert ids == list(out["input_ids"])
+        assert target == [bool(m) for m in out["assistant_masks"]]
+
+
+def read_conversations_from(conv):
+    return [{"role": "user", "content": conv["prompt"]}, {"role": "assistant", "content": conv["completion"]}] \
+        if "prompt" in conv else conv["messages"]
+
+
+def test_conversations_are_read_with_their_lines(jsonl):
+    convs = read_conversations(jsonl)
+    assert len(convs) == len(CONVS) and convs[1] == (f"{jsonl}:2", read_conversations_from(CONVS[1]))
+
+
+def test_batches_splits_and_exact_resume(jsonl):
+    build = resolve("lmstack.datasets", "chat")
+    dl = build(str(jsonl), 4, 128, seed=1, tokenizer="byte", epochs=None, pack=False, val_fraction=0.25)
+    val = build(str(jsonl), 1, 128, seed=1, tokenizer="byte", epochs=1, pack=False, val_fraction=0.25, split="val")
+    assert len(dl.rows) == 9 and len(val.rows) == 3 and len(dl) == 2  # 12 conversations, a quarter held out
+    assert {tuple(r[0]) for r in dl.rows}.isdisjoint({tuple(r[0]) for r in val.rows})
+    it = iter(dl)
+    first = next(it)
+    assert first.input_ids.shape == first.labels.shape == first.attention_mask.shape == (4, 128)
+    for ids, labels, mask in zip(first.input_ids, first.labels, first.attention_mask):
+        n = int(mask.sum())
+        assert mask[:n].all() and not mask[n:].any() and (labels[n:] == IGNORE_INDEX).all()
+        assert ((labels != IGNORE_INDEX).sum() > 0) and (labels[:n] != IGNORE_INDEX).sum() < n  # targets, context
+        t = (labels[:n - 1] != IGNORE_INDEX).nonzero().flatten()
+        assert torch.equal(labels[t], ids[t + 1])  # labels[t] is the token after ids[t]
+    state = dl.state_dict()
+    want = [next(it) for _ in range(3)]  # across the epoch boundary
+    again = build(str(jsonl), 4, 128, seed=1, tokenizer="byte", epochs=None, pack=False, val_fraction=0.25)
+    again.load_state_dict(json.loads(json.dumps(state)))
+    got = [b for b, _ in zip(again, range(3))]
+    assert all(torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels) for a, b in zip(want, got))
+    with pytest.raises(ConfigError, match="data.state.batch_size"):
+        build(str(jsonl), 2, 128, tokenizer="byte", pack=False, val_fraction=0.25).load_state_dict(state)
+
+
+def test_truncation_keeps_targets_or_skips_the_row(jsonl, caplog):
+    dl = build_chat_dataloader(jsonl, 2, 80, tokenizer="byte", shuffle=False)  # the system-prompted one is cut off
+    assert len(dl.rows) == len(CONVS) - 1 and "1 of 12 train conversations skipped" in caplog.text
+    assert "no assistant token within seq_len=80" in caplog.text
+
+
+def test_bad_data_is_named(tmp_path, jsonl):
+    bad = tmp_path / "bad.jsonl"
+    for line, words in (('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant turn"),
+                        ("{not json", "not valid JSON"),
+                        ('{"messages": [{"role": "bot", "content": "x"}]}', r"messages\[0\] must be"),
+                        ('{"text": "x"}', "expected")):
+        bad.write_text(json.dumps(CONVS[1]) + "\n" + line + "\n")
+        with pytest.raises(ConfigError, match=rf"bad.jsonl:2: .*{words}"):
+            build_chat_dataloader(bad, 1, 32, pack=False)
+    with pytest.raises(ConfigError, match="data.pack"):
+        build_chat_dataloader(jsonl, 1, 32, pack=True)
+    with pytest.raises(ConfigError, match="no .jsonl conversations"):
+        build_chat_dataloader(tmp_path / "none", 1, 32)
+    with pytest.raises(ConfigError, match="too few for one batch of 64"):
+        build_chat_dataloader(jsonl, 64, 32)
