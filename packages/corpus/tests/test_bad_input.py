@@ -62,6 +62,9 @@ def _build(raw: Path, out: Path, *extra: str) -> int:
     (["--redact-pii", "--phone-region", "ZZZ"], "error: --phone-region: unknown region 'ZZZ'; expected a "
                                                 "two-letter region code that phonenumbers knows, e.g. US, GB"),
     (["--redact-pii", "--phone-region", "us"], "unknown region 'us' (did you mean 'US'?)"),
+    (["--tokenizer", "bpe:0"], "error: tokenizer: bpe vocab_size must be >= 261 (256 bytes + specials), got 0"),
+    (["--tokenizer", "bpe:lots"], "error: tokenizer: 'bpe:lots': expected bpe:<vocab_size> with an integer"),
+    (["--tokenizer", "./no/tokenizer.json"], "error: tokenizer: './no/tokenizer.json' does not exist"),
 ])
 def test_bad_option_exits_2_before_any_work(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             no_work: None, args: list[str], message: str) -> None:

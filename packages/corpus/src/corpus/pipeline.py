@@ -41,6 +41,7 @@ from data.embedded import DEFAULT_BUDGET_BYTES
 from data.manifest import tokenizer_entry
 from data.shards import ShardWriter, check_outdir
 from data.tokenizer import load_tokenizer
+from data.tokenizer.loading import check_spec
 from specs.errors import ConfigError
 
 
@@ -159,6 +160,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     """Run the build; returns the report dict (also written as report.json / report.md in ``outdir``)."""
     t0 = time.perf_counter()
     out = check_outdir(cfg.outdir, overwrite=cfg.overwrite, name="--outdir")
+    check_spec(cfg.tokenizer)  # before curation: a bad spec fails now, not after the whole corpus is read
     near = _near_index(cfg) if cfg.dedup else None
     inv, items = _read_all(cfg)
     stats = BuildStats()

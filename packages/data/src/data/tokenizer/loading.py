@@ -22,7 +22,7 @@ from typing import Any
 
 from data.tokenizer.base import CONFIG_FILE, MODEL_FILES, BaseTokenizer, check_paths
 from data.tokenizer.byte import ByteTokenizer
-from data.tokenizer.hf import HFTokenizer, train_bpe
+from data.tokenizer.hf import BPE_SPECIALS, HFTokenizer, train_bpe
 from data.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from specs.errors import ConfigError
 
@@ -67,6 +67,24 @@ def load_tokenizer(spec: Any = "byte", *, texts: Iterable[str] | None = None, fi
             f"the HF cache (e.g. `huggingface-cli download {spec} tokenizer.json tokenizer_config.json` on a "
             f"machine with network access), or use 'byte' or 'bpe:8000'"))
     return _load_path(cached, spec, chat_template)
+
+
+def check_spec(spec: Any) -> None:
+    """The ConfigError :func:`load_tokenizer` would raise for ``spec``, without training anything: a trained spec
+    (``bpe:8000``) is checked for its size (bpe: the 256 bytes and the specials at least); any other spec is loaded,
+    which is quick. For tools that train on text they first spend time collecting (``corpus.cli build``)."""
+    if isinstance(spec, str):
+        kind, sep, size = spec.strip().partition(":")
+        if sep and kind in TRAINED_KINDS:
+            if not size.isdigit():
+                raise ConfigError("tokenizer", f"{spec!r}: expected {kind}:<vocab_size> with an integer, e.g. "
+                                               f"{kind}:8000")
+            n_min = 256 + len(BPE_SPECIALS)
+            if kind == "bpe" and int(size) < n_min:
+                raise ConfigError("tokenizer", f"bpe vocab_size must be >= {n_min} (256 bytes + specials), got "
+                                               f"{int(size)}")
+            return
+    load_tokenizer(spec)
 
 
 def _iter_lines(files: Sequence[str | Path]) -> Iterable[str]:
