@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -299,8 +300,10 @@ class LoraAdapters:
     def save(weights: str | os.PathLike[str], directory: str | os.PathLike[str], cfg: Any,
              base_model: str | None = None) -> Path:
         """The adapters of the model weights file ``weights`` (a checkpoint's model.safetensors) into
-        ``directory``."""
-        return save_adapter_state(load_file(str(weights)), directory, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
+        ``directory``; only the adapters' tensors are read from it."""
+        with safe_open(str(weights), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys() if k.endswith((".lora_A.weight", ".lora_B.weight"))}  # noqa: SIM118
+        return save_adapter_state(state, directory, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                                   use_rslora=cfg.use_rslora, base_model=base_model)
 
 
