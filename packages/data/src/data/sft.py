@@ -135,10 +135,15 @@ class ChatLoader:
         return self.tokenizer
 
     def _order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(len(self.rows)))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.rows), generator=g).tolist()
+        """The rows' order in ``epoch`` (seeded by ``seed`` and the epoch; computed once an epoch)."""
+        if getattr(self, "_cached", (None,))[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                order = torch.randperm(len(self.rows), generator=g).tolist()
+            else:
+                order = list(range(len(self.rows)))
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     def __iter__(self) -> Iterator[Batch]:
         if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
