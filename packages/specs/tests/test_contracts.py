@@ -141,6 +141,21 @@ def test_cli_check_prints_and_errors_exit_2(tmp_path):
     assert bad.returncode == 2 and "dist.strategy" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_cli_check_of_a_fine_tuning_config_points_at_train_run(tmp_path):
+    """A config with train.init_from and no model section (train.run fills it from the directory): check says so
+    instead of only "required field missing"."""
+    from specs.cli import _main, main
+
+    p = tmp_path / "ft.yaml"
+    p.write_text("data: {seq_len: 32}\ntrain: {init_from: some/model}\n")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("data: {seq_len: 32}\n")
+    for args in ([str(p)], [str(bare), "--train.init_from", "some/model"]):
+        with pytest.raises(ConfigError, match=r"model: missing here: a run with train.init_from .* --print-config"):
+            _main(["check", *args])
+    assert main(["check", str(bare)]) == 2  # without init_from: the plain missing-field error
+
+
 def test_specs_imports_without_torch():
     code = "import sys, specs, specs.io, specs.cli, specs.metadata; assert 'torch' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from specs.config import CONFIG_CLASSES
-from specs.errors import LmstackError
+from specs.errors import ConfigError, LmstackError
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -39,7 +39,15 @@ def _main(argv: Sequence[str] | None) -> int:
         if name == "migrate":
             s.add_argument("-o", "--out", required=True)
     args, rest = p.parse_known_args(argv)
-    cfg = load_config(args.config, CONFIG_CLASSES[args.kind], rest)
+    try:
+        cfg = load_config(args.config, CONFIG_CLASSES[args.kind], rest)
+    except ConfigError as exc:
+        if exc.path == "model" and args.kind == "RunConfig" and _has_init_from(args.config, rest):
+            raise ConfigError("model", "missing here: a run with train.init_from takes the model section (and "
+                              "data.tokenizer) from that directory when it starts; see the whole config with "
+                              f"`python -m train.run --config {args.config} --print-config`") from None
+        raise
+
     if args.cmd == "migrate":
         dump_config(cfg, args.out)
         print(f"wrote {args.out}")
@@ -50,3 +58,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv)
+
+
+def _has_init_from(path: str, overrides: Sequence[str]) -> bool:
+    """Whether the document at ``path`` (or an override) sets ``train.init_from``."""
+    from specs.io import read_document
+
+    train = read_document(path).get("train") or {}
+    return bool(train.get("init_from") if isinstance(train, dict) else None) or any(
+        a.startswith("--train.init_from") for a in overrides)
+
