@@ -146,8 +146,9 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Fold every adapter into its base weight and put the plain ``nn.Linear`` back, in place (the base weights
-    become trainable again, as they were). Returns the number of layers merged (0 for a model without adapters)."""
+    """Fold every adapter into its base weight and put the plain ``nn.Linear`` back, in place; every parameter of
+    the model then requires grad again (apply_lora froze them all). Returns the number of layers merged (0 for a
+    model without adapters)."""
     layers = lora_layers(model)
     modules = dict(model.named_modules())
     for name, layer in layers.items():
