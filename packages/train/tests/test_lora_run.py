@@ -88,8 +88,9 @@ def test_peft_loads_a_lora_runs_adapter_onto_the_transformers_model(tmp_path):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_bad_lora_settings_are_config_errors(base, tmp_path, capsys):
-    """A bad rank at load time, targets matching no Linear when the Trainer adapts the model: exit 2, named."""
+def test_bad_lora_settings_are_config_errors_before_any_work(base, tmp_path, capsys):
+    """A bad rank at load time, targets matching no Linear in preflight (tried on a meta-device model): exit 2,
+    named, before the output directory or the data exist."""
     out = tmp_path / "never"
     run = ["--config", DEBUG, *QUIET, "--train.out_dir", str(out), "--train.init_from", str(base)]
     assert cli([*run, "--train.lora.r", "0"]) == 2
@@ -97,6 +98,7 @@ def test_bad_lora_settings_are_config_errors(base, tmp_path, capsys):
     assert cli([*run, "--train.lora.targets", "query"]) == 2
     err = capsys.readouterr().err
     assert "lora.targets" in err and "matches no nn.Linear" in err and "q_proj" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_supervised_fine_tuning_on_chat_data(base, tmp_path):

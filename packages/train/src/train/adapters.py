@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+
+from specs.config import RunConfig
 from specs.errors import ConfigError, PluginError
 from specs.plugins import resolve
 
@@ -31,3 +34,13 @@ def apply(model: Any, cfg: Any) -> int:
 def save(weights: str | os.PathLike[str], directory: str | os.PathLike[str], cfg: Any,
          base_model: str | None = None) -> Any:
     return plugin().save(weights, directory, cfg, base_model=base_model)
+
+
+def check(cfg: RunConfig) -> None:
+    """Before any work: ``train.lora`` adapts the model ``cfg.model`` describes (its targets name Linear layers of
+    it), tried on a copy built on the meta device (no memory, no weights)."""
+    if cfg.train.lora is None:
+        return
+    with torch.device("meta"):
+        apply(resolve("lmstack.models", cfg.model.arch)(cfg.model), cfg.train.lora)
+
