@@ -57,7 +57,36 @@ def _identity(x: Any) -> Any:
     return x
 
 
-class ShardLoader:
+class EpochCursor:
+    """The position in a stream of epochs that the loaders share (:class:`ShardLoader`, ``data.sft.ChatLoader``):
+    ``epoch``, ``batches_done`` (this epoch's batches handed out), ``_end_epoch`` (None: forever) and ``epochs``
+    (per pass). A subclass gives ``__len__`` (batches an epoch) and ``_epoch_batches(epoch, start)`` (that epoch's
+    batches from ``start`` on)."""
+
+    epoch: int
+    batches_done: int
+    epochs: int | None
+    _end_epoch: int | None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
+            self._end_epoch = self.epoch + self.epochs  # a new pass continues the epoch count (new shuffles)
+        while self._end_epoch is None or self.epoch < self._end_epoch:
+            if self.batches_done >= len(self):
+                self.epoch, self.batches_done = self.epoch + 1, 0
+                continue
+            for batch in self._epoch_batches(self.epoch, self.batches_done):
+                self.batches_done += 1  # counted before the yield: a checkpoint taken now resumes after it
+                yield batch
+
+
+class ShardLoader(EpochCursor):
     """Iterable of Batch; ``len()`` is batches per epoch for this rank. Build it with :func:`build_dataloader`."""
 
     def __init__(self, shards: ShardSet, *, batch_size: int, seq_len: int, seed: int, shuffle: bool, rank: int,
@@ -91,17 +120,6 @@ class ShardLoader:
     @property
     def tokens_per_batch(self) -> int:
         return self.batch_size * self.seq_len
-
-    def __iter__(self) -> Iterator[Batch]:
-        if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
-            self._end_epoch = self.epoch + self.epochs  # a new pass continues the epoch count (new shuffles)
-        while self._end_epoch is None or self.epoch < self._end_epoch:
-            if self.batches_done >= len(self):
-                self.epoch, self.batches_done = self.epoch + 1, 0
-                continue
-            for batch in self._epoch_batches(self.epoch, self.batches_done):
-                self.batches_done += 1  # counted before the yield: a checkpoint taken now resumes after it
-                yield batch
 
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         stream = _EpochStream(self, epoch, start)

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from data.loader import EpochCursor
 from data.tokenizer.loading import load_tokenizer
 from specs.batch import IGNORE_INDEX, Batch
 from specs.errors import ConfigError
@@ -108,7 +109,7 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]],
     return ids, target
 
 
-class ChatLoader:
+class ChatLoader(EpochCursor):
     """Iterable of Batch (``input_ids``, ``labels``, ``attention_mask``), one conversation a row; build it with
     :func:`build_chat_dataloader`."""
 
@@ -134,29 +135,15 @@ class ChatLoader:
         """The tokenizer the rows were written with (train.run's ``build_tokenizer`` asks)."""
         return self.tokenizer
 
-    def _order(self, epoch: int) -> list[int]:
-        """The rows' order in ``epoch`` (seeded by ``seed`` and the epoch; computed once an epoch)."""
-        if getattr(self, "_cached", (None,))[0] != epoch:
-            if self.shuffle:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                order = torch.randperm(len(self.rows), generator=g).tolist()
-            else:
-                order = list(range(len(self.rows)))
-            self._cached = (epoch, order)
-        return self._cached[1]
-
-    def __iter__(self) -> Iterator[Batch]:
-        if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
-            self._end_epoch = self.epoch + self.epochs  # a new pass continues the epoch count (new shuffles)
-        while self._end_epoch is None or self.epoch < self._end_epoch:
-            if self.batches_done >= len(self):
-                self.epoch, self.batches_done = self.epoch + 1, 0
-                continue
-            order = self._order(self.epoch)
-            b = self.batches_done * self.batch_size
-            batch = self._collate([self.rows[i] for i in order[b:b + self.batch_size]])
-            self.batches_done += 1  # counted before the yield: a checkpoint taken now resumes after it
-            yield batch
+    def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        """``epoch``'s batches from batch ``start`` on, its rows shuffled by ``seed`` and the epoch."""
+        if self.shuffle:
+            order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + epoch)).tolist()
+        else:
+            order = list(range(len(self.rows)))
+        for j in range(start, len(self)):
+            yield self._collate([self.rows[i] for i in order[j * self.batch_size:(j + 1) * self.batch_size]])
 
     def _collate(self, rows: list[tuple[list[int], list[bool]]]) -> Batch:
         T = self.seq_len
@@ -203,7 +190,9 @@ def build_chat_dataloader(path: str | os.PathLike[str], batch_size: int = 8, seq
                           split: str = "train", **_: Any) -> ChatLoader:
     """A :class:`ChatLoader` over the conversations in ``path`` (see the module docstring), tokenized with
     ``tokenizer`` (a spec or object with ``apply_chat_template``; default ``byte``). The global batch is every
-    rank's (train.run slices it per rank). ``pack`` and ``doc_mask`` must be False: one conversation a row."""
+    rank's (train.run slices it per rank), so ``rank`` and ``world_size`` are accepted and unused, as is
+    ``num_workers`` (the conversations are tokenized in memory at build). ``pack`` and ``doc_mask`` must be False:
+    one conversation a row."""
     for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
