@@ -309,6 +309,12 @@ class LoraAdapters:
 
 
     @staticmethod
+    def check(directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """The adapter directory's config, or the ConfigError :func:`load_adapter` would raise for it (no
+        adapter_config.json, not LoRA, unsupported options): for a check before a model loads."""
+        return read_adapter_config(directory)
+
+    @staticmethod
     def merge_from(model: nn.Module, directory: str | os.PathLike[str]) -> int:
         """Load the adapter saved in ``directory`` (PEFT's or :func:`save_adapter`'s files) and merge it into the
         model's weights (serve's ``--adapter``); returns the number of layers changed."""

@@ -62,16 +62,12 @@ def merge_adapter(model: Any, directory: str | Path) -> int:
     """Merge the LoRA adapter in ``directory`` (PEFT's adapter_config.json + adapter_model.safetensors) into
     ``model``'s weights through the ``lmstack.adapters`` plugin ``lora`` (lmstack-compress); returns the number of
     layers changed."""
-    path = Path(directory)
-    if not (path / "adapter_config.json").is_file():
-        raise ConfigError("peft", f"{directory} has no adapter_config.json; expected a LoRA adapter directory (PEFT's "
-                          "save_pretrained, compress.save_adapter, or a LoRA run's checkpoint/adapter)")
     try:
         plugin = resolve("lmstack.adapters", "lora")
     except PluginError as exc:
         raise ConfigError("peft", f"an adapter needs lmstack-compress (pip install lmstack-compress): {exc}") from None
     with torch.no_grad():
-        return plugin.merge_from(model, path)
+        return plugin.merge_from(model, directory)
 
 
 def load_tokenizer(spec: str | Path) -> Any:

@@ -61,27 +61,25 @@ def load_model(directory: str | Path, *, device: str = "auto", dtype: str = "aut
     return cls.from_pretrained(path, dtype=pick_dtype(dtype, dev), device=dev).eval()
 
 
-def check_adapter(directory: str | Path) -> Path:
-    """``directory`` as a LoRA adapter directory (its adapter_config.json there), or a ConfigError, before any
-    model loads."""
-    path = Path(directory)
-    if not (path / "adapter_config.json").is_file():
-        raise ConfigError("adapter", f"{directory} has no adapter_config.json; expected a LoRA adapter directory "
-                          "(PEFT's save_pretrained, compress.save_adapter, or a LoRA run's checkpoint/adapter)")
-    return path
-
-
-def merge_adapter(model: Any, directory: str | Path) -> int:
-    """Merge the LoRA adapter in ``directory`` into ``model``'s weights through the ``lmstack.adapters`` plugin
-    ``lora`` (lmstack-compress); returns the number of layers changed."""
-    path = check_adapter(directory)
+def adapters() -> Any:
+    """The ``lmstack.adapters`` plugin ``lora`` (lmstack-compress), or a ConfigError saying to install it."""
     try:
-        plugin = resolve("lmstack.adapters", "lora")
+        return resolve("lmstack.adapters", "lora")
     except PluginError as exc:
         raise ConfigError("adapter", f"serving an adapter needs lmstack-compress (pip install lmstack-compress): "
                           f"{exc}") from None
+
+
+def check_adapter(directory: str | Path) -> None:
+    """A ConfigError, before any model loads, unless ``directory`` holds a LoRA adapter the plugin can load."""
+    adapters().check(directory)
+
+
+def merge_adapter(model: Any, directory: str | Path) -> int:
+    """Merge the LoRA adapter in ``directory`` (PEFT's files) into ``model``'s weights through the plugin;
+    returns the number of layers changed."""
     with torch.no_grad():
-        return plugin.merge_from(model, path)
+        return adapters().merge_from(model, directory)
 
 
 def load_tokenizer(spec: str | Path) -> Any:
