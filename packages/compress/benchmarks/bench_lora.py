@@ -30,15 +30,28 @@ from specs.presets import PRESETS, preset
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def _count(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {raw!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="llm-small", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--r", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2, help="A-B rounds (each times --steps steps of each model)")
+    ap.add_argument("--batch", type=_count(1), default=4)
+    ap.add_argument("--seq", type=_count(1), default=256)
+    ap.add_argument("--r", type=_count(1), default=16)
+    ap.add_argument("--steps", type=_count(1), default=10)
+    ap.add_argument("--warmup", type=_count(0), default=3)
+    ap.add_argument("--rounds", type=_count(1), default=2, help="A-B rounds (each times --steps steps of each model)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import peft

@@ -46,7 +46,7 @@ def fill_from_directory(doc: Mapping[str, Any], overrides: Sequence[tuple[str, s
     directory = train.get("init_from")
     for key, raw in overrides:
         if key == FIELD:
-            directory = None if raw.strip().lower() in ("", "null", "none", "~") else raw
+            directory = raw
     if not directory:
         return out
     path = check_directory(directory)
