@@ -11,6 +11,7 @@ from specs.config import (
     ExportConfig,
     LoraConfig,
     ModelConfig,
+    PreferenceConfig,
     RopeScaling,
     RunConfig,
     ServeConfig,
@@ -26,7 +27,7 @@ from specs.presets import preset
 from specs.protocols import KVCache, LanguageModel, MetricsLogger, PagedKVCache, Tokenizer, TrainerCallback
 from specs.tensor_spec import TensorSpec
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "IGNORE_INDEX",
@@ -47,6 +48,7 @@ __all__ = [
     "ModelCard",
     "ModelConfig",
     "PagedKVCache",
+    "PreferenceConfig",
     "PluginError",
     "RopeScaling",
     "RunConfig",

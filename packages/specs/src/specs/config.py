@@ -162,6 +162,30 @@ class LoraConfig(ConfigBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PreferenceConfig(ConfigBase):
+    """Preference optimisation on pairs of a chosen and a rejected completion of one prompt (``data.dataset:
+    preference``; lmstack-rl). ``method`` names an ``lmstack.objectives`` plugin: ``dpo`` (Rafailov et al. 2023)
+    or ``orpo`` (Hong et al. 2024). Fields as TRL's DPOConfig names them: ``beta`` (DPO's KL weight; ORPO's
+    odds-ratio weight, TRL's lambda), ``loss_type`` (DPO: sigmoid, hinge, ipo, robust, sigmoid_norm),
+    ``label_smoothing`` (the robust loss's flip rate), ``sft_weight`` (RPO: this times the chosen completions'
+    cross-entropy added, TRL's ``loss_type=[..., "sft"]``), and where the reference model comes from: ``copy`` (a
+    frozen copy of the starting weights), ``adapters`` (the model with its LoRA adapters off, no copy: needs
+    train.lora) or ``auto`` (adapters under train.lora, else copy)."""
+
+    kind: ClassVar[str] = "PreferenceConfig"
+    method: str = "dpo"
+    beta: PosFloat = 0.1
+    loss_type: str = "sigmoid"
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    sft_weight: NonNegFloat = 0.0
+    reference: Literal["auto", "copy", "adapters"] = "auto"
+
+    def check(self) -> None:
+        if not self.method.strip():
+            self.fail("method", "names an lmstack.objectives plugin, e.g. dpo or orpo")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig(ConfigBase):
     """Optimisation, schedule, precision and checkpointing for one run."""
 
@@ -201,6 +225,9 @@ class TrainConfig(ConfigBase):
     init_from: str | None = None
     # train LoRA adapters (the lmstack.adapters plugin 'lora', lmstack-compress) with every other weight frozen
     lora: LoraConfig | None = None
+    # preference optimisation (DPO, ORPO: the lmstack.objectives plugins of lmstack-rl) instead of next-token
+    # cross-entropy; the data must be pairs (data.dataset: preference)
+    preference: PreferenceConfig | None = None
     # Trainer callbacks by name from the lmstack.callbacks entry-point group (e.g. 'governance', 'viz').
     # None: every installed one; (): none; names that are not installed fail with the list of valid ones.
     callbacks: tuple[str, ...] | None = None
@@ -327,6 +354,7 @@ CONFIG_CLASSES: dict[str, type[ConfigBase]] = {
         ModelConfig,
         DataConfig,
         LoraConfig,
+        PreferenceConfig,
         TrainConfig,
         DistConfig,
         VizConfig,
