@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress import LoRALinear, apply_lora, load_adapter, merge_lora, save_adapter
+from compress import LoRALinear, adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
 from compress.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, lora_layers
 from model.lm import TransformerLM
 from specs.errors import ConfigError, ShapeError
@@ -84,6 +84,31 @@ def test_a_peft_adapter_loads_here_and_merges(hf_dir, tmp_path):
     ours.save_pretrained(tmp_path / "merged")  # the architecture it was built as: save_pretrained takes it
     back = TransformerLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(back(ids), want, rtol=1e-4, atol=1e-4)
+
+
+def test_adapters_disabled_is_the_base_model_as_peft_disable_adapter(hf_dir, tmp_path):
+    """Within ``adapters_disabled`` the adapted model gives the base model's logits, as PEFT's
+    ``disable_adapter()`` does for the same adapter; outside it the adapters apply again, also after an error."""
+    ours = TransformerLM.from_pretrained(hf_dir).eval()
+    ids = torch.randint(0, 96, (2, 9))
+    base = ours(ids)
+    apply_lora(ours, r=4, alpha=8, targets=TARGETS)
+    _randomize(ours, 5)
+    adapted = ours(ids)
+    assert (adapted - base).abs().max() > 1e-2
+    save_adapter(ours, tmp_path / "ad")
+    theirs = peft.PeftModel.from_pretrained(_hf(hf_dir), tmp_path / "ad").eval()
+    with adapters_disabled(ours) as n, torch.no_grad(), theirs.disable_adapter():
+        assert n == 10
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(ids), base)
+    torch.testing.assert_close(ours(ids), adapted)
+    with pytest.raises(RuntimeError, match="inside"), adapters_disabled(ours):
+        raise RuntimeError("inside")
+    torch.testing.assert_close(ours(ids), adapted)
+    from compress.lora import LORA
+    with LORA.disabled(ours):
+        torch.testing.assert_close(ours(ids), base)
 
 
 def test_only_the_adapters_train(hf_dir, tmp_path):

@@ -18,13 +18,14 @@ and puts the plain ``nn.Linear`` back: the model is then the architecture it was
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,15 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Linear(base.in_features, r, bias=False, **kw)
         self.lora_B = nn.Linear(r, base.out_features, bias=False, **kw)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.disabled = False  # True: the base layer alone (adapters_disabled; DPO's reference model)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's init_lora_weights=True
         nn.init.zeros_(self.lora_B.weight)
         for p in base.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return self.base_layer(x)
         return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def delta_weight(self) -> torch.Tensor:
@@ -143,6 +147,22 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     """The model's adapted layers by module name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[int]:
+    """Within the block every adapted layer computes its base layer alone, so ``model`` is the model it adapted
+    (PEFT's ``disable_adapter()``; DPO's reference model without a copy). Yields the number of layers turned off;
+    restores each layer's own setting on exit, also after an exception."""
+    layers = list(lora_layers(model).values())
+    before = [layer.disabled for layer in layers]
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield len(layers)
+    finally:
+        for layer, was in zip(layers, before):
+            layer.disabled = was
 
 
 def merge_lora(model: nn.Module) -> int:
@@ -307,6 +327,11 @@ class LoraAdapters:
         return save_adapter_state(state, directory, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                                   use_rslora=cfg.use_rslora, base_model=base_model)
 
+
+    @staticmethod
+    def disabled(model: nn.Module) -> contextlib.AbstractContextManager[int]:
+        """:func:`adapters_disabled`: the adapted model computing as its base model within the block."""
+        return adapters_disabled(model)
 
     @staticmethod
     def check(directory: str | os.PathLike[str]) -> dict[str, Any]:
