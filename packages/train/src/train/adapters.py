@@ -1,10 +1,12 @@
 """Adapters a run trains instead of the whole model (``train.lora``), through the ``lmstack.adapters`` plugin
 ``lora`` (lmstack-compress's LoRA): train does not import compress. The plugin's ``apply(model, cfg)`` adapts the
 model in place and freezes the rest (the Trainer then optimises what still requires grad); its
-``save(weights_file, directory, cfg, base_model)`` writes a checkpoint's adapters as PEFT does."""
+``save(weights_file, directory, cfg, base_model)`` writes a checkpoint's adapters as PEFT does; its
+``disabled(model)`` is a context in which the model computes without them (a preference objective's reference)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -34,6 +36,11 @@ def apply(model: Any, cfg: Any) -> int:
 def save(weights: str | os.PathLike[str], directory: str | os.PathLike[str], cfg: Any,
          base_model: str | None = None) -> Any:
     return plugin().save(weights, directory, cfg, base_model=base_model)
+
+
+def disabled(model: Any) -> contextlib.AbstractContextManager[int]:
+    """A context in which the adapted ``model`` computes as its base model (the plugin's ``disabled``)."""
+    return plugin().disabled(model)
 
 
 def check(cfg: RunConfig) -> None:

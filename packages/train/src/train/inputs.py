@@ -18,7 +18,7 @@ from specs.batch import Batch
 from specs.config import RunConfig
 from specs.errors import ConfigError
 from specs.plugins import resolve
-from train import adapters, checkpoint, init_from
+from train import adapters, checkpoint, init_from, objective
 from train.loss import as_batch
 from train.trainer import resolve_precision
 
@@ -60,6 +60,7 @@ def preflight(cfg: RunConfig, env: dist.DistEnv) -> None:
     """Every check that needs no data or model, so a bad run stops before doing work."""
     init_from.check(cfg)
     adapters.check(cfg)
+    objective.check(cfg)
     rows, world, accum = cfg.data.batch_size, env.world_size, cfg.train.grad_accum
     if world > 1 and cfg.dist.strategy == "none":
         raise ConfigError("dist.strategy", f"'none' with {world} processes would train {world} unsynchronised copies; "

@@ -36,11 +36,11 @@ import dist
 from specs.batch import IGNORE_INDEX, Batch
 from specs.config import DataConfig, DistConfig, ModelConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError, ShapeError
-from train import adapters, checkpoint, init_from
+from train import adapters, checkpoint, init_from, objective
 from train.callbacks import CallbackList, plugin_callbacks
 from train.errors import TrainingError, TrainingInterrupted
 from train.flops import flops_per_token, matmul_params, mfu, peak_flops
-from train.loss import LossModule, as_batch
+from train.loss import as_batch
 from train.metadata import RunInfo
 from train.optim import build_optimizer
 from train.progress import Progress
@@ -90,13 +90,17 @@ class Trainer:
         if self.cfg.lora is not None:  # LoRA adapters trained alone, the rest frozen (train.lora)
             adapters.apply(model, self.cfg.lora)
         self.dataloader, self.eval_dataloader, self.tokenizer = dataloader, eval_dataloader, tokenizer
+        self.objective = objective.build(self.cfg)  # next-token cross-entropy, or train.preference's plugin
+        objective.check_loader(self.objective, dataloader)
+        objective.check_loader(self.objective, eval_dataloader)
         self.vocab_size = _vocab_size(model)
         _check_data_vocab(self.vocab_size, dataloader, eval_dataloader, tokenizer)
-        self._fields = ("positions",) + (() if data_cfg.pack else ("attention_mask",)) + \
+        padded = not data_cfg.pack or self.objective.paired  # pairs are padded rows whatever data.pack says
+        self._fields = ("positions",) + (("attention_mask",) if padded else ()) + \
             (("document_ids",) if data_cfg.doc_mask else ())
         self._matmul_params = matmul_params(model)
         self._peak = peak_flops(device)
-        self.model = dist.apply(LossModule(model), self.dist_cfg, device,
+        self.model = dist.apply(self.objective.module(model, train=self.cfg, device=device), self.dist_cfg, device,
                                 grad_ckpt=self.cfg.grad_ckpt or self.dist_cfg.grad_ckpt, compile=self.cfg.compile,
                                 precision=self.precision)
         self._params = [p for p in model.parameters() if p.requires_grad]
@@ -141,6 +145,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         self._window_steps = self._window_tokens = 0
         self._loss_sum = None
+        self._stats_sum: dict[str, torch.Tensor] = {}
         self._grad_norm: torch.Tensor | None = None
 
     @property
@@ -167,7 +172,7 @@ class Trainer:
         b = as_batch(batch)
         _check_ids(b, self.vocab_size)
         b = b.to(self.device, non_blocking=True)
-        loss = self._forward_backward(b)
+        loss, stats = self._forward_backward(b)
         log_now = any((self.global_step + 1) % k == 0 for k in self._metric_every)
         self._optimizer_step(loss, log_now)
         self.global_step += 1
@@ -176,6 +181,8 @@ class Trainer:
         self._window_steps += 1
         self._window_tokens += tokens
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+        for k, v in stats.items():
+            self._stats_sum[k] = self._stats_sum[k] + v if k in self._stats_sum else v
         metrics = self._collect_metrics(b.shape[1]) if log_now else {}
         self.callbacks.on_step(self, self.global_step, {k: v for k, v in metrics.items() if v is not None})
         if self._progress is not None:
@@ -186,26 +193,33 @@ class Trainer:
             self.save_checkpoint()
         return loss
 
-    def _forward_backward(self, b: Batch) -> torch.Tensor:
+    def _forward_backward(self, b: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's loss (the mean over the batch's units: target tokens, or pairs) after its backward, and the
+        objective's statistics averaged the same way."""
         accum = self.cfg.grad_accum
         rows = b.shape[0]
         if rows % accum:
             raise ConfigError("train.grad_accum", f"a batch of {rows} rows does not split into {accum} micro-batches")
-        n_target = (b.labels != IGNORE_INDEX).sum()
-        total = n_target.clamp(min=1).to(torch.float32)
+        if self.objective.paired and (rows // accum) % 2:
+            raise ConfigError("train.grad_accum", f"a batch of {rows} rows in {accum} micro-batches would split a "
+                                                  "(chosen, rejected) pair; each micro-batch needs whole pairs")
+        total = self.objective.units(b.labels).clamp(min=1).to(torch.float32)
         loss_sum = torch.zeros((), device=self.device)
+        stats_sum: dict[str, torch.Tensor] = {}
         chunks = {k: v.chunk(accum) for k, v in self._inputs(b, ("input_ids", "labels", *self._fields)).items()}
         for i in range(accum):
             mb = {k: v[i] for k, v in chunks.items()}
             with dist.gradient_sync(self.model, i == accum - 1):
                 with self._amp():
                     self._warm_compiled(mb)
-                    loss = self.model(**mb)
-                weight = (mb["labels"] != IGNORE_INDEX).sum() / total
+                    loss, stats = _split_output(self.model(**mb))
+                weight = self.objective.units(mb["labels"]) / total
                 scaled = loss.float() * weight
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += scaled.detach()
-        return loss_sum
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0) + v.detach().float() * weight
+        return loss_sum, stats_sum
 
     def _warm_compiled(self, inputs: dict[str, torch.Tensor]) -> None:
         """Under ``train.compile``, the first forward of each (grad mode, batch fields) runs once eagerly first, so
@@ -282,6 +296,7 @@ class Trainer:
         dt = max(time.perf_counter() - self._t0, 1e-9)
         tokens_per_s = self._window_tokens / dt
         fpt = flops_per_token(self._matmul_params, *self._shape(), seq_len)
+        stats = {k: self._reduce_mean(v / self._window_steps).item() for k, v in self._stats_sum.items()}
         metrics = {
             "loss": loss,
             "lr": self.scheduler.get_last_lr()[0],
@@ -291,6 +306,7 @@ class Trainer:
             "mfu": mfu(fpt, tokens_per_s, self._peak, self.env.world_size),
             "tokens_seen": float(self.tokens_seen),
         }
+        metrics.update(stats)
         if self.scaler is not None:
             metrics["loss_scale"] = float(self.scaler.get_scale())
         if self.skipped_steps:
@@ -321,6 +337,7 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
+        stats_sum: dict[str, torch.Tensor] = {}
         for i, batch in enumerate(loader):
             if i >= (max_batches or self.cfg.eval_steps):
                 break
@@ -330,20 +347,28 @@ class Trainer:
             inputs = self._inputs(b, ("input_ids", "labels", *self._fields))
             with self._amp():
                 self._warm_compiled(inputs)
-                loss = self.model(**inputs)
-            n = (b.labels != IGNORE_INDEX).sum()
+                loss, stats = _split_output(self.model(**inputs))
+            n = self.objective.units(b.labels)
             loss_sum += loss.double() * n
             count += n
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0) + v.double() * n
+        names = sorted(stats_sum)
+        both = torch.stack([loss_sum, count, *(stats_sum[k] for k in names)])
         if self.env.initialized and self.env.world_size > 1:
-            both = torch.stack([loss_sum, count])
             tdist.all_reduce(both)
-            loss_sum, count = both[0], both[1]
+        loss_sum, count = both[0], both[1]
         if count.item() == 0:
             raise ConfigError("data.val_fraction", "the evaluation data has no target tokens; raise data.val_fraction")
         value = (loss_sum / count).item()
-        metrics = {"loss": value, "ppl": math.exp(min(value, 700.0))}
+        metrics = {"loss": value}
+        if not self.objective.paired:  # perplexity is the exp of a token-mean cross-entropy only
+            metrics["ppl"] = math.exp(min(value, 700.0))
+        metrics.update({k: (both[2 + i] / count).item() for i, k in enumerate(names)})
         if self._progress is not None:
-            self._progress.write(f"eval at step {self.global_step}: loss {value:.4f} | ppl {metrics['ppl']:.2f}")
+            extra = f" | ppl {metrics['ppl']:.2f}" if "ppl" in metrics else "".join(
+                f" | {k} {metrics[k]:.4f}" for k in names if k.startswith("rewards/"))
+            self._progress.write(f"eval at step {self.global_step}: loss {value:.4f}{extra}")
         self.callbacks.on_eval(self, self.global_step, metrics)
         self.model.train()
         return metrics
@@ -441,6 +466,13 @@ class Trainer:
     def close(self) -> None:
         """Call ``on_end`` for loops that drive ``step()`` themselves instead of ``fit()``."""
         self.callbacks.on_end(self)
+
+
+def _split_output(out: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss, stats) from an objective module's output: a loss tensor alone, or ``(loss, stats)``."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, {}
 
 
 def _vocab_size(model: nn.Module) -> int | None:
