@@ -1,0 +1,196 @@
+"""DPO and ORPO as Trainer objectives: the ``lmstack.objectives`` plugins ``dpo`` and ``orpo`` (``train.preference``;
+the protocol is in :mod:`train.objective`).
+
+A batch holds pairs in consecutive rows, the chosen completion then the rejected one (:mod:`rl.data`); its
+``labels`` mark the completion tokens. One forward of the policy scores both rows of every pair. DPO scores them
+again under the reference model, without gradients: a frozen copy of the starting weights (``reference: copy``)
+or, under ``train.lora``, the policy with its adapters off (``adapters``: no second copy of the weights, as TRL does
+with a PEFT model). The reference runs in eval mode (no dropout), the policy in the Trainer's mode.
+
+Each micro-batch's loss is the mean over its pairs, and the Trainer weights micro-batches by their pairs, so a step
+equals one on the whole batch however ``train.grad_accum`` and the ranks split it. Logged, as TRL names them:
+``rewards/chosen``, ``rewards/rejected`` (DPO: beta times the log-ratio to the reference; ORPO: beta times the mean
+token log-probability), ``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``, ``logps/rejected``; ORPO
+adds ``nll_loss``, ``log_odds_ratio`` and ``log_odds_chosen``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from rl.losses import DPO_LOSSES, dpo_loss, orpo_odds_ratio, sequence_logps
+from specs.config import PreferenceConfig, RunConfig, TrainConfig
+from specs.errors import ConfigError
+from train import adapters
+
+
+def _pairs(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen rows, rejected rows) of a paired batch: rows 0, 2, 4... and 1, 3, 5..."""
+    if t.shape[0] % 2:
+        raise ConfigError("data.dataset", f"a batch of {t.shape[0]} rows is not whole (chosen, rejected) pairs")
+    return t[0::2], t[1::2]
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+class PreferenceModule(nn.Module):
+    """``forward(input_ids, labels, **fields) -> (loss, stats)`` for one micro-batch of pairs; ``model`` is the
+    policy. ``reference`` is a frozen model, the string ``"adapters"`` (the policy without its LoRA adapters) or
+    None (reference-free: ORPO). ``loss_fn(policy, reference)`` maps the per-row (logps, tokens) of both to the
+    per-pair losses and the stats."""
+
+    def __init__(self, model: nn.Module, reference: nn.Module | str | None,
+                 loss_fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]):
+        super().__init__()
+        self.model = model
+        # outside the module tree: not trained, not saved, not wrapped by DDP/FSDP, not moved by .to()
+        self._reference = [reference]
+        self.loss_fn = loss_fn
+
+    @property
+    def reference(self) -> nn.Module | str | None:
+        return self._reference[0]
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _pairs(input_ids)
+        policy = sequence_logps(self.model(input_ids, **fields), labels)
+        ref = None
+        if self.reference is not None:
+            with torch.no_grad():
+                if self.reference == "adapters":
+                    with adapters.disabled(self.model), _eval_mode(self.model):
+                        ref = sequence_logps(self.model(input_ids, **fields), labels)
+                else:
+                    ref = sequence_logps(self.reference(input_ids, **fields), labels)
+        losses, stats = self.loss_fn(policy, ref, labels)
+        return losses.mean(), {k: v.detach().float().mean() for k, v in stats.items()}
+
+
+def _check_common(cfg: PreferenceConfig, run: RunConfig) -> None:
+    if run.data.pack:
+        raise ConfigError("data.pack", "preference pairs are one completion a row (padded); set data.pack: false")
+
+
+class DPO:
+    """The ``lmstack.objectives`` plugin ``dpo``: ``DPO(cfg)`` for a ``PreferenceConfig``."""
+
+    name = "dpo"
+    paired = True
+
+    def __init__(self, cfg: PreferenceConfig):
+        self.cfg = cfg
+
+    def check(self, run: RunConfig) -> None:
+        _check_common(self.cfg, run)
+        self.check_options()
+        self._reference_kind(run.train)
+
+    def _reference_kind(self, train: TrainConfig) -> str:
+        kind = self.cfg.reference
+        if kind == "adapters" and train.lora is None:
+            raise ConfigError("train.preference.reference", "'adapters' is the model with its LoRA adapters off, so "
+                                                            "it needs train.lora; use 'copy' (or 'auto')")
+        if kind == "auto":
+            return "adapters" if train.lora is not None else "copy"
+        return kind
+
+    def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
+        self.check_options()
+        kind = self._reference_kind(train)
+        if kind == "copy":
+            reference: nn.Module | str = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+        else:
+            reference = "adapters"
+        return PreferenceModule(model, reference, self._loss)
+
+    def check_options(self) -> None:
+        cfg = self.cfg
+        if cfg.loss_type not in DPO_LOSSES:
+            raise ConfigError("train.preference.loss_type", f"dpo takes one of {', '.join(DPO_LOSSES)}, got "
+                                                            f"{cfg.loss_type!r}")
+        if cfg.label_smoothing and cfg.loss_type != "robust":
+            raise ConfigError("train.preference.label_smoothing", f"only the robust loss flips labels; with "
+                                                                  f"loss_type {cfg.loss_type!r} set it to 0")
+
+    @staticmethod
+    def units(labels: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(labels.shape[0] // 2, device=labels.device)
+
+    def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor] | None,
+              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        assert ref is not None
+        cfg = self.cfg
+        (c, r), (nc, nr) = _pairs(policy[0]), _pairs(policy[1])
+        rc, rr = _pairs(ref[0])
+        losses = dpo_loss(c, r, rc, rr, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+                          chosen_tokens=nc, rejected_tokens=nr)
+        if cfg.sft_weight:
+            losses = losses + cfg.sft_weight * (-c / nc.clamp(min=1))  # RPO: the chosen completion's token-mean NLL
+        chosen_rewards = cfg.beta * (c - rc).detach()
+        rejected_rewards = cfg.beta * (r - rr).detach()
+        return losses, {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+                        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                        "rewards/margins": chosen_rewards - rejected_rewards,
+                        "logps/chosen": c.detach(), "logps/rejected": r.detach()}
+
+
+class ORPO:
+    """The ``lmstack.objectives`` plugin ``orpo`` (reference-free): the chosen completion's token-mean
+    cross-entropy minus ``beta * log sigmoid(log odds ratio)`` of the completions' token-mean probabilities."""
+
+    name = "orpo"
+    paired = True
+
+    def __init__(self, cfg: PreferenceConfig):
+        self.cfg = cfg
+
+    def check(self, run: RunConfig) -> None:
+        _check_common(self.cfg, run)
+        self.check_options()
+
+    def check_options(self) -> None:
+        cfg, defaults = self.cfg, PreferenceConfig()
+        for name in ("loss_type", "label_smoothing", "sft_weight", "reference"):
+            if getattr(cfg, name) != getattr(defaults, name):
+                raise ConfigError(f"train.preference.{name}", f"orpo has no {name} (it is reference-free, with its "
+                                                              f"own loss); leave it at {getattr(defaults, name)!r}")
+
+    def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
+        self.check_options()
+        return PreferenceModule(model, None, self._loss)
+
+    @staticmethod
+    def units(labels: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(labels.shape[0] // 2, device=labels.device)
+
+    def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: Any,
+              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        (c, r), (nc, nr) = _pairs(policy[0]), _pairs(policy[1])
+        mc, mr = c / nc.clamp(min=1), r / nr.clamp(min=1)
+        ratio, log_odds = orpo_odds_ratio(mc, mr)
+        nll = -mc
+        losses = nll - self.cfg.beta * ratio
+        chosen_rewards, rejected_rewards = self.cfg.beta * mc.detach(), self.cfg.beta * mr.detach()
+        return losses, {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+                        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                        "rewards/margins": chosen_rewards - rejected_rewards,
+                        "logps/chosen": mc.detach(), "logps/rejected": mr.detach(), "nll_loss": nll.detach(),
+                        "log_odds_ratio": ratio.detach(), "log_odds_chosen": log_odds.detach()}
+
+
+__all__ = ["DPO", "ORPO", "PreferenceModule"]
