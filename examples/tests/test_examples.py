@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -162,6 +163,22 @@ def test_lora_finetuning_story(tmp_path):
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tuned / "adapter").iterdir()}
     assert any(k.endswith(".lora_B.weight") for k in load_file(str(tuned / "model.safetensors")))
     assert TransformerLM.from_pretrained(tuned).config.d_model == 64
+
+
+def test_dpo_alignment_story(tmp_path):
+    """examples/align_dpo.sh: DPO with LoRA from a base checkpoint on README-derived pairs teaches a style the base
+    lacks; the held-out pairs flip from the rejected to the chosen completion, checked from the checkpoint."""
+    out = tmp_path / "dpo"
+    proc = run(["bash", "examples/align_dpo.sh", str(out)], env={"STEPS": "16", "DPO_STEPS": "20"}, timeout=240)
+    line = next(x for x in proc.stdout.splitlines() if "likelier than the rejected" in x)
+    base, tuned = (int(n) for n in re.findall(r"(\d+) of \d+", line))
+    total = int(re.findall(r"of (\d+)", line)[0])
+    assert total >= 32 and base < total / 2 < tuned
+    acc = scalars(out / "dpo" / "logs" / "scalars.csv", "eval/rewards/accuracies")
+    assert sorted(acc) == [5, 10, 15, 20] and acc[20] > 0.9
+    cfg = (out / "dpo" / "config.yaml").read_text()
+    assert "method: dpo" in cfg and "d_model: 64" in cfg  # the model section came from the base
+    assert (out / "dpo" / "checkpoints" / "step_00000020" / "adapter" / "adapter_config.json").is_file()
 
 
 def test_hf_import_matches_transformers_greedy(tmp_path):
