@@ -1,6 +1,7 @@
-"""lmstack model: TransformerLM, the bidirectional encoder, heads, checkpoint I/O and Hugging Face interop.
+"""lmstack model: TransformerLM, the bidirectional encoder, the reward model, heads, checkpoint I/O and Hugging
+Face interop.
 
 Import the submodules (``from model.lm import TransformerLM``); nothing heavy happens at import.
 """
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
