@@ -4,6 +4,7 @@ saved where both transformers/TRL and lmstack can load them."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -49,3 +50,19 @@ def hf_dirs(tmp_path_factory):
             make_tokenizer(root / name)
         out.append(root / name)
     return tuple(out)
+
+
+WORDS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    """48 text pairs: a yes/no question about a fruit, the right answer chosen."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    with open(path, "w") as f:
+        for _ in range(48):
+            w = rng.choice(WORDS)
+            f.write(json.dumps({"prompt": f"Is {w} a fruit? ", "chosen": f"Yes, {w} is a fruit.",
+                                "rejected": f"No idea about {w}."}) + "\n")
+    return path

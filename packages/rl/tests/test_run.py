@@ -5,28 +5,12 @@ does not change the step, a LoRA run's reference is its base model, and bad conf
 from __future__ import annotations
 
 import csv
-import json
-import random
 
 import pytest
 import yaml
 
 from model.lm import TransformerLM
 from train.run import cli
-
-WORDS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum"]
-
-
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    with open(path, "w") as f:
-        for _ in range(48):
-            w = rng.choice(WORDS)
-            f.write(json.dumps({"prompt": f"Is {w} a fruit? ", "chosen": f"Yes, {w} is a fruit.",
-                                "rejected": f"No idea about {w}."}) + "\n")
-    return path
 
 
 def _config(tmp_path, init_from, pairs, **train):

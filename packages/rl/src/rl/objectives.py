@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rl.losses import DPO_LOSSES, dpo_loss, orpo_odds_ratio, sequence_logps
@@ -81,6 +82,14 @@ class PreferenceModule(nn.Module):
         return losses.mean(), {k: v.detach().float().mean() for k, v in stats.items()}
 
 
+def _only_defaults(cfg: PreferenceConfig, method: str, names: tuple[str, ...], why: str) -> None:
+    defaults = PreferenceConfig()
+    for name in names:
+        if getattr(cfg, name) != getattr(defaults, name):
+            raise ConfigError(f"train.preference.{name}", f"{method} has no {name} ({why}); leave it at "
+                                                          f"{getattr(defaults, name)!r}")
+
+
 def _check_common(cfg: PreferenceConfig, run: RunConfig) -> None:
     if run.data.pack:
         raise ConfigError("data.pack", "preference pairs are one completion a row (padded); set data.pack: false")
@@ -126,6 +135,7 @@ class DPO:
         if cfg.label_smoothing and cfg.loss_type != "robust":
             raise ConfigError("train.preference.label_smoothing", f"only the robust loss flips labels; with "
                                                                   f"loss_type {cfg.loss_type!r} set it to 0")
+        _only_defaults(cfg, "dpo", ("center_rewards",), "a reward model's option")
 
     @staticmethod
     def units(labels: torch.Tensor) -> torch.Tensor:
@@ -164,11 +174,8 @@ class ORPO:
         self.check_options()
 
     def check_options(self) -> None:
-        cfg, defaults = self.cfg, PreferenceConfig()
-        for name in ("loss_type", "label_smoothing", "sft_weight", "reference"):
-            if getattr(cfg, name) != getattr(defaults, name):
-                raise ConfigError(f"train.preference.{name}", f"orpo has no {name} (it is reference-free, with its "
-                                                              f"own loss); leave it at {getattr(defaults, name)!r}")
+        _only_defaults(self.cfg, "orpo", ("loss_type", "label_smoothing", "sft_weight", "reference",
+                                          "center_rewards"), "it is reference-free, with its own loss")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()
@@ -193,4 +200,96 @@ class ORPO:
                         "log_odds_ratio": ratio.detach(), "log_odds_chosen": log_odds.detach()}
 
 
-__all__ = ["DPO", "ORPO", "PreferenceModule"]
+class RewardModule(nn.Module):
+    """``forward(input_ids, labels, **fields) -> (loss, stats)`` for a reward model (a ``score`` head, e.g.
+    ``model.reward.TransformerRewardModel``) on a micro-batch of pairs: each row's whole sequence, prompt and
+    completion, is scored at its last token, and the loss is the Bradley-Terry ``-log sigmoid(r_chosen -
+    r_rejected)``, plus ``center * (r_chosen + r_rejected)^2``, as TRL's RewardTrainer computes it.
+
+    The data loaders' rows are shifted for next-token prediction (inputs without the last token, which is the last
+    label); the full sequence is put back together here, so rows must be right-padded (``rl.data``'s are)."""
+
+    def __init__(self, model: nn.Module, center: float):
+        super().__init__()
+        self.model = model
+        self.center = center
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None,
+                **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _pairs(input_ids)
+        ids, mask, positions = full_sequences(input_ids, labels, attn_mask, positions)
+        scores = self.model(ids, attn_mask=mask, **({"positions": positions} if positions is not None else {}))
+        c, r = _pairs(scores[:, 0].float())
+        losses = -F.logsigmoid(c - r)
+        if self.center:
+            losses = losses + self.center * (c + r) ** 2
+        c, r = c.detach(), r.detach()
+        stats = {"accuracy": (c > r).float(), "margin": c - r, "mean_reward": (c + r) / 2, "rewards/chosen": c,
+                 "rewards/rejected": r}
+        return losses.mean(), {k: v.mean() for k, v in stats.items()}
+
+
+def full_sequences(input_ids: torch.Tensor, labels: torch.Tensor, attn_mask: torch.Tensor | None,
+                   positions: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The unshifted, right-padded rows (B, T + 1) of a shifted batch, their mask and positions: each row's last
+    label appended after its last input token."""
+    B, T = input_ids.shape
+    rows = torch.arange(B, device=input_ids.device)
+    mask = attn_mask if attn_mask is not None else torch.ones_like(input_ids)
+    last = mask.sum(-1).long() - 1  # the last real input position (right padding)
+    ids = F.pad(input_ids, (0, 1))
+    ids[rows, last + 1] = labels[rows, last].clamp_min(0)
+    full_mask = F.pad(mask, (0, 1))
+    full_mask[rows, last + 1] = 1
+    if positions is not None:
+        positions = F.pad(positions, (0, 1))
+        positions[rows, last + 1] = positions[rows, last] + 1
+    return ids, full_mask, positions
+
+
+class Reward:
+    """The ``lmstack.objectives`` plugin ``reward``: a Bradley-Terry reward model trained on preference pairs (TRL's
+    RewardTrainer). The model needs a ``score`` head (``model.arch: reward``, ``model.reward.TransformerRewardModel``;
+    ``train.init_from`` a causal LM gives it a new head). Under ``train.lora`` the head trains with the adapters (as
+    PEFT's ``modules_to_save`` does for sequence classification)."""
+
+    name = "reward"
+    paired = True
+
+    def __init__(self, cfg: PreferenceConfig):
+        self.cfg = cfg
+
+    def check(self, run: RunConfig) -> None:
+        _check_common(self.cfg, run)
+        self.check_options()
+        from specs.plugins import resolve
+
+        with torch.device("meta"):
+            self._check_model(resolve("lmstack.models", run.model.arch)(run.model))
+
+    def check_options(self) -> None:
+        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference"),
+                       "it trains a reward model, with the Bradley-Terry loss")
+
+    @staticmethod
+    def _check_model(model: nn.Module) -> None:
+        score = getattr(model, "score", None)
+        if not isinstance(score, nn.Linear) or score.out_features != 1:
+            raise ConfigError("model.arch", f"the reward objective trains a model with a one-output score head; "
+                                            f"{type(model).__name__} has none: set model.arch: reward")
+
+    def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
+        self.check_options()
+        self._check_model(model)
+        if train.lora is not None:
+            model.score.requires_grad_(True)
+        return RewardModule(model, self.cfg.center_rewards)
+
+    @staticmethod
+    def units(labels: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(labels.shape[0] // 2, device=labels.device)
+
+
+__all__ = ["DPO", "ORPO", "PreferenceModule", "Reward", "RewardModule", "full_sequences"]

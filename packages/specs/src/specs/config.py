@@ -164,13 +164,16 @@ class LoraConfig(ConfigBase):
 @dataclass(frozen=True, kw_only=True)
 class PreferenceConfig(ConfigBase):
     """Preference optimisation on pairs of a chosen and a rejected completion of one prompt (``data.dataset:
-    preference``; lmstack-rl). ``method`` names an ``lmstack.objectives`` plugin: ``dpo`` (Rafailov et al. 2023)
-    or ``orpo`` (Hong et al. 2024). Fields as TRL's DPOConfig names them: ``beta`` (DPO's KL weight; ORPO's
-    odds-ratio weight, TRL's lambda), ``loss_type`` (DPO: sigmoid, hinge, ipo, robust, sigmoid_norm),
-    ``label_smoothing`` (the robust loss's flip rate), ``sft_weight`` (RPO: this times the chosen completions'
-    cross-entropy added, TRL's ``loss_type=[..., "sft"]``), and where the reference model comes from: ``copy`` (a
-    frozen copy of the starting weights), ``adapters`` (the model with its LoRA adapters off, no copy: needs
-    train.lora) or ``auto`` (adapters under train.lora, else copy)."""
+    preference``; lmstack-rl). ``method`` names an ``lmstack.objectives`` plugin: ``dpo`` (Rafailov et al. 2023),
+    ``orpo`` (Hong et al. 2024) or ``reward`` (a Bradley-Terry reward model, ``model.arch: reward``; Ouyang et al.
+    2022). Fields as TRL's configs name them: ``beta`` (DPO's KL weight; ORPO's odds-ratio weight, TRL's
+    lambda), ``loss_type`` (DPO: sigmoid, hinge, ipo, robust, sigmoid_norm), ``label_smoothing`` (the robust
+    loss's flip rate), ``sft_weight`` (RPO: this times the chosen completions' cross-entropy added, TRL's
+    ``loss_type=[..., "sft"]``), where the reference model comes from: ``copy`` (a frozen copy of the starting
+    weights), ``adapters`` (the model with its LoRA adapters off, no copy: needs train.lora) or ``auto``
+    (adapters under train.lora, else copy), and ``center_rewards`` (the reward model's
+    ``center_rewards_coefficient``: this times the mean squared sum of a pair's rewards added, Eisenstein et al.
+    2023)."""
 
     kind: ClassVar[str] = "PreferenceConfig"
     method: str = "dpo"
@@ -179,6 +182,7 @@ class PreferenceConfig(ConfigBase):
     label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
     sft_weight: NonNegFloat = 0.0
     reference: Literal["auto", "copy", "adapters"] = "auto"
+    center_rewards: NonNegFloat = 0.0
 
     def check(self) -> None:
         if not self.method.strip():
