@@ -8,8 +8,10 @@ in bf16 too. TRL's side is its own ``DPOTrainer._compute_loss`` on batches from 
 lmstack's is ``rl.objectives.DPO(cfg).module(...)`` on batches from ``rl.data``'s collation. The two are timed
 interleaved (A-B-A-B); tokens/s counts every row's tokens (padding included: both pad to the batch's longest),
 the median over ``--steps`` after ``--warmup``; peak memory is the CUDA allocator's peak during each one's steps.
-The adapters start equal (lora_A copied, lora_B zero) and the warm-up steps' losses of both are printed: from
-log 2, they must fall alike. A benchmark, not a test: put the
+The adapters start equal (lora_A copied, lora_B zero) and the warm-up steps' losses of both are printed: both
+start at log 2 and fall. They do not fall identically on a GPU: TRL takes the log-softmax in the logits' dtype
+(bf16), lmstack in fp32, and a sequence's log-probability sums hundreds of them (on the CPU, in fp32, they agree
+to 1e-6). A benchmark, not a test: put the
 figures, card and date in docs/benchmarks.md.
 
     python packages/rl/benchmarks/bench_dpo.py --preset llama-1b --pairs 4 --prompt 256 --completion 256
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak: dict[str, float] = {}
     first: dict[str, list[float]] = {}
     for name, fn in steps.items():  # the same updates from the same start: the losses must agree
-        first[name] = [float(fn(opts[name])) for _ in range(args.warmup)]
+        first[name] = [float(fn(opts[name]).detach()) for _ in range(args.warmup)]
     for _ in range(args.rounds):
         for name, fn in steps.items():
             if dev.type == "cuda":
