@@ -83,6 +83,17 @@ def test_an_orpo_run_learns_the_preference_without_a_reference(hf_dirs, pairs, t
     assert s["log_odds_chosen"][6] > s["log_odds_chosen"][1] and s["rewards/accuracies"][6] == 1.0
 
 
+@pytest.mark.parametrize("method", ["simpo", "cpo"])
+def test_reference_free_runs_learn_the_preference(hf_dirs, pairs, tmp_path, method):
+    out = tmp_path / method
+    cfg = _config(tmp_path, hf_dirs[0], pairs, steps=6, eval_every=6,
+                  preference={"method": method, "beta": 2.0 if method == "simpo" else 0.1})
+    assert cli(["--config", cfg, "--train.out_dir", str(out)]) == 0
+    s = scalars(out)
+    assert s["loss"][6] < s["loss"][1] and s["eval/rewards/accuracies"][6] == 1.0
+    assert s["eval/rewards/margins"][6] > 0
+
+
 @pytest.mark.parametrize("args,field", [
     (["--data.dataset", "chat"], "data.dataset"),
     (["--train.preference.reference", "adapters"], "train.preference.reference"),
@@ -91,6 +102,8 @@ def test_an_orpo_run_learns_the_preference_without_a_reference(hf_dirs, pairs, t
     (["--train.preference.method", "orpo", "--train.preference.sft_weight", "1"], "train.preference.sft_weight"),
     (["--train.preference.method", "ppo"], "train.preference.method"),
     (["--data.pack", "true"], "data.pack"),
+    (["--train.preference.method", "simpo", "--train.preference.loss_type", "hinge"], "train.preference.loss_type"),
+    (["--train.preference.simpo_gamma", "1.0"], "train.preference.simpo_gamma"),
 ])
 def test_bad_preference_configs_stop_before_any_work(hf_dirs, pairs, tmp_path, capsys, args, field):
     out = tmp_path / "out"

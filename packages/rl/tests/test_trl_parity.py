@@ -13,7 +13,7 @@ from data.tokenizer.loading import load_tokenizer
 from model.lm import TransformerLM
 from rl.data import PreferenceLoader, tokenize_pair
 from rl.losses import orpo_odds_ratio, sequence_logps
-from rl.objectives import DPO, ORPO, PreferenceModule
+from rl.objectives import CPO, DPO, ORPO, PreferenceModule
 from specs.config import PreferenceConfig
 
 transformers = pytest.importorskip("transformers")
@@ -151,3 +151,40 @@ def test_the_copy_reference_is_frozen_and_outside_the_module(hf_dirs):
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
     loss, stats = module(b.input_ids, b.labels, attn_mask=b.attention_mask)
     assert loss.item() < 0.69 and stats["rewards/margins"].item() > 0
+
+
+@pytest.mark.parametrize("method,loss_type,smoothing,sft", [
+    ("simpo", "sigmoid", 0.0, 0.0), ("simpo", "sigmoid", 0.1, 0.0), ("cpo", "sigmoid", 0.0, 1.0),
+    ("cpo", "hinge", 0.0, 0.0), ("cpo", "ipo", 0.0, 0.5)])
+def test_cpo_and_simpo_match_trl_cpo_loss(hf_dirs, method, loss_type, smoothing, sft):
+    """rl's CPO/SimPO on lmstack's log-probabilities against TRL's CPOTrainer.cpo_loss on TRL's own (get_batch_logps,
+    averaged for simpo and ipo), plus sft_weight times the chosen completions' cross-entropy (TRL's cpo_alpha; one
+    pair a batch, where TRL's token mean over the batch and lmstack's per-pair mean agree)."""
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    beta, gamma = 0.4, 0.7
+    cfg = PreferenceConfig(method=method, beta=beta, loss_type=loss_type, label_smoothing=smoothing,
+                           sft_weight=sft, simpo_gamma=gamma if method == "simpo" else 0.5)
+    ours = _ours(hf_dirs, CPO(cfg))
+    pairs, _ = _our_batch(hf_dirs)
+    loader = PreferenceLoader([pairs[1]], load_tokenizer(str(hf_dirs[0])), batch_size=1, seq_len=64, seed=0,
+                              shuffle=False, drop_last=True, epochs=1, split="train", source="test")
+    b = next(iter(loader))
+    pad = torch.zeros_like(b.input_ids[:, :1])
+    ids, mask = torch.cat([b.input_ids, pad], 1), torch.cat([b.attention_mask, pad], 1)
+    targets = torch.cat([b.labels, pad - 100], 1)
+    with torch.no_grad():
+        logits = ours.model(ids, attn_mask=mask)
+        loss, stats = ours(ids, targets, attn_mask=mask)
+    labels = torch.cat([torch.full_like(targets[:, :1], -100), targets[:, :-1]], 1)
+    logps = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=method == "simpo" or loss_type == "ipo")
+    stub = types.SimpleNamespace(alpha=0.0, beta=beta, simpo_gamma=gamma, label_smoothing=smoothing,
+                                 loss_type="simpo" if method == "simpo" else loss_type,
+                                 accelerator=types.SimpleNamespace(device="cpu"))
+    losses, chosen_r, rejected_r = CPOTrainer.cpo_loss(stub, logps[0::2], logps[1::2])
+    nll = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:])  # the chosen row's completion tokens
+    want = losses.mean() + sft * nll
+    assert abs(want.item() - 0.6931) > 1e-3
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert stats["rewards/chosen"].item() == pytest.approx(chosen_r.item(), rel=1e-5)
+    assert stats["rewards/rejected"].item() == pytest.approx(rejected_r.item(), rel=1e-5)

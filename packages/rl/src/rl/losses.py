@@ -78,3 +78,20 @@ def orpo_odds_ratio(chosen_mean_logps: torch.Tensor, rejected_mean_logps: torch.
     c, r = chosen_mean_logps.float(), rejected_mean_logps.float()
     log_odds = (c - r) - (log1mexp(c) - log1mexp(r))
     return F.logsigmoid(log_odds), log_odds
+
+
+def cpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, *, beta: float, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0, gamma: float = 0.0) -> torch.Tensor:
+    """Per-pair reference-free losses of CPO (Xu et al. 2024) and SimPO (Meng et al. 2024, ``gamma`` its target
+    margin) on the completions' log-probabilities (summed for CPO's sigmoid and hinge; token means for ``ipo`` and
+    for SimPO, which the caller passes): ``d = chosen - rejected - gamma / beta``, then ``sigmoid`` (labels flipped
+    at ``label_smoothing``), ``hinge`` or ``ipo`` as TRL's ``CPOTrainer.cpo_loss``."""
+    d = chosen - rejected - gamma / beta
+    if loss_type == "sigmoid":
+        eps = label_smoothing
+        return -F.logsigmoid(beta * d) * (1 - eps) - F.logsigmoid(-beta * d) * eps
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * d)
+    if loss_type == "ipo":
+        return (d - 1 / (2 * beta)) ** 2
+    raise ConfigError("train.preference.loss_type", f"expected sigmoid, hinge or ipo, got {loss_type!r}")

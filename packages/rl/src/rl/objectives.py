@@ -1,5 +1,5 @@
-"""DPO and ORPO as Trainer objectives: the ``lmstack.objectives`` plugins ``dpo`` and ``orpo`` (``train.preference``;
-the protocol is in :mod:`train.objective`).
+"""Preference objectives for the Trainer: the ``lmstack.objectives`` plugins ``dpo``, ``orpo``, ``cpo``, ``simpo``
+and ``reward`` (``train.preference``; the protocol is in :mod:`train.objective`).
 
 A batch holds pairs in consecutive rows, the chosen completion then the rejected one (:mod:`rl.data`); its
 ``labels`` mark the completion tokens. One forward of the policy scores both rows of every pair. DPO scores them
@@ -9,9 +9,10 @@ with a PEFT model). The reference runs in eval mode (no dropout), the policy in 
 
 Each micro-batch's loss is the mean over its pairs, and the Trainer weights micro-batches by their pairs, so a step
 equals one on the whole batch however ``train.grad_accum`` and the ranks split it. Logged, as TRL names them:
-``rewards/chosen``, ``rewards/rejected`` (DPO: beta times the log-ratio to the reference; ORPO: beta times the mean
-token log-probability), ``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``, ``logps/rejected``; ORPO
-adds ``nll_loss``, ``log_odds_ratio`` and ``log_odds_chosen``.
+``rewards/chosen``, ``rewards/rejected`` (DPO: beta times the log-ratio to the reference; ORPO and SimPO: beta times
+the token-mean log-probability; CPO: beta times the summed one), ``rewards/accuracies``, ``rewards/margins``,
+``logps/chosen``, ``logps/rejected``; ORPO, CPO and SimPO add ``nll_loss``, ORPO ``log_odds_ratio`` and
+``log_odds_chosen``; the reward objective logs ``accuracy``, ``margin`` and ``mean_reward`` (:class:`Reward`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl.losses import DPO_LOSSES, dpo_loss, orpo_odds_ratio, sequence_logps
+from rl.losses import DPO_LOSSES, cpo_loss, dpo_loss, orpo_odds_ratio, sequence_logps
 from specs.config import PreferenceConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError
 from train import adapters
@@ -135,7 +136,7 @@ class DPO:
         if cfg.label_smoothing and cfg.loss_type != "robust":
             raise ConfigError("train.preference.label_smoothing", f"only the robust loss flips labels; with "
                                                                   f"loss_type {cfg.loss_type!r} set it to 0")
-        _only_defaults(cfg, "dpo", ("center_rewards",), "a reward model's option")
+        _only_defaults(cfg, "dpo", ("center_rewards", "simpo_gamma"), "another method's option")
 
     @staticmethod
     def units(labels: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,7 @@ class ORPO:
 
     def check_options(self) -> None:
         _only_defaults(self.cfg, "orpo", ("loss_type", "label_smoothing", "sft_weight", "reference",
-                                          "center_rewards"), "it is reference-free, with its own loss")
+                                          "center_rewards", "simpo_gamma"), "it is reference-free, with its own loss")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()
@@ -198,6 +199,65 @@ class ORPO:
                         "rewards/margins": chosen_rewards - rejected_rewards,
                         "logps/chosen": mc.detach(), "logps/rejected": mr.detach(), "nll_loss": nll.detach(),
                         "log_odds_ratio": ratio.detach(), "log_odds_chosen": log_odds.detach()}
+
+
+class CPO:
+    """The ``lmstack.objectives`` plugins ``cpo`` (Contrastive Preference Optimization, Xu et al. 2024) and
+    ``simpo`` (Simple Preference Optimization, Meng et al. 2024): reference-free, as TRL's CPOTrainer computes them.
+
+    CPO is DPO's loss without the reference, on the completions' summed log-probabilities (token means for
+    ``ipo``), plus ``sft_weight`` (TRL's ``cpo_alpha``) times the chosen completion's token-mean cross-entropy.
+    SimPO uses token-mean log-probabilities and a target margin: ``-log sigmoid(beta * (chosen - rejected) -
+    simpo_gamma)``. Both flip labels at ``label_smoothing`` for the sigmoid forms."""
+
+    paired = True
+    LOSSES = {"cpo": ("sigmoid", "hinge", "ipo"), "simpo": ("sigmoid",)}
+
+    def __init__(self, cfg: PreferenceConfig):
+        self.cfg = cfg
+        self.name = cfg.method
+
+    def check(self, run: RunConfig) -> None:
+        _check_common(self.cfg, run)
+        self.check_options()
+
+    def check_options(self) -> None:
+        cfg, losses = self.cfg, self.LOSSES[self.name]
+        if cfg.loss_type not in losses:
+            raise ConfigError("train.preference.loss_type", f"{self.name} takes {', '.join(losses)}, got "
+                                                            f"{cfg.loss_type!r}")
+        if cfg.label_smoothing and cfg.loss_type != "sigmoid":
+            raise ConfigError("train.preference.label_smoothing", f"only the sigmoid loss flips labels; with "
+                                                                  f"loss_type {cfg.loss_type!r} set it to 0")
+        names = ("reference", "center_rewards") + (("simpo_gamma",) if self.name == "cpo" else ())
+        _only_defaults(cfg, self.name, names, "another method's option")
+
+    def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
+        self.check_options()
+        return PreferenceModule(model, None, self._loss)
+
+    @staticmethod
+    def units(labels: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(labels.shape[0] // 2, device=labels.device)
+
+    def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: Any,
+              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        (c, r), (nc, nr) = _pairs(policy[0]), _pairs(policy[1])
+        mc, mr = c / nc.clamp(min=1), r / nr.clamp(min=1)
+        average = self.name == "simpo" or cfg.loss_type == "ipo"
+        chosen, rejected = (mc, mr) if average else (c, r)
+        losses = cpo_loss(chosen, rejected, beta=cfg.beta, loss_type=cfg.loss_type,
+                          label_smoothing=cfg.label_smoothing, gamma=cfg.simpo_gamma if self.name == "simpo" else 0.0)
+        nll = -mc
+        if cfg.sft_weight:
+            losses = losses + cfg.sft_weight * nll
+        chosen_rewards, rejected_rewards = cfg.beta * chosen.detach(), cfg.beta * rejected.detach()
+        return losses, {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+                        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                        "rewards/margins": chosen_rewards - rejected_rewards,
+                        "logps/chosen": chosen.detach(), "logps/rejected": rejected.detach(),
+                        "nll_loss": nll.detach()}
 
 
 class RewardModule(nn.Module):
@@ -270,8 +330,8 @@ class Reward:
             self._check_model(resolve("lmstack.models", run.model.arch)(run.model))
 
     def check_options(self) -> None:
-        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference"),
-                       "it trains a reward model, with the Bradley-Terry loss")
+        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference",
+                                            "simpo_gamma"), "it trains a reward model, with the Bradley-Terry loss")
 
     @staticmethod
     def _check_model(model: nn.Module) -> None:
@@ -292,4 +352,4 @@ class Reward:
         return torch.tensor(labels.shape[0] // 2, device=labels.device)
 
 
-__all__ = ["DPO", "ORPO", "PreferenceModule", "Reward", "RewardModule", "full_sequences"]
+__all__ = ["CPO", "DPO", "ORPO", "PreferenceModule", "Reward", "RewardModule", "full_sequences"]

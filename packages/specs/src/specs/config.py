@@ -165,15 +165,16 @@ class LoraConfig(ConfigBase):
 class PreferenceConfig(ConfigBase):
     """Preference optimisation on pairs of a chosen and a rejected completion of one prompt (``data.dataset:
     preference``; lmstack-rl). ``method`` names an ``lmstack.objectives`` plugin: ``dpo`` (Rafailov et al. 2023),
-    ``orpo`` (Hong et al. 2024) or ``reward`` (a Bradley-Terry reward model, ``model.arch: reward``; Ouyang et al.
-    2022). Fields as TRL's configs name them: ``beta`` (DPO's KL weight; ORPO's odds-ratio weight, TRL's
-    lambda), ``loss_type`` (DPO: sigmoid, hinge, ipo, robust, sigmoid_norm), ``label_smoothing`` (the robust
-    loss's flip rate), ``sft_weight`` (RPO: this times the chosen completions' cross-entropy added, TRL's
-    ``loss_type=[..., "sft"]``), where the reference model comes from: ``copy`` (a frozen copy of the starting
-    weights), ``adapters`` (the model with its LoRA adapters off, no copy: needs train.lora) or ``auto``
-    (adapters under train.lora, else copy), and ``center_rewards`` (the reward model's
-    ``center_rewards_coefficient``: this times the mean squared sum of a pair's rewards added, Eisenstein et al.
-    2023)."""
+    ``orpo`` (Hong et al. 2024), ``cpo`` (Xu et al. 2024), ``simpo`` (Meng et al. 2024) or ``reward`` (a
+    Bradley-Terry reward model, ``model.arch: reward``; Ouyang et al. 2022). Fields as TRL's configs name them:
+    ``beta`` (DPO's KL weight; ORPO's odds-ratio weight, TRL's lambda; CPO's and SimPO's temperature),
+    ``loss_type`` (DPO: sigmoid, hinge, ipo, robust, sigmoid_norm; CPO: sigmoid, hinge, ipo), ``label_smoothing``
+    (the robust loss's flip rate; CPO's and SimPO's), ``sft_weight`` (RPO: this times the chosen completions'
+    cross-entropy added, TRL's ``loss_type=[..., "sft"]``; CPO's ``cpo_alpha``), where the reference model comes
+    from: ``copy`` (a frozen copy of the starting weights), ``adapters`` (the model with its LoRA adapters off, no
+    copy: needs train.lora) or ``auto`` (adapters under train.lora, else copy), ``center_rewards`` (the reward
+    model's ``center_rewards_coefficient``: this times the mean squared sum of a pair's rewards added, Eisenstein
+    et al. 2023) and ``simpo_gamma`` (SimPO's target reward margin)."""
 
     kind: ClassVar[str] = "PreferenceConfig"
     method: str = "dpo"
@@ -183,6 +184,7 @@ class PreferenceConfig(ConfigBase):
     sft_weight: NonNegFloat = 0.0
     reference: Literal["auto", "copy", "adapters"] = "auto"
     center_rewards: NonNegFloat = 0.0
+    simpo_gamma: NonNegFloat = 0.5
 
     def check(self) -> None:
         if not self.method.strip():
