@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specs import ConfigError, ModelConfig, RunConfig, config_from_dict, dump_config, dumps_config, load_config
-from specs.config import CONFIG_CLASSES, ExportConfig, VizConfig
+from specs.config import CONFIG_CLASSES, ExportConfig, GRPOConfig, PreferenceConfig, TrainConfig, VizConfig
 from specs.presets import PRESETS, preset
 
 TINY = {"d_model": 64, "n_heads": 4, "n_layers": 2, "d_ff": 128, "vocab_size": 256}
@@ -254,13 +254,26 @@ def test_round_trip_property(model, strategy, backends):
 @settings(max_examples=40, deadline=None)
 @given(model_configs)
 def test_every_component_round_trips_alone(model):
+    required = {RunConfig: {"model": model, "data": {"seq_len": 16}}, GRPOConfig: {"rewards": ("pkg.mod:fn",)}}
     for cls in CONFIG_CLASSES.values():
-        cfg = (
-            model
-            if cls is ModelConfig
-            else (RunConfig(model=model, data={"seq_len": 16}) if cls is RunConfig else cls())
-        )
+        cfg = model if cls is ModelConfig else cls(**required.get(cls, {}))
         assert config_from_dict(json.loads(dumps_config(cfg, "json")), cls) == cfg
+
+
+def test_online_rl_and_preference_configs_are_checked():
+    with pytest.raises(ConfigError, match="GRPOConfig.rewards: names at least one reward"):
+        GRPOConfig()
+    with pytest.raises(ConfigError, match="gives 1 weights for 2 rewards"):
+        GRPOConfig(rewards=("a:f", "b:g"), reward_weights=(1.0,))
+    with pytest.raises(ConfigError, match="num_generations"):
+        GRPOConfig(rewards=("a:f",), num_generations=1)
+    with pytest.raises(ConfigError, match="set train.preference or train.grpo, not both"):
+        TrainConfig(preference=PreferenceConfig(), grpo=GRPOConfig(rewards=("a:f",)))
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        PreferenceConfig(label_smoothing=0.5)
+    cfg = config_from_dict({"model": TINY, "train": {"grpo": {"rewards": ["a:f"]}}}, RunConfig,
+                           [("train.grpo.num_generations", "4"), ("train.grpo.loss_type", "grpo")])
+    assert cfg.train.grpo == GRPOConfig(rewards=("a:f",), num_generations=4, loss_type="grpo")
 
 
 def test_atomic_writes_refuse_directories_and_unwritable_places(tmp_path):

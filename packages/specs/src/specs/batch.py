@@ -3,7 +3,9 @@
 All tensors are (B, T): ``input_ids`` and ``labels`` (``labels[t]`` is the target for ``input_ids[t]``,
 with -100 for positions that carry no loss), ``attention_mask`` (1 for real tokens), ``positions`` (restart
 at 0 at each packed document when packing resets positions), and ``document_ids`` (which packed document
-each token belongs to; used for block-diagonal masks). Framework-neutral: any array with ``.shape`` works.
+each token belongs to; used for block-diagonal masks), and ``advantages`` (float: each target token's advantage,
+for policy-gradient objectives such as rl's GRPO; None otherwise). Framework-neutral: any array with ``.shape``
+works.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Batch:
     attention_mask: Any | None = None
     positions: Any | None = None
     document_ids: Any | None = None
+    advantages: Any | None = None
 
     def __post_init__(self) -> None:
         env = _BT.check(self.input_ids, "Batch.input_ids")

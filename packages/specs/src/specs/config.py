@@ -192,6 +192,40 @@ class PreferenceConfig(ConfigBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GRPOConfig(ConfigBase):
+    """Online RL with group-relative advantages (GRPO: Shao et al. 2024, arXiv:2402.03300), as TRL's GRPOConfig
+    names it (the ``lmstack.objectives`` plugin ``grpo`` of lmstack-rl; ``data.dataset: prompts``). Each step
+    samples ``num_generations`` completions of up to ``max_completion_length`` tokens for every prompt with the
+    policy (``temperature``, ``top_p``, ``top_k``), scores them with ``rewards`` (reward functions as
+    ``package.module:function``, called as TRL calls them, or ``model:DIR`` for a reward model directory), each
+    weighted by ``reward_weights``, and trains on the completions with advantages normalised within each prompt's
+    group (``scale_rewards``: ``group``, ``batch`` or ``none``). ``loss_type``: ``dapo`` (token mean over the
+    batch), ``grpo`` (token mean per sequence) or ``dr_grpo`` (over ``max_completion_length`` per sequence).
+    ``beta`` > 0 adds the KL to the reference model (``reference`` as PreferenceConfig's). One optimisation pass
+    per generation (TRL's ``num_iterations`` 1), so the clipped ratio is 1 and there is no clipping to set."""
+
+    kind: ClassVar[str] = "GRPOConfig"
+    rewards: tuple[str, ...] = ()
+    reward_weights: tuple[float, ...] | None = None
+    num_generations: Annotated[int, Field(ge=2)] = 8
+    max_completion_length: PosInt = 256
+    temperature: PosFloat = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: NonNegInt = 0
+    beta: NonNegFloat = 0.0
+    loss_type: Literal["dapo", "grpo", "dr_grpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
+    reference: Literal["auto", "copy", "adapters"] = "auto"
+
+    def check(self) -> None:
+        if not self.rewards:
+            self.fail("rewards", "names at least one reward: a function as package.module:function, or model:DIR")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            self.fail("reward_weights", f"gives {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig(ConfigBase):
     """Optimisation, schedule, precision and checkpointing for one run."""
 
@@ -234,6 +268,8 @@ class TrainConfig(ConfigBase):
     # preference optimisation (DPO, ORPO: the lmstack.objectives plugins of lmstack-rl) instead of next-token
     # cross-entropy; the data must be pairs (data.dataset: preference)
     preference: PreferenceConfig | None = None
+    # online RL on prompts (GRPO: the lmstack.objectives plugin 'grpo' of lmstack-rl); data.dataset: prompts
+    grpo: GRPOConfig | None = None
     # Trainer callbacks by name from the lmstack.callbacks entry-point group (e.g. 'governance', 'viz').
     # None: every installed one; (): none; names that are not installed fail with the list of valid ones.
     callbacks: tuple[str, ...] | None = None
@@ -241,6 +277,8 @@ class TrainConfig(ConfigBase):
     def check(self) -> None:
         if not all(0 <= b < 1 for b in self.betas):
             self.fail("betas", f"each beta must be in [0, 1), got {self.betas}")
+        if self.preference is not None and self.grpo is not None:
+            self.fail("grpo", "a run optimises one objective: set train.preference or train.grpo, not both")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,6 +399,7 @@ CONFIG_CLASSES: dict[str, type[ConfigBase]] = {
         DataConfig,
         LoraConfig,
         PreferenceConfig,
+        GRPOConfig,
         TrainConfig,
         DistConfig,
         VizConfig,
