@@ -24,7 +24,8 @@ from train.trainer import resolve_precision
 
 
 class RankSlice:
-    """Rows ``[rank * n, (rank + 1) * n)`` of each global batch, ``n = B / world_size``; state is the global one."""
+    """Rows ``[rank * n, (rank + 1) * n)`` of each global batch, ``n = B / world_size``; state is the global one.
+    A batch with a ``rank_slice(rank, world_size)`` method (rl's prompt batches) slices itself."""
 
     state_is_global = True
 
@@ -33,6 +34,9 @@ class RankSlice:
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.loader:
+            if callable(getattr(batch, "rank_slice", None)):  # a batch that is not rows of tensors (prompts)
+                yield batch.rank_slice(self.rank, self.world_size)
+                continue
             b = as_batch(batch)
             rows = b.shape[0]
             if rows % self.world_size:

@@ -39,7 +39,7 @@ def as_batch(batch: Any) -> Batch:
         b = batch
     elif isinstance(batch, Mapping):
         b = Batch(**{k: v for k, v in batch.items() if k in ("input_ids", "labels", "attention_mask", "positions",
-                                                              "document_ids")})
+                                                              "document_ids", "advantages")})
     elif isinstance(batch, (tuple, list)):
         b = Batch(*batch)
     elif isinstance(batch, torch.Tensor):

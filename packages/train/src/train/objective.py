@@ -16,6 +16,14 @@ returns an object with:
 - ``paired``: True when a batch holds pairs in consecutive rows (chosen, then rejected): the data loader must say
   it yields them (a ``paired`` attribute of True on the loader and on its ``lmstack.datasets`` builder, read
   before any data is), and micro-batches must not split a pair.
+
+An online objective (rl's ``grpo``, ``train.grpo``) also has:
+
+- ``prompts``: True: the loader yields prompt batches (its and its builder's ``prompts`` attribute), which
+  ``prepare`` turns into training batches;
+- ``prepare(batch, trainer)``: ``(Batch, stats)`` from one of the loader's batches (this rank's share), e.g. the
+  policy's sampled completions with their advantages, and 0-dim tensors to log beside the module's;
+- ``fields``: the Batch fields besides ``input_ids`` and ``labels`` that its module takes (``advantages``).
 """
 
 from __future__ import annotations
@@ -52,16 +60,20 @@ class TokenCrossEntropy:
 
 
 def build(train: TrainConfig) -> Any:
-    """The objective ``train`` asks for: :class:`TokenCrossEntropy`, or the ``train.preference.method`` plugin."""
-    if train.preference is None:
+    """The objective ``train`` asks for: :class:`TokenCrossEntropy`, the ``train.preference.method`` plugin, or the
+    plugin ``grpo`` for ``train.grpo``."""
+    if train.grpo is not None:
+        method, field, cfg = "grpo", "train.grpo", train.grpo
+    elif train.preference is not None:
+        method, field, cfg = train.preference.method, "train.preference.method", train.preference
+    else:
         return TokenCrossEntropy()
-    method = train.preference.method
     try:
         factory = resolve(GROUP, method)
     except PluginError as exc:
-        raise ConfigError("train.preference.method", f"{method!r} is not an installed {GROUP} plugin (pip install "
-                          f"lmstack-rl for dpo and orpo): {exc}") from None
-    return factory(train.preference)
+        raise ConfigError(field, f"{method!r} is not an installed {GROUP} plugin (pip install lmstack-rl for dpo, "
+                                 f"orpo, cpo, simpo, reward and grpo): {exc}") from None
+    return factory(cfg)
 
 
 def check(run: RunConfig) -> None:
@@ -76,16 +88,29 @@ def check(run: RunConfig) -> None:
     check_loader(obj, builder)
 
 
+def kind(x: Any) -> str:
+    """What a loader, a dataset builder or an objective deals in: ``pairs``, ``prompts`` or plain ``rows``."""
+    if getattr(x, "paired", False):
+        return "pairs"
+    return "prompts" if getattr(x, "prompts", False) else "rows"
+
+
+_NEEDS = {"pairs": "pairs of a chosen and a rejected completion (data.dataset: preference, lmstack-rl)",
+          "prompts": "prompts to sample completions for (data.dataset: prompts, lmstack-rl)",
+          "rows": "token rows (data.dataset: shards, chat, ...)"}
+
+
 def check_loader(obj: Any, loader: Any, field: str = "data.dataset") -> None:
-    """A paired objective needs a loader that yields pairs (``loader.paired``); a pair-yielding loader needs a
-    paired objective (its rows would otherwise train as plain sequences, the rejected ones too)."""
+    """The loader (or its builder) yields what the objective trains on: pairs for a preference objective, prompts
+    for an online one, rows for next-token cross-entropy (pairs or prompts would otherwise train as plain rows)."""
     if loader is None:
         return
-    paired = bool(getattr(loader, "paired", False))
-    if obj.paired and not paired:
-        raise ConfigError(field, f"train.preference.method={obj.name!r} trains on pairs of a chosen and a rejected "
-                                 "completion; use a loader that yields them (data.dataset: preference, lmstack-rl)")
-    if paired and not obj.paired:
-        raise ConfigError("train.preference", "the data are preference pairs (chosen, rejected), but no preference "
-                                              "objective is set; set train.preference (e.g. --train.preference.method"
-                                              " dpo)")
+    want, got = kind(obj), kind(loader)
+    if want == got:
+        return
+    if want == "rows":
+        what = {"pairs": "preference pairs (chosen, rejected)", "prompts": "prompts"}[got]
+        fix = "train.preference (e.g. --train.preference.method dpo)" if got == "pairs" else "train.grpo"
+        raise ConfigError("train.preference" if got == "pairs" else "train.grpo",
+                          f"the data are {what}, but no objective for them is set; set {fix}")
+    raise ConfigError(field, f"the {obj.name!r} objective trains on {_NEEDS[want]}; this data yields {_NEEDS[got]}")

@@ -90,12 +90,13 @@ class Trainer:
         if self.cfg.lora is not None:  # LoRA adapters trained alone, the rest frozen (train.lora)
             adapters.apply(model, self.cfg.lora)
         self.dataloader, self.eval_dataloader, self.tokenizer = dataloader, eval_dataloader, tokenizer
-        self.objective = objective.build(self.cfg)  # next-token cross-entropy, or train.preference's plugin
+        self.objective = objective.build(self.cfg)  # next-token cross-entropy, or train.preference's / grpo's plugin
+        self._data_kind = objective.kind(self.objective)  # rows, pairs or prompts
         objective.check_loader(self.objective, dataloader)
         objective.check_loader(self.objective, eval_dataloader)
         self.vocab_size = _vocab_size(model)
         _check_data_vocab(self.vocab_size, dataloader, eval_dataloader, tokenizer)
-        padded = not data_cfg.pack or self.objective.paired  # pairs are padded rows whatever data.pack says
+        padded = not data_cfg.pack or self._data_kind != "rows"  # pairs and sampled rows are padded rows
         self._fields = ("positions",) + (("attention_mask",) if padded else ()) + \
             (("document_ids",) if data_cfg.doc_mask else ())
         self._matmul_params = matmul_params(model)
@@ -168,11 +169,20 @@ class Trainer:
             self._raise_nonfinite(self.global_step, value)
         return value
 
-    def _advance(self, batch: Any) -> torch.Tensor:
+    def _prepare(self, batch: Any) -> tuple[Batch, dict[str, torch.Tensor]]:
+        """The training batch on the device: the loader's, or an online objective's from it (``prepare``: e.g. its
+        sampled completions), with the statistics that made it."""
+        stats: dict[str, torch.Tensor] = {}
+        if callable(getattr(self.objective, "prepare", None)):
+            batch, stats = self.objective.prepare(batch, self)
         b = as_batch(batch)
         _check_ids(b, self.vocab_size)
-        b = b.to(self.device, non_blocking=True)
+        return b.to(self.device, non_blocking=True), stats
+
+    def _advance(self, batch: Any) -> torch.Tensor:
+        b, prepared = self._prepare(batch)
         loss, stats = self._forward_backward(b)
+        stats.update(prepared)
         log_now = any((self.global_step + 1) % k == 0 for k in self._metric_every)
         self._optimizer_step(loss, log_now)
         self.global_step += 1
@@ -200,13 +210,13 @@ class Trainer:
         rows = b.shape[0]
         if rows % accum:
             raise ConfigError("train.grad_accum", f"a batch of {rows} rows does not split into {accum} micro-batches")
-        if self.objective.paired and (rows // accum) % 2:
+        if self._data_kind == "pairs" and (rows // accum) % 2:
             raise ConfigError("train.grad_accum", f"a batch of {rows} rows in {accum} micro-batches would split a "
                                                   "(chosen, rejected) pair; each micro-batch needs whole pairs")
         total = self.objective.units(b.labels).clamp(min=1).to(torch.float32)
         loss_sum = torch.zeros((), device=self.device)
         stats_sum: dict[str, torch.Tensor] = {}
-        chunks = {k: v.chunk(accum) for k, v in self._inputs(b, ("input_ids", "labels", *self._fields)).items()}
+        chunks = {k: v.chunk(accum) for k, v in self._inputs(b, self._names()).items()}
         for i in range(accum):
             mb = {k: v[i] for k, v in chunks.items()}
             with dist.gradient_sync(self.model, i == accum - 1):
@@ -229,6 +239,10 @@ class Trainer:
             self._warmed.add(key)
             # DDP's forward expects a backward before the next forward: warm the module inside it.
             dist.eager_warmup(dist.unwrap(self.model), device=self.device, **inputs)
+
+    def _names(self) -> tuple[str, ...]:
+        """The batch fields the objective's module takes."""
+        return ("input_ids", "labels", *self._fields, *getattr(self.objective, "fields", ()))
 
     @staticmethod
     def _inputs(b: Batch, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -338,13 +352,12 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         count = torch.zeros((), device=self.device, dtype=torch.float64)
         stats_sum: dict[str, torch.Tensor] = {}
+        batches: dict[str, int] = {}
         for i, batch in enumerate(loader):
             if i >= (max_batches or self.cfg.eval_steps):
                 break
-            b = as_batch(batch)
-            _check_ids(b, self.vocab_size)
-            b = b.to(self.device, non_blocking=True)
-            inputs = self._inputs(b, ("input_ids", "labels", *self._fields))
+            b, prepared = self._prepare(batch)
+            inputs = self._inputs(b, self._names())
             with self._amp():
                 self._warm_compiled(inputs)
                 loss, stats = _split_output(self.model(**inputs))
@@ -353,18 +366,23 @@ class Trainer:
             count += n
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0) + v.double() * n
+            for k, v in prepared.items():  # the batch's own statistics (an online objective's rewards), per batch
+                stats_sum[k] = stats_sum.get(k, 0) + v.double()
+                batches[k] = batches.get(k, 0) + 1
         names = sorted(stats_sum)
         both = torch.stack([loss_sum, count, *(stats_sum[k] for k in names)])
-        if self.env.initialized and self.env.world_size > 1:
+        world = self.env.world_size if self.env.initialized else 1
+        if world > 1:
             tdist.all_reduce(both)
         loss_sum, count = both[0], both[1]
         if count.item() == 0:
             raise ConfigError("data.val_fraction", "the evaluation data has no target tokens; raise data.val_fraction")
         value = (loss_sum / count).item()
         metrics = {"loss": value}
-        if not self.objective.paired:  # perplexity is the exp of a token-mean cross-entropy only
+        if self._data_kind == "rows":  # perplexity is the exp of a token-mean cross-entropy only
             metrics["ppl"] = math.exp(min(value, 700.0))
-        metrics.update({k: (both[2 + i] / count).item() for i, k in enumerate(names)})
+        metrics.update({k: (both[2 + i] / (batches[k] * world if k in batches else count)).item()
+                        for i, k in enumerate(names)})
         if self._progress is not None:
             extra = f" | ppl {metrics['ppl']:.2f}" if "ppl" in metrics else "".join(
                 f" | {k} {metrics[k]:.4f}" for k in names if k.startswith("rewards/"))
