@@ -119,7 +119,7 @@ def test_pairs_without_a_preference_objective_are_refused(hf_dirs, pairs, tmp_pa
     del doc["train"]["preference"]
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump(doc))
     assert cli(["--config", str(tmp_path / "plain.yaml"), "--train.out_dir", str(tmp_path / "o")]) == 2
-    assert "no preference objective is set" in capsys.readouterr().err
+    assert "preference pairs (chosen, rejected), but no objective for them is set" in capsys.readouterr().err
 
 
 @pytest.mark.dist

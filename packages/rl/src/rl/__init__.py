@@ -1,5 +1,5 @@
-"""lmstack preference optimisation: DPO, ORPO, CPO, SimPO and reward models as Trainer objectives
-(``train.preference``), preference data I/O (``data.dataset: preference``), and the losses as TRL computes them."""
+"""lmstack post-training: DPO, ORPO, CPO, SimPO and reward models as Trainer objectives (``train.preference``),
+GRPO (``train.grpo``, :mod:`rl.grpo`), preference and prompt data I/O, and the losses as TRL computes them."""
 
 from rl.data import PreferenceLoader, build_preference_dataloader, read_preferences, tokenize_pair
 from rl.losses import cpo_loss, dpo_loss, orpo_odds_ratio, sequence_logps

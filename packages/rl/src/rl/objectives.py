@@ -83,6 +83,14 @@ class PreferenceModule(nn.Module):
         return losses.mean(), {k: v.detach().float().mean() for k, v in stats.items()}
 
 
+def _reference(kind: str | None, model: nn.Module, device: torch.device) -> nn.Module | str | None:
+    """The reference model for ``kind``: a frozen eval-mode copy of ``model`` on ``device`` (``copy``), the string
+    ``"adapters"`` (the model with its LoRA adapters off), or None."""
+    if kind == "copy":
+        return copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    return "adapters" if kind == "adapters" else None
+
+
 def _only_defaults(cfg: PreferenceConfig, method: str, names: tuple[str, ...], why: str) -> None:
     defaults = PreferenceConfig()
     for name in names:
@@ -121,12 +129,7 @@ class DPO:
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()
-        kind = self._reference_kind(train)
-        if kind == "copy":
-            reference: nn.Module | str = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-        else:
-            reference = "adapters"
-        return PreferenceModule(model, reference, self._loss)
+        return PreferenceModule(model, _reference(self._reference_kind(train), model, device), self._loss)
 
     def check_options(self) -> None:
         cfg = self.cfg

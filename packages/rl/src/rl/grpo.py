@@ -1,0 +1,475 @@
+"""GRPO (Shao et al. 2024, arXiv:2402.03300): online RL on prompts with group-relative advantages, as TRL's
+GRPOTrainer computes it, run by the Trainer (``train.grpo``; the ``lmstack.objectives`` plugin ``grpo``).
+
+Each step, for this rank's prompts (``data.dataset: prompts``, :func:`build_prompt_dataloader`):
+
+1. the policy samples ``num_generations`` completions of every prompt (the ``lmstack.generators`` plugin, serve's
+   ``generate``; eval mode, a generator seeded by the run's seed, the step and the rank, so a resumed run samples
+   what the uninterrupted one did);
+2. the rewards score them: functions called as TRL calls them, ``f(prompts=, completions=, completion_ids=,
+   **columns)`` with the prompt file's other columns, returning a float (or None) a completion, and reward models
+   (``model:DIR``, ``model.reward.TransformerRewardModel`` on prompt + completion); summed with
+   ``reward_weights``; a completion no function scores gets advantage 0 and stays out of its group's mean;
+3. advantages: each reward minus its group's mean, over the group's standard deviation (``scale_rewards:
+   group``; ``batch``: over the batch's; ``none``: not scaled), plus 1e-4;
+4. the loss on the completion tokens (the prompt is context): ``-exp(logp - logp.detach()) * A`` (the policy
+   gradient of one optimisation pass: value ``-A``, gradient ``-A * grad logp``), with ``beta * KL`` to the
+   reference model when beta > 0 (``exp(ref - logp) - (ref - logp) - 1`` times the same unit ratio, so its
+   gradient is the unbiased reverse-KL one: TRL's ``use_bias_correction_kl``, on by default); log-probabilities
+   of the logits over ``temperature``, as TRL takes them. ``dapo``: over the batch's completion tokens;
+   ``grpo``: each completion's token mean, averaged; ``dr_grpo``: each completion's sum over
+   ``max_completion_length``, averaged.
+
+Logged as TRL names them: ``reward``, ``reward_std``, ``rewards/<name>/mean``, ``frac_reward_zero_std``,
+``completions/mean_length``, ``completions/clipped_ratio``, and ``kl`` when beta > 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rl.objectives import _eval_mode, _reference
+from specs.batch import IGNORE_INDEX, Batch
+from specs.config import GRPOConfig, RunConfig, TrainConfig
+from specs.errors import ConfigError, PluginError
+from specs.plugins import resolve
+from train import adapters
+
+logger = logging.getLogger("rl.grpo")
+STATE_VERSION = 1
+ROLES = ("system", "user", "assistant", "tool")
+
+
+# ---- prompts ---------------------------------------------------------------------------------------------------------
+def read_prompts(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) of every line of ``path`` (a .jsonl file or a directory of them): ``{"prompt": text or
+    messages, ...}``; the other keys are columns the reward functions receive."""
+    root = Path(path)
+    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else [root]
+    if not root.exists() or not files:
+        raise ConfigError("data.path", f'{path}: no .jsonl prompts there; expected a .jsonl file (or a directory of '
+                                       'them) with one {"prompt": "..." or [messages], ...} per line')
+    out = []
+    for f in files:
+        try:
+            lines = f.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("data.path", f"{f}: cannot read it as UTF-8 text ({exc})") from None
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                out.append((f"{f}:{n}", _prompt_record(line, f"{f}:{n}")))
+    if not out:
+        raise ConfigError("data.path", f"{path}: the .jsonl files hold no prompts")
+    return out
+
+
+def _prompt_record(line: str, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("data.path", f"{where}: not valid JSON ({exc.msg})") from None
+    if not isinstance(doc, Mapping) or "prompt" not in doc:
+        raise ConfigError("data.path", f'{where}: expected {{"prompt": "..." or [messages], ...}}, got {line[:80]!r}')
+    prompt = doc["prompt"]
+    if isinstance(prompt, list):
+        for i, m in enumerate(prompt):
+            if not (isinstance(m, Mapping) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+                raise ConfigError("data.path", f"{where}: prompt[{i}] must be {{\"role\": one of {', '.join(ROLES)}, "
+                                               f"\"content\": a string}}, got {str(m)[:80]!r}")
+    elif not isinstance(prompt, str) or not prompt:
+        raise ConfigError("data.path", f"{where}: prompt must be a non-empty string or a list of messages")
+    return dict(doc)
+
+
+def tokenize_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> list[int]:
+    """A prompt's ids: the chat template with the generation prompt for messages, else the text (with the
+    tokenizer's BOS where it has one other than its EOS, as rl.data does)."""
+    if isinstance(prompt, str):
+        eos = getattr(tokenizer, "eos_id", None)
+        return list(tokenizer.encode(prompt, add_bos=getattr(tokenizer, "bos_id", None) not in (None, eos)))
+    return list(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True))
+
+
+class PromptBatch:
+    """Prompts to sample from: their ids, the records as read (``prompt`` and the other columns)."""
+
+    def __init__(self, ids: list[list[int]], records: list[dict[str, Any]]):
+        self.ids, self.records = ids, records
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rank_slice(self, rank: int, world_size: int) -> PromptBatch:
+        """Prompts ``[rank * n, (rank + 1) * n)``, ``n = len / world_size`` (train.run's RankSlice asks)."""
+        if len(self) % world_size:
+            raise ConfigError("data.batch_size", f"a batch of {len(self)} prompts does not split over {world_size} "
+                                                 "ranks")
+        n = len(self) // world_size
+        return PromptBatch(self.ids[rank * n:(rank + 1) * n], self.records[rank * n:(rank + 1) * n])
+
+
+class PromptLoader:
+    """Iterable of :class:`PromptBatch`, shuffled per epoch, resumable; build it with
+    :func:`build_prompt_dataloader`."""
+
+    prompts = True  # what train.objective checks an online objective gets
+
+    def __init__(self, ids: list[list[int]], records: list[dict[str, Any]], tokenizer: Any, *, batch_size: int,
+                 seed: int, shuffle: bool, drop_last: bool, epochs: int | None, split: str, source: str):
+        self.ids, self.records, self.tokenizer = ids, records, tokenizer
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+        self.epochs, self.split, self.source = epochs, split, source
+        if len(self) == 0:
+            raise ConfigError("data", f"{source} gives {len(ids)} {split} prompts, too few for one batch of "
+                                      f"{batch_size}; use a smaller data.batch_size or more data")
+        self.epoch, self.batches_done, self._end_epoch = 0, 0, epochs
+        self.vocab_size = int(tokenizer.vocab_size)
+
+    def __len__(self) -> int:
+        n = len(self.ids)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def load_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    def __iter__(self) -> Iterator[PromptBatch]:
+        if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
+            self._end_epoch = self.epoch + self.epochs
+        while self._end_epoch is None or self.epoch < self._end_epoch:
+            order = (torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + self.epoch)).tolist() if self.shuffle else list(range(len(self.ids))))
+            while self.batches_done < len(self):
+                j = self.batches_done
+                rows = order[j * self.batch_size:(j + 1) * self.batch_size]
+                self.batches_done += 1
+                yield PromptBatch([self.ids[i] for i in rows], [self.records[i] for i in rows])
+            self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def _identity(self) -> dict[str, Any]:
+        return {"prompts": len(self.ids), "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
+                "drop_last": self.drop_last, "split": self.split}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "kind": "prompts", "epoch": self.epoch, "batches_done": self.batches_done,
+                "end_epoch": self._end_epoch, **self._identity()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION or state.get("kind") != "prompts":
+            raise ConfigError("data.state", "expected the dict from PromptLoader.state_dict()")
+        for key, value in self._identity().items():
+            if state.get(key) != value:
+                raise ConfigError(f"data.state.{key}", f"checkpoint has {state.get(key)!r}, this loader has "
+                                                       f"{value!r}; an exact resume needs the same data and batching")
+        epoch, done, end = state.get("epoch"), state.get("batches_done"), state.get("end_epoch")
+        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(done, int) and 0 <= done <= len(self)
+                and (end is None or (isinstance(end, int) and end >= epoch))):
+            raise ConfigError("data.state", f"epoch {epoch!r}, batches_done {done!r} or end_epoch {end!r} out of "
+                                            f"range for this loader ({len(self)} batches an epoch)")
+        self.epoch, self.batches_done, self._end_epoch = epoch, done, end
+
+
+def build_prompt_dataloader(path: str | os.PathLike[str], batch_size: int = 8, seq_len: int = 1024, *,
+                            seed: int = 0, shuffle: bool = True, rank: int | None = None,
+                            world_size: int | None = None, num_workers: int = 0, pack: bool = False,
+                            doc_mask: bool = False, drop_last: bool = True, epochs: int | None = 1,
+                            tokenizer: Any = None, val_fraction: float = 0.0, split: str = "train",
+                            **_: Any) -> PromptLoader:
+    """A :class:`PromptLoader` over the prompts in ``path`` (the ``lmstack.datasets`` plugin ``prompts``):
+    ``batch_size`` prompts a batch (each sampled ``train.grpo.num_generations`` times), each at most ``seq_len``
+    tokens (longer ones keep their end, as TRL truncates them, and are counted in the log). ``tokenizer`` as for
+    rl.data's preference loader; ``rank``, ``world_size`` and ``num_workers`` accepted and unused; ``pack`` and
+    ``doc_mask`` must be False."""
+    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
+    if pack or doc_mask:
+        raise ConfigError("data.pack", "prompts are sampled one a row; set data.pack: false and data.doc_mask: false")
+    if split not in ("train", "val"):
+        raise ConfigError("split", f"expected 'train' or 'val', got {split!r}")
+    if not (0.0 <= val_fraction < 1.0):
+        raise ConfigError("data.val_fraction", f"expected a fraction in [0, 1), got {val_fraction!r}")
+    spec = tokenizer is None or isinstance(tokenizer, (str, os.PathLike))
+    tok = resolve("lmstack.tokenizers", "auto")(tokenizer or "byte") if spec else tokenizer
+    records = [r for _, r in read_prompts(path)]
+    ids, cut = [], 0
+    for r in records:
+        p = tokenize_prompt(tok, r["prompt"])
+        if len(p) > seq_len:
+            p, cut = p[-seq_len:], cut + 1
+        ids.append(p)
+    if cut:
+        logger.info("%s: %d of %d prompts longer than data.seq_len=%d keep their last tokens", path, cut,
+                    len(records), seq_len)
+    n_val = int(round(len(ids) * val_fraction))
+    keep = list(range(len(ids)))
+    if val_fraction and n_val:
+        held = set(torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 7919))[:n_val].tolist())
+        keep = [i for i in keep if (i in held) == (split == "val")]
+    elif split == "val":
+        keep = []
+    return PromptLoader([ids[i] for i in keep], [records[i] for i in keep], tok, batch_size=batch_size, seed=seed,
+                        shuffle=shuffle, drop_last=drop_last, epochs=epochs, split=split, source=str(path))
+
+
+build_prompt_dataloader.prompts = True  # type: ignore[attr-defined]  # train.run's preflight reads it
+
+
+# ---- rewards ---------------------------------------------------------------------------------------------------------
+def load_reward(spec: str, device: torch.device | str = "cpu") -> tuple[str, Callable[..., list[float | None]]]:
+    """(name, callable) for a ``train.grpo.rewards`` entry: ``package.module:function`` (imported: trusted code the
+    config names, as TRL's reward functions are) or ``model:DIR`` (a reward model directory, scored on prompt +
+    completion ids with the run's tokenizer)."""
+    if spec.startswith("model:"):
+        directory = spec[len("model:"):]
+        try:
+            cls = resolve("lmstack.models", "reward")
+        except PluginError as exc:
+            raise ConfigError("train.grpo.rewards", f"{spec}: needs the lmstack.models plugin 'reward' "
+                                                    f"(lmstack-model): {exc}") from None
+        model = cls.from_pretrained(directory, device=device).eval().requires_grad_(False)
+        return f"model:{Path(directory).name}", _RewardModel(model)
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigError("train.grpo.rewards", f"{spec!r}: expected package.module:function or model:DIR")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError("train.grpo.rewards", f"{spec!r}: cannot import it ({exc})") from None
+    if not callable(fn):
+        raise ConfigError("train.grpo.rewards", f"{spec!r} is not callable")
+    return attr, fn
+
+
+class _RewardModel:
+    """A reward model as a reward function: the score of prompt + completion ids, right-padded."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, *, prompt_ids: list[list[int]], completion_ids: list[list[int]], **_: Any) -> list[float]:
+        rows = [p + c for p, c in zip(prompt_ids, completion_ids)]
+        dev = next(self.model.parameters()).device
+        T = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), T, dtype=torch.long, device=dev)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, device=dev)
+            mask[i, :len(r)] = 1
+        return self.model(ids, attn_mask=mask)[:, 0].float().tolist()
+
+
+def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages, the std each was scaled by) of rewards (N,) in groups of ``group`` consecutive completions, NaN
+    for unscored ones (left out of the means; advantage 0), as TRL's GRPOTrainer computes them."""
+    grouped = rewards.view(-1, group)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(group)
+    if scale == "batch":
+        std = _nanstd(rewards).expand_as(rewards)
+    else:
+        std = _nanstd(grouped, dim=1).repeat_interleave(group)
+    adv = rewards - mean
+    if scale != "none":
+        adv = adv / (std + 1e-4)
+    return torch.nan_to_num(adv, nan=0.0), std
+
+
+def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """The sample (n - 1) standard deviation ignoring NaN, as TRL's nanstd."""
+    mean = torch.nanmean(x, dim=dim, keepdim=dim is not None)
+    var = torch.nanmean((x - mean) ** 2, dim=dim)
+    n = (~torch.isnan(x)).sum(dim=dim) if dim is not None else (~torch.isnan(x)).sum()
+    return torch.sqrt(var * n / (n - 1).clamp(min=1))
+
+
+# ---- the objective ---------------------------------------------------------------------------------------------------
+class GRPOModule(nn.Module):
+    """``forward(input_ids, labels, advantages, **fields) -> (loss, stats)``: the GRPO loss of one micro-batch
+    (see the module docstring); ``reference`` as :class:`rl.objectives.PreferenceModule`'s (None when beta = 0)."""
+
+    def __init__(self, model: nn.Module, cfg: GRPOConfig, reference: nn.Module | str | None):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self._reference = [reference]
+
+    def _logps(self, model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+               fields: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids, **fields).float() / self.cfg.temperature
+        B, T = labels.shape
+        return -F.cross_entropy(logits.reshape(B * T, -1), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                                reduction="none").view(B, T)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, advantages: torch.Tensor,
+                **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        mask = (labels != IGNORE_INDEX).float()
+        logp = self._logps(self.model, input_ids, labels, fields)
+        ratio = torch.exp(logp - logp.detach())  # 1, with the gradient of logp
+        per_token = -ratio * advantages.float()
+        stats: dict[str, torch.Tensor] = {}
+        if cfg.beta:
+            reference = self._reference[0]
+            with torch.no_grad():
+                if reference == "adapters":
+                    with adapters.disabled(self.model), _eval_mode(self.model):
+                        ref = self._logps(self.model, input_ids, labels, fields)
+                else:
+                    ref = self._logps(reference, input_ids, labels, fields)
+            kl = torch.exp(ref - logp) - (ref - logp) - 1
+            per_token = per_token + cfg.beta * kl * ratio  # the unbiased reverse-KL gradient (TRL's default)
+            stats["kl"] = ((kl.detach() * mask).sum() / mask.sum().clamp(min=1))
+        if cfg.loss_type == "dapo":
+            loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        elif cfg.loss_type == "grpo":
+            loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        else:  # dr_grpo
+            loss = (per_token * mask).sum() / (labels.shape[0] * cfg.max_completion_length)
+        return loss, stats
+
+
+class GRPO:
+    """The ``lmstack.objectives`` plugin ``grpo``: ``GRPO(cfg)`` for a ``specs.config.GRPOConfig``."""
+
+    name = "grpo"
+    prompts = True
+    fields = ("advantages",)
+
+    def __init__(self, cfg: GRPOConfig):
+        self.cfg = cfg
+        self._rewards: list[tuple[str, Callable[..., Any]]] | None = None
+
+    def check(self, run: RunConfig) -> None:
+        if run.data.pack:
+            raise ConfigError("data.pack", "prompts are sampled one a row; set data.pack: false")
+        if run.dist.strategy == "FSDP":
+            raise ConfigError("dist.strategy", "grpo samples with the whole policy on each rank, which FSDP shards; "
+                                               "use DDP (or none)")
+        self._reference_kind(run.train)
+        for spec in self.cfg.rewards:  # import errors now, before any work (reward models load when training)
+            if not spec.startswith("model:"):
+                load_reward(spec)
+            elif not Path(spec[len("model:"):]).is_dir():
+                raise ConfigError("train.grpo.rewards", f"{spec}: no such reward model directory")
+
+    def _reference_kind(self, train: TrainConfig) -> str | None:
+        if not self.cfg.beta:
+            return None
+        return _reference_kind(self.cfg.reference, train, "train.grpo.reference")
+
+    def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
+        kind = self._reference_kind(train)
+        return GRPOModule(model, self.cfg, _reference(kind, model, device))
+
+    def units(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss_type == "dapo":
+            return (labels != IGNORE_INDEX).sum()
+        return torch.tensor(labels.shape[0], device=labels.device)
+
+    def rewards(self, device: torch.device) -> list[tuple[str, Callable[..., Any]]]:
+        if self._rewards is None:
+            self._rewards = [load_reward(spec, device) for spec in self.cfg.rewards]
+        return self._rewards
+
+    @torch.no_grad()
+    def prepare(self, batch: PromptBatch, trainer: Any) -> tuple[Batch, dict[str, torch.Tensor]]:
+        """Sample, score and build this rank's training batch from its prompts (see the module docstring)."""
+        cfg, G = self.cfg, self.cfg.num_generations
+        tok = trainer.tokenizer
+        if tok is None:
+            raise ConfigError("tokenizer", "grpo decodes completions for its rewards: pass the Trainer a tokenizer")
+        model, device = trainer.module, trainer.device
+        eos = getattr(tok, "eos_id", None)
+        pad = getattr(tok, "pad_id", None)
+        pad = int(pad if pad is not None else (eos if eos is not None else 0))
+        prompts = [p for p in batch.ids for _ in range(G)]
+        seed = (int(trainer.cfg.seed) * 1_000_003 + trainer.global_step * 1_009 + trainer.env.rank) % 2**63
+        gen = torch.Generator(device=device).manual_seed(seed + (0 if model.training else 7))
+        generate = resolve("lmstack.generators", "default")
+        with _eval_mode(model):
+            out = generate(model, prompts, cfg.max_completion_length, eos_token_id=eos, pad_token_id=pad,
+                           generator=gen, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                           return_dict=True)
+        completions = [list(map(int, t)) for t in out.tokens]
+        truncated = [reason == "length" for reason in out.finish_reasons]
+        texts = [tok.decode([t for t in c if t != eos]) for c in completions]
+        records = [r for r in batch.records for _ in range(G)]
+        chat = not isinstance(records[0]["prompt"], str)
+        columns = {k: [r.get(k) for r in records] for k in records[0] if k != "prompt"}
+        per_func = []
+        stats: dict[str, torch.Tensor] = {}
+        for name, fn in self.rewards(device):
+            if isinstance(fn, _RewardModel):
+                got = fn(prompt_ids=prompts, completion_ids=completions)
+            else:
+                got = fn(prompts=[r["prompt"] for r in records],
+                         completions=[[{"role": "assistant", "content": t}] for t in texts] if chat else texts,
+                         completion_ids=completions, **columns)
+            if len(got) != len(texts):
+                raise ConfigError("train.grpo.rewards", f"{name} returned {len(got)} rewards for {len(texts)} "
+                                                        "completions")
+            values = torch.tensor([float("nan") if v is None else float(v) for v in got], dtype=torch.float32)
+            per_func.append(values)
+            stats[f"rewards/{name}/mean"] = torch.nanmean(values).nan_to_num(0.0)
+        by_func = torch.stack(per_func, 1)
+        weights = torch.tensor(cfg.reward_weights or [1.0] * len(per_func))
+        rewards = (by_func * weights).nansum(1)
+        rewards[torch.isnan(by_func).all(1)] = float("nan")
+        advantages, std = group_advantages(rewards, G, cfg.scale_rewards)
+        rows = [_row(p, c, pad) for p, c in zip(prompts, completions)]
+        ids, labels, mask, adv = _collate(rows, advantages, truncated if cfg.mask_truncated_completions else None,
+                                          pad)
+        lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
+        stats.update({"reward": torch.nanmean(rewards).nan_to_num(0.0),
+                      "reward_std": torch.nanmean(_nanstd(rewards.view(-1, G), dim=1)).nan_to_num(0.0),
+                      "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean(),
+                      "completions/mean_length": lengths.mean(),
+                      "completions/clipped_ratio": torch.tensor(truncated, dtype=torch.float32).mean()})
+        return (Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv),
+                {k: v.to(device) for k, v in stats.items()})
+
+
+def _row(prompt: list[int], completion: list[int], pad: int) -> tuple[list[int], list[int]]:
+    """(inputs, labels) of prompt + completion shifted for next-token prediction, the prompt's labels ignored."""
+    full = list(prompt) + list(completion)
+    labels = [t if i >= len(prompt) else IGNORE_INDEX for i, t in enumerate(full)][1:]
+    return full[:-1], labels
+
+
+def _collate(rows: list[tuple[list[int], list[int]]], advantages: torch.Tensor, truncated: list[bool] | None,
+             pad: int) -> tuple[torch.Tensor, ...]:
+    T = -(-max(len(x) for x, _ in rows) // 8) * 8
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    adv = torch.zeros((len(rows), T), dtype=torch.float32)
+    for r, (x, y) in enumerate(rows):
+        ids[r, :len(x)] = torch.tensor(x)
+        mask[r, :len(x)] = 1
+        if truncated is not None and truncated[r]:
+            continue  # a truncated completion is left out of the loss (mask_truncated_completions)
+        labels[r, :len(y)] = torch.tensor(y)
+        adv[r, :len(y)] = float(advantages[r])
+    return ids, labels, mask, adv
+
+
+def _reference_kind(kind: str, train: TrainConfig, field: str) -> str:
+    if kind == "adapters" and train.lora is None:
+        raise ConfigError(field, "'adapters' is the model with its LoRA adapters off, so it needs train.lora; use "
+                                 "'copy' (or 'auto')")
+    if kind == "auto":
+        return "adapters" if train.lora is not None else "copy"
+    return kind
+
+
+__all__ = ["GRPO", "GRPOModule", "PromptBatch", "PromptLoader", "build_prompt_dataloader", "group_advantages",
+           "load_reward", "read_prompts", "tokenize_prompt"]

@@ -1,0 +1,223 @@
+"""GRPO (``train.grpo``, ``rl.grpo``): the loss and gradients of TRL 1.13's GRPOTrainer for the same completions and
+advantages, its group-normalised advantages, the prompt data, and runs through ``python -m train.run`` that raise a
+reward, resume exactly and stop on bad configs before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from test_run import scalars
+
+from model.lm import TransformerLM
+from rl.grpo import GRPOModule, _collate, _row, build_prompt_dataloader, group_advantages, read_prompts
+from rl.rewards import exact_match, think_format
+from specs.config import GRPOConfig
+from specs.errors import ConfigError
+from train.run import cli
+
+transformers = pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+trl = pytest.importorskip("trl")
+
+
+def count_a(completions, **_):
+    """A reward the tests' tiny models can learn: the share of the completion's characters that are 'a'."""
+    return [c.count("a") / max(len(c), 1) for c in completions]
+
+
+@pytest.mark.parametrize("loss_type,beta", [("dapo", 0.0), ("grpo", 0.0), ("dr_grpo", 0.0), ("dapo", 0.05)])
+def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
+    policy_dir = str(hf_dirs[0])
+    L, temperature = 6, 0.7
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False,
+                          per_device_train_batch_size=4, num_generations=2, max_completion_length=L, beta=beta,
+                          loss_type=loss_type, temperature=temperature)
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(policy_dir)
+    trainer = trl.GRPOTrainer(model=policy_dir, reward_funcs=[count_a], args=args, processing_class=tok,
+                              train_dataset=datasets.Dataset.from_list([{"prompt": "hello"}] * 4))
+    trainer.current_gradient_accumulation_steps = 1
+    trainer.model.train()
+    g = torch.Generator().manual_seed(0)
+    V = trainer.model.config.vocab_size
+    prompt = torch.randint(3, V, (4, 5), generator=g)
+    lengths = [6, 3, 5, 1]
+    completion = torch.full((4, L), tok.pad_token_id)
+    cmask = torch.zeros(4, L, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        completion[i, :n] = torch.randint(3, V, (n,), generator=g)
+        cmask[i, :n] = 1
+    adv = torch.tensor([0.7, -0.7, 1.2, -1.2])
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+              "completion_mask": cmask, "advantages": adv, "num_items_in_batch": cmask.sum()}
+    if beta:
+        with torch.no_grad():
+            inputs["ref_per_token_logps"] = trainer._get_per_token_logps_and_entropies(
+                trainer.ref_model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1),
+                L)[0]
+    want = trainer._compute_loss(trainer.model, inputs)
+    want.backward()
+
+    cfg = GRPOConfig(rewards=("test_grpo:count_a",), num_generations=2, max_completion_length=L, beta=beta,
+                     loss_type=loss_type, temperature=temperature)
+    policy = TransformerLM.from_pretrained(policy_dir)
+    reference = TransformerLM.from_pretrained(policy_dir).eval().requires_grad_(False) if beta else None
+    if beta:  # a reference that differs from the policy, in both: TRL's ref_model gets the same change
+        with torch.no_grad():
+            for m in (reference, trainer.ref_model):
+                m.get_parameter("model.layers.0.mlp.down_proj.weight").mul_(1.5)
+            inputs["ref_per_token_logps"] = trainer._get_per_token_logps_and_entropies(
+                trainer.ref_model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1),
+                L)[0]
+        trainer.model.zero_grad()
+        want = trainer._compute_loss(trainer.model, inputs)
+        want.backward()
+    ours = GRPOModule(policy, cfg, reference)
+    rows = [_row(prompt[i].tolist(), completion[i, :n].tolist(), 0) for i, n in enumerate(lengths)]
+    ids, labels, mask, a = _collate(rows, adv, None, tok.pad_token_id)
+    loss, stats = ours(ids, labels, a, attn_mask=mask)
+    loss.backward()
+    torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
+    if beta:
+        assert stats["kl"].item() > 0
+    for name in ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
+        g_want = trainer.model.get_parameter(name).grad
+        assert g_want.abs().max() > 0
+        torch.testing.assert_close(policy.get_parameter(name).grad, g_want, rtol=1e-4,
+                                   atol=1e-5 * float(g_want.abs().max()))
+
+
+def test_group_advantages_are_trls():
+    from trl.trainer.utils import nanstd
+
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, float("nan"), 1.0, 3.0])
+    adv, std = group_advantages(r, 4, "group")
+    g = r.view(2, 4)
+    mean = torch.nanmean(g, 1).repeat_interleave(4)
+    want_std = nanstd(g, dim=1).repeat_interleave(4)
+    torch.testing.assert_close(std, want_std)
+    want = torch.nan_to_num((r - mean) / (want_std + 1e-4), nan=0.0)
+    torch.testing.assert_close(adv, want)
+    assert adv[5] == 0.0  # unscored: no advantage
+    adv_b, std_b = group_advantages(r, 4, "batch")
+    torch.testing.assert_close(std_b, nanstd(r).expand(8))
+    adv_n, _ = group_advantages(r, 4, "none")
+    torch.testing.assert_close(adv_n, torch.nan_to_num(r - mean, nan=0.0))
+
+
+def test_builtin_rewards():
+    from trl.rewards import think_format_reward
+
+    texts = ["<think>\nwhy\n</think>\n42", "<think>no close", "42", "<think>a</think><think>b</think>"]
+    chat = [[{"role": "assistant", "content": t}] for t in texts]
+    assert think_format(chat) == think_format_reward(chat) == [1.0, 0.0, 0.0, 0.0]
+    assert think_format(texts) == [1.0, 0.0, 0.0, 0.0]
+    assert exact_match([" 42 ", "41", "x"], answer=["42", "42", None]) == [1.0, 0.0, None]
+    assert exact_match(["42"]) == [None]
+
+
+def test_prompt_data(tmp_path):
+    from data.tokenizer import ByteTokenizer
+
+    f = tmp_path / "p.jsonl"
+    rows = [{"prompt": "2+2=", "answer": "4"}, {"prompt": [{"role": "user", "content": "hi"}], "answer": "hello"},
+            {"prompt": "x" * 40, "answer": "y"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = ByteTokenizer()
+    loader = build_prompt_dataloader(f, batch_size=3, seq_len=16, tokenizer=tok, shuffle=False)
+    b = next(iter(loader))
+    assert b.ids[0] == [256, *b"2+2="] and b.records[0]["answer"] == "4"
+    assert b.ids[1] == tok.apply_chat_template(rows[1]["prompt"], tokenize=True, add_generation_prompt=True)[-16:]
+    assert len(b.ids[2]) == 16 and b.ids[2][-1] == ord("x")  # kept its end
+    half = b.rank_slice(1, 3)
+    assert half.records == [b.records[1]]
+    with pytest.raises(ConfigError, match="does not split over 2 ranks"):
+        b.rank_slice(0, 2)
+    f.write_text('{"prompt": 3}\n')
+    with pytest.raises(ConfigError, match="p.jsonl:1: prompt must be"):
+        read_prompts(f)
+
+
+def _config(tmp_path, init_from, prompts, **grpo):
+    doc = {"name": "grpo",
+           "data": {"dataset": "prompts", "path": str(prompts), "seq_len": 32, "batch_size": 4, "pack": False},
+           "train": {"steps": 4, "lr": 1e-2, "warmup_steps": 1, "log_every": 1, "eval_every": 0,
+                     "init_from": str(init_from), "callbacks": [], "schedule": "constant", "weight_decay": 0.0,
+                     "grpo": {"rewards": ["test_grpo:count_a"], "num_generations": 4, "max_completion_length": 8,
+                              **grpo}},
+           "viz": {"backend": ["csv"], "log_every": 1}}
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Write something {i}: "}) + "\n" for i in range(16)))
+    return path
+
+
+def test_a_grpo_run_raises_its_reward(hf_dirs, prompts, tmp_path):
+    out = tmp_path / "out"
+    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts), "--train.steps", "16", "--train.out_dir",
+                str(out), "--data.val_fraction", "0.25", "--train.eval_every", "16", "--train.eval_steps", "1"]) == 0
+    s = scalars(out)
+    assert 0 <= s["eval/reward"][16] <= 1 and "eval/loss" in s and "eval/ppl" not in s
+    first = sum(s["reward"][i] for i in (1, 2, 3)) / 3
+    last = sum(s["reward"][i] for i in (14, 15, 16)) / 3
+    assert last > first + 0.05, (first, last)
+    assert set(s) >= {"rewards/count_a/mean", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+                      "completions/clipped_ratio"}
+    assert TransformerLM.from_pretrained(out / "checkpoints" / "step_00000016").config.d_model == 32
+
+
+def test_a_grpo_run_resumes_exactly(hf_dirs, prompts, tmp_path):
+    cfg = _config(tmp_path, hf_dirs[0], prompts, beta=0.05)
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert cli(["--config", cfg, "--train.deterministic", "true", "--train.out_dir", str(full)]) == 0
+    assert cli(["--config", cfg, "--train.deterministic", "true", "--train.steps", "2", "--train.out_dir",
+                str(split)]) == 0
+    assert cli(["--config", cfg, "--train.deterministic", "true", "--train.out_dir", str(split), "--resume",
+                "auto"]) == 0
+    a, b = scalars(full), scalars(split)
+    for tag in ("loss", "reward", "kl"):
+        assert [a[tag][i] for i in range(1, 5)] == [b[tag][i] for i in range(1, 5)], tag
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--dist.strategy", "FSDP"], "dist.strategy"),
+    (["--train.grpo.rewards", "no_such_module:f"], "train.grpo.rewards"),
+    (["--train.grpo.rewards", "model:/no/such/dir"], "train.grpo.rewards"),
+    (["--data.dataset", "preference"], "data.dataset"),
+    (["--train.grpo.num_generations", "1"], "train.grpo.num_generations"),
+    (["--train.preference.method", "dpo"], "train.grpo"),
+])
+def test_bad_grpo_configs_stop_before_any_work(hf_dirs, prompts, tmp_path, capsys, args, field):
+    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts), *args, "--train.out_dir",
+                str(tmp_path / "o")]) == 2
+    assert field in capsys.readouterr().err
+
+
+@pytest.mark.dist
+def test_grpo_under_ddp(hf_dirs, prompts, tmp_path):
+    """Two gloo ranks under DDP, each sampling its half of the prompts: the run completes, logs its rewards and
+    writes a checkpoint (the samples differ from one process's, so the losses are not compared)."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = _config(tmp_path, hf_dirs[0], prompts)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.run",
+           "--config", cfg, "--train.device", "cpu", "--dist.strategy", "DDP", "--train.steps", "3",
+           "--train.out_dir", str(tmp_path / "ddp")]
+    here = os.path.dirname(__file__)  # the reward function's module
+    path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    s = scalars(tmp_path / "ddp")
+    assert sorted(s["reward"]) == [1, 2, 3] and all(0 <= v <= 1 for v in s["reward"].values())
+    assert (tmp_path / "ddp" / "checkpoints" / "step_00000003" / "model.safetensors").is_file()
