@@ -272,8 +272,12 @@ def test_online_rl_and_preference_configs_are_checked():
     with pytest.raises(ConfigError, match="label_smoothing"):
         PreferenceConfig(label_smoothing=0.5)
     cfg = config_from_dict({"model": TINY, "train": {"grpo": {"rewards": ["a:f"]}}}, RunConfig,
-                           [("train.grpo.num_generations", "4"), ("train.grpo.loss_type", "grpo")])
-    assert cfg.train.grpo == GRPOConfig(rewards=("a:f",), num_generations=4, loss_type="grpo")
+                           [("train.grpo.num_generations", "4"), ("train.grpo.loss_type", "grpo"),
+                            ("train.grpo.rewards", "[a:f, model:/m]"), ("train.grpo.reward_weights", "[1, 0.5]")])
+    assert cfg.train.grpo == GRPOConfig(rewards=("a:f", "model:/m"), reward_weights=(1.0, 0.5), num_generations=4,
+                                        loss_type="grpo")
+    with pytest.raises(ConfigError, match="train.steps: Input should be a valid integer"):  # not YAML: named
+        config_from_dict({"model": TINY}, RunConfig, [("train.steps", "[1")])
 
 
 def test_atomic_writes_refuse_directories_and_unwritable_places(tmp_path):

@@ -229,9 +229,15 @@ def parse_value(raw: str, tp: Any) -> Any:
         if literal_strs and raw in get_args(base):  # a choice spelled 'none' (dist.strategy) is that choice
             return raw
         return None if raw.lower() in ("null", "none") and base is not str else raw
-    if get_origin(base) is tuple:
-        return tuple(parse_value(v.strip(), get_args(base)[0]) for v in raw.split(",") if v.strip())
-    val = yaml.safe_load(raw)
+    if get_origin(base) is tuple:  # a,b,c or [a, b, c]
+        text = raw.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        return tuple(parse_value(v.strip(), get_args(base)[0]) for v in text.split(",") if v.strip())
+    try:
+        val = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw  # not YAML: the field's type check names the field and what it expects
     if isinstance(val, str) and base is float:
         try:
             return float(val)
