@@ -221,3 +221,28 @@ def test_grpo_under_ddp(hf_dirs, prompts, tmp_path):
     s = scalars(tmp_path / "ddp")
     assert sorted(s["reward"]) == [1, 2, 3] and all(0 <= v <= 1 for v in s["reward"].values())
     assert (tmp_path / "ddp" / "checkpoints" / "step_00000003" / "model.safetensors").is_file()
+
+
+def test_a_reward_model_scores_grpo_completions(hf_dirs, prompts, tmp_path):
+    """``model:DIR`` in train.grpo.rewards: a TransformerRewardModel scores prompt + completion ids, weighted with a
+    reward function's; its scores are the ones the model gives those sequences."""
+    from model.reward import TransformerRewardModel
+    from rl.grpo import load_reward
+
+    torch.manual_seed(0)
+    rm_dir = tmp_path / "rm"
+    TransformerRewardModel.from_pretrained(hf_dirs[0]).save_pretrained(rm_dir)
+    name, fn = load_reward(f"model:{rm_dir}")
+    rm = TransformerRewardModel.from_pretrained(rm_dir).eval()
+    p, c = [[5, 6, 7], [5, 6]], [[8, 9], [10, 11, 12, 1]]
+    with torch.no_grad():
+        want = [float(rm(torch.tensor([a + b]))[0, 0]) for a, b in zip(p, c)]
+    assert name == "model:rm" and fn(prompt_ids=p, completion_ids=c) == pytest.approx(want, rel=1e-5)
+    out = tmp_path / "out"
+    cfg = _config(tmp_path, hf_dirs[0], prompts)
+    assert cli(["--config", cfg, "--train.grpo.rewards", f"[test_grpo:count_a, model:{rm_dir}]",
+                "--train.grpo.reward_weights", "[1.0, 0.5]", "--train.steps", "2", "--train.out_dir", str(out)]) == 0
+    s = scalars(out)
+    for step in (1, 2):
+        mixed = s["rewards/count_a/mean"][step] + 0.5 * s["rewards/model:rm/mean"][step]
+        assert s["reward"][step] == pytest.approx(mixed, rel=1e-4, abs=1e-6)
