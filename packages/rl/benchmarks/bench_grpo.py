@@ -1,0 +1,164 @@
+"""Benchmark: GRPO training steps, lmstack's Trainer (``train.grpo``) against TRL's GRPOTrainer, the same weights,
+prompts, reward function and settings, in one process.
+
+A step samples ``--generations`` completions of ``--completion`` tokens (at most) for each of ``--prompts`` prompts,
+scores them, and takes one optimizer step on them (full fine-tuning, fp32 weights under bf16 autocast on a GPU,
+AdamW; TRL's loop with its ``bf16=True``). Random weights rarely sample EOS, so completions run to the limit in both
+(the tokens each generated are counted and reported). Each side runs ``--steps`` steps after one warm-up step;
+the time of a step is the wall time between step ends (a callback on each side), median reported, with the
+tokens sampled a second. The two runs are sequential (TRL first), so they see the same machine in turn. A benchmark,
+not a test: put the figures, card and date in docs/benchmarks.md.
+
+    python packages/rl/benchmarks/bench_grpo.py --preset llama-1b --prompts 8 --generations 8 --completion 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from model.lm import TransformerLM
+from rl.grpo import build_prompt_dataloader
+from specs.config import DataConfig, GRPOConfig, RunConfig, TrainConfig
+from specs.presets import PRESETS, preset
+from train.trainer import Trainer
+
+
+def _count(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {raw!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def length_reward(completions, **_):
+    """A reward the benchmark can compute for both: the completion's length in characters over 1,000."""
+    return [len(c) / 1000 for c in completions]
+
+
+class _Clock:
+    """Step-end timestamps and completion tokens (as a TRL TrainerCallback and an lmstack Trainer callback)."""
+
+    def __init__(self):
+        self.ends: list[float] = []
+
+    def on_step_end(self, *args, **kwargs):  # TRL (transformers.TrainerCallback)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter())
+
+    def on_step(self, trainer, step, metrics):  # lmstack
+        self.on_step_end()
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="llm-small", choices=sorted(PRESETS))
+    ap.add_argument("--prompts", type=_count(1), default=4, help="prompts a step")
+    ap.add_argument("--generations", type=_count(2), default=4, help="completions a prompt")
+    ap.add_argument("--completion", type=_count(1), default=64, help="max completion tokens")
+    ap.add_argument("--steps", type=_count(2), default=4)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    import datasets
+    import transformers
+    import trl
+
+    cuda = torch.cuda.is_available()
+    torch.manual_seed(0)
+    cfg = preset(args.preset, max_seq_len=max(512, 64 + args.completion))
+    work = Path(tempfile.mkdtemp())
+    TransformerLM(cfg).save_pretrained(work / "hf", format="hf")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"<{i}>": i for i in range(cfg.vocab_size)}  # a word-level tokenizer over the whole vocabulary
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<0>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<1>", pad_token="<2>",
+                                                  bos_token="<3>")
+    hf_tok.save_pretrained(work / "hf")
+    prompts = [{"prompt": " ".join(f"<{4 + (7 * i + j) % 500}>" for j in range(32))} for i in range(64)]
+    (work / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    total = args.steps + 1
+    results = {}
+
+    # TRL
+    tclock = _Clock()
+    targs = trl.GRPOConfig(output_dir=str(work / "trl"), report_to=[], bf16=cuda, use_cpu=not cuda,
+                           per_device_train_batch_size=args.prompts * args.generations,
+                           num_generations=args.generations, max_completion_length=args.completion,
+                           max_steps=total, learning_rate=1e-6, logging_steps=1, save_strategy="no",
+                           temperature=1.0, beta=0.0, loss_type="dapo", gradient_accumulation_steps=1)
+    tt = trl.GRPOTrainer(model=str(work / "hf"), reward_funcs=[length_reward], args=targs, processing_class=hf_tok,
+                         train_dataset=datasets.Dataset.from_list(prompts), callbacks=[tclock])
+    tt.train()
+    tlog = [h for h in tt.state.log_history if "completions/mean_length" in h]
+    del tt
+    if cuda:
+        torch.cuda.empty_cache()
+
+    # lmstack
+    lclock = _Clock()
+    loader = build_prompt_dataloader(work / "prompts.jsonl", batch_size=args.prompts, seq_len=64,
+                                     tokenizer=str(work / "hf"), epochs=None)
+    run = RunConfig(model=cfg, data=DataConfig(dataset="prompts", path=str(work / "prompts.jsonl"), pack=False,
+                                               batch_size=args.prompts, seq_len=64),
+                    train=TrainConfig(lr=1e-6, warmup_steps=0, log_every=1, out_dir=str(work / "ours"),
+                                      precision="bf16" if cuda else "fp32", ckpt_final=False, callbacks=(),
+                                      weight_decay=0.0, grad_clip=1.0, schedule="constant",
+                                      grpo=GRPOConfig(rewards=("__main__:length_reward",),
+                                                      num_generations=args.generations,
+                                                      max_completion_length=args.completion)))
+    model = TransformerLM.from_pretrained(work / "hf")
+    lengths = []
+
+    class Lengths:
+        def on_step(self, trainer, step, metrics):
+            if "completions/mean_length" in metrics:
+                lengths.append(metrics["completions/mean_length"])
+
+        def __getattr__(self, name):
+            if name.startswith("on_"):
+                return lambda *a, **k: None
+            raise AttributeError(name)
+
+    trainer = Trainer(model, run, loader, tokenizer=loader.load_tokenizer(), callbacks=[lclock, Lengths()])
+    trainer.fit(steps=total)
+
+    for name, clock, mean_len in (("trl", tclock, [h["completions/mean_length"] for h in tlog]),
+                                  ("lmstack", lclock, lengths)):
+        steps = [b - a for a, b in zip(clock.ends[:-1], clock.ends[1:])]  # after the first (warm-up) step
+        step = statistics.median(steps)
+        tokens = args.prompts * args.generations * statistics.mean(mean_len[1:] or mean_len)
+        results[name] = {"step_s": step, "sampled_tokens_per_s": tokens / step,
+                         "mean_completion_tokens": statistics.mean(mean_len[1:] or mean_len)}
+    doc = {"bench": "grpo_step", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "device": torch.cuda.get_device_name() if cuda else "cpu", "args": vars(args), "results": results,
+           "speedup": results["trl"]["step_s"] / results["lmstack"]["step_s"]}
+    print(json.dumps(doc, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=2)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
