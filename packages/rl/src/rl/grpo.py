@@ -4,8 +4,8 @@ GRPOTrainer computes it, run by the Trainer (``train.grpo``; the ``lmstack.objec
 Each step, for this rank's prompts (``data.dataset: prompts``, :func:`build_prompt_dataloader`):
 
 1. the policy samples ``num_generations`` completions of every prompt (the ``lmstack.generators`` plugin, serve's
-   ``generate``; eval mode, a generator seeded by the run's seed, the step and the rank, so a resumed run samples
-   what the uninterrupted one did);
+   ``generate``; eval mode, the run's precision, a generator seeded by the run's seed, the step and the rank, so a
+   resumed run samples what the uninterrupted one did);
 2. the rewards score them: functions called as TRL calls them, ``f(prompts=, completions=, completion_ids=,
    **columns)`` with the prompt file's other columns, returning a float (or None) a completion, and reward models
    (``model:DIR``, ``model.reward.TransformerRewardModel`` on prompt + completion); summed with
@@ -395,7 +395,7 @@ class GRPO:
         seed = (int(trainer.cfg.seed) * 1_000_003 + trainer.global_step * 1_009 + trainer.env.rank) % 2**63
         gen = torch.Generator(device=device).manual_seed(seed + (0 if model.training else 7))
         generate = resolve("lmstack.generators", "default")
-        with _eval_mode(model):
+        with _eval_mode(model), trainer.autocast():  # sampled in the run's precision, as the forward runs
             out = generate(model, prompts, cfg.max_completion_length, eos_token_id=eos, pad_token_id=pad,
                            generator=gen, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                            return_dict=True)
@@ -409,7 +409,8 @@ class GRPO:
         stats: dict[str, torch.Tensor] = {}
         for name, fn in self.rewards(device):
             if isinstance(fn, _RewardModel):
-                got = fn(prompt_ids=prompts, completion_ids=completions)
+                with trainer.autocast():
+                    got = fn(prompt_ids=prompts, completion_ids=completions)
             else:
                 got = fn(prompts=[r["prompt"] for r in records],
                          completions=[[{"role": "assistant", "content": t}] for t in texts] if chat else texts,

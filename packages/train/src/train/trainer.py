@@ -153,7 +153,9 @@ class Trainer:
     def device(self) -> torch.device:
         return self.env.device
 
-    def _amp(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The run's mixed precision as a context (bf16/fp16 autocast, or nothing): what the forward runs under,
+        for work an objective does with the model besides it (an online objective's sampling)."""
         if not self._autocast:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
@@ -220,7 +222,7 @@ class Trainer:
         for i in range(accum):
             mb = {k: v[i] for k, v in chunks.items()}
             with dist.gradient_sync(self.model, i == accum - 1):
-                with self._amp():
+                with self.autocast():
                     self._warm_compiled(mb)
                     loss, stats = _split_output(self.model(**mb))
                 weight = self.objective.units(mb["labels"]) / total
@@ -358,7 +360,7 @@ class Trainer:
                 break
             b, prepared = self._prepare(batch)
             inputs = self._inputs(b, self._names())
-            with self._amp():
+            with self.autocast():
                 self._warm_compiled(inputs)
                 loss, stats = _split_output(self.model(**inputs))
             n = self.objective.units(b.labels)
