@@ -23,25 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from bench_dpo import _count  # this directory's: the same argparse type
 
 from model.lm import TransformerLM
 from rl.grpo import build_prompt_dataloader
 from specs.config import DataConfig, GRPOConfig, RunConfig, TrainConfig
 from specs.presets import PRESETS, preset
 from train.trainer import Trainer
-
-
-def _count(low: int):
-    """An argparse type: an integer >= ``low``."""
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {raw!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-    return parse
 
 
 def length_reward(completions, **_):

@@ -118,7 +118,7 @@ def test_bad_lines_are_named(tmp_path, line, match):
 
 def test_bad_arguments_are_config_errors(tmp_path):
     f = _write(tmp_path / "p.jsonl", [{"prompt": "a", "chosen": "b", "rejected": "c"}])
-    with pytest.raises(ConfigError, match="no .jsonl preference data"):
+    with pytest.raises(ConfigError, match="no .jsonl preference pairs there"):
         build_preference_dataloader(tmp_path / "missing.jsonl")
     with pytest.raises(ConfigError, match="data.pack: false"):
         build_preference_dataloader(f, pack=True)

@@ -44,12 +44,22 @@ def _ours(hf_dirs, objective):
     return PreferenceModule(policy, ref if isinstance(objective, DPO) else None, objective._loss)
 
 
-def _our_batch(hf_dirs):
+def _our_batch(hf_dirs, records=RECORDS):
     tok = load_tokenizer(str(hf_dirs[0]))
-    pairs = [tokenize_pair(tok, r) for r in RECORDS]
+    pairs = [tokenize_pair(tok, r) for r in records]
     loader = PreferenceLoader(pairs, tok, batch_size=len(pairs), seq_len=64, seed=0, shuffle=False,
                               drop_last=True, epochs=1, split="train", source="test")
     return pairs, next(iter(loader))
+
+
+def _trl_aligned(b):
+    """The batch with one more (padding) column, so the shift TRL's get_batch_logps does drops no target: (ids,
+    mask, lmstack's shifted targets, TRL's labels aligned with the inputs, -100 off the completion)."""
+    pad = torch.zeros_like(b.input_ids[:, :1])
+    ids, mask = torch.cat([b.input_ids, pad], 1), torch.cat([b.attention_mask, pad], 1)
+    targets = torch.cat([b.labels, pad - 100], 1)
+    labels = torch.cat([torch.full_like(targets[:, :1], -100), targets[:, :-1]], 1)
+    return ids, mask, targets, labels
 
 
 def test_pairs_tokenize_as_trl_tokenizes_them(hf_dirs, tmp_path):
@@ -95,10 +105,7 @@ def test_rpo_adds_the_chosen_cross_entropy_as_trl_sft_loss(hf_dirs, tmp_path):
     inputs = trainer.data_collator([trainer.train_dataset[1]])
     want = trainer._compute_loss(trainer.model, inputs, False)
     ours = _ours(hf_dirs, DPO(PreferenceConfig(beta=0.1, sft_weight=0.7)))
-    pairs, _ = _our_batch(hf_dirs)
-    loader = PreferenceLoader([pairs[1]], load_tokenizer(str(hf_dirs[0])), batch_size=1, seq_len=64, seed=0,
-                              shuffle=False, drop_last=True, epochs=1, split="train", source="test")
-    b = next(iter(loader))
+    _, b = _our_batch(hf_dirs, RECORDS[1:2])
     loss, _ = ours(b.input_ids, b.labels, attn_mask=b.attention_mask)
     torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
 
@@ -109,14 +116,10 @@ def test_orpo_odds_ratio_and_logps_match_trl(hf_dirs):
     beta = 0.25
     ours = _ours(hf_dirs, ORPO(PreferenceConfig(method="orpo", beta=beta)))
     _, b = _our_batch(hf_dirs)
-    pad = torch.zeros_like(b.input_ids[:, :1])  # one more (padding) column, so TRL's shift drops no target
-    ids, mask = torch.cat([b.input_ids, pad], 1), torch.cat([b.attention_mask, pad], 1)
-    targets = torch.cat([b.labels, pad - 100], 1)
+    ids, mask, targets, labels = _trl_aligned(b)
     with torch.no_grad():
         logits = ours.model(ids, attn_mask=mask)
         loss, stats = ours(ids, targets, attn_mask=mask)
-    # TRL's get_batch_logps shifts itself: its labels are aligned with the inputs, -100 off the completion
-    labels = torch.cat([torch.full_like(targets[:, :1], -100), targets[:, :-1]], 1)
     mean_logps = ORPOTrainer.get_batch_logps(logits, labels, average_log_prob=True)
     ours_sum, ours_n = sequence_logps(logits, targets)
     torch.testing.assert_close(ours_sum / ours_n, mean_logps, rtol=1e-5, atol=1e-6)
@@ -166,17 +169,11 @@ def test_cpo_and_simpo_match_trl_cpo_loss(hf_dirs, method, loss_type, smoothing,
     cfg = PreferenceConfig(method=method, beta=beta, loss_type=loss_type, label_smoothing=smoothing,
                            sft_weight=sft, simpo_gamma=gamma if method == "simpo" else 0.5)
     ours = _ours(hf_dirs, CPO(cfg))
-    pairs, _ = _our_batch(hf_dirs)
-    loader = PreferenceLoader([pairs[1]], load_tokenizer(str(hf_dirs[0])), batch_size=1, seq_len=64, seed=0,
-                              shuffle=False, drop_last=True, epochs=1, split="train", source="test")
-    b = next(iter(loader))
-    pad = torch.zeros_like(b.input_ids[:, :1])
-    ids, mask = torch.cat([b.input_ids, pad], 1), torch.cat([b.attention_mask, pad], 1)
-    targets = torch.cat([b.labels, pad - 100], 1)
+    _, b = _our_batch(hf_dirs, RECORDS[1:2])
+    ids, mask, targets, labels = _trl_aligned(b)
     with torch.no_grad():
         logits = ours.model(ids, attn_mask=mask)
         loss, stats = ours(ids, targets, attn_mask=mask)
-    labels = torch.cat([torch.full_like(targets[:, :1], -100), targets[:, :-1]], 1)
     logps = CPOTrainer.get_batch_logps(logits, labels, average_log_prob=method == "simpo" or loss_type == "ipo")
     stub = types.SimpleNamespace(alpha=0.0, beta=beta, simpo_gamma=gamma, label_smoothing=smoothing,
                                  loss_type="simpo" if method == "simpo" else loss_type,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +47,15 @@ FORMATS = ('{"prompt", "chosen", "rejected"} (text or message lists), {"chosen",
 Pair = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 
 
-def read_preferences(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, record) of every line of ``path`` (a .jsonl file or a directory of them), ``where`` being
-    ``file:line``; each record is checked to be one of the formats above (ConfigError naming the line)."""
+def read_jsonl(path: str | os.PathLike[str], parse: Callable[[str, str], dict[str, Any]], what: str,
+               expected: str) -> list[tuple[str, dict[str, Any]]]:
+    """(where, ``parse(line, where)``) for every non-blank line of ``path`` (a .jsonl file, or a directory of them
+    read in name order), ``where`` being ``file:line``; ConfigErrors name the path or the line."""
     root = Path(path)
     files = sorted(root.rglob("*.jsonl")) if root.is_dir() else [root]
     if not root.exists() or not files:
-        raise ConfigError("data.path", f"{path}: no .jsonl preference data there; expected a .jsonl file (or a "
-                                       f"directory of them) with one {FORMATS} per line")
+        raise ConfigError("data.path", f"{path}: no .jsonl {what} there; expected a .jsonl file (or a directory of "
+                                       f"them) with one {expected} per line")
     out = []
     for f in files:
         try:
@@ -63,10 +64,16 @@ def read_preferences(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, 
             raise ConfigError("data.path", f"{f}: cannot read it as UTF-8 text ({exc})") from None
         for n, line in enumerate(lines, 1):
             if line.strip():
-                out.append((f"{f}:{n}", _record(line, f"{f}:{n}")))
+                out.append((f"{f}:{n}", parse(line, f"{f}:{n}")))
     if not out:
-        raise ConfigError("data.path", f"{path}: the .jsonl files hold no preference pairs")
+        raise ConfigError("data.path", f"{path}: the .jsonl files hold no {what}")
     return out
+
+
+def read_preferences(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) of every line of ``path`` (a .jsonl file or a directory of them), ``where`` being
+    ``file:line``; each record is checked to be one of the formats above (ConfigError naming the line)."""
+    return read_jsonl(path, _record, "preference pairs", FORMATS)
 
 
 def _record(line: str, where: str) -> dict[str, Any]:
@@ -145,51 +152,91 @@ def tokenize_pair(tokenizer: Any, record: Mapping[str, Any]) -> Pair:
     return out[0], out[1], out[2]
 
 
-class PreferenceLoader:
-    """Iterable of paired Batch (``input_ids``, ``labels``, ``attention_mask``; chosen and rejected rows
-    alternate); build it with :func:`build_preference_dataloader`."""
+class EpochLoader:
+    """The epochs, shuffling and exact resume rl's loaders share: ``items`` in batches of ``batch_size``, shuffled
+    per epoch from ``seed``; a subclass says what a batch of items becomes (``_make``), its ``kind`` and ``unit``,
+    and any more fields a resume must match (``_identity``)."""
 
-    paired = True  # the Trainer's check that a preference objective gets pairs (train.objective)
+    kind, unit = "", ""
 
-    def __init__(self, pairs: list[Pair], tokenizer: Any, *, batch_size: int, seq_len: int, seed: int,
-                 shuffle: bool, drop_last: bool, epochs: int | None, split: str, source: str):
-        self.pairs, self.tokenizer = pairs, tokenizer
-        self.batch_size, self.seq_len, self.seed, self.shuffle = batch_size, seq_len, seed, shuffle
-        self.drop_last, self.epochs, self.split, self.source = drop_last, epochs, split, source
-        pad = getattr(tokenizer, "pad_id", None)
-        self.pad_id = int(pad) if pad is not None else 0  # masked anyway
+    def __init__(self, items: list[Any], tokenizer: Any, *, batch_size: int, seed: int, shuffle: bool,
+                 drop_last: bool, epochs: int | None, split: str, source: str):
+        self.items, self.tokenizer = items, tokenizer
+        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
+        self.epochs, self.split, self.source = epochs, split, source
         if len(self) == 0:
-            raise ConfigError("data", f"{source} gives {len(pairs)} {split} pairs, too few for one batch of "
+            raise ConfigError("data", f"{source} gives {len(items)} {split} {self.unit}, too few for one batch of "
                                       f"{batch_size}; use a smaller data.batch_size or more data")
-        self.epoch, self.batches_done = 0, 0
-        self._end_epoch = epochs
+        self.epoch, self.batches_done, self._end_epoch = 0, 0, epochs
         self.vocab_size = int(tokenizer.vocab_size)
 
     def __len__(self) -> int:
-        n = len(self.pairs)
+        n = len(self.items)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def load_tokenizer(self) -> Any:
-        """The tokenizer the pairs were written with (train.run's ``build_tokenizer`` asks)."""
+        """The tokenizer the items were written with (train.run's ``build_tokenizer`` asks)."""
         return self.tokenizer
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _make(self, items: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
         if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
             self._end_epoch = self.epoch + self.epochs  # a new pass continues the epoch count (new shuffles)
         while self._end_epoch is None or self.epoch < self._end_epoch:
-            if self.shuffle:
-                order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(
-                    self.seed * 1_000_003 + self.epoch)).tolist()
-            else:
-                order = list(range(len(self.pairs)))
+            order = (torch.randperm(len(self.items), generator=torch.Generator().manual_seed(
+                self.seed * 1_000_003 + self.epoch)).tolist() if self.shuffle else list(range(len(self.items))))
             while self.batches_done < len(self):
                 j = self.batches_done
-                batch = self._collate([self.pairs[i] for i in order[j * self.batch_size:(j + 1) * self.batch_size]])
+                batch = self._make([self.items[i] for i in order[j * self.batch_size:(j + 1) * self.batch_size]])
                 self.batches_done += 1
                 yield batch
             self.epoch, self.batches_done = self.epoch + 1, 0
 
-    def _collate(self, pairs: list[Pair]) -> Batch:
+    def _identity(self) -> dict[str, Any]:
+        return {self.unit: len(self.items), "batch_size": self.batch_size, "seed": self.seed,
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "split": self.split}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-safe position in the stream; save it with the training checkpoint."""
+        return {"version": STATE_VERSION, "kind": self.kind, "epoch": self.epoch, "batches_done": self.batches_done,
+                "end_epoch": self._end_epoch, **self._identity()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume at the position ``state`` records; ConfigError names a field that does not fit this loader."""
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION or state.get("kind") != self.kind:
+            raise ConfigError("data.state", f"expected the dict from {type(self).__name__}.state_dict()")
+        for key, value in self._identity().items():
+            if state.get(key) != value:
+                raise ConfigError(f"data.state.{key}", f"checkpoint has {state.get(key)!r}, this loader has "
+                                                       f"{value!r}; an exact resume needs the same data and batching")
+        epoch, done, end = state.get("epoch"), state.get("batches_done"), state.get("end_epoch")
+        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(done, int) and 0 <= done <= len(self)
+                and (end is None or (isinstance(end, int) and end >= epoch))):
+            raise ConfigError("data.state", f"epoch {epoch!r}, batches_done {done!r} or end_epoch {end!r} out of "
+                                            f"range for this loader ({len(self)} batches an epoch)")
+        self.epoch, self.batches_done, self._end_epoch = epoch, done, end
+
+
+class PreferenceLoader(EpochLoader):
+    """Iterable of paired Batch (``input_ids``, ``labels``, ``attention_mask``; chosen and rejected rows
+    alternate); build it with :func:`build_preference_dataloader`."""
+
+    paired = True  # the Trainer's check that a preference objective gets pairs (train.objective)
+    kind, unit = "preference", "pairs"
+
+    def __init__(self, pairs: list[Pair], tokenizer: Any, *, seq_len: int, **kw: Any):
+        self.seq_len = seq_len
+        pad = getattr(tokenizer, "pad_id", None)
+        self.pad_id = int(pad) if pad is not None else 0  # masked anyway
+        super().__init__(pairs, tokenizer, **kw)
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return self.items
+
+    def _make(self, pairs: list[Pair]) -> Batch:
         rows = []
         for prompt, chosen, rejected in pairs:
             rows += [_row(prompt, chosen, self.seq_len), _row(prompt, rejected, self.seq_len)]
@@ -204,28 +251,7 @@ class PreferenceLoader:
         return Batch(input_ids=ids, labels=labels, attention_mask=mask)
 
     def _identity(self) -> dict[str, Any]:
-        return {"pairs": len(self.pairs), "batch_size": self.batch_size, "seq_len": self.seq_len, "seed": self.seed,
-                "shuffle": self.shuffle, "drop_last": self.drop_last, "split": self.split}
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-safe position in the stream; save it with the training checkpoint."""
-        return {"version": STATE_VERSION, "kind": "preference", "epoch": self.epoch,
-                "batches_done": self.batches_done, "end_epoch": self._end_epoch, **self._identity()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at the position ``state`` records; ConfigError names a field that does not fit this loader."""
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION or state.get("kind") != "preference":
-            raise ConfigError("data.state", "expected the dict from PreferenceLoader.state_dict()")
-        for key, value in self._identity().items():
-            if state.get(key) != value:
-                raise ConfigError(f"data.state.{key}", f"checkpoint has {state.get(key)!r}, this loader has "
-                                                       f"{value!r}; an exact resume needs the same data and batching")
-        epoch, done, end = state.get("epoch"), state.get("batches_done"), state.get("end_epoch")
-        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(done, int) and 0 <= done <= len(self)
-                and (end is None or (isinstance(end, int) and end >= epoch))):
-            raise ConfigError("data.state", f"epoch {epoch!r}, batches_done {done!r} or end_epoch {end!r} out of "
-                                            f"range for this loader ({len(self)} batches an epoch)")
-        self.epoch, self.batches_done, self._end_epoch = epoch, done, end
+        return {**super()._identity(), "seq_len": self.seq_len}
 
 
 def _row(prompt: Sequence[int], completion: Sequence[int], seq_len: int) -> tuple[list[int], list[int]]:
@@ -254,18 +280,8 @@ def build_preference_dataloader(path: str | os.PathLike[str], batch_size: int = 
     ``lmstack.tokenizers`` plugin ``auto``; default ``byte``). The global batch is every rank's (train.run slices
     it per rank, between pairs), so ``rank`` and ``world_size`` are accepted and unused, as is ``num_workers``.
     ``pack`` and ``doc_mask`` must be False."""
-    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
-    if pack or doc_mask:
-        raise ConfigError("data.pack", "preference data is one completion a row (padded, so each completion is "
-                                       "scored whole); set data.pack: false and data.doc_mask: false")
-    if split not in ("train", "val"):
-        raise ConfigError("split", f"expected 'train' or 'val', got {split!r}")
-    if not (0.0 <= val_fraction < 1.0):
-        raise ConfigError("data.val_fraction", f"expected a fraction in [0, 1), got {val_fraction!r}")
-    spec = tokenizer is None or isinstance(tokenizer, (str, os.PathLike))
-    tok = resolve("lmstack.tokenizers", "auto")(tokenizer or "byte") if spec else tokenizer
+    tok = check_builder_args(batch_size, seq_len, seed, split, val_fraction, tokenizer, pack or doc_mask,
+                             "preference data is one completion a row (padded, so each completion is scored whole)")
     records = read_preferences(path)
     chat = [where for where, r in records if "prompt" in r and not isinstance(r["prompt"], str)]
     if chat and not hasattr(tok, "apply_chat_template"):
@@ -283,14 +299,36 @@ def build_preference_dataloader(path: str | os.PathLike[str], batch_size: int = 
     if dropped:
         logger.info("%s: %d of %d pairs dropped: their prompt fills data.seq_len=%d", path, dropped, len(records),
                     seq_len)
-    n_val = int(round(len(pairs) * val_fraction))
-    if val_fraction and n_val:
-        held = set(torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed + 7919))[:n_val].tolist())
-        pairs = [p for i, p in enumerate(pairs) if (i in held) == (split == "val")]
-    elif split == "val":
-        pairs = []
+    pairs = [pairs[i] for i in split_indices(len(pairs), val_fraction, seed, split)]
     return PreferenceLoader(pairs, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, shuffle=shuffle,
                             drop_last=drop_last, epochs=epochs, split=split, source=str(path))
 
 
 build_preference_dataloader.paired = True  # type: ignore[attr-defined]  # train.run's preflight reads it
+
+
+def check_builder_args(batch_size: Any, seq_len: Any, seed: Any, split: str, val_fraction: float, tokenizer: Any,
+                       packed: bool, why_unpacked: str) -> Any:
+    """The checks rl's dataset builders share (ConfigErrors naming the data field); returns the tokenizer: the
+    object given, or the ``lmstack.tokenizers`` plugin ``auto``'s for a spec (default ``byte``)."""
+    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
+    if packed:
+        raise ConfigError("data.pack", f"{why_unpacked}; set data.pack: false and data.doc_mask: false")
+    if split not in ("train", "val"):
+        raise ConfigError("split", f"expected 'train' or 'val', got {split!r}")
+    if not (0.0 <= val_fraction < 1.0):
+        raise ConfigError("data.val_fraction", f"expected a fraction in [0, 1), got {val_fraction!r}")
+    spec = tokenizer is None or isinstance(tokenizer, (str, os.PathLike))
+    return resolve("lmstack.tokenizers", "auto")(tokenizer or "byte") if spec else tokenizer
+
+
+def split_indices(n: int, val_fraction: float, seed: int, split: str) -> list[int]:
+    """The indices of ``n`` items in ``split``: a seeded ``val_fraction`` of them held out for "val", the rest
+    "train" (all of them, and none for "val", when the fraction rounds to no item)."""
+    n_val = int(round(n * val_fraction))
+    if not (val_fraction and n_val):
+        return list(range(n)) if split == "train" else []
+    held = set(torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[:n_val].tolist())
+    return [i for i in range(n) if (i in held) == (split == "val")]

@@ -30,7 +30,7 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl.objectives import _eval_mode, _reference
+from rl.data import EpochLoader, check_builder_args, read_jsonl, split_indices
+from rl.objectives import eval_mode, make_reference, reference_kind
 from specs.batch import IGNORE_INDEX, Batch
 from specs.config import GRPOConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError, PluginError
@@ -46,7 +47,6 @@ from specs.plugins import resolve
 from train import adapters
 
 logger = logging.getLogger("rl.grpo")
-STATE_VERSION = 1
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -54,23 +54,7 @@ ROLES = ("system", "user", "assistant", "tool")
 def read_prompts(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]]]:
     """(where, record) of every line of ``path`` (a .jsonl file or a directory of them): ``{"prompt": text or
     messages, ...}``; the other keys are columns the reward functions receive."""
-    root = Path(path)
-    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else [root]
-    if not root.exists() or not files:
-        raise ConfigError("data.path", f'{path}: no .jsonl prompts there; expected a .jsonl file (or a directory of '
-                                       'them) with one {"prompt": "..." or [messages], ...} per line')
-    out = []
-    for f in files:
-        try:
-            lines = f.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError("data.path", f"{f}: cannot read it as UTF-8 text ({exc})") from None
-        for n, line in enumerate(lines, 1):
-            if line.strip():
-                out.append((f"{f}:{n}", _prompt_record(line, f"{f}:{n}")))
-    if not out:
-        raise ConfigError("data.path", f"{path}: the .jsonl files hold no prompts")
-    return out
+    return read_jsonl(path, _prompt_record, "prompts", '{"prompt": "..." or [messages], ...}')
 
 
 def _prompt_record(line: str, where: str) -> dict[str, Any]:
@@ -118,64 +102,18 @@ class PromptBatch:
         return PromptBatch(self.ids[rank * n:(rank + 1) * n], self.records[rank * n:(rank + 1) * n])
 
 
-class PromptLoader:
+class PromptLoader(EpochLoader):
     """Iterable of :class:`PromptBatch`, shuffled per epoch, resumable; build it with
     :func:`build_prompt_dataloader`."""
 
     prompts = True  # what train.objective checks an online objective gets
+    kind, unit = "prompts", "prompts"
 
-    def __init__(self, ids: list[list[int]], records: list[dict[str, Any]], tokenizer: Any, *, batch_size: int,
-                 seed: int, shuffle: bool, drop_last: bool, epochs: int | None, split: str, source: str):
-        self.ids, self.records, self.tokenizer = ids, records, tokenizer
-        self.batch_size, self.seed, self.shuffle, self.drop_last = batch_size, seed, shuffle, drop_last
-        self.epochs, self.split, self.source = epochs, split, source
-        if len(self) == 0:
-            raise ConfigError("data", f"{source} gives {len(ids)} {split} prompts, too few for one batch of "
-                                      f"{batch_size}; use a smaller data.batch_size or more data")
-        self.epoch, self.batches_done, self._end_epoch = 0, 0, epochs
-        self.vocab_size = int(tokenizer.vocab_size)
+    def __init__(self, ids: list[list[int]], records: list[dict[str, Any]], tokenizer: Any, **kw: Any):
+        super().__init__(list(zip(ids, records)), tokenizer, **kw)
 
-    def __len__(self) -> int:
-        n = len(self.ids)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def load_tokenizer(self) -> Any:
-        return self.tokenizer
-
-    def __iter__(self) -> Iterator[PromptBatch]:
-        if self.epochs is not None and self._end_epoch is not None and self.epoch >= self._end_epoch:
-            self._end_epoch = self.epoch + self.epochs
-        while self._end_epoch is None or self.epoch < self._end_epoch:
-            order = (torch.randperm(len(self.ids), generator=torch.Generator().manual_seed(
-                self.seed * 1_000_003 + self.epoch)).tolist() if self.shuffle else list(range(len(self.ids))))
-            while self.batches_done < len(self):
-                j = self.batches_done
-                rows = order[j * self.batch_size:(j + 1) * self.batch_size]
-                self.batches_done += 1
-                yield PromptBatch([self.ids[i] for i in rows], [self.records[i] for i in rows])
-            self.epoch, self.batches_done = self.epoch + 1, 0
-
-    def _identity(self) -> dict[str, Any]:
-        return {"prompts": len(self.ids), "batch_size": self.batch_size, "seed": self.seed, "shuffle": self.shuffle,
-                "drop_last": self.drop_last, "split": self.split}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "kind": "prompts", "epoch": self.epoch, "batches_done": self.batches_done,
-                "end_epoch": self._end_epoch, **self._identity()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION or state.get("kind") != "prompts":
-            raise ConfigError("data.state", "expected the dict from PromptLoader.state_dict()")
-        for key, value in self._identity().items():
-            if state.get(key) != value:
-                raise ConfigError(f"data.state.{key}", f"checkpoint has {state.get(key)!r}, this loader has "
-                                                       f"{value!r}; an exact resume needs the same data and batching")
-        epoch, done, end = state.get("epoch"), state.get("batches_done"), state.get("end_epoch")
-        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(done, int) and 0 <= done <= len(self)
-                and (end is None or (isinstance(end, int) and end >= epoch))):
-            raise ConfigError("data.state", f"epoch {epoch!r}, batches_done {done!r} or end_epoch {end!r} out of "
-                                            f"range for this loader ({len(self)} batches an epoch)")
-        self.epoch, self.batches_done, self._end_epoch = epoch, done, end
+    def _make(self, items: list[tuple[list[int], dict[str, Any]]]) -> PromptBatch:
+        return PromptBatch([i for i, _ in items], [r for _, r in items])
 
 
 def build_prompt_dataloader(path: str | os.PathLike[str], batch_size: int = 8, seq_len: int = 1024, *,
@@ -189,17 +127,8 @@ def build_prompt_dataloader(path: str | os.PathLike[str], batch_size: int = 8, s
     tokens (longer ones keep their end, as TRL truncates them, and are counted in the log). ``tokenizer`` as for
     rl.data's preference loader; ``rank``, ``world_size`` and ``num_workers`` accepted and unused; ``pack`` and
     ``doc_mask`` must be False."""
-    for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
-    if pack or doc_mask:
-        raise ConfigError("data.pack", "prompts are sampled one a row; set data.pack: false and data.doc_mask: false")
-    if split not in ("train", "val"):
-        raise ConfigError("split", f"expected 'train' or 'val', got {split!r}")
-    if not (0.0 <= val_fraction < 1.0):
-        raise ConfigError("data.val_fraction", f"expected a fraction in [0, 1), got {val_fraction!r}")
-    spec = tokenizer is None or isinstance(tokenizer, (str, os.PathLike))
-    tok = resolve("lmstack.tokenizers", "auto")(tokenizer or "byte") if spec else tokenizer
+    tok = check_builder_args(batch_size, seq_len, seed, split, val_fraction, tokenizer, pack or doc_mask,
+                             "prompts are sampled one a row")
     records = [r for _, r in read_prompts(path)]
     ids, cut = [], 0
     for r in records:
@@ -210,13 +139,7 @@ def build_prompt_dataloader(path: str | os.PathLike[str], batch_size: int = 8, s
     if cut:
         logger.info("%s: %d of %d prompts longer than data.seq_len=%d keep their last tokens", path, cut,
                     len(records), seq_len)
-    n_val = int(round(len(ids) * val_fraction))
-    keep = list(range(len(ids)))
-    if val_fraction and n_val:
-        held = set(torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 7919))[:n_val].tolist())
-        keep = [i for i in keep if (i in held) == (split == "val")]
-    elif split == "val":
-        keep = []
+    keep = split_indices(len(ids), val_fraction, seed, split)
     return PromptLoader([ids[i] for i in keep], [records[i] for i in keep], tok, batch_size=batch_size, seed=seed,
                         shuffle=shuffle, drop_last=drop_last, epochs=epochs, split=split, source=str(path))
 
@@ -321,7 +244,7 @@ class GRPOModule(nn.Module):
             reference = self._reference[0]
             with torch.no_grad():
                 if reference == "adapters":
-                    with adapters.disabled(self.model), _eval_mode(self.model):
+                    with adapters.disabled(self.model), eval_mode(self.model):
                         ref = self._logps(self.model, input_ids, labels, fields)
                 else:
                     ref = self._logps(reference, input_ids, labels, fields)
@@ -364,11 +287,11 @@ class GRPO:
     def _reference_kind(self, train: TrainConfig) -> str | None:
         if not self.cfg.beta:
             return None
-        return _reference_kind(self.cfg.reference, train, "train.grpo.reference")
+        return reference_kind(self.cfg.reference, train, "train.grpo.reference")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         kind = self._reference_kind(train)
-        return GRPOModule(model, self.cfg, _reference(kind, model, device))
+        return GRPOModule(model, self.cfg, make_reference(kind, model, device))
 
     def units(self, labels: torch.Tensor) -> torch.Tensor:
         if self.cfg.loss_type == "dapo":
@@ -395,7 +318,7 @@ class GRPO:
         seed = (int(trainer.cfg.seed) * 1_000_003 + trainer.global_step * 1_009 + trainer.env.rank) % 2**63
         gen = torch.Generator(device=device).manual_seed(seed + (0 if model.training else 7))
         generate = resolve("lmstack.generators", "default")
-        with _eval_mode(model), trainer.autocast():  # sampled in the run's precision, as the forward runs
+        with eval_mode(model), trainer.autocast():  # sampled in the run's precision, as the forward runs
             out = generate(model, prompts, cfg.max_completion_length, eos_token_id=eos, pad_token_id=pad,
                            generator=gen, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                            return_dict=True)
@@ -461,15 +384,6 @@ def _collate(rows: list[tuple[list[int], list[int]]], advantages: torch.Tensor, 
         labels[r, :len(y)] = torch.tensor(y)
         adv[r, :len(y)] = float(advantages[r])
     return ids, labels, mask, adv
-
-
-def _reference_kind(kind: str, train: TrainConfig, field: str) -> str:
-    if kind == "adapters" and train.lora is None:
-        raise ConfigError(field, "'adapters' is the model with its LoRA adapters off, so it needs train.lora; use "
-                                 "'copy' (or 'auto')")
-    if kind == "auto":
-        return "adapters" if train.lora is not None else "copy"
-    return kind
 
 
 __all__ = ["GRPO", "GRPOModule", "PromptBatch", "PromptLoader", "build_prompt_dataloader", "group_advantages",

@@ -40,7 +40,7 @@ def _pairs(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     was = model.training
     model.eval()
     try:
@@ -75,7 +75,7 @@ class PreferenceModule(nn.Module):
         if self.reference is not None:
             with torch.no_grad():
                 if self.reference == "adapters":
-                    with adapters.disabled(self.model), _eval_mode(self.model):
+                    with adapters.disabled(self.model), eval_mode(self.model):
                         ref = sequence_logps(self.model(input_ids, **fields), labels)
                 else:
                     ref = sequence_logps(self.reference(input_ids, **fields), labels)
@@ -83,7 +83,18 @@ class PreferenceModule(nn.Module):
         return losses.mean(), {k: v.detach().float().mean() for k, v in stats.items()}
 
 
-def _reference(kind: str | None, model: nn.Module, device: torch.device) -> nn.Module | str | None:
+def reference_kind(kind: str, train: TrainConfig, field: str) -> str:
+    """``copy`` or ``adapters`` for a ``reference`` setting: ``auto`` is adapters under train.lora, else copy;
+    ``adapters`` without train.lora is a ConfigError naming ``field``."""
+    if kind == "adapters" and train.lora is None:
+        raise ConfigError(field, "'adapters' is the model with its LoRA adapters off, so it needs train.lora; use "
+                                 "'copy' (or 'auto')")
+    if kind == "auto":
+        return "adapters" if train.lora is not None else "copy"
+    return kind
+
+
+def make_reference(kind: str | None, model: nn.Module, device: torch.device) -> nn.Module | str | None:
     """The reference model for ``kind``: a frozen eval-mode copy of ``model`` on ``device`` (``copy``), the string
     ``"adapters"`` (the model with its LoRA adapters off), or None."""
     if kind == "copy":
@@ -104,14 +115,23 @@ def _check_common(cfg: PreferenceConfig, run: RunConfig) -> None:
         raise ConfigError("data.pack", "preference pairs are one completion a row (padded); set data.pack: false")
 
 
-class DPO:
-    """The ``lmstack.objectives`` plugin ``dpo``: ``DPO(cfg)`` for a ``PreferenceConfig``."""
+class _PairObjective:
+    """What the preference objectives share: their config, and batches of pairs whose units are the pairs."""
 
-    name = "dpo"
     paired = True
 
     def __init__(self, cfg: PreferenceConfig):
         self.cfg = cfg
+
+    @staticmethod
+    def units(labels: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(labels.shape[0] // 2, device=labels.device)
+
+
+class DPO(_PairObjective):
+    """The ``lmstack.objectives`` plugin ``dpo``: ``DPO(cfg)`` for a ``PreferenceConfig``."""
+
+    name = "dpo"
 
     def check(self, run: RunConfig) -> None:
         _check_common(self.cfg, run)
@@ -119,17 +139,11 @@ class DPO:
         self._reference_kind(run.train)
 
     def _reference_kind(self, train: TrainConfig) -> str:
-        kind = self.cfg.reference
-        if kind == "adapters" and train.lora is None:
-            raise ConfigError("train.preference.reference", "'adapters' is the model with its LoRA adapters off, so "
-                                                            "it needs train.lora; use 'copy' (or 'auto')")
-        if kind == "auto":
-            return "adapters" if train.lora is not None else "copy"
-        return kind
+        return reference_kind(self.cfg.reference, train, "train.preference.reference")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()
-        return PreferenceModule(model, _reference(self._reference_kind(train), model, device), self._loss)
+        return PreferenceModule(model, make_reference(self._reference_kind(train), model, device), self._loss)
 
     def check_options(self) -> None:
         cfg = self.cfg
@@ -141,9 +155,6 @@ class DPO:
                                                                   f"loss_type {cfg.loss_type!r} set it to 0")
         _only_defaults(cfg, "dpo", ("center_rewards", "simpo_gamma"), "another method's option")
 
-    @staticmethod
-    def units(labels: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(labels.shape[0] // 2, device=labels.device)
 
     def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor] | None,
               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -163,15 +174,11 @@ class DPO:
                         "logps/chosen": c.detach(), "logps/rejected": r.detach()}
 
 
-class ORPO:
+class ORPO(_PairObjective):
     """The ``lmstack.objectives`` plugin ``orpo`` (reference-free): the chosen completion's token-mean
     cross-entropy minus ``beta * log sigmoid(log odds ratio)`` of the completions' token-mean probabilities."""
 
     name = "orpo"
-    paired = True
-
-    def __init__(self, cfg: PreferenceConfig):
-        self.cfg = cfg
 
     def check(self, run: RunConfig) -> None:
         _check_common(self.cfg, run)
@@ -185,9 +192,6 @@ class ORPO:
         self.check_options()
         return PreferenceModule(model, None, self._loss)
 
-    @staticmethod
-    def units(labels: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(labels.shape[0] // 2, device=labels.device)
 
     def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: Any,
               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -204,7 +208,7 @@ class ORPO:
                         "log_odds_ratio": ratio.detach(), "log_odds_chosen": log_odds.detach()}
 
 
-class CPO:
+class CPO(_PairObjective):
     """The ``lmstack.objectives`` plugins ``cpo`` (Contrastive Preference Optimization, Xu et al. 2024) and
     ``simpo`` (Simple Preference Optimization, Meng et al. 2024): reference-free, as TRL's CPOTrainer computes them.
 
@@ -213,11 +217,10 @@ class CPO:
     SimPO uses token-mean log-probabilities and a target margin: ``-log sigmoid(beta * (chosen - rejected) -
     simpo_gamma)``. Both flip labels at ``label_smoothing`` for the sigmoid forms."""
 
-    paired = True
     LOSSES = {"cpo": ("sigmoid", "hinge", "ipo"), "simpo": ("sigmoid",)}
 
     def __init__(self, cfg: PreferenceConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.name = cfg.method
 
     def check(self, run: RunConfig) -> None:
@@ -239,9 +242,6 @@ class CPO:
         self.check_options()
         return PreferenceModule(model, None, self._loss)
 
-    @staticmethod
-    def units(labels: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(labels.shape[0] // 2, device=labels.device)
 
     def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: Any,
               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -312,17 +312,13 @@ def full_sequences(input_ids: torch.Tensor, labels: torch.Tensor, attn_mask: tor
     return ids, full_mask, positions
 
 
-class Reward:
+class Reward(_PairObjective):
     """The ``lmstack.objectives`` plugin ``reward``: a Bradley-Terry reward model trained on preference pairs (TRL's
     RewardTrainer). The model needs a ``score`` head (``model.arch: reward``, ``model.reward.TransformerRewardModel``;
     ``train.init_from`` a causal LM gives it a new head). Under ``train.lora`` the head trains with the adapters (as
     PEFT's ``modules_to_save`` does for sequence classification)."""
 
     name = "reward"
-    paired = True
-
-    def __init__(self, cfg: PreferenceConfig):
-        self.cfg = cfg
 
     def check(self, run: RunConfig) -> None:
         _check_common(self.cfg, run)
@@ -350,9 +346,6 @@ class Reward:
             model.score.requires_grad_(True)
         return RewardModule(model, self.cfg.center_rewards)
 
-    @staticmethod
-    def units(labels: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(labels.shape[0] // 2, device=labels.device)
 
 
 __all__ = ["CPO", "DPO", "ORPO", "PreferenceModule", "Reward", "RewardModule", "full_sequences"]
