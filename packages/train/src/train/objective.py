@@ -77,8 +77,8 @@ def build(train: TrainConfig) -> Any:
 
 
 def check(run: RunConfig) -> None:
-    """Before any work: the objective's own checks, and paired data exactly for a paired objective (the
-    ``data.dataset`` builder's ``paired`` attribute; absent, it yields plain rows)."""
+    """Before any work: the objective's own checks, and that the ``data.dataset`` builder yields what it trains on
+    (:func:`kind`: its ``paired`` or ``prompts`` attribute; neither, plain rows)."""
     obj = build(run.train)
     obj.check(run)
     try:
