@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
                     train=TrainConfig(lr=1e-6, warmup_steps=0, log_every=1, out_dir=str(work / "ours"),
                                       precision="bf16" if cuda else "fp32", ckpt_final=False, callbacks=(),
                                       weight_decay=0.0, grad_clip=1.0, schedule="constant",
-                                      grpo=GRPOConfig(rewards=("__main__:length_reward",),
+                                      grpo=GRPOConfig(rewards=(f"{__name__}:length_reward",),
                                                       num_generations=args.generations,
                                                       max_completion_length=args.completion)))
     model = TransformerLM.from_pretrained(work / "hf")

@@ -23,6 +23,11 @@ datasets = pytest.importorskip("datasets")
 trl = pytest.importorskip("trl")
 
 
+def not_a_number(completions, **_):
+    """A broken reward function (for the error test): text instead of numbers."""
+    return ["high"] * len(completions)
+
+
 def count_a(completions, **_):
     """A reward the tests' tiny models can learn: the share of the completion's characters that are 'a'."""
     return [c.count("a") / max(len(c), 1) for c in completions]
@@ -185,6 +190,14 @@ def test_a_grpo_run_resumes_exactly(hf_dirs, prompts, tmp_path):
     a, b = scalars(full), scalars(split)
     for tag in ("loss", "reward", "kl"):
         assert [a[tag][i] for i in range(1, 5)] == [b[tag][i] for i in range(1, 5)], tag
+
+
+def test_a_reward_function_returning_no_number_is_named(hf_dirs, prompts, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts), "--train.grpo.rewards", "test_grpo:not_a_number",
+                "--train.out_dir", str(out)]) == 2
+    assert "not_a_number returned 'high' for completion 0; expected a number or None" in capsys.readouterr().err
+    assert not list((out / "checkpoints").glob("step_*"))  # no step was taken, so none was saved
 
 
 @pytest.mark.parametrize("args,field", [

@@ -341,7 +341,7 @@ class GRPO:
             if len(got) != len(texts):
                 raise ConfigError("train.grpo.rewards", f"{name} returned {len(got)} rewards for {len(texts)} "
                                                         "completions")
-            values = torch.tensor([float("nan") if v is None else float(v) for v in got], dtype=torch.float32)
+            values = torch.tensor([_score(v, name, i) for i, v in enumerate(got)], dtype=torch.float32)
             per_func.append(values)
             stats[f"rewards/{name}/mean"] = torch.nanmean(values).nan_to_num(0.0)
         by_func = torch.stack(per_func, 1)
@@ -360,6 +360,17 @@ class GRPO:
                       "completions/clipped_ratio": torch.tensor(truncated, dtype=torch.float32).mean()})
         return (Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv),
                 {k: v.to(device) for k, v in stats.items()})
+
+
+def _score(value: Any, name: str, i: int) -> float:
+    """A reward function's value as a float (None: unscored, NaN); anything else is a ConfigError naming it."""
+    if value is None:
+        return float("nan")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError("train.grpo.rewards", f"{name} returned {value!r} for completion {i}; expected a number "
+                                                "or None") from None
 
 
 def _row(prompt: list[int], completion: list[int], pad: int) -> tuple[list[int], list[int]]:

@@ -110,6 +110,16 @@ def _only_defaults(cfg: PreferenceConfig, method: str, names: tuple[str, ...], w
                                                           f"{getattr(defaults, name)!r}")
 
 
+def _check_loss(cfg: PreferenceConfig, method: str, losses: tuple[str, ...], smoothed: str) -> None:
+    """``loss_type`` is one of ``losses``, and ``label_smoothing`` is 0 unless it is the ``smoothed`` loss."""
+    if cfg.loss_type not in losses:
+        raise ConfigError("train.preference.loss_type", f"{method} takes one of {', '.join(losses)}, got "
+                                                        f"{cfg.loss_type!r}")
+    if cfg.label_smoothing and cfg.loss_type != smoothed:
+        raise ConfigError("train.preference.label_smoothing", f"only the {smoothed} loss flips labels; with "
+                                                              f"loss_type {cfg.loss_type!r} set it to 0")
+
+
 def _check_common(cfg: PreferenceConfig, run: RunConfig) -> None:
     if run.data.pack:
         raise ConfigError("data.pack", "preference pairs are one completion a row (padded); set data.pack: false")
@@ -146,15 +156,8 @@ class DPO(_PairObjective):
         return PreferenceModule(model, make_reference(self._reference_kind(train), model, device), self._loss)
 
     def check_options(self) -> None:
-        cfg = self.cfg
-        if cfg.loss_type not in DPO_LOSSES:
-            raise ConfigError("train.preference.loss_type", f"dpo takes one of {', '.join(DPO_LOSSES)}, got "
-                                                            f"{cfg.loss_type!r}")
-        if cfg.label_smoothing and cfg.loss_type != "robust":
-            raise ConfigError("train.preference.label_smoothing", f"only the robust loss flips labels; with "
-                                                                  f"loss_type {cfg.loss_type!r} set it to 0")
-        _only_defaults(cfg, "dpo", ("center_rewards", "simpo_gamma"), "another method's option")
-
+        _check_loss(self.cfg, "dpo", DPO_LOSSES, "robust")
+        _only_defaults(self.cfg, "dpo", ("center_rewards", "simpo_gamma"), "another method's option")
 
     def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor] | None,
               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -228,13 +231,8 @@ class CPO(_PairObjective):
         self.check_options()
 
     def check_options(self) -> None:
-        cfg, losses = self.cfg, self.LOSSES[self.name]
-        if cfg.loss_type not in losses:
-            raise ConfigError("train.preference.loss_type", f"{self.name} takes {', '.join(losses)}, got "
-                                                            f"{cfg.loss_type!r}")
-        if cfg.label_smoothing and cfg.loss_type != "sigmoid":
-            raise ConfigError("train.preference.label_smoothing", f"only the sigmoid loss flips labels; with "
-                                                                  f"loss_type {cfg.loss_type!r} set it to 0")
+        cfg = self.cfg
+        _check_loss(cfg, self.name, self.LOSSES[self.name], "sigmoid")
         names = ("reference", "center_rewards") + (("simpo_gamma",) if self.name == "cpo" else ())
         _only_defaults(cfg, self.name, names, "another method's option")
 

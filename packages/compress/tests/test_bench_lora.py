@@ -1,0 +1,24 @@
+"""benchmarks/bench_lora.py runs as written (a tiny shape, on the CPU), and its two models, lmstack + compress and
+transformers + PEFT with the same weights and adapters, give the same first loss in fp32."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+
+def test_bench_lora_models_agree_in_fp32(tmp_path):
+    import bench_lora
+
+    doc = bench_lora.main(["--preset", "llama-debug", "--batch", "2", "--seq", "32", "--r", "4", "--steps", "1",
+                           "--warmup", "0", "--rounds", "1", "--out", str(tmp_path / "lora.json")])
+    ours, theirs = doc["results"]["lmstack"], doc["results"]["transformers+peft"]
+    assert ours["first_loss"] == pytest.approx(theirs["first_loss"], rel=1e-5)
+    assert ours["trainable_params"] == theirs["trainable_params"] > 0
+    assert (tmp_path / "lora.json").is_file() and doc["speedup"] > 0
