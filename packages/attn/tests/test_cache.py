@@ -8,6 +8,7 @@ from cache_conformance import DH, KVH, N_LAYERS, KVCacheConformance, rand_kv
 
 from attn.cache import BlockPool, FixedKVCache, PagedKVCache, SequenceError, StaticKVCache
 from specs.errors import CacheFullError, ConfigError
+from specs.presets import preset
 from specs.protocols import PagedKVCache as PagedProtocol
 
 
@@ -148,6 +149,25 @@ def test_freed_prefixes_stay_cached_and_are_reused_lru():
     assert cache.num_free_blocks() == 0
     cache.free("x")
     assert cache.add_sequence("b2", [7, 8, 0]) == 0
+
+
+def test_reset_prefix_cache_forgets_prefixes_and_keeps_sequences():
+    cache = paged(num_blocks=6, block_size=2)
+    cache.add_sequence("a", [1, 2, 3])
+    fill(cache, ["a"], 3)
+    cache.add_sequence("b", [7, 8, 9])
+    fill(cache, ["b"], 3)
+    cache.free("b")  # b's full block stays cached, unreferenced
+    view = cache.decode_view(1, 8, preset("llama-debug"))  # takes the scratch block
+    table = cache.block_table("a")
+    assert cache.pool.num_cached() == 2 and cache.num_free_blocks() == 3
+    assert cache.reset_prefix_cache() == 2
+    assert cache.pool.num_cached() == 0 and cache.num_free_blocks() == 3  # b's block is plain free now
+    assert cache.block_table("a") == table and cache.seq_len("a") == 3  # a keeps its blocks and length
+    assert cache.add_sequence("a2", [1, 2, 5]) == 0 and cache.add_sequence("b2", [7, 8, 0]) == 0  # no stale hits
+    assert view.scratch_block not in table and cache.pool.ref_count(view.scratch_block) == 1
+    cache.free("a")
+    assert cache.pool.ref_count(table[0]) == 0 and cache.pool.num_cached() == 0
 
 
 def test_prefix_caching_off_never_shares():

@@ -41,6 +41,17 @@ class BlockPool:
         self._hash_of: dict[int, bytes] = {}
         self._block_of: dict[bytes, int] = {}
 
+    def forget_prefixes(self) -> int:
+        """Unregister every cached prefix (vLLM's ``reset_prefix_cache``): blocks in use stay with their sequences,
+        unreferenced cached blocks become plain free blocks, and no later prompt matches what was cached before
+        (for KV computed by weights that have since changed). Returns how many prefixes were forgotten."""
+        n = len(self._hash_of)
+        self._free.extend(self._evictable)
+        self._evictable.clear()
+        self._hash_of.clear()
+        self._block_of.clear()
+        return n
+
     def num_free(self) -> int:
         """Blocks an allocation may take: never-cached free blocks plus unreferenced cached ones."""
         return len(self._free) + len(self._evictable)

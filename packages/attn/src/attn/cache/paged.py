@@ -235,6 +235,12 @@ class PagedKVCache:
             self._seqs[self._active[r]] = _Sequence()
         self._plan = None
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached prefix but keep the sequences, their blocks and the decode views' scratch block
+        (``reset()`` drops all three): what a cache of a model whose weights were just replaced needs, since its
+        cached prefixes hold keys and values of the old weights. Returns how many prefixes were forgotten."""
+        return self.pool.forget_prefixes()
+
     def reset(self) -> None:
         """Forget every sequence and cached prefix: back to the state right after construction."""
         self.pool.reset()
