@@ -98,10 +98,12 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any = None, config: ServeConfig | None = None, *,
                  eos_ids: Collection[int] | None = None, max_waiting: int = 1024, max_prefill_tokens: int = 4096,
-                 decode_graphs: bool | None = None, fuse: bool = True):
+                 decode_graphs: bool | None = None, fuse: bool = True, generator: torch.Generator | None = None):
         """``decode_graphs``: decode through fixed-shape views of the paged cache, captured as CUDA graphs on a GPU
         (:mod:`serve.graphs`); None = on wherever the model supports it. False: eager steps over the paged cache.
-        ``fuse``: ``model.fuse_projections()`` first, when it has one (in place; same outputs and state_dict keys)."""
+        ``fuse``: ``model.fuse_projections()`` first, when it has one (in place; same outputs and state_dict keys).
+        ``generator``: what requests without a ``seed`` sample with (on the model's device; the ``generator``
+        attribute; one draw for the whole batch when no request of a step has a seed); None: torch's global one."""
         cfg = config or ServeConfig()
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
@@ -125,6 +127,7 @@ class Engine:
         self.max_waiting = max_waiting
         self.max_prefill_tokens = max_prefill_tokens
         self.device = model_device(model)
+        self.generator = generator
         self.graphs = None
         if decode_graphs is not False:
             self.graphs = DecodeGraphs.try_build(model, self.cache, self.max_batch_size, self.max_seq_len,
@@ -178,6 +181,14 @@ class Engine:
             self._inbox.append(req)
         self._wake.set()
         return rid
+
+    def reset_prefix_cache(self) -> int:
+        """Forget the KV cache's cached prompt prefixes (vLLM's ``reset_prefix_cache``), for a model whose weights
+        were just changed in place: their keys and values are the old weights'. Call with no request running or
+        waiting (LmstackError otherwise), from the thread that steps. Returns how many prefixes were forgotten."""
+        if self.has_work():
+            raise LmstackError("reset_prefix_cache() while requests are running or waiting; let them finish first")
+        return self.cache.reset_prefix_cache()
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; its blocks are freed at the next step."""
@@ -359,12 +370,16 @@ class Engine:
             seen = out + token_counts([r.prompt_ids for r in reqs], self.vocab_size, logits_BV.device)
             processed = apply_penalties(logits_BV, params, seen, out)
         gens = [r.generator for r in reqs]
-        tokens = sample(processed, params, None if all(g is None for g in gens) else gens)
+        if all(g is None for g in gens):  # one draw for the batch
+            tokens = sample(processed, params, self.generator)
+        else:
+            tokens = sample(processed, params, [self.generator if g is None else g for g in gens])
         top_n = [p.logprobs or 0 for p in params]
         lps = raw_logprobs(logits_BV, tokens, top_n) if any(p.logprobs is not None for p in params) else None
         now = time.monotonic()
+        picked = tokens.tolist()  # one copy to the host for the batch
         for b, req in enumerate(reqs):
-            tok = int(tokens[b])
+            tok = picked[b]
             lp = lps[b] if lps is not None and req.params.logprobs is not None else None
             delta = req.state.push(tok, lp)
             self.stats.generation_tokens += 1
