@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from compress import LoRALinear, adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
+from compress import (
+    LoRALinear,
+    adapters_disabled,
+    apply_lora,
+    load_adapter,
+    merge_lora,
+    merged_state_dict,
+    save_adapter,
+)
 from compress.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, lora_layers
 from model.lm import TransformerLM
 from specs.errors import ConfigError, ShapeError
@@ -84,6 +92,31 @@ def test_a_peft_adapter_loads_here_and_merges(hf_dir, tmp_path):
     ours.save_pretrained(tmp_path / "merged")  # the architecture it was built as: save_pretrained takes it
     back = TransformerLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(back(ids), want, rtol=1e-4, atol=1e-4)
+
+
+def test_merged_state_dict_is_the_merged_models_and_changes_nothing(hf_dir):
+    import copy
+
+    torch.manual_seed(4)
+    model = TransformerLM.from_pretrained(hf_dir)
+    apply_lora(model, r=4, alpha=8, targets=TARGETS)
+    _randomize(model, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    merged = copy.deepcopy(model)
+    merge_lora(merged)
+    want = merged.state_dict()
+    got = merged_state_dict(model)
+    assert sorted(got) == sorted(want) == sorted(TransformerLM.from_pretrained(hf_dir).state_dict())
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"],
+                           before["model.layers.0.self_attn.q_proj.base_layer.weight"])  # the delta is in
+    after = model.state_dict()
+    assert sorted(after) == sorted(before) and all(torch.equal(after[k], before[k]) for k in before)
+    with adapters_disabled(model):  # a disabled layer is its base
+        off = merged_state_dict(model)
+    torch.testing.assert_close(off["model.layers.0.self_attn.q_proj.weight"],
+                               before["model.layers.0.self_attn.q_proj.base_layer.weight"], rtol=0, atol=0)
 
 
 def test_adapters_disabled_is_the_base_model_as_peft_disable_adapter(hf_dir, tmp_path):

@@ -1,9 +1,17 @@
 """lmstack compression: quantization and LoRA adapters applied to a model from outside (gpt-fast's quantize.py,
 torchao's quantize_, PEFT's LoRA)."""
 
-from compress.lora import LoRALinear, adapters_disabled, apply_lora, load_adapter, merge_lora, save_adapter
+from compress.lora import (
+                           LoRALinear,
+                           adapters_disabled,
+                           apply_lora,
+                           load_adapter,
+                           merge_lora,
+                           merged_state_dict,
+                           save_adapter,
+)
 from compress.quant import Int8WeightOnlyLinear, int8_weight_only_, quantize_
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 __all__ = ["Int8WeightOnlyLinear", "LoRALinear", "adapters_disabled", "apply_lora", "int8_weight_only_",
-           "load_adapter", "merge_lora", "quantize_", "save_adapter"]
+           "load_adapter", "merge_lora", "merged_state_dict", "quantize_", "save_adapter"]

@@ -180,6 +180,24 @@ def merge_lora(model: nn.Module) -> int:
     return len(layers)
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` the model would have after :func:`merge_lora`, without changing it: each adapted layer's
+    ``<name>.weight`` is its base weight plus the adapter's delta (in the base weight's dtype; the base alone while
+    the layer is ``disabled``) and ``<name>.bias`` its base bias, with no ``base_layer`` or ``lora_`` keys. Other
+    entries are the model's own (detached, not copied). What a copy of a LoRA policy loads to sample from it (PEFT's
+    ``merge_and_unload().state_dict()``, as TRL syncs vLLM)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, layer in lora_layers(model).items():
+            for part in ("lora_A", "lora_B"):
+                del state[f"{name}.{part}.weight"]
+            w = state.pop(f"{name}.base_layer.weight")
+            state[f"{name}.weight"] = w if layer.disabled else (w.float() + layer.delta_weight()).to(w.dtype)
+            if f"{name}.base_layer.bias" in state:
+                state[f"{name}.bias"] = state.pop(f"{name}.base_layer.bias")
+    return state
+
+
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' weights under PEFT's keys (``base_model.model.<module>.lora_A.weight``)."""
     layers = lora_layers(model)
@@ -332,6 +350,11 @@ class LoraAdapters:
     def disabled(model: nn.Module) -> contextlib.AbstractContextManager[int]:
         """:func:`adapters_disabled`: the adapted model computing as its base model within the block."""
         return adapters_disabled(model)
+
+    @staticmethod
+    def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+        """:func:`merged_state_dict`: the adapted model's weights as its merged model's ``state_dict``."""
+        return merged_state_dict(model)
 
     @staticmethod
     def check(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 ``lora`` (lmstack-compress's LoRA): train does not import compress. The plugin's ``apply(model, cfg)`` adapts the
 model in place and freezes the rest (the Trainer then optimises what still requires grad); its
 ``save(weights_file, directory, cfg, base_model)`` writes a checkpoint's adapters as PEFT does; its
-``disabled(model)`` is a context in which the model computes without them (a preference objective's reference)."""
+``disabled(model)`` is a context in which the model computes without them (a preference objective's reference);
+its ``merged_state_dict(model)`` is the adapted model's weights with the adapters merged in (an online objective's
+sampling copy)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,12 @@ def save(weights: str | os.PathLike[str], directory: str | os.PathLike[str], cfg
 def disabled(model: Any) -> contextlib.AbstractContextManager[int]:
     """A context in which the adapted ``model`` computes as its base model (the plugin's ``disabled``)."""
     return plugin().disabled(model)
+
+
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The adapted ``model``'s weights as the ``state_dict`` of its merged model (the plugin's
+    ``merged_state_dict``; the model is not changed): what a copy of the policy that samples loads."""
+    return plugin().merged_state_dict(model)
 
 
 def check(cfg: RunConfig) -> None:
