@@ -6,8 +6,10 @@ scores them, and takes one optimizer step on them (full fine-tuning, fp32 weight
 AdamW; TRL's loop with its ``bf16=True``). Random weights rarely sample EOS, so completions run to the limit in both
 (the tokens each generated are counted and reported). Each side runs ``--steps`` steps after one warm-up step;
 the time of a step is the wall time between step ends (a callback on each side), median reported, with the
-tokens sampled a second. The two runs are sequential (TRL first), so they see the same machine in turn. A benchmark,
-not a test: put the figures, card and date in docs/benchmarks.md.
+tokens sampled a second. The runs are sequential (TRL first, then lmstack once per ``--samplers`` entry:
+``train.grpo.sampler`` ``generate``, the policy sampling eagerly as TRL's does, and ``paged``, a synced copy in
+serve's engine), so they see the same machine in turn. A benchmark, not a test: put the figures, card and date in
+docs/benchmarks.md.
 
     python packages/rl/benchmarks/bench_grpo.py --preset llama-1b --prompts 8 --generations 8 --completion 256
 """
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--generations", type=_count(2), default=4, help="completions a prompt")
     ap.add_argument("--completion", type=_count(1), default=64, help="max completion tokens")
     ap.add_argument("--steps", type=_count(2), default=4)
+    ap.add_argument("--samplers", nargs="+", default=["generate", "paged"], choices=["generate", "paged"],
+                    help="lmstack's train.grpo.sampler settings to run, each after TRL")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import datasets
@@ -103,18 +107,46 @@ def main(argv: list[str] | None = None) -> dict:
     if cuda:
         torch.cuda.empty_cache()
 
-    # lmstack
-    lclock = _Clock()
+    for sampler in args.samplers:  # lmstack, once per sampler
+        results[f"lmstack-{sampler}"] = _lmstack(args, cfg, work, total, sampler)
+        if cuda:
+            torch.cuda.empty_cache()
+    steps = [b - a for a, b in zip(tclock.ends[:-1], tclock.ends[1:])]  # after the first (warm-up) step
+    results["trl"] = _figures(args, steps, [h["completions/mean_length"] for h in tlog])
+    doc = {"bench": "grpo_step", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "device": torch.cuda.get_device_name() if cuda else "cpu", "args": vars(args), "results": results,
+           "speedup": {f"lmstack-{k}": results["trl"]["step_s"] / results[f"lmstack-{k}"]["step_s"]
+                       for k in args.samplers}}
+    print(json.dumps(doc, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=2)
+    return doc
+
+
+def _figures(args: argparse.Namespace, steps: list[float], mean_len: list[float]) -> dict:
+    """The median step and the tokens sampled a second, from step times and each step's mean completion length
+    (the first, warm-up step's left out)."""
+    step = statistics.median(steps)
+    mean = statistics.mean(mean_len[1:] or mean_len)
+    return {"step_s": step, "sampled_tokens_per_s": args.prompts * args.generations * mean / step,
+            "mean_completion_tokens": mean}
+
+
+def _lmstack(args: argparse.Namespace, cfg, work: Path, total: int, sampler: str) -> dict:
+    """lmstack's Trainer with ``train.grpo`` (``sampler``) for ``total`` steps; its figures."""
+    cuda = torch.cuda.is_available()
+    clock = _Clock()
     loader = build_prompt_dataloader(work / "prompts.jsonl", batch_size=args.prompts, seq_len=64,
                                      tokenizer=str(work / "hf"), epochs=None)
     run = RunConfig(model=cfg, data=DataConfig(dataset="prompts", path=str(work / "prompts.jsonl"), pack=False,
                                                batch_size=args.prompts, seq_len=64),
-                    train=TrainConfig(lr=1e-6, warmup_steps=0, log_every=1, out_dir=str(work / "ours"),
+                    train=TrainConfig(lr=1e-6, warmup_steps=0, log_every=1, out_dir=str(work / f"ours-{sampler}"),
                                       precision="bf16" if cuda else "fp32", ckpt_final=False, callbacks=(),
                                       weight_decay=0.0, grad_clip=1.0, schedule="constant",
                                       grpo=GRPOConfig(rewards=(f"{__name__}:length_reward",),
                                                       num_generations=args.generations,
-                                                      max_completion_length=args.completion)))
+                                                      max_completion_length=args.completion, sampler=sampler)))
     model = TransformerLM.from_pretrained(work / "hf")
     lengths = []
 
@@ -128,24 +160,10 @@ def main(argv: list[str] | None = None) -> dict:
                 return lambda *a, **k: None
             raise AttributeError(name)
 
-    trainer = Trainer(model, run, loader, tokenizer=loader.load_tokenizer(), callbacks=[lclock, Lengths()])
+    trainer = Trainer(model, run, loader, tokenizer=loader.load_tokenizer(), callbacks=[clock, Lengths()])
+    trainer.objective.check(run)  # as train.run's preflight: the sampler learns data.seq_len
     trainer.fit(steps=total)
-
-    for name, clock, mean_len in (("trl", tclock, [h["completions/mean_length"] for h in tlog]),
-                                  ("lmstack", lclock, lengths)):
-        steps = [b - a for a, b in zip(clock.ends[:-1], clock.ends[1:])]  # after the first (warm-up) step
-        step = statistics.median(steps)
-        tokens = args.prompts * args.generations * statistics.mean(mean_len[1:] or mean_len)
-        results[name] = {"step_s": step, "sampled_tokens_per_s": tokens / step,
-                         "mean_completion_tokens": statistics.mean(mean_len[1:] or mean_len)}
-    doc = {"bench": "grpo_step", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "device": torch.cuda.get_device_name() if cuda else "cpu", "args": vars(args), "results": results,
-           "speedup": results["trl"]["step_s"] / results["lmstack"]["step_s"]}
-    print(json.dumps(doc, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=2)
-    return doc
+    return _figures(args, [b - a for a, b in zip(clock.ends[:-1], clock.ends[1:])], lengths)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def test_bench_grpo_runs_both_trainers(tmp_path):
 
     doc = bench_grpo.main(["--preset", "llama-debug", "--prompts", "2", "--generations", "2", "--completion", "6",
                            "--steps", "2"])
-    for side in ("trl", "lmstack"):
+    assert set(doc["results"]) == {"trl", "lmstack-generate", "lmstack-paged"}
+    assert set(doc["speedup"]) == {"lmstack-generate", "lmstack-paged"}
+    for side in doc["results"]:
         r = doc["results"][side]
         assert r["step_s"] > 0 and 1 <= r["mean_completion_tokens"] <= 6
         assert r["sampled_tokens_per_s"] == pytest.approx(4 * r["mean_completion_tokens"] / r["step_s"])

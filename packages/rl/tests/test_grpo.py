@@ -165,10 +165,12 @@ def prompts(tmp_path_factory):
     return path
 
 
-def test_a_grpo_run_raises_its_reward(hf_dirs, prompts, tmp_path):
+@pytest.mark.parametrize("sampler", ["generate", "paged"])
+def test_a_grpo_run_raises_its_reward(hf_dirs, prompts, tmp_path, sampler):
     out = tmp_path / "out"
-    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts), "--train.steps", "16", "--train.out_dir",
-                str(out), "--data.val_fraction", "0.25", "--train.eval_every", "16", "--train.eval_steps", "1"]) == 0
+    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts, sampler=sampler), "--train.steps", "16",
+                "--train.out_dir", str(out), "--data.val_fraction", "0.25", "--train.eval_every", "16",
+                "--train.eval_steps", "1"]) == 0
     s = scalars(out)
     assert 0 <= s["eval/reward"][16] <= 1 and "eval/loss" in s and "eval/ppl" not in s
     first = sum(s["reward"][i] for i in (1, 2, 3)) / 3
@@ -179,8 +181,61 @@ def test_a_grpo_run_raises_its_reward(hf_dirs, prompts, tmp_path):
     assert TransformerLM.from_pretrained(out / "checkpoints" / "step_00000016").config.d_model == 32
 
 
-def test_a_grpo_run_resumes_exactly(hf_dirs, prompts, tmp_path):
-    cfg = _config(tmp_path, hf_dirs[0], prompts, beta=0.05)
+class _Trainer:
+    """What GRPO.prepare reads of a Trainer: the policy, its tokenizer, step, seed, rank and precision."""
+
+    def __init__(self, model, tok, lora=None):
+        import contextlib
+        import types
+
+        self.module, self.tokenizer, self.device, self.global_step = model, tok, torch.device("cpu"), 0
+        self.cfg = types.SimpleNamespace(seed=3, lora=lora)
+        self.env = types.SimpleNamespace(rank=0)
+        self.autocast = contextlib.nullcontext
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_paged_sampler_follows_the_policy_as_generate_does(hf_dirs, lora):
+    """``sampler: paged`` (a synced copy of the policy in serve's engine) gives the training batch ``generate``
+    gives, at top-k 1 where sampling is deterministic, for the initial weights and after each change to them (an
+    optimizer step: the copy syncs; LoRA: the merged weights)."""
+    from data.tokenizer.loading import load_tokenizer
+    from rl.grpo import GRPO, PromptBatch
+    from specs.config import LoraConfig
+    from train import adapters
+
+    tok = load_tokenizer(str(hf_dirs[0]))
+    torch.manual_seed(0)
+    model = TransformerLM.from_pretrained(hf_dirs[0])
+    lora_cfg = LoraConfig(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj")) if lora else None
+    if lora:
+        adapters.apply(model, lora_cfg)
+    trainer = _Trainer(model, tok, lora_cfg)
+    cfg = dict(rewards=("test_grpo:count_a",), num_generations=2, max_completion_length=6, top_k=1,
+               temperature=0.7)
+    paged, eager = GRPO(GRPOConfig(**cfg, sampler="paged")), GRPO(GRPOConfig(**cfg, sampler="generate"))
+    assert GRPO(GRPOConfig(**cfg)).sampler_kind(torch.device("cpu")) == "generate"  # auto, off CUDA
+    g = torch.Generator().manual_seed(1)
+    batch = PromptBatch([torch.randint(3, 300, (n,), generator=g).tolist() for n in (4, 9, 17)],
+                        [{"prompt": "x"}] * 3)
+    seen = []
+    for step in range(3):
+        trainer.global_step = step
+        a, _ = paged.prepare(batch, trainer)
+        b, _ = eager.prepare(batch, trainer)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels), step
+        assert paged._synced_at == step
+        seen.append(a.input_ids)
+        with torch.no_grad():  # what an optimizer step does: the trainable weights change
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.3)
+    assert not torch.equal(seen[0], seen[1]) or not torch.equal(seen[1], seen[2])  # the samples moved with them
+
+
+@pytest.mark.parametrize("sampler", ["generate", "paged"])
+def test_a_grpo_run_resumes_exactly(hf_dirs, prompts, tmp_path, sampler):
+    cfg = _config(tmp_path, hf_dirs[0], prompts, beta=0.05, sampler=sampler)
     full, split = tmp_path / "full", tmp_path / "split"
     assert cli(["--config", cfg, "--train.deterministic", "true", "--train.out_dir", str(full)]) == 0
     assert cli(["--config", cfg, "--train.deterministic", "true", "--train.steps", "2", "--train.out_dir",
@@ -215,14 +270,16 @@ def test_bad_grpo_configs_stop_before_any_work(hf_dirs, prompts, tmp_path, capsy
 
 
 @pytest.mark.dist
-def test_grpo_under_ddp(hf_dirs, prompts, tmp_path):
-    """Two gloo ranks under DDP, each sampling its half of the prompts: the run completes, logs its rewards and
-    writes a checkpoint (the samples differ from one process's, so the losses are not compared)."""
+@pytest.mark.parametrize("sampler", ["generate", "paged"])
+def test_grpo_under_ddp(hf_dirs, prompts, tmp_path, sampler):
+    """Two gloo ranks under DDP, each sampling its half of the prompts (``paged``: each with its own copy of the
+    policy): the run completes, logs its rewards and writes a checkpoint (the samples differ from one process's, so
+    the losses are not compared)."""
     import os
     import subprocess
     import sys
 
-    cfg = _config(tmp_path, hf_dirs[0], prompts)
+    cfg = _config(tmp_path, hf_dirs[0], prompts, sampler=sampler)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.run",
            "--config", cfg, "--train.device", "cpu", "--dist.strategy", "DDP", "--train.steps", "3",
            "--train.out_dir", str(tmp_path / "ddp")]

@@ -3,9 +3,13 @@ GRPOTrainer computes it, run by the Trainer (``train.grpo``; the ``lmstack.objec
 
 Each step, for this rank's prompts (``data.dataset: prompts``, :func:`build_prompt_dataloader`):
 
-1. the policy samples ``num_generations`` completions of every prompt (the ``lmstack.generators`` plugin, serve's
-   ``generate``; eval mode, the run's precision, a generator seeded by the run's seed, the step and the rank, so a
-   resumed run samples what the uninterrupted one did);
+1. the policy samples ``num_generations`` completions of every prompt, with a generator seeded by the run's seed,
+   the step and the rank, so a resumed run samples what the uninterrupted one did: ``sampler: generate`` with the
+   policy itself (the ``lmstack.generators`` plugin, serve's ``generate``; eval mode, the run's precision);
+   ``paged`` with a copy of it in the run's precision (the ``lmstack.samplers`` plugin, serve's ``PolicySampler``:
+   the continuous-batching engine with CUDA-graph decode steps), built at the first step and synced with the
+   policy's weights after every optimizer step (a LoRA policy's merged: ``train.adapters.merged_state_dict``), as
+   TRL syncs vLLM; ``auto``: ``paged`` on CUDA;
 2. the rewards score them: functions called as TRL calls them, ``f(prompts=, completions=, completion_ids=,
    **columns)`` with the prompt file's other columns, returning a float (or None) a completion, and reward models
    (``model:DIR``, ``model.reward.TransformerRewardModel`` on prompt + completion); summed with
@@ -270,6 +274,9 @@ class GRPO:
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
         self._rewards: list[tuple[str, Callable[..., Any]]] | None = None
+        self._paged: Any = None  # sampler "paged": serve's PolicySampler, built at the first step
+        self._synced_at = -1  # the optimizer step whose weights it holds
+        self._seq_len: int | None = None  # data.seq_len, the longest prompt (check() reads it)
 
     def check(self, run: RunConfig) -> None:
         if run.data.pack:
@@ -278,6 +285,9 @@ class GRPO:
             raise ConfigError("dist.strategy", "grpo samples with the whole policy on each rank, which FSDP shards; "
                                                "use DDP (or none)")
         self._reference_kind(run.train)
+        self._seq_len = run.data.seq_len
+        if self.cfg.sampler == "paged":
+            _paged_sampler()
         for spec in self.cfg.rewards:  # import errors now, before any work (reward models load when training)
             if not spec.startswith("model:"):
                 load_reward(spec)
@@ -298,6 +308,34 @@ class GRPO:
             return (labels != IGNORE_INDEX).sum()
         return torch.tensor(labels.shape[0], device=labels.device)
 
+    def sampler_kind(self, device: torch.device) -> str:
+        """``generate`` or ``paged``: ``train.grpo.sampler`` with ``auto`` decided for ``device``."""
+        kind = self.cfg.sampler
+        return kind if kind != "auto" else ("paged" if torch.device(device).type == "cuda" else "generate")
+
+    def _sampler(self, trainer: Any, rows: int) -> Any:
+        """The ``paged`` sampler (serve's PolicySampler over a copy of the policy), built at the first step with
+        room for ``rows`` completions at once, and synced with the policy's weights whenever an optimizer step
+        changed them since (a LoRA policy's merged)."""
+        model, step = trainer.module, trainer.global_step
+        if self._paged is not None and self._synced_at == step:
+            return self._paged
+        state = adapters.merged_state_dict(model) if trainer.cfg.lora is not None else model.state_dict()
+        if self._paged is None:
+            cls = _paged_sampler()
+            with trainer.autocast():  # the copy's dtype: what the forward computes in
+                dtype = (torch.get_autocast_dtype(trainer.device.type)
+                         if torch.is_autocast_enabled(trainer.device.type) else next(model.parameters()).dtype)
+            tok = trainer.tokenizer
+            eos = getattr(tok, "eos_id", None)
+            longest = (self._seq_len or model.config.max_seq_len) + self.cfg.max_completion_length
+            self._paged = cls(model, max_batch_size=rows, max_seq_len=min(longest, model.config.max_seq_len),
+                              dtype=dtype, eos_ids=() if eos is None else (int(eos),), state_dict=state)
+        else:
+            self._paged.sync(state)
+        self._synced_at = step
+        return self._paged
+
     def rewards(self, device: torch.device) -> list[tuple[str, Callable[..., Any]]]:
         if self._rewards is None:
             self._rewards = [load_reward(spec, device) for spec in self.cfg.rewards]
@@ -316,12 +354,18 @@ class GRPO:
         pad = int(pad if pad is not None else (eos if eos is not None else 0))
         prompts = [p for p in batch.ids for _ in range(G)]
         seed = (int(trainer.cfg.seed) * 1_000_003 + trainer.global_step * 1_009 + trainer.env.rank) % 2**63
-        gen = torch.Generator(device=device).manual_seed(seed + (0 if model.training else 7))
-        generate = resolve("lmstack.generators", "default")
-        with eval_mode(model), trainer.autocast():  # sampled in the run's precision, as the forward runs
-            out = generate(model, prompts, cfg.max_completion_length, eos_token_id=eos, pad_token_id=pad,
-                           generator=gen, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                           return_dict=True)
+        seed += 0 if model.training else 7
+        if self.sampler_kind(device) == "paged":
+            sampler = self._sampler(trainer, len(prompts))
+            out = sampler.sample(prompts, cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 top_k=cfg.top_k, seed=seed)
+        else:
+            generate = resolve("lmstack.generators", "default")
+            gen = torch.Generator(device=device).manual_seed(seed)
+            with eval_mode(model), trainer.autocast():  # sampled in the run's precision, as the forward runs
+                out = generate(model, prompts, cfg.max_completion_length, eos_token_id=eos, pad_token_id=pad,
+                               generator=gen, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                               return_dict=True)
         completions = [list(map(int, t)) for t in out.tokens]
         truncated = [reason == "length" for reason in out.finish_reasons]
         texts = [tok.decode([t for t in c if t != eos]) for c in completions]
@@ -360,6 +404,15 @@ class GRPO:
                       "completions/clipped_ratio": torch.tensor(truncated, dtype=torch.float32).mean()})
         return (Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv),
                 {k: v.to(device) for k, v in stats.items()})
+
+
+def _paged_sampler() -> Any:
+    """serve's PolicySampler (the ``lmstack.samplers`` plugin ``paged``), or a ConfigError saying what to do."""
+    try:
+        return resolve("lmstack.samplers", "paged")
+    except PluginError as exc:
+        raise ConfigError("train.grpo.sampler", f"'paged' needs the lmstack.samplers plugin 'paged' (pip install "
+                                                f"lmstack-serve), or set sampler: generate ({exc})") from None
 
 
 def _score(value: Any, name: str, i: int) -> float:

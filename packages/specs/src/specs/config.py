@@ -202,7 +202,11 @@ class GRPOConfig(ConfigBase):
     group (``scale_rewards``: ``group``, ``batch`` or ``none``). ``loss_type``: ``dapo`` (token mean over the
     batch), ``grpo`` (token mean per sequence) or ``dr_grpo`` (over ``max_completion_length`` per sequence).
     ``beta`` > 0 adds the KL to the reference model (``reference`` as PreferenceConfig's). One optimisation pass
-    per generation (TRL's ``num_iterations`` 1), so the clipped ratio is 1 and there is no clipping to set."""
+    per generation (TRL's ``num_iterations`` 1), so the clipped ratio is 1 and there is no clipping to set.
+    ``sampler``: ``generate`` samples with the policy itself (the ``lmstack.generators`` plugin: serve's
+    ``generate``); ``paged`` with a copy of it in the run's precision, synced after every optimizer step (LoRA
+    merged), in serve's continuous-batching engine (the ``lmstack.samplers`` plugin ``paged``: CUDA-graph decode
+    steps, as TRL samples with vLLM); ``auto``: ``paged`` on a CUDA device, else ``generate``."""
 
     kind: ClassVar[str] = "GRPOConfig"
     rewards: tuple[str, ...] = ()
@@ -217,6 +221,7 @@ class GRPOConfig(ConfigBase):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     mask_truncated_completions: bool = False
     reference: Literal["auto", "copy", "adapters"] = "auto"
+    sampler: Literal["auto", "generate", "paged"] = "auto"
 
     def check(self) -> None:
         if not self.rewards:
