@@ -1,5 +1,5 @@
-"""Benchmark: GRPO training steps, lmstack's Trainer (``train.grpo``) against TRL's GRPOTrainer, the same weights,
-prompts, reward function and settings, in one process.
+"""Benchmark: GRPO training steps, lmstack's Trainer (``train.grpo``) against TRL's GRPOTrainer (``--method rloo``:
+RLOO against TRL's RLOOTrainer), the same weights, prompts, reward function and settings, in one process.
 
 A step samples ``--generations`` completions of ``--completion`` tokens (at most) for each of ``--prompts`` prompts,
 scores them, and takes one optimizer step on them (full fine-tuning, fp32 weights under bf16 autocast on a GPU,
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--generations", type=_count(2), default=4, help="completions a prompt")
     ap.add_argument("--completion", type=_count(1), default=64, help="max completion tokens")
     ap.add_argument("--steps", type=_count(2), default=4)
+    ap.add_argument("--method", default="grpo", choices=["grpo", "rloo"],
+                    help="train.grpo.method, against TRL's GRPOTrainer or RLOOTrainer")
     ap.add_argument("--samplers", nargs="+", default=["generate", "paged"], choices=["generate", "paged"],
                     help="lmstack's train.grpo.sampler settings to run, each after TRL")
     ap.add_argument("--out", default=None)
@@ -94,13 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     # TRL
     tclock = _Clock()
-    targs = trl.GRPOConfig(output_dir=str(work / "trl"), report_to=[], bf16=cuda, use_cpu=not cuda,
-                           per_device_train_batch_size=args.prompts * args.generations,
-                           num_generations=args.generations, max_completion_length=args.completion,
-                           max_steps=total, learning_rate=1e-6, logging_steps=1, save_strategy="no",
-                           temperature=1.0, beta=0.0, loss_type="dapo", gradient_accumulation_steps=1)
-    tt = trl.GRPOTrainer(model=str(work / "hf"), reward_funcs=[length_reward], args=targs, processing_class=hf_tok,
-                         train_dataset=datasets.Dataset.from_list(prompts), callbacks=[tclock])
+    rloo = args.method == "rloo"
+    targs = (trl.RLOOConfig if rloo else trl.GRPOConfig)(
+        output_dir=str(work / "trl"), report_to=[], bf16=cuda, use_cpu=not cuda,
+        per_device_train_batch_size=args.prompts * args.generations, num_generations=args.generations,
+        max_completion_length=args.completion, max_steps=total, learning_rate=1e-6, logging_steps=1,
+        save_strategy="no", temperature=1.0, beta=0.0, gradient_accumulation_steps=1,
+        **({} if rloo else {"loss_type": "dapo"}))
+    tt = (trl.RLOOTrainer if rloo else trl.GRPOTrainer)(
+        model=str(work / "hf"), reward_funcs=[length_reward], args=targs, processing_class=hf_tok,
+        train_dataset=datasets.Dataset.from_list(prompts), callbacks=[tclock])
     tt.train()
     tlog = [h for h in tt.state.log_history if "completions/mean_length" in h]
     del tt
@@ -146,7 +151,8 @@ def _lmstack(args: argparse.Namespace, cfg, work: Path, total: int, sampler: str
                                       weight_decay=0.0, grad_clip=1.0, schedule="constant",
                                       grpo=GRPOConfig(rewards=(f"{__name__}:length_reward",),
                                                       num_generations=args.generations,
-                                                      max_completion_length=args.completion, sampler=sampler)))
+                                                      max_completion_length=args.completion, sampler=sampler,
+                                                      method=args.method)))
     model = TransformerLM.from_pretrained(work / "hf")
     lengths = []
 

@@ -26,11 +26,12 @@ def test_bench_dpo_sides_agree_in_fp32(tmp_path):
     assert (tmp_path / "dpo.json").is_file() and doc["speedup"] > 0
 
 
-def test_bench_grpo_runs_both_trainers(tmp_path):
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_bench_grpo_runs_both_trainers(tmp_path, method):
     import bench_grpo
 
     doc = bench_grpo.main(["--preset", "llama-debug", "--prompts", "2", "--generations", "2", "--completion", "6",
-                           "--steps", "2"])
+                           "--steps", "2", "--method", method])
     assert set(doc["results"]) == {"trl", "lmstack-generate", "lmstack-paged"}
     assert set(doc["speedup"]) == {"lmstack-generate", "lmstack-paged"}
     for side in doc["results"]:

@@ -12,7 +12,16 @@ import yaml
 from test_run import scalars
 
 from model.lm import TransformerLM
-from rl.grpo import GRPOModule, _collate, _row, build_prompt_dataloader, group_advantages, read_prompts
+from rl.grpo import (
+    GRPOModule,
+    RLOOModule,
+    _collate,
+    _row,
+    build_prompt_dataloader,
+    group_advantages,
+    read_prompts,
+    rloo_advantages,
+)
 from rl.rewards import exact_match, think_format
 from specs.config import GRPOConfig
 from specs.errors import ConfigError
@@ -81,7 +90,8 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
         want.backward()
     ours = GRPOModule(policy, cfg, reference)
     rows = [_row(prompt[i].tolist(), completion[i, :n].tolist(), 0) for i, n in enumerate(lengths)]
-    ids, labels, mask, a = _collate(rows, adv, None, tok.pad_token_id)
+    ids, labels, mask = _collate(rows, None, tok.pad_token_id)
+    a = torch.where(labels != -100, adv[:, None], 0.0)
     loss, stats = ours(ids, labels, a, attn_mask=mask)
     loss.backward()
     torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
@@ -92,6 +102,75 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
         assert g_want.abs().max() > 0
         torch.testing.assert_close(policy.get_parameter(name).grad, g_want, rtol=1e-4,
                                    atol=1e-5 * float(g_want.abs().max()))
+
+
+def test_rloo_loss_and_gradients_match_trl(hf_dirs, tmp_path):
+    """RLOO's loss of one pass (``method: rloo``) and its gradients are TRL 1.13 RLOOTrainer._compute_loss's for the
+    same completions, advantages and old log-probabilities (the policy's own, as TRL takes them)."""
+    policy_dir = str(hf_dirs[0])
+    L, temperature = 6, 0.7
+    args = trl.RLOOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False,
+                          per_device_train_batch_size=4, num_generations=2, max_completion_length=L, beta=0.0,
+                          temperature=temperature)
+    tok = transformers.PreTrainedTokenizerFast.from_pretrained(policy_dir)
+    trainer = trl.RLOOTrainer(model=policy_dir, reward_funcs=[count_a], args=args, processing_class=tok,
+                              train_dataset=datasets.Dataset.from_list([{"prompt": "hello"}] * 4))
+    trainer.model.train()
+    g = torch.Generator().manual_seed(0)
+    V = trainer.model.config.vocab_size
+    prompt = torch.randint(3, V, (4, 5), generator=g)
+    lengths = [6, 3, 5, 1]
+    completion = torch.full((4, L), tok.pad_token_id)
+    cmask = torch.zeros(4, L, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        completion[i, :n] = torch.randint(3, V, (n,), generator=g)
+        cmask[i, :n] = 1
+    adv = torch.tensor([0.7, -0.7, 1.2, -1.2])
+    with torch.no_grad():
+        old = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1), L)[0]
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+              "completion_mask": cmask, "advantages": adv, "old_logps": (old * cmask).sum(1)}
+    want = trainer._compute_loss(trainer.model, inputs)
+    want.backward()
+
+    cfg = GRPOConfig(rewards=("test_grpo:count_a",), num_generations=2, max_completion_length=L, method="rloo",
+                     temperature=temperature)
+    policy = TransformerLM.from_pretrained(policy_dir)
+    ours = RLOOModule(policy, cfg, None)
+    rows = [_row(prompt[i].tolist(), completion[i, :n].tolist(), 0) for i, n in enumerate(lengths)]
+    ids, labels, mask = _collate(rows, None, tok.pad_token_id)
+    loss, _ = ours(ids, labels, torch.where(labels != -100, adv[:, None], 0.0), attn_mask=mask)
+    loss.backward()
+    torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
+    for name in ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
+        g_want = trainer.model.get_parameter(name).grad
+        assert g_want.abs().max() > 0
+        torch.testing.assert_close(policy.get_parameter(name).grad, g_want, rtol=1e-4,
+                                   atol=1e-5 * float(g_want.abs().max()))
+
+
+def test_rloo_advantages_are_leave_one_out():
+    """Each reward minus the mean of its group's other scored rewards, computed here one completion at a time; NaN
+    rewards are left out of the baselines and get 0; ``normalize`` over the batch as TRL's nanstd (n - 1)."""
+    from trl.trainer.utils import nanstd
+
+    r = torch.tensor([1.0, 0.0, 0.5, 0.25, 2.0, float("nan"), 1.0, 3.0, 5.0, float("nan"), float("nan"),
+                      float("nan")])
+    want = torch.zeros(12)
+    for i in range(12):
+        others = [float(r[j]) for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i and not torch.isnan(r[j])]
+        if not torch.isnan(r[i]) and others:
+            want[i] = float(r[i]) - sum(others) / len(others)
+    got = rloo_advantages(r, 4)
+    torch.testing.assert_close(got, want)
+    assert got[8] == 0 and got[5] == 0  # a group's only scored completion, an unscored one
+    scored = torch.isnan(r) == 0
+    scored[8] = False  # its baseline is 0 / 0: out of the normalisation too, advantage 0
+    a = got[scored]
+    normed = rloo_advantages(r, 4, normalize=True)
+    torch.testing.assert_close(normed[scored], (a - a.mean()) / (nanstd(a) + 1e-4))
+    assert (normed[~scored] == 0).all()
 
 
 def test_group_advantages_are_trls():
@@ -165,10 +244,12 @@ def prompts(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("sampler", ["generate", "paged"])
-def test_a_grpo_run_raises_its_reward(hf_dirs, prompts, tmp_path, sampler):
+@pytest.mark.parametrize("sampler,method", [("generate", "grpo"), ("paged", "grpo"), ("paged", "rloo")])
+def test_a_grpo_run_raises_its_reward(hf_dirs, prompts, tmp_path, sampler, method):
     out = tmp_path / "out"
-    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts, sampler=sampler), "--train.steps", "16",
+    extra = {"beta": 0.02} if method == "rloo" else {}
+    assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts, sampler=sampler, method=method, **extra),
+                "--train.steps", "16",
                 "--train.out_dir", str(out), "--data.val_fraction", "0.25", "--train.eval_every", "16",
                 "--train.eval_steps", "1"]) == 0
     s = scalars(out)
@@ -233,6 +314,48 @@ def test_the_paged_sampler_follows_the_policy_as_generate_does(hf_dirs, lora):
     assert not torch.equal(seen[0], seen[1]) or not torch.equal(seen[1], seen[2])  # the samples moved with them
 
 
+def test_rloo_takes_the_kl_to_the_reference_out_of_the_reward(hf_dirs):
+    """``method: rloo`` with beta: prepare() scores the completions, takes beta x the summed log-ratio of the policy
+    to the reference (log-softmax of the logits over the temperature, computed here) out of each reward, and gives
+    each completion token its completion's leave-one-out advantage; ``kl`` is the token mean of the log-ratio."""
+    from data.tokenizer.loading import load_tokenizer
+    from rl.grpo import GRPO, PromptBatch
+    from specs.config import TrainConfig
+
+    tok = load_tokenizer(str(hf_dirs[0]))
+    model = TransformerLM.from_pretrained(hf_dirs[0])
+    cfg = GRPOConfig(rewards=("test_grpo:count_a",), num_generations=4, max_completion_length=6, method="rloo",
+                     beta=0.5, temperature=0.8)
+    obj = GRPO(cfg)
+    module = obj.module(model, train=TrainConfig(grpo=cfg), device=torch.device("cpu"))
+    assert isinstance(module, RLOOModule) and module._reference[0] is not model
+    with torch.no_grad():  # an optimizer step: the policy leaves its reference
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    g = torch.Generator().manual_seed(1)
+    batch = PromptBatch([torch.randint(3, 300, (n,), generator=g).tolist() for n in (4, 9)], [{"prompt": "x"}] * 2)
+    out, stats = obj.prepare(batch, _Trainer(model, tok))
+    keep = out.labels != -100
+    safe = out.labels.clamp(min=0)
+
+    def logps(m):
+        with torch.no_grad():
+            lp = torch.log_softmax(m(out.input_ids).float() / 0.8, -1).gather(-1, safe[..., None])[..., 0]
+        return lp * keep
+
+    kl = logps(model) - logps(module._reference[0])
+    texts = [tok.decode([t for t in row[k].tolist() if t != tok.eos_id]) for row, k in zip(out.labels, keep)]
+    rewards = torch.tensor(count_a(texts)) - 0.5 * kl.sum(-1)
+    want = torch.zeros(8)
+    for i in range(8):
+        others = [float(rewards[j]) for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i]
+        want[i] = float(rewards[i]) - sum(others) / 3
+    assert kl.abs().sum() > 0.1
+    torch.testing.assert_close(out.advantages, torch.where(keep, want[:, None], 0.0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stats["kl"], kl.sum() / keep.sum(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(stats["reward"], torch.tensor(count_a(texts)).mean())
+
+
 @pytest.mark.parametrize("sampler", ["generate", "paged"])
 def test_a_grpo_run_resumes_exactly(hf_dirs, prompts, tmp_path, sampler):
     cfg = _config(tmp_path, hf_dirs[0], prompts, beta=0.05, sampler=sampler)
@@ -262,6 +385,9 @@ def test_a_reward_function_returning_no_number_is_named(hf_dirs, prompts, tmp_pa
     (["--data.dataset", "preference"], "data.dataset"),
     (["--train.grpo.num_generations", "1"], "train.grpo.num_generations"),
     (["--train.preference.method", "dpo"], "train.grpo"),
+    (["--train.grpo.method", "rloo", "--train.grpo.loss_type", "grpo"], "train.grpo.loss_type"),
+    (["--train.grpo.normalize_advantages", "true"], "train.grpo.normalize_advantages"),
+    (["--train.grpo.method", "ppo"], "train.grpo.method"),
 ])
 def test_bad_grpo_configs_stop_before_any_work(hf_dirs, prompts, tmp_path, capsys, args, field):
     assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts), *args, "--train.out_dir",

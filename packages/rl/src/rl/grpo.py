@@ -26,6 +26,14 @@ Each step, for this rank's prompts (``data.dataset: prompts``, :func:`build_prom
 
 Logged as TRL names them: ``reward``, ``reward_std``, ``rewards/<name>/mean``, ``frac_reward_zero_std``,
 ``completions/mean_length``, ``completions/clipped_ratio``, and ``kl`` when beta > 0.
+
+RLOO (``train.grpo.method: rloo``, Ahmadian et al. 2024, arXiv:2402.14740; the plugin ``rloo``), as TRL's
+RLOOTrainer computes it, shares steps 1-2 and changes the rest: with beta > 0 each reward loses ``beta`` times its
+completion's summed log-ratio of the policy to the reference (before the step's update; ``kl`` logs its token
+mean); advantages are leave-one-out (:func:`rloo_advantages`: the reward minus the mean of its group's other
+rewards, then over the batch's mean and standard deviation with ``normalize_advantages``); the loss is the mean
+over completions of ``-exp(s - s.detach()) * A``, ``s`` the completion's summed log-probability
+(:class:`RLOOModule`). ``reward_std`` is then the batch's standard deviation, as TRL's RLOO logs it.
 """
 
 from __future__ import annotations
@@ -211,6 +219,20 @@ def group_advantages(rewards: torch.Tensor, group: int, scale: str = "group") ->
     return torch.nan_to_num(adv, nan=0.0), std
 
 
+def rloo_advantages(rewards: torch.Tensor, group: int, normalize: bool = False) -> torch.Tensor:
+    """RLOO's advantages of rewards (N,) in groups of ``group`` consecutive completions, as TRL's RLOOTrainer
+    computes them: each reward minus the mean of its group's other scored rewards (NaN: unscored, left out of the
+    baselines; advantage 0, as is a group's only scored completion's), then over the batch's mean and standard
+    deviation (+ 1e-4) with ``normalize``."""
+    grouped = rewards.view(-1, group)
+    scored = (~torch.isnan(grouped)).sum(1, keepdim=True)
+    baselines = (torch.nansum(grouped, 1, keepdim=True) - grouped) / (scored - 1)
+    adv = rewards - baselines.reshape(-1)
+    if normalize:
+        adv = (adv - torch.nanmean(adv)) / (_nanstd(adv) + 1e-4)
+    return torch.nan_to_num(adv, nan=0.0)
+
+
 def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """The sample (n - 1) standard deviation ignoring NaN, as TRL's nanstd."""
     mean = torch.nanmean(x, dim=dim, keepdim=dim is not None)
@@ -264,8 +286,24 @@ class GRPOModule(nn.Module):
         return loss, stats
 
 
+class RLOOModule(GRPOModule):
+    """``forward(input_ids, labels, advantages, **fields) -> (loss, stats)``: RLOO's loss of one micro-batch, the
+    mean over its completions of ``-exp(s - s.detach()) * A`` where ``s`` is a completion's summed log-probability
+    (of the logits over ``temperature``) and ``A`` its advantage (``advantages`` holds it at every completion
+    token), as TRL's RLOOTrainer computes it for one optimisation pass. A masked completion (truncated, with
+    ``mask_truncated_completions``) adds 0 (TRL's adds ``-A`` to the value, with no gradient)."""
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, advantages: torch.Tensor,
+                **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = (labels != IGNORE_INDEX).float()
+        s = (self._logps(self.model, input_ids, labels, fields) * mask).sum(-1)
+        adv = (advantages.float() * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return (-torch.exp(s - s.detach()) * adv).mean(), {}
+
+
 class GRPO:
-    """The ``lmstack.objectives`` plugin ``grpo``: ``GRPO(cfg)`` for a ``specs.config.GRPOConfig``."""
+    """The ``lmstack.objectives`` plugins ``grpo`` and ``rloo`` (``train.grpo.method``): ``GRPO(cfg)`` for a
+    ``specs.config.GRPOConfig``."""
 
     name = "grpo"
     prompts = True
@@ -273,10 +311,12 @@ class GRPO:
 
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
+        self.name = cfg.method
         self._rewards: list[tuple[str, Callable[..., Any]]] | None = None
         self._paged: Any = None  # sampler "paged": serve's PolicySampler, built at the first step
         self._synced_at = -1  # the optimizer step whose weights it holds
         self._seq_len: int | None = None  # data.seq_len, the longest prompt (check() reads it)
+        self._module: GRPOModule | None = None  # module()'s: rloo's KL penalty uses its reference
 
     def check(self, run: RunConfig) -> None:
         if run.data.pack:
@@ -301,10 +341,12 @@ class GRPO:
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         kind = self._reference_kind(train)
-        return GRPOModule(model, self.cfg, make_reference(kind, model, device))
+        cls = RLOOModule if self.cfg.method == "rloo" else GRPOModule
+        self._module = cls(model, self.cfg, make_reference(kind, model, device))
+        return self._module
 
     def units(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.cfg.loss_type == "dapo":
+        if self.cfg.loss_type == "dapo" and self.cfg.method == "grpo":
             return (labels != IGNORE_INDEX).sum()
         return torch.tensor(labels.shape[0], device=labels.device)
 
@@ -335,6 +377,24 @@ class GRPO:
             self._paged.sync(state)
         self._synced_at = step
         return self._paged
+
+    @torch.no_grad()
+    def _log_ratio(self, trainer: Any, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, T) the policy's log-probabilities minus the reference's at the completion tokens, 0 elsewhere, before
+        this step's update (eval mode, the run's precision): RLOO's per-token KL estimate, on the host."""
+        module, model, device = self._module, trainer.module, trainer.device
+        if module is None:
+            raise ConfigError("train.grpo.beta", "RLOO's KL penalty needs the objective's module (module() first)")
+        ids, labels = ids.to(device), labels.to(device)
+        reference = module._reference[0]
+        with eval_mode(model), trainer.autocast():
+            logp = module._logps(model, ids, labels, {})
+            if reference == "adapters":
+                with adapters.disabled(model):
+                    ref = module._logps(model, ids, labels, {})
+            else:
+                ref = module._logps(reference, ids, labels, {})
+        return ((logp - ref) * (labels != IGNORE_INDEX)).cpu()
 
     def rewards(self, device: torch.device) -> list[tuple[str, Callable[..., Any]]]:
         if self._rewards is None:
@@ -392,13 +452,24 @@ class GRPO:
         weights = torch.tensor(cfg.reward_weights or [1.0] * len(per_func))
         rewards = (by_func * weights).nansum(1)
         rewards[torch.isnan(by_func).all(1)] = float("nan")
-        advantages, std = group_advantages(rewards, G, cfg.scale_rewards)
         rows = [_row(p, c, pad) for p, c in zip(prompts, completions)]
-        ids, labels, mask, adv = _collate(rows, advantages, truncated if cfg.mask_truncated_completions else None,
-                                          pad)
+        ids, labels, mask = _collate(rows, truncated if cfg.mask_truncated_completions else None, pad)
+        if cfg.method == "rloo":
+            group_std = _nanstd(rewards.view(-1, G), dim=1)
+            penalised = rewards
+            if cfg.beta:  # the summed log-ratio to the reference, out of the reward (TRL's RLOO)
+                kl = self._log_ratio(trainer, ids, labels)
+                penalised = rewards - cfg.beta * kl.sum(-1)
+                stats["kl"] = kl.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
+            advantages, std = rloo_advantages(penalised, G, cfg.normalize_advantages), group_std
+            spread = _nanstd(rewards)
+        else:
+            advantages, std = group_advantages(rewards, G, cfg.scale_rewards)
+            spread = torch.nanmean(_nanstd(rewards.view(-1, G), dim=1))
+        adv = torch.where(labels != IGNORE_INDEX, advantages[:, None], 0.0)
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
         stats.update({"reward": torch.nanmean(rewards).nan_to_num(0.0),
-                      "reward_std": torch.nanmean(_nanstd(rewards.view(-1, G), dim=1)).nan_to_num(0.0),
+                      "reward_std": spread.nan_to_num(0.0),
                       "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean(),
                       "completions/mean_length": lengths.mean(),
                       "completions/clipped_ratio": torch.tensor(truncated, dtype=torch.float32).mean()})
@@ -433,22 +504,21 @@ def _row(prompt: list[int], completion: list[int], pad: int) -> tuple[list[int],
     return full[:-1], labels
 
 
-def _collate(rows: list[tuple[list[int], list[int]]], advantages: torch.Tensor, truncated: list[bool] | None,
-             pad: int) -> tuple[torch.Tensor, ...]:
+def _collate(rows: list[tuple[list[int], list[int]]], truncated: list[bool] | None,
+             pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, labels, attention_mask) of the rows, right-padded to a multiple of 8; a truncated row (when
+    ``truncated`` is given) has no labels: it is left out of the loss (mask_truncated_completions)."""
     T = -(-max(len(x) for x, _ in rows) // 8) * 8
     ids = torch.full((len(rows), T), pad, dtype=torch.long)
     labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
-    adv = torch.zeros((len(rows), T), dtype=torch.float32)
     for r, (x, y) in enumerate(rows):
         ids[r, :len(x)] = torch.tensor(x)
         mask[r, :len(x)] = 1
-        if truncated is not None and truncated[r]:
-            continue  # a truncated completion is left out of the loss (mask_truncated_completions)
-        labels[r, :len(y)] = torch.tensor(y)
-        adv[r, :len(y)] = float(advantages[r])
-    return ids, labels, mask, adv
+        if truncated is None or not truncated[r]:
+            labels[r, :len(y)] = torch.tensor(y)
+    return ids, labels, mask
 
 
-__all__ = ["GRPO", "GRPOModule", "PromptBatch", "PromptLoader", "build_prompt_dataloader", "group_advantages",
-           "load_reward", "read_prompts", "tokenize_prompt"]
+__all__ = ["GRPO", "GRPOModule", "PromptBatch", "PromptLoader", "RLOOModule", "build_prompt_dataloader",
+           "group_advantages", "load_reward", "read_prompts", "rloo_advantages", "tokenize_prompt"]

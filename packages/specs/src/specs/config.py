@@ -206,7 +206,15 @@ class GRPOConfig(ConfigBase):
     ``sampler``: ``generate`` samples with the policy itself (the ``lmstack.generators`` plugin: serve's
     ``generate``); ``paged`` with a copy of it in the run's precision, synced after every optimizer step (LoRA
     merged), in serve's continuous-batching engine (the ``lmstack.samplers`` plugin ``paged``: CUDA-graph decode
-    steps, as TRL samples with vLLM); ``auto``: ``paged`` on a CUDA device, else ``generate``."""
+    steps, as TRL samples with vLLM); ``auto``: ``paged`` on a CUDA device, else ``generate``.
+
+    ``method: rloo`` trains with REINFORCE Leave-One-Out instead (Ahmadian et al. 2024, arXiv:2402.14740; TRL's
+    RLOOTrainer, the plugin ``rloo``): each completion's advantage is its reward minus the mean of the other
+    completions of its prompt (over the batch's mean and standard deviation with ``normalize_advantages``), the
+    loss is the mean over completions of ``-A`` times the ratio of their summed log-probabilities, and ``beta``
+    takes the summed log-ratio to the reference out of the reward instead of adding a KL term to the loss;
+    ``loss_type`` and ``scale_rewards`` are GRPO's alone. (TRL's RLOOConfig defaults ``beta`` to 0.05; here it is
+    0 unless set.)"""
 
     kind: ClassVar[str] = "GRPOConfig"
     rewards: tuple[str, ...] = ()
@@ -222,12 +230,21 @@ class GRPOConfig(ConfigBase):
     mask_truncated_completions: bool = False
     reference: Literal["auto", "copy", "adapters"] = "auto"
     sampler: Literal["auto", "generate", "paged"] = "auto"
+    method: Literal["grpo", "rloo"] = "grpo"
+    normalize_advantages: bool = False
 
     def check(self) -> None:
         if not self.rewards:
             self.fail("rewards", "names at least one reward: a function as package.module:function, or model:DIR")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             self.fail("reward_weights", f"gives {len(self.reward_weights)} weights for {len(self.rewards)} rewards")
+        if self.method == "grpo" and self.normalize_advantages:
+            self.fail("normalize_advantages", "is RLOO's (method: rloo); GRPO scales its advantages by "
+                                              "scale_rewards")
+        if self.method == "rloo" and (self.loss_type != "dapo" or self.scale_rewards != "group"):
+            self.fail("loss_type" if self.loss_type != "dapo" else "scale_rewards",
+                      "is GRPO's: RLOO's loss is the mean over completions and its advantages are leave-one-out "
+                      "(normalize_advantages scales them); leave loss_type and scale_rewards unset")
 
 
 @dataclass(frozen=True, kw_only=True)

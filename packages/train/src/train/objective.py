@@ -61,9 +61,9 @@ class TokenCrossEntropy:
 
 def build(train: TrainConfig) -> Any:
     """The objective ``train`` asks for: :class:`TokenCrossEntropy`, the ``train.preference.method`` plugin, or the
-    plugin ``grpo`` for ``train.grpo``."""
+    ``train.grpo.method`` plugin (``grpo``, ``rloo``) for ``train.grpo``."""
     if train.grpo is not None:
-        method, field, cfg = "grpo", "train.grpo", train.grpo
+        method, field, cfg = train.grpo.method, "train.grpo.method", train.grpo
     elif train.preference is not None:
         method, field, cfg = train.preference.method, "train.preference.method", train.preference
     else:
@@ -72,7 +72,7 @@ def build(train: TrainConfig) -> Any:
         factory = resolve(GROUP, method)
     except PluginError as exc:
         raise ConfigError(field, f"{method!r} is not an installed {GROUP} plugin (pip install lmstack-rl for dpo, "
-                                 f"orpo, cpo, simpo, reward and grpo): {exc}") from None
+                                 f"orpo, cpo, simpo, reward, grpo and rloo): {exc}") from None
     return factory(cfg)
 
 
