@@ -1,5 +1,6 @@
-"""Preference objectives for the Trainer: the ``lmstack.objectives`` plugins ``dpo``, ``orpo``, ``cpo``, ``simpo``
-and ``reward`` (``train.preference``; the protocol is in :mod:`train.objective`).
+"""Preference objectives for the Trainer: the ``lmstack.objectives`` plugins ``dpo``, ``orpo``, ``cpo``, ``simpo``,
+``reward`` and ``kto`` (``train.preference``; the protocol is in :mod:`train.objective`). KTO's batches are
+unpaired examples, each beside its KL row (:mod:`rl.unpaired`); :class:`KTO` says how it scores them.
 
 A batch holds pairs in consecutive rows, the chosen completion then the rejected one (:mod:`rl.data`); its
 ``labels`` mark the completion tokens. One forward of the policy scores both rows of every pair. DPO scores them
@@ -102,6 +103,9 @@ def make_reference(kind: str | None, model: nn.Module, device: torch.device) -> 
     return "adapters" if kind == "adapters" else None
 
 
+_KTO_ONLY = ("desirable_weight", "undesirable_weight")
+
+
 def _only_defaults(cfg: PreferenceConfig, method: str, names: tuple[str, ...], why: str) -> None:
     defaults = PreferenceConfig()
     for name in names:
@@ -123,6 +127,9 @@ def _check_loss(cfg: PreferenceConfig, method: str, losses: tuple[str, ...], smo
 def _check_common(cfg: PreferenceConfig, run: RunConfig) -> None:
     if run.data.pack:
         raise ConfigError("data.pack", "preference pairs are one completion a row (padded); set data.pack: false")
+    if run.data.dataset == "unpaired" and cfg.method != "kto":
+        raise ConfigError("data.dataset", f"{cfg.method} trains on (chosen, rejected) pairs: data.dataset: "
+                                          "preference; unpaired examples are kto's")
 
 
 class _PairObjective:
@@ -157,7 +164,7 @@ class DPO(_PairObjective):
 
     def check_options(self) -> None:
         _check_loss(self.cfg, "dpo", DPO_LOSSES, "robust")
-        _only_defaults(self.cfg, "dpo", ("center_rewards", "simpo_gamma"), "another method's option")
+        _only_defaults(self.cfg, "dpo", ("center_rewards", "simpo_gamma", *_KTO_ONLY), "another method's option")
 
     def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor] | None,
               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -188,7 +195,7 @@ class ORPO(_PairObjective):
         self.check_options()
 
     def check_options(self) -> None:
-        _only_defaults(self.cfg, "orpo", ("loss_type", "label_smoothing", "sft_weight", "reference",
+        _only_defaults(self.cfg, "orpo", ("loss_type", "label_smoothing", "sft_weight", "reference", *_KTO_ONLY,
                                           "center_rewards", "simpo_gamma"), "it is reference-free, with its own loss")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
@@ -233,7 +240,7 @@ class CPO(_PairObjective):
     def check_options(self) -> None:
         cfg = self.cfg
         _check_loss(cfg, self.name, self.LOSSES[self.name], "sigmoid")
-        names = ("reference", "center_rewards") + (("simpo_gamma",) if self.name == "cpo" else ())
+        names = ("reference", "center_rewards", *_KTO_ONLY) + (("simpo_gamma",) if self.name == "cpo" else ())
         _only_defaults(cfg, self.name, names, "another method's option")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
@@ -327,7 +334,7 @@ class Reward(_PairObjective):
             self._check_model(resolve("lmstack.models", run.model.arch)(run.model))
 
     def check_options(self) -> None:
-        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference",
+        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference", *_KTO_ONLY,
                                             "simpo_gamma"), "it trains a reward model, with the Bradley-Terry loss")
 
     @staticmethod
@@ -347,3 +354,94 @@ class Reward(_PairObjective):
 
 
 __all__ = ["CPO", "DPO", "ORPO", "PreferenceModule", "Reward", "RewardModule", "full_sequences"]
+
+
+KTO_LOSSES = ("sigmoid", "kto", "apo_zero_unpaired")
+
+
+class KTOModule(nn.Module):
+    """``forward(input_ids, labels, advantages, **fields) -> (loss, stats)`` for one micro-batch of KTO rows: each
+    example's row, then its KL row (:mod:`rl.unpaired`); ``advantages`` > 0 at an example's completion tokens marks
+    it desirable. The policy scores the examples with gradients and the KL rows without; the reference (a frozen
+    model or ``"adapters"``) scores both. See :class:`KTO` for the loss."""
+
+    def __init__(self, model: nn.Module, reference: nn.Module | str, cfg: PreferenceConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self._reference = [reference]
+
+    def _ref(self, ids: torch.Tensor, labels: torch.Tensor, fields: dict[str, torch.Tensor]) -> torch.Tensor:
+        reference = self._reference[0]
+        with torch.no_grad():
+            if reference == "adapters":
+                with adapters.disabled(self.model), eval_mode(self.model):
+                    return sequence_logps(self.model(ids, **fields), labels)[0]
+            return sequence_logps(reference(ids, **fields), labels)[0]
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, advantages: torch.Tensor,
+                **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        (ex, kl_ids), (lab, kl_lab) = _pairs(input_ids), _pairs(labels)
+        f_ex = {k: v[0::2] for k, v in fields.items()}
+        f_kl = {k: v[1::2] for k, v in fields.items()}
+        logps = sequence_logps(self.model(ex, **f_ex), lab)[0]
+        ratio = logps - self._ref(ex, lab, f_ex)
+        if cfg.loss_type == "apo_zero_unpaired":
+            kl = torch.zeros((), device=logps.device)
+        else:  # the KL term from mismatched pairs: no gradient, at least 0
+            with torch.no_grad():
+                kl = (sequence_logps(self.model(kl_ids, **f_kl), kl_lab)[0] - self._ref(kl_ids, kl_lab, f_kl))
+                kl = kl.mean().clamp(min=0)
+        good = (advantages[0::2].float() * (lab != -100)).sum(-1) > 0
+        if cfg.loss_type == "apo_zero_unpaired":
+            losses = torch.where(good, 1 - torch.sigmoid(cfg.beta * ratio), torch.sigmoid(cfg.beta * ratio))
+        else:  # Ethayarajh et al.'s eq. 7
+            losses = torch.where(good, 1 - torch.sigmoid(cfg.beta * (ratio - kl)),
+                                 1 - torch.sigmoid(cfg.beta * (kl - ratio)))
+        losses = losses * torch.where(good, cfg.desirable_weight, cfg.undesirable_weight)
+        rewards = cfg.beta * ratio.detach()
+
+        def mean(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return (x * rows).sum() / rows.sum().clamp(min=1)
+
+        bad = ~good
+        chosen, rejected = mean(rewards, good), mean(rewards, bad)
+        return losses.mean(), {"kl": kl.detach(), "rewards/chosen": chosen, "rewards/rejected": rejected,
+                               "rewards/margins": chosen - rejected, "logps/chosen": mean(logps.detach(), good),
+                               "logps/rejected": mean(logps.detach(), bad)}
+
+
+class KTO(_PairObjective):
+    """The ``lmstack.objectives`` plugin ``kto`` (Kahneman-Tversky Optimization, Ethayarajh et al. 2024), as TRL's
+    KTOTrainer computes it, on unpaired examples (``data.dataset: unpaired``). With ``r`` an example's summed
+    log-ratio of the policy to the reference and ``z`` the mean log-ratio over the batch's KL rows (each prompt with
+    another example's completion; detached, at least 0), a desirable example loses ``1 - sigmoid(beta (r - z))``
+    and an undesirable one ``1 - sigmoid(beta (z - r))``, weighted by ``desirable_weight`` and
+    ``undesirable_weight``; the loss is their mean. ``loss_type``: ``sigmoid`` (the default) or ``kto`` for that;
+    ``apo_zero_unpaired`` (D'Oosterlinck et al. 2024): ``1 - sigmoid(beta r)`` and ``sigmoid(beta r)``, no KL.
+    Logged: ``kl`` and, over each micro-batch's desirable and undesirable examples, ``rewards/chosen``,
+    ``rewards/rejected`` (beta r), ``rewards/margins``, ``logps/chosen`` and ``logps/rejected``."""
+
+    name = "kto"
+    fields = ("advantages",)
+
+    def check(self, run: RunConfig) -> None:
+        _check_common(self.cfg, run)
+        if run.data.dataset != "unpaired":
+            raise ConfigError("data.dataset", "kto trains on examples labelled desirable or not: data.dataset: "
+                                              f"unpaired (it reads preference pairs too), got {run.data.dataset!r}")
+        self.check_options()
+        reference_kind(self.cfg.reference, run.train, "train.preference.reference")
+
+    def check_options(self) -> None:
+        _check_loss(self.cfg, "kto", KTO_LOSSES, "")
+        _only_defaults(self.cfg, "kto", ("sft_weight", "center_rewards", "simpo_gamma"), "another method's option")
+
+    def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
+        self.check_options()
+        kind = reference_kind(self.cfg.reference, train, "train.preference.reference")
+        return KTOModule(model, make_reference(kind, model, device), self.cfg)
+
+    @staticmethod
+    def units(labels: torch.Tensor) -> torch.Tensor:  # examples: half the rows (the others are their KL rows)
+        return torch.tensor(labels.shape[0] // 2, device=labels.device)

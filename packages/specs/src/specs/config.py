@@ -174,7 +174,10 @@ class PreferenceConfig(ConfigBase):
     from: ``copy`` (a frozen copy of the starting weights), ``adapters`` (the model with its LoRA adapters off, no
     copy: needs train.lora) or ``auto`` (adapters under train.lora, else copy), ``center_rewards`` (the reward
     model's ``center_rewards_coefficient``: this times the mean squared sum of a pair's rewards added, Eisenstein
-    et al. 2023) and ``simpo_gamma`` (SimPO's target reward margin)."""
+    et al. 2023), ``simpo_gamma`` (SimPO's target reward margin), and KTO's ``desirable_weight`` and
+    ``undesirable_weight``. ``kto`` (Ethayarajh et al. 2024) trains on single completions labelled desirable or
+    not (``data.dataset: unpaired``), ``loss_type`` ``sigmoid`` (KTO's own, also ``kto``) or
+    ``apo_zero_unpaired``."""
 
     kind: ClassVar[str] = "PreferenceConfig"
     method: str = "dpo"
@@ -185,6 +188,8 @@ class PreferenceConfig(ConfigBase):
     reference: Literal["auto", "copy", "adapters"] = "auto"
     center_rewards: NonNegFloat = 0.0
     simpo_gamma: NonNegFloat = 0.5
+    desirable_weight: PosFloat = 1.0
+    undesirable_weight: PosFloat = 1.0
 
     def check(self) -> None:
         if not self.method.strip():
