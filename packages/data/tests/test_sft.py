@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from data.sft import build_chat_dataloader, read_conversations, tokenize_conversation
+from data.sft import build_chat_dataloader, pack_best_fit, read_conversations, tokenize_conversation
 from data.tokenizer import load_tokenizer
 from specs.batch import IGNORE_INDEX
 from specs.errors import ConfigError
@@ -114,9 +114,53 @@ def test_bad_data_is_named(tmp_path, jsonl):
         bad.write_text(json.dumps(CONVS[1]) + "\n" + line + "\n")
         with pytest.raises(ConfigError, match=rf"bad.jsonl:2: .*{words}"):
             build_chat_dataloader(bad, 1, 32, pack=False)
-    with pytest.raises(ConfigError, match="data.pack"):
+    with pytest.raises(ConfigError, match="data.doc_mask: packed chat rows need data.doc_mask: true"):
         build_chat_dataloader(jsonl, 1, 32, pack=True)
+    with pytest.raises(ConfigError, match="data.doc_mask: one conversation a row has no documents"):
+        build_chat_dataloader(jsonl, 1, 32, doc_mask=True)
     with pytest.raises(ConfigError, match="no .jsonl conversations"):
         build_chat_dataloader(tmp_path / "none", 1, 32)
     with pytest.raises(ConfigError, match="too few for one batch of 64"):
         build_chat_dataloader(jsonl, 64, 32)
+
+
+def test_best_fit_decreasing():
+    bins = pack_best_fit([5, 3, 8, 2, 2, 7, 1], 10)
+    assert sorted(i for b in bins for i in b) == list(range(7))
+    assert bins == [[2, 3], [5, 1], [0, 4, 6]]  # 8+2; 7+3; 5+2+1: each into the fullest bin with room
+    assert all(sum([5, 3, 8, 2, 2, 7, 1][i] for i in b) <= 10 for b in bins)
+    with pytest.raises(ConfigError, match="fit a bin of 4"):
+        pack_best_fit([5], 4)
+
+
+def test_packed_rows_hold_each_conversation_as_alone(jsonl):
+    """Packed with document masks and restarted positions, a row's loss is the sum of its conversations' losses
+    each in a row of its own (a TransformerLM with random weights), with far fewer rows."""
+    from model.lm import TransformerLM
+    from specs.presets import preset
+
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug", vocab_size=512, init_std=0.2)).eval()
+    packed = build_chat_dataloader(jsonl, 1, 512, tokenizer="byte", shuffle=False, pack=True, doc_mask=True)
+    single = build_chat_dataloader(jsonl, 1, 512, tokenizer="byte", shuffle=False)
+    assert len(packed) < len(single) / 2 and sorted(i for b in packed.bins for i in b) == list(range(len(CONVS)))
+
+    def loss_sum(b, **kw):
+        with torch.no_grad():
+            logits = model(b.input_ids, attn_mask=b.attention_mask, **kw)
+        return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), b.labels.flatten(),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+
+    want = sum(loss_sum(b) for b in single)
+    got = sum(loss_sum(b, positions=b.positions, document_ids=b.document_ids) for b in packed)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    b = next(iter(packed))
+    assert b.positions[0, 0] == 0 and (b.document_ids[0].diff() >= 0).all()
+    assert int((b.labels != IGNORE_INDEX).sum()) == sum(int((s.labels != IGNORE_INDEX).sum())
+                                                        for s, i in zip(single, range(len(CONVS)))
+                                                        if i in packed.bins[0])
+    # without the masks the conversations would see each other: the loss changes
+    leaky = sum(loss_sum(b) for b in packed)
+    assert abs(float(leaky) - float(want)) > 1e-2
+    state = packed.state_dict()
+    assert state["packed_rows"] == len(packed.bins) and "packed_rows" not in single.state_dict()

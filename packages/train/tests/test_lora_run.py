@@ -116,3 +116,18 @@ def test_supervised_fine_tuning_on_chat_data(base, tmp_path):
     assert sorted(lossy) == list(range(1, 13)) and lossy[12] < lossy[1] - 0.1, lossy
     md = json.loads((out / "checkpoints" / "step_00000012" / "metadata.json").read_text())
     assert md["tokenizer"]["spec"] == str(base)
+    # packed (data.pack with doc_mask): all 24 conversations in one batch either way, so the first step's loss (the
+    # base model's: LoRA's B starts at zero) on the same targets is the same, from fewer rows
+    from data.sft import build_chat_dataloader
+
+    short = tmp_path / "short.jsonl"  # ~64 tokens each under ChatML: two to a 128-token row
+    short.write_text("".join(json.dumps({"prompt": f"{i % 10}?", "completion": f"{i % 7}"}) + "\n" for i in range(24)))
+    rows = len(build_chat_dataloader(short, 1, 128, tokenizer=str(base), pack=True, doc_mask=True))
+    assert rows == 12
+    firsts = []
+    for name, extra in (("one", ["--data.batch_size", "24"]),
+                        ("packed", ["--data.batch_size", str(rows), "--data.pack", "true", "--data.doc_mask", "true"])):
+        assert cli(["--config", cfg, *LORA, "--train.out_dir", str(tmp_path / name), "--train.steps", "1",
+                    "--data.seq_len", "128", "--data.path", str(short), *extra]) == 0
+        firsts.append(losses(tmp_path / name)[1])
+    assert firsts[1] == pytest.approx(firsts[0], rel=1e-5)

@@ -2,4 +2,4 @@
 (data.loader.build_dataloader) and the embedded corpus (data.embedded). Submodules are imported on use.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -20,10 +20,18 @@ masked: ``attention_mask`` 0, labels -100); a conversation with no target left a
 build, and the count is logged. Rows are shuffled per epoch from ``seed``; ``val_fraction`` holds out a fixed,
 seeded share of conversations (``split="val"``). The position in the stream resumes exactly
 (``state_dict`` / ``load_state_dict``).
+
+With ``data.pack: true`` (and ``data.doc_mask: true``, which it needs) conversations share rows: each, truncated as
+above, is placed best-fit-decreasing (TRL's ``packing_strategy="bfd"``: longest first, into the fullest row it
+fits) in rows of ``seq_len`` tokens, and a row's ``document_ids`` and ``positions`` restart at each conversation,
+so attention stays inside it and its positions are its own: the loss on a packed row is the sum of its
+conversations' losses alone (tested), with a fraction of the padding. ``data.batch_size`` then counts packed rows.
+The rows are packed once, at build, and shuffled per epoch.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import os
@@ -109,26 +117,55 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Mapping[str, str]],
     return ids, target
 
 
+def pack_best_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit-decreasing bins of the items of ``lengths`` (each at most ``capacity``): the longest first, each into
+    the fullest bin with room for it (a new bin when none has); a bin lists its items in the order placed."""
+    if any(n > capacity or n < 0 for n in lengths):
+        raise ConfigError("lengths", f"every item must fit a bin of {capacity}")
+    bins: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (space left, bin), sorted: the first with space >= n is the best fit
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        n = lengths[i]
+        j = bisect.bisect_left(room, (n, -1))
+        if j == len(room):
+            bins.append([i])
+            left, b = capacity - n, len(bins) - 1
+        else:
+            left, b = room.pop(j)
+            bins[b].append(i)
+            left -= n
+        if left > 0:
+            bisect.insort(room, (left, b))
+    return bins
+
+
 class ChatLoader(EpochCursor):
-    """Iterable of Batch (``input_ids``, ``labels``, ``attention_mask``), one conversation a row; build it with
+    """Iterable of Batch (``input_ids``, ``labels``, ``attention_mask``; packed: also ``positions`` and
+    ``document_ids``), one conversation a row or, with ``pack``, several; build it with
     :func:`build_chat_dataloader`."""
 
     def __init__(self, rows: list[tuple[list[int], list[bool]]], tokenizer: Any, *, batch_size: int, seq_len: int,
-                 seed: int, shuffle: bool, drop_last: bool, epochs: int | None, split: str, source: str):
+                 seed: int, shuffle: bool, drop_last: bool, epochs: int | None, split: str, source: str,
+                 pack: bool = False):
         self.rows, self.tokenizer = rows, tokenizer
         self.batch_size, self.seq_len, self.seed, self.shuffle = batch_size, seq_len, seed, shuffle
         self.drop_last, self.epochs, self.split, self.source = drop_last, epochs, split, source
+        self.pack = pack
+        # the conversations of each row: one each, or best-fit-decreasing bins of their truncated inputs
+        self.bins = (pack_best_fit([min(len(ids), seq_len + 1) - 1 for ids, _ in rows], seq_len) if pack
+                     else [[i] for i in range(len(rows))])
         pad = getattr(tokenizer, "pad_id", None)
         self.pad_id = int(pad) if pad is not None else 0  # masked anyway
         if len(self) == 0:
-            raise ConfigError("data", f"{source} gives {len(rows)} {split} conversations, too few for one batch of "
-                                      f"{batch_size}; use a smaller data.batch_size or more data")
+            what = f"{len(rows)} {split} conversations" + (f" ({len(self.bins)} packed rows)" if pack else "")
+            raise ConfigError("data", f"{source} gives {what}, too few for one batch of {batch_size}; use a smaller "
+                                      "data.batch_size or more data")
         self.epoch, self.batches_done = 0, 0
         self._end_epoch = epochs
         self.vocab_size = int(tokenizer.vocab_size)
 
     def __len__(self) -> int:
-        n = len(self.rows)
+        n = len(self.bins)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def load_tokenizer(self) -> Any:
@@ -138,29 +175,42 @@ class ChatLoader(EpochCursor):
     def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
         """``epoch``'s batches from batch ``start`` on, its rows shuffled by ``seed`` and the epoch."""
         if self.shuffle:
-            order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(
+            order = torch.randperm(len(self.bins), generator=torch.Generator().manual_seed(
                 self.seed * 1_000_003 + epoch)).tolist()
         else:
-            order = list(range(len(self.rows)))
+            order = list(range(len(self.bins)))
         for j in range(start, len(self)):
-            yield self._collate([self.rows[i] for i in order[j * self.batch_size:(j + 1) * self.batch_size]])
+            yield self._collate([self.bins[i] for i in order[j * self.batch_size:(j + 1) * self.batch_size]])
 
-    def _collate(self, rows: list[tuple[list[int], list[bool]]]) -> Batch:
+    def _collate(self, bins: list[list[int]]) -> Batch:
         T = self.seq_len
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for r, (toks, target) in enumerate(rows):
-            toks, target = toks[:T + 1], target[:T + 1]
-            n = len(toks) - 1
-            ids[r, :n] = torch.tensor(toks[:-1])
-            labels[r, :n] = torch.tensor([t if keep else IGNORE_INDEX for t, keep in zip(toks[1:], target[1:])])
-            mask[r, :n] = 1
-        return Batch(input_ids=ids, labels=labels, attention_mask=mask)
+        ids = torch.full((len(bins), T), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(bins), T), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(bins), T), dtype=torch.long)
+        positions = torch.zeros((len(bins), T), dtype=torch.long)
+        docs = torch.zeros((len(bins), T), dtype=torch.long)
+        for r, members in enumerate(bins):
+            at = 0
+            for d, i in enumerate(members):
+                toks, target = self.rows[i][0][:T + 1], self.rows[i][1][:T + 1]
+                n = len(toks) - 1
+                ids[r, at:at + n] = torch.tensor(toks[:-1])
+                labels[r, at:at + n] = torch.tensor([t if keep else IGNORE_INDEX
+                                                     for t, keep in zip(toks[1:], target[1:])])
+                mask[r, at:at + n] = 1
+                positions[r, at:at + n] = torch.arange(n)
+                docs[r, at:at + n] = d
+                at += n
+            positions[r, at:] = torch.arange(T - at)  # the padding: a document of its own, after the others
+            docs[r, at:] = len(members)
+        if not self.pack:
+            return Batch(input_ids=ids, labels=labels, attention_mask=mask)
+        return Batch(input_ids=ids, labels=labels, attention_mask=mask, positions=positions, document_ids=docs)
 
     def _identity(self) -> dict[str, Any]:
+        extra = {"packed_rows": len(self.bins)} if self.pack else {}  # (unpacked: as before packing existed)
         return {"rows": len(self.rows), "batch_size": self.batch_size, "seq_len": self.seq_len, "seed": self.seed,
-                "shuffle": self.shuffle, "drop_last": self.drop_last, "split": self.split}
+                "shuffle": self.shuffle, "drop_last": self.drop_last, "split": self.split, **extra}
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-safe position in the stream; save it with the training checkpoint."""
@@ -191,14 +241,17 @@ def build_chat_dataloader(path: str | os.PathLike[str], batch_size: int = 8, seq
     """A :class:`ChatLoader` over the conversations in ``path`` (see the module docstring), tokenized with
     ``tokenizer`` (a spec or object with ``apply_chat_template``; default ``byte``). The global batch is every
     rank's (train.run slices it per rank), so ``rank`` and ``world_size`` are accepted and unused, as is
-    ``num_workers`` (the conversations are tokenized in memory at build). ``pack`` and ``doc_mask`` must be False:
-    one conversation a row."""
+    ``num_workers`` (the conversations are tokenized in memory at build). ``pack`` (with ``doc_mask``, which it
+    needs) packs conversations into rows (see the module docstring); ``doc_mask`` alone is a ConfigError."""
     for name, value, low in (("batch_size", batch_size, 1), ("seq_len", seq_len, 1), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"data.{name}", f"expected an integer >= {low}, got {value!r}")
-    if pack or doc_mask:
-        raise ConfigError("data.pack", "chat data is one conversation a row (padded, so the loss sees whole turns); "
-                                       "set data.pack: false (and data.doc_mask: false)")
+    if pack and not doc_mask:
+        raise ConfigError("data.doc_mask", "packed chat rows need data.doc_mask: true, so each conversation attends "
+                                           "to itself alone; or set data.pack: false (one conversation a row)")
+    if doc_mask and not pack:
+        raise ConfigError("data.doc_mask", "one conversation a row has no documents to mask; set data.pack: true to "
+                                           "pack conversations (with doc_mask), or data.doc_mask: false")
     if split not in ("train", "val", "all"):
         raise ConfigError("data.split", f"expected 'train', 'val' or 'all', got {split!r}")
     if not 0.0 <= val_fraction < 1.0:
@@ -220,4 +273,4 @@ def build_chat_dataloader(path: str | os.PathLike[str], batch_size: int = 8, seq
         logger.warning("%s: %d of %d %s conversations skipped: no assistant token within seq_len=%d", path, skipped,
                        len(chosen), split, seq_len)
     return ChatLoader(rows, tok, batch_size=batch_size, seq_len=seq_len, seed=seed, shuffle=shuffle,
-                      drop_last=drop_last, epochs=epochs, split=split, source=str(path))
+                      drop_last=drop_last, epochs=epochs, split=split, source=str(path), pack=pack)
