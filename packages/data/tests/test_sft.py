@@ -82,7 +82,9 @@ def test_batches_splits_and_exact_resume(jsonl):
     assert {tuple(r[0]) for r in dl.rows}.isdisjoint({tuple(r[0]) for r in val.rows})
     it = iter(dl)
     first = next(it)
-    assert first.input_ids.shape == first.labels.shape == first.attention_mask.shape == (4, 128)
+    longest = int(first.attention_mask.sum(1).max())  # rows as wide as the longest, a multiple of 8, not seq_len
+    assert first.input_ids.shape == first.labels.shape == first.attention_mask.shape == (4, -(-longest // 8) * 8)
+    assert first.input_ids.shape[1] < 128
     for ids, labels, mask in zip(first.input_ids, first.labels, first.attention_mask):
         n = int(mask.sum())
         assert mask[:n].all() and not mask[n:].any() and (labels[n:] == IGNORE_INDEX).all()

@@ -15,8 +15,8 @@ a conversation as a prefix of the whole (true of ChatML, Llama, Mistral and most
 it does not is a ConfigError naming its file and line. This is TRL's ``assistant_only_loss`` / "completion only"
 training, without generation tags in the template.
 
-One conversation a row (``data.pack: false``), truncated to ``seq_len + 1`` tokens and right-padded (padding is
-masked: ``attention_mask`` 0, labels -100); a conversation with no target left after truncation is skipped at
+One conversation a row (``data.pack: false``), truncated to ``seq_len + 1`` tokens and right-padded to the batch's
+longest row rounded up to a multiple of 8 (padding is masked: ``attention_mask`` 0, labels -100); a conversation with no target left after truncation is skipped at
 build, and the count is logged. Rows are shuffled per epoch from ``seed``; ``val_fraction`` holds out a fixed,
 seeded share of conversations (``split="val"``). The position in the stream resumes exactly
 (``state_dict`` / ``load_state_dict``).
@@ -184,6 +184,9 @@ class ChatLoader(EpochCursor):
 
     def _collate(self, bins: list[list[int]]) -> Batch:
         T = self.seq_len
+        if not self.pack:  # one conversation a row: as wide as the batch's longest, a multiple of 8
+            longest = max(min(len(self.rows[b[0]][0]), T + 1) - 1 for b in bins)
+            T = min(T, -(-longest // 8) * 8)
         ids = torch.full((len(bins), T), self.pad_id, dtype=torch.long)
         labels = torch.full((len(bins), T), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(bins), T), dtype=torch.long)
