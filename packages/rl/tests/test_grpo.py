@@ -42,6 +42,20 @@ def count_a(completions, **_):
     return [c.count("a") / max(len(c), 1) for c in completions]
 
 
+def _completions(trainer, tok, L):
+    """(prompts (4, 5), completions (4, L) right-padded, their mask, their lengths, advantages) at random."""
+    g = torch.Generator().manual_seed(0)
+    V = trainer.model.config.vocab_size
+    prompt = torch.randint(3, V, (4, 5), generator=g)
+    lengths = [6, 3, 5, 1]
+    completion = torch.full((4, L), tok.pad_token_id)
+    cmask = torch.zeros(4, L, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        completion[i, :n] = torch.randint(3, V, (n,), generator=g)
+        cmask[i, :n] = 1
+    return prompt, completion, cmask, lengths, torch.tensor([0.7, -0.7, 1.2, -1.2])
+
+
 @pytest.mark.parametrize("loss_type,beta", [("dapo", 0.0), ("grpo", 0.0), ("dr_grpo", 0.0), ("dapo", 0.05)])
 def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
     policy_dir = str(hf_dirs[0])
@@ -54,16 +68,7 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
                               train_dataset=datasets.Dataset.from_list([{"prompt": "hello"}] * 4))
     trainer.current_gradient_accumulation_steps = 1
     trainer.model.train()
-    g = torch.Generator().manual_seed(0)
-    V = trainer.model.config.vocab_size
-    prompt = torch.randint(3, V, (4, 5), generator=g)
-    lengths = [6, 3, 5, 1]
-    completion = torch.full((4, L), tok.pad_token_id)
-    cmask = torch.zeros(4, L, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        completion[i, :n] = torch.randint(3, V, (n,), generator=g)
-        cmask[i, :n] = 1
-    adv = torch.tensor([0.7, -0.7, 1.2, -1.2])
+    prompt, completion, cmask, lengths, adv = _completions(trainer, tok, L)
     inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
               "completion_mask": cmask, "advantages": adv, "num_items_in_batch": cmask.sum()}
     if beta:
@@ -116,16 +121,7 @@ def test_rloo_loss_and_gradients_match_trl(hf_dirs, tmp_path):
     trainer = trl.RLOOTrainer(model=policy_dir, reward_funcs=[count_a], args=args, processing_class=tok,
                               train_dataset=datasets.Dataset.from_list([{"prompt": "hello"}] * 4))
     trainer.model.train()
-    g = torch.Generator().manual_seed(0)
-    V = trainer.model.config.vocab_size
-    prompt = torch.randint(3, V, (4, 5), generator=g)
-    lengths = [6, 3, 5, 1]
-    completion = torch.full((4, L), tok.pad_token_id)
-    cmask = torch.zeros(4, L, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        completion[i, :n] = torch.randint(3, V, (n,), generator=g)
-        cmask[i, :n] = 1
-    adv = torch.tensor([0.7, -0.7, 1.2, -1.2])
+    prompt, completion, cmask, lengths, adv = _completions(trainer, tok, L)
     with torch.no_grad():
         old = trainer._get_per_token_logps_and_entropies(
             trainer.model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1), L)[0]

@@ -16,10 +16,10 @@ it does not is a ConfigError naming its file and line. This is TRL's ``assistant
 training, without generation tags in the template.
 
 One conversation a row (``data.pack: false``), truncated to ``seq_len + 1`` tokens and right-padded to the batch's
-longest row rounded up to a multiple of 8 (padding is masked: ``attention_mask`` 0, labels -100); a conversation with no target left after truncation is skipped at
-build, and the count is logged. Rows are shuffled per epoch from ``seed``; ``val_fraction`` holds out a fixed,
-seeded share of conversations (``split="val"``). The position in the stream resumes exactly
-(``state_dict`` / ``load_state_dict``).
+longest row rounded up to a multiple of 8 (padding is masked: ``attention_mask`` 0, labels -100); a conversation
+with no target left after truncation is skipped at build, and the count is logged. Rows are shuffled per epoch
+from ``seed``; ``val_fraction`` holds out a fixed, seeded share of conversations (``split="val"``). The position in
+the stream resumes exactly (``state_dict`` / ``load_state_dict``).
 
 With ``data.pack: true`` (and ``data.doc_mask: true``, which it needs) conversations share rows: each, truncated as
 above, is placed best-fit-decreasing (TRL's ``packing_strategy="bfd"``: longest first, into the fullest row it

@@ -69,6 +69,18 @@ def _window(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+def _restoring(clean: Any, point: str, layer: int, window: int, n_layers: int, rows: torch.Tensor,
+               cols: torch.Tensor) -> dict[tuple[str, int], Callable[[torch.Tensor], torch.Tensor]]:
+    """The edits that put the clean run's ``point`` back at ``(rows, cols)`` (row r at position cols[r]) in the
+    ``window`` layers around ``layer``."""
+    def restore(h: torch.Tensor, at: int) -> torch.Tensor:
+        h = h.clone()
+        h[rows, cols] = clean[point, at][0, cols].to(h.dtype)
+        return h
+
+    return {(point, at): (lambda h, at=at: restore(h, at)) for at in _window(layer, window, n_layers)}
+
+
 def _check(parts: Anatomy, point: str, window: int, layers: Sequence[int] | None, T: int,
            positions: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if point == "embed":
@@ -107,13 +119,7 @@ def activation_patching(model: nn.Module, clean_ids: torch.Tensor, corrupt_ids: 
     batch = corrupt_ids.expand(len(positions), T)
     effects = torch.empty(len(layers), len(positions))
     for i, layer in enumerate(layers):
-        def restore(h: torch.Tensor, at: int) -> torch.Tensor:
-            h = h.clone()
-            h[rows, cols] = clean_cache[point, at][0, cols].to(h.dtype)
-            return h
-
-        edits = {(point, at): (lambda h, at=at: restore(h, at)) for at in _window(layer, window, parts.n_layers)}
-        with intervene(parts, edits):
+        with intervene(parts, _restoring(clean_cache, point, layer, window, parts.n_layers, rows, cols)):
             effects[i] = metric(_logits(model, batch, forward)).float().cpu()
     return PatchResult(effects, clean, corrupt, layers, positions)
 
@@ -164,12 +170,7 @@ def causal_trace(model: nn.Module, input_ids: torch.Tensor, subject: Sequence[in
     batch = input_ids.expand(samples * P, T)
     effects = torch.empty(len(layers), P)
     for i, layer in enumerate(layers):
-        def restore(h: torch.Tensor, at: int) -> torch.Tensor:
-            h = h.clone()
-            h[rows, cols] = clean_cache[point, at][0, cols].to(h.dtype)
-            return h
-
-        edits = {(point, at): (lambda h, at=at: restore(h, at)) for at in _window(layer, window, parts.n_layers)}
+        edits = _restoring(clean_cache, point, layer, window, parts.n_layers, rows, cols)
         edits[("embed", 0)] = corrupt_embed(P)
         with intervene(parts, edits):
             effects[i] = metric(_logits(model, batch, forward)).float().view(samples, P).mean(0).cpu()

@@ -76,21 +76,31 @@ def read_preferences(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, 
     return read_jsonl(path, _record, "preference pairs", FORMATS)
 
 
-def _record(line: str, where: str) -> dict[str, Any]:
+def json_line(line: str, where: str) -> Any:
+    """A JSONL line's value; ConfigError naming ``where`` (``file:line``) when it is not JSON."""
     try:
-        doc = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as exc:
         raise ConfigError("data.path", f"{where}: not valid JSON ({exc.msg})") from None
+
+
+def token_ids(doc: Mapping[str, Any], key: str, where: str, *, nonempty: bool) -> list[int]:
+    """``doc[key]`` as a list of token ids (integers >= 0, at least one with ``nonempty``), else a ConfigError."""
+    v = doc.get(key)
+    if not (isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
+        raise ConfigError("data.path", f"{where}: {key} must be a list of token ids (integers >= 0)")
+    if nonempty and not v:
+        raise ConfigError("data.path", f"{where}: {key} is empty; a completion needs at least one token")
+    return list(v)
+
+
+def _record(line: str, where: str) -> dict[str, Any]:
+    doc = json_line(line, where)
     if not isinstance(doc, Mapping):
         raise ConfigError("data.path", f"{where}: expected a JSON object, {FORMATS}; got {line[:80]!r}")
     if all(k in doc for k in ("prompt_ids", "chosen_ids", "rejected_ids")):
-        for k in ("prompt_ids", "chosen_ids", "rejected_ids"):
-            v = doc[k]
-            if not (isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
-                raise ConfigError("data.path", f"{where}: {k} must be a list of token ids (integers >= 0)")
-            if k != "prompt_ids" and not v:
-                raise ConfigError("data.path", f"{where}: {k} is empty; a completion needs at least one token")
-        return {k: list(doc[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+        return {k: token_ids(doc, k, where, nonempty=k != "prompt_ids")
+                for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     if "chosen" not in doc or "rejected" not in doc:
         raise ConfigError("data.path", f"{where}: expected {FORMATS}; got the keys {sorted(doc)}")
     chosen, rejected, prompt = doc["chosen"], doc["rejected"], doc.get("prompt")

@@ -39,7 +39,6 @@ over completions of ``-exp(s - s.detach()) * A``, ``s`` the completion's summed 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -50,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl.data import EpochLoader, check_builder_args, read_jsonl, split_indices
+from rl.data import EpochLoader, check_builder_args, json_line, read_jsonl, split_indices
 from rl.objectives import eval_mode, make_reference, reference_kind
 from specs.batch import IGNORE_INDEX, Batch
 from specs.config import GRPOConfig, RunConfig, TrainConfig
@@ -70,10 +69,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any]
 
 
 def _prompt_record(line: str, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError("data.path", f"{where}: not valid JSON ({exc.msg})") from None
+    doc = json_line(line, where)
     if not isinstance(doc, Mapping) or "prompt" not in doc:
         raise ConfigError("data.path", f'{where}: expected {{"prompt": "..." or [messages], ...}}, got {line[:80]!r}')
     prompt = doc["prompt"]

@@ -21,7 +21,6 @@ padding and targets are the preference loader's; an example whose prompt leaves 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -29,7 +28,18 @@ from typing import Any
 
 import torch
 
-from rl.data import EpochLoader, _messages, _record, _row, check_builder_args, read_jsonl, split_indices, tokenize_pair
+from rl.data import (
+    EpochLoader,
+    _messages,
+    _record,
+    _row,
+    check_builder_args,
+    json_line,
+    read_jsonl,
+    split_indices,
+    token_ids,
+    tokenize_pair,
+)
 from specs.batch import IGNORE_INDEX, Batch
 from specs.errors import ConfigError
 
@@ -45,10 +55,7 @@ def read_unpaired(path: str | os.PathLike[str]) -> list[tuple[str, dict[str, Any
 
 
 def _unpaired_record(line: str, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError("data.path", f"{where}: not valid JSON ({exc.msg})") from None
+    doc = json_line(line, where)
     if isinstance(doc, Mapping) and "chosen" in doc and "rejected" in doc:
         return _record(line, where)
     if not isinstance(doc, Mapping) or "label" not in doc:
@@ -57,13 +64,8 @@ def _unpaired_record(line: str, where: str) -> dict[str, Any]:
     if not isinstance(doc["label"], bool):
         raise ConfigError("data.path", f"{where}: label must be true or false, got {doc['label']!r}")
     if "prompt_ids" in doc or "completion_ids" in doc:
-        for k in ("prompt_ids", "completion_ids"):
-            v = doc.get(k)
-            if not (isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
-                raise ConfigError("data.path", f"{where}: {k} must be a list of token ids (integers >= 0)")
-        if not doc["completion_ids"]:
-            raise ConfigError("data.path", f"{where}: completion_ids is empty; a completion needs a token")
-        return {"prompt_ids": doc["prompt_ids"], "completion_ids": doc["completion_ids"], "label": doc["label"]}
+        return {"prompt_ids": token_ids(doc, "prompt_ids", where, nonempty=False),
+                "completion_ids": token_ids(doc, "completion_ids", where, nonempty=True), "label": doc["label"]}
     prompt, completion = doc.get("prompt"), doc.get("completion")
     if isinstance(prompt, str) and isinstance(completion, str):
         if not completion:
