@@ -56,13 +56,37 @@ def _completions(trainer, tok, L):
     return prompt, completion, cmask, lengths, torch.tensor([0.7, -0.7, 1.2, -1.2])
 
 
-@pytest.mark.parametrize("loss_type,beta", [("dapo", 0.0), ("grpo", 0.0), ("dr_grpo", 0.0), ("dapo", 0.05)])
-def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
+def _moved(trainer, prompt, completion, cmask, L):
+    """Per-token log-probabilities of a sampling policy the model has since moved from: its own plus noise."""
+    with torch.no_grad():
+        logps = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1), L)[0]
+    return logps + torch.randn(logps.shape, generator=torch.Generator().manual_seed(9)) * 0.3 * cmask
+
+
+def _ours_old(old, lengths, labels):
+    """TRL's (B, L) completion log-probabilities where our rows' labels are (prompts of 5 tokens)."""
+    out = torch.zeros(labels.shape)
+    for i, n in enumerate(lengths):
+        out[i, 4:4 + n] = old[i, :n]
+    return out
+
+
+CLIPS = {"": {}, "mu2-high": {"num_iterations": 2, "epsilon_high": 0.28},
+         "mu2-delta": {"num_iterations": 2, "epsilon": 0.1, "delta": 1.3}}
+
+
+@pytest.mark.parametrize("loss_type,beta,clip", [("dapo", 0.0, ""), ("grpo", 0.0, ""), ("dr_grpo", 0.0, ""),
+                                                 ("dapo", 0.05, ""), ("dapo", 0.0, "mu2-high"),
+                                                 ("grpo", 0.05, "mu2-delta")])
+def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta, clip):
+    """Also past a generation's first step (``num_iterations`` 2: the ratio to the sampling policy, clipped, with
+    DAPO's higher upper bound or two-sided clipping): TRL's loss, gradients and clip ratios."""
     policy_dir = str(hf_dirs[0])
     L, temperature = 6, 0.7
     args = trl.GRPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False,
                           per_device_train_batch_size=4, num_generations=2, max_completion_length=L, beta=beta,
-                          loss_type=loss_type, temperature=temperature)
+                          loss_type=loss_type, temperature=temperature, **CLIPS[clip])
     tok = transformers.PreTrainedTokenizerFast.from_pretrained(policy_dir)
     trainer = trl.GRPOTrainer(model=policy_dir, reward_funcs=[count_a], args=args, processing_class=tok,
                               train_dataset=datasets.Dataset.from_list([{"prompt": "hello"}] * 4))
@@ -71,6 +95,9 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
     prompt, completion, cmask, lengths, adv = _completions(trainer, tok, L)
     inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
               "completion_mask": cmask, "advantages": adv, "num_items_in_batch": cmask.sum()}
+    old = _moved(trainer, prompt, completion, cmask, L) if clip else None
+    if clip:
+        inputs["old_per_token_logps"] = old
     if beta:
         with torch.no_grad():
             inputs["ref_per_token_logps"] = trainer._get_per_token_logps_and_entropies(
@@ -80,7 +107,7 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
     want.backward()
 
     cfg = GRPOConfig(rewards=("test_grpo:count_a",), num_generations=2, max_completion_length=L, beta=beta,
-                     loss_type=loss_type, temperature=temperature)
+                     loss_type=loss_type, temperature=temperature, **CLIPS[clip])
     policy = TransformerLM.from_pretrained(policy_dir)
     reference = TransformerLM.from_pretrained(policy_dir).eval().requires_grad_(False) if beta else None
     if beta:  # a reference that differs from the policy, in both: TRL's ref_model gets the same change
@@ -97,11 +124,16 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
     rows = [_row(prompt[i].tolist(), completion[i, :n].tolist(), 0) for i, n in enumerate(lengths)]
     ids, labels, mask = _collate(rows, None, tok.pad_token_id)
     a = torch.where(labels != -100, adv[:, None], 0.0)
-    loss, stats = ours(ids, labels, a, attn_mask=mask)
+    extra = {"old_logps": _ours_old(old, lengths, labels)} if clip else {}
+    loss, stats = ours(ids, labels, a, attn_mask=mask, **extra)
     loss.backward()
     torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
     if beta:
         assert stats["kl"].item() > 0
+    metrics = trainer._metrics["train"]
+    for k in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
+        assert stats[k].item() == pytest.approx(metrics[k][-1], abs=1e-6), k
+    assert (stats["clip_ratio/region_mean"].item() > 0) == bool(clip)  # the moved policy's ratios leave the range
     for name in ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
         g_want = trainer.model.get_parameter(name).grad
         assert g_want.abs().max() > 0
@@ -109,36 +141,44 @@ def test_grpo_loss_and_gradients_match_trl(hf_dirs, tmp_path, loss_type, beta):
                                    atol=1e-5 * float(g_want.abs().max()))
 
 
-def test_rloo_loss_and_gradients_match_trl(hf_dirs, tmp_path):
-    """RLOO's loss of one pass (``method: rloo``) and its gradients are TRL 1.13 RLOOTrainer._compute_loss's for the
-    same completions, advantages and old log-probabilities (the policy's own, as TRL takes them)."""
+@pytest.mark.parametrize("clip", ["", "mu2-high"])
+def test_rloo_loss_and_gradients_match_trl(hf_dirs, tmp_path, clip):
+    """RLOO's loss (``method: rloo``) and its gradients are TRL 1.13 RLOOTrainer._compute_loss's for the same
+    completions, advantages and old log-probabilities: the policy's own on a generation's first step, a moved
+    sampling policy's past it (``num_iterations`` 2, ratios clipped per completion)."""
     policy_dir = str(hf_dirs[0])
     L, temperature = 6, 0.7
     args = trl.RLOOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False,
                           per_device_train_batch_size=4, num_generations=2, max_completion_length=L, beta=0.0,
-                          temperature=temperature)
+                          temperature=temperature, **CLIPS[clip])
     tok = transformers.PreTrainedTokenizerFast.from_pretrained(policy_dir)
     trainer = trl.RLOOTrainer(model=policy_dir, reward_funcs=[count_a], args=args, processing_class=tok,
                               train_dataset=datasets.Dataset.from_list([{"prompt": "hello"}] * 4))
     trainer.model.train()
     prompt, completion, cmask, lengths, adv = _completions(trainer, tok, L)
-    with torch.no_grad():
-        old = trainer._get_per_token_logps_and_entropies(
-            trainer.model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1), L)[0]
+    old = _moved(trainer, prompt, completion, cmask, L) * (1.0 if clip else 0.0)
+    if not clip:  # the policy's own, as TRL computes them at generation
+        with torch.no_grad():
+            old = trainer._get_per_token_logps_and_entropies(
+                trainer.model, torch.cat([prompt, completion], 1), torch.cat([torch.ones_like(prompt), cmask], 1),
+                L)[0]
     inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
               "completion_mask": cmask, "advantages": adv, "old_logps": (old * cmask).sum(1)}
     want = trainer._compute_loss(trainer.model, inputs)
     want.backward()
 
     cfg = GRPOConfig(rewards=("test_grpo:count_a",), num_generations=2, max_completion_length=L, method="rloo",
-                     temperature=temperature)
+                     temperature=temperature, **CLIPS[clip])
     policy = TransformerLM.from_pretrained(policy_dir)
     ours = RLOOModule(policy, cfg, None)
     rows = [_row(prompt[i].tolist(), completion[i, :n].tolist(), 0) for i, n in enumerate(lengths)]
     ids, labels, mask = _collate(rows, None, tok.pad_token_id)
-    loss, _ = ours(ids, labels, torch.where(labels != -100, adv[:, None], 0.0), attn_mask=mask)
+    extra = {"old_logps": _ours_old(old, lengths, labels)} if clip else {}
+    loss, stats = ours(ids, labels, torch.where(labels != -100, adv[:, None], 0.0), attn_mask=mask, **extra)
     loss.backward()
     torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
+    assert stats["clip_ratio/region_mean"].item() == pytest.approx(
+        trainer._metrics["train"]["clip_ratio/region_mean"][-1], abs=1e-6)
     for name in ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight"):
         g_want = trainer.model.get_parameter(name).grad
         assert g_want.abs().max() > 0
@@ -364,6 +404,27 @@ def test_a_grpo_run_resumes_exactly(hf_dirs, prompts, tmp_path, sampler):
     a, b = scalars(full), scalars(split)
     for tag in ("loss", "reward", "kl"):
         assert [a[tag][i] for i in range(1, 5)] == [b[tag][i] for i in range(1, 5)], tag
+
+
+def test_several_steps_on_each_generation(hf_dirs, prompts, tmp_path):
+    """``num_iterations: 2``: each sampled batch trains two steps (its rewards logged twice, the loader advanced
+    once), the second with its ratios to the sampling policy and their clip ratios; checkpoints between
+    generations resume exactly; one inside a generation is refused before any work."""
+    cfg = _config(tmp_path, hf_dirs[0], prompts, num_iterations=2, epsilon_high=0.28, beta=0.05)
+    full, split = tmp_path / "full", tmp_path / "split"
+    common = ["--train.deterministic", "true", "--train.ckpt_every", "2"]
+    assert cli(["--config", cfg, *common, "--train.out_dir", str(full)]) == 0
+    s = scalars(full)
+    assert s["reward"][1] == s["reward"][2] and s["reward"][3] == s["reward"][4] and s["reward"][1] != s["reward"][3]
+    assert s["clip_ratio/region_mean"][1] == 0 and "clip_ratio/high_mean" in s  # the first step's ratio is 1
+    state = json.loads((full / "checkpoints" / "step_00000004" / "data" / "rank_00000.json").read_text())
+    assert state["batches_done"] == 2  # 4 steps, 2 generations
+    assert cli(["--config", cfg, *common, "--train.steps", "2", "--train.out_dir", str(split)]) == 0
+    assert cli(["--config", cfg, *common, "--train.out_dir", str(split), "--resume", "auto"]) == 0
+    t = scalars(split)
+    for tag in ("loss", "reward", "kl", "clip_ratio/region_mean"):
+        assert [s[tag][i] for i in range(1, 5)] == [t[tag][i] for i in range(1, 5)], tag
+    assert cli(["--config", cfg, "--train.ckpt_every", "3", "--train.out_dir", str(tmp_path / "bad")]) == 2
 
 
 def test_a_reward_function_returning_no_number_is_named(hf_dirs, prompts, tmp_path, capsys):

@@ -254,14 +254,32 @@ class GRPOModule(nn.Module):
         return -F.cross_entropy(logits.reshape(B * T, -1), labels.reshape(-1), ignore_index=IGNORE_INDEX,
                                 reduction="none").view(B, T)
 
+    def _clipped(self, ratio: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                 stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``-min(ratio A, clip(ratio) A)`` (``ratio`` capped at ``delta`` in the first), and the clip ratios TRL
+        logs, over the ``mask``ed entries."""
+        cfg = self.cfg
+        low, high = cfg.epsilon, cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+        clipped = torch.clamp(ratio, 1 - low, 1 + high)
+        capped = ratio if cfg.delta is None else torch.clamp(ratio, max=cfg.delta)
+        is_low = ((ratio < 1 - low) & (adv < 0)).float()
+        is_high = ((ratio > 1 + high) & (adv > 0)).float()
+        n = mask.sum().clamp(min=1)
+        stats.update({"clip_ratio/low_mean": (is_low * mask).sum().detach() / n,
+                      "clip_ratio/high_mean": (is_high * mask).sum().detach() / n,
+                      "clip_ratio/region_mean": (torch.maximum(is_low, is_high) * mask).sum().detach() / n})
+        return -torch.min(capped * adv, clipped * adv)
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, advantages: torch.Tensor,
+                old_logps: torch.Tensor | None = None,
                 **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         cfg = self.cfg
         mask = (labels != IGNORE_INDEX).float()
         logp = self._logps(self.model, input_ids, labels, fields)
-        ratio = torch.exp(logp - logp.detach())  # 1, with the gradient of logp
-        per_token = -ratio * advantages.float()
+        # the ratio to the sampling policy: 1 on a generation's first step (old = logp, detached), with logp's gradient
+        ratio = torch.exp(logp - (logp.detach() if old_logps is None else old_logps.float()))
         stats: dict[str, torch.Tensor] = {}
+        per_token = self._clipped(ratio, advantages.float(), mask, stats)
         if cfg.beta:
             reference = self._reference[0]
             with torch.no_grad():
@@ -286,15 +304,20 @@ class RLOOModule(GRPOModule):
     """``forward(input_ids, labels, advantages, **fields) -> (loss, stats)``: RLOO's loss of one micro-batch, the
     mean over its completions of ``-exp(s - s.detach()) * A`` where ``s`` is a completion's summed log-probability
     (of the logits over ``temperature``) and ``A`` its advantage (``advantages`` holds it at every completion
-    token), as TRL's RLOOTrainer computes it for one optimisation pass. A masked completion (truncated, with
-    ``mask_truncated_completions``) adds 0 (TRL's adds ``-A`` to the value, with no gradient)."""
+    token), as TRL's RLOOTrainer computes it; past a generation's first step the ratio is to the sampling policy's
+    summed log-probability (``old_logps``) and clipped as :class:`GRPOModule`'s, per completion. A masked completion
+    (truncated, with ``mask_truncated_completions``) adds 0 (TRL's adds ``-A`` to the value, with no gradient)."""
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, advantages: torch.Tensor,
+                old_logps: torch.Tensor | None = None,
                 **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = (labels != IGNORE_INDEX).float()
         s = (self._logps(self.model, input_ids, labels, fields) * mask).sum(-1)
+        old = s.detach() if old_logps is None else (old_logps.float() * mask).sum(-1)
         adv = (advantages.float() * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return (-torch.exp(s - s.detach()) * adv).mean(), {}
+        stats: dict[str, torch.Tensor] = {}
+        loss = self._clipped(torch.exp(s - old), adv, torch.ones_like(adv), stats).mean()
+        return loss, stats
 
 
 class GRPO:
@@ -303,11 +326,12 @@ class GRPO:
 
     name = "grpo"
     prompts = True
-    fields = ("advantages",)
+    fields = ("advantages", "old_logps")
 
     def __init__(self, cfg: GRPOConfig):
         self.cfg = cfg
         self.name = cfg.method
+        self.iterations = cfg.num_iterations  # Trainer.fit's optimizer steps on each generation
         self._rewards: list[tuple[str, Callable[..., Any]]] | None = None
         self._paged: Any = None  # sampler "paged": serve's PolicySampler, built at the first step
         self._synced_at = -1  # the optimizer step whose weights it holds
@@ -322,6 +346,11 @@ class GRPO:
                                                "use DDP (or none)")
         self._reference_kind(run.train)
         self._seq_len = run.data.seq_len
+        mu = self.cfg.num_iterations
+        if mu > 1 and run.train.ckpt_every % mu:
+            raise ConfigError("train.ckpt_every", f"{run.train.ckpt_every} is not a multiple of train.grpo."
+                                                  f"num_iterations={mu}: checkpoints must fall between generations, "
+                                                  "so a resumed run repeats the uninterrupted one")
         if self.cfg.sampler == "paged":
             _paged_sampler()
         for spec in self.cfg.rewards:  # import errors now, before any work (reward models load when training)
@@ -375,22 +404,29 @@ class GRPO:
         return self._paged
 
     @torch.no_grad()
-    def _log_ratio(self, trainer: Any, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(B, T) the policy's log-probabilities minus the reference's at the completion tokens, 0 elsewhere, before
-        this step's update (eval mode, the run's precision): RLOO's per-token KL estimate, on the host."""
-        module, model, device = self._module, trainer.module, trainer.device
-        if module is None:
+    def _policy_logps(self, trainer: Any, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(B, T) the policy's log-probabilities of the completion tokens (of the logits over the temperature), 0
+        elsewhere, before this generation's updates (the model's mode, the run's precision), on the host: the
+        ratios' denominators past a generation's first step, and RLOO's KL estimate with the reference's."""
+        return self._logps_of(trainer, trainer.module, ids, labels)
+
+    @torch.no_grad()
+    def _ref_logps(self, trainer: Any, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`_policy_logps` of the reference model (eval mode; ``adapters``: the policy without them)."""
+        reference = self._module._reference[0] if self._module is not None else None
+        if reference is None:
             raise ConfigError("train.grpo.beta", "RLOO's KL penalty needs the objective's module (module() first)")
-        ids, labels = ids.to(device), labels.to(device)
-        reference = module._reference[0]
-        with eval_mode(model), trainer.autocast():
-            logp = module._logps(model, ids, labels, {})
+        with eval_mode(trainer.module):
             if reference == "adapters":
-                with adapters.disabled(model):
-                    ref = module._logps(model, ids, labels, {})
-            else:
-                ref = module._logps(reference, ids, labels, {})
-        return ((logp - ref) * (labels != IGNORE_INDEX)).cpu()
+                with adapters.disabled(trainer.module):
+                    return self._logps_of(trainer, trainer.module, ids, labels)
+            return self._logps_of(trainer, reference, ids, labels)
+
+    def _logps_of(self, trainer: Any, model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        module = self._module or GRPOModule(trainer.module, self.cfg, None)
+        ids, labels = ids.to(trainer.device), labels.to(trainer.device)
+        with trainer.autocast():
+            return (module._logps(model, ids, labels, {}) * (labels != IGNORE_INDEX)).float().cpu()
 
     def rewards(self, device: torch.device) -> list[tuple[str, Callable[..., Any]]]:
         if self._rewards is None:
@@ -450,11 +486,13 @@ class GRPO:
         rewards[torch.isnan(by_func).all(1)] = float("nan")
         rows = [_row(p, c, pad) for p, c in zip(prompts, completions)]
         ids, labels, mask = _collate(rows, truncated if cfg.mask_truncated_completions else None, pad)
+        old = self._policy_logps(trainer, ids, labels) if cfg.num_iterations > 1 or (
+            cfg.method == "rloo" and cfg.beta) else None
         if cfg.method == "rloo":
             group_std = _nanstd(rewards.view(-1, G), dim=1)
             penalised = rewards
             if cfg.beta:  # the summed log-ratio to the reference, out of the reward (TRL's RLOO)
-                kl = self._log_ratio(trainer, ids, labels)
+                kl = old - self._ref_logps(trainer, ids, labels)
                 penalised = rewards - cfg.beta * kl.sum(-1)
                 stats["kl"] = kl.sum() / (labels != IGNORE_INDEX).sum().clamp(min=1)
             advantages, std = rloo_advantages(penalised, G, cfg.normalize_advantages), group_std
@@ -469,7 +507,8 @@ class GRPO:
                       "frac_reward_zero_std": torch.isclose(std, torch.zeros_like(std)).float().mean(),
                       "completions/mean_length": lengths.mean(),
                       "completions/clipped_ratio": torch.tensor(truncated, dtype=torch.float32).mean()})
-        return (Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv),
+        return (Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv,
+                      old_logps=old if cfg.num_iterations > 1 else None),
                 {k: v.to(device) for k, v in stats.items()})
 
 

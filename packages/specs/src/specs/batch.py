@@ -3,9 +3,10 @@
 All tensors are (B, T): ``input_ids`` and ``labels`` (``labels[t]`` is the target for ``input_ids[t]``,
 with -100 for positions that carry no loss), ``attention_mask`` (1 for real tokens), ``positions`` (restart
 at 0 at each packed document when packing resets positions), and ``document_ids`` (which packed document
-each token belongs to; used for block-diagonal masks), and ``advantages`` (float: each target token's advantage,
-for policy-gradient objectives such as rl's GRPO; None otherwise). Framework-neutral: any array with ``.shape``
-works.
+each token belongs to; used for block-diagonal masks), ``advantages`` (float: each target token's advantage,
+for policy-gradient objectives such as rl's GRPO; None otherwise) and ``old_logps`` (float: each target token's
+log-probability under the policy that sampled it, for the importance ratios of several optimisation passes over
+one generation; None otherwise). Framework-neutral: any array with ``.shape`` works.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Batch:
     positions: Any | None = None
     document_ids: Any | None = None
     advantages: Any | None = None
+    old_logps: Any | None = None
 
     def __post_init__(self) -> None:
         env = _BT.check(self.input_ids, "Batch.input_ids")

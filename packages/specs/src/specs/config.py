@@ -206,8 +206,12 @@ class GRPOConfig(ConfigBase):
     weighted by ``reward_weights``, and trains on the completions with advantages normalised within each prompt's
     group (``scale_rewards``: ``group``, ``batch`` or ``none``). ``loss_type``: ``dapo`` (token mean over the
     batch), ``grpo`` (token mean per sequence) or ``dr_grpo`` (over ``max_completion_length`` per sequence).
-    ``beta`` > 0 adds the KL to the reference model (``reference`` as PreferenceConfig's). One optimisation pass
-    per generation (TRL's ``num_iterations`` 1), so the clipped ratio is 1 and there is no clipping to set.
+    ``beta`` > 0 adds the KL to the reference model (``reference`` as PreferenceConfig's). ``num_iterations``
+    (TRL's, the paper's mu): optimizer steps on each generation; past the first the policy has moved, so each
+    token's ratio to the sampling policy's probability is clipped to ``[1 - epsilon, 1 + epsilon_high]`` (PPO's
+    clipped surrogate; ``epsilon_high`` defaults to ``epsilon``; DAPO's clip-higher sets it above), and with
+    ``delta`` the unclipped ratio is also capped at ``delta`` (two-sided clipping). ``train.ckpt_every`` must then
+    be a multiple of ``num_iterations``, so checkpoints fall between generations.
     ``sampler``: ``generate`` samples with the policy itself (the ``lmstack.generators`` plugin: serve's
     ``generate``); ``paged`` with a copy of it in the run's precision, synced after every optimizer step (LoRA
     merged), in serve's continuous-batching engine (the ``lmstack.samplers`` plugin ``paged``: CUDA-graph decode
@@ -236,6 +240,10 @@ class GRPOConfig(ConfigBase):
     reference: Literal["auto", "copy", "adapters"] = "auto"
     sampler: Literal["auto", "generate", "paged"] = "auto"
     method: Literal["grpo", "rloo"] = "grpo"
+    num_iterations: PosInt = 1
+    epsilon: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    epsilon_high: PosFloat | None = None
+    delta: Annotated[float, Field(gt=1)] | None = None
     normalize_advantages: bool = False
 
     def check(self) -> None:
@@ -246,6 +254,9 @@ class GRPOConfig(ConfigBase):
         if self.method == "grpo" and self.normalize_advantages:
             self.fail("normalize_advantages", "is RLOO's (method: rloo); GRPO scales its advantages by "
                                               "scale_rewards")
+        if self.method == "rloo" and self.delta is not None:
+            self.fail("delta", "two-sided clipping is GRPO's; RLOO clips each completion's ratio to "
+                               "[1 - epsilon, 1 + epsilon_high]")
         if self.method == "rloo" and (self.loss_type != "dapo" or self.scale_rewards != "group"):
             self.fail("loss_type" if self.loss_type != "dapo" else "scale_rewards",
                       "is GRPO's: RLOO's loss is the mean over completions and its advantages are leave-one-out "

@@ -23,7 +23,9 @@ An online objective (rl's ``grpo``, ``train.grpo``) also has:
   ``prepare`` turns into training batches;
 - ``prepare(batch, trainer)``: ``(Batch, stats)`` from one of the loader's batches (this rank's share), e.g. the
   policy's sampled completions with their advantages, and 0-dim tensors to log beside the module's;
-- ``fields``: the Batch fields besides ``input_ids`` and ``labels`` that its module takes (``advantages``).
+- ``fields``: the Batch fields besides ``input_ids`` and ``labels`` that its module takes (``advantages``);
+- ``iterations`` (optional, default 1): how many optimizer steps ``Trainer.fit`` takes on each prepared batch
+  before it prepares the next from the loader (GRPO's ``num_iterations``). ``Trainer.step`` prepares every call.
 """
 
 from __future__ import annotations

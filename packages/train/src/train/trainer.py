@@ -182,7 +182,9 @@ class Trainer:
         return b.to(self.device, non_blocking=True), stats
 
     def _advance(self, batch: Any) -> torch.Tensor:
-        b, prepared = self._prepare(batch)
+        return self._advance_prepared(*self._prepare(batch))
+
+    def _advance_prepared(self, b: Batch, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         loss, stats = self._forward_backward(b)
         stats.update(prepared)
         log_now = any((self.global_step + 1) % k == 0 for k in self._metric_every)
@@ -459,8 +461,14 @@ class Trainer:
         try:
             with StopSignals() as stop:
                 batches = self._batches()
+                # an online objective's ``iterations``: optimizer steps on each prepared batch (GRPO's mu); a run
+                # resumed between them prepares a new batch at once
+                reuse, held, left = max(1, int(getattr(self.objective, "iterations", 1))), None, 0
                 while self.global_step < total:
-                    self._advance(next(batches))
+                    if left == 0:
+                        held, left = self._prepare(next(batches)), reuse
+                    self._advance_prepared(*held)
+                    left -= 1
                     if dist.any_rank(self.env, stop.requested is not None):
                         path = self.save_checkpoint()
                         raise TrainingInterrupted(stop.requested or 15, self.global_step, path)
