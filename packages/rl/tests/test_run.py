@@ -4,9 +4,11 @@ does not change the step, a LoRA run's reference is its base model, and bad conf
 
 from __future__ import annotations
 
+import contextlib
 import csv
 
 import pytest
+import torch
 import yaml
 
 from model.lm import TransformerLM
@@ -58,6 +60,57 @@ def test_a_dpo_run_resumes_exactly_and_grad_accum_leaves_the_step_alone(hf_dirs,
     a, b, c = scalars(full)["loss"], scalars(split)["loss"], scalars(accum)["loss"]
     assert [a[i] for i in range(1, 5)] == [b[i] for i in range(1, 5)]  # the reference is the starting model again
     assert [c[i] for i in range(1, 5)] == pytest.approx([a[i] for i in range(1, 5)], rel=1e-4)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_precomputed_reference_gives_the_same_run(hf_dirs, pairs, tmp_path, lora):
+    """``precompute_reference``: the reference scores every pair (train and held out) before the first step, the
+    steps skip its forward, and the losses, statistics and held-out figures are the run's without it."""
+    cfg = _config(tmp_path, hf_dirs[0], pairs, eval_every=4)
+    extra = ["--train.lora.r", "4", "--train.lr", "1e-2"] if lora else []
+    plain, pre = tmp_path / "plain", tmp_path / "pre"
+    assert cli(["--config", cfg, *extra, "--train.out_dir", str(plain)]) == 0
+    assert cli(["--config", cfg, *extra, "--train.preference.precompute_reference", "true", "--train.out_dir",
+                str(pre)]) == 0
+    a, b = scalars(plain), scalars(pre)
+    for tag in ("loss", "rewards/margins", "logps/chosen", "eval/loss", "eval/rewards/accuracies"):
+        assert sorted(a[tag]) == sorted(b[tag])
+        assert [b[tag][i] for i in sorted(b[tag])] == pytest.approx([a[tag][i] for i in sorted(a[tag])], rel=1e-4,
+                                                                     abs=1e-6), tag
+    assert a["loss"][4] < a["loss"][1]
+
+
+def test_the_precomputed_reference_frees_the_copy(hf_dirs, pairs):
+    import types
+
+    from data.tokenizer.loading import load_tokenizer
+    from model.lm import TransformerLM
+    from rl.data import build_preference_dataloader
+    from rl.objectives import DPO
+    from specs.config import PreferenceConfig, TrainConfig
+    from specs.errors import ConfigError
+
+    tok = load_tokenizer(str(hf_dirs[0]))
+    loader = build_preference_dataloader(pairs, 4, 48, tokenizer=tok, shuffle=False)
+    model = TransformerLM.from_pretrained(hf_dirs[0])
+    obj = DPO(PreferenceConfig(method="dpo", precompute_reference=True))
+    module = obj.module(model, train=TrainConfig(), device=torch.device("cpu"))
+    reference = module.reference
+    batch = next(iter(loader))
+    with torch.no_grad():
+        want, _ = module(batch.input_ids, batch.labels, attn_mask=batch.attention_mask)  # the reference's forward
+    trainer = types.SimpleNamespace(dataloader=loader, eval_dataloader=None, device=torch.device("cpu"),
+                                    autocast=contextlib.nullcontext)
+    b, _ = obj.prepare(batch, trainer)
+    assert module.reference is None and reference is not None  # the copy is dropped after scoring
+    assert 0 < len(obj._table) <= 2 * len(loader.pairs)  # every distinct row
+    with torch.no_grad():
+        got, _ = module(b.input_ids, b.labels, ref_logps=b.ref_logps, attn_mask=b.attention_mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    other = batch.input_ids.clone()
+    other[0, 0] = (other[0, 0] + 1) % 100
+    with pytest.raises(ConfigError, match="is not from the Trainer's loaders"):
+        obj.prepare(type(batch)(input_ids=other, labels=batch.labels, attention_mask=batch.attention_mask), trainer)
 
 
 def test_a_lora_runs_reference_is_its_base_model(hf_dirs, pairs, tmp_path):

@@ -19,15 +19,20 @@ from specs.errors import ConfigError
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "robust", "sigmoid_norm")
 
 
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the target tokens' log-probabilities, number of target tokens) per row, both (B,), fp32.
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) fp32: each target token's log-probability, 0 where ``labels`` is IGNORE_INDEX.
 
     ``logits`` (B, T, V); ``labels`` (B, T) holds each position's next token or IGNORE_INDEX (the data loaders'
     shifted labels), so no shift happens here."""
     B, T = labels.shape
-    nll = F.cross_entropy(logits.float().reshape(B * T, -1), labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                          reduction="none").view(B, T)
-    return -nll.sum(-1), (labels != IGNORE_INDEX).sum(-1)
+    return -F.cross_entropy(logits.float().reshape(B * T, -1), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                            reduction="none").view(B, T)
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the target tokens' log-probabilities, number of target tokens) per row, both (B,), fp32
+    (:func:`token_logps` summed)."""
+    return token_logps(logits, labels).sum(-1), (labels != IGNORE_INDEX).sum(-1)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,15 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rl.losses import DPO_LOSSES, cpo_loss, dpo_loss, orpo_odds_ratio, sequence_logps
+from rl.losses import DPO_LOSSES, cpo_loss, dpo_loss, orpo_odds_ratio, sequence_logps, token_logps
+from specs.batch import Batch
 from specs.config import PreferenceConfig, RunConfig, TrainConfig
 from specs.errors import ConfigError
 from train import adapters
@@ -68,12 +70,14 @@ class PreferenceModule(nn.Module):
     def reference(self) -> nn.Module | str | None:
         return self._reference[0]
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, ref_logps: torch.Tensor | None = None,
                 **fields: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _pairs(input_ids)
         policy = sequence_logps(self.model(input_ids, **fields), labels)
         ref = None
-        if self.reference is not None:
+        if ref_logps is not None:  # computed before training (precompute_reference)
+            ref = (ref_logps.float().sum(-1), policy[1])
+        elif self.reference is not None:
             with torch.no_grad():
                 if self.reference == "adapters":
                     with adapters.disabled(self.model), eval_mode(self.model):
@@ -104,6 +108,8 @@ def make_reference(kind: str | None, model: nn.Module, device: torch.device) -> 
 
 
 _KTO_ONLY = ("desirable_weight", "undesirable_weight")
+_DPO_ONLY = ("precompute_reference",)
+_OTHERS = (*_KTO_ONLY, *_DPO_ONLY)  # what reference-free and reward methods take neither of
 
 
 def _only_defaults(cfg: PreferenceConfig, method: str, names: tuple[str, ...], why: str) -> None:
@@ -122,6 +128,23 @@ def _check_loss(cfg: PreferenceConfig, method: str, losses: tuple[str, ...], smo
     if cfg.label_smoothing and cfg.loss_type != smoothed:
         raise ConfigError("train.preference.label_smoothing", f"only the {smoothed} loss flips labels; with "
                                                               f"loss_type {cfg.loss_type!r} set it to 0")
+
+
+def as_rows(batch: Any) -> Batch:
+    return batch if isinstance(batch, Batch) else Batch(**batch)
+
+
+def _row_key(b: Batch, r: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A row's identity whatever its batch: its real tokens and their labels."""
+    n = int(b.attention_mask[r].sum()) if b.attention_mask is not None else b.shape[1]
+    return tuple(b.input_ids[r, :n].tolist()), tuple(b.labels[r, :n].tolist())
+
+
+def _pair_source(loader: Any) -> Any:
+    """The preference loader under ``loader`` (train.run wraps it per rank), or None."""
+    while loader is not None and not hasattr(loader, "pairs"):
+        loader = getattr(loader, "loader", None)
+    return loader
 
 
 def _check_common(cfg: PreferenceConfig, run: RunConfig) -> None:
@@ -146,9 +169,20 @@ class _PairObjective:
 
 
 class DPO(_PairObjective):
-    """The ``lmstack.objectives`` plugin ``dpo``: ``DPO(cfg)`` for a ``PreferenceConfig``."""
+    """The ``lmstack.objectives`` plugin ``dpo``: ``DPO(cfg)`` for a ``PreferenceConfig``.
+
+    With ``precompute_reference`` the first :meth:`prepare` scores every pair of the Trainer's loaders (train and
+    eval) under the reference, keeps each row's per-token log-probabilities by its tokens, and frees a reference
+    copy; each batch then carries them (``Batch.ref_logps``) and the module skips the reference's forward (TRL's
+    ``precompute_ref_log_probs``)."""
 
     name = "dpo"
+    fields = ("ref_logps",)
+
+    def __init__(self, cfg: PreferenceConfig):
+        super().__init__(cfg)
+        self._module: PreferenceModule | None = None
+        self._table: dict[tuple[tuple[int, ...], tuple[int, ...]], torch.Tensor] | None = None
 
     def check(self, run: RunConfig) -> None:
         _check_common(self.cfg, run)
@@ -160,7 +194,57 @@ class DPO(_PairObjective):
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()
-        return PreferenceModule(model, make_reference(self._reference_kind(train), model, device), self._loss)
+        self._module = PreferenceModule(model, make_reference(self._reference_kind(train), model, device), self._loss)
+        self._table = None
+        return self._module
+
+    def prepare(self, batch: Any, trainer: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The batch as it is, or with ``precompute_reference`` its rows' reference log-probabilities."""
+        if not self.cfg.precompute_reference:
+            return batch, {}
+        if self._table is None:
+            self._table = self._precompute(trainer)
+        b = as_rows(batch)
+        ref = torch.zeros(b.labels.shape, dtype=torch.float32)
+        for r in range(b.shape[0]):
+            key = _row_key(b, r)
+            if key not in self._table:
+                raise ConfigError("train.preference.precompute_reference", f"row {r} of a batch is not from the "
+                                  "Trainer's loaders, whose pairs were scored before the first step")
+            ref[r, :len(self._table[key])] = self._table[key]
+        return replace(b, ref_logps=ref), {}
+
+    @torch.no_grad()
+    def _precompute(self, trainer: Any) -> dict[tuple[tuple[int, ...], tuple[int, ...]], torch.Tensor]:
+        """Every row of the Trainer's loaders' pairs -> its reference per-token log-probabilities (up to its last
+        real token); then a reference copy is dropped (the module's reference becomes None)."""
+        module = self._module
+        if module is None or module.reference is None:
+            raise ConfigError("train.preference.precompute_reference", "needs the objective's module (module() first)")
+        table: dict[tuple[tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
+        model, reference = module.model, module.reference
+        for loader in (trainer.dataloader, trainer.eval_dataloader):
+            source = _pair_source(loader)
+            if source is None:
+                continue
+            pairs = source.pairs
+            for i in range(0, len(pairs), source.batch_size):
+                b = source._make(pairs[i:i + source.batch_size])
+                ids, labels = b.input_ids.to(trainer.device), b.labels.to(trainer.device)
+                mask = b.attention_mask.to(trainer.device)
+                with trainer.autocast():
+                    if reference == "adapters":
+                        with adapters.disabled(model), eval_mode(model):
+                            lp = token_logps(model(ids, attn_mask=mask), labels)
+                    else:
+                        lp = token_logps(reference(ids, attn_mask=mask), labels)
+                lp = lp.cpu()
+                for r in range(b.shape[0]):
+                    key = _row_key(b, r)
+                    table[key] = lp[r, :len(key[0])].clone()
+        if reference != "adapters":
+            module._reference[0] = None  # the copy's memory goes back
+        return table
 
     def check_options(self) -> None:
         _check_loss(self.cfg, "dpo", DPO_LOSSES, "robust")
@@ -195,7 +279,7 @@ class ORPO(_PairObjective):
         self.check_options()
 
     def check_options(self) -> None:
-        _only_defaults(self.cfg, "orpo", ("loss_type", "label_smoothing", "sft_weight", "reference", *_KTO_ONLY,
+        _only_defaults(self.cfg, "orpo", ("loss_type", "label_smoothing", "sft_weight", "reference", *_OTHERS,
                                           "center_rewards", "simpo_gamma"), "it is reference-free, with its own loss")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
@@ -240,7 +324,7 @@ class CPO(_PairObjective):
     def check_options(self) -> None:
         cfg = self.cfg
         _check_loss(cfg, self.name, self.LOSSES[self.name], "sigmoid")
-        names = ("reference", "center_rewards", *_KTO_ONLY) + (("simpo_gamma",) if self.name == "cpo" else ())
+        names = ("reference", "center_rewards", *_OTHERS) + (("simpo_gamma",) if self.name == "cpo" else ())
         _only_defaults(cfg, self.name, names, "another method's option")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
@@ -334,7 +418,7 @@ class Reward(_PairObjective):
             self._check_model(resolve("lmstack.models", run.model.arch)(run.model))
 
     def check_options(self) -> None:
-        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference", *_KTO_ONLY,
+        _only_defaults(self.cfg, "reward", ("loss_type", "label_smoothing", "sft_weight", "reference", *_OTHERS,
                                             "simpo_gamma"), "it trains a reward model, with the Bradley-Terry loss")
 
     @staticmethod
@@ -435,7 +519,8 @@ class KTO(_PairObjective):
 
     def check_options(self) -> None:
         _check_loss(self.cfg, "kto", KTO_LOSSES, "")
-        _only_defaults(self.cfg, "kto", ("sft_weight", "center_rewards", "simpo_gamma"), "another method's option")
+        _only_defaults(self.cfg, "kto", ("sft_weight", "center_rewards", "simpo_gamma", *_DPO_ONLY),
+                       "another method's option")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()

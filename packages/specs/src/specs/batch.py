@@ -6,7 +6,9 @@ at 0 at each packed document when packing resets positions), and ``document_ids`
 each token belongs to; used for block-diagonal masks), ``advantages`` (float: each target token's advantage,
 for policy-gradient objectives such as rl's GRPO; None otherwise) and ``old_logps`` (float: each target token's
 log-probability under the policy that sampled it, for the importance ratios of several optimisation passes over
-one generation; None otherwise). Framework-neutral: any array with ``.shape`` works.
+one generation; None otherwise) and ``ref_logps`` (float: each target token's log-probability under a reference
+model, computed before training, for preference objectives that skip the reference's forward; None otherwise).
+Framework-neutral: any array with ``.shape`` works.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Batch:
     document_ids: Any | None = None
     advantages: Any | None = None
     old_logps: Any | None = None
+    ref_logps: Any | None = None
 
     def __post_init__(self) -> None:
         env = _BT.check(self.input_ids, "Batch.input_ids")

@@ -175,8 +175,10 @@ class PreferenceConfig(ConfigBase):
     copy: needs train.lora) or ``auto`` (adapters under train.lora, else copy), ``center_rewards`` (the reward
     model's ``center_rewards_coefficient``: this times the mean squared sum of a pair's rewards added, Eisenstein
     et al. 2023), ``simpo_gamma`` (SimPO's target reward margin), and KTO's ``desirable_weight`` and
-    ``undesirable_weight``. ``kto`` (Ethayarajh et al. 2024) trains on single completions labelled desirable or
-    not (``data.dataset: unpaired``), ``loss_type`` ``sigmoid`` (KTO's own, also ``kto``) or
+    ``undesirable_weight``; ``precompute_reference`` (DPO; TRL's ``precompute_ref_log_probs``): the reference's
+    log-probabilities of every pair are computed once before the first step and the reference copy is then
+    freed, so steps skip its forward. ``kto`` (Ethayarajh et al. 2024) trains on single completions labelled
+    desirable or not (``data.dataset: unpaired``), ``loss_type`` ``sigmoid`` (KTO's own, also ``kto``) or
     ``apo_zero_unpaired``."""
 
     kind: ClassVar[str] = "PreferenceConfig"
@@ -190,6 +192,7 @@ class PreferenceConfig(ConfigBase):
     simpo_gamma: NonNegFloat = 0.5
     desirable_weight: PosFloat = 1.0
     undesirable_weight: PosFloat = 1.0
+    precompute_reference: bool = False
 
     def check(self) -> None:
         if not self.method.strip():
