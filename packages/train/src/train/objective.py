@@ -26,6 +26,9 @@ An online objective (rl's ``grpo``, ``train.grpo``) also has:
 - ``fields``: the Batch fields besides ``input_ids`` and ``labels`` that its module takes (``advantages``);
 - ``iterations`` (optional, default 1): how many optimizer steps ``Trainer.fit`` takes on each prepared batch
   before it prepares the next from the loader (GRPO's ``num_iterations``). ``Trainer.step`` prepares every call.
+
+Any objective may have ``prepare`` (DPO's ``precompute_reference`` adds each row's reference log-probabilities
+there) and ``fields``; the Trainer calls ``prepare`` on every batch it trains or evaluates on.
 """
 
 from __future__ import annotations
