@@ -156,10 +156,15 @@ def _lmstack(args: argparse.Namespace, cfg, work: Path, total: int, sampler: str
     model = TransformerLM.from_pretrained(work / "hf")
     lengths = []
 
+    correction: dict[str, list[float]] = {}
+
     class Lengths:
         def on_step(self, trainer, step, metrics):
             if "completions/mean_length" in metrics:
                 lengths.append(metrics["completions/mean_length"])
+            for k, v in metrics.items():  # the paged sampler's importance correction, when it runs
+                if k.startswith("sampling/"):
+                    correction.setdefault(k, []).append(v)
 
         def __getattr__(self, name):
             if name.startswith("on_"):
@@ -169,7 +174,8 @@ def _lmstack(args: argparse.Namespace, cfg, work: Path, total: int, sampler: str
     trainer = Trainer(model, run, loader, tokenizer=loader.load_tokenizer(), callbacks=[clock, Lengths()])
     trainer.objective.check(run)  # as train.run's preflight: the sampler learns data.seq_len
     trainer.fit(steps=total)
-    return _figures(args, [b - a for a, b in zip(clock.ends[:-1], clock.ends[1:])], lengths)
+    figures = _figures(args, [b - a for a, b in zip(clock.ends[:-1], clock.ends[1:])], lengths)
+    return {**figures, **{k: statistics.mean(v) for k, v in correction.items()}}
 
 
 if __name__ == "__main__":

@@ -445,6 +445,11 @@ def test_a_reward_function_returning_no_number_is_named(hf_dirs, prompts, tmp_pa
     (["--train.grpo.method", "rloo", "--train.grpo.loss_type", "grpo"], "train.grpo.loss_type"),
     (["--train.grpo.normalize_advantages", "true"], "train.grpo.normalize_advantages"),
     (["--train.grpo.method", "ppo"], "train.grpo.method"),
+    (["--train.grpo.sampler", "generate", "--train.grpo.importance_sampling", "token_mask"],
+     "train.grpo.importance_sampling"),
+    (["--train.grpo.method", "rloo", "--train.grpo.importance_sampling", "token_mask"],
+     "train.grpo.importance_sampling"),
+    (["--train.grpo.importance_sampling_min", "4.0"], "train.grpo.importance_sampling_min"),
 ])
 def test_bad_grpo_configs_stop_before_any_work(hf_dirs, prompts, tmp_path, capsys, args, field):
     assert cli(["--config", _config(tmp_path, hf_dirs[0], prompts), *args, "--train.out_dir",
@@ -499,3 +504,69 @@ def test_a_reward_model_scores_grpo_completions(hf_dirs, prompts, tmp_path):
     for step in (1, 2):
         mixed = s["rewards/count_a/mean"][step] + 0.5 * s["rewards/model:rm/mean"][step]
         assert s["reward"][step] == pytest.approx(mixed, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
+def test_importance_weights_are_trls(mode):
+    """TRL's vLLM correction, written out here from its documentation: per-token or per-sequence ratios of the
+    policy's probability to the sampler's, clipped to [min, max] or zeroed outside it."""
+    from rl.grpo import importance_weights
+
+    g = torch.Generator().manual_seed(0)
+    policy, sampler = -torch.rand(3, 5, generator=g) * 3, -torch.rand(3, 5, generator=g) * 3
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 1, 0, 0]], dtype=torch.float32)
+    got = importance_weights(policy, sampler, mask, mode, 0.5, 2.0)
+    for b in range(3):
+        cols = mask[b].nonzero().flatten().tolist()
+        if mode.startswith("sequence"):
+            r = float(torch.exp(sum(policy[b, c] - sampler[b, c] for c in cols)))
+            ratios = {c: r for c in cols}
+        else:
+            ratios = {c: float(torch.exp(policy[b, c] - sampler[b, c])) for c in cols}
+        for c in range(5):
+            want = 0.0
+            if c in ratios:
+                r = ratios[c]
+                want = min(max(r, 0.5), 2.0) if mode.endswith("truncate") else (r if 0.5 <= r <= 2.0 else 0.0)
+            assert float(got[b, c]) == pytest.approx(want, rel=1e-5), (b, c)
+    assert (got >= 0).all()
+
+
+def test_the_paged_samplers_correction(hf_dirs):
+    """With ``sampler: paged`` GRPO scores the sampled tokens under the copy: where the copy is the policy the
+    weights are 1 and the batch is the uncorrected one; where the copy differs, each completion's advantage carries
+    its masked sequence ratio (``auto``: TRL's sequence_mask at [-, 3])."""
+    from data.tokenizer.loading import load_tokenizer
+    from rl.grpo import GRPO, PromptBatch
+
+    tok = load_tokenizer(str(hf_dirs[0]))
+    model = TransformerLM.from_pretrained(hf_dirs[0])
+    trainer = _Trainer(model, tok)
+    cfg = dict(rewards=("test_grpo:count_a",), num_generations=2, max_completion_length=6, sampler="paged")
+    g = torch.Generator().manual_seed(1)
+    batch = PromptBatch([torch.randint(3, 300, (n,), generator=g).tolist() for n in (4, 9)], [{"prompt": "x"}] * 2)
+    plain = GRPO(GRPOConfig(**cfg, importance_sampling="none"))
+    auto = GRPO(GRPOConfig(**cfg))
+    assert auto.correction(torch.device("cpu")) == "sequence_mask"
+    a, _ = plain.prepare(batch, trainer)
+    b, stats = auto.prepare(batch, trainer)
+    assert torch.equal(a.input_ids, b.input_ids) and a.old_logps is None and b.old_logps is not None
+    torch.testing.assert_close(b.advantages, a.advantages, rtol=1e-5, atol=1e-6)  # the copy is the policy: w = 1
+    assert stats["sampling/sampling_logp_difference/max"].item() < 1e-4
+    assert stats["sampling/importance_sampling_ratio/mean"].item() == pytest.approx(1.0, abs=1e-4)
+    with torch.no_grad():  # the copy drifts from the policy (as bf16 kernels would, only more)
+        for p in auto._paged.model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    c, stats = auto.prepare(batch, trainer)
+    lab = (c.labels != -100).float()
+    with torch.no_grad():
+        pol = torch.log_softmax(model(c.input_ids).float(), -1).gather(-1, c.labels.clamp(min=0)[..., None])[..., 0]
+        cop = torch.log_softmax(auto._paged.model(c.input_ids).float(), -1).gather(
+            -1, c.labels.clamp(min=0)[..., None])[..., 0]
+    ratio = torch.exp(((pol - cop) * lab).sum(-1))
+    w = torch.where(ratio <= 3.0, ratio, 0.0)
+    assert stats["sampling/sampling_logp_difference/max"].item() > 1e-3
+    texts = [tok.decode([t for t in row[k.bool()].tolist() if t != tok.eos_id]) for row, k in zip(c.labels, lab)]
+    uncorrected, _ = group_advantages(torch.tensor(count_a(texts)), 2)
+    torch.testing.assert_close(c.advantages, (uncorrected * w)[:, None] * lab, rtol=1e-4, atol=1e-5)
+    assert 0 < stats["sampling/importance_sampling_ratio/mean"].item() != pytest.approx(1.0, abs=1e-4)

@@ -93,3 +93,17 @@ def test_bad_input_is_named(policy):
         sampler.sample([[5] * 12], 8)
     assert not sampler.engine.has_work()
     assert resolve("lmstack.samplers", "paged") is PolicySampler
+
+
+def test_score_is_the_copys_log_probabilities(policy):
+    sampler = PolicySampler(policy, max_batch_size=2, max_seq_len=32, block_size=4)
+    prompts = _prompts(3)
+    out = sampler.sample(prompts, 5, temperature=1.0, seed=1)
+    got = sampler.score(prompts, out.tokens, temperature=0.7, rows=2)
+    for p, c, lp in zip(prompts, out.tokens, got):
+        with torch.no_grad():
+            logits = policy(torch.tensor([p + c]))[0].float() / 0.7
+        want = torch.log_softmax(logits, -1)[len(p) - 1:len(p) - 1 + len(c)].gather(-1, torch.tensor(c)[:, None])[:, 0]
+        torch.testing.assert_close(lp, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="completions: 1 completions for 4 prompts"):
+        sampler.score(prompts, out.tokens[:1])

@@ -229,6 +229,24 @@ def rloo_advantages(rewards: torch.Tensor, group: int, normalize: bool = False) 
     return torch.nan_to_num(adv, nan=0.0)
 
 
+def importance_weights(policy: torch.Tensor, sampler: torch.Tensor, mask: torch.Tensor, mode: str,
+                       low: float | None = None, high: float | None = 3.0) -> torch.Tensor:
+    """(B, T) weights correcting tokens sampled by another copy of the policy, as TRL's GRPOTrainer corrects
+    vLLM's: ``policy`` and ``sampler`` are (B, T) per-token log-probabilities, ``mask`` the completion tokens.
+    ``token_*``: each token's ratio ``exp(policy - sampler)``; ``sequence_*``: each completion's, of the summed
+    differences, on all its tokens. ``*_truncate`` clips the ratios to [``low``, ``high``] (None: unbounded),
+    ``*_mask`` zeroes those outside. 0 off the mask."""
+    diff = ((policy - sampler) * mask).nan_to_num(0.0)
+    ratio = torch.exp(diff.sum(-1, keepdim=True) if mode.startswith("sequence") else diff)
+    lo = float("-inf") if low is None else low
+    hi = float("inf") if high is None else high
+    if mode.endswith("truncate"):
+        ratio = ratio.clamp(min=low, max=high)
+    else:
+        ratio = ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
+    return ratio.expand_as(mask) * mask
+
+
 def _nanstd(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """The sample (n - 1) standard deviation ignoring NaN, as TRL's nanstd."""
     mean = torch.nanmean(x, dim=dim, keepdim=dim is not None)
@@ -353,6 +371,9 @@ class GRPO:
                                                   "so a resumed run repeats the uninterrupted one")
         if self.cfg.sampler == "paged":
             _paged_sampler()
+        if self.cfg.sampler == "generate" and self.cfg.importance_sampling not in ("auto", "none"):
+            raise ConfigError("train.grpo.importance_sampling", "corrects the paged sampler's copy; with sampler: "
+                                                                "generate the policy samples itself: leave it 'auto'")
         for spec in self.cfg.rewards:  # import errors now, before any work (reward models load when training)
             if not spec.startswith("model:"):
                 load_reward(spec)
@@ -374,6 +395,14 @@ class GRPO:
         if self.cfg.loss_type == "dapo" and self.cfg.method == "grpo":
             return (labels != IGNORE_INDEX).sum()
         return torch.tensor(labels.shape[0], device=labels.device)
+
+    def correction(self, device: torch.device) -> str:
+        """``train.grpo.importance_sampling`` with ``auto`` decided: ``sequence_mask`` for GRPO sampling with the
+        ``paged`` copy, else ``none`` (the policy samples itself, or RLOO)."""
+        mode = self.cfg.importance_sampling
+        if mode != "auto":
+            return mode if self.sampler_kind(device) == "paged" else "none"
+        return "sequence_mask" if self.cfg.method == "grpo" and self.sampler_kind(device) == "paged" else "none"
 
     def sampler_kind(self, device: torch.device) -> str:
         """``generate`` or ``paged``: ``train.grpo.sampler`` with ``auto`` decided for ``device``."""
@@ -486,7 +515,8 @@ class GRPO:
         rewards[torch.isnan(by_func).all(1)] = float("nan")
         rows = [_row(p, c, pad) for p, c in zip(prompts, completions)]
         ids, labels, mask = _collate(rows, truncated if cfg.mask_truncated_completions else None, pad)
-        old = self._policy_logps(trainer, ids, labels) if cfg.num_iterations > 1 or (
+        correct = self.correction(device)
+        old = self._policy_logps(trainer, ids, labels) if cfg.num_iterations > 1 or correct != "none" or (
             cfg.method == "rloo" and cfg.beta) else None
         if cfg.method == "rloo":
             group_std = _nanstd(rewards.view(-1, G), dim=1)
@@ -501,6 +531,22 @@ class GRPO:
             advantages, std = group_advantages(rewards, G, cfg.scale_rewards)
             spread = torch.nanmean(_nanstd(rewards.view(-1, G), dim=1))
         adv = torch.where(labels != IGNORE_INDEX, advantages[:, None], 0.0)
+        if correct != "none":  # the copy's probabilities against the policy's: TRL's vLLM correction
+            lab = (labels != IGNORE_INDEX).float()
+            sampled = torch.zeros(labels.shape)
+            for r, (p, c) in enumerate(zip(prompts, self._paged.score(prompts, completions,
+                                                                      temperature=cfg.temperature))):
+                sampled[r, len(p) - 1:len(p) - 1 + len(c)] = c
+            w = importance_weights(old, sampled, lab, correct, cfg.importance_sampling_min,
+                                   cfg.importance_sampling_max)
+            adv = adv * w  # w >= 0: -min(r A w, clip(r) A w) is w times the uncorrected term, as TRL weighs it
+            gap = ((old - sampled).abs() * lab)[lab.bool()]
+            flat = w.amax(-1)[lab.bool().any(-1)] if correct.startswith("sequence") else w[lab.bool()]
+            stats.update({"sampling/sampling_logp_difference/mean": gap.mean() if gap.numel() else torch.zeros(()),
+                          "sampling/sampling_logp_difference/max": gap.max() if gap.numel() else torch.zeros(()),
+                          "sampling/importance_sampling_ratio/min": flat.min() if flat.numel() else torch.zeros(()),
+                          "sampling/importance_sampling_ratio/mean": flat.mean() if flat.numel() else torch.zeros(()),
+                          "sampling/importance_sampling_ratio/max": flat.max() if flat.numel() else torch.zeros(())})
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
         stats.update({"reward": torch.nanmean(rewards).nan_to_num(0.0),
                       "reward_std": spread.nan_to_num(0.0),
@@ -508,7 +554,7 @@ class GRPO:
                       "completions/mean_length": lengths.mean(),
                       "completions/clipped_ratio": torch.tensor(truncated, dtype=torch.float32).mean()})
         return (Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv,
-                      old_logps=old if cfg.num_iterations > 1 else None),
+                      old_logps=old if cfg.num_iterations > 1 or correct != "none" else None),
                 {k: v.to(device) for k, v in stats.items()})
 
 

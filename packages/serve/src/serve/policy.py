@@ -14,6 +14,7 @@ it without importing serve.
     sampler.sync(policy.state_dict())                # or a LoRA policy's merged weights
     out = sampler.sample(prompt_ids, 256, temperature=1.0, top_p=0.95, seed=step)
     out.tokens[0], out.finish_reasons[0]             # generated ids (EOS included when it ended the row), "stop"
+    sampler.score(prompt_ids, out.tokens)            # their log-probabilities under the copy (importance ratios)
 """
 
 from __future__ import annotations
@@ -98,6 +99,35 @@ class PolicySampler:
                                             + " ".join(str(exc).split())) from None
         if _engine:
             self.engine.reset_prefix_cache()
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
+              temperature: float = 1.0, rows: int = 8) -> list[torch.Tensor]:
+        """Each completion's per-token log-probabilities under the copy (fp32, on the host): the log-softmax of its
+        logits over ``temperature`` given the prompt and the completion's tokens before, ``rows`` sequences a
+        forward. What a trainer divides the policy's probabilities by to correct for the copy's numerics."""
+        if len(prompts) != len(completions):
+            raise ConfigError("completions", f"{len(completions)} completions for {len(prompts)} prompts")
+        if temperature <= 0:
+            raise ConfigError("temperature", f"must be > 0, got {temperature}")
+        device = model_device(self.model)
+        out: list[torch.Tensor] = []
+        for i in range(0, len(prompts), rows):
+            seqs = [list(p) + list(c) for p, c in zip(prompts[i:i + rows], completions[i:i + rows])]
+            width = max(len(s) for s in seqs)
+            if width > self.max_seq_len:
+                raise ConfigError("completions", f"a sequence of {width} tokens exceeds the sampler's max_seq_len "
+                                                 f"{self.max_seq_len}")
+            ids = torch.zeros(len(seqs), width, dtype=torch.long)
+            for r, s in enumerate(seqs):
+                ids[r, :len(s)] = torch.tensor(s)
+            logits = self.model(ids.to(device))  # right padding: a causal model's real positions do not see it
+            logp = torch.log_softmax(logits.float() / temperature, -1)
+            for r, (p, c) in enumerate(zip(prompts[i:i + rows], completions[i:i + rows])):
+                n = len(p)
+                targets = torch.tensor(list(c), device=device)
+                out.append(logp[r, n - 1:n - 1 + len(c)].gather(-1, targets[:, None])[:, 0].cpu())
+        return out
 
     def sample(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, temperature: float = 1.0,
                top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, seed: int | None = None) -> SampleOutput:

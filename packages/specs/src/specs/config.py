@@ -218,7 +218,13 @@ class GRPOConfig(ConfigBase):
     ``sampler``: ``generate`` samples with the policy itself (the ``lmstack.generators`` plugin: serve's
     ``generate``); ``paged`` with a copy of it in the run's precision, synced after every optimizer step (LoRA
     merged), in serve's continuous-batching engine (the ``lmstack.samplers`` plugin ``paged``: CUDA-graph decode
-    steps, as TRL samples with vLLM); ``auto``: ``paged`` on a CUDA device, else ``generate``.
+    steps, as TRL samples with vLLM); ``auto``: ``paged`` on a CUDA device, else ``generate``. A ``paged``
+    sampler's copy computes in another precision and other kernels than the training forward, so GRPO corrects
+    each token by the ratio of the policy's probability to the copy's (TRL's ``vllm_importance_sampling_*``):
+    ``importance_sampling`` ``token_truncate`` / ``sequence_truncate`` clip the per-token or per-completion ratio
+    to [``importance_sampling_min``, ``importance_sampling_max``], ``token_mask`` / ``sequence_mask`` zero the
+    ratios outside it, ``none`` skips it; ``auto`` (the default) is ``sequence_mask`` with ``paged`` (TRL's default
+    with vLLM) and ``none`` otherwise.
 
     ``method: rloo`` trains with REINFORCE Leave-One-Out instead (Ahmadian et al. 2024, arXiv:2402.14740; TRL's
     RLOOTrainer, the plugin ``rloo``): each completion's advantage is its reward minus the mean of the other
@@ -243,6 +249,10 @@ class GRPOConfig(ConfigBase):
     reference: Literal["auto", "copy", "adapters"] = "auto"
     sampler: Literal["auto", "generate", "paged"] = "auto"
     method: Literal["grpo", "rloo"] = "grpo"
+    importance_sampling: Literal["auto", "none", "token_truncate", "token_mask", "sequence_truncate",
+                                 "sequence_mask"] = "auto"
+    importance_sampling_max: PosFloat | None = 3.0
+    importance_sampling_min: NonNegFloat | None = None
     num_iterations: PosInt = 1
     epsilon: Annotated[float, Field(gt=0, lt=1)] = 0.2
     epsilon_high: PosFloat | None = None
@@ -257,6 +267,13 @@ class GRPOConfig(ConfigBase):
         if self.method == "grpo" and self.normalize_advantages:
             self.fail("normalize_advantages", "is RLOO's (method: rloo); GRPO scales its advantages by "
                                               "scale_rewards")
+        if self.method == "rloo" and self.importance_sampling not in ("auto", "none"):
+            self.fail("importance_sampling", "corrects GRPO's sampled tokens (as TRL's GRPOTrainer with vLLM); RLOO "
+                                             "has none: leave it 'auto'")
+        if (self.importance_sampling_min is not None and self.importance_sampling_max is not None
+                and self.importance_sampling_min >= self.importance_sampling_max):
+            self.fail("importance_sampling_min", f"{self.importance_sampling_min} must be below "
+                                                 f"importance_sampling_max={self.importance_sampling_max}")
         if self.method == "rloo" and self.delta is not None:
             self.fail("delta", "two-sided clipping is GRPO's; RLOO clips each completion's ratio to "
                                "[1 - epsilon, 1 + epsilon_high]")
