@@ -250,18 +250,26 @@ class PreferenceLoader(EpochLoader):
         rows = []
         for prompt, chosen, rejected in pairs:
             rows += [_row(prompt, chosen, self.seq_len), _row(prompt, rejected, self.seq_len)]
-        T = min(self.seq_len, -(-max(len(ids) for ids, _ in rows) // 8) * 8)
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for r, (x, y) in enumerate(rows):
-            ids[r, :len(x)] = torch.tensor(x)
-            labels[r, :len(y)] = torch.tensor(y)
-            mask[r, :len(x)] = 1
+        ids, labels, mask = padded(rows, self.seq_len, self.pad_id)
         return Batch(input_ids=ids, labels=labels, attention_mask=mask)
 
     def _identity(self) -> dict[str, Any]:
         return {**super()._identity(), "seq_len": self.seq_len}
+
+
+def padded(rows: Sequence[tuple[list[int], list[int]]], seq_len: int,
+           pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, labels, attention_mask) of (inputs, labels) rows, right-padded to the longest rounded up to a
+    multiple of 8 and at most ``seq_len`` (padding: ``pad_id``, labels -100, mask 0)."""
+    T = min(seq_len, -(-max(len(ids) for ids, _ in rows) // 8) * 8)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, (x, y) in enumerate(rows):
+        ids[r, :len(x)] = torch.tensor(x)
+        labels[r, :len(y)] = torch.tensor(y)
+        mask[r, :len(x)] = 1
+    return ids, labels, mask
 
 
 def _row(prompt: Sequence[int], completion: Sequence[int], seq_len: int) -> tuple[list[int], list[int]]:

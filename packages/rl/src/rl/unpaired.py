@@ -35,6 +35,7 @@ from rl.data import (
     _row,
     check_builder_args,
     json_line,
+    padded,
     read_jsonl,
     split_indices,
     token_ids,
@@ -111,14 +112,7 @@ class UnpairedLoader(EpochLoader):
         for i, (prompt, completion, desirable) in enumerate(examples):
             rows += [_row(prompt, completion, self.seq_len), _row(prompt, examples[i - 1][1], self.seq_len)]
             signs += [1.0 if desirable else -1.0, 0.0]
-        T = min(self.seq_len, -(-max(len(ids) for ids, _ in rows) // 8) * 8)
-        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for r, (x, y) in enumerate(rows):
-            ids[r, :len(x)] = torch.tensor(x)
-            labels[r, :len(y)] = torch.tensor(y)
-            mask[r, :len(x)] = 1
+        ids, labels, mask = padded(rows, self.seq_len, self.pad_id)
         adv = torch.where(labels != IGNORE_INDEX, torch.tensor(signs)[:, None], 0.0)
         return Batch(input_ids=ids, labels=labels, attention_mask=mask, advantages=adv)
 
