@@ -86,6 +86,7 @@ def test_files_round_trip_under_saelens_names(planted, tmp_path):
     assert set(load_file(str(out / "sae_weights.safetensors"))) == {"W_enc", "b_enc", "W_dec", "b_dec"}
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["architecture"] == "topk" and cfg["d_in"] == 32 and cfg["d_sae"] == 64 and cfg["k"] == 4
+    assert cfg["activation_fn_kwargs"] == {"k": 4}  # where SAELens's TopK reads it
     assert cfg["hook_name"] == "resid_post.2"
     back = SparseAutoencoder.load(out)
     torch.testing.assert_close(back(x[:8])[0], sae(x[:8])[0])

@@ -82,6 +82,7 @@ class SparseAutoencoder(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"architecture": "topk" if self.k is not None else "standard", "d_in": self.d_in,
                 "d_sae": self.d_sae, "k": self.k, "activation_fn": "topk" if self.k is not None else "relu",
+                "activation_fn_kwargs": {"k": self.k} if self.k is not None else {},  # where SAELens reads k
                 "apply_b_dec_to_input": True, "normalize_activations": "none"}
 
     def save(self, directory: str | os.PathLike[str], **metadata: Any) -> Path:
@@ -111,7 +112,9 @@ class SparseAutoencoder(nn.Module):
         arch = cfg.get("architecture", "standard")
         if arch not in ("standard", "topk"):
             raise ConfigError("sae", f"{d}: architecture {arch!r} is not one this loads (standard, topk)")
-        k = cfg.get("k") if arch == "topk" else None
+        k = (cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")) if arch == "topk" else None
+        if arch == "topk" and k is None:
+            raise ConfigError("sae", f"{d}: a topk SAE's cfg.json names no k")
         sae = cls(int(cfg["d_in"]), int(cfg["d_sae"]), k=None if k is None else int(k))
         state = load_file(str(d / WEIGHTS))
         want = {n: tuple(p.shape) for n, p in sae.state_dict().items()}
