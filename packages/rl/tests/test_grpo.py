@@ -530,6 +530,8 @@ def test_importance_weights_are_trls(mode):
                 want = min(max(r, 0.5), 2.0) if mode.endswith("truncate") else (r if 0.5 <= r <= 2.0 else 0.0)
             assert float(got[b, c]) == pytest.approx(want, rel=1e-5), (b, c)
     assert (got >= 0).all()
+    unbounded = importance_weights(policy, sampler, mask, mode, None, None)  # no bounds: the ratios themselves
+    assert torch.allclose(unbounded, importance_weights(policy, sampler, mask, mode, 0.0, 1e30))
 
 
 def test_the_paged_samplers_correction(hf_dirs):

@@ -241,7 +241,7 @@ def importance_weights(policy: torch.Tensor, sampler: torch.Tensor, mask: torch.
     lo = float("-inf") if low is None else low
     hi = float("inf") if high is None else high
     if mode.endswith("truncate"):
-        ratio = ratio.clamp(min=low, max=high)
+        ratio = ratio.clamp(min=lo, max=hi)
     else:
         ratio = ratio.masked_fill((ratio < lo) | (ratio > hi), 0.0)
     return ratio.expand_as(mask) * mask
