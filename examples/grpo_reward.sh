@@ -83,7 +83,7 @@ import torch
 
 from model.lm import TransformerLM
 from my_rewards import letter_e
-from rl.grpo import build_prompt_dataloader
+from rl.prompts import build_prompt_dataloader
 from serve.generate import generate
 
 out, base, tuned = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])

@@ -28,7 +28,7 @@ import torch
 from bench_dpo import _count  # this directory's: the same argparse type
 
 from model.lm import TransformerLM
-from rl.grpo import build_prompt_dataloader
+from rl.prompts import build_prompt_dataloader
 from specs.config import DataConfig, GRPOConfig, RunConfig, TrainConfig
 from specs.presets import PRESETS, preset
 from train.trainer import Trainer
