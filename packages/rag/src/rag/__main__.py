@@ -1,0 +1,139 @@
+"""``python -m rag build|query|ask|eval|tool``: index a corpus, search it, answer from it, measure it.
+
+    python -m rag build --docs notes/ papers.jsonl --out idx/ [--embedder hf:models/bge-small] [--tokenizer DIR]
+    python -m rag query idx/ "how do I rotate the keys?" -k 5 [--mode bm25|dense|hybrid] [--json]
+    python -m rag ask idx/ "how do I rotate the keys?" --url http://localhost:8000 [--model NAME]
+    python -m rag eval idx/ --queries queries.jsonl --qrels qrels.tsv [--measures ndcg@10 recall@100] [--run run.txt]
+    python -m rag tool                       # the OpenAI tool spec for searching an index
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rag.cache import CachedEmbedder, EmbeddingCache
+from rag.chunk import token_length
+from rag.dense import KINDS
+from rag.docs import load_documents, read_queries
+from rag.embed import load_embedder
+from rag.index import MODES, RagIndex
+from rag.metrics import evaluate, read_qrels, write_run
+from rag.prompt import ask
+from rag.sparse import METHODS
+from rag.tool import search_tool
+from specs.errors import LmstackError
+from specs.plugins import resolve
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rag", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="chunk and index documents")
+    b.add_argument("--docs", nargs="+", required=True, help="files, directories, or .jsonl collections")
+    b.add_argument("--out", required=True, help="the index directory to write")
+    b.add_argument("--chunk-size", type=int, default=1000)
+    b.add_argument("--chunk-overlap", type=int, default=200)
+    b.add_argument("--tokenizer", help="measure chunks in this tokenizer's tokens (a spec for lmstack.tokenizers' "
+                   "auto: a directory, 'byte', ...); default: characters")
+    b.add_argument("--embedder", help="add vectors: lmstack:DIR, hf:DIR, or a directory")
+    b.add_argument("--vector-kind", choices=KINDS, default="flat")
+    b.add_argument("--bm25", choices=METHODS, default="lucene")
+    b.add_argument("--stemmer", default="english", help="Snowball stemmer language for BM25 terms; 'none' to keep "
+                   "words whole")
+    b.add_argument("--cache", help="an SQLite embedding cache to read and fill")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--overwrite", action="store_true")
+    for name, text in (("query", "search an index"), ("ask", "answer a question from an index with a chat server")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("index")
+        q.add_argument("text")
+        q.add_argument("-k", type=int, default=5)
+        q.add_argument("--mode", choices=MODES, default="auto")
+        q.add_argument("--device", default="auto")
+        q.add_argument("--json", action="store_true")
+        if name == "ask":
+            q.add_argument("--url", required=True, help="an OpenAI-compatible server's base URL")
+            q.add_argument("--model")
+            q.add_argument("--api-key")
+            q.add_argument("--max-tokens", type=int, default=512)
+    e = sub.add_parser("eval", help="retrieval quality against relevance judgments")
+    e.add_argument("index")
+    e.add_argument("--queries", required=True, help="JSONL (id, text) or TSV (qid<TAB>text)")
+    e.add_argument("--qrels", required=True, help="TREC qrels or BEIR TSV")
+    e.add_argument("-k", type=int, default=100, help="chunks retrieved a query")
+    e.add_argument("--mode", choices=MODES, default="auto")
+    e.add_argument("--measures", nargs="+", default=["ndcg@10", "recall@100", "mrr", "map"])
+    e.add_argument("--run", help="also write the run as a TREC run file")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    sub.add_parser("tool", help="print the OpenAI tool spec for searching an index")
+    return p
+
+
+def _build(a: argparse.Namespace) -> None:
+    docs, skipped = load_documents(a.docs)
+    length, length_name = len, "characters"
+    if a.tokenizer:
+        length, length_name = token_length(resolve("lmstack.tokenizers", "auto")(a.tokenizer)), f"tokens:{a.tokenizer}"
+    embedder = load_embedder(a.embedder, device=a.device) if a.embedder else None
+    if embedder is not None and a.cache:
+        embedder = CachedEmbedder(embedder, EmbeddingCache(a.cache))
+    idx = RagIndex.build(docs, a.out, chunk_size=a.chunk_size, chunk_overlap=a.chunk_overlap, length=length,
+                         length_name=length_name, bm25_method=a.bm25,
+                         stemmer=None if a.stemmer == "none" else a.stemmer, embedder=embedder,
+                         vector_kind=a.vector_kind, overwrite=a.overwrite)
+    vec = f", vectors {a.vector_kind} ({embedder.dim} dims)" if embedder is not None else ""
+    print(f"indexed {idx.info['documents']} documents as {idx.info['chunks']} chunks into {a.out} (BM25 "
+          f"{a.bm25}{vec})" + (f"; skipped {skipped} files that are not UTF-8 text" if skipped else ""))
+    if isinstance(embedder, CachedEmbedder):
+        print(f"embedding cache: {embedder.hits} hits, {embedder.misses} embedded")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "build":
+            _build(a)
+        elif a.cmd == "tool":
+            print(json.dumps(search_tool(), indent=2))
+        elif a.cmd == "query":
+            hits = RagIndex.load(a.index, device=a.device).search(a.text, a.k, mode=a.mode)
+            if a.json:
+                print(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
+            for n, h in enumerate(hits if not a.json else [], start=1):
+                text = " ".join(h.chunk.text.split())
+                print(f"[{n}] {h.score:.4f}  {h.chunk.id}  ({h.chunk.start}-{h.chunk.end})\n    "
+                      f"{text[:300]}{'...' if len(text) > 300 else ''}")
+        elif a.cmd == "ask":
+            ans = ask(RagIndex.load(a.index, device=a.device), a.text, a.url, k=a.k, mode=a.mode, model=a.model,
+                      api_key=a.api_key, max_tokens=a.max_tokens)
+            if a.json:
+                print(json.dumps(ans.to_json(), ensure_ascii=False, indent=2))
+            else:
+                print(ans.text)
+                for n in ans.cited:
+                    c = ans.hits[n - 1].chunk
+                    print(f"[{n}] {c.doc_id} ({c.start}-{c.end})")
+        else:
+            idx = RagIndex.load(a.index, device=a.device)
+            run = idx.document_run(read_queries(a.queries), a.k, mode=a.mode)
+            mean, per_query = evaluate(run, read_qrels(a.qrels), a.measures)
+            if a.run:
+                write_run(run, a.run)
+            if a.json:
+                print(json.dumps({"mean": mean, "queries": len(per_query), "per_query": per_query}, indent=2))
+            else:
+                print(f"{len(per_query)} judged queries, mode {a.mode}")
+                for m, v in mean.items():
+                    print(f"{m:>12}  {v:.4f}")
+    except (LmstackError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
