@@ -252,3 +252,20 @@ def test_experiment_runner_writes_table_and_plot(tmp_path):
     results = json.loads((out / "results.json").read_text())["results"]
     assert [len(r["losses"]) for r in results] == [4, 4] and all(len(r["loss_by_position"]) == 256 for r in results)
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rag_index_eval_and_grounded_answer(tmp_path):
+    run([sys.executable, "-m", "train.run", "--config", "cfgs/debug.yaml", "--train.out_dir", str(tmp_path / "run"),
+         "--train.steps", "3", "--train.eval_every", "0", "--train.ckpt_every", "0", "--model.max_seq_len", "1024"])
+    model = next((tmp_path / "run" / "checkpoints").glob("step_*"))
+    proc = run(["bash", "examples/rag_qa.sh", str(model)],
+               env={"PORT": str(_free_port()), "OUT": str(tmp_path / "rag")}, timeout=180)
+    out = proc.stdout
+    assert re.search(r"indexed \d+ documents as \d+ chunks", out)
+    top = out.split("==> python -m rag query\n")[1].splitlines()[0]
+    assert "packages/registry/README.md#" in top  # the registry's README answers "sign ... and promote"
+    report = json.loads(out.split("==> python -m rag eval\n")[1].split("==> ")[0])
+    assert report["queries"] == 2 and report["mean"]["mrr"] == 1.0
+    answer = json.loads(out.split("==> python -m rag ask\n")[1])
+    assert isinstance(answer["answer"], str) and len(answer["sources"]) == 3
+    assert all(s["doc_id"].endswith("README.md") for s in answer["sources"])

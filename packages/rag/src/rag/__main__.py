@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument("--model")
             q.add_argument("--api-key")
             q.add_argument("--max-tokens", type=int, default=512)
+            q.add_argument("--max-source-chars", type=int, default=12000,
+                           help="cut the sources to this many characters (the model's context must hold them)")
     e = sub.add_parser("eval", help="retrieval quality against relevance judgments")
     e.add_argument("index")
     e.add_argument("--queries", required=True, help="JSONL (id, text) or TSV (qid<TAB>text)")
@@ -109,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{text[:300]}{'...' if len(text) > 300 else ''}")
         elif a.cmd == "ask":
             ans = ask(RagIndex.load(a.index, device=a.device), a.text, a.url, k=a.k, mode=a.mode, model=a.model,
-                      api_key=a.api_key, max_tokens=a.max_tokens)
+                      api_key=a.api_key, max_tokens=a.max_tokens, max_source_chars=a.max_source_chars)
             if a.json:
                 print(json.dumps(ans.to_json(), ensure_ascii=False, indent=2))
             else:
