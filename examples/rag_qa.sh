@@ -31,14 +31,9 @@ printf 'q1 0 packages/registry/README.md 1\nq2 0 packages/rag/README.md 1\n' >"$
 "$PY" -m rag eval "$OUT/index" --queries "$OUT/queries.tsv" --qrels "$OUT/qrels.txt" --measures mrr ndcg@10 --json
 
 echo "==> python -m serve --model $MODEL --port $PORT"
-"$PY" -m serve --model "$MODEL" --model-name tiny --port "$PORT" --max-batch-size 2 >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  "$PY" -c "import urllib.request as u; u.urlopen('$URL/health', timeout=1)" 2>/dev/null && break
-  kill -0 "$SERVER" 2>/dev/null || { echo "server exited:"; cat "$OUT/server.log"; exit 1; }
-  sleep 0.5
-done
+# shellcheck source=examples/serve_bg.sh
+source "$(dirname "$0")/serve_bg.sh"
+start_server "$MODEL" "$PORT" "$OUT/server.log" --max-batch-size 2
 
 echo "==> python -m rag ask"
 "$PY" -m rag ask "$OUT/index" "How do I sign a model version?" --url "$URL" --model tiny -k 3 --max-tokens 24 \

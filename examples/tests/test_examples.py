@@ -254,11 +254,17 @@ def test_experiment_runner_writes_table_and_plot(tmp_path):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_rag_index_eval_and_grounded_answer(tmp_path):
-    run([sys.executable, "-m", "train.run", "--config", "cfgs/debug.yaml", "--train.out_dir", str(tmp_path / "run"),
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-step cfgs/debug.yaml checkpoint whose context (1,024 tokens) holds a retrieval or red-team prompt."""
+    out = tmp_path_factory.mktemp("chat_model")
+    run([sys.executable, "-m", "train.run", "--config", "cfgs/debug.yaml", "--train.out_dir", str(out),
          "--train.steps", "3", "--train.eval_every", "0", "--train.ckpt_every", "0", "--model.max_seq_len", "1024"])
-    model = next((tmp_path / "run" / "checkpoints").glob("step_*"))
-    proc = run(["bash", "examples/rag_qa.sh", str(model)],
+    return next((out / "checkpoints").glob("step_*"))
+
+
+def test_rag_index_eval_and_grounded_answer(chat_model, tmp_path):
+    proc = run(["bash", "examples/rag_qa.sh", str(chat_model)],
                env={"PORT": str(_free_port()), "OUT": str(tmp_path / "rag")}, timeout=180)
     out = proc.stdout
     assert re.search(r"indexed \d+ documents as \d+ chunks", out)
@@ -269,3 +275,15 @@ def test_rag_index_eval_and_grounded_answer(tmp_path):
     answer = json.loads(out.split("==> python -m rag ask\n")[1])
     assert isinstance(answer["answer"], str) and len(answer["sources"]) == 3
     assert all(s["doc_id"].endswith("README.md") for s in answer["sources"])
+
+
+def test_redteam_a_served_model(chat_model, tmp_path):
+    out = tmp_path / "rt"
+    proc = run(["bash", "examples/redteam_serve.sh", str(chat_model), "builtin:injection", "builtin:over_refusal"],
+               env={"PORT": str(_free_port()), "OUT": str(out), "MAX_TOKENS": "8"}, timeout=180)
+    for name in ("injection", "over_refusal"):
+        report = json.loads((out / f"{name}.json").read_text())
+        assert report["errors"] == 0 and report["overall"]["n"] == 20  # every case reached the server and back
+        assert report["target"].endswith("/v1/chat/completions")
+        assert all(isinstance(c["output"], str) and c["error"] is None for c in report["cases"])
+        assert f"wrote {out / name}.json" in proc.stdout and (out / f"{name}.md").read_text().startswith("# Red-team")
