@@ -109,7 +109,8 @@ def make_reference(kind: str | None, model: nn.Module, device: torch.device) -> 
 
 _KTO_ONLY = ("desirable_weight", "undesirable_weight")
 _DPO_ONLY = ("precompute_reference",)
-_OTHERS = (*_KTO_ONLY, *_DPO_ONLY)  # what reference-free and reward methods take neither of
+_CONTRASTIVE_ONLY = ("temperature",)
+_OTHERS = (*_KTO_ONLY, *_DPO_ONLY, *_CONTRASTIVE_ONLY)  # what reference-free and reward methods take none of
 
 
 def _only_defaults(cfg: PreferenceConfig, method: str, names: tuple[str, ...], why: str) -> None:
@@ -248,7 +249,8 @@ class DPO(_PairObjective):
 
     def check_options(self) -> None:
         _check_loss(self.cfg, "dpo", DPO_LOSSES, "robust")
-        _only_defaults(self.cfg, "dpo", ("center_rewards", "simpo_gamma", *_KTO_ONLY), "another method's option")
+        _only_defaults(self.cfg, "dpo", ("center_rewards", "simpo_gamma", *_KTO_ONLY, *_CONTRASTIVE_ONLY),
+                       "another method's option")
 
     def _loss(self, policy: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor] | None,
               labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -519,8 +521,8 @@ class KTO(_PairObjective):
 
     def check_options(self) -> None:
         _check_loss(self.cfg, "kto", KTO_LOSSES, "")
-        _only_defaults(self.cfg, "kto", ("sft_weight", "center_rewards", "simpo_gamma", *_DPO_ONLY),
-                       "another method's option")
+        _only_defaults(self.cfg, "kto", ("sft_weight", "center_rewards", "simpo_gamma", *_DPO_ONLY,
+                                         *_CONTRASTIVE_ONLY), "another method's option")
 
     def module(self, model: nn.Module, *, train: TrainConfig, device: torch.device) -> nn.Module:
         self.check_options()

@@ -179,7 +179,10 @@ class PreferenceConfig(ConfigBase):
     log-probabilities of every pair are computed once before the first step and the reference copy is then
     freed, so steps skip its forward. ``kto`` (Ethayarajh et al. 2024) trains on single completions labelled
     desirable or not (``data.dataset: unpaired``), ``loss_type`` ``sigmoid`` (KTO's own, also ``kto``) or
-    ``apo_zero_unpaired``."""
+    ``apo_zero_unpaired``. ``contrastive`` trains an embedding model (``model.arch: encoder``) on (query, positive)
+    text pairs (``data.dataset: text_pairs``) by InfoNCE with in-batch negatives, its logits the cosine
+    similarities over ``temperature`` (sentence-transformers' MultipleNegativesRankingLoss; its scale is 1 /
+    temperature)."""
 
     kind: ClassVar[str] = "PreferenceConfig"
     method: str = "dpo"
@@ -193,6 +196,7 @@ class PreferenceConfig(ConfigBase):
     desirable_weight: PosFloat = 1.0
     undesirable_weight: PosFloat = 1.0
     precompute_reference: bool = False
+    temperature: PosFloat = 0.05
 
     def check(self) -> None:
         if not self.method.strip():

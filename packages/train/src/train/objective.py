@@ -77,7 +77,7 @@ def build(train: TrainConfig) -> Any:
         factory = resolve(GROUP, method)
     except PluginError as exc:
         raise ConfigError(field, f"{method!r} is not an installed {GROUP} plugin (pip install lmstack-rl for dpo, "
-                                 f"orpo, cpo, simpo, reward, grpo and rloo): {exc}") from None
+                                 f"orpo, cpo, simpo, reward, kto, contrastive, grpo and rloo): {exc}") from None
     return factory(cfg)
 
 
