@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from safety.credentials import KINDS
 from safety.detectors import REGEX_FLAGS, compile_regex, keywords_pattern
-from safety.files import atomic_write_text
+from safety.files import atomic_write_text, builtin_names, builtin_text
 from safety.pii import ENTITIES
 from specs.errors import ConfigError
 
@@ -175,8 +174,7 @@ def policy_from_dict(doc: Any) -> Policy:
 
 def builtin_policies() -> list[str]:
     """Names loadable as ``builtin:NAME``."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("safety").joinpath("policies").iterdir()
-                  if p.name.endswith(".yaml"))
+    return builtin_names("policies", ".yaml")
 
 
 def _parse(text: str, where: str, is_json: bool) -> Any:
@@ -194,11 +192,7 @@ def load_policy(source: Policy | dict[str, Any] | str | os.PathLike[str]) -> Pol
         return policy_from_dict(source)
     name = os.fspath(source)
     if name.startswith("builtin:"):
-        key = name.removeprefix("builtin:")
-        if key not in builtin_policies():
-            raise ConfigError("", f"unknown built-in policy {name!r}; expected one of "
-                                  f"{', '.join('builtin:' + n for n in builtin_policies())}")
-        text = resources.files("safety").joinpath("policies", f"{key}.yaml").read_text(encoding="utf-8")
+        _, text = builtin_text(name, "policies", ".yaml", "policy")
         return policy_from_dict(_parse(text, name, False))
     path = Path(name)
     if not path.is_file():

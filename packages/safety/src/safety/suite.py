@@ -19,12 +19,12 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from safety.files import builtin_names, builtin_text
 from safety.pii import find_pii
 from specs.errors import ConfigError
 
@@ -117,8 +117,7 @@ def suite_from_lines(name: str, lines: list[str]) -> Suite:
 
 def builtin_suites() -> list[str]:
     """Names loadable as ``builtin:NAME``."""
-    return sorted(p.name.removesuffix(".jsonl") for p in resources.files("safety").joinpath("suites").iterdir()
-                  if p.name.endswith(".jsonl"))
+    return builtin_names("suites", ".jsonl")
 
 
 def load_suite(source: Suite | str | os.PathLike[str]) -> Suite:
@@ -127,11 +126,7 @@ def load_suite(source: Suite | str | os.PathLike[str]) -> Suite:
         return source
     name = os.fspath(source)
     if name.startswith("builtin:"):
-        key = name.removeprefix("builtin:")
-        if key not in builtin_suites():
-            raise ConfigError("", f"unknown built-in suite {name!r}; expected one of "
-                                  f"{', '.join('builtin:' + n for n in builtin_suites())}")
-        text = resources.files("safety").joinpath("suites", f"{key}.jsonl").read_text(encoding="utf-8")
+        key, text = builtin_text(name, "suites", ".jsonl", "suite")
         return suite_from_lines(key, text.splitlines())
     path = Path(name)
     if not path.is_file():
