@@ -1,0 +1,85 @@
+"""Reading a study directory back: its results from the storage (``show``) and the best trial (``best``).
+
+A directory written by :func:`autotune.study.run_study` holds ``spec.json`` (the spec it ran, with the storage path),
+the SQLite storage, ``trials.csv`` and ``best.json``; these functions need only the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autotune.errors import AutotuneError
+from autotune.study import StudyResult, TrialRecord, result, sqlite_url
+
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+
+
+def load_result(out_dir: str | os.PathLike[str]) -> StudyResult:
+    """The results of the study in ``out_dir``, read from its storage."""
+    out = Path(out_dir).resolve()
+    spec_path = out / "spec.json"
+    if not spec_path.is_file():
+        raise AutotuneError(f"{out} is not a study directory (no spec.json); run `python -m autotune run SPEC --out "
+                            f"{out_dir}` first")
+    doc = json.loads(spec_path.read_text(encoding="utf-8"))
+    db = Path(doc["storage"])
+    if not db.is_file():
+        raise AutotuneError(f"the study's storage {db} is missing")
+    url = sqlite_url(db)
+    try:
+        study = optuna.load_study(study_name=doc["name"], storage=url)
+    except KeyError:
+        raise AutotuneError(f"no study named {doc['name']!r} in {db}") from None
+    return result(study, doc, out, url)
+
+
+def ranked(res: StudyResult) -> list[TrialRecord]:
+    """Best first: completed trials by value (in the study's direction), then pruned, running and failed ones."""
+    sign = -1.0 if res.direction == "maximize" else 1.0
+
+    def key(t: TrialRecord) -> tuple[int, float, int]:
+        v = sign * t.value if t.value is not None and math.isfinite(t.value) else math.inf
+        return (STATE_ORDER.get(t.state, 5), v if t.state == "COMPLETE" else 0.0, t.number)
+
+    return sorted(res.trials, key=key)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "-" if v is None else str(v)
+
+
+def table(res: StudyResult) -> str:
+    """A fixed-width table of the trials, best first."""
+    paths = sorted({p for t in res.trials for p in t.params})
+    head = ["#", "state", res.metric, "time_s", *paths]
+    rows = [[str(t.number), t.state, _fmt(t.value), "-" if t.duration_s is None else f"{t.duration_s:.1f}",
+             *(_fmt(t.params.get(p)) for p in paths)] for t in ranked(res)]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    done = res.count("COMPLETE")
+    summary = (f"study {res.name!r}: {len(res.trials)} trials ({done} complete, {res.count('PRUNED')} pruned, "
+               f"{res.count('FAIL')} failed); {res.direction} {res.metric}")
+    return "\n".join([summary, *lines])
+
+
+def as_json(res: StudyResult) -> dict[str, Any]:
+    return {"study": res.name, "storage": res.storage, "metric": res.metric, "direction": res.direction,
+            "best": None if res.best is None else res.best.number,
+            "trials": [{"number": t.number, "state": t.state, "value": t.value, "params": t.params,
+                        "duration_s": t.duration_s, "error": t.error} for t in ranked(res)]}
+
+
+def best_command(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``best.json`` of ``out_dir``: the best trial's number, value, params and ``command_line``."""
+    path = Path(out_dir) / "best.json"
+    if not path.is_file():
+        raise AutotuneError(f"{path} does not exist: no trial of this study has completed yet")
+    return json.loads(path.read_text(encoding="utf-8"))
