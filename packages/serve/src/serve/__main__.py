@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefix-caching", action="store_true", help="do not share cached prompt prefixes")
     p.add_argument("--dtype", default=d.dtype, choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--guard", default=None, help="guardrails: NAME[:ARG] of an lmstack.guards plugin, e.g. "
+                   "policy:builtin:default (lmstack-safety's policies) or policy:my_policy.yaml")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -67,14 +69,17 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMSTACK_API_KEY"),
                       model_name=args.model_name, max_batch_size=args.max_batch_size, block_size=args.block_size,
                       num_blocks=args.num_blocks, max_seq_len=args.max_seq_len,
-                      prefix_caching=not args.no_prefix_caching, dtype=args.dtype, device=args.device)
+                      prefix_caching=not args.no_prefix_caching, dtype=args.dtype, device=args.device,
+                      guard=args.guard)
     check_bind(cfg.host, cfg.port)
     import uvicorn
 
     from serve.engine import Engine
+    from serve.guarding import load_guard
     from serve.loading import check_adapter, load_model, load_tokenizer, merge_adapter
     from serve.server import build_app
 
+    guard = load_guard(cfg.guard)  # before the model loads: a bad policy fails in seconds
     if args.adapter is not None:
         check_adapter(args.adapter)
     model = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
@@ -91,9 +96,9 @@ def _main(argv: Sequence[str] | None) -> int:
                                        f"{model.config.vocab_size}")
     engine = Engine(model, tokenizer, cfg)
     name = cfg.model_name or Path(args.adapter or args.model).resolve().name
-    app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key)
-    print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})",
-          file=sys.stderr)
+    app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key, guard=guard)
+    print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})"
+          + (f", guarded by {guard.name}" if guard is not None else ""), file=sys.stderr)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level)
     return 0
 

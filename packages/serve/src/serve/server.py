@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from serve.async_engine import AsyncEngine, RequestStream, merge
 from serve.engine import Engine, RequestOutput
 from serve.errors import ModelNotFoundError
+from serve.guarding import ChoiceGuards, checked
 from serve.http_errors import MAX_BODY_BYTES, APIError, from_lmstack, install_handlers, parse_json
 from serve.metrics import ServerMetrics
 from serve.openai_format import (
@@ -40,6 +41,7 @@ from serve.openai_format import (
 from serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from serve.sampling import SamplingParams
 from serve.tokens import PromptEncoder
+from specs.protocols import TextGuard
 
 OPEN_PATHS = ("/health", "/metrics")
 ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/tokenizer_info",
@@ -99,9 +101,9 @@ class _Choice:
 
 
 def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str | None = None,
-              max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+              max_body_bytes: int = MAX_BODY_BYTES, guard: TextGuard | None = None) -> FastAPI:
     """The ASGI app serving ``engine`` (started with the app, stopped at shutdown) under ``model_name``; request
-    bodies larger than ``max_body_bytes`` get 413."""
+    bodies larger than ``max_body_bytes`` get 413. ``guard`` checks prompts and responses (:mod:`serve.guarding`)."""
     aengine = AsyncEngine(engine)
     metrics = ServerMetrics(engine, model_name)
     encoder = PromptEncoder(tokenizer)
@@ -137,6 +139,18 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             raise APIError(400, f"{what} asks for {n_prompts * n} choices, but this server takes at most "
                                 f"{engine.max_waiting} in one request; send fewer prompts or a smaller n",
                            param=param, code="invalid_value")
+
+    def guarded_prompt(prompt: str | list[int], param: str) -> list[int]:
+        """A completion prompt's ids, after the guard (a token prompt is checked as its text, re-encoded only
+        when the guard changed that text)."""
+        if isinstance(prompt, str):
+            return encoder.encode(checked(guard, prompt, param))
+        ids = [int(t) for t in prompt]
+        if guard is None or not ids:
+            return ids
+        text = tokenizer.decode(ids)
+        out = checked(guard, text, param)
+        return ids if out == text else encoder.encode(out)
 
     def submit_all(plans: list[tuple[list[int], SamplingParams]]) -> list[RequestStream]:
         for ids, params in plans:  # reject the whole request before any part of it starts
@@ -200,7 +214,8 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
         req = CompletionRequest.model_validate(await body(request))
         check_model(req.model)
         check_choices(len(req.prompts()), req.n)
-        prompts = [encoder.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in req.prompts()]
+        prompts = [guarded_prompt(p, f"prompt[{i}]" if len(req.prompts()) > 1 else "prompt")
+                   for i, p in enumerate(req.prompts())]
         for i, ids in enumerate(prompts):
             if not ids:
                 name = f"prompt[{i}]" if isinstance(req.prompt, list) else "prompt"  # a list of prompts
@@ -223,15 +238,17 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                 return None
             return completion_logprobs(tok_text, echo_ids, prompt_lps, out_lps)
 
+        outs = ChoiceGuards(guard, len(streams))
         if not req.stream:
             results = await run_all(request, streams)
             choices = []
             for i, c in enumerate(results):
                 echo_ids = prompt_of[i] if req.echo else None
-                text = (tokenizer.decode(prompt_of[i]) if req.echo else "") + c.text
+                out_text, stopped = outs.text(i, c.text, True)
+                text = (tokenizer.decode(prompt_of[i]) if req.echo else "") + out_text
                 choices.append({"index": i, "text": text, "logprobs": lp_body(i, echo_ids, c.prompt_logprobs,
                                                                                c.logprobs),
-                                "finish_reason": c.finish_reason})
+                                "finish_reason": "content_filter" if stopped else c.finish_reason})
             use = usage(n_prompt, sum(c.n_out for c in results), sum(c.cached for c in results[::req.n]))
             return JSONResponse(completion_body(rid, model_name, t0, choices, use))
 
@@ -242,24 +259,30 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             start = time.monotonic()
             n_out = [0] * len(streams)
             echoed: set[int] = set()
+            filtered: set[int] = set()
             try:
                 async with contextlib.aclosing(merge([s.outputs() for s in streams])) as merged:
                     async for i, out in merged:
+                        if i in filtered:
+                            continue
                         if out.finish_reason == "error":
                             yield error_event(out)
                             break
                         observe(out, clock, i, start)
                         n_out[i] = out.num_output_tokens or n_out[i]
-                        text = out.text
+                        text, stopped = outs.text(i, out.text, out.finished)
                         echo_ids = None
                         if req.echo and i not in echoed:
                             echoed.add(i)
                             text = tokenizer.decode(prompt_of[i]) + text
                             echo_ids = prompt_of[i]
                         lps = lp_body(i, echo_ids, out.prompt_logprobs, out.logprobs)
-                        if text or lps or out.finished:
-                            choice = {"index": i, "text": text, "logprobs": lps,
-                                      "finish_reason": out.finish_reason if out.finished else None}
+                        if stopped:  # the guard ended this choice: no more of it is generated or sent
+                            filtered.add(i)
+                            streams[i].abort()
+                        if text or lps or out.finished or stopped:
+                            reason = "content_filter" if stopped else out.finish_reason if out.finished else None
+                            choice = {"index": i, "text": text, "logprobs": lps, "finish_reason": reason}
                             yield sse(completion_body(rid, model_name, t0, [choice], None, chunk=True))
                 if include_usage:
                     yield sse(completion_body(rid, model_name, t0, [], usage(n_prompt, sum(n_out)), chunk=True))
@@ -276,19 +299,25 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
         req = ChatCompletionRequest.model_validate(await body(request))
         check_model(req.model)
         check_choices(1, req.n)
-        ids = encoder.chat([m.as_template_dict() for m in req.messages],
-                           add_generation_prompt=req.add_generation_prompt)
+        messages = [m.as_template_dict() for m in req.messages]
+        for k, m in enumerate(messages):
+            m["content"] = checked(guard, m["content"], f"messages[{k}].content") if m["content"] else m["content"]
+        ids = encoder.chat(messages, add_generation_prompt=req.add_generation_prompt)
         max_new = req.max_completion_tokens or req.max_tokens or max(engine.max_seq_len - len(ids), 0)
         top_n = (req.top_logprobs or 0) if req.logprobs else None
         streams = submit_all([(ids, req.sampling_params(max_new, seed_offset=j, logprobs=top_n))
                               for j in range(req.n)])
         rid, t0 = new_id("chatcmpl"), now()
 
+        outs = ChoiceGuards(guard, len(streams))
         if not req.stream:
             results = await run_all(request, streams)
-            choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                        "logprobs": chat_logprobs(tok_text, c.logprobs, top_n) if top_n is not None else None,
-                        "finish_reason": c.finish_reason} for i, c in enumerate(results)]
+            choices = []
+            for i, c in enumerate(results):
+                text, stopped = outs.text(i, c.text, True)
+                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                                "logprobs": chat_logprobs(tok_text, c.logprobs, top_n) if top_n is not None else None,
+                                "finish_reason": "content_filter" if stopped else c.finish_reason})
             use = usage(len(ids), sum(c.n_out for c in results), results[0].cached)
             return JSONResponse(chat_body(rid, model_name, t0, choices, use))
 
@@ -301,23 +330,30 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             clock: dict[int, float] = {}
             start = time.monotonic()
             n_out = [0] * len(streams)
+            filtered: set[int] = set()
             try:
                 for i in range(len(streams)):
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                   "finish_reason": None}])
                 async with contextlib.aclosing(merge([s.outputs() for s in streams])) as merged:
                     async for i, out in merged:
+                        if i in filtered:
+                            continue
                         if out.finish_reason == "error":
                             yield error_event(out)
                             break
                         observe(out, clock, i, start)
                         n_out[i] = out.num_output_tokens or n_out[i]
+                        text, stopped = outs.text(i, out.text, out.finished)
                         lps = chat_logprobs(tok_text, out.logprobs, top_n) if top_n is not None and out.logprobs \
                             else None
-                        if out.text or lps or out.finished:
-                            delta = {"content": out.text} if out.text else {}
-                            yield chunk([{"index": i, "delta": delta, "logprobs": lps,
-                                          "finish_reason": out.finish_reason if out.finished else None}])
+                        if stopped:  # the guard ended this choice: no more of it is generated or sent
+                            filtered.add(i)
+                            streams[i].abort()
+                        if text or lps or out.finished or stopped:
+                            reason = "content_filter" if stopped else out.finish_reason if out.finished else None
+                            yield chunk([{"index": i, "delta": {"content": text} if text else {}, "logprobs": lps,
+                                          "finish_reason": reason}])
                 if include_usage:
                     yield chunk([], usage(len(ids), sum(n_out)))
                 yield sse("[DONE]")

@@ -432,6 +432,7 @@ class ServeConfig(ConfigBase):
     prefix_caching: bool = True
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     device: str = "auto"
+    guard: str | None = None  # "NAME[:ARG]": an lmstack.guards plugin, e.g. "policy:builtin:default" (lmstack-safety)
 
 
 @dataclass(frozen=True, kw_only=True)

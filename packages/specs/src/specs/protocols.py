@@ -2,7 +2,8 @@
 
 Shapes use the legend of :mod:`specs.tensor_spec`: B batch rows, T new tokens, S cached tokens, KVH key/value
 heads, Dh head dim, V vocab. Implementations: ``model.lm.TransformerLM`` (LanguageModel), ``attn.cache``
-(StaticKVCache, PagedKVCache), ``data.tokenizer`` (Tokenizer), ``viz`` backends (MetricsLogger).
+(StaticKVCache, PagedKVCache), ``data.tokenizer`` (Tokenizer), ``viz`` backends (MetricsLogger), ``safety.serving``
+(TextGuard).
 """
 
 from __future__ import annotations
@@ -154,6 +155,33 @@ class TrainerCallback(Protocol):
     def on_eval(self, trainer: Any, step: int, metrics: Mapping[str, float]) -> None: ...
 
     def on_end(self, trainer: Any) -> None: ...
+
+
+@runtime_checkable
+class OutputGuard(Protocol):
+    """One response's text on its way to the client, checked delta by delta: ``feed(delta)`` returns the text that
+    may be sent now (it may hold some back, redact, or stop), ``finish()`` the rest; once ``blocked`` no more text
+    passes and ``message`` says why."""
+
+    blocked: bool
+    message: str
+
+    def feed(self, delta: str) -> str: ...
+
+    def finish(self) -> str: ...
+
+
+@runtime_checkable
+class TextGuard(Protocol):
+    """Guardrails a server applies to what enters and leaves the model (the plugin group ``lmstack.guards``;
+    lmstack-safety's ``policy``): ``check_input(text) -> (allowed, text the model sees, message when refused)``, and
+    ``output()`` a fresh :class:`OutputGuard` for each response."""
+
+    name: str
+
+    def check_input(self, text: str) -> tuple[bool, str, str]: ...
+
+    def output(self) -> OutputGuard: ...
 
 
 class TokenStream(Protocol):
