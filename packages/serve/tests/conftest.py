@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 import torch
 
@@ -12,6 +19,28 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Naïve café déjà vu —
 def pytest_configure(config):
     # Tiny matmuls on a shared 2-core machine: one intra-op thread avoids oversubscription (40x faster here).
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn socket in a thread; yields its base URL and stops it on exit."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
 
 
 def hf_llama(tmp_path_factory, vocab_size: int = 300, seed: int = 0, layers: int = 2):

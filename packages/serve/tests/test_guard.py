@@ -5,12 +5,10 @@ guard stops ends with ``finish_reason: content_filter``."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
+from conftest import live_server
 
 from serve.engine import Engine
 from serve.generate import generate
@@ -58,22 +56,8 @@ class _Guard:
 def guarded(tiny_lm, tokenizer):
     """(base URL, model, tokenizer) of a live server guarded by _Guard."""
     engine = Engine(tiny_lm, tokenizer, ServeConfig(max_batch_size=4, block_size=8, num_blocks=64))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    import uvicorn
-
-    srv = uvicorn.Server(uvicorn.Config(build_app(engine, tokenizer, model_name="tiny", guard=_Guard()),
-                                        log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", tiny_lm, tokenizer
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with live_server(build_app(engine, tokenizer, model_name="tiny", guard=_Guard())) as url:
+        yield url, tiny_lm, tokenizer
 
 
 def _greedy(model, tok, ids, n):

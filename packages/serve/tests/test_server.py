@@ -7,8 +7,6 @@ import asyncio
 import json
 import math
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +14,7 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
+from conftest import live_server
 
 from serve.engine import Engine
 from serve.generate import generate
@@ -43,21 +41,8 @@ def server(checkpoint):
     model = load_model(checkpoint, device="cpu", dtype="fp32")
     tok = load_tokenizer(checkpoint)
     engine = Engine(model, tok, ServeConfig(max_batch_size=8, block_size=8, num_blocks=128))
-    app = build_app(engine, tok, model_name="tiny", api_key=KEY)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}", engine, model, tok
-    srv.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with live_server(build_app(engine, tok, model_name="tiny", api_key=KEY)) as url:
+        yield url, engine, model, tok
     assert not engine.is_running()
 
 

@@ -7,7 +7,6 @@ while one process writes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from rag.chunk import text_digest
 from rag.embed import Embedder
+from specs.io import open_sqlite
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS embeddings (
     fingerprint TEXT NOT NULL, kind TEXT NOT NULL, digest TEXT NOT NULL, dim INTEGER NOT NULL, vector BLOB NOT NULL,
@@ -27,8 +27,7 @@ class EmbeddingCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db = open_sqlite(self.path)
         self.db.execute(_SCHEMA)
         self.db.commit()
 

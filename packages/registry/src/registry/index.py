@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import RegistryError
+from specs.io import open_sqlite
 
 SCHEMA_VERSION = 1
 STAGES = ("none", "staging", "production", "archived")
@@ -89,9 +90,8 @@ MIGRATIONS: dict[int, str] = {}
 
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating and migrating as needed) the index at ``path``."""
-    conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)  # autocommit; transactions are explicit
+    conn = open_sqlite(path, autocommit=True)  # WAL; transactions are explicit (BEGIN IMMEDIATE)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA synchronous=FULL")  # a committed version survives a power cut, as its blobs do
     with transaction(conn):

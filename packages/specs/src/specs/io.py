@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import sqlite3
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -117,3 +120,24 @@ def dump_config(cfg: ConfigBase, path: str | os.PathLike[str]) -> Path:
     """Write ``cfg`` as YAML (or JSON for a .json path), schema_version stamped, atomically."""
     fmt = "json" if str(path).endswith(".json") else "yaml"
     return atomic_write_text(path, dumps_config(cfg, fmt))
+
+
+def open_sqlite(path: str | os.PathLike[str], *, timeout_s: float = 60.0, autocommit: bool = False
+                ) -> sqlite3.Connection:
+    """An SQLite connection in WAL mode (readers do not block the writer, several processes share the file) that
+    waits up to ``timeout_s`` for other processes' locks; ``autocommit`` leaves transactions to explicit BEGINs.
+
+    The switch to WAL needs the database to itself, and SQLite answers "database is locked" at once, without its
+    busy timeout, while another process holds a lock: processes that open a new database together race there. So
+    the switch is retried until ``timeout_s``."""
+    conn = sqlite3.connect(path, timeout=timeout_s, **({"isolation_level": None} if autocommit else {}))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.005 + 0.02 * random.random())
