@@ -287,3 +287,22 @@ def test_redteam_a_served_model(chat_model, tmp_path):
         assert report["target"].endswith("/v1/chat/completions")
         assert all(isinstance(c["output"], str) and c["error"] is None for c in report["cases"])
         assert f"wrote {out / name}.json" in proc.stdout and (out / f"{name}.md").read_text().startswith("# Red-team")
+
+
+def test_registry_to_production_serving(tmp_path):
+    run([sys.executable, "-m", "train.run", "--config", "cfgs/debug.yaml", "--train.out_dir", str(tmp_path / "run"),
+         "--train.steps", "4", "--train.eval_every", "0", "--train.ckpt_every", "2"])
+    out = tmp_path / "reg"
+    proc = run(["bash", "examples/registry_serve.sh", str(tmp_path / "run")],
+               env={"PORT": str(_free_port()), "OUT": str(out)}, timeout=180)
+    assert "registered tiny v1" in proc.stdout and "registered tiny v2" in proc.stdout
+    assert "tiny v2 is now in production" in proc.stdout
+    body = json.loads(proc.stdout.split("==> POST /v1/completions\n")[1].splitlines()[0])
+    assert body["model"] == "tiny" and body["usage"]["completion_tokens"] == 8
+    served = out / "registry" / "checkouts"
+    (ckpt,) = served.iterdir()  # production (v2) was checked out, verified, and served from there
+    assert (ckpt / "model.safetensors").read_bytes() == (
+        tmp_path / "run" / "checkpoints" / "step_00000004" / "model.safetensors").read_bytes()
+    refused = run([sys.executable, "-m", "serve", "--model", "registry:tiny@1", "--port", "0"], check=False,
+                  env={"LMSTACK_REGISTRY": str(out / "registry"), "LMSTACK_REGISTRY_PUBKEY": "trusted"})
+    assert refused.returncode == 2 and "no signature envelope" in refused.stderr  # v1 was never signed

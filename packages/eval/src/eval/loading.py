@@ -17,6 +17,7 @@ import torch
 from specs.errors import ConfigError, PluginError
 from specs.plugins import resolve
 from specs.presets import PRESETS, preset
+from specs.sources import local_path
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -40,7 +41,7 @@ def pick_dtype(dtype: str) -> torch.dtype | None:
 def load_model(name: str | Path, *, device: str = "auto", dtype: str = "auto", seed: int = 0) -> Any:
     """A checkpoint directory (lmstack or Hugging Face), or a preset name built with random weights (``seed``)."""
     dev = pick_device(device)
-    path = Path(name)
+    path = local_path(name)  # a directory, or a source such as registry:NAME@production
     if path.is_dir():
         arch = "transformer"
         cfg_file = path / "config.json"

@@ -22,6 +22,7 @@ from specs.errors import ConfigError
 from specs.io import config_from_dict, read_document
 from specs.metadata import load_metadata
 from specs.plugins import resolve
+from specs.sources import local_path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Writes OUTDIR/model.onnx (or model.pt2 / model.pt / model.plan) and OUTDIR/modelcard.json with "
                "sha256 hashes, the configs, input/output names and the parity and quantization figures. The "
                "artifact is validated against the PyTorch model before anything is written to OUTDIR.")
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (lmstack or Hugging Face)")
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (lmstack or Hugging Face), or "
+                   "a source such as registry:NAME@production (lmstack-registry)")
     p.add_argument("--arch", help="lmstack.models plugin name (default: config.json's arch, else 'transformer')")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON ExportConfig, or a RunConfig with an export: section")
     p.add_argument("--target", choices=["onnx", "torch_export", "torchscript", "tensorrt"])
@@ -91,7 +93,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     args, rest = _parser().parse_known_args(argv)
     cfg = build_config(args, rest)
-    model_dir = Path(args.model)
+    model_dir = local_path(args.model)  # a directory, or a source such as registry:NAME@production
     if not model_dir.is_dir():
         raise ConfigError("--model", f"{model_dir} is not a directory (expected a checkpoint with config.json)")
     meta_path = Path(args.metadata) if args.metadata else model_dir / "metadata.json"

@@ -18,13 +18,15 @@ from pathlib import Path
 from specs.cli import run_cli
 from specs.config import ServeConfig
 from specs.errors import ConfigError
+from specs.sources import local_path, source_name
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServeConfig()
     p = argparse.ArgumentParser(prog="python -m serve", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory (lmstack or Hugging Face Llama/GPT-2)")
+    p.add_argument("--model", required=True, help="checkpoint directory (lmstack or Hugging Face Llama/GPT-2), or a "
+                   "source such as registry:NAME@production (lmstack-registry)")
     p.add_argument("--adapter", default=None, help="a LoRA adapter directory (PEFT's files) merged into --model's "
                                                    "weights at load; the served name defaults to its directory's")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec or path (default: the one saved in --model)")
@@ -82,12 +84,13 @@ def _main(argv: Sequence[str] | None) -> int:
     guard = load_guard(cfg.guard)  # before the model loads: a bad policy fails in seconds
     if args.adapter is not None:
         check_adapter(args.adapter)
-    model = load_model(args.model, device=cfg.device, dtype=cfg.dtype)
+    model_dir = local_path(args.model)  # a directory, or a source such as registry:NAME@production
+    model = load_model(model_dir, device=cfg.device, dtype=cfg.dtype)
     if args.adapter is not None:
         print(f"merged the LoRA adapter {args.adapter} into {merge_adapter(model, args.adapter)} layers",
               file=sys.stderr)
     try:
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        tokenizer = load_tokenizer(args.tokenizer or model_dir)
     except ConfigError as exc:
         raise ConfigError("tokenizer", f"no tokenizer for {args.model} ({exc}); pass --tokenizer SPEC "
                                        "(e.g. 'byte' or a tokenizer.json path)") from None
@@ -95,7 +98,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ConfigError("tokenizer", f"vocab_size {tokenizer.vocab_size} exceeds the model's "
                                        f"{model.config.vocab_size}")
     engine = Engine(model, tokenizer, cfg)
-    name = cfg.model_name or Path(args.adapter or args.model).resolve().name
+    name = cfg.model_name or (Path(args.adapter).resolve().name if args.adapter else source_name(args.model))
     app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key, guard=guard)
     print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})"
           + (f", guarded by {guard.name}" if guard is not None else ""), file=sys.stderr)

@@ -1,0 +1,61 @@
+"""``registry:NAME@REF`` as a model path (the ``lmstack.sources`` plugin): checked out once, verified, signed if
+asked."""
+
+from __future__ import annotations
+
+import pytest
+
+from registry import Registry, keygen
+from registry.errors import NotFoundError, SignatureError
+from specs.sources import local_path
+
+
+@pytest.fixture
+def registered(tmp_path, monkeypatch):
+    src = tmp_path / "ckpt"
+    (src / "sub").mkdir(parents=True)
+    (src / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+    (src / "sub" / "config.json").write_text('{"d_model": 64}')
+    root = tmp_path / "reg"
+    with Registry(root) as reg:
+        v1 = reg.register("tiny", src)
+        (src / "config.json").write_text("{}")
+        v2 = reg.register("tiny", src)
+        reg.promote("tiny", v1.version, "production", reason="test")
+    monkeypatch.setenv("LMSTACK_REGISTRY", str(root))
+    monkeypatch.delenv("LMSTACK_REGISTRY_PUBKEY", raising=False)
+    return root, src, v1, v2
+
+
+def _files(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+def test_a_registry_reference_is_a_verified_checkout(registered):
+    root, src, v1, v2 = registered
+    prod = local_path("registry:tiny@production")  # through the installed entry point
+    assert prod == root / "checkouts" / v1.digest.removeprefix("sha256:")
+    assert set(_files(prod)) == {"model.safetensors", "sub/config.json"}
+    latest = local_path("registry:tiny")
+    assert _files(latest) == _files(src) and latest != prod
+    mtime = prod.stat().st_mtime_ns
+    assert local_path(f"registry:tiny@{v1.version}") == prod and prod.stat().st_mtime_ns == mtime  # reused
+    with pytest.raises(NotFoundError, match="'nope'"):
+        local_path("registry:nope@latest")
+
+
+def test_a_public_key_admits_only_signed_versions(registered, tmp_path, monkeypatch):
+    root, _, v1, _ = registered
+    priv, pub = keygen(tmp_path / "keys")
+    monkeypatch.setenv("LMSTACK_REGISTRY_PUBKEY", str(pub))
+    with pytest.raises(SignatureError):
+        local_path("registry:tiny@production")
+    with Registry(root) as reg:
+        reg.sign("tiny", v1.version, priv)
+    assert local_path("registry:tiny@production").is_dir()
+
+
+def test_no_registry_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMSTACK_REGISTRY", str(tmp_path / "none"))
+    with pytest.raises(NotFoundError, match="no registry at"):
+        local_path("registry:tiny")
