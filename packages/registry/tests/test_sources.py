@@ -59,3 +59,28 @@ def test_no_registry_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LMSTACK_REGISTRY", str(tmp_path / "none"))
     with pytest.raises(NotFoundError, match="no registry at"):
         local_path("registry:tiny")
+
+
+def test_fine_tuning_starts_from_a_registry_version(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    from train.run import cli
+
+    cfg = Path(__file__).resolve().parents[3] / "cfgs" / "debug.yaml"
+    common = ["--config", str(cfg), "--train.steps", "2", "--train.eval_every", "0", "--train.ckpt_every", "2",
+              "--train.callbacks", "[]"]
+    assert cli([*common, "--train.out_dir", str(tmp_path / "base")]) == 0
+    monkeypatch.setenv("LMSTACK_REGISTRY", str(tmp_path / "reg"))
+    monkeypatch.delenv("LMSTACK_REGISTRY_PUBKEY", raising=False)
+    with Registry(tmp_path / "reg") as reg:
+        v = reg.register("base", tmp_path / "base" / "checkpoints" / "step_00000002")
+        reg.promote("base", v.version, "production", reason="test")
+    assert cli([*common, "--train.out_dir", str(tmp_path / "ft"), "--train.init_from",
+                "registry:base@production"]) == 0
+    meta = json.loads((tmp_path / "ft" / "checkpoints" / "step_00000002" / "metadata.json").read_text())
+    (parent,) = [p for p in meta["parents"] if p["kind"] == "model"]
+    assert parent["source"] == "registry:base@production"
+    assert Path(parent["path"]) == tmp_path / "reg" / "checkouts" / v.digest.removeprefix("sha256:")
+    assert parent["sha256"] == next(f.sha256 for f in v.files if f.path == "model.safetensors")
+    assert cli([*common, "--train.out_dir", str(tmp_path / "bad"), "--train.init_from", "registry:nope"]) == 2

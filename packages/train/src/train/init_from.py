@@ -1,7 +1,8 @@
 """Starting a run from a saved model's weights (``train.init_from``): fine-tuning and continued pre-training.
 
 ``train.init_from: DIR`` names an lmstack model directory (``save_pretrained``, or a training checkpoint's) or a
-Hugging Face Llama / Mistral / GPT-2 one. The model class (the ``lmstack.models`` plugin ``model.arch``) reads
+Hugging Face Llama / Mistral / GPT-2 one, or a model source (``registry:NAME@production`` with lmstack-registry:
+:mod:`specs.sources`). The model class (the ``lmstack.models`` plugin ``model.arch``) reads
 it through its ``read_config`` and ``from_pretrained(dir, dtype, config=...)``, as TransformerLM has them, so
 train never imports the model package. What a config leaves out is taken from the directory:
 
@@ -27,9 +28,10 @@ from typing import Any
 import torch
 
 from specs.config import RunConfig
-from specs.errors import ConfigError
+from specs.errors import ConfigError, LmstackError
 from specs.modelcard import sha256_file
 from specs.plugins import resolve
+from specs.sources import local_path, split_source
 
 FIELD = "train.init_from"
 # files that make a directory a tokenizer (data.tokenizer.base.MODEL_FILES, and the config a byte tokenizer saves)
@@ -64,8 +66,12 @@ def fill_from_directory(doc: Mapping[str, Any], overrides: Sequence[tuple[str, s
 
 
 def check_directory(directory: str) -> Path:
-    """``directory`` as a Path, or a ConfigError saying what ``train.init_from`` expects."""
-    path = Path(directory).expanduser()
+    """``directory`` as a Path (a model source such as ``registry:NAME@production`` as its local directory), or a
+    ConfigError saying what ``train.init_from`` expects."""
+    try:
+        path = local_path(directory).expanduser()
+    except LmstackError as exc:
+        raise ConfigError(FIELD, str(exc)) from None
     if not path.is_dir() or not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else ("is not a directory" if not path.is_dir()
                                                            else "has no config.json")
@@ -108,10 +114,14 @@ def parent(directory: str) -> dict[str, Any]:
     """metadata.json's ``parents`` entry for the directory a run started from: kind ``model``, its path, and the
     sha256 of its weights (of ``model.safetensors``; for sharded weights, of the lines "<sha256>  <file>" of
     every ``*.safetensors`` file in name order)."""
-    files = sorted(Path(directory).expanduser().glob("*.safetensors"))
+    path = check_directory(directory)
+    entry = {"kind": "model", "path": str(directory) if split_source(directory) is None else str(path)}
+    if split_source(directory) is not None:
+        entry["source"] = str(directory)  # e.g. registry:NAME@production, which path is the checkout of
+    files = sorted(path.glob("*.safetensors"))
     if not files:
-        return {"kind": "model", "path": str(directory), "sha256": None}
+        return {**entry, "sha256": None}
     if len(files) == 1:
-        return {"kind": "model", "path": str(directory), "sha256": sha256_file(files[0])}
+        return {**entry, "sha256": sha256_file(files[0])}
     lines = "".join(f"{sha256_file(f)}  {f.name}\n" for f in files)
-    return {"kind": "model", "path": str(directory), "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+    return {**entry, "sha256": hashlib.sha256(lines.encode()).hexdigest()}
