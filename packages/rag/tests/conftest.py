@@ -21,6 +21,30 @@ CORPUS = {
 }
 
 
+WORDS = ["rotate", "the", "sign", "##ing", "keys", "a", "deploy", "##s", "flip", "router", "back", "within", "minute",
+         ",", "then", "warm", "cache", "query", ":", "passage", "how", "do", "i", "vault", "page", "on", "call"]
+
+
+def save_wordpiece_tokenizer(path: Path) -> int:
+    """A BERT-style WordPiece tokenizer over WORDS saved at ``path`` (transformers' format); its vocab size."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tk = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    assert tok.convert_ids_to_tokens(tok("query: signing")["input_ids"]) == ["[CLS]", "query", ":", "sign", "##ing",
+                                                                             "[SEP]"]
+    tok.save_pretrained(path)
+    return len(vocab)
+
+
 @pytest.fixture
 def docs() -> list[Document]:
     return [Document(k, v) for k, v in CORPUS.items()]

@@ -7,36 +7,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import save_wordpiece_tokenizer
 
 from rag.cache import CachedEmbedder, EmbeddingCache
 from rag.embed import HFEmbedder, LmstackEmbedder, load_embedder
 from specs.errors import ConfigError
 
 TEXTS = ["rotate the signing keys", "a", "deploys flip the router back within a minute, then warm the cache"]
-WORDS = ["rotate", "the", "sign", "##ing", "keys", "a", "deploy", "##s", "flip", "router", "back", "within", "minute",
-         ",", "then", "warm", "cache", "query", ":", "passage"]
 
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordPiece
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("bert")
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
-    tk = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
-                                                                                              ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]")
-    assert tok.convert_ids_to_tokens(tok("query: signing")["input_ids"]) == ["[CLS]", "query", ":", "sign", "##ing",
-                                                                             "[SEP]"]
-    tok.save_pretrained(path)
+    vocab_size = save_wordpiece_tokenizer(path)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+    BertModel(BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
     return path
 

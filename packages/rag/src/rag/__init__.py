@@ -10,14 +10,16 @@ from rag.fusion import reciprocal_rank_fusion
 from rag.index import Hit, RagIndex
 from rag.metrics import evaluate, read_qrels, read_run, write_run
 from rag.prompt import Answer, ask, build_messages, chat, citations
+from rag.rerank import CrossEncoderReranker
 from rag.sparse import BM25Index, terms
 from rag.tool import run_tool_call, search_tool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Answer", "BM25Index", "CachedEmbedder", "Chunk", "Document", "Embedder", "EmbeddingCache", "HFEmbedder", "Hit",
-    "LmstackEmbedder", "RagIndex", "RecursiveSplitter", "VectorIndex", "ask", "build_messages", "chat",
-    "chunk_documents", "citations", "evaluate", "load_documents", "load_embedder", "read_qrels", "read_queries",
-    "read_run", "reciprocal_rank_fusion", "run_tool_call", "search_tool", "terms", "token_length", "write_run",
+    "Answer", "BM25Index", "CachedEmbedder", "Chunk", "CrossEncoderReranker", "Document", "Embedder",
+    "EmbeddingCache", "HFEmbedder", "Hit", "LmstackEmbedder", "RagIndex", "RecursiveSplitter", "VectorIndex", "ask",
+    "build_messages", "chat", "chunk_documents", "citations", "evaluate", "load_documents", "load_embedder",
+    "read_qrels", "read_queries", "read_run", "reciprocal_rank_fusion", "run_tool_call", "search_tool", "terms",
+    "token_length", "write_run",
 ]

@@ -1,7 +1,7 @@
 """``python -m rag build|query|ask|eval|tool``: index a corpus, search it, answer from it, measure it.
 
     python -m rag build --docs notes/ papers.jsonl --out idx/ [--embedder hf:models/bge-small] [--tokenizer DIR]
-    python -m rag query idx/ "how do I rotate the keys?" -k 5 [--mode bm25|dense|hybrid] [--json]
+    python -m rag query idx/ "how do I rotate the keys?" -k 5 [--mode bm25|dense|hybrid] [--rerank DIR] [--json]
     python -m rag ask idx/ "how do I rotate the keys?" --url http://localhost:8000 [--model NAME]
     python -m rag eval idx/ --queries queries.jsonl --qrels qrels.tsv [--measures ndcg@10 recall@100] [--run run.txt]
     python -m rag tool                       # the OpenAI tool spec for searching an index
@@ -22,6 +22,7 @@ from rag.embed import load_embedder
 from rag.index import MODES, RagIndex
 from rag.metrics import evaluate, read_qrels, write_run
 from rag.prompt import ask
+from rag.rerank import CrossEncoderReranker
 from rag.sparse import METHODS
 from rag.tool import search_tool
 from specs.errors import LmstackError
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         q.add_argument("--mode", choices=MODES, default="auto")
         q.add_argument("--device", default="auto")
         q.add_argument("--json", action="store_true")
+        _rerank_args(q)
         if name == "ask":
             q.add_argument("--url", required=True, help="an OpenAI-compatible server's base URL")
             q.add_argument("--model")
@@ -71,8 +73,21 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run", help="also write the run as a TREC run file")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
+    _rerank_args(e)
     sub.add_parser("tool", help="print the OpenAI tool spec for searching an index")
     return p
+
+
+def _rerank_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerank", metavar="DIR", help="re-rank with this cross-encoder (a transformers sequence-"
+                   "classification directory with one output)")
+    p.add_argument("--rerank-depth", type=int, default=50, help="how many retrieved chunks the cross-encoder reads")
+
+
+def _reranking(a: argparse.Namespace) -> dict:
+    if not a.rerank:
+        return {}
+    return {"reranker": CrossEncoderReranker(a.rerank, device=a.device), "rerank_depth": a.rerank_depth}
 
 
 def _build(a: argparse.Namespace) -> None:
@@ -102,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif a.cmd == "tool":
             print(json.dumps(search_tool(), indent=2))
         elif a.cmd == "query":
-            hits = RagIndex.load(a.index, device=a.device).search(a.text, a.k, mode=a.mode)
+            hits = RagIndex.load(a.index, device=a.device).search(a.text, a.k, mode=a.mode, **_reranking(a))
             if a.json:
                 print(json.dumps([h.to_json() for h in hits], ensure_ascii=False, indent=2))
             for n, h in enumerate(hits if not a.json else [], start=1):
@@ -111,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{text[:300]}{'...' if len(text) > 300 else ''}")
         elif a.cmd == "ask":
             ans = ask(RagIndex.load(a.index, device=a.device), a.text, a.url, k=a.k, mode=a.mode, model=a.model,
-                      api_key=a.api_key, max_tokens=a.max_tokens, max_source_chars=a.max_source_chars)
+                      api_key=a.api_key, max_tokens=a.max_tokens, max_source_chars=a.max_source_chars,
+                      **_reranking(a))
             if a.json:
                 print(json.dumps(ans.to_json(), ensure_ascii=False, indent=2))
             else:
@@ -121,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"[{n}] {c.doc_id} ({c.start}-{c.end})")
         else:
             idx = RagIndex.load(a.index, device=a.device)
-            run = idx.document_run(read_queries(a.queries), a.k, mode=a.mode)
+            run = idx.document_run(read_queries(a.queries), a.k, mode=a.mode, **_reranking(a))
             mean, per_query = evaluate(run, read_qrels(a.qrels), a.measures)
             if a.run:
                 write_run(run, a.run)

@@ -124,13 +124,20 @@ class RagIndex:
                                  f"({embedder.fingerprint[:12]}): queries must be embedded by the same model")
         return cls(path, info, chunks, bm25, vectors, embedder)
 
-    def search(self, query: str, k: int = 5, *, mode: str = "auto", candidates: int = 50,
-               rrf_k: float = 60.0) -> list[Hit]:
+    def search(self, query: str, k: int = 5, *, mode: str = "auto", candidates: int = 50, rrf_k: float = 60.0,
+               reranker: Any = None, rerank_depth: int = 50) -> list[Hit]:
         """The ``k`` best chunks for ``query``, best first."""
-        return self.search_many([query], k, mode=mode, candidates=candidates, rrf_k=rrf_k)[0]
+        return self.search_many([query], k, mode=mode, candidates=candidates, rrf_k=rrf_k, reranker=reranker,
+                                rerank_depth=rerank_depth)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 5, *, mode: str = "auto", candidates: int = 50,
-                    rrf_k: float = 60.0) -> list[list[Hit]]:
+                    rrf_k: float = 60.0, reranker: Any = None, rerank_depth: int = 50) -> list[list[Hit]]:
+        """Each query's ``k`` best chunks. ``candidates``: how deep each retriever goes before hybrid fusion;
+        ``reranker`` (:class:`rag.rerank.CrossEncoderReranker`, or anything with ``rerank(query, hits, k)``)
+        re-orders the ``rerank_depth`` best before the first ``k`` are kept."""
+        if reranker is not None:
+            found = self.search_many(queries, max(k, rerank_depth), mode=mode, candidates=candidates, rrf_k=rrf_k)
+            return [reranker.rerank(q, hits, k) for q, hits in zip(queries, found)]
         if mode not in MODES:
             raise ValueError(f"unknown search mode {mode!r}; valid: {', '.join(MODES)}")
         if mode == "auto":

@@ -95,9 +95,11 @@ def chat(url: str, messages: list[dict[str, str]], *, model: str | None = None, 
 
 
 def ask(index: RagIndex, question: str, url: str, *, k: int = 5, mode: str = "auto", model: str | None = None,
-        api_key: str | None = None, max_tokens: int = 512, max_source_chars: int | None = 12000) -> Answer:
-    """Retrieve ``k`` chunks, ask the server, and return the answer with the sources it cited."""
-    hits = index.search(question, k, mode=mode)
+        api_key: str | None = None, max_tokens: int = 512, max_source_chars: int | None = 12000,
+        reranker: Any = None, rerank_depth: int = 50) -> Answer:
+    """Retrieve ``k`` chunks (re-ranked by ``reranker`` when given), ask the server, and return the answer with
+    the sources it cited."""
+    hits = index.search(question, k, mode=mode, reranker=reranker, rerank_depth=rerank_depth)
     text = chat(url, build_messages(question, hits, max_source_chars=max_source_chars), model=model,
                 api_key=api_key, max_tokens=max_tokens)
     return Answer(text, hits, citations(text, len(hits)))
