@@ -71,3 +71,6 @@ def test_a_real_trainer_registers_its_checkpoints(tmp_path, monkeypatch):
         out = reg.checkout("tiny", "latest", tmp_path / "restored")
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000002"
     assert (out / "model.safetensors").read_bytes() == (ckpt / "model.safetensors").read_bytes()
+    assert names == {p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file()}  # the whole checkpoint
+    loaded = TransformerLM.from_pretrained(out)  # its model card's hashes verified
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trainer.model.state_dict().values()))

@@ -159,3 +159,14 @@ def test_manifest_bytes_do_not_depend_on_listing_order(paths, data):
     assert a == b
     doc = json.loads(a)
     assert [f["path"] for f in doc["files"]] == sorted(paths) and a == canonical(doc)
+
+
+def test_exclude_leaves_out_matching_paths(reg, tmp_path):
+    src = tmp_path / "ckpt"
+    for rel in ("model.safetensors", "optimizer/state.pt", "optimizer/deep/more.pt", "rng/cpu.pt", "config.json"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    v = reg.register("m", src, exclude=["optimizer/*", "rng/*"])
+    assert [f.path for f in v.files] == ["config.json", "model.safetensors"]
+    with pytest.raises(ValueError, match="every file matches the exclude patterns"):
+        reg.register("m", src, exclude=["*"])

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, reg: Registry) -> tuple[Any, str]:
     cmd, actor = args.cmd, args.actor
     if cmd == "register":
         v = reg.register(args.name, args.path, metadata=_metadata(args.metadata), tags=args.tag, parent=args.parent,
-                         actor=actor).to_dict()
+                         actor=actor, exclude=args.exclude).to_dict()
         return v, (f"{args.name} v{v['version']} unchanged: the latest version has this content"
                    if v.get("reused") else f"registered {args.name} v{v['version']} ({len(v['files'])} files, "
                    f"{_size(v['size'])}) {v['digest']}")
@@ -174,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", help="a JSON object, or @FILE (JSON or YAML)")
     p.add_argument("--tag", action="append", default=[])
     p.add_argument("--parent", help="the version this one derives from (lineage)")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out the relative paths this shell pattern matches (repeatable), e.g. 'optimizer/*'")
     p = sub.add_parser("list", help="models, or the versions of NAME")
     p.add_argument("name", nargs="?")
     p.add_argument("--all", action="store_true", help="include deleted versions")

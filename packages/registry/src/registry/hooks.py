@@ -3,8 +3,10 @@
 ``RegistryCallback`` is the ``lmstack.callbacks`` entry point ``registry`` (``specs.protocols.TrainerCallback``);
 train builds it with no arguments (``train.callbacks``), so it reads ``$LMSTACK_REGISTRY`` (the registry root) and
 ``$LMSTACK_REGISTRY_MODEL`` (the model name). With either unset it does nothing, and says so once in the log.
-Each version records the step, the latest evaluation metrics (``eval.loss``, ``eval.ppl``: what promotion gates
-such as ``{"eval.ppl": {"max": 20}}`` read) and, as its parent, the version this run registered before.
+A version is the whole checkpoint, its optimizer state included: the checkpoint's modelcard.json lists every
+file, and loading verifies them all. Each version records the step, the latest evaluation metrics
+(``eval.loss``, ``eval.ppl``: what promotion gates such as ``{"eval.ppl": {"max": 20}}`` read) and, as its parent,
+the version this run registered before.
 """
 
 from __future__ import annotations

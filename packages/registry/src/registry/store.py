@@ -11,6 +11,7 @@ removes; a version becomes visible only when its transaction commits, after its 
 
 from __future__ import annotations
 
+import fnmatch
 import getpass
 import json
 import logging
@@ -135,13 +136,22 @@ class Store:
 
     # ---- registering -------------------------------------------------------------------------------------------
     def register(self, name: str, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None,
-                 tags: Iterable[str] = (), parent: int | str | None = None, actor: str | None = None) -> ModelVersion:
+                 tags: Iterable[str] = (), parent: int | str | None = None, actor: str | None = None,
+                 exclude: Iterable[str] = ()) -> ModelVersion:
         """Store the file or directory ``path`` as the next version of ``name`` (1, 2, ...). When its content
         (files, metadata, tags) equals the latest version's and ``parent`` does not say otherwise, that version is
-        returned with ``reused=True`` and nothing is written. ``parent`` (a ref) records lineage."""
+        returned with ``reused=True`` and nothing is written. ``parent`` (a ref) records lineage. ``exclude``:
+        shell patterns (``fnmatch``, ``*`` crossing ``/``) of relative paths a directory's version leaves out, e.g.
+        ``logs/*``. An lmstack checkpoint's modelcard.json lists its files and loading verifies them, so leaving
+        any out makes it unloadable: register a ``save_pretrained`` directory for the model alone."""
         check_name(name)
         meta, tag_list, src = check_metadata(metadata), check_tags(tags), Path(path)
         kind, listing = scan(src)
+        patterns = list(exclude)
+        if patterns:
+            listing = [(rel, p) for rel, p in listing if not any(fnmatch.fnmatchcase(rel, pat) for pat in patterns)]
+            if not listing:
+                raise ValueError(f"cannot register {src}: every file matches the exclude patterns {patterns}")
         sources = dict(listing)
         files = []
         for rel, p in sorted(listing):
