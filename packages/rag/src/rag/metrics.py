@@ -14,11 +14,11 @@ File formats: qrels lines ``qid 0 docid grade`` (or BEIR's ``qid docid grade`` T
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from specs.io import atomic_write_text
 
 Run = Mapping[str, Mapping[str, float]]  # qid -> docid -> score
 Qrels = Mapping[str, Mapping[str, int]]  # qid -> docid -> grade
@@ -124,7 +124,4 @@ def write_run(run: Run, path: str | Path, tag: str = "lmstack") -> None:
     """A TREC run file, written atomically."""
     path = Path(path)
     lines = [f"{q} Q0 {d} {r} {run[q][d]:.6f} {tag}" for q in run for r, d in enumerate(_ranked(run[q]), start=1)]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + ("\n" if lines else ""))
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))

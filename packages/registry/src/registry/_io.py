@@ -57,14 +57,6 @@ def is_tmp(path: Path) -> bool:
     return _TMP.match(path.name) is not None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            h.update(block)
-    return h.hexdigest()
-
-
 def copy_hashing(src: Path, dst: Path, on_block: Callable[[int], None] | None = None) -> tuple[str, int]:
     """Copy ``src`` to the new file ``dst`` (fsynced), returning (sha256 hex, size) of the bytes written.
 

@@ -13,8 +13,9 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from registry._io import copy_hashing, fsync_dir, is_tmp, sha256_file, tmp_path
+from registry._io import copy_hashing, fsync_dir, is_tmp, tmp_path
 from registry.errors import IntegrityError
+from specs.modelcard import sha256_file
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 

@@ -12,10 +12,11 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry._io import copy_hashing, fsync_dir, sha256_file, tmp_path
+from registry._io import copy_hashing, fsync_dir, tmp_path
 from registry.blobs import BlobStore
 from registry.errors import IntegrityError, RegistryError
 from registry.manifest import FileEntry, safe_relpath
+from specs.modelcard import sha256_file
 
 
 def _copy_verified(blobs: BlobStore, f: FileEntry, out: Path, where: str) -> None:

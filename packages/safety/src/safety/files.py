@@ -1,12 +1,8 @@
-"""File helpers: atomic text writes (a temporary file in the destination's directory, then ``os.replace``, so a
-reader never sees half a report or policy), and the built-in policies and suites shipped as package data."""
+"""The built-in policies and suites shipped as package data, loadable as ``builtin:NAME``."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from importlib import resources
-from pathlib import Path
 
 from specs.errors import ConfigError
 
@@ -25,17 +21,3 @@ def builtin_text(spec: str, folder: str, suffix: str, what: str) -> tuple[str, s
         raise ConfigError("", f"unknown built-in {what} {spec!r}; expected one of "
                               f"{', '.join('builtin:' + n for n in names)}")
     return key, resources.files("safety").joinpath(folder, f"{key}{suffix}").read_text(encoding="utf-8")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

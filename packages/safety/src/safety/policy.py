@@ -22,9 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from safety.credentials import KINDS
 from safety.detectors import REGEX_FLAGS, compile_regex, keywords_pattern
-from safety.files import atomic_write_text, builtin_names, builtin_text
+from safety.files import builtin_names, builtin_text
 from safety.pii import ENTITIES
 from specs.errors import ConfigError
+from specs.io import atomic_write_text
 
 SCHEMA_VERSION = 1
 STAGES = ("input", "output")

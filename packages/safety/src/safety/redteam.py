@@ -21,12 +21,12 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from safety.files import atomic_write_text
 from safety.guard import Guard
 from safety.judges import REFUSAL_PREFIXES, canary_leak, is_refusal, pii_leak, policy_violation
 from safety.policy import Policy
 from safety.suite import Case, Suite, load_suite
 from specs.errors import LmstackError
+from specs.io import atomic_write_text
 
 Target = Callable[[list[dict[str, str]]], str]
 
