@@ -147,3 +147,22 @@ def test_key_errors(tmp_path):
         load_private_key(tmp_path / "junk.pem")
     with pytest.raises(ConfigError, match="is not a PEM public key"):
         load_public_key(priv)
+
+
+def test_raw_32_byte_keys_are_the_pem_keys(two_versions, tmp_path):
+    """A file of the 32 raw key bytes (governance's ``sign --key`` format) is the same key as its PEM form."""
+    from cryptography.hazmat.primitives import serialization
+
+    from registry.signing import load_private_key
+
+    reg = two_versions
+    priv, pub = keygen(tmp_path / "keys")
+    key = load_private_key(priv)
+    raw_priv, raw_pub = tmp_path / "k.raw", tmp_path / "k.pub.raw"
+    raw_priv.write_bytes(key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                           serialization.NoEncryption()))
+    raw_pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    assert key_id(load_private_key(raw_priv)) == key_id(load_public_key(raw_pub)) == key_id(load_public_key(pub))
+    kid = reg.sign("m", 1, raw_priv, actor="release")
+    assert reg.verify_signature("m", 1, pub) == kid  # signed with the raw key, checked with the PEM one
+    assert reg.verify_signature("m", 1, raw_pub) == kid

@@ -10,7 +10,7 @@ from registry.retention import Decision, RetentionPlan, RetentionPolicy
 from registry.signing import keygen, pae
 from registry.store import Event, GcResult, ModelInfo
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["STAGES", "Decision", "Event", "FileEntry", "GateError", "GcResult", "IntegrityError", "ModelInfo",
            "ModelVersion", "NotFoundError", "Registry", "RegistryCallback", "RegistryError", "RetentionPlan",
            "RetentionPolicy", "SignatureError", "keygen", "pae"]

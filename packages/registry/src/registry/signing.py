@@ -7,7 +7,8 @@ decimal byte count), never the envelope's JSON; the envelope is ``{"payload": b6
 manifest and the type ``application/vnd.lmstack.manifest+json``; ``keyid`` is the sha256 hex of the raw 32-byte
 public key. Ed25519 is RFC 8032's pure variant, so ``openssl pkeyutl -verify -rawin`` checks the same bytes.
 Keys: PKCS#8 PEM private (``openssl genpkey -algorithm ed25519``), SubjectPublicKeyInfo PEM public
-(``openssl pkey -pubout``), as cosign's ``--key`` files are PEM too.
+(``openssl pkey -pubout``), as cosign's ``--key`` files are PEM too; or files of the 32 raw key bytes, the format
+lmstack-governance's ``sign --key`` takes.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """A PKCS#8 PEM key, or a file of the 32 raw bytes (lmstack-governance's ``sign --key`` format)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("private_key", f"private key file not found: {p}")
+    data = p.read_bytes()
+    if len(data) == 32:
+        return Ed25519PrivateKey.from_private_bytes(data)
     try:
-        key = serialization.load_pem_private_key(p.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         raise ConfigError("private_key", f"{p} is encrypted; expected an unencrypted PKCS#8 PEM key "
                                          "(openssl pkey -in KEY -out PLAIN.pem)") from None
@@ -59,11 +64,15 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
+    """A SubjectPublicKeyInfo PEM key, or a file of the 32 raw bytes."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("public_key", f"public key file not found: {p}")
+    data = p.read_bytes()
+    if len(data) == 32:
+        return Ed25519PublicKey.from_public_bytes(data)
     try:
-        key = serialization.load_pem_public_key(p.read_bytes())
+        key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError("public_key", f"{p} is not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
