@@ -2,7 +2,8 @@
 package's ``__version__``, where it has one, is its pyproject version (a bump that forgot it went unnoticed twice).
 
 Each package is checked from its own directory against its own pyproject.toml, with src/ as the code and tests,
-benchmarks and examples excluded (their needs go in the `test` extra, which each pyproject marks as a dev group).
+benchmarks, examples and project templates excluded (their needs go in the `test` extra, which each pyproject
+marks as a dev group).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def main() -> int:
             "benchmarks",
             "--extend-exclude",
             "examples",
+            "--extend-exclude",
+            r"src/[^/]+/templates",  # pack's project templates: the user's files, importing what projects install
         ]
         r = subprocess.run(cmd, cwd=p, capture_output=True, text=True)
         if r.returncode != 0:

@@ -1,0 +1,6 @@
+"""lmstack's one command line, project templates, config validation, environment checks and model bundles."""
+
+from pack.errors import PackError
+
+__version__ = "0.1.0"
+__all__ = ["PackError"]

@@ -1,0 +1,5 @@
+"""``python -m pack`` is ``lmstack``."""
+
+from pack.cli import main
+
+raise SystemExit(main())
