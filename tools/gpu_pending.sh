@@ -37,7 +37,11 @@
 #                                      on a 1-GPU card (its rank 1 asked for cuda:1; it runs on the CPU since).
 #                                      Session 27: part 4 passed (and dist's tests); part 3 passed but for serve's
 #                                      run_requests, which sized its engine past the model's context once Engine
-#                                      refused that (fixed in f2c36c9: serve then 93 passed on the card)
+#                                      refused that (fixed in f2c36c9: serve then 93 passed on the card).
+#                                      Session 32: serve's suite but test_server.py, 142 passed on an H200 (its
+#                                      guard test once python-stdnum was carried: `python -m pack doctor` on the
+#                                      card named the missing module behind the safety plugins), and pack's
+#                                      doctor and bundle tests, 32 passed
 #   bash tools/gpu_pending.sh unified-decode  kernel 0.23's unified attention in a model's decode step (FastGenerator's
 #                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,

@@ -34,8 +34,9 @@ def smi(cuda: str):
     return which, run
 
 
-@pytest.mark.parametrize("cuda,target", [("12.4", "cu124"), ("12.2", "cu121"), ("11.8", "cu118"), ("13.0", "cu128"),
-                                         ("12.9", "cu128"), ("12.6", "cu126"), ("12.0", "cu118")])
+@pytest.mark.parametrize("cuda,target", [("12.4", "cu124"), ("12.2", "cu121"), ("11.8", "cu118"), ("13.0", "cu130"),
+                                         ("12.9", "cu129"), ("12.8", "cu128"), ("13.2", "cu130"),
+                                         ("12.6", "cu126"), ("12.0", "cu118")])
 def test_target_from_driver(cuda, target, tmp_path):
     which, run = smi(cuda)
     chosen, why = choose_target(which=which, run=run, rocm_root=tmp_path / "no-rocm")
@@ -124,7 +125,7 @@ def test_requirements_file_parses(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--target", "cu999"], "expected auto or one of: cpu, cu118, cu121, cu124, cu126, cu128, rocm6.2"),
+    (["--target", "cu999"], "expected auto or one of: cpu, cu118, cu121, cu124, cu126, cu128, cu129, cu130, rocm6.2"),
     (["--target", "cpu", "--packages", "trian"], "'trian' is not an lmstack package; expected 'all' or some of"),
     (["--target", "cpu", "--torch", "numpy"], "expected a torch version or specifier"),
     (["--target", "cpu", "--torch", "2.5", "--system-torch"], "--system-torch installs no torch"),
@@ -196,3 +197,9 @@ def test_real_offline_bootstrap(tmp_path, monkeypatch):
     assert Path(origin) == pkg / "src" / "tensor" / "__init__.py"
     assert version == md.version("lmstack-tensor")
     assert plan(venv, target="cpu", packages=["tensor"])[0].what == "upgrade pip"  # an existing venv is reused
+
+
+def test_known_packages_are_this_repositorys():
+    """The published names bootstrap accepts without --editable are exactly the packages/ of this repository."""
+    root = Path(__file__).resolve().parents[3]
+    assert sorted(bootstrap.KNOWN_PACKAGES) == sorted(p.parent.name for p in root.glob("packages/*/pyproject.toml"))

@@ -358,8 +358,8 @@ def test_file_changed_while_bundling_leaves_nothing(release: Path, tmp_path: Pat
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import pack.bundle as bundle_mod
 
-    real = bundle_mod._sha256
-    monkeypatch.setattr(bundle_mod, "_sha256", lambda p: ("0" * 64, real(p)[1]) if p.name == "SBOM.spdx.json"
+    real = bundle_mod.file_sha256
+    monkeypatch.setattr(bundle_mod, "file_sha256", lambda p: ("0" * 64, real(p)[1]) if p.name == "SBOM.spdx.json"
                         else real(p))  # as if the file changed between hashing and archiving
     with pytest.raises(PackError, match=r"SBOM\.spdx\.json: changed while it was being bundled"):
         build(release / "ckpt", tmp_path / "out.tar.gz", artifacts=release / "artifacts")

@@ -46,25 +46,65 @@ class _Given(nn.Module):
         return nn.functional.normalize(self.emb_BD, dim=-1)
 
 
+def _records(*columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (query, positive, negatives...) record by record from sentence-transformers' columns, and labels that
+    mark the query rows (all -100) as the loader does."""
+    n, k = columns[0].shape[0], len(columns)
+    rows = torch.stack(columns, 1).reshape(n * k, -1)
+    labels = torch.zeros(n * k, 4, dtype=torch.long)
+    labels[0::k] = -100
+    return rows, labels
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("temperature", [0.05, 0.2])
-def test_the_loss_is_multiple_negatives_ranking_loss(temperature):
+@pytest.mark.parametrize("negatives", [0, 1, 3])
+def test_the_loss_is_multiple_negatives_ranking_loss(temperature, negatives):
+    """Pairs, and (anchor, positive, negative_1..k) columns: sentence-transformers' loss and gradient."""
     torch.manual_seed(0)
-    q, p = torch.randn(6, 16, requires_grad=True), torch.randn(6, 16)
+    q = torch.randn(6, 16, requires_grad=True)
+    docs = [torch.randn(6, 16) for _ in range(1 + negatives)]
     want = MultipleNegativesRankingLoss(model=nn.Identity(), scale=1 / temperature).compute_loss_from_embeddings(
-        [q, p], None)
-    rows = torch.stack([q, p], 1).reshape(12, 16)  # query, positive, query, positive, ...
-    ids = torch.zeros(12, 4, dtype=torch.long)
-    got, stats = ContrastiveModule(_Given(rows), temperature)(ids, ids)
+        [q, *docs], None)
+    rows, labels = _records(q, *docs)
+    ids = torch.zeros_like(labels)
+    got, stats = ContrastiveModule(_Given(rows), temperature)(ids, labels)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     (g_want,) = torch.autograd.grad(want, q)
     (g_got,) = torch.autograd.grad(got, q)
     torch.testing.assert_close(g_got, g_want)
-    sim = nn.functional.normalize(q, dim=-1) @ nn.functional.normalize(p, dim=-1).T
-    assert stats["similarity/positive"].item() == pytest.approx(sim.diagonal().mean().item(), rel=1e-5)
+    qn, pn = nn.functional.normalize(q, dim=-1), nn.functional.normalize(docs[0], dim=-1)
+    sim = qn @ torch.cat([nn.functional.normalize(d, dim=-1) for d in docs]).T  # positives first, as ST orders
+    assert stats["similarity/positive"].item() == pytest.approx((qn * pn).sum(1).mean().item(), rel=1e-5)
     assert stats["accuracy"].item() == pytest.approx((sim.argmax(1) == torch.arange(6)).float().mean().item())
-    with pytest.raises(ValueError, match="got 3 rows"):
-        ContrastiveModule(_Given(rows[:3]), temperature)(ids[:3], ids[:3])
+    if negatives:
+        own = torch.stack([(qn * nn.functional.normalize(d, dim=-1)).sum(1) for d in docs[1:]])
+        assert stats["similarity/hard_negative"].item() == pytest.approx(own.mean().item(), rel=1e-5)
+    else:
+        assert "similarity/hard_negative" not in stats
+    with pytest.raises(ConfigError, match="start or end inside"):
+        ContrastiveModule(_Given(rows[1:]), temperature)(ids[1:], labels[1:])  # starts inside a record
+
+
+def test_records_may_carry_different_numbers_of_negatives():
+    """Ragged records: every query against every candidate of the micro-batch, by the textbook formula."""
+    torch.manual_seed(1)
+    sizes = [0, 2, 1, 3]  # negatives per record
+    emb = [torch.randn(2 + k, 8) for k in sizes]
+    rows = torch.cat(emb)
+    labels = torch.zeros(rows.shape[0], 4, dtype=torch.long)
+    starts = torch.tensor([0, *torch.cumsum(torch.tensor([2 + k for k in sizes]), 0)[:-1].tolist()])
+    labels[starts] = -100
+    got, stats = ContrastiveModule(_Given(rows), 0.1)(torch.zeros_like(labels), labels)
+    norm = nn.functional.normalize(rows, dim=-1)
+    cand = torch.ones(rows.shape[0], dtype=torch.bool)
+    cand[starts] = False
+    logits = norm[starts] @ norm[cand].T / 0.1
+    target = torch.tensor([int(cand[:s + 1].sum()) for s in starts.tolist()])  # the positive follows its query
+    want = -(logits.log_softmax(1)[torch.arange(4), target]).mean()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    from rl.contrastive import Contrastive
+    assert int(Contrastive.units(labels)) == 4
 
 
 def test_the_loader_alternates_query_and_positive_and_resumes(text_pairs):
@@ -79,6 +119,8 @@ def test_the_loader_alternates_query_and_positive_and_resumes(text_pairs):
              zip(first.input_ids.tolist(), first.attention_mask.tolist())]
     assert all(by_query[q] == p for q, p in zip(texts[0::2], texts[1::2]))
     assert first.input_ids.shape[0] == 8 and (first.labels[first.attention_mask == 0] == -100).all()
+    assert (first.labels[0::2] == -100).all() and torch.equal(first.labels[1::2][first.attention_mask[1::2] == 1],
+                                                               first.input_ids[1::2][first.attention_mask[1::2] == 1])
     cut = build_text_pair_dataloader(path, batch_size=4, seq_len=10, tokenizer=tok, seed=3)
     assert next(iter(cut)).input_ids.shape[1] == 10  # every text cut to seq_len
     state = dl.state_dict()
@@ -92,6 +134,24 @@ def test_bad_records_name_the_line(tmp_path):
     path.write_text('{"query": "a", "positive": "b"}\n{"anchor": "c"}\n')
     with pytest.raises(ConfigError, match=r"p.jsonl:2: needs a non-empty text 'positive'"):
         build_text_pair_dataloader(path, batch_size=1)
+    path.write_text('{"query": "a", "positive": "b", "negatives": ["c", ""]}\n')
+    with pytest.raises(ConfigError, match=r"p.jsonl:1: a hard negative must be a non-empty text, got ''"):
+        build_text_pair_dataloader(path, batch_size=1)
+
+
+def test_the_loader_keeps_each_records_negatives_after_its_positive(tmp_path):
+    recs = [{"query": "q0", "positive": "p0", "negative": "n0"},
+            {"anchor": "q1", "positive": "p1", "negatives": ["n1a", "n1b"]},
+            {"query": "q2", "positive": "p2"},
+            {"query": "q3", "positive": "p3", "negative_2": "n3b", "negative_1": "n3a", "negative": ["n3"]}]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    tok = ByteTokenizer()
+    b = next(iter(build_text_pair_dataloader(path, batch_size=4, seq_len=16, tokenizer=tok, shuffle=False)))
+    texts = [tok.decode([t for t, m in zip(row, mask) if m]) for row, mask in
+             zip(b.input_ids.tolist(), b.attention_mask.tolist())]
+    assert texts == ["q0", "p0", "n0", "q1", "p1", "n1a", "n1b", "q2", "p2", "q3", "p3", "n3", "n3a", "n3b"]
+    assert (b.labels == -100).all(1).tolist() == [t.startswith("q") for t in texts]
 
 
 def _config(tmp_path, path, **over):
@@ -138,6 +198,34 @@ def test_a_train_run_learns_to_retrieve(text_pairs, tmp_path):
     with open(out / "logs" / "scalars.csv") as f:
         tags = {line.split(",")[1] for line in f}
     assert {"accuracy", "similarity/positive", "eval/accuracy", "eval/loss"} <= tags
+
+
+def test_a_train_run_with_hard_negatives(text_pairs, tmp_path, capsys):
+    """Each record's hard negative is another house of the same animal; micro-batches of 3 rows (one record each:
+    an odd count, which pairs would refuse) train, and a split record stops the run with the field to change."""
+    path, pairs = text_pairs
+    by_animal: dict[str, list[str]] = {}
+    for p in pairs:
+        by_animal.setdefault(p["query"].split()[-2], []).append(p["positive"])
+    recs = [{**p, "negative": next(x for x in by_animal[p["query"].split()[-2]] if x != p["positive"])}
+            for p in pairs]
+    triplets = tmp_path / "triplets.jsonl"
+    triplets.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "out"
+    cfg = _config(tmp_path, triplets, data__batch_size=8, train__steps=6, train__eval_every=6, train__grad_accum=8,
+                  train__log_every=3, viz__log_every=3)
+    assert cli(["--config", cfg, "--train.out_dir", str(out)]) == 0
+    with open(out / "logs" / "scalars.csv") as f:
+        tags = {line.split(",")[1] for line in f}
+    assert {"similarity/hard_negative", "eval/similarity/hard_negative"} <= tags
+    ragged = tmp_path / "ragged.jsonl"  # records of 2 and 4 rows: a mixed batch of two splits one record in two
+    ragged.write_text("".join(json.dumps({"query": r["query"], "positive": r["positive"],
+                                          "negatives": [r["negative"]] * 2 * (i % 2)}) + "\n"
+                              for i, r in enumerate(recs)))
+    bad = _config(tmp_path, ragged, data__batch_size=2, train__steps=20, train__eval_every=0, train__grad_accum=2)
+    capsys.readouterr()
+    assert cli(["--config", bad, "--train.out_dir", str(tmp_path / "bad")]) == 2
+    assert "train.grad_accum: a contrastive micro-batch holds whole records" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("over, field", [

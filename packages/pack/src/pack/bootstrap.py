@@ -30,7 +30,7 @@ from pack.errors import PackError
 
 # PyTorch's CUDA wheel indexes and the CUDA version each is built for, oldest first.
 CUDA_TARGETS: dict[str, tuple[int, int]] = {"cu118": (11, 8), "cu121": (12, 1), "cu124": (12, 4), "cu126": (12, 6),
-                                            "cu128": (12, 8)}
+                                            "cu128": (12, 8), "cu129": (12, 9), "cu130": (13, 0)}
 ROCM_TARGET = "rocm6.2"
 TARGETS = ("cpu", *CUDA_TARGETS, ROCM_TARGET)
 # The lmstack distributions (lmstack-<name>) published from this repository.

@@ -5,6 +5,6 @@ from rl.data import PreferenceLoader, build_preference_dataloader, read_preferen
 from rl.losses import cpo_loss, dpo_loss, orpo_odds_ratio, sequence_logps
 from rl.objectives import CPO, DPO, ORPO, PreferenceModule, Reward
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["CPO", "DPO", "ORPO", "PreferenceLoader", "PreferenceModule", "Reward", "build_preference_dataloader",
            "cpo_loss", "dpo_loss", "orpo_odds_ratio", "read_preferences", "sequence_logps", "tokenize_pair"]

@@ -180,9 +180,9 @@ class PreferenceConfig(ConfigBase):
     freed, so steps skip its forward. ``kto`` (Ethayarajh et al. 2024) trains on single completions labelled
     desirable or not (``data.dataset: unpaired``), ``loss_type`` ``sigmoid`` (KTO's own, also ``kto``) or
     ``apo_zero_unpaired``. ``contrastive`` trains an embedding model (``model.arch: encoder``) on (query, positive)
-    text pairs (``data.dataset: text_pairs``) by InfoNCE with in-batch negatives, its logits the cosine
-    similarities over ``temperature`` (sentence-transformers' MultipleNegativesRankingLoss; its scale is 1 /
-    temperature)."""
+    text pairs (``data.dataset: text_pairs``) by InfoNCE with in-batch negatives (and any hard negatives a record
+    carries), its logits the cosine similarities over ``temperature`` (sentence-transformers'
+    MultipleNegativesRankingLoss; its scale is 1 / temperature)."""
 
     kind: ClassVar[str] = "PreferenceConfig"
     method: str = "dpo"

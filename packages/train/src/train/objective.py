@@ -15,7 +15,9 @@ returns an object with:
   over the whole batch's units, however it is split into micro-batches and ranks.
 - ``paired``: True when a batch holds pairs in consecutive rows (chosen, then rejected): the data loader must say
   it yields them (a ``paired`` attribute of True on the loader and on its ``lmstack.datasets`` builder, read
-  before any data is), and micro-batches must not split a pair.
+  before any data is), and micro-batches must not split a pair. An objective whose rows come in groups of other
+  sizes (rl's ``contrastive``: a query, its positive and any number of negatives) sets ``checks_groups`` True and
+  its module refuses a micro-batch that splits a group; the Trainer then does not ask for an even row count.
 
 An online objective (rl's ``grpo``, ``train.grpo``) also has:
 

@@ -214,7 +214,7 @@ class Trainer:
         rows = b.shape[0]
         if rows % accum:
             raise ConfigError("train.grad_accum", f"a batch of {rows} rows does not split into {accum} micro-batches")
-        if self._data_kind == "pairs" and (rows // accum) % 2:
+        if self._data_kind == "pairs" and not getattr(self.objective, "checks_groups", False) and (rows // accum) % 2:
             raise ConfigError("train.grad_accum", f"a batch of {rows} rows in {accum} micro-batches would split a "
                                                   "(chosen, rejected) pair; each micro-batch needs whole pairs")
         total = self.objective.units(b.labels).clamp(min=1).to(torch.float32)
