@@ -61,3 +61,33 @@ def encoder_dir(tmp_path_factory) -> Path:
     TransformerEncoder(preset("llama-debug", causal=False, arch="encoder", vocab_size=260)).save_pretrained(path)
     ByteTokenizer().save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (transformers' format) with the WordPiece tokenizer over WORDS."""
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("bert")
+    vocab_size = save_wordpiece_tokenizer(path)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def st_dir(bert_dir, tmp_path_factory) -> Path:
+    """``bert_dir`` as a sentence-transformers model (mean pooling, normalized, query/passage prompts)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from sentence_transformers import SentenceTransformer, models
+
+        path = tmp_path_factory.mktemp("st")
+        st = SentenceTransformer(modules=[models.Transformer(str(bert_dir), max_seq_length=16),
+                                          models.Pooling(32, "mean"), models.Normalize()],
+                                 prompts={"query": "query: ", "document": "passage: "})
+        st.save(str(path))
+    return path

@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import save_wordpiece_tokenizer
 
 from rag.cache import CachedEmbedder, EmbeddingCache
 from rag.embed import HFEmbedder, LmstackEmbedder, load_embedder
 from specs.errors import ConfigError
 
 TEXTS = ["rotate the signing keys", "a", "deploys flip the router back within a minute, then warm the cache"]
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("bert")
-    vocab_size = save_wordpiece_tokenizer(path)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    return path
 
 
 @pytest.mark.filterwarnings("ignore:Importing from 'sentence_transformers.models':DeprecationWarning")

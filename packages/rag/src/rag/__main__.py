@@ -5,6 +5,7 @@
     python -m rag ask idx/ "how do I rotate the keys?" --url http://localhost:8000 [--model NAME]
     python -m rag eval idx/ --queries queries.jsonl --qrels qrels.tsv [--measures ndcg@10 recall@100] [--run run.txt]
     python -m rag tool                       # the OpenAI tool spec for searching an index
+    python -m rag mine --pairs pairs.jsonl --out train.jsonl [--embedder hf:DIR] [--negatives 3] [--relative-margin F]
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     _rerank_args(e)
     sub.add_parser("tool", help="print the OpenAI tool spec for searching an index")
+    m = sub.add_parser("mine", help="add hard negatives to (query, positive) pairs (sentence-transformers' "
+                       "mine_hard_negatives); writes lmstack-rl's text_pairs JSONL")
+    m.add_argument("--pairs", required=True, help='JSONL: {"query" (or "anchor"), "positive"} a line')
+    m.add_argument("--out", required=True, help="the JSONL to write (atomically)")
+    m.add_argument("--corpus", nargs="+", default=[], help="more passages: files, directories or .jsonl "
+                   "collections, each document one passage (the positives are always in)")
+    m.add_argument("--embedder", help="score by cosine: lmstack:DIR, hf:DIR or a directory; default BM25")
+    m.add_argument("--negatives", type=int, default=3, help="negatives a record")
+    m.add_argument("--range-min", type=int, default=0, help="skip this many best candidates (likely unlabelled "
+                   "positives)")
+    m.add_argument("--range-max", type=int, help="consider only this many best candidates")
+    m.add_argument("--max-score", type=float)
+    m.add_argument("--min-score", type=float)
+    m.add_argument("--absolute-margin", type=float, help="drop candidates within this of the positive's score")
+    m.add_argument("--relative-margin", type=float, help="drop candidates above the positive's score less this "
+                   "share of it (NV-Retriever's TopK-PercPos: 0.05)")
+    m.add_argument("--sampling", choices=["top", "random"], default="top")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--keep-short", action="store_true", help="keep pairs with fewer negatives than asked")
+    m.add_argument("--device", default="auto")
     return p
 
 
@@ -135,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for n in ans.cited:
                     c = ans.hits[n - 1].chunk
                     print(f"[{n}] {c.doc_id} ({c.start}-{c.end})")
+        elif a.cmd == "mine":
+            _mine(a)
         else:
             idx = RagIndex.load(a.index, device=a.device)
             run = idx.document_run(read_queries(a.queries), a.k, mode=a.mode, **_reranking(a))
@@ -151,6 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _mine(a: argparse.Namespace) -> None:
+    from rag.mining import MiningReport, mine_hard_negatives, read_pairs
+    from specs.io import atomic_write_text
+
+    pairs = read_pairs(a.pairs)
+    corpus = [d.text for d in load_documents(a.corpus)[0]] if a.corpus else []
+    embedder = load_embedder(a.embedder, device=a.device) if a.embedder else None
+    rep = MiningReport()
+    records = mine_hard_negatives(
+        pairs, embedder=embedder, corpus=corpus, num_negatives=a.negatives, range_min=a.range_min,
+        range_max=a.range_max, max_score=a.max_score, min_score=a.min_score, absolute_margin=a.absolute_margin,
+        relative_margin=a.relative_margin, sampling_strategy=a.sampling, seed=a.seed, keep_short=a.keep_short,
+        report=rep)
+    atomic_write_text(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    dropped = "; ".join(f"{n} candidates over {k}" for k, n in rep.skipped.items() if n)
+    print(f"wrote {a.out}: {rep.records} of {len(pairs)} pairs with hard negatives by "
+          f"{'cosine (' + embedder.spec + ')' if embedder else 'BM25'}"
+          + (f"; {rep.short} with fewer than {a.negatives}{' (kept)' if a.keep_short else ' (left out)'}"
+             if rep.short else "") + (f"; dropped {dropped}" if dropped else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":

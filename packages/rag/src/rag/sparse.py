@@ -77,6 +77,15 @@ class BM25Index:
             out.append([(int(i), float(scores[i])) for i in top if scores[i] > 0])
         return out
 
+    def scores(self, queries: Sequence[str]) -> np.ndarray:
+        """(len(queries), len(texts)) float64: every row's BM25 score for each query (0 where no term is shared)."""
+        out = np.zeros((len(queries), self.size), dtype=np.float64)
+        for i, q in enumerate(queries):
+            words = terms(q, self.stemmer)
+            if words:
+                out[i] = self.engine.get_scores(words)
+        return out
+
     def save(self, directory: str | Path) -> None:
         self.engine.save(str(directory), show_progress=False)
 
