@@ -41,7 +41,9 @@
 #                                      Session 32: serve's suite but test_server.py, 142 passed on an H200 (its
 #                                      guard test once python-stdnum was carried: `python -m pack doctor` on the
 #                                      card named the missing module behind the safety plugins), and pack's
-#                                      doctor and bundle tests, 32 passed
+#                                      doctor and bundle tests, 32 passed; then serve 0.18's structured
+#                                      outputs: test_structured, test_engine and test_graphs, 37 passed, and a
+#                                      CUDA-graph engine on the card kept 8 of 8 sampled JSON outputs valid
 #   bash tools/gpu_pending.sh unified-decode  kernel 0.23's unified attention in a model's decode step (FastGenerator's
 #                                      unified: no combine kernel, o's gemv reading the accumulators): with TESTS=1
 #                                      its GPU tests first; then bf16 and int8 at batch 1 by the clock, profiled,

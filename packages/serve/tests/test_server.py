@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -261,9 +262,24 @@ def test_unsupported_and_cross_field_errors_name_the_field(server, http):
         return http.post(path, json={"model": "tiny", **body})
 
     chat = {"messages": [{"role": "user", "content": "hi"}]}
-    err = _err(post("/v1/chat/completions", **chat, tools=[]), 400, "unsupported_parameter", "tools")
-    assert err["message"] == "tools is not supported by this server"
-    _err(post("/v1/completions", prompt="x", response_format={"type": "json_object"}), 400, None, "response_format")
+    err = _err(post("/v1/chat/completions", **chat, function_call="auto"), 400, "unsupported_parameter",
+               "function_call")
+    assert err["message"] == "function_call is not supported by this server"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    err = _err(post("/v1/chat/completions", **chat, tools=tools), 400, None, "tool_choice")  # auto, no parser
+    assert '"auto" tool choice needs a tool-call parser' in err["message"]
+    _err(post("/v1/completions", prompt="x", tools=tools), 400, "unknown_parameter", "tools")  # chat only
+    err = _err(post("/v1/completions", prompt="x", response_format={"type": "json_schema"}), 400, None,
+               "response_format")
+    assert "needs a json_schema object" in err["message"]
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+    err = _err(post("/v1/chat/completions", **chat, response_format=bad), 400, None, "response_format")
+    assert err["message"] == 'the JSON Schema does not compile: Unsupported type "nonsense"'
+    err = _err(post("/v1/completions", prompt="x", structured_outputs={"regex": "a", "choice": ["b"]}), 400, None,
+               "structured_outputs")
+    assert "exactly one of json, json_object, regex, choice, grammar" in err["message"]
+    _err(post("/v1/completions", prompt="x", response_format={"type": "json_object"},
+              structured_outputs={"regex": "a"}), 400, None, "structured_outputs")
     err = _err(post("/v1/completions", prompt="x", toolz=1), 400, "unknown_parameter", "toolz")
     assert "Unrecognized request argument" in err["message"]
     err = _err(post("/v1/chat/completions", messages=[{"role": "user"}]), 400, "missing_required_parameter",
@@ -310,3 +326,30 @@ def test_disconnect_mid_request_aborts_its_choices(server, monkeypatch):
     assert not engine.running and not engine.waiting
     assert engine.stats.finished.get("abort", 0) == aborted + 4
     assert 'finished_reason="abort"' in httpx.get(server[0] + "/metrics").text
+
+
+def test_structured_outputs_through_the_openai_client(server, client):
+    """The openai SDK's own parse() of a pydantic model's strict schema, vLLM's structured_outputs, json_object."""
+    from typing import Literal
+
+    from pydantic import BaseModel
+
+    class Verdict(BaseModel):
+        label: Literal["spam", "ham"]
+        confident: bool
+
+    for seed in range(3):
+        r = client.chat.completions.parse(model="tiny", messages=[{"role": "user", "content": "Classify: hi"}],
+                                          response_format=Verdict, max_tokens=60, temperature=1.0, seed=seed)
+        assert r.choices[0].finish_reason == "stop" and isinstance(r.choices[0].message.parsed, Verdict)
+    r = client.completions.create(model="tiny", prompt="Code:", max_tokens=20, temperature=1.0, seed=1,
+                                  extra_body={"structured_outputs": {"regex": "[A-Z]{2}-[0-9]{3}"}})
+    assert r.choices[0].finish_reason == "stop" and re.fullmatch("[A-Z]{2}-[0-9]{3}", r.choices[0].text)
+    stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Pick"}], stream=True,
+                                            max_tokens=20, extra_body={"structured_outputs": {"choice": ["left",
+                                                                                                         "right"]}})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) in ("left", "right")
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "JSON please"}],
+                                       response_format={"type": "json_object"}, max_tokens=80, temperature=0)
+    text, reason = r.choices[0].message.content, r.choices[0].finish_reason
+    assert text.lstrip().startswith("{") and (reason == "length" or isinstance(json.loads(text), dict))

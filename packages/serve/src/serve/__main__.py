@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--guard", default=None, help="guardrails: NAME[:ARG] of an lmstack.guards plugin, e.g. "
                    "policy:builtin:default (lmstack-safety's policies) or policy:my_policy.yaml")
+    p.add_argument("--tool-call-parser", default=None, help="read the model's own tool calls for tool_choice auto "
+                   "(vLLM's flag): hermes (<tool_call> JSON blocks: Hermes, Qwen 2.5), or an lmstack.tool_parsers "
+                   "plugin")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -82,6 +85,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from serve.server import build_app
 
     guard = load_guard(cfg.guard)  # before the model loads: a bad policy fails in seconds
+    if args.tool_call_parser:
+        from serve.tools import tool_parser
+
+        tool_parser(args.tool_call_parser)  # an unknown parser fails before the model loads too
     if args.adapter is not None:
         check_adapter(args.adapter)
     model_dir = local_path(args.model)  # a directory, or a source such as registry:NAME@production
@@ -99,7 +106,8 @@ def _main(argv: Sequence[str] | None) -> int:
                                        f"{model.config.vocab_size}")
     engine = Engine(model, tokenizer, cfg)
     name = cfg.model_name or (Path(args.adapter).resolve().name if args.adapter else source_name(args.model))
-    app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key, guard=guard)
+    app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key, guard=guard,
+                    tool_parser=args.tool_call_parser)
     print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})"
           + (f", guarded by {guard.name}" if guard is not None else ""), file=sys.stderr)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level)

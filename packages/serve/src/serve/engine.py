@@ -39,6 +39,7 @@ from serve.graphs import DecodeGraphs
 from serve.sampling import SamplingParams, TokenLogprobs, apply_penalties, make_generator, sample, token_counts
 from serve.sampling import token_logprobs as raw_logprobs
 from serve.state import SequenceState
+from serve.structured import GrammarBackend, check_accepted, mask_logits
 from specs.config import ServeConfig
 from specs.errors import CacheFullError, ConfigError, LmstackError
 
@@ -75,6 +76,7 @@ class _Request:
     num_cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     sent_prompt_logprobs: bool = False
+    matcher: Any = None  # structured outputs: the request's grammar matcher (serve.structured)
 
 
 @dataclass
@@ -128,6 +130,7 @@ class Engine:
         self.max_prefill_tokens = max_prefill_tokens
         self.device = model_device(model)
         self.generator = generator
+        self._grammars: GrammarBackend | None = None
         self.graphs = None
         if decode_graphs is not False:
             self.graphs = DecodeGraphs.try_build(model, self.cache, self.max_batch_size, self.max_seq_len,
@@ -175,12 +178,23 @@ class Engine:
         rid = request_id or f"req-{next(self._ids)}"
         state = SequenceState(prompt_ids, params, tokenizer=self.tokenizer, eos_ids=self.eos_ids)
         req = _Request(rid, prompt_ids, params, state, on_output, make_generator(params.seed, self.device))
+        if params.structured is not None:
+            req.matcher = self.grammars().matcher(params.structured)
         with self._lock:
             if len(self.waiting) + len(self._inbox) >= self.max_waiting:
                 raise ServerBusyError(f"{self.max_waiting} requests are already waiting for KV-cache room; retry later")
             self._inbox.append(req)
         self._wake.set()
         return rid
+
+    def grammars(self) -> GrammarBackend:
+        """The structured-output compiler over this engine's tokenizer (built on first use)."""
+        if self._grammars is None:
+            if self.tokenizer is None or not callable(getattr(self.tokenizer, "id_to_token", None)):
+                raise ConfigError("response_format", "structured outputs need the model's tokenizer (with "
+                                                     "id_to_token); this engine has none")
+            self._grammars = GrammarBackend(self.tokenizer, self.vocab_size, sorted(self.eos_ids))
+        return self._grammars
 
     def reset_prefix_cache(self) -> int:
         """Forget the KV cache's cached prompt prefixes (vLLM's ``reset_prefix_cache``), for a model whose weights
@@ -369,6 +383,8 @@ class Engine:
             out = token_counts([r.state.output_ids for r in reqs], self.vocab_size, logits_BV.device)
             seen = out + token_counts([r.prompt_ids for r in reqs], self.vocab_size, logits_BV.device)
             processed = apply_penalties(logits_BV, params, seen, out)
+        if any(r.matcher is not None for r in reqs):
+            processed = mask_logits(processed, [r.matcher for r in reqs])
         gens = [r.generator for r in reqs]
         if all(g is None for g in gens):  # one draw for the batch
             tokens = sample(processed, params, self.generator)
@@ -380,6 +396,8 @@ class Engine:
         picked = tokens.tolist()  # one copy to the host for the batch
         for b, req in enumerate(reqs):
             tok = picked[b]
+            if req.matcher is not None:
+                check_accepted(req.matcher, tok, req.request_id)
             lp = lps[b] if lps is not None and req.params.logprobs is not None else None
             delta = req.state.push(tok, lp)
             self.stats.generation_tokens += 1

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024  # vLLM-style servers commonly accept 32 MiB request bodies
 # Fields of the OpenAI API this server knows but does not implement: refused by name, not as unrecognized.
 UNSUPPORTED_FIELDS = frozenset({
-    "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "response_format", "metadata",
+    "functions", "function_call", "metadata",
     "reasoning_effort", "service_tier", "store", "modalities", "audio", "prediction", "web_search_options",
 })
 _INVALID_JSON = "We could not parse the JSON body of your request. The request body must be valid JSON."

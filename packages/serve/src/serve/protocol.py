@@ -3,18 +3,21 @@ SamplingParams.
 
 Field names, defaults and ranges follow the OpenAI API reference (legacy completions: ``max_tokens`` 16,
 ``logprobs`` <= 5, ``echo``; chat: ``logprobs`` bool + ``top_logprobs`` <= 20, ``max_completion_tokens``). A few
-vLLM extensions are accepted (``top_k``, ``min_p``, ``repetition_penalty``, ``stop_token_ids``, ``ignore_eos``).
+vLLM extensions are accepted (``top_k``, ``min_p``, ``repetition_penalty``, ``stop_token_ids``, ``ignore_eos``,
+``structured_outputs``). ``response_format`` (``json_object``, ``json_schema``) constrains decoding
+(:mod:`serve.structured`).
 Unknown fields are rejected (``extra="forbid"``), as OpenAI rejects them ("Unrecognized request argument").
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from serve.sampling import SamplingParams
+from serve.sampling import SamplingParams, StructuredOutput
 
 Temperature = Annotated[float, Field(ge=0, le=2)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
@@ -31,6 +34,51 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JSONSchemaFormat(_Strict):
+    """OpenAI's ``response_format.json_schema``: a named JSON Schema the output must match."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: ``text``, ``json_object`` (any JSON object) or ``json_schema``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _needs_schema(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise _invalid("response_format", "response_format of type json_schema needs a json_schema object")
+        return self
+
+
+class StructuredOutputs(_Strict):
+    """vLLM's ``structured_outputs``: exactly one of a JSON Schema (an object or its JSON text), ``json_object``,
+    a regular expression, a choice of strings, or an EBNF grammar."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    disable_any_whitespace: bool = False
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        given = [k for k, v in (("json", self.json_), ("json_object", self.json_object), ("regex", self.regex),
+                                ("choice", self.choice), ("grammar", self.grammar)) if v]
+        if len(given) != 1:
+            raise _invalid("structured_outputs", f"structured_outputs takes exactly one of json, json_object, regex, "
+                                                 f"choice, grammar; got {', '.join(given) or 'none'}")
+        if self.choice is not None and not all(self.choice):
+            raise _invalid("structured_outputs", "structured_outputs.choice must hold non-empty strings")
+        return self
 
 
 class _Sampling(_Strict):
@@ -52,6 +100,8 @@ class _Sampling(_Strict):
     repetition_penalty: Annotated[float, Field(gt=0)] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None  # vLLM's extension: regex, choice, grammar, ...
 
     @field_validator("stop")
     @classmethod
@@ -73,7 +123,30 @@ class _Sampling(_Strict):
     def _stream_opts(self) -> _Sampling:
         if self.stream_options is not None and not self.stream:
             raise _invalid("stream_options", "stream_options is only allowed when stream is true")
+        if self.structured_outputs is not None and self.response_format is not None \
+                and self.response_format.type != "text":
+            raise _invalid("structured_outputs", "give either response_format or structured_outputs, not both")
         return self
+
+    def structured(self) -> StructuredOutput | None:
+        """The constraint these fields ask for, or None (``response_format`` text or absent)."""
+        rf, so = self.response_format, self.structured_outputs
+        if so is not None:
+            ws = not so.disable_any_whitespace
+            if so.json_ is not None:
+                text = so.json_ if isinstance(so.json_, str) else json.dumps(so.json_)
+                return StructuredOutput(json=text, whitespace=ws)
+            if so.json_object:
+                return StructuredOutput(json='{"type": "object"}', whitespace=ws)
+            return StructuredOutput(regex=so.regex, choice=tuple(so.choice or ()), grammar=so.grammar)
+        if rf is None or rf.type == "text":
+            return None
+        # response_format's JSON is compact, as json.dumps writes it (", " and ": "): whitespace cannot run away
+        if rf.type == "json_object":
+            return StructuredOutput(json='{"type": "object"}', whitespace=False)
+        schema = rf.json_schema.schema_ if rf.json_schema is not None else None
+        return StructuredOutput(json=json.dumps(schema if schema is not None else {"type": "object"}),
+                                whitespace=False)
 
     def sampling_params(self, max_new_tokens: int, *, seed_offset: int = 0, logprobs: int | None = None,
                         prompt_logprobs: int | None = None) -> SamplingParams:
@@ -93,6 +166,7 @@ class _Sampling(_Strict):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            structured=self.structured(),
         )
 
 
@@ -169,6 +243,27 @@ class ChatMessage(BaseModel):
         return out
 
 
+class FunctionDef(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -176,12 +271,21 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     add_generation_prompt: bool = True
+    tools: list[ToolDef] | None = None  # serve.tools
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise _invalid("top_logprobs", "top_logprobs requires logprobs to be true")
         return self
+
+    def tool_dicts(self) -> tuple[list[dict[str, Any]] | None, Any]:
+        """(tools, tool_choice) as OpenAI sends them (what chat templates and serve.tools read)."""
+        tools = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, BaseModel) else self.tool_choice
+        return tools, choice
 
 
 class TokenizeRequest(_Strict):

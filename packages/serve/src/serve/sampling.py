@@ -27,6 +27,26 @@ NonNegFloat = Annotated[float, Field(ge=0)]
 
 
 @dataclass(frozen=True, kw_only=True)
+class StructuredOutput(ConfigBase):
+    """Constrained decoding: the output must match exactly one of a JSON Schema (``json``, as JSON text; OpenAI's
+    ``response_format``), a regular expression, one of ``choice``'s strings, or an EBNF grammar (GBNF, as
+    llama.cpp writes it), as vLLM's ``structured_outputs`` names them. ``whitespace``: JSON may hold any
+    whitespace between its tokens (False: one space after ``:`` and ``,`` and none elsewhere)."""
+
+    kind: ClassVar[str] = "StructuredOutput"
+    json: str | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] = ()
+    grammar: str | None = None
+    whitespace: bool = True
+
+    def check(self) -> None:
+        given = [n for n in ("json", "regex", "choice", "grammar") if getattr(self, n)]
+        if len(given) != 1:
+            self.fail("json", f"exactly one of json, regex, choice, grammar is needed; got {given or 'none'}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SamplingParams(ConfigBase):
     """How one request picks its tokens and when it stops. Ranges follow the OpenAI API."""
 
@@ -45,6 +65,7 @@ class SamplingParams(ConfigBase):
     ignore_eos: bool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None  # None: off; k: chosen token + top-k alternatives
     prompt_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    structured: StructuredOutput | None = None  # constrained decoding (serve.structured; the engine's requests)
 
     def check(self) -> None:
         if any(not s for s in self.stop):

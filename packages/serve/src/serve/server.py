@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from serve import tools as tools_mod
 from serve.async_engine import AsyncEngine, RequestStream, merge
 from serve.engine import Engine, RequestOutput
 from serve.errors import ModelNotFoundError
@@ -101,9 +102,12 @@ class _Choice:
 
 
 def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str | None = None,
-              max_body_bytes: int = MAX_BODY_BYTES, guard: TextGuard | None = None) -> FastAPI:
+              max_body_bytes: int = MAX_BODY_BYTES, guard: TextGuard | None = None,
+              tool_parser: str | None = None) -> FastAPI:
     """The ASGI app serving ``engine`` (started with the app, stopped at shutdown) under ``model_name``; request
-    bodies larger than ``max_body_bytes`` get 413. ``guard`` checks prompts and responses (:mod:`serve.guarding`)."""
+    bodies larger than ``max_body_bytes`` get 413. ``guard`` checks prompts and responses (:mod:`serve.guarding`).
+    ``tool_parser`` reads the model's own tool calls for ``tool_choice: auto`` (:mod:`serve.tools`: ``hermes``)."""
+    parse_calls = tools_mod.tool_parser(tool_parser) if tool_parser else None
     aengine = AsyncEngine(engine)
     metrics = ServerMetrics(engine, model_name)
     encoder = PromptEncoder(tokenizer)
@@ -302,11 +306,20 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
         messages = [m.as_template_dict() for m in req.messages]
         for k, m in enumerate(messages):
             m["content"] = checked(guard, m["content"], f"messages[{k}].content") if m["content"] else m["content"]
-        ids = encoder.chat(messages, add_generation_prompt=req.add_generation_prompt)
+        tool_list, tool_choice = req.tool_dicts()
+        tools = tools_mod.plan(tool_list, tool_choice, req.parallel_tool_calls, parse_calls)
+        if tools.structured is not None and req.structured() is not None:
+            raise APIError(400, "a tool_choice that calls a function constrains the output itself; drop "
+                                "response_format / structured_outputs", param="tool_choice", code="invalid_value")
+        ids = encoder.chat(messages, add_generation_prompt=req.add_generation_prompt, tools=tools.tools)
         max_new = req.max_completion_tokens or req.max_tokens or max(engine.max_seq_len - len(ids), 0)
         top_n = (req.top_logprobs or 0) if req.logprobs else None
-        streams = submit_all([(ids, req.sampling_params(max_new, seed_offset=j, logprobs=top_n))
-                              for j in range(req.n)])
+
+        def params(j: int) -> SamplingParams:
+            p = req.sampling_params(max_new, seed_offset=j, logprobs=top_n)
+            return p.replace(structured=tools.structured) if tools.structured is not None else p
+
+        streams = submit_all([(ids, params(j)) for j in range(req.n)])
         rid, t0 = new_id("chatcmpl"), now()
 
         outs = ChoiceGuards(guard, len(streams))
@@ -315,9 +328,12 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             choices = []
             for i, c in enumerate(results):
                 text, stopped = outs.text(i, c.text, True)
-                choices.append({"index": i, "message": {"role": "assistant", "content": text},
+                message, called = tools.message(text) if tools.active and not stopped else (
+                    {"role": "assistant", "content": text}, False)
+                choices.append({"index": i, "message": message,
                                 "logprobs": chat_logprobs(tok_text, c.logprobs, top_n) if top_n is not None else None,
-                                "finish_reason": "content_filter" if stopped else c.finish_reason})
+                                "finish_reason": "content_filter" if stopped else
+                                tools.finish_reason(c.finish_reason, called)})
             use = usage(len(ids), sum(c.n_out for c in results), results[0].cached)
             return JSONResponse(chat_body(rid, model_name, t0, choices, use))
 
@@ -331,6 +347,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             start = time.monotonic()
             n_out = [0] * len(streams)
             filtered: set[int] = set()
+            held = [""] * len(streams)  # with tools: a choice's text, sent whole when it ends (serve.tools)
             try:
                 for i in range(len(streams)):
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -350,6 +367,15 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                         if stopped:  # the guard ended this choice: no more of it is generated or sent
                             filtered.add(i)
                             streams[i].abort()
+                        if tools.active and not stopped:
+                            held[i] += text
+                            if lps:
+                                yield chunk([{"index": i, "delta": {}, "logprobs": lps, "finish_reason": None}])
+                            if out.finished:
+                                message, called = tools.message(held[i])
+                                yield chunk([{"index": i, "delta": tools_mod.stream_delta(message), "logprobs": None,
+                                              "finish_reason": tools.finish_reason(out.finish_reason, called)}])
+                            continue
                         if text or lps or out.finished or stopped:
                             reason = "content_filter" if stopped else out.finish_reason if out.finished else None
                             yield chunk([{"index": i, "delta": {"content": text} if text else {}, "logprobs": lps,

@@ -46,13 +46,16 @@ class PromptEncoder:
                 ids.extend(int(t) for t in self._encode_text(piece))
         return ids
 
-    def chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of the rendered chat prompt."""
+    def chat(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True,
+             tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Token ids of the rendered chat prompt; ``tools`` (OpenAI's function tools) reach the template as its
+        ``tools`` variable, as in Hugging Face's ``apply_chat_template``."""
         apply = getattr(self.tokenizer, "apply_chat_template", None)
         if apply is None:
             raise ConfigError("messages", "this model's tokenizer has no chat template; use /v1/completions")
+        extra = {"tools": list(tools)} if tools else {}
         try:
-            text = apply(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+            text = apply(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False, **extra)
         except ConfigError:
             raise
         except Exception as exc:  # a template's raise_exception(...) or a Jinja error names the problem
