@@ -37,6 +37,17 @@ def test_engine_vs_transformers_same_tokens(capsys, tmp_path):
     assert json.loads(out.read_text()) == doc
 
 
+def test_structured_variant_beside_plain(capsys):
+    """--structured: the same requests constrained to a regex, every output matching it, the ratio reported."""
+    doc = _run(capsys, [*TINY, "--requests", "3", "--concurrency", "3", "--new-tokens", "6", "--variants", "lmstack",
+                        "--structured", "[a-z ]*", "--tokenizer", "byte"])
+    r = doc["results"]
+    plain, constrained = r["variants"]["lmstack"], r["variants"]["lmstack_structured"]
+    assert plain["output_tokens"] == constrained["output_tokens"] == 18
+    assert r["structured_valid"] == 1.0
+    assert r["structured_vs_plain"] == pytest.approx(constrained["output_tokens_per_s"] / plain["output_tokens_per_s"])
+
+
 def test_latencies_from_the_plugin_timestamps(capsys, monkeypatch):
     """A stand-in engine with known timestamps: tokens/s, TTFT and ITL are computed from them as documented."""
     real = bench_engine.resolve

@@ -53,3 +53,12 @@ def test_entry_point_and_errors(tiny_lm):
         run_requests(tiny_lm, [[1, 2]], 2, max_batch_size=2, prefix_cachin=False)
     with pytest.raises(LmstackError, match="maximum context length"):
         run_requests(tiny_lm, [[1] * 250], 10, max_batch_size=2)
+
+
+def test_structured_requests_keep_to_their_grammar(tiny_lm, tokenizer):
+    import re
+
+    res = run_requests(tiny_lm, [tokenizer.encode("a"), tokenizer.encode("bc")], 12, max_batch_size=2, block_size=4,
+                       tokenizer=tokenizer, structured={"regex": "[a-z ]*"})
+    for r in res:
+        assert len(r["token_ids"]) == 12 and re.fullmatch("[a-z ]*", tokenizer.decode(r["token_ids"]))

@@ -100,6 +100,14 @@ def test_unconstrained_requests_are_untouched(tiny_lm, tokenizer):
     assert mixed[0][0] in ("alpha", "beta") and mixed[0][2] == "stop"
 
 
+def test_a_complete_output_ends_the_request_even_with_ignore_eos(tiny_lm, tokenizer):
+    engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=64))
+    so = StructuredOutput(choice=("on", "off"))
+    (text, ids, reason), = _run(engine, [(tokenizer.encode("x"), SamplingParams(max_new_tokens=30, ignore_eos=True,
+                                                                                structured=so))])
+    assert text in ("on", "off") and reason == "stop" and ids[-1] == tokenizer.eos_id
+
+
 def test_logprobs_are_the_models_and_the_budget_can_end_a_prefix(tiny_lm, tokenizer):
     engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=64))
     so = StructuredOutput(json=json.dumps(SCHEMA), whitespace=False)

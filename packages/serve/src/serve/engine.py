@@ -400,6 +400,8 @@ class Engine:
                 check_accepted(req.matcher, tok, req.request_id)
             lp = lps[b] if lps is not None and req.params.logprobs is not None else None
             delta = req.state.push(tok, lp)
+            if req.matcher is not None and not req.state.finished and req.matcher.is_terminated():
+                delta += req.state.finish_stop()  # complete (its end token taken even with ignore_eos)
             self.stats.generation_tokens += 1
             req.first_token_at = req.first_token_at or now
             length_cap = len(req.prompt_ids) + len(req.state.output_ids) >= self.max_seq_len

@@ -15,22 +15,27 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from serve.engine import Engine, RequestOutput
-from serve.sampling import SamplingParams
+from serve.sampling import SamplingParams, StructuredOutput
 from specs.config import ServeConfig
 from specs.errors import ConfigError, LmstackError
 
 
 def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, max_batch_size: int,
                  block_size: int = 16, num_blocks: int | None = None, max_steps: int = 1_000_000,
+                 tokenizer: Any = None, structured: StructuredOutput | Mapping[str, Any] | None = None,
                  **config_overrides: Any) -> list[dict[str, Any]]:
     """Serve ``prompts`` (token-id lists) greedily on ``model``, at most ``max_batch_size`` running at once.
 
     ``num_blocks`` None sizes the KV pool for ``max_batch_size`` requests of the longest prompt plus
     ``max_new_tokens`` (no preemption); ``config_overrides`` are further :class:`specs.config.ServeConfig` fields.
+    ``structured`` (a StructuredOutput or its fields) constrains every request (:mod:`serve.structured`; needs
+    ``tokenizer``). With EOS disabled its
+    grammar must always allow one more token (a regex such as ``[a-z ]*``): one whose output can be complete
+    leaves such a request nothing to sample.
     Returns, per prompt in order, a dict with ``request_id``, ``token_ids`` (the ``max_new_tokens`` generated ids),
     ``token_times`` (``time.perf_counter()`` seconds when each token reached the host), ``token_steps`` (index of the
     engine step that produced each token), ``submit_time`` (when all requests were submitted, same clock),
@@ -46,8 +51,10 @@ def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: i
     if num_blocks is None:
         num_blocks = max_batch_size * math.ceil((fields["max_seq_len"] or longest) / block_size)
     config = ServeConfig.from_dict({**fields, "num_blocks": num_blocks}, path="serve")
-    engine = Engine(model, None, config, eos_ids=(), max_waiting=len(prompts))
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True)
+    if isinstance(structured, Mapping):
+        structured = StructuredOutput.from_dict(structured, path="structured")
+    engine = Engine(model, tokenizer, config, eos_ids=(), max_waiting=len(prompts))
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True, structured=structured)
     records = [{"request_id": f"req-{i}", "token_ids": [], "token_times": [], "token_steps": [],
                 "num_prompt_tokens": len(p), "finish_reason": None, "error": None} for i, p in enumerate(prompts)]
     step = 0

@@ -71,6 +71,15 @@ class SequenceState:
         self.text += delta
         return delta
 
+    def finish_stop(self) -> str:
+        """End because the output is complete (a structured output's grammar has ended); return held-back text."""
+        if self.finished:
+            return ""
+        self.finish_reason = "stop"
+        delta = self._release()
+        self.text += delta
+        return delta
+
     def _release(self) -> str:
         """At the end: flush text held back for a partial character or a possible stop string. The flushed
         characters can still complete a stop string, which then becomes the finish reason."""

@@ -16,6 +16,12 @@ Variants, each in the same run on the same card and weights:
 
 ``speedup_vs_transformers`` is the ratio of output tokens/s; ``greedy_agreement`` is the fraction of equal tokens
 over the first 16 tokens of the first 4 requests (bf16 random models disagree a little on near-ties: reported only).
+
+``--structured REGEX`` adds ``lmstack_structured``: the same requests with every one constrained to the regular
+expression (serve's structured outputs: a grammar matcher's token mask a request a step), beside ``lmstack`` run
+with the same ``--tokenizer`` (so both detokenize alike); ``structured_vs_plain`` is the ratio of their tokens/s and
+``structured_valid`` the share of outputs the regex matches. With EOS off the language must never force an end
+(``[a-z ,.]*``, not JSON that can close).
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="paged", help="lmstack.engines entry point to benchmark")
     p.add_argument("--prefer", default="", help="kernel choices, e.g. attention=sdpa")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and prompts")
+    p.add_argument("--structured", default="", metavar="REGEX",
+                   help="also run every request constrained to this regex (variant lmstack_structured)")
+    p.add_argument("--tokenizer", default="byte",
+                   help="with --structured: the tokenizer spec the engine detokenizes and builds the grammar with")
 
 
 def _check(args: argparse.Namespace, max_seq_len: int) -> None:
@@ -76,9 +86,10 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _lmstack(model: Any, prompts: list[list[int]], args: argparse.Namespace, device: str) -> tuple[dict, list]:
+def _lmstack(model: Any, prompts: list[list[int]], args: argparse.Namespace, device: str,
+            **extra: Any) -> tuple[dict, list]:
     run_requests = resolve("lmstack.engines", args.engine)
-    kw = {"max_batch_size": args.concurrency, "block_size": args.block_size}
+    kw = {"max_batch_size": args.concurrency, "block_size": args.block_size, **extra}
     if args.warmup:
         run_requests(model, prompts, args.warmup, **kw)
     _reset_peak(device)
@@ -141,8 +152,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                "requests": args.requests, "concurrency": min(args.concurrency, args.requests),
                                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "variants": {}}
     ours = theirs = None
+    tok: dict[str, Any] = {}
+    if args.structured:
+        tok["tokenizer"] = resolve("lmstack.tokenizers", "auto")(args.tokenizer)
+        if tok["tokenizer"].vocab_size > cfg.vocab_size:
+            raise ConfigError("--tokenizer", f"{tok['tokenizer'].vocab_size} ids, more than the preset's vocabulary "
+                                             f"({cfg.vocab_size})")
     if "lmstack" in args.variants:
-        results["variants"]["lmstack"], ours = _lmstack(model, prompts, args, device)
+        results["variants"]["lmstack"], ours = _lmstack(model, prompts, args, device, **tok)
+        if args.structured:
+            import re
+
+            variant, texts = _lmstack(model, prompts, args, device, structured={"regex": args.structured}, **tok)
+            results["variants"]["lmstack_structured"] = variant
+            decode = tok["tokenizer"].decode
+            results["structured_valid"] = sum(bool(re.fullmatch(args.structured, decode(t))) for t in texts) / len(
+                texts)
+            results["structured_vs_plain"] = (variant["output_tokens_per_s"]
+                                              / results["variants"]["lmstack"]["output_tokens_per_s"])
     if "transformers" in args.variants:
         results["variants"]["transformers"], theirs = _transformers(model, cfg, dtype, prompts, args, device)
     if ours is not None and theirs is not None:
