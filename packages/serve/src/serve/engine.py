@@ -39,7 +39,7 @@ from serve.graphs import DecodeGraphs
 from serve.sampling import SamplingParams, TokenLogprobs, apply_penalties, make_generator, sample, token_counts
 from serve.sampling import token_logprobs as raw_logprobs
 from serve.state import SequenceState
-from serve.structured import GrammarBackend, check_accepted, mask_logits
+from serve.structured import GrammarBackend, check_accepted
 from specs.config import ServeConfig
 from specs.errors import CacheFullError, ConfigError, LmstackError
 
@@ -327,6 +327,7 @@ class Engine:
         # (G, n, V) where a request wants its prompt's logprobs, else the last position's alone where the model can
         keep = {} if any(want for *_, want in group) or not keeps_logits(self.model) else {"logits_to_keep": 1}
         logits = self.model(ids, cache=self.cache, **keep)
+        masks = self._masks([req for req, *_ in group])  # on the host while the device runs the forward
         sample_rows, sample_reqs = [], []
         for i, (req, _, _, want_plp) in enumerate(group):
             if want_plp:
@@ -341,7 +342,9 @@ class Engine:
             sample_rows.append(i)
             sample_reqs.append(req)
         if sample_reqs:
-            self._sample(sample_reqs, logits[sample_rows, -1].float())
+            if masks is not None and len(sample_rows) < len(group):  # some requests wanted no token: re-index
+                masks = self._masks(sample_reqs)
+            self._sample(sample_reqs, logits[sample_rows, -1].float(), masks)
 
     def _decode(self, batch: list[_Request]) -> None:
         ready: list[_Request] = []
@@ -368,7 +371,7 @@ class Engine:
             self.cache.set_active([r.request_id for r in ready])
             last = torch.tensor([[r.state.output_ids[-1]] for r in ready], dtype=torch.long, device=self.device)
             logits = self.model(last, cache=self.cache)[:, -1].float()  # (B, V)
-        self._sample(ready, logits)
+        self._sample(ready, logits, self._masks(ready))  # masks filled while the device runs the step
 
     def _preempt(self, req: _Request) -> None:
         self.running.remove(req)
@@ -376,15 +379,22 @@ class Engine:
         self.waiting.appendleft(req)
         self.stats.preemptions += 1
 
-    def _sample(self, reqs: list[_Request], logits_BV: torch.Tensor) -> None:
+    def _masks(self, reqs: list[_Request]) -> tuple[list[int], torch.Tensor] | None:
+        """Structured outputs: the constrained rows' next-token bitmask (serve.structured), None without any."""
+        if all(r.matcher is None for r in reqs):
+            return None
+        return self.grammars().fill([r.matcher for r in reqs])
+
+    def _sample(self, reqs: list[_Request], logits_BV: torch.Tensor,
+                masks: tuple[list[int], torch.Tensor] | None = None) -> None:
         params = [r.params for r in reqs]
         processed = logits_BV
         if any(p.needs_penalties for p in params):
             out = token_counts([r.state.output_ids for r in reqs], self.vocab_size, logits_BV.device)
             seen = out + token_counts([r.prompt_ids for r in reqs], self.vocab_size, logits_BV.device)
             processed = apply_penalties(logits_BV, params, seen, out)
-        if any(r.matcher is not None for r in reqs):
-            processed = mask_logits(processed, [r.matcher for r in reqs])
+        if masks is not None:
+            processed = self.grammars().apply(processed, masks)
         gens = [r.generator for r in reqs]
         if all(g is None for g in gens):  # one draw for the batch
             tokens = sample(processed, params, self.generator)
