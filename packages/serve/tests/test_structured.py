@@ -134,3 +134,27 @@ def test_bad_specs_are_config_errors(tiny_lm, tokenizer):
     with pytest.raises(ConfigError, match="need the model's tokenizer"):
         Engine(tiny_lm, None, ServeConfig(block_size=8, num_blocks=64)).submit(
             [1], SamplingParams(structured=StructuredOutput(regex="a")), on_output=print)
+
+
+def test_generate_and_generate_stream_are_constrained_too(tiny_lm, tokenizer):
+    """The notebook path: generate()'s greedy constrained tokens equal the engine's; sampled rows validate."""
+    from serve.generate import generate, generate_stream
+
+    so = {"json": json.dumps(SCHEMA), "whitespace": False}
+    prompt = tokenizer.encode("Reply in JSON:")
+    res = generate(tiny_lm, [prompt], 120, tokenizer=tokenizer, structured=so, return_dict=True)
+    engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=128))
+    (_, ids, reason), = _run(engine, [(prompt, SamplingParams(max_new_tokens=120, structured=StructuredOutput(**so)))])
+    assert res.tokens[0] == ids and res.finish_reasons[0] == reason == "stop"
+    res = generate(tiny_lm, [prompt] * 3, 120, tokenizer=tokenizer, structured=so, temperature=1.0, seed=3,
+                   return_dict=True)
+    for text, reason in zip(res.texts, res.finish_reasons):
+        assert reason == "stop"
+        jsonschema.validate(json.loads(text), SCHEMA)
+    text = "".join(d for _, d in generate_stream(tiny_lm, [prompt], 30, tokenizer=tokenizer, ignore_eos=True,
+                                                 structured={"choice": ["north", "south"]}))
+    assert text in ("north", "south")
+    with pytest.raises(ConfigError, match="not with beam search"):
+        generate(tiny_lm, [prompt], 5, tokenizer=tokenizer, num_beams=2, structured=so)
+    with pytest.raises(ConfigError, match="need tokenizer="):
+        generate(tiny_lm, [prompt], 5, structured=so)

@@ -157,10 +157,13 @@ class BatchDecoder:
 
 
 class TokenPicker:
-    """Penalties and sampling for a fixed batch, keeping per-row token counts up to date."""
+    """Penalties, structured-output masks and sampling for a fixed batch, keeping per-row token counts and grammar
+    matchers up to date. ``grammars`` (a :class:`serve.structured.GrammarBackend`) is needed when a row's params
+    are ``structured``."""
 
     def __init__(self, params: Sequence[SamplingParams], prompts: Sequence[Sequence[int]], vocab_size: int,
-                 device: torch.device, generator: torch.Generator | Sequence[torch.Generator | None] | None):
+                 device: torch.device, generator: torch.Generator | Sequence[torch.Generator | None] | None,
+                 grammars: Any = None):
         self.params = list(params)
         self.generator = generator
         self.vocab_size = vocab_size
@@ -168,14 +171,31 @@ class TokenPicker:
         if self.penalised:
             self.prompt_counts = token_counts(prompts, vocab_size, device)
             self.output_counts = torch.zeros_like(self.prompt_counts)
+        self.grammars = grammars
+        self.matchers = [grammars.matcher(p.structured) if grammars is not None and p.structured is not None else None
+                         for p in self.params]
 
     def pick(self, logits_BV: torch.Tensor) -> torch.Tensor:
+        masks = self.grammars.fill(self.matchers) if self.grammars is not None else None
         if self.penalised:
             logits_BV = apply_penalties(logits_BV, self.params, self.prompt_counts + self.output_counts,
                                         self.output_counts)
+        if masks is not None:
+            logits_BV = self.grammars.apply(logits_BV, masks)
         return sample(logits_BV, self.params, self.generator)
 
     def record(self, tokens_B: torch.Tensor, live_B: torch.Tensor) -> None:
         if self.penalised:
             self.output_counts.scatter_add_(1, tokens_B[:, None].to(self.output_counts.device),
                                             live_B[:, None].to(self.output_counts))
+        if any(m is not None for m in self.matchers):
+            from serve.structured import check_accepted
+
+            picked = tokens_B.tolist()
+            for b in live_B.nonzero().flatten().tolist():
+                if self.matchers[b] is not None:
+                    check_accepted(self.matchers[b], picked[b], f"row {b}")
+
+    def complete(self, b: int) -> bool:
+        """Whether row ``b``'s structured output is complete (its grammar has ended)."""
+        return self.matchers[b] is not None and self.matchers[b].is_terminated()

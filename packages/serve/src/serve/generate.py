@@ -7,6 +7,7 @@ an instrumented variant that logs latency and throughput.
     out = generate(model, ids, num_beams=4, length_penalty=1.0)              # beam search (serve.beam)
     out = generate(model, ids, draft_model=small, num_draft_tokens=4)        # speculative (serve.speculative)
     res = generate(model, ids, tokenizer=tok, stop=["\\n"], logprobs=2, prompt_logprobs=0, return_dict=True)
+    res = generate(model, ids, tokenizer=tok, structured={"json": SCHEMA_TEXT}, return_dict=True)  # constrained
     for token_id, text in generate_stream(model, ids, tokenizer=tok): ...   # a specs TokenStream
 
 Sampling keywords are the fields of :class:`serve.sampling.SamplingParams`; an unknown keyword fails with the list
@@ -138,6 +139,9 @@ def generate(model: Any, input_ids: Any, max_new_tokens: int = 64, *, attn_mask:
     check_prompt(model, ids_BT, sp.max_new_tokens, beams=num_beams > 1)
     if generator is None:
         generator = make_generator(sp.seed, model_device(model))
+    if sp.structured is not None and (num_beams > 1 or draft_model is not None):
+        raise ConfigError("structured", "structured outputs decode one token at a time: not with beam search or "
+                                        "speculative decoding")
     if num_beams > 1:
         if draft_model is not None:
             raise ConfigError("num_beams", "beam search and speculative decoding cannot be combined")
@@ -168,14 +172,19 @@ def _sample_batch(model: Any, ids_BT: torch.Tensor, mask_BT: torch.Tensor | None
             T = ids_BT.shape[1]
             prompt_lps = [prompt_token_logprobs(dec.prompt_logits_BTV[b, T - len(p):], p, sp.prompt_logprobs)
                           for b, p in enumerate(prompts)]
-        picker = TokenPicker([sp] * B, prompts, logits.shape[-1], logits.device, generator)
+        picker = TokenPicker([sp] * B, prompts, logits.shape[-1], logits.device, generator,
+                             grammars=grammars(sp, tokenizer, logits.shape[-1], eos))
         live = torch.ones(B, dtype=torch.bool)
         for _ in range(sp.max_new_tokens):
             tokens = picker.pick(logits)
             lps = token_logprobs(logits, tokens, [sp.logprobs] * B) if sp.logprobs is not None else [None] * B
-            for b in live.nonzero().flatten().tolist():
+            rows = live.nonzero().flatten().tolist()
+            for b in rows:
                 states[b].push(int(tokens[b]), lps[b])
             picker.record(tokens, live)
+            for b in rows:
+                if picker.complete(b):
+                    states[b].finish_stop()
             live = torch.tensor([not s.finished for s in states])
             if not live.any():
                 break
@@ -188,6 +197,17 @@ def _sample_batch(model: Any, ids_BT: torch.Tensor, mask_BT: torch.Tensor | None
         if not s.finished:
             s.finish_length()
     return collect(ids_BT, states, pad, tokenizer, prompt_lps, want_logprobs=sp.logprobs is not None)
+
+
+def grammars(sp: SamplingParams, tokenizer: Any, vocab_size: int, eos: Sequence[int]) -> Any:
+    """The structured-output compiler ``sp.structured`` needs (None without it; ConfigError without a tokenizer)."""
+    if sp.structured is None:
+        return None
+    if tokenizer is None or not callable(getattr(tokenizer, "id_to_token", None)):
+        raise ConfigError("structured", "structured outputs need tokenizer= (its vocabulary builds the grammar)")
+    from serve.structured import GrammarBackend
+
+    return GrammarBackend(tokenizer, vocab_size, eos)
 
 
 def collect(ids_BT: torch.Tensor, states: Sequence[SequenceState], pad: int, tokenizer: Any,
@@ -233,11 +253,14 @@ def _stream(model: Any, input_ids: Any, sp: SamplingParams, tokenizer: Any, eos:
         return
     dec = BatchDecoder(model, ids_BT, mask_BT, sp.max_new_tokens)
     logits = dec.prefill()
-    picker = TokenPicker([sp], prompts, logits.shape[-1], logits.device, generator)
+    picker = TokenPicker([sp], prompts, logits.shape[-1], logits.device, generator,
+                         grammars=grammars(sp, tokenizer, logits.shape[-1], eos))
     while True:
         token = picker.pick(logits)
         delta = state.push(int(token[0]))
         picker.record(token, torch.ones(1, dtype=torch.bool))
+        if picker.complete(0):
+            delta += state.finish_stop()
         if not state.finished and dec.room == 0:
             delta += state.finish_length()
         yield int(token[0]), delta, dec

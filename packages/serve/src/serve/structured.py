@@ -101,7 +101,7 @@ class GrammarBackend:
         """(rows with a matcher, their next-token bitmask) on the host, or None when no row has one. The engine
         calls this after it launched a step's forward, so the host fills while the GPU computes (vLLM's
         overlap); one matcher after another: XGrammar's threaded batch fill ran 2.3x slower here (benchmarks.md)."""
-        rows = [b for b, m in enumerate(matchers) if m is not None]
+        rows = [b for b, m in enumerate(matchers) if m is not None and not m.is_terminated()]  # finished: no mask
         if not rows:
             return None
         bitmask = _xgr().allocate_token_bitmask(len(rows), self.vocab_size)
