@@ -289,6 +289,22 @@ def test_redteam_a_served_model(chat_model, tmp_path):
         assert f"wrote {out / name}.json" in proc.stdout and (out / f"{name}.md").read_text().startswith("# Red-team")
 
 
+def test_structured_outputs_and_tool_calls(chat_model, tmp_path):
+    proc = run(["bash", "examples/structured_tools.sh", str(chat_model)],
+               env={"PORT": str(_free_port()), "OUT": str(tmp_path / "st")}, timeout=180)
+    out = proc.stdout
+    ticket = json.loads(out.split("==> response_format=Ticket\n")[1].splitlines()[0])
+    assert ticket["priority"] in ("low", "high", "urgent") and ticket["component"] in ("auth", "billing", "search")
+    assert isinstance(ticket["needs_human"], bool)
+    assert re.fullmatch("[A-Z]{3}-[0-9]{4}", out.split("==> structured_outputs regex [A-Z]{3}-[0-9]{4}\n")[1]
+                        .splitlines()[0])
+    named = json.loads(out.split("==> tool_choice named get_weather\n")[1].splitlines()[0])
+    assert named["name"] == "get_weather" and named["finish_reason"] == "stop"
+    assert named["arguments"]["city"] in ("Paris", "Oslo", "Lima") and named["arguments"]["unit"] in ("C", "F")
+    picked = json.loads(out.split("==> tool_choice required\n")[1].splitlines()[0])
+    assert picked["name"] in ("get_weather", "get_time") and picked["finish_reason"] == "tool_calls"
+
+
 def test_registry_to_production_serving(tmp_path):
     run([sys.executable, "-m", "train.run", "--config", "cfgs/debug.yaml", "--train.out_dir", str(tmp_path / "run"),
          "--train.steps", "4", "--train.eval_every", "0", "--train.ckpt_every", "2"])
