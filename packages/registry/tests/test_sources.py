@@ -84,3 +84,21 @@ def test_fine_tuning_starts_from_a_registry_version(tmp_path, monkeypatch):
     assert Path(parent["path"]) == tmp_path / "reg" / "checkouts" / v.digest.removeprefix("sha256:")
     assert parent["sha256"] == next(f.sha256 for f in v.files if f.path == "model.safetensors")
     assert cli([*common, "--train.out_dir", str(tmp_path / "bad"), "--train.init_from", "registry:nope"]) == 2
+
+
+def test_gc_removes_the_checkouts_of_deleted_versions_only(registered):
+    root, _, v1, v2 = registered
+    prod, latest = local_path("registry:tiny@production"), local_path("registry:tiny")
+    dead = root / "checkouts" / ".x.999999999.0123abcd.tmp"  # a checkout whose writer has exited
+    dead.mkdir()
+    (dead / "half").write_bytes(b"x" * 100)
+    with Registry(root) as reg:
+        r = reg.gc()
+        assert r.checkouts_removed == 1 and r.bytes_freed == 100 and prod.is_dir() and latest.is_dir()
+        reg.apply_retention({"keep_last": 0, "keep_stages": ["production"]}, "tiny")  # deletes v2
+        size = sum(f.stat().st_size for f in latest.rglob("*") if f.is_file())
+        r = reg.gc()
+        assert r.checkouts_removed == 1 and not latest.exists() and prod.is_dir()
+        assert r.bytes_freed >= size  # the checkout's bytes, besides v2's own blobs
+        assert reg.history()[-1].details["checkouts_removed"] == 1
+    assert local_path("registry:tiny@production") == prod  # the live version's checkout is still served

@@ -149,7 +149,8 @@ def run(args: argparse.Namespace, reg: Registry) -> tuple[Any, str]:
         return {**plan.to_dict(), "applied": args.apply}, "\n".join(lines)
     if cmd == "gc":
         r = reg.gc(actor=actor)
-        return r.to_dict(), f"freed {_size(r.bytes_freed)} ({r.blobs_removed} blobs, {r.temp_files_removed} temp files)"
+        return r.to_dict(), (f"freed {_size(r.bytes_freed)} ({r.blobs_removed} blobs, {r.temp_files_removed} "
+                             f"temp files, {r.checkouts_removed} checkouts)")
     if cmd == "history":
         events = [e.to_dict() for e in reg.history(args.name)]
         return events, "\n".join(f"{e['time']}  {e['actor']:<10} {e['action']:<17} {e['model'] or '-'}"

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,14 @@ def parse_iso(text: str) -> datetime:
 
 def tmp_path(target: Path) -> Path:
     return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def remove_path(p: Path) -> None:
+    """Remove a file, a link or a directory tree."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def tmp_owner_alive(path: Path) -> bool:

@@ -8,11 +8,10 @@ IntegrityError naming the file and both digests, and nothing is left behind.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry._io import copy_hashing, fsync_dir, tmp_path
+from registry._io import copy_hashing, fsync_dir, remove_path, tmp_path
 from registry.blobs import BlobStore
 from registry.errors import IntegrityError, RegistryError
 from registry.manifest import FileEntry, safe_relpath
@@ -38,13 +37,6 @@ def _check_dest(dest: Path, overwrite: bool) -> None:
                             "to replace it")
 
 
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    else:
-        p.unlink(missing_ok=True)
-
-
 def materialize(blobs: BlobStore, kind: str, files: Sequence[FileEntry], dest: Path, *, overwrite: bool,
                 where: str) -> Path:
     """Write the version's file (``kind == "file"``) or directory tree at ``dest``; see the module docstring."""
@@ -66,12 +58,12 @@ def materialize(blobs: BlobStore, kind: str, files: Sequence[FileEntry], dest: P
             old = tmp_path(dest)
             os.rename(dest, old)
             os.rename(tmp, dest)
-            _remove(old)
+            remove_path(old)
         else:
             os.rename(tmp, dest)
     except BaseException:
         if tmp.exists():
-            _remove(tmp)
+            remove_path(tmp)
         raise
     fsync_dir(dest.parent)
     return dest

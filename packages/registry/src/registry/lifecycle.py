@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from registry import promotion, retention, signing
-from registry._io import iso, tmp_owner_alive
+from registry._io import is_tmp, iso, remove_path, tmp_owner_alive
 from registry.errors import GateError, NotFoundError, SignatureError
 from registry.index import transaction
 from registry.manifest import NAME_RE, ModelVersion
@@ -191,9 +191,11 @@ class Registry(Store):
         return plan
 
     def gc(self, *, actor: str | None = None) -> GcResult:
-        """Remove blobs no live version references (deleted versions' and orphans of interrupted registers) and
-        temp files whose writer has exited; returns what was freed. Holds the write lock, so a concurrent
-        register either committed first (its blobs are referenced) or re-checks its blobs after."""
+        """Remove blobs no live version references (deleted versions' and orphans of interrupted registers), temp
+        files whose writer has exited, and checkouts (``<root>/checkouts/``, the ``registry:`` model source's
+        cache) of deleted or missing versions or half-written by an exited process; returns what was freed.
+        Holds the write lock, so a concurrent register either committed first (its blobs are referenced) or
+        re-checks its blobs after."""
         with transaction(self.db):
             live = {r[0] for r in self.db.execute("SELECT DISTINCT f.sha256 FROM files f JOIN versions v ON "
                                                   "f.model=v.model AND f.version=v.version WHERE v.deleted_at IS NULL")}
@@ -210,8 +212,23 @@ class Registry(Store):
                 if d.name.isdigit() and self.db.execute("SELECT 1 FROM versions WHERE model=? AND version=?",
                                                         (d.parent.name, int(d.name))).fetchone() is None:
                     shutil.rmtree(d)
-            result = GcResult(freed, removed, temps)
-            if removed or temps:
+            checkouts = 0
+            root = self.root / "checkouts"  # registry:NAME@REF sources' cache (registry.sources), one per digest
+            if root.is_dir():
+                digests = {r[0].removeprefix("sha256:") for r in
+                           self.db.execute("SELECT digest FROM versions WHERE deleted_at IS NULL")}
+                for d in list(root.iterdir()):
+                    if (not tmp_owner_alive(d)) if is_tmp(d) else d.name not in digests:
+                        freed += _tree_bytes(d)
+                        remove_path(d)
+                        checkouts += 1
+            result = GcResult(freed, removed, temps, checkouts)
+            if removed or temps or checkouts:
                 self._event(actor, "gc", None, None, **result.to_dict())
         return result
 
+
+def _tree_bytes(p: Path) -> int:
+    if p.is_file() or p.is_symlink():
+        return p.lstat().st_size
+    return sum(f.lstat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())

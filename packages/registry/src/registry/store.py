@@ -91,6 +91,7 @@ class GcResult:
     bytes_freed: int
     blobs_removed: int
     temp_files_removed: int
+    checkouts_removed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
