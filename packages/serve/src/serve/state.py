@@ -64,18 +64,16 @@ class SequenceState:
 
     def finish_length(self) -> str:
         """End early because the context is full; return any held-back text."""
-        if self.finished:
-            return ""
-        self.finish_reason = "length"
-        delta = self._release()
-        self.text += delta
-        return delta
+        return self._finish("length")
 
     def finish_stop(self) -> str:
         """End because the output is complete (a structured output's grammar has ended); return held-back text."""
+        return self._finish("stop")
+
+    def _finish(self, reason: str) -> str:
         if self.finished:
             return ""
-        self.finish_reason = "stop"
+        self.finish_reason = reason
         delta = self._release()
         self.text += delta
         return delta

@@ -12,22 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 OUT=${OUT:-runs/finetune}
-BASE=${BASE:-}
-mkdir -p artifacts
-
-if [ -z "$BASE" ]; then
-  echo "==> 1. no BASE given: training the stand-in base (base.yaml) into runs/base"
-  rm -rf runs/base
-  "$PY" -m train.run --config base.yaml ${STEPS:+--train.steps "$STEPS"} >artifacts/base.log 2>&1 || {
-    cat artifacts/base.log; exit 1; }
-  BASE=$(ls -d runs/base/checkpoints/step_* | tail -n 1)
-else
-  echo "==> 1. base model: $BASE"
-fi
-# a model source (registry:NAME@REF) as its local directory; artifacts/base -> it, as finetune.yaml names
-LOCAL=$("$PY" -c 'import sys; from specs.sources import local_path; print(local_path(sys.argv[1]).resolve())' "$BASE")
-ln -sfn "$LOCAL" artifacts/base
-echo "    artifacts/base -> $LOCAL"
+# shellcheck source=base.sh
+source base.sh
 
 echo "==> 2. data/: curated and tokenized with the base's own tokenizer into artifacts/shards"
 "$PY" -m corpus.cli build --input data --outdir artifacts/shards --tokenizer artifacts/base --progress off \
