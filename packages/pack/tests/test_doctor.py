@@ -216,7 +216,10 @@ def test_triton_and_interpreter_checks():
     by_name = {c.name: c for c in absent}
     assert by_name["triton"].status == "warn" and by_name["triton"].fix == "pip install triton"
     assert by_name["flash_attn"].status == "ok"
+    assert by_name["xgrammar"].status == "ok" and "lmstack-serve[structured]" in by_name["xgrammar"].detail
     assert by_name["TRITON_INTERPRET"].status == "warn"
+    present = {c.name: c for c in doctor.kernel_checks(cuda, {}, find_spec=lambda name: object())}
+    assert present["xgrammar"].detail.startswith("xgrammar ")
     cpu = doctor.kernel_checks(TorchInfo("2.6.0+cpu", None, None, False), {"TRITON_INTERPRET": "1"},
                                find_spec=lambda name: None)
     assert all(c.status == "ok" for c in cpu)

@@ -3,8 +3,8 @@
 Each check reports ``ok``, ``warn`` or ``error`` with a one-line detail and, for a warn or an error, the fix (a pip
 command or a setting). The checks: the Python version against every lmstack distribution's ``Requires-Python``; the
 installed lmstack distributions and their ``Requires-Dist`` (``pip check``, scoped to lmstack); torch's build, its
-devices and their compute capability; triton, flash-attn and ``TRITON_INTERPRET``; every ``lmstack.*`` entry point
-(each is loaded); and the NVIDIA driver, from ``nvidia-smi``'s header, against torch's CUDA build.
+devices and their compute capability; triton, flash-attn, xgrammar and ``TRITON_INTERPRET``; every ``lmstack.*``
+entry point (each is loaded); and the NVIDIA driver, from ``nvidia-smi``'s header, against torch's CUDA build.
 
 ``run_checks`` takes its inputs as arguments (distributions, entry points, ``which``, ``run``, the torch probe, the
 environment) so each check can be tested with fabricated ones.
@@ -282,7 +282,7 @@ def _dist_version(*names: str) -> str | None:
 
 def kernel_checks(torch: TorchInfo | None, environ: Mapping[str, str],
                   find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[Check]:
-    """Check 4: triton (wanted on a GPU), flash-attn (optional) and ``TRITON_INTERPRET``."""
+    """Check 4: triton (wanted on a GPU), flash-attn and xgrammar (optional) and ``TRITON_INTERPRET``."""
     gpu = torch is not None and bool(torch.cuda or torch.hip)
     checks = []
     if find_spec("triton") is not None:
@@ -298,6 +298,12 @@ def kernel_checks(torch: TorchInfo | None, environ: Mapping[str, str],
     else:
         checks.append(Check("flash_attn", "ok", "not installed (optional: pip install flash-attn "
                                                 "--no-build-isolation, on a CUDA machine)"))
+    if find_spec("xgrammar") is not None:
+        checks.append(Check("xgrammar", "ok", f"xgrammar {_dist_version('xgrammar') or 'unknown version'}: "
+                                              "lmstack-serve's structured outputs and tool calls"))
+    else:
+        checks.append(Check("xgrammar", "ok", "not installed (optional: structured outputs and tool calls in "
+                                              "lmstack-serve: pip install 'lmstack-serve[structured]')"))
     interp = environ.get("TRITON_INTERPRET")
     if interp and interp != "0" and torch is not None and torch.cuda_available:
         checks.append(Check("TRITON_INTERPRET", "warn", f"TRITON_INTERPRET={interp} on a machine with a GPU: Triton "
