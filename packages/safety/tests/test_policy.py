@@ -32,7 +32,7 @@ def test_builtins_load_and_compile():
     (doc(rule(), rule("s"), {"id": "bad", "detector": {"type": "regex", "pattern": "(x"}, "action": "block"}),
      "rules[2].detector.pattern", "rule 'bad': bad regular expression '(x'"),
     (doc(rule(action="delete")), "rules[0].action", "'block', 'redact' or 'flag'"),
-    (doc(rule(stages=["input", "middle"])), "rules[0].stages[1]", "'input' or 'output'"),
+    (doc(rule(stages=["input", "middle"])), "rules[0].stages[1]", "'input', 'output' or 'tool'"),
     (doc({"id": "p", "detector": {"type": "pii", "entities": ["email", "passport"]}, "action": "redact"}),
      "rules[0].detector.entities[1]", "'email'"),
     (doc({"id": "d", "detector": {"type": "nsfw"}, "action": "block"}), "rules[0].detector", "regex"),

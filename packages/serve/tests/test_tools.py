@@ -137,3 +137,31 @@ def test_auto_reads_the_models_own_calls(client):
     with pytest.raises(openai.BadRequestError, match="constrains the output itself"):
         client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required",
                                        response_format={"type": "json_object"})
+
+
+def test_a_tool_policy_guards_the_calls(tiny_lm, tokenizer, tmp_path):
+    """lmstack-safety's tool rules through --guard: a call outside the allow list ends as content_filter with no
+    call, streaming or not; an allowed call passes."""
+    import yaml
+
+    from safety.serving import PolicyGuard
+
+    policy = tmp_path / "agent.yaml"
+    policy.write_text(yaml.safe_dump({"schema_version": 1, "name": "agent", "rules": [
+        {"id": "weather-only", "stages": ["tool"], "detector": {"type": "tools", "allow": ["get_weather"]},
+         "action": "block", "message": "only get_weather may be called"}]}))
+    engine = Engine(tiny_lm, tokenizer, ServeConfig(max_batch_size=4, block_size=8, num_blocks=128))
+    app = build_app(engine, tokenizer, model_name="tiny", guard=PolicyGuard(str(policy)))
+    with live_server(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        named = {"type": "function", "function": {"name": "get_time"}}
+        r = c.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=named, max_tokens=60)
+        assert r.choices[0].finish_reason == "content_filter" and not r.choices[0].message.tool_calls
+        chunks = list(c.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice=named,
+                                                max_tokens=60, stream=True))
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "content_filter"
+        assert not any(ch.choices[0].delta.tool_calls for ch in chunks if ch.choices)
+        r = c.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=60,
+                                      tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        assert r.choices[0].finish_reason == "stop"
+        assert r.choices[0].message.tool_calls[0].function.name == "get_weather"

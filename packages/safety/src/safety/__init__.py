@@ -10,7 +10,7 @@ from safety.stream import Blocked, StreamGuard, guard_stream, guarded
 from safety.suite import Case, Suite, builtin_suites, load_suite
 from safety.target import HTTPTarget, TargetError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["GCG_TEST_PREFIXES", "REFUSAL_PREFIXES", "Blocked", "Case", "CaseResult", "Finding", "Guard",
            "HTTPTarget", "Policy", "Rate", "Report", "Rule", "StreamGuard", "Suite", "TargetError", "Verdict",
            "builtin_policies", "builtin_suites", "canary_leak", "find_pii", "find_secrets", "guard_stream",

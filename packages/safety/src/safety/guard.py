@@ -1,4 +1,5 @@
-"""Guardrails: apply a policy's rules to a prompt (stage ``input``) or a model's text (stage ``output``).
+"""Guardrails: apply a policy's rules to a prompt (stage ``input``), a model's text (stage ``output``) or a function
+call it makes (stage ``tool``, :meth:`Guard.check_tool_call`).
 
 ``Guard(policy).check(text, stage)`` returns a :class:`Verdict`: whether the text may pass (no ``block`` rule
 fired), every finding (rule id, label, character span in the original text, action) and the text with the spans of
@@ -106,6 +107,8 @@ def compile_rule(i: int, rule: Rule, classifiers: Mapping[str, Any] | None = Non
         return CompiledRule(rule, secret_scanners(d.kinds, d.min_entropy))
     if d.type == "length":
         return CompiledRule(rule, max_chars=d.max_chars, label="LENGTH")
+    if d.type == "tools":
+        return CompiledRule(rule, label=d.label or "TOOL")
     try:
         factory = resolve(CLASSIFIER_GROUP, d.name, extra=classifiers)
     except PluginError as exc:
@@ -188,4 +191,20 @@ class Guard:
         """Apply the rules of ``stage`` ("input" or "output") to ``text``."""
         if not isinstance(text, str):
             raise ValueError(f"text must be a str; got {type(text).__name__}")
+        if stage == "tool":
+            raise ValueError("the tool stage checks a function call: use check_tool_call(name, arguments)")
         return self.verdict(text, [f for r in self.rules_for(stage) for f in r.find(text)], stage)
+
+    def check_tool_call(self, name: str, arguments: str) -> Verdict:
+        """Apply the ``tool`` rules to a call of function ``name`` with ``arguments`` (its JSON text): a ``tools``
+        rule looks at the name (a finding spans the whole arguments), the others at the arguments, which the
+        verdict's text carries redacted."""
+        found: list[Finding] = []
+        for r in self.rules_for("tool"):
+            d = r.rule.detector
+            if d.type == "tools":
+                if d.fires(name):
+                    found.append(r.finding(0, len(arguments), f"{r.label}:{name}"))
+            else:
+                found += r.find(arguments)
+        return self.verdict(arguments, found, "tool")

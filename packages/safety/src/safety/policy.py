@@ -1,11 +1,12 @@
 """Policy-as-code: a versioned YAML/JSON document of rules, validated with pydantic.
 
 A rule is ``{id, stages, detector, action, message}``: where it applies (``input`` = the prompt, ``output`` = the
-model's text), what it looks for (a detector, a union tagged by ``type``: regex, keywords, pii, secrets, length,
-classifier) and what happens on a match (``block`` refuses the text, ``redact`` replaces the span with
-``[REDACTED:<LABEL>]``, ``flag`` only reports it). This is the declarative layer NeMo Guardrails' rails configs and
-Guardrails AI's validators give, cut down to rules a CPU applies in microseconds. Errors name the field path
-(``rules[2].detector.pattern``), the rule's id and what was expected (:class:`specs.errors.ConfigError`).
+model's text, ``tool`` = a function call the model makes: its arguments, and its name for the ``tools`` detector;
+default input and output), what it looks for (a detector, a union tagged by ``type``: regex, keywords, pii,
+secrets, length, classifier, tools) and what happens on a match (``block`` refuses the text, ``redact`` replaces
+the span with ``[REDACTED:<LABEL>]``, ``flag`` only reports it). This is the declarative layer NeMo Guardrails'
+rails configs and Guardrails AI's validators give, cut down to rules a CPU applies in microseconds. Errors name the
+field path (``rules[2].detector.pattern``), the rule's id and what was expected (:class:`specs.errors.ConfigError`).
 
 Two policies ship with the package: ``builtin:default`` and ``builtin:pii`` (:func:`builtin_policies`).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safety.credentials import KINDS
 from safety.detectors import REGEX_FLAGS, compile_regex, keywords_pattern
@@ -28,9 +29,10 @@ from specs.errors import ConfigError
 from specs.io import atomic_write_text
 
 SCHEMA_VERSION = 1
-STAGES = ("input", "output")
+STAGES = ("input", "output", "tool")
+DEFAULT_STAGES = ("input", "output")  # a rule without ``stages``; ``tool`` rules say so
 ACTIONS = ("block", "redact", "flag")
-DETECTOR_TYPES = ("regex", "keywords", "pii", "secrets", "length", "classifier")
+DETECTOR_TYPES = ("regex", "keywords", "pii", "secrets", "length", "classifier", "tools")
 
 
 class _Strict(BaseModel):
@@ -91,16 +93,46 @@ class ClassifierDetector(_Strict):
     label: str | None = None
 
 
+class ToolsDetector(_Strict):
+    """The function a model calls (stage ``tool`` only): a finding when its name is not in ``allow`` (when given)
+    or is in ``deny``."""
+
+    type: Literal["tools"]
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] = ()
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ToolsDetector:
+        if self.allow is None and not self.deny:
+            raise ValueError("a tools detector needs allow (the functions that may be called) or deny")
+        return self
+
+    def fires(self, name: str) -> bool:
+        return (self.allow is not None and name not in self.allow) or name in self.deny
+
+
 Detector = Annotated[RegexDetector | KeywordsDetector | PiiDetector | SecretsDetector | LengthDetector
-                     | ClassifierDetector, Field(discriminator="type")]
+                     | ClassifierDetector | ToolsDetector, Field(discriminator="type")]
 
 
 class Rule(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
-    stages: tuple[Literal["input", "output"], ...] = Field(default=STAGES, min_length=1)
+    stages: tuple[Literal["input", "output", "tool"], ...] = Field(default=DEFAULT_STAGES, min_length=1)
     detector: Detector
     action: Literal["block", "redact", "flag"]
     message: str = ""
+
+    @field_validator("action")
+    @classmethod
+    def _tools_rules(cls, v: str, info: Any) -> str:
+        d, stages = info.data.get("detector"), info.data.get("stages", DEFAULT_STAGES)
+        if isinstance(d, ToolsDetector):
+            if tuple(stages) != ("tool",):
+                raise ValueError("a tools detector looks at the function a model calls: stages must be [tool]")
+            if v == "redact":
+                raise ValueError("a function name cannot be redacted: a tools rule's action is block or flag")
+        return v
 
 
 class Policy(_Strict):

@@ -4,7 +4,8 @@
 and chat message a client sends against the policy's ``input`` rules before the model sees it (a block is refused
 with HTTP 400, redactions reach the model redacted) and streams every response through a :class:`StreamGuard` of
 its ``output`` rules (redacted as it goes; a block ends the choice with ``finish_reason: content_filter``, as
-OpenAI's content filter does). Serve imports nothing of this package: it finds the plugin by name.
+OpenAI's content filter does). Function calls a model makes (serve's tool calling) pass the ``tool`` rules.
+Serve imports nothing of this package: it finds the plugin by name.
 """
 
 from __future__ import annotations
@@ -50,3 +51,9 @@ class PolicyGuard:
 
     def output(self) -> _Output:
         return _Output(self.guard)
+
+    def check_tool_call(self, name: str, arguments: str) -> tuple[bool, str, str]:
+        """specs' ``ToolCallGuard``: the policy's ``tool`` rules on a call the model makes (``tools`` allow/deny
+        lists on its name, the other detectors on its arguments)."""
+        v = self.guard.check_tool_call(name, arguments)
+        return v.allowed, v.text, v.message

@@ -62,3 +62,19 @@ class ChoiceGuards:
         if finished and not g.blocked:
             out += g.finish()
         return out, g.blocked
+
+
+def guard_tool_calls(guard: TextGuard | None, message: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """(the message with each tool call's arguments as the guard lets them pass, whether the guard refused a call).
+    A guard with ``check_tool_call`` (specs' ``ToolCallGuard``, lmstack-safety's ``tool`` rules) sees every call;
+    one refused call ends the choice as ``content_filter`` with no calls, as a refused text does."""
+    check = getattr(guard, "check_tool_call", None)
+    if check is None or not message.get("tool_calls"):
+        return message, False
+    calls = []
+    for call in message["tool_calls"]:
+        allowed, arguments, _ = check(call["function"]["name"], call["function"]["arguments"])
+        if not allowed:
+            return {"role": "assistant", "content": None}, True
+        calls.append({**call, "function": {**call["function"], "arguments": arguments}})
+    return {**message, "tool_calls": calls}, False

@@ -25,7 +25,7 @@ from serve import tools as tools_mod
 from serve.async_engine import AsyncEngine, RequestStream, merge
 from serve.engine import Engine, RequestOutput
 from serve.errors import ModelNotFoundError
-from serve.guarding import ChoiceGuards, checked
+from serve.guarding import ChoiceGuards, checked, guard_tool_calls
 from serve.http_errors import MAX_BODY_BYTES, APIError, from_lmstack, install_handlers, parse_json
 from serve.metrics import ServerMetrics
 from serve.openai_format import (
@@ -330,9 +330,10 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                 text, stopped = outs.text(i, c.text, True)
                 message, called = tools.message(text) if tools.active and not stopped else (
                     {"role": "assistant", "content": text}, False)
+                message, refused = guard_tool_calls(guard, message)
                 choices.append({"index": i, "message": message,
                                 "logprobs": chat_logprobs(tok_text, c.logprobs, top_n) if top_n is not None else None,
-                                "finish_reason": "content_filter" if stopped else
+                                "finish_reason": "content_filter" if stopped or refused else
                                 tools.finish_reason(c.finish_reason, called)})
             use = usage(len(ids), sum(c.n_out for c in results), results[0].cached)
             return JSONResponse(chat_body(rid, model_name, t0, choices, use))
@@ -373,8 +374,10 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                                 yield chunk([{"index": i, "delta": {}, "logprobs": lps, "finish_reason": None}])
                             if out.finished:
                                 message, called = tools.message(held[i])
+                                message, refused = guard_tool_calls(guard, message)
+                                reason = "content_filter" if refused else tools.finish_reason(out.finish_reason, called)
                                 yield chunk([{"index": i, "delta": tools_mod.stream_delta(message), "logprobs": None,
-                                              "finish_reason": tools.finish_reason(out.finish_reason, called)}])
+                                              "finish_reason": reason}])
                             continue
                         if text or lps or out.finished or stopped:
                             reason = "content_filter" if stopped else out.finish_reason if out.finished else None

@@ -3,7 +3,7 @@
 Shapes use the legend of :mod:`specs.tensor_spec`: B batch rows, T new tokens, S cached tokens, KVH key/value
 heads, Dh head dim, V vocab. Implementations: ``model.lm.TransformerLM`` (LanguageModel), ``attn.cache``
 (StaticKVCache, PagedKVCache), ``data.tokenizer`` (Tokenizer), ``viz`` backends (MetricsLogger), ``safety.serving``
-(TextGuard).
+(TextGuard, ToolCallGuard).
 """
 
 from __future__ import annotations
@@ -182,6 +182,15 @@ class TextGuard(Protocol):
     def check_input(self, text: str) -> tuple[bool, str, str]: ...
 
     def output(self) -> OutputGuard: ...
+
+
+@runtime_checkable
+class ToolCallGuard(Protocol):
+    """A guard that also checks the function calls a model makes (serve's tool calling):
+    ``check_tool_call(name, arguments JSON) -> (allowed, the arguments to send (redacted where a rule says),
+    message when refused)``. lmstack-safety's ``policy`` guard applies its ``tool`` rules."""
+
+    def check_tool_call(self, name: str, arguments: str) -> tuple[bool, str, str]: ...
 
 
 class TokenStream(Protocol):
