@@ -158,3 +158,18 @@ def test_generate_and_generate_stream_are_constrained_too(tiny_lm, tokenizer):
         generate(tiny_lm, [prompt], 5, tokenizer=tokenizer, num_beams=2, structured=so)
     with pytest.raises(ConfigError, match="need tokenizer="):
         generate(tiny_lm, [prompt], 5, structured=so)
+
+
+def test_a_grammar_with_no_way_to_end_fails_its_request_alone(tiny_lm, tokenizer):
+    """No end-of-sequence token (eos_ids=()): a complete output leaves nothing to sample, so that request ends in
+    an error naming why, and the request beside it runs on to its length."""
+    engine = Engine(tiny_lm, tokenizer, ServeConfig(block_size=8, num_blocks=64), eos_ids=())
+    outs: dict[str, list] = {}
+    sink = lambda o: outs.setdefault(o.request_id, []).append(o)
+    engine.submit([1, 2], SamplingParams(max_new_tokens=40, structured=StructuredOutput(choice=("ok",))),
+                  on_output=sink, request_id="c")
+    engine.submit([1, 2], SamplingParams(max_new_tokens=10, ignore_eos=True), on_output=sink, request_id="p")
+    engine.run_until_done()
+    assert outs["c"][-1].finish_reason == "error" and "allows no further token" in str(outs["c"][-1].error)
+    assert "".join(o.text for o in outs["c"]) == "ok"
+    assert outs["p"][-1].finish_reason == "length" and sum(len(o.token_ids) for o in outs["p"]) == 10

@@ -39,7 +39,7 @@ from serve.graphs import DecodeGraphs
 from serve.sampling import SamplingParams, TokenLogprobs, apply_penalties, make_generator, sample, token_counts
 from serve.sampling import token_logprobs as raw_logprobs
 from serve.state import SequenceState
-from serve.structured import GrammarBackend, check_accepted
+from serve.structured import GrammarBackend
 from specs.config import ServeConfig
 from specs.errors import CacheFullError, ConfigError, LmstackError
 
@@ -406,8 +406,15 @@ class Engine:
         picked = tokens.tolist()  # one copy to the host for the batch
         for b, req in enumerate(reqs):
             tok = picked[b]
-            if req.matcher is not None:
-                check_accepted(req.matcher, tok, req.request_id)
+            if req.matcher is not None and not req.matcher.accept_token(tok):
+                # the grammar left no token (one that can be complete, with no end-of-sequence token to end it):
+                # this request fails, the others go on
+                err = LmstackError(f"{req.request_id}: its structured output allows no further token and the model "
+                                   "has no end-of-sequence token to end it with")
+                self._retire(req, RequestOutput(req.request_id, finished=True, finish_reason="error", error=err,
+                                                num_prompt_tokens=len(req.prompt_ids),
+                                                num_output_tokens=len(req.state.output_ids)))
+                continue
             lp = lps[b] if lps is not None and req.params.logprobs is not None else None
             delta = req.state.push(tok, lp)
             if req.matcher is not None and not req.state.finished and req.matcher.is_terminated():
