@@ -14,7 +14,7 @@ from serve.engine import Engine
 from serve.http_errors import APIError
 from serve.server import build_app
 from serve.tokens import PromptEncoder
-from serve.tools import parse_hermes, plan, tool_parser
+from serve.tools import AutoStream, parse_hermes, plan, tool_parser
 from specs.config import ServeConfig
 from specs.errors import PluginError
 
@@ -41,6 +41,21 @@ def test_hermes_parser():
     assert parse_hermes('<tool_call>{"name": "f", "arguments": "{\\"x\\": 2}"}</tool_call>')[1] == [("f", '{"x": 2}')]
     with pytest.raises(PluginError, match="unknown tool-call parser 'herms'; valid: hermes"):
         tool_parser("herms")
+
+
+def test_auto_stream_sends_content_until_a_call_begins():
+    block = '<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>'
+    text = "Let me look. " + block + " Done."
+    for cut in (1, 3, 7, 11):  # deltas of every size, the marker split across them
+        s = AutoStream(parse_hermes, "<tool_call>")
+        sent = "".join(s.feed(text[k:k + cut]) for k in range(0, len(text), cut))
+        assert sent == "Let me look. "
+        assert s.finish() == ("Done.", [("f", '{"x": 1}')])
+    s = AutoStream(parse_hermes, "<tool_call>")
+    assert s.feed("a <tool") == "a " and s.feed("box>") == "<toolbox>"  # a held-back tail that was no marker
+    assert s.finish() == (None, [])
+    s = AutoStream(parse_hermes, "<tool_call>")
+    assert s.feed("plain <tool_c") == "plain " and s.finish() == ("<tool_c", [])
 
 
 def test_plans_and_their_refusals():
@@ -134,6 +149,17 @@ def test_auto_reads_the_models_own_calls(client):
                                        extra_body={"structured_outputs": {"choice": ["Sunny."]}})
     assert r.choices[0].message.content == "Sunny." and not r.choices[0].message.tool_calls
     assert r.choices[0].finish_reason == "stop"
+    said = "Checking Lima now. "
+    stream = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=200, stream=True,
+                                            extra_body={"structured_outputs": {"choice": [said + block]}})
+    contents, calls, reasons = [], [], []
+    for ch in stream:
+        for c in ch.choices:
+            contents += [c.delta.content] if c.delta.content else []
+            calls += c.delta.tool_calls or []
+            reasons.append(c.finish_reason)
+    assert "".join(contents) == said and len(contents) > 3  # streamed as it came, not at the end
+    assert [(tc.index, tc.function.name) for tc in calls] == [(0, "get_weather")] and reasons[-1] == "tool_calls"
     with pytest.raises(openai.BadRequestError, match="constrains the output itself"):
         client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS, tool_choice="required",
                                        response_format={"type": "json_object"})

@@ -349,6 +349,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             n_out = [0] * len(streams)
             filtered: set[int] = set()
             held = [""] * len(streams)  # with tools: a choice's text, sent whole when it ends (serve.tools)
+            autos = [tools.stream() for _ in streams]  # auto with a parser: content streams until a call begins
             try:
                 for i in range(len(streams)):
                     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -368,6 +369,18 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                         if stopped:  # the guard ended this choice: no more of it is generated or sent
                             filtered.add(i)
                             streams[i].abort()
+                        if tools.active and not stopped and autos[i] is not None:
+                            content = autos[i].feed(text)
+                            if content or lps:
+                                yield chunk([{"index": i, "delta": {"content": content} if content else {},
+                                              "logprobs": lps, "finish_reason": None}])
+                            if out.finished:
+                                message, called = tools.streamed_message(*autos[i].finish())
+                                message, refused = guard_tool_calls(guard, message)
+                                reason = "content_filter" if refused else tools.finish_reason(out.finish_reason, called)
+                                yield chunk([{"index": i, "delta": tools_mod.stream_delta(message), "logprobs": None,
+                                              "finish_reason": reason}])
+                            continue
                         if tools.active and not stopped:
                             held[i] += text
                             if lps:

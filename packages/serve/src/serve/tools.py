@@ -13,11 +13,13 @@ templates of Llama 3.1, Qwen 2.5, Mistral and Hermes models read). What the mode
   (the server's ``--tool-call-parser``, vLLM's flag) reads; without a parser ``auto`` is refused (400, as vLLM
   without ``--enable-auto-tool-choice``). ``hermes``: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
   blocks (Hermes 2/3, Qwen 2.5 and most fine-tunes on their data); the text outside them stays the content.
-  ``lmstack.tool_parsers`` entry points add others: ``parse(text) -> (content, [(name, arguments JSON)])``.
+  ``lmstack.tool_parsers`` entry points add others: ``parse(text) -> (content, [(name, arguments JSON)])``, with
+  an optional ``marker`` attribute (the text a call starts with) for streaming.
 - ``none``: tools are rendered (the model may mention them) and no call is parsed.
 
-A choice's tool calls are known only when it ends, so a streamed choice with tools sends its content and calls
-in one delta before its finish chunk (each call with its ``index``, as OpenAI's streamed calls have).
+A streamed ``auto`` choice sends its content as it comes until a call begins (the parser's ``marker``, hermes'
+``<tool_call>``), then its calls in one delta before its finish chunk (each call with its ``index``, as OpenAI's
+streamed calls have); a named or required choice, all calls, sends them in that one delta.
 """
 
 from __future__ import annotations
@@ -64,7 +66,44 @@ def parse_hermes(text: str) -> ParsedCalls:
     return content or None, calls
 
 
+parse_hermes.marker = "<tool_call>"  # type: ignore[attr-defined]  # where a call begins: content streams until it
+
 BUILTIN_PARSERS: dict[str, Callable[[str], ParsedCalls]] = {"hermes": parse_hermes}
+
+
+class AutoStream:
+    """One streamed ``auto`` choice: its content goes out as it comes while no call has begun (a tail that could
+    start the parser's ``marker`` is held back); from the marker on the text is kept, and :meth:`finish` parses it
+    into the rest of the content and the calls."""
+
+    def __init__(self, parser: Callable[[str], ParsedCalls], marker: str):
+        self.parser, self.marker = parser, marker
+        self.text, self.sent, self.inside = "", 0, False
+
+    def feed(self, delta: str) -> str:
+        """The content that may be sent now."""
+        self.text += delta
+        if self.inside:
+            return ""
+        at = self.text.find(self.marker, self.sent)
+        if at >= 0:
+            self.inside = True
+            end = at
+        else:
+            tail = self.text[self.sent:]
+            hold = next((k for k in range(min(len(tail), len(self.marker) - 1), 0, -1)
+                         if self.marker.startswith(tail[-k:])), 0)
+            end = len(self.text) - hold
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+    def finish(self) -> tuple[str | None, list[tuple[str, str]]]:
+        """(the content not sent yet, the calls), once the choice has ended."""
+        rest = self.text[self.sent:]
+        if not self.inside:
+            return rest or None, []
+        return self.parser(rest)
+
 
 
 def tool_parser(name: str) -> Callable[[str], ParsedCalls]:
@@ -92,6 +131,16 @@ class ToolPlan:
     @property
     def active(self) -> bool:
         return self.mode != "none"
+
+    def stream(self) -> AutoStream | None:
+        """For a streamed choice: an :class:`AutoStream` when ``auto``'s parser says where a call begins (its
+        ``marker``); None (the whole text at the end) otherwise."""
+        marker = getattr(self.parser, "marker", None)
+        return AutoStream(self.parser, marker) if self.mode == "auto" and self.parser and marker else None
+
+    def streamed_message(self, content: str | None, calls: list[tuple[str, str]]) -> tuple[dict[str, Any], bool]:
+        """The final delta's message of an :class:`AutoStream` choice, and whether it called."""
+        return _message(content, calls), bool(calls)
 
     def message(self, text: str) -> tuple[dict[str, Any], bool]:
         """(the assistant message for a finished choice's text, whether it called a tool)."""
