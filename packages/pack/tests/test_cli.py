@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import pack
 from pack import cli
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -32,7 +33,7 @@ def test_overview_lists_every_command(capsys):
 def test_version_lists_installed_distributions(capsys):
     assert cli.main(["--version"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("lmstack-pack 0.1.0")
+    assert out.startswith(f"lmstack-pack {pack.__version__}") and pack.__version__ == md.version("lmstack-pack")
     for name in ("lmstack-specs", "lmstack-train", "lmstack-serve"):
         assert f"  {name}" in out and md.version(name) in out.split(name, 1)[1].splitlines()[0]
     assert set(cli.lmstack_distributions()) >= {"lmstack-specs", "lmstack-pack", "lmstack-model"}

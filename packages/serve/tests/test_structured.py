@@ -15,7 +15,7 @@ from serve.engine import Engine
 from serve.sampling import SamplingParams, StructuredOutput
 from serve.structured import vocabulary
 from specs.config import ServeConfig
-from specs.errors import ConfigError
+from specs.errors import ConfigError, LmstackError
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["color", "ok", "n", "tags"],
           "properties": {"color": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"},
@@ -158,6 +158,8 @@ def test_generate_and_generate_stream_are_constrained_too(tiny_lm, tokenizer):
         generate(tiny_lm, [prompt], 5, tokenizer=tokenizer, num_beams=2, structured=so)
     with pytest.raises(ConfigError, match="need tokenizer="):
         generate(tiny_lm, [prompt], 5, structured=so)
+    with pytest.raises(LmstackError, match="allows no further token"):  # no EOS to end a complete output with
+        generate(tiny_lm, [prompt], 20, tokenizer=tokenizer, eos_token_id=[], structured={"choice": ["ok"]})
 
 
 def test_a_grammar_with_no_way_to_end_fails_its_request_alone(tiny_lm, tokenizer):

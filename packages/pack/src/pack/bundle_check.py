@@ -48,14 +48,10 @@ class BundleInfo:
         return hashlib.sha256(self.manifest_bytes).hexdigest()
 
 
-
 def file_sha256(path: Path) -> tuple[str, int]:
-    h, n = hashlib.sha256(), 0
+    """(sha256 hex, bytes) of a file, read once."""
     with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
+        return _hash_stream(f)
 
 
 def tar_member(name: str, size: int, mode: int, mtime: int) -> tarfile.TarInfo:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from serve.sampling import StructuredOutput
-from specs.errors import ConfigError
+from specs.errors import ConfigError, LmstackError
 
 _SOURCE = re.compile(r"^\[[^\]]*\]\s*\S+:\d+:\s*")  # XGrammar's "[time] file.cc:line: " prefix
 FIELD = "response_format"  # the request field errors name (structured_outputs' kinds map onto it too)
@@ -120,7 +120,9 @@ class GrammarBackend:
         return out
 
 
-def check_accepted(matcher: Any, token: int, request_id: str) -> None:
-    """Advance ``matcher`` by the sampled token; a token outside the grammar is a bug, never silent."""
+def check_accepted(matcher: Any, token: int, where: str) -> None:
+    """Advance ``matcher`` by the sampled token. A token outside the grammar means it allowed none (a complete
+    output with no end-of-sequence token to end it with): an LmstackError saying so, never silent."""
     if not matcher.accept_token(int(token)):
-        raise RuntimeError(f"{request_id}: token {token} was sampled outside its grammar")
+        raise LmstackError(f"{where}: its structured output allows no further token and the model has no "
+                           "end-of-sequence token to end it with")
