@@ -170,6 +170,23 @@ def test_reset_prefix_cache_forgets_prefixes_and_keeps_sequences():
     assert cache.pool.ref_count(table[0]) == 0 and cache.pool.num_cached() == 0
 
 
+def test_salted_prefixes_are_shared_only_within_their_salt():
+    cache = paged(num_blocks=12, block_size=2)
+    prompt = [1, 2, 3, 4, 5]
+    cache.add_sequence("a", prompt, salt="lora:1")
+    fill(cache, ["a"], len(prompt))
+    assert cache.add_sequence("plain", prompt) == 0  # unsalted: a's blocks are not its prefix
+    assert cache.add_sequence("other", prompt, salt="lora:2") == 0
+    assert cache.add_sequence("same", prompt, salt="lora:1") == 4
+    assert cache.block_table("same")[:2] == cache.block_table("a")[:2]
+    fill(cache, ["plain"], len(prompt))  # the unsalted chain is its own, and shared by its own kind
+    assert cache.add_sequence("plain2", prompt) == 4
+    assert cache.block_table("plain2")[:2] == cache.block_table("plain")[:2] != cache.block_table("a")[:2]
+    with pytest.raises(ConfigError, match="salt: expected a str or None, got int"):
+        cache.add_sequence("bad", prompt, salt=3)
+    assert "bad" not in cache._seqs  # refused before registering
+
+
 def test_prefix_caching_off_never_shares():
     cache = paged(num_blocks=8, block_size=2, prefix_caching=False)
     cache.add_sequence("a", [1, 2, 3])

@@ -5,7 +5,7 @@ from attn.cache import PagedKVCache, StaticKVCache
 from attn.context import AttentionContext, build_context
 from attn.positions import ALiBi, RotaryEmbedding
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 __all__ = ["ALiBi", "Attention", "AttentionContext", "PagedKVCache", "RotaryEmbedding", "StaticKVCache",
            "build_context"]

@@ -61,8 +61,9 @@ class PagedKVCache(KVCache, Protocol):
     block_size: int
     num_blocks: int
 
-    def add_sequence(self, seq_id: Hashable, prompt_ids: Sequence[int] = ()) -> int:
-        """Register a sequence; return how many leading prompt tokens are already cached (prefix hit)."""
+    def add_sequence(self, seq_id: Hashable, prompt_ids: Sequence[int] = (), *, salt: str | None = None) -> int:
+        """Register a sequence; return how many leading prompt tokens are already cached (prefix hit). Prefixes
+        are shared only between sequences of equal ``salt`` (None: the unsalted ones)."""
 
     def reserve(self, seq_id: Hashable, n_tokens: int) -> None:
         """Ensure room for ``n_tokens`` more tokens of ``seq_id``; raise CacheFullError if the pool cannot."""

@@ -16,6 +16,7 @@ Shape legend: B active rows, KVH key/value heads, T new tokens, S slots, Dh head
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,7 @@ class _Sequence:
     length: int = 0
     prompt: tuple[int, ...] = ()
     hashes: list[bytes] = field(default_factory=list)  # prefix hashes of its leading full prompt blocks
+    root: bytes = ROOT_HASH  # the parent of its first block's hash: ROOT_HASH, or one of its salt
 
 
 class PagedKVCache:
@@ -82,15 +84,22 @@ class PagedKVCache:
         return self.pool.prefix_caching
 
     # --- sequences -------------------------------------------------------------------------------------
-    def add_sequence(self, seq_id: Hashable, prompt_ids: Sequence[int] = ()) -> int:
+    def add_sequence(self, seq_id: Hashable, prompt_ids: Sequence[int] = (), *, salt: str | None = None) -> int:
         """Register ``seq_id``; return how many leading prompt tokens are already cached (a multiple of
-        block_size, always < len(prompt_ids) so the forward computes at least the last prompt token)."""
+        block_size, always < len(prompt_ids) so the forward computes at least the last prompt token).
+
+        ``salt`` keeps the sequence's prefixes apart from those of other salts (and of none): blocks are shared
+        only between sequences with equal salts. For keys and values that depend on more than the tokens (a LoRA
+        adapter's), or for tenants that must not see each other's cache timing (vLLM's ``cache_salt``)."""
         if seq_id in self._seqs:
             raise SequenceError(f"sequence {seq_id!r} is already in the cache; free it first")
-        seq = _Sequence(prompt=tuple(int(t) for t in prompt_ids))
+        if salt is not None and not isinstance(salt, str):
+            raise ConfigError("salt", f"expected a str or None, got {type(salt).__name__}")
+        root = ROOT_HASH if salt is None else hashlib.sha256(b"salt\0" + salt.encode("utf-8")).digest()
+        seq = _Sequence(prompt=tuple(int(t) for t in prompt_ids), root=root)
         self._seqs[seq_id] = seq
         bs = self.block_size
-        parent = ROOT_HASH
+        parent = root
         for i in range(len(seq.prompt) // bs):
             h = block_hash(parent, seq.prompt[i * bs:(i + 1) * bs])
             block = self.pool.lookup(h)
@@ -219,7 +228,7 @@ class PagedKVCache:
             seq = self._seqs[s]
             seq.length += n_tokens
             for i in range(len(seq.hashes), min(seq.length, len(seq.prompt)) // bs):
-                parent = seq.hashes[-1] if seq.hashes else ROOT_HASH
+                parent = seq.hashes[-1] if seq.hashes else seq.root
                 h = block_hash(parent, seq.prompt[i * bs:(i + 1) * bs])
                 self.pool.register(seq.blocks[i], h)
                 seq.hashes.append(h)
