@@ -21,11 +21,12 @@ TRITON_TARGETS = {
     "decode_attention": "kernel.triton.decode_attention:decode_attention",
     "decode_layer": "kernel.triton.decode_layer:decode_layer",
     "decode_attention_unified": "kernel.triton.decode_attention:decode_attention_unified_op",
+    "lora": "kernel.triton.lora:lora",
 }
 
 
 # kernels without a backward
-INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer", "decode_attention_unified")
+INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer", "decode_attention_unified", "lora")
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;
