@@ -10,8 +10,10 @@ from compress.lora import (
                            merged_state_dict,
                            save_adapter,
 )
+from compress.multi_lora import AdapterWeights, MultiLoRA, MultiLoRALinear, read_adapter
 from compress.quant import Int8WeightOnlyLinear, int8_weight_only_, quantize_
 
-__version__ = "0.8.0"
-__all__ = ["Int8WeightOnlyLinear", "LoRALinear", "adapters_disabled", "apply_lora", "int8_weight_only_",
-           "load_adapter", "merge_lora", "merged_state_dict", "quantize_", "save_adapter"]
+__version__ = "0.9.0"
+__all__ = ["AdapterWeights", "Int8WeightOnlyLinear", "LoRALinear", "MultiLoRA", "MultiLoRALinear", "adapters_disabled",
+           "apply_lora", "int8_weight_only_", "load_adapter", "merge_lora", "merged_state_dict", "quantize_",
+           "read_adapter", "save_adapter"]

@@ -247,6 +247,25 @@ def save_adapter_state(state: Mapping[str, torch.Tensor], directory: str | os.Pa
     return _write(directory, tensors, cfg)
 
 
+def random_adapter(model: nn.Module, directory: str | os.PathLike[str], *, r: int = 16, alpha: float = 16,
+                   targets: Iterable[str] | str = DEFAULT_TARGETS, seed: int = 0, std: float = 0.02) -> Path:
+    """Write an adapter with random A and B (normal, ``std``; seeded) for ``model``'s Linear layers named by
+    ``targets``, as if trained elsewhere: for benchmarks and tests of adapter serving. ``model`` is not changed
+    (its layers must not be fused yet, as for :func:`apply_lora`)."""
+    _check_hparams(r, alpha, 0.0)
+    tgt: tuple[str, ...] | str = targets if isinstance(targets, str) else tuple(targets)
+    chosen = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and _matches(name, tgt)
+              and name.rsplit(".", 1)[-1] != "lm_head"]
+    if not chosen:
+        raise ConfigError("lora.targets", f"{tgt!r} matches no nn.Linear of {type(model).__name__} (lm_head excluded)")
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, m in chosen:
+        state[f"{name}.lora_A.weight"] = torch.randn(r, m.in_features, generator=g) * std
+        state[f"{name}.lora_B.weight"] = torch.randn(m.out_features, r, generator=g) * std
+    return save_adapter_state(state, directory, r=r, alpha=alpha)
+
+
 def _write(directory: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor], cfg: Mapping[str, Any]) -> Path:
     target = Path(directory)
     if target.exists() and not target.is_dir():
@@ -369,6 +388,26 @@ class LoraAdapters:
         n = load_adapter(model, directory)
         merge_lora(model)
         return n
+
+    @staticmethod
+    def random(model: nn.Module, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """:func:`random_adapter`: a random adapter's files for ``model`` (benchmarks of adapter serving)."""
+        return random_adapter(model, directory, **kwargs)
+
+    @staticmethod
+    def read(directory: str | os.PathLike[str]) -> Any:
+        """:func:`compress.multi_lora.read_adapter`: an adapter's weights on the host, checked, for a slot."""
+        from compress.multi_lora import read_adapter
+
+        return read_adapter(directory)
+
+    @staticmethod
+    def multi(model: nn.Module, **kwargs: Any) -> Any:
+        """:class:`compress.multi_lora.MultiLoRA` on ``model`` (serve's ``--enable-lora``): adapter slots that
+        each batch row picks from."""
+        from compress.multi_lora import MultiLoRA
+
+        return MultiLoRA(model, **kwargs)
 
 
 LORA = LoraAdapters()
