@@ -48,6 +48,16 @@ def test_structured_variant_beside_plain(capsys):
     assert r["structured_vs_plain"] == pytest.approx(constrained["output_tokens_per_s"] / plain["output_tokens_per_s"])
 
 
+def test_lora_variant_beside_plain(capsys):
+    """--loras: the same requests spread over random adapters (every projection), the ratio reported."""
+    doc = _run(capsys, [*TINY, "--requests", "5", "--concurrency", "4", "--new-tokens", "3", "--variants", "lmstack",
+                        "--loras", "2", "--lora-rank", "4"])
+    r = doc["results"]
+    plain, adapted = r["variants"]["lmstack"], r["variants"]["lmstack_lora"]
+    assert plain["output_tokens"] == adapted["output_tokens"] == 15
+    assert r["lora_vs_plain"] == pytest.approx(adapted["output_tokens_per_s"] / plain["output_tokens_per_s"])
+
+
 def test_latencies_from_the_plugin_timestamps(capsys, monkeypatch):
     """A stand-in engine with known timestamps: tokens/s, TTFT and ITL are computed from them as documented."""
     real = bench_engine.resolve

@@ -9,6 +9,7 @@ also come from the LMSTACK_API_KEY environment variable (keeps it out of the pro
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -47,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tool-call-parser", default=None, help="read the model's own tool calls for tool_choice auto "
                    "(vLLM's flag): hermes (<tool_call> JSON blocks: Hermes, Qwen 2.5), or an lmstack.tool_parsers "
                    "plugin")
+    lora = p.add_argument_group("LoRA adapters per request (vLLM's flags)")
+    lora.add_argument("--enable-lora", action="store_true", help="serve LoRA adapters beside the base model; a "
+                      "request picks one by its name in 'model' (implied by --lora-modules)")
+    lora.add_argument("--lora-modules", nargs="+", default=[], metavar="NAME=PATH",
+                      help="adapters to serve (PEFT's files), as NAME=PATH or JSON {\"name\": ..., \"path\": ...}")
+    lora.add_argument("--max-loras", type=int, default=1, help="adapters in one batch (adapter slots on the device)")
+    lora.add_argument("--max-lora-rank", type=int, default=16, help="the largest adapter rank served")
+    lora.add_argument("--lora-target-modules", nargs="+", default=None, metavar="NAME",
+                      help="the layers adapters may adapt (default: q/k/v/o_proj and gate/up/down_proj); fewer "
+                      "layers make every step cheaper")
+    lora.add_argument("--allow-runtime-lora-updating", action="store_true",
+                      help="add POST /v1/load_lora_adapter and /v1/unload_lora_adapter (they read server paths: "
+                      "enable only for trusted clients)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -69,8 +83,33 @@ def check_bind(host: str, port: int) -> None:
                                             "--port (0 picks a free one) or --host") from None
 
 
+def parse_lora_modules(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``NAME=PATH`` or vLLM's JSON form ``{"name": ..., "path": ...}`` -> (name, path) pairs (ConfigError naming
+    the bad one)."""
+    pairs: list[tuple[str, str]] = []
+    for spec in specs:
+        if spec.lstrip().startswith("{"):
+            try:
+                obj = json.loads(spec)
+            except json.JSONDecodeError as exc:
+                raise ConfigError("--lora-modules", f"{spec!r} is not valid JSON: {exc}") from None
+            name, path = (obj.get("name"), obj.get("path")) if isinstance(obj, dict) else (None, None)
+        else:
+            name, _, path = spec.partition("=")
+        if not isinstance(name, str) or not name or not isinstance(path, str) or not path:
+            raise ConfigError("--lora-modules", f"{spec!r}: expected NAME=PATH or {{\"name\": ..., \"path\": ...}}")
+        if name in (n for n, _ in pairs):
+            raise ConfigError("--lora-modules", f"the name {name!r} is given twice")
+        pairs.append((name, path))
+    return pairs
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    loras = parse_lora_modules(args.lora_modules)
+    enable_lora = args.enable_lora or bool(loras)
+    if args.allow_runtime_lora_updating and not enable_lora:
+        raise ConfigError("--allow-runtime-lora-updating", "needs --enable-lora (adapter slots to load into)")
     cfg = ServeConfig(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("LMSTACK_API_KEY"),
                       model_name=args.model_name, max_batch_size=args.max_batch_size, block_size=args.block_size,
                       num_blocks=args.num_blocks, max_seq_len=args.max_seq_len,
@@ -91,6 +130,8 @@ def _main(argv: Sequence[str] | None) -> int:
         tool_parser(args.tool_call_parser)  # an unknown parser fails before the model loads too
     if args.adapter is not None:
         check_adapter(args.adapter)
+    for _, path in loras:  # a missing or unsupported adapter fails before the model loads
+        check_adapter(path)
     model_dir = local_path(args.model)  # a directory, or a source such as registry:NAME@production
     model = load_model(model_dir, device=cfg.device, dtype=cfg.dtype)
     if args.adapter is not None:
@@ -104,12 +145,19 @@ def _main(argv: Sequence[str] | None) -> int:
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError("tokenizer", f"vocab_size {tokenizer.vocab_size} exceeds the model's "
                                        f"{model.config.vocab_size}")
-    engine = Engine(model, tokenizer, cfg)
+    engine = Engine(model, tokenizer, cfg, max_loras=args.max_loras if enable_lora else 0,
+                    max_lora_rank=args.max_lora_rank, lora_targets=args.lora_target_modules)
     name = cfg.model_name or (Path(args.adapter).resolve().name if args.adapter else source_name(args.model))
+    for lora_name, path in loras:
+        if lora_name == name:
+            raise ConfigError("--lora-modules", f"{lora_name!r} is the base model's served name; choose another")
+        engine.add_adapter(lora_name, path)
     app = build_app(engine, tokenizer, model_name=name, api_key=cfg.api_key, guard=guard,
-                    tool_parser=args.tool_call_parser)
+                    tool_parser=args.tool_call_parser, runtime_lora=args.allow_runtime_lora_updating)
     print(f"serving {name!r} on http://{cfg.host}:{cfg.port} ({engine.num_blocks} KV blocks of {cfg.block_size})"
-          + (f", guarded by {guard.name}" if guard is not None else ""), file=sys.stderr)
+          + (f", guarded by {guard.name}" if guard is not None else "")
+          + (f", LoRA adapters {[n for n, _ in loras]} in {args.max_loras} slots" if enable_lora else ""),
+          file=sys.stderr)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=args.log_level)
     return 0
 

@@ -21,7 +21,8 @@ from serve.sampling import SamplingParams
 class RequestStream:
     """Outputs of one submitted request; iterate once."""
 
-    def __init__(self, engine: Engine, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None):
+    def __init__(self, engine: Engine, prompt_ids: Sequence[int], params: SamplingParams, request_id: str | None,
+                 adapter: str | None = None):
         loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
 
@@ -30,7 +31,7 @@ class RequestStream:
                 loop.call_soon_threadsafe(self._queue.put_nowait, out)
 
         self.engine = engine
-        self.request_id = engine.submit(prompt_ids, params, on_output=deliver, request_id=request_id)
+        self.request_id = engine.submit(prompt_ids, params, on_output=deliver, request_id=request_id, adapter=adapter)
         self.finished = False
 
     def abort(self) -> None:
@@ -79,11 +80,12 @@ class AsyncEngine:
     def shutdown(self) -> None:
         self.engine.shutdown()
 
-    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *,
-               request_id: str | None = None) -> RequestStream:
-        """Queue a request (call from the event loop). Raises ContextLengthError, RequestTooLargeError,
-        ServerBusyError or ConfigError at once for a request that cannot be taken."""
-        return RequestStream(self.engine, prompt_ids, params, request_id)
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *, request_id: str | None = None,
+               adapter: str | None = None) -> RequestStream:
+        """Queue a request (call from the event loop), under the LoRA adapter named ``adapter`` if given. Raises
+        ContextLengthError, RequestTooLargeError, ServerBusyError or ConfigError at once for a request that cannot
+        be taken."""
+        return RequestStream(self.engine, prompt_ids, params, request_id, adapter)
 
 
 async def merge(streams: Sequence[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:

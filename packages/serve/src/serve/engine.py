@@ -36,6 +36,7 @@ from serve.decoder import keeps_logits, model_device
 from serve.errors import ContextLengthError, RequestTooLargeError, ServerBusyError
 from serve.generate import prompt_token_logprobs
 from serve.graphs import DecodeGraphs
+from serve.lora import Adapter, AdapterSlots
 from serve.sampling import SamplingParams, TokenLogprobs, apply_penalties, make_generator, sample, token_counts
 from serve.sampling import token_logprobs as raw_logprobs
 from serve.state import SequenceState
@@ -77,6 +78,8 @@ class _Request:
     prompt_logprobs: list[TokenLogprobs | None] | None = None
     sent_prompt_logprobs: bool = False
     matcher: Any = None  # structured outputs: the request's grammar matcher (serve.structured)
+    adapter: Any = None  # its LoRA adapter (serve.lora.Adapter), None: the base model
+    slot: int | None = None  # the adapter slot it holds while running
 
 
 @dataclass
@@ -100,15 +103,23 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any = None, config: ServeConfig | None = None, *,
                  eos_ids: Collection[int] | None = None, max_waiting: int = 1024, max_prefill_tokens: int = 4096,
-                 decode_graphs: bool | None = None, fuse: bool = True, generator: torch.Generator | None = None):
+                 decode_graphs: bool | None = None, fuse: bool = True, generator: torch.Generator | None = None,
+                 max_loras: int = 0, max_lora_rank: int = 16, lora_targets: Sequence[str] | str | None = None):
         """``decode_graphs``: decode through fixed-shape views of the paged cache, captured as CUDA graphs on a GPU
         (:mod:`serve.graphs`); None = on wherever the model supports it. False: eager steps over the paged cache.
         ``fuse``: ``model.fuse_projections()`` first, when it has one (in place; same outputs and state_dict keys).
         ``generator``: what requests without a ``seed`` sample with (on the model's device; the ``generator``
-        attribute; one draw for the whole batch when no request of a step has a seed); None: torch's global one."""
+        attribute; one draw for the whole batch when no request of a step has a seed); None: torch's global one.
+        ``max_loras`` > 0: requests may name a LoRA adapter (``add_adapter``), up to that many in a step, of rank
+        up to ``max_lora_rank``, on the layers ``lora_targets`` names (default: every projection; :mod:`serve.lora`)."""
         cfg = config or ServeConfig()
         if fuse and hasattr(model, "fuse_projections"):
             model.fuse_projections()
+        self.adapters: AdapterSlots | None = None
+        if max_loras:
+            self.adapters = AdapterSlots(model, max_loras=max_loras, max_rank=max_lora_rank,
+                                         max_rows=cfg.max_batch_size, targets=lora_targets)
+            self.adapters.set_rows([], always=True)  # decode graphs capture the LoRA term
         self.model = model
         self.tokenizer = tokenizer
         self.config = cfg
@@ -171,13 +182,16 @@ class Engine:
                                        f"the pool has {self.num_blocks}")
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, *, on_output: Callable[[RequestOutput], None],
-               request_id: str | None = None) -> str:
-        """Queue a request; its outputs go to ``on_output`` (on the engine thread). Returns its id."""
+               request_id: str | None = None, adapter: str | None = None) -> str:
+        """Queue a request; its outputs go to ``on_output`` (on the engine thread). Returns its id. ``adapter``:
+        the name of a LoRA adapter added with ``add_adapter`` (ConfigError for an unknown one)."""
         prompt_ids = [int(t) for t in prompt_ids]
         self.check_request(prompt_ids, params)
+        lora = None if adapter is None else self.adapter(adapter)
         rid = request_id or f"req-{next(self._ids)}"
         state = SequenceState(prompt_ids, params, tokenizer=self.tokenizer, eos_ids=self.eos_ids)
-        req = _Request(rid, prompt_ids, params, state, on_output, make_generator(params.seed, self.device))
+        req = _Request(rid, prompt_ids, params, state, on_output, make_generator(params.seed, self.device),
+                       adapter=lora)
         if params.structured is not None:
             req.matcher = self.grammars().matcher(params.structured)
         with self._lock:
@@ -186,6 +200,27 @@ class Engine:
             self._inbox.append(req)
         self._wake.set()
         return rid
+
+    def add_adapter(self, name: str, path: str) -> Adapter:
+        """Register the LoRA adapter (PEFT's files) in ``path`` as ``name``, checked against the model; any thread."""
+        return self._lora().add(name, path)
+
+    def remove_adapter(self, name: str) -> None:
+        """Unregister ``name``: waiting requests that named it fail, running ones finish with it; any thread."""
+        self._lora().remove(name)
+
+    def adapter(self, name: str) -> Adapter:
+        """The registered adapter ``name`` (ConfigError naming the loaded ones otherwise)."""
+        found = self._lora().get(name)
+        if found is None:
+            raise ConfigError("adapter", f"no LoRA adapter named {name!r}; loaded: {self._lora().names() or 'none'}")
+        return found
+
+    def _lora(self) -> AdapterSlots:
+        if self.adapters is None:
+            raise ConfigError("adapter", "this engine serves no LoRA adapters; build it with max_loras >= 1 (the "
+                                         "server's --enable-lora)")
+        return self.adapters
 
     def grammars(self) -> GrammarBackend:
         """The structured-output compiler over this engine's tokenizer (built on first use)."""
@@ -280,6 +315,14 @@ class Engine:
     def _release(self, req: _Request) -> None:
         with contextlib.suppress(LookupError):  # never admitted, or already preempted
             self.cache.free(req.request_id)
+        if req.slot is not None and self.adapters is not None:
+            self.adapters.release(req.slot)
+            req.slot = None
+
+    def _rows(self, reqs: Sequence[_Request], *, graph: bool = False) -> None:
+        """Tell the adapter slots which slot each row of the next forward uses."""
+        if self.adapters is not None:
+            self.adapters.set_rows([r.slot for r in reqs], always=graph)
 
     def _admit(self) -> set[_Request]:
         """Admit waiting requests (first come first served, within the prefill token budget and the KV pool), then
@@ -292,12 +335,24 @@ class Engine:
             if admitted and len(tokens) > budget:
                 break
             want_plp = req.params.prompt_logprobs is not None and req.prompt_logprobs is None
+            if req.adapter is not None and req.adapter.removed:
+                self.waiting.popleft()
+                self._finish_stats("error")
+                self._emit(req, RequestOutput(req.request_id, finished=True, finish_reason="error", error=LmstackError(
+                    f"the LoRA adapter {req.adapter.name!r} was unloaded before this request ran")))
+                continue
+            if req.adapter is not None:
+                req.slot = self.adapters.acquire(req.adapter)
+                if req.slot is None:
+                    break  # every adapter slot is held by running requests: wait for one
             # Prompt logprobs need logits for every prompt token, so such a request skips the prefix cache.
-            hit = self.cache.add_sequence(req.request_id, () if want_plp else tokens)
+            # an adapter's keys and values are its own: its prefixes are cached apart (attn 0.9's salt)
+            salt = {} if req.adapter is None else {"salt": req.adapter.salt}
+            hit = self.cache.add_sequence(req.request_id, () if want_plp else tokens, **salt)
             try:
                 self.cache.reserve(req.request_id, len(tokens) - hit)
             except CacheFullError:
-                self.cache.free(req.request_id)
+                self._release(req)
                 if not self.running and not admitted:
                     self.waiting.popleft()
                     self._finish_stats("error")
@@ -326,6 +381,7 @@ class Engine:
         ids = torch.tensor([tokens[hit:] for _, tokens, hit, _ in group], dtype=torch.long, device=self.device)
         # (G, n, V) where a request wants its prompt's logprobs, else the last position's alone where the model can
         keep = {} if any(want for *_, want in group) or not keeps_logits(self.model) else {"logits_to_keep": 1}
+        self._rows([req for req, *_ in group])
         logits = self.model(ids, cache=self.cache, **keep)
         masks = self._masks([req for req, *_ in group])  # on the host while the device runs the forward
         sample_rows, sample_reqs = [], []
@@ -365,6 +421,7 @@ class Engine:
                         ready.remove(victim)
         if not ready:
             return
+        self._rows(ready, graph=self.graphs is not None)
         if self.graphs is not None:
             logits = self.graphs.step([r.request_id for r in ready], [r.state.output_ids[-1] for r in ready]).float()
         else:
@@ -375,7 +432,7 @@ class Engine:
 
     def _preempt(self, req: _Request) -> None:
         self.running.remove(req)
-        self.cache.free(req.request_id)
+        self._release(req)
         self.waiting.appendleft(req)
         self.stats.preemptions += 1
 
@@ -435,7 +492,7 @@ class Engine:
 
     def _retire(self, req: _Request, out: RequestOutput) -> None:
         self.running.remove(req)
-        self.cache.free(req.request_id)
+        self._release(req)
         self._finish_stats(out.finish_reason or "length")
         self._emit(req, out)
 

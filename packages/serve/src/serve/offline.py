@@ -27,7 +27,8 @@ from specs.errors import ConfigError, LmstackError
 def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *, max_batch_size: int,
                  block_size: int = 16, num_blocks: int | None = None, max_steps: int = 1_000_000,
                  tokenizer: Any = None, structured: StructuredOutput | Mapping[str, Any] | None = None,
-                 **config_overrides: Any) -> list[dict[str, Any]]:
+                 adapters: Mapping[str, str] | None = None, request_adapters: Sequence[str | None] | None = None,
+                 max_loras: int = 0, max_lora_rank: int = 16, **config_overrides: Any) -> list[dict[str, Any]]:
     """Serve ``prompts`` (token-id lists) greedily on ``model``, at most ``max_batch_size`` running at once.
 
     ``num_blocks`` None sizes the KV pool for ``max_batch_size`` requests of the longest prompt plus
@@ -36,6 +37,8 @@ def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: i
     ``tokenizer``). With EOS disabled its
     grammar must always allow one more token (a regex such as ``[a-z ]*``): one whose output can be complete
     leaves such a request nothing to sample.
+    ``adapters`` (name -> LoRA adapter directory) are served in ``max_loras`` slots (default: one per adapter) of
+    rank up to ``max_lora_rank``; ``request_adapters[i]`` names prompt i's adapter (None: the base model).
     Returns, per prompt in order, a dict with ``request_id``, ``token_ids`` (the ``max_new_tokens`` generated ids),
     ``token_times`` (``time.perf_counter()`` seconds when each token reached the host), ``token_steps`` (index of the
     engine step that produced each token), ``submit_time`` (when all requests were submitted, same clock),
@@ -53,7 +56,14 @@ def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: i
     config = ServeConfig.from_dict({**fields, "num_blocks": num_blocks}, path="serve")
     if isinstance(structured, Mapping):
         structured = StructuredOutput.from_dict(structured, path="structured")
-    engine = Engine(model, tokenizer, config, eos_ids=(), max_waiting=len(prompts))
+    if request_adapters is not None and len(request_adapters) != len(prompts):
+        raise ConfigError("request_adapters", f"has {len(request_adapters)} entries for {len(prompts)} prompts; "
+                                              "expected one adapter name (or None) per prompt")
+    engine = Engine(model, tokenizer, config, eos_ids=(), max_waiting=len(prompts),
+                    max_loras=(max_loras or len(adapters)) if adapters else 0, max_lora_rank=max_lora_rank)
+    for name, path in (adapters or {}).items():
+        engine.add_adapter(name, path)
+    per_request = list(request_adapters) if request_adapters is not None else [None] * len(prompts)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, ignore_eos=True, structured=structured)
     records = [{"request_id": f"req-{i}", "token_ids": [], "token_times": [], "token_steps": [],
                 "num_prompt_tokens": len(p), "finish_reason": None, "error": None} for i, p in enumerate(prompts)]
@@ -71,8 +81,8 @@ def run_requests(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: i
         return on_output
 
     t0 = time.perf_counter()
-    for p, rec in zip(prompts, records):
-        engine.submit(p, params, on_output=sink(rec), request_id=rec["request_id"])
+    for p, rec, adapter in zip(prompts, records, per_request):
+        engine.submit(p, params, on_output=sink(rec), request_id=rec["request_id"], adapter=adapter)
     while engine.has_work():
         if step >= max_steps:
             raise LmstackError(f"requests still running after {max_steps} engine steps")

@@ -307,3 +307,17 @@ class TokenizeRequest(_Strict):
 class DetokenizeRequest(_Strict):
     tokens: list[int]
     model: str | None = None
+
+
+class LoadLoRARequest(_Strict):
+    """vLLM's ``POST /v1/load_lora_adapter`` body."""
+
+    lora_name: str = Field(min_length=1)
+    lora_path: str = Field(min_length=1)
+
+
+class UnloadLoRARequest(_Strict):
+    """vLLM's ``POST /v1/unload_lora_adapter`` body (its ``lora_int_id`` is not used here)."""
+
+    lora_name: str = Field(min_length=1)
+    lora_int_id: int | None = None

@@ -11,6 +11,7 @@ so is a request for more choices (prompts x n) than the engine can queue at once
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import time
@@ -39,14 +40,21 @@ from serve.openai_format import (
     sse,
     usage,
 )
-from serve.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    LoadLoRARequest,
+    TokenizeRequest,
+    UnloadLoRARequest,
+)
 from serve.sampling import SamplingParams
 from serve.tokens import PromptEncoder
 from specs.protocols import TextGuard
 
 OPEN_PATHS = ("/health", "/metrics")
 ROUTES = ("/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize", "/tokenizer_info",
-          *OPEN_PATHS)
+          "/v1/load_lora_adapter", "/v1/unload_lora_adapter", *OPEN_PATHS)
 
 
 class _Gate:
@@ -103,10 +111,12 @@ class _Choice:
 
 def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str | None = None,
               max_body_bytes: int = MAX_BODY_BYTES, guard: TextGuard | None = None,
-              tool_parser: str | None = None) -> FastAPI:
+              tool_parser: str | None = None, runtime_lora: bool = False) -> FastAPI:
     """The ASGI app serving ``engine`` (started with the app, stopped at shutdown) under ``model_name``; request
     bodies larger than ``max_body_bytes`` get 413. ``guard`` checks prompts and responses (:mod:`serve.guarding`).
-    ``tool_parser`` reads the model's own tool calls for ``tool_choice: auto`` (:mod:`serve.tools`: ``hermes``)."""
+    ``tool_parser`` reads the model's own tool calls for ``tool_choice: auto`` (:mod:`serve.tools`: ``hermes``).
+    An engine with LoRA slots also serves each adapter added to it under the adapter's name (the ``model`` field
+    picks it); ``runtime_lora`` adds vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``."""
     parse_calls = tools_mod.tool_parser(tool_parser) if tool_parser else None
     aengine = AsyncEngine(engine)
     metrics = ServerMetrics(engine, model_name)
@@ -127,9 +137,15 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
     app.add_middleware(_Gate, api_key=api_key, metrics=metrics)
     app.state.engine, app.state.metrics = engine, metrics
 
-    def check_model(name: str) -> None:
-        if name != model_name:
-            raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves '{model_name}'")
+    def check_model(name: str) -> str | None:
+        """The LoRA adapter ``name`` asks for (None: the base model); 404 for a name not served here."""
+        if name == model_name:
+            return None
+        if engine.adapters is not None and engine.adapters.get(name) is not None:
+            return name
+        served = [model_name, *(engine.adapters.names() if engine.adapters is not None else [])]
+        raise ModelNotFoundError(f"The model '{name}' does not exist; this server serves "
+                                 f"{', '.join(repr(n) for n in served)}")
 
     async def body(request: Request) -> Any:
         return await parse_json(request, max_body_bytes)
@@ -156,13 +172,13 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
         out = checked(guard, text, param)
         return ids if out == text else encoder.encode(out)
 
-    def submit_all(plans: list[tuple[list[int], SamplingParams]]) -> list[RequestStream]:
+    def submit_all(plans: list[tuple[list[int], SamplingParams]], adapter: str | None) -> list[RequestStream]:
         for ids, params in plans:  # reject the whole request before any part of it starts
             engine.check_request(ids, params)
         streams: list[RequestStream] = []
         try:
             for ids, params in plans:
-                streams.append(aengine.submit(ids, params))
+                streams.append(aengine.submit(ids, params, adapter=adapter))
         except BaseException:
             for s in streams:
                 s.abort()
@@ -216,7 +232,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         req = CompletionRequest.model_validate(await body(request))
-        check_model(req.model)
+        adapter = check_model(req.model)
         check_choices(len(req.prompts()), req.n)
         prompts = [guarded_prompt(p, f"prompt[{i}]" if len(req.prompts()) > 1 else "prompt")
                    for i, p in enumerate(req.prompts())]
@@ -232,7 +248,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             for j in range(req.n):
                 plans.append((ids, req.sampling_params(max_new, seed_offset=j, logprobs=req.logprobs,
                                                        prompt_logprobs=prompt_lp)))
-        streams = submit_all(plans)
+        streams = submit_all(plans, adapter)
         rid, t0 = new_id("cmpl"), now()
         prompt_of = [ids for ids in prompts for _ in range(req.n)]
         n_prompt = sum(len(p) for p in prompts)
@@ -254,7 +270,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                                                                                c.logprobs),
                                 "finish_reason": "content_filter" if stopped else c.finish_reason})
             use = usage(n_prompt, sum(c.n_out for c in results), sum(c.cached for c in results[::req.n]))
-            return JSONResponse(completion_body(rid, model_name, t0, choices, use))
+            return JSONResponse(completion_body(rid, req.model, t0, choices, use))
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -287,9 +303,9 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                         if text or lps or out.finished or stopped:
                             reason = "content_filter" if stopped else out.finish_reason if out.finished else None
                             choice = {"index": i, "text": text, "logprobs": lps, "finish_reason": reason}
-                            yield sse(completion_body(rid, model_name, t0, [choice], None, chunk=True))
+                            yield sse(completion_body(rid, req.model, t0, [choice], None, chunk=True))
                 if include_usage:
-                    yield sse(completion_body(rid, model_name, t0, [], usage(n_prompt, sum(n_out)), chunk=True))
+                    yield sse(completion_body(rid, req.model, t0, [], usage(n_prompt, sum(n_out)), chunk=True))
                 yield sse("[DONE]")
             finally:
                 for s in streams:
@@ -301,7 +317,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         req = ChatCompletionRequest.model_validate(await body(request))
-        check_model(req.model)
+        adapter = check_model(req.model)
         check_choices(1, req.n)
         messages = [m.as_template_dict() for m in req.messages]
         for k, m in enumerate(messages):
@@ -319,7 +335,7 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
             p = req.sampling_params(max_new, seed_offset=j, logprobs=top_n)
             return p.replace(structured=tools.structured) if tools.structured is not None else p
 
-        streams = submit_all([(ids, params(j)) for j in range(req.n)])
+        streams = submit_all([(ids, params(j)) for j in range(req.n)], adapter)
         rid, t0 = new_id("chatcmpl"), now()
 
         outs = ChoiceGuards(guard, len(streams))
@@ -336,12 +352,12 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
                                 "finish_reason": "content_filter" if stopped or refused else
                                 tools.finish_reason(c.finish_reason, called)})
             use = usage(len(ids), sum(c.n_out for c in results), results[0].cached)
-            return JSONResponse(chat_body(rid, model_name, t0, choices, use))
+            return JSONResponse(chat_body(rid, req.model, t0, choices, use))
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def chunk(choices: list[dict[str, Any]], use: dict[str, Any] | None = None) -> str:
-            return sse(chat_body(rid, model_name, t0, choices, use, chunk=True, include_usage=include_usage))
+            return sse(chat_body(rid, req.model, t0, choices, use, chunk=True, include_usage=include_usage))
 
         async def events() -> AsyncIterator[str]:
             clock: dict[int, float] = {}
@@ -406,18 +422,44 @@ def build_app(engine: Engine, tokenizer: Any, *, model_name: str, api_key: str |
         return stream(events())
 
     # --- models, tokenizer, health, metrics -----------------------------------------------------------------
-    def model_card() -> dict[str, Any]:
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "lmstack",
-                "max_model_len": engine.max_seq_len}
+    def model_card(name: str | None = None) -> dict[str, Any]:
+        """vLLM's model objects: the base model's ``root`` is its own name; an adapter's is its directory and its
+        ``parent`` the base model."""
+        lora = None if name is None or engine.adapters is None else engine.adapters.get(name)
+        if lora is None:
+            return {"id": model_name, "object": "model", "created": created, "owned_by": "lmstack",
+                    "root": model_name, "parent": None, "max_model_len": engine.max_seq_len}
+        return {"id": lora.name, "object": "model", "created": created, "owned_by": "lmstack", "root": lora.path,
+                "parent": model_name, "max_model_len": engine.max_seq_len}
 
     @app.get("/v1/models")
     async def models() -> Any:
-        return {"object": "list", "data": [model_card()]}
+        names = [a.name for a in engine.adapters.listed()] if engine.adapters is not None else []
+        return {"object": "list", "data": [model_card(), *(model_card(n) for n in names)]}
 
     @app.get("/v1/models/{name:path}")
     async def model(name: str) -> Any:
-        check_model(name)
-        return model_card()
+        return model_card(check_model(name))
+
+    if runtime_lora:
+        @app.post("/v1/load_lora_adapter")
+        async def load_lora_adapter(request: Request) -> Any:
+            req = LoadLoRARequest.model_validate(await body(request))
+            if req.lora_name == model_name:
+                raise APIError(400, f"'{req.lora_name}' is the base model's name; choose another lora_name",
+                               param="lora_name", code="invalid_value")
+            await asyncio.to_thread(engine.add_adapter, req.lora_name, req.lora_path)  # reads the files
+            return Response(f"Success: LoRA adapter '{req.lora_name}' added successfully.", media_type="text/plain")
+
+        @app.post("/v1/unload_lora_adapter")
+        async def unload_lora_adapter(request: Request) -> Any:
+            req = UnloadLoRARequest.model_validate(await body(request))
+            if engine.adapters is None or engine.adapters.get(req.lora_name) is None:
+                raise APIError(404, f"The LoRA adapter '{req.lora_name}' cannot be found.", param="lora_name",
+                               code="not_found")
+            engine.remove_adapter(req.lora_name)
+            return Response(f"Success: LoRA adapter '{req.lora_name}' removed successfully.",
+                            media_type="text/plain")
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Any:

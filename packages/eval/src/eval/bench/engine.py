@@ -22,11 +22,17 @@ expression (serve's structured outputs: a grammar matcher's token mask a request
 with the same ``--tokenizer`` (so both detokenize alike); ``structured_vs_plain`` is the ratio of their tokens/s and
 ``structured_valid`` the share of outputs the regex matches. With EOS off the language must never force an end
 (``[a-z ,.]*``, not JSON that can close).
+
+``--loras N`` adds ``lmstack_lora``: the same requests spread round robin over N random LoRA adapters of rank
+``--lora-rank`` on every projection (lmstack-compress's files, served in N slots: serve's per-request adapters, every
+row adding its own adapter's term), beside ``lmstack``; ``lora_vs_plain`` is the ratio of their tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import tempfile
 import time
 from typing import Any
 
@@ -63,6 +69,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and prompts")
     p.add_argument("--structured", default="", metavar="REGEX",
                    help="also run every request constrained to this regex (variant lmstack_structured)")
+    p.add_argument("--loras", type=options.count(0), default=0,
+                   help="also run the requests spread over this many random LoRA adapters (variant lmstack_lora)")
+    p.add_argument("--lora-rank", type=options.count(1), default=16, help="with --loras: the adapters' rank")
     p.add_argument("--tokenizer", default="byte",
                    help="with --structured: the tokenizer spec the engine detokenizes and builds the grammar with")
 
@@ -86,15 +95,17 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _lmstack(model: Any, prompts: list[list[int]], args: argparse.Namespace, device: str,
+def _lmstack(model: Any, prompts: list[list[int]], args: argparse.Namespace, device: str, *, fresh: bool = False,
             **extra: Any) -> tuple[dict, list]:
+    """``fresh``: each run gets its own copy of ``model`` (an engine serving adapters wraps its model's layers)."""
     run_requests = resolve("lmstack.engines", args.engine)
     kw = {"max_batch_size": args.concurrency, "block_size": args.block_size, **extra}
     if args.warmup:
-        run_requests(model, prompts, args.warmup, **kw)
+        run_requests(copy.deepcopy(model) if fresh else model, prompts, args.warmup, **kw)
+    served = copy.deepcopy(model) if fresh else model
     _reset_peak(device)
     sync(device)
-    res = run_requests(model, prompts, args.new_tokens, **kw)
+    res = run_requests(served, prompts, args.new_tokens, **kw)
     t0 = res[0]["submit_time"]
     wall = max(r["token_times"][-1] for r in res) - t0
     tokens = sum(len(r["token_ids"]) for r in res)
@@ -145,6 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device, dtype = pick_device(args.device), DTYPES[args.dtype]  # ConfigError when CUDA is absent
     torch.manual_seed(args.seed)
     model = resolve("lmstack.models", cfg.arch)(cfg).to(device=device, dtype=dtype).eval()
+    base = copy.deepcopy(model) if args.loras else None  # unfused and unwrapped: the engine changes its model
     g = torch.Generator().manual_seed(args.seed + 1)
     # ids from 1: 0 is transformers' pad id here
     prompts = torch.randint(1, cfg.vocab_size, (args.requests, args.prompt_tokens), generator=g).tolist()
@@ -170,6 +182,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 texts)
             results["structured_vs_plain"] = (variant["output_tokens_per_s"]
                                               / results["variants"]["lmstack"]["output_tokens_per_s"])
+    if args.loras and "lmstack" in args.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            lora = resolve("lmstack.adapters", "lora")
+            paths = {f"lora{k}": str(lora.random(base, f"{tmp}/lora{k}", r=args.lora_rank, alpha=2 * args.lora_rank,
+                                                 seed=k)) for k in range(args.loras)}
+            names = [f"lora{i % args.loras}" for i in range(args.requests)]
+            variant, _ = _lmstack(base, prompts, args, device, fresh=True, adapters=paths, request_adapters=names,
+                                  max_lora_rank=args.lora_rank)
+        results["variants"]["lmstack_lora"] = variant
+        plain = results["variants"]["lmstack"]["output_tokens_per_s"]
+        results["lora_vs_plain"] = variant["output_tokens_per_s"] / plain
     if "transformers" in args.variants:
         results["variants"]["transformers"], theirs = _transformers(model, cfg, dtype, prompts, args, device)
     if ours is not None and theirs is not None:
