@@ -28,7 +28,7 @@ from kernel.reference import check_lora, lora_dense
 KERNEL_ROWS = 16  # more tokens than this: the dense form
 MAX_PARTS = 4  # packed projections the kernels take (q/k/v: 3); more: the dense form
 # (BLOCK_K, warps, ranks a program) of the shrink, (BLOCK_O, warps) of the expand
-SHRINK = (1024, 4, 4)
+SHRINK = (1024, 4, 2)
 EXPAND = (64, 2)
 
 
