@@ -21,15 +21,10 @@ ADAPTERS = [(4, 8, ["q_proj", "v_proj"], False),
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A tiny random Llama, three PEFT adapters saved from it, and PEFT's logits for each (index 3: none)."""
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   initializer_range=0.2, tie_word_embeddings=False)
-    base = tmp_path_factory.mktemp("hf")
-    transformers.LlamaForCausalLM(cfg).save_pretrained(base)
-    ids = torch.randint(0, 96, (4, 9))
+def setup(hf_dir, tmp_path_factory):
+    """The tiny random Llama, three PEFT adapters saved from it, and PEFT's logits for each (index 3: none)."""
+    base = hf_dir
+    ids = torch.randint(0, 96, (4, 9), generator=torch.Generator().manual_seed(0))
     dirs, logits = [], []
     for k, (r, alpha, targets, rslora) in enumerate(ADAPTERS):
         hf = transformers.LlamaForCausalLM.from_pretrained(base).eval()

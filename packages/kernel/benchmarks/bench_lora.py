@@ -4,19 +4,19 @@ kernels at several (block, warps) against the dense form (two matmuls over every
 
     python packages/kernel/benchmarks/bench_lora.py --out lora.json   # on a GPU
 
-Each variant runs over 22 layers' own adapters and weights (from HBM, as in a decode step), captured in a CUDA graph
-of ``--calls`` such passes and replayed; reports us a call (median of replays).
+Each variant runs over 22 layers' own adapters and weights (from HBM, as in a decode step), every call captured in
+one CUDA graph and replayed (``bench_decode_kernels.bench_rotated``); reports us a call (median of replays).
 A benchmark, not a test: figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 
 import torch
 import torch.nn.functional as F
+from bench_decode_kernels import bench_rotated  # beside this script
+from bench_kernels import checked_gpu, write_json
 
 from kernel.reference import lora_dense
 from kernel.triton import lora as tl_lora
@@ -26,27 +26,7 @@ SHAPES = {"qkv": (2048, (0, 2048, 2304, 2560)), "o": (2048, (0, 2048)), "gate_up
           "down": (5632, (0, 2048))}
 
 
-def timed(fn, calls: int, replays: int = 20) -> float:
-    """us a call of ``fn`` (which makes LAYERS calls of the op), in a CUDA graph of ``calls`` of them."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls / LAYERS)
-    return statistics.median(times)
-
-
-def bench_shape(n: int, d_in: int, bounds: tuple[int, ...], S: int, R: int, calls: int,
+def bench_shape(n: int, d_in: int, bounds: tuple[int, ...], S: int, R: int,
                 variants: dict[str, dict]) -> dict[str, float]:
     dev, dt = "cuda", torch.bfloat16
     P, O = len(bounds) - 1, bounds[-1]
@@ -60,18 +40,16 @@ def bench_shape(n: int, d_in: int, bounds: tuple[int, ...], S: int, R: int, call
     rows = torch.arange(n, device=dev) % S
     scales = torch.ones(S, device=dev)
     mask = torch.rand(n, S * P * R, device=dev, dtype=dt)
-    def each(fn):
-        def run():
-            for k in range(LAYERS):
-                fn(k)
-        return run
+    layers = [(A[k], Bs[k]) for k in range(LAYERS)]
 
-    row = {"base GEMM": timed(each(lambda k: F.linear(x, W[k])), calls),
-           "dense (mask built)": timed(each(lambda k: lora_dense(y, x, A[k], Bs[k], rows, scales, bounds, dtype=dt)),
-                                       calls),
-           "dense (mask given)": timed(each(lambda k: y.addmm_(F.linear(x, A[k]) * mask, Bs[k])), calls)}
+    def us(fn, sets=layers):
+        return bench_rotated(fn, sets, "cuda") * 1e6
+
+    row = {"base GEMM": us(lambda w: F.linear(x, w), [(w,) for w in W]),
+           "dense (mask built)": us(lambda a, b: lora_dense(y, x, a, b, rows, scales, bounds, dtype=dt)),
+           "dense (mask given)": us(lambda a, b: y.addmm_(F.linear(x, a) * mask, b))}
     for v, kw in variants.items():
-        row[v] = timed(each(lambda k, kw=kw: tl_lora.lora(y, x, A[k], Bs[k], rows, scales, bounds, **kw)), calls)
+        row[v] = us(lambda a, b, kw=kw: tl_lora.lora(y, x, a, b, rows, scales, bounds, **kw))
     y0 = torch.randn(n, O, device=dev, dtype=dt)  # a fresh output (the timed calls grew y's values)
     want = lora_dense(y0.float(), x, a, b, rows, scales, bounds)
     got = tl_lora.lora(y0.clone(), x, a, b, rows, scales, bounds, kernel_rows=1 << 20)
@@ -79,29 +57,51 @@ def bench_shape(n: int, d_in: int, bounds: tuple[int, ...], S: int, R: int, call
     return row
 
 
+def check(device: str) -> float:
+    """The kernels against the dense form on a small q/k/v-like shape (3 parts, rank 12, some rows without an
+    adapter): the largest error over the largest output."""
+    g = torch.Generator().manual_seed(0)
+    S, R, bounds, d_in, n = 3, 12, (0, 64, 80, 96), 72, 7
+    W = S * 3 * R
+    a, b = (torch.randn(W, d_in, generator=g) * 0.3).to(device), torch.zeros(W, bounds[-1])
+    for w in range(W):  # B's rows only in their part's columns
+        p = (w // R) % 3
+        b[w, bounds[p]:bounds[p + 1]] = torch.randn(bounds[p + 1] - bounds[p], generator=g) * 0.3
+    b = b.to(device)
+    x, y = torch.randn(n, d_in, generator=g).to(device), torch.randn(n, bounds[-1], generator=g).to(device)
+    rows, scales = torch.tensor([0, 3, 1, 2, 3, 0, 1], device=device), torch.tensor([0.5, 1.0, 2.0], device=device)
+    want = lora_dense(y.clone(), x, a, b, rows, scales, bounds)
+    got = tl_lora.lora(y.clone(), x, a, b, rows, scales, bounds, kernel_rows=1 << 20)
+    return float((got - want).abs().max() / want.abs().max())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="1,16,64")
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--calls", type=int, default=4)
     p.add_argument("--out", default="")
+    p.add_argument("--check", action="store_true", help="only check the kernels' values (a CPU runs them under "
+                   "TRITON_INTERPRET=1)")
     args = p.parse_args()
+    err = checked_gpu("bench_lora", check, "the kernels against the dense form, a small shape", args.check)
+    if err is None:
+        return
     variants = {f"triton k{k} w{w} r{r} o{o} w{w2}": {"shrink": (k, w, r), "expand": (o, w2), "kernel_rows": 1 << 20}
                 for k, w, r in ((512, 4, 4), (1024, 4, 4), (1024, 4, 2), (2048, 4, 2), (2048, 8, 4), (1024, 8, 8))
                 for o, w2 in ((128, 4), (64, 2))}
-    results = {"card": torch.cuda.get_device_name(), "slots": args.slots, "rank": args.rank, "us": {}}
+    results = {"card": torch.cuda.get_device_name(), "slots": args.slots, "rank": args.rank, "check_error": err,
+               "us": {}}
     for n in map(int, args.rows.split(",")):
         for name, (d_in, bounds) in SHAPES.items():
-            row = bench_shape(n, d_in, bounds, args.slots, args.rank, args.calls, variants)
+            row = bench_shape(n, d_in, bounds, args.slots, args.rank, variants)
             results["us"][f"{name} N={n}"] = row
             best = min((k for k in row if k.startswith("triton")), key=row.get)
             print(f"{name:8s} N={n:3d} base {row['base GEMM']:6.2f} dense {row['dense (mask built)']:6.2f} "
                   f"premask {row['dense (mask given)']:6.2f} best {best} {row[best]:6.2f} err {row['max_err']:.1e}",
                   flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

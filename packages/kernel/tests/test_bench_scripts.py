@@ -98,7 +98,7 @@ def test_unified_attention_layers_match_split_and_combine():
     assert unified.check(DEVICE) < 2e-2
 
 
-@pytest.mark.parametrize("script", ["bench_fused_mlp", "bench_unified_attention", "bench_rowpair_gemv"])
+@pytest.mark.parametrize("script", ["bench_fused_mlp", "bench_unified_attention", "bench_rowpair_gemv", "bench_lora"])
 def test_prototype_timing_without_a_gpu_stops_with_a_message_and_writes_nothing(tmp_path, script):
     import torch
 

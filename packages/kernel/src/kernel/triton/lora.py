@@ -33,13 +33,18 @@ EXPAND = (64, 2)
 
 
 @triton.jit
-def _shrink(x_ptr, a_ptr, rows_ptr, scales_ptr, xa_ptr, T, I, S, P, R,
-            BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+def _program_row(rows_ptr, T, S):
+    """This program's token n, part p, its row's slot, whether it has one, and a slot safe to index with (0)."""
     n = tl.program_id(0).to(tl.int64)
-    p = tl.program_id(1)
     slot = tl.load(rows_ptr + n // T)
     used = slot < S
-    s = tl.where(used, slot, 0)
+    return n, tl.program_id(1), slot, used, tl.where(used, slot, 0)
+
+
+@triton.jit
+def _shrink(x_ptr, a_ptr, rows_ptr, scales_ptr, xa_ptr, T, I, S, P, R,
+            BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    n, p, slot, used, s = _program_row(rows_ptr, T, S)
     r = tl.program_id(2) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_ok = (r < R) & ((r * 0 + slot) < S)  # (a block-wide test: the interpreter refuses a scalar in a mask)
     a_rows = a_ptr + ((s * P + p) * R + r).to(tl.int64)[:, None] * I
@@ -57,11 +62,7 @@ def _shrink(x_ptr, a_ptr, rows_ptr, scales_ptr, xa_ptr, T, I, S, P, R,
 @triton.jit
 def _expand(y_ptr, xa_ptr, b_ptr, rows_ptr, B1, B2, B3, B4, T, O, S, P, R,
             BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr):
-    n = tl.program_id(0).to(tl.int64)
-    p = tl.program_id(1)
-    slot = tl.load(rows_ptr + n // T)
-    used = slot < S
-    s = tl.where(used, slot, 0)
+    n, p, slot, used, s = _program_row(rows_ptr, T, S)
     start = tl.where(p == 0, 0, tl.where(p == 1, B1, tl.where(p == 2, B2, B3)))  # the part's columns
     stop = tl.where(p == 0, B1, tl.where(p == 1, B2, tl.where(p == 2, B3, B4)))
     o = start + tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
