@@ -34,7 +34,10 @@ def bench_shape(n: int, d_in: int, bounds: tuple[int, ...], S: int, R: int,
     y = torch.randn(n, O, device=dev, dtype=dt)
     # a decode step's 22 layers each with its own adapters (and base weight), so they come from HBM, not the L2
     A = [torch.randn(S * P * R, d_in, device=dev, dtype=dt) * 0.01 for _ in range(LAYERS)]
-    Bs = [torch.randn(S * P * R, O, device=dev, dtype=dt) * 0.01 for _ in range(LAYERS)]
+    part_of_row = (torch.arange(S * P * R, device=dev) // R) % P  # B's rows hold their part's columns only
+    part_of_col = torch.bucketize(torch.arange(O, device=dev), torch.tensor(bounds[1:], device=dev), right=True)
+    keep = (part_of_row[:, None] == part_of_col[None, :]).to(dt)
+    Bs = [torch.randn(S * P * R, O, device=dev, dtype=dt) * 0.01 * keep for _ in range(LAYERS)]
     W = [torch.randn(O, d_in, device=dev, dtype=dt) for _ in range(LAYERS)]
     a, b = A[0], Bs[0]
     rows = torch.arange(n, device=dev) % S
