@@ -10,8 +10,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 DEBUG_CFG = ROOT / "cfgs" / "debug.yaml"
 
-# loss(step) = offset + 10 / step, one row every `delay` seconds. Writes `start` and `end` wall times, its argv and
-# CUDA_VISIBLE_DEVICES; `finished` is written only when the whole curve was logged (not if it was terminated).
+# loss(step) = offset + 10 / step, one row every `delay` seconds, and beside it cost = 5 - offset + extra (a second
+# objective that trades off against the loss; `extra` only makes it worse). Writes `start` and `end` wall times, its
+# argv and CUDA_VISIBLE_DEVICES; `finished` is written only when the whole curve was logged (not if it was terminated).
 FAKE_TRAIN = r'''
 import json, os, sys, time
 args = sys.argv[1:]
@@ -41,7 +42,9 @@ with open(os.path.join(out, "logs", "scalars.csv"), "a") as f:
     for step in range(1, steps + 1):
         time.sleep(delay)
         value = float(opts["fake.value"]) if "fake.value" in opts else offset + 10 / step
+        cost = 5 - offset + float(opts.get("fake.extra", 0))
         f.write(f"{step},lr,0.1,{time.time()}\n{step},{tag},{value!r},{time.time()}\n")
+        f.write(f"{step},cost,{cost!r},{time.time()}\n")
         f.flush()
 with open(os.path.join(out, "end"), "w") as f:
     f.write(repr(time.time()))

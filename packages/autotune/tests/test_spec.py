@@ -57,7 +57,7 @@ BAD = [  # (document, the path the error names, a fragment of its message)
     (with_(space={"train.out_dir": {"categorical": ["a"]}}), "space.train.out_dir", "set by the runner"),
     (with_(overrides={"train.lr": 0.1}, space={"train.lr": {"categorical": [0.1]}}), "space.train.lr",
      "also fixed in overrides"),
-    (with_(sampler="cmaes"), "sampler", "expected one of 'tpe', 'random', 'grid', got 'cmaes'"),
+    (with_(sampler="cmaes"), "sampler", "expected one of 'tpe', 'random', 'grid', 'nsga2', got 'cmaes'"),
     (with_(pruner={"n_warmup_steps": 3}), "pruner", "(missing 'type')"),
     (with_(sampler={"type": "tpe", "n_startup": 3}), "sampler.n_startup", "valid: type, n_startup_trials"),
     (with_(sampler="grid"), "space.train.lr.float.step", "grid sampler needs a step"),
@@ -71,6 +71,16 @@ BAD = [  # (document, the path the error names, a fragment of its message)
     (with_(enqueue=[{"model.d_ff": 100}]), "enqueue.0.model.d_ff", "outside the space"),
     (with_(storage=["a"]), "storage", "valid string"),
     (with_(extra=1), "extra", "unknown field"),
+    (with_(objective=...), "objective", "one of the two is required"),
+    (with_(objectives=[{"metric": "loss"}, {"metric": "eval/loss"}]), "objective", "not both"),
+    (with_(objective=..., objectives=[{"metric": "loss"}]), "objectives", "at least 2 items"),
+    (with_(objective=..., objectives=[{"metric": "loss"}, {"metric": "loss", "direction": "maximize"}]),
+     "objectives.1.metric", "'loss' is already objective 0"),
+    (with_(objective=..., objectives=[{"metric": "loss"}, {"metric": "tps", "direction": "up"}]),
+     "objectives.1.direction", "'minimize' or 'maximize'"),
+    (with_(objective=..., objectives=[{"metric": "loss"}, {"metric": "tps"}], pruner="median"), "pruner",
+     "prunes single-objective studies only"),
+    (with_(sampler={"type": "nsga2", "population_size": 1}), "sampler.population_size", "greater than or equal to 2"),
 ]
 
 
@@ -154,6 +164,15 @@ def test_distributions_and_grid():
     assert len(points) == 27 and len({tuple(p.items()) for p in points}) == 27
 
 
+def test_several_objectives():
+    spec = parse_spec(with_(objective=..., objectives=[{"metric": "eval/loss"},
+                                                       {"metric": "perf/tokens_per_s", "direction": "maximize",
+                                                        "reduce": "max"}], sampler="nsga2"))
+    assert spec.multi and [(g.metric, g.direction, g.reduce) for g in spec.goals] == [
+        ("eval/loss", "minimize", "last"), ("perf/tokens_per_s", "maximize", "max")]
+    assert not parse_spec(GOOD).multi and parse_spec(GOOD).goals == [parse_spec(GOOD).objective]
+
+
 def test_samplers_and_pruners_are_optunas():
     from autotune.study import make_pruner, make_sampler
 
@@ -163,6 +182,8 @@ def test_samplers_and_pruners_are_optunas():
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert (pruner._min_resource, pruner._reduction_factor) == (2, 3)
     assert isinstance(make_sampler(spec), optuna.samplers.TPESampler)
+    nsga = make_sampler(parse_spec({**GOOD, "sampler": {"type": "nsga2", "population_size": 8}}))
+    assert isinstance(nsga, optuna.samplers.NSGAIISampler) and nsga._population_size == 8
     assert isinstance(make_pruner(parse_spec({**GOOD, "pruner": "median"})), optuna.pruners.MedianPruner)
     # the random sampler of a resumed study is re-seeded past the draws the first run made
     a, b = (make_sampler(parse_spec({**GOOD, "sampler": "random"}), offset) for offset in (0, 2))

@@ -145,3 +145,44 @@ def test_sigterm_to_the_runner_terminates_its_trials(fake, tmp_path):
     (t,) = optuna.load_study(study_name="fake", storage=f"sqlite:///{out / 'study.db'}").trials
     assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["interrupted"] is True
     assert t.user_attrs["returncode"] == -15 and not (out / "trials" / "0" / "finished").exists()
+
+
+def test_several_objectives_keep_their_pareto_front(fake, tmp_path, capsys):
+    """loss falls with fake.offset and cost rises as it falls (plus fake.extra, which only hurts): over the grid,
+    the Pareto front is every offset with extra 0, as Optuna's best_trials and a brute-force check say."""
+    doc = fake(objective=None, objectives=[{"metric": "loss"}, {"metric": "cost", "reduce": "max"}], sampler="grid",
+               trials=None, space={"fake.offset": {"categorical": [0.0, 1.0, 2.0]},
+                                   "fake.extra": {"categorical": [0.0, 3.0]}})
+    doc = {k: v for k, v in doc.items() if v is not None}
+    out = tmp_path / "out"
+    res = run_study(doc, out)
+    assert res.multi and res.best is None and len(res.trials) == 6
+    assert all(t.state == "COMPLETE" for t in res.trials)
+    for t in res.trials:
+        off, extra = t.params["fake.offset"], t.params["fake.extra"]
+        assert t.values == pytest.approx((off + 10 / 5, 5 - off + extra))  # the last loss, the largest cost
+    dominated = {t.number for t in res.trials for u in res.trials
+                 if all(a <= b for a, b in zip(u.values, t.values)) and u.values != t.values}
+    want = sorted(t.number for t in res.trials if t.number not in dominated)
+    assert [t.number for t in res.pareto] == want
+    assert {t.params["fake.extra"] for t in res.pareto} == {0.0} and len(want) == 3
+    assert sorted(t.number for t in res.load_study().best_trials) == want
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert [t["number"] for t in pareto["trials"]] == want and not (out / "best.json").exists()
+    assert pareto["objectives"] == [{"metric": "loss", "direction": "minimize"},
+                                    {"metric": "cost", "direction": "minimize"}]
+    assert pareto["trials"][0]["command_line"].endswith(f"--train.out_dir {out}/trials/{want[0]}")
+    head = (out / "trials.csv").read_text().splitlines()[0]
+    assert head.startswith("number,state,value_loss,value_cost,duration_s")
+    assert main(["best", str(out)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3  # a command a Pareto trial
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert "minimize loss, minimize cost; * the Pareto front (3 trials)" in shown[0]
+    assert [line.split()[1] for line in shown[2:5]] == ["COMPLETE*"] * 3  # the front first
+    with pytest.raises(AutotuneError, match="another space, objective"):  # the same study, one objective now
+        run_study(fake(trials=1), out)
+    (tmp_path / "multi.json").write_text(json.dumps(doc))
+    assert main(["run", str(tmp_path / "multi.json"), "--out", str(tmp_path / "again")]) == 0
+    printed = capsys.readouterr().out
+    assert "Pareto front: 3 trials (pareto.json)" in printed and "loss=2 cost=5" in printed

@@ -40,11 +40,16 @@ def load_result(out_dir: str | os.PathLike[str]) -> StudyResult:
 
 
 def ranked(res: StudyResult) -> list[TrialRecord]:
-    """Best first: completed trials by value (in the study's direction), then pruned, running and failed ones."""
+    """Best first: completed trials by value (in the study's direction; with several objectives the Pareto front
+    first, then the others, each by number), then pruned, running and failed ones."""
     sign = -1.0 if res.direction == "maximize" else 1.0
+    front = {t.number for t in res.pareto}
 
     def key(t: TrialRecord) -> tuple[int, float, int]:
-        v = sign * t.value if t.value is not None and math.isfinite(t.value) else math.inf
+        if res.multi:
+            v = 0.0 if t.number in front else 1.0
+        else:
+            v = sign * t.value if t.value is not None and math.isfinite(t.value) else math.inf
         return (STATE_ORDER.get(t.state, 5), v if t.state == "COMPLETE" else 0.0, t.number)
 
     return sorted(res.trials, key=key)
@@ -59,27 +64,43 @@ def _fmt(v: Any) -> str:
 def table(res: StudyResult) -> str:
     """A fixed-width table of the trials, best first."""
     paths = sorted({p for t in res.trials for p in t.params})
-    head = ["#", "state", res.metric, "time_s", *paths]
-    rows = [[str(t.number), t.state, _fmt(t.value), "-" if t.duration_s is None else f"{t.duration_s:.1f}",
-             *(_fmt(t.params.get(p)) for p in paths)] for t in ranked(res)]
+    metrics = list(res.metrics) if res.multi else [res.metric]
+    front = {t.number for t in res.pareto}
+    head = ["#", "state", *metrics, "time_s", *paths]
+
+    def values(t: TrialRecord) -> list[Any]:
+        return (list(t.values) or [None] * len(metrics)) if res.multi else [t.value]
+
+    rows = [[str(t.number), t.state + ("*" if t.number in front else ""), *(_fmt(v) for v in values(t)),
+             "-" if t.duration_s is None else f"{t.duration_s:.1f}", *(_fmt(t.params.get(p)) for p in paths)]
+            for t in ranked(res)]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
     done = res.count("COMPLETE")
+    goal = (", ".join(f"{d} {m}" for m, d in zip(res.metrics, res.directions)) + f"; * the Pareto front "
+            f"({len(res.pareto)} trials)") if res.multi else f"{res.direction} {res.metric}"
     summary = (f"study {res.name!r}: {len(res.trials)} trials ({done} complete, {res.count('PRUNED')} pruned, "
-               f"{res.count('FAIL')} failed); {res.direction} {res.metric}")
+               f"{res.count('FAIL')} failed); {goal}")
     return "\n".join([summary, *lines])
 
 
 def as_json(res: StudyResult) -> dict[str, Any]:
-    return {"study": res.name, "storage": res.storage, "metric": res.metric, "direction": res.direction,
-            "best": None if res.best is None else res.best.number,
-            "trials": [{"number": t.number, "state": t.state, "value": t.value, "params": t.params,
-                        "duration_s": t.duration_s, "error": t.error} for t in ranked(res)]}
+    doc = {"study": res.name, "storage": res.storage, "metric": res.metric, "direction": res.direction,
+           "best": None if res.best is None else res.best.number,
+           "trials": [{"number": t.number, "state": t.state, "value": t.value, "params": t.params,
+                       "duration_s": t.duration_s, "error": t.error} for t in ranked(res)]}
+    if res.multi:
+        doc.update(metrics=list(res.metrics), directions=list(res.directions), pareto=[t.number for t in res.pareto])
+        for row, t in zip(doc["trials"], ranked(res)):
+            row["values"] = list(t.values)
+    return doc
 
 
 def best_command(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``best.json`` of ``out_dir``: the best trial's number, value, params and ``command_line``."""
-    path = Path(out_dir) / "best.json"
-    if not path.is_file():
-        raise AutotuneError(f"{path} does not exist: no trial of this study has completed yet")
-    return json.loads(path.read_text(encoding="utf-8"))
+    """``best.json`` of ``out_dir``: the best trial's number, value, params and ``command_line``; for a study of
+    several objectives, ``pareto.json``: its Pareto front's trials, each with those."""
+    for name in ("best.json", "pareto.json"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    raise AutotuneError(f"{Path(out_dir) / 'best.json'} does not exist: no trial of this study has completed yet")

@@ -8,11 +8,13 @@ It follows the shape users of Optuna, Ray Tune (``tune.loguniform``, ``tune.choi
     config: cfgs/debug.yaml            # the base RunConfig; relative paths are from the working directory
     overrides: {train.steps: 20, train.eval_every: 10}
     objective: {metric: eval/loss, direction: minimize, reduce: last}
+    # or several, traded off (Optuna's multi-objective studies: a Pareto front, no pruning):
+    # objectives: [{metric: eval/loss}, {metric: perf/tokens_per_s, direction: maximize}]
     space:
       train.lr: {float: {low: 1.0e-4, high: 1.0e-2, log: true}}
       train.warmup_steps: {int: {low: 0, high: 10}}
       model.d_ff: {categorical: [128, 172, 256]}
-    sampler: tpe                       # tpe | random | grid, or {type: tpe, n_startup_trials: 5, ...}
+    sampler: tpe                       # tpe | random | grid | nsga2, or {type: tpe, n_startup_trials: 5, ...}
     pruner: median                     # none | median | asha, or {type: median, n_warmup_steps: 5, ...}
     trials: 20                         # finished trials to reach; also timeout_s, seed, parallel, devices, storage
     enqueue: [{train.lr: 3.0e-3}]      # tried first (Optuna's enqueue_trial)
@@ -137,6 +139,15 @@ class Grid(_Model):
     type: Literal["grid"] = "grid"
 
 
+class NSGA2(_Model):
+    """Optuna's NSGAIISampler (Deb et al. 2002): an evolutionary search, the usual choice for several objectives."""
+
+    type: Literal["nsga2"] = "nsga2"
+    population_size: Annotated[int, Field(ge=2)] = 50
+    crossover_prob: Annotated[float, Field(ge=0, le=1)] = 0.9
+    swapping_prob: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
 class NoPruner(_Model):
     type: Literal["none"] = "none"
 
@@ -156,7 +167,7 @@ class ASHA(_Model):
     min_early_stopping_rate: Annotated[int, Field(ge=0)] = 0
 
 
-Sampler = Annotated[TPE | Random | Grid, Field(discriminator="type")]
+Sampler = Annotated[TPE | Random | Grid | NSGA2, Field(discriminator="type")]
 Pruner = Annotated[NoPruner | Median | ASHA, Field(discriminator="type")]
 
 
@@ -173,7 +184,8 @@ class StudySpec(_Model):
     name: Annotated[str, Field(min_length=1)]
     config: str
     overrides: dict[str, Scalar | list[Scalar]] = {}
-    objective: Objective
+    objective: Objective | None = None
+    objectives: Annotated[list[Objective], Field(min_length=2)] | None = None  # several: a multi-objective study
     space: dict[str, Param]
     sampler: Sampler = TPE()
     pruner: Pruner = NoPruner()
@@ -201,8 +213,29 @@ class StudySpec(_Model):
             raise ValueError("needs at least one parameter to search")
         return v
 
+    @property
+    def goals(self) -> list[Objective]:
+        """The objectives, one or several (``objective`` or ``objectives``)."""
+        return list(self.objectives) if self.objectives is not None else [self.objective]  # type: ignore[list-item]
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: Optuna keeps their Pareto front instead of one best trial."""
+        return self.objectives is not None
+
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
+        if (self.objective is None) == (self.objectives is None):
+            raise ConfigError("objective", "set objective (one metric) or objectives (a list of two or more), "
+                              + ("not both" if self.objective is not None else "one of the two is required"))
+        metrics = [g.metric for g in self.goals]
+        for i, m in enumerate(metrics):
+            if m in metrics[:i]:
+                raise ConfigError(f"objectives.{i}.metric", f"{m!r} is already objective {metrics.index(m)}; each "
+                                  "metric once")
+        if self.multi and self.pruner.type != "none":
+            raise ConfigError("pruner", f"{self.pruner.type!r} prunes single-objective studies only (Optuna's pruners "
+                              "compare one value); with objectives use pruner: none")
         for section in ("overrides", "space"):
             for path in getattr(self, section):
                 _check_path(section, path)
@@ -264,6 +297,11 @@ def _unwrap(tp: Any) -> Any:
     models = [a for a in _flatten(tp) if isinstance(a, type) and issubclass(a, BaseModel)]
     if len(models) == 1 and type(None) in typing.get_args(tp):
         return models[0]
+    others = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(others) == 1 and type(None) in typing.get_args(tp):  # an optional list or dict (objectives)
+        tp = others[0]
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
     return tp
 
 
@@ -371,6 +409,8 @@ def check_config(spec: StudySpec) -> None:
     if cfg.viz.log_dir is not None:
         raise ConfigError("config", "sets viz.log_dir; every trial would log into the same directory. Remove it: "
                           "the runner reads <trial out_dir>/logs/scalars.csv")
-    if spec.objective.metric.startswith("eval/") and cfg.train.eval_every == 0 and "train.eval_every" not in spec.space:
-        raise ConfigError("objective.metric", f"{spec.objective.metric!r} is logged only when train.eval_every > 0; "
-                          "set it in overrides (e.g. train.eval_every: 10)")
+    for i, goal in enumerate(spec.goals):
+        if goal.metric.startswith("eval/") and cfg.train.eval_every == 0 and "train.eval_every" not in spec.space:
+            where = f"objectives.{i}.metric" if spec.multi else "objective.metric"
+            raise ConfigError(where, f"{goal.metric!r} is logged only when train.eval_every > 0; set it in "
+                              "overrides (e.g. train.eval_every: 10)")

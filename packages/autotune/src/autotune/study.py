@@ -8,7 +8,10 @@ that no other runner is still driving it. Trials run through Optuna's ask-and-te
 (threads, each waiting on its own subprocess: :mod:`autotune.trial`), as ``study.optimize(n_jobs=...)`` does.
 
 Outputs, rewritten atomically after every trial: ``<out>/best.json`` (number, value, params and the command that
-reproduces the best trial) and ``<out>/trials.csv`` (every trial: number, state, value, duration, params).
+reproduces the best trial) and ``<out>/trials.csv`` (every trial: number, state, value, duration, params). A study
+of several ``objectives`` has no single best trial: ``<out>/pareto.json`` holds its Pareto front instead (Optuna's
+``study.best_trials``: the completed trials no other beats on every objective), each with its command, and
+``trials.csv`` a value column per objective.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class TrialRecord:
     params: dict[str, Any]
     duration_s: float | None
     user_attrs: dict[str, Any] = field(default_factory=dict)
+    values: tuple[float, ...] = ()  # every objective's value (complete trials); ``value`` is the first's
 
     @property
     def error(self) -> str | None:
@@ -71,7 +75,14 @@ class StudyResult:
     direction: str
     metric: str
     trials: list[TrialRecord]
-    best: TrialRecord | None
+    best: TrialRecord | None  # None for several objectives: see ``pareto``
+    metrics: tuple[str, ...] = ()  # every objective's metric and direction, in the spec's order
+    directions: tuple[str, ...] = ()
+    pareto: list[TrialRecord] = field(default_factory=list)  # the Pareto front (several objectives)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.metrics) > 1
 
     @property
     def best_value(self) -> float | None:
@@ -106,6 +117,9 @@ def make_sampler(spec: StudySpec, offset: int = 0) -> optuna.samplers.BaseSample
         return _GridSampler(grid(spec), seed=seed)
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if s.type == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=s.population_size, crossover_prob=s.crossover_prob,
+                                             swapping_prob=s.swapping_prob, seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=s.multivariate,
                                       constant_liar=s.constant_liar)
 
@@ -144,7 +158,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def _search_key(doc: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: doc.get(k) for k in ("space", "objective", "sampler")}
+    return {k: doc.get(k) for k in ("space", "objective", "objectives", "sampler")}
 
 
 def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.Study:
@@ -167,7 +181,8 @@ def _open_study(spec: StudySpec, storage: optuna.storages.RDBStorage) -> optuna.
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
     offset = 0 if old is None else len(old.trials)
     study = optuna.create_study(storage=storage, sampler=make_sampler(spec, offset), pruner=make_pruner(spec),
-                                study_name=spec.name, direction=spec.objective.direction, load_if_exists=True)
+                                study_name=spec.name, directions=[g.direction for g in spec.goals],
+                                load_if_exists=True)
     study.set_user_attr(SPEC_ATTR, doc)
     for point in spec.enqueue:
         study.enqueue_trial(point, skip_if_exists=True)
@@ -292,7 +307,7 @@ class _Driver:
             trial.set_user_attr("interrupted", True)
         with self.lock:
             if outcome.state == "complete":
-                frozen = self.study.tell(trial, outcome.value)
+                frozen = self.study.tell(trial, list(outcome.values) if spec.multi else outcome.value)
             elif outcome.state == "pruned":
                 frozen = self.study.tell(trial, state=TrialState.PRUNED)
             else:
@@ -305,26 +320,42 @@ class _Driver:
 
 def record(t: FrozenTrial) -> TrialRecord:
     duration = None if t.duration is None else t.duration.total_seconds()
-    return TrialRecord(t.number, t.state.name, t.value, dict(t.params), duration, dict(t.user_attrs))
+    values = () if t.values is None else tuple(t.values)  # (FrozenTrial.value refuses several objectives)
+    return TrialRecord(t.number, t.state.name, values[0] if values else None, dict(t.params), duration,
+                       dict(t.user_attrs), values)
+
+
+def goals(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A spec document's objectives (``objective`` or ``objectives``) with their defaults."""
+    found = doc.get("objectives") or [doc["objective"]]
+    return [{"direction": "minimize", **g} for g in found]
 
 
 def result(study: optuna.Study, spec: StudySpec | Mapping[str, Any], out: Path, url: str) -> StudyResult:
-    """The study's trials and best trial, as read from the storage now."""
+    """The study's trials and best trial (or Pareto front), as read from the storage now."""
     doc = spec.model_dump(mode="json", by_alias=True) if isinstance(spec, StudySpec) else dict(spec)
     trials = [record(t) for t in study.get_trials(deepcopy=False)]
     done = [t for t in trials if t.state == "COMPLETE"]
-    maximize = doc["objective"]["direction"] == "maximize"
-    best = (max if maximize else min)(done, key=lambda t: t.value) if done else None  # type: ignore[arg-type,return-value]
-    return StudyResult(study.study_name, url, out, doc["objective"]["direction"], doc["objective"]["metric"], trials,
-                       best)
+    objs = goals(doc)
+    metrics, directions = tuple(g["metric"] for g in objs), tuple(g["direction"] for g in objs)
+    best, pareto = None, []
+    if len(objs) > 1:
+        front = {t.number for t in study.best_trials}
+        pareto = [t for t in done if t.number in front]
+    elif done:
+        best = (max if directions[0] == "maximize" else min)(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+    return StudyResult(study.study_name, url, out, directions[0], metrics[0], trials, best, metrics, directions,
+                       pareto)
 
 
 def trials_csv(res: StudyResult, paths: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["number", "state", "value", "duration_s", *(f"params_{p}" for p in paths)])
+    value_cols = [f"value_{m}" for m in res.metrics] if res.multi else ["value"]
+    w.writerow(["number", "state", *value_cols, "duration_s", *(f"params_{p}" for p in paths)])
     for t in res.trials:
-        w.writerow([t.number, t.state, "" if t.value is None else repr(t.value),
+        values = t.values if res.multi else (t.value,)
+        w.writerow([t.number, t.state, *("" if v is None else repr(v) for v in (values or [None] * len(value_cols))),
                     "" if t.duration_s is None else repr(t.duration_s),
                     *("" if p not in t.params else _cell(t.params[p]) for p in paths)])
     return buf.getvalue()
@@ -339,6 +370,13 @@ def write_outputs(study: optuna.Study, spec: StudySpec | Mapping[str, Any], out:
     res = result(study, spec, out, url)
     paths = list(spec.space if isinstance(spec, StudySpec) else spec["space"])
     atomic_write_text(out / "trials.csv", trials_csv(res, paths))
+    if res.multi:
+        doc = {"study": res.name, "objectives": [{"metric": m, "direction": d} for m, d in zip(res.metrics,
+                                                                                                res.directions)],
+               "trials": [{"number": t.number, "values": list(t.values), "params": t.params, "command": t.command,
+                           "command_line": shlex.join(t.command or []), "out_dir": t.user_attrs.get("out_dir")}
+                          for t in res.pareto]}
+        atomic_write_text(out / "pareto.json", json.dumps(doc, indent=2) + "\n")
     if res.best is not None:
         b = res.best
         doc = {"study": res.name, "metric": res.metric, "direction": res.direction, "number": b.number,

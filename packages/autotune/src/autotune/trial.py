@@ -34,7 +34,8 @@ TAIL_LINES = 20  # of a failed trial's log, kept in its user attrs
 @dataclass(frozen=True)
 class TrialOutcome:
     state: Literal["complete", "pruned", "failed", "interrupted"]
-    value: float | None = None
+    value: float | None = None  # the (first) objective's
+    values: tuple[float, ...] = ()  # every objective's, in the spec's order (complete trials)
     returncode: int | None = None
     error: str | None = None
     reports: int = 0  # intermediate values passed to trial.report
@@ -79,13 +80,15 @@ def terminate(proc: subprocess.Popen, grace_s: float) -> None:
 
 def run_trial(trial: optuna.Trial, spec: StudySpec, cmd: Sequence[str], trial_dir: Path, *,
               env: Mapping[str, str] | None = None, stop: threading.Event | None = None) -> TrialOutcome:
-    """Run ``cmd``, writing its stdout and stderr to ``trial_dir/train.log``, reporting ``spec.objective.metric`` to
-    ``trial`` as it is logged, until the process ends, the pruner stops it, or ``stop`` is set (interrupted)."""
+    """Run ``cmd``, writing its stdout and stderr to ``trial_dir/train.log``, until the process ends, the pruner stops
+    it, or ``stop`` is set (interrupted). A single objective is reported to ``trial`` as it is logged (for the
+    pruner); several are read at the end only (Optuna prunes single-objective studies alone)."""
     stop = stop or threading.Event()
     trial_dir.mkdir(parents=True, exist_ok=True)
     log_path = trial_dir / "train.log"
-    tail = ScalarTail(scalars_path(trial_dir), spec.objective.metric)
-    values: list[tuple[int, float]] = []
+    tails = [ScalarTail(scalars_path(trial_dir), g.metric) for g in spec.goals]
+    logged: list[list[tuple[int, float]]] = [[] for _ in tails]
+    values = logged[0]
     last_step: int | None = None
     with open(log_path, "wb") as log:
         try:
@@ -96,9 +99,11 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, cmd: Sequence[str], trial_di
         try:
             while True:
                 done = proc.poll() is not None  # read once more after the exit: the last rows land just before it
-                for step, value in tail.poll():
+                for rows, tail in zip(logged[1:], tails[1:]):
+                    rows.extend(tail.poll())
+                for step, value in tails[0].poll():
                     values.append((step, value))
-                    if not math.isfinite(value) or (last_step is not None and step <= last_step):
+                    if spec.multi or not math.isfinite(value) or (last_step is not None and step <= last_step):
                         continue
                     trial.report(value, step)
                     last_step = step
@@ -120,13 +125,15 @@ def run_trial(trial: optuna.Trial, spec: StudySpec, cmd: Sequence[str], trial_di
         how = f"killed by signal {-rc}" if rc < 0 else f"exit code {rc}"
         return TrialOutcome("failed", returncode=rc, error=f"{how}; the end of {log_path}:\n{log_tail(log_path)}",
                             reports=len(values))
-    metric = spec.objective.metric
-    if not values:
-        seen = ", ".join(sorted(tail.tags)) or "none (no scalars.csv rows)"
-        return TrialOutcome("failed", returncode=rc, error=f"the objective {metric!r} was never logged to "
-                            f"{tail.path}; tags logged: {seen}")
-    value = reduce_values(values, spec.objective.reduce)
-    if not math.isfinite(value):
-        return TrialOutcome("failed", returncode=rc, error=f"the objective {metric!r} is {value} (a non-finite "
-                            "value was logged)", reports=len(values))
-    return TrialOutcome("complete", value=value, returncode=rc, reports=len(values))
+    results: list[float] = []
+    for goal, rows, tail in zip(spec.goals, logged, tails):
+        if not rows:
+            seen = ", ".join(sorted(tail.tags)) or "none (no scalars.csv rows)"
+            return TrialOutcome("failed", returncode=rc, error=f"the objective {goal.metric!r} was never logged to "
+                                f"{tail.path}; tags logged: {seen}", reports=len(values))
+        value = reduce_values(rows, goal.reduce)
+        if not math.isfinite(value):
+            return TrialOutcome("failed", returncode=rc, error=f"the objective {goal.metric!r} is {value} (a "
+                                "non-finite value was logged)", reports=len(values))
+        results.append(value)
+    return TrialOutcome("complete", value=results[0], values=tuple(results), returncode=rc, reports=len(values))
