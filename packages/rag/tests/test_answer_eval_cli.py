@@ -11,9 +11,12 @@ import pytest
 import pytrec_eval
 
 from rag.__main__ import main
+from rag.chunk import token_length
+from rag.docs import load_documents
 from rag.index import RagIndex
 from rag.metrics import evaluate, read_qrels, read_run, write_run
 from rag.prompt import ask, build_messages, citations
+from specs.plugins import resolve
 
 
 @pytest.fixture
@@ -139,6 +142,19 @@ def test_cli_build_query_eval(tmp_path, docs, encoder_dir, capsys):
     want, _ = evaluate(read_run(tmp_path / "run.txt"), read_qrels(tmp_path / "qrels.txt"), ["ndcg@10", "mrr"])
     assert report["mean"] == pytest.approx(want) and report["mean"]["mrr"] == 1.0
 
+    # update: the recorded tokenizer measures the new chunks; only they are embedded (the cache saw the rest)
+    (tmp_path / "new.md").write_text("Backups run nightly and are restored monthly to prove they work.")
+    assert main(["update", str(idx), "--docs", str(tmp_path / "new.md"), "--remove", "faq.txt", "--cache",
+                 str(tmp_path / "c.db"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 documents added or replaced, 1 removed; 4 documents" in printed
+    new_chunks = sum(c.doc_id.endswith("new.md") for c in RagIndex.load(idx, device="cpu").chunks)
+    assert f"embedding cache: 0 hits, {new_chunks} embedded" in printed  # the kept chunks were not embedded again
+    loaded, _ = load_documents([corpus, tmp_path / "new.md"])
+    fresh = RagIndex.build([d for d in loaded if d.id != "faq.txt"], tmp_path / "fresh", chunk_size=64,
+                           chunk_overlap=8, length=token_length(resolve("lmstack.tokenizers", "auto")("byte")))
+    assert RagIndex.load(idx, device="cpu").chunks == fresh.chunks
+    assert main(["update", str(idx)]) == 2 and "nothing to do" in capsys.readouterr().err
     assert main(["query", str(tmp_path / "nope"), "x"]) == 2
     assert "is not a rag index (no rag.json)" in capsys.readouterr().err
     assert main(["tool"]) == 0 and json.loads(capsys.readouterr().out)["function"]["name"] == "search_documents"

@@ -100,3 +100,69 @@ def test_tool_spec_and_calls(tmp_path, docs):
     assert call("{not json")["error"].startswith("arguments are not valid JSON")
     assert "unknown tool 'web_search'" in call("{}", name="web_search")["error"]
     assert "needs vectors" in call(json.dumps({"query": "keys", "mode": "dense"}))["error"]
+
+
+class Counting:
+    """An embedder wrapper that counts the texts it embeds."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, []
+        self.spec, self.fingerprint, self.dim = inner.spec, inner.fingerprint, inner.dim
+
+    def embed(self, texts, *, kind="document"):
+        self.texts += list(texts)
+        return self.inner.embed(texts, kind=kind)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_update_equals_a_fresh_build_and_embeds_only_new_chunks(tmp_path, docs, encoder_dir, kind):
+    emb = Counting(load_embedder(str(encoder_dir), device="cpu"))
+    RagIndex.build(docs, tmp_path / "idx", chunk_size=90, chunk_overlap=20, embedder=emb, vector_kind=kind)
+    changed = Document("deploy.md", "Deploys now go through the canary pipeline; a rollback drains the canary.")
+    added = Document("backup.md", "Backups run nightly and are restored monthly to prove they work.")
+    emb.texts.clear()
+    new = RagIndex.load(tmp_path / "idx", embedder=emb).update(add=[changed, added], remove=["faq.txt"])
+    want_docs = [d for d in docs if d.id in ("keys.md", "oncall.md")] + [changed, added]
+    fresh = RagIndex.build(want_docs, tmp_path / "fresh", chunk_size=90, chunk_overlap=20,
+                           embedder=load_embedder(str(encoder_dir), device="cpu"), vector_kind=kind)
+    assert new.chunks == fresh.chunks and new.info["documents"] == 4 and new.info["chunks"] == len(fresh.chunks)
+    assert emb.texts == [c.text for c in new.chunks if c.doc_id in ("deploy.md", "backup.md")]  # only the new
+    reloaded = RagIndex.load(tmp_path / "idx", embedder=emb)
+    for mode in ("bm25", "dense", "hybrid"):
+        for q in ("canary rollback", "how often are backups restored", "signing keys vault"):
+            got = [(h.chunk.id, round(h.score, 5)) for h in reloaded.search(q, k=4, mode=mode)]
+            assert got == [(h.chunk.id, round(h.score, 5)) for h in fresh.search(q, k=4, mode=mode)], (mode, q)
+    assert "updated" in reloaded.info and sorted(os.listdir(tmp_path)) == ["fresh", "idx"]  # no temporary left
+
+
+def test_update_refuses_what_it_cannot_do_and_keeps_the_index(tmp_path, docs):
+    idx = RagIndex.build(docs, tmp_path / "idx", chunk_size=200, chunk_overlap=0)
+    for kwargs, match in (({"remove": ["nope.md"]}, r"cannot remove \['nope.md'\]"),
+                          ({"add": [Document("a", "x y"), Document("a", "z w")]}, "added more than once"),
+                          ({"add": [Document("keys.md", "x")], "remove": ["keys.md"]}, "both added and removed"),
+                          ({"remove": [d.id for d in docs]}, "leaves no text")):
+        with pytest.raises(ValueError, match=match):
+            idx.update(**kwargs)
+    assert RagIndex.load(tmp_path / "idx").chunks == idx.chunks
+    with pytest.raises(RuntimeError, match="fell over"):  # the embedder fails mid-update: the old index stays
+        vec = RagIndex.build(docs, tmp_path / "vec", chunk_size=200, chunk_overlap=0, embedder=Exploding2())
+        vec.embedder = Exploding()
+        vec.update(add=[Document("new.md", "more text")])
+    assert RagIndex.load(tmp_path / "vec", embedder=Exploding2()).info["chunks"] == len(vec.chunks)
+    assert sorted(os.listdir(tmp_path)) == ["idx", "vec"]
+    idx.info["chunking"]["length"] = "words"  # an index measured by a function this package cannot rebuild
+    with pytest.raises(ValueError, match="pass length="):
+        idx.update(add=[Document("n", "text")])
+    idx.update(add=[Document("n", "some more text")], length=len)
+
+
+class Exploding2:
+    """A working embedder with Exploding's identity (the index accepts it), 4 dims."""
+
+    spec, fingerprint, dim = "boom:", "x", 4
+
+    def embed(self, texts, *, kind="document"):
+        import numpy as np
+
+        v = np.array([[len(t), t.count("e") + 1, t.count("a") + 1, 1.0] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)

@@ -15,7 +15,7 @@ from rag.rerank import CrossEncoderReranker
 from rag.sparse import BM25Index, terms
 from rag.tool import run_tool_call, search_tool
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "Answer", "BM25Index", "CachedEmbedder", "Chunk", "CrossEncoderReranker", "Document", "Embedder",

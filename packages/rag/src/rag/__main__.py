@@ -1,6 +1,7 @@
 """``python -m rag build|query|ask|eval|tool``: index a corpus, search it, answer from it, measure it.
 
     python -m rag build --docs notes/ papers.jsonl --out idx/ [--embedder hf:models/bge-small] [--tokenizer DIR]
+    python -m rag update idx/ --docs new.md changed/ [--remove old.md ...] [--cache emb.db]
     python -m rag query idx/ "how do I rotate the keys?" -k 5 [--mode bm25|dense|hybrid] [--rerank DIR] [--json]
     python -m rag ask idx/ "how do I rotate the keys?" --url http://localhost:8000 [--model NAME]
     python -m rag eval idx/ --queries queries.jsonl --qrels qrels.tsv [--measures ndcg@10 recall@100] [--run run.txt]
@@ -48,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cache", help="an SQLite embedding cache to read and fill")
     b.add_argument("--device", default="auto")
     b.add_argument("--overwrite", action="store_true")
+    u = sub.add_parser("update", help="add, replace and remove documents of an index (only new chunks are "
+                       "embedded)")
+    u.add_argument("index")
+    u.add_argument("--docs", nargs="+", default=[], help="documents to add; one whose id the index holds replaces it")
+    u.add_argument("--remove", nargs="+", default=[], metavar="ID", help="ids of documents to remove")
+    u.add_argument("--cache", help="an SQLite embedding cache to read and fill")
+    u.add_argument("--device", default="auto")
     for name, text in (("query", "search an index"), ("ask", "answer a question from an index with a chat server")):
         q = sub.add_parser(name, help=text)
         q.add_argument("index")
@@ -130,11 +138,29 @@ def _build(a: argparse.Namespace) -> None:
         print(f"embedding cache: {embedder.hits} hits, {embedder.misses} embedded")
 
 
+def _update(a: argparse.Namespace) -> None:
+    if not a.docs and not a.remove:
+        raise ValueError("nothing to do: give --docs to add or --remove IDs")
+    docs, skipped = load_documents(a.docs) if a.docs else ([], 0)
+    idx = RagIndex.load(a.index, device=a.device)
+    if idx.embedder is not None and a.cache:
+        idx.embedder = CachedEmbedder(idx.embedder, EmbeddingCache(a.cache))
+    before = idx.info["chunks"]
+    idx = idx.update(add=docs, remove=a.remove)
+    print(f"updated {a.index}: {len(docs)} documents added or replaced, {len(a.remove)} removed; "
+          f"{idx.info['documents']} documents, {idx.info['chunks']} chunks (was {before})"
+          + (f"; skipped {skipped} files that are not UTF-8 text" if skipped else ""))
+    if isinstance(idx.embedder, CachedEmbedder):
+        print(f"embedding cache: {idx.embedder.hits} hits, {idx.embedder.misses} embedded")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "build":
             _build(a)
+        elif a.cmd == "update":
+            _update(a)
         elif a.cmd == "tool":
             print(json.dumps(search_tool(), indent=2))
         elif a.cmd == "query":

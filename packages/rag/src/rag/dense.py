@@ -71,6 +71,14 @@ class VectorIndex:
         scores, rows = self.index.search(q, min(k, len(self)))
         return [[(int(r), float(s)) for r, s in zip(rr, ss) if r >= 0] for rr, ss in zip(rows, scores)]
 
+    def vectors(self, rows: list[int]) -> np.ndarray:
+        """The stored vectors of ``rows`` (len(rows), D) float32, exactly as added (every kind keeps them whole)."""
+        if not rows:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if isinstance(self.index, faiss.IndexIVF):
+            self.index.make_direct_map()  # an inverted file finds a row's vector through its id map
+        return self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
     def save(self, path: str | Path) -> None:
         faiss.write_index(self.index, str(path))
 

@@ -3,7 +3,9 @@
 Layout (written to a temporary sibling and renamed into place, so a failed build never leaves half an index):
 ``rag.json`` (schema version, chunking, BM25 and vector settings, the embedder's spec and fingerprint),
 ``chunks.jsonl`` (one :class:`~rag.chunk.Chunk` a line, in row order), ``bm25/`` (bm25s's arrays) and
-``vectors.faiss``. Search modes: ``bm25``; ``dense`` (needs an embedder); ``hybrid``: both retrievers' top
+``vectors.faiss``. ``update`` adds, replaces and removes documents: it chunks and embeds only the new ones, keeps
+the stored vectors of the rest, rebuilds BM25 (its idf is over the whole corpus) and rewrites the directory the same
+atomic way. Search modes: ``bm25``; ``dense`` (needs an embedder); ``hybrid``: both retrievers' top
 ``candidates`` fused by reciprocal rank (:mod:`rag.fusion`); ``auto``: hybrid when the index has vectors.
 """
 
@@ -19,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.chunk import DEFAULT_SEPARATORS, Chunk, Document, chunk_documents
+import numpy as np
+
+from rag.chunk import DEFAULT_SEPARATORS, Chunk, Document, chunk_documents, token_length
 from rag.dense import VectorIndex
 from rag.embed import Embedder, load_embedder
 from rag.fusion import reciprocal_rank_fusion
@@ -77,27 +81,50 @@ class RagIndex:
             "vectors": None if embedder is None else {"kind": vector_kind, "dim": embedder.dim,
                                                       "embedder": embedder.spec, "fingerprint": embedder.fingerprint},
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        try:
-            with (tmp / "chunks.jsonl").open("w") as f:
-                for c in chunks:
-                    f.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
-            bm25.save(tmp / "bm25")
-            if vectors is not None:
-                vectors.save(tmp / "vectors.faiss")
-            (tmp / "rag.json").write_text(json.dumps(info, indent=2) + "\n")
-            if out.exists():  # overwrite: move the old index aside first, so a crash leaves one of the two whole
-                old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-                os.replace(out, old / "index")
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _save(out, info, chunks, bm25, vectors)
         return cls(out, info, chunks, bm25, vectors, embedder)
+
+    def update(self, add: Iterable[Document] = (), remove: Iterable[str] = (), *,
+               length: Callable[[str], int] | None = None) -> RagIndex:
+        """Add the documents ``add`` (replacing those of the same id) and drop those whose ids are in ``remove``,
+        then rewrite the directory (atomically, as ``build``) and return the updated index. The new documents are
+        chunked with the index's recorded settings and embedded by its embedder; every other chunk keeps its
+        stored vector. ``length`` measures chunks when the index counts tokens (default: the recorded tokenizer
+        spec, through ``lmstack.tokenizers``). The result equals a fresh ``build`` over the documents it holds,
+        kept ones first in their order, then ``add``'s."""
+        add, remove = list(add), list(dict.fromkeys(remove))
+        held = {c.doc_id for c in self.chunks}
+        missing = [r for r in remove if r not in held]
+        if missing:
+            raise ValueError(f"cannot remove {missing[:3]}: no such document in {self.directory}")
+        ids = [d.id for d in add]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"documents {twice[:3]} are added more than once")
+        both = sorted(set(ids) & set(remove))
+        if both:
+            raise ValueError(f"documents {both[:3]} are both added and removed")
+        chunking = self.info["chunking"]
+        new = chunk_documents(add, chunk_size=chunking["chunk_size"], chunk_overlap=chunking["chunk_overlap"],
+                              length=length or _length(chunking["length"]), separators=chunking["separators"])
+        gone = set(ids) | set(remove)
+        kept = [i for i, c in enumerate(self.chunks) if c.doc_id not in gone]
+        chunks = [self.chunks[i] for i in kept] + new
+        if not chunks:
+            raise ValueError("the update leaves no text to index")
+        bm25 = BM25Index.build([c.text for c in chunks], method=self.info["bm25"]["method"],
+                               stemmer=self.info["bm25"]["stemmer"])
+        vectors = None
+        if self.vectors is not None:
+            assert self.embedder is not None  # load() pairs vectors with their embedder
+            fresh = self.embedder.embed([c.text for c in new], kind="document") if new else None
+            old = self.vectors.vectors(kept)
+            matrix = old if fresh is None else np.concatenate([old, np.asarray(fresh, dtype=np.float32)])
+            vectors = VectorIndex.build(matrix, kind=self.info["vectors"]["kind"])
+        info = {**self.info, "documents": len({c.doc_id for c in chunks}), "chunks": len(chunks),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _save(self.directory, info, chunks, bm25, vectors)
+        return RagIndex(self.directory, info, chunks, bm25, vectors, self.embedder)
 
     @classmethod
     def load(cls, directory: str | Path, *, embedder: Embedder | None = None, **embedder_kwargs: Any) -> RagIndex:
@@ -172,3 +199,39 @@ class RagIndex:
                 docs[h.chunk.doc_id] = max(docs.get(h.chunk.doc_id, float("-inf")), h.score)
             run[qid] = docs
         return run
+
+
+def _length(name: str) -> Callable[[str], int]:
+    """The length function a recorded ``chunking.length`` names: ``characters``, or ``tokens:SPEC``."""
+    if name == "characters":
+        return len
+    if name.startswith("tokens:"):
+        from specs.plugins import resolve
+
+        return token_length(resolve("lmstack.tokenizers", "auto")(name.removeprefix("tokens:")))
+    raise ValueError(f"this index measured chunks in {name!r}; pass length= (the function it used)")
+
+
+def _save(out: Path, info: dict[str, Any], chunks: list[Chunk], bm25: BM25Index, vectors: VectorIndex | None) -> None:
+    """Write the index directory to a temporary sibling, then put it in place of ``out`` (moving an old one aside
+    first, so a crash leaves one of the two whole)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        with (tmp / "chunks.jsonl").open("w") as f:
+            for c in chunks:
+                f.write(json.dumps(c.to_json(), ensure_ascii=False) + "\n")
+        bm25.save(tmp / "bm25")
+        if vectors is not None:
+            vectors.save(tmp / "vectors.faiss")
+        (tmp / "rag.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / "index")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
