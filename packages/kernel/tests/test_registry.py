@@ -25,8 +25,8 @@ def test_every_op_has_a_reference_and_auto_on_cpu_never_picks_a_gpu_kernel():
 
 
 def test_unknown_names_list_valid_ones():
-    with pytest.raises(PluginError, match=r"did you mean 'flash'.*valid names: auto, flash, reference, sdpa"):
-        resolve("attention", "flsh")
+    with pytest.raises(PluginError, match=r"did you mean 'flash'.*valid names: auto, flash, .*reference, sdpa"):
+        resolve("attention", "flsh")  # (installed plugins' names may sit between)
     with pytest.raises(PluginError, match=r"unknown kernel op 'atention'.*valid ops: attention, rmsnorm"):
         resolve("atention")
     from specs.errors import ConfigError

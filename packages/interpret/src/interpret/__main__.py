@@ -1,9 +1,10 @@
-"""``python -m interpret``: the logit lens, causal tracing and SAE training from the command line.
+"""``python -m interpret``: the logit lens, causal tracing, SAE training and head scores from the command line.
 
     python -m interpret lens  --model DIR --text "The capital of France is" [--target " Paris"] [--k 3] [--json]
     python -m interpret trace --model DIR --text "The Eiffel Tower is in the city of" --subject "Eiffel Tower"
                               --target " Paris" [--point resid_post|mlp_out|attn_out] [--window 1] [--json]
     python -m interpret sae   --model DIR --data corpus.txt --layer 6 --d-sae 4096 --k 32 --out sae/ [--steps N]
+    python -m interpret heads --model DIR [--text "..."] [--induction-len 50] [--top 5] [--json]
 
 ``--model`` is a checkpoint directory (lmstack or Hugging Face) or a preset name (random weights); models and
 tokenizers come through the ``lmstack.models`` / ``lmstack.tokenizers`` plugins. Errors are one line on stderr
@@ -22,6 +23,7 @@ import torch
 
 from interpret.lens import lens_report
 from interpret.patching import causal_trace
+from interpret.patterns import SCORES, attention_patterns, head_scores, induction_scores
 from interpret.sae import sae_metrics, train_sae
 from specs.errors import LmstackError
 from specs.plugins import resolve
@@ -103,9 +105,39 @@ def _sae(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(args.out), "activations": len(acts), **sae_metrics(result.sae, acts)}
 
 
+def _heads(args: argparse.Namespace) -> dict[str, Any]:
+    model, tok = load(args.model, args.device)
+    device = next(model.parameters()).device
+    scores: dict[str, torch.Tensor] = {}
+    if args.text:
+        ids = list(tok.encode(args.text))
+        if len(ids) < 2:
+            raise LmstackError(f"--text {args.text!r} encodes to {len(ids)} token(s); the scores need two or more")
+        scores.update(head_scores(attention_patterns(model, torch.tensor([ids], device=device))))
+    if args.induction_len:
+        vocab = min(int(tok.vocab_size), int(model.config.vocab_size))
+        scores["induction"] = induction_scores(model, vocab, seq_len=args.induction_len, batch=args.batch,
+                                               seed=args.seed, bos=getattr(tok, "bos_id", None))
+    if not scores:
+        raise LmstackError("nothing to score: give --text and/or --induction-len above 0")
+    return {name: {"scores": t.tolist(), "top": _top(t, args.top, largest=name != "entropy")}
+            for name, t in scores.items()}
+
+
+def _top(t: torch.Tensor, k: int, *, largest: bool) -> list[dict[str, Any]]:
+    """The ``k`` (layer, head) cells of an (L, H) score with the largest values (smallest for entropy)."""
+    flat = t.flatten()
+    order = flat.argsort(descending=largest)[:k].tolist()
+    return [{"layer": i // t.shape[1], "head": i % t.shape[1], "score": float(flat[i])} for i in order]
+
+
 def _print(args: argparse.Namespace, doc: dict[str, Any]) -> None:
     if args.json or args.cmd == "sae":
         print(json.dumps(doc, indent=2))
+    elif args.cmd == "heads":
+        for name, d in doc.items():
+            best = "  ".join(f"L{c['layer']}H{c['head']} {c['score']:.3f}" for c in d["top"])
+            print(f"{name:>15}: {best}")
     elif args.cmd == "lens":
         print(f"position {doc['position']} ({doc['tokens'][doc['position']]!r}); the lens at each layer:")
         for row in doc["layers"]:
@@ -123,12 +155,18 @@ def _print(args: argparse.Namespace, doc: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m interpret", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("lens", "trace", "sae"):
+    for name in ("lens", "trace", "sae", "heads"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--device", default="cpu")
         p.add_argument("--json", action="store_true")
         p.add_argument("--seed", type=int, default=0)
+        if name == "heads":
+            p.add_argument("--text", help=f"score each head's pattern on this prompt ({', '.join(SCORES)})")
+            p.add_argument("--induction-len", type=int, default=50, help="score induction on a random sequence of "
+                           "this many tokens repeated twice (0: skip)")
+            p.add_argument("--batch", type=int, default=4, help="random sequences for the induction score")
+            p.add_argument("--top", type=int, default=5, help="heads listed a score")
         if name in ("lens", "trace"):
             p.add_argument("--text", required=True)
             p.add_argument("--target", required=name == "trace")
@@ -157,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "k", None) == 0 and args.cmd == "sae":
         args.k = None
     try:
-        doc = {"lens": _lens, "trace": _trace, "sae": _sae}[args.cmd](args)
+        doc = {"lens": _lens, "trace": _trace, "sae": _sae, "heads": _heads}[args.cmd](args)
     except (LmstackError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -66,10 +66,18 @@ def repeat_kv(x_BKSDh: torch.Tensor, n_rep: int) -> torch.Tensor:
 def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tensor, *, mask: torch.Tensor | None = None,
               causal: bool = False, scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention in float32 (matmul + softmax); returns (B, H, T, Dh) in q's dtype."""
-    _, H, KVH, T, S, Dh = check_attention_inputs(q_BHTDh, k_BKSDh, v_BKSDh)
+    _, H, KVH, _, _, _ = check_attention_inputs(q_BHTDh, k_BKSDh, v_BKSDh)
+    probs = attention_probs(q_BHTDh, k_BKSDh, mask=mask, causal=causal, scale=scale, bias=bias)
+    return (probs @ repeat_kv(v_BKSDh, H // KVH).float()).to(q_BHTDh.dtype)
+
+
+def attention_probs(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, *, mask: torch.Tensor | None = None,
+                    causal: bool = False, scale: float | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention pattern of :func:`attention`: softmax(q k^T * scale + bias) over the allowed keys, (B, H, T, S)
+    float32 (rows that may attend to nothing are zeros)."""
+    _, H, KVH, T, S, Dh = check_attention_inputs(q_BHTDh, k_BKSDh, k_BKSDh)
     scale = Dh**-0.5 if scale is None else scale
     k = repeat_kv(k_BKSDh, H // KVH).float()
-    v = repeat_kv(v_BKSDh, H // KVH).float()
     scores_BHTS = (q_BHTDh.float() @ k.transpose(-1, -2)) * scale
     if bias is not None:
         scores_BHTS = scores_BHTS + bias.float()
@@ -81,7 +89,7 @@ def attention(q_BHTDh: torch.Tensor, k_BKSDh: torch.Tensor, v_BKSDh: torch.Tenso
         # Empty rows attend (harmlessly) to everything, then are zeroed: finite forward and zero gradients.
         probs = torch.softmax(scores_BHTS.masked_fill(~(allowed | empty), float("-inf")), dim=-1)
         probs = probs.masked_fill(empty, 0.0)
-    return (probs @ v).to(q_BHTDh.dtype)
+    return probs
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
