@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
                    "a source such as registry:NAME@production (lmstack-registry)")
     p.add_argument("--arch", help="lmstack.models plugin name (default: config.json's arch, else 'transformer')")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON ExportConfig, or a RunConfig with an export: section")
-    p.add_argument("--target", choices=["onnx", "torch_export", "torchscript", "tensorrt"])
+    p.add_argument("--target", choices=["onnx", "torch_export", "torchscript", "tensorrt", "gguf"])
     p.add_argument("--opset", type=int, help="ONNX opset (18..23; default 19)")
     p.add_argument("--quantize", choices=["none", "int8", "fp8"])
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])

@@ -166,7 +166,7 @@ def export(model: nn.Module, cfg: ExportConfig | Mapping[str, Any], *, vocab_siz
         job = ExportJob(model=work, config=cfg, spec=spec, workdir=staging, scratch=scratch, atol=atol,
                         external_data_threshold=external_data_threshold,
                         eval_tokens=eval_tokens if eval_tokens is not None else torch.zeros(1, 0, dtype=torch.long),
-                        seed=seed)
+                        seed=seed, source=Path(source) if source is not None else None)
         result = target.build(job)
         arch = getattr(model.config, "arch", type(model).__name__)
         card = build_card(name=name or (Path(source).name if source else f"{arch}-{cfg.target}"), workdir=staging,

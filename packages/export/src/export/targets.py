@@ -37,6 +37,7 @@ class ExportJob:
     external_data_threshold: int
     eval_tokens: torch.Tensor  # (1, L) fixed sequence for perplexity
     seed: int = 0
+    source: Path | None = None  # the checkpoint directory the model came from (its tokenizer), when known
 
     @property
     def tolerance(self) -> float:

@@ -388,10 +388,10 @@ class VizConfig(ConfigBase):
 
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig(ConfigBase):
-    """A deployable artifact: ONNX (with KV cache), torch.export, TorchScript or TensorRT."""
+    """A deployable artifact: ONNX (with KV cache), torch.export, TorchScript, TensorRT or GGUF (llama.cpp)."""
 
     kind: ClassVar[str] = "ExportConfig"
-    target: Literal["onnx", "torch_export", "torchscript", "tensorrt"] = "onnx"
+    target: Literal["onnx", "torch_export", "torchscript", "tensorrt", "gguf"] = "onnx"
     opset: Annotated[int, Field(ge=14, le=23)] = 19
     quantize: Literal["none", "int8", "fp8"] = "none"
     dynamic_axes: bool = True
