@@ -125,6 +125,18 @@ def test_what_gguf_cannot_hold_is_refused_before_anything_is_written(ckpt, tmp_p
     load_tokenizer("byte").save(byte)
     with pytest.raises(ExportError, match="has no tokenizer.json|writes byte-level BPE tokenizers"):
         _export(byte, tmp_path / "b")
+    small = tmp_path / "small"  # a tokenizer with more ids than the model has embedding rows
+    TransformerLM(preset("llama-debug", vocab_size=260)).save_pretrained(small)
+    (small / "tokenizer.json").write_text((ckpt / "tokenizer.json").read_text())
+    with pytest.raises(ExportError, match="the tokenizer has 30[0-9] ids and the model's vocabulary 260 rows"):
+        _export(small, tmp_path / "e")
+    doc = json.loads((ckpt / "tokenizer.json").read_text())  # Llama 3's kind: a regex split before ByteLevel
+    doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\d"},
+                                                                   "behavior": "Isolated", "invert": False},
+                                                                  {**doc["pre_tokenizer"], "use_regex": False}]}
+    (small / "tokenizer.json").write_text(json.dumps(doc))
+    with pytest.raises(ExportError, match="pre-tokenizer Sequence; the gguf target writes byte-level BPE"):
+        _export(small, tmp_path / "f")
     with pytest.raises(ConfigError, match="the gguf target takes none or int8"):
         _export(ckpt, tmp_path / "c", quantize="fp8")
     import importlib.util
@@ -133,7 +145,7 @@ def test_what_gguf_cannot_hold_is_refused_before_anything_is_written(ckpt, tmp_p
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
     with pytest.raises(MissingDependencyError, match="the 'gguf' Python package"):
         _export(ckpt, tmp_path / "d")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["byte", "gpt2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["byte", "gpt2", "small"]
 
 
 def test_cli(ckpt, tmp_path, capsys):

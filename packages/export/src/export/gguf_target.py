@@ -9,10 +9,10 @@ Llama-shaped models: written with llama.cpp's own ``gguf`` package, as its ``con
   tensors (norms) in F32, the matrices in the export dtype (F32, F16, BF16) or, with ``quantize: int8``, Q8_0
   (blocks of 32 with one fp16 scale; a matrix whose rows are not a multiple of 32 stays in the export dtype).
   A tied head writes no ``output`` tensor (llama.cpp then reads ``token_embd``).
-- The tokenizer of the checkpoint directory (``tokenizer.json``) when it is a byte-level BPE (GPT-2's scheme:
-  lmstack's ``train_bpe``, Llama 3, Qwen): ``tokenizer.ggml.model = gpt2``, its tokens, types and merges, the
-  special ids and the chat template. Another tokenizer is refused, naming it; ``tokenizer: false`` in the target
-  options is not offered: a GGUF without its vocabulary runs nowhere.
+- The tokenizer of the checkpoint directory (``tokenizer.json``) when it is a byte-level BPE that splits as GPT-2
+  does (lmstack's ``train_bpe``): ``tokenizer.ggml.model = gpt2`` with llama.cpp's ``gpt-2`` pre-tokenizer, its
+  tokens, types and merges, the special ids and the chat template. Another tokenizer is refused, naming it (a
+  GGUF without its vocabulary runs nowhere).
 
 Validation: the file is read back with ``gguf.GGUFReader`` and every tensor dequantized and compared with the
 model's (exact for F32/F16/BF16 casts; Q8_0 within half a quantization step of each block); then, where
@@ -111,11 +111,13 @@ def read_vocab(source: Path | None) -> dict[str, Any]:
                           "directory that holds one (a GGUF without its vocabulary runs nowhere)")
     doc = json.loads(tj.read_text(encoding="utf-8"))
     model, pre = doc.get("model") or {}, doc.get("pre_tokenizer") or {}
-    pres = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    if model.get("type") != "BPE" or not any(p.get("type") == "ByteLevel" for p in pres) or model.get("byte_fallback"):
+    # GPT-2's own scheme: a ByteLevel pre-tokenizer splitting by GPT-2's regex, which llama.cpp calls "gpt-2".
+    # Llama 3's and Qwen's split by other regexes first (a Sequence), which llama.cpp names apart: not mapped yet.
+    if (model.get("type") != "BPE" or model.get("byte_fallback") or pre.get("type") != "ByteLevel"
+            or not pre.get("use_regex", True)):
         raise ExportError(f"{tj}: a {model.get('type')} tokenizer with pre-tokenizer {pre.get('type')}; the gguf "
-                          "target writes byte-level BPE tokenizers (GPT-2's scheme, as lmstack's train_bpe, Llama 3 "
-                          "and Qwen build them)")
+                          "target writes byte-level BPE tokenizers that split as GPT-2 does (a ByteLevel "
+                          "pre-tokenizer with its regex, as lmstack's train_bpe builds them)")
     added = {t["id"]: t for t in doc.get("added_tokens", [])}
     ids = {**model["vocab"], **{t["content"]: i for i, t in added.items()}}
     size = max(ids.values()) + 1
@@ -195,6 +197,9 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     tokens, types = list(vocab["tokens"]), list(vocab["types"])
+    if len(tokens) > cfg.vocab_size:
+        raise ExportError(f"the tokenizer has {len(tokens)} ids and the model's vocabulary {cfg.vocab_size} rows; "
+                          "llama.cpp needs an embedding row for every token")
     tokens += [f"[PAD{i}]" for i in range(len(tokens), cfg.vocab_size)]  # rows the model has beyond the tokenizer
     types += [gguf_token_type("unused")] * (cfg.vocab_size - len(types))
     w.add_token_list(tokens)
