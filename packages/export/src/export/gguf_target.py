@@ -86,15 +86,17 @@ class GGUFTarget:
         kinds = write_gguf(path, job.model, vocab, job.spec.dtype, q8=job.config.quantize == "int8",
                            name=job.source.name if job.source else "lmstack")
         reader = gguf.GGUFReader(path)
-        tensor_err = check_tensors(reader, job.model, q8=job.config.quantize == "int8")
+        tensor_err = check_tensors(reader, job.model)
         # a GGUF file has no graph signature: llama.cpp (or transformers) runs it with its own decode loop
         meta: dict[str, Any] = {"inputs": [], "outputs": [], "format": "gguf", "architecture": "llama",
                                 "runtime": "llama.cpp (llama-cli, llama-server), ollama, transformers (gguf_file=)",
                                 "tensor_types": kinds,
                                 "tensors": len(reader.tensors), "tensor_max_abs_error": tensor_err,
-                                "tokenizer": vocab["summary"] if vocab else None,
+                                "tokenizer": vocab["summary"],
                                 "size_bytes": file_sizes(job.workdir, [FILENAME])}
-        if importlib.util.find_spec("transformers") is not None:
+        if not job.config.validate:
+            meta["transformers"] = "not run (validate: false): the file was checked by gguf's reader only"
+        elif importlib.util.find_spec("transformers") is not None:
             meta["transformers"] = check_with_transformers(job, path, vocab)
         else:
             meta["transformers"] = "not installed: the file was checked by gguf's reader only"
@@ -236,7 +238,7 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
     return kinds
 
 
-def check_tensors(reader: Any, model: torch.nn.Module, *, q8: bool) -> float:
+def check_tensors(reader: Any, model: torch.nn.Module) -> float:
     """Every tensor of the file, dequantized, against the model's; the largest |difference|. ParityError past
     a cast's rounding (Q8_0: half a step of the block's scale, amax / 127)."""
     from gguf import dequantize
