@@ -154,3 +154,7 @@ def test_cli(ckpt, tmp_path, capsys):
     assert main(["--model", str(ckpt), "--target", "gguf", "--quantize", "int8", "--outdir", str(tmp_path / "o"),
                  "--no-hooks"]) == 0
     assert (tmp_path / "o" / "model.gguf").is_file()
+    assert main(["--model", str(ckpt), "--target", "gguf", "--outdir", str(tmp_path / "v"), "--no-hooks",
+                 "--validate", "false"]) == 0
+    card = json.loads((tmp_path / "v" / "modelcard.json").read_text())["metadata"]
+    assert card["transformers"].startswith("not run (validate: false)") and card["tensor_max_abs_error"] == 0.0
