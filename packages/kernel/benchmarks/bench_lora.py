@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from bench_decode_kernels import bench_rotated  # beside this script
 from bench_kernels import checked_gpu, write_json
 
-from kernel.reference import lora_dense
+from kernel.lora import lora_dense
 from kernel.triton import lora as tl_lora
 
 LAYERS = 22

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel import reference as ref
+from kernel import lora as ref
 from specs.errors import ShapeError
 
 triton = pytest.importorskip("triton")

@@ -35,7 +35,7 @@ from torch import nn
 
 from compress.lora import ADAPTER_WEIGHTS, PREFIX, _matches, read_adapter_config
 from kernel import resolve
-from kernel.reference import lora_mask
+from kernel.lora import lora_mask
 from specs.errors import ConfigError, ShapeError
 
 _FUSED_ATTR = "_fused_linears"  # what tensor.fused records on a fused Linear's parent: {name: (parts, widths)}

@@ -25,6 +25,9 @@ TRITON_TARGETS = {
 }
 
 
+# references that live in a module of their own (kernel.reference holds the rest)
+REFERENCE_TARGETS = {"lora": "kernel.lora:lora"}
+
 # kernels without a backward
 INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer", "decode_attention_unified", "lora")
 
@@ -38,8 +41,8 @@ TRITON_PRIORITY = {"attention": 5, "decode_layer": -5}
 
 def reference_implementations() -> list[Implementation]:
     """The pure-torch reference of every op: any device, any dtype, every feature; the last fallback."""
-    return [Implementation(op=op, name="reference", target=f"kernel.reference:{op}", fallback=None,
-                           description="pure torch, float32 math") for op in OPS]
+    return [Implementation(op=op, name="reference", target=REFERENCE_TARGETS.get(op, f"kernel.reference:{op}"),
+                           fallback=None, description="pure torch, float32 math") for op in OPS]
 
 
 def triton_implementations() -> list[Implementation]:

@@ -1,5 +1,5 @@
 """Many LoRA adapters in one batch, each row its own (Punica's BGMV, Chen et al. 2023, arXiv:2310.18547): the
-registry's ``lora`` op (semantics in :func:`kernel.reference.lora`) as two Triton kernels.
+registry's ``lora`` op (semantics in :func:`kernel.lora.lora`) as two Triton kernels.
 
 - ``_shrink``, a program per (token, part, block of ranks): ``xa[n, p] = scale[s] * A[s, p] @ x[n]`` (R values),
   reading only the row's own adapter (a row without one reads nothing and writes zeros). A few ranks a program
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernel.reference import check_lora, lora_dense
+from kernel.lora import check_lora, lora_dense
 
 KERNEL_ROWS = 16  # more tokens than this: the dense form
 MAX_PARTS = 4  # packed projections the kernels take (q/k/v: 3); more: the dense form
@@ -82,7 +82,7 @@ def lora(y: torch.Tensor, x: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.T
          scales: torch.Tensor, bounds: tuple[int, ...], mask: torch.Tensor | None = None, *,
          shrink: tuple[int, int, int] = SHRINK, expand: tuple[int, int] = EXPAND,
          kernel_rows: int = KERNEL_ROWS) -> torch.Tensor:
-    """:func:`kernel.reference.lora` on the GPU (in place; returns y). ``shrink``: (BLOCK_K, warps, ranks a
+    """:func:`kernel.lora.lora` on the GPU (in place; returns y). ``shrink``: (BLOCK_K, warps, ranks a
     program); ``expand``: (BLOCK_O, warps); ``kernel_rows``: the most tokens the kernels take (more: the dense form)."""
     S, P, R, T = check_lora(y, x, lora_a, lora_b, rows, scales, bounds)
     tokens, O = y.shape
