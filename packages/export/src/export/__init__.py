@@ -4,5 +4,5 @@ TensorRT engines, each validated against the PyTorch model and described by a ha
 from export.errors import ExportError, HookError, MissingDependencyError, ParityError
 from export.exporter import ExportResult, export
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 __all__ = ["ExportError", "ExportResult", "HookError", "MissingDependencyError", "ParityError", "export"]

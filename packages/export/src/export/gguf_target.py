@@ -9,16 +9,19 @@ Llama-shaped models: written with llama.cpp's own ``gguf`` package, as its ``con
   tensors (norms) in F32, the matrices in the export dtype (F32, F16, BF16) or, with ``quantize: int8``, Q8_0
   (blocks of 32 with one fp16 scale; a matrix whose rows are not a multiple of 32 stays in the export dtype).
   A tied head writes no ``output`` tensor (llama.cpp then reads ``token_embd``).
-- The tokenizer of the checkpoint directory (``tokenizer.json``) when it is a byte-level BPE that splits as GPT-2
-  does (lmstack's ``train_bpe``): ``tokenizer.ggml.model = gpt2`` with llama.cpp's ``gpt-2`` pre-tokenizer, its
-  tokens, types and merges, the special ids and the chat template. Another tokenizer is refused, naming it (a
-  GGUF without its vocabulary runs nowhere).
+- The tokenizer of the checkpoint directory, with its special ids and chat template. A ``tokenizer.json`` that is
+  a byte-level BPE splitting as GPT-2 does (lmstack's ``train_bpe``) goes in as ``tokenizer.ggml.model = gpt2``
+  with llama.cpp's ``gpt-2`` pre-tokenizer, its tokens, types and merges. Else a SentencePiece BPE
+  ``tokenizer.model`` (Llama 1/2's, Mistral's, lmstack's ``train_sentencepiece``) goes in as ``llama``: every
+  piece with its score and type, and ``add_space_prefix``. Another tokenizer is refused, naming it (a GGUF
+  without its vocabulary runs nowhere).
 
 Validation: the file is read back with ``gguf.GGUFReader`` and every tensor dequantized and compared with the
 model's (exact for F32/F16/BF16 casts; Q8_0 within half a quantization step of each block); then, where
 transformers is installed, the file is loaded as transformers does (``LlamaForCausalLM.from_pretrained(dir,
 gguf_file=...)``, which undoes the permutation) and its logits compared with the model's on the fixed token
-sequence, and its tokenizer (``AutoTokenizer`` from the file) must encode a text as the checkpoint's does.
+sequence, and its tokenizer (``AutoTokenizer`` from the file) must encode a text as the checkpoint's tokenizer
+(tokenizers or sentencepiece) does.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ LAYER = {"input_layernorm.weight": "attn_norm", "self_attn.q_proj.weight": "attn
          "post_attention_layernorm.weight": "ffn_norm", "mlp.gate_proj.weight": "ffn_gate",
          "mlp.up_proj.weight": "ffn_up", "mlp.down_proj.weight": "ffn_down"}
 GLOBAL = {"model.embed_tokens.weight": "token_embd", "model.norm.weight": "output_norm", "lm_head.weight": "output"}
-SAMPLE_TEXT = "Hello world! GGUF files carry their tokenizer: 3.14, naïve café, <tags> and\ttabs."
+SAMPLE_TEXT = "Hello world! GGUF files carry their tokenizer: 3.14, naïve café, <tags>,  two  spaces and\ttabs."
 
 
 def permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -104,22 +107,39 @@ class GGUFTarget:
 
 
 def read_vocab(source: Path | None) -> dict[str, Any]:
-    """The checkpoint's byte-level BPE tokenizer, as GGUF's ``gpt2`` vocabulary (tokens by id, their types, the
-    merges, special ids, chat template); ExportError for a missing or other tokenizer."""
+    """The checkpoint's tokenizer as a GGUF vocabulary: a byte-level BPE ``tokenizer.json`` as ``gpt2``, else a
+    SentencePiece ``tokenizer.model`` as ``llama``; ExportError for a missing or other tokenizer."""
     tj = None if source is None else source / "tokenizer.json"
-    if tj is None or not tj.is_file():
-        raise ExportError(f"the gguf target writes the model's tokenizer into the file, and "
-                          f"{tj or 'the export (no source directory)'} has no tokenizer.json; export from a checkpoint "
-                          "directory that holds one (a GGUF without its vocabulary runs nowhere)")
-    doc = json.loads(tj.read_text(encoding="utf-8"))
+    spm_path = None if source is None else source / "tokenizer.model"
+    if tj is not None and tj.is_file():
+        doc = json.loads(tj.read_text(encoding="utf-8"))
+        if is_gpt2_bpe(doc) or spm_path is None or not spm_path.is_file():
+            return read_bpe_vocab(tj, doc)
+    if spm_path is not None and spm_path.is_file():
+        return read_spm_vocab(spm_path)
+    where = source or "the export (no source directory)"
+    raise ExportError(f"the gguf target writes the model's tokenizer into the file, and {where} has neither a "
+                      "tokenizer.json nor a tokenizer.model; export from a checkpoint directory that holds one (a GGUF "
+                      "without its vocabulary runs nowhere)")
+
+
+def is_gpt2_bpe(doc: dict[str, Any]) -> bool:
+    """GPT-2's own scheme: a ByteLevel pre-tokenizer splitting by GPT-2's regex, which llama.cpp calls "gpt-2".
+    Llama 3's and Qwen's split by other regexes first (a Sequence), which llama.cpp names apart: not mapped yet."""
     model, pre = doc.get("model") or {}, doc.get("pre_tokenizer") or {}
-    # GPT-2's own scheme: a ByteLevel pre-tokenizer splitting by GPT-2's regex, which llama.cpp calls "gpt-2".
-    # Llama 3's and Qwen's split by other regexes first (a Sequence), which llama.cpp names apart: not mapped yet.
-    if (model.get("type") != "BPE" or model.get("byte_fallback") or pre.get("type") != "ByteLevel"
-            or not pre.get("use_regex", True)):
+    return (model.get("type") == "BPE" and not model.get("byte_fallback") and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True))
+
+
+def read_bpe_vocab(tj: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """A byte-level BPE ``tokenizer.json`` as GGUF's ``gpt2`` vocabulary (tokens by id, their types, the merges,
+    special ids, chat template)."""
+    model, pre = doc.get("model") or {}, doc.get("pre_tokenizer") or {}
+    if not is_gpt2_bpe(doc):
         raise ExportError(f"{tj}: a {model.get('type')} tokenizer with pre-tokenizer {pre.get('type')}; the gguf "
                           "target writes byte-level BPE tokenizers that split as GPT-2 does (a ByteLevel "
-                          "pre-tokenizer with its regex, as lmstack's train_bpe builds them)")
+                          "pre-tokenizer with its regex, as lmstack's train_bpe builds them) or SentencePiece BPE "
+                          "models (a tokenizer.model beside it)")
     added = {t["id"]: t for t in doc.get("added_tokens", [])}
     ids = {**model["vocab"], **{t["content"]: i for i, t in added.items()}}
     size = max(ids.values()) + 1
@@ -131,17 +151,69 @@ def read_vocab(source: Path | None) -> dict[str, Any]:
     for i, t in added.items():
         types[i] = gguf_token_type("control" if t.get("special") else "user_defined")
     merges = [" ".join(m) if isinstance(m, list) else m for m in model.get("merges", [])]
-    tcfg_path = tj.parent / "tokenizer_config.json"
-    tcfg = json.loads(tcfg_path.read_text(encoding="utf-8")) if tcfg_path.is_file() else {}
+    tcfg = tokenizer_config(tj.parent)
     special = {}
     for key in ("bos", "eos", "pad", "unk"):
         tok = tcfg.get(f"{key}_token")
         tok = tok.get("content") if isinstance(tok, dict) else tok
         if isinstance(tok, str) and tok in ids:
             special[key] = ids[tok]
-    return {"tokens": tokens, "types": types, "merges": merges, "special": special,
-            "chat_template": tcfg.get("chat_template"), "tokenizer_json": tj,
+    return {"model": "gpt2", "pre": "gpt-2", "tokens": tokens, "types": types, "merges": merges, "scores": None,
+            "special": special, "chat_template": tcfg.get("chat_template"), "tokenizer_file": tj,
             "summary": {"model": "gpt2", "tokens": size, "merges": len(merges), "special": special}}
+
+
+# sentencepiece's ModelProto.TrainerSpec.ModelType numbers
+SPM_MODEL_TYPES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+
+
+def read_spm_vocab(path: Path) -> dict[str, Any]:
+    """A SentencePiece BPE model (Llama 1/2's, Mistral's, lmstack's ``train_sentencepiece``) as GGUF's ``llama``
+    vocabulary, as llama.cpp's ``convert_hf_to_gguf.py`` writes one: every piece with its score and type (the
+    proto's piece types are GGUF's token types), the special ids, and whether a space is prepended.
+
+    Refused, naming the field: other model types (llama.cpp's ``llama`` tokenizer merges pieces by score, which is
+    SentencePiece BPE), and normalisation llama.cpp does not do (a rule other than identity, collapsing spaces)."""
+    try:
+        from sentencepiece import sentencepiece_model_pb2
+    except ImportError as exc:
+        raise MissingDependencyError("the gguf target's SentencePiece vocabularies",
+                                     ["sentencepiece and protobuf (pip install 'lmstack-export[gguf]')"]) from exc
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as exc:  # protobuf's DecodeError
+        raise ExportError(f"{path} is not a SentencePiece model: {exc}") from None
+    kind = SPM_MODEL_TYPES.get(proto.trainer_spec.model_type, str(proto.trainer_spec.model_type))
+    norm = proto.normalizer_spec
+    wrong = []
+    if kind != "bpe":
+        wrong.append(f"model_type {kind} (llama.cpp's SentencePiece tokenizer merges by score: bpe)")
+    if norm.name not in ("identity", "") and norm.precompiled_charsmap:
+        wrong.append(f"normalizer {norm.name!r} (llama.cpp normalizes nothing: identity)")
+    if norm.remove_extra_whitespaces:
+        wrong.append("remove_extra_whitespaces true (llama.cpp keeps every space: false)")
+    if wrong:
+        raise ExportError(f"{path}: a SentencePiece model llama.cpp would tokenize differently: " + "; ".join(wrong))
+    if not proto.pieces:
+        raise ExportError(f"{path}: a SentencePiece model with no pieces")
+    tokens = [p.piece for p in proto.pieces]
+    scores = [float(p.score) for p in proto.pieces]
+    types = [int(p.type) for p in proto.pieces]  # NORMAL 1 .. BYTE 6: the same numbers as gguf.TokenType
+    special = {key: i for key, i in (("bos", proto.trainer_spec.bos_id), ("eos", proto.trainer_spec.eos_id),
+                                     ("pad", proto.trainer_spec.pad_id), ("unk", proto.trainer_spec.unk_id))
+               if 0 <= i < len(tokens)}
+    tcfg = tokenizer_config(path.parent)
+    return {"model": "llama", "pre": "default", "tokens": tokens, "types": types, "merges": None, "scores": scores,
+            "add_space_prefix": bool(norm.add_dummy_prefix), "special": special,
+            "chat_template": tcfg.get("chat_template"), "tokenizer_file": path,
+            "summary": {"model": "llama", "tokens": len(tokens), "special": special,
+                        "add_space_prefix": bool(norm.add_dummy_prefix)}}
+
+
+def tokenizer_config(directory: Path) -> dict[str, Any]:
+    path = directory / "tokenizer_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def gguf_token_type(kind: str) -> int:
@@ -196,8 +268,8 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else ftype)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_model(vocab["model"])
+    w.add_tokenizer_pre(vocab["pre"])
     tokens, types = list(vocab["tokens"]), list(vocab["types"])
     if len(tokens) > cfg.vocab_size:
         raise ExportError(f"the tokenizer has {len(tokens)} ids and the model's vocabulary {cfg.vocab_size} rows; "
@@ -206,7 +278,11 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
     types += [gguf_token_type("unused")] * (cfg.vocab_size - len(types))
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(vocab["merges"])
+    if vocab["merges"] is not None:
+        w.add_token_merges(vocab["merges"])
+    if vocab["scores"] is not None:  # a SentencePiece vocabulary: llama.cpp merges pieces by these
+        w.add_token_scores(list(vocab["scores"]) + [-1000.0] * (cfg.vocab_size - len(vocab["scores"])))
+        w.add_add_space_prefix(vocab["add_space_prefix"])
     special = vocab["special"]
     for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("pad", w.add_pad_token_id),
                      ("unk", w.add_unk_token_id)):
@@ -291,8 +367,7 @@ def check_with_transformers(job: ExportJob, path: Path, vocab: dict[str, Any]) -
         if diff > job.atol:
             raise ParityError(f"transformers' reading of the GGUF file disagrees with the model: max |logit diff| "
                               f"{diff:.3g} > atol {job.atol:g}; nothing was written")
-    source = transformers.PreTrainedTokenizerFast(tokenizer_file=str(vocab["tokenizer_json"]))
-    want = source.encode(SAMPLE_TEXT, add_special_tokens=False)
+    want = reference_encode(vocab, SAMPLE_TEXT)
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     got = tok.encode(SAMPLE_TEXT, add_special_tokens=False)
     if got != want:
@@ -300,3 +375,16 @@ def check_with_transformers(job: ExportJob, path: Path, vocab: dict[str, Any]) -
                           f"the checkpoint's as {want[:12]}...; nothing was written")
     report["tokenizer_round_trip"] = True
     return report
+
+
+def reference_encode(vocab: dict[str, Any], text: str) -> list[int]:
+    """The checkpoint's own tokenizer's ids for ``text`` (no special tokens): tokenizers for a tokenizer.json,
+    sentencepiece for a tokenizer.model."""
+    if vocab["model"] == "llama":
+        import sentencepiece
+
+        return sentencepiece.SentencePieceProcessor(model_file=str(vocab["tokenizer_file"])).encode(text)
+    import transformers
+
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(vocab["tokenizer_file"])).encode(
+        text, add_special_tokens=False)
