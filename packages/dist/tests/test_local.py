@@ -260,6 +260,34 @@ def test_tied_weights_are_stored_once(tmp_path):
     assert torch.equal(b.emb.weight, a.emb.weight) and b.head.weight is b.emb.weight
 
 
+def test_integer_and_0d_tensors_round_trip(tmp_path):
+    """What DCP's consolidation mishandles (integer dtypes it cannot size, 0-d tensors it writes as zeros) is
+    written apart, exactly, and read back checked."""
+    from safetensors.torch import load_file
+
+    def net(seed):
+        torch.manual_seed(seed)
+        n = Net()
+        n.temperature = torch.nn.Parameter(torch.rand(()) + 0.5)
+        n.register_buffer("packed", torch.randint(0, 256, (40,), dtype=torch.uint8))
+        n.register_buffer("shape", torch.tensor([7, 3]))
+        n.register_buffer("offset", torch.rand(()))
+        return n
+
+    a, b = net(0), net(1)
+    dist.save_model(a, tmp_path, ONE)
+    saved = load_file(tmp_path / "model.safetensors")
+    for k, v in a.state_dict().items():
+        assert torch.equal(saved[k], v), k
+    dist.load_model(b, tmp_path)
+    for k, v in a.state_dict().items():
+        assert torch.equal(b.state_dict()[k], v), k
+    c = net(2)
+    c.packed = torch.zeros(41, dtype=torch.uint8)
+    with pytest.raises(dist.CheckpointError, match=r"'packed' is torch.uint8 \(40,\), the model's torch.uint8 \(41,\)"):
+        dist.load_model(c, tmp_path)
+
+
 def test_auto_unit_size_holds_about_30m_parameters_per_unit():
     from torch import nn
 

@@ -14,6 +14,11 @@ Layout inside a checkpoint directory::
 
 ZeRO-1 optimizers (``ZeroRedundancyOptimizer``) consolidate on rank 0 and are written as full tensors in the same
 flattened keys, so a ZeRO-1 checkpoint resumes under FSDP and the other way round.
+
+Tensors DCP's safetensors consolidation mishandles are written apart: integer tensors (a QLoRA base's 4-bit bytes,
+``compress.nf4``), which it cannot size (it asks ``torch.finfo``), and 0-d tensors, which it writes as zeros
+(torch 2.13). Every rank gathers them whole, rank 0 adds them to ``model.safetensors`` before the file is
+renamed into place, and every rank reads them back with safetensors.
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], env: DistEnv
     directory = Path(directory)
     aliases = tied_aliases(model)
     sd = {k: v for k, v in _tensors_only(get_model_state_dict(model), "model").items() if k not in aliases}
+    whole = {k: _full(sd.pop(k)) for k in [k for k, v in sd.items() if not _dcp_writes(v)]}
     work = directory / ".model-dcp"
     if env.is_main:
         shutil.rmtree(work, ignore_errors=True)
@@ -106,6 +112,12 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], env: DistEnv
         files = sorted(work.glob("*.safetensors"))
         if len(files) != 1:
             raise CheckpointError(f"consolidation produced {len(files)} weight files in {work}, expected 1")
+        if whole:  # the integer buffers, added by rank 0 (the file is renamed into place only once complete)
+            with safe_open(str(files[0]), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+                meta = f.metadata()
+            save_file({**state, **{k: v.detach().cpu().contiguous() for k, v in whole.items()}}, str(files[0]),
+                      metadata=meta)
         os.replace(files[0], directory / MODEL_FILE)
         shutil.rmtree(work)
     barrier(env)
@@ -119,8 +131,45 @@ def load_model(model: nn.Module, directory: str | os.PathLike[str]) -> None:
     aliases = tied_aliases(model)
     full = _tensors_only(get_model_state_dict(model), "model")
     sd = {k: v for k, v in full.items() if k not in aliases}
-    _load(sd, directory, "model weights")
+    whole = [k for k, v in sd.items() if not _dcp_writes(v)]
+    _load({k: v for k, v in sd.items() if k not in whole}, directory, "model weights")
+    if whole:
+        sd.update(_read_whole(directory / MODEL_FILE, {k: sd[k] for k in whole}))
     set_model_state_dict(model, {**sd, **{alias: sd[name] for alias, name in aliases.items() if alias in full}})
+
+
+def _dcp_writes(t: torch.Tensor) -> bool:
+    """Whether DCP's safetensors consolidation writes ``t`` right: floating (it sizes dtypes by finfo) and not 0-d."""
+    return t.is_floating_point() and t.dim() > 0
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """``t`` whole: a DTensor (FSDP) gathered, on every rank."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _read_whole(path: Path, want: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The integer buffers ``want`` names, read whole from the model file and checked against the model's."""
+    out = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            for k, like in want.items():
+                if k not in keys:
+                    raise CheckpointError(f"{path}: cannot load model weights: {k!r} is missing")
+                t = f.get_tensor(k)
+                if t.shape != like.shape or t.dtype != like.dtype:
+                    raise CheckpointError(f"{path}: cannot load model weights: {k!r} is {t.dtype} "
+                                          f"{tuple(t.shape)}, the model's {like.dtype} {tuple(like.shape)}")
+                if hasattr(like, "device_mesh"):  # an FSDP-sharded entry: this rank's part of the whole
+                    from torch.distributed.tensor import distribute_tensor
+
+                    out[k] = distribute_tensor(t.to(like.device), like.device_mesh, like.placements)
+                else:
+                    out[k] = t.to(like.device)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return out
 
 
 def _check_safetensors(directory: Path, what: str) -> list[Path]:
