@@ -18,7 +18,7 @@ from tensor.masks import (
 from tensor.residual import post_norm_residual, pre_norm_residual, residual, residual_add
 from tensor.rope import apply_rope, rope_cos_sin, rope_inv_freq, rotate_half
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "alibi_bias", "alibi_slopes", "apply_rope", "attention_mask", "causal_mask", "document_mask", "empty_rows",
