@@ -67,6 +67,46 @@ def test_a_lora_run_resumes_exactly(base, tmp_path):
     assert sorted(b) == [1, 2, 3, 4] and [a[s] for s in range(1, 5)] == [b[s] for s in range(1, 5)]
 
 
+def test_a_qlora_run_keeps_a_4bit_base_loads_merged_and_resumes_exactly(base, tmp_path):
+    """``train.lora.quantize_base: nf4``: the checkpoint holds the frozen base as 4-bit groups (a fraction of the
+    bytes), unchanged by training; ``from_pretrained`` gives the model the run computed (dequantized base plus the
+    adapters, as ``compress.merged_state_dict``); a split run resumes to the same losses."""
+    from compress import merged_state_dict
+    from compress.lora import LORA as PLUGIN
+    from specs.config import LoraConfig
+
+    cfg = _finetune_yaml(tmp_path / "ft.yaml", base, train={"lr": 1e-2, "steps": 4, "schedule": "constant",
+                                                            "deterministic": True, "weight_decay": 0.0})
+    qlora = [*LORA, "--train.lora.quantize_base", "nf4"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert cli(["--config", cfg, *qlora, "--train.out_dir", str(full)]) == 0
+    last = full / "checkpoints" / "step_00000004"
+    saved, start = load_file(str(last / "model.safetensors")), load_file(str(base / "model.safetensors"))
+    assert saved["model.layers.0.self_attn.q_proj.base_layer.nf4_data"].dtype == torch.uint8
+    assert "model.layers.0.self_attn.o_proj.nf4_data" in saved and "lm_head.weight" in saved  # the head stays
+    size = sum(t.numel() * t.element_size() for t in saved.values())
+    assert size < 0.45 * sum(t.numel() * t.element_size() for t in start.values())  # embeddings stay fp32
+    # the same model by hand: the base checkpoint quantized as the run quantized it, its adapters from the run
+    by_hand = TransformerLM.from_pretrained(base)
+    PLUGIN.apply(by_hand, LoraConfig(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"), quantize_base="nf4"))
+    frozen = {k: v for k, v in by_hand.state_dict().items() if ".lora_" not in k}
+    assert sorted(frozen) == sorted(k for k in saved if ".lora_" not in k)
+    for k, v in frozen.items():
+        assert torch.equal(saved[k], v), k  # frozen: bitwise, the 4-bit bytes included
+    by_hand.load_state_dict(saved)
+    merged = TransformerLM.from_pretrained(last).eval()
+    plain = TransformerLM.from_pretrained(base).eval()
+    plain.load_state_dict(merged_state_dict(by_hand))
+    ids = torch.randint(0, 259, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids), plain(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(merged(ids), by_hand.eval()(ids), rtol=1e-5, atol=1e-5)
+    assert cli(["--config", cfg, *qlora, "--train.steps", "2", "--train.out_dir", str(split)]) == 0
+    assert cli(["--config", cfg, *qlora, "--train.out_dir", str(split), "--resume", "auto"]) == 0
+    a, b = losses(full), losses(split)
+    assert [a[s] for s in range(1, 5)] == [b[s] for s in range(1, 5)]
+
+
 def test_peft_loads_a_lora_runs_adapter_onto_the_transformers_model(tmp_path):
     """From a transformers LlamaForCausalLM directory: the run's adapter/ loads into peft.PeftModel on that model
     and gives the logits of the run's checkpoint through from_pretrained."""
@@ -98,6 +138,10 @@ def test_bad_lora_settings_are_config_errors_before_any_work(base, tmp_path, cap
     assert cli([*run, "--train.lora.targets", "query"]) == 2
     err = capsys.readouterr().err
     assert "lora.targets" in err and "matches no nn.Linear" in err and "q_proj" in err and "Traceback" not in err
+    assert cli([*run, "--train.lora.quantize_base", "nf3"]) == 2
+    assert "train.lora.quantize_base" in capsys.readouterr().err
+    assert cli([*run, "--train.lora.quantize_base", "nf4", "--dist.strategy", "FSDP"]) == 2
+    assert "FSDP cannot shard" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from compress.nf4 import NF4Linear, nf4_
 from specs.errors import ConfigError, ShapeError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -53,14 +54,15 @@ class LoRALinear(nn.Module):
     it has no ``weight`` attribute: code that rewrites a Linear's weight in place (``fold_norms``, which would scale
     the base and not ``lora_A``) then leaves it alone; merge first."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, use_rslora: bool = False):
+    def __init__(self, base: nn.Linear | NF4Linear, r: int, alpha: float, dropout: float = 0.0,
+                 use_rslora: bool = False):
         super().__init__()
         _check_hparams(r, alpha, dropout)
         self.base_layer = base
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.use_rslora = r, alpha, use_rslora
         self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
+        kw = _device_dtype(base)
         self.lora_A = nn.Linear(base.in_features, r, bias=False, **kw)
         self.lora_B = nn.Linear(r, base.out_features, bias=False, **kw)
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -80,12 +82,12 @@ class LoRALinear(nn.Module):
         return (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
 
     def merged(self) -> nn.Linear:
-        """The base Linear with the adapter folded into its weight (a new weight tensor; the base is unchanged)."""
+        """The base Linear with the adapter folded into its weight (a new weight tensor; the base is unchanged). An
+        NF4 base (QLoRA) is dequantized first: the result is a full-precision Linear (PEFT quantizes it again)."""
         base = self.base_layer
-        out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
-                        device=base.weight.device, dtype=base.weight.dtype)
+        out = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, **_device_dtype(base))
         with torch.no_grad():
-            out.weight.copy_((base.weight.float() + self.delta_weight()).to(base.weight.dtype))
+            out.weight.copy_((_base_weight(base).float() + self.delta_weight()).to(out.weight.dtype))
             if base.bias is not None:
                 out.bias.copy_(base.bias)
         return out
@@ -93,6 +95,16 @@ class LoRALinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, alpha={self.alpha}"
                 + (", use_rslora=True" if self.use_rslora else ""))
+
+
+def _device_dtype(base: nn.Module) -> dict[str, Any]:
+    if isinstance(base, NF4Linear):
+        return {"device": base.device, "dtype": base.dtype}
+    return {"device": base.weight.device, "dtype": base.weight.dtype}
+
+
+def _base_weight(base: nn.Module) -> torch.Tensor:
+    return base.dequantized() if isinstance(base, NF4Linear) else base.weight
 
 
 def _check_hparams(r: Any, alpha: Any, dropout: Any) -> None:
@@ -125,9 +137,11 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
         raise ConfigError("lora.targets", "names no module; expected Linear names such as ('q_proj', 'v_proj')")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ConfigError("lora", "the model has LoRA adapters already; merge_lora(model) first to stack another")
-    chosen = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and _matches(name, tgt)]
+    chosen = [(name, m) for name, m in model.named_modules()
+              if (type(m) is nn.Linear or isinstance(m, NF4Linear)) and _matches(name, tgt)]
     if not chosen:
-        linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                          if isinstance(m, (nn.Linear, NF4Linear))})
         raise ConfigError("lora.targets", f"{tgt!r} matches no nn.Linear of {type(model).__name__}; its Linear "
                           f"layers are named {', '.join(linears) or '(none)'}")
     head = [name for name, _ in chosen if name.rsplit(".", 1)[-1] == "lm_head"]
@@ -184,10 +198,16 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The ``state_dict`` the model would have after :func:`merge_lora`, without changing it: each adapted layer's
     ``<name>.weight`` is its base weight plus the adapter's delta (in the base weight's dtype; the base alone while
     the layer is ``disabled``) and ``<name>.bias`` its base bias, with no ``base_layer`` or ``lora_`` keys. Other
-    entries are the model's own (detached, not copied). What a copy of a LoRA policy loads to sample from it (PEFT's
-    ``merge_and_unload().state_dict()``, as TRL syncs vLLM)."""
+    entries are the model's own (detached, not copied). An NF4 layer (QLoRA) gives its dequantized weight, adapted
+    or not. What a copy of a LoRA policy loads to sample from it (PEFT's ``merge_and_unload().state_dict()``, as
+    TRL syncs vLLM)."""
     state = model.state_dict()
     with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, NF4Linear):
+                for key in [k for k in state if k.startswith(f"{name}.nf4_")]:
+                    del state[key]
+                state[f"{name}.weight"] = m.dequantized()
         for name, layer in lora_layers(model).items():
             for part in ("lora_A", "lora_B"):
                 del state[f"{name}.{part}.weight"]
@@ -351,6 +371,15 @@ class LoraAdapters:
 
     @staticmethod
     def apply(model: nn.Module, cfg: Any) -> int:
+        """Adapt ``model`` for ``cfg``; with ``quantize_base: nf4`` (QLoRA) its Linear layers but the LM head
+        become NF4 first."""
+        base = getattr(cfg, "quantize_base", "none")
+        if base not in ("none", "nf4"):
+            raise ConfigError("train.lora.quantize_base", f"expected none or nf4, got {base!r}")
+        if base == "nf4":
+            if any(isinstance(m, LoRALinear) for m in model.modules()):
+                raise ConfigError("lora", "the model has LoRA adapters already; merge_lora(model) first")
+            nf4_(model, double_quant=getattr(cfg, "double_quant", True))
         return apply_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=tuple(cfg.targets),
                           use_rslora=cfg.use_rslora)
 

@@ -19,7 +19,7 @@ from kernel import resolve
 from kernel.reference import UnifiedParts
 from specs.errors import ConfigError
 
-SCHEMES = ("int8_weight_only",)
+SCHEMES = ("int8_weight_only", "nf4")
 
 
 class Int8WeightOnlyLinear(nn.Module):
@@ -72,7 +72,12 @@ def int8_weight_only_(model: nn.Module) -> int:
 
 
 def quantize_(model: nn.Module, scheme: str = "int8_weight_only") -> int:
-    """Quantize ``model`` in place with ``scheme``; returns the number of layers replaced."""
+    """Quantize ``model`` in place with ``scheme`` (``int8_weight_only``, or ``nf4``: QLoRA's 4-bit base,
+    :func:`compress.nf4.nf4_`); returns the number of layers replaced."""
     if scheme not in SCHEMES:
         raise ConfigError("quantize", f"unknown scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
+    if scheme == "nf4":
+        from compress.nf4 import nf4_
+
+        return nf4_(model)
     return int8_weight_only_(model)

@@ -4,4 +4,4 @@ Face interop.
 Import the submodules (``from model.lm import TransformerLM``); nothing heavy happens at import.
 """
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"

@@ -27,6 +27,7 @@ from specs.config import ModelConfig
 from specs.errors import ConfigError, ShapeError
 from specs.io import config_from_dict, config_to_dict
 from specs.modelcard import LineageEntry, ModelCard
+from tensor.nf4 import dequantize_state
 
 M = TypeVar("M", bound=nn.Module)
 # build(cfg, card_metadata) -> an untrained model of that config; from_pretrained builds with it on the meta device,
@@ -174,7 +175,13 @@ def merge_lora_state(state: Mapping[str, torch.Tensor], directory: str | os.Path
     (``train.lora``): its weights hold each adapted Linear as PEFT names it, ``<m>.base_layer.weight`` (and
     bias) plus ``<m>.lora_A.weight`` / ``<m>.lora_B.weight``, and its ``adapter/adapter_config.json`` the ``r``,
     ``lora_alpha`` and ``use_rslora`` that scale them. ``<m>.weight`` becomes base + B @ A x scale, summed in fp32
-    and cast to the base's dtype, as ``compress.merge_lora`` does. A state without adapters is returned as is."""
+    and cast to the base's dtype, as ``compress.merge_lora`` does. A QLoRA run (``train.lora.quantize_base: nf4``)
+    holds its frozen Linear weights as 4-bit groups (``<m>.nf4_data``, ...): they are dequantized first
+    (``tensor.nf4``), to the dtype of the state's other floating tensors. A state without adapters or 4-bit
+    weights is returned as is."""
+    if any(k.endswith(".nf4_data") for k in state):
+        dtype = next((v.dtype for k, v in state.items() if v.is_floating_point() and ".nf4_" not in k), torch.float32)
+        state = dequantize_state(state, dtype)
     names = sorted(k[: -len(LORA_A)] for k in state if k.endswith(LORA_A))
     if not names:
         return dict(state)

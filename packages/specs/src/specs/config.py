@@ -147,7 +147,9 @@ class DataConfig(ConfigBase):
 class LoraConfig(ConfigBase):
     """LoRA adapters to train instead of the whole model (Hu et al. 2021; PEFT's LoraConfig fields): rank ``r``,
     the update scaled by ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), dropout on the adapters' input,
-    and the Linear layers adapted (module-name suffixes)."""
+    and the Linear layers adapted (module-name suffixes). ``quantize_base: nf4`` is QLoRA (Dettmers et al. 2023):
+    every Linear but the LM head is frozen as 4-bit NormalFloat first (bitsandbytes' layout; its absmaxes
+    quantized again with ``double_quant``), and the adapters train on top in the compute dtype."""
 
     kind: ClassVar[str] = "LoraConfig"
     r: PosInt = 8
@@ -155,6 +157,8 @@ class LoraConfig(ConfigBase):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     targets: tuple[str, ...] = ("q_proj", "v_proj")
     use_rslora: bool = False
+    quantize_base: Literal["none", "nf4"] = "none"
+    double_quant: bool = True
 
     def check(self) -> None:
         if not self.targets or not all(t.strip() for t in self.targets):
@@ -453,6 +457,10 @@ class RunConfig(ConfigBase):
     def check(self) -> None:
         if self.data.seq_len > self.model.max_seq_len:
             self.fail("data.seq_len", f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        lora = self.train.lora
+        if lora is not None and lora.quantize_base != "none" and self.dist.strategy == "FSDP":
+            self.fail("train.lora.quantize_base", f"{lora.quantize_base} keeps whole 4-bit weights on every rank, "
+                      "which FSDP cannot shard; use dist.strategy DDP (or none) for QLoRA")
 
 
 CONFIG_CLASSES: dict[str, type[ConfigBase]] = {

@@ -77,13 +77,18 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def matmul_params(model: nn.Module) -> int:
-    """Parameters used in matmuls: all, minus embedding-lookup tables not tied to a Linear layer."""
+    """Parameters used in matmuls: all, minus embedding-lookup tables not tied to a Linear layer, plus the
+    weights of 4-bit Linear layers (buffers, not parameters)."""
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
             total += p.numel()
+    for m in model.modules():  # a 4-bit frozen Linear (QLoRA's NF4Linear) holds its weight in buffers
+        shape = getattr(m, "nf4_shape", None)
+        if isinstance(shape, torch.Tensor):
+            total += getattr(m, "in_features", 0) * getattr(m, "out_features", 0)
     linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
     lookups = {id(m.weight): m.weight.numel() for m in model.modules()
                if isinstance(m, nn.Embedding) and id(m.weight) not in linear_weights}
