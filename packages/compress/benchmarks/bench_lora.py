@@ -4,11 +4,18 @@ LlamaForCausalLM + PEFT, the same weights and adapters, in one process.
 Each step is forward, loss, backward and a fused AdamW step over the adapters alone; the base weights are frozen in
 the model's dtype (bf16 on a GPU), the adapters trained in the same dtype, as PEFT does by default. The two models are
 timed interleaved (A-B-A-B) so both see the same machine; tokens/s is the median over ``--steps`` steps after
-``--warmup``, peak memory the CUDA allocator's peak during each model's steps. Before timing, the run records both
-models' losses on the first batch (``first_loss``), which must agree (the compress tests check it in fp32). A
-benchmark, not a test: put the figures, card and date in docs/benchmarks.md.
+``--warmup``, peak memory the CUDA allocator's peak during each model's steps (``peak_gib``; ``step_gib`` that peak
+above what was allocated before the steps, which holds both models; ``weights_gib`` the model's own tensors).
+Before timing, the run records both models' losses on the first batch (``first_loss``), which must agree (the
+compress tests check it in fp32). A benchmark, not a test: put the figures, card and date in docs/benchmarks.md.
+
+``--qlora``: QLoRA instead, both bases frozen as NF4 with double quantization from the same bf16 weights, every
+Linear but the LM head: lmstack's ``compress.nf4_`` against transformers' ``BitsAndBytesConfig(load_in_4bit=True,
+bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=bf16)`` (bitsandbytes), the
+adapters as before. The first losses then agree to the rounding of the two double quantizations.
 
     python packages/compress/benchmarks/bench_lora.py --preset llama-1b --batch 4 --seq 2048 --out lora.json
+    python packages/compress/benchmarks/bench_lora.py --preset llama-1b --batch 4 --seq 2048 --qlora
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from compress import apply_lora
+from compress import apply_lora, nf4_
 from compress.lora import lora_layers
 from model.lm import TransformerLM
 from specs.presets import PRESETS, preset
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=_count(1), default=10)
     ap.add_argument("--warmup", type=_count(0), default=3)
     ap.add_argument("--rounds", type=_count(1), default=2, help="A-B rounds (each times --steps steps of each model)")
+    ap.add_argument("--qlora", action="store_true", help="4-bit NF4 bases (lmstack nf4_ against bitsandbytes)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import peft
@@ -62,11 +70,20 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     cfg = preset(args.preset, max_seq_len=max(args.seq, 256))
     ours = TransformerLM(cfg).eval()
+    extra = {}
+    if args.qlora:
+        extra = {"quantization_config": transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype), "device_map": {"": dev.index or 0} if dev.type == "cuda" else "cpu"}
     with tempfile.TemporaryDirectory() as d:
-        ours.save_pretrained(d, format="hf")
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=dtype, attn_implementation="sdpa")
+        ours.to(dtype).save_pretrained(d, format="hf")  # both quantize the same rounded weights
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(d, torch_dtype=dtype, attn_implementation="sdpa",
+                                                                   **extra)
     ours = ours.to(dev, dtype)
-    theirs = theirs.to(dev)
+    if args.qlora:
+        nf4_(ours)
+    else:
+        theirs = theirs.to(dev)
     apply_lora(ours, r=args.r, alpha=2 * args.r, targets=TARGETS)
     theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=args.r, lora_alpha=2 * args.r, target_modules=TARGETS,
                                                          lora_dropout=0.0, task_type="CAUSAL_LM"))
@@ -107,8 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
         first = {"lmstack": float(ours.loss(x, y)), "transformers+peft": float(theirs(input_ids=x, labels=x).loss)}
     trainable = {"lmstack": sum(p.numel() for p in ours.parameters() if p.requires_grad),
                  "transformers+peft": sum(p.numel() for p in theirs.parameters() if p.requires_grad)}
+    models = {"lmstack": ours, "transformers+peft": theirs}
+    weights = {k: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers())) / 2**30
+               for k, m in models.items()}  # what the model holds (its 4-bit bytes under --qlora)
     times: dict[str, list[float]] = {k: [] for k in steps}
     peak: dict[str, float] = {}
+    above: dict[str, float] = {}
     for name, fn in steps.items():
         for _ in range(args.warmup):
             fn(opts[name])
@@ -117,6 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+                resting = torch.cuda.memory_allocated()  # both models' weights and optimizer states
             for _ in range(args.steps):
                 t = time.perf_counter()
                 fn(opts[name])
@@ -125,11 +147,14 @@ def main(argv: list[str] | None = None) -> dict:
                 times[name].append(time.perf_counter() - t)
             if dev.type == "cuda":
                 peak[name] = max(peak.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+                above[name] = max(above.get(name, 0.0), (torch.cuda.max_memory_allocated() - resting) / 2**30)
     tokens = args.batch * args.seq
     res = {k: {"tokens_per_s": tokens / statistics.median(v), "step_ms": 1e3 * statistics.median(v),
-               "peak_gib": peak.get(k), "first_loss": first[k], "trainable_params": trainable[k]}
+               "peak_gib": peak.get(k), "step_gib": above.get(k), "weights_gib": weights[k], "first_loss": first[k],
+               "trainable_params": trainable[k]}
            for k, v in times.items()}
-    doc = {"bench": "lora_step", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    doc = {"bench": "qlora_step" if args.qlora else "lora_step",
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "dtype": str(dtype),
            "args": vars(args), "results": res,
            "speedup": res["lmstack"]["tokens_per_s"] / res["transformers+peft"]["tokens_per_s"]}

@@ -11,7 +11,8 @@ gradient: LoRA adapters (``apply_lora``, which takes NF4Linear layers as it take
 The buffers are ``nf4_data``, ``nf4_absmax``, ``nf4_absmax_scale``, ``nf4_absmax_offset`` and ``nf4_shape``: a
 state_dict saves the 4-bit weight (safetensors, a quarter of bf16's bytes and less), and ``tensor.nf4``'s
 ``dequantize_state`` reads such a state back as plain weights (``TransformerLM.from_pretrained`` of a QLoRA run's
-checkpoint). Dequantization is pure torch here: elementwise work that torch.compile fuses.
+checkpoint). Dequantization is the kernel registry's ``nf4_dequantize`` op: one Triton pass over the bytes on a
+GPU, pure torch elsewhere.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kernel import resolve
 from specs.errors import ConfigError
-from tensor.nf4 import BLOCKSIZE, KEYS, dequantize_nf4, quantize_nf4
+from tensor.nf4 import BLOCKSIZE, KEYS, quantize_nf4
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -33,8 +35,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _weight(shape: tuple[int, int], dtype: torch.dtype, *tensors: torch.Tensor | None) -> torch.Tensor:
-    return dequantize_nf4({k: t for k, t in zip(KEYS, tensors) if t is not None}, dtype, shape=shape)
+def _weight(shape: tuple[int, int], blocksize: int, dtype: torch.dtype, *tensors: torch.Tensor | None) -> torch.Tensor:
+    """The dense weight, through the kernel registry's ``nf4_dequantize`` (one Triton pass on a GPU)."""
+    op = resolve("nf4_dequantize", device=tensors[0].device, dtype=dtype)
+    return op(*tensors, shape, dtype, blocksize)
 
 
 class _NF4Matmul(torch.autograd.Function):
@@ -42,19 +46,20 @@ class _NF4Matmul(torch.autograd.Function):
     again in backward instead of being saved."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, shape: tuple[int, int], *tensors: torch.Tensor | None) -> torch.Tensor:
-        ctx.shape = shape
+    def forward(ctx: Any, x: torch.Tensor, shape: tuple[int, int], blocksize: int,
+                *tensors: torch.Tensor | None) -> torch.Tensor:
+        ctx.shape, ctx.blocksize = shape, blocksize
         ctx.save_for_backward(*tensors)
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(x, _weight(shape, x.dtype, *tensors))
+            return F.linear(x, _weight(shape, blocksize, x.dtype, *tensors))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        none = (None,) * (1 + len(ctx.saved_tensors))
+        none = (None,) * (2 + len(ctx.saved_tensors))
         if not ctx.needs_input_grad[0]:
             return (None, *none)
         with torch.autocast(grad.device.type, enabled=False):
-            return (grad @ _weight(ctx.shape, grad.dtype, *ctx.saved_tensors), *none)
+            return (grad @ _weight(ctx.shape, ctx.blocksize, grad.dtype, *ctx.saved_tensors), *none)
 
 
 class NF4Linear(nn.Module):
@@ -64,7 +69,7 @@ class NF4Linear(nn.Module):
     def __init__(self, linear: nn.Linear, *, blocksize: int = BLOCKSIZE, double_quant: bool = True):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.dtype = linear.weight.dtype
+        self.dtype, self.blocksize = linear.weight.dtype, blocksize
         for key, value in quantize_nf4(linear.weight.detach(), blocksize=blocksize, double_quant=double_quant).items():
             self.register_buffer(key, value)
         for key in KEYS:
@@ -92,10 +97,11 @@ class NF4Linear(nn.Module):
 
     def dequantized(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The weight (out, in), dequantized to ``dtype`` (default: the original dtype)."""
-        return _weight((self.out_features, self.in_features), dtype or self.dtype, *self._tensors())
+        return _weight((self.out_features, self.in_features), self.blocksize, dtype or self.dtype, *self._tensors())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _NF4Matmul.apply(x.to(_compute_dtype(x)), (self.out_features, self.in_features), *self._tensors())
+        out = _NF4Matmul.apply(x.to(_compute_dtype(x)), (self.out_features, self.in_features), self.blocksize,
+                               *self._tensors())
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def to_linear(self) -> nn.Linear:

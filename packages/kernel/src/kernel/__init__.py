@@ -9,7 +9,7 @@ from kernel.hints import one_row_pdl_linear
 from kernel.implementation import OPS, Implementation, Request
 from kernel.registry import ENTRY_POINT_GROUP, KernelRegistry, default_registry, make_request, resolve
 
-__version__ = "0.25.0"
+__version__ = "0.26.0"
 
 __all__ = ["ENTRY_POINT_GROUP", "OPS", "Implementation", "KernelRegistry", "Request", "default_registry",
            "make_request", "one_row_pdl_linear", "resolve"]

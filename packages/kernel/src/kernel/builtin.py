@@ -22,14 +22,16 @@ TRITON_TARGETS = {
     "decode_layer": "kernel.triton.decode_layer:decode_layer",
     "decode_attention_unified": "kernel.triton.decode_attention:decode_attention_unified_op",
     "lora": "kernel.triton.lora:lora",
+    "nf4_dequantize": "kernel.triton.nf4:nf4_dequantize",
 }
 
 
 # references that live in a module of their own (kernel.reference holds the rest)
-REFERENCE_TARGETS = {"lora": "kernel.lora:lora"}
+REFERENCE_TARGETS = {"lora": "kernel.lora:lora", "nf4_dequantize": "kernel.nf4:nf4_dequantize"}
 
 # kernels without a backward
-INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer", "decode_attention_unified", "lora")
+INFERENCE_ONLY = ("int8_linear", "decode_attention", "linear", "decode_layer", "decode_attention_unified", "lora",
+                  "nf4_dequantize")
 
 # 'auto' tries higher priorities first. Measured on an H200 (bench_kernels.py, bf16, 2026-11-28): torch SDPA's
 # attention ran fwd 0.19 ms / fwd+bwd 0.81 ms against the Triton kernel's 0.31 / 1.42 ms, so SDPA (10) outranks it;

@@ -22,7 +22,7 @@ from specs.errors import PluginError
 
 OPS: tuple[str, ...] = ("attention", "rmsnorm", "layernorm", "rope", "swiglu", "cross_entropy", "linear_cross_entropy",
                         "int8_linear", "decode_attention", "linear", "decode_layer", "gelu_mlp",
-                        "decode_attention_unified", "lora")
+                        "decode_attention_unified", "lora", "nf4_dequantize")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -130,9 +130,10 @@ def absmax_of(q: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def dequantize_nf4(q: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32, *,
-                   shape: tuple[int, ...] | None = None) -> torch.Tensor:
+                   shape: tuple[int, ...] | None = None, blocksize: int | None = None) -> torch.Tensor:
     """The weight :func:`quantize_nf4` stored, in ``dtype`` (computed in fp32, as bitsandbytes does). ``shape``,
-    when the caller knows it, saves reading ``nf4_shape`` (a device sync on a GPU)."""
+    when the caller knows it, saves reading ``nf4_shape`` (a device sync on a GPU); ``blocksize`` (the state does not
+    name it) is the first of 64, 32, 128, ... that gives as many blocks as there are absmaxes, unless given."""
     missing = [k for k in ("nf4_data", "nf4_absmax") + (("nf4_shape",) if shape is None else ()) if k not in q]
     if missing:
         raise ShapeError(f"an NF4 weight needs {', '.join(missing)}; got {sorted(q)}")
@@ -141,7 +142,7 @@ def dequantize_nf4(q: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.flo
     n = math.prod(shape)
     data = q["nf4_data"].reshape(-1)
     absmax = absmax_of(q)
-    blocksize = _blocksize(n, absmax.numel())
+    blocksize = blocksize or _blocksize(n, absmax.numel())
     if data.numel() != (n + 1) // 2:
         raise ShapeError(f"an NF4 weight of shape {shape} holds {(n + 1) // 2} bytes; got {data.numel()}")
     idx = torch.stack([data >> 4, data & 0xF], dim=-1).reshape(-1)[:n].long()
