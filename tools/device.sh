@@ -6,7 +6,8 @@
 WHEELS="pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2
 fastapi==0.163.2 starlette opentelemetry-api annotated-doc uvicorn==0.54.0 cryptography cffi pycparser datasketch==2.0.0
 license-expression boolean.py peft==0.21.0 accelerate psutil trl==1.13.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-jsonschema jsonschema-specifications referencing rpds-py attrs python-stdnum xgrammar==0.2.8 apache-tvm-ffi"
+jsonschema jsonschema-specifications referencing rpds-py attrs python-stdnum xgrammar==0.2.8 apache-tvm-ffi
+bitsandbytes==0.50.2"
 case "${1:-}" in
   fetch)
     cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -15,7 +16,8 @@ case "${1:-}" in
     for w in $WHEELS; do
       python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        --platform manylinux_2_34_x86_64 --platform any -d .whl "$w" || echo "could not fetch $w" >&2
+        --platform manylinux_2_34_x86_64 --platform manylinux_2_24_x86_64 --platform any -d .whl "$w" \
+        || echo "could not fetch $w" >&2
     done
     ls .whl ;;
   env)

@@ -116,3 +116,38 @@ def test_the_plugin_quantizes_for_train_lora_and_saves_a_quarter_of_the_bytes():
     assert quantize_(TransformerLM(preset("llama-debug")), "nf4") == 14
     with pytest.raises(ConfigError, match="no nn.Linear layers to quantize to NF4"):
         nf4_(nn.Sequential(nn.Embedding(4, 4)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton dequantization runs on a CUDA device")
+def test_on_the_gpu_the_triton_dequantization_computes_as_the_reference():
+    """On a GPU NF4Linear dequantizes through the registry's Triton kernel: the same weight bit for bit as the
+    reference, and a bf16 QLoRA step whose adapter gradients match the fp32 computation on the same weights."""
+    from kernel import nf4 as ref
+    from kernel import resolve
+
+    lin = _linear(2048, 640).cuda()
+    layer = NF4Linear(lin)
+    args = (*layer._tensors(), (640, 2048), torch.bfloat16)
+    op = resolve("nf4_dequantize", device=torch.device("cuda"), dtype=torch.bfloat16)
+    assert op.__module__ == "kernel.triton.nf4"
+    assert torch.equal(layer.dequantized(torch.bfloat16), ref.nf4_dequantize(*args))
+    torch.manual_seed(0)
+    model = TransformerLM(preset("llama-debug")).cuda()
+    nf4_(model)
+    apply_lora(model, r=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"])
+    for layer in lora_layers(model).values():
+        nn.init.normal_(layer.lora_B.weight, std=0.1)
+    ids = torch.randint(0, 512, (2, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(model(ids).flatten(0, 1).float(), ids.flatten())
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert len(grads) == 2 * 3 * 2 and all(torch.isfinite(g).all() for g in grads.values())
+    model.zero_grad()
+    loss32 = nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten())  # fp32 compute, same weights
+    loss32.backward()
+    assert abs(float(loss) - float(loss32)) < 0.05
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n].float(), p.grad, rtol=0.1, atol=0.02 * p.grad.abs().max().item())
