@@ -38,4 +38,6 @@ def test_bench_qlora_quantizes_both_bases_alike(tmp_path):
     assert doc["bench"] == "qlora_step"
     assert ours["first_loss"] == pytest.approx(theirs["first_loss"], rel=1e-3)
     assert ours["trainable_params"] == theirs["trainable_params"] > 0
-    assert ours["weights_gib"] < 0.6 * full and theirs["weights_gib"] < 0.6 * full  # (debug shape: mostly embeddings)
+    # (the debug shape's bytes are mostly its full-precision embeddings and head: a 4-bit base saves under half)
+    assert ours["weights_gib"] < 0.7 * full and theirs["weights_gib"] < 0.7 * full
+    assert ours["weights_gib"] == pytest.approx(theirs["weights_gib"], rel=0.15)

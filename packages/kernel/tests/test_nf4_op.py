@@ -29,6 +29,8 @@ def test_the_kernel_is_the_reference(shape, double, dtype):
     assert got.dtype == dtype and got.shape == shape and got.device.type == DEVICE
     if INTERPRETED and dtype == torch.bfloat16:  # the interpreter converts to bf16 by truncation: an ulp
         torch.testing.assert_close(got, want.to(dtype), rtol=2 ** -7, atol=0)
+    elif double and dtype == torch.float32:  # the GPU fuses the absmax's code * scale + offset (one rounding less)
+        torch.testing.assert_close(got, want, rtol=2 ** -21, atol=0)
     else:
         assert torch.equal(got, want.to(dtype))  # one fp32 product a value, rounded once: exact
     assert (want - w).abs().max() < 0.05 * 0.5
