@@ -106,12 +106,11 @@ def build_wheels(pkgs: dict[str, Path], names: set[str]) -> dict[str, Path]:
     out = WORK / "wheels"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    for name, path in pkgs.items():
-        if name not in names:
-            continue
-        r = run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(path)])
-        if r.returncode:
-            raise SystemExit(f"wheel build failed for {name}:\n{r.stdout}{r.stderr}")
+    paths = [str(path) for name, path in pkgs.items() if name in names]
+    # one pip for all of them (a pip start each cost ~0.3 s of 0.4)
+    r = run([PY, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), *paths])
+    if r.returncode:
+        raise SystemExit(f"wheel build failed:\n{r.stdout}{r.stderr}")
     wheels = {}
     for w in out.glob("*.whl"):
         wheels[w.name.split("-")[0].removeprefix("lmstack_")] = w

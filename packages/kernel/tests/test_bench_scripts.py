@@ -32,21 +32,20 @@ def test_tune_space_from_the_command_line():
         bench_decode_kernels.parse_tune_space("4", "5", "qvk")
 
 
-def test_tuning_refuses_a_cpu_and_writes_nothing(tmp_path):
+def test_tuning_refuses_a_cpu_and_writes_nothing(tmp_path, monkeypatch):
     table = tmp_path / "tiles.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, str(BENCH / "bench_decode_kernels.py"), "--device", "cpu",
                           "--tune-skinny", str(table), "--tune-warps", "4,8"], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300)  # the script as run (its exit status and message)
     assert out.returncode != 0 and "--tune-skinny times the kernels of a GPU" in out.stderr
     assert not table.exists()
-    bad = subprocess.run([sys.executable, str(BENCH / "bench_decode_kernels.py"), "--device", "cpu",
-                          "--tune-skinny", str(table), "--tune-matrices", "nope"], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert bad.returncode != 0 and "--tune-matrices: unknown" in bad.stderr and not table.exists()
-    gemv = subprocess.run([sys.executable, str(BENCH / "bench_decode_kernels.py"), "--device", "cpu",
-                           "--tune-gemv", str(table)], env=env, capture_output=True, text=True, timeout=300)
-    assert gemv.returncode != 0 and "--tune-gemv times the kernels of a GPU" in gemv.stderr and not table.exists()
+    for args, message in ((["--tune-skinny", str(table), "--tune-matrices", "nope"], "--tune-matrices: unknown"),
+                          (["--tune-gemv", str(table)], "--tune-gemv times the kernels of a GPU")):
+        monkeypatch.setattr(sys, "argv", ["bench_decode_kernels.py", "--device", "cpu", *args])  # the rest in-process
+        with pytest.raises(SystemExit, match=message):
+            bench_decode_kernels.main()
+        assert not table.exists()
 
 
 def test_one_row_case_reads_what_it_says():
@@ -99,17 +98,21 @@ def test_unified_attention_layers_match_split_and_combine():
 
 
 @pytest.mark.parametrize("script", ["bench_fused_mlp", "bench_unified_attention", "bench_rowpair_gemv", "bench_lora"])
-def test_prototype_timing_without_a_gpu_stops_with_a_message_and_writes_nothing(tmp_path, script):
+def test_prototype_timing_without_a_gpu_stops_with_a_message_and_writes_nothing(tmp_path, script, monkeypatch,
+                                                                                capsys):
+    """Each script's main, in-process (the scripts' own command line as run: the tuner test above): the check runs
+    (under the interpreter), then the timing stops with a message."""
+    import importlib
+
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("there is a GPU here: the timing would run")
     out = tmp_path / "out.json"
-    run = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--out", str(out)], capture_output=True,
-                         text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TRITON_INTERPRET": "1"})
-    assert run.returncode != 0 and f"{script}: timing needs a CUDA GPU" in run.stderr, run.stderr[-2000:]
-    assert "max error" in run.stdout and not out.exists()
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--out", str(out)])
+    with pytest.raises(SystemExit, match=f"{script}: timing needs a CUDA GPU"):
+        importlib.import_module(script).main()
+    assert "max error" in capsys.readouterr().out and not out.exists()
 
 
 def test_gemv_tuner_times_only_tiles_that_compute_the_product(monkeypatch):

@@ -44,7 +44,7 @@ for m in models:
 want = FastGenerator(models[0], 1, 16, compile=None).generate(prompt, 6)
 models[1].fuse_projections()  # every projection's shape into a gemv table for this "card", chained (PDL 1)
 shapes = {gemv.tile_key(*m.weight.shape, m.weight.dtype) for m in models[1].modules() if isinstance(m, torch.nn.Linear)}
-table = {k: [2, 64, 1, 1] for k in shapes} | {k + " glu": [2, 64, 1, 1] for k in shapes}
+table = {k: [16, 64, 1, 1] for k in shapes} | {k + " glu": [16, 64, 1, 1] for k in shapes}  # few programs
 with open(sys.argv[2], "w") as f:
     json.dump({card: table}, f)
 os.environ[gemv.TILES_ENV] = sys.argv[2]
