@@ -142,6 +142,9 @@ def test_fp8_on_targets_without_it(tiny_model, tmp_path):
         export(tiny_model, _cfg(tmp_path, target="torchscript", quantize="fp8"))
     with pytest.raises(ConfigError, match="int8 quantization starts from the fp32 graph"):
         export(tiny_model, _cfg(tmp_path, target="onnx", quantize="int8", dtype="fp16"))
+    for target in ("onnx", "torch_export", "torchscript", "tensorrt"):  # int4 is gguf's alone
+        with pytest.raises(ConfigError, match="int4 .*target 'gguf' alone|not supported for target 'tensorrt'"):
+            export(tiny_model, _cfg(tmp_path, target=target, quantize="int4"))
 
 
 @pytest.mark.parametrize("kw, message", [

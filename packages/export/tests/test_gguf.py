@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from export.errors import ExportError, MissingDependencyError
+from export.errors import ExportError, MissingDependencyError, ParityError
 from export.exporter import export
 from model.lm import TransformerLM
 from specs.errors import ConfigError
@@ -96,6 +96,33 @@ def test_lower_precision_and_q8_0(ckpt, tmp_path, dtype, quantize, kind):
         assert 0 < meta["tensor_max_abs_error"] < 0.01 and meta["transformers"]["greedy_agreement"] >= 0.75
 
 
+def test_q4_0_blocks_with_the_head_in_q8_0(ckpt, tmp_path, monkeypatch):
+    """quantize int4: the matrices in Q4_0, the LM head in Q8_0 (llama.cpp's file type MOSTLY_Q4_0), smaller than
+    Q8_0, each block of 32 within amax / 8 of the model's (a corrupted block is caught before anything is
+    written), and transformers reads the file back."""
+    res = _export(ckpt, tmp_path / "q4", quantize="int4")
+    meta = res.card.metadata
+    assert meta["tensor_types"] == {"Q4_0": 2 * 7 + 1, "Q8_0": 1, "F32": 2 * 2 + 1}
+    reader = gguf.GGUFReader(tmp_path / "q4" / "model.gguf")
+    assert _field(reader, "general.file_type") == gguf.LlamaFileType.MOSTLY_Q4_0
+    assert {t.name: t.tensor_type.name for t in reader.tensors}["output.weight"] == "Q8_0"
+    q8 = _export(ckpt, tmp_path / "q8", quantize="int8").card.metadata
+    assert meta["size_bytes"] < q8["size_bytes"] and meta["tensor_max_abs_error"] > q8["tensor_max_abs_error"] > 0
+    assert 0 <= meta["transformers"]["greedy_agreement"] <= 1 and meta["transformers"]["logit_max_abs_diff"] > 0
+    real = gguf.quants.quantize
+
+    def corrupt(data, kind):  # one value of one block off by a whole block's amax
+        if kind == gguf.GGMLQuantizationType.Q4_0:
+            data = data.copy()
+            data[0, 5] += 2 * abs(data[0, :32]).max() + 1
+        return real(data, kind)
+
+    monkeypatch.setattr(gguf.quants, "quantize", corrupt)
+    with pytest.raises(ParityError, match="\\(Q4_0\\) differs from the model's by .* in block 0; nothing was written"):
+        _export(ckpt, tmp_path / "bad", quantize="int4")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_tied_embeddings_write_no_output_tensor(tmp_path):
     from data.tokenizer import train_bpe
 
@@ -178,7 +205,7 @@ def test_what_gguf_cannot_hold_is_refused_before_anything_is_written(ckpt, tmp_p
     (small / "tokenizer.json").write_text(json.dumps(doc))
     with pytest.raises(ExportError, match="pre-tokenizer Sequence; the gguf target writes byte-level BPE"):
         _export(small, tmp_path / "f")
-    with pytest.raises(ConfigError, match="the gguf target takes none or int8"):
+    with pytest.raises(ConfigError, match="the gguf target takes none, int8 \\(Q8_0\\) or int4 \\(Q4_0\\), got .fp8."):
         _export(ckpt, tmp_path / "c", quantize="fp8")
     import importlib.util
 

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML/JSON ExportConfig, or a RunConfig with an export: section")
     p.add_argument("--target", choices=["onnx", "torch_export", "torchscript", "tensorrt", "gguf"])
     p.add_argument("--opset", type=int, help="ONNX opset (18..23; default 19)")
-    p.add_argument("--quantize", choices=["none", "int8", "fp8"])
+    p.add_argument("--quantize", choices=["none", "int8", "fp8", "int4"])
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--outdir", help="where the artifacts go (default: artifacts)")
     p.add_argument("--no-cache", action="store_true", help="export a graph without past/present key-values")

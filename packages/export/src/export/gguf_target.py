@@ -6,8 +6,10 @@ Llama-shaped models: written with llama.cpp's own ``gguf`` package, as its ``con
   RMSNorm epsilon, RoPE base and dimensions), ``general.file_type``.
 - Tensors under llama.cpp's names (``token_embd``, ``blk.N.attn_q``, ..., ``output``); the q and k projections
   permuted from the rotate-half layout to llama.cpp's interleaved RoPE layout (``LlamaModel.permute``); 1-D
-  tensors (norms) in F32, the matrices in the export dtype (F32, F16, BF16) or, with ``quantize: int8``, Q8_0
-  (blocks of 32 with one fp16 scale; a matrix whose rows are not a multiple of 32 stays in the export dtype).
+  tensors (norms) in F32, the matrices in the export dtype (F32, F16, BF16); with ``quantize: int8``, Q8_0
+  (blocks of 32 with one fp16 scale); with ``quantize: int4``, Q4_0 (blocks of 32, 4-bit values, one fp16 scale:
+  ollama's long-time default), the LM head (or a tied embedding, which serves as it) in Q8_0, as llama.cpp keeps
+  the output layer at higher precision. A matrix whose rows are not a multiple of 32 stays in the export dtype.
   A tied head writes no ``output`` tensor (llama.cpp then reads ``token_embd``).
 - The tokenizer of the checkpoint directory, with its special ids and chat template. A ``tokenizer.json`` that is
   a byte-level BPE splitting as GPT-2 does (lmstack's ``train_bpe``) goes in as ``tokenizer.ggml.model = gpt2``
@@ -41,6 +43,7 @@ from export.targets import ExportJob, TargetResult, file_sizes
 from specs.errors import ConfigError
 
 FILENAME = "model.gguf"
+QUANT = {"none": None, "int8": "Q8_0", "int4": "Q4_0"}  # export.quantize -> the GGML type of the matrices
 # lmstack (transformers Llama) state_dict names -> llama.cpp's, per layer and global
 LAYER = {"input_layernorm.weight": "attn_norm", "self_attn.q_proj.weight": "attn_q",
          "self_attn.k_proj.weight": "attn_k", "self_attn.v_proj.weight": "attn_v",
@@ -76,8 +79,9 @@ class GGUFTarget:
         if importlib.util.find_spec("gguf") is None:
             raise MissingDependencyError("the gguf target", ["the 'gguf' Python package (pip install "
                                                              "'lmstack-export[gguf]')"])
-        if cfg.quantize not in ("none", "int8"):
-            raise ConfigError("export.quantize", f"the gguf target takes none or int8 (Q8_0), got {cfg.quantize!r}")
+        if cfg.quantize not in QUANT:
+            raise ConfigError("export.quantize", f"the gguf target takes none, int8 (Q8_0) or int4 (Q4_0), got "
+                                                 f"{cfg.quantize!r}")
 
     def build(self, job: ExportJob) -> TargetResult:
         import gguf
@@ -86,7 +90,7 @@ class GGUFTarget:
         check_llama(config)
         vocab = read_vocab(job.source)
         path = job.workdir / FILENAME
-        kinds = write_gguf(path, job.model, vocab, job.spec.dtype, q8=job.config.quantize == "int8",
+        kinds = write_gguf(path, job.model, vocab, job.spec.dtype, quant=QUANT[job.config.quantize],
                            name=job.source.name if job.source else "lmstack")
         reader = gguf.GGUFReader(path)
         tensor_err = check_tensors(reader, job.model)
@@ -247,7 +251,7 @@ def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype: torch.dtype, *, q8: bool,
+def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype: torch.dtype, *, quant: str | None,
                name: str) -> dict[str, int]:
     """Write the GGUF file; returns how many tensors went in each type."""
     import gguf
@@ -267,7 +271,7 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
     w.add_rope_freq_base(cfg.rope_theta)
     w.add_layer_norm_rms_eps(cfg.norm_eps)
     w.add_vocab_size(cfg.vocab_size)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else ftype)
+    w.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{quant}") if quant else ftype)
     w.add_tokenizer_model(vocab["model"])
     w.add_tokenizer_pre(vocab["pre"])
     tokens, types = list(vocab["tokens"]), list(vocab["types"])
@@ -297,8 +301,9 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
         if data.ndim == 1:
             kind = gguf.GGMLQuantizationType.F32
             w.add_tensor(tname, data.astype(np.float32))
-        elif q8 and data.shape[-1] % 32 == 0:
-            kind = gguf.GGMLQuantizationType.Q8_0
+        elif quant and data.shape[-1] % 32 == 0:
+            head = tname == "output.weight" or (tname == "token_embd.weight" and model.config.tie_embeddings)
+            kind = getattr(gguf.GGMLQuantizationType, "Q8_0" if head else quant)
             w.add_tensor(tname, gguf.quants.quantize(data, kind), raw_dtype=kind)
         elif dtype == torch.bfloat16:
             kind = gguf.GGMLQuantizationType.BF16
@@ -314,9 +319,13 @@ def write_gguf(path: Path, model: torch.nn.Module, vocab: dict[str, Any], dtype:
     return kinds
 
 
+BLOCK_BOUND = {"Q8_0": 1 / 254, "Q4_0": 1 / 8}  # the largest error of a block, over its amax
+
+
 def check_tensors(reader: Any, model: torch.nn.Module) -> float:
     """Every tensor of the file, dequantized, against the model's; the largest |difference|. ParityError past
-    a cast's rounding (Q8_0: half a step of the block's scale, amax / 127)."""
+    a cast's rounding, or, for a block type, past its bound in any block of 32 (Q8_0: half a step, amax / 254;
+    Q4_0: amax / 8, the value of the opposite sign to the block's largest clipped at 7 steps of amax / 8)."""
     from gguf import dequantize
 
     want = dict(_tensors(model))
@@ -329,14 +338,19 @@ def check_tensors(reader: Any, model: torch.nn.Module) -> float:
         ref = want[name].detach().float().cpu()
         val = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(ref.shape)
         err = float((val - ref).abs().max()) if ref.numel() else 0.0
-        if t.tensor_type.name == "Q8_0":
-            blocks = ref.reshape(-1, 32).abs().amax(1)
-            bound = float((blocks / 127 * 0.5 + blocks * 1e-3 + 1e-6).max())
+        if t.tensor_type.name in BLOCK_BOUND:  # each block of 32 against its own bound (fp16 scales: +0.1%)
+            block_err = (val - ref).abs().reshape(-1, 32).amax(1)
+            block_bound = ref.reshape(-1, 32).abs().amax(1) * (BLOCK_BOUND[t.tensor_type.name] + 1e-3) + 1e-6
+            i = int((block_err - block_bound).argmax())
+            err_i, bound_i = float(block_err[i]), float(block_bound[i])
+            if not math.isfinite(err) or err_i > bound_i:
+                raise ParityError(f"GGUF tensor {name} ({t.tensor_type.name}) differs from the model's by {err_i:.3g} "
+                                  f"> {bound_i:.3g} in block {i}; nothing was written")
         else:
             bound = float(ref.abs().max()) * 2 ** -7 + 1e-6  # bf16's half-ulp; F32/F16 are tighter
-        if not math.isfinite(err) or err > bound:
-            raise ParityError(f"GGUF tensor {name} ({t.tensor_type.name}) differs from the model's by {err:.3g} > "
-                              f"{bound:.3g}; nothing was written")
+            if not math.isfinite(err) or err > bound:
+                raise ParityError(f"GGUF tensor {name} ({t.tensor_type.name}) differs from the model's by {err:.3g} "
+                                  f"> {bound:.3g}; nothing was written")
         worst = max(worst, err)
     return worst
 

@@ -21,7 +21,7 @@ import torch
 
 from export.decoder import BATCH, PAST, SEQ, TOTAL, DecoderSpec, DecoderWithPast
 from export.errors import ExportError
-from export.quantize import onnx_dynamic_int8
+from export.quantize import INT4_ONLY_GGUF, onnx_dynamic_int8
 from export.targets import (
     ExportJob,
     TargetResult,
@@ -146,6 +146,8 @@ class OnnxTarget:
 
     def check(self, cfg: Any) -> None:
         check_opset(cfg.opset)
+        if cfg.quantize == "int4":
+            raise ConfigError("export.quantize", INT4_ONLY_GGUF.format(target="onnx"))
         if cfg.quantize == "fp8":
             raise ConfigError("export.quantize", "fp8 is available for target 'torch_export' (torchao on a GPU); "
                               "for target 'onnx' use 'none' or 'int8'")

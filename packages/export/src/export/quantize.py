@@ -22,6 +22,9 @@ from export.errors import ExportError, MissingDependencyError
 
 FP8_MIN_CAPABILITY = (8, 9)
 
+INT4_ONLY_GGUF = ("int4 (4-bit blocks of 32) is written by target 'gguf' alone (llama.cpp's Q4_0); for target "
+                  "'{target}' use quantize 'none' or 'int8'")
+
 
 class Int8WeightOnlyLinear(nn.Module):
     """``y = x @ (w_int8 * scale).T + b`` with w_int8 (out, in) int8 and scale (out,) in the activation dtype."""

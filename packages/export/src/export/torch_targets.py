@@ -20,7 +20,7 @@ from torch import nn
 
 from export.decoder import DecoderWithPast
 from export.errors import MissingDependencyError
-from export.quantize import fp8_requirements, fp8_weight_only, int8_weight_only
+from export.quantize import INT4_ONLY_GGUF, fp8_requirements, fp8_weight_only, int8_weight_only
 from export.targets import ExportJob, TargetResult, check_parity, explain_trace_failure, quantization_figures
 from export.validate import model_device
 from specs.errors import ConfigError
@@ -94,6 +94,8 @@ class TorchExportTarget:
     name = "torch_export"
 
     def check(self, cfg: Any) -> None:
+        if cfg.quantize == "int4":
+            raise ConfigError("export.quantize", INT4_ONLY_GGUF.format(target=self.name))
         if cfg.quantize == "fp8" and cfg.dtype != "bf16":
             raise ConfigError("export.dtype", f"quantize='fp8' runs the model in bf16 (torchao float8 weights, bf16 "
                               f"activations and KV cache); set dtype='bf16', got {cfg.dtype!r}")
@@ -110,6 +112,8 @@ class TorchScriptTarget:
     name = "torchscript"
 
     def check(self, cfg: Any) -> None:
+        if cfg.quantize == "int4":
+            raise ConfigError("export.quantize", INT4_ONLY_GGUF.format(target=self.name))
         if cfg.quantize == "fp8":
             raise ConfigError("export.quantize", "fp8 uses torchao tensor subclasses that TorchScript cannot trace; "
                               "use target 'torch_export' for fp8, or quantize 'none' / 'int8'")

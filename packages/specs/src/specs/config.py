@@ -392,12 +392,14 @@ class VizConfig(ConfigBase):
 
 @dataclass(frozen=True, kw_only=True)
 class ExportConfig(ConfigBase):
-    """A deployable artifact: ONNX (with KV cache), torch.export, TorchScript, TensorRT or GGUF (llama.cpp)."""
+    """A deployable artifact: ONNX (with KV cache), torch.export, TorchScript, TensorRT or GGUF (llama.cpp).
+    ``quantize``: int8 weight-only (onnx, torch_export, torchscript; Q8_0 in gguf), fp8 (torch_export on a GPU),
+    int4 (gguf alone: Q4_0)."""
 
     kind: ClassVar[str] = "ExportConfig"
     target: Literal["onnx", "torch_export", "torchscript", "tensorrt", "gguf"] = "onnx"
     opset: Annotated[int, Field(ge=14, le=23)] = 19
-    quantize: Literal["none", "int8", "fp8"] = "none"
+    quantize: Literal["none", "int8", "fp8", "int4"] = "none"
     dynamic_axes: bool = True
     outdir: str = "artifacts"
     with_cache: bool = True
