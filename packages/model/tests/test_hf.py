@@ -185,3 +185,43 @@ def test_unsupported_transformers_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     with pytest.raises(ConfigError, match="model_type 'bert' is not supported; valid: llama, mistral, gpt2"):
         TransformerLM.from_pretrained(tmp_path)
+
+
+def test_a_bitsandbytes_4bit_checkpoint_loads_dequantized(tmp_path):
+    """A Hugging Face directory saved with bitsandbytes' 4-bit NF4 (a "-bnb-4bit" repository: packed weights,
+    absmaxes, quant maps and the JSON quant state; double quantization) loads into TransformerLM with the weights
+    bitsandbytes dequantizes to: transformers' model on those weights gives the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import bitsandbytes.functional as bnbf
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False, torch_dtype="bfloat16")
+    full, quant = tmp_path / "full", tmp_path / "bnb"
+    transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(full)
+    state = load_file(str(full / "model.safetensors"))
+    packed_state, dequantized = {}, dict(state)
+    for k, w in state.items():
+        if k.endswith("_proj.weight"):  # every Linear but the head, as load_in_4bit leaves lm_head
+            q, qs = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+            packed_state[k] = q
+            packed_state.update({f"{k}.{name}": v for name, v in qs.as_dict(packed=True).items()})
+            dequantized[k] = bnbf.dequantize_4bit(q, qs)
+        else:
+            packed_state[k] = w
+    quant.mkdir()
+    save_file(packed_state, str(quant / "model.safetensors"))
+    doc = json.loads((full / "config.json").read_text())
+    doc["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                  "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16"}
+    (quant / "config.json").write_text(json.dumps(doc))
+    save_file(dequantized, str(full / "model.safetensors"))  # transformers' model on bitsandbytes' weights
+    ours = TransformerLM.from_pretrained(quant, dtype=torch.float32).eval()
+    theirs = transformers.LlamaForCausalLM.from_pretrained(full, dtype=torch.float32).eval()
+    ids = torch.randint(0, 96, (2, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from specs.errors import ConfigError, ShapeError
-from tensor.nf4 import NF4_CODE, absmax_of, dequantize_nf4, dequantize_state, dynamic_map, quantize_nf4
+from tensor.nf4 import KEYS, NF4_CODE, absmax_of, dequantize_nf4, dequantize_state, dynamic_map, quantize_nf4
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -77,3 +77,28 @@ def test_bad_input_is_refused_by_name():
         dequantize_nf4({k: v for k, v in q.items() if k != "nf4_shape"})
     with pytest.raises(ShapeError, match="holds 32 bytes; got 31"):
         dequantize_nf4({**q, "nf4_data": q["nf4_data"][:-1]})
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_a_bitsandbytes_checkpoints_weights_read_as_these_bytes(double_quant):
+    """A Linear as bitsandbytes' Linear4bit saves it (QuantState.as_dict(packed=True), the keys of a "-bnb-4bit"
+    repository): the same bytes, and bitsandbytes' own dequantized weight."""
+    from tensor.nf4 import from_bitsandbytes
+
+    w = (torch.randn(96, 320, generator=torch.Generator().manual_seed(5)) * 0.05).bfloat16()
+    packed, qs = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant)
+    state = {"m.q.weight": packed, **{f"m.q.weight.{k}": v for k, v in qs.as_dict(packed=True).items()},
+             "m.norm.weight": torch.ones(320)}
+    ours, dtypes = from_bitsandbytes(state)
+    assert dtypes == {"m.q": torch.bfloat16} and "m.norm.weight" in ours
+    assert sorted(k for k in ours if k.startswith("m.q.")) == sorted(
+        f"m.q.{k}" for k in KEYS if double_quant or "absmax_" not in k)
+    assert torch.equal(ours["m.q.nf4_data"], packed.reshape(-1))
+    got = dequantize_state(ours, torch.bfloat16)["m.q.weight"]  # bitsandbytes returns the saved dtype
+    torch.testing.assert_close(got, bnbf.dequantize_4bit(packed, qs), rtol=0, atol=0)
+    fp4, fqs = bnbf.quantize_4bit(w, blocksize=64, quant_type="fp4")
+    with pytest.raises(ShapeError, match="m.f: a bitsandbytes fp4 weight; only NF4"):
+        from_bitsandbytes({"m.f.weight": fp4, **{f"m.f.weight.{k}": v for k, v in fqs.as_dict(packed=True).items()}})
+    del state["m.q.weight.absmax"]
+    with pytest.raises(ShapeError, match="m.q: a bitsandbytes 4-bit weight without m.q.weight.absmax"):
+        from_bitsandbytes(state)

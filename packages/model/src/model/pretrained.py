@@ -27,7 +27,7 @@ from specs.config import ModelConfig
 from specs.errors import ConfigError, ShapeError
 from specs.io import config_from_dict, config_to_dict
 from specs.modelcard import LineageEntry, ModelCard
-from tensor.nf4 import dequantize_state
+from tensor.nf4 import BNB_STATE, dequantize_state, from_bitsandbytes
 
 M = TypeVar("M", bound=nn.Module)
 # build(cfg, card_metadata) -> an untrained model of that config; from_pretrained builds with it on the meta device,
@@ -177,8 +177,11 @@ def merge_lora_state(state: Mapping[str, torch.Tensor], directory: str | os.Path
     ``lora_alpha`` and ``use_rslora`` that scale them. ``<m>.weight`` becomes base + B @ A x scale, summed in fp32
     and cast to the base's dtype, as ``compress.merge_lora`` does. A QLoRA run (``train.lora.quantize_base: nf4``)
     holds its frozen Linear weights as 4-bit groups (``<m>.nf4_data``, ...): they are dequantized first
-    (``tensor.nf4``), to the dtype of the state's other floating tensors. A state without adapters or 4-bit
-    weights is returned as is."""
+    (``tensor.nf4``), to the dtype of the state's other floating tensors; so are the 4-bit weights of a Hugging Face
+    checkpoint saved with bitsandbytes (a "-bnb-4bit" repository, NF4: ``tensor.nf4.from_bitsandbytes``). A state
+    without adapters or 4-bit weights is returned as is."""
+    if any(BNB_STATE in k for k in state):
+        state, _ = from_bitsandbytes(state)
     if any(k.endswith(".nf4_data") for k in state):
         dtype = next((v.dtype for k, v in state.items() if v.is_floating_point() and ".nf4_" not in k), torch.float32)
         state = dequantize_state(state, dtype)

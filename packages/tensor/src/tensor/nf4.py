@@ -13,11 +13,16 @@ A quantized weight is a dict of tensors whose keys are the suffixes of its state
 a module holding one as buffers saves it under ``<module>.nf4_data`` etc. (safetensors, nothing pickled), and
 :func:`dequantize_state` turns any state_dict holding such groups back into plain ``<module>.weight`` entries
 (the model package's ``from_pretrained`` reads a QLoRA run's checkpoint through it).
+
+:func:`from_bitsandbytes` reads the same bytes as a Hugging Face checkpoint saved with bitsandbytes' 4-bit
+quantization names them (``<m>.weight`` packed, ``<m>.weight.absmax``, ``.quant_map``, ``.nested_absmax``,
+``.nested_quant_map`` and the JSON ``.quant_state.bitsandbytes__nf4``; the "-bnb-4bit" repositories).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Mapping
 
@@ -168,3 +173,47 @@ def dequantize_state(state: Mapping[str, torch.Tensor], dtype: torch.dtype = tor
         group = {k: out.pop(prefix + k) for k in KEYS if prefix + k in out}
         out[prefix + "weight"] = dequantize_nf4(group, dtype)
     return out
+
+
+BNB_STATE = ".weight.quant_state.bitsandbytes__"  # the JSON tensor that marks a bitsandbytes 4-bit weight
+
+
+def from_bitsandbytes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.dtype]]:
+    """``state`` with every bitsandbytes 4-bit weight group (see the module docstring) as this module's group
+    (``<m>.nf4_data``, ...), and the dtype each was quantized from (``<m>`` -> its JSON's ``dtype``). Other entries
+    are kept. ShapeError for what these bytes cannot be: FP4 (``quant_type`` fp4), code books other than NF4's and
+    the dynamic map, nested blocks other than 256, a group without its tensors."""
+    out = dict(state)
+    dtypes: dict[str, torch.dtype] = {}
+    for key in [k for k in state if BNB_STATE in k]:
+        m = key[:key.index(BNB_STATE)]
+        kind = key[key.index(BNB_STATE) + len(BNB_STATE):]
+        meta = json.loads(bytes(state[key].cpu().numpy().astype("uint8")).decode("utf-8"))
+        if kind != "nf4" or meta.get("quant_type") != "nf4":
+            raise ShapeError(f"{m}: a bitsandbytes {meta.get('quant_type') or kind} weight; only NF4 (QLoRA's "
+                             "quant_type nf4) reads as these bytes")
+        base = f"{m}.weight"
+        need = [base, f"{base}.absmax", f"{base}.quant_map"] + (
+            [f"{base}.nested_absmax", f"{base}.nested_quant_map"] if "nested_offset" in meta else [])
+        missing = [k for k in need if k not in state]
+        if missing:
+            raise ShapeError(f"{m}: a bitsandbytes 4-bit weight without {', '.join(missing)}")
+        if not torch.allclose(state[f"{base}.quant_map"].float().cpu(), torch.tensor(NF4_CODE), rtol=0, atol=1e-7):
+            raise ShapeError(f"{m}: its quant_map is not NF4's sixteen levels")
+        group = {"nf4_data": state[base].reshape(-1), "nf4_absmax": state[f"{base}.absmax"],
+                 "nf4_shape": torch.tensor(meta["shape"], dtype=torch.int64)}
+        if "nested_offset" in meta:
+            if int(meta.get("nested_blocksize", 0)) != ABSMAX_BLOCKSIZE or not torch.allclose(
+                    state[f"{base}.nested_quant_map"].float().cpu(), torch.tensor(dynamic_map()), rtol=0, atol=1e-7):
+                raise ShapeError(f"{m}: nested quantization other than the dynamic map in blocks of "
+                                 f"{ABSMAX_BLOCKSIZE} (nested_blocksize {meta.get('nested_blocksize')})")
+            group.update(nf4_absmax_scale=state[f"{base}.nested_absmax"].float(),
+                         nf4_absmax_offset=torch.tensor([float(meta["nested_offset"])]))
+        n, blocks = math.prod(meta["shape"]), group["nf4_absmax"].numel()
+        if -(-n // int(meta["blocksize"])) != blocks:
+            raise ShapeError(f"{m}: {blocks} absmaxes for {n} values in blocks of {meta['blocksize']}")
+        for k in (*need, key):
+            out.pop(k)
+        out.update({f"{m}.{k}": v for k, v in group.items()})
+        dtypes[m] = getattr(torch, str(meta.get("dtype", "float32")))
+    return out, dtypes
