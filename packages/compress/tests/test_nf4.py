@@ -113,6 +113,10 @@ def test_the_plugin_quantizes_for_train_lora_and_saves_a_quarter_of_the_bytes():
     assert single.model.layers[0].mlp.down_proj.nf4_absmax.dtype == torch.float32
     with pytest.raises(ConfigError, match="LoRA adapters already"):
         LORA.apply(model, LoraConfig(r=4, quantize_base="nf4"))
+    plain = TransformerLM(preset("llama-debug"))  # refused before anything is quantized
+    with pytest.raises(ConfigError, match="matches no nn.Linear"):
+        LORA.apply(plain, LoraConfig(r=4, targets=("query",), quantize_base="nf4"))
+    assert not any(isinstance(m, NF4Linear) for m in plain.modules())
     assert quantize_(TransformerLM(preset("llama-debug")), "nf4") == 14
     with pytest.raises(ConfigError, match="no nn.Linear layers to quantize to NF4"):
         nf4_(nn.Sequential(nn.Embedding(4, 4)))

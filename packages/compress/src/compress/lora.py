@@ -131,6 +131,21 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
     number of layers adapted. A model with adapters already, or targets that match no Linear, is a ConfigError
     (the latter listing the Linear names there are); fused projections (``fuse_projections``) hide q/k/v_proj and
     gate/up_proj: adapt the model before fusing it."""
+    chosen = _chosen(model, r, alpha, dropout, targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    modules = dict(model.named_modules())
+    for name, linear in chosen:
+        owner, _, leaf = name.rpartition(".")
+        layer = LoRALinear(linear, r, alpha, dropout, use_rslora).train(linear.training)  # eval stays eval
+        setattr(modules[owner] if owner else model, leaf, layer)
+    return len(chosen)
+
+
+def _chosen(model: nn.Module, r: Any, alpha: Any, dropout: Any, targets: Iterable[str] | str
+            ) -> list[tuple[str, nn.Module]]:
+    """The (name, Linear) pairs :func:`apply_lora` adapts; ConfigError, before anything changes, for bad
+    hyperparameters, a model with adapters already, targets matching no Linear, or the LM head."""
     _check_hparams(r, alpha, dropout)
     tgt: tuple[str, ...] | str = targets if isinstance(targets, str) else tuple(targets)
     if not tgt:
@@ -148,14 +163,7 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
     if head:  # TransformerLM's fused loss reads the head's weight itself, so an adapter there would be skipped
         raise ConfigError("lora.targets", f"{tgt!r} matches the LM head ({head[0]}), which the fused loss reads "
                           "directly; adapt the layers inside the network (q/k/v/o_proj, gate/up/down_proj)")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    modules = dict(model.named_modules())
-    for name, linear in chosen:
-        owner, _, leaf = name.rpartition(".")
-        layer = LoRALinear(linear, r, alpha, dropout, use_rslora).train(linear.training)  # eval stays eval
-        setattr(modules[owner] if owner else model, leaf, layer)
-    return len(chosen)
+    return chosen
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
@@ -377,8 +385,7 @@ class LoraAdapters:
         if base not in ("none", "nf4"):
             raise ConfigError("train.lora.quantize_base", f"expected none or nf4, got {base!r}")
         if base == "nf4":
-            if any(isinstance(m, LoRALinear) for m in model.modules()):
-                raise ConfigError("lora", "the model has LoRA adapters already; merge_lora(model) first")
+            _chosen(model, cfg.r, cfg.alpha, cfg.dropout, tuple(cfg.targets))  # what apply_lora would refuse, first
             nf4_(model, double_quant=getattr(cfg, "double_quant", True))
         return apply_lora(model, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=tuple(cfg.targets),
                           use_rslora=cfg.use_rslora)
