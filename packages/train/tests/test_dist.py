@@ -80,9 +80,11 @@ def test_seed_command_under_torchrun(tmp_path):
     assert Path(out / "logs" / "scalars.csv").is_file()
 
 
-def test_a_lora_run_under_fsdp_matches_one_process(tmp_path):
-    """train.lora under torchrun with FSDP2 (the frozen base sharded beside the adapters): the losses of one
-    process, and a checkpoint whose merged model is the one-process run's."""
+@pytest.mark.parametrize(("strategy", "extra"), [("FSDP", []), ("DDP", ["--train.lora.quantize_base", "nf4"])])
+def test_a_lora_run_under_torchrun_matches_one_process(tmp_path, strategy, extra):
+    """train.lora under torchrun with FSDP2 (the frozen base sharded beside the adapters), and QLoRA under DDP (the
+    4-bit base whole on each rank, written once by rank 0): the losses of one process, and a checkpoint whose
+    merged model is the one-process run's."""
     import csv
 
     import torch
@@ -93,8 +95,8 @@ def test_a_lora_run_under_fsdp_matches_one_process(tmp_path):
     args = ["--config", str(REPO / "cfgs" / "debug.yaml"), "--train.device", "cpu", "--train.steps", "3",
             "--data.seq_len", "32", "--data.batch_size", "4", "--train.eval_every", "0", "--train.log_every", "1",
             "--viz.log_every", "1", "--train.callbacks", "", "--train.lora.r", "4", "--train.lora.targets",
-            "q_proj,v_proj,down_proj", "--train.lr", "1e-2"]
-    proc = torchrun("-m", "train.run", *args, "--dist.strategy", "FSDP", "--train.out_dir", str(tmp_path / "fsdp"))
+            "q_proj,v_proj,down_proj", "--train.lr", "1e-2", *extra]
+    proc = torchrun("-m", "train.run", *args, "--dist.strategy", strategy, "--train.out_dir", str(tmp_path / "fsdp"))
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert cli([*args, "--train.out_dir", str(tmp_path / "one")]) == 0
 

@@ -73,7 +73,10 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
     model.to(device)
     if strategy in ("DDP", "ZeRO1"):
         ids = [device.index] if device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        # Buffers are made equal once, at wrapping; a language model's are constants from there on (RoPE tables,
+        # a QLoRA base's 4-bit weights), so they are not broadcast again before every forward (DDP's default,
+        # which for QLoRA sent the whole base each micro-batch).
+        return DDP(model, device_ids=ids, broadcast_buffers=False)
     return model
 
 
