@@ -96,6 +96,12 @@ def test_a_bitsandbytes_checkpoints_weights_read_as_these_bytes(double_quant):
     assert torch.equal(ours["m.q.nf4_data"], packed.reshape(-1))
     got = dequantize_state(ours, torch.bfloat16)["m.q.weight"]  # bitsandbytes returns the saved dtype
     torch.testing.assert_close(got, bnbf.dequantize_4bit(packed, qs), rtol=0, atol=0)
+    # the bytes stored as bf16 (bitsandbytes' quant_storage, as FSDP-QLoRA checkpoints hold them): the same bytes
+    wide, wqs = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=double_quant,
+                                   quant_storage=torch.bfloat16)
+    again, _ = from_bitsandbytes({"m.q.weight": wide, **{f"m.q.weight.{k}": v for k, v in
+                                                         wqs.as_dict(packed=True).items()}})
+    assert wide.dtype == torch.bfloat16 and torch.equal(again["m.q.nf4_data"], packed.reshape(-1))
     fp4, fqs = bnbf.quantize_4bit(w, blocksize=64, quant_type="fp4")
     with pytest.raises(ShapeError, match="m.f: a bitsandbytes fp4 weight; only NF4"):
         from_bitsandbytes({"m.f.weight": fp4, **{f"m.f.weight.{k}": v for k, v in fqs.as_dict(packed=True).items()}})

@@ -200,7 +200,9 @@ def from_bitsandbytes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
             raise ShapeError(f"{m}: a bitsandbytes 4-bit weight without {', '.join(missing)}")
         if not torch.allclose(state[f"{base}.quant_map"].float().cpu(), torch.tensor(NF4_CODE), rtol=0, atol=1e-7):
             raise ShapeError(f"{m}: its quant_map is not NF4's sixteen levels")
-        group = {"nf4_data": state[base].reshape(-1), "nf4_absmax": state[f"{base}.absmax"],
+        data = state[base].contiguous()  # (bitsandbytes' quant_storage may hold the bytes as another dtype)
+        group = {"nf4_data": (data if data.dtype == torch.uint8 else data.view(torch.uint8)).reshape(-1),
+                 "nf4_absmax": state[f"{base}.absmax"],
                  "nf4_shape": torch.tensor(meta["shape"], dtype=torch.int64)}
         if "nested_offset" in meta:
             if int(meta.get("nested_blocksize", 0)) != ABSMAX_BLOCKSIZE or not torch.allclose(
