@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=_count(0), default=3)
     ap.add_argument("--rounds", type=_count(1), default=2, help="A-B rounds (each times --steps steps of each model)")
     ap.add_argument("--qlora", action="store_true", help="4-bit NF4 bases (lmstack nf4_ against bitsandbytes)")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=INT",
+                    help="override a ModelConfig field of the preset, e.g. --set d_model=4096 (a 7B shape: "
+                         "d_model=4096 n_layers=32 n_heads=32 n_kv_heads=32 d_ff=11008)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     import peft
@@ -68,7 +71,13 @@ def main(argv: list[str] | None = None) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
-    cfg = preset(args.preset, max_seq_len=max(args.seq, 256))
+    fields = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not name or not value.isdigit():
+            ap.error(f"--set expects FIELD=INT, got {item!r}")
+        fields[name] = int(value)
+    cfg = preset(args.preset, max_seq_len=max(args.seq, 256), **fields)
     ours = TransformerLM(cfg).eval()
     extra = {}
     if args.qlora:
