@@ -282,6 +282,9 @@ def test_integer_and_0d_tensors_round_trip(tmp_path):
     dist.load_model(b, tmp_path)
     for k, v in a.state_dict().items():
         assert torch.equal(b.state_dict()[k], v), k
+    half = net(3).to(torch.float64)  # a 0-d float loads cast, as DCP's loader casts the others
+    dist.load_model(half, tmp_path)
+    assert half.temperature.dtype == torch.float64 and float(half.temperature) == float(a.temperature)
     c = net(2)
     c.packed = torch.zeros(41, dtype=torch.uint8)
     with pytest.raises(dist.CheckpointError, match=r"'packed' is torch.uint8 \(40,\), the model's torch.uint8 \(41,\)"):

@@ -112,7 +112,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], env: DistEnv
         files = sorted(work.glob("*.safetensors"))
         if len(files) != 1:
             raise CheckpointError(f"consolidation produced {len(files)} weight files in {work}, expected 1")
-        if whole:  # the integer buffers, added by rank 0 (the file is renamed into place only once complete)
+        if whole:  # the tensors DCP mishandles, added by rank 0 (the file is renamed into place only once complete)
             with safe_open(str(files[0]), framework="pt") as f:
                 state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
                 meta = f.metadata()
@@ -149,7 +149,8 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 
 
 def _read_whole(path: Path, want: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The integer buffers ``want`` names, read whole from the model file and checked against the model's."""
+    """The tensors ``want`` names (those written apart), read whole from the model file and checked against the
+    model's: the same shape, and for integers the same dtype (a float is cast, as DCP's loader casts)."""
     out = {}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -158,15 +159,16 @@ def _read_whole(path: Path, want: dict[str, torch.Tensor]) -> dict[str, torch.Te
                 if k not in keys:
                     raise CheckpointError(f"{path}: cannot load model weights: {k!r} is missing")
                 t = f.get_tensor(k)
-                if t.shape != like.shape or t.dtype != like.dtype:
+                if t.shape != like.shape or (t.dtype != like.dtype and not (t.is_floating_point()
+                                                                            and like.is_floating_point())):
                     raise CheckpointError(f"{path}: cannot load model weights: {k!r} is {t.dtype} "
                                           f"{tuple(t.shape)}, the model's {like.dtype} {tuple(like.shape)}")
                 if hasattr(like, "device_mesh"):  # an FSDP-sharded entry: this rank's part of the whole
                     from torch.distributed.tensor import distribute_tensor
 
-                    out[k] = distribute_tensor(t.to(like.device), like.device_mesh, like.placements)
+                    out[k] = distribute_tensor(t.to(like.device, like.dtype), like.device_mesh, like.placements)
                 else:
-                    out[k] = t.to(like.device)
+                    out[k] = t.to(like.device, like.dtype)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     return out
