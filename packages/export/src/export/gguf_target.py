@@ -19,7 +19,7 @@ Llama-shaped models: written with llama.cpp's own ``gguf`` package, as its ``con
   without its vocabulary runs nowhere).
 
 Validation: the file is read back with ``gguf.GGUFReader`` and every tensor dequantized and compared with the
-model's (exact for F32/F16/BF16 casts; Q8_0 within half a quantization step of each block); then, where
+model's (exact for F32/F16/BF16 casts; Q8_0 and Q4_0 within each block's own bound); then, where
 transformers is installed, the file is loaded as transformers does (``LlamaForCausalLM.from_pretrained(dir,
 gguf_file=...)``, which undoes the permutation) and its logits compared with the model's on the fixed token
 sequence, and its tokenizer (``AutoTokenizer`` from the file) must encode a text as the checkpoint's tokenizer
