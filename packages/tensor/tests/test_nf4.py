@@ -105,6 +105,9 @@ def test_a_bitsandbytes_checkpoints_weights_read_as_these_bytes(double_quant):
     fp4, fqs = bnbf.quantize_4bit(w, blocksize=64, quant_type="fp4")
     with pytest.raises(ShapeError, match="m.f: a bitsandbytes fp4 weight; only NF4"):
         from_bitsandbytes({"m.f.weight": fp4, **{f"m.f.weight.{k}": v for k, v in fqs.as_dict(packed=True).items()}})
+    broken = {**state, "m.q.weight.quant_state.bitsandbytes__nf4": torch.tensor(list(b"{not json"), dtype=torch.uint8)}
+    with pytest.raises(ShapeError, match="m.q: its bitsandbytes quant state .* is not the JSON bitsandbytes writes"):
+        from_bitsandbytes(broken)
     del state["m.q.weight.absmax"]
     with pytest.raises(ShapeError, match="m.q: a bitsandbytes 4-bit weight without m.q.weight.absmax"):
         from_bitsandbytes(state)

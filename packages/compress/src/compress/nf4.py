@@ -24,15 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from kernel import resolve
+from kernel.reference import matmul_dtype
 from specs.errors import ConfigError
 from tensor.nf4 import BLOCKSIZE, KEYS, quantize_nf4
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    kind = x.device.type
-    if torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return x.dtype
 
 
 def _weight(shape: tuple[int, int], blocksize: int, dtype: torch.dtype, *tensors: torch.Tensor | None) -> torch.Tensor:
@@ -100,7 +94,7 @@ class NF4Linear(nn.Module):
         return _weight((self.out_features, self.in_features), self.blocksize, dtype or self.dtype, *self._tensors())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = _NF4Matmul.apply(x.to(_compute_dtype(x)), (self.out_features, self.in_features), self.blocksize,
+        out = _NF4Matmul.apply(x.to(matmul_dtype(x)), (self.out_features, self.in_features), self.blocksize,
                                *self._tensors())
         return out if self.bias is None else out + self.bias.to(out.dtype)
 

@@ -2,5 +2,5 @@
 
 from pack.errors import PackError
 
-__version__ = "0.1.0"
+__version__ = "0.1.1"
 __all__ = ["PackError"]

@@ -188,7 +188,12 @@ def from_bitsandbytes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
     for key in [k for k in state if BNB_STATE in k]:
         m = key[:key.index(BNB_STATE)]
         kind = key[key.index(BNB_STATE) + len(BNB_STATE):]
-        meta = json.loads(bytes(state[key].cpu().numpy().astype("uint8")).decode("utf-8"))
+        try:
+            meta = json.loads(bytes(state[key].cpu().numpy().astype("uint8")).decode("utf-8"))
+            shape, blocksize = [int(v) for v in meta["shape"]], int(meta["blocksize"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ShapeError(f"{m}: its bitsandbytes quant state ({key}) is not the JSON bitsandbytes writes (with "
+                             f"shape and blocksize): {type(exc).__name__}: {exc}") from None
         if kind != "nf4" or meta.get("quant_type") != "nf4":
             raise ShapeError(f"{m}: a bitsandbytes {meta.get('quant_type') or kind} weight; only NF4 (QLoRA's "
                              "quant_type nf4) reads as these bytes")
@@ -203,7 +208,7 @@ def from_bitsandbytes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
         data = state[base].contiguous()  # (bitsandbytes' quant_storage may hold the bytes as another dtype)
         group = {"nf4_data": (data if data.dtype == torch.uint8 else data.view(torch.uint8)).reshape(-1),
                  "nf4_absmax": state[f"{base}.absmax"],
-                 "nf4_shape": torch.tensor(meta["shape"], dtype=torch.int64)}
+                 "nf4_shape": torch.tensor(shape, dtype=torch.int64)}
         if "nested_offset" in meta:
             if int(meta.get("nested_blocksize", 0)) != ABSMAX_BLOCKSIZE or not torch.allclose(
                     state[f"{base}.nested_quant_map"].float().cpu(), torch.tensor(dynamic_map()), rtol=0, atol=1e-7):
@@ -211,9 +216,9 @@ def from_bitsandbytes(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torc
                                  f"{ABSMAX_BLOCKSIZE} (nested_blocksize {meta.get('nested_blocksize')})")
             group.update(nf4_absmax_scale=state[f"{base}.nested_absmax"].float(),
                          nf4_absmax_offset=torch.tensor([float(meta["nested_offset"])]))
-        n, blocks = math.prod(meta["shape"]), group["nf4_absmax"].numel()
-        if -(-n // int(meta["blocksize"])) != blocks:
-            raise ShapeError(f"{m}: {blocks} absmaxes for {n} values in blocks of {meta['blocksize']}")
+        n, blocks = math.prod(shape), group["nf4_absmax"].numel()
+        if blocksize < 2 or -(-n // blocksize) != blocks:
+            raise ShapeError(f"{m}: {blocks} absmaxes for {n} values in blocks of {blocksize}")
         for k in (*need, key):
             out.pop(k)
         out.update({f"{m}.{k}": v for k, v in group.items()})
