@@ -367,7 +367,7 @@
 #   bash tools/gpu_pending.sh fsdp     on nvidia-h200-x2: GPT-2 124M FSDP scaling at 16 rows, 4 and 12 blocks per unit
 # Each step has its own time limit so the ones that finish still come back; JSON lands in $OUT.
 set -u
-case "${1:-}" in rowpair|gpu-tests|unified-decode|unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
+case "${1:-}" in rowpair|gpu-tests|unified-decode|unified|fused-mlp|hoist-tune|hoist2|onestep|wvec|gluon-x|gluon-tune|gluon|gluon-alone|glu-mixed|mixed|trigger|verify|consts|graphs|combine24|splits-batch|block-s|splits|profile-int8|int8-wide|int8-f16|int8-rows|ncu-gemv|gelu-bgrad|gpt2-code|final-short|gelu-ref|gelu-final|gpt2-11|final10|attn-early|attn-pdl|int8-retune|retune|decode9|codegen|glu-grid|chain|chain-int8|int8-magic|gpt2-graphs|gemv|floor|ncu|layer|final|serial|train2|candidates|llama|norms|check|decode|pdl-twin|gpt2|tune|fold|train|fsdp|qlora-fsdp) ;; *) sed -n '2,/^# Each step/p' "${BASH_SOURCE[0]}"; exit 2 ;; esac
 source "$(dirname "${BASH_SOURCE[0]}")/device.sh" env || exit 1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "rc=$?"; }
@@ -1315,6 +1315,28 @@ train)
   # 3. serving with the fused decode attention (RoPE + cache write + split-K attention in one kernel)
   step engine 150 python -m eval.bench engine --preset llama-1b --out "$OUT/engine.json"
   grep -h 'tokens_per_s"\|speedup\|p50\|p99' "$OUT/engine.json" | head -n 16 ;;
+qlora-fsdp)
+  # QLoRA under FSDP on 2 GPUs (nvidia-h200-x2, NCCL): the sharding test's worker on the cards (torch's FSDP there
+  # must leave the uint8 bytes uncast under bf16 mixed precision), then a 7B shape's QLoRA steps per GPU under
+  # FSDP against DDP (the 4-bit base whole on each GPU), and one GPU, through bench fsdp (rank 0's peak memory).
+  python - <<'PY'
+import inspect, torch
+from torch.distributed.fsdp._fully_shard import _fsdp_param
+src = inspect.getsource(_fsdp_param.FSDPParam.init_dtype_attrs)
+print("torch", torch.__version__, "non-float params kept uncast:", "is_floating_point" in src)
+PY
+  step qlora_worker 200 torchrun --standalone --nproc_per_node=2 packages/train/tests/qlora_worker.py "$OUT" cuda
+  cat "$OUT/qlora_worker.log" | tail -n 5; cat "$OUT/result.json"; echo
+  QL=(--set train.lora.r=16 --set train.lora.quantize_base=nf4 --set train.lora.targets=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
+      --set model.d_model=4096 --set model.n_layers=32 --set model.n_heads=32 --set model.n_kv_heads=32
+      --set model.d_ff=11008 --preset llama-1b --seq 2048 --micro-batch 2 --steps ${STEPS:-12} --log-every 2
+      --warmup 4 --no-compile)
+  for s in FSDP DDP; do
+    step "qlora_$s" 280 python -m eval.bench fsdp "${QL[@]}" --gpus ${GPUS:-1,2} --strategy $s --baseline-strategy none \
+      --out "$OUT/qlora_$s.json"
+    tail -n 3 "$OUT/qlora_$s.log"
+    grep -h 'tokens_per_s_per_gpu\|peak_allocated\|peak_reserved\|scaling_efficiency' "$OUT/qlora_$s.json" | head -n 12
+  done ;;
 fsdp)
   # FSDP2's host time is per unit: the 124M model at 16 rows per GPU (82.8% scaling with one block per unit)
   for u in 4 12; do

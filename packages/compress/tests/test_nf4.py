@@ -69,6 +69,9 @@ def test_a_qlora_model_is_lora_over_the_dequantized_weights():
     model = TransformerLM(cfg)
     assert nf4_(model) == cfg.n_layers * 7  # every Linear but the LM head
     assert type(model.lm_head) is nn.Linear
+    layer = model.model.layers[0].self_attn.o_proj  # the bytes a frozen parameter (FSDP shards it), the rest buffers
+    assert isinstance(layer.nf4_data, nn.Parameter) and not layer.nf4_data.requires_grad
+    assert {n for n, _ in layer.named_buffers()} == {"nf4_absmax", "nf4_absmax_scale", "nf4_absmax_offset", "nf4_shape"}
     plain = TransformerLM(cfg)
     plain.load_state_dict(merged_state_dict(model))  # the dequantized weights as a plain model
     for m in (model, plain):
@@ -93,7 +96,11 @@ def test_a_qlora_model_is_lora_over_the_dequantized_weights():
     fresh = TransformerLM(cfg)
     fresh.load_state_dict(merged)
     torch.testing.assert_close(fresh(ids), logits_p.detach(), rtol=1e-5, atol=1e-5)
-    assert merge_lora(model) == 3 * cfg.n_layers and dequantize_(model) == 4 * cfg.n_layers
+    assert merge_lora(model) == 3 * cfg.n_layers  # the merged model trains whole, but for the 4-bit bytes
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"model.layers.{i}.{m}.nf4_data" for i in range(cfg.n_layers)
+                      for m in ("self_attn.k_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj")}
+    assert dequantize_(model) == 4 * cfg.n_layers
     assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, (nn.Linear, NF4Linear)))
     torch.testing.assert_close(model(ids), logits_p.detach(), rtol=1e-5, atol=1e-5)
 

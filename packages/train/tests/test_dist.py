@@ -80,7 +80,8 @@ def test_seed_command_under_torchrun(tmp_path):
     assert Path(out / "logs" / "scalars.csv").is_file()
 
 
-@pytest.mark.parametrize(("strategy", "extra"), [("FSDP", []), ("DDP", ["--train.lora.quantize_base", "nf4"])])
+@pytest.mark.parametrize(("strategy", "extra"), [("FSDP", []), ("DDP", ["--train.lora.quantize_base", "nf4"]),
+                                                  ("FSDP", ["--train.lora.quantize_base", "nf4"])])
 def test_a_lora_run_under_torchrun_matches_one_process(tmp_path, strategy, extra):
     """train.lora under torchrun with FSDP2 (the frozen base sharded beside the adapters), and QLoRA under DDP (the
     4-bit base whole on each rank, written once by rank 0): the losses of one process, and a checkpoint whose
@@ -111,3 +112,23 @@ def test_a_lora_run_under_torchrun_matches_one_process(tmp_path, strategy, extra
     a, b = (TransformerLM.from_pretrained(tmp_path / run / ckpt).eval() for run in ("fsdp", "one"))
     with torch.no_grad():
         torch.testing.assert_close(a(ids), b(ids), rtol=2e-4, atol=2e-4)
+
+
+def test_fsdp_shards_a_qlora_base_and_computes_what_one_process_computes(tmp_path):
+    """Under FSDP each rank holds half of every 4-bit layer's bytes (uint8, not cast by mixed precision); one
+    forward and backward give the unsharded model's loss and adapter gradients; a checkpoint written shard by
+    shard loads back into another sharded model."""
+    proc = torchrun(str(HERE / "qlora_worker.py"), str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    layers = result["layers"]
+    assert result["world"] == 2 and len(layers) == 7 * 2  # q/k/v/o/gate/up/down in each of llama-debug's 2 blocks
+    for name, layer in layers.items():
+        assert layer["sharded"] and layer["dtype"] == "torch.uint8", (name, layer)
+        assert layer["local"] == -(-layer["bytes"] // 2), (name, layer)  # rank 0's half (rounded up)
+    whole, sharded, mixed = result["losses"]
+    assert sharded == pytest.approx(whole, rel=1e-6)
+    assert mixed == pytest.approx(whole, rel=2e-2) and mixed != whole  # bf16 compute over the same 4-bit weights
+    assert result["grad_diff"] < 1e-6
+    before, reloaded = result["reload"]
+    assert reloaded == sharded and before != sharded  # the 4-bit bytes and adapters came back shard by shard

@@ -198,7 +198,8 @@ def merge_lora(model: nn.Module) -> int:
         setattr(modules[owner] if owner else model, leaf, layer.merged().train(layer.training))
     if layers:
         for p in model.parameters():
-            p.requires_grad_(True)
+            if p.is_floating_point():  # not a 4-bit base's bytes (NF4Linear), which stay frozen
+                p.requires_grad_(True)
     return len(layers)
 
 

@@ -8,7 +8,10 @@ compute dtype (autocast's, else the input's) and multiplies; backward dequantize
 gradient, so no full-precision weight is kept for backward (bitsandbytes' ``MatMul4Bit``). The weight gets no
 gradient: LoRA adapters (``apply_lora``, which takes NF4Linear layers as it takes nn.Linear) train on top of it.
 
-The buffers are ``nf4_data``, ``nf4_absmax``, ``nf4_absmax_scale``, ``nf4_absmax_offset`` and ``nf4_shape``: a
+The 4-bit bytes are ``nf4_data``, a frozen ``nn.Parameter`` (uint8), so FSDP shards them as it shards any weight
+(each rank holds its slice and gathers a layer's whole bytes as the layer runs: QLoRA under FSDP, as Answer.AI's
+FSDP+QLoRA); ``nf4_absmax``, ``nf4_absmax_scale``, ``nf4_absmax_offset`` and ``nf4_shape`` are buffers (1/32 of the
+bytes and less, kept whole on every rank; the fp32 scales are not cast by a mixed-precision policy). A
 state_dict saves the 4-bit weight (safetensors, a quarter of bf16's bytes and less), and ``tensor.nf4``'s
 ``dequantize_state`` reads such a state back as plain weights (``TransformerLM.from_pretrained`` of a QLoRA run's
 checkpoint). Dequantization is the kernel registry's ``nf4_dequantize`` op: one Triton pass over the bytes on a
@@ -65,7 +68,10 @@ class NF4Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.dtype, self.blocksize = linear.weight.dtype, blocksize
         for key, value in quantize_nf4(linear.weight.detach(), blocksize=blocksize, double_quant=double_quant).items():
-            self.register_buffer(key, value)
+            if key == "nf4_data":  # a frozen parameter: FSDP shards parameters (see the module docstring)
+                self.nf4_data = nn.Parameter(value, requires_grad=False)
+            else:
+                self.register_buffer(key, value)
         for key in KEYS:
             if not hasattr(self, key):
                 self.register_buffer(key, None)

@@ -28,7 +28,7 @@ from specs.presets import preset
 from specs.protocols import KVCache, LanguageModel, MetricsLogger, PagedKVCache, Tokenizer, TrainerCallback
 from specs.tensor_spec import TensorSpec
 
-__version__ = "0.12.0"
+__version__ = "0.12.1"
 
 __all__ = [
     "IGNORE_INDEX",

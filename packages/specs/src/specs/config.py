@@ -459,10 +459,6 @@ class RunConfig(ConfigBase):
     def check(self) -> None:
         if self.data.seq_len > self.model.max_seq_len:
             self.fail("data.seq_len", f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
-        lora = self.train.lora
-        if lora is not None and lora.quantize_base != "none" and self.dist.strategy == "FSDP":
-            self.fail("train.lora.quantize_base", f"{lora.quantize_base} keeps whole 4-bit weights on every rank, "
-                      "which FSDP cannot shard; use dist.strategy DDP (or none) for QLoRA")
 
 
 CONFIG_CLASSES: dict[str, type[ConfigBase]] = {

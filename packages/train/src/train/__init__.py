@@ -11,7 +11,7 @@ from train.optim import Lion, build_optimizer
 from train.schedule import build_scheduler, lr_multiplier
 from train.trainer import Trainer
 
-__version__ = "0.9.0"
+__version__ = "0.9.1"
 
 __all__ = ["CheckpointError", "Lion", "Trainer", "TrainingError", "TrainingInterrupted", "build_optimizer",
            "build_scheduler", "lr_multiplier"]

@@ -77,15 +77,15 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def matmul_params(model: nn.Module) -> int:
-    """Parameters used in matmuls: all, minus embedding-lookup tables not tied to a Linear layer, plus the
-    weights of 4-bit Linear layers (buffers, not parameters)."""
+    """Parameters used in matmuls: all floating ones, minus embedding-lookup tables not tied to a Linear layer,
+    plus the weights of 4-bit Linear layers (counted from their shapes: their parameter is packed bytes)."""
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
-        if id(p) not in seen:
+        if id(p) not in seen and p.is_floating_point():
             seen.add(id(p))
             total += p.numel()
-    for m in model.modules():  # a 4-bit frozen Linear (QLoRA's NF4Linear) holds its weight in buffers
+    for m in model.modules():  # a 4-bit frozen Linear (QLoRA's NF4Linear) holds its weight as packed bytes
         shape = getattr(m, "nf4_shape", None)
         if isinstance(shape, torch.Tensor):
             total += getattr(m, "in_features", 0) * getattr(m, "out_features", 0)
