@@ -1319,6 +1319,8 @@ qlora-fsdp)
   # QLoRA under FSDP on 2 GPUs (nvidia-h200-x2, NCCL): the sharding test's worker on the cards (torch's FSDP there
   # must leave the uint8 bytes uncast under bf16 mixed precision), then a 7B shape's QLoRA steps per GPU under
   # FSDP against DDP (the 4-bit base whole on each GPU), and one GPU, through bench fsdp (rank 0's peak memory).
+  # QUEUED (session 35): needs torch 2.12 or later on the card (FSDP2 of integer parameters); the image's torch
+  # 2.11 lacks it (seen: fully_shard failed making the uint8 bytes a parameter), so dist names the torch needed.
   python - <<'PY'
 import inspect, torch
 from torch.distributed.fsdp._fully_shard import _fsdp_param

@@ -291,6 +291,33 @@ def test_integer_and_0d_tensors_round_trip(tmp_path):
         dist.load_model(c, tmp_path)
 
 
+@pytest.mark.parametrize("shards", [True, False])
+def test_fsdp_shards_frozen_integer_parameters_or_names_the_torch_it_needs(monkeypatch, shards):
+    """A frozen uint8 parameter (QLoRA's 4-bit bytes) is sharded, not cast by the mixed-precision policy, and
+    gathered whole for forward; a torch whose FSDP cannot (before 2.12) is a ConfigError naming the parameter."""
+    from dist import strategies
+
+    monkeypatch.setattr(strategies, "fsdp_shards_integers", lambda: shards)
+    dist.init(DistConfig(strategy="FSDP"), "cpu")  # one rank, in process
+    try:
+        net = Net(n_layers=2)
+        packed = torch.randint(0, 256, (33,), dtype=torch.uint8)
+        net.layers[0].packed = torch.nn.Parameter(packed.clone(), requires_grad=False)
+        if not shards:
+            with pytest.raises(ConfigError, match=r"'layers.0.packed'.*torch 2.12.*use DDP"):
+                dist.apply(net, DistConfig(strategy="FSDP"), "cpu", precision="bf16")
+            return
+        dist.apply(net, DistConfig(strategy="FSDP"), "cpu", precision="bf16")
+        assert hasattr(net.layers[0].packed, "to_local") and net.layers[0].packed.dtype == torch.uint8
+        seen = []  # (a hook registered after FSDP's runs after its all-gather)
+        net.layers[0].register_forward_pre_hook(lambda m, args: seen.append(m.packed.detach().clone()))
+        loss_fn(net, batches(1)[0]).backward()
+        assert not hasattr(seen[0], "to_local")  # the whole tensor, gathered
+        assert len(seen) == 1 and seen[0].dtype == torch.uint8 and torch.equal(seen[0], packed)
+    finally:
+        dist.destroy()
+
+
 def test_auto_unit_size_holds_about_30m_parameters_per_unit():
     from torch import nn
 

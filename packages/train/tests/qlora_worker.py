@@ -32,11 +32,12 @@ def main() -> None:
     from model.lm import TransformerLM
 
     torch.manual_seed(0)
-    model = TransformerLM(preset("llama-debug", vocab_size=64, max_seq_len=32)).to(env.device)
+    model = TransformerLM(preset("llama-debug", vocab_size=64, max_seq_len=32))
     LORA.apply(model, LoraConfig(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"), quantize_base="nf4"))
     for name, p in model.named_parameters():  # the adapters start at B = 0: move them so every gradient is live
         if ".lora_B." in name:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(len(name)))
+    model.to(env.device)
     whole, mixed = copy.deepcopy(model), copy.deepcopy(model)
     cfg = DistConfig(strategy="FSDP", fsdp_unit_blocks=1)
     sharded = dist.apply(model, cfg, env.device, precision="fp32")
@@ -62,7 +63,7 @@ def main() -> None:
     # written by both ranks, read back into a differently initialised sharded model: the same loss
     dist.save_model(sharded, out / "ckpt", env)
     torch.manual_seed(1)
-    fresh = TransformerLM(preset("llama-debug", vocab_size=64, max_seq_len=32)).to(env.device)
+    fresh = TransformerLM(preset("llama-debug", vocab_size=64, max_seq_len=32))
     LORA.apply(fresh, LoraConfig(r=4, alpha=8, targets=("q_proj", "v_proj", "down_proj"), quantize_base="nf4"))
     fresh = dist.apply(fresh, cfg, env.device, precision="fp32")
     before = fresh.loss(ids, labels).item()

@@ -12,7 +12,7 @@ from dist.precision import check_precision, dtype_of, why_unsupported
 from dist.state import CheckpointError, load_model, load_optimizer, save_model, save_optimizer
 from dist.strategies import apply, build_optimizer, clip_grad_norm_, grad_total_norm, gradient_sync, is_sharded, unwrap
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 
 __all__ = [
     "CheckpointError", "DistEnv", "any_rank", "apply", "apply_activation_checkpointing", "barrier", "broadcast_json",

@@ -83,6 +83,12 @@ def apply(model: nn.Module, cfg: DistConfig, device: torch.device | str, *, grad
 def _apply_fsdp(model: nn.Module, cfg: DistConfig, device: torch.device, precision: str) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
 
+    integer = next((n for n, p in model.named_parameters() if not p.is_floating_point()), None)
+    if integer is not None and not fsdp_shards_integers():
+        raise ConfigError("dist.strategy", f"FSDP here cannot shard the integer parameter {integer!r} (QLoRA's "
+                                           "4-bit base): FSDP2 shards integer parameters from torch 2.12 on "
+                                           f"(pytorch#177844), this is torch {torch.__version__}; upgrade torch, or "
+                                           "use DDP")
     mesh = init_device_mesh(device.type, (tdist.get_world_size(),))
     kw: dict[str, Any] = {"mesh": mesh}
     if precision != "fp32":
@@ -104,6 +110,13 @@ def _apply_fsdp(model: nn.Module, cfg: DistConfig, device: torch.device, precisi
         # weights (the embedding's) as DTensors and fails
         register_fsdp_forward_method(model, "loss")
     return model
+
+
+def fsdp_shards_integers() -> bool:
+    """Whether this torch's FSDP2 shards frozen integer parameters (a QLoRA base's 4-bit bytes): torch 2.11 fails
+    making them parameters (they are made with requires_grad=True) and would cast them under a mixed-precision
+    policy; 2.12 fixed both."""
+    return torch.torch_version.TorchVersion(torch.__version__) >= (2, 12)
 
 
 # fsdp_unit_blocks="auto": parameters per FSDP unit to aim for. Measured on H200s (docs/benchmarks.md): GPT-2 124M
